@@ -1,0 +1,5 @@
+import sys
+
+from manta.cli import main
+
+sys.exit(main())

@@ -1,0 +1,101 @@
+"""The `manta` command line: `serve` and `admin` (object and job commands come later).
+
+Client commands resolve the server URL and credentials as `manta.credentials` says:
+MANTA_URL; MANTA_ACCESS_KEY/MANTA_SECRET_KEY, else AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY,
+else the root credentials in the local data dir (MANTA_DATA, default ./manta-data).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+from manta.config import DEFAULT_DATA_DIR, DEFAULT_LISTEN, ServerConfig, env_float, parse_listen
+
+
+class CliError(Exception):
+    """A user-facing error: printed as `manta: message`, exit status 1."""
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from manta.server import serve
+
+    try:
+        host, port = parse_listen(args.listen)
+        config = ServerConfig(data_dir=args.data, host=host, port=port, domain=args.domain,
+                              body_timeout_s=env_float("MANTA_BODY_TIMEOUT_S", 30.0),
+                              gc_grace_s=env_float("MANTA_GC_GRACE_S", 3600.0))
+        config.validate()
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    serve(config)
+    return 0
+
+
+def _admin_user_add(args: argparse.Namespace) -> int:
+    from manta.http import signed_request
+
+    user = signed_request("POST", "/_manta/admin/users", json.dumps({"name": args.name}).encode())
+    if args.json:
+        print(json.dumps(user))
+    else:
+        print(f"user:       {user['name']}\naccess key: {user['access_key']}\nsecret key: {user['secret_key']}")
+    return 0
+
+
+def _admin_user_list(args: argparse.Namespace) -> int:
+    from manta.http import signed_request
+
+    users = signed_request("GET", "/_manta/admin/users")["users"]
+    if args.json:
+        print(json.dumps(users))
+    else:
+        for u in users:
+            print(f"{u['name']:<24} {u['access_key']:<22} {'root' if u['root'] else ''}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="manta",
+        description="An S3-compatible object store that runs map/reduce jobs next to the data.",
+        epilog="example: manta serve --data ./manta-data --listen 127.0.0.1:9000",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the server (S3 API) with an embedded storage node",
+                           epilog="example: manta serve --data /srv/manta --listen 0.0.0.0:9000")
+    serve.add_argument("--data", default=os.environ.get("MANTA_DATA") or DEFAULT_DATA_DIR,
+                       help=f"data directory (default {DEFAULT_DATA_DIR})")
+    serve.add_argument("--listen", default=DEFAULT_LISTEN, help=f"HOST:PORT (default {DEFAULT_LISTEN})")
+    serve.add_argument("--domain", default=None,
+                       help="enable virtual-host addressing: BUCKET.DOMAIN names a bucket")
+    serve.set_defaults(func=_serve)
+
+    admin = sub.add_parser("admin", help="administration (root credentials)")
+    admin_sub = admin.add_subparsers(dest="admin_command", required=True)
+    user = admin_sub.add_parser("user", help="manage accounts")
+    user_sub = user.add_subparsers(dest="user_command", required=True)
+    add = user_sub.add_parser("add", help="create an account and print its keys",
+                              epilog="example: manta admin user add alice --json")
+    add.add_argument("name")
+    add.add_argument("--json", action="store_true", help="print one JSON object")
+    add.set_defaults(func=_admin_user_add)
+    lst = user_sub.add_parser("list", help="list accounts", epilog="example: manta admin user list")
+    lst.add_argument("--json", action="store_true", help="print a JSON array")
+    lst.set_defaults(func=_admin_user_list)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except CliError as exc:
+        print(f"manta: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

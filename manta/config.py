@@ -1,0 +1,43 @@
+"""Server configuration: one validated dataclass, units in the names."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+DEFAULT_DATA_DIR = "./manta-data"
+DEFAULT_LISTEN = "127.0.0.1:9000"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    data_dir: str = DEFAULT_DATA_DIR
+    host: str = "127.0.0.1"
+    port: int = 9000
+    domain: str | None = None
+    region: str = "us-east-1"
+    max_skew_s: int = 900
+    body_timeout_s: float = 30.0
+    max_header_bytes: int = 8192
+    max_meta_bytes: int = 2048
+    gc_grace_s: float = 3600.0
+
+    def validate(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port {self.port} out of range")
+        if self.body_timeout_s <= 0 or self.max_skew_s <= 0:
+            raise ValueError("timeouts must be positive")
+        if self.domain is not None and (not self.domain or self.domain.startswith(".")):
+            raise ValueError(f"invalid domain {self.domain!r}")
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"--listen wants HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    return default if raw is None or raw == "" else float(raw)

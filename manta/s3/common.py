@@ -1,0 +1,131 @@
+"""Helpers shared by the S3 operation modules: ownership, metadata headers, blob I/O."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any, BinaryIO
+
+import anyio.to_thread
+from starlette.responses import Response
+
+from manta.s3 import errors as s3e
+from manta.s3.context import S3Request
+from manta.s3.xmlio import http_date
+from storage import BlobWriter
+
+STORED_HEADERS = ("content-type", "content-encoding", "content-disposition",
+                  "content-language", "cache-control", "expires")
+DEFAULT_CONTENT_TYPE = "binary/octet-stream"
+READ_CHUNK = 1 << 20
+
+
+def owned_bucket(req: S3Request, name: str | None = None) -> dict[str, Any]:
+    """The bucket record if it exists and belongs to the caller."""
+    record = req.store.catalog.bucket(name or req.bucket)
+    if record["owner"] != req.owner:
+        raise s3e.AccessDenied()
+    return record
+
+
+def request_headers(req: S3Request) -> tuple[dict[str, str], dict[str, str]]:
+    """(stored standard headers, user metadata) from a PUT/POST/COPY request."""
+    headers = {}
+    for name in STORED_HEADERS:
+        value = req.header(name)
+        if value is None:
+            continue
+        if name == "content-encoding":
+            value = ",".join(t.strip() for t in value.split(",") if t.strip().lower() != "aws-chunked")
+            if not value:
+                continue
+        headers[name] = value
+    headers.setdefault("content-type", DEFAULT_CONTENT_TYPE)
+    meta = {k[len("x-amz-meta-"):]: v for k, v in req.headers.items() if k.startswith("x-amz-meta-")}
+    size = sum(len(k) + len(v) for k, v in meta.items())
+    if size > req.settings.max_meta_bytes:
+        raise s3e.MetadataTooLarge(MaxSizeAllowed=str(req.settings.max_meta_bytes))
+    return headers, meta
+
+
+def object_headers(record: dict[str, Any]) -> dict[str, str]:
+    out = {
+        "etag": f'"{record["etag"]}"',
+        "last-modified": http_date(record["mtime"]),
+        "accept-ranges": "bytes",
+    }
+    out.update(record.get("headers", {}))
+    for k, v in record.get("meta", {}).items():
+        out[f"x-amz-meta-{k}"] = v
+    return out
+
+
+def checksum_headers(record: dict[str, Any]) -> dict[str, str]:
+    out = {f"x-amz-checksum-{alg.lower()}": value for alg, value in record.get("checksums", {}).items()}
+    if out and record.get("checksum_type"):
+        out["x-amz-checksum-type"] = record["checksum_type"]
+    return out
+
+
+def xml_response(body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(body, status_code=status, headers=headers, media_type="application/xml")
+
+
+async def commit_blob(writer: BlobWriter) -> Any:
+    return await anyio.to_thread.run_sync(writer.commit)
+
+
+async def free_blobs(req: S3Request, blob_ids: list[str]) -> None:
+    if blob_ids:
+        await anyio.to_thread.run_sync(req.store.free, blob_ids)
+
+
+async def catalog_write(future: Any) -> Any:
+    return await asyncio.wrap_future(future)
+
+
+async def in_thread(fn: Any, *args: Any) -> Any:
+    """Run a blocking storage call (fsync, catalog commit) off the event loop."""
+    return await anyio.to_thread.run_sync(fn, *args)
+
+
+def open_segments(req: S3Request, segments: list[list[Any]], start: int, length: int) -> list[tuple[BinaryIO, int, int]]:
+    """Open every blob that covers [start, start+length) up front, so a concurrent
+    overwrite or delete cannot pull a later segment away mid-response.
+    Returns (file, offset in blob, bytes to read) triples."""
+    opened: list[tuple[BinaryIO, int, int]] = []
+    offset = 0
+    remaining = length
+    try:
+        for blob_id, size in segments:
+            if remaining <= 0:
+                break
+            if start < offset + size:
+                skip = max(0, start - offset)
+                take = min(size - skip, remaining)
+                opened.append((req.store.blobs.open(blob_id), skip, take))
+                remaining -= take
+            offset += size
+    except BaseException:
+        for fh, _, _ in opened:
+            fh.close()
+        raise
+    return opened
+
+
+async def stream_opened(opened: list[tuple[BinaryIO, int, int]]) -> AsyncIterator[bytes]:
+    try:
+        for fh, skip, take in opened:
+            if skip:
+                fh.seek(skip)
+            left = take
+            while left > 0:
+                n = min(READ_CHUNK, left)
+                data = fh.read(n) if n <= 65536 else await anyio.to_thread.run_sync(fh.read, n)
+                if not data:
+                    raise OSError("blob shorter than its record")
+                left -= len(data)
+                yield data
+    finally:
+        for fh, _, _ in opened:
+            fh.close()

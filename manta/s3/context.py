@@ -1,0 +1,50 @@
+"""The per-request context handed to every S3 operation."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.types import Receive
+
+from manta.s3 import errors as s3e
+from manta.s3.sigv4 import SigV4Auth
+from storage import Store
+
+MAX_KEY_BYTES = 1024
+
+
+@dataclass
+class S3Request:
+    method: str
+    bucket: str
+    key: str
+    query: dict[str, str]
+    headers: Mapping[str, str]
+    receive: Receive
+    request_id: str
+    resource: str
+    store: Store
+    account: dict[str, Any] = field(default_factory=dict)
+    auth: SigV4Auth | None = None
+    signing_key: bytes = b""
+    settings: Any = None
+
+    @property
+    def owner(self) -> str:
+        return str(self.account["name"])
+
+    def header(self, name: str, default: str | None = None) -> str | None:
+        return self.headers.get(name, default)
+
+
+def validate_key(key: str) -> None:
+    if "\0" in key:
+        raise s3e.InvalidArgument("Object key must not contain NUL characters.", ArgumentName="key")
+    if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        raise s3e.KeyTooLongError(MaxSizeAllowed=str(MAX_KEY_BYTES))
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise s3e.InvalidArgument("Object key must be valid UTF-8.", ArgumentName="key") from None

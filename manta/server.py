@@ -1,0 +1,96 @@
+"""Server wiring: the embedded store, root credentials, the ASGI app and uvicorn."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import resource
+import sys
+import threading
+import time
+
+import uvicorn
+import uvloop
+from starlette.applications import Starlette
+
+from manta import admin
+from manta.config import ServerConfig
+from manta.credentials import (
+    Credentials,
+    credentials_path,
+    new_access_key,
+    new_secret_key,
+    read_root_credentials,
+    write_root_credentials,
+)
+from manta.s3.app import S3App
+from storage import OrphanCollector, Store, StoreConfig
+
+log = logging.getLogger("manta")
+
+
+def ensure_root(store: Store, data_dir: str) -> tuple[Credentials, str | None]:
+    """Create the root account on first start; returns (credentials, file written or None)."""
+    existing = [a for a in store.catalog.accounts() if a["root"]]
+    if existing:
+        root = existing[0]
+        return Credentials(root["access_key"], root["secret"]), None
+    env_ak, env_sk = os.environ.get("MANTA_ROOT_ACCESS_KEY"), os.environ.get("MANTA_ROOT_SECRET_KEY")
+    creds = Credentials(env_ak, env_sk) if env_ak and env_sk else Credentials(new_access_key(), new_secret_key())
+    store.catalog.add_account("root", creds.access_key, creds.secret_key, root=True)
+    if env_ak and env_sk:
+        return creds, None
+    return creds, write_root_credentials(data_dir, creds)
+
+
+def build_app(config: ServerConfig) -> tuple[Starlette, Store]:
+    config.validate()
+    store = Store(StoreConfig(config.data_dir, gc_grace_s=config.gc_grace_s))
+    s3 = S3App(store, config, extra={admin.PREFIX: admin.handle})
+    return s3.starlette(), store
+
+
+def _raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def serve(config: ServerConfig) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    started = time.monotonic()
+    _raise_fd_limit()
+    app, store = build_app(config)
+    creds, written = ensure_root(store, config.data_dir)
+    gc = OrphanCollector(store)
+    threading.Thread(target=gc.run_forever, name="orphan-gc", daemon=True).start()
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=config.host, port=config.port, http="httptools", loop="uvloop",
+        log_level="warning", access_log=False, timeout_keep_alive=30, server_header=False))
+    url = f"http://{config.host}:{config.port}"
+    where = written or (credentials_path(config.data_dir) if read_root_credentials(config.data_dir) else None)
+
+    async def announce() -> None:
+        while not server.started:
+            await asyncio.sleep(0.01)
+        lines = [f"manta: S3 endpoint {url} (region {config.region}), data in {os.path.abspath(config.data_dir)}"]
+        if where:
+            lines.append(f"manta: root credentials in {where} (the manta CLI reads them from there)")
+        else:
+            lines.append(f"manta: root access key {creds.access_key} (secret from MANTA_ROOT_SECRET_KEY)")
+        lines.append(f"manta: ready in {time.monotonic() - started:.2f}s")
+        print("\n".join(lines), file=sys.stderr, flush=True)
+
+    async def main() -> None:
+        task = asyncio.create_task(announce())
+        try:
+            await server.serve()
+        finally:
+            task.cancel()
+
+    try:
+        uvloop.run(main())
+    finally:
+        gc.stop()
+        store.close()

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# One entry point for a fresh Debian 12 machine (run as root):
+#   ./run.sh          install what is missing, start the server with sample data, run a sample, leave it running
+#   ./run.sh test     install what is missing and run the whole test suite (CI runs exactly this)
+#   ./run.sh stop     stop the server started by ./run.sh
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT=$PWD
+VENV=$ROOT/.venv
+DATA=${MANTA_DATA:-$ROOT/manta-data}
+LISTEN=${MANTA_LISTEN:-127.0.0.1:9000}
+APT_PACKAGES=(python3 python3-venv python3-dev gcc awscli curl ca-certificates)
+
+need_apt=()
+for pkg in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+    echo "run.sh: installing ${need_apt[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PY" -m venv "$VENV"
+fi
+stamp=$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+if [ ! -e "$stamp" ]; then
+    "$VENV/bin/pip" install -q --upgrade pip
+    "$VENV/bin/pip" install -q -e ".[test]"
+    touch "$stamp"
+fi
+
+case "${1:-start}" in
+test)
+    shift || true
+    "$VENV/bin/ruff" check manta jobs storage tests benchmarks
+    exec "$VENV/bin/python" -m pytest -p no:cacheprovider "$@"
+    ;;
+stop)
+    if [ -f "$DATA/server.pid" ]; then kill "$(cat "$DATA/server.pid")" 2>/dev/null || true; rm -f "$DATA/server.pid"; fi
+    echo "manta: stopped"
+    ;;
+start)
+    mkdir -p "$DATA"
+    if [ -f "$DATA/server.pid" ] && kill -0 "$(cat "$DATA/server.pid")" 2>/dev/null; then
+        echo "manta: server already running (pid $(cat "$DATA/server.pid"))"
+    else
+        nohup "$VENV/bin/manta" serve --data "$DATA" --listen "$LISTEN" >"$DATA/server.log" 2>&1 &
+        echo $! >"$DATA/server.pid"
+        for _ in $(seq 100); do grep -q "ready in" "$DATA/server.log" 2>/dev/null && break; sleep 0.1; done
+        grep -q "ready in" "$DATA/server.log" || { cat "$DATA/server.log"; echo "manta: server did not start" >&2; exit 1; }
+    fi
+    MANTA_DATA=$DATA MANTA_URL="http://$LISTEN" "$VENV/bin/python" examples/sample.py
+    cat <<MSG
+
+manta is running at http://$LISTEN (log: $DATA/server.log, stop: ./run.sh stop)
+Root credentials: $DATA/root-credentials.json
+Use it with any S3 client, for example:
+  export AWS_ACCESS_KEY_ID=\$(python3 -c 'import json;print(json.load(open("$DATA/root-credentials.json"))["access_key"])')
+  export AWS_SECRET_ACCESS_KEY=\$(python3 -c 'import json;print(json.load(open("$DATA/root-credentials.json"))["secret_key"])')
+  aws --endpoint-url http://$LISTEN s3 ls s3://samples/
+MSG
+    ;;
+*)
+    echo "usage: ./run.sh [start|test|stop]" >&2
+    exit 2
+    ;;
+esac

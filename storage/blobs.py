@@ -1,0 +1,193 @@
+"""Blob store on a directory: the whole write and read protocol for immutable blobs.
+
+Layout under the store root::
+
+    blobs/<id[0:2]>/<id[2:4]>/<id>    committed blobs (id: 32 hex chars, random 128 bits)
+    tmp/<random>.tmp                   in-flight writes; removed at start-up
+
+Write protocol (BlobWriter): stream into a temp file in ``tmp/`` while computing MD5
+and SHA-256, then ``commit()``: fsync the file, rename it into ``blobs/``, fsync the
+destination directory. A crash before the rename leaves only a temp file (swept at
+start-up); a crash after it leaves an unreferenced blob that garbage collection removes.
+A blob is never visible in the catalog before it is durable here.
+
+Reads return plain file objects; ``verify()`` re-hashes a whole blob (scrub).
+Blob ids are generated here and validated before any path is built, so no caller
+input ever reaches a file name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from storage.errors import BlobCorrupt, BlobMissing
+
+__all__ = ["BlobInfo", "BlobWriter", "DirectoryBlobStore"]
+
+_BLOB_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    blob_id: str
+    size: int
+    md5: bytes
+    sha256: bytes
+
+
+class BlobWriter:
+    """One in-flight blob. Not thread-safe; write() may be called from any one thread."""
+
+    def __init__(self, store: DirectoryBlobStore) -> None:
+        self._store = store
+        self.blob_id = secrets.token_hex(16)
+        self._tmp = os.path.join(store.tmp_dir, f"{self.blob_id}.tmp")
+        self._fh: BinaryIO | None = open(self._tmp, "xb", buffering=0)  # noqa: SIM115
+        self._md5 = hashlib.md5()
+        self._sha = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes | memoryview) -> None:
+        assert self._fh is not None, "writer is closed"
+        self._md5.update(data)
+        self._sha.update(data)
+        view = memoryview(data)
+        while view:
+            n = self._fh.write(view)
+            view = view[n:] if n else view
+        self.size += len(data)
+
+    def commit(self) -> BlobInfo:
+        """Make the blob durable and visible under its id (blocking: fsyncs)."""
+        assert self._fh is not None, "writer is closed"
+        fh, self._fh = self._fh, None
+        try:
+            os.fsync(fh.fileno())
+        finally:
+            fh.close()
+        final = self._store.path(self.blob_id)
+        directory = os.path.dirname(final)
+        if not os.path.isdir(directory):
+            os.makedirs(directory, exist_ok=True)
+            _fsync_dir(os.path.dirname(directory))
+            _fsync_dir(self._store.blob_dir)
+        os.rename(self._tmp, final)
+        _fsync_dir(directory)
+        return BlobInfo(self.blob_id, self.size, self._md5.digest(), self._sha.digest())
+
+    def abort(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        try:
+            os.unlink(self._tmp)
+        except FileNotFoundError:
+            pass
+
+    @property
+    def md5(self) -> bytes:
+        return self._md5.digest()
+
+
+class DirectoryBlobStore:
+    """Immutable blobs in a directory tree (the `dir:` backend)."""
+
+    def __init__(self, root: str) -> None:
+        self.root = os.path.abspath(root)
+        self.blob_dir = os.path.join(self.root, "blobs")
+        self.tmp_dir = os.path.join(self.root, "tmp")
+        os.makedirs(self.blob_dir, exist_ok=True)
+        os.makedirs(self.tmp_dir, exist_ok=True)
+
+    def sweep_temp(self) -> int:
+        """Remove leftover temp files from interrupted writes; returns how many."""
+        removed = 0
+        for name in os.listdir(self.tmp_dir):
+            try:
+                os.unlink(os.path.join(self.tmp_dir, name))
+                removed += 1
+            except FileNotFoundError:
+                pass
+        return removed
+
+    def path(self, blob_id: str) -> str:
+        if not _BLOB_ID.match(blob_id):
+            raise ValueError(f"invalid blob id {blob_id!r}")
+        return os.path.join(self.blob_dir, blob_id[:2], blob_id[2:4], blob_id)
+
+    def writer(self) -> BlobWriter:
+        return BlobWriter(self)
+
+    def put(self, data: bytes) -> BlobInfo:
+        w = self.writer()
+        try:
+            w.write(data)
+            return w.commit()
+        except BaseException:
+            w.abort()
+            raise
+
+    def open(self, blob_id: str) -> BinaryIO:
+        try:
+            return open(self.path(blob_id), "rb", buffering=0)  # noqa: SIM115
+        except FileNotFoundError:
+            raise BlobMissing(blob_id) from None
+
+    def exists(self, blob_id: str) -> bool:
+        return os.path.exists(self.path(blob_id))
+
+    def size(self, blob_id: str) -> int:
+        try:
+            return os.stat(self.path(blob_id)).st_size
+        except FileNotFoundError:
+            raise BlobMissing(blob_id) from None
+
+    def delete(self, blob_id: str) -> bool:
+        try:
+            os.unlink(self.path(blob_id))
+            return True
+        except FileNotFoundError:
+            return False
+
+    def verify(self, blob_id: str, sha256: bytes) -> None:
+        """Re-hash a whole blob; raise BlobCorrupt on mismatch, BlobMissing if absent."""
+        h = hashlib.sha256()
+        with self.open(blob_id) as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+        if h.digest() != sha256:
+            raise BlobCorrupt(blob_id, "sha256 mismatch")
+
+    def iter_blobs(self) -> Iterator[tuple[str, float]]:
+        """Every committed blob id with its mtime (for garbage collection)."""
+        for dirpath, _dirs, files in os.walk(self.blob_dir):
+            for name in files:
+                if _BLOB_ID.match(name):
+                    try:
+                        yield name, os.stat(os.path.join(dirpath, name)).st_mtime
+                    except FileNotFoundError:
+                        continue
+
+    def collect_orphans(self, referenced: set[str], grace_s: float) -> int:
+        """Delete blobs not in `referenced` and older than `grace_s`; returns how many."""
+        cutoff = time.time() - grace_s
+        removed = 0
+        for blob_id, mtime in list(self.iter_blobs()):
+            if blob_id not in referenced and mtime < cutoff:
+                removed += self.delete(blob_id)
+        return removed
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

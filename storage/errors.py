@@ -1,0 +1,89 @@
+"""Typed storage-layer errors. The S3 layer maps each to one S3 error code."""
+
+from __future__ import annotations
+
+
+class StorageError(Exception):
+    """Base of every storage-layer error."""
+
+
+class NoSuchBucket(StorageError):
+    def __init__(self, bucket: str) -> None:
+        super().__init__(f"bucket {bucket!r} does not exist")
+        self.bucket = bucket
+
+
+class BucketAlreadyExists(StorageError):
+    def __init__(self, bucket: str, owned_by_you: bool) -> None:
+        super().__init__(f"bucket {bucket!r} already exists")
+        self.bucket = bucket
+        self.owned_by_you = owned_by_you
+
+
+class BucketNotEmpty(StorageError):
+    def __init__(self, bucket: str) -> None:
+        super().__init__(f"bucket {bucket!r} is not empty")
+        self.bucket = bucket
+
+
+class NoSuchKey(StorageError):
+    def __init__(self, bucket: str, key: str) -> None:
+        super().__init__(f"key {key!r} does not exist in bucket {bucket!r}")
+        self.bucket = bucket
+        self.key = key
+
+
+class NoSuchUpload(StorageError):
+    def __init__(self, upload_id: str) -> None:
+        super().__init__(f"upload {upload_id!r} does not exist")
+        self.upload_id = upload_id
+
+
+class NoSuchAccount(StorageError):
+    def __init__(self, access_key: str) -> None:
+        super().__init__(f"no account with access key {access_key!r}")
+        self.access_key = access_key
+
+
+class AccountExists(StorageError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"account {name!r} already exists")
+        self.name = name
+
+
+class BlobMissing(StorageError):
+    def __init__(self, blob_id: str) -> None:
+        super().__init__(f"blob {blob_id} is missing")
+        self.blob_id = blob_id
+
+
+class BlobCorrupt(StorageError):
+    def __init__(self, blob_id: str, detail: str) -> None:
+        super().__init__(f"blob {blob_id} is corrupt: {detail}")
+        self.blob_id = blob_id
+
+
+class SourceChanged(StorageError):
+    def __init__(self, bucket: str, key: str) -> None:
+        super().__init__(f"object {bucket}/{key} changed during the operation")
+        self.bucket = bucket
+        self.key = key
+
+
+class InvalidPart(StorageError):
+    def __init__(self, number: int) -> None:
+        super().__init__(f"part {number} was not found or its ETag does not match")
+        self.number = number
+
+
+class InvalidPartOrder(StorageError):
+    def __init__(self) -> None:
+        super().__init__("the list of parts was not in ascending order")
+
+
+class EntityTooSmall(StorageError):
+    def __init__(self, number: int, size: int, minimum: int) -> None:
+        super().__init__(f"part {number} is {size} bytes, below the minimum of {minimum}")
+        self.number = number
+        self.size = size
+        self.minimum = minimum

@@ -1,0 +1,155 @@
+"""Object records: put, get, delete, copy and list over the catalog.
+
+An object record (msgpack map, ``v`` = 1)::
+
+    {v, key, size, etag, mtime, segments: [[blob_id, size], ...], sha256: bytes | None,
+     headers: {content-type, content-encoding, ...}, meta: {name: value},
+     checksums: {ALGORITHM: base64}, checksum_type: "FULL_OBJECT" | "COMPOSITE" | None,
+     parts: [part sizes] | None, replicas: [node ids]}
+
+An object is the concatenation of its segments. A simple PUT has one segment; a
+completed multipart upload has one per part (parts are never copied); CopyObject makes a
+second record that references the same blobs (reference counts keep them alive).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from storage import errors
+from storage.catalog import Catalog, Record, Txn, object_key
+
+__all__ = ["Listing", "ObjectStore"]
+
+
+@dataclass
+class Listing:
+    contents: list[Record] = field(default_factory=list)
+    common_prefixes: list[str] = field(default_factory=list)
+    truncated: bool = False
+    next_marker: str | None = None  # last key or common prefix returned
+
+
+def segment_blobs(record: Record | None) -> list[str]:
+    return [] if record is None else [seg[0] for seg in record["segments"]]
+
+
+class ObjectStore:
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+
+    def get(self, bucket: str, key: str) -> Record:
+        with self.catalog.read() as txn:
+            self.catalog.bucket(bucket, txn)
+            record = self.catalog.get(txn, "objects", object_key(bucket, key))
+        if record is None:
+            raise errors.NoSuchKey(bucket, key)
+        return record
+
+    def put(self, bucket: str, key: str, record: Record) -> list[str]:
+        """Store `record` under (bucket, key); returns blob ids freed by the overwrite."""
+        record = {**record, "v": 1, "key": key}
+
+        def op(txn: Txn) -> list[str]:
+            return self._put_in(txn, bucket, key, record)
+
+        return self.catalog.write(op)
+
+    def put_async(self, bucket: str, key: str, record: Record) -> Any:
+        record = {**record, "v": 1, "key": key}
+        return self.catalog.submit(lambda txn: self._put_in(txn, bucket, key, record))
+
+    def _put_in(self, txn: Txn, bucket: str, key: str, record: Record) -> list[str]:
+        self.catalog.bucket(bucket, txn)
+        okey = object_key(bucket, key)
+        old = self.catalog.get(txn, "objects", okey)
+        self.catalog.ref_blobs(txn, segment_blobs(record))
+        self.catalog.put(txn, "objects", okey, record)
+        return self.catalog.unref_blobs(txn, segment_blobs(old))
+
+    def delete(self, bucket: str, key: str) -> list[str]:
+        """Delete (idempotent); returns freed blob ids."""
+
+        def op(txn: Txn) -> list[str]:
+            return self._delete_in(txn, bucket, key)
+
+        return self.catalog.write(op)
+
+    def _delete_in(self, txn: Txn, bucket: str, key: str) -> list[str]:
+        self.catalog.bucket(bucket, txn)
+        okey = object_key(bucket, key)
+        old = self.catalog.get(txn, "objects", okey)
+        if old is None:
+            return []
+        self.catalog.delete(txn, "objects", okey)
+        return self.catalog.unref_blobs(txn, segment_blobs(old))
+
+    def delete_many(self, bucket: str, keys: list[str]) -> list[str]:
+        def op(txn: Txn) -> list[str]:
+            freed: list[str] = []
+            for key in keys:
+                freed += self._delete_in(txn, bucket, key)
+            return freed
+
+        return self.catalog.write(op)
+
+    def copy(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str,
+             update: dict[str, Any], expect_etag: str | None = None) -> tuple[Record, list[str]]:
+        """Link the source's blobs under a new key (no bytes copied)."""
+
+        def op(txn: Txn) -> tuple[Record, list[str]]:
+            self.catalog.bucket(src_bucket, txn)
+            src = self.catalog.get(txn, "objects", object_key(src_bucket, src_key))
+            if src is None:
+                raise errors.NoSuchKey(src_bucket, src_key)
+            if expect_etag is not None and src["etag"] != expect_etag:
+                raise errors.SourceChanged(src_bucket, src_key)
+            record = {**src, **update, "key": dst_key}
+            return record, self._put_in(txn, dst_bucket, dst_key, record)
+
+        return self.catalog.write(op)
+
+    def iter_keys(self, bucket: str, start_after: str = "", prefix: str = "") -> Iterator[Record]:
+        with self.catalog.read() as txn:
+            base = bucket.encode() + b"\0"
+            start = base + start_after.encode() + (b"\0" if start_after else b"")
+            for _, record in self.catalog.scan(txn, "objects", start=start, prefix=base + prefix.encode()):
+                yield record
+
+    def list(self, bucket: str, prefix: str = "", delimiter: str = "", start_after: str = "",
+             max_keys: int = 1000) -> Listing:
+        """One page of keys and common prefixes after `start_after`, in binary order."""
+        out = Listing()
+        with self.catalog.read() as txn:
+            self.catalog.bucket(bucket, txn)
+            base = bucket.encode() + b"\0"
+            pfx = base + prefix.encode()
+            start = base + start_after.encode() + b"\0" if start_after else pfx
+            cursor = txn.cursor(db=self.catalog.db["objects"])
+            found = cursor.set_range(max(start, pfx))
+            # a start_after that is itself a common prefix must skip the whole group
+            if start_after and delimiter and start_after.endswith(delimiter) and start_after.startswith(prefix):
+                found = cursor.set_range(max(base + start_after.encode() + b"\xff", pfx))
+            while found:
+                raw_key = cursor.key()
+                if not raw_key.startswith(pfx):
+                    break
+                key = raw_key[len(base):].decode()
+                if len(out.contents) + len(out.common_prefixes) >= max_keys:
+                    out.truncated = True
+                    break
+                cut = key.find(delimiter, len(prefix)) if delimiter else -1
+                if cut >= 0:
+                    common = key[: cut + len(delimiter)]
+                    out.common_prefixes.append(common)
+                    out.next_marker = common
+                    found = cursor.set_range(base + common.encode() + b"\xff")
+                    continue
+                record = self.catalog.get(txn, "objects", raw_key)
+                assert record is not None
+                out.contents.append(record)
+                out.next_marker = key
+                found = cursor.next()
+        return out

@@ -1,0 +1,145 @@
+"""Multipart uploads: upload records, part records, and completion without copying.
+
+Each part is its own blob. Completing an upload writes one object record whose segments
+are the chosen parts' blobs, in order, and drops the part records; parts that were
+uploaded but not chosen lose their last reference and are freed. Aborting frees every
+part. A part uploaded twice replaces the earlier one (whose blob is freed).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+from storage import errors
+from storage.catalog import Catalog, Record, Txn, object_key, part_key
+from storage.objects import ObjectStore
+
+__all__ = ["MIN_PART_SIZE", "UploadStore"]
+
+MIN_PART_SIZE = 5 * 1024 * 1024
+
+
+class UploadStore:
+    def __init__(self, catalog: Catalog, objects: ObjectStore) -> None:
+        self.catalog = catalog
+        self.objects = objects
+
+    def create(self, bucket: str, key: str, owner: str, fields: dict[str, Any]) -> Record:
+        upload_id = secrets.token_urlsafe(24)
+        record = {**fields, "v": 1, "upload_id": upload_id, "bucket": bucket, "key": key,
+                  "owner": owner, "initiated": time.time()}
+
+        def op(txn: Txn) -> Record:
+            self.catalog.bucket(bucket, txn)
+            self.catalog.put(txn, "uploads", upload_id.encode(), record)
+            txn.put(object_key(bucket, key) + b"\0" + upload_id.encode(), b"",
+                    db=self.catalog.db["upkeys"])
+            return record
+
+        return self.catalog.write(op)
+
+    def get(self, bucket: str, key: str, upload_id: str, txn: Txn | None = None) -> Record:
+        if txn is None:
+            with self.catalog.read() as t:
+                return self.get(bucket, key, upload_id, t)
+        record = self.catalog.get(txn, "uploads", upload_id.encode())
+        if record is None or record["bucket"] != bucket or record["key"] != key:
+            raise errors.NoSuchUpload(upload_id)
+        return record
+
+    def put_part(self, bucket: str, key: str, upload_id: str, part: Record) -> list[str]:
+        """Record a part (its blob is durable already); returns freed blob ids."""
+        part = {**part, "v": 1, "mtime": time.time()}
+
+        def op(txn: Txn) -> list[str]:
+            self.get(bucket, key, upload_id, txn)
+            pkey = part_key(upload_id, part["number"])
+            old = self.catalog.get(txn, "parts", pkey)
+            self.catalog.ref_blobs(txn, [part["blob"]])
+            self.catalog.put(txn, "parts", pkey, part)
+            return self.catalog.unref_blobs(txn, [old["blob"]] if old else [])
+
+        return self.catalog.write(op)
+
+    def parts(self, upload_id: str, after: int = 0) -> list[Record]:
+        with self.catalog.read() as txn:
+            return [p for _, p in self.catalog.scan(
+                txn, "parts", start=part_key(upload_id, after + 1), prefix=upload_id.encode() + b"\0")]
+
+    def list_uploads(self, bucket: str, prefix: str = "", key_marker: str = "",
+                     upload_id_marker: str = "") -> list[Record]:
+        with self.catalog.read() as txn:
+            base = bucket.encode() + b"\0"
+            start = base + key_marker.encode()
+            if key_marker:
+                start += b"\0" + (upload_id_marker.encode() + b"\0" if upload_id_marker else b"\xff")
+            out = []
+            for raw, _ in self.catalog.scan(txn, "upkeys", start=start, prefix=base + prefix.encode()):
+                upload_id = raw.rsplit(b"\0", 1)[1]
+                record = self.catalog.get(txn, "uploads", upload_id)
+                if record is not None:
+                    out.append(record)
+            return out
+
+    def _drop(self, txn: Txn, upload: Record) -> list[str]:
+        upload_id = upload["upload_id"]
+        blobs = [p["blob"] for _, p in self.catalog.scan(txn, "parts", prefix=upload_id.encode() + b"\0")]
+        for number in [p["number"] for _, p in self.catalog.scan(txn, "parts", prefix=upload_id.encode() + b"\0")]:
+            self.catalog.delete(txn, "parts", part_key(upload_id, number))
+        self.catalog.delete(txn, "uploads", upload_id.encode())
+        self.catalog.delete(txn, "upkeys", object_key(upload["bucket"], upload["key"]) + b"\0" + upload_id.encode())
+        return self.catalog.unref_blobs(txn, blobs)
+
+    def abort(self, bucket: str, key: str, upload_id: str) -> list[str]:
+        def op(txn: Txn) -> list[str]:
+            return self._drop(txn, self.get(bucket, key, upload_id, txn))
+
+        return self.catalog.write(op)
+
+    def abort_all(self, bucket: str) -> list[str]:
+        """Drop every pending upload of a bucket (used when the bucket is deleted)."""
+
+        def op(txn: Txn) -> list[str]:
+            freed: list[str] = []
+            uploads = [self.catalog.get(txn, "uploads", raw.rsplit(b"\0", 1)[1])
+                       for raw, _ in self.catalog.scan(txn, "upkeys", prefix=bucket.encode() + b"\0")]
+            for upload in uploads:
+                if upload is not None:
+                    freed += self._drop(txn, upload)
+            return freed
+
+        return self.catalog.write(op)
+
+    def complete(self, bucket: str, key: str, upload_id: str, chosen: list[tuple[int, str]],
+                 build: Callable[[Record, list[Record]], Record]) -> tuple[Record, list[str]]:
+        """Turn the chosen (number, etag) parts into the object, without copying bytes.
+
+        `build(upload, parts)` makes the object record (ETag, checksums) from the part
+        records; it runs inside the transaction and must not do I/O.
+        """
+
+        def op(txn: Txn) -> tuple[Record, list[str]]:
+            upload = self.get(bucket, key, upload_id, txn)
+            numbers = [n for n, _ in chosen]
+            if any(b <= a for a, b in zip(numbers, numbers[1:], strict=False)):
+                raise errors.InvalidPartOrder()
+            parts = []
+            for number, etag in chosen:
+                part = self.catalog.get(txn, "parts", part_key(upload_id, number))
+                if part is None or part["etag"] != etag.strip('"'):
+                    raise errors.InvalidPart(number)
+                parts.append(part)
+            for part in parts[:-1]:
+                if part["size"] < MIN_PART_SIZE:
+                    raise errors.EntityTooSmall(part["number"], part["size"], MIN_PART_SIZE)
+            record = build(upload, parts)
+            record = {**record, "v": 1, "key": key,
+                      "segments": [[p["blob"], p["size"]] for p in parts]}
+            freed = self.objects._put_in(txn, bucket, key, record)
+            freed += self._drop(txn, upload)
+            return record, freed
+
+        return self.catalog.write(op)

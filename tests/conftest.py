@@ -1,0 +1,141 @@
+"""Shared fixtures: a real `manta serve` on a loopback port, boto3 clients, system-test gating.
+
+Tests that need a system tool (zfs, bwrap, awscli, root) call `require(...)`: on a laptop
+they skip with the reason; with MANTA_REQUIRE_SYSTEM_TESTS=1 (set by CI) they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import boto3
+import pytest
+from botocore.config import Config
+
+ROOT_AK = "MANTAROOTTESTKEY0001"
+ROOT_SK = "manta-root-test-secret-key-0000000000001"
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def require(condition: bool, reason: str) -> None:
+    if condition:
+        return
+    if os.environ.get("MANTA_REQUIRE_SYSTEM_TESTS") == "1":
+        pytest.fail(f"required system test cannot run: {reason}")
+    pytest.skip(reason)
+
+
+def require_tool(name: str) -> str:
+    path = shutil.which(name) or (f"/usr/bin/{name}" if os.path.exists(f"/usr/bin/{name}") else None)
+    require(path is not None, f"{name} is not installed")
+    assert path is not None
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    data_dir: str
+    port: int
+    env: dict[str, str] = field(default_factory=dict)
+    extra_args: list[str] = field(default_factory=list)
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: str = ""
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 15.0) -> None:
+        self.log_path = os.path.join(os.path.dirname(self.data_dir), f"server-{self.port}.log")
+        log = open(self.log_path, "ab")  # noqa: SIM115
+        env = {**os.environ, "MANTA_ROOT_ACCESS_KEY": ROOT_AK, "MANTA_ROOT_SECRET_KEY": ROOT_SK,
+               **self.env}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "manta", "serve", "--data", self.data_dir,
+             "--listen", f"127.0.0.1:{self.port}", *self.extra_args],
+            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        log.close()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"server did not start: {self.log()}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def log(self) -> str:
+        try:
+            with open(self.log_path, errors="replace") as fh:
+                return fh.read()[-4000:]
+        except OSError:
+            return ""
+
+    def client(self, access_key: str = ROOT_AK, secret_key: str = ROOT_SK, **config: object) -> object:
+        return boto3.client(
+            "s3", endpoint_url=self.url, aws_access_key_id=access_key,
+            aws_secret_access_key=secret_key, region_name="us-east-1",
+            config=Config(**config) if config else None)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server shared by the tests that do not restart or kill it."""
+    base = tmp_path_factory.mktemp("manta")
+    srv = Server(str(base / "data"), free_port(), env={"MANTA_BODY_TIMEOUT_S": "2"})
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def fresh_server(tmp_path: object) -> Iterator[Server]:
+    """A server of the test's own, for tests that kill or restart it."""
+    srv = Server(os.path.join(str(tmp_path), "data"), free_port())
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def s3(server: Server) -> object:
+    return server.client()
+
+
+_counter = [0]
+
+
+@pytest.fixture
+def bucket(s3: object) -> Iterator[str]:
+    _counter[0] += 1
+    name = f"test-{os.getpid()}-{_counter[0]}"
+    s3.create_bucket(Bucket=name)  # type: ignore[attr-defined]
+    yield name
