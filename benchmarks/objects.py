@@ -1,23 +1,12 @@
 """Object PUT/GET benchmark: manta vs nginx (static GET + WebDAV PUT) vs moto (S3, in memory).
 
-Metrics, for every server, in one run:
-  * PUT and GET throughput (MB/s, 10^6 bytes) of one large object streamed in 1 MiB chunks;
-  * 4 KiB PUT and GET operations per second at concurrency 1 and 16.
-
-Method:
-  * All servers are started up front on loopback and stay idle while another one is measured.
-    Each round measures every metric on every server in turn, so drift hits all servers alike;
-    the table quotes the median of --repeat rounds.
-  * One client for everyone: a minimal HTTP/1.1 keep-alive client (one connection per thread),
-    threads spread over --client-procs processes so the GIL does not cap the servers. S3
-    requests carry a hand-rolled SigV4 header signature (UNSIGNED-PAYLOAD); nginx receives the
-    very same requests unsigned.
-  * Answers are checked so a broken server cannot look fast: status, exact size, and content
-    (every 4 KiB GET in full; the 8-byte index of every large chunk, three chunks in full).
-  * manta's and nginx's data live under one temp dir (same filesystem); moto keeps objects in
-    memory. Everything the script starts is stopped, and the temp dir removed, on exit.
-
-Usage: see benchmarks/README.md.
+Measures large-object PUT/GET throughput (MB/s = 10^6 bytes/s) and 4 KiB PUT/GET ops/s at
+concurrency 1 and 16. All servers run at once on loopback; each round measures every metric on
+every server in turn, and the table quotes medians over rounds. One cheap client drives every
+server: a minimal HTTP/1.1 keep-alive client, one process per concurrent worker, SigV4 header
+auth (UNSIGNED-PAYLOAD) for the S3 servers and the same requests unsigned for nginx. Answers are
+checked (status, size, content) so that a broken server cannot look fast.
+Usage and method: benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -25,12 +14,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import hashlib
 import hmac
 import json
 import multiprocessing as mp
 import os
 import platform
+import queue
 import random
 import secrets
 import shutil
@@ -44,63 +35,41 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
 NGINX = "/usr/sbin/nginx"
 SERVERS = ("manta", "nginx", "moto")
+TARGETS = (("large_get", "nginx", 0.7), ("small_put", "moto", 3.0), ("small_get", "moto", 3.0))
+FULL_DEFAULTS = {"large_mib": 1024, "seconds": 5.0, "repeat": 3, "small_keys": 1000}
+QUICK_DEFAULTS = {"large_mib": 64, "seconds": 2.0, "repeat": 1, "small_keys": 200}
 MiB = 1 << 20
-SMALL = 4096
-BUCKET = "bench"
-REGION = "us-east-1"
-LARGE_TAIL = random.Random(1).randbytes(MiB - 8)  # chunk i = 8-byte big-endian i + LARGE_TAIL
-SMALL_FILL = random.Random(2).randbytes(SMALL - 16)  # small key i = 16-byte index + SMALL_FILL
+BUCKET, REGION = "bench", "us-east-1"
+LARGE_TAIL = random.Random(1).randbytes(MiB - 8)  # large chunk i: 8-byte big-endian i + this
+SMALL_FILL = random.Random(2).randbytes(4096 - 16)  # small key i: 16-byte index + this
 SIGNED_HEADERS = "host;x-amz-content-sha256;x-amz-date"
+FAILURES = (OSError, ValueError, IndexError)  # I/O errors and unparsable answers
 
 
 class BenchError(Exception):
     """A server answered wrongly (status, size, content) or could not be started."""
 
 
-# ---------------------------------------------------------------------------------- client
-
-
-class Signer:
-    """AWS SigV4 header signing for S3 with UNSIGNED-PAYLOAD; signing key cached per day."""
-
-    def __init__(self, access_key: str, secret_key: str, region: str = REGION) -> None:
-        self.access_key, self.secret_key, self.region = access_key, secret_key, region
-        self._day_keys: dict[str, bytes] = {}
-
-    def _day_key(self, day: str) -> bytes:
-        if day not in self._day_keys:
-            key = ("AWS4" + self.secret_key).encode()
-            for part in (day, self.region, "s3", "aws4_request"):
-                key = hmac.new(key, part.encode(), hashlib.sha256).digest()
-            self._day_keys[day] = key
-        return self._day_keys[day]
-
-    def headers(self, method: str, host: str, path: str) -> dict[str, str]:
-        amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        scope = f"{amz_date[:8]}/{self.region}/s3/aws4_request"
-        canonical = (f"{method}\n{path}\n\nhost:{host}\nx-amz-content-sha256:UNSIGNED-PAYLOAD\n"
-                     f"x-amz-date:{amz_date}\n\n{SIGNED_HEADERS}\nUNSIGNED-PAYLOAD")
-        to_sign = (f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n"
-                   f"{hashlib.sha256(canonical.encode()).hexdigest()}")
-        signature = hmac.new(self._day_key(amz_date[:8]), to_sign.encode(), hashlib.sha256)
-        return {"x-amz-date": amz_date, "x-amz-content-sha256": "UNSIGNED-PAYLOAD",
-                "Authorization": f"AWS4-HMAC-SHA256 Credential={self.access_key}/{scope}, "
-                                 f"SignedHeaders={SIGNED_HEADERS}, Signature={signature.hexdigest()}"}
+@functools.lru_cache(maxsize=8)
+def signing_key(secret_key: str, day: str) -> bytes:
+    key = ("AWS4" + secret_key).encode()
+    for part in (day, REGION, "s3", "aws4_request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    return key
 
 
 @dataclass(frozen=True)
 class Target:
-    """Where to send requests; keys are URL-safe so a path needs no escaping."""
+    """Where requests go; keys are URL-safe, so paths need no escaping."""
 
     name: str
     port: int
-    signer: Signer | None  # None: unsigned (nginx)
+    access_key: str = ""  # empty: send unsigned (nginx)
+    secret_key: str = ""
 
     @property
     def host(self) -> str:
@@ -109,15 +78,28 @@ class Target:
     def path(self, key: str = "") -> str:
         return f"/{BUCKET}/{key}" if key else f"/{BUCKET}"
 
-    def headers(self, method: str, path: str) -> dict[str, str]:
-        return self.signer.headers(method, self.host, path) if self.signer else {}
+    def auth_headers(self, method: str, path: str) -> str:
+        """SigV4 header auth with UNSIGNED-PAYLOAD, as CRLF-terminated header lines."""
+        if not self.access_key:
+            return ""
+        amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        scope = f"{amz_date[:8]}/{REGION}/s3/aws4_request"
+        canonical = (f"{method}\n{path}\n\nhost:{self.host}\nx-amz-content-sha256:UNSIGNED-PAYLOAD"
+                     f"\nx-amz-date:{amz_date}\n\n{SIGNED_HEADERS}\nUNSIGNED-PAYLOAD")
+        to_sign = (f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n"
+                   f"{hashlib.sha256(canonical.encode()).hexdigest()}")
+        signature = hmac.new(signing_key(self.secret_key, amz_date[:8]), to_sign.encode(),
+                             hashlib.sha256).hexdigest()
+        return (f"x-amz-date: {amz_date}\r\nx-amz-content-sha256: UNSIGNED-PAYLOAD\r\n"
+                f"Authorization: AWS4-HMAC-SHA256 Credential={self.access_key}/{scope}, "
+                f"SignedHeaders={SIGNED_HEADERS}, Signature={signature}\r\n")
 
 
 class Client:
-    """A minimal HTTP/1.1 keep-alive client on one connection.
+    """A minimal HTTP/1.1 keep-alive client on one connection (Content-Length or chunked).
 
-    http.client spends ~4x more CPU per 4 KiB request (~125 us vs ~30 us), and on 2 cores that
-    CPU is taken from the server under test. Bodies: Content-Length, chunked, or until close.
+    http.client spends ~4x more CPU per 4 KiB request (~125 vs ~30 us), and on 2 cores the
+    client's CPU is taken from the server under test.
     """
 
     def __init__(self, target: Target, timeout_s: float = 120.0) -> None:
@@ -125,42 +107,43 @@ class Client:
         self.sock: socket.socket | None = None
         self.buf = bytearray()  # received, not yet consumed
 
-    def connect(self) -> None:
+    def connect(self) -> socket.socket:
         self.close()
         self.sock = socket.create_connection(("127.0.0.1", self.target.port), self.timeout_s)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return self.sock
+
+    def connected(self) -> socket.socket:
+        if self.sock is None:
+            raise ConnectionError("connection closed")
+        return self.sock
 
     def close(self) -> None:
         if self.sock is not None:
             self.sock.close()
-        self.sock = None
-        self.buf.clear()
+        self.sock, self.buf = None, bytearray()
 
     def send(self, method: str, path: str, body=b"", length: int | None = None) -> None:
         """Send one request; `body` is bytes, or an iterable of chunks totalling `length`."""
-        lines = [f"{method} {path} HTTP/1.1", f"Host: {self.target.host}"]
-        lines += [f"{k}: {v}" for k, v in self.target.headers(method, path).items()]
+        head = (f"{method} {path} HTTP/1.1\r\nHost: {self.target.host}\r\n"
+                + self.target.auth_headers(method, path))
         if method == "PUT":
-            lines.append(f"Content-Length: {len(body) if length is None else length}")
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode()
-        if self.sock is None:
-            self.connect()
+            head += f"Content-Length: {len(body) if length is None else length}\r\n"
+        sock = self.sock or self.connect()
         if isinstance(body, bytes):
-            self.sock.sendall(head + body)  # one segment for small requests
+            sock.sendall(head.encode() + b"\r\n" + body)  # small requests: one segment
             return
-        self.sock.sendall(head)
+        sock.sendall(head.encode() + b"\r\n")
         for chunk in body:
-            self.sock.sendall(chunk)
+            sock.sendall(chunk)
 
     def read_head(self) -> tuple[int, dict[str, str]]:
         while (end := self.buf.find(b"\r\n\r\n")) < 0:
             self._fill()
         status_line, *lines = self.buf[:end].decode("latin-1").split("\r\n")
         del self.buf[:end + 4]
-        headers = {}
-        for line in lines:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
+        fields = (line.partition(":") for line in lines)
+        headers = {name.strip().lower(): value.strip() for name, _, value in fields}
         return int(status_line.split(" ", 2)[1]), headers
 
     def read_body(self, status: int, headers: dict[str, str]) -> bytes:
@@ -177,24 +160,19 @@ class Client:
                 pass
             data = b"".join(parts)
         else:
-            with contextlib.suppress(ConnectionError):
-                while True:
-                    self._fill()
-            data = bytes(self.buf)
-            self.close()
+            raise BenchError(f"HTTP {status} answer without Content-Length or chunked body")
         if headers.get("connection", "").lower() == "close":
             self.close()
         return data
 
     def readinto(self, view: memoryview) -> int:
-        """Read Content-Length body bytes straight into `view`; returns the count."""
+        """Read body bytes straight into `view` (large GETs); returns the count."""
         if self.buf:
             n = min(len(view), len(self.buf))
             view[:n] = self.buf[:n]
             del self.buf[:n]
             return n
-        n = self.sock.recv_into(view)
-        if not n:
+        if not (n := self.connected().recv_into(view)):
             raise ConnectionError("server closed the connection")
         return n
 
@@ -218,8 +196,7 @@ class Client:
             raise BenchError(f"{method} {self.target.path(key)}: HTTP {status} {data[:300]!r}")
 
     def _fill(self) -> None:
-        data = self.sock.recv(262144)
-        if not data:
+        if not (data := self.connected().recv(256 * 1024)):
             raise ConnectionError("server closed the connection")
         self.buf += data
 
@@ -243,18 +220,18 @@ def small_body(i: int) -> bytes:
 
 
 def small_op(client: Client, op: str, index: int, fresh_key: str) -> bool:
-    """One 4 KiB PUT (of a fresh key) or GET (of pre-created key `index`, content checked)."""
+    """One 4 KiB PUT of a fresh key, or GET of pre-created key `index` (content checked)."""
     try:
         if op == "put":
             return client.call("PUT", fresh_key, small_body(index))[0] in (200, 201, 204)
         status, data = client.call("GET", f"small/{index}")
         return status == 200 and data == small_body(index)
-    except (OSError, ValueError, IndexError):  # IndexError, ValueError: unparsable answer
+    except (BenchError, *FAILURES):
         client.close()
         return False
 
 
-def large_put(target: Target, key: str, size_mib: int) -> float:
+def large_put(target: Target, size_mib: int) -> float:
     block = bytearray(8) + LARGE_TAIL
 
     def chunks():
@@ -264,7 +241,7 @@ def large_put(target: Target, key: str, size_mib: int) -> float:
 
     client = Client(target)
     start = time.monotonic()
-    client.send("PUT", target.path(key), chunks(), size_mib * MiB)
+    client.send("PUT", target.path("large"), chunks(), size_mib * MiB)
     status, headers = client.read_head()
     answer = client.read_body(status, headers)
     seconds = time.monotonic() - start
@@ -274,13 +251,12 @@ def large_put(target: Target, key: str, size_mib: int) -> float:
     return size_mib * MiB / seconds / 1e6
 
 
-def large_get(target: Target, key: str, size_mib: int) -> float:
+def large_get(target: Target, size_mib: int) -> float:
     buf = bytearray(MiB)
     view = memoryview(buf)
-    full_check = {0, size_mib // 2, size_mib - 1}
     client = Client(target)
     start = time.monotonic()
-    client.send("GET", target.path(key))
+    client.send("GET", target.path("large"))
     status, headers = client.read_head()
     if status != 200:
         raise BenchError(f"large GET: HTTP {status} {client.read_body(status, headers)[:300]!r}")
@@ -291,103 +267,110 @@ def large_get(target: Target, key: str, size_mib: int) -> float:
         got = 0
         while got < MiB:
             got += client.readinto(view[got:])
-        if buf[:8] != i.to_bytes(8, "big") or (i in full_check and buf[8:] != LARGE_TAIL):
+        full_check = i in (0, size_mib // 2, size_mib - 1)
+        if buf[:8] != i.to_bytes(8, "big") or (full_check and buf[8:] != LARGE_TAIL):
             raise BenchError(f"large GET: wrong content in MiB #{i}")
     seconds = time.monotonic() - start
     client.close()
     return size_mib * MiB / seconds / 1e6
 
 
-# ------------------------------------------------------------------------- load generator
-
-
-def _load_proc(target: Target, op: str, worker_ids: range, concurrency: int, seconds: float,
-               nkeys: int, tag: str, barrier, results) -> None:
-    """Client process: one thread per worker id; reports (ops, failed ops, elapsed_s)."""
+def _small_worker(target: Target, op: str, wid: int, concurrency: int, seconds: float,
+                  nkeys: int, tag: str, barrier, results) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us
-    connected, go = threading.Barrier(len(worker_ids) + 1), threading.Event()
-    deadline: list[float] = []
-    tallies: list[tuple[int, int, float]] = []
-
-    def worker(wid: int) -> None:
-        client = Client(target)
-        with contextlib.suppress(OSError):
-            client.connect()
-        connected.wait()
-        go.wait()
-        ok = failed = n = 0
-        now = time.monotonic()
-        while now < deadline[0]:
-            if small_op(client, op, (wid + n * concurrency) % nkeys, f"fresh/{tag}/{wid}-{n}"):
-                ok += 1
-            else:
-                failed += 1
-            n, now = n + 1, time.monotonic()
-        client.close()
-        tallies.append((ok, failed, now))
-
-    threads = [threading.Thread(target=worker, args=(w,)) for w in worker_ids]
-    for t in threads:
-        t.start()
-    connected.wait(timeout=60)
-    barrier.wait(timeout=60)  # all client processes start together
-    start = time.monotonic()
-    deadline.append(start + seconds)
-    go.set()
-    for t in threads:
-        t.join()
-    results.put((sum(t[0] for t in tallies), sum(t[1] for t in tallies),
-                 max(t[2] for t in tallies) - start))
+    client = Client(target)
+    with contextlib.suppress(OSError):
+        client.connect()
+    barrier.wait(timeout=60)
+    ok = n = 0
+    start = now = time.monotonic()
+    while now < start + seconds:
+        ok += small_op(client, op, (wid + n * concurrency) % nkeys, f"fresh/{tag}/{wid}-{n}")
+        n, now = n + 1, time.monotonic()
+    client.close()
+    results.put((ok, n - ok, now - start))
 
 
-def run_load(target: Target, op: str, concurrency: int, seconds: float, nkeys: int,
-             client_procs: int, tag: str) -> tuple[float, int]:
-    """Ops/s of 4 KiB `op` ("put" or "get") at `concurrency`, and the number of failed ops."""
+def run_small(target: Target, op: str, concurrency: int, seconds: float, nkeys: int,
+              tag: str) -> tuple[float, int]:
+    """4 KiB `op` ("put"/"get") ops/s from `concurrency` client processes; and failed ops."""
     ctx = mp.get_context("fork")
-    nprocs = min(concurrency, client_procs)
-    barrier, results, procs, first = ctx.Barrier(nprocs + 1), ctx.Queue(), [], 0
-    for p in range(nprocs):
-        share = concurrency // nprocs + (p < concurrency % nprocs)
-        args = (target, op, range(first, first + share), concurrency, seconds, nkeys, tag,
-                barrier, results)
-        procs.append(ctx.Process(target=_load_proc, args=args, daemon=True))
-        first += share
+    barrier, results = ctx.Barrier(concurrency + 1), ctx.Queue()
+    procs = [ctx.Process(target=_small_worker, daemon=True, args=(
+        target, op, wid, concurrency, seconds, nkeys, tag, barrier, results))
+        for wid in range(concurrency)]
     try:
         for proc in procs:
             proc.start()
         barrier.wait(timeout=60)
-        tallies = [results.get(timeout=seconds + 120) for _ in procs]
+        tallies = [results.get(timeout=seconds + 150) for _ in procs]
+    except (queue.Empty, threading.BrokenBarrierError) as exc:
+        raise BenchError(f"client workers stalled ({type(exc).__name__})") from None
     finally:
         for proc in procs:
-            proc.join(timeout=5)
-            if proc.is_alive():
-                proc.terminate()
+            if proc.pid is not None:
+                proc.terminate()  # all results are in (or we are giving up)
                 proc.join()
     return sum(t[0] for t in tallies) / max(t[2] for t in tallies), sum(t[1] for t in tallies)
 
 
-# -------------------------------------------------------------------------------- servers
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+NGINX_CONF = """\
+{user}worker_processes 2; pid {tmp}/nginx.pid; error_log {tmp}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off; sendfile on; tcp_nopush on; tcp_nodelay on; default_type application/octet-stream;
+    keepalive_timeout 300s; keepalive_requests 10000000; client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy; fastcgi_temp_path {tmp}/fastcgi; uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    server {{
+        listen 127.0.0.1:{port}; root {root};
+        location / {{ dav_methods PUT DELETE; create_full_put_path on; client_max_body_size 0; }}
+    }}
+}}
+"""
 
 
 class Server:
-    """A server subprocess in its own session (process group), logging to a file."""
+    """A server subprocess in its own session (process group), logging to WORK/NAME.log."""
 
-    def __init__(self, target: Target, argv: list[str], log: Path, env: dict | None = None):
-        self.target, self.log = target, log
-        with open(log, "wb") as out:
+    def __init__(self, target: Target, argv: list[str], work: Path, env: dict | None = None):
+        self.target, self.log = target, work / f"{target.name}.log"
+        with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
-                                         stderr=subprocess.STDOUT, env=env, cwd=REPO,
+                                         stderr=subprocess.STDOUT, env=env, cwd=HERE.parent,
                                          start_new_session=True)
 
-    def log_tail(self, lines: int = 15) -> str:
-        text = self.log.read_text(errors="replace").strip().splitlines()[-lines:]
-        return "\n".join("    | " + line for line in text) or "    | (empty log)"
+    @classmethod
+    def start(cls, name: str, work: Path) -> Server:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if name == "manta":
+            keys = {"MANTA_ROOT_ACCESS_KEY": "benchroot",
+                    "MANTA_ROOT_SECRET_KEY": secrets.token_hex(20)}
+            (work / "manta-data").mkdir()
+            argv = [sys.executable, "-m", "manta", "serve", "--data", str(work / "manta-data"),
+                    "--listen", f"127.0.0.1:{port}"]
+            return cls(Target(name, port, *keys.values()), argv, work, {**os.environ, **keys})
+        if name == "moto":
+            argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+            return cls(Target(name, port, "benchkey", "benchsecret"), argv, work)
+        if not os.path.exists(NGINX):
+            raise BenchError(f"{NGINX} not found; install it with "
+                             "`apt-get install -y nginx libnginx-mod-http-dav-ext`")
+        tmp, root = work / "nginx", work / "nginx-data"
+        tmp.mkdir()
+        (root / BUCKET).mkdir(parents=True)
+        user = "user root;\n" if os.geteuid() == 0 else ""  # workers must write our dirs
+        (tmp / "nginx.conf").write_text(NGINX_CONF.format(user=user, tmp=tmp, port=port,
+                                                          root=root))
+        argv = [NGINX, "-p", str(tmp), "-e", str(tmp / "error.log"),
+                "-c", str(tmp / "nginx.conf"), "-g", "daemon off;"]
+        return cls(Target(name, port), argv, work)
+
+    def log_tail(self) -> str:
+        lines = self.log.read_text(errors="replace").strip().splitlines()[-15:]
+        return "\n".join("    | " + line for line in lines)
 
     def wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -396,96 +379,33 @@ class Server:
                 raise BenchError(f"exited with code {self.proc.returncode}:\n{self.log_tail()}")
             client = Client(self.target, timeout_s=2)
             try:
-                client.call("GET")
+                client.send("GET", "/")
+                client.read_head()
                 return  # any HTTP answer will do
-            except (OSError, ValueError, IndexError):
+            except FAILURES:
                 time.sleep(0.2)
             finally:
                 client.close()
-        raise BenchError(f"no HTTP answer on {self.target.host} after {timeout_s:.0f} s:\n"
+        raise BenchError(f"no HTTP answer on {self.target.host} in {timeout_s:.0f} s:\n"
                          f"{self.log_tail()}")
 
+    def prepare(self, nkeys: int) -> None:
+        """Create the bucket (S3 servers) and the 4 KiB keys that GETs read."""
+        client = Client(self.target)
+        if self.target.access_key:
+            client.expect("PUT", ok=(200, 409))
+        for i in range(nkeys):
+            client.expect("PUT", f"small/{i}", small_body(i))
+        client.close()
+
     def stop(self) -> None:
-        if self.proc.poll() is None:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            if self.proc.poll() is not None:
+                return
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
+                os.killpg(self.proc.pid, sig)  # the whole group: servers may fork workers
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-
-
-def start_manta(work: Path) -> Server:
-    access_key, secret_key = "benchroot", secrets.token_hex(20)
-    port, data = free_port(), work / "manta-data"
-    data.mkdir()
-    env = dict(os.environ, MANTA_ROOT_ACCESS_KEY=access_key, MANTA_ROOT_SECRET_KEY=secret_key)
-    argv = [sys.executable, "-m", "manta", "serve", "--data", str(data),
-            "--listen", f"127.0.0.1:{port}"]
-    return Server(Target("manta", port, Signer(access_key, secret_key)), argv,
-                  work / "manta.log", env)
-
-
-NGINX_CONF = """\
-{user}worker_processes 2;
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    sendfile on; tcp_nopush on; tcp_nodelay on;
-    keepalive_timeout 300s; keepalive_requests 10000000;
-    default_type application/octet-stream;
-    client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi; uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
-    server {{
-        listen 127.0.0.1:{port};
-        root {root};
-        location / {{ dav_methods PUT DELETE; create_full_put_path on; client_max_body_size 0; }}
-    }}
-}}
-"""
-
-
-def start_nginx(work: Path) -> Server:
-    if not os.path.exists(NGINX):
-        raise BenchError(f"{NGINX} not found; install it with "
-                         "`apt-get install -y nginx libnginx-mod-http-dav-ext`")
-    port, tmp, root = free_port(), work / "nginx", work / "nginx-data"
-    tmp.mkdir()
-    (root / BUCKET).mkdir(parents=True)
-    user = "user root;\n" if os.geteuid() == 0 else ""  # workers must write into our dirs
-    conf = tmp / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(user=user, tmp=tmp, port=port, root=root))
-    argv = [NGINX, "-p", str(tmp), "-e", str(tmp / "error.log"), "-c", str(conf),
-            "-g", "daemon off;"]
-    return Server(Target("nginx", port, None), argv, work / "nginx.log")
-
-
-def start_moto(work: Path) -> Server:
-    port = free_port()
-    argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
-    return Server(Target("moto", port, Signer("benchkey", "benchsecret")), argv,
-                  work / "moto.log")
-
-
-STARTERS: dict[str, Callable[[Path], Server]] = {
-    "manta": start_manta, "nginx": start_nginx, "moto": start_moto}
-
-
-def prepare(target: Target, nkeys: int) -> None:
-    """Create the bucket (S3 servers) and the 4 KiB keys that GETs read."""
-    client = Client(target)
-    if target.signer:
-        client.expect("PUT", ok=(200, 409))
-    for i in range(nkeys):
-        client.expect("PUT", f"small/{i}", small_body(i))
-    client.close()
-
-
-# --------------------------------------------------------------------------- measurements
 
 
 def metric_labels(args: argparse.Namespace) -> dict[str, str]:
@@ -500,38 +420,35 @@ def metric_labels(args: argparse.Namespace) -> dict[str, str]:
 def measure(metric: str, target: Target, args: argparse.Namespace, tag: str) -> tuple[float, int]:
     """One sample of `metric` (a metric_labels key) and its number of failed operations."""
     if metric == "large_put":
-        return large_put(target, "large", args.large_mib), 0
+        return large_put(target, args.large_mib), 0
     if metric == "large_get":
         try:
-            return large_get(target, "large", args.large_mib), 0
+            return large_get(target, args.large_mib), 0
         finally:
             Client(target).expect("DELETE", "large", ok=(200, 204, 404))  # frees moto's memory
     _, op, level = metric.split("_")
-    return run_load(target, op, int(level[1:]), args.seconds, args.small_keys,
-                    args.client_procs, tag)
+    return run_small(target, op, int(level[1:]), args.seconds, args.small_keys, tag)
 
 
 def measure_all(args: argparse.Namespace, servers: dict[str, Server], labels: dict) -> dict:
-    """Every round measures every metric on every server in turn; returns raw samples."""
-    samples = {m: {name: [] for name in servers} for m in labels}
-    failed_ops = {m: {name: [] for name in servers} for m in labels}
-    failures = []
+    raw: dict = {"samples": {m: {s: [] for s in servers} for m in labels},
+                 "failed_ops": {m: {s: [] for s in servers} for m in labels}, "failures": []}
     for rnd in range(args.repeat):
         for metric, label in labels.items():
             for name, server in servers.items():
                 prefix = f"round {rnd + 1}/{args.repeat}  {label:<28} {name:<6}"
                 try:
                     value, failed = measure(metric, server.target, args, f"r{rnd}-{metric}")
-                except (BenchError, OSError, ValueError, IndexError) as exc:
-                    failures.append({"round": rnd, "metric": metric, "server": name,
-                                     "error": str(exc)})
+                except (BenchError, *FAILURES) as exc:
+                    raw["failures"].append({"round": rnd, "metric": metric, "server": name,
+                                            "error": str(exc)})
                     print(f"{prefix} FAILED: {exc}", file=sys.stderr, flush=True)
                     continue
-                samples[metric][name].append(value)
-                failed_ops[metric][name].append(failed)
+                raw["samples"][metric][name].append(value)
+                raw["failed_ops"][metric][name].append(failed)
                 note = f"  ({failed} failed ops)" if failed else ""
                 print(f"{prefix} {fmt(value):>10}{note}", file=sys.stderr, flush=True)
-    return {"samples": samples, "failed_ops": failed_ops, "failures": failures}
+    return raw
 
 
 def fmt(value: float | None) -> str:
@@ -540,14 +457,12 @@ def fmt(value: float | None) -> str:
     return f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
 
 
-TARGETS = (("large_get", "nginx", 0.7), ("small_put", "moto", 3.0), ("small_get", "moto", 3.0))
-
-
-def report(args: argparse.Namespace, labels: dict, raw: dict, skipped: dict) -> dict:
+def report(args: argparse.Namespace, labels: dict, raw: dict, skipped: dict,
+           load_start: tuple[float, ...]) -> dict:
     """Print the table of medians and the targets; return the JSON document."""
     medians = {m: {s: statistics.median(v) if v else None for s, v in per.items()}
                for m, per in raw["samples"].items()}
-    ratios = {}
+    ratios, targets = {}, []
     width = max(map(len, labels.values())) + 2
     head = f"{'metric':<{width}}" + "".join(
         f"{c:>12}" for c in (*SERVERS, "manta/nginx", "manta/moto"))
@@ -561,25 +476,25 @@ def report(args: argparse.Namespace, labels: dict, raw: dict, skipped: dict) -> 
         cells += ["-" if r is None else f"{r:.2f}x" for r in ratios[metric].values()]
         print(f"{label:<{width}}" + "".join(f"{c:>12}" for c in cells))
     if any(sum(v) for per in raw["failed_ops"].values() for v in per.values()):
-        print("! some operations failed; only successful ones are counted (JSON: failed_ops)")
+        print("! some operations failed; only successful ones count (JSON: failed_ops)")
     for name, why in skipped.items():
         print(f"{name}: not measured: {why.splitlines()[0]}")
     print("\ntargets:")
-    targets = []
     for metric in labels:
         for prefix, base, minimum in TARGETS:
-            if not metric.startswith(prefix):
-                continue
-            r = ratios[metric][f"manta/{base}"]
-            met = None if r is None else r >= minimum
-            shown = "-" if r is None else f"{r:.2f}x"
-            verdict = {None: "not evaluated", True: "met", False: "NOT met"}[met]
-            print(f"  {labels[metric]:<{width}} manta >= {minimum} x {base:<6}{shown:>8}  {verdict}")
-            targets.append({"metric": metric, "baseline": base, "min_ratio": minimum,
-                            "ratio": r, "met": met})
-    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            if metric.startswith(prefix):
+                r = ratios[metric][f"manta/{base}"]
+                met = None if r is None else r >= minimum
+                verdict = {None: "not evaluated", True: "met", False: "NOT met"}[met]
+                shown = "-" if r is None else f"{r:.2f}x"
+                print(f"  {labels[metric]:<{width}} manta >= {minimum} x {base:<6}{shown:>8}  "
+                      f"{verdict}")
+                targets.append({"metric": metric, "baseline": base, "min_ratio": minimum,
+                                "ratio": r, "met": met})
+    return {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "machine": {"nproc": len(os.sched_getaffinity(0)), "cpu_count": os.cpu_count(),
-                        "python": platform.python_version(), "platform": platform.platform()},
+                        "python": platform.python_version(), "platform": platform.platform(),
+                        "loadavg_start": load_start, "loadavg_end": os.getloadavg()},
             "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
             "skipped": skipped, "labels": labels, **raw, "medians": medians,
             "ratios": ratios, "targets": targets}
@@ -589,27 +504,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--servers", default="manta,nginx,moto",
                    help="comma-separated subset of manta,nginx,moto (default: all)")
-    p.add_argument("--large-mib", type=int, default=1024, help="large object size, MiB")
-    p.add_argument("--seconds", type=float, default=5.0, help="length of each 4 KiB run")
-    p.add_argument("--repeat", type=int, default=3, help="rounds; the table shows medians")
+    p.add_argument("--large-mib", type=int, help="large object size, MiB (default 1024)")
+    p.add_argument("--seconds", type=float, help="length of each 4 KiB run (default 5)")
+    p.add_argument("--repeat", type=int, help="rounds; the table shows medians (default 3)")
     p.add_argument("--concurrency", default="1,16", help="4 KiB concurrency levels")
-    p.add_argument("--small-keys", type=int, default=1000, help="4 KiB keys the GETs cycle over")
-    p.add_argument("--client-procs", type=int, default=len(os.sched_getaffinity(0)),
-                   help="client processes the workers are spread over (default: nproc)")
+    p.add_argument("--small-keys", type=int, help="4 KiB keys the GETs cycle over (default 1000)")
     p.add_argument("--start-timeout", type=float, default=60.0, help="seconds to wait for a server")
     p.add_argument("--workdir", type=Path, default=HERE,
                    help="manta's and nginx's data go in a fresh temp dir under here")
     p.add_argument("--json", type=Path, default=HERE / "results" / "objects.json")
     p.add_argument("--quick", action="store_true",
-                   help="short run: 64 MiB large object, 2 s runs, 1 round, 200 keys")
+                   help="defaults for a short run: 64 MiB object, 2 s runs, 1 round, 200 keys")
     args = p.parse_args(argv)
-    if args.quick:
-        args.large_mib, args.seconds, args.repeat, args.small_keys = 64, 2.0, 1, 200
+    for name, value in (QUICK_DEFAULTS if args.quick else FULL_DEFAULTS).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     if unknown := set(args.servers) - set(SERVERS):
         p.error(f"unknown server(s) {', '.join(sorted(unknown))}; choose from {', '.join(SERVERS)}")
-    if min(args.large_mib, args.repeat, args.small_keys, args.client_procs, *args.concurrency) < 1:
+    if min(args.large_mib, args.repeat, args.small_keys, *args.concurrency) < 1:
         p.error("sizes, counts and concurrency levels must be >= 1")
     return args
 
@@ -618,6 +532,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup on SIGTERM too
     labels, servers, skipped = metric_labels(args), {}, {}
+    if (load_start := os.getloadavg())[0] > 0.5:
+        print(f"warning: load average {load_start[0]:.2f} before starting: other work is "
+              "running, so numbers will be noisy", file=sys.stderr)
     with contextlib.ExitStack() as cleanup:
         args.workdir.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix="objects-tmp-", dir=args.workdir))
@@ -627,12 +544,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         for name in args.servers:
             try:
-                server = STARTERS[name](work)
+                server = Server.start(name, work)
                 cleanup.callback(server.stop)
                 server.wait_ready(args.start_timeout)
-                prepare(server.target, args.small_keys)
+                server.prepare(args.small_keys)
                 servers[name] = server
-            except (BenchError, OSError, ValueError, IndexError) as exc:
+            except (BenchError, *FAILURES) as exc:
                 skipped[name] = str(exc)
                 print(f"skipping {name}: {exc}", file=sys.stderr)
         if not servers:
@@ -642,7 +559,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.seconds:g} s at c={args.concurrency}; {args.repeat} round(s)",
               file=sys.stderr)
         raw = measure_all(args, servers, labels)
-    doc = report(args, labels, raw, skipped)
+    doc = report(args, labels, raw, skipped, load_start)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"\nJSON: {args.json}")

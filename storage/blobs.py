@@ -31,7 +31,7 @@ from storage.errors import BlobCorrupt, BlobMissing
 
 __all__ = ["BlobInfo", "BlobWriter", "DirectoryBlobStore"]
 
-_BLOB_ID = re.compile(r"^[0-9a-f]{32}$")
+_BLOB_ID = re.compile(r"[0-9a-f]{32}\Z")  # \Z, not $: "$" would accept a trailing newline
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ schema version ``v``. Keys::
     buckets    bucket name                     -> {v, name, owner, created}
     objects    bucket \\0 key (UTF-8)           -> object record (see `ObjectRecord`)
     uploads    upload id                       -> {v, bucket, key, owner, initiated, ...}
-    upkeys     bucket \\0 key \\0 upload id       -> b""  (ListMultipartUploads order)
+    upkeys     bucket \\0 key \\0 upload id       -> 1  (ListMultipartUploads order)
     parts      upload id \\0 part number (u32be) -> {v, number, blob, size, etag, mtime, ...}
     blobrefs   blob id                         -> reference count
 

@@ -35,8 +35,7 @@ class UploadStore:
         def op(txn: Txn) -> Record:
             self.catalog.bucket(bucket, txn)
             self.catalog.put(txn, "uploads", upload_id.encode(), record)
-            txn.put(object_key(bucket, key) + b"\0" + upload_id.encode(), b"",
-                    db=self.catalog.db["upkeys"])
+            self.catalog.put(txn, "upkeys", object_key(bucket, key) + b"\0" + upload_id.encode(), 1)
             return record
 
         return self.catalog.write(op)

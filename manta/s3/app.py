@@ -24,6 +24,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Message, Receive
 
 from manta.config import ServerConfig
 from manta.s3 import bucket, multipart, obj, service, sigv4
@@ -85,6 +86,21 @@ def error_response(err: s3e.S3Error, resource: str, rid: str, method: str) -> Re
     return Response(body, status_code=err.status, media_type="application/xml")
 
 
+class _BodyTracker:
+    """Wraps `receive` to know whether the whole request body was read."""
+
+    def __init__(self, request: Request) -> None:
+        self._receive = request.receive
+        headers = request.headers
+        self.finished = headers.get("content-length", "0") == "0" and "transfer-encoding" not in headers
+
+    async def receive(self) -> Message:
+        message = await self._receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            self.finished = True
+        return message
+
+
 class S3App:
     def __init__(self, store: Store, config: ServerConfig,
                  extra: dict[str, ExtraRoute] | None = None) -> None:
@@ -102,8 +118,9 @@ class S3App:
         raw_path = scope.get("raw_path") or scope["path"].encode()
         resource = raw_path.decode("latin-1")
         method = scope["method"]
+        body = _BodyTracker(request)
         try:
-            req = self._context(request, raw_path, rid)
+            req = self._context(request, raw_path, rid, body.receive)
             resource = req.resource
             await self._authenticate(req, raw_path.decode("latin-1"), scope)
             response = await self._dispatch(req)(req)
@@ -118,12 +135,15 @@ class S3App:
         except Exception:
             log.exception("request %s failed", rid)
             response = error_response(s3e.InternalError(), resource, rid, method)
+        if not body.finished:
+            # a body left unread on the connection would be parsed as the next request
+            response.headers["connection"] = "close"
         response.headers["x-amz-request-id"] = rid
         response.headers["x-amz-id-2"] = rid
         response.headers["server"] = "manta"
         return response
 
-    def _context(self, request: Request, raw_path: bytes, rid: str) -> S3Request:
+    def _context(self, request: Request, raw_path: bytes, rid: str, receive: Receive) -> S3Request:
         scope = request.scope
         headers: dict[str, str] = {}
         total = 0
@@ -153,7 +173,7 @@ class S3App:
             validate_key(key)
         return S3Request(
             method=scope["method"], bucket=bucket_name, key=key, query=query, headers=headers,
-            receive=request.receive, request_id=rid, resource=path, store=self.store,
+            receive=receive, request_id=rid, resource=path, store=self.store,
             settings=self.config,
         )
 

@@ -76,7 +76,7 @@ def header_name(algorithm: str) -> str:
 
 
 def algorithm_from_header(name: str) -> str | None:
-    """"x-amz-checksum-crc32" -> "CRC32"; None for any other header."""
+    """The algorithm of a checksum header ("x-amz-checksum-crc32" -> "CRC32"), else None."""
     name = name.lower()
     if not name.startswith(_HEADER_PREFIX):
         return None

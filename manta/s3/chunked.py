@@ -94,29 +94,18 @@ class AwsChunkedDecoder:
         n = len(data)
         if not n:
             return b""
-        if self._state == _DATA and self._remaining >= n and self._key is None:
-            self._remaining -= n  # fast path: all of it is chunk data
-            self.decoded_length += n
-            if not self._remaining:
-                self._state = _DATA_CRLF
+        if self._state == _DATA and self._remaining >= n:  # all of it is chunk data
+            self._take_data(data)
             return data if type(data) is bytes else bytes(data)
         view = memoryview(data)
         out: list[memoryview] = []
         pos = 0
         while pos < n:
             if self._state == _DATA:
-                take = min(self._remaining, n - pos)
-                piece = view[pos : pos + take]
-                if self._key is not None:
-                    self._hasher.update(piece)
+                piece = view[pos : pos + self._remaining]
+                self._take_data(piece)
                 out.append(piece)
-                pos += take
-                self._remaining -= take
-                self.decoded_length += take
-                if not self._remaining:
-                    if self._key is not None:
-                        self._verify_chunk()
-                    self._state = _DATA_CRLF
+                pos += len(piece)
                 continue
             if self._state == _DONE:
                 raise s3e.InvalidRequest("Data found after the end of the aws-chunked body.")
@@ -144,6 +133,17 @@ class AwsChunkedDecoder:
             return
         raise s3e.IncompleteBody("The aws-chunked body ended before its final chunk.")
 
+    def _take_data(self, piece: bytes | bytearray | memoryview) -> None:
+        size = len(piece)
+        self._remaining -= size
+        self.decoded_length += size
+        if self._key is not None:
+            self._hasher.update(piece)
+            if not self._remaining:
+                self._verify_chunk()
+        if not self._remaining:
+            self._state = _DATA_CRLF
+
     def _take_line(self, data: bytes | bytearray, pos: int) -> tuple[bytes | None, int]:
         limit = _MAX_LINE + 2 - len(self._line)
         end = data.find(b"\n", pos, pos + limit)
@@ -157,7 +157,7 @@ class AwsChunkedDecoder:
             line = bytes(self._line)
             self._line.clear()
         else:
-            line = data[pos : end + 1]
+            line = bytes(data[pos : end + 1])
         if line[-2:-1] != b"\r":
             raise s3e.InvalidRequest("aws-chunked framing lines must end with CRLF.")
         return line[:-2], end + 1

@@ -223,9 +223,7 @@ def _parse_query(req: AuthRequest) -> SigV4Auth:
             "and X-Amz-Expires parameters."
         )
     prefix = "Error parsing the X-Amz-Credential parameter; "
-    access_key, date, region, service = _parse_credential(
-        params["X-Amz-Credential"], error, prefix
-    )
+    access_key, date, region, service = _parse_credential(params["X-Amz-Credential"], error, prefix)
     amz_date = _parse_amz_date(params["X-Amz-Date"])
     if amz_date is None:
         raise error("X-Amz-Date must be in the ISO8601 Long Format \"yyyyMMdd'T'HHmmss'Z'\"")
@@ -240,9 +238,7 @@ def _parse_query(req: AuthRequest) -> SigV4Auth:
     if expires_s == 0:
         raise error("X-Amz-Expires must be greater than 0")
     if expires_s > MAX_EXPIRES_S:
-        raise error(
-            f"X-Amz-Expires must be less than a week (in seconds) that is; {MAX_EXPIRES_S}"
-        )
+        raise error(f"X-Amz-Expires must be less than a week (in seconds) that is; {MAX_EXPIRES_S}")
     signed_headers = _parse_signed_headers(params["X-Amz-SignedHeaders"], error, "")
     payload_hash = params.get("X-Amz-Content-Sha256")
     if payload_hash is None and "x-amz-content-sha256" in signed_headers:
@@ -278,15 +274,11 @@ def _parse_credential(
     if service != "s3":
         raise error(prefix + f'incorrect service "{service}". This endpoint belongs to "s3".')
     if terminal != "aws4_request":
-        raise error(
-            prefix + f'incorrect terminal "{terminal}". This endpoint uses "aws4_request".'
-        )
+        raise error(prefix + f'incorrect terminal "{terminal}". This endpoint uses "aws4_request".')
     return access_key, date, region, service
 
 
-def _parse_signed_headers(
-    value: str, error: type[s3e.S3Error], prefix: str
-) -> tuple[str, ...]:
+def _parse_signed_headers(value: str, error: type[s3e.S3Error], prefix: str) -> tuple[str, ...]:
     names = tuple(name.strip().lower() for name in value.split(";"))
     if not all(names):
         raise error(prefix + f"the SignedHeaders list {value!r} is malformed.")

@@ -1,0 +1,193 @@
+"""Blob-store contract: every backend (directory now, ZFS later) passes these tests.
+
+A backend joins the suite by adding one entry to `BACKENDS`: a function that opens a
+store on a given directory (for ZFS: a dataset mounted there). Opening a second store
+on the same directory stands for a restart of the node.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable
+
+import pytest
+
+from storage.blobs import BlobInfo, DirectoryBlobStore
+from storage.errors import BlobCorrupt, BlobMissing
+
+OpenStore = Callable[[], DirectoryBlobStore]
+
+
+def _directory_backend(root: str) -> DirectoryBlobStore:
+    return DirectoryBlobStore(root)
+
+
+BACKENDS: dict[str, Callable[[str], DirectoryBlobStore]] = {
+    "dir": _directory_backend,
+    # "zfs": _zfs_backend,  (marked `zfs`, skips without a pool)
+}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def open_store(request: pytest.FixtureRequest, tmp_path: object) -> OpenStore:
+    root = os.path.join(str(tmp_path), "node")
+    make = BACKENDS[request.param]
+    return lambda: make(root)
+
+
+@pytest.fixture
+def blobs(open_store: OpenStore) -> DirectoryBlobStore:
+    return open_store()
+
+
+def read_all(store: DirectoryBlobStore, blob_id: str) -> bytes:
+    with store.open(blob_id) as fh:
+        return fh.read()
+
+
+def age(store: DirectoryBlobStore, blob_id: str, seconds: float) -> None:
+    """Make a blob look `seconds` old (as a crash long ago would have left it)."""
+    then = time.time() - seconds
+    os.utime(store.path(blob_id), (then, then))
+
+
+class TestBlobStoreContract:
+    def test_write_commit_round_trip_with_hashes(self, blobs: DirectoryBlobStore) -> None:
+        pieces = [b"hello ", memoryview(b"blob "), bytearray(b"world"), b"", os.urandom(300_000)]
+        data = b"".join(bytes(p) for p in pieces)
+        writer = blobs.writer()
+        for piece in pieces:
+            writer.write(piece)
+        assert writer.size == len(data)
+        assert not blobs.exists(writer.blob_id), "visible before commit"
+        info = writer.commit()
+        assert isinstance(info, BlobInfo)
+        assert info.blob_id == writer.blob_id
+        assert info.size == len(data)
+        assert info.md5 == hashlib.md5(data).digest()
+        assert info.sha256 == hashlib.sha256(data).digest()
+        assert blobs.exists(info.blob_id)
+        assert blobs.size(info.blob_id) == len(data)
+        assert read_all(blobs, info.blob_id) == data
+        assert [b for b, _ in blobs.iter_blobs()] == [info.blob_id]
+        assert blobs.sweep_temp() == 0, "a committed write left its temp file behind"
+
+    def test_empty_blob(self, blobs: DirectoryBlobStore) -> None:
+        info = blobs.put(b"")
+        assert info.size == 0
+        assert info.md5 == hashlib.md5(b"").digest()
+        assert read_all(blobs, info.blob_id) == b""
+        blobs.verify(info.blob_id, info.sha256)
+
+    def test_ids_are_unique_random_128_bit_hex(self, blobs: DirectoryBlobStore) -> None:
+        ids = {blobs.put(b"x").blob_id for _ in range(50)}
+        assert len(ids) == 50
+        assert all(len(i) == 32 and int(i, 16) >= 0 and i == i.lower() for i in ids)
+
+    def test_abort_leaves_no_temp_file_and_no_blob(self, blobs: DirectoryBlobStore) -> None:
+        writer = blobs.writer()
+        writer.write(b"x" * 100_000)
+        writer.abort()
+        writer.abort()  # idempotent
+        assert not blobs.exists(writer.blob_id)
+        assert list(blobs.iter_blobs()) == []
+        assert blobs.sweep_temp() == 0, "abort left its temp file behind"
+
+    def test_put_failure_aborts(self, blobs: DirectoryBlobStore) -> None:
+        with pytest.raises(TypeError):
+            blobs.put("not bytes")  # type: ignore[arg-type]
+        assert list(blobs.iter_blobs()) == []
+        assert blobs.sweep_temp() == 0
+
+    def test_sweep_temp_removes_interrupted_writes(self, open_store: OpenStore) -> None:
+        store = open_store()
+        writer = store.writer()
+        writer.write(b"half a blob")
+        # the process "crashes" here; a restarted node sweeps the leftover
+        restarted = open_store()
+        assert restarted.sweep_temp() == 1
+        assert restarted.sweep_temp() == 0
+        writer.abort()  # the old handle goes away quietly
+        assert list(restarted.iter_blobs()) == []
+
+    def test_committed_blobs_survive_restart(self, open_store: OpenStore) -> None:
+        info = open_store().put(b"durable")
+        restarted = open_store()
+        assert restarted.sweep_temp() == 0
+        assert read_all(restarted, info.blob_id) == b"durable"
+        restarted.verify(info.blob_id, info.sha256)
+
+    def test_verify_detects_a_flipped_byte(self, blobs: DirectoryBlobStore) -> None:
+        data = os.urandom(3 * (1 << 20) + 17)  # spans several read blocks
+        info = blobs.put(data)
+        blobs.verify(info.blob_id, info.sha256)
+        with open(blobs.path(info.blob_id), "r+b") as fh:
+            fh.seek(2 * (1 << 20) + 5)
+            byte = fh.read(1)
+            fh.seek(-1, os.SEEK_CUR)
+            fh.write(bytes([byte[0] ^ 0x01]))
+        with pytest.raises(BlobCorrupt) as caught:
+            blobs.verify(info.blob_id, info.sha256)
+        assert caught.value.blob_id == info.blob_id
+
+    def test_missing_blob(self, blobs: DirectoryBlobStore) -> None:
+        missing = "0" * 32
+        assert not blobs.exists(missing)
+        with pytest.raises(BlobMissing):
+            blobs.open(missing)
+        with pytest.raises(BlobMissing):
+            blobs.size(missing)
+        with pytest.raises(BlobMissing):
+            blobs.verify(missing, b"\0" * 32)
+        assert blobs.delete(missing) is False
+
+    def test_delete(self, blobs: DirectoryBlobStore) -> None:
+        info = blobs.put(b"gone soon")
+        assert blobs.delete(info.blob_id) is True
+        assert not blobs.exists(info.blob_id)
+        assert blobs.delete(info.blob_id) is False
+
+    def test_collect_orphans_honours_grace_and_references(self, blobs: DirectoryBlobStore) -> None:
+        old_referenced = blobs.put(b"a").blob_id
+        old_orphan = blobs.put(b"b").blob_id
+        new_orphan = blobs.put(b"c").blob_id  # e.g. a PUT not yet committed to the catalog
+        age(blobs, old_referenced, 7200)
+        age(blobs, old_orphan, 7200)
+        age(blobs, new_orphan, 10)
+        assert blobs.collect_orphans({old_referenced}, grace_s=3600) == 1
+        assert not blobs.exists(old_orphan)
+        assert blobs.exists(old_referenced)
+        assert blobs.exists(new_orphan)
+        assert blobs.collect_orphans({old_referenced}, grace_s=3600) == 0
+        assert blobs.collect_orphans({old_referenced}, grace_s=0) == 1
+        assert not blobs.exists(new_orphan)
+        assert blobs.collect_orphans(set(), grace_s=0) == 1
+        assert list(blobs.iter_blobs()) == []
+
+    @pytest.mark.parametrize("bad", [
+        "",
+        "../../../../etc/passwd",
+        "0" * 31,
+        "0" * 33,
+        "A" * 32,
+        "g" * 32,
+        "0" * 30 + "/x",
+        "0" * 30 + "..",
+        "0" * 31 + "\0",
+        "0" * 32 + "\n",
+        "\n" + "0" * 32,
+        "/" + "0" * 31,
+        "0" * 32 + "/../x",
+    ])
+    def test_path_rejects_bad_ids(self, blobs: DirectoryBlobStore, bad: str) -> None:
+        for call in (blobs.path, blobs.open, blobs.exists, blobs.size, blobs.delete):
+            with pytest.raises(ValueError):
+                call(bad)
+
+    def test_path_stays_inside_the_store(self, blobs: DirectoryBlobStore) -> None:
+        info = blobs.put(b"x")
+        path = os.path.realpath(blobs.path(info.blob_id))
+        assert path.startswith(os.path.realpath(blobs.root) + os.sep)
+        assert os.path.basename(path) == info.blob_id
