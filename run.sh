@@ -37,6 +37,7 @@ case "${1:-start}" in
 test)
     shift || true
     "$VENV/bin/ruff" check manta jobs storage tests benchmarks
+    "$VENV/bin/mypy" manta jobs storage
     exec "$VENV/bin/python" -m pytest -p no:cacheprovider "$@"
     ;;
 stop)

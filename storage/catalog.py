@@ -56,7 +56,7 @@ def pack(record: Any) -> bytes:
     return msgpack.packb(record, use_bin_type=True)
 
 
-def unpack(data: bytes) -> Any:
+def unpack(data: bytes | memoryview) -> Any:
     return msgpack.unpackb(data, raw=False)
 
 
@@ -139,7 +139,7 @@ class Catalog:
 
     # -- generic record access ----------------------------------------------------
 
-    def get(self, txn: Txn, db: str, key: bytes) -> Record | None:
+    def get(self, txn: Txn, db: str, key: bytes) -> Any:
         raw = txn.get(key, db=self.db[db])
         return None if raw is None else unpack(raw)
 
@@ -155,6 +155,7 @@ class Catalog:
         if not cursor.set_range(max(start, prefix)):
             return
         for key, raw in cursor:
+            key = bytes(key)
             if not key.startswith(prefix):
                 return
             yield key, unpack(raw)
@@ -164,7 +165,7 @@ class Catalog:
     def ref_blobs(self, txn: Txn, blob_ids: list[str]) -> None:
         for blob_id in blob_ids:
             key = blob_id.encode()
-            count = self.get(txn, "blobrefs", key) or 0
+            count: int = self.get(txn, "blobrefs", key) or 0
             self.put(txn, "blobrefs", key, count + 1)
 
     def unref_blobs(self, txn: Txn, blob_ids: list[str]) -> list[str]:
@@ -172,7 +173,7 @@ class Catalog:
         freed = []
         for blob_id in blob_ids:
             key = blob_id.encode()
-            count = (self.get(txn, "blobrefs", key) or 0) - 1
+            count: int = (self.get(txn, "blobrefs", key) or 0) - 1
             if count > 0:
                 self.put(txn, "blobrefs", key, count)
             else:

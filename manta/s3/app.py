@@ -18,13 +18,12 @@ import logging
 import secrets
 import urllib.parse
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import Message, Receive
+from starlette.types import Message, Receive, Scope
 
 from manta.config import ServerConfig
 from manta.s3 import bucket, multipart, obj, service, sigv4
@@ -177,7 +176,7 @@ class S3App:
             settings=self.config,
         )
 
-    async def _authenticate(self, req: S3Request, raw_path: str, scope: dict[str, Any]) -> None:
+    async def _authenticate(self, req: S3Request, raw_path: str, scope: Scope) -> None:
         areq = sigv4.AuthRequest(
             method=req.method,
             raw_path=raw_path,

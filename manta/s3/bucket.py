@@ -241,7 +241,7 @@ async def delete_objects(req: S3Request) -> Response:
         valid.append(key)
     await free_blobs(req, await in_thread(req.store.objects.delete_many, req.bucket, valid))
     deleted = valid
-    body = []
+    body: list[str] = []
     if not quiet:
         body.extend(f"<Deleted>{el('Key', key)}</Deleted>" for key in deleted)
     body.extend(f"<Error>{el('Key', k)}{el('Code', c)}{el('Message', m)}</Error>" for k, c, m in failed)

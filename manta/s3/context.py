@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 from starlette.types import Receive
 
@@ -35,6 +35,10 @@ class S3Request:
     def owner(self) -> str:
         return str(self.account["name"])
 
+    @overload
+    def header(self, name: str) -> str | None: ...
+    @overload
+    def header(self, name: str, default: str) -> str: ...
     def header(self, name: str, default: str | None = None) -> str | None:
         return self.headers.get(name, default)
 

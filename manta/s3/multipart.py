@@ -187,7 +187,7 @@ def _build(upload: dict[str, Any], parts: list[dict[str, Any]], claimed: dict[in
 
 
 async def complete_upload(req: S3Request) -> Response:
-    upload = _upload(req)
+    _upload(req)
     root = parse(await read_small(req, 4 * 1024 * 1024), "CompleteMultipartUpload")
     chosen: list[tuple[int, str]] = []
     claimed: dict[int, dict[str, str]] = {}

@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -97,7 +98,7 @@ def test_put_get_head_with_headers_and_metadata(s3, bucket: str) -> None:
                         ContentType="text/plain", ContentEncoding="identity",
                         ContentDisposition="attachment; filename=x.txt", ContentLanguage="en",
                         CacheControl="max-age=60", Expires=expires, Metadata={"color": "blue"})
-    assert put["ETag"] == '"%s"' % hashlib.md5(b"hello world").hexdigest()
+    assert put["ETag"] == '"{}"'.format(hashlib.md5(b"hello world").hexdigest())
     got = s3.get_object(Bucket=bucket, Key="dir/ünï cödé+%.txt")
     assert got["Body"].read() == b"hello world"
     assert got["ContentType"] == "text/plain"
@@ -255,9 +256,8 @@ def test_list_url_encoding_and_max_keys_cap(s3, bucket: str) -> None:
 
 
 def test_listing_caps_at_1000(s3, bucket: str) -> None:
-    s3_fast = s3
-    with __import__("concurrent.futures").futures.ThreadPoolExecutor(16) as pool:
-        list(pool.map(lambda i: s3_fast.put_object(Bucket=bucket, Key=f"k{i:05d}", Body=b""), range(1100)))
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda i: s3.put_object(Bucket=bucket, Key=f"k{i:05d}", Body=b""), range(1100)))
     page = s3.list_objects_v2(Bucket=bucket)
     assert page["KeyCount"] == 1000 and page["IsTruncated"]
     rest = s3.list_objects_v2(Bucket=bucket, ContinuationToken=page["NextContinuationToken"])
