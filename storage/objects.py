@@ -130,10 +130,12 @@ class ObjectStore:
             cursor = txn.cursor(db=self.catalog.db["objects"])
             found = cursor.set_range(max(start, pfx))
             # a start_after that is itself a common prefix must skip the whole group
-            if start_after and delimiter and start_after.endswith(delimiter) and start_after.startswith(prefix):
+            # (but a key equal to the prefix, like "folder/", is a key, not a group)
+            if (start_after and delimiter and start_after.endswith(delimiter) and start_after.startswith(prefix)
+                    and start_after.find(delimiter, len(prefix)) == len(start_after) - len(delimiter)):
                 found = cursor.set_range(max(base + start_after.encode() + b"\xff", pfx))
             while found:
-                raw_key = cursor.key()
+                raw_key = bytes(cursor.key())
                 if not raw_key.startswith(pfx):
                     break
                 key = raw_key[len(base):].decode()

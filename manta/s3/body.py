@@ -58,6 +58,7 @@ def _checksum_request(req: S3Request, default: str | None = None) -> tuple[str |
         alg, value = found[0]
         if declared and declared.upper() != alg:
             raise s3e.InvalidRequest("Value for x-amz-sdk-checksum-algorithm header is invalid.")
+        checksums.decode(alg, value)  # malformed -> InvalidRequest, as S3 (not BadDigest)
         return alg, value, False
     if trailer_alg:
         return trailer_alg, None, True
@@ -140,8 +141,12 @@ async def receive_into(req: S3Request, writer: BlobWriter, max_size: int = MAX_S
             deadline.reschedule(loop.time() + timeout_s)
             try:
                 message = await req.receive()
-            except TimeoutError:
-                raise s3e.RequestTimeout() from None
+            except asyncio.CancelledError:
+                # the deadline cancels the receive; asyncio.timeout would turn that into
+                # TimeoutError only on leaving the `async with`, past any except here
+                if deadline.expired():
+                    raise s3e.RequestTimeout() from None
+                raise
             if message["type"] == "http.disconnect":
                 raise ClientGone()
             chunk = message.get("body", b"")

@@ -55,7 +55,7 @@ def age(store: DirectoryBlobStore, blob_id: str, seconds: float) -> None:
 
 class TestBlobStoreContract:
     def test_write_commit_round_trip_with_hashes(self, blobs: DirectoryBlobStore) -> None:
-        pieces = [b"hello ", memoryview(b"blob "), bytearray(b"world"), b"", os.urandom(300_000)]
+        pieces: list[bytes | memoryview] = [b"hello ", memoryview(b"blob "), b"world", b"", os.urandom(300_000)]
         data = b"".join(bytes(p) for p in pieces)
         writer = blobs.writer()
         for piece in pieces:

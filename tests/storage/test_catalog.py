@@ -327,7 +327,7 @@ def test_upload_belongs_to_its_key(st: Stores) -> None:
 KEYS = [
     "a", "a/", "a/b", "a/b/c", "a/c", "a-b", "a0", "b/1", "b/2", "b/3/x", "B", "Z",
     "c", "é", "é/1", "e\u0301", "z", "ÿ", "\u00ff/x", "日本/語", "日本語", "😀", "\ufb01", "~",
-    "x y", "x%y", "x+y",
+    "x y", "x%y", "x+y", "\uff5e",
 ]
 
 
@@ -366,7 +366,9 @@ def test_listing_is_utf8_binary_order(listed: Stores) -> None:
     listing = listed.objects.list(BUCKET)
     keys = [r["key"] for r in listing.contents]
     assert keys == sorted(KEYS, key=lambda k: k.encode())
-    assert keys != sorted(KEYS)  # code point order differs (U+FB01 vs U+1F600)
+    assert keys != sorted(KEYS, key=lambda k: k.encode("utf-16-be"))  # U+FF5E vs U+1F600
+    assert keys.index("\uff5e") < keys.index("😀")
+    assert keys.index("é") != keys.index("e\u0301")  # no Unicode normalisation
     assert not listing.truncated and listing.common_prefixes == []
     assert keys.index("Z") < keys.index("a") < keys.index("é") < keys.index("日本語") < keys.index("😀")
     assert [r["key"] for r in listed.objects.iter_keys(BUCKET)] == keys
@@ -410,6 +412,21 @@ def test_listing_pages_with_max_keys(listed: Stores, max_keys: int, prefix: str,
     assert seen == model_list(prefix, delimiter)
     assert (len(seen) > max_keys) == (seen != entries(listed.objects.list(
         BUCKET, prefix=prefix, delimiter=delimiter, max_keys=max_keys)))
+
+
+def test_listing_after_a_folder_placeholder_key(st: Stores) -> None:
+    """A key equal to the prefix ("folder/", as consoles create) used as the marker
+    is a key, not a common prefix: the folder's contents still follow it."""
+    for key in ["folder/", "folder/a", "folder/sub/b", "folder/z"]:
+        st.objects.put(BUCKET, key, record((blob_id(), 1)))
+    first = st.objects.list(BUCKET, prefix="folder/", delimiter="/", max_keys=1)
+    assert [r["key"] for r in first.contents] == ["folder/"] and first.truncated
+    rest = st.objects.list(BUCKET, prefix="folder/", delimiter="/", start_after=first.next_marker or "")
+    assert [r["key"] for r in rest.contents] == ["folder/a", "folder/z"]
+    assert rest.common_prefixes == ["folder/sub/"]
+    # while a marker that is a common prefix of this listing skips its whole group
+    after_group = st.objects.list(BUCKET, prefix="", delimiter="/", start_after="folder/")
+    assert [r["key"] for r in after_group.contents] == [] and after_group.common_prefixes == []
 
 
 def test_listing_missing_bucket(st: Stores) -> None:
