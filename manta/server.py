@@ -25,7 +25,7 @@ from manta.credentials import (
     write_root_credentials,
 )
 from manta.s3.app import S3App
-from storage import OrphanCollector, Store, StoreConfig
+from storage import JournalFlusher, OrphanCollector, Store, StoreConfig
 
 log = logging.getLogger("manta")
 
@@ -64,7 +64,9 @@ def serve(config: ServerConfig) -> None:
     app, store = build_app(config)
     creds, written = ensure_root(store, config.data_dir)
     gc = OrphanCollector(store)
+    flusher = JournalFlusher(store)
     threading.Thread(target=gc.run_forever, name="orphan-gc", daemon=True).start()
+    threading.Thread(target=flusher.run_forever, name="journal-flush", daemon=True).start()
     server = uvicorn.Server(uvicorn.Config(
         app, host=config.host, port=config.port, http="httptools", loop="uvloop",
         log_level="warning", access_log=False, timeout_keep_alive=30, server_header=False))
@@ -93,4 +95,6 @@ def serve(config: ServerConfig) -> None:
         uvloop.run(main())
     finally:
         gc.stop()
+        flusher.stop()
+        flusher.run_once()
         store.close()

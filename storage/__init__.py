@@ -1,10 +1,10 @@
 """Storage: blobs on a directory (or ZFS dataset), the LMDB catalog, uploads, GC."""
 
 from storage import errors
-from storage.blobs import BlobInfo, BlobWriter, DirectoryBlobStore
+from storage.blobs import BlobInfo, BlobWriter, DirectoryBlobStore, MemoryBlobWriter
 from storage.catalog import Catalog
 from storage.objects import Listing, ObjectStore
-from storage.store import OrphanCollector, Store, StoreConfig
+from storage.store import JournalFlusher, OrphanCollector, Store, StoreConfig
 from storage.uploads import MIN_PART_SIZE, UploadStore
 
 __all__ = [
@@ -13,7 +13,9 @@ __all__ = [
     "BlobWriter",
     "Catalog",
     "DirectoryBlobStore",
+    "JournalFlusher",
     "Listing",
+    "MemoryBlobWriter",
     "ObjectStore",
     "OrphanCollector",
     "Store",

@@ -2,7 +2,7 @@
 
 Layout under the store root::
 
-    blobs/<id[0:2]>/<id[2:4]>/<id>    committed blobs (id: 32 hex chars, random 128 bits)
+    blobs/<id[0:2]>/<id>              committed blobs (id: 32 hex chars, random 128 bits)
     tmp/<random>.tmp                   in-flight writes; removed at start-up
 
 Write protocol (BlobWriter): stream into a temp file in ``tmp/`` while computing MD5
@@ -29,7 +29,7 @@ from typing import BinaryIO
 
 from storage.errors import BlobCorrupt, BlobMissing
 
-__all__ = ["BlobInfo", "BlobWriter", "DirectoryBlobStore"]
+__all__ = ["BlobInfo", "BlobWriter", "DirectoryBlobStore", "MemoryBlobWriter"]
 
 _BLOB_ID = re.compile(r"[0-9a-f]{32}\Z")  # \Z, not $: "$" would accept a trailing newline
 
@@ -73,13 +73,8 @@ class BlobWriter:
         finally:
             fh.close()
         final = self._store.path(self.blob_id)
-        directory = os.path.dirname(final)
-        if not os.path.isdir(directory):
-            os.makedirs(directory, exist_ok=True)
-            _fsync_dir(os.path.dirname(directory))
-            _fsync_dir(self._store.blob_dir)
         os.rename(self._tmp, final)
-        _fsync_dir(directory)
+        _fsync_dir(os.path.dirname(final))
         return BlobInfo(self.blob_id, self.size, self._md5.digest(), self._sha.digest())
 
     def abort(self) -> None:
@@ -96,6 +91,36 @@ class BlobWriter:
         return self._md5.digest()
 
 
+class MemoryBlobWriter:
+    """A small blob gathered in memory, placed without fsync by `place_unsynced`.
+
+    Its durability comes from the catalog: the bytes go into the catalog's journal in the
+    same transaction as the record that references them, and `sync()` later makes the
+    file durable and drops the journal copy. One fsync'd catalog commit instead of three
+    fsyncs per small PUT; recovery rewrites journalled blobs after a crash.
+    """
+
+    def __init__(self) -> None:
+        self.blob_id = secrets.token_hex(16)
+        self.buffer = bytearray()
+        self._md5 = hashlib.md5()
+
+    def write(self, data: bytes | memoryview) -> None:
+        self._md5.update(data)
+        self.buffer += data
+
+    @property
+    def size(self) -> int:
+        return len(self.buffer)
+
+    @property
+    def md5(self) -> bytes:
+        return self._md5.digest()
+
+    def abort(self) -> None:
+        self.buffer = bytearray()
+
+
 class DirectoryBlobStore:
     """Immutable blobs in a directory tree (the `dir:` backend)."""
 
@@ -103,8 +128,13 @@ class DirectoryBlobStore:
         self.root = os.path.abspath(root)
         self.blob_dir = os.path.join(self.root, "blobs")
         self.tmp_dir = os.path.join(self.root, "tmp")
-        os.makedirs(self.blob_dir, exist_ok=True)
         os.makedirs(self.tmp_dir, exist_ok=True)
+        if not os.path.isdir(os.path.join(self.blob_dir, "ff")):
+            # one level of 256 fan-out directories, made once, so no write creates a directory
+            for i in range(256):
+                os.makedirs(os.path.join(self.blob_dir, f"{i:02x}"), exist_ok=True)
+            _fsync_dir(self.blob_dir)
+            _fsync_dir(self.root)
 
     def sweep_temp(self) -> int:
         """Remove leftover temp files from interrupted writes; returns how many."""
@@ -120,10 +150,42 @@ class DirectoryBlobStore:
     def path(self, blob_id: str) -> str:
         if not _BLOB_ID.match(blob_id):
             raise ValueError(f"invalid blob id {blob_id!r}")
-        return os.path.join(self.blob_dir, blob_id[:2], blob_id[2:4], blob_id)
+        return os.path.join(self.blob_dir, blob_id[:2], blob_id)
 
     def writer(self) -> BlobWriter:
         return BlobWriter(self)
+
+    def place_unsynced(self, small: MemoryBlobWriter) -> BlobInfo:
+        """Write a small blob under its id without fsync (see MemoryBlobWriter)."""
+        data = bytes(small.buffer)
+        self.write_unsynced(small.blob_id, data)
+        return BlobInfo(small.blob_id, len(data), small.md5, hashlib.sha256(data).digest())
+
+    def write_unsynced(self, blob_id: str, data: bytes) -> None:
+        final = self.path(blob_id)
+        tmp = os.path.join(self.tmp_dir, f"{blob_id}.tmp")
+        with open(tmp, "wb", buffering=0) as fh:
+            view = memoryview(data)
+            while view:
+                view = view[fh.write(view):]
+        os.rename(tmp, final)
+
+    def sync(self, blob_ids: list[str]) -> None:
+        """Make placed blobs durable: fsync each file and the directories above it."""
+        dirs: set[str] = set()
+        for blob_id in blob_ids:
+            path = self.path(blob_id)
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue  # deleted since; nothing to make durable
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            dirs.add(os.path.dirname(path))
+        for directory in sorted(dirs):
+            _fsync_dir(directory)
 
     def put(self, data: bytes) -> BlobInfo:
         w = self.writer()

@@ -11,6 +11,7 @@ schema version ``v``. Keys::
     upkeys     bucket \\0 key \\0 upload id       -> 1  (ListMultipartUploads order)
     parts      upload id \\0 part number (u32be) -> {v, number, blob, size, etag, mtime, ...}
     blobrefs   blob id                         -> reference count
+    journal    blob id                         -> raw bytes of a small blob not yet fsync'd
 
 Object keys never contain NUL (the S3 layer rejects it), so byte order of the LMDB keys
 is the UTF-8 binary order S3 lists in.
@@ -48,7 +49,8 @@ T = TypeVar("T")
 Txn = lmdb.Transaction
 Record = dict[str, Any]
 
-_DBS = ("accounts", "names", "buckets", "objects", "uploads", "upkeys", "parts", "blobrefs")
+_DBS = ("accounts", "names", "buckets", "objects", "uploads", "upkeys", "parts", "blobrefs",
+        "journal")
 _MAX_BATCH = 256
 
 
@@ -178,8 +180,30 @@ class Catalog:
                 self.put(txn, "blobrefs", key, count)
             else:
                 self.delete(txn, "blobrefs", key)
+                txn.delete(key, db=self.db["journal"])
                 freed.append(blob_id)
         return freed
+
+    # -- journal of small blobs (see storage.blobs.MemoryBlobWriter) ----------------
+
+    def journal_put(self, txn: Txn, blob_id: str, data: bytes) -> None:
+        txn.put(blob_id.encode(), data, db=self.db["journal"])
+
+    def journal(self, limit: int = 10_000) -> list[tuple[str, bytes]]:
+        with self.read() as txn:
+            out = []
+            for key, value in txn.cursor(db=self.db["journal"]):
+                out.append((bytes(key).decode(), bytes(value)))
+                if len(out) >= limit:
+                    break
+            return out
+
+    def journal_drop(self, blob_ids: list[str]) -> None:
+        def op(txn: Txn) -> None:
+            for blob_id in blob_ids:
+                txn.delete(blob_id.encode(), db=self.db["journal"])
+
+        self.write(op)
 
     def referenced_blobs(self) -> set[str]:
         with self.read() as txn:

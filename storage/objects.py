@@ -57,9 +57,17 @@ class ObjectStore:
 
         return self.catalog.write(op)
 
-    def put_async(self, bucket: str, key: str, record: Record) -> Any:
+    def put_async(self, bucket: str, key: str, record: Record, journal: dict[str, bytes] | None = None) -> Any:
+        """Queue the put; `journal` holds the bytes of small blobs placed without fsync."""
         record = {**record, "v": 1, "key": key}
-        return self.catalog.submit(lambda txn: self._put_in(txn, bucket, key, record))
+
+        def op(txn: Txn) -> list[str]:
+            freed = self._put_in(txn, bucket, key, record)
+            for blob_id, data in (journal or {}).items():
+                self.catalog.journal_put(txn, blob_id, data)
+            return freed
+
+        return self.catalog.submit(op)
 
     def _put_in(self, txn: Txn, bucket: str, key: str, record: Record) -> list[str]:
         self.catalog.bucket(bucket, txn)

@@ -17,7 +17,7 @@ from storage.catalog import Catalog
 from storage.objects import ObjectStore
 from storage.uploads import UploadStore
 
-__all__ = ["OrphanCollector", "Store", "StoreConfig"]
+__all__ = ["JournalFlusher", "OrphanCollector", "Store", "StoreConfig"]
 
 log = logging.getLogger("manta.storage")
 
@@ -46,8 +46,23 @@ class Store:
         swept = self.blobs.sweep_temp()
         if swept:
             log.info("removed %d leftover temp files", swept)
+        recovered = self.recover_journal()
+        if recovered:
+            log.info("rewrote %d journalled small blobs", recovered)
         self.objects = ObjectStore(self.catalog)
         self.uploads = UploadStore(self.catalog, self.objects)
+
+    def recover_journal(self) -> int:
+        """After a crash, rewrite every journalled small blob durably, then drop the journal."""
+        total = 0
+        while entries := self.catalog.journal():
+            for blob_id, data in entries:
+                self.blobs.write_unsynced(blob_id, data)
+            ids = [blob_id for blob_id, _ in entries]
+            self.blobs.sync(ids)
+            self.catalog.journal_drop(ids)
+            total += len(entries)
+        return total
 
     def free(self, blob_ids: list[str]) -> None:
         for blob_id in blob_ids:
@@ -55,6 +70,34 @@ class Store:
 
     def close(self) -> None:
         self.catalog.close()
+
+
+class JournalFlusher:
+    """Makes small blobs durable in the background and drops their journal copies."""
+
+    def __init__(self, store: Store, interval_s: float = 0.2) -> None:
+        self.store = store
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+
+    def run_once(self) -> int:
+        entries = self.store.catalog.journal()
+        if not entries:
+            return 0
+        ids = [blob_id for blob_id, _ in entries]
+        self.store.blobs.sync(ids)
+        self.store.catalog.journal_drop(ids)
+        return len(ids)
+
+    def run_forever(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.run_once()
+            except Exception:
+                log.exception("journal flush failed")
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 class OrphanCollector:

@@ -23,7 +23,7 @@ from manta.s3 import checksums
 from manta.s3 import errors as s3e
 from manta.s3.chunked import AwsChunkedDecoder
 from manta.s3.context import S3Request
-from storage import BlobWriter
+from storage import BlobWriter, MemoryBlobWriter
 
 MAX_SINGLE_PUT = 5 * 1024**3
 STREAMING = {
@@ -82,7 +82,15 @@ def _content_md5(req: S3Request) -> bytes | None:
     return digest
 
 
-async def receive_into(req: S3Request, writer: BlobWriter, max_size: int = MAX_SINGLE_PUT,
+def expected_size(req: S3Request) -> int | None:
+    """The payload size the client announced (decoded size for aws-chunked), if any."""
+    assert req.auth is not None
+    name = "x-amz-decoded-content-length" if req.auth.payload_hash in STREAMING else "content-length"
+    value = req.header(name)
+    return int(value) if value is not None and value.isdigit() else None
+
+
+async def receive_into(req: S3Request, writer: BlobWriter | MemoryBlobWriter, max_size: int = MAX_SINGLE_PUT,
                        default_algorithm: str | None = None) -> BodyResult:
     """Stream the body into `writer`; `default_algorithm` is computed when the client
     names no checksum (a part of an upload created with a checksum algorithm)."""
