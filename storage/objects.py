@@ -32,6 +32,18 @@ class Listing:
     next_marker: str | None = None  # last key or common prefix returned
 
 
+# LMDB keys are at most 511 bytes; bucket + NUL + a 1,024-byte key can exceed that. Keys
+# whose catalog key is longer than MAX_DIRECT share one "overflow" entry stored under their
+# first MAX_DIRECT bytes + 0xFF (a byte UTF-8 never contains), whose value maps each full
+# key to its record. Every key with those first bytes is in that entry, and the entry sorts
+# exactly where its keys belong, so listings stay in binary order.
+MAX_DIRECT = 480
+
+
+def seek_key(full: bytes) -> bytes:
+    return full if len(full) <= MAX_DIRECT else full[:MAX_DIRECT] + b"\xff"
+
+
 def segment_blobs(record: Record | None) -> list[str]:
     return [] if record is None else [seg[0] for seg in record["segments"]]
 
@@ -43,10 +55,62 @@ class ObjectStore:
     def get(self, bucket: str, key: str) -> Record:
         with self.catalog.read() as txn:
             self.catalog.bucket(bucket, txn)
-            record = self.catalog.get(txn, "objects", object_key(bucket, key))
+            record = self._read(txn, bucket, key)
         if record is None:
             raise errors.NoSuchKey(bucket, key)
         return record
+
+    def _read(self, txn: Txn, bucket: str, key: str) -> Record | None:
+        full = object_key(bucket, key)
+        value = self.catalog.get(txn, "objects", seek_key(full))
+        if value is None or len(full) <= MAX_DIRECT:
+            return value
+        return value["overflow"].get(key)
+
+    def _write(self, txn: Txn, bucket: str, key: str, record: Record | None) -> None:
+        """Store (or with None, remove) the record of (bucket, key)."""
+        full = object_key(bucket, key)
+        slot = seek_key(full)
+        if len(full) <= MAX_DIRECT:
+            if record is None:
+                self.catalog.delete(txn, "objects", slot)
+            else:
+                self.catalog.put(txn, "objects", slot, record)
+            return
+        group = self.catalog.get(txn, "objects", slot) or {"v": 1, "overflow": {}}
+        if record is None:
+            group["overflow"].pop(key, None)
+        else:
+            group["overflow"][key] = record
+        if group["overflow"]:
+            self.catalog.put(txn, "objects", slot, group)
+        else:
+            self.catalog.delete(txn, "objects", slot)
+
+    def scan(self, txn: Txn, bucket: str, prefix: str = "", start: bytes = b"") -> Iterator[tuple[str, Record]]:
+        """(key, record) for keys with `prefix` whose catalog key is >= `start`, in binary order."""
+        base = bucket.encode() + b"\0"
+        pfx = base + prefix.encode()
+        start = max(start, pfx)
+        cursor = txn.cursor(db=self.catalog.db["objects"])
+        found = cursor.set_range(seek_key(start))
+        while found:
+            slot = bytes(cursor.key())
+            value = self.catalog.get(txn, "objects", slot)
+            if slot.endswith(b"\xff") and "overflow" in value:
+                stem = slot[:-1]
+                if not (stem.startswith(pfx) or pfx.startswith(stem)):
+                    return
+                for key in sorted(value["overflow"], key=lambda k: k.encode()):
+                    full = base + key.encode()
+                    if full.startswith(pfx) and full >= start:
+                        yield key, value["overflow"][key]
+            else:
+                if not slot.startswith(pfx):
+                    return
+                if slot >= start:
+                    yield slot[len(base):].decode(), value
+            found = cursor.next()
 
     def put(self, bucket: str, key: str, record: Record) -> list[str]:
         """Store `record` under (bucket, key); returns blob ids freed by the overwrite."""
@@ -71,10 +135,9 @@ class ObjectStore:
 
     def _put_in(self, txn: Txn, bucket: str, key: str, record: Record) -> list[str]:
         self.catalog.bucket(bucket, txn)
-        okey = object_key(bucket, key)
-        old = self.catalog.get(txn, "objects", okey)
+        old = self._read(txn, bucket, key)
         self.catalog.ref_blobs(txn, segment_blobs(record))
-        self.catalog.put(txn, "objects", okey, record)
+        self._write(txn, bucket, key, record)
         return self.catalog.unref_blobs(txn, segment_blobs(old))
 
     def delete(self, bucket: str, key: str) -> list[str]:
@@ -87,11 +150,10 @@ class ObjectStore:
 
     def _delete_in(self, txn: Txn, bucket: str, key: str) -> list[str]:
         self.catalog.bucket(bucket, txn)
-        okey = object_key(bucket, key)
-        old = self.catalog.get(txn, "objects", okey)
+        old = self._read(txn, bucket, key)
         if old is None:
             return []
-        self.catalog.delete(txn, "objects", okey)
+        self._write(txn, bucket, key, None)
         return self.catalog.unref_blobs(txn, segment_blobs(old))
 
     def delete_many(self, bucket: str, keys: list[str]) -> list[str]:
@@ -109,7 +171,7 @@ class ObjectStore:
 
         def op(txn: Txn) -> tuple[Record, list[str]]:
             self.catalog.bucket(src_bucket, txn)
-            src = self.catalog.get(txn, "objects", object_key(src_bucket, src_key))
+            src = self._read(txn, src_bucket, src_key)
             if src is None:
                 raise errors.NoSuchKey(src_bucket, src_key)
             if expect_etag is not None and src["etag"] != expect_etag:
@@ -121,9 +183,8 @@ class ObjectStore:
 
     def iter_keys(self, bucket: str, start_after: str = "", prefix: str = "") -> Iterator[Record]:
         with self.catalog.read() as txn:
-            base = bucket.encode() + b"\0"
-            start = base + start_after.encode() + (b"\0" if start_after else b"")
-            for _, record in self.catalog.scan(txn, "objects", start=start, prefix=base + prefix.encode()):
+            start = bucket.encode() + b"\0" + start_after.encode() + b"\0" if start_after else b""
+            for _, record in self.scan(txn, bucket, prefix, start):
                 yield record
 
     def list(self, bucket: str, prefix: str = "", delimiter: str = "", start_after: str = "",
@@ -133,33 +194,25 @@ class ObjectStore:
         with self.catalog.read() as txn:
             self.catalog.bucket(bucket, txn)
             base = bucket.encode() + b"\0"
-            pfx = base + prefix.encode()
-            start = base + start_after.encode() + b"\0" if start_after else pfx
-            cursor = txn.cursor(db=self.catalog.db["objects"])
-            found = cursor.set_range(max(start, pfx))
+            start: bytes | None = base + start_after.encode() + b"\0" if start_after else b""
             # a start_after that is itself a common prefix must skip the whole group
             # (but a key equal to the prefix, like "folder/", is a key, not a group)
             if (start_after and delimiter and start_after.endswith(delimiter) and start_after.startswith(prefix)
                     and start_after.find(delimiter, len(prefix)) == len(start_after) - len(delimiter)):
-                found = cursor.set_range(max(base + start_after.encode() + b"\xff", pfx))
-            while found:
-                raw_key = bytes(cursor.key())
-                if not raw_key.startswith(pfx):
-                    break
-                key = raw_key[len(base):].decode()
-                if len(out.contents) + len(out.common_prefixes) >= max_keys:
-                    out.truncated = True
-                    break
-                cut = key.find(delimiter, len(prefix)) if delimiter else -1
-                if cut >= 0:
-                    common = key[: cut + len(delimiter)]
-                    out.common_prefixes.append(common)
-                    out.next_marker = common
-                    found = cursor.set_range(base + common.encode() + b"\xff")
-                    continue
-                record = self.catalog.get(txn, "objects", raw_key)
-                assert record is not None
-                out.contents.append(record)
-                out.next_marker = key
-                found = cursor.next()
+                start = base + start_after.encode() + b"\xff"
+            while start is not None:
+                entries, start = self.scan(txn, bucket, prefix, start), None
+                for key, record in entries:
+                    if len(out.contents) + len(out.common_prefixes) >= max_keys:
+                        out.truncated = True
+                        break
+                    cut = key.find(delimiter, len(prefix)) if delimiter else -1
+                    if cut >= 0:
+                        common = key[: cut + len(delimiter)]
+                        out.common_prefixes.append(common)
+                        out.next_marker = common
+                        start = base + common.encode() + b"\xff"  # skip the rest of the group
+                        break
+                    out.contents.append(record)
+                    out.next_marker = key
         return out

@@ -329,6 +329,10 @@ KEYS = [
     "c", "é", "é/1", "e\u0301", "z", "ÿ", "\u00ff/x", "日本/語", "日本語", "😀", "\ufb01", "~",
     "x y", "x%y", "x+y", "\uff5e",
 ]
+# keys past LMDB's 511-byte key limit share overflow entries; they must list like any other
+LONG = "l/" + "x" * 600
+KEYS += [LONG + "a", LONG + "b", LONG + "/c", LONG + "/d/e", "l/" + "x" * 470, "l/" + "x" * 478 + "é",
+         "l/" + "x" * 1022, "l/" + "x" * 474 + "y"]
 
 
 def model_list(prefix: str = "", delimiter: str = "", start_after: str = "") -> list[str]:
@@ -374,7 +378,7 @@ def test_listing_is_utf8_binary_order(listed: Stores) -> None:
     assert [r["key"] for r in listed.objects.iter_keys(BUCKET)] == keys
 
 
-@pytest.mark.parametrize("prefix", ["", "a", "a/", "a/b", "b/", "é", "日本", "nothing", "😀"])
+@pytest.mark.parametrize("prefix", ["", "a", "a/", "a/b", "b/", "é", "日本", "nothing", "😀", "l/", LONG, LONG + "/"])
 @pytest.mark.parametrize("delimiter", ["", "/"])
 def test_listing_prefix_and_delimiter(listed: Stores, prefix: str, delimiter: str) -> None:
     listing = listed.objects.list(BUCKET, prefix=prefix, delimiter=delimiter)
@@ -383,15 +387,17 @@ def test_listing_prefix_and_delimiter(listed: Stores, prefix: str, delimiter: st
     assert not listing.truncated
 
 
-@pytest.mark.parametrize("start_after", ["", "a", "a/b", "b", "b/2", "c", "d", "é", "ÿ", "日", "😀", "\U0010ffff"])
-@pytest.mark.parametrize("prefix", ["", "a", "é"])
+@pytest.mark.parametrize("start_after", ["", "a", "a/b", "b", "b/2", "c", "d", "é", "ÿ", "日", "😀", "\U0010ffff",
+                                         LONG, LONG + "a", "l/" + "x" * 475])
+@pytest.mark.parametrize("prefix", ["", "a", "é", "l/"])
 def test_listing_start_after(listed: Stores, start_after: str, prefix: str) -> None:
     listing = listed.objects.list(BUCKET, prefix=prefix, start_after=start_after)
     assert [r["key"] for r in listing.contents] == model_list(prefix, "", start_after)
 
 
 @pytest.mark.parametrize("max_keys", [1, 2, 3, 5, 1000])
-@pytest.mark.parametrize(("prefix", "delimiter"), [("", ""), ("", "/"), ("a", "/"), ("a/", "/"), ("b/", "/")])
+@pytest.mark.parametrize(("prefix", "delimiter"), [("", ""), ("", "/"), ("a", "/"), ("a/", "/"), ("b/", "/"),
+                                                    ("l/", "/"), (LONG, "/"), ("l/", "")])
 def test_listing_pages_with_max_keys(listed: Stores, max_keys: int, prefix: str, delimiter: str) -> None:
     """Following next_marker page by page yields every entry exactly once, in order."""
     seen: list[str] = []
