@@ -2,6 +2,8 @@
 
     GET  /_manta/admin/users            -> {"users": [{name, access_key, root, created}]}
     POST /_manta/admin/users  {"name"}  -> {name, access_key, secret_key}
+    GET  /_manta/admin/nodes            -> {"nodes": [{id, spec, backend, health, used_bytes, ...}]}
+    POST /_manta/admin/scrub            -> the scrub report {checked, damaged, repaired, lost, ...}
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from manta.s3 import errors as s3e
 from manta.s3.body import read_small
 from manta.s3.common import in_thread
 from manta.s3.context import S3Request
+from storage import Scrubber
 from storage import errors as se
 
 PREFIX = "_manta"
@@ -33,6 +36,11 @@ async def handle(req: S3Request) -> Response:
         if req.method == "POST":
             return await _add_user(req)
         raise s3e.MethodNotAllowed(Method=req.method, ResourceType="ADMIN")
+    if req.key == "admin/nodes" and req.method == "GET":
+        return JSONResponse({"nodes": await in_thread(req.store.node_infos)})
+    if req.key == "admin/scrub" and req.method == "POST":
+        report = await in_thread(lambda: Scrubber(req.store).run_once())
+        return JSONResponse(report.as_dict())
     raise s3e.NoSuchKey(Key=req.key)
 
 

@@ -25,9 +25,13 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         host, port = parse_listen(args.listen)
+        storage = tuple(s for s in (args.storage or "").split(",") if s)
         config = ServerConfig(data_dir=args.data, host=host, port=port, domain=args.domain,
                               body_timeout_s=env_float("MANTA_BODY_TIMEOUT_S", 30.0),
-                              gc_grace_s=env_float("MANTA_GC_GRACE_S", 3600.0))
+                              gc_grace_s=env_float("MANTA_GC_GRACE_S", 3600.0),
+                              nodes=args.nodes if args.nodes is not None else max(1, len(storage)),
+                              copies=args.copies, storage=storage,
+                              scrub_rate_mb_s=env_float("MANTA_SCRUB_RATE_MB_S", 50.0))
         config.validate()
     except ValueError as exc:
         raise CliError(str(exc)) from None
@@ -58,6 +62,35 @@ def _admin_user_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _admin_scrub(args: argparse.Namespace) -> int:
+    from manta.http import signed_request
+
+    report = signed_request("POST", "/_manta/admin/scrub", b"{}", timeout_s=24 * 3600)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"checked {report['checked']} replicas of {report['blobs']} blobs in {report['seconds']}s: "
+              f"{report['damaged']} damaged, {report['repaired']} repaired, {report['lost']} lost, "
+              f"{report['unavailable']} on nodes that are down")
+        for pool, status in report.get("pools", {}).items():
+            print(f"zpool {pool}: {status.get('health', '?')}, {status.get('summary') or status.get('error')}")
+    return 1 if report["lost"] else 0
+
+
+def _admin_nodes(args: argparse.Namespace) -> int:
+    from manta.http import signed_request
+
+    nodes = signed_request("GET", "/_manta/admin/nodes")["nodes"]
+    if args.json:
+        print(json.dumps(nodes))
+    else:
+        print(f"{'ID':<5} {'BACKEND':<8} {'HEALTH':<28} {'USED':>12} {'FREE':>12} {'OBJECTS':>8}  SPEC")
+        for n in nodes:
+            print(f"{n['id']:<5} {n['backend']:<8} {n['health'][:28]:<28} {n['used_bytes']:>12} "
+                  f"{n['free_bytes']:>12} {n['object_count']:>8}  {n['spec']}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="manta",
@@ -73,6 +106,12 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", default=DEFAULT_LISTEN, help=f"HOST:PORT (default {DEFAULT_LISTEN})")
     serve.add_argument("--domain", default=None,
                        help="enable virtual-host addressing: BUCKET.DOMAIN names a bucket")
+    serve.add_argument("--nodes", type=int, default=None,
+                       help="number of storage nodes in this process (default 1, or one per --storage spec)")
+    serve.add_argument("--copies", type=int, default=None,
+                       help="copies of every object on distinct nodes (default min(2, nodes))")
+    serve.add_argument("--storage", default=None, metavar="SPEC[,SPEC...]",
+                       help="one spec per node: dir:PATH or zfs:POOL/DATASET (default dir: under --data)")
     serve.set_defaults(func=_serve)
 
     admin = sub.add_parser("admin", help="administration (root credentials)")
@@ -87,6 +126,15 @@ def parser() -> argparse.ArgumentParser:
     lst = user_sub.add_parser("list", help="list accounts", epilog="example: manta admin user list")
     lst.add_argument("--json", action="store_true", help="print a JSON array")
     lst.set_defaults(func=_admin_user_list)
+    scrub = admin_sub.add_parser("scrub", help="verify every replica now and repair what is damaged",
+                                 epilog="example: manta admin scrub --json")
+    scrub.add_argument("--json", action="store_true",
+                       help="print one JSON object (checked, damaged, repaired, lost, ...)")
+    scrub.set_defaults(func=_admin_scrub)
+    nodes = admin_sub.add_parser("nodes", help="list storage nodes: health, space, objects",
+                                 epilog="example: manta admin nodes --json")
+    nodes.add_argument("--json", action="store_true", help="print a JSON array")
+    nodes.set_defaults(func=_admin_nodes)
     return p
 
 

@@ -21,12 +21,23 @@ class ServerConfig:
     max_header_bytes: int = 8192
     max_meta_bytes: int = 2048
     gc_grace_s: float = 3600.0
+    nodes: int = 1
+    copies: int | None = None
+    storage: tuple[str, ...] = ()
+    scrub_rate_mb_s: float = 50.0
 
     def validate(self) -> None:
         if not 0 < self.port < 65536:
             raise ValueError(f"port {self.port} out of range")
         if self.body_timeout_s <= 0 or self.max_skew_s <= 0:
             raise ValueError("timeouts must be positive")
+        if self.nodes < 1:
+            raise ValueError("--nodes must be at least 1")
+        count = len(self.storage) or self.nodes
+        if self.storage and self.nodes not in (1, len(self.storage)):
+            raise ValueError(f"--nodes {self.nodes} does not match {len(self.storage)} --storage specs")
+        if self.copies is not None and not 1 <= self.copies <= count:
+            raise ValueError(f"--copies must be between 1 and the number of nodes ({count})")
         if self.domain is not None and (not self.domain or self.domain.startswith(".")):
             raise ValueError(f"invalid domain {self.domain!r}")
 

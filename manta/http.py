@@ -21,7 +21,8 @@ class ApiError(Exception):
         self.code = code
 
 
-def signed_request(method: str, path: str, body: bytes = b"", region: str = "us-east-1") -> Any:
+def signed_request(method: str, path: str, body: bytes = b"", region: str = "us-east-1",
+                   timeout_s: float = 60.0) -> Any:
     from manta.cli import CliError
 
     creds = client_credentials()
@@ -35,7 +36,7 @@ def signed_request(method: str, path: str, body: bytes = b"", region: str = "us-
     prepared = urllib.request.Request(url, data=body or None, method=method,
                                       headers=dict(request.headers.items()))
     try:
-        with urllib.request.urlopen(prepared, timeout=60) as resp:
+        with urllib.request.urlopen(prepared, timeout=timeout_s) as resp:
             return json.loads(resp.read() or b"null")
     except urllib.error.HTTPError as exc:
         code, message = _error_fields(exc.read())

@@ -7,7 +7,6 @@ import logging
 import os
 import resource
 import sys
-import threading
 import time
 
 import uvicorn
@@ -25,7 +24,8 @@ from manta.credentials import (
     write_root_credentials,
 )
 from manta.s3.app import S3App
-from storage import JournalFlusher, OrphanCollector, Store, StoreConfig
+from storage import JournalFlusher, OrphanCollector, Repairer, Store, StoreConfig
+from storage.daemons import BackgroundScrubber
 
 log = logging.getLogger("manta")
 
@@ -46,7 +46,9 @@ def ensure_root(store: Store, data_dir: str) -> tuple[Credentials, str | None]:
 
 def build_app(config: ServerConfig) -> tuple[Starlette, Store]:
     config.validate()
-    store = Store(StoreConfig(config.data_dir, gc_grace_s=config.gc_grace_s))
+    store = Store(StoreConfig(config.data_dir, node_count=config.nodes, copies=config.copies,
+                              specs=config.storage, gc_grace_s=config.gc_grace_s,
+                              scrub_rate_mb_s=config.scrub_rate_mb_s))
     s3 = S3App(store, config, extra={admin.PREFIX: admin.handle})
     return s3.starlette(), store
 
@@ -63,10 +65,10 @@ def serve(config: ServerConfig) -> None:
     _raise_fd_limit()
     app, store = build_app(config)
     creds, written = ensure_root(store, config.data_dir)
-    gc = OrphanCollector(store)
     flusher = JournalFlusher(store)
-    threading.Thread(target=gc.run_forever, name="orphan-gc", daemon=True).start()
-    threading.Thread(target=flusher.run_forever, name="journal-flush", daemon=True).start()
+    daemons = [flusher, OrphanCollector(store), Repairer(store), BackgroundScrubber(store)]
+    for daemon in daemons:
+        daemon.start()
     server = uvicorn.Server(uvicorn.Config(
         app, host=config.host, port=config.port, http="httptools", loop="uvloop",
         log_level="warning", access_log=False, timeout_keep_alive=30, server_header=False))
@@ -77,6 +79,9 @@ def serve(config: ServerConfig) -> None:
         while not server.started:
             await asyncio.sleep(0.01)
         lines = [f"manta: S3 endpoint {url} (region {config.region}), data in {os.path.abspath(config.data_dir)}"]
+        for node in store.node_list():
+            lines.append(f"manta: node {node.id} {node.spec} ({'up' if node.healthy() else 'DOWN'})")
+        lines.append(f"manta: {store.copies} copies of every object")
         if where:
             lines.append(f"manta: root credentials in {where} (the manta CLI reads them from there)")
         else:
@@ -94,7 +99,7 @@ def serve(config: ServerConfig) -> None:
     try:
         uvloop.run(main())
     finally:
-        gc.stop()
-        flusher.stop()
+        for daemon in daemons:
+            daemon.stop()
         flusher.run_once()
         store.close()

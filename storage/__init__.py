@@ -1,25 +1,41 @@
-"""Storage: blobs on a directory (or ZFS dataset), the LMDB catalog, uploads, GC."""
+"""Storage: blobs replicated over nodes (directories or ZFS datasets), the LMDB catalog,
+multipart uploads, scrub/repair and garbage collection."""
 
 from storage import errors
 from storage.blobs import BlobInfo, BlobWriter, DirectoryBlobStore, MemoryBlobWriter
 from storage.catalog import Catalog
+from storage.daemons import Daemon, JournalFlusher, OrphanCollector, Repairer
+from storage.node import Node, NodeSpec, parse_spec
 from storage.objects import Listing, ObjectStore
-from storage.store import JournalFlusher, OrphanCollector, Store, StoreConfig
+from storage.replicas import BLOCK, BlobMeta, BlobReader, ReplicatedWriter
+from storage.scrub import Scrubber, ScrubReport
+from storage.store import Store, StoreConfig
 from storage.uploads import MIN_PART_SIZE, UploadStore
 
 __all__ = [
+    "BLOCK",
     "MIN_PART_SIZE",
     "BlobInfo",
+    "BlobMeta",
+    "BlobReader",
     "BlobWriter",
     "Catalog",
+    "Daemon",
     "DirectoryBlobStore",
     "JournalFlusher",
     "Listing",
     "MemoryBlobWriter",
+    "Node",
+    "NodeSpec",
     "ObjectStore",
     "OrphanCollector",
+    "Repairer",
+    "ReplicatedWriter",
+    "ScrubReport",
+    "Scrubber",
     "Store",
     "StoreConfig",
     "UploadStore",
     "errors",
+    "parse_spec",
 ]

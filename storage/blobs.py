@@ -45,19 +45,20 @@ class BlobInfo:
 class BlobWriter:
     """One in-flight blob. Not thread-safe; write() may be called from any one thread."""
 
-    def __init__(self, store: DirectoryBlobStore) -> None:
+    def __init__(self, store: DirectoryBlobStore, blob_id: str | None = None, hashing: bool = True) -> None:
         self._store = store
-        self.blob_id = secrets.token_hex(16)
+        self.blob_id = blob_id or secrets.token_hex(16)
         self._tmp = os.path.join(store.tmp_dir, f"{self.blob_id}.tmp")
         self._fh: BinaryIO | None = open(self._tmp, "xb", buffering=0)  # noqa: SIM115
-        self._md5 = hashlib.md5()
-        self._sha = hashlib.sha256()
+        self._md5 = hashlib.md5() if hashing else None
+        self._sha = hashlib.sha256() if hashing else None
         self.size = 0
 
     def write(self, data: bytes | memoryview) -> None:
         assert self._fh is not None, "writer is closed"
-        self._md5.update(data)
-        self._sha.update(data)
+        if self._md5 is not None and self._sha is not None:
+            self._md5.update(data)
+            self._sha.update(data)
         view = memoryview(data)
         while view:
             n = self._fh.write(view)
@@ -75,7 +76,7 @@ class BlobWriter:
         final = self._store.path(self.blob_id)
         os.rename(self._tmp, final)
         _fsync_dir(os.path.dirname(final))
-        return BlobInfo(self.blob_id, self.size, self._md5.digest(), self._sha.digest())
+        return BlobInfo(self.blob_id, self.size, self.md5, self._sha.digest() if self._sha else b"")
 
     def abort(self) -> None:
         if self._fh is not None:
@@ -88,7 +89,7 @@ class BlobWriter:
 
     @property
     def md5(self) -> bytes:
-        return self._md5.digest()
+        return self._md5.digest() if self._md5 is not None else b""
 
 
 class MemoryBlobWriter:
@@ -152,8 +153,8 @@ class DirectoryBlobStore:
             raise ValueError(f"invalid blob id {blob_id!r}")
         return os.path.join(self.blob_dir, blob_id[:2], blob_id)
 
-    def writer(self) -> BlobWriter:
-        return BlobWriter(self)
+    def writer(self, blob_id: str | None = None, hashing: bool = True) -> BlobWriter:
+        return BlobWriter(self, blob_id, hashing)
 
     def place_unsynced(self, small: MemoryBlobWriter) -> BlobInfo:
         """Write a small blob under its id without fsync (see MemoryBlobWriter)."""

@@ -10,8 +10,10 @@ schema version ``v``. Keys::
     uploads    upload id                       -> {v, bucket, key, owner, initiated, ...}
     upkeys     bucket \\0 key \\0 upload id       -> 1  (ListMultipartUploads order)
     parts      upload id \\0 part number (u32be) -> {v, number, blob, size, etag, mtime, ...}
-    blobrefs   blob id                         -> reference count
+    blobs      blob id                         -> {v, refs, size, sha256, blocks, nodes}
     journal    blob id                         -> raw bytes of a small blob not yet fsync'd
+    repairs    blob id                         -> {v, nodes: {node id: reason}, at}
+    nodes      node id                         -> {v, id, spec, created}
 
 Object keys never contain NUL (the S3 layer rejects it), so byte order of the LMDB keys
 is the UTF-8 binary order S3 lists in.
@@ -49,8 +51,8 @@ T = TypeVar("T")
 Txn = lmdb.Transaction
 Record = dict[str, Any]
 
-_DBS = ("accounts", "names", "buckets", "objects", "uploads", "upkeys", "parts", "blobrefs",
-        "journal")
+_DBS = ("accounts", "names", "buckets", "objects", "uploads", "upkeys", "parts", "blobs",
+        "journal", "repairs", "nodes")
 _MAX_BATCH = 256
 
 
@@ -162,27 +164,97 @@ class Catalog:
                 return
             yield key, unpack(raw)
 
-    # -- blob reference counts ----------------------------------------------------
+    # -- blobs: reference counts and replica metadata ----------------------------------
 
-    def ref_blobs(self, txn: Txn, blob_ids: list[str]) -> None:
+    def blob(self, txn: Txn, blob_id: str) -> Record | None:
+        return self.get(txn, "blobs", blob_id.encode())
+
+    def ref_blobs(self, txn: Txn, blob_ids: list[str], meta: dict[str, Record] | None = None) -> None:
+        """Add a reference to each blob; a blob seen for the first time takes its `meta`."""
         for blob_id in blob_ids:
             key = blob_id.encode()
-            count: int = self.get(txn, "blobrefs", key) or 0
-            self.put(txn, "blobrefs", key, count + 1)
+            record = self.get(txn, "blobs", key)
+            if record is None:
+                record = {"v": 1, "refs": 0, "nodes": [], **((meta or {}).get(blob_id) or {})}
+            record["refs"] += 1
+            self.put(txn, "blobs", key, record)
 
     def unref_blobs(self, txn: Txn, blob_ids: list[str]) -> list[str]:
-        """Decrement counts; returns the blob ids that are no longer referenced."""
+        """Drop a reference from each; returns the blob ids that are no longer referenced."""
         freed = []
         for blob_id in blob_ids:
             key = blob_id.encode()
-            count: int = (self.get(txn, "blobrefs", key) or 0) - 1
-            if count > 0:
-                self.put(txn, "blobrefs", key, count)
+            record = self.get(txn, "blobs", key)
+            if record is not None and record["refs"] > 1:
+                record["refs"] -= 1
+                self.put(txn, "blobs", key, record)
             else:
-                self.delete(txn, "blobrefs", key)
+                self.delete(txn, "blobs", key)
                 txn.delete(key, db=self.db["journal"])
+                txn.delete(key, db=self.db["repairs"])
                 freed.append(blob_id)
         return freed
+
+    def referenced_blobs(self) -> set[str]:
+        with self.read() as txn:
+            return {k.decode() for k, _ in self.scan(txn, "blobs")}
+
+    def blob_records(self) -> Iterator[tuple[str, Record]]:
+        """Every blob record (one read transaction per call of this generator)."""
+        with self.read() as txn:
+            for key, record in self.scan(txn, "blobs"):
+                yield key.decode(), record
+
+    def set_blob_nodes(self, blob_id: str, nodes: list[str], expect: list[str] | None = None) -> bool:
+        """Replace a blob's replica list (repair); False if the blob is gone or changed."""
+
+        def op(txn: Txn) -> bool:
+            record = self.get(txn, "blobs", blob_id.encode())
+            if record is None or (expect is not None and record["nodes"] != expect):
+                return False
+            record["nodes"] = nodes
+            self.put(txn, "blobs", blob_id.encode(), record)
+            return True
+
+        return self.write(op)
+
+    # -- repair queue ---------------------------------------------------------------
+
+    def queue_repair(self, blob_id: str, node_id: str, reason: str) -> concurrent.futures.Future[None]:
+        def op(txn: Txn) -> None:
+            if self.get(txn, "blobs", blob_id.encode()) is None:
+                return
+            record = self.get(txn, "repairs", blob_id.encode()) or {"v": 1, "nodes": {}, "at": time.time()}
+            record["nodes"][node_id] = reason
+            self.put(txn, "repairs", blob_id.encode(), record)
+
+        return self.submit(op)
+
+    def repairs(self, limit: int = 1000) -> list[tuple[str, Record]]:
+        with self.read() as txn:
+            out = []
+            for key, record in self.scan(txn, "repairs"):
+                out.append((key.decode(), record))
+                if len(out) >= limit:
+                    break
+            return out
+
+    def drop_repair(self, blob_id: str) -> None:
+        self.write(lambda txn: self.delete(txn, "repairs", blob_id.encode()))
+
+    # -- nodes ----------------------------------------------------------------------
+
+    def nodes(self) -> dict[str, Record]:
+        with self.read() as txn:
+            return {k.decode(): r for k, r in self.scan(txn, "nodes")}
+
+    def put_node(self, node_id: str, spec: str) -> None:
+        def op(txn: Txn) -> None:
+            record = self.get(txn, "nodes", node_id.encode()) or {"v": 1, "id": node_id, "created": time.time()}
+            record["spec"] = spec
+            self.put(txn, "nodes", node_id.encode(), record)
+
+        self.write(op)
 
     # -- journal of small blobs (see storage.blobs.MemoryBlobWriter) ----------------
 
@@ -204,10 +276,6 @@ class Catalog:
                 txn.delete(blob_id.encode(), db=self.db["journal"])
 
         self.write(op)
-
-    def referenced_blobs(self) -> set[str]:
-        with self.read() as txn:
-            return {k.decode() for k, _ in self.scan(txn, "blobrefs")}
 
     # -- accounts -----------------------------------------------------------------
 

@@ -87,3 +87,26 @@ class EntityTooSmall(StorageError):
         self.number = number
         self.size = size
         self.minimum = minimum
+
+
+class BlobUnavailable(StorageError):
+    """No replica of a blob could be read correctly."""
+
+    def __init__(self, blob_id: str) -> None:
+        super().__init__(f"no readable replica of blob {blob_id}")
+        self.blob_id = blob_id
+
+
+class InsufficientNodes(StorageError):
+    """Fewer healthy nodes with space than the copies a write needs."""
+
+    def __init__(self, wanted: int, available: int) -> None:
+        super().__init__(f"a write needs {wanted} healthy nodes with space, {available} available")
+        self.wanted = wanted
+        self.available = available
+
+
+class NoSuchBlob(StorageError):
+    def __init__(self, blob_id: str) -> None:
+        super().__init__(f"blob {blob_id} is not in the catalog")
+        self.blob_id = blob_id

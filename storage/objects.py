@@ -112,31 +112,29 @@ class ObjectStore:
                     yield slot[len(base):].decode(), value
             found = cursor.next()
 
-    def put(self, bucket: str, key: str, record: Record) -> list[str]:
-        """Store `record` under (bucket, key); returns blob ids freed by the overwrite."""
-        record = {**record, "v": 1, "key": key}
+    def put(self, bucket: str, key: str, record: Record, blobs: dict[str, Record] | None = None) -> list[str]:
+        """Store `record` under (bucket, key); returns blob ids freed by the overwrite.
+        `blobs` carries the metadata (size, sha256, blocks, nodes) of newly written blobs."""
+        return self.put_async(bucket, key, record, blobs=blobs).result()  # type: ignore[no-any-return]
 
-        def op(txn: Txn) -> list[str]:
-            return self._put_in(txn, bucket, key, record)
-
-        return self.catalog.write(op)
-
-    def put_async(self, bucket: str, key: str, record: Record, journal: dict[str, bytes] | None = None) -> Any:
+    def put_async(self, bucket: str, key: str, record: Record, journal: dict[str, bytes] | None = None,
+                  blobs: dict[str, Record] | None = None) -> Any:
         """Queue the put; `journal` holds the bytes of small blobs placed without fsync."""
         record = {**record, "v": 1, "key": key}
 
         def op(txn: Txn) -> list[str]:
-            freed = self._put_in(txn, bucket, key, record)
+            freed = self._put_in(txn, bucket, key, record, blobs)
             for blob_id, data in (journal or {}).items():
                 self.catalog.journal_put(txn, blob_id, data)
             return freed
 
         return self.catalog.submit(op)
 
-    def _put_in(self, txn: Txn, bucket: str, key: str, record: Record) -> list[str]:
+    def _put_in(self, txn: Txn, bucket: str, key: str, record: Record,
+                blobs: dict[str, Record] | None = None) -> list[str]:
         self.catalog.bucket(bucket, txn)
         old = self._read(txn, bucket, key)
-        self.catalog.ref_blobs(txn, segment_blobs(record))
+        self.catalog.ref_blobs(txn, segment_blobs(record), blobs)
         self._write(txn, bucket, key, record)
         return self.catalog.unref_blobs(txn, segment_blobs(old))
 
@@ -180,6 +178,15 @@ class ObjectStore:
             return record, self._put_in(txn, dst_bucket, dst_key, record)
 
         return self.catalog.write(op)
+
+    def all_records(self) -> Iterator[Record]:
+        """Every object record of every bucket (overflow groups expanded)."""
+        with self.catalog.read() as txn:
+            for key, value in self.catalog.scan(txn, "objects"):
+                if key.endswith(b"\xff") and "overflow" in value:
+                    yield from value["overflow"].values()
+                else:
+                    yield value
 
     def iter_keys(self, bucket: str, start_after: str = "", prefix: str = "") -> Iterator[Record]:
         with self.catalog.read() as txn:

@@ -1,8 +1,11 @@
-"""The embedded store: one catalog plus the local blob store(s) of this process.
+"""The embedded store: the catalog plus this process's storage nodes.
 
-Start-up sweeps temp files left by interrupted writes. Freed blobs are deleted right
-after the catalog commit that freed them; `OrphanCollector` removes blobs that a crash
-left unreferenced (older than a grace period, so in-flight writes are never touched).
+Nodes come from specs (`dir:PATH`, `zfs:POOL/DATASET`); each keeps its id across restarts
+(marker file + catalog). Blobs are written to `copies` distinct nodes (ReplicatedWriter,
+place_small) and read through BlobReader, which fails over between replicas and reports
+bad ones to the catalog's repair queue. Start-up sweeps temp files and replays the
+journal of small blobs. Freed blobs are deleted from every node right after the commit
+that freed them; crash leftovers are collected by `daemons.OrphanCollector`.
 """
 
 from __future__ import annotations
@@ -10,14 +13,18 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
-from storage.blobs import DirectoryBlobStore
+from storage.blobs import MemoryBlobWriter
 from storage.catalog import Catalog
+from storage.errors import NoSuchBlob
+from storage.node import Node, NodeSpec, parse_spec
 from storage.objects import ObjectStore
+from storage.replicas import BlobMeta, BlobReader, ReplicatedWriter, place_small
 from storage.uploads import UploadStore
 
-__all__ = ["JournalFlusher", "OrphanCollector", "Store", "StoreConfig"]
+__all__ = ["Store", "StoreConfig"]
 
 log = logging.getLogger("manta.storage")
 
@@ -25,101 +32,164 @@ log = logging.getLogger("manta.storage")
 @dataclass(frozen=True)
 class StoreConfig:
     data_dir: str
+    node_count: int = 1
+    copies: int | None = None  # default min(2, number of nodes)
+    specs: tuple[str, ...] = field(default_factory=tuple)
     gc_grace_s: float = 3600.0
     gc_interval_s: float = 600.0
+    scrub_interval_s: float = 24 * 3600.0
+    scrub_rate_mb_s: float = 50.0
+    repair_interval_s: float = 5.0
+
+    def node_specs(self) -> list[NodeSpec]:
+        if self.specs:
+            if self.node_count not in (1, len(self.specs)):
+                raise ValueError(f"--nodes {self.node_count} but {len(self.specs)} storage specs given")
+            return [parse_spec(s) for s in self.specs]
+        return [NodeSpec("dir", os.path.abspath(os.path.join(self.data_dir, "nodes", f"n{i}")))
+                for i in range(self.node_count)]
+
+    def copy_count(self) -> int:
+        n = len(self.specs) or self.node_count
+        return self.copies if self.copies is not None else min(2, n)
 
     def validate(self) -> None:
         if self.gc_grace_s < 0 or self.gc_interval_s <= 0:
             raise ValueError("gc_grace_s must be >= 0 and gc_interval_s > 0")
+        if self.node_count < 1:
+            raise ValueError("at least one node is needed")
+        n = len(self.specs) or self.node_count
+        if not 1 <= self.copy_count() <= n:
+            raise ValueError(f"copies must be between 1 and the number of nodes ({n})")
+        self.node_specs()
 
 
 class Store:
     def __init__(self, config: StoreConfig) -> None:
         config.validate()
         self.config = config
+        self.copies = config.copy_count()
         os.makedirs(config.data_dir, mode=0o700, exist_ok=True)
         catalog_dir = os.path.join(config.data_dir, "catalog")
         os.makedirs(catalog_dir, exist_ok=True)
         self.catalog = Catalog(catalog_dir)
-        self.blobs = DirectoryBlobStore(os.path.join(config.data_dir, "nodes", "n0"))
-        self.node_id = "n0"
-        swept = self.blobs.sweep_temp()
-        if swept:
-            log.info("removed %d leftover temp files", swept)
+        self.nodes: dict[str, Node] = {}
+        for spec in config.node_specs():
+            node = self._attach(spec)
+            self.nodes[node.id] = node
+        self.repair_wanted = threading.Event()
+        for node in self.nodes.values():
+            swept = node.blobs.sweep_temp()
+            if swept:
+                log.info("node %s: removed %d leftover temp files", node.id, swept)
         recovered = self.recover_journal()
         if recovered:
             log.info("rewrote %d journalled small blobs", recovered)
         self.objects = ObjectStore(self.catalog)
         self.uploads = UploadStore(self.catalog, self.objects)
 
+    def _attach(self, spec: NodeSpec) -> Node:
+        root, zfs = Node.prepare(spec)
+        known = self.catalog.nodes()
+        node_id = Node.read_marker(root)
+        if node_id is None:
+            same = [nid for nid, rec in known.items() if rec["spec"] == str(spec)]
+            node_id = same[0] if same else _next_id(set(known) | set(self.nodes))
+            Node.write_marker(root, node_id)
+        if node_id in self.nodes:
+            raise ValueError(f"{spec} is the same node as {self.nodes[node_id].spec} ({node_id})")
+        self.catalog.put_node(node_id, str(spec))
+        return Node(node_id, spec, root, zfs)
+
+    def node_list(self) -> list[Node]:
+        return list(self.nodes.values())
+
+    # -- blobs ----------------------------------------------------------------------
+
+    def writer(self) -> ReplicatedWriter:
+        return ReplicatedWriter(self.node_list(), self.copies)
+
+    def place_small(self, small: MemoryBlobWriter) -> BlobMeta:
+        return place_small(self.node_list(), self.copies, small)
+
+    def readers(self, blob_ids: list[str]) -> list[BlobReader]:
+        """Readers for these blobs, each with its first replica already open."""
+        with self.catalog.read() as txn:
+            metas = [(blob_id, self.catalog.blob(txn, blob_id)) for blob_id in blob_ids]
+        out: list[BlobReader] = []
+        for blob_id, meta in metas:
+            if meta is None:
+                for reader in out:
+                    reader.close()
+                raise NoSuchBlob(blob_id)
+            reader = BlobReader(blob_id, meta, self.nodes, self.report_damage)
+            reader.prime()
+            out.append(reader)
+        return out
+
+    def report_damage(self, blob_id: str, node_id: str, reason: str) -> None:
+        log.warning("blob %s on node %s: %s (queued for repair)", blob_id, node_id, reason)
+        self.catalog.queue_repair(blob_id, node_id, reason)
+        self.repair_wanted.set()
+
+    def free(self, blob_ids: list[str]) -> None:
+        """Delete unreferenced blobs from every reachable node (down nodes: GC later)."""
+        for node in self.nodes.values():
+            if not node.healthy():
+                continue
+            for blob_id in blob_ids:
+                try:
+                    node.blobs.delete(blob_id)
+                except OSError as exc:
+                    log.warning("node %s: could not delete blob %s: %s", node.id, blob_id, exc)
+
+    def sync_placed(self, blob_ids: list[str]) -> None:
+        for node in self.nodes.values():
+            if node.healthy():
+                node.blobs.sync(blob_ids)
+
     def recover_journal(self) -> int:
         """After a crash, rewrite every journalled small blob durably, then drop the journal."""
         total = 0
         while entries := self.catalog.journal():
+            with self.catalog.read() as txn:
+                metas = {blob_id: self.catalog.blob(txn, blob_id) for blob_id, _ in entries}
             for blob_id, data in entries:
-                self.blobs.write_unsynced(blob_id, data)
+                for node_id in (metas[blob_id] or {}).get("nodes", []):
+                    node = self.nodes.get(node_id)
+                    if node is not None and node.healthy():
+                        node.blobs.write_unsynced(blob_id, data)
             ids = [blob_id for blob_id, _ in entries]
-            self.blobs.sync(ids)
+            self.sync_placed(ids)
             self.catalog.journal_drop(ids)
             total += len(entries)
         return total
 
-    def free(self, blob_ids: list[str]) -> None:
-        for blob_id in blob_ids:
-            self.blobs.delete(blob_id)
+    def node_infos(self) -> list[dict[str, Any]]:
+        """Each node's health and space, with how many blobs and objects have a copy there."""
+        placed = {blob_id: rec.get("nodes", []) for blob_id, rec in self.catalog.blob_records()}
+        blobs: dict[str, int] = dict.fromkeys(self.nodes, 0)
+        objects: dict[str, int] = dict.fromkeys(self.nodes, 0)
+        for nodes in placed.values():
+            for node_id in nodes:
+                blobs[node_id] = blobs.get(node_id, 0) + 1
+        for record in self.objects.all_records():
+            for node_id in {n for seg in record["segments"] for n in placed.get(seg[0], [])}:
+                objects[node_id] = objects.get(node_id, 0) + 1
+        out = []
+        for node in self.nodes.values():
+            info = node.info()
+            info["blob_count"] = blobs.get(node.id, 0)
+            info["object_count"] = objects.get(node.id, 0)
+            out.append(info)
+        return out
 
     def close(self) -> None:
         self.catalog.close()
 
 
-class JournalFlusher:
-    """Makes small blobs durable in the background and drops their journal copies."""
-
-    def __init__(self, store: Store, interval_s: float = 0.2) -> None:
-        self.store = store
-        self.interval_s = interval_s
-        self._stop = threading.Event()
-
-    def run_once(self) -> int:
-        entries = self.store.catalog.journal()
-        if not entries:
-            return 0
-        ids = [blob_id for blob_id, _ in entries]
-        self.store.blobs.sync(ids)
-        self.store.catalog.journal_drop(ids)
-        return len(ids)
-
-    def run_forever(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self.run_once()
-            except Exception:
-                log.exception("journal flush failed")
-
-    def stop(self) -> None:
-        self._stop.set()
-
-
-class OrphanCollector:
-    """Deletes blobs no catalog record references, once older than the grace period."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self._stop = threading.Event()
-
-    def run_once(self) -> int:
-        referenced = self.store.catalog.referenced_blobs()
-        removed = self.store.blobs.collect_orphans(referenced, self.store.config.gc_grace_s)
-        if removed:
-            log.info("garbage collection removed %d orphan blobs", removed)
-        return removed
-
-    def run_forever(self) -> None:
-        while not self._stop.wait(self.store.config.gc_interval_s):
-            try:
-                self.run_once()
-            except Exception:
-                log.exception("garbage collection failed")
-
-    def stop(self) -> None:
-        self._stop.set()
+def _next_id(taken: set[str]) -> str:
+    i = 0
+    while f"n{i}" in taken:
+        i += 1
+    return f"n{i}"

@@ -20,6 +20,13 @@ from storage.objects import ObjectStore
 __all__ = ["MIN_PART_SIZE", "UploadStore"]
 
 MIN_PART_SIZE = 5 * 1024 * 1024
+# the upload index key is bucket \0 key, cut to fit LMDB's key limit, \0 upload id;
+# listings re-sort by the full key, so the cut only widens the scan
+INDEX_KEY_BYTES = 440
+
+
+def upload_index_key(bucket: str, key: str, upload_id: str) -> bytes:
+    return object_key(bucket, key)[:INDEX_KEY_BYTES] + b"\0" + upload_id.encode()
 
 
 class UploadStore:
@@ -35,7 +42,7 @@ class UploadStore:
         def op(txn: Txn) -> Record:
             self.catalog.bucket(bucket, txn)
             self.catalog.put(txn, "uploads", upload_id.encode(), record)
-            self.catalog.put(txn, "upkeys", object_key(bucket, key) + b"\0" + upload_id.encode(), 1)
+            self.catalog.put(txn, "upkeys", upload_index_key(bucket, key, upload_id), 1)
             return record
 
         return self.catalog.write(op)
@@ -49,7 +56,8 @@ class UploadStore:
             raise errors.NoSuchUpload(upload_id)
         return record
 
-    def put_part(self, bucket: str, key: str, upload_id: str, part: Record) -> list[str]:
+    def put_part(self, bucket: str, key: str, upload_id: str, part: Record,
+                 blobs: dict[str, Record] | None = None) -> list[str]:
         """Record a part (its blob is durable already); returns freed blob ids."""
         part = {**part, "v": 1, "mtime": time.time()}
 
@@ -57,7 +65,7 @@ class UploadStore:
             self.get(bucket, key, upload_id, txn)
             pkey = part_key(upload_id, part["number"])
             old = self.catalog.get(txn, "parts", pkey)
-            self.catalog.ref_blobs(txn, [part["blob"]])
+            self.catalog.ref_blobs(txn, [part["blob"]], blobs)
             self.catalog.put(txn, "parts", pkey, part)
             return self.catalog.unref_blobs(txn, [old["blob"]] if old else [])
 
@@ -70,18 +78,30 @@ class UploadStore:
 
     def list_uploads(self, bucket: str, prefix: str = "", key_marker: str = "",
                      upload_id_marker: str = "") -> list[Record]:
+        """Pending uploads of keys with `prefix`, ordered by key then initiation, after the
+        (key_marker, upload_id_marker) position as S3 defines it."""
+        base = bucket.encode() + b"\0"
+        start = (base + max(key_marker, prefix).encode())[:INDEX_KEY_BYTES]
         with self.catalog.read() as txn:
-            base = bucket.encode() + b"\0"
-            start = base + key_marker.encode()
-            if key_marker:
-                start += b"\0" + (upload_id_marker.encode() + b"\0" if upload_id_marker else b"\xff")
-            out = []
-            for raw, _ in self.catalog.scan(txn, "upkeys", start=start, prefix=base + prefix.encode()):
-                upload_id = raw.rsplit(b"\0", 1)[1]
-                record = self.catalog.get(txn, "uploads", upload_id)
-                if record is not None:
+            found = []
+            for raw, _ in self.catalog.scan(txn, "upkeys", start=start,
+                                            prefix=(base + prefix.encode())[:INDEX_KEY_BYTES]):
+                record = self.catalog.get(txn, "uploads", raw.rsplit(b"\0", 1)[1])
+                if record is not None and record["key"].startswith(prefix):
+                    found.append(record)
+        found.sort(key=lambda r: (r["key"].encode(), r["initiated"], r["upload_id"]))
+        if not key_marker:
+            return found
+        out = []
+        passed_marker = not upload_id_marker
+        for record in found:
+            if record["key"].encode() > key_marker.encode():
+                out.append(record)
+            elif record["key"] == key_marker and upload_id_marker:
+                if passed_marker:
                     out.append(record)
-            return out
+                passed_marker = passed_marker or record["upload_id"] == upload_id_marker
+        return out
 
     def _drop(self, txn: Txn, upload: Record) -> list[str]:
         upload_id = upload["upload_id"]
@@ -89,7 +109,7 @@ class UploadStore:
         for number in [p["number"] for _, p in self.catalog.scan(txn, "parts", prefix=upload_id.encode() + b"\0")]:
             self.catalog.delete(txn, "parts", part_key(upload_id, number))
         self.catalog.delete(txn, "uploads", upload_id.encode())
-        self.catalog.delete(txn, "upkeys", object_key(upload["bucket"], upload["key"]) + b"\0" + upload_id.encode())
+        self.catalog.delete(txn, "upkeys", upload_index_key(upload["bucket"], upload["key"], upload_id))
         return self.catalog.unref_blobs(txn, blobs)
 
     def abort(self, bucket: str, key: str, upload_id: str) -> list[str]:

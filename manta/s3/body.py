@@ -23,7 +23,7 @@ from manta.s3 import checksums
 from manta.s3 import errors as s3e
 from manta.s3.chunked import AwsChunkedDecoder
 from manta.s3.context import S3Request
-from storage import BlobWriter, MemoryBlobWriter
+from storage import MemoryBlobWriter, ReplicatedWriter
 
 MAX_SINGLE_PUT = 5 * 1024**3
 STREAMING = {
@@ -90,7 +90,7 @@ def expected_size(req: S3Request) -> int | None:
     return int(value) if value is not None and value.isdigit() else None
 
 
-async def receive_into(req: S3Request, writer: BlobWriter | MemoryBlobWriter, max_size: int = MAX_SINGLE_PUT,
+async def receive_into(req: S3Request, writer: ReplicatedWriter | MemoryBlobWriter, max_size: int = MAX_SINGLE_PUT,
                        default_algorithm: str | None = None) -> BodyResult:
     """Stream the body into `writer`; `default_algorithm` is computed when the client
     names no checksum (a part of an upload created with a checksum algorithm)."""

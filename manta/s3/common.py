@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any, BinaryIO
+from typing import Any
 
 import anyio.to_thread
 from starlette.responses import Response
@@ -12,12 +12,11 @@ from starlette.responses import Response
 from manta.s3 import errors as s3e
 from manta.s3.context import S3Request
 from manta.s3.xmlio import http_date
-from storage import BlobWriter
+from storage import BlobMeta, BlobReader, ReplicatedWriter
 
 STORED_HEADERS = ("content-type", "content-encoding", "content-disposition",
                   "content-language", "cache-control", "expires")
 DEFAULT_CONTENT_TYPE = "binary/octet-stream"
-READ_CHUNK = 1 << 20
 
 
 def owned_bucket(req: S3Request, name: str | None = None) -> dict[str, Any]:
@@ -71,7 +70,7 @@ def xml_response(body: bytes, status: int = 200, headers: dict[str, str] | None 
     return Response(body, status_code=status, headers=headers, media_type="application/xml")
 
 
-async def commit_blob(writer: BlobWriter) -> Any:
+async def commit_blob(writer: ReplicatedWriter) -> BlobMeta:
     return await anyio.to_thread.run_sync(writer.commit)
 
 
@@ -89,43 +88,56 @@ async def in_thread(fn: Any, *args: Any) -> Any:
     return await anyio.to_thread.run_sync(fn, *args)
 
 
-def open_segments(req: S3Request, segments: list[list[Any]], start: int, length: int) -> list[tuple[BinaryIO, int, int]]:
-    """Open every blob that covers [start, start+length) up front, so a concurrent
-    overwrite or delete cannot pull a later segment away mid-response.
-    Returns (file, offset in blob, bytes to read) triples."""
-    opened: list[tuple[BinaryIO, int, int]] = []
+Opened = list[tuple[BlobReader, int, int]]
+
+
+def open_segments(req: S3Request, segments: list[list[Any]], start: int, length: int) -> Opened:
+    """Readers for the blobs covering [start, start+length), each with a replica open
+    up front, so a concurrent overwrite or delete cannot pull a segment away mid-response.
+    Returns (reader, offset in blob, bytes to read) triples."""
+    wanted: list[tuple[str, int, int]] = []
     offset = 0
     remaining = length
-    try:
-        for blob_id, size in segments:
-            if remaining <= 0:
-                break
-            if start < offset + size:
-                skip = max(0, start - offset)
-                take = min(size - skip, remaining)
-                opened.append((req.store.blobs.open(blob_id), skip, take))
-                remaining -= take
-            offset += size
-    except BaseException:
-        for fh, _, _ in opened:
-            fh.close()
-        raise
-    return opened
+    for blob_id, size, *_ in segments:
+        if remaining <= 0:
+            break
+        if start < offset + size:
+            skip = max(0, start - offset)
+            take = min(size - skip, remaining)
+            wanted.append((blob_id, skip, take))
+            remaining -= take
+        offset += size
+    readers = req.store.readers([blob_id for blob_id, _, _ in wanted])
+    return [(reader, skip, take) for reader, (_, skip, take) in zip(readers, wanted, strict=True)]
 
 
-async def stream_opened(opened: list[tuple[BinaryIO, int, int]]) -> AsyncIterator[bytes]:
+async def stream_opened(opened: Opened) -> AsyncIterator[bytes]:
+    """Verified bytes of the opened segments; blocks of big blobs are read in a thread."""
     try:
-        for fh, skip, take in opened:
-            if skip:
-                fh.seek(skip)
-            left = take
-            while left > 0:
-                n = min(READ_CHUNK, left)
-                data = fh.read(n) if n <= 65536 else await anyio.to_thread.run_sync(fh.read, n)
-                if not data:
-                    raise OSError("blob shorter than its record")
-                left -= len(data)
-                yield data
+        for reader, skip, take in opened:
+            pieces = reader.read(skip, take)
+            while True:
+                chunk = next(pieces, None) if take <= 65536 else await anyio.to_thread.run_sync(next, pieces, None)
+                if chunk is None:
+                    break
+                yield chunk
     finally:
-        for fh, _, _ in opened:
-            fh.close()
+        for reader, _, _ in opened:
+            reader.close()
+
+
+async def prefetched(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Read the first chunk now, so an unreadable object fails before the status line is
+    sent (an error, not a truncated 200); returns a stream that starts with that chunk."""
+    try:
+        first = await anext(stream)
+    except StopAsyncIteration:
+        first = b""
+
+    async def chained() -> AsyncIterator[bytes]:
+        if first:
+            yield first
+        async for chunk in stream:
+            yield chunk
+
+    return chained()

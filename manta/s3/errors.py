@@ -86,6 +86,7 @@ InvalidLocationConstraint = _error("InvalidLocationConstraint", 400, "The specif
 NoSuchVersion = _error("NoSuchVersion", 404, "The specified version does not exist.")
 InvalidPartNumber = _error("InvalidPartNumber", 416, "The requested partnumber is not satisfiable")
 UserAlreadyExists = _error("UserAlreadyExists", 409, "The user already exists.")
+ServiceUnavailable = _error("ServiceUnavailable", 503, "The service is unavailable; please retry.")
 InvalidRange = _error("InvalidRange", 416, "The requested range is not satisfiable")
 InvalidRequest = _error("InvalidRequest", 400, "Invalid Request")
 KeyTooLongError = _error("KeyTooLongError", 400, "Your key is too long")
@@ -153,6 +154,8 @@ def from_domain(exc: se.StorageError) -> S3Error:
     if isinstance(exc, se.EntityTooSmall):
         return EntityTooSmall(ProposedSize=str(exc.size), MinSizeAllowed=str(exc.minimum),
                               PartNumber=str(exc.number))
+    if isinstance(exc, se.BlobUnavailable | se.InsufficientNodes | se.NoSuchBlob):
+        return ServiceUnavailable(str(exc))
     if isinstance(exc, se.NoSuchAccount):
         return InvalidAccessKeyId(AWSAccessKeyId=exc.access_key)
     return InternalError()

@@ -30,6 +30,7 @@ from manta.s3.common import (
 from manta.s3.context import S3Request
 from manta.s3.obj import check_conditions, parse_copy_source
 from manta.s3.xmlio import child_text, children, document, el, iso8601, parse
+from storage import BlobMeta
 
 MAX_PART_NUMBER = 10000
 MAX_PART_SIZE = 5 * 1024**3
@@ -90,30 +91,30 @@ async def upload_part(req: S3Request) -> Response:
     number = _part_number(req)
     if "x-amz-copy-source" in req.headers:
         return await _upload_part_copy(req, upload, number)
-    writer = req.store.blobs.writer()
+    writer = req.store.writer()
     try:
         body = await receive_into(req, writer, MAX_PART_SIZE, default_algorithm=upload.get("algorithm"))
-        info = await commit_blob(writer)
+        blob = await commit_blob(writer)
     except BaseException:
         writer.abort()
         raise
     if upload.get("algorithm") and upload["algorithm"] not in body.checksums:
-        await free_blobs(req, [info.blob_id])
+        await free_blobs(req, [blob.blob_id])
         raise s3e.InvalidRequest(f"The upload was created using the {upload['algorithm']} checksum algorithm.")
-    part = {"number": number, "blob": info.blob_id, "size": info.size, "etag": info.md5.hex(),
+    part = {"number": number, "blob": blob.blob_id, "size": blob.size, "etag": blob.md5.hex(),
             "checksums": body.checksums}
-    await _record_part(req, part, info.blob_id)
+    await _record_part(req, part, blob)
     headers = {"etag": f'"{part["etag"]}"'}
     headers.update({f"x-amz-checksum-{a.lower()}": v for a, v in body.checksums.items()})
     return Response(b"", headers=headers)
 
 
-async def _record_part(req: S3Request, part: dict[str, Any], blob_id: str) -> None:
+async def _record_part(req: S3Request, part: dict[str, Any], blob: BlobMeta) -> None:
     try:
         freed = await in_thread(req.store.uploads.put_part, req.bucket, req.key,
-                                req.query["uploadId"], part)
+                                req.query["uploadId"], part, {blob.blob_id: blob.record()})
     except BaseException:
-        await free_blobs(req, [blob_id])
+        await free_blobs(req, [blob.blob_id])
         raise
     await free_blobs(req, freed)
 
@@ -143,20 +144,20 @@ async def _upload_part_copy(req: S3Request, upload: dict[str, Any], number: int)
     algorithm = upload.get("algorithm")
     summer = checksums.new(algorithm) if algorithm else None
     opened = await in_thread(open_segments, req, source["segments"], start, length)
-    writer = req.store.blobs.writer()
+    writer = req.store.writer()
     try:
         async for chunk in stream_opened(opened):
             writer.write(chunk)
             if summer is not None:
                 summer.update(chunk)
-        info = await commit_blob(writer)
+        blob = await commit_blob(writer)
     except BaseException:
         writer.abort()
         raise
     sums = {algorithm: summer.b64()} if summer is not None and algorithm else {}
-    part = {"number": number, "blob": info.blob_id, "size": info.size, "etag": info.md5.hex(),
+    part = {"number": number, "blob": blob.blob_id, "size": blob.size, "etag": blob.md5.hex(),
             "checksums": sums}
-    await _record_part(req, part, info.blob_id)
+    await _record_part(req, part, blob)
     body = [el("LastModified", iso8601(source["mtime"])), el("ETag", f'"{part["etag"]}"')]
     body += [el(f"Checksum{a}", v) for a, v in sums.items()]
     return xml_response(document("CopyPartResult", body))
@@ -167,7 +168,7 @@ def _build(upload: dict[str, Any], parts: list[dict[str, Any]], claimed: dict[in
     record: dict[str, Any] = {
         "size": sum(p["size"] for p in parts), "etag": f"{digest}-{len(parts)}", "sha256": None,
         "headers": upload["headers"], "meta": upload["meta"], "checksums": {}, "checksum_type": None,
-        "parts": [p["size"] for p in parts], "replicas": None,
+        "parts": [p["size"] for p in parts],
     }
     algorithm = upload.get("algorithm")
     for p in parts:
@@ -205,12 +206,10 @@ async def complete_upload(req: S3Request) -> Response:
                            if (text := child_text(node, f"Checksum{alg}")) is not None}
     if not chosen:
         raise s3e.MalformedXML("You must specify at least one part.")
-    node_id = req.store.node_id
     completed_at = time.time()
 
     def build(up: dict[str, Any], parts: list[dict[str, Any]]) -> dict[str, Any]:
         record = _build(up, parts, claimed)
-        record["replicas"] = [node_id]
         record["mtime"] = completed_at
         expected = _whole_checksum(req, up)
         if expected is not None and record["checksums"].get(up["algorithm"], "").split("-")[0] != expected:

@@ -26,6 +26,7 @@ from manta.s3.common import (
     object_headers,
     open_segments,
     owned_bucket,
+    prefetched,
     request_headers,
     stream_opened,
     xml_response,
@@ -57,26 +58,27 @@ async def put_object(req: S3Request) -> Response:
     small = MemoryBlobWriter() if size is not None and size <= SMALL_OBJECT_BYTES else None
     if small is not None:
         body = await receive_into(req, small)
-        info = req.store.blobs.place_unsynced(small)
+        blob = req.store.place_small(small)
     else:
-        writer = req.store.blobs.writer()
+        writer = req.store.writer()
         try:
             body = await receive_into(req, writer)
-            info = await commit_blob(writer)
+            blob = await commit_blob(writer)
         except BaseException:
             writer.abort()
             raise
     record = {
-        "size": info.size, "etag": info.md5.hex(), "sha256": info.sha256, "mtime": time.time(),
-        "segments": [[info.blob_id, info.size]], "headers": headers, "meta": meta,
+        "size": blob.size, "etag": blob.md5.hex(), "sha256": blob.sha256, "mtime": time.time(),
+        "segments": [[blob.blob_id, blob.size]], "headers": headers, "meta": meta,
         "checksums": body.checksums, "checksum_type": "FULL_OBJECT" if body.checksums else None,
-        "parts": None, "replicas": [req.store.node_id],
+        "parts": None,
     }
     try:
-        journal = {info.blob_id: bytes(small.buffer)} if small is not None else None
-        freed = await catalog_write(req.store.objects.put_async(req.bucket, req.key, record, journal))
+        journal = {blob.blob_id: bytes(small.buffer)} if small is not None else None
+        freed = await catalog_write(req.store.objects.put_async(
+            req.bucket, req.key, record, journal, {blob.blob_id: blob.record()}))
     except BaseException:
-        await free_blobs(req, [info.blob_id])
+        await free_blobs(req, [blob.blob_id])
         raise
     await free_blobs(req, freed)
     out = {"etag": f'"{record["etag"]}"', **checksum_headers(record)}
@@ -194,7 +196,8 @@ async def get_object(req: S3Request, head: bool = False) -> Response:
     if head:
         return Response(b"", status_code=code, headers=headers)
     opened = await in_thread(open_segments, req, record["segments"], start, length)
-    return StreamingResponse(stream_opened(opened), status_code=code, headers=headers)
+    stream = await prefetched(stream_opened(opened))
+    return StreamingResponse(stream, status_code=code, headers=headers)
 
 
 async def head_object(req: S3Request) -> Response:

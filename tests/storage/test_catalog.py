@@ -61,7 +61,8 @@ def record(*segments: tuple[str, int], etag: str = "e") -> dict[str, Any]:
 
 def refcount(cat: Catalog, blob: str) -> int:
     with cat.read() as txn:
-        return cat.get(txn, "blobrefs", blob.encode()) or 0  # type: ignore[return-value]
+        record = cat.blob(txn, blob)
+        return int(record["refs"]) if record else 0
 
 
 # -- group commit ------------------------------------------------------------------

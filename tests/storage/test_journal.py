@@ -10,10 +10,11 @@ from storage import JournalFlusher, MemoryBlobWriter, Store, StoreConfig
 def _put_small(store: Store, key: str, data: bytes) -> str:
     small = MemoryBlobWriter()
     small.write(data)
-    info = store.blobs.place_unsynced(small)
-    record = {"segments": [[info.blob_id, info.size]], "size": info.size, "etag": info.md5.hex(), "mtime": 0.0}
-    store.objects.put_async("b", key, record, {info.blob_id: bytes(small.buffer)}).result()
-    return info.blob_id
+    blob = store.place_small(small)
+    record = {"segments": [[blob.blob_id, blob.size]], "size": blob.size, "etag": blob.md5.hex(), "mtime": 0.0}
+    store.objects.put_async("b", key, record, {blob.blob_id: bytes(small.buffer)},
+                            {blob.blob_id: blob.record()}).result()
+    return blob.blob_id
 
 
 def _store(path: str) -> Store:
@@ -29,10 +30,10 @@ def test_unflushed_small_blob_is_rewritten_at_start(tmp_path) -> None:
     blob_id = _put_small(store, "k", b"journalled bytes")
     assert dict(store.catalog.journal()) == {blob_id: b"journalled bytes"}
     # a power cut loses the file that was never fsync'd; the journal entry is durable
-    os.unlink(store.blobs.path(blob_id))
+    os.unlink(store.nodes["n0"].blobs.path(blob_id))
     store.close()
     reopened = _store(str(tmp_path))
-    with reopened.blobs.open(blob_id) as fh:
+    with reopened.nodes["n0"].blobs.open(blob_id) as fh:
         assert fh.read() == b"journalled bytes"
     assert reopened.catalog.journal() == []
     reopened.close()
@@ -43,7 +44,7 @@ def test_flusher_drops_journal_after_sync(tmp_path) -> None:
     ids = [_put_small(store, f"k{i}", bytes([i]) * 100) for i in range(20)]
     assert JournalFlusher(store).run_once() == 20
     assert store.catalog.journal() == []
-    assert all(store.blobs.exists(b) for b in ids)
+    assert all(store.nodes["n0"].blobs.exists(b) for b in ids)
     store.close()
 
 
@@ -52,5 +53,5 @@ def test_deleting_an_unflushed_object_drops_its_journal_entry(tmp_path) -> None:
     blob_id = _put_small(store, "k", b"short-lived")
     store.free(store.objects.delete("b", "k"))
     assert store.catalog.journal() == []
-    assert not store.blobs.exists(blob_id)
+    assert not store.nodes["n0"].blobs.exists(blob_id)
     store.close()

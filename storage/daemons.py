@@ -1,0 +1,140 @@
+"""Background daemons, each a class with `run_once()` (the work) and `run_forever()`
+(the schedule), after Swift's daemons: journal flushing, orphan GC, repair."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from storage.scrub import Scrubber
+from storage.store import Store
+
+__all__ = ["BackgroundScrubber", "Daemon", "JournalFlusher", "OrphanCollector", "Repairer"]
+
+log = logging.getLogger("manta.storage")
+
+
+class Daemon:
+    interval_s = 1.0
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+
+    def run_once(self) -> int:
+        raise NotImplementedError
+
+    def wait(self) -> bool:
+        """Sleep until the next round; True when asked to stop."""
+        return self._stop.wait(self.interval_s)
+
+    def run_forever(self) -> None:
+        while not self.wait():
+            try:
+                self.run_once()
+            except Exception:
+                log.exception("%s failed", type(self).__name__)
+
+    def start(self) -> threading.Thread:
+        thread = threading.Thread(target=self.run_forever, name=type(self).__name__, daemon=True)
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+class JournalFlusher(Daemon):
+    """Makes small blobs durable on their nodes and drops their journal copies."""
+
+    def __init__(self, store: Store, interval_s: float = 0.2) -> None:
+        super().__init__()
+        self.store = store
+        self.interval_s = interval_s
+
+    def run_once(self) -> int:
+        entries = self.store.catalog.journal()
+        if not entries:
+            return 0
+        ids = [blob_id for blob_id, _ in entries]
+        self.store.sync_placed(ids)
+        self.store.catalog.journal_drop(ids)
+        return len(ids)
+
+
+class OrphanCollector(Daemon):
+    """Deletes blob files that no catalog record places on their node, once older than
+    the grace period (so writes in flight are never touched). Honours reference counts:
+    a blob is kept while any record references it, and only on the nodes listed for it."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__()
+        self.store = store
+        self.interval_s = store.config.gc_interval_s
+        self._first = True
+
+    def wait(self) -> bool:
+        if self._first:  # a round right after start collects what a crash left
+            self._first = False
+            return self._stop.is_set()
+        return super().wait()
+
+    def run_once(self) -> int:
+        placed = {blob_id: set(rec.get("nodes", [])) for blob_id, rec in self.store.catalog.blob_records()}
+        cutoff = time.time() - self.store.config.gc_grace_s
+        removed = 0
+        for node in self.store.node_list():
+            if not node.healthy():
+                continue
+            for blob_id, mtime in list(node.blobs.iter_blobs()):
+                if node.id in placed.get(blob_id, ()) or mtime >= cutoff:
+                    continue
+                # re-check under the catalog: the blob may have been written since the snapshot
+                with self.store.catalog.read() as txn:
+                    record = self.store.catalog.blob(txn, blob_id)
+                if record is not None and node.id in record.get("nodes", []):
+                    continue
+                removed += node.blobs.delete(blob_id)
+        if removed:
+            log.info("garbage collection removed %d orphan blob files", removed)
+        return removed
+
+
+class Repairer(Daemon):
+    """Repairs the blobs that reads reported as damaged (the catalog's repair queue)."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__()
+        self.store = store
+        self.interval_s = store.config.repair_interval_s
+        self.scrubber = Scrubber(store)
+
+    def wait(self) -> bool:
+        self.store.repair_wanted.wait(self.interval_s)
+        self.store.repair_wanted.clear()
+        return self._stop.is_set()
+
+    def stop(self) -> None:
+        super().stop()
+        self.store.repair_wanted.set()
+
+    def run_once(self) -> int:
+        repaired = 0
+        for blob_id, _ in self.store.catalog.repairs():
+            result = self.scrubber.check_blob(blob_id)
+            repaired += result.repaired
+            self.store.catalog.drop_repair(blob_id)
+        return repaired
+
+
+class BackgroundScrubber(Daemon):
+    """A rate-limited full scrub every `scrub_interval_s`."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__()
+        self.store = store
+        self.interval_s = store.config.scrub_interval_s
+
+    def run_once(self) -> int:
+        report = Scrubber(self.store, rate_mb_s=self.store.config.scrub_rate_mb_s).run_once()
+        return report.repaired

@@ -1,0 +1,166 @@
+"""Storage nodes: one dataset (a directory or a ZFS dataset) holding blobs.
+
+A node is named by a SPEC, `dir:PATH` or `zfs:POOL/DATASET`. Its identity is stable: a
+marker file `.manta-node` at the dataset root holds the node id, and the catalog maps ids
+to specs. A node whose marker is missing (directory moved away, dataset unmounted) or whose
+pool is unhealthy is down: reads skip it, writes avoid it, scrub restores its replicas
+elsewhere. Health is cached for `health_ttl_s` so the request path never runs `zpool`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from storage.blobs import DirectoryBlobStore
+from storage.zfs import CommandDriver, ZfsError
+from storage.zfs import driver as zfs_driver
+
+__all__ = ["MARKER", "Node", "NodeSpec", "parse_spec"]
+
+MARKER = ".manta-node"
+HEALTHY_POOL_STATES = ("ONLINE", "DEGRADED")
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    backend: str  # "dir" | "zfs"
+    location: str  # a path, or POOL/DATASET
+
+    def __str__(self) -> str:
+        return f"{self.backend}:{self.location}"
+
+
+def parse_spec(text: str) -> NodeSpec:
+    backend, sep, location = text.partition(":")
+    if not sep or backend not in ("dir", "zfs") or not location:
+        raise ValueError(f"storage spec {text!r}: expected dir:PATH or zfs:POOL/DATASET")
+    if backend == "zfs" and ("/" not in location.strip("/") or location.startswith("/")):
+        raise ValueError(f"storage spec {text!r}: expected zfs:POOL/DATASET")
+    if backend == "dir":
+        location = os.path.abspath(location)
+    return NodeSpec(backend, location)
+
+
+class Node:
+    def __init__(self, node_id: str, spec: NodeSpec, root: str,
+                 zfs: CommandDriver | None = None, health_ttl_s: float = 1.0,
+                 min_free_bytes: int = 16 * 1024 * 1024) -> None:
+        self.id = node_id
+        self.spec = spec
+        self.root = root
+        self.zfs = zfs
+        self.health_ttl_s = health_ttl_s
+        self.min_free_bytes = min_free_bytes
+        self.blobs = DirectoryBlobStore(root)
+        self._lock = threading.Lock()
+        self._checked_at = 0.0
+        self._healthy = True
+        self._reason = ""
+
+    @property
+    def backend(self) -> str:
+        return self.spec.backend
+
+    @property
+    def pool(self) -> str | None:
+        return self.spec.location.split("/", 1)[0] if self.spec.backend == "zfs" else None
+
+    @classmethod
+    def prepare(cls, spec: NodeSpec) -> tuple[str, CommandDriver | None]:
+        """Create or mount the node's dataset; returns (root directory, zfs driver)."""
+        if spec.backend == "zfs":
+            zfs = zfs_driver()
+            return zfs.ensure_dataset(spec.location), zfs
+        os.makedirs(spec.location, exist_ok=True)
+        return spec.location, None
+
+    @staticmethod
+    def read_marker(root: str) -> str | None:
+        try:
+            with open(os.path.join(root, MARKER)) as fh:
+                return fh.read().strip() or None
+        except OSError:
+            return None
+
+    @staticmethod
+    def write_marker(root: str, node_id: str) -> None:
+        path = os.path.join(root, MARKER)
+        with open(path + ".tmp", "w") as fh:
+            fh.write(node_id + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.rename(path + ".tmp", path)
+
+    # -- health -------------------------------------------------------------------
+
+    def healthy(self) -> bool:
+        now = time.monotonic()
+        if now - self._checked_at < self.health_ttl_s:
+            return self._healthy
+        with self._lock:
+            if now - self._checked_at >= self.health_ttl_s:
+                self._healthy, self._reason = self._check()
+                self._checked_at = time.monotonic()
+        return self._healthy
+
+    def _check(self) -> tuple[bool, str]:
+        if self.read_marker(self.root) != self.id:
+            return False, "dataset missing or not mounted"
+        if not os.path.isdir(self.blobs.tmp_dir):
+            return False, "tmp directory missing"
+        if self.zfs is not None and self.pool is not None:
+            try:
+                state = self.zfs.pool_health(self.pool)
+            except ZfsError as exc:
+                return False, str(exc)
+            if state not in HEALTHY_POOL_STATES:
+                return False, f"pool {self.pool} is {state}"
+        return True, ""
+
+    def mark_failed(self, reason: str) -> None:
+        """An I/O error on this node: treat it as down until the next health check."""
+        with self._lock:
+            self._healthy, self._reason = False, reason
+            self._checked_at = time.monotonic()
+
+    def recheck(self) -> bool:
+        self._checked_at = 0.0
+        return self.healthy()
+
+    # -- space --------------------------------------------------------------------
+
+    def space(self) -> tuple[int, int]:
+        """(used, free) bytes of the dataset."""
+        st = os.statvfs(self.root)
+        free = st.f_bavail * st.f_frsize
+        used = (st.f_blocks - st.f_bfree) * st.f_frsize
+        return used, free
+
+    def writable(self) -> bool:
+        if not self.healthy():
+            return False
+        try:
+            return self.space()[1] >= self.min_free_bytes
+        except OSError:
+            return False
+
+    def info(self) -> dict[str, Any]:
+        healthy = self.recheck()
+        try:
+            used, free = self.space()
+        except OSError:
+            used, free = 0, 0
+        out: dict[str, Any] = {"id": self.id, "spec": str(self.spec), "backend": self.backend,
+                               "root": self.root, "healthy": healthy,
+                               "health": "ok" if healthy else self._reason,
+                               "used_bytes": used, "free_bytes": free}
+        if self.zfs is not None and self.pool is not None:
+            try:
+                out["pool_health"] = self.zfs.pool_health(self.pool)
+            except ZfsError as exc:
+                out["pool_health"] = f"unknown: {exc}"
+        return out

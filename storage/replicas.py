@@ -1,0 +1,314 @@
+"""Replicated blobs: K copies on distinct nodes, verified block by block on every read.
+
+Write (ReplicatedWriter): the bytes stream to K nodes at once while MD5, SHA-256 and a
+CRC32C per 1 MiB block are computed once. A node that fails mid-write is dropped; at
+commit, the survivors are fsync'd and a copy is made from one of them onto a replacement
+node, so the write is acknowledged only with K durable copies (or fails, leaving nothing).
+
+Read (BlobReader): each block is read from one replica and checked against its CRC32C.
+An I/O error (EIO from a ZFS checksum failure), a short read, a missing file or a CRC
+mismatch moves the read to the next replica for that block and reports the bad replica
+for repair. The caller sees correct bytes or an error, never wrong bytes.
+
+Blob metadata (the catalog's `blobs` record): {size, sha256, blocks, nodes}.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+import secrets
+import struct
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from awscrt.checksums import crc32c
+
+from storage.blobs import BlobInfo, BlobWriter, MemoryBlobWriter
+from storage.errors import BlobUnavailable, InsufficientNodes
+from storage.node import Node
+
+__all__ = ["BLOCK", "BlobReader", "ReplicatedWriter", "block_sums", "choose_nodes", "copy_blob"]
+
+log = logging.getLogger("manta.storage")
+
+BLOCK = 1 << 20
+Report = Callable[[str, str, str], None]  # (blob_id, node_id, reason)
+
+
+def block_sums(data: bytes | memoryview) -> bytes:
+    view = memoryview(data)
+    return b"".join(struct.pack(">I", crc32c(view[i:i + BLOCK])) for i in range(0, len(view), BLOCK))
+
+
+def choose_nodes(nodes: list[Node], k: int, exclude: set[str] | frozenset[str] = frozenset(),
+                 rng: random.Random | None = None) -> list[Node]:
+    """Up to k distinct writable nodes, picked at random weighted by free space."""
+    rng = rng or random.Random()
+    pool: list[tuple[Node, float]] = []
+    for node in nodes:
+        if node.id in exclude or not node.writable():
+            continue
+        pool.append((node, max(float(node.space()[1]), 1.0)))
+    chosen: list[Node] = []
+    while pool and len(chosen) < k:
+        total = sum(w for _, w in pool)
+        pick = rng.uniform(0, total)
+        for i, (node, weight) in enumerate(pool):
+            pick -= weight
+            if pick <= 0 or i == len(pool) - 1:
+                chosen.append(node)
+                pool.pop(i)
+                break
+    return chosen
+
+
+class _BlockSummer:
+    def __init__(self) -> None:
+        self.sums: list[int] = []
+        self._crc = 0
+        self._filled = 0
+
+    def update(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            take = min(BLOCK - self._filled, len(view))
+            self._crc = crc32c(view[:take], self._crc)
+            self._filled += take
+            view = view[take:]
+            if self._filled == BLOCK:
+                self.sums.append(self._crc)
+                self._crc, self._filled = 0, 0
+
+    def digest(self) -> bytes:
+        tail = [self._crc] if self._filled else []
+        return b"".join(struct.pack(">I", c) for c in self.sums + tail)
+
+
+@dataclass
+class BlobMeta:
+    blob_id: str
+    size: int
+    md5: bytes
+    sha256: bytes
+    blocks: bytes
+    nodes: list[str] = field(default_factory=list)
+
+    def record(self) -> dict[str, Any]:
+        return {"size": self.size, "sha256": self.sha256, "blocks": self.blocks, "nodes": self.nodes}
+
+    def info(self) -> BlobInfo:
+        return BlobInfo(self.blob_id, self.size, self.md5, self.sha256)
+
+
+class ReplicatedWriter:
+    """Streams one blob to `copies` nodes. write() from one thread; commit() blocks (fsync)."""
+
+    def __init__(self, nodes: list[Node], copies: int) -> None:
+        self.all_nodes = nodes
+        self.copies = copies
+        self.blob_id = secrets.token_hex(16)
+        self._md5 = hashlib.md5()
+        self._sha = hashlib.sha256()
+        self._blocks = _BlockSummer()
+        self.size = 0
+        self._writers: dict[str, tuple[Node, BlobWriter]] = {}
+        self._failed: set[str] = set()
+        for node in choose_nodes(nodes, copies):
+            self._open(node)
+        if not self._writers:
+            raise InsufficientNodes(copies, 0)
+
+    def _open(self, node: Node) -> None:
+        try:
+            self._writers[node.id] = (node, node.blobs.writer(self.blob_id, hashing=False))
+        except OSError as exc:
+            self._fail(node, exc)
+
+    def _fail(self, node: Node, exc: BaseException) -> None:
+        log.warning("node %s failed during a write: %s", node.id, exc)
+        node.mark_failed(f"write failed: {exc}")
+        self._failed.add(node.id)
+        entry = self._writers.pop(node.id, None)
+        if entry is not None:
+            entry[1].abort()
+
+    def write(self, data: bytes | memoryview) -> None:
+        self._md5.update(data)
+        self._sha.update(data)
+        self._blocks.update(data)
+        self.size += len(data)
+        for node, writer in list(self._writers.values()):
+            try:
+                writer.write(data)
+            except OSError as exc:
+                self._fail(node, exc)
+        if not self._writers:
+            raise InsufficientNodes(self.copies, 0)
+
+    @property
+    def md5(self) -> bytes:
+        return self._md5.digest()
+
+    def commit(self) -> BlobMeta:
+        entries = list(self._writers.values())
+
+        def commit_one(entry: tuple[Node, BlobWriter]) -> Node | None:
+            node, writer = entry
+            try:
+                writer.commit()
+                return node
+            except OSError as exc:
+                self._fail(node, exc)
+                return None
+
+        if len(entries) == 1:
+            done = [commit_one(entries[0])]
+        else:
+            with ThreadPoolExecutor(len(entries)) as pool:
+                done = list(pool.map(commit_one, entries))
+        good = [n for n in done if n is not None]
+        self._writers.clear()
+        while good and len(good) < self.copies:
+            extra = choose_nodes(self.all_nodes, 1, exclude={n.id for n in good} | self._failed)
+            if not extra:
+                break
+            try:
+                copy_blob(good[0], extra[0], self.blob_id)
+                good.append(extra[0])
+            except OSError as exc:
+                self._failed.add(extra[0].id)
+                extra[0].mark_failed(f"write failed: {exc}")
+        if len(good) < self.copies:
+            for node in good:
+                node.blobs.delete(self.blob_id)
+            raise InsufficientNodes(self.copies, len(good))
+        return BlobMeta(self.blob_id, self.size, self.md5, self._sha.digest(), self._blocks.digest(),
+                        [n.id for n in good])
+
+    def abort(self) -> None:
+        for _, writer in self._writers.values():
+            writer.abort()
+        self._writers.clear()
+
+
+def place_small(nodes: list[Node], copies: int, small: MemoryBlobWriter) -> BlobMeta:
+    """Write a small blob to `copies` nodes without fsync (the catalog journal holds it)."""
+    data = bytes(small.buffer)
+    placed: list[str] = []
+    tried: set[str] = set()
+    while len(placed) < copies:
+        candidates = choose_nodes(nodes, copies - len(placed), exclude=tried)
+        if not candidates:
+            break
+        for node in candidates:
+            tried.add(node.id)
+            try:
+                node.blobs.write_unsynced(small.blob_id, data)
+                placed.append(node.id)
+            except OSError as exc:
+                node.mark_failed(f"write failed: {exc}")
+    if len(placed) < copies:
+        by_id = {n.id: n for n in nodes}
+        for node_id in placed:
+            by_id[node_id].blobs.delete(small.blob_id)
+        raise InsufficientNodes(copies, len(placed))
+    return BlobMeta(small.blob_id, len(data), small.md5, hashlib.sha256(data).digest(),
+                    block_sums(data), placed)
+
+
+def copy_blob(src: Node, dst: Node, blob_id: str) -> None:
+    """Copy a blob's file from one node to another, durably (used by writes and repair)."""
+    writer = dst.blobs.writer(blob_id, hashing=False)
+    try:
+        with src.blobs.open(blob_id) as fh:
+            while chunk := fh.read(BLOCK):
+                writer.write(chunk)
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+
+
+class BlobReader:
+    """Verified reads of one blob from whichever replica answers correctly."""
+
+    def __init__(self, blob_id: str, meta: dict[str, Any], nodes: dict[str, Node], report: Report) -> None:
+        self.blob_id = blob_id
+        self.size: int = meta["size"]
+        self.blocks: bytes = meta.get("blocks") or b""
+        self.report = report
+        listed = [nodes[n] for n in meta["nodes"] if n in nodes]
+        healthy = [n for n in listed if n.healthy()]
+        random.shuffle(healthy)
+        self.candidates = healthy + [n for n in listed if n not in healthy]
+        self._fds: dict[str, int] = {}
+
+    def prime(self) -> None:
+        """Open the first readable replica now, so a concurrent delete cannot take the file
+        away before the first read (an open file keeps its bytes)."""
+        for node in list(self.candidates):
+            try:
+                self._fds[node.id] = os.open(node.blobs.path(self.blob_id), os.O_RDONLY)
+                return
+            except OSError:
+                continue
+
+    def _expected(self, index: int) -> int | None:
+        if 4 * index + 4 > len(self.blocks):
+            return None
+        return int(struct.unpack_from(">I", self.blocks, 4 * index)[0])
+
+    def read_block(self, index: int) -> bytes:
+        offset = index * BLOCK
+        length = min(BLOCK, self.size - offset)
+        expected = self._expected(index)
+        for node in list(self.candidates):
+            try:
+                fd = self._fds.get(node.id)
+                if fd is None:
+                    fd = os.open(node.blobs.path(self.blob_id), os.O_RDONLY)
+                    self._fds[node.id] = fd
+                data = os.pread(fd, length, offset)
+            except FileNotFoundError:
+                self._bad(node, "missing" if node.recheck() else "node down")
+                continue
+            except OSError as exc:
+                self._bad(node, f"read error: {exc.strerror or exc}")
+                continue
+            if len(data) != length:
+                self._bad(node, "short read")
+                continue
+            if expected is not None and crc32c(data) != expected:
+                self._bad(node, "checksum mismatch")
+                continue
+            return data
+        raise BlobUnavailable(self.blob_id)
+
+    def _bad(self, node: Node, reason: str) -> None:
+        self.candidates.remove(node)
+        fd = self._fds.pop(node.id, None)
+        if fd is not None:
+            os.close(fd)
+        if reason != "node down":
+            self.report(self.blob_id, node.id, reason)
+
+    def read(self, start: int, length: int) -> Iterator[bytes]:
+        """Verified bytes [start, start+length) in block-sized pieces."""
+        end = start + length
+        index = start // BLOCK
+        while index * BLOCK < end:
+            data = self.read_block(index)
+            lo = max(start - index * BLOCK, 0)
+            hi = min(end - index * BLOCK, len(data))
+            yield data[lo:hi] if (lo, hi) != (0, len(data)) else data
+            index += 1
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()

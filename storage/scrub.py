@@ -1,0 +1,198 @@
+"""Scrub: verify every replica of every blob and restore `copies` good replicas.
+
+    for each ZFS pool behind a node: `zpool scrub`, wait, record the result
+    for each blob record:
+        for each listed replica: on a node that is down -> unavailable
+                                 else read it all back: size, SHA-256, block CRC32Cs
+        no good replica          -> lost
+        damaged replica          -> rewritten in place from a good one (new ZFS blocks)
+        fewer than `copies` good -> copied to other healthy nodes (weighted by free space)
+        the blob's node list is updated in one catalog write (only if nobody changed it)
+
+Counters: checked (replicas read), damaged (replicas that failed the check), repaired
+(replicas written), lost (blobs without any good replica), unavailable (replicas on
+nodes that are down). The background scrubber is rate-limited; `manta admin scrub`
+runs one pass at full speed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import struct
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from awscrt.checksums import crc32c
+
+from storage.node import Node
+from storage.replicas import BLOCK, choose_nodes, copy_blob
+from storage.store import Store
+from storage.zfs import ZfsError
+
+__all__ = ["BlobCheck", "ScrubReport", "Scrubber"]
+
+log = logging.getLogger("manta.storage")
+
+
+@dataclass
+class BlobCheck:
+    checked: int = 0
+    damaged: int = 0
+    repaired: int = 0
+    lost: int = 0
+    unavailable: int = 0
+
+
+@dataclass
+class ScrubReport:
+    checked: int = 0
+    damaged: int = 0
+    repaired: int = 0
+    lost: int = 0
+    unavailable: int = 0
+    blobs: int = 0
+    bytes_read: int = 0
+    seconds: float = 0.0
+    pools: dict[str, Any] = field(default_factory=dict)
+    lost_blobs: list[str] = field(default_factory=list)
+
+    def add(self, check: BlobCheck) -> None:
+        self.checked += check.checked
+        self.damaged += check.damaged
+        self.repaired += check.repaired
+        self.lost += check.lost
+        self.unavailable += check.unavailable
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Scrubber:
+    def __init__(self, store: Store, rate_mb_s: float | None = None, zpool_timeout_s: float = 600.0) -> None:
+        self.store = store
+        self.rate_mb_s = rate_mb_s
+        self.zpool_timeout_s = zpool_timeout_s
+        self._bytes = 0
+        self._started = time.monotonic()
+
+    def run_once(self) -> ScrubReport:
+        started = time.monotonic()
+        self._bytes, self._started = 0, started
+        report = ScrubReport(pools=self._scrub_pools())
+        for blob_id in [b for b, _ in self.store.catalog.blob_records()]:
+            check = self.check_blob(blob_id)
+            report.add(check)
+            report.blobs += 1
+            if check.lost:
+                report.lost_blobs.append(blob_id)
+        report.bytes_read = self._bytes
+        report.seconds = round(time.monotonic() - started, 3)
+        log.info("scrub: %s", {k: v for k, v in report.as_dict().items() if k not in ("pools", "lost_blobs")})
+        return report
+
+    def _scrub_pools(self) -> dict[str, Any]:
+        pools: dict[str, Node] = {}
+        for node in self.store.node_list():
+            if node.zfs is not None and node.pool is not None and node.healthy():
+                pools.setdefault(node.pool, node)
+        out: dict[str, Any] = {}
+        for pool, node in pools.items():
+            assert node.zfs is not None
+            try:
+                node.zfs.start_scrub(pool)
+                deadline = time.monotonic() + self.zpool_timeout_s
+                status = node.zfs.scrub_status(pool)
+                while status.running and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    status = node.zfs.scrub_status(pool)
+                out[pool] = {"health": node.zfs.pool_health(pool), "errors": status.errors,
+                             "summary": status.summary}
+            except ZfsError as exc:
+                out[pool] = {"error": str(exc)}
+        return out
+
+    def _verify(self, node: Node, blob_id: str, meta: dict[str, Any]) -> str | None:
+        """None if the replica is good, else why not."""
+        sha = hashlib.sha256()
+        blocks: bytes = meta.get("blocks") or b""
+        size = 0
+        index = 0
+        try:
+            with node.blobs.open(blob_id) as fh:
+                while chunk := fh.read(BLOCK):
+                    self._throttle(len(chunk))
+                    if 4 * index + 4 <= len(blocks) and crc32c(chunk) != struct.unpack_from(">I", blocks, 4 * index)[0]:
+                        return "checksum mismatch"
+                    sha.update(chunk)
+                    size += len(chunk)
+                    index += 1
+        except OSError as exc:
+            return f"read error: {exc.strerror or exc}"
+        except Exception as exc:  # BlobMissing and friends
+            return str(exc) or type(exc).__name__
+        if "size" in meta and size != meta["size"]:
+            return f"size {size}, expected {meta['size']}"
+        if meta.get("sha256") and sha.digest() != meta["sha256"]:
+            return "sha256 mismatch"
+        return None
+
+    def _throttle(self, n: int) -> None:
+        self._bytes += n
+        if self.rate_mb_s:
+            ahead = self._bytes / (self.rate_mb_s * 1e6) - (time.monotonic() - self._started)
+            if ahead > 0:
+                time.sleep(ahead)
+
+    def check_blob(self, blob_id: str) -> BlobCheck:
+        store = self.store
+        check = BlobCheck()
+        with store.catalog.read() as txn:
+            meta = store.catalog.blob(txn, blob_id)
+        if meta is None:
+            return check
+        listed: list[str] = list(meta.get("nodes", []))
+        good: list[Node] = []
+        damaged: list[Node] = []
+        for node_id in listed:
+            node = store.nodes.get(node_id)
+            if node is None or not node.recheck():
+                check.unavailable += 1
+                continue
+            check.checked += 1
+            problem = self._verify(node, blob_id, meta)
+            if problem is None:
+                good.append(node)
+            else:
+                log.warning("scrub: blob %s on node %s: %s", blob_id, node_id, problem)
+                check.damaged += 1
+                damaged.append(node)
+        if not good:
+            if listed:
+                check.lost += 1
+                log.error("scrub: blob %s has no good replica", blob_id)
+            return check
+        source = good[0]
+        placed = [n.id for n in good]
+        for node in damaged:  # rewrite in place: the node is healthy, only these blocks were bad
+            if self._copy(source, node, blob_id):
+                placed.append(node.id)
+                check.repaired += 1
+        while len(placed) < store.copies:
+            extra = choose_nodes(store.node_list(), 1, exclude=set(placed) | set(listed))
+            if not extra or not self._copy(source, extra[0], blob_id):
+                break
+            placed.append(extra[0].id)
+            check.repaired += 1
+        if placed != listed and not store.catalog.set_blob_nodes(blob_id, placed, expect=listed):
+            log.info("scrub: blob %s changed while being repaired; left for the next pass", blob_id)
+        return check
+
+    def _copy(self, source: Node, target: Node, blob_id: str) -> bool:
+        try:
+            copy_blob(source, target, blob_id)
+            return True
+        except OSError as exc:
+            log.warning("scrub: copying blob %s from %s to %s failed: %s", blob_id, source.id, target.id, exc)
+            return False
