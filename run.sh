@@ -9,7 +9,7 @@ ROOT=$PWD
 VENV=$ROOT/.venv
 DATA=${MANTA_DATA:-$ROOT/manta-data}
 LISTEN=${MANTA_LISTEN:-127.0.0.1:9000}
-APT_PACKAGES=(python3 python3-venv python3-dev gcc awscli curl ca-certificates)
+APT_PACKAGES=(python3 python3-venv python3-dev gcc awscli curl ca-certificates zfs-fuse bubblewrap)
 
 need_apt=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -33,9 +33,18 @@ if [ ! -e "$stamp" ]; then
     touch "$stamp"
 fi
 
+start_zfs_fuse() {
+    # ZFS tests use file-backed pools on zfs-fuse; its daemon must be running
+    if [ -x /usr/sbin/zfs-fuse ] && ! pgrep -x zfs-fuse >/dev/null; then
+        /usr/sbin/zfs-fuse --pidfile /run/zfs-fuse.pid || echo "run.sh: could not start zfs-fuse" >&2
+        for _ in $(seq 50); do /usr/sbin/zpool list >/dev/null 2>&1 && break; sleep 0.1; done
+    fi
+}
+
 case "${1:-start}" in
 test)
     shift || true
+    start_zfs_fuse
     "$VENV/bin/ruff" check manta jobs storage tests benchmarks
     "$VENV/bin/mypy" manta jobs storage
     exec "$VENV/bin/python" -m pytest -p no:cacheprovider "$@"
