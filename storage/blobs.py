@@ -31,6 +31,11 @@ from storage.errors import BlobCorrupt, BlobMissing
 
 __all__ = ["BlobInfo", "BlobWriter", "DirectoryBlobStore", "MemoryBlobWriter"]
 
+# Blob files are world-readable and their directories traversable but not listable
+# (0711): a task sandbox (an unprivileged user) can bind-mount the one blob it is given by
+# path, while names (random 128-bit ids) cannot be discovered. Temp files stay private.
+BLOB_MODE = 0o644
+DIR_MODE = 0o711
 _BLOB_ID = re.compile(r"[0-9a-f]{32}\Z")  # \Z, not $: "$" would accept a trailing newline
 
 
@@ -50,6 +55,7 @@ class BlobWriter:
         self.blob_id = blob_id or secrets.token_hex(16)
         self._tmp = os.path.join(store.tmp_dir, f"{self.blob_id}.tmp")
         self._fh: BinaryIO | None = open(self._tmp, "xb", buffering=0)  # noqa: SIM115
+        os.fchmod(self._fh.fileno(), BLOB_MODE)
         self._md5 = hashlib.md5() if hashing else None
         self._sha = hashlib.sha256() if hashing else None
         self.size = 0
@@ -129,11 +135,14 @@ class DirectoryBlobStore:
         self.root = os.path.abspath(root)
         self.blob_dir = os.path.join(self.root, "blobs")
         self.tmp_dir = os.path.join(self.root, "tmp")
-        os.makedirs(self.tmp_dir, exist_ok=True)
+        os.makedirs(self.tmp_dir, mode=0o700, exist_ok=True)
         if not os.path.isdir(os.path.join(self.blob_dir, "ff")):
             # one level of 256 fan-out directories, made once, so no write creates a directory
             for i in range(256):
                 os.makedirs(os.path.join(self.blob_dir, f"{i:02x}"), exist_ok=True)
+                os.chmod(os.path.join(self.blob_dir, f"{i:02x}"), DIR_MODE)
+            os.chmod(self.blob_dir, DIR_MODE)
+            os.chmod(self.root, DIR_MODE)
             _fsync_dir(self.blob_dir)
             _fsync_dir(self.root)
 
@@ -166,6 +175,7 @@ class DirectoryBlobStore:
         final = self.path(blob_id)
         tmp = os.path.join(self.tmp_dir, f"{blob_id}.tmp")
         with open(tmp, "wb", buffering=0) as fh:
+            os.fchmod(fh.fileno(), BLOB_MODE)
             view = memoryview(data)
             while view:
                 view = view[fh.write(view):]

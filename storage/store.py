@@ -69,9 +69,15 @@ class Store:
         config.validate()
         self.config = config
         self.copies = config.copy_count()
-        os.makedirs(config.data_dir, mode=0o700, exist_ok=True)
+        # the data dir is traversable (0711) so task sandboxes can bind blob files by path;
+        # the catalog and the credentials stay private (0700 / 0600)
+        os.makedirs(config.data_dir, exist_ok=True)
+        os.chmod(config.data_dir, 0o711)
         catalog_dir = os.path.join(config.data_dir, "catalog")
-        os.makedirs(catalog_dir, exist_ok=True)
+        os.makedirs(catalog_dir, mode=0o700, exist_ok=True)
+        nodes_dir = os.path.join(config.data_dir, "nodes")
+        os.makedirs(nodes_dir, exist_ok=True)
+        os.chmod(nodes_dir, 0o711)
         self.catalog = Catalog(catalog_dir)
         self.nodes: dict[str, Node] = {}
         for spec in config.node_specs():
