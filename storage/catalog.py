@@ -14,6 +14,7 @@ schema version ``v``. Keys::
     journal    blob id                         -> raw bytes of a small blob not yet fsync'd
     repairs    blob id                         -> {v, nodes: {node id: reason}, at}
     nodes      node id                         -> {v, id, spec, created}
+    jobs, jobinputs, jobtasks                  -> records of the jobs package (jobs/records.py)
 
 Object keys never contain NUL (the S3 layer rejects it), so byte order of the LMDB keys
 is the UTF-8 binary order S3 lists in.
@@ -52,7 +53,8 @@ Txn = lmdb.Transaction
 Record = dict[str, Any]
 
 _DBS = ("accounts", "names", "buckets", "objects", "uploads", "upkeys", "parts", "blobs",
-        "journal", "repairs", "nodes")
+        "journal", "repairs", "nodes",
+        "jobs", "jobinputs", "jobtasks")  # the last three belong to the jobs package
 _MAX_BATCH = 256
 
 

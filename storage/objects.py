@@ -60,6 +60,10 @@ class ObjectStore:
             raise errors.NoSuchKey(bucket, key)
         return record
 
+    def read_in(self, txn: Txn, bucket: str, key: str) -> Record | None:
+        """The record of (bucket, key) inside a caller's read transaction, or None."""
+        return self._read(txn, bucket, key)
+
     def _read(self, txn: Txn, bucket: str, key: str) -> Record | None:
         full = object_key(bucket, key)
         value = self.catalog.get(txn, "objects", seek_key(full))
@@ -129,6 +133,11 @@ class ObjectStore:
             return freed
 
         return self.catalog.submit(op)
+
+    def put_in(self, txn: Txn, bucket: str, key: str, record: Record,
+               blobs: dict[str, Record] | None = None) -> list[str]:
+        """Put inside a caller's catalog write (with other records, atomically)."""
+        return self._put_in(txn, bucket, key, {**record, "v": 1, "key": key}, blobs)
 
     def _put_in(self, txn: Txn, bucket: str, key: str, record: Record,
                 blobs: dict[str, Record] | None = None) -> list[str]:

@@ -108,7 +108,7 @@ class BlobMeta:
 class ReplicatedWriter:
     """Streams one blob to `copies` nodes. write() from one thread; commit() blocks (fsync)."""
 
-    def __init__(self, nodes: list[Node], copies: int) -> None:
+    def __init__(self, nodes: list[Node], copies: int, first: Node | None = None) -> None:
         self.all_nodes = nodes
         self.copies = copies
         self.blob_id = secrets.token_hex(16)
@@ -118,7 +118,11 @@ class ReplicatedWriter:
         self.size = 0
         self._writers: dict[str, tuple[Node, BlobWriter]] = {}
         self._failed: set[str] = set()
-        for node in choose_nodes(nodes, copies):
+        chosen = []
+        if first is not None and first.writable():
+            chosen.append(first)
+        chosen += choose_nodes(nodes, copies - len(chosen), exclude={n.id for n in chosen})
+        for node in chosen:
             self._open(node)
         if not self._writers:
             raise InsufficientNodes(copies, 0)
@@ -247,6 +251,10 @@ class BlobReader:
         random.shuffle(healthy)
         self.candidates = healthy + [n for n in listed if n not in healthy]
         self._fds: dict[str, int] = {}
+
+    def prefer(self, node_id: str) -> None:
+        """Read from this node's replica first when it has one (a task's own node)."""
+        self.candidates.sort(key=lambda n: n.id != node_id)
 
     def prime(self) -> None:
         """Open the first readable replica now, so a concurrent delete cannot take the file

@@ -112,8 +112,9 @@ class Store:
 
     # -- blobs ----------------------------------------------------------------------
 
-    def writer(self) -> ReplicatedWriter:
-        return ReplicatedWriter(self.node_list(), self.copies)
+    def writer(self, first: Node | None = None) -> ReplicatedWriter:
+        """A writer for a new blob; `first` (a task's node) gets a copy if it can."""
+        return ReplicatedWriter(self.node_list(), self.copies, first)
 
     def place_small(self, small: MemoryBlobWriter) -> BlobMeta:
         return place_small(self.node_list(), self.copies, small)

@@ -87,6 +87,7 @@ NoSuchVersion = _error("NoSuchVersion", 404, "The specified version does not exi
 InvalidPartNumber = _error("InvalidPartNumber", 416, "The requested partnumber is not satisfiable")
 UserAlreadyExists = _error("UserAlreadyExists", 409, "The user already exists.")
 ServiceUnavailable = _error("ServiceUnavailable", 503, "The service is unavailable; please retry.")
+NoSuchJob = _error("NoSuchJob", 404, "The specified job does not exist.")
 InvalidRange = _error("InvalidRange", 416, "The requested range is not satisfiable")
 InvalidRequest = _error("InvalidRequest", 400, "Invalid Request")
 KeyTooLongError = _error("KeyTooLongError", 400, "Your key is too long")
