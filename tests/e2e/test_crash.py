@@ -84,13 +84,19 @@ def tmp_files(data_dir: str) -> set[str]:
     return set(glob.glob(os.path.join(data_dir, "nodes", "*", "tmp", "*")))
 
 
-def blob_paths(data_dir: str) -> dict[str, str]:
-    """Every blob file on disk (whatever the fan-out): id -> path."""
-    found = {}
+def node_blob_paths(data_dir: str) -> dict[str, dict[str, str]]:
+    """Every blob file on disk, per node (whatever the fan-out): node id -> blob id -> path."""
+    out: dict[str, dict[str, str]] = {}
     for root in glob.glob(os.path.join(data_dir, "nodes", "*", "blobs")):
+        found = out.setdefault(os.path.basename(os.path.dirname(root)), {})
         for dirpath, _dirs, files in os.walk(root):
             found.update({name: os.path.join(dirpath, name) for name in files if BLOB_ID.fullmatch(name)})
-    return found
+    return out
+
+
+def blob_paths(data_dir: str) -> dict[str, str]:
+    """Every blob on any node: id -> the path of one copy."""
+    return {blob_id: path for found in node_blob_paths(data_dir).values() for blob_id, path in found.items()}
 
 
 def blob_sizes(data_dir: str) -> dict[str, int]:
@@ -102,6 +108,7 @@ class CatalogView:
     objects: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     parts: list[dict[str, Any]] = field(default_factory=list)
     refcounts: dict[str, int] = field(default_factory=dict)
+    blob_nodes: dict[str, list[str]] = field(default_factory=dict)  # the nodes holding each blob
     journal: dict[str, bytes] = field(default_factory=dict)  # small blobs not yet fsync'd
 
     def keys(self, bucket: str) -> set[str]:
@@ -128,16 +135,21 @@ def read_catalog(data_dir: str) -> CatalogView:
                 else:
                     view.objects[bucket.decode(), key.decode()] = record
             view.parts = [unpack(value) for _, value in scan(b"parts")]
-            view.refcounts = {raw.decode(): unpack(value)["refs"] for raw, value in scan(b"blobs")}
+            blobs = {raw.decode(): unpack(value) for raw, value in scan(b"blobs")}
+            view.refcounts = {blob_id: record["refs"] for blob_id, record in blobs.items()}
+            view.blob_nodes = {blob_id: record.get("nodes", []) for blob_id, record in blobs.items()}
             view.journal = {raw.decode(): bytes(value) for raw, value in scan(b"journal")}
     finally:
         env.close()
     return view
 
 
-def check_catalog_against_disk(view: CatalogView, on_disk: dict[str, int]) -> set[str]:
-    """Assert every referenced blob exists with its size, the refcounts are exact and the
-    journal holds only referenced blobs; return the blob files nothing references."""
+def check_catalog_against_disk(view: CatalogView, data_dir: str) -> set[str]:
+    """Assert every referenced blob exists with its size on every node the catalog says
+    holds it, the refcounts are exact and the journal holds only referenced blobs;
+    return the ids of blob files nothing references."""
+    on_disk = blob_sizes(data_dir)
+    per_node = node_blob_paths(data_dir)
     refs: collections.Counter[str] = collections.Counter()
     for (bucket, key), record in view.objects.items():
         assert sum(size for _, size in record["segments"]) == record["size"], (bucket, key)
@@ -150,6 +162,10 @@ def check_catalog_against_disk(view: CatalogView, on_disk: dict[str, int]) -> se
     assert dict(refs) == view.refcounts, "reference counts disagree with the records"
     for blob_id, data in view.journal.items():
         assert blob_id in refs and on_disk.get(blob_id) == len(data), f"journalled blob {blob_id}"
+    for blob_id, nodes in view.blob_nodes.items():
+        for node in nodes:
+            path = per_node.get(node, {}).get(blob_id)
+            assert path and os.path.getsize(path) == on_disk[blob_id], f"blob {blob_id} missing on {node}"
     return set(on_disk) - set(refs)
 
 
@@ -275,14 +291,16 @@ def reader(server: Server, bucket: str, ledger: Ledger, stop: threading.Event, p
 def lose_unsynced_blobs(data_dir: str) -> int:
     """Simulate a power cut on top of the kill: blob files still in the journal were never
     fsync'd, so they lose their bytes (even ids truncated) or their name (odd ids gone)."""
-    paths = blob_paths(data_dir)
-    journal = [blob_id for blob_id in read_catalog(data_dir).journal if blob_id in paths]
-    for blob_id in journal:
-        if int(blob_id, 16) % 2:
-            os.unlink(paths[blob_id])
-        else:
-            os.truncate(paths[blob_id], 0)
-    return len(journal)
+    journal = read_catalog(data_dir).journal
+    lost = 0
+    for found in node_blob_paths(data_dir).values():
+        for blob_id in journal.keys() & found.keys():
+            if int(blob_id, 16) % 2:
+                os.unlink(found[blob_id])
+            else:
+                os.truncate(found[blob_id], 0)
+            lost += 1
+    return lost
 
 
 def crash_round(server: Server, bucket: str, round_no: int, kill_after_s: float, ledger: Ledger,
@@ -328,7 +346,7 @@ def verify(server: Server, bucket: str, ledger: Ledger) -> tuple[int, int]:
         s3.close()
     view = read_catalog(server.data_dir)
     assert view.keys(bucket) == set(listed)
-    orphans = check_catalog_against_disk(view, blob_sizes(server.data_dir))
+    orphans = check_catalog_against_disk(view, server.data_dir)
     orphan_hashes: collections.Counter[str] = collections.Counter()
     paths = blob_paths(server.data_dir)
     for blob_id in orphans:
@@ -339,10 +357,12 @@ def verify(server: Server, bucket: str, ledger: Ledger) -> tuple[int, int]:
     return len(listed), len(orphans)
 
 
-@pytest.mark.parametrize("kill_after_s,power_cut", [(0.7, False), (2.5, False), (1.5, True)],
-                         ids=["kill-early", "kill-late", "kill-and-lose-unsynced"])
+@pytest.mark.parametrize("kill_after_s,power_cut,nodes", [(0.7, False, 1), (2.5, False, 1), (1.5, True, 1),
+                                                         (1.5, True, 3)],
+                         ids=["kill-early", "kill-late", "kill-and-lose-unsynced", "3-nodes-2-copies"])
 def test_sigkill_during_uploads_loses_nothing_acknowledged(fresh_server: Server, kill_after_s: float,
-                                                          power_cut: bool) -> None:
+                                                          power_cut: bool, nodes: int) -> None:
+    fresh_server.extra_args = ["--nodes", str(nodes)]
     fresh_server.start()
     bucket = "crash"
     s3: Any = fresh_server.client()
@@ -352,7 +372,7 @@ def test_sigkill_during_uploads_loses_nothing_acknowledged(fresh_server: Server,
     for round_no in (1, 2):
         left, lost = crash_round(fresh_server, bucket, round_no, kill_after_s, ledger, power_cut)
         listed, orphans = verify(fresh_server, bucket, ledger)
-        print(f"\ncrash round {round_no} (kill after {kill_after_s}s): "
+        print(f"\ncrash round {round_no} ({nodes} node(s), kill after {kill_after_s}s): "
               f"{len(ledger.sent)} attempted, {len(ledger.acked)} acknowledged, {listed} listed, "
               f"{left} temp files swept at restart, {lost} unsynced blobs lost, {orphans} orphan blobs")
         assert ledger.acked, "nothing was acknowledged before the kill: the test proves nothing"
