@@ -8,12 +8,15 @@ import os
 import resource
 import sys
 import time
+from collections.abc import Awaitable, Callable
 
 import uvicorn
 import uvloop
 from starlette.applications import Starlette
+from starlette.responses import Response
 
-from manta import admin
+from jobs import JobScheduler, Sandbox, SandboxConfig
+from manta import admin, jobs_api
 from manta.config import ServerConfig
 from manta.credentials import (
     Credentials,
@@ -24,6 +27,7 @@ from manta.credentials import (
     write_root_credentials,
 )
 from manta.s3.app import S3App
+from manta.s3.context import S3Request
 from storage import JournalFlusher, OrphanCollector, Repairer, Store, StoreConfig
 from storage.daemons import BackgroundScrubber
 
@@ -44,13 +48,31 @@ def ensure_root(store: Store, data_dir: str) -> tuple[Credentials, str | None]:
     return creds, write_root_credentials(data_dir, creds)
 
 
-def build_app(config: ServerConfig) -> tuple[Starlette, Store]:
+def manta_routes(scheduler: JobScheduler) -> Callable[[S3Request], Awaitable[Response]]:
+    """Everything under /_manta/: the jobs API and the admin API."""
+    jobs = jobs_api.routes(scheduler)
+
+    async def handle(req: S3Request) -> Response:
+        if req.key == "jobs" or req.key.startswith("jobs/"):
+            return await jobs(req)
+        return await admin.handle(req)
+
+    return handle
+
+
+def build_app(config: ServerConfig) -> tuple[Starlette, Store, JobScheduler]:
     config.validate()
     store = Store(StoreConfig(config.data_dir, node_count=config.nodes, copies=config.copies,
                               specs=config.storage, gc_grace_s=config.gc_grace_s,
                               scrub_rate_mb_s=config.scrub_rate_mb_s))
-    s3 = S3App(store, config, extra={admin.PREFIX: admin.handle})
-    return s3.starlette(), store
+    sandbox: Sandbox | None = Sandbox(SandboxConfig())
+    problem = sandbox.check() if sandbox is not None else None
+    if problem:
+        log.warning("jobs are disabled: %s", problem)
+        sandbox = None
+    scheduler = JobScheduler(store, sandbox)
+    s3 = S3App(store, config, extra={admin.PREFIX: manta_routes(scheduler)})
+    return s3.starlette(), store, scheduler
 
 
 def _raise_fd_limit() -> None:
@@ -63,12 +85,13 @@ def serve(config: ServerConfig) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     started = time.monotonic()
     _raise_fd_limit()
-    app, store = build_app(config)
+    app, store, scheduler = build_app(config)
     creds, written = ensure_root(store, config.data_dir)
     flusher = JournalFlusher(store)
     daemons = [flusher, OrphanCollector(store), Repairer(store), BackgroundScrubber(store)]
     for daemon in daemons:
         daemon.start()
+    scheduler.start()
     server = uvicorn.Server(uvicorn.Config(
         app, host=config.host, port=config.port, http="httptools", loop="uvloop",
         log_level="warning", access_log=False, timeout_keep_alive=30, server_header=False))
@@ -99,6 +122,7 @@ def serve(config: ServerConfig) -> None:
     try:
         uvloop.run(main())
     finally:
+        scheduler.stop()
         for daemon in daemons:
             daemon.stop()
         flusher.run_once()

@@ -1,0 +1,41 @@
+"""Job errors: invalid specs and requests (typed, for the API layer to map), and the one
+list of user-facing task error codes (Marlin's)."""
+
+from __future__ import annotations
+
+# task error codes, as recorded on failed tasks and shown by `manta job errors`
+USER_TASK_ERROR = "UserTaskError"          # the user's command exited non-zero
+TASK_INIT_ERROR = "TaskInitError"          # an asset was missing or `init` failed
+TASK_KILLED_ERROR = "TaskKilledError"      # a limit was hit (time, memory, processes, output, disk)
+JOB_CANCELLED_ERROR = "JobCancelledError"  # the job was cancelled while the task was queued or running
+INTERNAL_ERROR = "InternalError"           # anything else; node failures are retried first
+RESOURCE_NOT_FOUND = "ResourceNotFoundError"  # an input object does not exist or is not yours
+
+TASK_ERROR_CODES = (USER_TASK_ERROR, TASK_INIT_ERROR, TASK_KILLED_ERROR, JOB_CANCELLED_ERROR,
+                    INTERNAL_ERROR, RESOURCE_NOT_FOUND)
+
+
+class JobError(Exception):
+    """Base of the errors the jobs API reports to clients."""
+
+
+class InvalidJobSpec(JobError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NoSuchJob(JobError):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id!r} does not exist")
+        self.job_id = job_id
+
+
+class JobInputsClosed(JobError):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id!r} takes no more inputs (ended or cancelled)")
+        self.job_id = job_id
+
+
+class NodeFailure(Exception):
+    """A task could not run because of its node (not the user's command): retried elsewhere."""

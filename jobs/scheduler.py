@@ -1,0 +1,360 @@
+"""The job scheduler: durable job state in, tasks placed next to their data out.
+
+Task states (a task record's `state`):
+
+    queued --dispatch--> running --command ok-------------> done
+       ^                    |----user/limit/init failure---> failed
+       |                    |----job cancelled-------------> cancelled
+       +---node failure-----+   (retried on another node, up to MAX_ATTEMPTS)
+
+Job states: running -> done (every phase complete) | cancelled.
+
+Phases chain: phase 0 map tasks are made as inputs arrive (one per input); a later map
+phase gets one task per output of the phase before, as those finish; a reduce phase's
+`count` reducers are made when the phase before is complete (for phase 0: when the
+inputs are ended). A job is done when its last phase is complete.
+
+Placement: a map task goes to the healthy node holding most of its input's bytes (a
+replica); if that node's slots are full it waits, or runs on another node that holds a
+replica; only when no node holding a copy is up does it run elsewhere (reading over the
+"network"). Reducers go where most of their input bytes are. Each node runs at most
+`slots_per_node` tasks at once.
+
+State lives in the catalog (jobs/records.py); this class keeps an index in memory,
+rebuilt at start: tasks that were running when the server stopped are queued again (their
+containers died with it), so a restarted server resumes every running job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from jobs import errors as je
+from jobs.records import JobRecords
+from jobs.runner import RunContext, run_task
+from jobs.sandbox import Sandbox
+from jobs.spec import JobSpec, parse_input
+from storage import Node, Store
+from storage import errors as se
+
+__all__ = ["JobScheduler", "SchedulerConfig"]
+
+log = logging.getLogger("manta.jobs")
+
+Record = dict[str, Any]
+TERMINAL = ("done", "failed", "cancelled")
+MAX_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    slots_per_node: int = field(default_factory=lambda: os.cpu_count() or 1)
+    tick_s: float = 1.0
+
+
+@dataclass
+class _Job:
+    record: Record
+    tasks: dict[str, Record] = field(default_factory=dict)
+    queue: deque[str] = field(default_factory=deque)
+    scheduled_inputs: int = 0
+    counters: dict[int, int] = field(default_factory=dict)  # next map task number per phase > 0
+
+    def phase_tasks(self, phase: int) -> list[Record]:
+        return [t for t in self.tasks.values() if t["phase"] == phase]
+
+
+class JobScheduler:
+    def __init__(self, store: Store, sandbox: Sandbox | None, config: SchedulerConfig | None = None) -> None:
+        self.store = store
+        self.config = config or SchedulerConfig()
+        self.records = JobRecords(store.catalog)
+        self.ctx = RunContext(store, sandbox, self.records)
+        self.jobs: dict[str, _Job] = {}
+        self.lock = threading.RLock()
+        self.wake = threading.Event()
+        self.busy: dict[str, int] = dict.fromkeys(store.nodes, 0)
+        self.cancels: dict[tuple[str, str], threading.Event] = {}
+        self.pool = ThreadPoolExecutor(max_workers=max(1, self.config.slots_per_node * len(store.nodes)),
+                                       thread_name_prefix="task")
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        for record in self.records.jobs(state="running"):
+            job = _Job(record)
+            requeue = []
+            for task in self.records.tasks(record["id"]):
+                if task["state"] == "running":
+                    task = {**task, "state": "queued", "node": None}
+                    requeue.append(task)
+                job.tasks[task["id"]] = task
+            if requeue:
+                self.records.save_tasks(requeue)
+                log.info("job %s: %d tasks interrupted by a restart are queued again", record["id"], len(requeue))
+            self._reindex(job)
+            self.jobs[record["id"]] = job
+        self._thread = threading.Thread(target=self._loop, name="job-scheduler", daemon=True)
+        self._thread.start()
+        self.wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.wake.set()
+        with self.lock:
+            for event in self.cancels.values():
+                event.set()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def _reindex(self, job: _Job) -> None:
+        job.queue = deque(sorted((t["id"] for t in job.tasks.values() if t["state"] == "queued")))
+        job.scheduled_inputs = sum(1 for t in job.tasks.values() if t["phase"] == 0 and t["type"] == "map")
+        for task in job.tasks.values():
+            if task["phase"] > 0 and task["type"] == "map":
+                n = int(task["id"].rsplit("m", 1)[1]) + 1
+                job.counters[task["phase"]] = max(job.counters.get(task["phase"], 0), n)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.wake.wait(self.config.tick_s)
+            self.wake.clear()
+            try:
+                self.tick()
+            except Exception:
+                log.exception("scheduler tick failed")
+
+    # -- the API the HTTP layer uses ---------------------------------------------------
+
+    def create(self, owner: str, spec: JobSpec) -> Record:
+        record = self.records.create(owner, spec)
+        with self.lock:
+            self.jobs[record["id"]] = _Job(record)
+        self.wake.set()
+        return record
+
+    def job(self, job_id: str, owner: str) -> Record:
+        record = self.records.get(job_id)
+        if record["owner"] != owner:
+            raise je.NoSuchJob(job_id)
+        return record
+
+    def add_inputs(self, job_id: str, owner: str, inputs: list[str], end: bool = False) -> Record:
+        self.job(job_id, owner)
+        for item in inputs:
+            parse_input(item)
+        record = self.records.add_inputs(job_id, inputs, end)
+        with self.lock:
+            if job_id in self.jobs:
+                self.jobs[job_id].record = record
+        self.wake.set()
+        return record
+
+    def cancel(self, job_id: str, owner: str) -> Record:
+        record = self.job(job_id, owner)
+        if record["state"] != "running":
+            return record
+        with self.lock:
+            job = self.jobs.get(job_id)
+            record = self.records.update_job(job_id, state="cancelled", finished=time.time(), inputs_ended=True)
+            if job is not None:
+                job.record = record
+                cancelled = []
+                for task in job.tasks.values():
+                    if task["state"] == "queued":
+                        task.update(state="cancelled", finished=time.time(),
+                                    error={"code": je.JOB_CANCELLED_ERROR, "message": "the job was cancelled",
+                                           "input": task.get("input", ""), "stderr": None, "excerpt": ""})
+                        cancelled.append(task)
+                    elif task["state"] == "running":
+                        self.cancels.get((job_id, task["id"]), threading.Event()).set()
+                job.queue.clear()
+                self.records.save_tasks(cancelled)
+        self.wake.set()
+        return record
+
+    def tasks(self, job_id: str) -> list[Record]:
+        with self.lock:
+            job = self.jobs.get(job_id)
+            if job is not None:
+                return [dict(t) for t in sorted(job.tasks.values(), key=lambda t: t["id"])]
+        return self.records.tasks(job_id)
+
+    # -- scheduling ---------------------------------------------------------------------
+
+    def tick(self) -> None:
+        with self.lock:
+            for job in list(self.jobs.values()):
+                if job.record["state"] != "running":
+                    if not any(t["state"] == "running" for t in job.tasks.values()):
+                        del self.jobs[job.record["id"]]
+                    continue
+                self._expand(job)
+                if self._phase_complete(job, len(job.record["phases"]) - 1):
+                    job.record = self.records.update_job(job.record["id"], state="done", finished=time.time())
+                    log.info("job %s done", job.record["id"])
+            self._dispatch()
+
+    def _new_task(self, job: _Job, phase: int, task_id: str, **fields: Any) -> Record:
+        kind = job.record["phases"][phase]["type"]
+        task = {"v": 1, "id": task_id, "job": job.record["id"], "phase": phase, "type": kind,
+                "state": "queued", "node": None, "attempts": 0, "excluded": [], "created": time.time(),
+                "started": None, "finished": None, "outputs": [], "error": None,
+                "bytes_local": 0, "bytes_remote": 0, "chained": False, **fields}
+        job.tasks[task_id] = task
+        job.queue.append(task_id)
+        return task
+
+    def _expand(self, job: _Job) -> None:
+        """Make the tasks that inputs and finished tasks now allow."""
+        phases = job.record["phases"]
+        new: list[Record] = []
+        changed: list[Record] = []
+        if phases[0]["type"] == "map":
+            fresh = self.records.inputs(job.record["id"], start=job.scheduled_inputs)
+            for item in fresh:
+                new.append(self._new_task(job, 0, f"p0-m{job.scheduled_inputs:07d}", input=item))
+                job.scheduled_inputs += 1
+        elif job.record["inputs_ended"] and not job.phase_tasks(0):
+            inputs = self.records.inputs(job.record["id"])
+            count = phases[0]["count"]
+            for r in range(count):
+                new.append(self._new_task(job, 0, f"p0-r{r:04d}", inputs=inputs, reducer=r,
+                                          partition=r if count > 1 else None))
+        for phase in range(1, len(phases)):
+            before = [t for t in job.phase_tasks(phase - 1) if t["state"] == "done"]
+            if phases[phase]["type"] == "map":
+                for task in before:
+                    if task["chained"]:
+                        continue
+                    for output in task["outputs"]:
+                        n = job.counters.get(phase, 0)
+                        job.counters[phase] = n + 1
+                        new.append(self._new_task(job, phase, f"p{phase}-m{n:07d}", input=output))
+                    task["chained"] = True
+                    changed.append(task)
+            elif not job.phase_tasks(phase) and self._phase_complete(job, phase - 1):
+                count = phases[phase]["count"]
+                for r in range(count):
+                    if count > 1:
+                        inputs = [t["outputs"][r] for t in before if len(t["outputs"]) == count]
+                    else:
+                        inputs = [o for t in before for o in t["outputs"]]
+                    new.append(self._new_task(job, phase, f"p{phase}-r{r:04d}", inputs=inputs, reducer=r,
+                                              partition=None))
+        if new or changed:
+            self.records.save_tasks(changed + new)
+
+    def _phase_complete(self, job: _Job, phase: int) -> bool:
+        phases = job.record["phases"]
+        tasks = job.phase_tasks(phase)
+        if any(t["state"] not in TERMINAL for t in tasks):
+            return False
+        if phase == 0:
+            if not job.record["inputs_ended"]:
+                return False
+            if phases[0]["type"] == "map":
+                return job.scheduled_inputs >= job.record["input_count"]
+            return bool(tasks)
+        if not self._phase_complete(job, phase - 1):
+            return False
+        before = job.phase_tasks(phase - 1)
+        if phases[phase]["type"] == "map":
+            return all(t["chained"] for t in before if t["state"] == "done")
+        return bool(tasks)
+
+    def _placement(self, job: _Job, task: Record) -> list[tuple[int, Node]]:
+        """(local input bytes, node) for healthy nodes, best first."""
+        names = [task["input"]] if task["type"] == "map" else task["inputs"]
+        local: dict[str, int] = {}
+        with self.store.catalog.read() as txn:
+            for name in names:
+                try:
+                    bucket, key = parse_input(name)
+                    record = self.store.objects.read_in(txn, bucket, key)
+                except je.InvalidJobSpec:
+                    record = None
+                if record is None:
+                    continue
+                for blob_id, size, *_ in record["segments"]:
+                    meta = self.store.catalog.blob(txn, blob_id) or {}
+                    for node_id in meta.get("nodes", []):
+                        local[node_id] = local.get(node_id, 0) + size
+        ranked = [(local.get(n.id, 0), n) for n in self.store.node_list()
+                  if n.id not in task["excluded"] and n.healthy()]
+        ranked.sort(key=lambda item: (-item[0], self.busy.get(item[1].id, 0)))
+        return ranked
+
+    def _dispatch(self) -> None:
+        free = {nid: self.config.slots_per_node - n for nid, n in self.busy.items()}
+        if not any(v > 0 for v in free.values()):
+            return
+        for job in list(self.jobs.values()):
+            if job.record["state"] != "running":
+                continue
+            waiting: deque[str] = deque()
+            while job.queue and any(v > 0 for v in free.values()):
+                task = job.tasks[job.queue.popleft()]
+                ranked = self._placement(job, task)
+                if not ranked:
+                    waiting.append(task["id"])  # no healthy node at all: wait
+                    continue
+                holders = [n for b, n in ranked if b > 0]
+                candidates = holders or [n for _, n in ranked]
+                node = next((n for n in candidates if free.get(n.id, 0) > 0), None)
+                if node is None:
+                    waiting.append(task["id"])  # its data's nodes are busy: wait for a slot there
+                    continue
+                free[node.id] -= 1
+                self._start(job, task, node)
+            job.queue.extendleft(reversed(waiting))
+
+    def _start(self, job: _Job, task: Record, node: Node) -> None:
+        task.update(state="running", node=node.id, started=time.time(), attempts=task["attempts"] + 1)
+        self.records.save_tasks([task])
+        self.busy[node.id] = self.busy.get(node.id, 0) + 1
+        cancel = threading.Event()
+        self.cancels[(job.record["id"], task["id"])] = cancel
+        record = dict(job.record)
+        self.pool.submit(self._run, record, dict(task), node, cancel)
+
+    def _run(self, job: Record, task: Record, node: Node, cancel: threading.Event) -> None:
+        outcome: Record | None = None
+        try:
+            outcome = run_task(self.ctx, job, task, node, cancel)
+        except (je.NodeFailure, se.StorageError, OSError) as exc:
+            log.warning("job %s task %s: node %s failed: %s", job["id"], task["id"], node.id, exc)
+            node.recheck()
+            if task["attempts"] < MAX_ATTEMPTS:
+                outcome = {**task, "state": "queued", "node": None, "excluded": task["excluded"] + [node.id]}
+            else:
+                outcome = self._internal_error(job, task, f"node failures: {exc}")
+            self.records.save_tasks([outcome])
+        except Exception as exc:
+            log.exception("job %s task %s failed unexpectedly", job["id"], task["id"])
+            outcome = self._internal_error(job, task, str(exc))
+            self.records.save_tasks([outcome])
+        finally:
+            with self.lock:
+                self.busy[node.id] -= 1
+                self.cancels.pop((job["id"], task["id"]), None)
+                state = self.jobs.get(job["id"])
+                if state is not None and outcome is not None:
+                    state.tasks[task["id"]] = outcome
+                    if outcome["state"] == "queued":
+                        state.queue.appendleft(task["id"])
+            self.wake.set()
+
+    @staticmethod
+    def _internal_error(job: Record, task: Record, message: str) -> Record:
+        return {**task, "state": "failed", "finished": time.time(), "outputs": [],
+                "error": {"code": je.INTERNAL_ERROR, "message": message,
+                          "input": task.get("input", ""), "stderr": None, "excerpt": ""}}
