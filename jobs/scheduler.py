@@ -116,7 +116,7 @@ class JobScheduler:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
     def _reindex(self, job: _Job) -> None:
-        job.queue = deque(sorted((t["id"] for t in job.tasks.values() if t["state"] == "queued")))
+        job.queue = deque(sorted(t["id"] for t in job.tasks.values() if t["state"] == "queued"))
         job.scheduled_inputs = sum(1 for t in job.tasks.values() if t["phase"] == 0 and t["type"] == "map")
         for task in job.tasks.values():
             if task["phase"] > 0 and task["type"] == "map":
