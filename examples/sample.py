@@ -1,16 +1,19 @@
-"""Sample data and a sample run for ./run.sh: uploads a day of synthetic web logs and
-counts ERROR lines per object with plain S3 reads.
-
-(Once `manta job` lands, the same count runs next to the data as a map/reduce job.)
+"""Sample data and a sample job for ./run.sh: uploads a day of synthetic web logs, then
+counts ERROR lines with a map/reduce job that runs next to the data (one sandboxed
+`grep -c ERROR` per object, one reducer adding the counts), and checks the answer
+against a count made from plain S3 reads.
 """
 
 from __future__ import annotations
 
+import json
 import random
+import time
 
 import boto3
 
 from manta.credentials import client_credentials, client_url
+from manta.http import signed_request
 
 
 def main() -> None:
@@ -34,7 +37,24 @@ def main() -> None:
     for key in keys:
         body = s3.get_object(Bucket="samples", Key=key)["Body"].read().decode()
         total += sum(1 for line in body.splitlines() if " ERROR " in line)
-    print(f"sample: {len(keys)} log objects in s3://samples/logs/, {total} ERROR lines")
+    print(f"sample: {len(keys)} log objects in s3://samples/logs/, {total} ERROR lines (counted with S3 GETs)")
+    spec = {"name": "sample: count ERROR lines",
+            "phases": [{"type": "map", "exec": "grep -c ' ERROR ' || true"},
+                       {"type": "reduce", "exec": "awk '{s += $1} END {print s}'"}],
+            "inputs": [f"samples/{key}" for key in keys], "end": True}
+    job = signed_request("POST", "/_manta/jobs", json.dumps(spec).encode())
+    while job["state"] == "running":
+        time.sleep(0.2)
+        job = signed_request("GET", f"/_manta/jobs/{job['id']}")
+    outputs = signed_request("GET", f"/_manta/jobs/{job['id']}/outputs")["outputs"]
+    if job["state"] != "done" or job["errors"] or len(outputs) != 1:
+        raise SystemExit(f"sample job {job['id']} did not succeed: {json.dumps(job)}")
+    bucket, key = outputs[0].split("/", 1)
+    answer = s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode().strip()
+    print(f"sample: job {job['id']} ran {sum(p['tasks'] for p in job['phases'])} sandboxed tasks next to "
+          f"the data and counted {answer} ERROR lines ({'matches' if answer == str(total) else 'DIFFERS'})")
+    if answer != str(total):
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":
