@@ -47,7 +47,7 @@ class Daemon:
 class JournalFlusher(Daemon):
     """Makes small blobs durable on their nodes and drops their journal copies."""
 
-    def __init__(self, store: Store, interval_s: float = 0.2) -> None:
+    def __init__(self, store: Store, interval_s: float = 0.5) -> None:
         super().__init__()
         self.store = store
         self.interval_s = interval_s

@@ -39,6 +39,10 @@ from storage import MemoryBlobWriter
 # journal (one group-committed fsync) instead of fsyncing the blob file on the request path
 SMALL_OBJECT_BYTES = 64 * 1024
 
+# reads up to this size are opened and read on the event loop (a page-cache hit costs
+# less than the hand-off to a worker thread); larger ones go through threads
+INLINE_READ_BYTES = 64 * 1024
+
 RESPONSE_OVERRIDES = {
     "response-content-type": "content-type",
     "response-content-language": "content-language",
@@ -195,7 +199,10 @@ async def get_object(req: S3Request, head: bool = False) -> Response:
     headers["content-length"] = str(length)
     if head:
         return Response(b"", status_code=code, headers=headers)
-    opened = await in_thread(open_segments, req, record["segments"], start, length)
+    if len(record["segments"]) == 1 and length <= INLINE_READ_BYTES:
+        opened = open_segments(req, record["segments"], start, length)  # one open: no thread hop
+    else:
+        opened = await in_thread(open_segments, req, record["segments"], start, length)
     stream = await prefetched(stream_opened(opened))
     return StreamingResponse(stream, status_code=code, headers=headers)
 
