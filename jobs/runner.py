@@ -27,7 +27,7 @@ from typing import Any
 
 from jobs import errors as je
 from jobs.records import JobRecords, jobs_bucket, task_key
-from jobs.sandbox import Sandbox, TaskLimits, TaskResult, TaskSpec
+from jobs.sandbox import Sandbox, SandboxError, TaskLimits, TaskResult, TaskSpec
 from jobs.spec import parse_input
 from storage import Node, Store
 from storage import errors as se
@@ -237,7 +237,10 @@ def run_task(ctx: RunContext, job: Record, task: Record, node: Node, cancel: Any
         except se.InsufficientNodes as exc:
             raise je.NodeFailure(str(exc)) from exc
         started = time.time()
-        result = ctx.sandbox.run(spec, outputs.write, cancel)
+        try:
+            result = ctx.sandbox.run(spec, outputs.write, cancel)
+        except SandboxError as exc:  # could not start, or an input failed to read: the node's fault
+            raise je.NodeFailure(f"sandbox: {exc}") from exc
         error = _classify(result)
         if error is not None:
             outputs.abort()

@@ -294,6 +294,8 @@ class JobScheduler:
         return ranked
 
     def _dispatch(self) -> None:
+        if self._stop.is_set():
+            return
         free = {nid: self.config.slots_per_node - n for nid, n in self.busy.items()}
         if not any(v > 0 for v in free.values()):
             return
@@ -330,6 +332,11 @@ class JobScheduler:
         outcome: Record | None = None
         try:
             outcome = run_task(self.ctx, job, task, node, cancel)
+            if self._stop.is_set() and outcome["state"] == "cancelled" \
+                    and self.records.get(job["id"])["state"] == "running":
+                # killed because the server is stopping, not cancelled: it runs again after a restart
+                outcome = {**task, "state": "queued", "node": None}
+                self.records.save_tasks([outcome])
         except (je.NodeFailure, se.StorageError, OSError) as exc:
             log.warning("job %s task %s: node %s failed: %s", job["id"], task["id"], node.id, exc)
             node.recheck()

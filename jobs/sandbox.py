@@ -1,0 +1,560 @@
+"""Run one map or reduce task in a fresh bubblewrap container, next to its data.
+
+Start chain (one fork from the server; no preexec_fn, the server is multi-threaded)::
+
+    server thread (root) -Popen, new session->
+      bash --posix wrapper (root)  joins the task's cgroups, sets rlimits, status pipe -> fd 3
+        exec setpriv               becomes the unprivileged host user `manta-task`
+          exec bwrap               new user/pid/net/ipc/uts/cgroup/mount namespaces, uid 1000
+            bash runner            runs `init` (no fd 3, stdout -> stderr), writes "ok" on fd 3
+              exec bash -c EXEC    the user's pipeline; stdin/stdout/stderr are our pipes
+
+A container sees only read-only system dirs (`ro_paths` globs; /bin, /lib... as on the
+host), a generated /etc/passwd and /etc/group, its own /proc, a read-only minimal /dev, a
+private tmpfs /tmp of `disk_mb` (the only writable place; HOME and working dir), the input
+at /manta/input and assets at /manta/assets/<name>, read-only. No network: its net namespace
+has only its own loopback. Env: exactly `TaskSpec.env` plus PATH, HOME, LANG. bwrap runs as
+the task user, so bind sources must be traversable by it (data dirs 0711, blobs 0644);
+stdin files are fed by a thread of ours and need no such access.
+
+Limits, and what enforces them (`TaskResult.killed` names the one that ended a task):
+    timeout, cancelled  wall clock and the `cancel` event, checked every 50 ms -> kill
+    output     stdout beyond max_output_bytes (delivered up to the cap) -> kill
+    memory     cgroup v2 memory.max (swap.max 0) or v1 memory.limit_in_bytes (+memsw); any
+               OOM kill in it (`oom_kill` counter) -> kill. Fallback: `ulimit -v`.
+    processes  pids cgroup pids.max; the first refused fork (pids.events `max`) -> kill.
+               Fallback: `ulimit -u`, counted per host user, i.e. across running tasks.
+    cpu        RLIMIT_CPU, per process: SIGXCPU at cpu_s, SIGKILL one second later.
+    disk       /tmp's tmpfs size and RLIMIT_FSIZE: SIGXFSZ, or a failure whose stderr says
+               ENOSPC (best effort). tmpfs pages count as memory too.
+In the fallback, "memory" and "processes" are guessed from stderr. A task's cgroups are
+<cgroup_root>/[<controller>/]manta/<server pid>-<random>, removed when its processes are
+gone; those of dead servers are removed when a Sandbox starts.
+
+Init/exec split: "ok" reaches fd 3 only once `init` succeeded, and fd 3 is closed before
+the user's command, so no exit status can pass for an init failure or the reverse. A bwrap
+setup failure (missing bind source) writes no "ok" either. A task killed before init
+finished reports `killed`, not `init_failed`. bwrap turns a death by signal n into status
+128+n, so statuses 129..192 are reported as `signal` (bash's rule).
+
+run(): cgroups -> Popen -> select on stdout, stderr and the status pipe, ticking every
+50 ms for cancel, deadline and cgroup counters -> on a limit, SIGKILL the container's pid 1
+(its pid namespace dies with it) and all in its cgroups, sparing the outer bwrap so that it
+reaps them; a second later, the whole process group -> drain, wait, classify -> rmdir the
+cgroups. run() keeps its thread until the container ends: --die-with-parent follows the
+thread that forked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import glob
+import logging
+import math
+import os
+import pwd
+import secrets
+import selectors
+import shlex
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import IO, BinaryIO
+
+__all__ = ["Sandbox", "SandboxConfig", "SandboxError", "TaskLimits", "TaskResult", "TaskSpec"]
+
+log = logging.getLogger(__name__)
+
+CHUNK = 256 * 1024
+TICK_S = 0.05
+INNER_ID = "1000"
+TRUNCATED = b"\n... truncated\n"
+ROOT_LINKS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+HOST_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+RUNNER = ('if [ -n "$1" ]; then "$0" -c "$1" manta-init </dev/null >&2 3>&- || exit; fi; '
+          'echo ok >&3; exec 3>&-; exec "$0" -c "$2" manta-task')
+PASSWD = (b"manta:x:1000:1000:manta task:/tmp:/bin/bash\n"
+          b"nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n")
+GROUP = b"manta:x:1000:\nnogroup:x:65534:\n"
+FALLBACK = "falling back to rlimits (ulimit -v for memory, ulimit -u for processes, per host user)"
+
+
+class SandboxError(Exception):
+    """Tasks cannot run here, or a task's input could not be read (not the task's fault)."""
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    user: str = "manta-task"
+    bwrap: str = "/usr/bin/bwrap"
+    cgroup_root: str = "/sys/fs/cgroup"
+    stderr_cap_bytes: int = 64 * 1024
+    ro_paths: tuple[str, ...] = (
+        "/usr", "/etc/alternatives", "/etc/ld.so.cache", "/etc/ssl", "/etc/ca-certificates",
+        "/etc/localtime", "/etc/mime.types", "/etc/python3*")
+
+    def __post_init__(self) -> None:
+        if self.user in ("", "root"):
+            raise ValueError("the sandbox user must be an unprivileged user")
+        if self.stderr_cap_bytes < 2 * len(TRUNCATED):
+            raise ValueError("stderr_cap_bytes is too small")
+        for path in self.ro_paths:
+            if not path.startswith("/") or path.rstrip("/") in ("", "/root", "/home", "/tmp"):
+                raise ValueError(f"ro_paths entry not allowed: {path!r}")
+
+
+@dataclass(frozen=True)
+class TaskLimits:
+    memory_mb: int = 1024
+    disk_mb: int = 256
+    timeout_s: float = 300.0
+    cpu_s: int | None = None
+    max_procs: int = 128
+    max_output_bytes: int = 1 << 30
+
+    def __post_init__(self) -> None:
+        for name in ("memory_mb", "disk_mb", "timeout_s", "max_procs", "max_output_bytes"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if self.cpu_s is not None and self.cpu_s <= 0:
+            raise ValueError("cpu_s must be positive")
+
+
+@dataclass
+class TaskSpec:
+    exec: str
+    env: dict[str, str]
+    stdin_paths: list[str] = field(default_factory=list)
+    input_file: str | None = None
+    assets: list[tuple[str, str]] = field(default_factory=list)
+    init: str | None = None
+    limits: TaskLimits = TaskLimits()
+
+
+@dataclass
+class TaskResult:
+    exit_code: int | None
+    signal: int | None
+    killed: str | None
+    init_failed: bool
+    stdout_bytes: int            # bytes handed to the stdout callback (<= max_output_bytes)
+    stderr: bytes
+    duration_s: float
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and self.killed is None and not self.init_failed
+
+
+@dataclass(frozen=True)
+class _Host:
+    """What this machine offers, learnt once per Sandbox."""
+    priv: list[str]              # setpriv prefix; empty when we are not root
+    shell: str                   # /bin/bash, else /bin/sh
+    wrapper: list[str]           # runs the root wrapper; its `ulimit -f` counts 512 B blocks
+    min_fd: int                  # passed fds start here; dash parses single-digit fds only
+    bwrap: list[str]             # bwrap and its fixed flags and system mounts
+    cgroups: str | None          # "v2", "v1", or None for the rlimit fallback
+
+
+class _TaskCgroups:
+    """One task's memory and pids cgroups: one v2 dir, or a dir in each v1 hierarchy."""
+
+    def __init__(self, root: str, version: str, limits: TaskLimits) -> None:
+        name, memory = f"{os.getpid()}-{secrets.token_hex(6)}", str(limits.memory_mb << 20)
+        if version == "v2":
+            mem = pids = os.path.join(root, "manta", name)
+            self.dirs = [mem]
+            self.oom = os.path.join(mem, "memory.events")
+            knobs = [("memory.max", memory, False), ("memory.swap.max", "0", True)]
+        else:
+            mem, pids = (os.path.join(root, c, "manta", name) for c in ("memory", "pids"))
+            self.dirs = [mem, pids]
+            self.oom = os.path.join(mem, "memory.oom_control")
+            knobs = [("memory.limit_in_bytes", memory, False),
+                     ("memory.memsw.limit_in_bytes", memory, True)]
+        self.pids = os.path.join(pids, "pids.events")
+        self.procs = [os.path.join(d, "cgroup.procs") for d in self.dirs]
+        try:
+            for d in self.dirs:
+                os.mkdir(d)
+            for knob, value, optional in knobs:
+                _write(os.path.join(mem, knob), value, optional)
+            _write(os.path.join(pids, "pids.max"), str(limits.max_procs))
+        except BaseException:
+            self.remove()
+            raise
+
+    def breach(self) -> str | None:
+        if _counter(self.oom, "oom_kill"):
+            return "memory"
+        return "processes" if _counter(self.pids, "max") else None
+
+    def kill(self, spare: int = 0) -> None:
+        for pid in " ".join(_read(procs) for procs in self.procs).split():
+            if int(pid) != spare:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+
+    def remove(self) -> None:
+        deadline = time.monotonic() + 5.0
+        for d in self.dirs:
+            while os.path.isdir(d):
+                try:
+                    os.rmdir(d)
+                except OSError as err:  # EBUSY while the last processes exit
+                    if time.monotonic() > deadline:
+                        log.warning("cannot remove task cgroup %s: %s", d, err)
+                        break
+                    self.kill()
+                    time.sleep(0.002)
+
+
+class Sandbox:
+    def __init__(self, config: SandboxConfig = SandboxConfig()) -> None:
+        self.config = config
+        self._lock = threading.Lock()
+        self._host: _Host | None = None
+
+    def check(self) -> str | None:
+        """None when tasks can run here, else why not (found by running `true` for real)."""
+        try:
+            result = self.run(TaskSpec("true", {}, limits=TaskLimits(timeout_s=10)), lambda _: None)
+        except (SandboxError, OSError) as err:
+            return str(err)
+        knobs = ("/proc/sys/kernel/unprivileged_userns_clone", "/proc/sys/user/max_user_namespaces")
+        off = [k for k in knobs if _read(k).strip() == "0"]
+        hint = f" (user namespaces are off: {off[0]} is 0)" if off else ""
+        stderr = result.stderr.decode(errors="replace").strip()
+        return None if result.ok else f"a trial task failed: {stderr}{hint}"
+
+    def run(self, spec: TaskSpec, stdout: Callable[[bytes], None],
+            cancel: threading.Event | None = None) -> TaskResult:
+        host = self._prepare()
+        for _, name in spec.assets:
+            if not name or "/" in name or name in (".", ".."):
+                raise ValueError(f"bad asset name: {name!r}")
+        env = _env_args(spec.env)
+        inputs: list[BinaryIO] = []
+        fds: list[int] = []
+        feed_error: list[OSError] = []
+        cgroups: _TaskCgroups | None = None
+        proc: subprocess.Popen[bytes] | None = None
+        status_r = -1
+        try:
+            try:
+                for path in spec.stdin_paths:
+                    inputs.append(open(path, "rb"))  # noqa: SIM115 (closed by _feed)
+                if host.cgroups:
+                    cgroups = _TaskCgroups(self.config.cgroup_root, host.cgroups, spec.limits)
+                status_r, status_w = os.pipe()
+                fds.append(_moved(status_w, host.min_fd))
+                for data in (PASSWD, GROUP):
+                    fds.append(_moved(_memfd(data), host.min_fd))
+                argv = [*host.wrapper, _wrapper_script(fds[0], spec.limits, cgroups), "manta-sandbox",
+                        *host.priv, *host.bwrap, *_task_mounts(spec, fds[1], fds[2]), *env,
+                        "--", host.shell, "-c", RUNNER, host.shell, spec.init or "", spec.exec]
+                start = time.monotonic()
+                proc = subprocess.Popen(
+                    argv, stdin=subprocess.PIPE if inputs else subprocess.DEVNULL,
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=fds,
+                    start_new_session=True, env={"PATH": HOST_PATH, "LANG": "C.UTF-8"}, cwd="/")
+            except OSError as err:
+                raise SandboxError(f"cannot start the task: {err}") from err
+            for fd in fds:  # the task's copies only, so that their ends show as EOF here
+                os.close(fd)
+            fds.clear()
+            threading.Thread(target=_feed, args=(inputs, proc.stdin, feed_error), daemon=True).start()
+            inputs = []
+            return self._watch(proc, spec, stdout, cancel, cgroups, status_r, feed_error, start)
+        finally:
+            for fd in fds:
+                os.close(fd)
+            for fh in inputs:
+                fh.close()
+            if proc is not None:
+                if proc.poll() is None:
+                    _kill(proc, cgroups)
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        proc.wait(timeout=1)
+                    _kill(proc, cgroups, force=True)
+                proc.wait()
+                for pipe in (proc.stdout, proc.stderr):
+                    if pipe:
+                        pipe.close()
+            if cgroups:
+                cgroups.remove()
+            if status_r >= 0:
+                os.close(status_r)
+
+    def _watch(self, proc: subprocess.Popen[bytes], spec: TaskSpec, stdout: Callable[[bytes], None],
+               cancel: threading.Event | None, cgroups: _TaskCgroups | None, status_r: int,
+               feed_error: list[OSError], start: float) -> TaskResult:
+        assert proc.stdout is not None and proc.stderr is not None
+        limits, cap = spec.limits, self.config.stderr_cap_bytes
+        out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
+        sel = selectors.DefaultSelector()
+        for fd in (out_fd, err_fd, status_r):
+            sel.register(fd, selectors.EVENT_READ)
+        killed: str | None = None
+        killed_at = exited_at = 0.0
+        sent = err_total = 0
+        err_head, status = bytearray(), bytearray()
+        while sel.get_map():
+            now = time.monotonic()
+            if killed is None:
+                if cancel is not None and cancel.is_set():
+                    killed = "cancelled"
+                elif now - start >= limits.timeout_s:
+                    killed = "timeout"
+                elif cgroups is not None:
+                    killed = cgroups.breach()
+            if (killed or feed_error) and not killed_at:
+                killed_at = now
+                _kill(proc, cgroups)
+            if not exited_at and proc.poll() is not None:
+                exited_at = now
+            elif not exited_at and killed_at and now - killed_at > 1.0:
+                _kill(proc, cgroups, force=True)
+            if (exited_at and now - exited_at > 2.0) or (killed_at and now - killed_at > 10.0):
+                log.warning("task pipes still open after the task ended; not waiting for them")
+                break
+            wait = TICK_S if killed else min(TICK_S, start + limits.timeout_s - now)
+            for key, _ in sel.select(timeout=wait):
+                data = os.read(key.fd, CHUNK)
+                if not data:
+                    sel.unregister(key.fd)
+                elif key.fd == out_fd and killed is None:
+                    room = limits.max_output_bytes - sent
+                    if room > 0:
+                        stdout(data[:room])
+                        sent += min(room, len(data))
+                    if len(data) > room:
+                        killed, killed_at = "output", time.monotonic()
+                        _kill(proc, cgroups)
+                elif key.fd == err_fd:
+                    err_total += len(data)
+                    err_head += data[: max(0, cap - len(err_head))]
+                elif key.fd == status_r:
+                    status += data
+        sel.close()
+        rc = proc.wait()
+        duration = time.monotonic() - start
+        if feed_error:
+            raise SandboxError(f"reading the task's input failed: {feed_error[0]}") from feed_error[0]
+        stderr = bytes(err_head)
+        if err_total > len(err_head):
+            stderr = stderr[: cap - len(TRUNCATED)] + TRUNCATED
+        exit_code, sig = (None, -rc) if rc < 0 else (None, rc - 128) if 128 < rc <= 192 else (rc, None)
+        killed = killed or _classify(exit_code, sig, cgroups, stderr)
+        return TaskResult(exit_code=exit_code, signal=sig, killed=killed,
+                          init_failed=killed is None and status != b"ok\n", stdout_bytes=sent,
+                          stderr=stderr, duration_s=duration)
+
+    def _prepare(self) -> _Host:
+        with self._lock:
+            if self._host is None:
+                self._host = self._discover()
+            return self._host
+
+    def _discover(self) -> _Host:
+        cfg = self.config
+        if not os.access(cfg.bwrap, os.X_OK):
+            raise SandboxError(f"bubblewrap is not installed at {cfg.bwrap}")
+        priv: list[str] = []
+        if os.geteuid() == 0:
+            setpriv = shutil.which("setpriv", path=HOST_PATH)
+            if setpriv is None:
+                raise SandboxError("setpriv (util-linux) is not installed")
+            uid, gid = _task_user(cfg.user)
+            priv = [setpriv, f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--"]
+        else:
+            log.warning("not root: tasks run as uid %d, not as %s", os.geteuid(), cfg.user)
+        bwrap = [cfg.bwrap, "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session",
+                 "--uid", INNER_ID, "--gid", INNER_ID, "--hostname", "manta"]
+        if "--disable-userns" in subprocess.run([cfg.bwrap, "--help"], capture_output=True,
+                                                text=True).stdout:
+            bwrap.append("--disable-userns")
+        for link in ROOT_LINKS:
+            if os.path.islink(link):
+                bwrap += ["--symlink", os.readlink(link), link]
+            elif os.path.isdir(link):
+                bwrap += ["--ro-bind", link, link]
+        for pattern in cfg.ro_paths:
+            for path in sorted(glob.glob(pattern)):
+                bwrap += ["--ro-bind", path, path]
+        if os.path.exists("/bin/bash"):
+            shell, wrapper, min_fd = "/bin/bash", ["/bin/bash", "--posix", "-c"], 10
+        else:
+            shell, wrapper, min_fd = "/bin/sh", ["/bin/sh", "-c"], 4
+        return _Host(priv, shell, wrapper, min_fd, bwrap, _setup_cgroups(cfg.cgroup_root))
+
+
+def _wrapper_script(status_fd: int, limits: TaskLimits, cgroups: _TaskCgroups | None) -> str:
+    cpu = limits.cpu_s or math.ceil(limits.timeout_s)
+    lines = ["set -e", *(f"echo $$ > {shlex.quote(p)}" for p in (cgroups.procs if cgroups else []))]
+    lines += [f"ulimit -S -t {cpu}", f"ulimit -H -t {cpu + 1}",
+              f"ulimit -f {limits.disk_mb * 2048}", "ulimit -c 0"]
+    if cgroups is None:
+        lines += [f"ulimit -v {limits.memory_mb * 1024}", f"ulimit -u {limits.max_procs}"]
+    return "\n".join([*lines, f'exec 3>&{status_fd} {status_fd}>&- "$@"'])
+
+
+def _task_mounts(spec: TaskSpec, passwd_fd: int, group_fd: int) -> list[str]:
+    args = ["--ro-bind-data", str(passwd_fd), "/etc/passwd",
+            "--ro-bind-data", str(group_fd), "/etc/group", "--proc", "/proc", "--dev", "/dev",
+            "--size", str(spec.limits.disk_mb << 20), "--tmpfs", "/tmp", "--dir", "/manta"]
+    if spec.input_file is not None:
+        args += ["--ro-bind", spec.input_file, "/manta/input"]
+    if spec.assets:
+        args += ["--dir", "/manta/assets"]
+        for path, name in spec.assets:
+            args += ["--ro-bind", path, f"/manta/assets/{name}"]
+    return [*args, "--remount-ro", "/", "--remount-ro", "/dev", "--chdir", "/tmp"]
+
+
+def _env_args(env: dict[str, str]) -> list[str]:
+    args = ["--clearenv"]
+    for name, value in {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp",
+                        "LANG": "C.UTF-8", **env}.items():
+        if not name or "=" in name or "\0" in name + value:
+            raise ValueError(f"bad environment variable: {name!r}")
+        args += ["--setenv", name, value]
+    return args
+
+
+def _setup_cgroups(root: str) -> str | None:
+    """The usable cgroup version, with its `manta` parents made; None (logged): rlimits."""
+    try:
+        if os.path.exists(os.path.join(root, "cgroup.controllers")):
+            if not {"memory", "pids"} <= set(_read(os.path.join(root, "cgroup.controllers")).split()):
+                raise OSError("the memory or pids controller is not available")
+            version, parents = "v2", [os.path.join(root, "manta")]
+            os.makedirs(parents[0], exist_ok=True)
+            for d in (root, parents[0]):
+                _write(os.path.join(d, "cgroup.subtree_control"), "+memory +pids")
+        elif os.path.exists(os.path.join(root, "memory", "memory.limit_in_bytes")) and \
+                os.path.isdir(os.path.join(root, "pids")):
+            version, parents = "v1", [os.path.join(root, c, "manta") for c in ("memory", "pids")]
+        else:
+            raise OSError("neither cgroup v2 nor v1 memory and pids hierarchies")
+        for parent in parents:
+            os.makedirs(parent, exist_ok=True)
+            for name in os.listdir(parent):
+                owner = name.partition("-")[0]
+                if owner.isdigit() and not os.path.exists(f"/proc/{owner}"):
+                    os.rmdir(os.path.join(parent, name))
+    except OSError as err:
+        log.warning("no usable cgroups at %s (%s): %s", root, err, FALLBACK)
+        return None
+    log.info("task limits use cgroup %s at %s", version, root)
+    return version
+
+
+def _task_user(name: str) -> tuple[int, int]:
+    for attempt in range(2):
+        with contextlib.suppress(KeyError):
+            entry = pwd.getpwnam(name)
+            if entry.pw_uid == 0 or entry.pw_gid == 0:
+                raise SandboxError(f"the sandbox user {name} is root")
+            return entry.pw_uid, entry.pw_gid
+        if attempt == 0:
+            log.info("creating the sandbox user %s", name)
+            subprocess.run(["useradd", "--system", "--no-create-home", "--shell",
+                            "/usr/sbin/nologin", name], capture_output=True, env={"PATH": HOST_PATH})
+    raise SandboxError(f"the sandbox user {name} is missing and useradd failed")
+
+
+def _feed(files: list[BinaryIO], pipe: IO[bytes] | None, errors: list[OSError]) -> None:
+    """Copy the stdin files onto the task's stdin; a task that stops reading is fine."""
+    if pipe is None:
+        return
+    try:
+        for fh in files:
+            while chunk := fh.read(CHUNK):
+                pipe.write(chunk)
+    except BrokenPipeError:
+        pass
+    except OSError as err:  # recorded before the pipe closes, so the task sees no clean EOF
+        errors.append(err)
+    finally:
+        for fh in files:
+            fh.close()
+        with contextlib.suppress(OSError):
+            pipe.close()
+
+
+def _kill(proc: subprocess.Popen[bytes], cgroups: _TaskCgroups | None, force: bool = False) -> None:
+    """Kill the container: its pid 1 (the pid namespace dies with it) and everything in its
+    cgroups, sparing the outer bwrap so that it reaps them and no zombie is left to init.
+    `force`, or nothing to kill yet: the wrapper's whole process group."""
+    if cgroups is not None:
+        cgroups.kill(spare=proc.pid)
+    if proc.returncode is not None:  # reaped: its pid may be someone else's now
+        return
+    children = _read(f"/proc/{proc.pid}/task/{proc.pid}/children").split()
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid), signal.SIGKILL)
+    if force or not children:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _classify(exit_code: int | None, sig: int | None, cgroups: _TaskCgroups | None,
+              stderr: bytes) -> str | None:
+    """Which limit ended a task that run() did not kill, if one did."""
+    if cgroups is not None and (reason := cgroups.breach()):
+        return reason
+    if sig in (signal.SIGXCPU, signal.SIGXFSZ):
+        return "cpu" if sig == signal.SIGXCPU else "disk"
+    guess = cgroups is None  # the rlimit fallback: only stderr tells
+    if guess and b"fork: " in stderr and b"temporarily unavailable" in stderr:
+        return "processes"
+    if exit_code != 0 and b"No space left on device" in stderr:
+        return "disk"
+    if guess and exit_code != 0 and (b"MemoryError" in stderr or b"memory" in stderr):
+        return "memory"
+    return None
+
+
+def _memfd(data: bytes) -> int:
+    fd = os.memfd_create("manta-etc")
+    os.pwrite(fd, data, 0)
+    return fd
+
+
+def _moved(fd: int, lowest: int) -> int:
+    """`fd` renumbered to >= `lowest` (so never 3, the status pipe's number in the task)."""
+    try:
+        dup = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, lowest)
+    finally:
+        os.close(fd)
+    if lowest < 10 and dup > 9:
+        os.close(dup)
+        raise SandboxError("no free file descriptor below 10 for /bin/sh (install bash)")
+    return dup
+
+
+def _write(path: str, value: str, optional: bool = False) -> None:
+    with contextlib.suppress(*((OSError,) if optional else ())), open(path, "w") as fh:
+        fh.write(value)
+
+
+def _read(path: str) -> str:
+    with contextlib.suppress(OSError), open(path) as fh:
+        return fh.read()
+    return ""
+
+
+def _counter(path: str, key: str) -> int:
+    for line in _read(path).splitlines():
+        name, _, value = line.partition(" ")
+        if name == key and value.strip().isdigit():
+            return int(value)
+    return 0
