@@ -286,22 +286,27 @@ class BlobReader:
                 self._bad(node, "missing" if node.recheck() else "node down")
                 continue
             except OSError as exc:
-                self._bad(node, f"read error: {exc.strerror or exc}")
+                self._bad(node, f"read error: {exc.strerror or exc}", keep=True)
                 continue
             if len(data) != length:
-                self._bad(node, "short read")
+                self._bad(node, "short read", keep=True)
                 continue
             if expected is not None and crc32c(data) != expected:
-                self._bad(node, "checksum mismatch")
+                self._bad(node, "checksum mismatch", keep=True)
                 continue
             return data
         raise BlobUnavailable(self.blob_id)
 
-    def _bad(self, node: Node, reason: str) -> None:
+    def _bad(self, node: Node, reason: str, keep: bool = False) -> None:
+        """Report a failed replica and drop it; with `keep` (only this block may be bad)
+        it stays a candidate for the following blocks, tried last."""
         self.candidates.remove(node)
-        fd = self._fds.pop(node.id, None)
-        if fd is not None:
-            os.close(fd)
+        if keep:
+            self.candidates.append(node)
+        else:
+            fd = self._fds.pop(node.id, None)
+            if fd is not None:
+                os.close(fd)
         if reason != "node down":
             self.report(self.blob_id, node.id, reason)
 

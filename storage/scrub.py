@@ -4,15 +4,15 @@
     for each blob record:
         for each listed replica: on a node that is down -> unavailable
                                  else read it all back: size, SHA-256, block CRC32Cs
-        no good replica          -> lost
+        no good replica          -> lost (unless a replica is on a node that is down)
         damaged replica          -> rewritten in place from a good one (new ZFS blocks)
         fewer than `copies` good -> copied to other healthy nodes (weighted by free space)
         the blob's node list is updated in one catalog write (only if nobody changed it)
 
 Counters: checked (replicas read), damaged (replicas that failed the check), repaired
-(replicas written), lost (blobs without any good replica), unavailable (replicas on
-nodes that are down). The background scrubber is rate-limited; `manta admin scrub`
-runs one pass at full speed.
+(replicas written), lost (blobs whose every replica was read and is damaged),
+unavailable (replicas on nodes that are down). The background scrubber is rate-limited;
+`manta admin scrub` runs one pass at full speed.
 """
 
 from __future__ import annotations
@@ -169,7 +169,7 @@ class Scrubber:
                 check.damaged += 1
                 damaged.append(node)
         if not good:
-            if listed:
+            if listed and not check.unavailable:  # a copy on a node that is down may be good
                 check.lost += 1
                 log.error("scrub: blob %s has no good replica", blob_id)
             return check

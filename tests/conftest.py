@@ -20,6 +20,8 @@ import boto3
 import pytest
 from botocore.config import Config
 
+from tests.zfs_pools import Pool, PoolFactory, zfs_unavailable
+
 ROOT_AK = "MANTAROOTTESTKEY0001"
 ROOT_SK = "manta-root-test-secret-key-0000000000001"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -123,6 +125,24 @@ def fresh_server(tmp_path: object) -> Iterator[Server]:
     srv = Server(os.path.join(str(tmp_path), "data"), free_port())
     yield srv
     srv.stop()
+
+
+@pytest.fixture
+def zfs_pools(tmp_path: object) -> Iterator[PoolFactory]:
+    """File-backed ZFS pools for one test, destroyed after it (skips, or fails in CI, without ZFS)."""
+    reason = zfs_unavailable()
+    require(reason is None, reason or "")
+    with PoolFactory(os.path.join(str(tmp_path), "zfs")) as pools:
+        yield pools
+
+
+@pytest.fixture(scope="session")
+def zfs_session_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
+    """One file-backed ZFS pool shared by the session's tests (each makes its own datasets)."""
+    reason = zfs_unavailable()
+    require(reason is None, reason or "")
+    with PoolFactory(str(tmp_path_factory.mktemp("zfs"))) as pools:
+        yield pools.create()
 
 
 @pytest.fixture(scope="session")
