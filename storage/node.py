@@ -60,6 +60,11 @@ class Node:
         self._checked_at = 0.0
         self._healthy = True
         self._reason = ""
+        self._pool_state = "ONLINE"
+        self._pool_checked_at = 0.0
+        self._pool_refreshing = False
+        if zfs is not None:
+            self.recheck()
 
     @property
     def backend(self) -> str:
@@ -98,28 +103,52 @@ class Node:
     # -- health -------------------------------------------------------------------
 
     def healthy(self) -> bool:
+        """Cached health, cheap enough for the request path: the marker is re-read at most
+        every `health_ttl_s`; the pool state comes from a background refresh (never a
+        `zpool` run on the caller's thread)."""
         now = time.monotonic()
         if now - self._checked_at < self.health_ttl_s:
             return self._healthy
         with self._lock:
             if now - self._checked_at >= self.health_ttl_s:
-                self._healthy, self._reason = self._check()
+                self._healthy, self._reason = self._check(refresh_pool=False)
                 self._checked_at = time.monotonic()
         return self._healthy
 
-    def _check(self) -> tuple[bool, str]:
+    def _check(self, refresh_pool: bool) -> tuple[bool, str]:
         if self.read_marker(self.root) != self.id:
             return False, "dataset missing or not mounted"
         if not os.path.isdir(self.blobs.tmp_dir):
             return False, "tmp directory missing"
         if self.zfs is not None and self.pool is not None:
-            try:
-                state = self.zfs.pool_health(self.pool)
-            except ZfsError as exc:
-                return False, str(exc)
-            if state not in HEALTHY_POOL_STATES:
-                return False, f"pool {self.pool} is {state}"
+            if refresh_pool:
+                self._refresh_pool()
+            else:
+                self._refresh_pool_soon()
+            if self._pool_state not in HEALTHY_POOL_STATES:
+                return False, f"pool {self.pool} is {self._pool_state}"
         return True, ""
+
+    def _refresh_pool(self) -> None:
+        assert self.zfs is not None and self.pool is not None
+        try:
+            self._pool_state = self.zfs.pool_health(self.pool)
+        except ZfsError as exc:
+            self._pool_state = f"unknown ({exc})"
+        self._pool_checked_at = time.monotonic()
+
+    def _refresh_pool_soon(self) -> None:
+        if time.monotonic() - self._pool_checked_at < self.health_ttl_s or self._pool_refreshing:
+            return
+        self._pool_refreshing = True
+
+        def refresh() -> None:
+            try:
+                self._refresh_pool()
+            finally:
+                self._pool_refreshing = False
+
+        threading.Thread(target=refresh, name=f"pool-health-{self.id}", daemon=True).start()
 
     def mark_failed(self, reason: str) -> None:
         """An I/O error on this node: treat it as down until the next health check."""
@@ -127,9 +156,12 @@ class Node:
             self._healthy, self._reason = False, reason
             self._checked_at = time.monotonic()
 
-    def recheck(self) -> bool:
-        self._checked_at = 0.0
-        return self.healthy()
+    def recheck(self, pool: bool = True) -> bool:
+        """A synchronous health check; with `pool` it runs `zpool` (not for the event loop)."""
+        with self._lock:
+            self._healthy, self._reason = self._check(refresh_pool=pool)
+            self._checked_at = time.monotonic()
+        return self._healthy
 
     # -- space --------------------------------------------------------------------
 

@@ -283,7 +283,7 @@ class BlobReader:
                     self._fds[node.id] = fd
                 data = os.pread(fd, length, offset)
             except FileNotFoundError:
-                self._bad(node, "missing" if node.recheck() else "node down")
+                self._bad(node, "missing" if node.recheck(pool=False) else "node down")
                 continue
             except OSError as exc:
                 self._bad(node, f"read error: {exc.strerror or exc}", keep=True)

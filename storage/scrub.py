@@ -80,6 +80,8 @@ class Scrubber:
     def run_once(self) -> ScrubReport:
         started = time.monotonic()
         self._bytes, self._started = 0, started
+        for node in self.store.node_list():
+            node.recheck()  # once per pass; check_blob then uses the cached state
         report = ScrubReport(pools=self._scrub_pools())
         for blob_id in [b for b, _ in self.store.catalog.blob_records()]:
             check = self.check_blob(blob_id)
@@ -157,7 +159,7 @@ class Scrubber:
         damaged: list[Node] = []
         for node_id in listed:
             node = store.nodes.get(node_id)
-            if node is None or not node.recheck():
+            if node is None or not node.healthy():
                 check.unavailable += 1
                 continue
             check.checked += 1
