@@ -114,9 +114,12 @@ def parser() -> argparse.ArgumentParser:
                        help="one spec per node: dir:PATH or zfs:POOL/DATASET (default dir: under --data)")
     serve.set_defaults(func=_serve)
 
-    admin = sub.add_parser("admin", help="administration (root credentials)")
+    admin = sub.add_parser("admin", help="administration (root credentials)",
+                           description="Administration: accounts, storage nodes, scrub (root credentials).",
+                           epilog="example: manta admin user add alice")
     admin_sub = admin.add_subparsers(dest="admin_command", required=True)
-    user = admin_sub.add_parser("user", help="manage accounts")
+    user = admin_sub.add_parser("user", help="manage accounts", description="Create and list accounts.",
+                                epilog="example: manta admin user list --json")
     user_sub = user.add_subparsers(dest="user_command", required=True)
     add = user_sub.add_parser("add", help="create an account and print its keys",
                               epilog="example: manta admin user add alice --json")
@@ -135,6 +138,11 @@ def parser() -> argparse.ArgumentParser:
                                  epilog="example: manta admin nodes --json")
     nodes.add_argument("--json", action="store_true", help="print a JSON array")
     nodes.set_defaults(func=_admin_nodes)
+
+    from manta import cli_jobs, cli_objects
+
+    cli_objects.register(sub)
+    cli_jobs.register(sub)
     return p
 
 

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import resource
+import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -70,9 +71,28 @@ def build_app(config: ServerConfig) -> tuple[Starlette, Store, JobScheduler]:
     if problem:
         log.warning("jobs are disabled: %s", problem)
         sandbox = None
+    elif not _traversable(config.data_dir):
+        log.warning("the data dir %s is inside a directory other users cannot traverse: job tasks "
+                    "(run as an unprivileged user) will not be able to read their inputs",
+                    os.path.abspath(config.data_dir))
     scheduler = JobScheduler(store, sandbox)
     s3 = S3App(store, config, extra={admin.PREFIX: manta_routes(scheduler)})
     return s3.starlette(), store, scheduler
+
+
+def _traversable(path: str) -> bool:
+    """Can a user other than the owner reach files below `path` (o+x on every parent)?"""
+    path = os.path.dirname(os.path.abspath(path))
+    while True:
+        try:
+            if not os.stat(path).st_mode & 0o001:
+                return False
+        except OSError:
+            return False
+        parent = os.path.dirname(path)
+        if parent == path:
+            return True
+        path = parent
 
 
 def _raise_fd_limit() -> None:
@@ -119,6 +139,9 @@ def serve(config: ServerConfig) -> None:
         finally:
             task.cancel()
 
+    # uvicorn re-raises the signal that stopped it once it has shut down; with the default
+    # SIGTERM action that would kill the process before the clean-up below runs
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
     try:
         uvloop.run(main())
     finally:

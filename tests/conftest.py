@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -109,22 +110,38 @@ class Server:
             config=Config(**config) if config else None)  # type: ignore[arg-type]
 
 
+def traversable_dir(prefix: str) -> str:
+    """A fresh directory in /tmp whose path the task sandbox user can traverse (0711):
+    task containers run as an unprivileged user that binds blob files by path, and
+    pytest's own tmp dirs live under a 0700 directory."""
+    base = tempfile.mkdtemp(prefix=prefix)
+    os.chmod(base, 0o711)
+    return base
+
+
 @pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server() -> Iterator[Server]:
     """One server shared by the tests that do not restart or kill it."""
-    base = tmp_path_factory.mktemp("manta")
-    srv = Server(str(base / "data"), free_port(), env={"MANTA_BODY_TIMEOUT_S": "2"})
-    srv.start()
-    yield srv
-    srv.stop()
+    base = traversable_dir("manta-test-")
+    srv = Server(os.path.join(base, "data"), free_port(), env={"MANTA_BODY_TIMEOUT_S": "2"})
+    try:
+        srv.start()
+        yield srv
+    finally:
+        srv.stop()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
-def fresh_server(tmp_path: object) -> Iterator[Server]:
+def fresh_server() -> Iterator[Server]:
     """A server of the test's own, for tests that kill or restart it."""
-    srv = Server(os.path.join(str(tmp_path), "data"), free_port())
-    yield srv
-    srv.stop()
+    base = traversable_dir("manta-test-")
+    srv = Server(os.path.join(base, "data"), free_port())
+    try:
+        yield srv
+    finally:
+        srv.stop()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture

@@ -77,20 +77,20 @@ def descendants(pid: int) -> list[int]:
     found, todo = [], list(children.get(pid, []))
     while todo:
         child = todo.pop()
-        if _is_server(child):
-            continue  # a `manta serve` another test module started (session fixture), not ours
+        if _is_service(child):
+            continue  # a server or zfs-fuse that other test modules started, not a task
         found.append(child)
         todo += children.get(child, [])
     return found
 
 
-def _is_server(pid: int) -> bool:
+def _is_service(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
             argv = fh.read().split(b"\0")
     except OSError:
         return False
-    return b"manta" in argv and b"serve" in argv
+    return (b"manta" in argv and b"serve" in argv) or os.path.basename(argv[0]) == b"zfs-fuse"
 
 
 def our_cgroups() -> list[str]:

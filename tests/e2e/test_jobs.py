@@ -1,0 +1,495 @@
+"""Jobs end to end: a real server, real bubblewrap containers, the `manta` CLI as a subprocess."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from manta.cli import parser
+from tests.conftest import REPO, ROOT_AK, ROOT_SK, Server, require
+from tests.e2e.test_cli_find import manta
+
+pytestmark = pytest.mark.sandbox
+
+WORDS = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho "
+         "sigma tau upsilon phi chi psi omega red green blue cyan magenta yellow").split()
+MAP_WC = "tr -s ' ' '\\n' | sort | uniq -c"
+REDUCE_WC = "awk '{c[$2]+=$1} END {for (w in c) print w, c[w]}' | sort"
+MAP_WC_KEYED = MAP_WC + " | awk '{print $2 \"\\t\" $1}'"
+REDUCE_WC_KEYED = "awk -F'\\t' '{c[$1]+=$2} END {for (w in c) print w, c[w]}' | sort"
+JOBS_BUCKET = "_jobs_root"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def sandbox_usable() -> None:
+    require(os.path.exists("/usr/bin/bwrap"), "bubblewrap (bwrap) is not installed")
+    from jobs.sandbox import Sandbox
+
+    reason = Sandbox().check()
+    require(reason is None, f"bubblewrap sandbox cannot run tasks here: {reason}")
+
+
+_buckets = iter(range(1, 10**6))
+
+
+@pytest.fixture
+def bucket(s3: Any) -> str:
+    name = f"jobs-{os.getpid()}-{next(_buckets)}"
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+def texts(n: int, seed: int) -> list[bytes]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        lines = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12))) for _ in range(rng.randint(5, 25))]
+        lines.append(f"only{i}")  # a word that one object alone has
+        out.append(("\n".join(lines) + "\n").encode())
+    return out
+
+
+def local_pipeline(datas: list[bytes], *phases: tuple[str, str]) -> bytes:
+    """What the job should print: map phases per object, reduce phases over everything."""
+    env = {**os.environ, "LC_ALL": "C"}
+    current = datas
+    for kind, command in phases:
+        if kind == "map":
+            current = [subprocess.run(["bash", "-c", command], input=d, capture_output=True, env=env,
+                                      check=True).stdout for d in current]
+        else:
+            current = [subprocess.run(["bash", "-c", command], input=b"".join(current), capture_output=True,
+                                      env=env, check=True).stdout]
+    return b"".join(current)
+
+
+def upload(client: Any, bucket: str, prefix: str, datas: list[bytes]) -> list[str]:
+    names = []
+    for i, data in enumerate(datas):
+        client.put_object(Bucket=bucket, Key=f"{prefix}{i:04d}.txt", Body=data)
+        names.append(f"{bucket}/{prefix}{i:04d}.txt")
+    return names
+
+
+def job_json(url: str, job_id: str) -> dict[str, Any]:
+    result = manta(url, "job", "get", job_id, "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+
+def marked_processes(marker: str, exclude: tuple[int, ...] = ()) -> dict[int, tuple[list[bytes], int]]:
+    """pid -> (argv, host uid) of every process whose command line contains `marker`."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in exclude or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                argv = fh.read().split(b"\0")
+            if not any(marker.encode() in arg for arg in argv):
+                continue
+            with open(f"/proc/{entry}/status") as fh:
+                uid = next(int(line.split()[1]) for line in fh if line.startswith("Uid:"))
+        except (OSError, StopIteration):
+            continue
+        found[int(entry)] = (argv, uid)
+    return found
+
+
+def sleepers(marker: str) -> dict[int, int]:
+    """pid -> host uid of the `sleep MARKER` processes."""
+    return {pid: uid for pid, (argv, uid) in marked_processes(marker).items() if argv[:2] == [b"sleep", marker.encode()]}
+
+
+def wait_for(predicate: Any, timeout_s: float, what: str, interval_s: float = 0.02) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def cli_env(url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MANTA_", "AWS_"))}
+    env.update(MANTA_URL=url, MANTA_ACCESS_KEY=ROOT_AK, MANTA_SECRET_KEY=ROOT_SK)
+    return env
+
+
+def popen(url: str, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "manta", *args], env=cli_env(url), cwd=REPO,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def job_id_of(stderr_or_stdout: str) -> str:
+    first = stderr_or_stdout.splitlines()[0]
+    assert re.fullmatch(r"[0-9a-f]{16}", first), stderr_or_stdout
+    return first
+
+
+# -- 1. word count ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def corpus(server: Server, s3: Any) -> Iterator[tuple[str, list[bytes]]]:
+    bucket = f"wc-{os.getpid()}"
+    s3.create_bucket(Bucket=bucket)
+    datas = texts(55, seed=1)
+    upload(s3, bucket, "texts/", datas)
+    s3.put_object(Bucket=bucket, Key="textsbut-not-these", Body=b"never counted\n")
+    yield bucket, datas
+
+
+def test_word_count_matches_the_local_pipeline(server: Server, corpus: tuple[str, list[bytes]]) -> None:
+    bucket, datas = corpus
+    expected = local_pipeline(datas, ("map", MAP_WC), ("reduce", REDUCE_WC)).decode()
+    result = manta(server.url, "job", "create", "-o", "--name", "wordcount", "-m", MAP_WC, "-r", REDUCE_WC,
+                   f"{bucket}/texts/")
+    assert result.returncode == 0, result.stderr
+    assert sorted(result.stdout.splitlines()) == sorted(expected.splitlines())
+    assert "only54 1" in result.stdout.splitlines()
+    job_id = job_id_of(result.stderr)
+
+    job = job_json(server.url, job_id)
+    assert job["state"] == "done" and job["name"] == "wordcount" and job["input_count"] == len(datas)
+    assert [(p["type"], p["tasks"], p["done"]) for p in job["phases"]] == [("map", 55, 55), ("reduce", 1, 1)]
+    outputs = manta(server.url, "job", "outputs", job_id)
+    assert outputs.stdout.splitlines() == [f"{JOBS_BUCKET}/{job_id}/p1/p1-r0000"]
+    listed = json.loads(manta(server.url, "job", "list", "--json").stdout)
+    assert any(j["id"] == job_id and j["name"] == "wordcount" and j["state"] == "done" for j in listed)
+
+
+def test_word_count_with_three_reducers(server: Server, corpus: tuple[str, list[bytes]]) -> None:
+    bucket, datas = corpus
+    expected = local_pipeline(datas, ("map", MAP_WC_KEYED), ("reduce", REDUCE_WC_KEYED)).decode()
+    result = manta(server.url, "job", "create", "-o", "--count", "3", "-m", MAP_WC_KEYED, "-r", REDUCE_WC_KEYED,
+                   f"{bucket}/texts/")
+    assert result.returncode == 0, result.stderr
+    job_id = job_id_of(result.stderr)
+    # every word lands in exactly one reducer: the union has no duplicate words
+    assert sorted(result.stdout.splitlines()) == sorted(expected.splitlines())
+    outputs = manta(server.url, "job", "outputs", job_id).stdout.splitlines()
+    assert outputs == [f"{JOBS_BUCKET}/{job_id}/p1/p1-r{r:04d}" for r in range(3)]
+    job = job_json(server.url, job_id)
+    reducers = [t for t in job["tasks"] if t["type"] == "reduce"]
+    assert len(reducers) == 3 and all(t["state"] == "done" for t in reducers)
+
+
+def test_word_count_over_inputs_piped_from_find(server: Server, corpus: tuple[str, list[bytes]]) -> None:
+    bucket, datas = corpus
+    expected = local_pipeline(datas, ("map", MAP_WC), ("reduce", REDUCE_WC)).decode()
+    cli = f"{shlex.quote(sys.executable)} -m manta"
+    pipeline = (f"{cli} find {bucket}/texts/ | "
+                f"{cli} job create -o -m {shlex.quote(MAP_WC)} -r {shlex.quote(REDUCE_WC)}")
+    result = subprocess.run(["bash", "-o", "pipefail", "-c", pipeline], env=cli_env(server.url), cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert sorted(result.stdout.splitlines()) == sorted(expected.splitlines())
+    assert job_json(server.url, job_id_of(result.stderr))["input_count"] == len(datas)
+
+
+# -- 2. locality --------------------------------------------------------------------------------
+
+def test_map_tasks_run_on_the_node_holding_their_input(fresh_server: Server) -> None:
+    fresh_server.extra_args = ["--nodes", "3", "--copies", "1"]
+    fresh_server.start()
+    client = fresh_server.client()
+    client.create_bucket(Bucket="local")  # type: ignore[attr-defined]
+    datas = [os.urandom(1000 * (i + 1)) for i in range(12)]
+    names = upload(client, "local", "blob/", datas)
+    result = manta(fresh_server.url, "job", "create", "-w", "-m", "wc -c", *names)
+    assert result.returncode == 0, result.stderr
+    job = job_json(fresh_server.url, job_id_of(result.stdout))
+    maps = sorted((t for t in job["tasks"] if t["type"] == "map"), key=lambda t: t["input"])
+    assert [t["input"] for t in maps] == names
+    for task, data in zip(maps, datas, strict=True):
+        assert task["state"] == "done", task
+        assert (task["bytes_local"], task["bytes_remote"]) == (len(data), 0), task
+    assert job["bytes_remote"] == 0 and job["bytes_local"] == sum(map(len, datas))
+    assert len({t["node"] for t in maps}) >= 2  # the inputs are spread over the nodes, and so are the tasks
+    sizes = manta(fresh_server.url, "job", "outputs", job["id"], "--cat").stdout.split()
+    assert sorted(map(int, sizes)) == sorted(map(len, datas))
+
+
+# -- 3. errors, cancel, restart ------------------------------------------------------------------
+
+def test_failing_task_reports_user_task_error_with_stderr(server: Server, s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="ok.txt", Body=b"fine\n")
+    s3.put_object(Bucket=bucket, Key="bad.txt", Body=b"fail\n")
+    command = ('if grep -q fail; then echo "bad thing in $MANTA_INPUT_OBJECT" >&2; exit 3; fi; '
+               'cat "$MANTA_INPUT_FILE"')
+    result = manta(server.url, "job", "create", "-o", "-m", command, f"{bucket}/ok.txt", f"{bucket}/bad.txt",
+                   f"{bucket}/missing.txt")
+    assert result.returncode == 1
+    assert result.stdout == "fine\n"
+    assert "UserTaskError" in result.stderr and f"bad thing in {bucket}/bad.txt" in result.stderr
+    assert f"ResourceNotFoundError  {bucket}/missing.txt: no such object" in result.stderr
+    job_id = job_id_of(result.stderr)
+
+    errors = json.loads(manta(server.url, "job", "errors", job_id, "--json").stdout)
+    assert [e["code"] for e in errors] == ["UserTaskError", "ResourceNotFoundError"]
+    error = errors[0]
+    assert error["code"] == "UserTaskError" and error["input"] == f"{bucket}/bad.txt"
+    assert "exit status 3" in error["message"]
+    assert error["excerpt"] == f"bad thing in {bucket}/bad.txt\n"
+    stderr_bucket, _, stderr_key = error["stderr"].partition("/")
+    assert stderr_bucket == JOBS_BUCKET
+    assert s3.get_object(Bucket=stderr_bucket, Key=stderr_key)["Body"].read() == error["excerpt"].encode()
+    human = manta(server.url, "job", "errors", job_id)
+    assert "UserTaskError" in human.stdout and "    bad thing in" in human.stdout
+
+
+def test_assets_init_and_limits(server: Server, s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="in.txt", Body=b"hello\n")
+    s3.put_object(Bucket=bucket, Key="tools/shout.sh", Body=b"tr a-z A-Z\n")
+    ok = manta(server.url, "job", "create", "-o", "--asset", f"{bucket}/tools/shout.sh",
+               "--init", "echo prepared > /tmp/ready", "-m", "bash /manta/assets/shout.sh; cat /tmp/ready",
+               f"{bucket}/in.txt")
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout == "HELLO\nprepared\n"
+
+    missing = manta(server.url, "job", "create", "-o", "--asset", f"{bucket}/tools/nope.sh", "-m", "cat",
+                    f"{bucket}/in.txt")
+    assert missing.returncode == 1 and missing.stdout == ""
+    errors = json.loads(manta(server.url, "job", "errors", job_id_of(missing.stderr), "--json").stdout)
+    assert [e["code"] for e in errors] == ["TaskInitError"]
+    assert "nope.sh" in errors[0]["message"]
+
+    failed_init = manta(server.url, "job", "create", "-o", "--init", "echo no setup >&2; exit 1", "-m", "cat",
+                        f"{bucket}/in.txt")
+    assert failed_init.returncode == 1
+    errors = json.loads(manta(server.url, "job", "errors", job_id_of(failed_init.stderr), "--json").stdout)
+    assert [e["code"] for e in errors] == ["TaskInitError"]
+
+    slow = manta(server.url, "job", "create", "-o", "--timeout", "1", "-m", "sleep 30", f"{bucket}/in.txt")
+    assert slow.returncode == 1 and "TaskKilledError" in slow.stderr and "timeout" in slow.stderr
+
+    opened = manta(server.url, "job", "create", "--open", "--memory", "64", "--disk", "32", "--timeout", "30",
+                   "--count", "2", "-m", "cat", "-r", "sort")
+    job = job_json(server.url, job_id_of(opened.stdout))
+    assert [(p["type"], p["count"], p["memory_mb"], p["disk_mb"], p["timeout_s"]) for p in job["phases"]] == [
+        ("map", 1, 64, 32, 30.0), ("reduce", 2, 64, 32, 30.0)]
+    assert manta(server.url, "job", "cancel", job["id"]).returncode == 0
+    assert job_json(server.url, job["id"])["state"] == "cancelled"
+
+
+def test_cancel_kills_running_containers_within_two_seconds(server: Server, s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="a", Body=b"a\n")
+    s3.put_object(Bucket=bucket, Key="b", Body=b"b\n")
+    marker = f"60.{random.randrange(10**6):06d}"
+    waiting = popen(server.url, "job", "create", "-w", "--timeout", "120", "-m", f"sleep {marker}",
+                    f"{bucket}/a", f"{bucket}/b")
+    try:
+        assert waiting.stdout is not None
+        job_id = job_id_of(waiting.stdout.readline())
+        running = wait_for(lambda: len(sleepers(marker)) == 2 and sleepers(marker), 20, "both tasks to run")
+        assert all(uid != 0 for uid in running.values())  # containers run as an unprivileged host user
+
+        started = time.monotonic()
+        cancel = manta(server.url, "job", "cancel", job_id)
+        cli_done = time.monotonic()
+        assert cancel.returncode == 0, cancel.stderr
+        wait_for(lambda: not marked_processes(marker, exclude=(waiting.pid,)), 5, "the containers to go")
+        latency = time.monotonic() - started
+        print(f"\ncancel: CLI returned after {cli_done - started:.2f}s, containers gone after {latency:.2f}s")
+        assert latency < 2.0
+
+        assert waiting.wait(timeout=10) == 1  # -w ends with the job, non-zero: it did not finish
+        job = wait_for(lambda: (j := job_json(server.url, job_id)) and
+                       all(t["state"] == "cancelled" for t in j["tasks"]) and j, 5, "tasks to be cancelled")
+        assert job["state"] == "cancelled"
+        assert len(job["tasks"]) == 2
+        assert {t["error"]["code"] for t in job["tasks"]} == {"JobCancelledError"}
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+        waiting.communicate()
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
+def test_restart_mid_job_resumes_to_the_right_output(fresh_server: Server, how: str) -> None:
+    """A crash (SIGKILL) or a stop with ^C (SIGINT) mid-job, then a start on the same data
+    dir: the tasks that were running run again and the job's output is complete."""
+    fresh_server.start()
+    client = fresh_server.client()
+    client.create_bucket(Bucket="resume")  # type: ignore[attr-defined]
+    datas = [f"line {i:02d}\n".encode() for i in range(8)]
+    names = upload(client, "resume", "in/", datas)
+    marker = f"2.{random.randrange(10**6):06d}"
+    created = manta(fresh_server.url, "job", "create", "-m", f"sleep {marker}; cat", "-r", "sort", *names)
+    assert created.returncode == 0, created.stderr
+    job_id = job_id_of(created.stdout)
+
+    def midway() -> bool:
+        phase = job_json(fresh_server.url, job_id)["phases"][0]
+        return 2 <= phase["done"] < len(datas) - 2 and phase["running"] > 0
+
+    wait_for(midway, 30, "the job to be mid-way", interval_s=0.1)
+    fresh_server.stop(getattr(signal, how))
+    # the containers die with the server
+    wait_for(lambda: not marked_processes(marker), 3, "the containers to die with the server")
+
+    fresh_server.start()
+    watch = manta(fresh_server.url, "job", "watch", job_id)
+    assert watch.returncode == 0, watch.stderr
+    assert f"job {job_id} done: 0 errors" in watch.stderr
+    output = manta(fresh_server.url, "job", "outputs", job_id, "--cat")
+    assert output.stdout == "".join(sorted(d.decode() for d in datas))
+    job = job_json(fresh_server.url, job_id)
+    maps = [t for t in job["tasks"] if t["type"] == "map"]
+    assert len(maps) == len(datas) and all(t["state"] == "done" for t in maps)
+    assert any(t["attempts"] >= 2 for t in maps)  # some were interrupted and ran again
+
+
+# -- 4. phases --------------------------------------------------------------------------------
+
+def test_map_map_reduce(server: Server, s3: Any, bucket: str) -> None:
+    datas = texts(6, seed=2)
+    names = upload(s3, bucket, "t/", datas)
+    phases = [("map", "tr a-z A-Z"), ("map", "grep -o '[A-Z][A-Z]*' | wc -l"),
+              ("reduce", "awk '{s+=$1} END {print s}'")]
+    expected = local_pipeline(datas, *phases)
+    result = manta(server.url, "job", "create", "-o", "-m", phases[0][1], "-m", phases[1][1], "-r", phases[2][1],
+                   *names)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.encode() == expected
+    assert int(result.stdout) == sum(len(d.split()) for d in datas)  # only upper-case words were counted
+    job = job_json(server.url, job_id_of(result.stderr))
+    assert [(p["type"], p["done"]) for p in job["phases"]] == [("map", 6), ("map", 6), ("reduce", 1)]
+
+
+def test_reduce_only_over_200_inputs(server: Server, s3: Any, bucket: str) -> None:
+    datas = [b"".join(f"{i} {j}\n".encode() for j in range(i % 7 + 1)) for i in range(200)]
+    upload(s3, bucket, "many/", datas)
+    total = sum(d.count(b"\n") for d in datas)
+    one = manta(server.url, "job", "create", "-o", "-r", "wc -l", f"{bucket}/many/")
+    assert one.returncode == 0, one.stderr
+    assert int(one.stdout) == total
+    job = job_json(server.url, job_id_of(one.stderr))
+    assert job["input_count"] == 200 and len(job["tasks"]) == 1
+
+    three = manta(server.url, "job", "create", "-o", "--count", "3", "-r", "wc -l", f"{bucket}/many/")
+    assert three.returncode == 0, three.stderr
+    counts = [int(n) for n in three.stdout.split()]
+    assert len(counts) == 3 and sum(counts) == total
+
+
+# -- 5. isolation -----------------------------------------------------------------------------
+
+def test_task_has_no_network_and_is_not_root(server: Server, s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="x", Body=b"x\n")
+    marker = f"1.{random.randrange(10**6):06d}"
+    probe = (f"if (exec 3<>/dev/tcp/127.0.0.1/{server.port}) 2>/dev/null; then echo tcp-open; else echo tcp-closed; fi; "
+             f"if ! command -v curl >/dev/null; then echo curl-missing; "
+             f"elif curl -sS -m 3 -o /dev/null http://127.0.0.1:{server.port}/ 2>/dev/null; then echo curl-ok; "
+             f"else echo curl-failed; fi")
+    # the probe works: from the host, the server answers both
+    host = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, timeout=10)
+    assert host.stdout.splitlines() == ["tcp-open", "curl-ok"], host
+    script = f"id -u; {probe}; sleep {marker}"
+    job = popen(server.url, "job", "create", "-o", "-m", script, f"{bucket}/x")
+    try:
+        host_uids = wait_for(lambda: sleepers(marker), 20, "the task to run")
+        stdout, stderr = job.communicate(timeout=30)
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.communicate()
+    assert job.returncode == 0, stderr
+    uid, tcp, curl = stdout.splitlines()
+    assert int(uid) != 0
+    assert list(host_uids.values()) != [0] and all(u != 0 for u in host_uids.values())
+    assert (tcp, curl) == ("tcp-closed", "curl-failed")
+
+
+# -- the CLI itself -----------------------------------------------------------------------------
+
+def test_every_job_command_has_a_description_and_an_example() -> None:
+    def commands(p: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+        return next(a.choices for a in p._actions if isinstance(a, argparse._SubParsersAction))
+
+    top = commands(parser())
+    jobs = commands(top["job"])
+    assert set(jobs) == {"create", "addinputs", "end", "watch", "get", "outputs", "errors", "cancel", "list"}
+    for name, sub in [("job", top["job"]), ("find", top["find"]), *jobs.items()]:
+        text = sub.format_help()
+        assert sub.description, name
+        assert "example:\n  manta " in text, name
+
+
+def test_create_checks_its_arguments(server: Server) -> None:
+    none = manta(server.url, "job", "create", "x/y")
+    assert none.returncode == 1 and "at least one phase" in none.stderr
+    bad = manta(server.url, "job", "create", "-m", "cat", "no-key-here")
+    assert bad.returncode == 1 and "is not bucket/key" in bad.stderr
+    count = manta(server.url, "job", "create", "--count", "2", "-m", "cat", "x/y")
+    assert count.returncode == 1 and "--count applies to reduce phases" in count.stderr
+    limit = manta(server.url, "job", "create", "--memory", "1", "-m", "cat", "x/y")
+    assert limit.returncode == 1 and "memory_mb must be between" in limit.stderr
+    missing = manta(server.url, "job", "get", "0123456789abcdef")
+    assert missing.returncode == 1 and missing.stderr.startswith("manta: NoSuchJob")
+    assert "Traceback" not in none.stderr + bad.stderr + count.stderr + limit.stderr + missing.stderr
+
+
+def test_open_job_takes_inputs_later(server: Server, s3: Any, bucket: str) -> None:
+    datas = [b"one\n", b"two\n", b"three\n"]
+    names = upload(s3, bucket, "later/", datas)
+    created = manta(server.url, "job", "create", "--open", "-m", "cat", "-r", "sort")
+    job_id = job_id_of(created.stdout)
+    assert manta(server.url, "job", "addinputs", job_id, names[0]).returncode == 0
+    piped = manta(server.url, "job", "addinputs", job_id, input="\n".join(names[1:]).encode() + b"\n")
+    assert piped.returncode == 0, piped.stderr
+    assert job_json(server.url, job_id)["input_count"] == 3
+    assert manta(server.url, "job", "end", job_id).returncode == 0
+    late = manta(server.url, "job", "addinputs", job_id, names[0])
+    assert late.returncode == 1 and "takes no more inputs" in late.stderr
+    watch = manta(server.url, "job", "watch", job_id)
+    assert watch.returncode == 0, watch.stderr
+    assert manta(server.url, "job", "outputs", job_id, "--cat").stdout == "one\nthree\ntwo\n"
+    # a map-only job prints its outputs in input order
+    ordered = manta(server.url, "job", "create", "-o", "-m", "cat", names[2], names[0], names[1], names[0])
+    assert ordered.stdout == "three\none\ntwo\none\n", ordered.stderr
+    human = manta(server.url, "job", "get", job_id).stdout
+    assert "state:    done" in human and "3 (ended)" in human
+
+
+def test_accounts_see_only_their_own_jobs_and_objects(server: Server, s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="secret.txt", Body=b"root only\n")
+    mine = manta(server.url, "job", "create", "-o", "-m", "cat", f"{bucket}/secret.txt")
+    assert mine.stdout == "root only\n"
+    root_job = job_id_of(mine.stderr)
+    output = manta(server.url, "job", "outputs", root_job).stdout.strip()
+
+    added = manta(server.url, "admin", "user", "add", f"eve{os.getpid()}", "--json")
+    eve = json.loads(added.stdout)
+
+    def as_eve(*args: str) -> subprocess.CompletedProcess[str]:
+        return manta(server.url, *args, access_key=eve["access_key"], secret_key=eve["secret_key"])
+
+    assert root_job not in as_eve("job", "list").stdout
+    for command in (["get", root_job], ["outputs", root_job], ["cancel", root_job], ["errors", root_job]):
+        denied = as_eve("job", *command)
+        assert denied.returncode == 1 and denied.stderr.startswith("manta: NoSuchJob"), command
+    stolen = as_eve("job", "create", "-o", "-m", "cat", f"{bucket}/secret.txt")
+    assert stolen.returncode == 1 and stolen.stdout == ""
+    assert "ResourceNotFoundError" in stolen.stderr and "root only" not in stolen.stderr
+    via_asset = as_eve("job", "create", "-o", "--asset", f"{bucket}/secret.txt", "-r", "cat /manta/assets/*")
+    assert via_asset.returncode == 1 and "TaskInitError" in via_asset.stderr and "root only" not in via_asset.stdout
+    listing = as_eve("find", JOBS_BUCKET)
+    assert listing.returncode == 1 and "AccessDenied" in listing.stderr
+    eve_s3 = server.client(eve["access_key"], eve["secret_key"])
+    out_bucket, _, out_key = output.partition("/")
+    with pytest.raises(Exception, match="AccessDenied"):
+        eve_s3.get_object(Bucket=out_bucket, Key=out_key)  # type: ignore[attr-defined]
