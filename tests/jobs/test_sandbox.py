@@ -350,7 +350,9 @@ def test_rlimit_fallback_without_cgroups(sandbox: Sandbox, caplog: pytest.LogCap
     assert "falling back to rlimits" in caplog.text
     result, _ = run(sb, "python3 -c 'b = b\"x\" * (512 << 20)'", limits=TaskLimits(memory_mb=128))
     assert result.killed == "memory", result
-    result, _ = run(sb, ":(){ :|:& };:; wait", limits=TaskLimits(max_procs=32, timeout_s=3))
+    # (`wait` can return 0 as soon as the bomb's first pipeline gives up on EAGAIN, so the
+    # task outlives the bomb instead: only a limit can end it)
+    result, _ = run(sb, ":(){ :|:& };:; sleep 10", limits=TaskLimits(max_procs=32, timeout_s=3))
     assert result.killed in ("processes", "timeout"), result
     assert_machine_fine(sb)
 
