@@ -388,6 +388,19 @@ def _job_list(args: argparse.Namespace) -> int:
 
 # -- manta find ------------------------------------------------------------------------------
 
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def _size_filter(text: str) -> Callable[[int], bool]:
+    """`+N`: larger than N bytes; `-N`: smaller than N bytes (N may end in k, M, G, T)."""
+    match = re.fullmatch(r"([+-])(\d+)([kKmMgGtT]?)", text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected +N or -N, e.g. +1M or -4096")
+    sign, digits, unit = match.groups()
+    limit = int(digits) * _SIZE_UNITS[unit.lower()]
+    return (lambda size: size > limit) if sign == "+" else (lambda size: size < limit)
+
+
 def _find(args: argparse.Namespace) -> int:
     bucket, _, prefix = args.path.lstrip("/").partition("/")
     if not bucket:
@@ -400,6 +413,8 @@ def _find(args: argparse.Namespace) -> int:
         for obj in list_objects(bucket, prefix):
             key = obj["Key"]
             if pattern is not None and not pattern.search(key.rsplit("/", 1)[-1]):
+                continue
+            if args.size is not None and not args.size(obj["Size"]):
                 continue
             if args.json:
                 print(json.dumps({"bucket": bucket, "key": key, "size": obj["Size"],
@@ -508,5 +523,8 @@ def register(sub: Any) -> None:
                  "manta find logs/2024/ --name '\\.gz$' | manta job create -m 'zcat | wc -l'")
     f.add_argument("path", metavar="BUCKET[/PREFIX]")
     f.add_argument("--name", metavar="REGEX", help="only objects whose name (after the last /) matches")
+    f.add_argument("--size", metavar="+N|-N", type=_size_filter,
+                   help="only objects larger (+N) or smaller (--size=-N) than N bytes; "
+                        "suffixes k, M, G (powers of 1024), e.g. +1M")
     f.add_argument("--json", action="store_true",
                    help="one JSON object per line: bucket, key, size, etag, last_modified")

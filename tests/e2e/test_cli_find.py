@@ -49,6 +49,22 @@ def test_find_lists_prefixes_names_and_json(server: Server, s3: object, bucket: 
     assert nothing.returncode == 0 and nothing.stdout == ""
 
 
+def test_find_by_size(server: Server, s3: object, bucket: str) -> None:
+    sizes = {"s/zero": 0, "s/small": 100, "s/kib": 1024, "s/big": 3 * 1024 * 1024}
+    for key, size in sizes.items():
+        s3.put_object(Bucket=bucket, Key=key, Body=b"z" * size)  # type: ignore[attr-defined]
+    def found(*args: str) -> list[str]:
+        result = manta(server.url, "find", f"{bucket}/s/", *args)
+        assert result.returncode == 0, result.stderr
+        return [line.split("/", 1)[1] for line in result.stdout.splitlines()]
+    assert found("--size", "+100") == ["s/big", "s/kib"]
+    assert found("--size=-1k") == ["s/small", "s/zero"]
+    assert found("--size", "+1M") == ["s/big"]
+    assert found("--size=-1", "--name", "zero") == ["s/zero"]
+    bad = manta(server.url, "find", bucket, "--size", "10")
+    assert bad.returncode != 0 and "+N or -N" in bad.stderr
+
+
 def test_find_paginates(server: Server, s3: object, bucket: str) -> None:
     keys = [f"many/{i:05d}" for i in range(1105)]
     with ThreadPoolExecutor(16) as pool:
