@@ -7,7 +7,6 @@ import io
 import os
 import pathlib
 import shutil
-import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,7 +26,7 @@ from manta.client import (
     Unreachable,
 )
 from manta.credentials import Credentials, write_root_credentials
-from tests.conftest import ROOT_AK, ROOT_SK, Server, free_port, require
+from tests.conftest import ROOT_AK, ROOT_SK, Server, free_port, require, traversable_dir
 
 MiB = 1024 * 1024
 
@@ -47,8 +46,7 @@ def jobs_server_running() -> Iterator[Server]:
     unprivileged task user, unlike pytest's 0700 tmp dirs); skips without the sandbox."""
     reason = sandbox_reason()
     require(reason is None, reason or "")
-    base = tempfile.mkdtemp(prefix="manta-client-")
-    os.chmod(base, 0o711)
+    base = traversable_dir("manta-client-")
     srv = Server(os.path.join(base, "data"), free_port())
     try:
         srv.start()
