@@ -1,0 +1,378 @@
+"""Jobs benchmark: container start overhead, and a map job against the same work on the host.
+
+1. Start-to-exit of `true` through jobs.sandbox.Sandbox().run, a bare `bwrap ... true` and a
+   plain `subprocess.run(["true"])`, interleaved.
+2. A map job over N objects of generated text on a fresh `manta serve`, create (inputs given,
+   end=true) to done, against (a) the limit: the same pipeline over the same blob files on
+   the host with `xargs -P <cores>`, and (b) boto3: download every object, then the pipeline.
+Where the job's time goes comes from its task records and CPU accounting.
+Usage and method: benchmarks/README.md. Server start-up and the raw client: _common.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import contextlib
+import datetime
+import json
+import os
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import boto3
+import botocore.exceptions
+import lmdb
+from _common import BUCKET, FAILURES, HERE, REGION, BenchError, Client, MiB, Server, machine_info
+from botocore.config import Config
+
+sys.path.insert(0, str(HERE.parent))  # so that `jobs` is the package, not this script
+
+from jobs.sandbox import Sandbox, TaskSpec  # noqa: E402
+from manta.cli import CliError  # noqa: E402
+from manta.http import signed_request  # noqa: E402
+from storage.catalog import unpack  # noqa: E402
+
+PIPELINE = "tr -s ' ' '\\n' | sort | uniq -c | sort -rn | head -20"
+CORES = len(os.sched_getaffinity(0))
+HOST_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}  # as inside the sandbox
+FULL_DEFAULTS = {"objects": 1000, "repeat": 3, "runs": 50}
+QUICK_DEFAULTS = {"objects": 200, "repeat": 1, "runs": 20}
+OVERHEAD_MAX_MS, JOB_MAX_VS_LIMIT, JOB_MIN_VS_BOTO3 = 25.0, 1.5, 3.0
+POLL_S, SAMPLE_CHECKS, ORDER = 0.2, 5, ("job", "limit", "boto3")
+CPUACCT = Path(f"/sys/fs/cgroup/cpuacct/manta-bench-{os.getpid()}")  # cgroup v1 only
+ERRORS = (BenchError, CliError, subprocess.SubprocessError, botocore.exceptions.BotoCoreError,
+          botocore.exceptions.ClientError, *FAILURES)
+
+
+def make_corpus(size: int) -> bytes:
+    """Zipf-distributed words from a fixed random vocabulary, 12 to a line (deterministic)."""
+    rng = random.Random(7)
+    vocab = ["".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=rng.randint(2, 10)))
+             for _ in range(20_000)]
+    weights = [1 / rank for rank in range(1, len(vocab) + 1)]
+    corpus = b""
+    while len(corpus) < size:
+        words = rng.choices(vocab, weights, k=size // 5)
+        corpus += "\n".join(" ".join(words[i:i + 12]) for i in range(0, len(words), 12)).encode()
+    return corpus
+
+
+def object_body(corpus: bytes, index: int, size: int) -> bytes:
+    head = b"object %d\n" % index
+    offset = index * 1_000_003 % (len(corpus) - size)
+    return head + corpus[offset:offset + size - len(head)]
+
+
+def bare_bwrap() -> list[str]:
+    argv = ["/usr/bin/bwrap", "--unshare-all", "--die-with-parent", "--ro-bind", "/usr", "/usr"]
+    for link in ("/bin", "/sbin", "/lib", "/lib64"):
+        if os.path.islink(link):
+            argv += ["--symlink", os.readlink(link), link]
+        elif os.path.isdir(link):
+            argv += ["--ro-bind", link, link]
+    return [*argv, "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "true"]
+
+
+def measure_overhead(runs: int) -> dict[str, list[float]]:
+    """Milliseconds per start-to-exit of `true`, three ways, interleaved so drift hits all."""
+    sandbox = Sandbox()
+    if problem := sandbox.check():  # also the warm-up
+        raise BenchError(f"the sandbox cannot run tasks here: {problem}")
+    spec, bwrap = TaskSpec("true", {}), bare_bwrap()
+
+    def in_sandbox() -> None:
+        if not (result := sandbox.run(spec, lambda _: None)).ok:
+            raise BenchError(f"`true` in the sandbox failed: {result}")
+
+    kinds = {"sandbox": in_sandbox, "bwrap": lambda: subprocess.run(bwrap, check=True),
+             "plain": lambda: subprocess.run(["true"], check=True)}
+    samples: dict[str, list[float]] = {name: [] for name in kinds}
+    for _ in range(runs):
+        for name, run in kinds.items():
+            start = time.perf_counter()
+            run()
+            samples[name].append((time.perf_counter() - start) * 1000)
+    return samples
+
+
+def upload(target, keys: list[str], corpus: bytes, size: int) -> None:
+    def put(indexes: range) -> None:
+        client = Client(target)
+        for i in indexes:
+            client.expect("PUT", keys[i], object_body(corpus, i, size))
+        client.close()
+
+    with cf.ThreadPoolExecutor(CORES) as pool:
+        list(pool.map(put, [range(w, len(keys), CORES) for w in range(CORES)]))
+
+
+def blob_paths(data: Path, keys: list[str]) -> list[str]:
+    """Each object's blob file on its first node, from the catalog opened read-only."""
+    env = lmdb.open(str(data / "catalog"), readonly=True, lock=True, max_dbs=32)
+    try:
+        with env.begin() as txn:
+            dbs = {n: env.open_db(n.encode(), txn=txn, create=False) for n in ("objects", "blobs", "nodes")}
+            record = lambda db, key: unpack(txn.get(key.encode(), db=dbs[db]))  # noqa: E731
+            paths = []
+            for key in keys:
+                (blob_id, *_), = record("objects", f"{BUCKET}\0{key}")["segments"]  # one blob
+                node = record("blobs", blob_id)["nodes"][0]
+                backend, _, root = record("nodes", node)["spec"].partition(":")
+                if backend != "dir":
+                    raise BenchError(f"node {node} is {backend}; only dir nodes have blob paths here")
+                paths.append(os.path.join(root, "blobs", blob_id[:2], blob_id))
+            return paths
+    finally:
+        env.close()
+
+
+def api(method: str, path: str, payload: dict | None = None):
+    return signed_request(method, path, json.dumps(payload).encode() if payload is not None else b"")
+
+
+def cpu_s(pid: int) -> tuple[float, float | None]:
+    """CPU seconds of the server process alone, and of it plus its tasks (cgroup v1 cpuacct,
+    None elsewhere). Its reaped children's CPU does not count its tasks': bwrap exits without
+    reaping the container's pid 1, whose CPU then counts for nobody."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    try:
+        return own, int((CPUACCT / "cpuacct.usage").read_text()) / 1e9
+    except OSError:
+        return own, None
+
+
+def remove_cpuacct() -> None:
+    for _ in range(50):  # EBUSY until the last task process is gone
+        try:
+            return CPUACCT.rmdir()
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.1)
+
+
+def run_job(server: Server, keys: list[str], pipeline: str, slots: int) -> tuple[dict, list]:
+    """One map job, create to done: its time, where that went (per task, in ms of one of
+    `slots` task slots: inside Sandbox.run, in the runner around it, idle), CPU; its tasks."""
+    (cpu0, all0), start = cpu_s(server.proc.pid), time.monotonic()
+    job = api("POST", "/_manta/jobs", {"name": "bench", "phases": [{"type": "map", "exec": pipeline}],
+                                        "inputs": [f"{BUCKET}/{k}" for k in keys], "end": True})
+    while (state := api("GET", f"/_manta/jobs/{job['id']}"))["state"] == "running":
+        time.sleep(POLL_S)
+    seconds, (cpu1, all1) = time.monotonic() - start, cpu_s(server.proc.pid)
+    detail = api("GET", f"/_manta/jobs/{job['id']}?tasks=1")
+    tasks, ms = detail["tasks"], 1000 / len(keys)
+    if state["state"] != "done" or detail["errors"] or len(tasks) != len(keys):
+        errors = api("GET", f"/_manta/jobs/{job['id']}/errors")["errors"]
+        raise BenchError(f"job {job['id']} ended {state['state']} with {detail['errors']} errors "
+                         f"and {len(tasks)} tasks; first errors: {errors[:3]}")
+    spans = sum(t["finished"] - t["started"] for t in tasks)
+    inside = sum(t["duration_s"] for t in tasks)
+    return {"seconds": seconds, "id": job["id"], "bytes_local": detail["bytes_local"],
+            "bytes_remote": detail["bytes_remote"], "slot_ms_per_task": seconds * slots * ms,
+            "sandbox_run_ms": inside * ms, "runner_outside_sandbox_ms": (spans - inside) * ms,
+            "slot_idle_ms": (seconds * slots - spans) * ms,
+            "create_to_first_start_s": min(t["started"] for t in tasks) - detail["created"],
+            "last_finish_to_done_s": detail["finished"] - max(t["finished"] for t in tasks),
+            "server_cpu_ms_per_task": (cpu1 - cpu0) * ms, "task_cpu_ms_per_task":
+            None if all0 is None or all1 is None else (all1 - all0 - (cpu1 - cpu0)) * ms}, tasks
+
+
+def xargs(list_file: Path, pipeline: str) -> dict:
+    """Seconds and CPU seconds for the pipeline over every file listed, <cores> at a time."""
+    argv = ["xargs", "-P", str(CORES), "-n", "1", "-a", str(list_file),
+            "bash", "-c", f'{{ {pipeline}\n}} < "$0" > /dev/null']  # the braces take the redirect
+    before, start = os.times(), time.monotonic()
+    proc = subprocess.run(argv, env=HOST_ENV, capture_output=True)
+    seconds, after = time.monotonic() - start, os.times()
+    if proc.returncode:
+        raise BenchError(f"xargs exited {proc.returncode}: {proc.stderr[-500:]!r}")
+    return {"seconds": seconds, "cpu_s": after.children_user + after.children_system
+            - before.children_user - before.children_system}
+
+
+def download_then_compute(s3, keys: list[str], work: Path, pipeline: str) -> dict:
+    dest = Path(tempfile.mkdtemp(prefix="download-", dir=work))
+    try:
+        start = time.monotonic()
+
+        def fetch(i: int) -> None:
+            (dest / f"{i:05d}").write_bytes(s3.get_object(Bucket=BUCKET, Key=keys[i])["Body"].read())
+
+        with cf.ThreadPoolExecutor(CORES) as pool:
+            list(pool.map(fetch, range(len(keys))))
+        downloaded = time.monotonic() - start
+        (dest / "list").write_text("".join(f"{dest / f'{i:05d}'}\n" for i in range(len(keys))))
+        compute = xargs(dest / "list", pipeline)
+        return {"seconds": time.monotonic() - start, "download_s": downloaded,
+                "compute_s": compute["seconds"], "compute_cpu_s": compute["cpu_s"]}
+    finally:
+        shutil.rmtree(dest, ignore_errors=True)
+
+
+def check_outputs(s3, tasks: list, corpus: bytes, size: int, pipeline: str) -> list[dict]:
+    """Compare a few tasks' outputs with the pipeline run on the host over the same bytes."""
+    tasks = sorted(tasks, key=lambda t: t["input"])
+    picks = sorted({round(j * (len(tasks) - 1) / max(1, SAMPLE_CHECKS - 1)) for j in range(SAMPLE_CHECKS)})
+    checks = []
+    for task in (tasks[p] for p in picks):
+        bucket, _, key = task["outputs"][0].partition("/")
+        got = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        body = object_body(corpus, int(task["input"].rsplit("/", 1)[1]), size)
+        want = subprocess.run(["bash", "-c", pipeline], input=body, capture_output=True,
+                              env=HOST_ENV, check=True).stdout
+        checks.append({"input": task["input"], "output": task["outputs"][0], "bytes": len(got),
+                       "match": got == want})
+    return checks
+
+
+def report(args: argparse.Namespace, raw: dict, load_start: tuple[float, ...]) -> dict:
+    """Print medians, targets and the job's time breakdown; return the JSON document."""
+    over = {k: statistics.median(v) for k, v in raw["overhead_ms"].items()}
+    med = {k: statistics.median(r["seconds"] for r in raw[k]) for k in ("job", "limit", "boto3")}
+    med["download"] = statistics.median(r["download_s"] for r in raw["boto3"])
+    where = {k: None if v is None else statistics.median(r[k] for r in raw["job"])
+             for k, v in raw["job"][0].items() if k != "id"}
+    host_cpu_ms = statistics.median(r["cpu_s"] for r in raw["limit"]) / args.objects * 1000
+    rows = [("container start-to-exit of `true`, Sandbox().run", over["sandbox"], "ms"),
+            ("  bare `bwrap ... true`", over["bwrap"], "ms"),
+            ("  plain subprocess.run(['true'])", over["plain"], "ms"),
+            (f"map job over {args.objects} x {args.object_mib:g} MiB, create -> done", med["job"], "s"),
+            (f"(a) limit: xargs -P {CORES} on the blob files", med["limit"], "s"),
+            (f"(b) boto3 download ({CORES} threads), then xargs -P {CORES}", med["boto3"], "s"),
+            ("      of which the download", med["download"], "s"),
+            (f"job, per task of one of {CORES * args.nodes} slots (wall x slots / tasks)",
+             where["slot_ms_per_task"], "ms"),
+            ("  inside Sandbox.run (mean task duration_s)", where["sandbox_run_ms"], "ms"),
+            ("  around it (dispatch record, input, output blob)", where["runner_outside_sandbox_ms"], "ms"),
+            ("  slot idle (final record commit, scheduling)", where["slot_idle_ms"], "ms"),
+            ("  server CPU (Python) per task", where["server_cpu_ms_per_task"], "ms"),
+            ("  task processes' CPU per task", where["task_cpu_ms_per_task"], "ms"),
+            ("(a) per object (wall x cores / objects)", med["limit"] * CORES / args.objects * 1000, "ms"),
+            ("(a) CPU per object", host_cpu_ms, "ms"),
+            ("job CPU per task (server + task) / (a) CPU per object", None if where["task_cpu_ms_per_task"]
+             is None else (where["server_cpu_ms_per_task"] + where["task_cpu_ms_per_task"]) / host_cpu_ms, "x")]
+    print(f"\n{'metric (median over rounds)':<62}{'value':>10}\n" + "-" * 72)
+    for label, value, unit in rows:
+        print(f"{label:<62}{'-' if value is None else f'{value:.2f}':>10} {unit}")
+    targets = [("container overhead", over["sandbox"], "ms", "<=", OVERHEAD_MAX_MS),
+               ("job time / (a) limit", med["job"] / med["limit"], "x", "<=", JOB_MAX_VS_LIMIT),
+               ("(b) boto3 time / job time", med["boto3"] / med["job"], "x", ">=", JOB_MIN_VS_BOTO3)]
+    print("\ntargets:")
+    for label, value, unit, op, goal in targets:
+        met = value <= goal if op == "<=" else value >= goal
+        print(f"  {label:<28}{value:>8.2f} {unit:<4}{f'{op} {goal:g} {unit}':<10}{'met' if met else 'NOT met'}")
+    checks = raw["checks"]
+    print(f"\noutput check: {sum(c['match'] for c in checks)}/{len(checks)} sampled outputs match "
+          f"the pipeline run on the host; bytes_remote {sum(r['bytes_remote'] for r in raw['job'])}; "
+          f"create -> first task {where['create_to_first_start_s']:.3f} s, last task -> done "
+          f"{where['last_finish_to_done_s']:.3f} s\nload average: start {load_start[0]:.2f}, "
+          f"end {os.getloadavg()[0]:.2f}")
+    return {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "machine": machine_info(load_start),
+            "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "samples": raw, "medians": {"overhead_ms": over, **{f"{k}_s": v for k, v in med.items()}},
+            "job_breakdown": where,
+            "targets": [{"metric": t[0], "value": t[1], "unit": t[2], "goal": f"{t[3]} {t[4]:g}",
+                         "met": t[1] <= t[4] if t[3] == "<=" else t[1] >= t[4]} for t in targets]}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--objects", type=int, help="input objects (default 1000; quick: 200)")
+    p.add_argument("--object-mib", type=float, default=1.0, help="size of each object, MiB")
+    p.add_argument("--pipeline", default=PIPELINE, help="the map phase's bash command")
+    p.add_argument("--nodes", type=int, default=1, help="storage nodes of the server")
+    p.add_argument("--repeat", type=int, help="rounds of the job comparisons (default 3; quick: 1)")
+    p.add_argument("--runs", type=int, help="start-to-exit runs per way (default 50; quick: 20)")
+    p.add_argument("--start-timeout", type=float, default=60.0, help="seconds to wait for the server")
+    p.add_argument("--workdir", type=Path, default=HERE, help="a fresh jobs-tmp-* dir here holds the data")
+    p.add_argument("--json", type=Path, default=HERE / "results" / "jobs.json")
+    p.add_argument("--quick", action="store_true", help="200 objects, 1 round, 20 runs")
+    args = p.parse_args(argv)
+    for name, value in (QUICK_DEFAULTS if args.quick else FULL_DEFAULTS).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if min(args.objects, args.repeat, args.runs, args.nodes) < 1 or args.object_mib <= 0:
+        p.error("counts and sizes must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup on SIGTERM too
+    if (load_start := os.getloadavg())[0] > 0.5:
+        print(f"warning: load average {load_start[0]:.2f} before starting: other work is "
+              "running, so numbers will be noisy", file=sys.stderr)
+    size, keys = int(args.object_mib * MiB), [f"text/{i:05d}" for i in range(args.objects)]
+    raw: dict = {"overhead_ms": {}, "job": [], "limit": [], "boto3": [], "checks": []}
+    server: Server | None = None
+    with contextlib.ExitStack() as cleanup:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix="jobs-tmp-", dir=args.workdir))
+        cleanup.callback(shutil.rmtree, work, ignore_errors=True)
+        os.chmod(work, 0o711)  # the sandbox user must reach the blob files it binds
+        if (free := shutil.disk_usage(work).free) < 3 * args.objects * size + 256 * MiB:
+            print(f"error: only {free / 2**30:.1f} GiB free under {args.workdir}", file=sys.stderr)
+            return 2
+        try:
+            print(f"container start-to-exit of `true`, {args.runs} runs each...", file=sys.stderr)
+            raw["overhead_ms"] = measure_overhead(args.runs)
+            with contextlib.suppress(OSError):  # the server and its tasks in one cpuacct group
+                CPUACCT.mkdir()
+                cleanup.callback(remove_cpuacct)
+            server = Server.manta("manta", work, work / "data", "--nodes", str(args.nodes))
+            cleanup.callback(server.stop)
+            with contextlib.suppress(OSError):
+                (CPUACCT / "cgroup.procs").write_text(str(server.proc.pid))
+            server.wait_ready(args.start_timeout)
+            server.prepare(0)  # the bucket
+            target = server.target
+            os.environ.update(MANTA_URL=f"http://{target.host}", MANTA_ACCESS_KEY=target.access_key,
+                              MANTA_SECRET_KEY=target.secret_key)
+            corpus = make_corpus(max(16 * MiB, 2 * size))
+            print(f"uploading {args.objects} x {args.object_mib:g} MiB of text...", file=sys.stderr)
+            upload(target, keys, corpus, size)
+            (work / "blob-paths").write_text("".join(p + "\n" for p in blob_paths(work / "data", keys)))
+            s3 = boto3.client("s3", endpoint_url=f"http://{target.host}", region_name=REGION,
+                              aws_access_key_id=target.access_key, aws_secret_access_key=target.secret_key,
+                              config=Config(s3={"addressing_style": "path"}, max_pool_connections=2 * CORES))
+            for rnd in range(args.repeat):
+                for what in ORDER[rnd % 3:] + ORDER[:rnd % 3]:  # rotated: drift hits each alike
+                    if what == "job":
+                        sample, tasks = run_job(server, keys, args.pipeline, CORES * args.nodes)
+                        raw["checks"] = raw["checks"] or check_outputs(s3, tasks, corpus, size,
+                                                                       args.pipeline)
+                    elif what == "limit":
+                        sample = xargs(work / "blob-paths", args.pipeline)
+                    else:
+                        sample = download_then_compute(s3, keys, work, args.pipeline)
+                    raw[what].append(sample)
+                print(f"round {rnd + 1}/{args.repeat}: " + ", ".join(
+                    f"{k} {raw[k][-1]['seconds']:.2f} s" for k in ORDER), file=sys.stderr, flush=True)
+        except ERRORS as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            if server is not None:
+                print(server.log_tail(), file=sys.stderr)
+            return 1
+    doc = report(args, raw, load_start)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"\nJSON: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # the server and the temp dir are gone already
+        sys.exit("interrupted")
