@@ -112,16 +112,24 @@ def open_segments(req: S3Request, segments: list[list[Any]], start: int, length:
 
 
 async def stream_opened(opened: Opened) -> AsyncIterator[bytes]:
-    """Verified bytes of the opened segments; blocks of big blobs are read in a thread."""
+    """Verified bytes of the opened segments. Blocks of big blobs are read in a worker
+    thread one block ahead, so reading the next block overlaps sending this one."""
+    ahead: asyncio.Future[bytes | None] | None = None
     try:
         for reader, skip, take in opened:
             pieces = reader.read(skip, take)
-            while True:
-                chunk = next(pieces, None) if take <= 65536 else await anyio.to_thread.run_sync(next, pieces, None)
-                if chunk is None:
-                    break
-                yield chunk
+            if take <= 65536:
+                for small in pieces:
+                    yield small
+                continue
+            ahead = asyncio.ensure_future(anyio.to_thread.run_sync(next, pieces, None))
+            while (block := await ahead) is not None:
+                ahead = asyncio.ensure_future(anyio.to_thread.run_sync(next, pieces, None))
+                yield block
+            ahead = None
     finally:
+        if ahead is not None and not ahead.done():
+            await asyncio.wait([ahead])  # let the worker finish before its file is closed
         for reader, _, _ in opened:
             reader.close()
 
