@@ -13,7 +13,14 @@ import os
 import sys
 from collections.abc import Sequence
 
-from manta.config import DEFAULT_DATA_DIR, DEFAULT_LISTEN, ServerConfig, env_float, parse_listen
+from manta.config import (
+    DEFAULT_DATA_DIR,
+    DEFAULT_LISTEN,
+    ServerConfig,
+    env_float,
+    env_int,
+    parse_listen,
+)
 
 
 class CliError(Exception):
@@ -22,6 +29,7 @@ class CliError(Exception):
 
 def _serve(args: argparse.Namespace) -> int:
     from manta.server import serve
+    from storage.zfs import ZfsError
 
     try:
         host, port = parse_listen(args.listen)
@@ -31,11 +39,15 @@ def _serve(args: argparse.Namespace) -> int:
                               gc_grace_s=env_float("MANTA_GC_GRACE_S", 3600.0),
                               nodes=args.nodes if args.nodes is not None else max(1, len(storage)),
                               copies=args.copies, storage=storage,
-                              scrub_rate_mb_s=env_float("MANTA_SCRUB_RATE_MB_S", 50.0))
+                              scrub_rate_mb_s=env_float("MANTA_SCRUB_RATE_MB_S", 50.0),
+                              task_slots=env_int("MANTA_TASK_SLOTS"))
         config.validate()
     except ValueError as exc:
         raise CliError(str(exc)) from None
-    serve(config)
+    try:
+        serve(config)
+    except ZfsError as exc:
+        raise CliError(f"cannot prepare a ZFS node: {exc}") from None
     return 0
 
 

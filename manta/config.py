@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from storage import parse_spec
+
 DEFAULT_DATA_DIR = "./manta-data"
 DEFAULT_LISTEN = "127.0.0.1:9000"
 
@@ -25,12 +27,17 @@ class ServerConfig:
     copies: int | None = None
     storage: tuple[str, ...] = ()
     scrub_rate_mb_s: float = 50.0
+    task_slots: int | None = None  # concurrent tasks per node (default: CPU count)
 
     def validate(self) -> None:
         if not 0 < self.port < 65536:
             raise ValueError(f"port {self.port} out of range")
         if self.body_timeout_s <= 0 or self.max_skew_s <= 0:
             raise ValueError("timeouts must be positive")
+        for spec in self.storage:
+            parse_spec(spec)
+        if self.task_slots is not None and self.task_slots < 1:
+            raise ValueError("MANTA_TASK_SLOTS must be at least 1")
         if self.nodes < 1:
             raise ValueError("--nodes must be at least 1")
         count = len(self.storage) or self.nodes
@@ -51,4 +58,19 @@ def parse_listen(value: str) -> tuple[str, int]:
 
 def env_float(name: str, default: float) -> float:
     raw = os.environ.get(name)
-    return default if raw is None or raw == "" else float(raw)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, not {raw!r}") from None
+
+
+def env_int(name: str) -> int | None:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, not {raw!r}") from None

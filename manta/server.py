@@ -16,7 +16,7 @@ import uvloop
 from starlette.applications import Starlette
 from starlette.responses import Response
 
-from jobs import JobScheduler, Sandbox, SandboxConfig
+from jobs import JobScheduler, Sandbox, SandboxConfig, SchedulerConfig
 from manta import admin, jobs_api
 from manta.config import ServerConfig
 from manta.credentials import (
@@ -75,7 +75,8 @@ def build_app(config: ServerConfig) -> tuple[Starlette, Store, JobScheduler]:
         log.warning("the data dir %s is inside a directory other users cannot traverse: job tasks "
                     "(run as an unprivileged user) will not be able to read their inputs",
                     os.path.abspath(config.data_dir))
-    scheduler = JobScheduler(store, sandbox)
+    scheduler = JobScheduler(store, sandbox,
+                             SchedulerConfig(slots_per_node=config.task_slots) if config.task_slots else None)
     s3 = S3App(store, config, extra={admin.PREFIX: manta_routes(scheduler)})
     return s3.starlette(), store, scheduler
 
