@@ -14,6 +14,7 @@ import contextlib
 import functools
 import hashlib
 import hmac
+import json
 import multiprocessing as mp
 import os
 import platform
@@ -28,6 +29,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 MiB = 1 << 20
@@ -379,3 +381,16 @@ def machine_info(load_start: tuple[float, ...]) -> dict:
     return {"nproc": len(os.sched_getaffinity(0)), "cpu_count": os.cpu_count(),
             "python": platform.python_version(), "platform": platform.platform(),
             "loadavg_start": load_start, "loadavg_end": os.getloadavg()}
+
+
+def fill_defaults(args: Any, defaults: dict[str, Any]) -> None:
+    """Options the user left unset take these values (the --quick or the full set)."""
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+
+
+def write_json(path: Path, doc: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"\nJSON: {path}")

@@ -30,7 +30,19 @@ from pathlib import Path
 import boto3
 import botocore.exceptions
 import lmdb
-from _common import BUCKET, FAILURES, HERE, REGION, BenchError, Client, MiB, Server, machine_info
+from _common import (
+    BUCKET,
+    FAILURES,
+    HERE,
+    REGION,
+    BenchError,
+    Client,
+    MiB,
+    Server,
+    fill_defaults,
+    machine_info,
+    write_json,
+)
 from botocore.config import Config
 
 sys.path.insert(0, str(HERE.parent))  # so that `jobs` is the package, not this script
@@ -299,9 +311,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, default=HERE / "results" / "jobs.json")
     p.add_argument("--quick", action="store_true", help="200 objects, 1 round, 20 runs")
     args = p.parse_args(argv)
-    for name, value in (QUICK_DEFAULTS if args.quick else FULL_DEFAULTS).items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    fill_defaults(args, QUICK_DEFAULTS if args.quick else FULL_DEFAULTS)
     if min(args.objects, args.repeat, args.runs, args.nodes) < 1 or args.object_mib <= 0:
         p.error("counts and sizes must be positive")
     return args
@@ -365,9 +375,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(server.log_tail(), file=sys.stderr)
             return 1
     doc = report(args, raw, load_start)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"\nJSON: {args.json}")
+    write_json(args.json, doc)
     return 0
 
 

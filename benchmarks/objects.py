@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import json
 import os
 import shutil
 import signal
@@ -32,12 +31,14 @@ from _common import (
     MiB,
     Server,
     Target,
+    fill_defaults,
     fmt,
     free_port,
     large_get,
     large_put,
     machine_info,
     run_small,
+    write_json,
 )
 
 NGINX = "/usr/sbin/nginx"
@@ -182,9 +183,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true",
                    help="defaults for a short run: 64 MiB object, 2 s runs, 1 round, 200 keys")
     args = p.parse_args(argv)
-    for name, value in (QUICK_DEFAULTS if args.quick else FULL_DEFAULTS).items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    fill_defaults(args, QUICK_DEFAULTS if args.quick else FULL_DEFAULTS)
     args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     if unknown := set(args.servers) - set(SERVERS):
@@ -226,9 +225,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         raw = measure_all(args, servers, labels)
     doc = report(args, labels, raw, skipped, load_start)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"\nJSON: {args.json}")
+    write_json(args.json, doc)
     return 0
 
 

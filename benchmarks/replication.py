@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import json
 import math
 import os
 import shutil
@@ -33,11 +32,13 @@ from _common import (
     Client,
     MiB,
     Server,
+    fill_defaults,
     fmt,
     large_get,
     large_put,
     machine_info,
     run_small,
+    write_json,
 )
 
 NODES = 3
@@ -232,9 +233,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true",
                    help="defaults for a ~1 minute run: 64 MiB object, 2 s runs, 1 round")
     args = p.parse_args(argv)
-    for name, value in (QUICK_DEFAULTS if args.quick else FULL_DEFAULTS).items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    fill_defaults(args, QUICK_DEFAULTS if args.quick else FULL_DEFAULTS)
     args.configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     if unknown := set(args.configs) - set(CONFIGS):
@@ -289,9 +288,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.repeat} round(s)", file=sys.stderr)
         raw = measure_all(args, servers, labels, work, pools)
     doc = report(args, labels, raw, skipped, load_start)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"\nJSON: {args.json}")
+    write_json(args.json, doc)
     return 0
 
 
