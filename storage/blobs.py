@@ -25,7 +25,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -101,7 +101,7 @@ class BlobWriter:
 
 
 class MemoryBlobWriter:
-    """A small blob gathered in memory, placed without fsync by `place_unsynced`.
+    """A small blob gathered in memory, placed without fsync (`replicas.place_small`).
 
     Its durability comes from the catalog: the bytes go into the catalog's journal in the
     same transaction as the record that references them, and `sync()` later makes the
@@ -166,12 +166,6 @@ class DirectoryBlobStore:
 
     def writer(self, blob_id: str | None = None, hashing: bool = True) -> BlobWriter:
         return BlobWriter(self, blob_id, hashing)
-
-    def place_unsynced(self, small: MemoryBlobWriter) -> BlobInfo:
-        """Write a small blob under its id without fsync (see MemoryBlobWriter)."""
-        data = bytes(small.buffer)
-        self.write_unsynced(small.blob_id, data)
-        return BlobInfo(small.blob_id, len(data), small.md5, hashlib.sha256(data).digest())
 
     def write_unsynced(self, blob_id: str, data: bytes) -> None:
         final = self.path(blob_id)
@@ -263,13 +257,18 @@ class DirectoryBlobStore:
                     except FileNotFoundError:
                         continue
 
-    def collect_orphans(self, referenced: set[str], grace_s: float) -> int:
-        """Delete blobs not in `referenced` and older than `grace_s`; returns how many."""
+    def collect_orphans(self, referenced: set[str], grace_s: float,
+                        still_wanted: Callable[[str], bool] | None = None) -> int:
+        """Delete blobs not in `referenced` and older than `grace_s` (unless `still_wanted`,
+        asked last, says a newer writer claimed it); returns how many."""
         cutoff = time.time() - grace_s
         removed = 0
         for blob_id, mtime in list(self.iter_blobs()):
-            if blob_id not in referenced and mtime < cutoff:
-                removed += self.delete(blob_id)
+            if blob_id in referenced or mtime >= cutoff:
+                continue
+            if still_wanted is not None and still_wanted(blob_id):
+                continue
+            removed += self.delete(blob_id)
         return removed
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 
 from storage.scrub import Scrubber
 from storage.store import Store
@@ -81,20 +80,19 @@ class OrphanCollector(Daemon):
 
     def run_once(self) -> int:
         placed = {blob_id: set(rec.get("nodes", [])) for blob_id, rec in self.store.catalog.blob_records()}
-        cutoff = time.time() - self.store.config.gc_grace_s
         removed = 0
         for node in self.store.node_list():
             if not node.healthy():
                 continue
-            for blob_id, mtime in list(node.blobs.iter_blobs()):
-                if node.id in placed.get(blob_id, ()) or mtime >= cutoff:
-                    continue
-                # re-check under the catalog: the blob may have been written since the snapshot
+            here = {blob_id for blob_id, nodes in placed.items() if node.id in nodes}
+
+            def placed_since(blob_id: str, node_id: str = node.id) -> bool:
+                """Written after the snapshot above? Ask the catalog again before deleting."""
                 with self.store.catalog.read() as txn:
                     record = self.store.catalog.blob(txn, blob_id)
-                if record is not None and node.id in record.get("nodes", []):
-                    continue
-                removed += node.blobs.delete(blob_id)
+                return record is not None and node_id in record.get("nodes", [])
+
+            removed += node.blobs.collect_orphans(here, self.store.config.gc_grace_s, placed_since)
         if removed:
             log.info("garbage collection removed %d orphan blob files", removed)
         return removed
