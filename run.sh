@@ -68,7 +68,11 @@ start)
 
 manta is running at http://$LISTEN (log: $DATA/server.log, stop: ./run.sh stop)
 Root credentials: $DATA/root-credentials.json
-Use it with any S3 client, for example:
+The manta CLI (it reads those credentials from ./manta-data):
+  . $VENV/bin/activate
+  manta ls -l samples/logs/2026/11/29/
+  manta find samples/logs/ | manta job create -o -m "grep -c ' ERROR ' || true" -r "awk '{s += \\\$1} END {print s}'"
+Or any S3 client, for example:
   export AWS_ACCESS_KEY_ID=\$(python3 -c 'import json;print(json.load(open("$DATA/root-credentials.json"))["access_key"])')
   export AWS_SECRET_ACCESS_KEY=\$(python3 -c 'import json;print(json.load(open("$DATA/root-credentials.json"))["secret_key"])')
   aws --endpoint-url http://$LISTEN s3 ls s3://samples/
