@@ -12,10 +12,10 @@ import time
 from collections.abc import Awaitable, Callable
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 import uvloop
 from starlette.applications import Starlette
 from starlette.responses import Response
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from jobs import JobScheduler, Sandbox, SandboxConfig, SchedulerConfig
 from manta import admin, jobs_api
