@@ -236,7 +236,6 @@ def run_task(ctx: RunContext, job: Record, task: Record, node: Node, cancel: Any
             outputs = _Outputs(ctx.store, node, partitions)
         except se.InsufficientNodes as exc:
             raise je.NodeFailure(str(exc)) from exc
-        started = time.time()
         try:
             result = ctx.sandbox.run(spec, outputs.write, cancel)
         except SandboxError as exc:  # could not start, or an input failed to read: the node's fault
@@ -244,12 +243,12 @@ def run_task(ctx: RunContext, job: Record, task: Record, node: Node, cancel: Any
         error = _classify(result)
         if error is not None:
             outputs.abort()
-            return _finish(ctx, job, task, error=error, inputs=inputs, result=result, started=started)
+            return _finish(ctx, job, task, error=error, inputs=inputs, result=result)
         try:
             metas = outputs.commit()
         except se.InsufficientNodes as exc:
             raise je.NodeFailure(str(exc)) from exc
-        return _finish(ctx, job, task, inputs=inputs, result=result, metas=metas, started=started)
+        return _finish(ctx, job, task, inputs=inputs, result=result, metas=metas)
     except BaseException:
         if outputs is not None:
             outputs.abort()
@@ -260,7 +259,7 @@ def run_task(ctx: RunContext, job: Record, task: Record, node: Node, cancel: Any
 
 def _finish(ctx: RunContext, job: Record, task: Record, error: tuple[str, str] | None = None,
             inputs: _Inputs | None = None, result: TaskResult | None = None,
-            metas: list[Any] | None = None, started: float | None = None) -> Record:
+            metas: list[Any] | None = None) -> Record:
     store = ctx.store
     bucket = jobs_bucket(job["owner"])
     base = f"{job['id']}/p{task['phase']}/{task['id']}"
