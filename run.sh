@@ -34,11 +34,20 @@ if [ ! -e "$stamp" ]; then
 fi
 
 start_zfs_fuse() {
-    # ZFS tests use file-backed pools on zfs-fuse; its daemon must be running
-    if [ -x /usr/sbin/zfs-fuse ] && ! pgrep -x zfs-fuse >/dev/null; then
-        /usr/sbin/zfs-fuse --pidfile /run/zfs-fuse.pid || echo "run.sh: could not start zfs-fuse" >&2
-        for _ in $(seq 50); do /usr/sbin/zpool list >/dev/null 2>&1 && break; sleep 0.1; done
+    # ZFS tests use file-backed pools on zfs-fuse; its daemon must be running and answering
+    [ -x /usr/sbin/zfs-fuse ] || return 0
+    /usr/sbin/zpool list >/dev/null 2>&1 && return 0
+    # A daemon that does not answer, or the pidfile a killed one left behind (zfs-fuse then
+    # refuses to start, exit 1), would block a fresh start: clear both first.
+    if pgrep -x zfs-fuse >/dev/null; then
+        pkill -x zfs-fuse || true
+        for _ in $(seq 50); do pgrep -x zfs-fuse >/dev/null || break; sleep 0.1; done
+        pkill -9 -x zfs-fuse || true
     fi
+    rm -f /run/zfs-fuse.pid /var/run/zfs-fuse.pid
+    /usr/sbin/zfs-fuse --pidfile /run/zfs-fuse.pid || echo "run.sh: could not start zfs-fuse" >&2
+    for _ in $(seq 100); do /usr/sbin/zpool list >/dev/null 2>&1 && return 0; sleep 0.1; done
+    echo "run.sh: zfs-fuse does not answer: $(/usr/sbin/zpool list 2>&1 | head -1)" >&2
 }
 
 case "${1:-start}" in
