@@ -2,7 +2,9 @@
 command in a fresh sandbox, turn stdout into output objects, record the outcome.
 
 Inputs: a single-blob object with a replica on the node is used in place (bind-mounted
-at /manta/input and fed to stdin): no copy, `bytes_local`. Anything else (no local
+at /manta/input and fed to stdin): no copy, `bytes_local`. The task reads that file raw,
+so it is first checked against the blob's block checksums; a damaged replica is reported
+for repair and the input assembled from the good ones instead. Anything else (no local
 replica, a multipart object) is first assembled into the task's scratch directory on the
 node through verified reads; bytes from replicas on other nodes count as `bytes_remote`.
 A reducer whose inputs are not pre-partitioned (a reduce-only job with count > 1) filters
@@ -32,7 +34,7 @@ from jobs.spec import parse_input
 from storage import Node, Store
 from storage import errors as se
 from storage.catalog import Txn
-from storage.replicas import ReplicatedWriter
+from storage.replicas import ReplicatedWriter, verify_file
 
 __all__ = ["RunContext", "partition_of", "run_task"]
 
@@ -108,11 +110,16 @@ class _Inputs:
         segments = record["segments"]
         with self.ctx.store.catalog.read() as txn:
             metas = [self.ctx.store.catalog.blob(txn, seg[0]) or {} for seg in segments]
+        local_ok = True
         if partition is None and len(segments) == 1 and self.node.id in metas[0].get("nodes", []):
             path = self.node.blobs.path(segments[0][0])
-            if os.path.exists(path):
+            problem = verify_file(path, metas[0])  # the task reads the file raw: check it first
+            if problem is None:
                 self.bytes_local += record["size"]
                 return path
+            local_ok = False
+            if problem != "missing" or self.node.recheck(pool=False):  # not merely a node gone
+                self.ctx.store.report_damage(segments[0][0], self.node.id, problem)
         target = self.scratch.new_file()
         readers = self.ctx.store.readers([seg[0] for seg in segments])
         try:
@@ -120,7 +127,8 @@ class _Inputs:
                 os.fchmod(out.fileno(), 0o644)
                 pending = b""
                 for reader, meta, (_, size, *_) in zip(readers, metas, segments, strict=True):
-                    reader.prefer(self.node.id)
+                    if local_ok:
+                        reader.prefer(self.node.id)
                     for chunk in reader.read(0, size):
                         if partition is None:
                             out.write(chunk)

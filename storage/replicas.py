@@ -32,7 +32,7 @@ from storage.blobs import BlobInfo, BlobWriter, MemoryBlobWriter
 from storage.errors import BlobUnavailable, InsufficientNodes
 from storage.node import Node
 
-__all__ = ["BLOCK", "BlobReader", "ReplicatedWriter", "block_sums", "choose_nodes", "copy_blob"]
+__all__ = ["BLOCK", "BlobReader", "ReplicatedWriter", "block_sums", "choose_nodes", "copy_blob", "verify_file"]
 
 log = logging.getLogger("manta.storage")
 
@@ -43,6 +43,31 @@ Report = Callable[[str, str, str], None]  # (blob_id, node_id, reason)
 def block_sums(data: bytes | memoryview) -> bytes:
     view = memoryview(data)
     return b"".join(struct.pack(">I", crc32c(view[i:i + BLOCK])) for i in range(0, len(view), BLOCK))
+
+
+def verify_file(path: str, meta: dict[str, Any]) -> str | None:
+    """None when the file holds the blob's bytes by its size and per-block CRC32Cs, else why
+    not: the check a replica passes before it is used in place (bind-mounted into a task),
+    where no verified read stands between the file and the reader."""
+    blocks: bytes = meta.get("blocks") or b""
+    buf = bytearray(BLOCK)
+    size = index = 0
+    try:
+        with open(path, "rb", buffering=0) as fh:
+            while n := fh.readinto(buf):
+                if 4 * index + 4 <= len(blocks):
+                    chunk = memoryview(buf)[:n]
+                    if crc32c(chunk) != struct.unpack_from(">I", blocks, 4 * index)[0]:
+                        return "checksum mismatch"
+                size += n
+                index += 1
+    except FileNotFoundError:
+        return "missing"
+    except OSError as exc:
+        return f"read error: {exc.strerror or exc}"
+    if size != meta.get("size", size):
+        return f"size {size}, expected {meta['size']}"
+    return None
 
 
 def choose_nodes(nodes: list[Node], k: int, exclude: set[str] | frozenset[str] = frozenset(),
