@@ -15,7 +15,6 @@ import uvicorn
 import uvloop
 from starlette.applications import Starlette
 from starlette.responses import Response
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from jobs import JobScheduler, Sandbox, SandboxConfig, SchedulerConfig
 from manta import admin, jobs_api
@@ -28,6 +27,7 @@ from manta.credentials import (
     read_root_credentials,
     write_root_credentials,
 )
+from manta.protocol import HttpProtocol
 from manta.s3.app import S3App
 from manta.s3.context import S3Request
 from storage import JournalFlusher, OrphanCollector, Repairer, Store, StoreConfig
@@ -82,19 +82,6 @@ def build_app(config: ServerConfig) -> tuple[Starlette, Store, JobScheduler]:
     return s3.starlette(), store, scheduler
 
 
-class _HttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a deeper write buffer: a GET streaming 1 MiB
-    blocks keeps the socket busy while the next block is read, instead of pausing at
-    uvloop's default 64 KiB high-water mark after every write."""
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        transport.set_write_buffer_limits(high=WRITE_BUFFER_BYTES)
-        super().connection_made(transport)
-
-
-WRITE_BUFFER_BYTES = 4 * 1024 * 1024
-
-
 def _traversable(path: str) -> bool:
     """Can a user other than the owner reach files below `path` (o+x on every parent)?"""
     path = os.path.dirname(os.path.abspath(path))
@@ -128,7 +115,7 @@ def serve(config: ServerConfig) -> None:
         daemon.start()
     scheduler.start()
     server = uvicorn.Server(uvicorn.Config(
-        app, host=config.host, port=config.port, http=_HttpProtocol, loop="uvloop",
+        app, host=config.host, port=config.port, http=HttpProtocol, loop="uvloop",
         log_level="warning", access_log=False, timeout_keep_alive=30, server_header=False))
     url = f"http://{config.host}:{config.port}"
     where = written or (credentials_path(config.data_dir) if read_root_credentials(config.data_dir) else None)

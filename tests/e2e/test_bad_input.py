@@ -14,6 +14,7 @@ import hashlib
 import http.client
 import os
 import re
+import select
 import socket
 import time
 import zlib
@@ -322,6 +323,27 @@ def test_enormous_header_line_does_not_crash_the_server(server: Server, bucket: 
     reply = raw_exchange(server, request)
     assert reply is None or 400 <= reply.status < 500
     assert server.proc is not None and server.proc.poll() is None
+
+
+def test_a_header_that_never_ends_is_cut_off(server: Server, bucket: str) -> None:
+    """httptools buffers a header line until it ends: the server must stop reading a head
+    long before the client stops sending, answer in S3 terms, and keep serving."""
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    sent = 0
+    try:
+        sock.sendall(f"GET /{bucket} HTTP/1.1\r\nHost: x\r\nX-Endless: ".encode())
+        chunk = b"h" * 65536
+        while sent < 256 * 1024 * 1024 and not select.select([sock], [], [], 0)[0]:
+            sock.sendall(chunk)
+            sent += len(chunk)
+        resp = http.client.HTTPResponse(sock)
+        resp.begin()
+        reply = Reply(resp.status, resp.read())
+    finally:
+        sock.close()
+    assert (reply.status, reply.code) == (400, "RequestHeaderSectionTooLarge")
+    assert sent < 16 * 1024 * 1024  # answered after a bounded head, not at the end of the stream
+    assert send(server, "GET", f"/{bucket}").status == 200
 
 
 # -- path traversal ----------------------------------------------------------------------
