@@ -23,6 +23,7 @@ __all__ = ["MARKER", "Node", "NodeSpec", "parse_spec"]
 
 MARKER = ".manta-node"
 HEALTHY_POOL_STATES = ("ONLINE", "DEGRADED")
+SPACE_MAX_AGE_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class Node:
         self._pool_state = "ONLINE"
         self._pool_checked_at = 0.0
         self._pool_refreshing = False
+        self._space: tuple[float, tuple[int, int]] | None = None
         if zfs is not None:
             self.recheck()
 
@@ -165,18 +167,23 @@ class Node:
 
     # -- space --------------------------------------------------------------------
 
-    def space(self) -> tuple[int, int]:
-        """(used, free) bytes of the dataset."""
+    def space(self, max_age_s: float = 0.0) -> tuple[int, int]:
+        """(used, free) bytes of the dataset; with `max_age_s`, a figure that recent will do
+        (placement asks on every write, and a statvfs of a FUSE mount is not free)."""
+        cached = self._space
+        if max_age_s and cached is not None and time.monotonic() - cached[0] < max_age_s:
+            return cached[1]
         st = os.statvfs(self.root)
         free = st.f_bavail * st.f_frsize
         used = (st.f_blocks - st.f_bfree) * st.f_frsize
+        self._space = (time.monotonic(), (used, free))
         return used, free
 
     def writable(self) -> bool:
         if not self.healthy():
             return False
         try:
-            return self.space()[1] >= self.min_free_bytes
+            return self.space(SPACE_MAX_AGE_S)[1] >= self.min_free_bytes
         except OSError:
             return False
 

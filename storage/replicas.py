@@ -30,13 +30,14 @@ from awscrt.checksums import crc32c
 
 from storage.blobs import BlobInfo, BlobWriter, MemoryBlobWriter
 from storage.errors import BlobUnavailable, InsufficientNodes
-from storage.node import Node
+from storage.node import SPACE_MAX_AGE_S, Node
 
 __all__ = ["BLOCK", "BlobReader", "ReplicatedWriter", "block_sums", "choose_nodes", "copy_blob", "verify_file"]
 
 log = logging.getLogger("manta.storage")
 
 BLOCK = 1 << 20
+_RNG = random.Random()
 Report = Callable[[str, str, str], None]  # (blob_id, node_id, reason)
 
 
@@ -73,12 +74,12 @@ def verify_file(path: str, meta: dict[str, Any]) -> str | None:
 def choose_nodes(nodes: list[Node], k: int, exclude: set[str] | frozenset[str] = frozenset(),
                  rng: random.Random | None = None) -> list[Node]:
     """Up to k distinct writable nodes, picked at random weighted by free space."""
-    rng = rng or random.Random()
+    rng = rng or _RNG
     pool: list[tuple[Node, float]] = []
     for node in nodes:
         if node.id in exclude or not node.writable():
             continue
-        pool.append((node, max(float(node.space()[1]), 1.0)))
+        pool.append((node, max(float(node.space(SPACE_MAX_AGE_S)[1]), 1.0)))
     chosen: list[Node] = []
     while pool and len(chosen) < k:
         total = sum(w for _, w in pool)

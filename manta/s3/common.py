@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import itertools
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import anyio.to_thread
@@ -89,6 +90,7 @@ async def in_thread(fn: Any, *args: Any) -> Any:
 
 
 Opened = list[tuple[BlobReader, int, int]]
+READ_AHEAD_BLOCKS = 4  # 1 MiB blocks read per worker-thread hand-off
 
 
 def open_segments(req: S3Request, segments: list[list[Any]], start: int, length: int) -> Opened:
@@ -111,10 +113,16 @@ def open_segments(req: S3Request, segments: list[list[Any]], start: int, length:
     return [(reader, skip, take) for reader, (_, skip, take) in zip(readers, wanted, strict=True)]
 
 
+def _next_blocks(pieces: Iterator[bytes], n: int = READ_AHEAD_BLOCKS) -> list[bytes]:
+    return list(itertools.islice(pieces, n))
+
+
 async def stream_opened(opened: Opened) -> AsyncIterator[bytes]:
     """Verified bytes of the opened segments. Blocks of big blobs are read in a worker
-    thread one block ahead, so reading the next block overlaps sending this one."""
-    ahead: asyncio.Future[bytes | None] | None = None
+    thread a few blocks at a time and one batch ahead, so reading overlaps sending and the
+    thread hand-off is paid once per batch, not once per block."""
+    loop = asyncio.get_running_loop()
+    ahead: asyncio.Future[list[bytes]] | None = None
     try:
         for reader, skip, take in opened:
             pieces = reader.read(skip, take)
@@ -122,10 +130,11 @@ async def stream_opened(opened: Opened) -> AsyncIterator[bytes]:
                 for small in pieces:
                     yield small
                 continue
-            ahead = asyncio.ensure_future(anyio.to_thread.run_sync(next, pieces, None))
-            while (block := await ahead) is not None:
-                ahead = asyncio.ensure_future(anyio.to_thread.run_sync(next, pieces, None))
-                yield block
+            ahead = loop.run_in_executor(None, _next_blocks, pieces)
+            while blocks := await ahead:
+                ahead = loop.run_in_executor(None, _next_blocks, pieces)
+                for block in blocks:
+                    yield block
             ahead = None
     finally:
         if ahead is not None and not ahead.done():

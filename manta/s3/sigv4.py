@@ -176,7 +176,7 @@ def _parse_header(req: AuthRequest, authorization: str) -> SigV4Auth:
         amz_date = _parse_http_date(req.headers.get("date"))
     if amz_date is None:
         raise s3e.AccessDenied(_BAD_DATE)
-    amz_date_raw = amz_date.strftime(_AMZ_DATE_FORMAT)
+    amz_date_raw = raw_date if raw_date is not None else amz_date.strftime(_AMZ_DATE_FORMAT)
     if amz_date_raw[:8] != date:
         raise s3e.AuthorizationHeaderMalformed(
             _MALFORMED + "Invalid credential date. Date is not the same as X-Amz-Date."
@@ -288,8 +288,9 @@ def _parse_signed_headers(value: str, error: type[s3e.S3Error], prefix: str) -> 
 def _parse_amz_date(raw: str) -> datetime | None:
     if not _AMZ_DATE.fullmatch(raw):
         return None
-    try:
-        return datetime.strptime(raw, _AMZ_DATE_FORMAT).replace(tzinfo=UTC)
+    try:  # the fields by position: strptime costs ~40 us a request
+        return datetime(int(raw[0:4]), int(raw[4:6]), int(raw[6:8]), int(raw[9:11]),
+                        int(raw[11:13]), int(raw[13:15]), tzinfo=UTC)
     except ValueError:
         return None
 
