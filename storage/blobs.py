@@ -99,6 +99,10 @@ class BlobWriter:
     def md5(self) -> bytes:
         return self._md5.digest() if self._md5 is not None else b""
 
+    @property
+    def sha256(self) -> bytes:
+        return self._sha.digest() if self._sha is not None else b""
+
 
 class MemoryBlobWriter:
     """A small blob gathered in memory, placed without fsync (`replicas.place_small`).

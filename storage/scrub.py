@@ -4,7 +4,9 @@
     for each blob record:
         for each listed replica: on a node that is down -> unavailable
                                  else read it all back: size, SHA-256, block CRC32Cs
-        no good replica          -> lost (unless a replica is on a node that is down)
+        no good replica          -> rebuilt block by block from the replicas' good blocks
+                                    when every block has one (SHA-256 checked), else lost
+                                    (unless a replica is on a node that is down)
         damaged replica          -> rewritten in place from a good one (new ZFS blocks)
         fewer than `copies` good -> copied to other healthy nodes (weighted by free space)
         the blob's node list is updated in one catalog write (only if nobody changed it)
@@ -26,8 +28,9 @@ from typing import Any
 
 from awscrt.checksums import crc32c
 
+from storage.errors import BlobUnavailable
 from storage.node import Node
-from storage.replicas import BLOCK, choose_nodes, copy_blob
+from storage.replicas import BLOCK, BlobReader, choose_nodes, copy_blob
 from storage.store import Store
 from storage.zfs import ZfsError
 
@@ -170,6 +173,11 @@ class Scrubber:
                 log.warning("scrub: blob %s on node %s: %s", blob_id, node_id, problem)
                 check.damaged += 1
                 damaged.append(node)
+        if not good and damaged and self._rebuild(damaged[0], blob_id, meta, damaged):
+            log.warning("scrub: blob %s rebuilt on node %s from the good blocks of %d damaged replicas",
+                        blob_id, damaged[0].id, len(damaged))
+            good.append(damaged.pop(0))
+            check.repaired += 1
         if not good:
             if listed and not check.unavailable:  # a copy on a node that is down may be good
                 check.lost += 1
@@ -190,6 +198,27 @@ class Scrubber:
         if placed != listed and not store.catalog.set_blob_nodes(blob_id, placed, expect=listed):
             log.info("scrub: blob %s changed while being repaired; left for the next pass", blob_id)
         return check
+
+    def _rebuild(self, target: Node, blob_id: str, meta: dict[str, Any], sources: list[Node]) -> bool:
+        """No replica is wholly good, but each may be bad in different blocks: assemble the
+        blob block by block from whichever replica has that block right (the reads' own
+        failover), check the whole against its SHA-256, and rewrite `target` with it."""
+        reader = BlobReader(blob_id, meta, {n.id: n for n in sources}, lambda *_: None)
+        writer = target.blobs.writer(blob_id)
+        try:
+            for block in reader.read(0, meta["size"]):
+                self._throttle(len(block))
+                writer.write(block)
+            if meta.get("sha256") and writer.sha256 != meta["sha256"]:
+                raise BlobUnavailable(blob_id)
+            writer.commit()
+            return True
+        except (BlobUnavailable, OSError) as exc:
+            writer.abort()
+            log.info("scrub: blob %s cannot be rebuilt from its damaged replicas: %s", blob_id, exc)
+            return False
+        finally:
+            reader.close()
 
     def _copy(self, source: Node, target: Node, blob_id: str) -> bool:
         try:

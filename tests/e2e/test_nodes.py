@@ -51,18 +51,19 @@ def cli(server: Server, *args: str, timeout_s: float = 120.0) -> subprocess.Comp
                           env=env, cwd=REPO, timeout=timeout_s)
 
 
-def cli_json(server: Server, *args: str) -> Any:
-    """Run a `--json` admin command; it must succeed and print exactly one JSON value."""
+def cli_json(server: Server, *args: str, exit_code: int = 0) -> Any:
+    """Run a `--json` admin command; it must exit with `exit_code` and print exactly one JSON value."""
     done = cli(server, *args)
-    assert done.returncode == 0, (f"manta {' '.join(args)}: exit {done.returncode}\n{done.stdout}"
+    assert done.returncode == exit_code, (f"manta {' '.join(args)}: exit {done.returncode}\n{done.stdout}"
                                   f"{done.stderr[-2000:]}\nserver log:\n{server.log()[-2000:]}")
     value, end = json.JSONDecoder().raw_decode(done.stdout)
     assert done.stdout[end:].strip() == "", f"more than one JSON value: {done.stdout!r}"
     return value
 
 
-def scrub(server: Server) -> dict[str, Any]:
-    report = cli_json(server, "admin", "scrub", "--json")
+def scrub(server: Server, exit_code: int = 0) -> dict[str, Any]:
+    """`manta admin scrub --json`; it exits 1 when a blob is lost."""
+    report = cli_json(server, "admin", "scrub", "--json", exit_code=exit_code)
     assert isinstance(report, dict), report
     return report
 
@@ -350,6 +351,36 @@ def test_replicas_damaged_in_different_blocks_still_read_correctly(fresh_server:
     for start, end in ((0, MiB - 1), (2 * MiB, 3 * MiB), (MiB - 5, 2 * MiB + 200)):
         with contextlib.closing(s3.get_object(Bucket=BUCKET, Key="k", Range=f"bytes={start}-{end}")["Body"]) as body:
             assert body.read() == data[start:end + 1], (start, end)
+
+
+def test_scrub_rebuilds_a_blob_whose_every_replica_is_damaged_in_different_blocks(fresh_server: Server) -> None:
+    """No replica is wholly good, but every block has a good copy somewhere: scrub assembles
+    the blob from those and rewrites both replicas. A blob bad in the same block on both is
+    reported lost, and reads of it fail rather than return wrong bytes."""
+    s3 = start_cluster(fresh_server, "--nodes", "2", "--copies", "2")
+    s3.create_bucket(Bucket=BUCKET)
+    rng = random.Random(11)
+    data = {"split": rng.randbytes(3 * MiB + 10), "same": rng.randbytes(2 * MiB)}
+    for key, body in data.items():
+        s3.put_object(Bucket=BUCKET, Key=key, Body=body)
+    view = read_catalog(fresh_server.data_dir, BUCKET)
+    roots = node_roots(fresh_server)
+    paths = {key: [os.path.join(roots[n], "blobs", b[:2], b) for b in view.objects[key] for n in view.blobs[b]["nodes"]]
+             for key in data}
+    flip(paths["split"][0], [100])
+    flip(paths["split"][1], [2 * MiB + 100])
+    flip(paths["same"][0], [MiB + 7])
+    flip(paths["same"][1], [MiB + 7])
+    report = scrub(fresh_server, exit_code=1)
+    assert (report["damaged"], report["repaired"], report["lost"]) == (4, 2, 1), report
+    assert report["lost_blobs"] == view.objects["same"]
+    assert all(holds(path, data["split"]) for path in paths["split"])
+    assert get_bytes(s3, BUCKET, "split") == data["split"]
+    with pytest.raises(ClientError) as err:
+        get_bytes(s3, BUCKET, "same")
+    assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503  # unavailable, never wrong bytes
+    again = scrub(fresh_server, exit_code=1)
+    assert (again["damaged"], again["repaired"], again["lost"]) == (2, 0, 1), again
 
 
 def test_a_node_that_goes_away_and_comes_back(fresh_server: Server) -> None:
