@@ -19,7 +19,7 @@ from typing import Any
 from storage.blobs import MemoryBlobWriter
 from storage.catalog import Catalog
 from storage.errors import NoSuchBlob
-from storage.node import Node, NodeSpec, parse_spec
+from storage.node import MARKER, Node, NodeSpec, parse_spec
 from storage.objects import ObjectStore
 from storage.replicas import BlobMeta, BlobReader, ReplicatedWriter, place_small
 from storage.uploads import UploadStore
@@ -101,11 +101,22 @@ class Store:
         if node_id is None:
             same = [nid for nid, rec in known.items() if rec["spec"] == str(spec)]
             node_id = same[0] if same else _next_id(set(known) | set(self.nodes))
-            Node.write_marker(root, node_id)
+            if same and self._holds_blobs(node_id):
+                # a known node without its marker is a disk that is missing or not mounted, not
+                # a new empty node: marking it would make it look healthy and hold nothing
+                log.error("node %s (%s) has no %s but the catalog places blobs on it: its disk is "
+                          "missing or not mounted. It stays down until the marker is back; to start "
+                          "it over empty, write its id to %s", node_id, spec, MARKER,
+                          os.path.join(root, MARKER))
+            else:
+                Node.write_marker(root, node_id)
         if node_id in self.nodes:
             raise ValueError(f"{spec} is the same node as {self.nodes[node_id].spec} ({node_id})")
         self.catalog.put_node(node_id, str(spec))
         return Node(node_id, spec, root, zfs)
+
+    def _holds_blobs(self, node_id: str) -> bool:
+        return any(node_id in rec.get("nodes", ()) for _, rec in self.catalog.blob_records())
 
     def node_list(self) -> list[Node]:
         return list(self.nodes.values())

@@ -18,6 +18,7 @@ import os
 import random
 import re
 import secrets
+import shutil
 import subprocess
 import sys
 import time
@@ -33,6 +34,7 @@ from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
 from storage.catalog import unpack
+from storage.node import MARKER
 from tests.conftest import REPO, ROOT_AK, ROOT_SK, Server
 
 MiB = 1024 * 1024
@@ -458,6 +460,39 @@ def test_a_node_that_goes_away_and_comes_back(fresh_server: Server) -> None:
     wait_for(lambda: not set(blob_files(roots[away])) & stale, 10, "GC of the stale copies")
     assert_copies(read_catalog(fresh_server.data_dir, BUCKET), roots, copies=2)
     assert placement_on_disk(roots) == {b: set(r["nodes"]) for b, r in after.blobs.items()}
+    assert_reads_back(client(fresh_server), BUCKET, objects)
+
+
+def test_a_node_whose_disk_is_missing_at_start_stays_down(fresh_server: Server) -> None:
+    """A known node found without its marker at start (disk not mounted) is down, not a new
+    empty node under the old id: reads use the other copies, scrub counts its copies as
+    unavailable rather than damaged, and it comes back when its disk does."""
+    s3 = start_cluster(fresh_server, "--nodes", "3", "--copies", "2")
+    s3.create_bucket(Bucket=BUCKET)
+    objects = upload_workload(s3, BUCKET, random.Random(12), count=6, multipart=False)
+    roots = node_roots(fresh_server)
+    view = read_catalog(fresh_server.data_dir, BUCKET)
+    away = max(roots, key=lambda n: sum(n in r["nodes"] for r in view.blobs.values()))
+    held = sum(away in r["nodes"] for r in view.blobs.values())
+    assert held
+    fresh_server.stop()
+    os.rename(roots[away], roots[away] + ".unmounted")
+    fresh_server.start()
+    assert "its disk is missing or not mounted" in fresh_server.log()
+    assert not os.path.exists(os.path.join(roots[away], MARKER))
+    state = {n["id"]: n for n in cli_json(fresh_server, "admin", "nodes", "--json")}
+    assert state[away]["healthy"] is False, state[away]
+    assert_reads_back(client(fresh_server), BUCKET, objects)
+    report = scrub(fresh_server)
+    assert (report["damaged"], report["lost"], report["unavailable"]) == (0, 0, held), report
+    fresh_server.stop()
+    shutil.rmtree(roots[away])
+    os.rename(roots[away] + ".unmounted", roots[away])
+    fresh_server.start()
+    state = {n["id"]: n for n in cli_json(fresh_server, "admin", "nodes", "--json")}
+    assert all(n["healthy"] for n in state.values()), state
+    report = scrub(fresh_server)
+    assert (report["damaged"], report["lost"], report["unavailable"]) == (0, 0, 0), report
     assert_reads_back(client(fresh_server), BUCKET, objects)
 
 
