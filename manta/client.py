@@ -10,9 +10,10 @@
 
 Paths are `bucket/key`. Uploads larger than one part (`part_size_mb`) are multipart, with
 parts sent in parallel; any failure or interrupt aborts the upload, so an object is
-either whole or absent. Every error is a `MantaError` subclass (mapped once, in
-`_s3_errors` and `Client.api`), and the not-found and permission ones are also
-FileNotFoundError / PermissionError, so fsspec and pandas report them as usual.
+either whole or absent. Every error is a `MantaError` subclass (`client_errors.py`,
+mapped once, in `_s3_errors` and `Client.api`), and the not-found and permission ones are
+also FileNotFoundError / PermissionError, so fsspec and pandas report them as usual.
+Jobs (`Job`, progress bars) are in `client_jobs.py`.
 """
 
 from __future__ import annotations
@@ -22,18 +23,29 @@ import json
 import os
 import re
 import stat
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import IO, TYPE_CHECKING, Any, BinaryIO, cast, overload
+from typing import IO, Any, BinaryIO, cast, overload
 
+from manta.client_errors import (
+    AccessDenied,
+    BadCredentials,
+    BucketExists,
+    BucketNotEmpty,
+    JobFailed,
+    MantaError,
+    NoSuchBucket,
+    NoSuchJob,
+    NoSuchKey,
+    NotFound,
+    Unreachable,
+    error_for,
+)
+from manta.client_jobs import Job, job_phases, progress_bar
 from manta.credentials import client_credentials, client_url
-
-if TYPE_CHECKING:
-    import pandas
 
 __all__ = ["AccessDenied", "BadCredentials", "BucketExists", "BucketNotEmpty", "Client", "Job",
            "JobFailed", "MantaError", "NoSuchBucket", "NoSuchJob", "NoSuchKey", "NotFound", "Unreachable"]
@@ -42,56 +54,7 @@ Data = bytes | bytearray | memoryview | os.PathLike[str] | IO[bytes] | Iterable[
 REGION = "us-east-1"
 PARALLEL_PARTS = 4
 DELETE_BATCH = 1000
-INPUT_BATCH = 1000
 _END = object()
-
-
-class MantaError(Exception):
-    """Any error the client reports; `code` is the server's error code when there is one."""
-
-    def __init__(self, message: str, code: str = "") -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class NotFound(MantaError, FileNotFoundError):
-    pass
-
-
-class NoSuchBucket(NotFound):
-    pass
-
-
-class NoSuchKey(NotFound):
-    pass
-
-
-class NoSuchJob(NotFound):
-    pass
-
-
-class AccessDenied(MantaError, PermissionError):
-    pass
-
-
-class BadCredentials(AccessDenied):
-    pass
-
-
-class BucketExists(MantaError, FileExistsError):
-    pass
-
-
-class BucketNotEmpty(MantaError):
-    pass
-
-
-class Unreachable(MantaError, ConnectionError):
-    pass
-
-
-class JobFailed(MantaError):
-    pass
 
 
 def split_path(path: str) -> tuple[str, str]:
@@ -107,30 +70,6 @@ def _need_key(path: str) -> tuple[str, str]:
     if not key or key.endswith("/"):
         raise ValueError(f"{path!r} names no object: paths are bucket/key")
     return bucket, key
-
-
-def _error(code: str, message: str, bucket: str = "", key: str = "", url: str = "") -> MantaError:
-    where = f"{bucket}/{key}" if key else bucket
-    if code == "NoSuchBucket":
-        return NoSuchBucket(f"no such bucket: {bucket}", code)
-    if code in ("NoSuchKey", "404"):
-        return NoSuchKey(f"no such key: {where}", code) if key else NoSuchBucket(f"no such bucket: {bucket}", code)
-    if code == "NoSuchJob":
-        return NoSuchJob(message or "no such job", code)
-    if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch"):
-        return BadCredentials(f"bad credentials ({code}) for {url}: check MANTA_ACCESS_KEY and MANTA_SECRET_KEY "
-                              f"(or the keys passed to the client)", code)
-    if code in ("AccessDenied", "403"):
-        return AccessDenied(f"access denied to {where or url} (wrong credentials, or another account's bucket)",
-                            code)
-    if code in ("BucketAlreadyExists", "BucketAlreadyOwnedByYou"):
-        owner = "you already own it" if code == "BucketAlreadyOwnedByYou" else "another account owns it"
-        return BucketExists(f"bucket {bucket} exists: {owner}", code)
-    if code == "BucketNotEmpty":
-        return BucketNotEmpty(f"bucket {bucket} is not empty", code)
-    if code == "InvalidBucketName":
-        return MantaError(f"invalid bucket name {bucket!r}: 3-63 lowercase letters, digits, '-' and '.'", code)
-    return MantaError(f"{code}: {message}" if message else code, code)
 
 
 def _info(bucket: str, entry: dict[str, Any]) -> dict[str, Any]:
@@ -201,13 +140,6 @@ class _Reader:
             self._close.close()
 
 
-def _bar(total: int | None, desc: str, unit: str = "B", **kw: Any) -> Any:
-    from tqdm.auto import tqdm
-
-    scaled = {"unit_scale": True, "unit_divisor": 1024} if unit == "B" else {}
-    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, **scaled, **kw)
-
-
 class Client:
     """An S3 + jobs client for one manta server; see the module docstring."""
 
@@ -258,7 +190,7 @@ class Client:
             yield
         except ClientError as exc:
             error = exc.response.get("Error", {})
-            raise _error(str(error.get("Code", "")), error.get("Message", ""), bucket, key, self.url) from None
+            raise error_for(str(error.get("Code", "")), error.get("Message", ""), bucket, key, self.url) from None
         except (EndpointConnectionError, ConnectionClosedError, ReadTimeoutError) as exc:
             raise Unreachable(f"cannot reach {self.url}: {exc}") from None
         except BotoCoreError as exc:
@@ -302,11 +234,11 @@ class Client:
             first = reader.read(self.part_size)
             second = reader.read(self.part_size) if len(first) == self.part_size else b""
             if not second:
-                with self._s3_errors(bucket, key), _bar(len(first), f"put {path}", disable=show is not True) as bar:
+                with self._s3_errors(bucket, key), progress_bar(len(first), f"put {path}", disable=show is not True) as bar:
                     etag = self.s3.put_object(Bucket=bucket, Key=key, Body=first, **extra)["ETag"]
                     bar.update(len(first))
                 return {"name": f"{bucket}/{key}", "size": len(first), "etag": etag.strip('"')}
-            bar = _bar(reader.size, f"put {path}", disable=show is False, leave=False)
+            bar = progress_bar(reader.size, f"put {path}", disable=show is False, leave=False)
             try:
                 return self._multipart(bucket, key, extra, reader, [first, second], bar)
             finally:
@@ -378,7 +310,7 @@ class Client:
             size = response["ContentLength"]
             want = self.progress if progress is None else progress
             show = size > self.part_size if want is None else want
-            bar = _bar(size, f"get {path}", disable=not show, leave=False)
+            bar = progress_bar(size, f"get {path}", disable=not show, leave=False)
             try:
                 if isinstance(dest, str | os.PathLike):
                     self._get_to_file(body, os.fspath(dest), bar)
@@ -524,7 +456,7 @@ class Client:
                 with self._s3_errors(bucket):
                     result = self.s3.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
                 for error in result.get("Errors", []):
-                    raise _error(error.get("Code", ""), error.get("Message", ""), bucket, error.get("Key", ""))
+                    raise error_for(error.get("Code", ""), error.get("Message", ""), bucket, error.get("Key", ""))
         return names
 
     # -- jobs ------------------------------------------------------------------------
@@ -553,7 +485,7 @@ class Client:
                 code, message = root.findtext("Code") or str(exc.code), root.findtext("Message") or ""
             except ET.ParseError:
                 code, message = str(exc.code), text.decode(errors="replace")[:200]
-            raise _error(code, message, url=self.url) from None
+            raise error_for(code, message, url=self.url) from None
         except (urllib.error.URLError, OSError) as exc:
             raise Unreachable(f"cannot reach {self.url}: {getattr(exc, 'reason', exc)}") from None
 
@@ -566,7 +498,7 @@ class Client:
         {"type", "exec", ...}. `inputs`: bucket/key names; a bucket or a name ending in /
         stands for every object under it. `limits`: memory_mb, disk_mb, timeout_s, assets,
         init, applied to every phase. `end=False` leaves the inputs open (Job.add_inputs)."""
-        spec = _phases(map, reduce, count, phases, limits)
+        spec = job_phases(map, reduce, count, phases, limits)
         created = self.api("POST", "/_manta/jobs", {"name": name, "phases": spec, "inputs": [], "end": False})
         job = Job(self, created["id"])
         try:
@@ -591,117 +523,3 @@ class Client:
                 yield f"{bucket}/{key}"
             else:
                 yield from self.find(f"{bucket}/{key}")
-
-
-def _phases(map: str | list[str] | None, reduce: str | list[str] | None, count: int | None,
-            phases: list[dict[str, Any]] | None, limits: dict[str, Any]) -> list[dict[str, Any]]:
-    unknown = set(limits) - {"memory_mb", "disk_mb", "timeout_s", "assets", "init"}
-    if unknown:
-        raise TypeError(f"unknown job option(s): {', '.join(sorted(unknown))}")
-    maps = [map] if isinstance(map, str) else list(map or [])
-    reduces = [reduce] if isinstance(reduce, str) else list(reduce or [])
-    if phases and (maps or reduces):
-        raise ValueError("give either map/reduce or phases, not both")
-    if count is not None and not reduces:
-        raise ValueError("count is the number of reducers, and this job has no reduce phase")
-    spec = [dict(p) for p in phases or []]
-    spec += [{"type": "map", "exec": m} for m in maps]
-    spec += [{"type": "reduce", "exec": r, **({"count": count} if count else {})} for r in reduces]
-    if not spec:
-        raise ValueError("a job needs at least one phase: map=..., reduce=... or phases=[...]")
-    return [{**{k: v for k, v in limits.items() if v is not None}, **p} for p in spec]
-
-
-class Job:
-    """A job on the server: its state lives there, so any process can follow it by id."""
-
-    def __init__(self, client: Client, job_id: str) -> None:
-        self.client = client
-        self.id = job_id
-
-    def __repr__(self) -> str:
-        return f"Job({self.id!r})"
-
-    @property
-    def status(self) -> dict[str, Any]:
-        """The job as the server has it now: state, phases with task counts, errors."""
-        return self.client.api("GET", f"/_manta/jobs/{self.id}")  # type: ignore[no-any-return]
-
-    @property
-    def state(self) -> str:
-        return str(self.status["state"])
-
-    def add_inputs(self, inputs: str | Iterable[str], end: bool = False) -> None:
-        batch: list[str] = []
-        for item in self.client._expand(inputs):
-            batch.append(item)
-            if len(batch) >= INPUT_BATCH:
-                self.client.api("POST", f"/_manta/jobs/{self.id}/inputs", {"inputs": batch, "end": False})
-                batch = []
-        if batch or end:
-            self.client.api("POST", f"/_manta/jobs/{self.id}/inputs", {"inputs": batch, "end": end})
-
-    def end_inputs(self) -> None:
-        self.client.api("POST", f"/_manta/jobs/{self.id}/end")
-
-    def wait(self, timeout_s: float | None = None, progress: bool = True, check: bool = False) -> Job:
-        """Wait until the job is done or cancelled (and none of its tasks still runs),
-        with a tqdm bar per phase; `check` raises JobFailed if any task failed."""
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        bars: list[Any] = []
-        delay, settle = 0.05, None
-        try:
-            while True:
-                status = self.status
-                counts = [(p["type"], p["done"] + p["failed"] + p["cancelled"], p["tasks"]) for p in status["phases"]]
-                while progress and len(bars) < len(counts):
-                    kind, _, total = counts[len(bars)]
-                    bars.append(_bar(total, f"job {self.id[:8]} phase {len(bars)} {kind}", unit="task"))
-                for bar, (_, done, total) in zip(bars, counts, strict=False):
-                    if bar.total != total:
-                        bar.reset(total=total)  # (a notebook bar's maximum changes only so)
-                    if bar.n != done:
-                        bar.n = done
-                        bar.set_postfix(errors=status["errors"], refresh=False)
-                        bar.refresh()
-                if status["state"] != "running":
-                    settle = settle or time.monotonic() + 10
-                    if not sum(p["running"] for p in status["phases"]) or time.monotonic() > settle:
-                        break
-                if deadline is not None and time.monotonic() > deadline:
-                    raise TimeoutError(f"job {self.id} still {status['state']} after {timeout_s}s")
-                time.sleep(delay)
-                delay = min(0.5, delay * 1.5)
-        finally:
-            for bar in bars:
-                bar.close()
-        if check and (status["errors"] or status["state"] != "done"):
-            first = "; ".join(f"{e['code']} {e.get('input') or e['task']}: {e.get('message', '')}"
-                              for e in self.errors()[:3])
-            raise JobFailed(f"job {self.id} {status['state']} with {status['errors']} errors: {first}")
-        return self
-
-    def outputs(self) -> list[str]:
-        """The last phase's output objects (`bucket/key`), in task order."""
-        return self.client.api("GET", f"/_manta/jobs/{self.id}/outputs")["outputs"]  # type: ignore[no-any-return]
-
-    def read_outputs(self) -> bytes:
-        """The outputs' contents, concatenated in task order."""
-        return b"".join(self.client.get(name) for name in self.outputs())
-
-    def to_pandas(self, **read_csv_kwargs: Any) -> pandas.DataFrame:
-        """The outputs as one DataFrame: `pandas.read_csv(outputs, **read_csv_kwargs)`
-        (e.g. sep="\\t", names=[...] for tab-separated lines without a header)."""
-        import pandas
-
-        data = self.read_outputs()
-        if not data.strip():
-            return pandas.DataFrame(columns=read_csv_kwargs.get("names"))
-        return pandas.read_csv(io.BytesIO(data), **read_csv_kwargs)
-
-    def errors(self) -> list[dict[str, Any]]:
-        """Failed tasks: code, message, input, stderr excerpt."""
-        return self.client.api("GET", f"/_manta/jobs/{self.id}/errors")["errors"]  # type: ignore[no-any-return]
-
-    def cancel(self) -> None:
-        self.client.api("POST", f"/_manta/jobs/{self.id}/cancel")
