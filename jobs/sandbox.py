@@ -29,7 +29,7 @@ Limits, and what enforces them (`TaskResult.killed` names the one that ended a t
                ENOSPC (best effort). tmpfs pages count as memory too.
 In the fallback, "memory" and "processes" are guessed from stderr. A task's cgroups are
 <cgroup_root>/[<controller>/]manta/<server pid>-<random>, removed when its processes are
-gone; those of dead servers are removed when a Sandbox starts.
+gone; those of dead servers are removed when a Sandbox starts (`jobs/cgroups.py`).
 
 Init/exec split: "ok" reaches fd 3 only once `init` succeeded, and fd 3 is closed before
 the user's command, so no exit status can pass for an init failure or the reverse. A bwrap
@@ -54,7 +54,6 @@ import logging
 import math
 import os
 import pwd
-import secrets
 import selectors
 import shlex
 import shutil
@@ -65,6 +64,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, BinaryIO
+
+from jobs.cgroups import TaskCgroups, read_text, setup_cgroups
 
 __all__ = ["Sandbox", "SandboxConfig", "SandboxError", "TaskLimits", "TaskResult", "TaskSpec"]
 
@@ -81,7 +82,6 @@ RUNNER = ('if [ -n "$1" ]; then "$0" -c "$1" manta-init </dev/null >&2 3>&- || e
 PASSWD = (b"manta:x:1000:1000:manta task:/tmp:/bin/bash\n"
           b"nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n")
 GROUP = b"manta:x:1000:\nnogroup:x:65534:\n"
-FALLBACK = "falling back to rlimits (ulimit -v for memory, ulimit -u for processes, per host user)"
 
 
 class SandboxError(Exception):
@@ -162,59 +162,6 @@ class _Host:
     cgroups: str | None          # "v2", "v1", or None for the rlimit fallback
 
 
-class _TaskCgroups:
-    """One task's memory and pids cgroups: one v2 dir, or a dir in each v1 hierarchy."""
-
-    def __init__(self, root: str, version: str, limits: TaskLimits) -> None:
-        name, memory = f"{os.getpid()}-{secrets.token_hex(6)}", str(limits.memory_mb << 20)
-        if version == "v2":
-            mem = pids = os.path.join(root, "manta", name)
-            self.dirs = [mem]
-            self.oom = os.path.join(mem, "memory.events")
-            knobs = [("memory.max", memory, False), ("memory.swap.max", "0", True)]
-        else:
-            mem, pids = (os.path.join(root, c, "manta", name) for c in ("memory", "pids"))
-            self.dirs = [mem, pids]
-            self.oom = os.path.join(mem, "memory.oom_control")
-            knobs = [("memory.limit_in_bytes", memory, False),
-                     ("memory.memsw.limit_in_bytes", memory, True)]
-        self.pids = os.path.join(pids, "pids.events")
-        self.procs = [os.path.join(d, "cgroup.procs") for d in self.dirs]
-        try:
-            for d in self.dirs:
-                os.mkdir(d)
-            for knob, value, optional in knobs:
-                _write(os.path.join(mem, knob), value, optional)
-            _write(os.path.join(pids, "pids.max"), str(limits.max_procs))
-        except BaseException:
-            self.remove()
-            raise
-
-    def breach(self) -> str | None:
-        if _counter(self.oom, "oom_kill"):
-            return "memory"
-        return "processes" if _counter(self.pids, "max") else None
-
-    def kill(self, spare: int = 0) -> None:
-        for pid in " ".join(_read(procs) for procs in self.procs).split():
-            if int(pid) != spare:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(pid), signal.SIGKILL)
-
-    def remove(self) -> None:
-        deadline = time.monotonic() + 5.0
-        for d in self.dirs:
-            while os.path.isdir(d):
-                try:
-                    os.rmdir(d)
-                except OSError as err:  # EBUSY while the last processes exit
-                    if time.monotonic() > deadline:
-                        log.warning("cannot remove task cgroup %s: %s", d, err)
-                        break
-                    self.kill()
-                    time.sleep(0.002)
-
-
 class Sandbox:
     def __init__(self, config: SandboxConfig = SandboxConfig()) -> None:
         self.config = config
@@ -228,7 +175,7 @@ class Sandbox:
         except (SandboxError, OSError) as err:
             return str(err)
         knobs = ("/proc/sys/kernel/unprivileged_userns_clone", "/proc/sys/user/max_user_namespaces")
-        off = [k for k in knobs if _read(k).strip() == "0"]
+        off = [k for k in knobs if read_text(k).strip() == "0"]
         hint = f" (user namespaces are off: {off[0]} is 0)" if off else ""
         stderr = result.stderr.decode(errors="replace").strip()
         return None if result.ok else f"a trial task failed: {stderr}{hint}"
@@ -243,7 +190,7 @@ class Sandbox:
         inputs: list[BinaryIO] = []
         fds: list[int] = []
         feed_error: list[OSError] = []
-        cgroups: _TaskCgroups | None = None
+        cgroups: TaskCgroups | None = None
         proc: subprocess.Popen[bytes] | None = None
         status_r = -1
         try:
@@ -251,7 +198,8 @@ class Sandbox:
                 for path in spec.stdin_paths:
                     inputs.append(open(path, "rb"))  # noqa: SIM115 (closed by _feed)
                 if host.cgroups:
-                    cgroups = _TaskCgroups(self.config.cgroup_root, host.cgroups, spec.limits)
+                    cgroups = TaskCgroups(self.config.cgroup_root, host.cgroups, spec.limits.memory_mb,
+                                          spec.limits.max_procs)
                 status_r, status_w = os.pipe()
                 fds.append(_moved(status_w, host.min_fd))
                 for data in (PASSWD, GROUP):
@@ -293,7 +241,7 @@ class Sandbox:
                 os.close(status_r)
 
     def _watch(self, proc: subprocess.Popen[bytes], spec: TaskSpec, stdout: Callable[[bytes], None],
-               cancel: threading.Event | None, cgroups: _TaskCgroups | None, status_r: int,
+               cancel: threading.Event | None, cgroups: TaskCgroups | None, status_r: int,
                feed_error: list[OSError], start: float) -> TaskResult:
         assert proc.stdout is not None and proc.stderr is not None
         limits, cap = spec.limits, self.config.stderr_cap_bytes
@@ -392,10 +340,10 @@ class Sandbox:
             shell, wrapper, min_fd = "/bin/bash", ["/bin/bash", "--posix", "-c"], 10
         else:
             shell, wrapper, min_fd = "/bin/sh", ["/bin/sh", "-c"], 4
-        return _Host(priv, shell, wrapper, min_fd, bwrap, _setup_cgroups(cfg.cgroup_root))
+        return _Host(priv, shell, wrapper, min_fd, bwrap, setup_cgroups(cfg.cgroup_root))
 
 
-def _wrapper_script(status_fd: int, limits: TaskLimits, cgroups: _TaskCgroups | None) -> str:
+def _wrapper_script(status_fd: int, limits: TaskLimits, cgroups: TaskCgroups | None) -> str:
     cpu = limits.cpu_s or math.ceil(limits.timeout_s)
     lines = ["set -e", *(f"echo $$ > {shlex.quote(p)}" for p in (cgroups.procs if cgroups else []))]
     lines += [f"ulimit -S -t {cpu}", f"ulimit -H -t {cpu + 1}",
@@ -426,34 +374,6 @@ def _env_args(env: dict[str, str]) -> list[str]:
             raise ValueError(f"bad environment variable: {name!r}")
         args += ["--setenv", name, value]
     return args
-
-
-def _setup_cgroups(root: str) -> str | None:
-    """The usable cgroup version, with its `manta` parents made; None (logged): rlimits."""
-    try:
-        if os.path.exists(os.path.join(root, "cgroup.controllers")):
-            if not {"memory", "pids"} <= set(_read(os.path.join(root, "cgroup.controllers")).split()):
-                raise OSError("the memory or pids controller is not available")
-            version, parents = "v2", [os.path.join(root, "manta")]
-            os.makedirs(parents[0], exist_ok=True)
-            for d in (root, parents[0]):
-                _write(os.path.join(d, "cgroup.subtree_control"), "+memory +pids")
-        elif os.path.exists(os.path.join(root, "memory", "memory.limit_in_bytes")) and \
-                os.path.isdir(os.path.join(root, "pids")):
-            version, parents = "v1", [os.path.join(root, c, "manta") for c in ("memory", "pids")]
-        else:
-            raise OSError("neither cgroup v2 nor v1 memory and pids hierarchies")
-        for parent in parents:
-            os.makedirs(parent, exist_ok=True)
-            for name in os.listdir(parent):
-                owner = name.partition("-")[0]
-                if owner.isdigit() and not os.path.exists(f"/proc/{owner}"):
-                    os.rmdir(os.path.join(parent, name))
-    except OSError as err:
-        log.warning("no usable cgroups at %s (%s): %s", root, err, FALLBACK)
-        return None
-    log.info("task limits use cgroup %s at %s", version, root)
-    return version
 
 
 def _task_user(name: str) -> tuple[int, int]:
@@ -489,7 +409,7 @@ def _feed(files: list[BinaryIO], pipe: IO[bytes] | None, errors: list[OSError]) 
             pipe.close()
 
 
-def _kill(proc: subprocess.Popen[bytes], cgroups: _TaskCgroups | None, force: bool = False) -> None:
+def _kill(proc: subprocess.Popen[bytes], cgroups: TaskCgroups | None, force: bool = False) -> None:
     """Kill the container: its pid 1 (the pid namespace dies with it) and everything in its
     cgroups, sparing the outer bwrap so that it reaps them and no zombie is left to init.
     `force`, or nothing to kill yet: the wrapper's whole process group."""
@@ -497,7 +417,7 @@ def _kill(proc: subprocess.Popen[bytes], cgroups: _TaskCgroups | None, force: bo
         cgroups.kill(spare=proc.pid)
     if proc.returncode is not None:  # reaped: its pid may be someone else's now
         return
-    children = _read(f"/proc/{proc.pid}/task/{proc.pid}/children").split()
+    children = read_text(f"/proc/{proc.pid}/task/{proc.pid}/children").split()
     for pid in children:
         with contextlib.suppress(ProcessLookupError):
             os.kill(int(pid), signal.SIGKILL)
@@ -506,7 +426,7 @@ def _kill(proc: subprocess.Popen[bytes], cgroups: _TaskCgroups | None, force: bo
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-def _classify(exit_code: int | None, sig: int | None, cgroups: _TaskCgroups | None,
+def _classify(exit_code: int | None, sig: int | None, cgroups: TaskCgroups | None,
               stderr: bytes) -> str | None:
     """Which limit ended a task that run() did not kill, if one did."""
     if cgroups is not None and (reason := cgroups.breach()):
@@ -539,22 +459,3 @@ def _moved(fd: int, lowest: int) -> int:
         os.close(dup)
         raise SandboxError("no free file descriptor below 10 for /bin/sh (install bash)")
     return dup
-
-
-def _write(path: str, value: str, optional: bool = False) -> None:
-    with contextlib.suppress(*((OSError,) if optional else ())), open(path, "w") as fh:
-        fh.write(value)
-
-
-def _read(path: str) -> str:
-    with contextlib.suppress(OSError), open(path) as fh:
-        return fh.read()
-    return ""
-
-
-def _counter(path: str, key: str) -> int:
-    for line in _read(path).splitlines():
-        name, _, value = line.partition(" ")
-        if name == key and value.strip().isdigit():
-            return int(value)
-    return 0

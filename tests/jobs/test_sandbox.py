@@ -344,7 +344,7 @@ def test_init_failure_is_not_a_user_failure(sandbox: Sandbox, data_dir: str) -> 
 def test_rlimit_fallback_without_cgroups(sandbox: Sandbox, caplog: pytest.LogCaptureFixture) -> None:
     # `ulimit -u` counts every process of the host user, so this test has a user of its own:
     # its fork bomb must not starve tasks that other tests or servers run as manta-task.
-    caplog.set_level(logging.WARNING, logger="jobs.sandbox")
+    caplog.set_level(logging.WARNING, logger="jobs")
     sb = Sandbox(SandboxConfig(user="manta-task-fallback-test", cgroup_root="/nonexistent"))
     require(sb.check() is None, "the sandbox cannot run here")
     assert "falling back to rlimits" in caplog.text
