@@ -11,7 +11,8 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from manta.config import (
     DEFAULT_DATA_DIR,
@@ -103,6 +104,16 @@ def _admin_nodes(args: argparse.Namespace) -> int:
     return 0
 
 
+def subcommand(sub: Any, name: str, func: Callable[[argparse.Namespace], int], help: str,
+               example: str) -> argparse.ArgumentParser:
+    """A subcommand whose help is its description, with one example in its epilog."""
+    p: argparse.ArgumentParser = sub.add_parser(
+        name, help=help, description=help, epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(func=func)
+    return p
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="manta",
@@ -151,10 +162,11 @@ def parser() -> argparse.ArgumentParser:
     nodes.add_argument("--json", action="store_true", help="print a JSON array")
     nodes.set_defaults(func=_admin_nodes)
 
-    from manta import cli_jobs, cli_objects
+    from manta import cli_find, cli_jobs, cli_objects
 
     cli_objects.register(sub)
     cli_jobs.register(sub)
+    cli_find.register(sub)
     return p
 
 

@@ -1,4 +1,4 @@
-"""`manta job ...` and `manta find`: run map/reduce jobs and list objects from the shell.
+"""`manta job ...`: run map/reduce jobs from the shell (`manta find` lists their inputs).
 
     manta find logs/2024/ --name '\\.gz$' | manta job create -o -m 'zcat | grep -c ERROR' \\
         -r 'awk "{s+=\\$1} END {print s}"'
@@ -15,16 +15,14 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import re
 import sys
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from manta.cli import CliError
+from manta.cli import CliError, subcommand
+from manta.cli_find import list_objects, s3_client, s3_errors, stdout_pipe
 
 __all__ = ["register"]
 
@@ -46,54 +44,6 @@ def _api(method: str, path: str, payload: Any = None) -> Any:
     return signed_request(method, path, json.dumps(payload).encode() if payload is not None else b"")
 
 
-def _s3() -> Any:
-    import boto3
-    from botocore.config import Config
-
-    from manta.credentials import client_credentials, client_url
-
-    creds = client_credentials()
-    if creds is None:
-        raise CliError("no credentials: set MANTA_ACCESS_KEY and MANTA_SECRET_KEY (or run on the "
-                       "server host, where the root credentials are read from the data dir)")
-    return boto3.client(
-        "s3", endpoint_url=client_url(), region_name="us-east-1",
-        aws_access_key_id=creds.access_key, aws_secret_access_key=creds.secret_key,
-        config=Config(signature_version="s3v4", s3={"addressing_style": "path"},
-                      retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=5))
-
-
-@contextmanager
-def _s3_errors(bucket: str) -> Iterator[None]:
-    """botocore exceptions -> CliError with a message a user can act on."""
-    from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
-
-    from manta.credentials import client_url
-
-    try:
-        yield
-    except ClientError as exc:
-        error = exc.response.get("Error", {})
-        code, message = error.get("Code", ""), error.get("Message", "")
-        if code == "NoSuchBucket":
-            raise CliError(f"no such bucket: {bucket}") from None
-        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch"):
-            raise CliError(f"bad credentials ({code}): {message}") from None
-        raise CliError(f"{code or 'error'}: {message or exc}") from None
-    except EndpointConnectionError:
-        raise CliError(f"cannot reach {client_url()}") from None
-    except BotoCoreError as exc:
-        raise CliError(str(exc)) from None
-
-
-def list_objects(bucket: str, prefix: str = "") -> Iterator[dict[str, Any]]:
-    """Every object under `prefix`, in key order (paginated ListObjectsV2)."""
-    with _s3_errors(bucket):
-        pages = _s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-        for page in pages:
-            yield from page.get("Contents", [])
-
-
 def _split(name: str) -> tuple[str, str]:
     bucket, sep, key = name.strip().lstrip("/").partition("/")
     if not bucket or not sep:
@@ -103,21 +53,10 @@ def _split(name: str) -> tuple[str, str]:
 
 def _copy_object(s3: Any, name: str, out: Any) -> None:
     bucket, key = _split(name)
-    with _s3_errors(bucket):
+    with s3_errors(bucket):
         body = s3.get_object(Bucket=bucket, Key=key)["Body"]
         for chunk in body.iter_chunks(256 * 1024):
             out.write(chunk)
-
-
-@contextmanager
-def _stdout_pipe() -> Iterator[None]:
-    """A reader that went away (`| head`) ends the command quietly."""
-    try:
-        yield
-        sys.stdout.flush()
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        raise SystemExit(1) from None
 
 
 # -- inputs --------------------------------------------------------------------------------
@@ -298,8 +237,8 @@ def _job_create(args: argparse.Namespace) -> int:
 
 def _print_outputs(job_id: str) -> None:
     outputs = _api("GET", _job(job_id, "outputs"))["outputs"]
-    s3 = _s3() if outputs else None
-    with _stdout_pipe():
+    s3 = s3_client() if outputs else None
+    with stdout_pipe():
         sys.stdout.flush()
         for name in outputs:
             _copy_object(s3, name, sys.stdout.buffer)
@@ -351,7 +290,7 @@ def _job_outputs(args: argparse.Namespace) -> int:
         _print_outputs(args.job)
         return 0
     outputs = _api("GET", _job(args.job, "outputs"))["outputs"]
-    with _stdout_pipe():
+    with stdout_pipe():
         for name in outputs:
             print(name)
     return 0
@@ -362,7 +301,7 @@ def _job_errors(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(errors))
     else:
-        with _stdout_pipe():
+        with stdout_pipe():
             _print_errors(errors, sys.stdout)
     return 0
 
@@ -379,49 +318,10 @@ def _job_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(jobs))
         return 0
-    with _stdout_pipe():
+    with stdout_pipe():
         print(f"{'ID':<18} {'STATE':<10} {'CREATED':<19} {'INPUTS':>7}  NAME")
         for j in jobs:
             print(f"{j['id']:<18} {j['state']:<10} {_when(j['created']):<19} {j['input_count']:>7}  {j['name']}")
-    return 0
-
-
-# -- manta find ------------------------------------------------------------------------------
-
-_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
-
-
-def _size_filter(text: str) -> Callable[[int], bool]:
-    """`+N`: larger than N bytes; `-N`: smaller than N bytes (N may end in k, M, G, T)."""
-    match = re.fullmatch(r"([+-])(\d+)([kKmMgGtT]?)", text.strip())
-    if match is None:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected +N or -N, e.g. +1M or -4096")
-    sign, digits, unit = match.groups()
-    limit = int(digits) * _SIZE_UNITS[unit.lower()]
-    return (lambda size: size > limit) if sign == "+" else (lambda size: size < limit)
-
-
-def _find(args: argparse.Namespace) -> int:
-    bucket, _, prefix = args.path.lstrip("/").partition("/")
-    if not bucket:
-        raise CliError("find needs a BUCKET or BUCKET/PREFIX")
-    try:
-        pattern = re.compile(args.name) if args.name else None
-    except re.error as exc:
-        raise CliError(f"--name: bad regular expression: {exc}") from None
-    with _stdout_pipe():
-        for obj in list_objects(bucket, prefix):
-            key = obj["Key"]
-            if pattern is not None and not pattern.search(key.rsplit("/", 1)[-1]):
-                continue
-            if args.size is not None and not args.size(obj["Size"]):
-                continue
-            if args.json:
-                print(json.dumps({"bucket": bucket, "key": key, "size": obj["Size"],
-                                  "etag": obj.get("ETag", "").strip('"'),
-                                  "last_modified": obj["LastModified"].isoformat()}))
-            else:
-                print(f"{bucket}/{key}")
     return 0
 
 
@@ -437,15 +337,6 @@ class _PhaseAction(argparse.Action):
         setattr(namespace, self.dest, phases)
 
 
-def _command(sub: Any, name: str, func: Callable[[argparse.Namespace], int], help: str,
-             example: str) -> argparse.ArgumentParser:
-    p: argparse.ArgumentParser = sub.add_parser(
-        name, help=help, description=help, epilog=f"example:\n  {example}",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.set_defaults(func=func)
-    return p
-
-
 def _register_job(sub: Any) -> None:
     job = sub.add_parser("job", help="run map/reduce jobs next to the data",
                          description="Run map/reduce jobs next to the data (Manta semantics).",
@@ -454,7 +345,7 @@ def _register_job(sub: Any) -> None:
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     jsub = job.add_subparsers(dest="job_command", required=True)
 
-    c = _command(jsub, "create", _job_create, "create a job, add its inputs, end them; print the job id",
+    c = subcommand(jsub, "create", _job_create, "create a job, add its inputs, end them; print the job id",
                  "manta job create -o -m 'wc -l' -r 'awk \"{s+=\\$1} END {print s}\"' logs/2024/")
     c.add_argument("-m", "--map", dest="phases", action=_PhaseAction, const="map", metavar="CMD",
                    help="add a map phase: CMD runs once per input object (stdin = the object)")
@@ -479,52 +370,43 @@ def _register_job(sub: Any) -> None:
     c.add_argument("inputs", nargs="*", metavar="INPUT",
                    help="bucket/key, or bucket/prefix/ for every object under it (default: stdin lines)")
 
-    a = _command(jsub, "addinputs", _job_addinputs, "add inputs to a job whose inputs are open",
+    a = subcommand(jsub, "addinputs", _job_addinputs, "add inputs to a job whose inputs are open",
                  "manta find logs/2024-06/ | manta job addinputs 5f0c2a9e11d3b7a4 --end")
     a.add_argument("job", metavar="JOB")
     a.add_argument("inputs", nargs="*", metavar="INPUT", help="bucket/key or bucket/prefix/ (default: stdin)")
     a.add_argument("--end", action="store_true", help="also end the job's inputs")
 
-    e = _command(jsub, "end", _job_end, "end a job's inputs (it finishes once they are processed)",
+    e = subcommand(jsub, "end", _job_end, "end a job's inputs (it finishes once they are processed)",
                  "manta job end 5f0c2a9e11d3b7a4")
     e.add_argument("job", metavar="JOB")
 
-    w = _command(jsub, "watch", _job_watch, "show tasks done per phase until the job is finished",
+    w = subcommand(jsub, "watch", _job_watch, "show tasks done per phase until the job is finished",
                  "manta job watch 5f0c2a9e11d3b7a4")
     w.add_argument("job", metavar="JOB")
 
-    g = _command(jsub, "get", _job_get, "show a job: state, phases, task counts, bytes read",
+    g = subcommand(jsub, "get", _job_get, "show a job: state, phases, task counts, bytes read",
                  "manta job get 5f0c2a9e11d3b7a4 --json | jq '.tasks[] | {id, node, bytes_local}'")
     g.add_argument("job", metavar="JOB")
     g.add_argument("--json", action="store_true", help="print the job with every task as JSON")
 
-    o = _command(jsub, "outputs", _job_outputs, "list the outputs of a job's last phase",
+    o = subcommand(jsub, "outputs", _job_outputs, "list the outputs of a job's last phase",
                  "manta job outputs 5f0c2a9e11d3b7a4 --cat")
     o.add_argument("job", metavar="JOB")
     o.add_argument("--cat", action="store_true", help="print their contents, in task order")
 
-    r = _command(jsub, "errors", _job_errors, "list a job's task errors (code, input, stderr excerpt)",
+    r = subcommand(jsub, "errors", _job_errors, "list a job's task errors (code, input, stderr excerpt)",
                  "manta job errors 5f0c2a9e11d3b7a4 --json")
     r.add_argument("job", metavar="JOB")
     r.add_argument("--json", action="store_true", help="print a JSON array")
 
-    x = _command(jsub, "cancel", _job_cancel, "cancel a job: its running tasks are killed",
+    x = subcommand(jsub, "cancel", _job_cancel, "cancel a job: its running tasks are killed",
                  "manta job cancel 5f0c2a9e11d3b7a4")
     x.add_argument("job", metavar="JOB")
 
-    lst = _command(jsub, "list", _job_list, "list your jobs", "manta job list --json")
+    lst = subcommand(jsub, "list", _job_list, "list your jobs", "manta job list --json")
     lst.add_argument("--json", action="store_true", help="print a JSON array")
 
 
 def register(sub: Any) -> None:
-    """Add `job` and `find` to the `manta` command's subparsers."""
+    """Add `job` to the `manta` command's subparsers."""
     _register_job(sub)
-    f = _command(sub, "find", _find, "list the objects under BUCKET[/PREFIX] as bucket/key lines",
-                 "manta find logs/2024/ --name '\\.gz$' | manta job create -m 'zcat | wc -l'")
-    f.add_argument("path", metavar="BUCKET[/PREFIX]")
-    f.add_argument("--name", metavar="REGEX", help="only objects whose name (after the last /) matches")
-    f.add_argument("--size", metavar="+N|-N", type=_size_filter,
-                   help="only objects larger (+N) or smaller (--size=-N) than N bytes; "
-                        "suffixes k, M, G (powers of 1024), e.g. +1M")
-    f.add_argument("--json", action="store_true",
-                   help="one JSON object per line: bucket, key, size, etag, last_modified")
