@@ -1,10 +1,11 @@
 """Dataframe libraries against a real server: pandas through `manta://` (our fsspec
-filesystem) and through s3fs, pyarrow's own S3 client reading Parquet."""
+filesystem) and through s3fs, pyarrow's own S3 client reading and writing Parquet."""
 
 from __future__ import annotations
 
 import io
 import os
+import re
 
 import fsspec
 import numpy as np
@@ -114,3 +115,33 @@ def test_pyarrow_s3_reads_parquet_written_with_boto3(server: Server, s3: object,
                          columns=["temperature"]).column(0).to_pylist() == frame["temperature"].tolist()
     listed = fs.get_file_info(pafs.FileSelector(f"{bucket}/tables"))
     assert [i.path for i in listed] == [f"{bucket}/tables/sensors.parquet"]
+
+
+def test_pyarrow_and_s3fs_write_multipart_objects_boto3_reads(server: Server, s3: object, bucket: str,
+                                                              frame: pd.DataFrame) -> None:
+    """The writers' side: pyarrow's C++ S3 client and s3fs stream multipart uploads."""
+    fs = pafs.S3FileSystem(endpoint_override=server.url.removeprefix("http://"), scheme="http",
+                           access_key=ROOT_AK, secret_key=ROOT_SK, region="us-east-1")
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), f"{bucket}/w/sensors.parquet",
+                   filesystem=fs)
+    body = s3.get_object(Bucket=bucket, Key="w/sensors.parquet")["Body"].read()  # type: ignore[attr-defined]
+    pd.testing.assert_frame_equal(pq.read_table(io.BytesIO(body)).to_pandas(), frame)
+    chunks = [os.urandom(MiB) for _ in range(12)]
+    with fs.open_output_stream(f"{bucket}/w/stream.bin") as out:
+        for chunk in chunks:
+            out.write(chunk)
+    head = s3.head_object(Bucket=bucket, Key="w/stream.bin")  # type: ignore[attr-defined]
+    assert re.fullmatch(r'"[0-9a-f]{32}-[2-9]"', head["ETag"]), head["ETag"]  # multipart (pyarrow's part size)
+    assert s3.get_object(Bucket=bucket, Key="w/stream.bin")["Body"].read() == b"".join(chunks)  # type: ignore[attr-defined]
+
+    options = {"key": ROOT_AK, "secret": ROOT_SK, "client_kwargs": {"endpoint_url": server.url,
+                                                                     "region_name": "us-east-1"}}
+    sfs = fsspec.filesystem("s3", **options)
+    with sfs.open(f"{bucket}/w/s3fs.bin", "wb", block_size=5 * MiB) as fh:
+        for chunk in chunks:
+            fh.write(chunk)
+    head = s3.head_object(Bucket=bucket, Key="w/s3fs.bin")  # type: ignore[attr-defined]
+    assert head["ETag"].endswith('-3"'), head["ETag"]
+    assert s3.get_object(Bucket=bucket, Key="w/s3fs.bin")["Body"].read() == b"".join(chunks)  # type: ignore[attr-defined]
+    frame.to_parquet(f"s3://{bucket}/w/pandas.parquet", storage_options=options)
+    pd.testing.assert_frame_equal(pd.read_parquet(f"s3://{bucket}/w/pandas.parquet", storage_options=options), frame)
