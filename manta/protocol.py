@@ -57,6 +57,9 @@ class HttpProtocol(HttpToolsProtocol):
     def _refuse_head(self) -> None:
         self._refused = True
         self.keep_alive = False
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.transport.close()  # a pipelined head while a response is still being sent
+            return
         rid = request_id()
         body = s3e.RequestHeaderSectionTooLarge(MaxSizeAllowed=str(HEAD_LIMIT_BYTES)).to_xml("", rid)
         self.logger.warning("closing a connection whose request head passed %d bytes", HEAD_LIMIT_BYTES)
