@@ -46,20 +46,23 @@ def block_sums(data: bytes | memoryview) -> bytes:
     return b"".join(struct.pack(">I", crc32c(view[i:i + BLOCK])) for i in range(0, len(view), BLOCK))
 
 
-def verify_file(path: str, meta: dict[str, Any]) -> str | None:
+def verify_file(path: str, meta: dict[str, Any],
+                seen: Callable[[memoryview], None] | None = None) -> str | None:
     """None when the file holds the blob's bytes by its size and per-block CRC32Cs, else why
     not: the check a replica passes before it is used in place (bind-mounted into a task),
-    where no verified read stands between the file and the reader."""
+    where no verified read stands between the file and the reader, and the scrub's read-back
+    (which hashes and paces the blocks it is shown through `seen`)."""
     blocks: bytes = meta.get("blocks") or b""
     buf = bytearray(BLOCK)
     size = index = 0
     try:
         with open(path, "rb", buffering=0) as fh:
             while n := fh.readinto(buf):
-                if 4 * index + 4 <= len(blocks):
-                    chunk = memoryview(buf)[:n]
-                    if crc32c(chunk) != struct.unpack_from(">I", blocks, 4 * index)[0]:
-                        return "checksum mismatch"
+                chunk = memoryview(buf)[:n]
+                if 4 * index + 4 <= len(blocks) and crc32c(chunk) != struct.unpack_from(">I", blocks, 4 * index)[0]:
+                    return "checksum mismatch"
+                if seen is not None:
+                    seen(chunk)
                 size += n
                 index += 1
     except FileNotFoundError:

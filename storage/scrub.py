@@ -21,16 +21,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import struct
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from awscrt.checksums import crc32c
-
 from storage.errors import BlobUnavailable
 from storage.node import Node
-from storage.replicas import BLOCK, BlobReader, choose_nodes, copy_blob
+from storage.replicas import BlobReader, choose_nodes, copy_blob, verify_file
 from storage.store import Store
 from storage.zfs import ZfsError
 
@@ -119,29 +116,17 @@ class Scrubber:
         return out
 
     def _verify(self, node: Node, blob_id: str, meta: dict[str, Any]) -> str | None:
-        """None if the replica is good, else why not."""
+        """None if the replica is good (size, block CRC32Cs, SHA-256), else why not."""
         sha = hashlib.sha256()
-        blocks: bytes = meta.get("blocks") or b""
-        size = 0
-        index = 0
-        try:
-            with node.blobs.open(blob_id) as fh:
-                while chunk := fh.read(BLOCK):
-                    self._throttle(len(chunk))
-                    if 4 * index + 4 <= len(blocks) and crc32c(chunk) != struct.unpack_from(">I", blocks, 4 * index)[0]:
-                        return "checksum mismatch"
-                    sha.update(chunk)
-                    size += len(chunk)
-                    index += 1
-        except OSError as exc:
-            return f"read error: {exc.strerror or exc}"
-        except Exception as exc:  # BlobMissing and friends
-            return str(exc) or type(exc).__name__
-        if "size" in meta and size != meta["size"]:
-            return f"size {size}, expected {meta['size']}"
-        if meta.get("sha256") and sha.digest() != meta["sha256"]:
+
+        def seen(chunk: memoryview) -> None:
+            self._throttle(len(chunk))
+            sha.update(chunk)
+
+        problem = verify_file(node.blobs.path(blob_id), meta, seen)
+        if problem is None and meta.get("sha256") and sha.digest() != meta["sha256"]:
             return "sha256 mismatch"
-        return None
+        return problem
 
     def _throttle(self, n: int) -> None:
         self._bytes += n
