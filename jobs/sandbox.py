@@ -6,8 +6,10 @@ Start chain (one fork from the server; no preexec_fn, the server is multi-thread
       bash --posix wrapper (root)  joins the task's cgroups, sets rlimits, status pipe -> fd 3
         exec setpriv               becomes the unprivileged host user `manta-task`
           exec bwrap               new user/pid/net/ipc/uts/cgroup/mount namespaces, uid 1000
-            bash runner            runs `init` (no fd 3, stdout -> stderr), writes "ok" on fd 3
-              exec bash -c EXEC    the user's pipeline; stdin/stdout/stderr are our pipes
+            bash runner            runs `init` (no fd 3, stdout -> stderr), writes "ok" on fd 3,
+                                   then evals EXEC, the user's pipeline, with $0 `manta-task`
+                                   and no positional parameters (one bash start fewer than
+                                   `exec bash -c EXEC`); stdin/stdout/stderr are our pipes
 
 A container sees only read-only system dirs (`ro_paths` globs; /bin, /lib... as on the
 host), a generated /etc/passwd and /etc/group, its own /proc, a read-only minimal /dev, a
@@ -77,8 +79,8 @@ INNER_ID = "1000"
 TRUNCATED = b"\n... truncated\n"
 ROOT_LINKS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 HOST_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
-RUNNER = ('if [ -n "$1" ]; then "$0" -c "$1" manta-init </dev/null >&2 3>&- || exit; fi; '
-          'echo ok >&3; exec 3>&-; exec "$0" -c "$2" manta-task')
+RUNNER = ('if [ -n "$1" ]; then {shell} -c "$1" manta-init </dev/null >&2 3>&- || exit; fi; '
+          'echo ok >&3; exec 3>&-; manta_exec=$2; set --; eval "$manta_exec"')
 PASSWD = (b"manta:x:1000:1000:manta task:/tmp:/bin/bash\n"
           b"nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n")
 GROUP = b"manta:x:1000:\nnogroup:x:65534:\n"
@@ -206,7 +208,8 @@ class Sandbox:
                     fds.append(_moved(_memfd(data), host.min_fd))
                 argv = [*host.wrapper, _wrapper_script(fds[0], spec.limits, cgroups), "manta-sandbox",
                         *host.priv, *host.bwrap, *_task_mounts(spec, fds[1], fds[2]), *env,
-                        "--", host.shell, "-c", RUNNER, host.shell, spec.init or "", spec.exec]
+                        "--", host.shell, "-c", RUNNER.format(shell=host.shell), "manta-task", spec.init or "",
+                        spec.exec]
                 start = time.monotonic()
                 proc = subprocess.Popen(
                     argv, stdin=subprocess.PIPE if inputs else subprocess.DEVNULL,
