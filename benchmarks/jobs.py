@@ -5,7 +5,9 @@
 2. A map job over N objects of generated text on a fresh `manta serve`, create (inputs given,
    end=true) to done, against (a) the limit: the same pipeline over the same blob files on
    the host with `xargs -P <cores>`, and (b) boto3: download every object, then the pipeline.
-Where the job's time goes comes from its task records and CPU accounting.
+3. The same three with a light pipeline (`wc -l`), where per-task costs dominate.
+Where the job's time goes comes from its task records and CPU accounting; the per-task
+budget that (b) / job >= 3 leaves shows whether any job could meet it on this machine.
 Usage and method: benchmarks/README.md. Server start-up and the raw client: _common.py.
 """
 
@@ -53,6 +55,7 @@ from manta.http import signed_request  # noqa: E402
 from storage.catalog import unpack  # noqa: E402
 
 PIPELINE = "tr -s ' ' '\\n' | sort | uniq -c | sort -rn | head -20"
+LIGHT_PIPELINE = "wc -l"
 CORES = len(os.sched_getaffinity(0))
 HOST_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}  # as inside the sandbox
 FULL_DEFAULTS = {"objects": 1000, "repeat": 3, "runs": 50}
@@ -247,42 +250,62 @@ def check_outputs(s3, tasks: list, corpus: bytes, size: int, pipeline: str) -> l
     return checks
 
 
-def report(args: argparse.Namespace, raw: dict, load_start: tuple[float, ...]) -> dict:
-    """Print medians, targets and the job's time breakdown; return the JSON document."""
-    over = {k: statistics.median(v) for k, v in raw["overhead_ms"].items()}
-    med = {k: statistics.median(r["seconds"] for r in raw[k]) for k in ("job", "limit", "boto3")}
-    med["download"] = statistics.median(r["download_s"] for r in raw["boto3"])
-    where = {k: None if v is None else statistics.median(r[k] for r in raw["job"])
-             for k, v in raw["job"][0].items() if k != "id"}
-    host_cpu_ms = statistics.median(r["cpu_s"] for r in raw["limit"]) / args.objects * 1000
-    rows = [("container start-to-exit of `true`, Sandbox().run", over["sandbox"], "ms"),
-            ("  bare `bwrap ... true`", over["bwrap"], "ms"),
-            ("  plain subprocess.run(['true'])", over["plain"], "ms"),
+def comparison(args: argparse.Namespace, raw: dict, prefix: str, pipeline: str) -> tuple[dict, dict, list]:
+    """Medians, the job's breakdown and the table rows of one pipeline's three measurements."""
+    med = {k: statistics.median(r["seconds"] for r in raw[prefix + k]) for k in ("job", "limit", "boto3")}
+    med["download"] = statistics.median(r["download_s"] for r in raw[prefix + "boto3"])
+    where = {k: None if v is None else statistics.median(r[k] for r in raw[prefix + "job"])
+             for k, v in raw[prefix + "job"][0].items() if k != "id"}
+    slots, per_task = CORES * args.nodes, 1000 / args.objects
+    host_cpu_ms = statistics.median(r["cpu_s"] for r in raw[prefix + "limit"]) * per_task
+    rows = [(f"pipeline: {pipeline}", None, ""),
             (f"map job over {args.objects} x {args.object_mib:g} MiB, create -> done", med["job"], "s"),
             (f"(a) limit: xargs -P {CORES} on the blob files", med["limit"], "s"),
             (f"(b) boto3 download ({CORES} threads), then xargs -P {CORES}", med["boto3"], "s"),
             ("      of which the download", med["download"], "s"),
-            (f"job, per task of one of {CORES * args.nodes} slots (wall x slots / tasks)",
-             where["slot_ms_per_task"], "ms"),
+            (f"job, per task of one of {slots} slots (wall x slots / tasks)", where["slot_ms_per_task"], "ms"),
             ("  inside Sandbox.run (mean task duration_s)", where["sandbox_run_ms"], "ms"),
-            ("  around it (dispatch record, input, output blob)", where["runner_outside_sandbox_ms"], "ms"),
-            ("  slot idle (final record commit, scheduling)", where["slot_idle_ms"], "ms"),
+            ("  in the runner around it (input; outputs after the slot)", where["runner_outside_sandbox_ms"], "ms"),
+            ("  slot time outside containers (dispatch, input, gaps)",
+             where["slot_ms_per_task"] - where["sandbox_run_ms"], "ms"),
             ("  server CPU (Python) per task", where["server_cpu_ms_per_task"], "ms"),
             ("  task processes' CPU per task", where["task_cpu_ms_per_task"], "ms"),
-            ("(a) per object (wall x cores / objects)", med["limit"] * CORES / args.objects * 1000, "ms"),
+            ("(a) per object (wall x cores / objects)", med["limit"] * CORES * per_task, "ms"),
             ("(a) CPU per object", host_cpu_ms, "ms"),
             ("job CPU per task (server + task) / (a) CPU per object", None if where["task_cpu_ms_per_task"]
-             is None else (where["server_cpu_ms_per_task"] + where["task_cpu_ms_per_task"]) / host_cpu_ms, "x")]
+             is None else (where["server_cpu_ms_per_task"] + where["task_cpu_ms_per_task"]) / host_cpu_ms, "x"),
+            (f"slot time per task that (b) / job >= {JOB_MIN_VS_BOTO3:g} allows",
+             med["boto3"] / JOB_MIN_VS_BOTO3 * slots * per_task, "ms")]
+    return med, where, rows
+
+
+def report(args: argparse.Namespace, raw: dict, load_start: tuple[float, ...]) -> dict:
+    """Print medians, targets and the job's time breakdown; return the JSON document."""
+    over = {k: statistics.median(v) for k, v in raw["overhead_ms"].items()}
+    med, where, rows = comparison(args, raw, "", args.pipeline)
+    rows = [("container start-to-exit of `true`, Sandbox().run", over["sandbox"], "ms"),
+            ("  bare `bwrap ... true`", over["bwrap"], "ms"),
+            ("  plain subprocess.run(['true'])", over["plain"], "ms"), *rows]
+    light: dict = {}
+    if args.light_pipeline:
+        light["medians"], light["job_breakdown"], light_rows = comparison(args, raw, "light_", args.light_pipeline)
+        rows += light_rows
     print(f"\n{'metric (median over rounds)':<62}{'value':>10}\n" + "-" * 72)
     for label, value, unit in rows:
-        print(f"{label:<62}{'-' if value is None else f'{value:.2f}':>10} {unit}")
+        print(f"{label:<62}{'' if unit == '' else '-' if value is None else f'{value:.2f}':>10} {unit}")
     targets = [("container overhead", over["sandbox"], "ms", "<=", OVERHEAD_MAX_MS),
                ("job time / (a) limit", med["job"] / med["limit"], "x", "<=", JOB_MAX_VS_LIMIT),
                ("(b) boto3 time / job time", med["boto3"] / med["job"], "x", ">=", JOB_MIN_VS_BOTO3)]
+    if light:
+        lm = light["medians"]
+        light["targets"] = {"job_vs_limit": lm["job"] / lm["limit"], "boto3_vs_job": lm["boto3"] / lm["job"]}
     print("\ntargets:")
     for label, value, unit, op, goal in targets:
         met = value <= goal if op == "<=" else value >= goal
         print(f"  {label:<28}{value:>8.2f} {unit:<4}{f'{op} {goal:g} {unit}':<10}{'met' if met else 'NOT met'}")
+    if light:
+        print(f"  (light pipeline, for context: job / (a) {light['targets']['job_vs_limit']:.2f} x, "
+              f"(b) / job {light['targets']['boto3_vs_job']:.2f} x)")
     checks = raw["checks"]
     print(f"\noutput check: {sum(c['match'] for c in checks)}/{len(checks)} sampled outputs match "
           f"the pipeline run on the host; bytes_remote {sum(r['bytes_remote'] for r in raw['job'])}; "
@@ -293,7 +316,7 @@ def report(args: argparse.Namespace, raw: dict, load_start: tuple[float, ...]) -
             "machine": machine_info(load_start),
             "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
             "samples": raw, "medians": {"overhead_ms": over, **{f"{k}_s": v for k, v in med.items()}},
-            "job_breakdown": where,
+            "job_breakdown": where, "light": light,
             "targets": [{"metric": t[0], "value": t[1], "unit": t[2], "goal": f"{t[3]} {t[4]:g}",
                          "met": t[1] <= t[4] if t[3] == "<=" else t[1] >= t[4]} for t in targets]}
 
@@ -303,6 +326,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--objects", type=int, help="input objects (default 1000; quick: 200)")
     p.add_argument("--object-mib", type=float, default=1.0, help="size of each object, MiB")
     p.add_argument("--pipeline", default=PIPELINE, help="the map phase's bash command")
+    p.add_argument("--light-pipeline", default=LIGHT_PIPELINE,
+                   help="a cheap command measured the same way, for context ('' skips it)")
     p.add_argument("--nodes", type=int, default=1, help="storage nodes of the server")
     p.add_argument("--repeat", type=int, help="rounds of the job comparisons (default 3; quick: 1)")
     p.add_argument("--runs", type=int, help="start-to-exit runs per way (default 50; quick: 20)")
@@ -324,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: load average {load_start[0]:.2f} before starting: other work is "
               "running, so numbers will be noisy", file=sys.stderr)
     size, keys = int(args.object_mib * MiB), [f"text/{i:05d}" for i in range(args.objects)]
-    raw: dict = {"overhead_ms": {}, "job": [], "limit": [], "boto3": [], "checks": []}
+    raw: dict = {"overhead_ms": {}, "checks": [], **{p + k: [] for p in ("", "light_") for k in ORDER}}
     server: Server | None = None
     with contextlib.ExitStack() as cleanup:
         args.workdir.mkdir(parents=True, exist_ok=True)
@@ -356,19 +381,21 @@ def main(argv: list[str] | None = None) -> int:
             s3 = boto3.client("s3", endpoint_url=f"http://{target.host}", region_name=REGION,
                               aws_access_key_id=target.access_key, aws_secret_access_key=target.secret_key,
                               config=Config(s3={"addressing_style": "path"}, max_pool_connections=2 * CORES))
+            pipelines = [("", args.pipeline)] + ([("light_", args.light_pipeline)] if args.light_pipeline else [])
             for rnd in range(args.repeat):
-                for what in ORDER[rnd % 3:] + ORDER[:rnd % 3]:  # rotated: drift hits each alike
-                    if what == "job":
-                        sample, tasks = run_job(server, keys, args.pipeline, CORES * args.nodes)
-                        raw["checks"] = raw["checks"] or check_outputs(s3, tasks, corpus, size,
-                                                                       args.pipeline)
-                    elif what == "limit":
-                        sample = xargs(work / "blob-paths", args.pipeline)
-                    else:
-                        sample = download_then_compute(s3, keys, work, args.pipeline)
-                    raw[what].append(sample)
+                for prefix, pipeline in pipelines:
+                    for what in ORDER[rnd % 3:] + ORDER[:rnd % 3]:  # rotated: drift hits each alike
+                        if what == "job":
+                            sample, tasks = run_job(server, keys, pipeline, CORES * args.nodes)
+                            raw["checks"] += [] if rnd else check_outputs(s3, tasks, corpus, size, pipeline)
+                        elif what == "limit":
+                            sample = xargs(work / "blob-paths", pipeline)
+                        else:
+                            sample = download_then_compute(s3, keys, work, pipeline)
+                        raw[prefix + what].append(sample)
                 print(f"round {rnd + 1}/{args.repeat}: " + ", ".join(
-                    f"{k} {raw[k][-1]['seconds']:.2f} s" for k in ORDER), file=sys.stderr, flush=True)
+                    f"{p}{k} {raw[p + k][-1]['seconds']:.2f} s" for p, _ in pipelines for k in ORDER),
+                    file=sys.stderr, flush=True)
         except ERRORS as exc:
             print(f"error: {exc}", file=sys.stderr)
             if server is not None:

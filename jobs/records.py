@@ -19,6 +19,7 @@ import secrets
 import struct
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
 from jobs.errors import JobInputsClosed, NoSuchJob
@@ -138,3 +139,7 @@ class JobRecords:
 
     def save_tasks(self, tasks: list[Record]) -> None:
         self.write(lambda txn: self.put_tasks(txn, tasks))
+
+    def submit_tasks(self, tasks: list[Record]) -> Future[None]:
+        """save_tasks without waiting; later writes are applied after it."""
+        return self.catalog.submit(lambda txn: self.put_tasks(txn, tasks))

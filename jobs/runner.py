@@ -19,11 +19,14 @@ Failures keep the task's stderr (capped) as an object linked from the error reco
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import time
 import zlib
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +39,7 @@ from storage import errors as se
 from storage.catalog import Txn
 from storage.replicas import ReplicatedWriter, verify_file
 
-__all__ = ["RunContext", "partition_of", "run_task"]
+__all__ = ["RunContext", "partition_of", "run_task", "sweep_scratch"]
 
 log = logging.getLogger("manta.jobs")
 
@@ -65,24 +68,38 @@ class _Failure(Exception):
 
 
 class _Scratch:
-    """The task's own directory on the node (0711; files 0644 so the sandbox user can read them)."""
+    """The task's own directory on the node (0711; files 0644 so the sandbox user can read
+    them), made when the first file is asked for: a task using its input in place needs none."""
 
     def __init__(self, node: Node, job_id: str, task_id: str) -> None:
-        base = os.path.join(node.root, "tasks")
-        os.makedirs(base, exist_ok=True)
-        os.chmod(base, 0o711)
-        self.path = os.path.join(base, f"{job_id}-{task_id}")
-        shutil.rmtree(self.path, ignore_errors=True)
-        os.makedirs(self.path)
-        os.chmod(self.path, 0o711)
+        self.path = os.path.join(scratch_root(node), f"{job_id}-{task_id}")
         self._n = 0
 
     def new_file(self) -> str:
+        if self._n == 0:
+            base = os.path.dirname(self.path)
+            os.makedirs(base, exist_ok=True)
+            os.chmod(base, 0o711)
+            shutil.rmtree(self.path, ignore_errors=True)
+            os.mkdir(self.path)
+            os.chmod(self.path, 0o711)
         self._n += 1
         return os.path.join(self.path, f"in{self._n}")
 
     def remove(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
+        if self._n:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+
+def scratch_root(node: Node) -> str:
+    return os.path.join(node.root, "tasks")
+
+
+def sweep_scratch(node: Node) -> None:
+    """Remove the scratch dirs that tasks left when the server stopped mid-task."""
+    with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir(root := scratch_root(node)):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
 
 
 class _Inputs:
@@ -207,8 +224,10 @@ def _classify(result: TaskResult) -> tuple[str, str] | None:
     return None
 
 
-def run_task(ctx: RunContext, job: Record, task: Record, node: Node, cancel: Any) -> Record:
+def run_task(ctx: RunContext, job: Record, task: Record, node: Node, cancel: Any,
+             slot: Callable[[Any], AbstractContextManager[bool]] | None = None) -> Record:
     """Run `task` on `node` and persist its outcome; returns the final task record.
+    `slot(cancel)` is held while the container runs (False: cancelled while waiting for it).
     Raises NodeFailure when the node (not the user's command) is at fault."""
     if ctx.sandbox is None:
         return _finish(ctx, job, task, error=(je.INTERNAL_ERROR, "no sandbox is available on this server"))
@@ -244,10 +263,15 @@ def run_task(ctx: RunContext, job: Record, task: Record, node: Node, cancel: Any
             outputs = _Outputs(ctx.store, node, partitions)
         except se.InsufficientNodes as exc:
             raise je.NodeFailure(str(exc)) from exc
-        try:
-            result = ctx.sandbox.run(spec, outputs.write, cancel)
-        except SandboxError as exc:  # could not start, or an input failed to read: the node's fault
-            raise je.NodeFailure(f"sandbox: {exc}") from exc
+        with (slot or _no_slot)(cancel) as started:
+            if not started:
+                outputs.abort()
+                return _finish(ctx, job, task, error=(je.JOB_CANCELLED_ERROR, "the job was cancelled"),
+                               inputs=inputs)
+            try:
+                result = ctx.sandbox.run(spec, outputs.write, cancel)
+            except SandboxError as exc:  # could not start, or an input failed to read: the node's fault
+                raise je.NodeFailure(f"sandbox: {exc}") from exc
         error = _classify(result)
         if error is not None:
             outputs.abort()
@@ -263,6 +287,11 @@ def run_task(ctx: RunContext, job: Record, task: Record, node: Node, cancel: Any
         raise
     finally:
         scratch.remove()
+
+
+@contextlib.contextmanager
+def _no_slot(cancel: Any) -> Iterator[bool]:
+    yield True
 
 
 def _finish(ctx: RunContext, job: Record, task: Record, error: tuple[str, str] | None = None,

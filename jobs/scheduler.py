@@ -17,8 +17,14 @@ inputs are ended). A job is done when its last phase is complete.
 Placement: a map task goes to the healthy node holding most of its input's bytes (a
 replica); if that node's slots are full it waits, or runs on another node that holds a
 replica; only when no node holding a copy is up does it run elsewhere (reading over the
-"network"). Reducers go where most of their input bytes are. Each node runs at most
-`slots_per_node` tasks at once.
+"network"). Reducers go where most of their input bytes are.
+
+Slots: each node runs at most `slots_per_node` containers at once (a semaphore per node,
+held only while the container runs), and has at most twice that many tasks in flight:
+while some run, others resolve their inputs or commit their outputs, so a container
+starts the moment another ends and no slot waits for the disk or for this thread. The
+task's `running` record is submitted to the catalog as its worker starts, without waiting:
+the catalog applies writes in order, so its final record always lands after it.
 
 State lives in the catalog (jobs/records.py); this class keeps an index in memory,
 rebuilt at start: tasks that were running when the server stopped are queued again (their
@@ -27,18 +33,20 @@ containers died with it), so a restarted server resumes every running job.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from jobs import errors as je
 from jobs.records import JobRecords
-from jobs.runner import RunContext, run_task
+from jobs.runner import RunContext, run_task, sweep_scratch
 from jobs.sandbox import Sandbox
 from jobs.spec import JobSpec, parse_input
 from storage import Node, Store
@@ -51,6 +59,7 @@ log = logging.getLogger("manta.jobs")
 Record = dict[str, Any]
 TERMINAL = ("done", "failed", "cancelled")
 MAX_ATTEMPTS = 3
+TICK_S = 0.05  # how often a task waiting for a slot looks at its cancel event
 
 
 @dataclass(frozen=True)
@@ -80,9 +89,10 @@ class JobScheduler:
         self.jobs: dict[str, _Job] = {}
         self.lock = threading.RLock()
         self.wake = threading.Event()
-        self.busy: dict[str, int] = dict.fromkeys(store.nodes, 0)
+        self.busy: dict[str, int] = dict.fromkeys(store.nodes, 0)  # tasks in flight
+        self.slots: dict[str, _Slots] = {}
         self.cancels: dict[tuple[str, str], threading.Event] = {}
-        self.pool = ThreadPoolExecutor(max_workers=max(1, self.config.slots_per_node * len(store.nodes)),
+        self.pool = ThreadPoolExecutor(max_workers=max(1, 2 * self.config.slots_per_node * len(store.nodes)),
                                        thread_name_prefix="task")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -90,6 +100,11 @@ class JobScheduler:
     # -- life cycle ---------------------------------------------------------------------
 
     def start(self) -> None:
+        for node in self.store.node_list():
+            try:
+                sweep_scratch(node)
+            except OSError as exc:  # a node that is down: its scratch dirs wait for the next start
+                log.warning("cannot sweep task scratch dirs on node %s: %s", node.id, exc)
         for record in self.records.jobs(state="running"):
             job = _Job(record)
             requeue = []
@@ -296,7 +311,7 @@ class JobScheduler:
     def _dispatch(self) -> None:
         if self._stop.is_set():
             return
-        free = {nid: self.config.slots_per_node - n for nid, n in self.busy.items()}
+        free = {nid: 2 * self.config.slots_per_node - n for nid, n in self.busy.items()}
         if not any(v > 0 for v in free.values()):
             return
         for job in list(self.jobs.values()):
@@ -321,7 +336,6 @@ class JobScheduler:
 
     def _start(self, job: _Job, task: Record, node: Node) -> None:
         task.update(state="running", node=node.id, started=time.time(), attempts=task["attempts"] + 1)
-        self.records.save_tasks([task])
         self.busy[node.id] = self.busy.get(node.id, 0) + 1
         cancel = threading.Event()
         self.cancels[(job.record["id"], task["id"])] = cancel
@@ -330,8 +344,12 @@ class JobScheduler:
 
     def _run(self, job: Record, task: Record, node: Node, cancel: threading.Event) -> None:
         outcome: Record | None = None
+        with self.lock:
+            slots = self.slots.setdefault(node.id, _Slots(self.config.slots_per_node))
         try:
-            outcome = run_task(self.ctx, job, task, node, cancel)
+            running = self.records.submit_tasks([task])
+            outcome = run_task(self.ctx, job, task, node, cancel, slot=slots.hold)
+            running.result()
             if self._stop.is_set() and outcome["state"] == "cancelled" \
                     and self.records.get(job["id"])["state"] == "running":
                 # killed because the server is stopping, not cancelled: it runs again after a restart
@@ -365,3 +383,22 @@ class JobScheduler:
         return {**task, "state": "failed", "finished": time.time(), "outputs": [],
                 "error": {"code": je.INTERNAL_ERROR, "message": message,
                           "input": task.get("input", ""), "stderr": None, "excerpt": ""}}
+
+
+class _Slots:
+    """The containers one node may run at once."""
+
+    def __init__(self, count: int) -> None:
+        self._sem = threading.Semaphore(count)
+
+    @contextlib.contextmanager
+    def hold(self, cancel: threading.Event) -> Iterator[bool]:
+        """Take a slot for the block (True), or give up when `cancel` is set first (False)."""
+        while not self._sem.acquire(timeout=TICK_S):
+            if cancel.is_set():
+                yield False
+                return
+        try:
+            yield True
+        finally:
+            self._sem.release()

@@ -225,6 +225,27 @@ def test_map_tasks_run_on_the_node_holding_their_input(fresh_server: Server) -> 
     assert sorted(map(int, sizes)) == sorted(map(len, datas))
 
 
+def test_a_node_runs_at_most_its_slots_of_containers_at_once(fresh_server: Server) -> None:
+    """MANTA_TASK_SLOTS bounds the containers running on a node at once; a slot is given
+    back when a container ends (before its outputs are committed), and both slots are used."""
+    fresh_server.env = {"MANTA_TASK_SLOTS": "2"}
+    fresh_server.extra_args = ["--nodes", "1", "--copies", "1"]
+    fresh_server.start()
+    client = fresh_server.client()
+    client.create_bucket(Bucket="slots")  # type: ignore[attr-defined]
+    names = upload(client, "slots", "in/", [f"{i}\n".encode() for i in range(7)])
+    marker = f"0.3{random.randrange(10**6):06d}"
+    waiting = popen(fresh_server.url, "job", "create", "-o", "-m", f"sleep {marker}; cat", *names)
+    seen = []
+    while waiting.poll() is None:
+        seen.append(len(sleepers(marker)))
+        time.sleep(0.01)
+    out, err = waiting.communicate()
+    assert waiting.returncode == 0, err
+    assert sorted(out.split()) == [str(i) for i in range(7)]
+    assert max(seen) == 2, seen
+
+
 def test_map_tasks_never_compute_on_a_damaged_replica(fresh_server: Server) -> None:
     """A task reads its local replica raw, so the replica is checked first. Here every copy of
     every input is damaged, each in a different 1 MiB block: in-place use would give a wrong
@@ -363,14 +384,22 @@ def test_restart_mid_job_resumes_to_the_right_output(fresh_server: Server, how: 
         phase = job_json(fresh_server.url, job_id)["phases"][0]
         return 2 <= phase["done"] < len(datas) - 2 and phase["running"] > 0
 
+    roots = list(node_roots(fresh_server).values())
     wait_for(midway, 30, "the job to be mid-way", interval_s=0.1)
     fresh_server.stop(getattr(signal, how))
     # the containers die with the server
     wait_for(lambda: not marked_processes(marker), 3, "the containers to die with the server")
+    # what a task killed while assembling its input leaves on its node: swept at start
+    for root in roots:
+        os.makedirs(os.path.join(root, "tasks", f"{job_id}-p1-r0000"), exist_ok=True)
+        with open(os.path.join(root, "tasks", f"{job_id}-p1-r0000", "in1"), "wb") as fh:
+            fh.write(b"half an input")
 
     fresh_server.start()
     watch = manta(fresh_server.url, "job", "watch", job_id)
     assert watch.returncode == 0, watch.stderr
+    for root in roots:  # and the reducer's own scratch dir went when it finished
+        assert os.listdir(os.path.join(root, "tasks")) == []
     assert f"job {job_id} done: 0 errors" in watch.stderr
     output = manta(fresh_server.url, "job", "outputs", job_id, "--cat")
     assert output.stdout == "".join(sorted(d.decode() for d in datas))
