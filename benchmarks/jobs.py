@@ -265,7 +265,7 @@ def comparison(args: argparse.Namespace, raw: dict, prefix: str, pipeline: str) 
             ("      of which the download", med["download"], "s"),
             (f"job, per task of one of {slots} slots (wall x slots / tasks)", where["slot_ms_per_task"], "ms"),
             ("  inside Sandbox.run (mean task duration_s)", where["sandbox_run_ms"], "ms"),
-            ("  in the runner around it (input; outputs after the slot)", where["runner_outside_sandbox_ms"], "ms"),
+            ("  task span outside it (input, slot wait, outputs)", where["runner_outside_sandbox_ms"], "ms"),
             ("  slot time outside containers (dispatch, input, gaps)",
              where["slot_ms_per_task"] - where["sandbox_run_ms"], "ms"),
             ("  server CPU (Python) per task", where["server_cpu_ms_per_task"], "ms"),

@@ -349,7 +349,9 @@ class JobScheduler:
         try:
             running = self.records.submit_tasks([task])
             outcome = run_task(self.ctx, job, task, node, cancel, slot=slots.hold)
-            running.result()
+            if (failed := running.exception()) is not None:  # the final record was written after it
+                log.warning("job %s task %s: its running record was not written: %s",
+                            job["id"], task["id"], failed)
             if self._stop.is_set() and outcome["state"] == "cancelled" \
                     and self.records.get(job["id"])["state"] == "running":
                 # killed because the server is stopping, not cancelled: it runs again after a restart
