@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jobs import errors as je
+from jobs.reach import TaskRoots
 from jobs.records import JobRecords, jobs_bucket, task_key
 from jobs.sandbox import Sandbox, SandboxError, TaskLimits, TaskResult, TaskSpec
 from jobs.spec import parse_input
@@ -58,6 +59,7 @@ class RunContext:
     store: Store
     sandbox: Sandbox | None
     records: JobRecords
+    roots: TaskRoots
 
 
 class _Failure(Exception):
@@ -248,7 +250,7 @@ def run_task(ctx: RunContext, job: Record, task: Record, node: Node, cancel: Any
             if task["type"] == "map":
                 path = inputs.path(task["input"], je.RESOURCE_NOT_FOUND)
                 spec.stdin_paths = [path]
-                spec.input_file = path
+                spec.input_file = ctx.roots.path(node, path)
                 env["MANTA_INPUT_OBJECT"] = task["input"]
                 env["MANTA_INPUT_FILE"] = "/manta/input"
             else:
@@ -256,7 +258,8 @@ def run_task(ctx: RunContext, job: Record, task: Record, node: Node, cancel: Any
                 spec.stdin_paths = [inputs.path(name, je.RESOURCE_NOT_FOUND, part) for name in task["inputs"]]
                 env["MANTA_REDUCER"] = str(task.get("reducer", 0))
             for asset in phase.get("assets", []):
-                spec.assets.append((inputs.path(asset, je.TASK_INIT_ERROR), os.path.basename(asset)))
+                spec.assets.append((ctx.roots.path(node, inputs.path(asset, je.TASK_INIT_ERROR)),
+                                    os.path.basename(asset)))
         except _Failure as failure:
             return _finish(ctx, job, task, error=(failure.code, failure.message), inputs=inputs)
         try:
@@ -272,6 +275,8 @@ def run_task(ctx: RunContext, job: Record, task: Record, node: Node, cancel: Any
                 result = ctx.sandbox.run(spec, outputs.write, cancel)
             except SandboxError as exc:  # could not start, or an input failed to read: the node's fault
                 raise je.NodeFailure(f"sandbox: {exc}") from exc
+        if result.init_failed and result.stderr.startswith(b"bwrap: "):  # e.g. a bind source it cannot reach
+            raise je.NodeFailure(f"sandbox setup: {result.stderr.decode(errors='replace').strip()[:500]}")
         error = _classify(result)
         if error is not None:
             outputs.abort()

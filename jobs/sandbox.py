@@ -50,6 +50,7 @@ thread that forked.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import glob
 import logging
@@ -74,6 +75,7 @@ __all__ = ["Sandbox", "SandboxConfig", "SandboxError", "TaskLimits", "TaskResult
 log = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024
+PIPE_BYTES = 1 << 20
 TICK_S = 0.05
 INNER_ID = "1000"
 TRUNCATED = b"\n... truncated\n"
@@ -157,6 +159,7 @@ class TaskResult:
 class _Host:
     """What this machine offers, learnt once per Sandbox."""
     priv: list[str]              # setpriv prefix; empty when we are not root
+    ids: tuple[int, int] | None  # the task user's uid and gid; None when we are not root
     shell: str                   # /bin/bash, else /bin/sh
     wrapper: list[str]           # runs the root wrapper; its `ulimit -f` counts 512 B blocks
     min_fd: int                  # passed fds start here; dash parses single-digit fds only
@@ -181,6 +184,10 @@ class Sandbox:
         hint = f" (user namespaces are off: {off[0]} is 0)" if off else ""
         stderr = result.stderr.decode(errors="replace").strip()
         return None if result.ok else f"a trial task failed: {stderr}{hint}"
+
+    def task_ids(self) -> tuple[int, int] | None:
+        """The uid and gid tasks run as on the host; None when not root (they run as us)."""
+        return self._prepare().ids
 
     def run(self, spec: TaskSpec, stdout: Callable[[bytes], None],
             cancel: threading.Event | None = None) -> TaskResult:
@@ -318,11 +325,12 @@ class Sandbox:
         if not os.access(cfg.bwrap, os.X_OK):
             raise SandboxError(f"bubblewrap is not installed at {cfg.bwrap}")
         priv: list[str] = []
+        ids = None
         if os.geteuid() == 0:
             setpriv = shutil.which("setpriv", path=HOST_PATH)
             if setpriv is None:
                 raise SandboxError("setpriv (util-linux) is not installed")
-            uid, gid = _task_user(cfg.user)
+            uid, gid = ids = _task_user(cfg.user)
             priv = [setpriv, f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--"]
         else:
             log.warning("not root: tasks run as uid %d, not as %s", os.geteuid(), cfg.user)
@@ -343,7 +351,7 @@ class Sandbox:
             shell, wrapper, min_fd = "/bin/bash", ["/bin/bash", "--posix", "-c"], 10
         else:
             shell, wrapper, min_fd = "/bin/sh", ["/bin/sh", "-c"], 4
-        return _Host(priv, shell, wrapper, min_fd, bwrap, setup_cgroups(cfg.cgroup_root))
+        return _Host(priv, ids, shell, wrapper, min_fd, bwrap, setup_cgroups(cfg.cgroup_root))
 
 
 def _wrapper_script(status_fd: int, limits: TaskLimits, cgroups: TaskCgroups | None) -> str:
@@ -394,13 +402,25 @@ def _task_user(name: str) -> tuple[int, int]:
 
 
 def _feed(files: list[BinaryIO], pipe: IO[bytes] | None, errors: list[OSError]) -> None:
-    """Copy the stdin files onto the task's stdin; a task that stops reading is fine."""
+    """Copy the stdin files onto the task's stdin; a task that stops reading is fine.
+    splice(2) moves the file's pages into the pipe without copying them through us; where
+    the file system cannot splice, plain reads and writes do."""
     if pipe is None:
         return
+    out = pipe.fileno()
+    with contextlib.suppress(OSError):  # a bigger pipe: fewer hand-offs between us and the task
+        fcntl.fcntl(out, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
     try:
         for fh in files:
-            while chunk := fh.read(CHUNK):
-                pipe.write(chunk)
+            src = fh.fileno()
+            try:
+                while os.splice(src, out, CHUNK):
+                    pass
+            except OSError as err:
+                if err.errno != errno.EINVAL:  # EINVAL: no splice here (before any byte moved)
+                    raise
+                while chunk := fh.read(CHUNK):
+                    pipe.write(chunk)
     except BrokenPipeError:
         pass
     except OSError as err:  # recorded before the pipe closes, so the task sees no clean EOF

@@ -45,9 +45,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jobs import errors as je
+from jobs.reach import TaskRoots
 from jobs.records import JobRecords
 from jobs.runner import RunContext, run_task, sweep_scratch
-from jobs.sandbox import Sandbox
+from jobs.sandbox import Sandbox, SandboxError
 from jobs.spec import JobSpec, parse_input
 from storage import Node, Store
 from storage import errors as se
@@ -85,7 +86,7 @@ class JobScheduler:
         self.store = store
         self.config = config or SchedulerConfig()
         self.records = JobRecords(store.catalog)
-        self.ctx = RunContext(store, sandbox, self.records)
+        self.ctx = RunContext(store, sandbox, self.records, TaskRoots(None))
         self.jobs: dict[str, _Job] = {}
         self.lock = threading.RLock()
         self.wake = threading.Event()
@@ -100,6 +101,12 @@ class JobScheduler:
     # -- life cycle ---------------------------------------------------------------------
 
     def start(self) -> None:
+        if self.ctx.sandbox is not None:
+            try:
+                self.ctx.roots = TaskRoots(self.ctx.sandbox.task_ids())
+            except SandboxError as exc:  # its tasks end in InternalError, saying why
+                log.warning("no sandbox: %s", exc)
+        self.ctx.roots.open(self.store.node_list())
         for node in self.store.node_list():
             try:
                 sweep_scratch(node)
@@ -129,6 +136,7 @@ class JobScheduler:
             for event in self.cancels.values():
                 event.set()
         self.pool.shutdown(wait=True, cancel_futures=True)
+        self.ctx.roots.close()
 
     def _reindex(self, job: _Job) -> None:
         job.queue = deque(sorted(t["id"] for t in job.tasks.values() if t["state"] == "queued"))
@@ -360,9 +368,11 @@ class JobScheduler:
         except (je.NodeFailure, se.StorageError, OSError) as exc:
             log.warning("job %s task %s: node %s failed: %s", job["id"], task["id"], node.id, exc)
             node.recheck()
-            if task["attempts"] < MAX_ATTEMPTS:
-                outcome = {**task, "state": "queued", "node": None, "excluded": task["excluded"] + [node.id]}
-            else:
+            excluded = task["excluded"] + [node.id]
+            others = [n for n in self.store.node_list() if n.id not in excluded and n.healthy()]
+            if task["attempts"] < MAX_ATTEMPTS and others:
+                outcome = {**task, "state": "queued", "node": None, "excluded": excluded}
+            else:  # no other node to try: waiting for one would hang the job
                 outcome = self._internal_error(job, task, f"node failures: {exc}")
             self.records.save_tasks([outcome])
         except Exception as exc:

@@ -145,12 +145,16 @@ def fresh_server() -> Iterator[Server]:
 
 
 @pytest.fixture
-def zfs_pools(tmp_path: object) -> Iterator[PoolFactory]:
+def zfs_pools() -> Iterator[PoolFactory]:
     """File-backed ZFS pools for one test, destroyed after it (skips, or fails in CI, without ZFS)."""
     reason = zfs_unavailable()
     require(reason is None, reason or "")
-    with PoolFactory(os.path.join(str(tmp_path), "zfs")) as pools:
-        yield pools
+    base = traversable_dir("manta-zfs-")  # nodes' mountpoints must be reachable by the task user
+    try:
+        with PoolFactory(os.path.join(base, "zfs")) as pools:
+            yield pools
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -9,9 +9,11 @@ import os
 import random
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -19,7 +21,7 @@ from typing import Any
 import pytest
 
 from manta.cli import parser
-from tests.conftest import REPO, ROOT_AK, ROOT_SK, Server, require
+from tests.conftest import REPO, ROOT_AK, ROOT_SK, Server, free_port, require
 from tests.e2e.test_cli_find import manta
 from tests.e2e.test_nodes import MiB, blob_files, flip, node_roots
 
@@ -244,6 +246,46 @@ def test_a_node_runs_at_most_its_slots_of_containers_at_once(fresh_server: Serve
     assert waiting.returncode == 0, err
     assert sorted(out.split()) == [str(i) for i in range(7)]
     assert max(seen) == 2, seen
+
+
+def alias_mounts(server_pid: int) -> list[str]:
+    with open("/proc/mounts") as fh:
+        return [line.split()[1] for line in fh if f" /run/manta/{server_pid}-" in line]
+
+
+def test_jobs_work_with_a_data_dir_the_task_user_cannot_reach() -> None:
+    """Root's home is 0700 on Debian, so a data dir under it cannot be bound by the task
+    user: the server binds the node's root at /run/manta/<pid>-<node> and tasks read their
+    input (stdin and $MANTA_INPUT_FILE) and assets in place through it; the alias goes
+    away with the server."""
+    require(os.geteuid() == 0, "binding a node root needs root")
+    base = tempfile.mkdtemp(prefix="manta-0700-")  # mode 0700: like /root
+    srv = Server(os.path.join(base, "data"), free_port())
+    try:
+        srv.start()
+        client = srv.client()
+        client.create_bucket(Bucket="hidden")  # type: ignore[attr-defined]
+        datas = [os.urandom(100_000 + i) for i in range(4)]
+        names = upload(client, "hidden", "in/", datas)
+        client.put_object(Bucket="hidden", Key="tool.sh", Body=b"echo asset ran\n")  # type: ignore[attr-defined]
+        result = manta(srv.url, "job", "create", "-o", "--asset", "hidden/tool.sh", "-m",
+                       'md5sum; md5sum < "$MANTA_INPUT_FILE"; bash /manta/assets/tool.sh', *names)
+        assert result.returncode == 0, result.stderr
+        want = sorted(f"{hashlib.md5(d).hexdigest()}  -" for d in datas for _ in range(2))
+        lines = result.stdout.splitlines()
+        assert sorted(x for x in lines if x != "asset ran") == want and lines.count("asset ran") == len(datas)
+        job = job_json(srv.url, job_id_of(result.stderr))
+        tool_bytes = len(b"echo asset ran\n") * len(datas)  # each task's asset counts too
+        assert job["bytes_local"] == sum(map(len, datas)) + tool_bytes and job["bytes_remote"] == 0
+        pid = srv.proc.pid if srv.proc else 0
+        aliases = alias_mounts(pid)
+        assert aliases, "no alias was mounted"
+        srv.stop()
+        assert alias_mounts(pid) == []
+        assert not any(os.path.exists(a) for a in aliases)
+    finally:
+        srv.stop()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_map_tasks_never_compute_on_a_damaged_replica(fresh_server: Server) -> None:

@@ -13,6 +13,7 @@ reads and writes go to the other two, and it is back once mounted again.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import random
 import time
@@ -26,6 +27,7 @@ from tests.e2e.test_nodes import (
     assert_copies,
     assert_reads_back,
     blob_contents,
+    cli,
     cli_json,
     client,
     holds,
@@ -35,7 +37,7 @@ from tests.e2e.test_nodes import (
     upload_workload,
     wait_for,
 )
-from tests.zfs_pools import DROP_CACHES, Pool, PoolFactory, drop_caches
+from tests.zfs_pools import DROP_CACHES, Pool, PoolFactory, drop_caches, zfs_unavailable
 
 pytestmark = pytest.mark.zfs
 
@@ -169,3 +171,57 @@ def run_damage_scenario(server: Server, pools: list[Pool], specs: list[str]) -> 
     final = scrub(server)
     assert (final["damaged"], final["lost"], final["unavailable"]) == (0, 0, 0), final
     assert_reads_back(s3, BUCKET, objects)
+
+
+def test_map_tasks_read_their_inputs_in_place_on_zfs_nodes(zfs_pools: PoolFactory, fresh_server: Server) -> None:
+    """Two nodes on two ZFS pools, one copy each: every map task runs on the node whose
+    dataset holds its input, reads it in place (bind mount and stdin), and gets the bytes."""
+    pools = [zfs_pools.create() for _ in range(2)]
+    fresh_server.extra_args = ["--storage", ",".join(f"zfs:{p.dataset('node')}" for p in pools), "--copies", "1"]
+    fresh_server.start(timeout_s=60)
+    try:
+        s3 = client(fresh_server)
+        s3.create_bucket(Bucket=BUCKET)
+        rng = random.Random(5)
+        datas = [rng.randbytes(rng.randrange(1, 3 * MiB)) for _ in range(8)]
+        for i, data in enumerate(datas):
+            s3.put_object(Bucket=BUCKET, Key=f"in/{i}", Body=data)
+        created = cli(fresh_server, "job", "create", "-w", "-m", 'md5sum; md5sum < "$MANTA_INPUT_FILE"',
+                      *(f"{BUCKET}/in/{i}" for i in range(len(datas))))
+        job_id = created.stdout.split()[0]
+        assert created.returncode == 0, cli(fresh_server, "job", "errors", job_id).stdout
+        job = cli_json(fresh_server, "job", "get", job_id, "--json")
+        tasks = sorted(job["tasks"], key=lambda t: int(t["input"].rsplit("/", 1)[1]))
+        assert [t["state"] for t in tasks] == ["done"] * len(datas), tasks
+        assert all(t["bytes_remote"] == 0 for t in tasks) and len({t["node"] for t in tasks}) == 2
+        for task, data in zip(tasks, datas, strict=True):
+            bucket, _, key = task["outputs"][0].partition("/")
+            digest = hashlib.md5(data).hexdigest()
+            assert s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode() == f"{digest}  -\n" * 2
+    finally:
+        fresh_server.stop()  # before the pools are destroyed
+
+
+def test_a_zfs_node_the_task_user_cannot_reach_fails_tasks_fast_and_says_why(
+        tmp_path: object, fresh_server: Server) -> None:
+    """A dataset mounted under a 0700 directory (pytest's tmp dir here) cannot be bound by
+    the task user and gets no alias (its mount comes and goes with the node): the log says
+    which directory to open up, and a task on it ends InternalError with bwrap's reason
+    instead of waiting forever for another node."""
+    require(zfs_unavailable() is None, zfs_unavailable() or "")
+    with PoolFactory(os.path.join(str(tmp_path), "zfs")) as pools:
+        pool = pools.create()
+        fresh_server.extra_args = ["--storage", f"zfs:{pool.dataset('node')}"]
+        fresh_server.start(timeout_s=60)
+        try:
+            s3 = client(fresh_server)
+            s3.create_bucket(Bucket=BUCKET)
+            s3.put_object(Bucket=BUCKET, Key="x", Body=b"some bytes\n")
+            started = time.monotonic()
+            created = cli(fresh_server, "job", "create", "-w", "-m", "wc -c", f"{BUCKET}/x")
+            assert created.returncode != 0 and time.monotonic() - started < 30
+            errors = cli(fresh_server, "job", "errors", created.stdout.split()[0]).stdout
+            assert "InternalError" in errors and "Permission denied" in errors, errors
+            assert "the task user cannot reach" in fresh_server.log()
+        finally:
+            fresh_server.stop()  # before the pool is destroyed
