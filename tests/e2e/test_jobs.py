@@ -257,7 +257,7 @@ def test_jobs_work_with_a_data_dir_the_task_user_cannot_reach() -> None:
     """Root's home is 0700 on Debian, so a data dir under it cannot be bound by the task
     user: the server binds the node's root at /run/manta/<pid>-<node> and tasks read their
     input (stdin and $MANTA_INPUT_FILE) and assets in place through it; the alias goes
-    away with the server."""
+    away with the server, or at the next start after a kill."""
     require(os.geteuid() == 0, "binding a node root needs root")
     base = tempfile.mkdtemp(prefix="manta-0700-")  # mode 0700: like /root
     srv = Server(os.path.join(base, "data"), free_port())
@@ -280,8 +280,16 @@ def test_jobs_work_with_a_data_dir_the_task_user_cannot_reach() -> None:
         pid = srv.proc.pid if srv.proc else 0
         aliases = alias_mounts(pid)
         assert aliases, "no alias was mounted"
-        srv.stop()
-        assert alias_mounts(pid) == []
+        srv.kill()  # a killed server leaves its alias mounted...
+        assert alias_mounts(pid) == aliases
+        srv.start()  # ...until the next start sweeps it
+        assert alias_mounts(pid) == [] and not any(os.path.exists(a) for a in aliases)
+        pid = srv.proc.pid if srv.proc else 0
+        result = manta(srv.url, "job", "create", "-o", "-m", "wc -c", names[0])
+        assert result.returncode == 0 and result.stdout.strip() == str(len(datas[0])), result.stderr
+        aliases = alias_mounts(pid)
+        srv.stop()  # a stopped one unmounts its own
+        assert aliases and alias_mounts(pid) == []
         assert not any(os.path.exists(a) for a in aliases)
     finally:
         srv.stop()
