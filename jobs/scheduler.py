@@ -410,6 +410,10 @@ class _Slots:
             if cancel.is_set():
                 yield False
                 return
+        if cancel.is_set():  # cancelled while waiting: the slot came free as its peers were killed
+            self._sem.release()
+            yield False
+            return
         try:
             yield True
         finally:

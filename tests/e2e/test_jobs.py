@@ -296,6 +296,31 @@ def test_jobs_work_with_a_data_dir_the_task_user_cannot_reach() -> None:
         shutil.rmtree(base, ignore_errors=True)
 
 
+def test_cancel_reaches_tasks_waiting_for_a_slot(fresh_server: Server) -> None:
+    """One slot, three tasks: one runs, one waits in flight for the slot, one is queued.
+    Cancel ends all three JobCancelledError at once; the waiting one never starts a container."""
+    fresh_server.env = {"MANTA_TASK_SLOTS": "1"}
+    fresh_server.extra_args = ["--nodes", "1", "--copies", "1"]
+    fresh_server.start()
+    client = fresh_server.client()
+    client.create_bucket(Bucket="waiting")  # type: ignore[attr-defined]
+    names = upload(client, "waiting", "in/", [b"a\n", b"b\n", b"c\n"])
+    marker = f"60.{random.randrange(10**6):06d}"
+    created = manta(fresh_server.url, "job", "create", "--timeout", "120", "-m", f"sleep {marker}", *names)
+    assert created.returncode == 0, created.stderr
+    job_id = job_id_of(created.stdout)
+    wait_for(lambda: len(sleepers(marker)) == 1, 20, "the first task to run")
+    time.sleep(0.3)
+    assert len(sleepers(marker)) == 1  # the slot holds one container, whatever is in flight
+    started = time.monotonic()
+    assert manta(fresh_server.url, "job", "cancel", job_id).returncode == 0
+    job = wait_for(lambda: (j := job_json(fresh_server.url, job_id)) and
+                   all(t["state"] == "cancelled" for t in j["tasks"]) and j, 5, "every task to be cancelled")
+    assert time.monotonic() - started < 2.0 and not sleepers(marker)
+    assert [t["error"]["code"] for t in job["tasks"]] == ["JobCancelledError"] * 3
+    assert sum(1 for t in job["tasks"] if t.get("duration_s") is not None) == 1  # one container ran
+
+
 def test_map_tasks_never_compute_on_a_damaged_replica(fresh_server: Server) -> None:
     """A task reads its local replica raw, so the replica is checked first. Here every copy of
     every input is damaged, each in a different 1 MiB block: in-place use would give a wrong
