@@ -62,7 +62,13 @@ test)
     exec "$VENV/bin/python" -m pytest -p no:cacheprovider "$@"
     ;;
 stop)
-    if [ -f "$DATA/server.pid" ]; then kill "$(cat "$DATA/server.pid")" 2>/dev/null || true; rm -f "$DATA/server.pid"; fi
+    if [ -f "$DATA/server.pid" ]; then
+        pid=$(cat "$DATA/server.pid")
+        kill "$pid" 2>/dev/null || true
+        # wait for it to finish stopping (running tasks, node aliases), so that the port is free
+        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        rm -f "$DATA/server.pid"
+    fi
     echo "manta: stopped"
     ;;
 start)
