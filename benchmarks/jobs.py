@@ -321,6 +321,42 @@ def report(args: argparse.Namespace, raw: dict, load_start: tuple[float, ...]) -
                          "met": t[1] <= t[4] if t[3] == "<=" else t[1] >= t[4]} for t in targets]}
 
 
+def plot(doc: dict, path: Path) -> None:
+    """Per task, in ms of one slot: (a)'s time per object, the job's (inside and outside the
+    container), and the line (b) / 3 draws: what the job may take for the 3 x target."""
+    import matplotlib  # noqa: PLC0415 (only for the picture)
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    cfg, slots = doc["config"], CORES * doc["config"]["nodes"]
+    runs = [(f"word count\n{cfg['pipeline'][:28]}...", doc["medians"], doc["job_breakdown"])]
+    if doc.get("light"):
+        runs.append((cfg["light_pipeline"], doc["light"]["medians"], doc["light"]["job_breakdown"]))
+    fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 4.2))
+    for ax, (title, med, where) in zip(axes if len(runs) > 1 else [axes], runs, strict=True):
+        med = {k.removesuffix("_s"): v for k, v in med.items()}  # the light run's keys have no _s
+        per = slots * 1000 / cfg["objects"]
+        inside, outside = where["sandbox_run_ms"], where["slot_ms_per_task"] - where["sandbox_run_ms"]
+        ax.bar(0, med["limit"] * per, color="#777", label="(a) pipeline on the host")
+        ax.bar(1, inside, color="#3a7", label="job: inside the container")
+        ax.bar(1, outside, bottom=inside, color="#9d9", label="job: slot time outside it")
+        ax.bar(2, (med["boto3"] - med["download"]) * per, color="#777")
+        ax.bar(2, med["download"] * per, bottom=(med["boto3"] - med["download"]) * per,
+               color="#bbb", label="(b) download")
+        budget = med["boto3"] / JOB_MIN_VS_BOTO3 * per
+        ax.axhline(budget, color="#c33", linestyle="--", label=f"(b) / {JOB_MIN_VS_BOTO3:g}: the job's budget")
+        ax.set_xticks([0, 1, 2], ["(a) xargs", "job", "(b) boto3"])
+        ax.set_ylabel(f"ms per object, per slot ({slots} slots)")
+        ax.set_title(title, fontsize=10)
+    axes_list = axes if len(runs) > 1 else [axes]
+    axes_list[-1].legend(fontsize=8, loc="upper right")
+    fig.suptitle(f"map job over {cfg['objects']} x {cfg['object_mib']:g} MiB on {CORES} cores: "
+                 "below the red line the job would be 3 x faster than (b)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--objects", type=int, help="input objects (default 1000; quick: 200)")
@@ -334,6 +370,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--start-timeout", type=float, default=60.0, help="seconds to wait for the server")
     p.add_argument("--workdir", type=Path, default=HERE, help="a fresh jobs-tmp-* dir here holds the data")
     p.add_argument("--json", type=Path, default=HERE / "results" / "jobs.json")
+    p.add_argument("--plot", default=str(HERE / "results" / "jobs.png"),
+                   help="a PNG of the per-task times and the 3 x budget ('' skips it)")
     p.add_argument("--quick", action="store_true", help="200 objects, 1 round, 20 runs")
     args = p.parse_args(argv)
     fill_defaults(args, QUICK_DEFAULTS if args.quick else FULL_DEFAULTS)
@@ -406,6 +444,9 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     doc = report(args, raw, load_start)
     write_json(args.json, doc)
+    if args.plot:
+        plot(doc, Path(args.plot))
+        print(f"plot: {args.plot}")
     return 0
 
 
