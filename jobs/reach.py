@@ -20,6 +20,7 @@ import errno
 import logging
 import os
 import stat
+import threading
 
 from storage import Node
 
@@ -56,6 +57,7 @@ class TaskRoots:
         self.ids = ids
         self.base = base
         self._roots: dict[str, str] = {}  # node id -> the root tasks see it by
+        self._lock = threading.Lock()
         self._aliases: list[str] = []
 
     def sweep(self) -> None:
@@ -67,14 +69,15 @@ class TaskRoots:
                     self._remove(os.path.join(self.base, name))
 
     def open(self, nodes: list[Node]) -> None:
-        """Sweep, then find (or make) each node's root for tasks; before any task runs."""
+        """Sweep, then find (or make) each node's root for tasks, before any task runs. A
+        node whose root is missing (a disk not mounted) is decided when it is first used."""
         self.sweep()
         for node in nodes:
-            self._roots[node.id] = self._root(node)
+            self._decide(node)
 
     def path(self, node: Node, path: str) -> str:
         """`path`, a file under `node.root`, as the task user can reach it."""
-        root = self._roots.get(node.id, node.root)
+        root = self._roots.get(node.id) or self._decide(node) or node.root
         if root == node.root:
             return path
         return root + path[len(node.root.rstrip("/")):]
@@ -85,10 +88,16 @@ class TaskRoots:
         self._aliases.clear()
         self._roots.clear()
 
+    def _decide(self, node: Node) -> str | None:
+        with self._lock:
+            if node.id not in self._roots and os.path.isdir(node.root):
+                self._roots[node.id] = self._root(node)
+            return self._roots.get(node.id)
+
     def _root(self, node: Node) -> str:
         if self.ids is None or (blocker := unreachable(node.root, *self.ids)) is None:
             return node.root
-        mode = stat.filemode(os.stat(blocker).st_mode)
+        mode = stat.filemode(os.stat(blocker).st_mode)  # it exists: node.root does
         if node.spec.backend != "dir":
             log.warning("node %s: the task user cannot reach %s (%s is %s): its tasks cannot bind "
                         "their inputs; make the directories above the mountpoint searchable "
