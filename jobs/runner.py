@@ -25,7 +25,7 @@ import os
 import shutil
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -227,7 +227,7 @@ def _classify(result: TaskResult) -> tuple[str, str] | None:
 
 
 def run_task(ctx: RunContext, job: Record, task: Record, node: Node, cancel: Any,
-             slot: Callable[[Any], AbstractContextManager[bool]] | None = None) -> Record:
+             slot: Callable[[Any], AbstractContextManager[bool]]) -> Record:
     """Run `task` on `node` and persist its outcome; returns the final task record.
     `slot(cancel)` is held while the container runs (False: cancelled while waiting for it).
     Raises NodeFailure when the node (not the user's command) is at fault."""
@@ -266,7 +266,7 @@ def run_task(ctx: RunContext, job: Record, task: Record, node: Node, cancel: Any
             outputs = _Outputs(ctx.store, node, partitions)
         except se.InsufficientNodes as exc:
             raise je.NodeFailure(str(exc)) from exc
-        with (slot or _no_slot)(cancel) as started:
+        with slot(cancel) as started:
             if not started:
                 outputs.abort()
                 return _finish(ctx, job, task, error=(je.JOB_CANCELLED_ERROR, "the job was cancelled"),
@@ -292,11 +292,6 @@ def run_task(ctx: RunContext, job: Record, task: Record, node: Node, cancel: Any
         raise
     finally:
         scratch.remove()
-
-
-@contextlib.contextmanager
-def _no_slot(cancel: Any) -> Iterator[bool]:
-    yield True
 
 
 def _finish(ctx: RunContext, job: Record, task: Record, error: tuple[str, str] | None = None,

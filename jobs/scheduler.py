@@ -91,7 +91,7 @@ class JobScheduler:
         self.lock = threading.RLock()
         self.wake = threading.Event()
         self.busy: dict[str, int] = dict.fromkeys(store.nodes, 0)  # tasks in flight
-        self.slots: dict[str, _Slots] = {}
+        self.slots = {nid: _Slots(self.config.slots_per_node) for nid in store.nodes}
         self.cancels: dict[tuple[str, str], threading.Event] = {}
         self.pool = ThreadPoolExecutor(max_workers=max(1, 2 * self.config.slots_per_node * len(store.nodes)),
                                        thread_name_prefix="task")
@@ -352,11 +352,9 @@ class JobScheduler:
 
     def _run(self, job: Record, task: Record, node: Node, cancel: threading.Event) -> None:
         outcome: Record | None = None
-        with self.lock:
-            slots = self.slots.setdefault(node.id, _Slots(self.config.slots_per_node))
         try:
             running = self.records.submit_tasks([task])
-            outcome = run_task(self.ctx, job, task, node, cancel, slot=slots.hold)
+            outcome = run_task(self.ctx, job, task, node, cancel, self.slots[node.id].hold)
             if (failed := running.exception()) is not None:  # the final record was written after it
                 log.warning("job %s task %s: its running record was not written: %s",
                             job["id"], task["id"], failed)
@@ -406,15 +404,14 @@ class _Slots:
     @contextlib.contextmanager
     def hold(self, cancel: threading.Event) -> Iterator[bool]:
         """Take a slot for the block (True), or give up when `cancel` is set first (False)."""
-        while not self._sem.acquire(timeout=TICK_S):
-            if cancel.is_set():
-                yield False
-                return
-        if cancel.is_set():  # cancelled while waiting: the slot came free as its peers were killed
+        held = False
+        while not (held or cancel.is_set()):
+            held = self._sem.acquire(timeout=TICK_S)
+        if held and cancel.is_set():  # the slot came free as the job's other containers were killed
             self._sem.release()
-            yield False
-            return
+            held = False
         try:
-            yield True
+            yield held
         finally:
-            self._sem.release()
+            if held:
+                self._sem.release()
