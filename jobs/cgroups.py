@@ -15,7 +15,7 @@ import secrets
 import signal
 import time
 
-__all__ = ["FALLBACK", "TaskCgroups", "counter", "read_text", "setup_cgroups", "write_knob"]
+__all__ = ["FALLBACK", "TaskCgroups", "counter", "owner_gone", "read_text", "setup_cgroups", "write_knob"]
 
 log = logging.getLogger(__name__)
 
@@ -93,14 +93,19 @@ def setup_cgroups(root: str) -> str | None:
         for parent in parents:
             os.makedirs(parent, exist_ok=True)
             for name in os.listdir(parent):
-                owner = name.partition("-")[0]
-                if owner.isdigit() and not os.path.exists(f"/proc/{owner}"):
+                if owner_gone(name):
                     os.rmdir(os.path.join(parent, name))
     except OSError as err:
         log.warning("no usable cgroups at %s (%s): %s", root, err, FALLBACK)
         return None
     log.info("task limits use cgroup %s at %s", version, root)
     return version
+
+
+def owner_gone(name: str) -> bool:
+    """Whether `name`, "<server pid>-...", belongs to a server that is no longer running."""
+    owner = name.partition("-")[0]
+    return owner.isdigit() and not os.path.exists(f"/proc/{owner}")
 
 
 def write_knob(path: str, value: str, optional: bool = False) -> None:

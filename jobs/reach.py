@@ -22,6 +22,7 @@ import os
 import stat
 import threading
 
+from jobs.cgroups import owner_gone
 from storage import Node
 
 __all__ = ["ALIAS_BASE", "TaskRoots", "unreachable"]
@@ -64,8 +65,7 @@ class TaskRoots:
         """Unmount and remove the aliases of servers that are gone."""
         with contextlib.suppress(FileNotFoundError):
             for name in os.listdir(self.base):
-                owner = name.partition("-")[0]
-                if owner.isdigit() and not os.path.exists(f"/proc/{owner}"):
+                if owner_gone(name):
                     self._remove(os.path.join(self.base, name))
 
     def open(self, nodes: list[Node]) -> None:
@@ -131,12 +131,14 @@ _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
 
 def _mount_bind(source: str, target: str) -> None:
-    if _libc.mount(source.encode(), target.encode(), None, _MS_BIND, None) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), target)
+    _check(_libc.mount(source.encode(), target.encode(), None, _MS_BIND, None), target)
 
 
 def _umount_detach(target: str) -> None:
-    if _libc.umount2(target.encode(), _MNT_DETACH) != 0:
+    _check(_libc.umount2(target.encode(), _MNT_DETACH), target)
+
+
+def _check(rc: int, target: str) -> None:
+    if rc != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), target)
