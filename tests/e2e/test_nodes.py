@@ -81,6 +81,10 @@ class CatalogView:
     objects: dict[str, list[str]] = field(default_factory=dict)  # key -> blob ids (segments)
     repairs: set[str] = field(default_factory=set)
 
+    def blobs_on(self, node_id: str) -> int:
+        """How many blobs have a copy on `node_id`."""
+        return sum(node_id in r["nodes"] for r in self.blobs.values())
+
 
 def read_catalog(data_dir: str, bucket: str = "") -> CatalogView:
     """A consistent read-only snapshot of the catalog (objects of `bucket` only)."""
@@ -396,7 +400,7 @@ def test_a_node_that_goes_away_and_comes_back(fresh_server: Server) -> None:
     objects["warm"] = b"x"
     before = read_catalog(fresh_server.data_dir, BUCKET)
     # the node holding the most blobs goes away (its directory is moved while the server runs)
-    away = max(roots, key=lambda n: sum(n in r["nodes"] for r in before.blobs.values()))
+    away = max(roots, key=before.blobs_on)
     staying = set(roots) - {away}
     on_away = {b for b, r in before.blobs.items() if away in r["nodes"]}
     assert on_away
@@ -472,8 +476,8 @@ def test_a_node_whose_disk_is_missing_at_start_stays_down(fresh_server: Server) 
     objects = upload_workload(s3, BUCKET, random.Random(12), count=6, multipart=False)
     roots = node_roots(fresh_server)
     view = read_catalog(fresh_server.data_dir, BUCKET)
-    away = max(roots, key=lambda n: sum(n in r["nodes"] for r in view.blobs.values()))
-    held = sum(away in r["nodes"] for r in view.blobs.values())
+    away = max(roots, key=view.blobs_on)
+    held = view.blobs_on(away)
     assert held
     fresh_server.stop()
     os.rename(roots[away], roots[away] + ".unmounted")
@@ -505,7 +509,7 @@ def test_copies_on_nodes_that_are_down_are_unavailable_not_lost(fresh_server: Se
     roots = node_roots(fresh_server)
     view = read_catalog(fresh_server.data_dir, BUCKET)
     # the node that stays up is the one with the fewest blobs: each blob misses one node
-    up = min(roots, key=lambda n: sum(n in r["nodes"] for r in view.blobs.values()))
+    up = min(roots, key=view.blobs_on)
     away = sorted(set(roots) - {up})
     for node_id in away:
         os.rename(roots[node_id], roots[node_id] + ".away")

@@ -95,7 +95,7 @@ def run_damage_scenario(server: Server, pools: list[Pool], specs: list[str]) -> 
         pool.sync()
 
     # damage every blob the node with the most blobs holds, in its pool's vdev file
-    victim = max(roots, key=lambda n: sum(n in r["nodes"] for r in view.blobs.values()))
+    victim = max(roots, key=view.blobs_on)
     pool = pool_of[victim]
     on_victim = sorted(b for b, r in view.blobs.items() if victim in r["nodes"])
     assert len(on_victim) >= 4
