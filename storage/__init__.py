@@ -7,6 +7,7 @@ from storage.catalog import Catalog
 from storage.daemons import Daemon, JournalFlusher, OrphanCollector, Repairer
 from storage.node import Node, NodeSpec, parse_spec
 from storage.objects import Listing, ObjectStore
+from storage.quota import DEFAULT_QUOTA, Quota, parse_quota
 from storage.replicas import BLOCK, BlobMeta, BlobReader, ReplicatedWriter
 from storage.scrub import Scrubber, ScrubReport
 from storage.store import Store, StoreConfig
@@ -14,6 +15,7 @@ from storage.uploads import MIN_PART_SIZE, UploadStore
 
 __all__ = [
     "BLOCK",
+    "DEFAULT_QUOTA",
     "MIN_PART_SIZE",
     "BlobInfo",
     "BlobMeta",
@@ -29,6 +31,7 @@ __all__ = [
     "NodeSpec",
     "ObjectStore",
     "OrphanCollector",
+    "Quota",
     "Repairer",
     "ReplicatedWriter",
     "ScrubReport",
@@ -37,5 +40,6 @@ __all__ = [
     "StoreConfig",
     "UploadStore",
     "errors",
+    "parse_quota",
     "parse_spec",
 ]

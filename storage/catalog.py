@@ -45,6 +45,7 @@ import lmdb
 import msgpack
 
 from storage import errors
+from storage.quota import DEFAULT_QUOTA, Quota
 
 __all__ = ["Catalog", "Txn"]
 
@@ -306,6 +307,20 @@ class Catalog:
     def accounts(self) -> list[Record]:
         with self.read() as txn:
             return [r for _, r in self.scan(txn, "accounts")]
+
+    def account_named(self, name: str, txn: Txn | None = None) -> Record:
+        if txn is None:
+            with self.read() as t:
+                return self.account_named(name, t)
+        access_key = txn.get(name.encode(), db=self.db["names"])
+        record = None if access_key is None else self.get(txn, "accounts", bytes(access_key))
+        if record is None:
+            raise errors.NoSuchAccount(name)
+        return record  # type: ignore[no-any-return]
+
+    def quota(self, name: str, txn: Txn | None = None) -> Quota:
+        """The account's limits: its own where set, the defaults elsewhere."""
+        return DEFAULT_QUOTA.merged(self.account_named(name, txn).get("quota"))
 
     # -- buckets ------------------------------------------------------------------
 

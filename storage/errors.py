@@ -110,3 +110,13 @@ class NoSuchBlob(StorageError):
     def __init__(self, blob_id: str) -> None:
         super().__init__(f"blob {blob_id} is not in the catalog")
         self.blob_id = blob_id
+
+
+class QuotaExceeded(StorageError):
+    """A write or a job would take an account past one of its limits (storage.quota)."""
+
+    def __init__(self, account: str, resource: str, limit: int) -> None:
+        super().__init__(f"account {account!r} is at its {resource} limit ({limit})")
+        self.account = account
+        self.resource = resource
+        self.limit = limit
