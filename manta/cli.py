@@ -41,7 +41,8 @@ def _serve(args: argparse.Namespace) -> int:
                               nodes=args.nodes if args.nodes is not None else max(1, len(storage)),
                               copies=args.copies, storage=storage,
                               scrub_rate_mb_s=env_float("MANTA_SCRUB_RATE_MB_S", 50.0),
-                              task_slots=env_int("MANTA_TASK_SLOTS"))
+                              task_slots=env_int("MANTA_TASK_SLOTS"),
+                              tls_cert_file=args.tls_cert, tls_key_file=args.tls_key)
         config.validate()
     except ValueError as exc:
         raise CliError(str(exc)) from None
@@ -135,6 +136,9 @@ def parser() -> argparse.ArgumentParser:
                        help="copies of every object on distinct nodes (default min(2, nodes))")
     serve.add_argument("--storage", default=None, metavar="SPEC[,SPEC...]",
                        help="one spec per node: dir:PATH or zfs:POOL/DATASET (default dir: under --data)")
+    serve.add_argument("--tls-cert", default=None, metavar="FILE",
+                       help="serve HTTPS with this PEM certificate (chain); needs --tls-key")
+    serve.add_argument("--tls-key", default=None, metavar="FILE", help="the PEM private key of --tls-cert")
     serve.set_defaults(func=_serve)
 
     admin = sub.add_parser("admin", help="administration (root credentials)",

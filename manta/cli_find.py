@@ -25,25 +25,31 @@ def s3_client() -> Any:
     import boto3
     from botocore.config import Config
 
-    from manta.credentials import client_credentials, client_url
+    from manta.credentials import client_ca_bundle, client_credentials, client_url
 
     creds = client_credentials()
     if creds is None:
         raise CliError("no credentials: set MANTA_ACCESS_KEY and MANTA_SECRET_KEY (or run on the "
                        "server host, where the root credentials are read from the data dir)")
-    return boto3.client(
-        "s3", endpoint_url=client_url(), region_name="us-east-1",
-        aws_access_key_id=creds.access_key, aws_secret_access_key=creds.secret_key,
-        config=Config(signature_version="s3v4", s3={"addressing_style": "path"},
-                      retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=5))
+    ca_bundle = client_ca_bundle()
+    if ca_bundle is not None and not os.path.isfile(ca_bundle):
+        raise CliError(f"CA bundle {ca_bundle}: no such file")
+    try:
+        return boto3.client(
+            "s3", endpoint_url=client_url(), region_name="us-east-1", verify=ca_bundle,
+            aws_access_key_id=creds.access_key, aws_secret_access_key=creds.secret_key,
+            config=Config(signature_version="s3v4", s3={"addressing_style": "path"},
+                          retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=5))
+    except ValueError as exc:  # an endpoint that is not a URL
+        raise CliError(f"MANTA_URL: {exc}") from None
 
 
 @contextmanager
 def s3_errors(bucket: str) -> Iterator[None]:
     """botocore exceptions -> CliError with a message a user can act on."""
-    from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
+    from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, SSLError
 
-    from manta.credentials import client_url
+    from manta.credentials import client_url, tls_failure
 
     try:
         yield
@@ -55,6 +61,8 @@ def s3_errors(bucket: str) -> Iterator[None]:
         if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch"):
             raise CliError(f"bad credentials ({code}): {message}") from None
         raise CliError(f"{code or 'error'}: {message or exc}") from None
+    except SSLError as exc:
+        raise CliError(tls_failure(client_url(), exc) or str(exc)) from None
     except EndpointConnectionError:
         raise CliError(f"cannot reach {client_url()}") from None
     except BotoCoreError as exc:

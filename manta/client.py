@@ -45,7 +45,13 @@ from manta.client_errors import (
     error_for,
 )
 from manta.client_jobs import Job, job_phases, progress_bar
-from manta.credentials import client_credentials, client_url
+from manta.credentials import (
+    client_ca_bundle,
+    client_credentials,
+    client_url,
+    ssl_context,
+    tls_failure,
+)
 
 __all__ = ["AccessDenied", "BadCredentials", "BucketExists", "BucketNotEmpty", "Client", "Job",
            "JobFailed", "MantaError", "NoSuchBucket", "NoSuchJob", "NoSuchKey", "NotFound", "Unreachable"]
@@ -144,8 +150,13 @@ class Client:
     """An S3 + jobs client for one manta server; see the module docstring."""
 
     def __init__(self, url: str | None = None, access_key: str | None = None, secret_key: str | None = None,
-                 *, part_size_mb: float = 8, progress: bool | None = None) -> None:
+                 *, part_size_mb: float = 8, progress: bool | None = None, ca_bundle: str | None = None) -> None:
         self.url = (url or client_url()).rstrip("/")
+        if not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"server URL {self.url!r}: expected http://HOST:PORT or https://HOST:PORT")
+        self.ca_bundle = ca_bundle or client_ca_bundle()
+        if self.ca_bundle is not None and not os.path.isfile(self.ca_bundle):
+            raise ValueError(f"CA bundle {self.ca_bundle}: no such file")
         if access_key is None or secret_key is None:
             creds = client_credentials()
             if creds is None:
@@ -157,6 +168,7 @@ class Client:
         self.part_size = max(5 * 1024 * 1024, int(part_size_mb * 1024 * 1024))
         self.progress = progress
         self._s3: Any = None
+        self._ssl: Any = None
 
     def __repr__(self) -> str:
         return f"Client(url={self.url!r}, access_key={self.access_key!r})"
@@ -170,7 +182,7 @@ class Client:
 
             self._s3 = boto3.client(
                 "s3", endpoint_url=self.url, region_name=REGION, aws_access_key_id=self.access_key,
-                aws_secret_access_key=self._secret_key,
+                aws_secret_access_key=self._secret_key, verify=self.ca_bundle,
                 config=Config(signature_version="s3v4", s3={"addressing_style": "path"}, connect_timeout=5,
                               retries={"max_attempts": 2, "mode": "standard"},
                               max_pool_connections=2 * PARALLEL_PARTS))
@@ -184,6 +196,7 @@ class Client:
             ConnectionClosedError,
             EndpointConnectionError,
             ReadTimeoutError,
+            SSLError,
         )
 
         try:
@@ -191,6 +204,8 @@ class Client:
         except ClientError as exc:
             error = exc.response.get("Error", {})
             raise error_for(str(error.get("Code", "")), error.get("Message", ""), bucket, key, self.url) from None
+        except SSLError as exc:
+            raise Unreachable(tls_failure(self.url, exc) or f"cannot reach {self.url}: {exc}") from None
         except (EndpointConnectionError, ConnectionClosedError, ReadTimeoutError) as exc:
             raise Unreachable(f"cannot reach {self.url}: {exc}") from None
         except BotoCoreError as exc:
@@ -473,8 +488,10 @@ class Client:
                              headers={"content-type": "application/json"} if body else {})
         S3SigV4Auth(Credentials(self.access_key, self._secret_key), "s3", REGION).add_auth(request)
         prepared = urllib.request.Request(url, data=body or None, method=method, headers=dict(request.headers.items()))
+        if self._ssl is None and self.url.startswith("https://"):
+            self._ssl = ssl_context(self.ca_bundle)
         try:
-            with urllib.request.urlopen(prepared, timeout=timeout_s) as resp:
+            with urllib.request.urlopen(prepared, timeout=timeout_s, context=self._ssl) as resp:
                 return json.loads(resp.read() or b"null")
         except urllib.error.HTTPError as exc:
             import xml.etree.ElementTree as ET
@@ -487,7 +504,8 @@ class Client:
                 code, message = str(exc.code), text.decode(errors="replace")[:200]
             raise error_for(code, message, url=self.url) from None
         except (urllib.error.URLError, OSError) as exc:
-            raise Unreachable(f"cannot reach {self.url}: {getattr(exc, 'reason', exc)}") from None
+            raise Unreachable(tls_failure(self.url, exc)
+                              or f"cannot reach {self.url}: {getattr(exc, 'reason', exc)}") from None
 
     def job(self, map: str | list[str] | None = None, reduce: str | list[str] | None = None, *,
             count: int | None = None, inputs: str | Iterable[str] | None = None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 from dataclasses import dataclass
 
 from storage import parse_spec
@@ -28,6 +29,12 @@ class ServerConfig:
     storage: tuple[str, ...] = ()
     scrub_rate_mb_s: float = 50.0
     task_slots: int | None = None  # concurrent tasks per node (default: CPU count)
+    tls_cert_file: str | None = None  # PEM certificate chain: serve HTTPS (with tls_key_file)
+    tls_key_file: str | None = None
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_cert_file else "http"
 
     def validate(self) -> None:
         if not 0 < self.port < 65536:
@@ -47,6 +54,21 @@ class ServerConfig:
             raise ValueError(f"--copies must be between 1 and the number of nodes ({count})")
         if self.domain is not None and (not self.domain or self.domain.startswith(".")):
             raise ValueError(f"invalid domain {self.domain!r}")
+        self._validate_tls()
+
+    def _validate_tls(self) -> None:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("--tls-cert and --tls-key go together: give both, or neither for plain HTTP")
+        if self.tls_cert_file is None or self.tls_key_file is None:
+            return
+        for flag, path in (("--tls-cert", self.tls_cert_file), ("--tls-key", self.tls_key_file)):
+            if not os.path.isfile(path):
+                raise ValueError(f"{flag} {path}: no such file")
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(self.tls_cert_file, self.tls_key_file)
+        except (ssl.SSLError, OSError) as exc:
+            raise ValueError(f"--tls-cert {self.tls_cert_file} / --tls-key {self.tls_key_file}: "
+                             f"not a PEM certificate and its matching private key ({exc})") from None
 
 
 def parse_listen(value: str) -> tuple[str, int]:

@@ -3,7 +3,10 @@
 Every `manta` command and `manta.Client` resolve, in order: MANTA_ACCESS_KEY and
 MANTA_SECRET_KEY; AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; the root credentials
 file in the local data dir (MANTA_DATA, default ./manta-data). The server URL is
-MANTA_URL (default http://127.0.0.1:9000).
+MANTA_URL (default http://127.0.0.1:9000; https:// for a server started with --tls-cert).
+An https server's certificate is checked against MANTA_CA_BUNDLE, else AWS_CA_BUNDLE (a
+PEM file of CA certificates), else the default CAs; `tls_failure` words the error when
+it does not verify.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import ssl
 import string
 from dataclasses import dataclass
 
@@ -70,3 +74,39 @@ def client_credentials() -> Credentials | None:
         if os.environ.get(ak) and os.environ.get(sk):
             return Credentials(os.environ[ak], os.environ[sk])
     return read_root_credentials(os.environ.get("MANTA_DATA") or DEFAULT_DATA_DIR)
+
+
+def client_ca_bundle() -> str | None:
+    return os.environ.get("MANTA_CA_BUNDLE") or os.environ.get("AWS_CA_BUNDLE") or None
+
+
+def ssl_context(ca_bundle: str | None) -> ssl.SSLContext:
+    """The context for https requests: the default CAs, or only those in `ca_bundle`.
+    A bundle that cannot be read is a ValueError naming it."""
+    if ca_bundle is None:
+        return ssl.create_default_context()
+    try:
+        return ssl.create_default_context(cafile=ca_bundle)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"CA bundle {ca_bundle}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+def tls_failure(url: str, exc: BaseException) -> str | None:
+    """A message for an https connection that failed in TLS (somewhere in `exc`'s chain),
+    or None when the failure was something else."""
+    seen: set[int] = set()
+    todo: list[object] = [exc]
+    while todo:
+        item = todo.pop()
+        if not isinstance(item, BaseException) or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, ssl.SSLCertVerificationError):
+            return (f"the TLS certificate of {url} does not verify ({item.verify_message or item.reason}): "
+                    "set MANTA_CA_BUNDLE to the CA certificate (PEM) that signed it")
+        if isinstance(item, ssl.SSLError):
+            return f"TLS with {url} failed ({item.reason or item}): is it an https server?"
+        kwargs = getattr(item, "kwargs", None)  # botocore's exceptions keep their cause there
+        todo += [item.__cause__, item.__context__, getattr(item, "reason", None), *item.args,
+                 *(kwargs.values() if isinstance(kwargs, dict) else ())]
+    return None

@@ -2,6 +2,7 @@
 
     pandas.read_csv("manta://sensors/2024/01-01.csv")
     pandas.read_csv("manta://b/k.csv", storage_options={"url": ..., "access_key": ..., "secret_key": ...})
+    pandas.read_csv("manta://b/k.csv", storage_options={"url": "https://...", "ca_bundle": "ca.pem"})
 
 Registered through the `fsspec.specs` entry point. Buckets are the top-level directories;
 below them a "directory" is a key prefix ending at a `/` (S3 has no directory objects, so
@@ -18,7 +19,7 @@ from typing import Any
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 
 from manta.client import Client, split_path
-from manta.credentials import client_credentials, client_url
+from manta.credentials import client_ca_bundle, client_credentials, client_url
 
 __all__ = ["MantaFile", "MantaFileSystem"]
 
@@ -42,24 +43,24 @@ class MantaFileSystem(AbstractFileSystem):  # type: ignore[misc]
     root_marker = ""
 
     def __init__(self, url: str | None = None, access_key: str | None = None, secret_key: str | None = None,
-                 client: Client | None = None, **kwargs: Any) -> None:
+                 client: Client | None = None, ca_bundle: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._given = (url, access_key, secret_key)
+        self._given = (url, access_key, secret_key, ca_bundle)
         self._client = client
         self._resolved: tuple[Any, ...] = ()
 
     @property
     def client(self) -> Client:
         """The given client, or one from the arguments and the environment. fsspec reuses
-        instances made with the same arguments, so a change of MANTA_URL or keys in the
+        instances made with the same arguments, so a change of MANTA_URL, keys or CA bundle in the
         environment (a notebook's) makes a new client rather than going to the old server."""
         if self._client is not None and not self._resolved:
             return self._client
-        url, access_key, secret_key = self._given
+        url, access_key, secret_key, ca_bundle = self._given
         resolved = (url or client_url(), access_key, secret_key,
-                    None if access_key and secret_key else client_credentials())
+                    None if access_key and secret_key else client_credentials(), ca_bundle or client_ca_bundle())
         if self._client is None or resolved != self._resolved:
-            self._client = Client(url, access_key, secret_key, progress=False)
+            self._client = Client(url, access_key, secret_key, progress=False, ca_bundle=ca_bundle)
             self._resolved = resolved
         return self._client
 

@@ -11,7 +11,13 @@ from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials as BotoCredentials
 
-from manta.credentials import client_credentials, client_url
+from manta.credentials import (
+    client_ca_bundle,
+    client_credentials,
+    client_url,
+    ssl_context,
+    tls_failure,
+)
 
 
 class ApiError(Exception):
@@ -36,13 +42,18 @@ def signed_request(method: str, path: str, body: bytes = b"", region: str = "us-
     prepared = urllib.request.Request(url, data=body or None, method=method,
                                       headers=dict(request.headers.items()))
     try:
-        with urllib.request.urlopen(prepared, timeout=timeout_s) as resp:
+        context = ssl_context(client_ca_bundle()) if url.startswith("https://") else None
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    try:
+        with urllib.request.urlopen(prepared, timeout=timeout_s, context=context) as resp:
             return json.loads(resp.read() or b"null")
     except urllib.error.HTTPError as exc:
         code, message = _error_fields(exc.read())
         raise CliError(f"{code or exc.code}: {message or exc.reason}") from None
-    except urllib.error.URLError as exc:
-        raise CliError(f"cannot reach {client_url()}: {exc.reason}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        base = client_url().rstrip("/")
+        raise CliError(tls_failure(base, exc) or f"cannot reach {base}: {getattr(exc, 'reason', exc)}") from None
 
 
 def _error_fields(body: bytes) -> tuple[str, str]:

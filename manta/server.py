@@ -116,8 +116,9 @@ def serve(config: ServerConfig) -> None:
     scheduler.start()
     server = uvicorn.Server(uvicorn.Config(
         app, host=config.host, port=config.port, http=HttpProtocol, loop="uvloop",
-        log_level="warning", access_log=False, timeout_keep_alive=30, server_header=False))
-    url = f"http://{config.host}:{config.port}"
+        log_level="warning", access_log=False, timeout_keep_alive=30, server_header=False,
+        ssl_certfile=config.tls_cert_file, ssl_keyfile=config.tls_key_file))
+    url = f"{config.scheme}://{config.host}:{config.port}"
     where = written or (credentials_path(config.data_dir) if read_root_credentials(config.data_dir) else None)
 
     async def announce() -> None:
