@@ -57,10 +57,11 @@ class Server:
     extra_args: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
     log_path: str = ""
+    scheme: str = "http"  # "https" for a server started with --tls-cert/--tls-key
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def start(self, timeout_s: float = 15.0) -> None:
         self.log_path = os.path.join(os.path.dirname(self.data_dir), f"server-{self.port}.log")
