@@ -10,9 +10,10 @@ TASK_KILLED_ERROR = "TaskKilledError"      # a limit was hit (time, memory, proc
 JOB_CANCELLED_ERROR = "JobCancelledError"  # the job was cancelled while the task was queued or running
 INTERNAL_ERROR = "InternalError"           # anything else; node failures are retried first
 RESOURCE_NOT_FOUND = "ResourceNotFoundError"  # an input object does not exist or is not yours
+QUOTA_EXCEEDED_ERROR = "QuotaExceededError"  # the owner is at a limit (objects, bytes, outputs)
 
 TASK_ERROR_CODES = (USER_TASK_ERROR, TASK_INIT_ERROR, TASK_KILLED_ERROR, JOB_CANCELLED_ERROR,
-                    INTERNAL_ERROR, RESOURCE_NOT_FOUND)
+                    INTERNAL_ERROR, RESOURCE_NOT_FOUND, QUOTA_EXCEEDED_ERROR)
 
 
 class JobError(Exception):
@@ -35,6 +36,16 @@ class JobInputsClosed(JobError):
     def __init__(self, job_id: str) -> None:
         super().__init__(f"job {job_id!r} takes no more inputs (ended or cancelled)")
         self.job_id = job_id
+
+
+class QuotaExceeded(JobError):
+    """The job's owner is at one of its limits (running jobs, outputs per job)."""
+
+    def __init__(self, owner: str, resource: str, limit: int) -> None:
+        super().__init__(f"account {owner!r} is at its limit of {limit} {resource}")
+        self.owner = owner
+        self.resource = resource
+        self.limit = limit
 
 
 class NodeFailure(Exception):

@@ -177,16 +177,22 @@ def _filter_lines(data: bytes, partition: tuple[int, int], out: Any) -> bytes:
 
 
 class _Outputs:
-    """stdout -> one blob, or one per reducer of the next phase."""
+    """stdout -> one blob, or one per reducer of the next phase (made on its first byte:
+    an empty partition makes no blob and no object)."""
 
     def __init__(self, store: Store, node: Node, partitions: int) -> None:
         self.store = store
         self.node = node
         self.partitions = partitions
-        self.writers: list[ReplicatedWriter] = []
+        self.writers: dict[int, ReplicatedWriter] = {}
         self._tail = b""
-        for _ in range(max(1, partitions)):
-            self.writers.append(store.writer(first=node))
+        if partitions <= 1:
+            self.writers[0] = store.writer(first=node)  # fails now (no nodes) rather than mid-task
+
+    def _writer(self, index: int) -> ReplicatedWriter:
+        if index not in self.writers:
+            self.writers[index] = self.store.writer(first=self.node)
+        return self.writers[index]
 
     def write(self, data: bytes) -> None:
         if self.partitions <= 1:
@@ -195,21 +201,28 @@ class _Outputs:
         data = self._tail + data
         cut = data.rfind(b"\n") + 1
         self._tail = data[cut:]
-        buckets: list[list[bytes]] = [[] for _ in range(self.partitions)]
+        buckets: dict[int, list[bytes]] = {}
         for line in data[:cut].splitlines(keepends=True):
-            buckets[partition_of(line, self.partitions)].append(line)
-        for writer, lines in zip(self.writers, buckets, strict=True):
-            if lines:
-                writer.write(b"".join(lines))
+            buckets.setdefault(partition_of(line, self.partitions), []).append(line)
+        for index, lines in buckets.items():
+            self._writer(index).write(b"".join(lines))
 
-    def commit(self) -> list[Any]:
+    def commit(self) -> list[tuple[int, Any]]:
+        """(partition, blob meta) of each non-empty output, in partition order."""
         if self._tail:
-            self.writers[partition_of(self._tail, self.partitions)].write(self._tail + b"\n")
+            self._writer(partition_of(self._tail, self.partitions)).write(self._tail + b"\n")
             self._tail = b""
-        return [writer.commit() for writer in self.writers]
+        out = []
+        for index in sorted(self.writers):
+            writer = self.writers[index]
+            if writer.size == 0:
+                writer.abort()
+            else:
+                out.append((index, writer.commit()))
+        return out
 
     def abort(self) -> None:
-        for writer in self.writers:
+        for writer in self.writers.values():
             writer.abort()
 
 
@@ -285,7 +298,7 @@ def run_task(ctx: RunContext, job: Record, task: Record, node: Node, cancel: Any
             metas = outputs.commit()
         except se.InsufficientNodes as exc:
             raise je.NodeFailure(str(exc)) from exc
-        return _finish(ctx, job, task, inputs=inputs, result=result, metas=metas)
+        return _finish(ctx, job, task, inputs=inputs, result=result, metas=metas, partitioned=partitions > 1)
     except BaseException:
         if outputs is not None:
             outputs.abort()
@@ -296,7 +309,10 @@ def run_task(ctx: RunContext, job: Record, task: Record, node: Node, cancel: Any
 
 def _finish(ctx: RunContext, job: Record, task: Record, error: tuple[str, str] | None = None,
             inputs: _Inputs | None = None, result: TaskResult | None = None,
-            metas: list[Any] | None = None) -> Record:
+            metas: list[tuple[int, Any]] | None = None, partitioned: bool = False) -> Record:
+    """Write the task's outcome and its output (or stderr) objects in one transaction.
+    An outcome the owner's quota cannot hold fails the task with QuotaExceededError
+    (a failed task whose stderr object does not fit keeps only the excerpt)."""
     store = ctx.store
     bucket = jobs_bucket(job["owner"])
     base = f"{job['id']}/p{task['phase']}/{task['id']}"
@@ -309,37 +325,66 @@ def _finish(ctx: RunContext, job: Record, task: Record, error: tuple[str, str] |
     new_blobs: dict[str, Record] = {}
     objects: list[tuple[str, Record]] = []
     if error is None:
-        names = [base] if len(metas or []) == 1 else [f"{base}.r{i}" for i in range(len(metas or []))]
-        for name, meta in zip(names, metas or [], strict=True):
+        names = [f"{base}.r{i}" if partitioned else base for i, _ in metas or []]
+        for name, (_, meta) in zip(names, metas or [], strict=True):
             new_blobs[meta.blob_id] = meta.record()
             objects.append((name, _object_record(meta, "application/octet-stream")))
         done.update(state="done", outputs=[f"{bucket}/{n}" for n in names], error=None)
+        if partitioned:
+            done["partitions"] = [i for i, _ in metas or []]
     else:
-        code, message = error
         stderr = result.stderr if result is not None else b""
-        stderr_name = None
         if stderr:
             writer = store.writer()
             writer.write(stderr)
             meta = writer.commit()
-            stderr_name = f"{job['id']}/err/{task['id']}.stderr"
             new_blobs[meta.blob_id] = meta.record()
-            objects.append((stderr_name, _object_record(meta, "text/plain")))
-        done.update(state="cancelled" if code == je.JOB_CANCELLED_ERROR else "failed", outputs=[],
-                    error={"code": code, "message": message,
-                           "input": task.get("input") or ",".join(task.get("inputs", [])[:3]),
-                           "stderr": f"{bucket}/{stderr_name}" if stderr_name else None,
-                           "excerpt": stderr[:STDERR_EXCERPT_BYTES].decode(errors="replace")})
+            objects.append((f"{job['id']}/err/{task['id']}.stderr", _object_record(meta, "text/plain")))
+        _failed(done, task, error, stderr, f"{bucket}/{objects[0][0]}" if objects else None)
+    outputs = len(objects) if error is None else 0
 
     def op(txn: Txn) -> list[str]:
         freed: list[str] = []
+        if outputs:
+            _count_outputs(ctx, txn, job, outputs)
         for name, record in objects:
             freed += store.objects.put_in(txn, bucket, name, record, new_blobs)
         store.catalog.put(txn, "jobtasks", task_key(job["id"], task["id"]), done)
         return freed
 
-    store.free(ctx.records.write(op))
+    try:
+        store.free(ctx.records.write(op))
+    except (se.QuotaExceeded, je.QuotaExceeded) as exc:
+        store.free(list(new_blobs))
+        if error is None:
+            error = (je.QUOTA_EXCEEDED_ERROR, f"the outputs were not stored: {exc}")
+        _failed(done, task, error, result.stderr if result is not None else b"", None)
+        ctx.records.write(lambda txn: store.catalog.put(txn, "jobtasks", task_key(job["id"], task["id"]), done))
     return done
+
+
+def _failed(done: Record, task: Record, error: tuple[str, str], stderr: bytes, stderr_name: str | None) -> None:
+    code, message = error
+    done.update(state="cancelled" if code == je.JOB_CANCELLED_ERROR else "failed", outputs=[],
+                error={"code": code, "message": message,
+                       "input": task.get("input") or ",".join(task.get("inputs", [])[:3]),
+                       "stderr": stderr_name,
+                       "excerpt": stderr[:STDERR_EXCERPT_BYTES].decode(errors="replace")})
+    done.pop("partitions", None)
+
+
+def _count_outputs(ctx: RunContext, txn: Txn, job: Record, count: int) -> None:
+    """Add `count` to the job's output objects, within the owner's per-job limit."""
+    record = ctx.records.get(job["id"], txn)
+    made = record.get("output_count", 0) + count
+    try:
+        limit = ctx.store.catalog.quota(job["owner"], txn).outputs
+    except se.NoSuchAccount:
+        limit = None
+    if limit is not None and made > limit:
+        raise je.QuotaExceeded(job["owner"], "outputs per job", limit)
+    record["output_count"] = made
+    ctx.store.catalog.put(txn, "jobs", job["id"].encode(), record)
 
 
 def _object_record(meta: Any, content_type: str) -> Record:

@@ -33,24 +33,24 @@ containers died with it), so a restarted server resumes every running job.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
 from jobs import errors as je
+from jobs.admission import Admission, default_budget_mb
 from jobs.reach import TaskRoots
 from jobs.records import JobRecords
 from jobs.runner import RunContext, run_task, sweep_scratch
 from jobs.sandbox import Sandbox, SandboxError
-from jobs.spec import JobSpec, parse_input
-from storage import Node, Store
+from jobs.spec import LIMITS, JobSpec, parse_input
+from storage import DEFAULT_QUOTA, Node, Quota, Store
 from storage import errors as se
 
 __all__ = ["JobScheduler", "SchedulerConfig"]
@@ -60,13 +60,34 @@ log = logging.getLogger("manta.jobs")
 Record = dict[str, Any]
 TERMINAL = ("done", "failed", "cancelled")
 MAX_ATTEMPTS = 3
-TICK_S = 0.05  # how often a task waiting for a slot looks at its cancel event
+MAX_WORKERS = 512  # threads for tasks in flight (they wait for admission, prepare, commit)
+SCAN_TASKS = 256  # queued tasks of one job looked at per dispatch for a node with room
 
 
 @dataclass(frozen=True)
 class SchedulerConfig:
     slots_per_node: int = field(default_factory=lambda: os.cpu_count() or 1)
     tick_s: float = 1.0
+    memory_budget_mb: int = field(default_factory=default_budget_mb)  # this host's, for all its nodes
+    max_task_memory_mb: int | None = None  # a phase's memory_mb ceiling (default: min(16 GiB, budget))
+    max_task_disk_mb: int | None = None    # a phase's disk_mb ceiling (default: min(64 GiB, budget))
+
+    def __post_init__(self) -> None:
+        if self.slots_per_node < 1 or self.memory_budget_mb < 16:
+            raise ValueError("slots_per_node must be >= 1 and memory_budget_mb >= 16")
+        for name in ("max_task_memory_mb", "max_task_disk_mb"):
+            value = getattr(self, name)
+            if value is not None and value < LIMITS[name.removeprefix("max_task_")][1]:
+                raise ValueError(f"{name} must be at least {LIMITS[name.removeprefix('max_task_')][1]}")
+
+    @property
+    def memory_ceiling_mb(self) -> int:
+        """The most memory one task may ask for: the admin's ceiling, never above the budget."""
+        return min(self.max_task_memory_mb or int(LIMITS["memory_mb"][2]), self.memory_budget_mb)
+
+    @property
+    def disk_ceiling_mb(self) -> int:
+        return self.max_task_disk_mb or min(int(LIMITS["disk_mb"][2]), self.memory_budget_mb)
 
 
 @dataclass
@@ -76,6 +97,7 @@ class _Job:
     queue: deque[str] = field(default_factory=deque)
     scheduled_inputs: int = 0
     counters: dict[int, int] = field(default_factory=dict)  # next map task number per phase > 0
+    failure: Record | None = None  # set when a task hit a quota: the job's other tasks fail alike
 
     def phase_tasks(self, phase: int) -> list[Record]:
         return [t for t in self.tasks.values() if t["phase"] == phase]
@@ -90,11 +112,12 @@ class JobScheduler:
         self.jobs: dict[str, _Job] = {}
         self.lock = threading.RLock()
         self.wake = threading.Event()
-        self.busy: dict[str, int] = dict.fromkeys(store.nodes, 0)  # tasks in flight
-        self.slots = {nid: _Slots(self.config.slots_per_node) for nid in store.nodes}
+        # tasks in flight per node and account: each account may have 2x slots of them on a node
+        self.busy: dict[str, dict[str, int]] = {nid: {} for nid in store.nodes}
+        self.admission = Admission(list(store.nodes), self.config.slots_per_node, self.config.memory_budget_mb)
         self.cancels: dict[tuple[str, str], threading.Event] = {}
-        self.pool = ThreadPoolExecutor(max_workers=max(1, 2 * self.config.slots_per_node * len(store.nodes)),
-                                       thread_name_prefix="task")
+        self.pool = ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="task")
+        self._served: list[str] = []  # accounts, the one dispatched to longest ago first
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -107,6 +130,9 @@ class JobScheduler:
             except SandboxError as exc:  # its tasks end in InternalError, saying why
                 log.warning("no sandbox: %s", exc)
         self.ctx.roots.open(self.store.node_list())
+        log.info("tasks: %d slots per node, %d MB of memory for all running tasks, at most %d MB "
+                 "memory and %d MB disk per task", self.config.slots_per_node, self.config.memory_budget_mb,
+                 self.config.memory_ceiling_mb, self.config.disk_ceiling_mb)
         for node in self.store.node_list():
             try:
                 sweep_scratch(node)
@@ -158,11 +184,39 @@ class JobScheduler:
     # -- the API the HTTP layer uses ---------------------------------------------------
 
     def create(self, owner: str, spec: JobSpec) -> Record:
-        record = self.records.create(owner, spec)
-        with self.lock:
+        self._check_limits(spec)
+        with self.lock:  # held across the count and the create, so two creates cannot both pass
+            limit = self._quota(owner).jobs
+            running = sum(1 for j in self.jobs.values()
+                          if j.record["owner"] == owner and j.record["state"] == "running")
+            if limit is not None and running >= limit:
+                raise je.QuotaExceeded(owner, "running jobs", limit)
+            record = self.records.create(owner, spec)
             self.jobs[record["id"]] = _Job(record)
         self.wake.set()
         return record
+
+    def phase_defaults(self) -> dict[str, int]:
+        """Limits for phases that do not set them: the usual ones, or the ceilings if lower."""
+        return {"memory_mb": min(int(LIMITS["memory_mb"][0]), self.config.memory_ceiling_mb),
+                "disk_mb": min(int(LIMITS["disk_mb"][0]), self.config.disk_ceiling_mb)}
+
+    def _check_limits(self, spec: JobSpec) -> None:
+        """A phase asking for more than any task may have here fails now, not when it runs."""
+        memory, disk = self.config.memory_ceiling_mb, self.config.disk_ceiling_mb
+        for number, phase in enumerate(spec.phases):
+            if phase.memory_mb > memory:
+                raise je.InvalidJobSpec(f"phase {number}: memory_mb {phase.memory_mb} is above the "
+                                        f"{memory} MB a task may use on this server")
+            if phase.disk_mb > disk:
+                raise je.InvalidJobSpec(f"phase {number}: disk_mb {phase.disk_mb} is above the "
+                                        f"{disk} MB a task may use on this server")
+
+    def _quota(self, owner: str) -> Quota:
+        try:
+            return self.store.catalog.quota(owner)
+        except se.NoSuchAccount:
+            return DEFAULT_QUOTA
 
     def job(self, job_id: str, owner: str) -> Record:
         record = self.records.get(job_id)
@@ -268,7 +322,7 @@ class JobScheduler:
                 count = phases[phase]["count"]
                 for r in range(count):
                     if count > 1:
-                        inputs = [t["outputs"][r] for t in before if len(t["outputs"]) == count]
+                        inputs = [o for t in before for o in _partition_outputs(t, r, count)]
                     else:
                         inputs = [o for t in before for o in t["outputs"]]
                     new.append(self._new_task(job, phase, f"p{phase}-r{r:04d}", inputs=inputs, reducer=r,
@@ -313,38 +367,70 @@ class JobScheduler:
                         local[node_id] = local.get(node_id, 0) + size
         ranked = [(local.get(n.id, 0), n) for n in self.store.node_list()
                   if n.id not in task["excluded"] and n.healthy()]
-        ranked.sort(key=lambda item: (-item[0], self.busy.get(item[1].id, 0)))
+        ranked.sort(key=lambda item: (-item[0], sum(self.busy.get(item[1].id, {}).values())))
         return ranked
 
     def _dispatch(self) -> None:
+        """Start queued tasks where their data is, accounts in turn (the one served longest
+        ago first), one task per account per round, while any account has room left."""
         if self._stop.is_set():
             return
-        free = {nid: 2 * self.config.slots_per_node - n for nid, n in self.busy.items()}
-        if not any(v > 0 for v in free.values()):
-            return
-        for job in list(self.jobs.values()):
-            if job.record["state"] != "running":
+        by_owner: dict[str, list[_Job]] = {}
+        for job in self.jobs.values():
+            if job.record["state"] == "running" and job.queue:
+                by_owner.setdefault(job.record["owner"], []).append(job)
+        owners = sorted(by_owner, key=lambda o: self._served.index(o) if o in self._served else -1)
+        quotas = {owner: self._quota(owner) for owner in owners}
+        while owners:
+            for owner in list(owners):
+                if not self._dispatch_one(owner, by_owner[owner], quotas[owner]):
+                    owners.remove(owner)
+                elif owner in self._served:
+                    self._served.remove(owner)
+                    self._served.append(owner)
+                else:
+                    self._served.append(owner)
+
+    def _room(self, node_id: str, owner: str) -> bool:
+        return self.busy[node_id].get(owner, 0) < 2 * self.config.slots_per_node
+
+    def _dispatch_one(self, owner: str, jobs: list[_Job], quota: Quota) -> bool:
+        """Start one task of `owner`'s jobs (oldest job first); False if none can start now."""
+        if quota.tasks is not None and sum(b.get(owner, 0) for b in self.busy.values()) >= quota.tasks:
+            return False
+        if not any(self._room(nid, owner) for nid in self.busy):
+            return False
+        for job in jobs:
+            if job.failure is not None:  # the job hit a quota: its tasks fail without running
+                self._fail_queued(job, job.failure)
                 continue
-            waiting: deque[str] = deque()
-            while job.queue and any(v > 0 for v in free.values()):
-                task = job.tasks[job.queue.popleft()]
+            for _, task_id in zip(range(SCAN_TASKS), list(job.queue), strict=False):
+                task = job.tasks[task_id]
                 ranked = self._placement(job, task)
-                if not ranked:
-                    waiting.append(task["id"])  # no healthy node at all: wait
-                    continue
                 holders = [n for b, n in ranked if b > 0]
-                candidates = holders or [n for _, n in ranked]
-                node = next((n for n in candidates if free.get(n.id, 0) > 0), None)
-                if node is None:
-                    waiting.append(task["id"])  # its data's nodes are busy: wait for a slot there
-                    continue
-                free[node.id] -= 1
-                self._start(job, task, node)
-            job.queue.extendleft(reversed(waiting))
+                node = next((n for n in holders or [n for _, n in ranked] if self._room(n.id, owner)), None)
+                if node is not None:  # else: no node up, or its data's nodes are busy: it waits
+                    job.queue.remove(task_id)
+                    self._start(job, task, node)
+                    return True
+        return False
+
+    def _fail_queued(self, job: _Job, error: Record) -> None:
+        failed = []
+        for task_id in job.queue:
+            task = job.tasks[task_id]
+            task.update(state="failed", finished=time.time(),
+                        error={**error, "input": task.get("input") or ",".join(task.get("inputs", [])[:3]),
+                               "stderr": None, "excerpt": ""})
+            failed.append(task)
+        job.queue.clear()
+        if failed:
+            self.records.save_tasks(failed)
 
     def _start(self, job: _Job, task: Record, node: Node) -> None:
         task.update(state="running", node=node.id, started=time.time(), attempts=task["attempts"] + 1)
-        self.busy[node.id] = self.busy.get(node.id, 0) + 1
+        owner = job.record["owner"]
+        self.busy[node.id][owner] = self.busy[node.id].get(owner, 0) + 1
         cancel = threading.Event()
         self.cancels[(job.record["id"], task["id"])] = cancel
         record = dict(job.record)
@@ -354,7 +440,12 @@ class JobScheduler:
         outcome: Record | None = None
         try:
             running = self.records.submit_tasks([task])
-            outcome = run_task(self.ctx, job, task, node, cancel, self.slots[node.id].hold)
+            memory_mb = job["phases"][task["phase"]]["memory_mb"]
+
+            def admit(cancel: threading.Event) -> AbstractContextManager[bool]:
+                return self.admission.hold(node.id, job["owner"], memory_mb, cancel)
+
+            outcome = run_task(self.ctx, job, task, node, cancel, admit)
             if (failed := running.exception()) is not None:  # the final record was written after it
                 log.warning("job %s task %s: its running record was not written: %s",
                             job["id"], task["id"], failed)
@@ -379,13 +470,16 @@ class JobScheduler:
             self.records.save_tasks([outcome])
         finally:
             with self.lock:
-                self.busy[node.id] -= 1
+                self.busy[node.id][job["owner"]] -= 1
                 self.cancels.pop((job["id"], task["id"]), None)
                 state = self.jobs.get(job["id"])
                 if state is not None and outcome is not None:
                     state.tasks[task["id"]] = outcome
                     if outcome["state"] == "queued":
                         state.queue.appendleft(task["id"])
+                    error = outcome.get("error") or {}
+                    if error.get("code") == je.QUOTA_EXCEEDED_ERROR and state.failure is None:
+                        state.failure = {"code": error["code"], "message": error["message"]}
             self.wake.set()
 
     @staticmethod
@@ -395,23 +489,10 @@ class JobScheduler:
                           "input": task.get("input", ""), "stderr": None, "excerpt": ""}}
 
 
-class _Slots:
-    """The containers one node may run at once."""
-
-    def __init__(self, count: int) -> None:
-        self._sem = threading.Semaphore(count)
-
-    @contextlib.contextmanager
-    def hold(self, cancel: threading.Event) -> Iterator[bool]:
-        """Take a slot for the block (True), or give up when `cancel` is set first (False)."""
-        held = False
-        while not (held or cancel.is_set()):
-            held = self._sem.acquire(timeout=TICK_S)
-        if held and cancel.is_set():  # the slot came free as the job's other containers were killed
-            self._sem.release()
-            held = False
-        try:
-            yield held
-        finally:
-            if held:
-                self._sem.release()
+def _partition_outputs(task: Record, reducer: int, count: int) -> list[str]:
+    """The outputs of `task` meant for `reducer` of the next phase's `count`: the ones its
+    `partitions` list names (empty partitions make no object); records written before that
+    list existed have one output per reducer, in order."""
+    if "partitions" in task:
+        return [o for o, p in zip(task["outputs"], task["partitions"], strict=True) if p == reducer]
+    return [task["outputs"][reducer]] if len(task["outputs"]) == count else []

@@ -62,8 +62,9 @@ def parse_input(text: str) -> tuple[str, str]:
     return bucket, key
 
 
-def _number(phase: dict[str, Any], name: str, index: int) -> Any:
+def _number(phase: dict[str, Any], name: str, index: int, defaults: dict[str, Any]) -> Any:
     default, low, high = LIMITS[name]
+    default = defaults.get(name, default)
     value = phase.get(name, default)
     if value is None:
         value = default
@@ -76,7 +77,8 @@ def _number(phase: dict[str, Any], name: str, index: int) -> Any:
     return type(default)(value)
 
 
-def parse_phase(raw: Any, index: int) -> Phase:
+def parse_phase(raw: Any, index: int, defaults: dict[str, Any] | None = None) -> Phase:
+    defaults = defaults or {}
     if not isinstance(raw, dict):
         raise InvalidJobSpec(f"phase {index} must be an object")
     unknown = set(raw) - {"type", "exec", "count", "memory_mb", "disk_mb", "timeout_s", "assets", "init"}
@@ -90,7 +92,7 @@ def parse_phase(raw: Any, index: int) -> Phase:
         raise InvalidJobSpec(f"phase {index}: exec must be a non-empty command")
     if len(command.encode()) > MAX_EXEC_BYTES or "\0" in command:
         raise InvalidJobSpec(f"phase {index}: exec is too long or contains NUL")
-    count = _number(raw, "count", index)
+    count = _number(raw, "count", index, defaults)
     if kind == "map" and count != 1:
         raise InvalidJobSpec(f"phase {index}: count applies to reduce phases only")
     assets = raw.get("assets") or []
@@ -101,12 +103,15 @@ def parse_phase(raw: Any, index: int) -> Phase:
     init = raw.get("init")
     if init is not None and (not isinstance(init, str) or "\0" in init):
         raise InvalidJobSpec(f"phase {index}: init must be a command")
-    return Phase(type=kind, exec=command, count=count, memory_mb=_number(raw, "memory_mb", index),
-                 disk_mb=_number(raw, "disk_mb", index), timeout_s=_number(raw, "timeout_s", index),
+    return Phase(type=kind, exec=command, count=count, memory_mb=_number(raw, "memory_mb", index, defaults),
+                 disk_mb=_number(raw, "disk_mb", index, defaults),
+                 timeout_s=_number(raw, "timeout_s", index, defaults),
                  assets=tuple(assets), init=init or None)
 
 
-def parse_spec(raw: Any) -> JobSpec:
+def parse_spec(raw: Any, defaults: dict[str, Any] | None = None) -> JobSpec:
+    """The spec of `raw`; a phase that leaves a limit out gets `defaults` (a server whose
+    ceilings are below the usual defaults passes its own), else the usual default."""
     if not isinstance(raw, dict):
         raise InvalidJobSpec("a job spec must be a JSON object")
     phases = raw.get("phases")
@@ -122,5 +127,5 @@ def parse_spec(raw: Any) -> JobSpec:
         raise InvalidJobSpec("inputs must be a list of bucket/key strings")
     for item in inputs:
         parse_input(item)
-    return JobSpec(phases=tuple(parse_phase(p, i) for i, p in enumerate(phases)), name=name,
+    return JobSpec(phases=tuple(parse_phase(p, i, defaults) for i, p in enumerate(phases)), name=name,
                    inputs=tuple(inputs))

@@ -42,6 +42,9 @@ def _serve(args: argparse.Namespace) -> int:
                               copies=args.copies, storage=storage,
                               scrub_rate_mb_s=env_float("MANTA_SCRUB_RATE_MB_S", 50.0),
                               task_slots=env_int("MANTA_TASK_SLOTS"),
+                              task_memory_budget_mb=env_int("MANTA_TASK_MEMORY_BUDGET_MB"),
+                              task_max_memory_mb=env_int("MANTA_TASK_MAX_MEMORY_MB"),
+                              task_max_disk_mb=env_int("MANTA_TASK_MAX_DISK_MB"),
                               tls_cert_file=args.tls_cert, tls_key_file=args.tls_key)
         config.validate()
     except ValueError as exc:

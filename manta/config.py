@@ -29,6 +29,9 @@ class ServerConfig:
     storage: tuple[str, ...] = ()
     scrub_rate_mb_s: float = 50.0
     task_slots: int | None = None  # concurrent tasks per node (default: CPU count)
+    task_memory_budget_mb: int | None = None  # memory all running tasks share (default: host's - reserve)
+    task_max_memory_mb: int | None = None  # ceiling of a phase's memory_mb (default: min(16384, budget))
+    task_max_disk_mb: int | None = None  # ceiling of a phase's disk_mb (default: min(65536, budget))
     tls_cert_file: str | None = None  # PEM certificate chain: serve HTTPS (with tls_key_file)
     tls_key_file: str | None = None
 
@@ -45,6 +48,10 @@ class ServerConfig:
             parse_spec(spec)
         if self.task_slots is not None and self.task_slots < 1:
             raise ValueError("MANTA_TASK_SLOTS must be at least 1")
+        for name, low in (("task_memory_budget_mb", 16), ("task_max_memory_mb", 16), ("task_max_disk_mb", 8)):
+            value = getattr(self, name)
+            if value is not None and value < low:
+                raise ValueError(f"MANTA_{name.upper()} must be at least {low}")
         if self.nodes < 1:
             raise ValueError("--nodes must be at least 1")
         count = len(self.storage) or self.nodes

@@ -72,6 +72,8 @@ def routes(scheduler: JobScheduler) -> Any:
             raise s3e.NoSuchJob(f"The job {exc.job_id} does not exist.") from None
         except je.JobInputsClosed as exc:
             raise s3e.InvalidRequest(str(exc)) from None
+        except je.QuotaExceeded as exc:
+            raise s3e.QuotaExceeded(f"You are at your limit of {exc.limit} {exc.resource}.") from None
 
     return handle
 
@@ -82,7 +84,7 @@ async def _handle(scheduler: JobScheduler, req: S3Request) -> Response:
     if len(parts) == 1:
         if req.method == "POST":
             payload = await _json(req)
-            spec = parse_spec(payload)
+            spec = parse_spec(payload, scheduler.phase_defaults())
             job = await in_thread(scheduler.create, owner, spec)
             if payload.get("end"):
                 job = await in_thread(scheduler.add_inputs, job["id"], owner, [], True)

@@ -76,10 +76,16 @@ def build_app(config: ServerConfig) -> tuple[Starlette, Store, JobScheduler]:
         log.warning("the data dir %s is inside a directory other users cannot traverse: job tasks "
                     "(run as an unprivileged user) will not be able to read their inputs",
                     os.path.abspath(config.data_dir))
-    scheduler = JobScheduler(store, sandbox,
-                             SchedulerConfig(slots_per_node=config.task_slots) if config.task_slots else None)
+    scheduler = JobScheduler(store, sandbox, scheduler_config(config))
     s3 = S3App(store, config, extra={admin.PREFIX: manta_routes(scheduler)})
     return s3.starlette(), store, scheduler
+
+
+def scheduler_config(config: ServerConfig) -> SchedulerConfig:
+    """The job scheduler's settings: the server's where given, the scheduler's defaults elsewhere."""
+    given = {"slots_per_node": config.task_slots, "memory_budget_mb": config.task_memory_budget_mb,
+             "max_task_memory_mb": config.task_max_memory_mb, "max_task_disk_mb": config.task_max_disk_mb}
+    return SchedulerConfig(**{k: v for k, v in given.items() if v is not None})
 
 
 def _traversable(path: str) -> bool:

@@ -114,6 +114,7 @@ NotImplemented_ = _error(
 PreconditionFailed = _error(
     "PreconditionFailed", 412, "At least one of the preconditions you specified did not hold."
 )
+QuotaExceeded = _error("QuotaExceeded", 403, "The account is at one of its quota limits.")
 RequestHeaderSectionTooLarge = _error(
     "RequestHeaderSectionTooLarge", 400, "Your request header section exceeds the maximum allowed size."
 )
