@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 
 class StorageError(Exception):
     """Base of every storage-layer error."""
@@ -120,3 +122,22 @@ class QuotaExceeded(StorageError):
         self.account = account
         self.resource = resource
         self.limit = limit
+
+
+RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
+
+
+class ResourceExhausted(StorageError):
+    """The process or host ran out of file descriptors or memory (EMFILE, ENFILE, ENOMEM):
+    a shortage of this server's, not damage to a replica or a failed node. Retry later."""
+
+    def __init__(self, operation: str, cause: OSError) -> None:
+        super().__init__(f"{operation}: {cause.strerror or cause}")
+        self.operation = operation
+        self.errno = cause.errno
+
+    @staticmethod
+    def raise_if(exc: OSError, operation: str) -> None:
+        """Re-raise `exc` as ResourceExhausted when its errno is a resource shortage."""
+        if exc.errno in RESOURCE_ERRNOS:
+            raise ResourceExhausted(operation, exc) from exc

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from storage.blobs import DirectoryBlobStore
+from storage.errors import ResourceExhausted
 from storage.zfs import CommandDriver, ZfsError
 from storage.zfs import driver as zfs_driver
 
@@ -90,7 +91,8 @@ class Node:
         try:
             with open(os.path.join(root, MARKER)) as fh:
                 return fh.read().strip() or None
-        except OSError:
+        except OSError as exc:
+            ResourceExhausted.raise_if(exc, "reading a node marker")
             return None
 
     @staticmethod
@@ -113,9 +115,15 @@ class Node:
             return self._healthy
         with self._lock:
             if now - self._checked_at >= self.health_ttl_s:
-                self._healthy, self._reason = self._check(refresh_pool=False)
-                self._checked_at = time.monotonic()
+                self._recheck_locked(refresh_pool=False)
         return self._healthy
+
+    def _recheck_locked(self, refresh_pool: bool) -> None:
+        try:
+            self._healthy, self._reason = self._check(refresh_pool)
+        except ResourceExhausted:
+            pass  # out of file descriptors here says nothing about the node: keep the last verdict
+        self._checked_at = time.monotonic()
 
     def _check(self, refresh_pool: bool) -> tuple[bool, str]:
         if self.read_marker(self.root) != self.id:
@@ -161,8 +169,7 @@ class Node:
     def recheck(self, pool: bool = True) -> bool:
         """A synchronous health check; with `pool` it runs `zpool` (not for the event loop)."""
         with self._lock:
-            self._healthy, self._reason = self._check(refresh_pool=pool)
-            self._checked_at = time.monotonic()
+            self._recheck_locked(refresh_pool=pool)
         return self._healthy
 
     # -- space --------------------------------------------------------------------

@@ -10,6 +10,10 @@ An I/O error (EIO from a ZFS checksum failure), a short read, a missing file or 
 mismatch moves the read to the next replica for that block and reports the bad replica
 for repair. The caller sees correct bytes or an error, never wrong bytes.
 
+A shortage of this process's (EMFILE, ENFILE, ENOMEM: storage.errors.RESOURCE_ERRNOS) is
+no replica's fault: reads and writes raise ResourceExhausted for it instead of reporting
+damage or marking a node down, and a write that hits it leaves no copy behind.
+
 Blob metadata (the catalog's `blobs` record): {size, sha256, blocks, nodes}.
 """
 
@@ -29,7 +33,7 @@ from typing import Any
 from awscrt.checksums import crc32c
 
 from storage.blobs import BlobInfo, BlobWriter, MemoryBlobWriter
-from storage.errors import BlobUnavailable, InsufficientNodes
+from storage.errors import RESOURCE_ERRNOS, BlobUnavailable, InsufficientNodes, ResourceExhausted
 from storage.node import SPACE_MAX_AGE_S, Node
 
 __all__ = ["BLOCK", "BlobReader", "ReplicatedWriter", "block_sums", "choose_nodes", "copy_blob", "verify_file"]
@@ -68,6 +72,7 @@ def verify_file(path: str, meta: dict[str, Any],
     except FileNotFoundError:
         return "missing"
     except OSError as exc:
+        ResourceExhausted.raise_if(exc, "verifying a replica")
         return f"read error: {exc.strerror or exc}"
     if size != meta.get("size", size):
         return f"size {size}, expected {meta['size']}"
@@ -162,7 +167,14 @@ class ReplicatedWriter:
         except OSError as exc:
             self._fail(node, exc)
 
-    def _fail(self, node: Node, exc: BaseException) -> None:
+    def _short_of_resources(self, exc: OSError, operation: str) -> None:
+        """A resource error fails the whole write (no node is at fault): abort and raise."""
+        if exc.errno in RESOURCE_ERRNOS:
+            self.abort()
+            raise ResourceExhausted(operation, exc) from exc
+
+    def _fail(self, node: Node, exc: OSError) -> None:
+        self._short_of_resources(exc, "writing a blob")
         log.warning("node %s failed during a write: %s", node.id, exc)
         node.mark_failed(f"write failed: {exc}")
         self._failed.add(node.id)
@@ -190,13 +202,20 @@ class ReplicatedWriter:
     def commit(self) -> BlobMeta:
         entries = list(self._writers.values())
 
+        short: list[OSError] = []
+
         def commit_one(entry: tuple[Node, BlobWriter]) -> Node | None:
             node, writer = entry
             try:
                 writer.commit()
                 return node
             except OSError as exc:
-                self._fail(node, exc)
+                if exc.errno in RESOURCE_ERRNOS:
+                    short.append(exc)
+                    writer.abort()
+                    node.blobs.delete(self.blob_id)
+                else:
+                    self._fail(node, exc)
                 return None
 
         if len(entries) == 1:
@@ -206,6 +225,9 @@ class ReplicatedWriter:
                 done = list(pool.map(commit_one, entries))
         good = [n for n in done if n is not None]
         self._writers.clear()
+        if short:
+            _delete_from(good, self.blob_id)
+            raise ResourceExhausted("committing a blob", short[0]) from short[0]
         while good and len(good) < self.copies:
             extra = choose_nodes(self.all_nodes, 1, exclude={n.id for n in good} | self._failed)
             if not extra:
@@ -213,12 +235,14 @@ class ReplicatedWriter:
             try:
                 copy_blob(good[0], extra[0], self.blob_id)
                 good.append(extra[0])
+            except ResourceExhausted:
+                _delete_from(good, self.blob_id)
+                raise
             except OSError as exc:
                 self._failed.add(extra[0].id)
                 extra[0].mark_failed(f"write failed: {exc}")
         if len(good) < self.copies:
-            for node in good:
-                node.blobs.delete(self.blob_id)
+            _delete_from(good, self.blob_id)
             raise InsufficientNodes(self.copies, len(good))
         return BlobMeta(self.blob_id, self.size, self.md5, self._sha.digest(), self._blocks.digest(),
                         [n.id for n in good])
@@ -244,27 +268,40 @@ def place_small(nodes: list[Node], copies: int, small: MemoryBlobWriter) -> Blob
                 node.blobs.write_unsynced(small.blob_id, data)
                 placed.append(node.id)
             except OSError as exc:
+                if exc.errno in RESOURCE_ERRNOS:
+                    _delete_from([n for n in nodes if n.id in placed], small.blob_id)
+                    raise ResourceExhausted("placing a small blob", exc) from exc
                 node.mark_failed(f"write failed: {exc}")
     if len(placed) < copies:
-        by_id = {n.id: n for n in nodes}
-        for node_id in placed:
-            by_id[node_id].blobs.delete(small.blob_id)
+        _delete_from([n for n in nodes if n.id in placed], small.blob_id)
         raise InsufficientNodes(copies, len(placed))
     return BlobMeta(small.blob_id, len(data), small.md5, hashlib.sha256(data).digest(),
                     block_sums(data), placed)
 
 
 def copy_blob(src: Node, dst: Node, blob_id: str) -> None:
-    """Copy a blob's file from one node to another, durably (used by writes and repair)."""
-    writer = dst.blobs.writer(blob_id, hashing=False)
+    """Copy a blob's file from one node to another, durably (used by writes and repair).
+    OSError for a node's failure, ResourceExhausted for this process's shortage."""
+    try:
+        writer = dst.blobs.writer(blob_id, hashing=False)
+    except OSError as exc:
+        ResourceExhausted.raise_if(exc, "copying a blob")
+        raise
     try:
         with src.blobs.open(blob_id) as fh:
             while chunk := fh.read(BLOCK):
                 writer.write(chunk)
         writer.commit()
-    except BaseException:
+    except BaseException as exc:
         writer.abort()
+        if isinstance(exc, OSError):
+            ResourceExhausted.raise_if(exc, "copying a blob")
         raise
+
+
+def _delete_from(nodes: list[Node], blob_id: str) -> None:
+    for node in nodes:
+        node.blobs.delete(blob_id)
 
 
 class BlobReader:
@@ -292,7 +329,8 @@ class BlobReader:
             try:
                 self._fds[node.id] = os.open(node.blobs.path(self.blob_id), os.O_RDONLY)
                 return
-            except OSError:
+            except OSError as exc:
+                ResourceExhausted.raise_if(exc, "opening a blob")
                 continue
 
     def _expected(self, index: int) -> int | None:
@@ -315,6 +353,7 @@ class BlobReader:
                 self._bad(node, "missing" if node.recheck(pool=False) else "node down")
                 continue
             except OSError as exc:
+                ResourceExhausted.raise_if(exc, "reading a blob")
                 self._bad(node, f"read error: {exc.strerror or exc}", keep=True)
                 continue
             if len(data) != length:

@@ -3,7 +3,8 @@
 Nodes come from specs (`dir:PATH`, `zfs:POOL/DATASET`); each keeps its id across restarts
 (marker file + catalog). Blobs are written to `copies` distinct nodes (ReplicatedWriter,
 place_small) and read through BlobReader, which fails over between replicas and reports
-bad ones to the catalog's repair queue. Start-up sweeps temp files and replays the
+bad ones to the catalog's repair queue (never for ResourceExhausted: a shortage of file
+descriptors or memory is this process's, not a replica's). Start-up sweeps temp files and replays the
 journal of small blobs. Freed blobs are deleted from every node right after the commit
 that freed them; crash leftovers are collected by `daemons.OrphanCollector`.
 """
@@ -18,7 +19,7 @@ from typing import Any
 
 from storage.blobs import MemoryBlobWriter
 from storage.catalog import Catalog
-from storage.errors import NoSuchBlob
+from storage.errors import NoSuchBlob, ResourceExhausted
 from storage.node import MARKER, Node, NodeSpec, parse_spec
 from storage.objects import ObjectStore
 from storage.replicas import BlobMeta, BlobReader, ReplicatedWriter, place_small
@@ -140,9 +141,13 @@ class Store:
                 for reader in out:
                     reader.close()
                 raise NoSuchBlob(blob_id)
-            reader = BlobReader(blob_id, meta, self.nodes, self.report_damage)
-            reader.prime()
-            out.append(reader)
+            out.append(BlobReader(blob_id, meta, self.nodes, self.report_damage))
+            try:
+                out[-1].prime()
+            except ResourceExhausted:
+                for reader in out:
+                    reader.close()
+                raise
         return out
 
     def report_damage(self, blob_id: str, node_id: str, reason: str) -> None:

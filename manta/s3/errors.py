@@ -87,6 +87,7 @@ NoSuchVersion = _error("NoSuchVersion", 404, "The specified version does not exi
 InvalidPartNumber = _error("InvalidPartNumber", 416, "The requested partnumber is not satisfiable")
 UserAlreadyExists = _error("UserAlreadyExists", 409, "The user already exists.")
 ServiceUnavailable = _error("ServiceUnavailable", 503, "The service is unavailable; please retry.")
+SlowDown = _error("SlowDown", 503, "Please reduce your request rate.")
 NoSuchJob = _error("NoSuchJob", 404, "The specified job does not exist.")
 InvalidRange = _error("InvalidRange", 416, "The requested range is not satisfiable")
 InvalidRequest = _error("InvalidRequest", 400, "Invalid Request")
@@ -156,6 +157,8 @@ def from_domain(exc: se.StorageError) -> S3Error:
     if isinstance(exc, se.EntityTooSmall):
         return EntityTooSmall(ProposedSize=str(exc.size), MinSizeAllowed=str(exc.minimum),
                               PartNumber=str(exc.number))
+    if isinstance(exc, se.ResourceExhausted):
+        return SlowDown()
     if isinstance(exc, se.BlobUnavailable | se.InsufficientNodes | se.NoSuchBlob):
         return ServiceUnavailable(str(exc))
     if isinstance(exc, se.NoSuchAccount):
