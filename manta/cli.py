@@ -45,7 +45,10 @@ def _serve(args: argparse.Namespace) -> int:
                               task_memory_budget_mb=env_int("MANTA_TASK_MEMORY_BUDGET_MB"),
                               task_max_memory_mb=env_int("MANTA_TASK_MAX_MEMORY_MB"),
                               task_max_disk_mb=env_int("MANTA_TASK_MAX_DISK_MB"),
-                              tls_cert_file=args.tls_cert, tls_key_file=args.tls_key)
+                              tls_cert_file=args.tls_cert, tls_key_file=args.tls_key,
+                              head_timeout_s=env_float("MANTA_HEAD_TIMEOUT_S", 30.0),
+                              idle_timeout_s=env_float("MANTA_IDLE_TIMEOUT_S", 30.0),
+                              max_connections=env_int("MANTA_MAX_CONNECTIONS"))
         config.validate()
     except ValueError as exc:
         raise CliError(str(exc)) from None

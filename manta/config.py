@@ -38,6 +38,9 @@ class ServerConfig:
     @property
     def scheme(self) -> str:
         return "https" if self.tls_cert_file else "http"
+    head_timeout_s: float = 30.0  # a request head must be complete this long after it starts
+    idle_timeout_s: float = 30.0  # a keep-alive connection idle this long is closed
+    max_connections: int | None = None  # default: manta.protocol.default_max_connections(fd limit)
 
     def validate(self) -> None:
         if not 0 < self.port < 65536:
@@ -52,6 +55,10 @@ class ServerConfig:
             value = getattr(self, name)
             if value is not None and value < low:
                 raise ValueError(f"MANTA_{name.upper()} must be at least {low}")
+        if self.head_timeout_s <= 0 or self.idle_timeout_s <= 0:
+            raise ValueError("MANTA_HEAD_TIMEOUT_S and MANTA_IDLE_TIMEOUT_S must be positive")
+        if self.max_connections is not None and self.max_connections < 1:
+            raise ValueError("MANTA_MAX_CONNECTIONS must be at least 1")
         if self.nodes < 1:
             raise ValueError("--nodes must be at least 1")
         count = len(self.storage) or self.nodes

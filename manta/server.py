@@ -27,7 +27,7 @@ from manta.credentials import (
     read_root_credentials,
     write_root_credentials,
 )
-from manta.protocol import HttpProtocol
+from manta.protocol import ConnectionLimits, default_max_connections, protocol_for
 from manta.s3.app import S3App
 from manta.s3.context import S3Request
 from storage import JournalFlusher, OrphanCollector, Repairer, Store, StoreConfig
@@ -103,16 +103,37 @@ def _traversable(path: str) -> bool:
         path = parent
 
 
-def _raise_fd_limit() -> None:
+def _raise_fd_limit() -> int:
+    """Raise the soft file-descriptor limit to the hard one (as root, the hard one first, up
+    to fs.nr_open) and return the limit now in force."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if os.geteuid() == 0:
+        try:
+            with open("/proc/sys/fs/nr_open") as fh:
+                ceiling = int(fh.read())
+            if ceiling > hard:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (ceiling, ceiling))
+                soft = hard = ceiling
+        except (OSError, ValueError):
+            pass  # no CAP_SYS_RESOURCE (a container): the hard limit stays
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def _connection_limits(config: ServerConfig, fd_limit: int) -> ConnectionLimits:
+    cap = config.max_connections or default_max_connections(fd_limit)
+    log.info("file descriptors: %d; at most %d connections", fd_limit, cap)
+    if cap > default_max_connections(fd_limit):
+        log.warning("MANTA_MAX_CONNECTIONS %d leaves too few of the %d file descriptors for blob files: "
+                    "requests may get 503 SlowDown", cap, fd_limit)
+    return ConnectionLimits(head_timeout_s=config.head_timeout_s, max_connections=cap)
 
 
 def serve(config: ServerConfig) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     started = time.monotonic()
-    _raise_fd_limit()
+    limits = _connection_limits(config, _raise_fd_limit())
     app, store, scheduler = build_app(config)
     creds, written = ensure_root(store, config.data_dir)
     flusher = JournalFlusher(store)
@@ -121,9 +142,10 @@ def serve(config: ServerConfig) -> None:
         daemon.start()
     scheduler.start()
     server = uvicorn.Server(uvicorn.Config(
-        app, host=config.host, port=config.port, http=HttpProtocol, loop="uvloop",
-        log_level="warning", access_log=False, timeout_keep_alive=30, server_header=False,
-        ssl_certfile=config.tls_cert_file, ssl_keyfile=config.tls_key_file))
+        app, host=config.host, port=config.port, http=protocol_for(limits), loop="uvloop",
+        log_level="warning", access_log=False, server_header=False,
+        ssl_certfile=config.tls_cert_file, ssl_keyfile=config.tls_key_file,
+        timeout_keep_alive=config.idle_timeout_s))  # type: ignore[arg-type]  # a float works (call_later)
     url = f"{config.scheme}://{config.host}:{config.port}"
     where = written or (credentials_path(config.data_dir) if read_root_credentials(config.data_dir) else None)
 
