@@ -1,0 +1,241 @@
+"""Connections that do not behave: silent ones, half a request head, a flood past the cap,
+and a server out of file descriptors (manta/protocol.py, storage.errors.ResourceExhausted).
+
+Each test runs a server of its own with a small cap and short deadlines (env), and reaches
+it with raw sockets and http.client on presigned URLs, so every connection is one the test
+controls. Nothing here may be queued for repair: the catalog's `repairs` table stays empty
+and the server never logs a replica as damaged.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import resource
+import selectors
+import socket
+import time
+from dataclasses import dataclass
+from xml.etree import ElementTree as ET
+
+from tests.conftest import Server
+from tests.e2e.test_nodes import read_catalog
+
+CAP = 64
+HEAD_TIMEOUT_S = 2.0
+IDLE_TIMEOUT_S = 2.0
+SERVED_WITHIN_S = 1.0  # the acceptance bound for a normal client during the flood
+CLOSE_SLACK_S = 3.0
+DATA = os.urandom(200 * 1024)  # above the small-object size: a blob file is opened per GET
+HALF_HEAD = b"GET /conn/k HTTP/1.1\r\nHost: 127.0.0.1\r\nx-still-typing: "
+
+
+@dataclass
+class Reply:
+    status: int
+    body: bytes
+    seconds: float
+
+    @property
+    def code(self) -> str | None:
+        return ET.fromstring(self.body).findtext("Code") if self.body.startswith(b"<?xml") else None
+
+
+def start(server: Server, **env: str) -> object:
+    server.env = {"MANTA_MAX_CONNECTIONS": str(CAP), "MANTA_HEAD_TIMEOUT_S": str(HEAD_TIMEOUT_S),
+                  "MANTA_IDLE_TIMEOUT_S": str(IDLE_TIMEOUT_S), **env}
+    server.start()
+    s3 = server.client(signature_version="s3v4")  # boto3 would presign with SigV2
+    s3.create_bucket(Bucket="conn")  # type: ignore[attr-defined]
+    s3.put_object(Bucket="conn", Key="k", Body=DATA)  # type: ignore[attr-defined]
+    return s3
+
+
+def presigned(server: Server, s3: object, method: str, key: str = "k") -> str:
+    url: str = s3.generate_presigned_url(method, Params={"Bucket": "conn", "Key": key},  # type: ignore[attr-defined]
+                                         ExpiresIn=600)
+    return url[len(server.url):]
+
+
+def call(conn: http.client.HTTPConnection, method: str, target: str, body: bytes | None = None) -> Reply:
+    started = time.monotonic()
+    conn.request(method, target, body=body)
+    resp = conn.getresponse()
+    data = resp.read()
+    return Reply(resp.status, data, time.monotonic() - started)
+
+
+def assert_nothing_queued_for_repair(server: Server) -> None:
+    assert read_catalog(server.data_dir).repairs == set()
+    assert "queued for repair" not in server.log()
+    assert "failed during a write" not in server.log()
+
+
+def wait_closed(socks: list[socket.socket], within_s: float) -> dict[socket.socket, tuple[bytes, float]]:
+    """Read every socket until the server closes it (EOF or reset): what each received and
+    when it was closed; sockets still open after `within_s` are left out."""
+    received = {s: b"" for s in socks}
+    closed: dict[socket.socket, tuple[bytes, float]] = {}
+    with selectors.DefaultSelector() as sel:
+        for s in socks:
+            s.setblocking(False)
+            sel.register(s, selectors.EVENT_READ)
+        deadline = time.monotonic() + within_s
+        while len(closed) < len(socks) and time.monotonic() < deadline:
+            for key, _ in sel.select(timeout=max(0.0, deadline - time.monotonic())):
+                s = key.fileobj
+                assert isinstance(s, socket.socket)
+                try:
+                    chunk = s.recv(65536)
+                except BlockingIOError:
+                    continue
+                except ConnectionResetError:
+                    chunk = b""
+                if chunk:
+                    received[s] += chunk
+                else:
+                    sel.unregister(s)
+                    closed[s] = (received[s], time.monotonic())
+    return closed
+
+
+def test_flood_of_idle_and_half_head_connections(fresh_server: Server) -> None:
+    """3x the cap of silent and half-head connections: a client on its existing keep-alive
+    connection and a new client are served within 1 s, the flood is closed by the head
+    deadline (half heads with 400 RequestTimeout), and nothing is queued for repair."""
+    s3 = start(fresh_server)
+    target = presigned(fresh_server, s3, "get_object")
+    existing = http.client.HTTPConnection("127.0.0.1", fresh_server.port, timeout=10)
+    assert call(existing, "GET", target).body == DATA
+    sock_before = existing.sock
+
+    flood: list[socket.socket] = []
+    half_heads: set[socket.socket] = set()
+    try:
+        for i in range(3 * CAP):
+            sock = socket.create_connection(("127.0.0.1", fresh_server.port), timeout=5)
+            flood.append(sock)
+            if i % 2:
+                half_heads.add(sock)
+                try:
+                    sock.sendall(HALF_HEAD)
+                except OSError:
+                    pass  # already closed to make room: the reads below see it
+        flood_opened = time.monotonic()
+
+        again = call(existing, "GET", target)
+        assert (again.status, again.body) == (200, DATA)
+        assert existing.sock is sock_before, "the existing keep-alive connection was replaced"
+        newcomer = http.client.HTTPConnection("127.0.0.1", fresh_server.port, timeout=10)
+        first = call(newcomer, "GET", target)
+        assert (first.status, first.body) == (200, DATA)
+        print(f"during a flood of {len(flood)} connections (cap {CAP}): existing connection served in "
+              f"{again.seconds:.3f}s, new one in {first.seconds:.3f}s")
+        assert again.seconds < SERVED_WITHIN_S and first.seconds < SERVED_WITHIN_S
+
+        closed = wait_closed(flood, flood_opened - time.monotonic() + HEAD_TIMEOUT_S + CLOSE_SLACK_S)
+        assert len(closed) == len(flood), f"{len(flood) - len(closed)} flood connections still open"
+        timed_out = [s for s in half_heads if closed[s][0]]
+        for s in timed_out:
+            assert closed[s][0].startswith(b"HTTP/1.1 400 "), closed[s][0][:200]
+            assert b"<Code>RequestTimeout</Code>" in closed[s][0]
+        assert all(not closed[s][0] for s in flood if s not in half_heads), "a silent connection got bytes"
+        assert timed_out, "no half-head connection lasted until its deadline"
+        last = max(at for _, at in closed.values()) - flood_opened
+        print(f"{len(timed_out)} half heads answered RequestTimeout; the last flood connection closed "
+              f"{last:.2f}s after the flood (head deadline {HEAD_TIMEOUT_S}s)")
+
+        # both clients' connections, idle since their last response, are closed by the idle deadline
+        idle = wait_closed([existing.sock, newcomer.sock], IDLE_TIMEOUT_S + CLOSE_SLACK_S)
+        assert len(idle) == 2 and all(data == b"" for data, _ in idle.values())
+        newcomer.close()
+    finally:
+        existing.close()
+        for sock in flood:
+            sock.close()
+    assert_nothing_queued_for_repair(fresh_server)
+
+
+def test_cap_of_busy_connections_refuses_new_ones_with_slowdown(fresh_server: Server) -> None:
+    """When every connection under the cap has a request in progress, a new connection gets
+    503 SlowDown and is closed; the requests in progress are not cut and complete."""
+    cap = 8
+    s3 = start(fresh_server, MANTA_MAX_CONNECTIONS=str(cap))
+    body = b"x" * 1000
+    busy: list[http.client.HTTPConnection] = []
+    try:
+        for i in range(cap):
+            conn = http.client.HTTPConnection("127.0.0.1", fresh_server.port, timeout=10)
+            conn.putrequest("PUT", presigned(fresh_server, s3, "put_object", f"busy-{i}"))
+            conn.putheader("Content-Length", str(len(body)))
+            conn.endheaders(body[:10])  # the head is complete, the body is not: a request in progress
+            busy.append(conn)
+        time.sleep(0.2)  # let the server parse the heads (they count as busy once parsed)
+
+        refused = http.client.HTTPConnection("127.0.0.1", fresh_server.port, timeout=10)
+        reply = call(refused, "GET", presigned(fresh_server, s3, "get_object"))
+        assert (reply.status, reply.code) == (503, "SlowDown"), reply
+        assert reply.seconds < SERVED_WITHIN_S
+        refused.close()
+
+        for conn in busy:
+            conn.send(body[10:])
+            resp = conn.getresponse()
+            assert resp.status == 200, resp.read()
+            resp.read()
+        newcomer = http.client.HTTPConnection("127.0.0.1", fresh_server.port, timeout=10)
+        assert call(newcomer, "GET", presigned(fresh_server, s3, "get_object", "busy-0")).body == body
+        newcomer.close()
+    finally:
+        for conn in busy:
+            conn.close()
+    assert_nothing_queued_for_repair(fresh_server)
+
+
+def test_out_of_file_descriptors_is_slowdown_not_damage(fresh_server: Server) -> None:
+    """The server's descriptor limit is lowered under it (prlimit) to a few dozen above what
+    it uses, with the connection cap far above that: connections are opened one by one, each
+    doing a GET and a replicated PUT, until the server can no longer accept. Answers are 200
+    or 503 SlowDown (EMFILE opening a blob or a temp file), never 500; no node is marked
+    down and nothing is queued for repair; with descriptors free again all works."""
+    fresh_server.extra_args = ["--nodes", "2"]
+    s3 = start(fresh_server, MANTA_MAX_CONNECTIONS="1000")
+    assert fresh_server.proc is not None
+    pid = fresh_server.proc.pid
+    get_target = presigned(fresh_server, s3, "get_object")
+    put_target = presigned(fresh_server, s3, "put_object", "new")
+    in_use = len(os.listdir(f"/proc/{pid}/fd"))
+    limit = in_use + 40
+    soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (limit, hard))  # the soft limit: no privilege needed
+    conns: list[http.client.HTTPConnection] = []
+    statuses: list[tuple[int, str | None]] = []
+    try:
+        for _ in range(80):
+            conn = http.client.HTTPConnection("127.0.0.1", fresh_server.port, timeout=10)
+            conns.append(conn)
+            try:
+                got = call(conn, "GET", get_target)
+                put = call(conn, "PUT", put_target, DATA)
+            except (ConnectionError, http.client.HTTPException):
+                break  # accept failed (EMFILE): the connection was closed unanswered
+            for reply in (got, put):
+                statuses.append((reply.status, reply.code))
+                assert reply.status == 200 or (reply.status, reply.code) == (503, "SlowDown"), reply
+            assert got.status != 200 or got.body == DATA
+        slow = sum(status == 503 for status, _ in statuses)
+        print(f"fd limit {limit} ({in_use} in use at start): {len(conns)} connections, "
+              f"{len(statuses) - slow} answers 200, {slow} SlowDown")
+        assert slow, "the descriptor limit was never reached: no SlowDown seen"
+    finally:
+        for conn in conns:
+            conn.close()
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
+
+    conn = http.client.HTTPConnection("127.0.0.1", fresh_server.port, timeout=10)
+    try:
+        assert call(conn, "GET", get_target).body == DATA
+        assert call(conn, "PUT", put_target, DATA).status == 200  # 2 copies: both nodes still up
+    finally:
+        conn.close()
+    assert_nothing_queued_for_repair(fresh_server)
