@@ -61,9 +61,7 @@ class JobRecords:
         bucket = jobs_bucket(owner)
 
         def op(txn: Txn) -> Record:
-            if self.catalog.get(txn, "buckets", bucket.encode()) is None:
-                self.catalog.put(txn, "buckets", bucket.encode(),
-                                 {"v": 1, "name": bucket, "owner": owner, "created": time.time()})
+            self.catalog.ensure_bucket_in(txn, bucket, owner)
             self.catalog.put(txn, "jobs", job_id.encode(), record)
             self._add_inputs_in(txn, record, list(spec.inputs))
             return record

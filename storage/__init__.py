@@ -3,7 +3,7 @@ multipart uploads, scrub/repair and garbage collection."""
 
 from storage import errors
 from storage.blobs import BlobInfo, BlobWriter, DirectoryBlobStore, MemoryBlobWriter
-from storage.catalog import Catalog
+from storage.catalog import BucketRef, Catalog
 from storage.daemons import Daemon, JournalFlusher, OrphanCollector, Repairer
 from storage.node import Node, NodeSpec, parse_spec
 from storage.objects import Listing, ObjectStore
@@ -21,6 +21,7 @@ __all__ = [
     "BlobMeta",
     "BlobReader",
     "BlobWriter",
+    "BucketRef",
     "Catalog",
     "Daemon",
     "DirectoryBlobStore",

@@ -5,7 +5,7 @@ schema version ``v``. Keys::
 
     accounts   access_key                      -> {v, name, secret, created, root}
     names      account name                    -> access_key
-    buckets    bucket name                     -> {v, name, owner, created}
+    buckets    bucket name                     -> {v, name, owner, created, gen}
     objects    bucket \\0 key (UTF-8)           -> object record (see `ObjectRecord`)
     uploads    upload id                       -> {v, bucket, key, owner, initiated, ...}
     upkeys     bucket \\0 key \\0 upload id       -> 1  (ListMultipartUploads order)
@@ -14,6 +14,7 @@ schema version ``v``. Keys::
     journal    blob id                         -> raw bytes of a small blob not yet fsync'd
     repairs    blob id                         -> {v, nodes: {node id: reason}, at}
     nodes      node id                         -> {v, id, spec, created}
+    usage      account name                    -> {v, objects, bytes}  (+ USAGE_BUILT marker)
     jobs, jobinputs, jobtasks                  -> records of the jobs package (jobs/records.py)
 
 Object keys never contain NUL (the S3 layer rejects it), so byte order of the LMDB keys
@@ -25,6 +26,19 @@ nested transaction (so one failing write rolls back alone), then commits the bat
 one fsync for many concurrent requests (group commit). `write()` returns only after the
 commit is durable. Reads open short read transactions on the caller's thread.
 
+Buckets: a bucket record carries a random generation `gen` made at creation, so a name
+deleted and created again (by the same or another account) is a different bucket. A
+request is authorised against a `BucketRef(name, owner, generation)` and every write
+re-checks that ref inside its transaction (`check_bucket`): a bucket that changed hands
+or was re-created meanwhile is NoSuchBucket. Buckets made before generations existed
+have no `gen`; their `created` timestamp stands in for it (`generation_of`).
+
+Usage and quotas: `usage` holds each account's stored objects and bytes (objects' sizes
+plus pending parts'), changed by `charge()` in the same transaction as the write that
+changes them; a write that grows a resource past the account's limit (storage.quota)
+raises QuotaExceeded and rolls back. A catalog without the USAGE_BUILT marker (made
+before usage existed) has it rebuilt from the records at open (`Store`).
+
 Blob lifetimes: a record that starts referencing a blob increments its count; one that
 stops decrements it. Writes return the blobs whose count reached zero; the caller deletes
 those files after the commit. A crash in between leaves orphans that GC collects.
@@ -34,11 +48,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import queue
+import secrets
 import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import lmdb
@@ -47,16 +63,40 @@ import msgpack
 from storage import errors
 from storage.quota import DEFAULT_QUOTA, Quota
 
-__all__ = ["Catalog", "Txn"]
+__all__ = ["USAGE_BUILT", "Bucket", "BucketRef", "Catalog", "Txn", "bucket_name", "generation_of"]
 
 T = TypeVar("T")
 Txn = lmdb.Transaction
 Record = dict[str, Any]
 
 _DBS = ("accounts", "names", "buckets", "objects", "uploads", "upkeys", "parts", "blobs",
-        "journal", "repairs", "nodes",
+        "journal", "repairs", "nodes", "usage",
         "jobs", "jobinputs", "jobtasks")  # the last three belong to the jobs package
 _MAX_BATCH = 256
+USAGE_BUILT = b"\0built"  # key in `usage`: usage was counted from the start or rebuilt
+
+
+@dataclass(frozen=True)
+class BucketRef:
+    """The bucket a request was authorised against. `generation` None accepts any
+    generation of the owner's bucket of that name (the jobs bucket, which only its owner
+    can ever hold)."""
+
+    name: str
+    owner: str
+    generation: str | None = None
+
+
+Bucket = str | BucketRef  # a bare name: whatever bucket has it (internal callers, tests)
+
+
+def bucket_name(bucket: Bucket) -> str:
+    return bucket.name if isinstance(bucket, BucketRef) else bucket
+
+
+def generation_of(record: Record) -> str:
+    """A bucket record's generation; buckets made before generations use their creation time."""
+    return str(record.get("gen") or f"created:{record['created']!r}")
 
 
 def pack(record: Any) -> bytes:
@@ -282,9 +322,11 @@ class Catalog:
 
     # -- accounts -----------------------------------------------------------------
 
-    def add_account(self, name: str, access_key: str, secret: str, root: bool = False) -> Record:
+    def add_account(self, name: str, access_key: str, secret: str, root: bool = False,
+                    quota: dict[str, int | None] | None = None) -> Record:
         record = {"v": 1, "name": name, "access_key": access_key, "secret": secret,
-                  "created": time.time(), "root": root}
+                  "created": time.time(), "root": root,
+                  "quota": {k: v for k, v in (quota or {}).items() if v is not None}}
 
         def op(txn: Txn) -> Record:
             if txn.get(name.encode(), db=self.db["names"]) is not None:
@@ -322,19 +364,95 @@ class Catalog:
         """The account's limits: its own where set, the defaults elsewhere."""
         return DEFAULT_QUOTA.merged(self.account_named(name, txn).get("quota"))
 
+    # -- usage and quotas ---------------------------------------------------------
+
+    def usage(self, name: str, txn: Txn | None = None) -> dict[str, int]:
+        """{objects, bytes} stored by an account."""
+        if txn is None:
+            with self.read() as t:
+                return self.usage(name, t)
+        record = self.get(txn, "usage", name.encode()) or {}
+        return {"objects": record.get("objects", 0), "bytes": record.get("bytes", 0)}
+
+    def limits(self, name: str, txn: Txn | None = None) -> Quota:
+        """`quota()`, or the defaults for an owner without an account record."""
+        try:
+            return self.quota(name, txn)
+        except errors.NoSuchAccount:
+            return DEFAULT_QUOTA
+
+    def check_room(self, name: str, objects: int, nbytes: int, txn: Txn | None = None) -> None:
+        """Raise QuotaExceeded if adding (objects, nbytes) would take `name` past a limit
+        (a resource that does not grow is never refused)."""
+        if txn is None:
+            with self.read() as t:
+                return self.check_room(name, objects, nbytes, t)
+        limits = self.limits(name, txn)
+        used = self.usage(name, txn)
+        for resource, delta in (("objects", objects), ("bytes", nbytes)):
+            limit = getattr(limits, resource)
+            if delta > 0 and limit is not None and used[resource] + delta > limit:
+                raise errors.QuotaExceeded(name, resource, limit)
+        return None
+
+    def charge(self, txn: Txn, name: str, objects: int = 0, nbytes: int = 0, check: bool = True) -> None:
+        """Add to an account's usage inside a write; with `check`, refuse growth past its limits."""
+        if objects == 0 and nbytes == 0:
+            return
+        if check:
+            self.check_room(name, objects, nbytes, txn)
+        used = self.usage(name, txn)
+        self.put(txn, "usage", name.encode(), {"v": 1, "objects": used["objects"] + objects,
+                                                "bytes": used["bytes"] + nbytes})
+
+    def usage_built(self) -> bool:
+        with self.read() as txn:
+            return txn.get(USAGE_BUILT, db=self.db["usage"]) is not None
+
+    def replace_usage(self, txn: Txn, totals: dict[str, dict[str, int]]) -> None:
+        """Set every account's usage to `totals` (a rebuild) and mark usage as built."""
+        for key, _ in list(self.scan(txn, "usage")):
+            self.delete(txn, "usage", key)
+        for name, used in totals.items():
+            self.put(txn, "usage", name.encode(), {"v": 1, **used})
+        self.put(txn, "usage", USAGE_BUILT, {"v": 1})
+
+    def set_quota(self, name: str, overrides: dict[str, int | None]) -> Record:
+        """Merge limits into an account's own (a None value removes that override)."""
+
+        def op(txn: Txn) -> Record:
+            record = self.account_named(name, txn)
+            own = dict(record.get("quota") or {})
+            for key, value in overrides.items():
+                if value is None:
+                    own.pop(key, None)
+                else:
+                    own[key] = value
+            record["quota"] = own
+            self.put(txn, "accounts", record["access_key"].encode(), record)
+            return record
+
+        return self.write(op)
+
     # -- buckets ------------------------------------------------------------------
 
     def create_bucket(self, name: str, owner: str) -> Record:
-        record = {"v": 1, "name": name, "owner": owner, "created": time.time()}
-
         def op(txn: Txn) -> Record:
             existing = self.get(txn, "buckets", name.encode())
             if existing is not None:
                 raise errors.BucketAlreadyExists(name, owned_by_you=existing["owner"] == owner)
-            self.put(txn, "buckets", name.encode(), record)
-            return record
+            return self.ensure_bucket_in(txn, name, owner)
 
         return self.write(op)
+
+    def ensure_bucket_in(self, txn: Txn, name: str, owner: str) -> Record:
+        """The bucket record of `name`, made for `owner` (with a new generation) if missing."""
+        record = self.get(txn, "buckets", name.encode())
+        if record is None:
+            record = {"v": 1, "name": name, "owner": owner, "created": time.time(),
+                      "gen": secrets.token_hex(12)}
+            self.put(txn, "buckets", name.encode(), record)
+        return record  # type: ignore[no-any-return]
 
     def bucket(self, name: str, txn: Txn | None = None) -> Record:
         if txn is None:
@@ -345,13 +463,25 @@ class Catalog:
             raise errors.NoSuchBucket(name)
         return record
 
+    def check_bucket(self, txn: Txn, bucket: Bucket) -> Record:
+        """The bucket's record if it exists and, for a ref, is still the bucket the ref
+        names (same owner and generation); NoSuchBucket otherwise."""
+        record = self.bucket(bucket_name(bucket), txn)
+        if isinstance(bucket, BucketRef) and (
+                record["owner"] != bucket.owner
+                or (bucket.generation is not None and generation_of(record) != bucket.generation)):
+            raise errors.NoSuchBucket(bucket.name)
+        return record
+
     def buckets(self, owner: str) -> list[Record]:
         with self.read() as txn:
             return [r for _, r in self.scan(txn, "buckets") if r["owner"] == owner]
 
-    def delete_bucket(self, name: str) -> None:
+    def delete_bucket(self, bucket: Bucket) -> None:
+        name = bucket_name(bucket)
+
         def op(txn: Txn) -> None:
-            self.bucket(name, txn)
+            self.check_bucket(txn, bucket)
             prefix = name.encode() + b"\0"
             for _ in self.scan(txn, "objects", prefix=prefix):
                 raise errors.BucketNotEmpty(name)

@@ -10,6 +10,12 @@ An object record (msgpack map, ``v`` = 1)::
 An object is the concatenation of its segments. A simple PUT has one segment; a
 completed multipart upload has one per part (parts are never copied); CopyObject makes a
 second record that references the same blobs (reference counts keep them alive).
+
+Every method takes its bucket as a name or a `BucketRef`; the S3 layer passes the ref it
+authorised, and each transaction re-checks it (catalog.check_bucket), so a bucket deleted
+and re-created by another account mid-request is NoSuchBucket, never the other's data.
+Writes charge the bucket owner's usage (catalog.charge) in the same transaction: a new
+key +1 object, bytes by the change in size; growth past the owner's quota is QuotaExceeded.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from storage import errors
-from storage.catalog import Catalog, Record, Txn, object_key
+from storage.catalog import Bucket, BucketRef, Catalog, Record, Txn, bucket_name, object_key
 
 __all__ = ["Listing", "ObjectStore"]
 
@@ -52,13 +58,22 @@ class ObjectStore:
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
 
-    def get(self, bucket: str, key: str) -> Record:
+    def get(self, bucket: Bucket, key: str) -> Record:
+        name = bucket_name(bucket)
         with self.catalog.read() as txn:
-            self.catalog.bucket(bucket, txn)
-            record = self._read(txn, bucket, key)
+            self.catalog.check_bucket(txn, bucket)
+            record = self._read(txn, name, key)
         if record is None:
-            raise errors.NoSuchKey(bucket, key)
+            raise errors.NoSuchKey(name, key)
         return record
+
+    def check_room(self, bucket: Bucket, key: str, size: int) -> None:
+        """Raise QuotaExceeded now if putting `size` bytes at (bucket, key) would be refused
+        at commit (a PUT checks this from its Content-Length before reading the body)."""
+        with self.catalog.read() as txn:
+            owner = self.catalog.check_bucket(txn, bucket)["owner"]
+            old = self._read(txn, bucket_name(bucket), key)
+            self.catalog.check_room(owner, 0 if old else 1, size - (old["size"] if old else 0), txn)
 
     def read_in(self, txn: Txn, bucket: str, key: str) -> Record | None:
         """The record of (bucket, key) inside a caller's read transaction, or None."""
@@ -116,12 +131,12 @@ class ObjectStore:
                     yield slot[len(base):].decode(), value
             found = cursor.next()
 
-    def put(self, bucket: str, key: str, record: Record, blobs: dict[str, Record] | None = None) -> list[str]:
+    def put(self, bucket: Bucket, key: str, record: Record, blobs: dict[str, Record] | None = None) -> list[str]:
         """Store `record` under (bucket, key); returns blob ids freed by the overwrite.
         `blobs` carries the metadata (size, sha256, blocks, nodes) of newly written blobs."""
         return self.put_async(bucket, key, record, blobs=blobs).result()  # type: ignore[no-any-return]
 
-    def put_async(self, bucket: str, key: str, record: Record, journal: dict[str, bytes] | None = None,
+    def put_async(self, bucket: Bucket, key: str, record: Record, journal: dict[str, bytes] | None = None,
                   blobs: dict[str, Record] | None = None) -> Any:
         """Queue the put; `journal` holds the bytes of small blobs placed without fsync."""
         record = {**record, "v": 1, "key": key}
@@ -134,20 +149,30 @@ class ObjectStore:
 
         return self.catalog.submit(op)
 
-    def put_in(self, txn: Txn, bucket: str, key: str, record: Record,
-               blobs: dict[str, Record] | None = None) -> list[str]:
-        """Put inside a caller's catalog write (with other records, atomically)."""
-        return self._put_in(txn, bucket, key, {**record, "v": 1, "key": key}, blobs)
+    def put_in(self, txn: Txn, bucket: Bucket, key: str, record: Record,
+               blobs: dict[str, Record] | None = None, *, owner: str | None = None,
+               generation: str | None = None, enforce_quota: bool = False) -> list[str]:
+        """Put inside a caller's catalog write (with other records, atomically). With
+        `owner` (and `generation`) the bucket must still be that owner's (that one).
+        The owner's usage is charged; its quota is enforced only with `enforce_quota`
+        (job outputs: the jobs package limits those and decides what a refused task does)."""
+        if owner is not None:
+            bucket = BucketRef(bucket_name(bucket), owner, generation)
+        return self._put_in(txn, bucket, key, {**record, "v": 1, "key": key}, blobs,
+                            enforce_quota=enforce_quota)
 
-    def _put_in(self, txn: Txn, bucket: str, key: str, record: Record,
-                blobs: dict[str, Record] | None = None) -> list[str]:
-        self.catalog.bucket(bucket, txn)
-        old = self._read(txn, bucket, key)
+    def _put_in(self, txn: Txn, bucket: Bucket, key: str, record: Record,
+                blobs: dict[str, Record] | None = None, enforce_quota: bool = True) -> list[str]:
+        name = bucket_name(bucket)
+        owner = self.catalog.check_bucket(txn, bucket)["owner"]
+        old = self._read(txn, name, key)
+        self.catalog.charge(txn, owner, 0 if old else 1, record["size"] - (old["size"] if old else 0),
+                            check=enforce_quota)
         self.catalog.ref_blobs(txn, segment_blobs(record), blobs)
-        self._write(txn, bucket, key, record)
+        self._write(txn, name, key, record)
         return self.catalog.unref_blobs(txn, segment_blobs(old))
 
-    def delete(self, bucket: str, key: str) -> list[str]:
+    def delete(self, bucket: Bucket, key: str) -> list[str]:
         """Delete (idempotent); returns freed blob ids."""
 
         def op(txn: Txn) -> list[str]:
@@ -155,15 +180,16 @@ class ObjectStore:
 
         return self.catalog.write(op)
 
-    def _delete_in(self, txn: Txn, bucket: str, key: str) -> list[str]:
-        self.catalog.bucket(bucket, txn)
-        old = self._read(txn, bucket, key)
+    def _delete_in(self, txn: Txn, bucket: Bucket, key: str) -> list[str]:
+        owner = self.catalog.check_bucket(txn, bucket)["owner"]
+        old = self._read(txn, bucket_name(bucket), key)
         if old is None:
             return []
-        self._write(txn, bucket, key, None)
+        self.catalog.charge(txn, owner, -1, -old["size"])
+        self._write(txn, bucket_name(bucket), key, None)
         return self.catalog.unref_blobs(txn, segment_blobs(old))
 
-    def delete_many(self, bucket: str, keys: list[str]) -> list[str]:
+    def delete_many(self, bucket: Bucket, keys: list[str]) -> list[str]:
         def op(txn: Txn) -> list[str]:
             freed: list[str] = []
             for key in keys:
@@ -172,21 +198,38 @@ class ObjectStore:
 
         return self.catalog.write(op)
 
-    def copy(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str,
+    def copy(self, src_bucket: Bucket, src_key: str, dst_bucket: Bucket, dst_key: str,
              update: dict[str, Any], expect_etag: str | None = None) -> tuple[Record, list[str]]:
-        """Link the source's blobs under a new key (no bytes copied)."""
+        """Link the source's blobs under a new key (no bytes copied). Both buckets are
+        checked in the copy's transaction."""
+        src_name = bucket_name(src_bucket)
 
         def op(txn: Txn) -> tuple[Record, list[str]]:
-            self.catalog.bucket(src_bucket, txn)
-            src = self._read(txn, src_bucket, src_key)
+            self.catalog.check_bucket(txn, src_bucket)
+            src = self._read(txn, src_name, src_key)
             if src is None:
-                raise errors.NoSuchKey(src_bucket, src_key)
+                raise errors.NoSuchKey(src_name, src_key)
             if expect_etag is not None and src["etag"] != expect_etag:
-                raise errors.SourceChanged(src_bucket, src_key)
+                raise errors.SourceChanged(src_name, src_key)
             record = {**src, **update, "key": dst_key}
             return record, self._put_in(txn, dst_bucket, dst_key, record)
 
         return self.catalog.write(op)
+
+    def usage_totals(self, txn: Txn) -> dict[str, dict[str, int]]:
+        """{owner: {objects, bytes}} counted from the object records (a usage rebuild)."""
+        owners = {k.decode(): r["owner"] for k, r in self.catalog.scan(txn, "buckets")}
+        totals: dict[str, dict[str, int]] = {}
+        for slot, value in self.catalog.scan(txn, "objects"):
+            records = value["overflow"].values() if slot.endswith(b"\xff") and "overflow" in value else [value]
+            owner = owners.get(slot.split(b"\0", 1)[0].decode())
+            if owner is None:
+                continue
+            used = totals.setdefault(owner, {"objects": 0, "bytes": 0})
+            for record in records:
+                used["objects"] += 1
+                used["bytes"] += record["size"]
+        return totals
 
     def all_records(self) -> Iterator[Record]:
         """Every object record of every bucket (overflow groups expanded)."""
@@ -203,12 +246,13 @@ class ObjectStore:
             for _, record in self.scan(txn, bucket, prefix, start):
                 yield record
 
-    def list(self, bucket: str, prefix: str = "", delimiter: str = "", start_after: str = "",
+    def list(self, bucket_or_ref: Bucket, prefix: str = "", delimiter: str = "", start_after: str = "",
              max_keys: int = 1000) -> Listing:
         """One page of keys and common prefixes after `start_after`, in binary order."""
         out = Listing()
+        bucket = bucket_name(bucket_or_ref)
         with self.catalog.read() as txn:
-            self.catalog.bucket(bucket, txn)
+            self.catalog.check_bucket(txn, bucket_or_ref)
             base = bucket.encode() + b"\0"
             start: bytes | None = base + start_after.encode() + b"\0" if start_after else b""
             # a start_after that is itself a common prefix must skip the whole group

@@ -4,8 +4,9 @@ Nodes come from specs (`dir:PATH`, `zfs:POOL/DATASET`); each keeps its id across
 (marker file + catalog). Blobs are written to `copies` distinct nodes (ReplicatedWriter,
 place_small) and read through BlobReader, which fails over between replicas and reports
 bad ones to the catalog's repair queue (never for ResourceExhausted: a shortage of file
-descriptors or memory is this process's, not a replica's). Start-up sweeps temp files and replays the
-journal of small blobs. Freed blobs are deleted from every node right after the commit
+descriptors or memory is this process's, not a replica's). Start-up sweeps temp files,
+replays the journal of small blobs, and counts per-account usage if the catalog predates
+it. Freed blobs are deleted from every node right after the commit
 that freed them; crash leftovers are collected by `daemons.OrphanCollector`.
 """
 
@@ -94,6 +95,9 @@ class Store:
             log.info("rewrote %d journalled small blobs", recovered)
         self.objects = ObjectStore(self.catalog)
         self.uploads = UploadStore(self.catalog, self.objects)
+        if not self.catalog.usage_built():  # a catalog from before per-account usage
+            self.uploads.rebuild_usage()
+            log.info("counted every account's stored objects and bytes")
 
     def _attach(self, spec: NodeSpec) -> Node:
         root, zfs = Node.prepare(spec)

@@ -4,6 +4,11 @@ Each part is its own blob. Completing an upload writes one object record whose s
 are the chosen parts' blobs, in order, and drops the part records; parts that were
 uploaded but not chosen lose their last reference and are freed. Aborting frees every
 part. A part uploaded twice replaces the earlier one (whose blob is freed).
+
+An upload remembers its bucket's generation (`bucket_gen`); parts and completion re-check
+the `BucketRef` they were authorised against inside their transaction, and deleting a
+bucket aborts its uploads, so nothing lands in a bucket re-created meanwhile. Pending
+parts' sizes count in the upload owner's stored bytes (catalog.charge).
 """
 
 from __future__ import annotations
@@ -14,7 +19,17 @@ from collections.abc import Callable
 from typing import Any
 
 from storage import errors
-from storage.catalog import Catalog, Record, Txn, object_key, part_key
+from storage.catalog import (
+    Bucket,
+    BucketRef,
+    Catalog,
+    Record,
+    Txn,
+    bucket_name,
+    generation_of,
+    object_key,
+    part_key,
+)
 from storage.objects import ObjectStore
 
 __all__ = ["MIN_PART_SIZE", "UploadStore"]
@@ -34,37 +49,53 @@ class UploadStore:
         self.catalog = catalog
         self.objects = objects
 
-    def create(self, bucket: str, key: str, owner: str, fields: dict[str, Any]) -> Record:
+    def create(self, bucket: Bucket, key: str, owner: str, fields: dict[str, Any]) -> Record:
         upload_id = secrets.token_urlsafe(24)
-        record = {**fields, "v": 1, "upload_id": upload_id, "bucket": bucket, "key": key,
+        name = bucket_name(bucket)
+        record = {**fields, "v": 1, "upload_id": upload_id, "bucket": name, "key": key,
                   "owner": owner, "initiated": time.time()}
 
         def op(txn: Txn) -> Record:
-            self.catalog.bucket(bucket, txn)
+            record["bucket_gen"] = generation_of(self.catalog.check_bucket(txn, bucket))
             self.catalog.put(txn, "uploads", upload_id.encode(), record)
-            self.catalog.put(txn, "upkeys", upload_index_key(bucket, key, upload_id), 1)
+            self.catalog.put(txn, "upkeys", upload_index_key(name, key, upload_id), 1)
             return record
 
         return self.catalog.write(op)
 
-    def get(self, bucket: str, key: str, upload_id: str, txn: Txn | None = None) -> Record:
+    def get(self, bucket: Bucket, key: str, upload_id: str, txn: Txn | None = None) -> Record:
+        """The upload record; a ref's bucket is checked too (NoSuchBucket), and an upload
+        made in an earlier bucket of the same name is NoSuchUpload."""
         if txn is None:
             with self.catalog.read() as t:
                 return self.get(bucket, key, upload_id, t)
+        if isinstance(bucket, BucketRef):
+            self.catalog.check_bucket(txn, bucket)
         record = self.catalog.get(txn, "uploads", upload_id.encode())
-        if record is None or record["bucket"] != bucket or record["key"] != key:
+        if record is None or record["bucket"] != bucket_name(bucket) or record["key"] != key:
+            raise errors.NoSuchUpload(upload_id)
+        if (isinstance(bucket, BucketRef) and bucket.generation is not None
+                and record.get("bucket_gen", bucket.generation) != bucket.generation):
             raise errors.NoSuchUpload(upload_id)
         return record
 
-    def put_part(self, bucket: str, key: str, upload_id: str, part: Record,
+    def check_room(self, bucket: Bucket, key: str, upload_id: str, number: int, size: int) -> None:
+        """Raise QuotaExceeded now if a part of `size` bytes would be refused at commit."""
+        with self.catalog.read() as txn:
+            upload = self.get(bucket, key, upload_id, txn)
+            old = self.catalog.get(txn, "parts", part_key(upload_id, number))
+            self.catalog.check_room(upload["owner"], 0, size - (old["size"] if old else 0), txn)
+
+    def put_part(self, bucket: Bucket, key: str, upload_id: str, part: Record,
                  blobs: dict[str, Record] | None = None) -> list[str]:
         """Record a part (its blob is durable already); returns freed blob ids."""
         part = {**part, "v": 1, "mtime": time.time()}
 
         def op(txn: Txn) -> list[str]:
-            self.get(bucket, key, upload_id, txn)
+            upload = self.get(bucket, key, upload_id, txn)
             pkey = part_key(upload_id, part["number"])
             old = self.catalog.get(txn, "parts", pkey)
+            self.catalog.charge(txn, upload["owner"], 0, part["size"] - (old["size"] if old else 0))
             self.catalog.ref_blobs(txn, [part["blob"]], blobs)
             self.catalog.put(txn, "parts", pkey, part)
             return self.catalog.unref_blobs(txn, [old["blob"]] if old else [])
@@ -76,11 +107,11 @@ class UploadStore:
             return [p for _, p in self.catalog.scan(
                 txn, "parts", start=part_key(upload_id, after + 1), prefix=upload_id.encode() + b"\0")]
 
-    def list_uploads(self, bucket: str, prefix: str = "", key_marker: str = "",
+    def list_uploads(self, bucket: Bucket, prefix: str = "", key_marker: str = "",
                      upload_id_marker: str = "") -> list[Record]:
         """Pending uploads of keys with `prefix`, ordered by key then initiation, after the
         (key_marker, upload_id_marker) position as S3 defines it."""
-        base = bucket.encode() + b"\0"
+        base = bucket_name(bucket).encode() + b"\0"
         start = (base + max(key_marker, prefix).encode())[:INDEX_KEY_BYTES]
         with self.catalog.read() as txn:
             found = []
@@ -103,28 +134,35 @@ class UploadStore:
                 passed_marker = passed_marker or record["upload_id"] == upload_id_marker
         return out
 
+    def _parts_in(self, txn: Txn, upload_id: str) -> list[Record]:
+        return [p for _, p in self.catalog.scan(txn, "parts", prefix=upload_id.encode() + b"\0")]
+
     def _drop(self, txn: Txn, upload: Record) -> list[str]:
         upload_id = upload["upload_id"]
-        blobs = [p["blob"] for _, p in self.catalog.scan(txn, "parts", prefix=upload_id.encode() + b"\0")]
-        for number in [p["number"] for _, p in self.catalog.scan(txn, "parts", prefix=upload_id.encode() + b"\0")]:
+        parts = self._parts_in(txn, upload_id)
+        blobs = [p["blob"] for p in parts]
+        for number in [p["number"] for p in parts]:
             self.catalog.delete(txn, "parts", part_key(upload_id, number))
+        self.catalog.charge(txn, upload["owner"], 0, -sum(p["size"] for p in parts))
         self.catalog.delete(txn, "uploads", upload_id.encode())
         self.catalog.delete(txn, "upkeys", upload_index_key(upload["bucket"], upload["key"], upload_id))
         return self.catalog.unref_blobs(txn, blobs)
 
-    def abort(self, bucket: str, key: str, upload_id: str) -> list[str]:
+    def abort(self, bucket: Bucket, key: str, upload_id: str) -> list[str]:
         def op(txn: Txn) -> list[str]:
             return self._drop(txn, self.get(bucket, key, upload_id, txn))
 
         return self.catalog.write(op)
 
-    def abort_all(self, bucket: str) -> list[str]:
+    def abort_all(self, bucket: Bucket) -> list[str]:
         """Drop every pending upload of a bucket (used when the bucket is deleted)."""
+        prefix = bucket_name(bucket).encode() + b"\0"
 
         def op(txn: Txn) -> list[str]:
+            self.catalog.check_bucket(txn, bucket)
             freed: list[str] = []
             uploads = [self.catalog.get(txn, "uploads", raw.rsplit(b"\0", 1)[1])
-                       for raw, _ in self.catalog.scan(txn, "upkeys", prefix=bucket.encode() + b"\0")]
+                       for raw, _ in self.catalog.scan(txn, "upkeys", prefix=prefix)]
             for upload in uploads:
                 if upload is not None:
                     freed += self._drop(txn, upload)
@@ -132,7 +170,7 @@ class UploadStore:
 
         return self.catalog.write(op)
 
-    def complete(self, bucket: str, key: str, upload_id: str, chosen: list[tuple[int, str]],
+    def complete(self, bucket: Bucket, key: str, upload_id: str, chosen: list[tuple[int, str]],
                  build: Callable[[Record, list[Record]], Record]) -> tuple[Record, list[str]]:
         """Turn the chosen (number, etag) parts into the object, without copying bytes.
 
@@ -157,8 +195,33 @@ class UploadStore:
             record = build(upload, parts)
             record = {**record, "v": 1, "key": key,
                       "segments": [[p["blob"], p["size"]] for p in parts]}
-            freed = self.objects._put_in(txn, bucket, key, record)
+            # the object's bytes are already counted as parts: check the net change once
+            old = self.objects.read_in(txn, bucket_name(bucket), key)
+            pending = sum(p["size"] for p in self._parts_in(txn, upload_id))
+            self.catalog.check_room(upload["owner"], 0 if old else 1,
+                                    record["size"] - (old["size"] if old else 0) - pending, txn)
+            freed = self.objects._put_in(txn, bucket, key, record, enforce_quota=False)
             freed += self._drop(txn, upload)
             return record, freed
 
         return self.catalog.write(op)
+
+    def usage_totals(self, txn: Txn) -> dict[str, dict[str, int]]:
+        """{owner: {objects: 0, bytes}} of pending parts (a usage rebuild)."""
+        totals: dict[str, dict[str, int]] = {}
+        for _, upload in self.catalog.scan(txn, "uploads"):
+            used = totals.setdefault(upload["owner"], {"objects": 0, "bytes": 0})
+            used["bytes"] += sum(p["size"] for p in self._parts_in(txn, upload["upload_id"]))
+        return totals
+
+    def rebuild_usage(self) -> None:
+        """Count every account's usage from the object and part records, in one write."""
+
+        def op(txn: Txn) -> None:
+            totals = self.objects.usage_totals(txn)
+            for owner, used in self.usage_totals(txn).items():
+                mine = totals.setdefault(owner, {"objects": 0, "bytes": 0})
+                mine["bytes"] += used["bytes"]
+            self.catalog.replace_usage(txn, totals)
+
+        self.catalog.write(op)

@@ -56,13 +56,15 @@ async def head_bucket(req: S3Request) -> Response:
 
 
 async def delete_bucket(req: S3Request) -> Response:
-    owned_bucket(req)
+    bucket = owned_bucket(req)
     store = req.store
     # refuse while objects exist; pending multipart uploads are aborted with the bucket
-    if store.objects.list(req.bucket, max_keys=1).contents:
+    # (their in-flight parts then fail NoSuchBucket); both steps re-check the bucket's
+    # generation, so a bucket re-created meanwhile is not touched
+    if store.objects.list(bucket, max_keys=1).contents:
         raise s3e.BucketNotEmpty(BucketName=req.bucket)
-    await free_blobs(req, await in_thread(store.uploads.abort_all, req.bucket))
-    await in_thread(store.catalog.delete_bucket, req.bucket)
+    await free_blobs(req, await in_thread(store.uploads.abort_all, bucket))
+    await in_thread(store.catalog.delete_bucket, bucket)
     return Response(b"", status_code=204)
 
 

@@ -13,19 +13,21 @@ from starlette.responses import Response
 from manta.s3 import errors as s3e
 from manta.s3.context import S3Request
 from manta.s3.xmlio import http_date
-from storage import BlobMeta, BlobReader, ReplicatedWriter
+from storage import BlobMeta, BlobReader, BucketRef, ReplicatedWriter
+from storage.catalog import generation_of
 
 STORED_HEADERS = ("content-type", "content-encoding", "content-disposition",
                   "content-language", "cache-control", "expires")
 DEFAULT_CONTENT_TYPE = "binary/octet-stream"
 
 
-def owned_bucket(req: S3Request, name: str | None = None) -> dict[str, Any]:
-    """The bucket record if it exists and belongs to the caller."""
+def owned_bucket(req: S3Request, name: str | None = None) -> BucketRef:
+    """The bucket the request is authorised against, if it exists and belongs to the
+    caller. Storage calls take this ref and re-check it when they commit."""
     record = req.store.catalog.bucket(name or req.bucket)
     if record["owner"] != req.owner:
         raise s3e.AccessDenied()
-    return record
+    return BucketRef(record["name"], record["owner"], generation_of(record))
 
 
 def request_headers(req: S3Request) -> tuple[dict[str, str], dict[str, str]]:

@@ -130,6 +130,7 @@ SignatureDoesNotMatch = _error(
     403,
     "The request signature we calculated does not match the signature you provided.",
 )
+QuotaExceeded = _error("QuotaExceeded", 403, "The account is at one of its storage limits.")
 XAmzContentSHA256Mismatch = _error(
     "XAmzContentSHA256Mismatch", 400, "The provided 'x-amz-content-sha256' header does not match what was computed."
 )
@@ -161,6 +162,9 @@ def from_domain(exc: se.StorageError) -> S3Error:
         return SlowDown()
     if isinstance(exc, se.BlobUnavailable | se.InsufficientNodes | se.NoSuchBlob):
         return ServiceUnavailable(str(exc))
+    if isinstance(exc, se.QuotaExceeded):
+        return QuotaExceeded(f"Account {exc.account} is at its {exc.resource} quota of {exc.limit}.",
+                             Account=exc.account, Resource=exc.resource, Limit=str(exc.limit))
     if isinstance(exc, se.NoSuchAccount):
         return InvalidAccessKeyId(AWSAccessKeyId=exc.access_key)
     return InternalError()

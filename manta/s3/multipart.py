@@ -16,7 +16,7 @@ from starlette.responses import Response
 
 from manta.s3 import checksums
 from manta.s3 import errors as s3e
-from manta.s3.body import read_small, receive_into
+from manta.s3.body import expected_size, read_small, receive_into
 from manta.s3.common import (
     commit_blob,
     free_blobs,
@@ -30,15 +30,15 @@ from manta.s3.common import (
 from manta.s3.context import S3Request
 from manta.s3.obj import check_conditions, parse_copy_source
 from manta.s3.xmlio import child_text, children, document, el, iso8601, parse
-from storage import BlobMeta
+from storage import BlobMeta, BucketRef
 
 MAX_PART_NUMBER = 10000
 MAX_PART_SIZE = 5 * 1024**3
 
 
-def _upload(req: S3Request) -> dict[str, Any]:
-    owned_bucket(req)
-    return req.store.uploads.get(req.bucket, req.key, req.query["uploadId"])
+def _upload(req: S3Request) -> tuple[BucketRef, dict[str, Any]]:
+    bucket = owned_bucket(req)
+    return bucket, req.store.uploads.get(bucket, req.key, req.query["uploadId"])
 
 
 def _owner_xml(tag: str, owner: str) -> str:
@@ -46,7 +46,7 @@ def _owner_xml(tag: str, owner: str) -> str:
 
 
 async def create_upload(req: S3Request) -> Response:
-    owned_bucket(req)
+    bucket = owned_bucket(req)
     headers, meta = request_headers(req)
     algorithm = req.header("x-amz-checksum-algorithm")
     ctype = req.header("x-amz-checksum-type")
@@ -64,7 +64,7 @@ async def create_upload(req: S3Request) -> Response:
             raise s3e.InvalidRequest(f"The FULL_OBJECT checksum type cannot be used with {algorithm}.")
         if ctype == "COMPOSITE" and algorithm == "CRC64NVME":
             raise s3e.InvalidRequest("The COMPOSITE checksum type cannot be used with CRC64NVME.")
-    upload = await in_thread(req.store.uploads.create, req.bucket, req.key, req.owner,
+    upload = await in_thread(req.store.uploads.create, bucket, req.key, req.owner,
                              {"headers": headers, "meta": meta, "algorithm": algorithm,
                               "checksum_type": ctype})
     out = {}
@@ -87,10 +87,13 @@ def _part_number(req: S3Request) -> int:
 
 
 async def upload_part(req: S3Request) -> Response:
-    upload = _upload(req)
+    bucket, upload = _upload(req)
     number = _part_number(req)
     if "x-amz-copy-source" in req.headers:
-        return await _upload_part_copy(req, upload, number)
+        return await _upload_part_copy(req, bucket, upload, number)
+    size = expected_size(req)
+    if size is not None:
+        req.store.uploads.check_room(bucket, req.key, upload["upload_id"], number, size)
     writer = req.store.writer()
     try:
         body = await receive_into(req, writer, MAX_PART_SIZE, default_algorithm=upload.get("algorithm"))
@@ -103,15 +106,15 @@ async def upload_part(req: S3Request) -> Response:
         raise s3e.InvalidRequest(f"The upload was created using the {upload['algorithm']} checksum algorithm.")
     part = {"number": number, "blob": blob.blob_id, "size": blob.size, "etag": blob.md5.hex(),
             "checksums": body.checksums}
-    await _record_part(req, part, blob)
+    await _record_part(req, bucket, part, blob)
     headers = {"etag": f'"{part["etag"]}"'}
     headers.update({f"x-amz-checksum-{a.lower()}": v for a, v in body.checksums.items()})
     return Response(b"", headers=headers)
 
 
-async def _record_part(req: S3Request, part: dict[str, Any], blob: BlobMeta) -> None:
+async def _record_part(req: S3Request, bucket: BucketRef, part: dict[str, Any], blob: BlobMeta) -> None:
     try:
-        freed = await in_thread(req.store.uploads.put_part, req.bucket, req.key,
+        freed = await in_thread(req.store.uploads.put_part, bucket, req.key,
                                 req.query["uploadId"], part, {blob.blob_id: blob.record()})
     except BaseException:
         await free_blobs(req, [blob.blob_id])
@@ -134,13 +137,13 @@ def _copy_range(value: str | None, size: int) -> tuple[int, int]:
     return start, end - start + 1
 
 
-async def _upload_part_copy(req: S3Request, upload: dict[str, Any], number: int) -> Response:
+async def _upload_part_copy(req: S3Request, bucket: BucketRef, upload: dict[str, Any], number: int) -> Response:
     src_bucket, src_key = parse_copy_source(req)
-    owned_bucket(req, src_bucket)
-    source = req.store.objects.get(src_bucket, src_key)
+    source = req.store.objects.get(owned_bucket(req, src_bucket), src_key)
     if check_conditions(req, source, prefix="x-amz-copy-source-if-") is not None:
         raise s3e.PreconditionFailed(Condition="x-amz-copy-source-If-Match")
     start, length = _copy_range(req.header("x-amz-copy-source-range"), source["size"])
+    req.store.uploads.check_room(bucket, req.key, upload["upload_id"], number, length)
     algorithm = upload.get("algorithm")
     summer = checksums.new(algorithm) if algorithm else None
     opened = await in_thread(open_segments, req, source["segments"], start, length)
@@ -157,7 +160,7 @@ async def _upload_part_copy(req: S3Request, upload: dict[str, Any], number: int)
     sums = {algorithm: summer.b64()} if summer is not None and algorithm else {}
     part = {"number": number, "blob": blob.blob_id, "size": blob.size, "etag": blob.md5.hex(),
             "checksums": sums}
-    await _record_part(req, part, blob)
+    await _record_part(req, bucket, part, blob)
     body = [el("LastModified", iso8601(source["mtime"])), el("ETag", f'"{part["etag"]}"')]
     body += [el(f"Checksum{a}", v) for a, v in sums.items()]
     return xml_response(document("CopyPartResult", body))
@@ -188,7 +191,7 @@ def _build(upload: dict[str, Any], parts: list[dict[str, Any]], claimed: dict[in
 
 
 async def complete_upload(req: S3Request) -> Response:
-    _upload(req)
+    bucket, _ = _upload(req)
     root = parse(await read_small(req, 4 * 1024 * 1024), "CompleteMultipartUpload")
     chosen: list[tuple[int, str]] = []
     claimed: dict[int, dict[str, str]] = {}
@@ -216,7 +219,7 @@ async def complete_upload(req: S3Request) -> Response:
             raise s3e.BadDigest(f"The {up['algorithm']} you specified for the whole object did not match.")
         return record
 
-    record, freed = await in_thread(req.store.uploads.complete, req.bucket, req.key,
+    record, freed = await in_thread(req.store.uploads.complete, bucket, req.key,
                                     req.query["uploadId"], chosen, build)
     await free_blobs(req, freed)
     body = [el("Location", f"/{req.bucket}/{req.key}"), el("Bucket", req.bucket), el("Key", req.key),
@@ -236,8 +239,7 @@ def _whole_checksum(req: S3Request, upload: dict[str, Any]) -> str | None:
 
 
 async def abort_upload(req: S3Request) -> Response:
-    owned_bucket(req)
-    freed = await in_thread(req.store.uploads.abort, req.bucket, req.key, req.query["uploadId"])
+    freed = await in_thread(req.store.uploads.abort, owned_bucket(req), req.key, req.query["uploadId"])
     await free_blobs(req, freed)
     return Response(b"", status_code=204)
 
@@ -250,7 +252,7 @@ def _int_param(req: S3Request, name: str, default: int) -> int:
 
 
 async def list_parts(req: S3Request) -> Response:
-    upload = _upload(req)
+    _, upload = _upload(req)
     marker = _int_param(req, "part-number-marker", 0)
     max_parts = max(0, min(_int_param(req, "max-parts", 1000), 1000))
     parts = req.store.uploads.parts(upload["upload_id"], after=marker)

@@ -56,9 +56,11 @@ RESPONSE_OVERRIDES = {
 async def put_object(req: S3Request) -> Response:
     if "x-amz-copy-source" in req.headers:
         return await copy_object(req)
-    owned_bucket(req)
+    bucket = owned_bucket(req)
     headers, meta = request_headers(req)
     size = expected_size(req)
+    if size is not None:
+        req.store.objects.check_room(bucket, req.key, size)
     small = MemoryBlobWriter() if size is not None and size <= SMALL_OBJECT_BYTES else None
     if small is not None:
         body = await receive_into(req, small)
@@ -80,7 +82,7 @@ async def put_object(req: S3Request) -> Response:
     try:
         journal = {blob.blob_id: bytes(small.buffer)} if small is not None else None
         freed = await catalog_write(req.store.objects.put_async(
-            req.bucket, req.key, record, journal, {blob.blob_id: blob.record()}))
+            bucket, req.key, record, journal, {blob.blob_id: blob.record()}))
     except BaseException:
         await free_blobs(req, [blob.blob_id])
         raise
@@ -166,8 +168,7 @@ def _part_range(req: S3Request, record: dict[str, Any]) -> tuple[int, int] | Non
 
 
 async def get_object(req: S3Request, head: bool = False) -> Response:
-    owned_bucket(req)
-    record = req.store.objects.get(req.bucket, req.key)
+    record = req.store.objects.get(owned_bucket(req), req.key)
     headers = object_headers(record)
     status = check_conditions(req, record)
     if status == 412:
@@ -212,15 +213,13 @@ async def head_object(req: S3Request) -> Response:
 
 
 async def delete_object(req: S3Request) -> Response:
-    owned_bucket(req)
-    freed = await in_thread(req.store.objects.delete, req.bucket, req.key)
+    freed = await in_thread(req.store.objects.delete, owned_bucket(req), req.key)
     await free_blobs(req, freed)
     return Response(b"", status_code=204)
 
 
 async def get_acl(req: S3Request) -> Response:
-    owned_bucket(req)
-    req.store.objects.get(req.bucket, req.key)
+    req.store.objects.get(owned_bucket(req), req.key)
     return xml_response(owner_acl(req.owner))
 
 
@@ -240,10 +239,10 @@ def parse_copy_source(req: S3Request) -> tuple[str, str]:
 
 
 async def copy_object(req: S3Request) -> Response:
-    owned_bucket(req)
+    dst = owned_bucket(req)
     src_bucket, src_key = parse_copy_source(req)
-    owned_bucket(req, src_bucket)
-    source = req.store.objects.get(src_bucket, src_key)
+    src = owned_bucket(req, src_bucket)
+    source = req.store.objects.get(src, src_key)
     if check_conditions(req, source, prefix="x-amz-copy-source-if-") is not None:
         raise s3e.PreconditionFailed(Condition="x-amz-copy-source-If-Match")
     directive = req.header("x-amz-metadata-directive", "COPY").upper()
@@ -257,7 +256,7 @@ async def copy_object(req: S3Request) -> Response:
             "This copy request is illegal because it is trying to copy an object to itself "
             "without changing the object's metadata, storage class, website redirect location "
             "or encryption attributes.")
-    record, freed = await in_thread(req.store.objects.copy, src_bucket, src_key, req.bucket,
+    record, freed = await in_thread(req.store.objects.copy, src, src_key, dst,
                                     req.key, update, source["etag"])
     await free_blobs(req, freed)
     body = document("CopyObjectResult", [el("LastModified", iso8601(record["mtime"])),

@@ -1,0 +1,162 @@
+"""Writes re-check, in their own transaction, the bucket they were authorised against:
+a bucket deleted and re-created (by another account or the same one) between the
+authorisation and the commit is NoSuchBucket, in both directions, for every write path."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from storage import errors
+from storage.catalog import BucketRef, Catalog, generation_of
+from storage.objects import ObjectStore
+from storage.uploads import UploadStore
+
+NAME = "shared-name"
+
+
+class Stores:
+    def __init__(self, path: str) -> None:
+        self.catalog = Catalog(path, map_size=1 << 28)
+        self.objects = ObjectStore(self.catalog)
+        self.uploads = UploadStore(self.catalog, self.objects)
+
+    def ref(self, name: str) -> BucketRef:
+        record = self.catalog.bucket(name)
+        return BucketRef(name, record["owner"], generation_of(record))
+
+    def hand_over(self, name: str, new_owner: str) -> None:
+        """Empty and delete the bucket, then `new_owner` creates one of the same name."""
+        for record in list(self.objects.iter_keys(name)):
+            self.objects.delete(name, record["key"])
+        self.uploads.abort_all(name)
+        self.catalog.delete_bucket(name)
+        self.catalog.create_bucket(name, new_owner)
+
+
+@pytest.fixture
+def st(tmp_path: object) -> Iterator[Stores]:
+    path = os.path.join(str(tmp_path), "catalog")
+    os.makedirs(path)
+    stores = Stores(path)
+    yield stores
+    stores.catalog.close()
+
+
+def record(size: int = 4, etag: str = "e") -> dict[str, Any]:
+    return {"size": size, "etag": etag, "mtime": 1.0, "segments": [[secrets.token_hex(16), size]],
+            "headers": {}, "meta": {}, "checksums": {}, "checksum_type": None, "parts": None}
+
+
+OWNERS = [pytest.param("bob", "alice", id="into-other-account"),
+          pytest.param("alice", "bob", id="from-other-account"),
+          pytest.param("bob", "bob", id="same-account-recreated")]
+
+
+@pytest.mark.parametrize(("first", "second"), OWNERS)
+def test_put_checks_the_bucket_it_was_authorised_for(st: Stores, first: str, second: str) -> None:
+    st.catalog.create_bucket(NAME, first)
+    ref = st.ref(NAME)
+    st.hand_over(NAME, second)
+    new = record()
+    with pytest.raises(errors.NoSuchBucket):
+        st.objects.put(ref, "k", new, {new["segments"][0][0]: {"size": 4}})
+    assert st.objects.list(NAME).contents == []
+    assert st.catalog.referenced_blobs() == set()  # the caller frees the blob it wrote
+    st.objects.put(st.ref(NAME), "k", new)  # the current bucket's ref works
+    assert st.objects.get(st.ref(NAME), "k")["etag"] == "e"
+    with pytest.raises(errors.NoSuchBucket):
+        st.objects.get(ref, "k")
+    with pytest.raises(errors.NoSuchBucket):
+        st.objects.delete(ref, "k")
+
+
+@pytest.mark.parametrize(("first", "second"), OWNERS)
+def test_copy_checks_source_and_destination(st: Stores, first: str, second: str) -> None:
+    st.catalog.create_bucket("src", first)
+    st.catalog.create_bucket(NAME, first)
+    st.objects.put("src", "k", record(etag="mine"))
+    src_ref, dst_ref = st.ref("src"), st.ref(NAME)
+
+    st.hand_over(NAME, second)  # the destination changes hands
+    with pytest.raises(errors.NoSuchBucket):
+        st.objects.copy(src_ref, "k", dst_ref, "k", {})
+    assert st.objects.list(NAME).contents == []
+
+    st.catalog.create_bucket("mine", first)
+    st.hand_over("src", second)  # the source changes hands, holding the other's object
+    st.objects.put("src", "k", record(etag="theirs"))
+    with pytest.raises(errors.NoSuchBucket):
+        st.objects.copy(src_ref, "k", st.ref("mine"), "stolen", {})
+    assert st.objects.list("mine").contents == []
+
+
+@pytest.mark.parametrize(("first", "second"), OWNERS)
+def test_parts_and_completion_check_the_bucket(st: Stores, first: str, second: str) -> None:
+    st.catalog.create_bucket(NAME, first)
+    ref = st.ref(NAME)
+    upload = st.uploads.create(ref, "mp", first, {"headers": {}, "meta": {}})
+    assert upload["bucket_gen"] == ref.generation
+    part = {"number": 1, "blob": secrets.token_hex(16), "size": 4, "etag": "p1", "checksums": {}}
+    st.uploads.put_part(ref, "mp", upload["upload_id"], part)
+    st.hand_over(NAME, second)
+    with pytest.raises(errors.NoSuchBucket):
+        st.uploads.put_part(ref, "mp", upload["upload_id"], {**part, "blob": secrets.token_hex(16)})
+    with pytest.raises(errors.NoSuchBucket):
+        st.uploads.complete(ref, "mp", upload["upload_id"], [(1, "p1")], lambda up, parts: {"size": 4})
+    with pytest.raises(errors.NoSuchUpload):  # the new bucket never had that upload
+        st.uploads.get(st.ref(NAME), "mp", upload["upload_id"])
+    assert st.objects.list(NAME).contents == []
+    assert st.catalog.referenced_blobs() == set()
+
+
+def test_an_upload_from_an_earlier_bucket_of_the_name_is_no_such_upload(st: Stores) -> None:
+    st.catalog.create_bucket(NAME, "bob")
+    old = st.ref(NAME)
+    upload = st.uploads.create(old, "mp", "bob", {"headers": {}, "meta": {}})
+    with st.catalog.env.begin(write=True) as txn:  # as if the abort with the delete were lost
+        st.catalog.delete(txn, "buckets", NAME.encode())
+    st.catalog.create_bucket(NAME, "bob")
+    with pytest.raises(errors.NoSuchUpload):
+        st.uploads.get(st.ref(NAME), "mp", upload["upload_id"])
+
+
+def test_deleting_by_a_stale_ref_leaves_the_new_bucket_alone(st: Stores) -> None:
+    st.catalog.create_bucket(NAME, "bob")
+    ref = st.ref(NAME)
+    st.hand_over(NAME, "alice")
+    upload = st.uploads.create(st.ref(NAME), "mp", "alice", {"headers": {}, "meta": {}})
+    with pytest.raises(errors.NoSuchBucket):
+        st.uploads.abort_all(ref)
+    with pytest.raises(errors.NoSuchBucket):
+        st.catalog.delete_bucket(ref)
+    assert st.catalog.bucket(NAME)["owner"] == "alice"
+    assert st.uploads.get(NAME, "mp", upload["upload_id"])["owner"] == "alice"
+
+
+def test_buckets_from_before_generations_use_their_creation_time(st: Stores) -> None:
+    with st.catalog.env.begin(write=True) as txn:
+        st.catalog.put(txn, "buckets", b"legacy", {"v": 1, "name": "legacy", "owner": "bob", "created": 12.5})
+    ref = st.ref("legacy")
+    assert ref.generation == "created:12.5"
+    st.objects.put(ref, "k", record())
+    st.objects.delete(ref, "k")
+    st.catalog.delete_bucket(ref)
+    st.catalog.create_bucket("legacy", "bob")
+    assert st.ref("legacy").generation != ref.generation
+    with pytest.raises(errors.NoSuchBucket):
+        st.objects.put(ref, "k", record())
+
+
+def test_job_outputs_only_land_in_the_job_owners_bucket(st: Stores) -> None:
+    with st.catalog.env.begin(write=True) as txn:
+        st.catalog.ensure_bucket_in(txn, "_jobs_bob", "bob")
+    assert "gen" in st.catalog.bucket("_jobs_bob")
+    st.catalog.write(lambda txn: st.objects.put_in(txn, "_jobs_bob", "out", record(), owner="bob"))
+    with pytest.raises(errors.NoSuchBucket):
+        st.catalog.write(lambda txn: st.objects.put_in(txn, "_jobs_bob", "out2", record(), owner="alice"))
+    assert [r["key"] for r in st.objects.list("_jobs_bob").contents] == ["out"]
