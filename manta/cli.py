@@ -59,15 +59,67 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quota_arg(text: str | None) -> dict[str, int | None]:
+    from storage.quota import parse_quota
+
+    try:
+        return parse_quota(text) if text is not None else {}
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+
 def _admin_user_add(args: argparse.Namespace) -> int:
     from manta.http import signed_request
 
-    user = signed_request("POST", "/_manta/admin/users", json.dumps({"name": args.name}).encode())
+    payload: dict[str, Any] = {"name": args.name}
+    if args.quota is not None:
+        payload["quota"] = _quota_arg(args.quota)
+    user = signed_request("POST", "/_manta/admin/users", json.dumps(payload).encode())
     if args.json:
         print(json.dumps(user))
     else:
         print(f"user:       {user['name']}\naccess key: {user['access_key']}\nsecret key: {user['secret_key']}")
+        for name, limit in (user.get("quota_set") or {}).items():
+            print(f"{name + ' limit:':<12}{limit}")
     return 0
+
+
+def _admin_user_set(args: argparse.Namespace) -> int:
+    from manta.http import signed_request
+
+    payload = {"quota": _quota_arg(args.quota)}
+    user = signed_request("POST", _user_path(args.name), json.dumps(payload).encode())
+    _print_user(user, args.json)
+    return 0
+
+
+def _admin_user_get(args: argparse.Namespace) -> int:
+    from manta.http import signed_request
+
+    _print_user(signed_request("GET", _user_path(args.name)), args.json)
+    return 0
+
+
+def _user_path(name: str) -> str:
+    import urllib.parse
+
+    return "/_manta/admin/users/" + urllib.parse.quote(name, safe="")
+
+
+def _print_user(user: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(user))
+        return
+    print(f"user:       {user['name']}\naccess key: {user['access_key']}\nroot:       "
+          f"{'yes' if user['root'] else 'no'}")
+    usage = user.get("usage", {})
+    for name, limit in user["quota"].items():
+        shown = "unlimited" if limit is None else str(limit)
+        own = "" if name in user.get("quota_set", {}) else "  (default)"
+        if name in usage:
+            print(f"{name + ':':<12}{usage[name]} used of {shown}{own}")
+        else:
+            print(f"{name + ':':<12}limit {shown}{own}")
 
 
 def _admin_user_list(args: argparse.Namespace) -> int:
@@ -151,14 +203,29 @@ def parser() -> argparse.ArgumentParser:
                            description="Administration: accounts, storage nodes, scrub (root credentials).",
                            epilog="example: manta admin user add alice")
     admin_sub = admin.add_subparsers(dest="admin_command", required=True)
-    user = admin_sub.add_parser("user", help="manage accounts", description="Create and list accounts.",
+    user = admin_sub.add_parser("user", help="manage accounts", description="Create, list and inspect accounts; set their limits.",
                                 epilog="example: manta admin user list --json")
     user_sub = user.add_subparsers(dest="user_command", required=True)
+    quota_help = ("limits as NAME=VALUE,...: objects, bytes (K/M/G/T/P suffixes), jobs, tasks, "
+                  "outputs; VALUE none removes a limit")
     add = user_sub.add_parser("add", help="create an account and print its keys",
-                              epilog="example: manta admin user add alice --json")
+                              epilog="example: manta admin user add alice --quota objects=1000,bytes=10G --json")
     add.add_argument("name")
+    add.add_argument("--quota", default=None, metavar="NAME=VALUE,...", help=quota_help)
     add.add_argument("--json", action="store_true", help="print one JSON object")
     add.set_defaults(func=_admin_user_add)
+    set_ = user_sub.add_parser("set", help="change an account's limits",
+                               epilog="example: manta admin user set alice --quota bytes=50G,jobs=none")
+    set_.add_argument("name")
+    set_.add_argument("--quota", required=True, metavar="NAME=VALUE,...", help=quota_help)
+    set_.add_argument("--json", action="store_true", help="print one JSON object")
+    set_.set_defaults(func=_admin_user_set)
+    get = user_sub.add_parser("get", help="an account's keys, limits and usage",
+                              epilog="example: manta admin user get alice --json")
+    get.add_argument("name")
+    get.add_argument("--json", action="store_true",
+                     help="print one JSON object (quota, quota_set, usage: {objects, bytes}, ...)")
+    get.set_defaults(func=_admin_user_get)
     lst = user_sub.add_parser("list", help="list accounts", epilog="example: manta admin user list")
     lst.add_argument("--json", action="store_true", help="print a JSON array")
     lst.set_defaults(func=_admin_user_list)
