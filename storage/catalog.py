@@ -387,7 +387,11 @@ class Catalog:
         if txn is None:
             with self.read() as t:
                 return self.check_room(name, objects, nbytes, t)
+        if objects <= 0 and nbytes <= 0:
+            return None
         limits = self.limits(name, txn)
+        if limits.objects is None and limits.bytes is None:
+            return None
         used = self.usage(name, txn)
         for resource, delta in (("objects", objects), ("bytes", nbytes)):
             limit = getattr(limits, resource)
