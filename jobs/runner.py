@@ -348,7 +348,8 @@ def _finish(ctx: RunContext, job: Record, task: Record, error: tuple[str, str] |
         if outputs:
             _count_outputs(ctx, txn, job, outputs)
         for name, record in objects:
-            freed += store.objects.put_in(txn, bucket, name, record, new_blobs, owner=job["owner"])
+            freed += store.objects.put_in(txn, bucket, name, record, new_blobs, owner=job["owner"],
+                                            enforce_quota=True)
         store.catalog.put(txn, "jobtasks", task_key(job["id"], task["id"]), done)
         return freed
 
