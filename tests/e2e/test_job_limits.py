@@ -132,3 +132,93 @@ def test_a_short_job_of_one_account_runs_while_another_has_a_long_queue(small: S
         assert job(small, bob_job, bob)["phases"][0]["done"] <= 2  # bob's queue was still there
     finally:
         as_user(small, bob, "job", "cancel", bob_job)
+
+
+# -- per-account limits (`manta admin user add --quota ...`) ------------------------------------
+
+def _errors(srv: Server, account: dict[str, str], job_id: str) -> list[dict[str, Any]]:
+    got = as_user(srv, account, "job", "errors", job_id, "--json")
+    return json.loads(got.stdout)  # type: ignore[no-any-return]
+
+
+def test_an_account_at_its_running_jobs_limit_cannot_create_another(small: Server) -> None:
+    dora = user(small, "dora-jobs", "--quota", "jobs=1")
+    first = as_user(small, dora, "job", "create", "--open", "-m", "cat")
+    assert first.returncode == 0, first.stderr
+    second = as_user(small, dora, "job", "create", "--open", "-m", "cat")
+    assert second.returncode == 1 and "QuotaExceeded" in second.stderr and "1 running jobs" in second.stderr
+    other = manta(small.url, "job", "create", "--open", "-m", "cat")  # root is not held back by dora
+    assert other.returncode == 0, other.stderr
+    manta(small.url, "job", "cancel", other.stdout.strip())
+    as_user(small, dora, "job", "cancel", first.stdout.strip())
+    third = as_user(small, dora, "job", "create", "--open", "-m", "cat")
+    assert third.returncode == 0, third.stderr
+    as_user(small, dora, "job", "cancel", third.stdout.strip())
+
+
+def test_a_jobs_outputs_stop_at_the_accounts_outputs_per_job_limit(small: Server) -> None:
+    erin = user(small, "erin-outputs", "--quota", "outputs=2")
+    assert as_user(small, erin, "mb", "erin-outputs").returncode == 0
+    s3 = small.client(erin["access_key"], erin["secret_key"])
+    inputs = upload(s3, "erin-outputs", "in/", [f"{i}\n".encode() for i in range(5)])
+    done = as_user(small, erin, "job", "create", "-w", "--memory", "64", "-m", "cat", *inputs)
+    job_id = job_id_of(done.stdout or done.stderr)
+    info = job(small, job_id, erin)
+    assert info["state"] == "done" and info["phases"][0]["done"] == 2, info
+    errors = _errors(small, erin, job_id)
+    assert len(errors) == 3 and {e["code"] for e in errors} == {"QuotaExceededError"}, errors
+    listing = s3.list_objects_v2(Bucket="_jobs_erin-outputs", Prefix=f"{job_id}/")
+    assert len(listing.get("Contents", [])) == 2
+
+
+def test_an_account_over_its_object_quota_gets_a_quota_error_and_others_do_not(small: Server) -> None:
+    fred = user(small, "fred-objects", "--quota", "objects=3")
+    assert as_user(small, fred, "mb", "fred-objects").returncode == 0
+    s3 = small.client(fred["access_key"], fred["secret_key"])
+    inputs = upload(s3, "fred-objects", "in/", [b"a\n", b"b\n", b"c\n"])
+    with pytest.raises(Exception, match="QuotaExceeded"):
+        s3.put_object(Bucket="fred-objects", Key="fourth", Body=b"d")
+    done = as_user(small, fred, "job", "create", "-w", "--memory", "64", "-m", "cat", *inputs)
+    job_id = job_id_of(done.stdout or done.stderr)
+    info = job(small, job_id, fred)
+    assert info["state"] == "done" and info["phases"][0]["done"] == 0
+    errors = _errors(small, fred, job_id)
+    assert len(errors) == 3 and {e["code"] for e in errors} == {"QuotaExceededError"}, errors
+    assert "objects" in errors[0]["message"]
+    # root's job over the same kind of input is unaffected
+    small.client().create_bucket(Bucket="root-objects")  # type: ignore[attr-defined]
+    mine = upload(small.client(), "root-objects", "in/", [b"a\n", b"b\n", b"c\n"])
+    ok = manta(small.url, "job", "create", "-o", "--memory", "64", "-m", "cat", *mine)
+    assert ok.returncode == 0 and sorted(ok.stdout.split()) == ["a", "b", "c"], ok.stderr
+
+
+def test_an_accounts_tasks_in_flight_stay_within_its_limit(small: Server) -> None:
+    from tests.e2e.test_jobs import sleepers
+
+    gina = user(small, "gina-tasks", "--quota", "tasks=1")
+    assert as_user(small, gina, "mb", "gina-tasks").returncode == 0
+    s3 = small.client(gina["access_key"], gina["secret_key"])
+    inputs = upload(s3, "gina-tasks", "in/", [f"{i}\n".encode() for i in range(3)])
+    marker = f"0.4{os.getpid() % 1000:03d}1"
+    proc = subprocess.Popen(
+        [*_cli(), "job", "create", "-o", "--memory", "64", "-m", f"sleep {marker}; cat", *inputs],
+        env=_env(small, gina), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = []
+    while proc.poll() is None:
+        seen.append(len(sleepers(marker)))
+        time.sleep(0.01)
+    out, err = proc.communicate()
+    assert proc.returncode == 0 and sorted(out.split()) == ["0", "1", "2"], err
+    assert max(seen) == 1, seen  # 2 slots were free, but gina may have one task in flight
+
+
+def _cli() -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "manta"]
+
+
+def _env(srv: Server, account: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MANTA_", "AWS_"))}
+    env.update(MANTA_URL=srv.url, MANTA_ACCESS_KEY=account["access_key"], MANTA_SECRET_KEY=account["secret_key"])
+    return env
