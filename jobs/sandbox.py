@@ -5,7 +5,8 @@ Start chain (one fork from the server; no preexec_fn, the server is multi-thread
     server thread (root) -Popen, new session->
       bash --posix wrapper (root)  joins the task's cgroups, sets rlimits, status pipe -> fd 3
         exec setpriv               becomes the unprivileged host user `manta-task`
-          exec bwrap               new user/pid/net/ipc/uts/cgroup/mount namespaces, uid 1000
+          exec bwrap               new user/pid/net/ipc/uts/cgroup/mount namespaces, uid 1000,
+                                   then the seccomp filter of jobs/seccomp.py (from a memfd)
             bash runner            runs `init` (no fd 3, stdout -> stderr), writes "ok" on fd 3,
                                    then evals EXEC, the user's pipeline, with $0 `manta-task`
                                    and no positional parameters (one bash start fewer than
@@ -15,9 +16,11 @@ A container sees only read-only system dirs (`ro_paths` globs; /bin, /lib... as 
 host), a generated /etc/passwd and /etc/group, its own /proc, a read-only minimal /dev, a
 private tmpfs /tmp of `disk_mb` (the only writable place; HOME and working dir), the input
 at /manta/input and assets at /manta/assets/<name>, read-only. No network: its net namespace
-has only its own loopback. Env: exactly `TaskSpec.env` plus PATH, HOME, LANG. bwrap runs as
-the task user, so bind sources must be traversable by it (data dirs 0711, blobs 0644);
-stdin files are fed by a thread of ours and need no such access.
+has only its own loopback. System calls no data task needs (keyrings, bpf, mounts,
+namespaces, ptrace, io_uring...) fail with EPERM; no filter, no tasks. Env: exactly
+`TaskSpec.env` plus PATH, HOME, LANG. bwrap runs as the task user, so bind sources must be
+traversable by it (data dirs 0711, blobs 0644); stdin files are fed by a thread of ours and
+need no such access.
 
 Limits, and what enforces them (`TaskResult.killed` names the one that ended a task):
     timeout, cancelled  wall clock and the `cancel` event, checked every 50 ms -> kill
@@ -69,6 +72,7 @@ from dataclasses import dataclass, field
 from typing import IO, BinaryIO
 
 from jobs.cgroups import TaskCgroups, read_text, setup_cgroups
+from jobs.seccomp import SeccompError, compile_filter
 
 __all__ = ["Sandbox", "SandboxConfig", "SandboxError", "TaskLimits", "TaskResult", "TaskSpec"]
 
@@ -98,6 +102,7 @@ class SandboxConfig:
     bwrap: str = "/usr/bin/bwrap"
     cgroup_root: str = "/sys/fs/cgroup"
     stderr_cap_bytes: int = 64 * 1024
+    seccomp: bool = True   # the filter of jobs/seccomp.py; off only to show what it changes
     ro_paths: tuple[str, ...] = (
         "/usr", "/etc/alternatives", "/etc/ld.so.cache", "/etc/ssl", "/etc/ca-certificates",
         "/etc/localtime", "/etc/mime.types", "/etc/python3*")
@@ -165,6 +170,7 @@ class _Host:
     min_fd: int                  # passed fds start here; dash parses single-digit fds only
     bwrap: list[str]             # bwrap and its fixed flags and system mounts
     cgroups: str | None          # "v2", "v1", or None for the rlimit fallback
+    seccomp: bytes | None        # the compiled filter, None when SandboxConfig.seccomp is off
 
 
 class Sandbox:
@@ -211,10 +217,12 @@ class Sandbox:
                                           spec.limits.max_procs)
                 status_r, status_w = os.pipe()
                 fds.append(_moved(status_w, host.min_fd))
-                for data in (PASSWD, GROUP):
-                    fds.append(_moved(_memfd(data), host.min_fd))
+                for data in (PASSWD, GROUP, host.seccomp):
+                    if data is not None:
+                        fds.append(_moved(_memfd(data), host.min_fd))
+                seccomp = ["--seccomp", str(fds[3])] if host.seccomp is not None else []
                 argv = [*host.wrapper, _wrapper_script(fds[0], spec.limits, cgroups), "manta-sandbox",
-                        *host.priv, *host.bwrap, *_task_mounts(spec, fds[1], fds[2]), *env,
+                        *host.priv, *host.bwrap, *_task_mounts(spec, fds[1], fds[2]), *seccomp, *env,
                         "--", host.shell, "-c", RUNNER.format(shell=host.shell), "manta-task", spec.init or "",
                         spec.exec]
                 start = time.monotonic()
@@ -351,7 +359,11 @@ class Sandbox:
             shell, wrapper, min_fd = "/bin/bash", ["/bin/bash", "--posix", "-c"], 10
         else:
             shell, wrapper, min_fd = "/bin/sh", ["/bin/sh", "-c"], 4
-        return _Host(priv, ids, shell, wrapper, min_fd, bwrap, setup_cgroups(cfg.cgroup_root))
+        try:
+            seccomp = compile_filter() if cfg.seccomp else None
+        except SeccompError as err:  # never run tasks unfiltered by accident
+            raise SandboxError(f"cannot build the tasks' seccomp filter: {err}") from err
+        return _Host(priv, ids, shell, wrapper, min_fd, bwrap, setup_cgroups(cfg.cgroup_root), seccomp)
 
 
 def _wrapper_script(status_fd: int, limits: TaskLimits, cgroups: TaskCgroups | None) -> str:
@@ -467,7 +479,7 @@ def _classify(exit_code: int | None, sig: int | None, cgroups: TaskCgroups | Non
 
 
 def _memfd(data: bytes) -> int:
-    fd = os.memfd_create("manta-etc")
+    fd = os.memfd_create("manta-task")
     os.pwrite(fd, data, 0)
     return fd
 
