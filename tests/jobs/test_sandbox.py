@@ -23,6 +23,7 @@ import pytest
 
 from jobs.sandbox import Sandbox, SandboxConfig, SandboxError, TaskLimits, TaskResult, TaskSpec
 from tests.conftest import require
+from tests.zfs_pools import PoolFactory
 
 pytestmark = pytest.mark.sandbox
 
@@ -224,6 +225,45 @@ def test_other_host_files_are_invisible(sandbox: Sandbox, data_dir: str) -> None
         assert out == b"input\nmine\n"
     finally:
         shutil.rmtree(private)
+
+
+def mountinfo(sb: Sandbox, **spec: object) -> dict[str, tuple[str, str]]:
+    """A task's /proc/self/mountinfo: mount point -> (root within its filesystem, source)."""
+    result, out = run(sb, "cat /proc/self/mountinfo", **spec)
+    assert result.ok, result
+    mounts = {}
+    for line in out.decode().splitlines():
+        mount, _, fs = line.partition(" - ")
+        mounts[mount.split()[4]] = (mount.split()[3], fs.split()[1])
+    return mounts
+
+
+def test_mountinfo_shows_the_bound_files_paths_and_nothing_else_of_the_host(
+        sandbox: Sandbox, data_dir: str) -> None:
+    """Bubblewrap cannot hide it: a bind mount's root field is its source's path within the
+    source's filesystem, also through --ro-bind-fd; only a copy (--ro-bind-data) hides it."""
+    blob = put(data_dir, "blob-input", b"x\n")
+    asset = put(data_dir, "asset-tool", b"y\n")
+    mounts = mountinfo(sandbox, input_file=blob, assets=[(asset, "tool")])
+    assert mounts["/manta/input"][0] == blob and mounts["/manta/assets/tool"][0] == asset
+    del mounts["/manta/input"], mounts["/manta/assets/tool"]
+    assert not [m for m, (root, source) in mounts.items() if data_dir in root + source + m]
+    for point, (root, _) in mounts.items():  # the rest: system dirs, tmpfs, proc, /dev, bwrap's own
+        assert (root in ("/", point, point.removeprefix("/dev")) or root.startswith("/newroot")
+                or root.endswith("//deleted") or point == "/etc/localtime"), (point, root)
+
+
+def test_mountinfo_on_a_node_of_its_own_filesystem_hides_its_host_path(
+        sandbox: Sandbox, zfs_pools: PoolFactory) -> None:
+    pool = zfs_pools.create()
+    blobs = os.path.join(pool.mountpoint, "blobs", "ab")
+    os.makedirs(blobs)
+    for path in (pool.mountpoint, os.path.dirname(blobs), blobs):
+        os.chmod(path, 0o711)
+    blob = put(blobs, "blob-input", b"x\n")
+    mounts = mountinfo(sandbox, input_file=blob)
+    assert mounts["/manta/input"] == ("/blobs/ab/blob-input", pool.name)
+    assert not [m for m, (root, source) in mounts.items() if pool.mountpoint in root + source + m]
 
 
 def test_nothing_outside_tmp_is_writable(sandbox: Sandbox, data_dir: str) -> None:
