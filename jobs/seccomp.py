@@ -28,7 +28,8 @@ Docker's default profiles do). Refused with EPERM (`REFUSED`):
 
 and clone3 is refused with ENOSYS, as Docker does: its flags live in memory a filter cannot
 read, and on ENOSYS glibc (pthread_create, posix_spawn) falls back to clone, which the rule
-above sees. Calls libseccomp does not know on this architecture are skipped, logged once.
+above sees. Calls libseccomp does not know on this architecture are skipped (logged when the
+filter is built, once per Sandbox).
 
 Only the native ABI is in the filter: a call through another one (x86_64's 32-bit int 0x80
 or x32) kills the process with SIGSYS (libseccomp's "bad arch" action), so no rule can be

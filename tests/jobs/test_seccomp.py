@@ -19,8 +19,8 @@ from collections.abc import Iterator
 import pytest
 
 import jobs.sandbox
-from jobs.sandbox import Sandbox, SandboxConfig, TaskResult, TaskSpec
-from jobs.seccomp import CLONE_NEW_FLAGS, REFUSED, compile_filter
+from jobs.sandbox import Sandbox, SandboxConfig, SandboxError, TaskResult, TaskSpec
+from jobs.seccomp import CLONE_NEW_FLAGS, REFUSED, SeccompError, compile_filter
 from tests.conftest import require
 
 pytestmark = pytest.mark.sandbox
@@ -147,6 +147,18 @@ def call(sb: Sandbox, name: str, args: str) -> tuple[str, str]:
     assert result.ok, result
     probe, seccomp = out.splitlines()
     return probe, seccomp.split()[1]
+
+
+def test_no_filter_no_tasks(monkeypatch: pytest.MonkeyPatch) -> None:
+    def missing(refusal: int = errno.EPERM) -> bytes:
+        raise SeccompError("libseccomp is not installed (Debian: libseccomp2)")
+
+    require(os.path.exists("/usr/bin/bwrap"), "bubblewrap is not installed")
+    monkeypatch.setattr(jobs.sandbox, "compile_filter", missing)
+    reason = Sandbox().check()
+    assert reason is not None and "seccomp filter" in reason and "libseccomp2" in reason, reason
+    with pytest.raises(SandboxError, match="seccomp"):
+        Sandbox().run(TaskSpec("true", {}), lambda _: None)
 
 
 def test_every_refused_call_has_its_test() -> None:
