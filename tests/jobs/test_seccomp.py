@@ -9,11 +9,15 @@ and the calls an unprivileged task could make without a filter are shown to succ
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import importlib.util
 import os
 import platform
+import shutil
+import subprocess
+import tempfile
 from collections.abc import Iterator
 
 import pytest
@@ -244,6 +248,33 @@ def test_pandas_and_duckdb_work_under_the_filter(sandbox: Sandbox) -> None:
     specs = [importlib.util.find_spec(name) for name in ("pandas", "duckdb")]
     require(all(specs), "pandas and duckdb are not installed (pip install -e '.[test]')")
     sites = sorted({os.path.dirname(os.path.dirname(spec.origin)) for spec in specs if spec and spec.origin})
+    with reachable(sites) as bound:
+        _pandas_and_duckdb(sandbox, bound)
+
+
+@contextlib.contextmanager
+def reachable(paths: list[str]) -> Iterator[list[str]]:
+    """`paths` bound read-only under a directory the task user can traverse (the venv may
+    sit under a 0700 directory such as /root, which bwrap, run as that user, cannot reach)."""
+    require(os.geteuid() == 0, "binding the venv's site-packages for the task needs root")
+    base = tempfile.mkdtemp(prefix="manta-sites-")
+    os.chmod(base, 0o711)
+    bound: list[str] = []
+    try:
+        for i, path in enumerate(paths):
+            alias = os.path.join(base, f"site{i}")
+            os.mkdir(alias)
+            subprocess.run(["mount", "--bind", path, alias], check=True)
+            bound.append(alias)
+            subprocess.run(["mount", "-o", "remount,bind,ro", alias], check=True)
+        yield bound
+    finally:
+        for alias in bound:
+            subprocess.run(["umount", alias], check=False)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _pandas_and_duckdb(sandbox: Sandbox, sites: list[str]) -> None:
     assets = [(site, f"site{i}") for i, site in enumerate(sites)]
     pythonpath = ":".join(f"/manta/assets/{name}" for _, name in assets)
     result, out = run(sandbox, """python3 -c '
