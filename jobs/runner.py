@@ -35,7 +35,7 @@ from jobs.reach import TaskRoots
 from jobs.records import JobRecords, jobs_bucket, task_key
 from jobs.sandbox import Sandbox, SandboxError, TaskLimits, TaskResult, TaskSpec
 from jobs.spec import parse_input
-from storage import Node, Store
+from storage import BucketRef, Node, Store
 from storage import errors as se
 from storage.catalog import Txn
 from storage.replicas import ReplicatedWriter, verify_file
@@ -119,7 +119,7 @@ class _Inputs:
             bucket_record = self.ctx.store.catalog.bucket(bucket)
             if bucket_record["owner"] != self.owner:
                 raise _Failure(missing_code, f"{name}: access denied")
-            return self.ctx.store.objects.get(bucket, key)
+            return self.ctx.store.objects.get(BucketRef(bucket, self.owner), key)  # owner re-checked there
         except (se.NoSuchBucket, se.NoSuchKey):
             raise _Failure(missing_code, f"{name}: no such object") from None
 
