@@ -6,8 +6,7 @@ else becomes InternalError (the caller logs the traceback).
 
 from __future__ import annotations
 
-from xml.sax.saxutils import escape
-
+from manta.s3.xmltext import escape
 from storage import errors as se
 
 
@@ -116,7 +115,6 @@ NotImplemented_ = _error(
 PreconditionFailed = _error(
     "PreconditionFailed", 412, "At least one of the preconditions you specified did not hold."
 )
-QuotaExceeded = _error("QuotaExceeded", 403, "The account is at one of its quota limits.")
 RequestHeaderSectionTooLarge = _error(
     "RequestHeaderSectionTooLarge", 400, "Your request header section exceeds the maximum allowed size."
 )
@@ -131,7 +129,11 @@ SignatureDoesNotMatch = _error(
     403,
     "The request signature we calculated does not match the signature you provided.",
 )
-QuotaExceeded = _error("QuotaExceeded", 403, "The account is at one of its storage limits.")
+QuotaExceeded = _error("QuotaExceeded", 403, "The account is at one of its quota limits.")
+UserKeyMustBeSpecified = _error(
+    "UserKeyMustBeSpecified", 400,
+    "The bucket POST must contain the specified field name. If it is specified, check the order of the fields.",
+)
 XAmzContentSHA256Mismatch = _error(
     "XAmzContentSHA256Mismatch", 400, "The provided 'x-amz-content-sha256' header does not match what was computed."
 )

@@ -5,9 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
-from xml.sax.saxutils import escape
 
 from manta.s3 import errors as s3e
+from manta.s3.xmltext import escape
 
 NS = "http://s3.amazonaws.com/doc/2006-03-01/"
 MAX_XML_BYTES = 2 * 1024 * 1024
