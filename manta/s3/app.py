@@ -18,12 +18,14 @@ import logging
 import secrets
 import urllib.parse
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from starlette.applications import Starlette
+from starlette.datastructures import URLPath
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
-from starlette.types import Message, Receive, Scope
+from starlette.routing import BaseRoute, Match, NoMatchFound, request_response
+from starlette.types import Message, Receive, Scope, Send
 
 from manta.config import ServerConfig
 from manta.s3 import bucket, multipart, obj, service, sigv4
@@ -37,7 +39,6 @@ log = logging.getLogger("manta.s3")
 
 Handler = Callable[[S3Request], Awaitable[Response]]
 ExtraRoute = Callable[[S3Request], Awaitable[Response]]
-METHODS = ["GET", "HEAD", "PUT", "POST", "DELETE"]
 
 # sub-resources S3 defines that this server does not implement (yet)
 UNSUPPORTED = {
@@ -100,6 +101,24 @@ class _BodyTracker:
         return message
 
 
+class EveryRequest(BaseRoute):
+    """Routes every HTTP request to one endpoint, whatever its path and method. A key may
+    hold a newline, which Starlette's `{path:path}` does not match, and Starlette answers
+    a path or method no route takes in plain text, without a request id."""
+
+    def __init__(self, endpoint: Callable[[Request], Awaitable[Response]]) -> None:
+        self.app = request_response(endpoint)
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        return (Match.FULL, {}) if scope["type"] == "http" else (Match.NONE, {})
+
+    def url_path_for(self, name: str, /, **path_params: Any) -> URLPath:
+        raise NoMatchFound(name, path_params)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+
+
 class S3App:
     def __init__(self, store: Store, config: ServerConfig,
                  extra: dict[str, ExtraRoute] | None = None) -> None:
@@ -109,7 +128,7 @@ class S3App:
         self.domain_suffix = "." + config.domain.lower() if config.domain else None
 
     def starlette(self) -> Starlette:
-        return Starlette(routes=[Route("/{path:path}", self.handle, methods=METHODS)])
+        return Starlette(routes=[EveryRequest(self.handle)])
 
     async def handle(self, request: Request) -> Response:
         rid = request_id()
@@ -157,6 +176,8 @@ class S3App:
             path = urllib.parse.unquote(raw_path.decode("ascii"), errors="strict")
         except UnicodeDecodeError:
             raise s3e.InvalidURI("Couldn't parse the specified URI.") from None
+        if not path.startswith("/"):
+            raise s3e.InvalidURI("Couldn't parse the specified URI.")
         query_string = scope.get("query_string", b"").decode("latin-1")
         query: dict[str, str] = {}
         for k, v in urllib.parse.parse_qsl(query_string, keep_blank_values=True):
