@@ -38,6 +38,8 @@ MIN_PART_SIZE = 5 * 1024 * 1024
 # the upload index key is bucket \0 key, cut to fit LMDB's key limit, \0 upload id;
 # listings re-sort by the full key, so the cut only widens the scan
 INDEX_KEY_BYTES = 440
+# part numbers a part key can hold (four bytes, big-endian); no part exists outside them
+PART_KEY_NUMBERS = range(2**32)
 
 
 def upload_index_key(bucket: str, key: str, upload_id: str) -> bytes:
@@ -89,6 +91,8 @@ class UploadStore:
     def put_part(self, bucket: Bucket, key: str, upload_id: str, part: Record,
                  blobs: dict[str, Record] | None = None) -> list[str]:
         """Record a part (its blob is durable already); returns freed blob ids."""
+        if part["number"] not in PART_KEY_NUMBERS:
+            raise errors.InvalidPart(part["number"])
         part = {**part, "v": 1, "mtime": time.time()}
 
         def op(txn: Txn) -> list[str]:
@@ -103,9 +107,12 @@ class UploadStore:
         return self.catalog.write(op)
 
     def parts(self, upload_id: str, after: int = 0) -> list[Record]:
+        first = max(after + 1, PART_KEY_NUMBERS.start)
+        if first not in PART_KEY_NUMBERS:
+            return []
         with self.catalog.read() as txn:
             return [p for _, p in self.catalog.scan(
-                txn, "parts", start=part_key(upload_id, after + 1), prefix=upload_id.encode() + b"\0")]
+                txn, "parts", start=part_key(upload_id, first), prefix=upload_id.encode() + b"\0")]
 
     def list_uploads(self, bucket: Bucket, prefix: str = "", key_marker: str = "",
                      upload_id_marker: str = "") -> list[Record]:
@@ -185,6 +192,8 @@ class UploadStore:
                 raise errors.InvalidPartOrder()
             parts = []
             for number, etag in chosen:
+                if number not in PART_KEY_NUMBERS:
+                    raise errors.InvalidPart(number)
                 part = self.catalog.get(txn, "parts", part_key(upload_id, number))
                 if part is None or part["etag"] != etag.strip('"'):
                     raise errors.InvalidPart(number)

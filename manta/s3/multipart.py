@@ -190,6 +190,23 @@ def _build(upload: dict[str, Any], parts: list[dict[str, Any]], claimed: dict[in
     return record
 
 
+def _listed_part_number(text: str) -> int:
+    """A CompleteMultipartUpload <PartNumber>: a decimal integer (else MalformedXML) in
+    1..MAX_PART_NUMBER (else InvalidArgument, AWS's answer for one below 1)."""
+    written = text.strip()
+    digits = written[1:] if written[:1] in ("+", "-") else written
+    if not (digits.isascii() and digits.isdigit()):
+        raise s3e.MalformedXML()
+    magnitude = digits.lstrip("0")
+    if not magnitude or written.startswith("-"):
+        raise s3e.InvalidArgument("PartNumber must be >= 1", ArgumentName="PartNumber",
+                                  ArgumentValue=written)
+    if len(magnitude) > len(str(MAX_PART_NUMBER)) or int(magnitude) > MAX_PART_NUMBER:
+        raise s3e.InvalidArgument("Part number must be an integer between 1 and 10000, inclusive",
+                                  ArgumentName="PartNumber", ArgumentValue=written)
+    return int(magnitude)
+
+
 async def complete_upload(req: S3Request) -> Response:
     bucket, _ = _upload(req)
     root = parse(await read_small(req, 4 * 1024 * 1024), "CompleteMultipartUpload")
@@ -200,10 +217,7 @@ async def complete_upload(req: S3Request) -> Response:
         etag = child_text(node, "ETag")
         if number_text is None or etag is None:
             raise s3e.MalformedXML()
-        try:
-            number = int(number_text)
-        except ValueError:
-            raise s3e.MalformedXML() from None
+        number = _listed_part_number(number_text)
         chosen.append((number, etag.strip().strip('"')))
         claimed[number] = {alg: text for alg in checksums.ALGORITHMS
                            if (text := child_text(node, f"Checksum{alg}")) is not None}
