@@ -6,6 +6,8 @@ import base64
 import ipaddress
 import re
 import urllib.parse
+from collections.abc import Callable
+from itertools import chain
 from typing import Any
 
 from starlette.responses import Response
@@ -15,6 +17,8 @@ from manta.s3.body import read_small
 from manta.s3.common import free_blobs, in_thread, owned_bucket, xml_response
 from manta.s3.context import S3Request, validate_key
 from manta.s3.xmlio import child_text, children, document, el, iso8601, parse
+from manta.s3.xmltext import fit_all
+from storage import Listing
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _BAD_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
@@ -116,14 +120,23 @@ def _max_keys(req: S3Request) -> int:
     return min(value, MAX_KEYS)
 
 
-def _encoder(req: S3Request) -> Any:
+def _url_asked(req: S3Request) -> bool:
     encoding = req.query.get("encoding-type")
-    if encoding is None:
-        return lambda s: s
-    if encoding != "url":
+    if encoding not in (None, "url"):
         raise s3e.InvalidArgument("Invalid Encoding Method specified in Request",
                                   ArgumentName="encoding-type")
-    return lambda s: urllib.parse.quote(s, safe="/")
+    return encoding == "url"
+
+
+def _encoder(url_asked: bool, listing: Listing, *asked: str) -> tuple[bool, Callable[[str], str]]:
+    """Whether the listing's keys are url-encoded, and the encoder: they are when the client
+    asks, and when one of them (or a prefix, marker or delimiter echoed) holds a character
+    XML 1.0 cannot carry (see manta.s3.xmltext)."""
+    texts = chain(asked, (r["key"] for r in listing.contents), listing.common_prefixes,
+                  [listing.next_marker or ""])
+    if url_asked or not fit_all(texts):
+        return True, lambda s: urllib.parse.quote(s, safe="/")
+    return False, lambda s: s
 
 
 def _contents(record: dict[str, Any], enc: Any, owner: str | None) -> str:
@@ -142,7 +155,7 @@ def _contents(record: dict[str, Any], enc: Any, owner: str | None) -> str:
 async def list_objects(req: S3Request) -> Response:
     owned_bucket(req)
     v2 = req.query.get("list-type") == "2"
-    enc = _encoder(req)
+    url_asked = _url_asked(req)
     prefix = req.query.get("prefix", "")
     delimiter = req.query.get("delimiter", "")
     max_keys = _max_keys(req)
@@ -159,6 +172,7 @@ async def list_objects(req: S3Request) -> Response:
     else:
         start = req.query.get("marker", "")
     listing = req.store.objects.list(req.bucket, prefix, delimiter, start, max_keys)
+    url, enc = _encoder(url_asked, listing, prefix, delimiter, start, req.query.get("start-after", ""))
     fetch_owner = not v2 or req.query.get("fetch-owner") == "true"
     body = [el("Name", req.bucket), el("Prefix", enc(prefix))]
     if v2:
@@ -172,7 +186,7 @@ async def list_objects(req: S3Request) -> Response:
     body.append(el("MaxKeys", max_keys))
     if delimiter:
         body.append(el("Delimiter", enc(delimiter)))
-    if "encoding-type" in req.query:
+    if url:
         body.append(el("EncodingType", "url"))
     body.append(el("IsTruncated", "true" if listing.truncated else "false"))
     if listing.truncated and listing.next_marker is not None:
@@ -190,17 +204,18 @@ async def list_objects(req: S3Request) -> Response:
 
 async def list_object_versions(req: S3Request) -> Response:
     owned_bucket(req)
-    enc = _encoder(req)
+    url_asked = _url_asked(req)
     prefix = req.query.get("prefix", "")
     delimiter = req.query.get("delimiter", "")
     key_marker = req.query.get("key-marker", "")
     max_keys = _max_keys(req)
     listing = req.store.objects.list(req.bucket, prefix, delimiter, key_marker, max_keys)
+    url, enc = _encoder(url_asked, listing, prefix, delimiter, key_marker)
     body = [el("Name", req.bucket), el("Prefix", enc(prefix)), el("KeyMarker", enc(key_marker)),
             el("VersionIdMarker", req.query.get("version-id-marker", "")), el("MaxKeys", max_keys)]
     if delimiter:
         body.append(el("Delimiter", enc(delimiter)))
-    if "encoding-type" in req.query:
+    if url:
         body.append(el("EncodingType", "url"))
     body.append(el("IsTruncated", "true" if listing.truncated else "false"))
     if listing.truncated and listing.next_marker is not None:
@@ -234,6 +249,8 @@ async def delete_objects(req: S3Request) -> Response:
             raise s3e.MalformedXML()
         version = child_text(node, "VersionId")
         try:
+            if not key:
+                raise s3e.UserKeyMustBeSpecified()
             validate_key(key)
             if version not in (None, "null"):
                 raise s3e.NoSuchVersion("The specified version does not exist.")
