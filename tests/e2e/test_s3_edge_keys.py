@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from xml.etree import ElementTree as ET
 
 import pytest
+import requests
 from botocore.exceptions import ClientError
 
 from tests.conftest import Server
@@ -84,6 +85,16 @@ def test_control_character_keys_round_trip_with_boto3(s3: object, bucket: str) -
     for key in expected:
         s3.delete_object(Bucket=bucket, Key=key)  # type: ignore[attr-defined]
     assert s3.list_objects_v2(Bucket=bucket)["KeyCount"] == 0  # type: ignore[attr-defined]
+
+
+def test_presigned_url_of_newline_key(s3: object, server: Server, bucket: str) -> None:
+    key = "pre\nsigned\r\tkey"
+    s3.put_object(Bucket=bucket, Key=key, Body=b"signed")  # type: ignore[attr-defined]
+    url = server.client(signature_version="s3v4").generate_presigned_url(  # type: ignore[attr-defined]
+        "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=300)
+    reply = requests.get(url, timeout=15)
+    assert reply.status_code == 200, reply.content[:300]
+    assert reply.content == b"signed"
 
 
 def test_unsigned_request_for_newline_key_answers_s3_xml(server: Server, bucket: str) -> None:
