@@ -150,6 +150,13 @@ class S3App:
             response = error_response(s3e.from_domain(exc), resource, rid, method)
         except ClientGone:
             response = Response(b"", status_code=400)
+        except OSError as exc:
+            if exc.errno in se.RESOURCE_ERRNOS:  # out of file descriptors or memory outside storage
+                log.warning("request %s: %s", rid, exc)
+                response = error_response(s3e.SlowDown(), resource, rid, method)
+            else:
+                log.exception("request %s failed", rid)
+                response = error_response(s3e.InternalError(), resource, rid, method)
         except Exception:
             log.exception("request %s failed", rid)
             response = error_response(s3e.InternalError(), resource, rid, method)
