@@ -6,6 +6,7 @@ they skip with the reason; with MANTA_REQUIRE_SYSTEM_TESTS=1 (set by CI) they fa
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -16,6 +17,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import boto3
 import pytest
@@ -120,17 +122,25 @@ def traversable_dir(prefix: str) -> str:
     return base
 
 
-@pytest.fixture(scope="session")
-def server() -> Iterator[Server]:
-    """One server shared by the tests that do not restart or kill it."""
-    base = traversable_dir("manta-test-")
-    srv = Server(os.path.join(base, "data"), free_port(), env={"MANTA_BODY_TIMEOUT_S": "2"})
+@contextlib.contextmanager
+def running_server(prefix: str = "manta-test-", **options: Any) -> Iterator[Server]:
+    """A started server (Server's `options`: env, extra_args, scheme) whose data dir task
+    containers can reach; stopped and removed after the block."""
+    base = traversable_dir(prefix)
+    srv = Server(os.path.join(base, "data"), free_port(), **options)
     try:
         srv.start()
         yield srv
     finally:
         srv.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[Server]:
+    """One server shared by the tests that do not restart or kill it."""
+    with running_server(env={"MANTA_BODY_TIMEOUT_S": "2"}) as srv:
+        yield srv
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import contextlib
 import io
 import os
 import pathlib
-import shutil
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,7 +25,14 @@ from manta.client import (
     Unreachable,
 )
 from manta.credentials import Credentials, write_root_credentials
-from tests.conftest import ROOT_AK, ROOT_SK, Server, free_port, require, traversable_dir
+from tests.conftest import (
+    ROOT_AK,
+    ROOT_SK,
+    Server,
+    free_port,
+    require,
+    running_server,
+)
 
 MiB = 1024 * 1024
 
@@ -46,14 +52,8 @@ def jobs_server_running() -> Iterator[Server]:
     unprivileged task user, unlike pytest's 0700 tmp dirs); skips without the sandbox."""
     reason = sandbox_reason()
     require(reason is None, reason or "")
-    base = traversable_dir("manta-client-")
-    srv = Server(os.path.join(base, "data"), free_port())
-    try:
-        srv.start()
+    with running_server("manta-client-") as srv:
         yield srv
-    finally:
-        srv.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

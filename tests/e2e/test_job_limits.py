@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -13,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Server, free_port, traversable_dir
+from tests.conftest import Server, running_server
 from tests.e2e.test_cli_find import manta
 from tests.e2e.test_jobs import job_id_of, sandbox_usable, upload  # noqa: F401 (fixture)
 
@@ -26,15 +25,8 @@ LIMITS_ENV = {"MANTA_TASK_SLOTS": "2", "MANTA_TASK_MEMORY_BUDGET_MB": "300",
 @pytest.fixture(scope="module")
 def small() -> Iterator[Server]:
     """A one-node server with 2 slots, 300 MB for all running tasks, 256 MB per task at most."""
-    base = traversable_dir("manta-limits-")
-    srv = Server(os.path.join(base, "data"), free_port(), env=LIMITS_ENV,
-                 extra_args=["--nodes", "1", "--copies", "1"])
-    try:
-        srv.start()
+    with running_server("manta-limits-", env=LIMITS_ENV, extra_args=["--nodes", "1", "--copies", "1"]) as srv:
         yield srv
-    finally:
-        srv.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def user(srv: Server, name: str, *args: str) -> dict[str, str]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import http.client
 import os
-import shutil
 import socket
 import ssl
 import subprocess
@@ -23,7 +22,15 @@ import pytest
 from botocore.config import Config
 
 from manta.client import Client, Unreachable
-from tests.conftest import REPO, ROOT_AK, ROOT_SK, Server, free_port, require_tool, traversable_dir
+from tests.conftest import (
+    REPO,
+    ROOT_AK,
+    ROOT_SK,
+    Server,
+    free_port,
+    require_tool,
+    running_server,
+)
 
 MiB = 1024 * 1024
 
@@ -62,15 +69,9 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> CaFiles:
 
 @pytest.fixture(scope="module")
 def tls_server(pki: CaFiles) -> Iterator[Server]:
-    base = traversable_dir("manta-tls-")
-    srv = Server(os.path.join(base, "data"), free_port(), scheme="https",
-                 extra_args=["--tls-cert", pki.cert, "--tls-key", pki.key])
-    try:
-        srv.start()
+    with running_server("manta-tls-", scheme="https",
+                        extra_args=["--tls-cert", pki.cert, "--tls-key", pki.key]) as srv:
         yield srv
-    finally:
-        srv.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def clean_env(**extra: str) -> dict[str, str]:
