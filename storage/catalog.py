@@ -381,18 +381,19 @@ class Catalog:
         except errors.NoSuchAccount:
             return DEFAULT_QUOTA
 
-    def check_room(self, name: str, objects: int, nbytes: int, txn: Txn | None = None) -> None:
+    def check_room(self, name: str, objects: int, nbytes: int, txn: Txn | None = None,
+                   used: dict[str, int] | None = None) -> None:
         """Raise QuotaExceeded if adding (objects, nbytes) would take `name` past a limit
-        (a resource that does not grow is never refused)."""
+        (a resource that does not grow is never refused); `used`: its usage, if read already."""
         if txn is None:
             with self.read() as t:
-                return self.check_room(name, objects, nbytes, t)
+                return self.check_room(name, objects, nbytes, t, used)
         if objects <= 0 and nbytes <= 0:
             return None
         limits = self.limits(name, txn)
         if limits.objects is None and limits.bytes is None:
             return None
-        used = self.usage(name, txn)
+        used = used or self.usage(name, txn)
         for resource, delta in (("objects", objects), ("bytes", nbytes)):
             limit = getattr(limits, resource)
             if delta > 0 and limit is not None and used[resource] + delta > limit:
@@ -403,9 +404,9 @@ class Catalog:
         """Add to an account's usage inside a write; with `check`, refuse growth past its limits."""
         if objects == 0 and nbytes == 0:
             return
-        if check:
-            self.check_room(name, objects, nbytes, txn)
         used = self.usage(name, txn)
+        if check:
+            self.check_room(name, objects, nbytes, txn, used)
         self.put(txn, "usage", name.encode(), {"v": 1, "objects": used["objects"] + objects,
                                                 "bytes": used["bytes"] + nbytes})
 

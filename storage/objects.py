@@ -50,6 +50,11 @@ def seek_key(full: bytes) -> bytes:
     return full if len(full) <= MAX_DIRECT else full[:MAX_DIRECT] + b"\xff"
 
 
+def growth(old: Record | None, size: int) -> tuple[int, int]:
+    """(objects, bytes) an account's usage grows by when (bucket, key), now `old`, holds `size` bytes."""
+    return (0, size - old["size"]) if old else (1, size)
+
+
 def segment_blobs(record: Record | None) -> list[str]:
     return [] if record is None else [seg[0] for seg in record["segments"]]
 
@@ -72,8 +77,7 @@ class ObjectStore:
         at commit (a PUT checks this from its Content-Length before reading the body)."""
         with self.catalog.read() as txn:
             owner = self.catalog.check_bucket(txn, bucket)["owner"]
-            old = self._read(txn, bucket_name(bucket), key)
-            self.catalog.check_room(owner, 0 if old else 1, size - (old["size"] if old else 0), txn)
+            self.catalog.check_room(owner, *growth(self._read(txn, bucket_name(bucket), key), size), txn=txn)
 
     def read_in(self, txn: Txn, bucket: str, key: str) -> Record | None:
         """The record of (bucket, key) inside a caller's read transaction, or None."""
@@ -166,8 +170,7 @@ class ObjectStore:
         name = bucket_name(bucket)
         owner = self.catalog.check_bucket(txn, bucket)["owner"]
         old = self._read(txn, name, key)
-        self.catalog.charge(txn, owner, 0 if old else 1, record["size"] - (old["size"] if old else 0),
-                            check=enforce_quota)
+        self.catalog.charge(txn, owner, *growth(old, record["size"]), check=enforce_quota)
         self.catalog.ref_blobs(txn, segment_blobs(record), blobs)
         self._write(txn, name, key, record)
         return self.catalog.unref_blobs(txn, segment_blobs(old))
@@ -220,13 +223,10 @@ class ObjectStore:
         """{owner: {objects, bytes}} counted from the object records (a usage rebuild)."""
         owners = {k.decode(): r["owner"] for k, r in self.catalog.scan(txn, "buckets")}
         totals: dict[str, dict[str, int]] = {}
-        for slot, value in self.catalog.scan(txn, "objects"):
-            records = value["overflow"].values() if slot.endswith(b"\xff") and "overflow" in value else [value]
-            owner = owners.get(slot.split(b"\0", 1)[0].decode())
-            if owner is None:
-                continue
-            used = totals.setdefault(owner, {"objects": 0, "bytes": 0})
-            for record in records:
+        for bucket, record in self._records_in(txn):
+            owner = owners.get(bucket)
+            if owner is not None:
+                used = totals.setdefault(owner, {"objects": 0, "bytes": 0})
                 used["objects"] += 1
                 used["bytes"] += record["size"]
         return totals
@@ -234,11 +234,18 @@ class ObjectStore:
     def all_records(self) -> Iterator[Record]:
         """Every object record of every bucket (overflow groups expanded)."""
         with self.catalog.read() as txn:
-            for key, value in self.catalog.scan(txn, "objects"):
-                if key.endswith(b"\xff") and "overflow" in value:
-                    yield from value["overflow"].values()
-                else:
-                    yield value
+            for _, record in self._records_in(txn):
+                yield record
+
+    def _records_in(self, txn: Txn) -> Iterator[tuple[str, Record]]:
+        """(bucket name, record) of every object, overflow groups expanded."""
+        for slot, value in self.catalog.scan(txn, "objects"):
+            bucket = slot.split(b"\0", 1)[0].decode()
+            if slot.endswith(b"\xff") and "overflow" in value:
+                for record in value["overflow"].values():
+                    yield bucket, record
+            else:
+                yield bucket, value
 
     def iter_keys(self, bucket: str, start_after: str = "", prefix: str = "") -> Iterator[Record]:
         with self.catalog.read() as txn:

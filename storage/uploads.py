@@ -30,7 +30,7 @@ from storage.catalog import (
     object_key,
     part_key,
 )
-from storage.objects import ObjectStore
+from storage.objects import ObjectStore, growth
 
 __all__ = ["MIN_PART_SIZE", "UploadStore"]
 
@@ -147,13 +147,12 @@ class UploadStore:
     def _drop(self, txn: Txn, upload: Record) -> list[str]:
         upload_id = upload["upload_id"]
         parts = self._parts_in(txn, upload_id)
-        blobs = [p["blob"] for p in parts]
-        for number in [p["number"] for p in parts]:
-            self.catalog.delete(txn, "parts", part_key(upload_id, number))
+        for part in parts:
+            self.catalog.delete(txn, "parts", part_key(upload_id, part["number"]))
         self.catalog.charge(txn, upload["owner"], 0, -sum(p["size"] for p in parts))
         self.catalog.delete(txn, "uploads", upload_id.encode())
         self.catalog.delete(txn, "upkeys", upload_index_key(upload["bucket"], upload["key"], upload_id))
-        return self.catalog.unref_blobs(txn, blobs)
+        return self.catalog.unref_blobs(txn, [p["blob"] for p in parts])
 
     def abort(self, bucket: Bucket, key: str, upload_id: str) -> list[str]:
         def op(txn: Txn) -> list[str]:
@@ -205,10 +204,9 @@ class UploadStore:
             record = {**record, "v": 1, "key": key,
                       "segments": [[p["blob"], p["size"]] for p in parts]}
             # the object's bytes are already counted as parts: check the net change once
-            old = self.objects.read_in(txn, bucket_name(bucket), key)
+            objects, nbytes = growth(self.objects.read_in(txn, bucket_name(bucket), key), record["size"])
             pending = sum(p["size"] for p in self._parts_in(txn, upload_id))
-            self.catalog.check_room(upload["owner"], 0 if old else 1,
-                                    record["size"] - (old["size"] if old else 0) - pending, txn)
+            self.catalog.check_room(upload["owner"], objects, nbytes - pending, txn)
             freed = self.objects._put_in(txn, bucket, key, record, enforce_quota=False)
             freed += self._drop(txn, upload)
             return record, freed
