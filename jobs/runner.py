@@ -378,10 +378,7 @@ def _count_outputs(ctx: RunContext, txn: Txn, job: Record, count: int) -> None:
     """Add `count` to the job's output objects, within the owner's per-job limit."""
     record = ctx.records.get(job["id"], txn)
     made = record.get("output_count", 0) + count
-    try:
-        limit = ctx.store.catalog.quota(job["owner"], txn).outputs
-    except se.NoSuchAccount:
-        limit = None
+    limit = ctx.store.catalog.limits(job["owner"], txn).outputs
     if limit is not None and made > limit:
         raise je.QuotaExceeded(job["owner"], "outputs per job", limit)
     record["output_count"] = made

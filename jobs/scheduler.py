@@ -50,7 +50,7 @@ from jobs.records import JobRecords
 from jobs.runner import RunContext, run_task, sweep_scratch
 from jobs.sandbox import Sandbox, SandboxError
 from jobs.spec import LIMITS, JobSpec, parse_input
-from storage import DEFAULT_QUOTA, Node, Quota, Store
+from storage import Node, Quota, Store
 from storage import errors as se
 
 __all__ = ["JobScheduler", "SchedulerConfig"]
@@ -186,7 +186,7 @@ class JobScheduler:
     def create(self, owner: str, spec: JobSpec) -> Record:
         self._check_limits(spec)
         with self.lock:  # held across the count and the create, so two creates cannot both pass
-            limit = self._quota(owner).jobs
+            limit = self.store.catalog.limits(owner).jobs
             running = sum(1 for j in self.jobs.values()
                           if j.record["owner"] == owner and j.record["state"] == "running")
             if limit is not None and running >= limit:
@@ -212,11 +212,6 @@ class JobScheduler:
                 raise je.InvalidJobSpec(f"phase {number}: disk_mb {phase.disk_mb} is above the "
                                         f"{disk} MB a task may use on this server")
 
-    def _quota(self, owner: str) -> Quota:
-        try:
-            return self.store.catalog.quota(owner)
-        except se.NoSuchAccount:
-            return DEFAULT_QUOTA
 
     def job(self, job_id: str, owner: str) -> Record:
         record = self.records.get(job_id)
@@ -380,7 +375,7 @@ class JobScheduler:
             if job.record["state"] == "running" and job.queue:
                 by_owner.setdefault(job.record["owner"], []).append(job)
         owners = sorted(by_owner, key=lambda o: self._served.index(o) if o in self._served else -1)
-        quotas = {owner: self._quota(owner) for owner in owners}
+        quotas = {owner: self.store.catalog.limits(owner) for owner in owners}
         while owners:
             for owner in list(owners):
                 if not self._dispatch_one(owner, by_owner[owner], quotas[owner]):
