@@ -116,7 +116,6 @@ def _user(req: S3Request, name: str) -> dict[str, Any]:
 async def _set_user(req: S3Request, name: str) -> Response:
     payload = await _json_body(req, '{"quota": {...}}')
     quota = _quota_overrides(payload.get("quota"))
-    _account(req, name)
     try:
         await in_thread(req.store.catalog.set_quota, name, quota)
     except se.NoSuchAccount:

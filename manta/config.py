@@ -34,13 +34,13 @@ class ServerConfig:
     task_max_disk_mb: int | None = None  # ceiling of a phase's disk_mb (default: min(65536, budget))
     tls_cert_file: str | None = None  # PEM certificate chain: serve HTTPS (with tls_key_file)
     tls_key_file: str | None = None
+    head_timeout_s: float = 30.0  # a request head must be complete this long after it starts
+    idle_timeout_s: float = 30.0  # a keep-alive connection idle this long is closed
+    max_connections: int | None = None  # default: manta.protocol.default_max_connections(fd limit)
 
     @property
     def scheme(self) -> str:
         return "https" if self.tls_cert_file else "http"
-    head_timeout_s: float = 30.0  # a request head must be complete this long after it starts
-    idle_timeout_s: float = 30.0  # a keep-alive connection idle this long is closed
-    max_connections: int | None = None  # default: manta.protocol.default_max_connections(fd limit)
 
     def validate(self) -> None:
         if not 0 < self.port < 65536:
