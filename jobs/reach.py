@@ -23,7 +23,7 @@ import stat
 import threading
 
 from jobs.cgroups import owner_gone
-from storage import Node
+from storage import LocalNode
 
 __all__ = ["ALIAS_BASE", "TaskRoots", "unreachable"]
 
@@ -68,14 +68,14 @@ class TaskRoots:
                 if owner_gone(name):
                     self._remove(os.path.join(self.base, name))
 
-    def open(self, nodes: list[Node]) -> None:
+    def open(self, nodes: list[LocalNode]) -> None:
         """Sweep, then find (or make) each node's root for tasks, before any task runs. A
         node whose root is missing (a disk not mounted) is decided when it is first used."""
         self.sweep()
         for node in nodes:
             self._decide(node)
 
-    def path(self, node: Node, path: str) -> str:
+    def path(self, node: LocalNode, path: str) -> str:
         """`path`, a file under `node.root`, as the task user can reach it."""
         root = self._roots.get(node.id) or self._decide(node) or node.root
         if root == node.root:
@@ -88,13 +88,13 @@ class TaskRoots:
         self._aliases.clear()
         self._roots.clear()
 
-    def _decide(self, node: Node) -> str | None:
+    def _decide(self, node: LocalNode) -> str | None:
         with self._lock:
             if node.id not in self._roots and os.path.isdir(node.root):
                 self._roots[node.id] = self._root(node)
             return self._roots.get(node.id)
 
-    def _root(self, node: Node) -> str:
+    def _root(self, node: LocalNode) -> str:
         if self.ids is None or (blocker := unreachable(node.root, *self.ids)) is None:
             return node.root
         mode = stat.filemode(os.stat(blocker).st_mode)  # it exists: node.root does

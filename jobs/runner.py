@@ -35,10 +35,10 @@ from jobs.reach import TaskRoots
 from jobs.records import JobRecords, jobs_bucket, task_key
 from jobs.sandbox import Sandbox, SandboxError, TaskLimits, TaskResult, TaskSpec
 from jobs.spec import parse_input
-from storage import BucketRef, Node, Store
+from storage import BucketRef, LocalNode, Store
 from storage import errors as se
 from storage.catalog import Txn
-from storage.replicas import ReplicatedWriter, verify_file
+from storage.replicas import ReplicatedWriter
 
 __all__ = ["RunContext", "partition_of", "run_task", "sweep_scratch"]
 
@@ -73,7 +73,7 @@ class _Scratch:
     """The task's own directory on the node (0711; files 0644 so the sandbox user can read
     them), made when the first file is asked for: a task using its input in place needs none."""
 
-    def __init__(self, node: Node, job_id: str, task_id: str) -> None:
+    def __init__(self, node: LocalNode, job_id: str, task_id: str) -> None:
         self.path = os.path.join(scratch_root(node), f"{job_id}-{task_id}")
         self._n = 0
 
@@ -93,11 +93,11 @@ class _Scratch:
             shutil.rmtree(self.path, ignore_errors=True)
 
 
-def scratch_root(node: Node) -> str:
-    return os.path.join(node.root, "tasks")
+def scratch_root(node: LocalNode) -> str:
+    return node.scratch_root()
 
 
-def sweep_scratch(node: Node) -> None:
+def sweep_scratch(node: LocalNode) -> None:
     """Remove the scratch dirs that tasks left when the server stopped mid-task."""
     with contextlib.suppress(FileNotFoundError):
         for name in os.listdir(root := scratch_root(node)):
@@ -105,7 +105,7 @@ def sweep_scratch(node: Node) -> None:
 
 
 class _Inputs:
-    def __init__(self, ctx: RunContext, owner: str, node: Node, scratch: _Scratch) -> None:
+    def __init__(self, ctx: RunContext, owner: str, node: LocalNode, scratch: _Scratch) -> None:
         self.ctx = ctx
         self.owner = owner
         self.node = node
@@ -131,13 +131,13 @@ class _Inputs:
             metas = [self.ctx.store.catalog.blob(txn, seg[0]) or {} for seg in segments]
         local_ok = True
         if partition is None and len(segments) == 1 and self.node.id in metas[0].get("nodes", []):
-            path = self.node.blobs.path(segments[0][0])
-            problem = verify_file(path, metas[0])  # the task reads the file raw: check it first
-            if problem is None:
+            # the task reads the file raw: it is checked first
+            path, problem = self.node.task_input(segments[0][0], record["size"], metas[0].get("blocks") or b"")
+            if path is not None:
                 self.bytes_local += record["size"]
                 return path
             local_ok = False
-            if problem != "missing" or self.node.recheck(pool=False):  # not merely a node gone
+            if problem is not None and (problem != "missing" or self.node.recheck(pool=False)):  # not merely a node gone
                 self.ctx.store.report_damage(segments[0][0], self.node.id, problem)
         target = self.scratch.new_file()
         readers = self.ctx.store.readers([seg[0] for seg in segments])
@@ -180,7 +180,7 @@ class _Outputs:
     """stdout -> one blob, or one per reducer of the next phase (made on its first byte:
     an empty partition makes no blob and no object)."""
 
-    def __init__(self, store: Store, node: Node, partitions: int) -> None:
+    def __init__(self, store: Store, node: LocalNode, partitions: int) -> None:
         self.store = store
         self.node = node
         self.partitions = partitions
@@ -239,7 +239,7 @@ def _classify(result: TaskResult) -> tuple[str, str] | None:
     return None
 
 
-def run_task(ctx: RunContext, job: Record, task: Record, node: Node, cancel: Any,
+def run_task(ctx: RunContext, job: Record, task: Record, node: LocalNode, cancel: Any,
              slot: Callable[[Any], AbstractContextManager[bool]]) -> Record:
     """Run `task` on `node` and persist its outcome; returns the final task record.
     `slot(cancel)` is held while the container runs (False: cancelled while waiting for it).

@@ -50,7 +50,7 @@ from jobs.records import JobRecords
 from jobs.runner import RunContext, run_task, sweep_scratch
 from jobs.sandbox import Sandbox, SandboxError
 from jobs.spec import LIMITS, JobSpec, parse_input
-from storage import Node, Quota, Store
+from storage import LocalNode, Node, Quota, Store
 from storage import errors as se
 
 __all__ = ["JobScheduler", "SchedulerConfig"]
@@ -129,11 +129,11 @@ class JobScheduler:
                 self.ctx.roots = TaskRoots(self.ctx.sandbox.task_ids())
             except SandboxError as exc:  # its tasks end in InternalError, saying why
                 log.warning("no sandbox: %s", exc)
-        self.ctx.roots.open(self.store.node_list())
+        self.ctx.roots.open(self.store.local_nodes())
         log.info("tasks: %d slots per node, %d MB of memory for all running tasks, at most %d MB "
                  "memory and %d MB disk per task", self.config.slots_per_node, self.config.memory_budget_mb,
                  self.config.memory_ceiling_mb, self.config.disk_ceiling_mb)
-        for node in self.store.node_list():
+        for node in self.store.local_nodes():
             try:
                 sweep_scratch(node)
             except OSError as exc:  # a node that is down: its scratch dirs wait for the next start
@@ -440,6 +440,7 @@ class JobScheduler:
             def admit(cancel: threading.Event) -> AbstractContextManager[bool]:
                 return self.admission.hold(node.id, job["owner"], memory_mb, cancel)
 
+            assert isinstance(node, LocalNode)
             outcome = run_task(self.ctx, job, task, node, cancel, admit)
             if (failed := running.exception()) is not None:  # the final record was written after it
                 log.warning("job %s task %s: its running record was not written: %s",

@@ -154,7 +154,7 @@ def serve(config: ServerConfig) -> None:
             await asyncio.sleep(0.01)
         lines = [f"manta: S3 endpoint {url} (region {config.region}), data in {os.path.abspath(config.data_dir)}"]
         for node in store.node_list():
-            lines.append(f"manta: node {node.id} {node.spec} ({'up' if node.healthy() else 'DOWN'})")
+            lines.append(f"manta: node {node.id} {node.address} ({'up' if node.healthy() else 'DOWN'})")
         lines.append(f"manta: {store.copies} copies of every object")
         if where:
             lines.append(f"manta: root credentials in {where} (the manta CLI reads them from there)")

@@ -5,7 +5,8 @@ from storage import errors
 from storage.blobs import BlobInfo, BlobWriter, DirectoryBlobStore, MemoryBlobWriter
 from storage.catalog import BucketRef, Catalog
 from storage.daemons import Daemon, JournalFlusher, OrphanCollector, Repairer
-from storage.node import Node, NodeSpec, parse_spec
+from storage.node import LocalNode, NodeSpec, parse_spec
+from storage.nodeapi import Node
 from storage.objects import Listing, ObjectStore
 from storage.quota import DEFAULT_QUOTA, Quota, parse_quota
 from storage.replicas import BLOCK, BlobMeta, BlobReader, ReplicatedWriter
@@ -27,6 +28,7 @@ __all__ = [
     "DirectoryBlobStore",
     "JournalFlusher",
     "Listing",
+    "LocalNode",
     "MemoryBlobWriter",
     "Node",
     "NodeSpec",

@@ -24,14 +24,19 @@ import hashlib
 import os
 import re
 import secrets
+import struct
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
-from storage.errors import BlobCorrupt, BlobMissing
+from awscrt.checksums import crc32c
 
-__all__ = ["BlobInfo", "BlobWriter", "DirectoryBlobStore", "MemoryBlobWriter"]
+from storage.errors import BlobCorrupt, BlobMissing, ResourceExhausted
+
+__all__ = ["BLOCK", "BlobInfo", "BlobWriter", "DirectoryBlobStore", "MemoryBlobWriter", "verify_file"]
+
+BLOCK = 1 << 20
 
 # Blob files are world-readable and their directories traversable but not listable
 # (0711): a task sandbox (an unprivileged user) can bind-mount the one blob it is given by
@@ -274,6 +279,35 @@ class DirectoryBlobStore:
                 continue
             removed += self.delete(blob_id)
         return removed
+
+
+def verify_file(path: str, meta: dict[str, Any],
+                seen: Callable[[memoryview], None] | None = None) -> str | None:
+    """None when the file holds the blob's bytes by its size and per-block CRC32Cs, else why
+    not: the check a replica passes before it is used in place (bind-mounted into a task),
+    where no verified read stands between the file and the reader, and the scrub's read-back
+    (which hashes and paces the blocks it is shown through `seen`)."""
+    blocks: bytes = meta.get("blocks") or b""
+    buf = bytearray(BLOCK)
+    size = index = 0
+    try:
+        with open(path, "rb", buffering=0) as fh:
+            while n := fh.readinto(buf):
+                chunk = memoryview(buf)[:n]
+                if 4 * index + 4 <= len(blocks) and crc32c(chunk) != struct.unpack_from(">I", blocks, 4 * index)[0]:
+                    return "checksum mismatch"
+                if seen is not None:
+                    seen(chunk)
+                size += n
+                index += 1
+    except FileNotFoundError:
+        return "missing"
+    except OSError as exc:
+        ResourceExhausted.raise_if(exc, "verifying a replica")
+        return f"read error: {exc.strerror or exc}"
+    if size != meta.get("size", size):
+        return f"size {size}, expected {meta['size']}"
+    return None
 
 
 SYNCFS_FILESYSTEMS = ("ext4", "xfs", "btrfs")

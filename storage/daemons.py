@@ -92,7 +92,7 @@ class OrphanCollector(Daemon):
                     record = self.store.catalog.blob(txn, blob_id)
                 return record is not None and node_id in record.get("nodes", [])
 
-            removed += node.blobs.collect_orphans(here, self.store.config.gc_grace_s, placed_since)
+            removed += node.collect_orphans(here, self.store.config.gc_grace_s, placed_since)
         if removed:
             log.info("garbage collection removed %d orphan blob files", removed)
         return removed

@@ -65,6 +65,15 @@ class BlobCorrupt(StorageError):
         self.blob_id = blob_id
 
 
+class BlobDamaged(StorageError):
+    """One replica is bad (a block failed its CRC32C, or the file is short); the node is fine."""
+
+    def __init__(self, blob_id: str, reason: str) -> None:
+        super().__init__(f"blob {blob_id}: {reason}")
+        self.blob_id = blob_id
+        self.reason = reason
+
+
 class SourceChanged(StorageError):
     def __init__(self, bucket: str, key: str) -> None:
         super().__init__(f"object {bucket}/{key} changed during the operation")

@@ -9,22 +9,25 @@ elsewhere. Health is cached for `health_ttl_s` so the request path never runs `z
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from storage.blobs import DirectoryBlobStore
-from storage.errors import ResourceExhausted
+from storage.blobs import BlobWriter, DirectoryBlobStore, verify_file
+from storage.errors import BlobDamaged, ResourceExhausted
+from storage.nodeapi import BLOCK, check_blocks
+from storage.nodeapi import Node as NodeInterface
 from storage.zfs import CommandDriver, ZfsError
 from storage.zfs import driver as zfs_driver
 
-__all__ = ["MARKER", "Node", "NodeSpec", "parse_spec"]
+__all__ = ["MARKER", "LocalNode", "NodeSpec", "parse_spec"]
 
 MARKER = ".manta-node"
 HEALTHY_POOL_STATES = ("ONLINE", "DEGRADED")
-SPACE_MAX_AGE_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,9 @@ def parse_spec(text: str) -> NodeSpec:
     return NodeSpec(backend, location)
 
 
-class Node:
+class LocalNode(NodeInterface):
+    """A dataset in this process: the embedded default, and what `manta node` serves."""
+
     def __init__(self, node_id: str, spec: NodeSpec, root: str,
                  zfs: CommandDriver | None = None, health_ttl_s: float = 1.0,
                  min_free_bytes: int = 16 * 1024 * 1024) -> None:
@@ -68,6 +73,10 @@ class Node:
         self._space: tuple[float, tuple[int, int]] | None = None
         if zfs is not None:
             self.recheck()
+
+    @property
+    def address(self) -> str:
+        return str(self.spec)
 
     @property
     def backend(self) -> str:
@@ -186,21 +195,14 @@ class Node:
         self._space = (time.monotonic(), (used, free))
         return used, free
 
-    def writable(self) -> bool:
-        if not self.healthy():
-            return False
-        try:
-            return self.space(SPACE_MAX_AGE_S)[1] >= self.min_free_bytes
-        except OSError:
-            return False
-
     def info(self) -> dict[str, Any]:
         healthy = self.recheck()
         try:
             used, free = self.space()
         except OSError:
             used, free = 0, 0
-        out: dict[str, Any] = {"id": self.id, "spec": str(self.spec), "backend": self.backend,
+        out: dict[str, Any] = {"id": self.id, "spec": str(self.spec), "address": self.address,
+                               "backend": self.backend,
                                "root": self.root, "healthy": healthy,
                                "health": "ok" if healthy else self._reason,
                                "used_bytes": used, "free_bytes": free}
@@ -210,3 +212,120 @@ class Node:
             except ZfsError as exc:
                 out["pool_health"] = f"unknown: {exc}"
         return out
+
+    def pool_key(self) -> str | None:
+        return self.pool
+
+    def scrub_pool(self, timeout_s: float) -> tuple[str, dict[str, Any]] | None:
+        if self.zfs is None or self.pool is None or not self.healthy():
+            return None
+        try:
+            self.zfs.start_scrub(self.pool)
+            deadline = time.monotonic() + timeout_s
+            status = self.zfs.scrub_status(self.pool)
+            while status.running and time.monotonic() < deadline:
+                time.sleep(0.2)
+                status = self.zfs.scrub_status(self.pool)
+            return self.pool, {"health": self.zfs.pool_health(self.pool), "errors": status.errors,
+                               "summary": status.summary}
+        except ZfsError as exc:
+            return self.pool, {"error": str(exc)}
+
+    # -- blobs ----------------------------------------------------------------------
+
+    def open_write(self, blob_id: str) -> BlobWriter:
+        return self.blobs.writer(blob_id, hashing=False)
+
+    def put_unsynced(self, blob_id: str, data: bytes) -> None:
+        self.blobs.write_unsynced(blob_id, data)
+
+    def sync(self, blob_ids: list[str]) -> None:
+        self.blobs.sync(blob_ids)
+
+    def read(self, blob_id: str, offset: int, length: int, crcs: bytes | None = None,
+             handle: Any = None) -> bytes:
+        if handle is not None:
+            return self._pread(handle, blob_id, offset, length, crcs)
+        fd = os.open(self.blobs.path(blob_id), os.O_RDONLY)  # FileNotFoundError: the caller's to judge
+        try:
+            return self._pread(fd, blob_id, offset, length, crcs)
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _pread(fd: int, blob_id: str, offset: int, length: int, crcs: bytes | None) -> bytes:
+        data = os.pread(fd, length, offset)
+        if len(data) != length:
+            raise BlobDamaged(blob_id, "short read")
+        check_blocks(blob_id, data, offset, crcs)
+        return data
+
+    def read_upto(self, blob_id: str, offset: int, length: int) -> bytes:
+        with open(self.blobs.path(blob_id), "rb", buffering=0) as fh:
+            fh.seek(offset)
+            return fh.read(length)
+
+    def pin(self, blob_id: str) -> int:
+        """An open descriptor: the file's bytes stay readable after a delete."""
+        return os.open(self.blobs.path(blob_id), os.O_RDONLY)
+
+    def unpin(self, handle: int) -> None:
+        os.close(handle)
+
+    def delete(self, blob_id: str) -> bool:
+        return self.blobs.delete(blob_id)
+
+    def exists(self, blob_id: str) -> bool:
+        return self.blobs.exists(blob_id)
+
+    def verify(self, blob_id: str, size: int, sha256: bytes, crcs: bytes,
+               paced: Callable[[int], None] | None = None) -> str | None:
+        sha = hashlib.sha256()
+
+        def seen(chunk: memoryview) -> None:
+            if paced is not None:
+                paced(len(chunk))
+            sha.update(chunk)
+
+        problem = verify_file(self.blobs.path(blob_id), {"size": size, "blocks": crcs}, seen)
+        if problem is None and sha256 and sha.digest() != sha256:
+            return "sha256 mismatch"
+        return problem
+
+    def list_blobs(self) -> Iterator[tuple[str, float]]:
+        return self.blobs.iter_blobs()
+
+    def sweep_temp(self) -> int:
+        return self.blobs.sweep_temp()
+
+    def copy_from(self, peer: NodeInterface, blob_id: str) -> None:
+        """OSError for a node's failure, ResourceExhausted for this process's shortage."""
+        try:
+            writer = self.open_write(blob_id)
+        except OSError as exc:
+            ResourceExhausted.raise_if(exc, "copying a blob")
+            raise
+        try:
+            offset = 0
+            while True:
+                chunk = peer.read_upto(blob_id, offset, BLOCK)
+                if not chunk:
+                    break
+                writer.write(chunk)
+                offset += len(chunk)
+            writer.commit()
+        except BaseException as exc:
+            writer.abort()
+            if isinstance(exc, OSError):
+                ResourceExhausted.raise_if(exc, "copying a blob")
+            raise
+
+    def task_input(self, blob_id: str, size: int, crcs: bytes) -> tuple[str | None, str | None]:
+        """(path, None) when this node's replica is good to be read raw by a task in place,
+        else (None, why not). Only a task agent on this node uses blob paths."""
+        path = self.blobs.path(blob_id)
+        problem = verify_file(path, {"size": size, "blocks": crcs})
+        return (path, None) if problem is None else (None, problem)
+
+    def scratch_root(self) -> str:
+        return os.path.join(self.root, "tasks")

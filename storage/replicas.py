@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import random
 import secrets
 import struct
@@ -32,15 +31,21 @@ from typing import Any
 
 from awscrt.checksums import crc32c
 
-from storage.blobs import BlobInfo, BlobWriter, MemoryBlobWriter
-from storage.errors import RESOURCE_ERRNOS, BlobUnavailable, InsufficientNodes, ResourceExhausted
-from storage.node import SPACE_MAX_AGE_S, Node
+from storage.blobs import BLOCK, BlobInfo, MemoryBlobWriter, verify_file
+from storage.errors import (
+    RESOURCE_ERRNOS,
+    BlobDamaged,
+    BlobMissing,
+    BlobUnavailable,
+    InsufficientNodes,
+    ResourceExhausted,
+)
+from storage.nodeapi import SPACE_MAX_AGE_S, BlobWrite, Node
 
 __all__ = ["BLOCK", "BlobReader", "ReplicatedWriter", "block_sums", "choose_nodes", "copy_blob", "verify_file"]
 
 log = logging.getLogger("manta.storage")
 
-BLOCK = 1 << 20
 _RNG = random.Random()
 Report = Callable[[str, str, str], None]  # (blob_id, node_id, reason)
 
@@ -48,35 +53,6 @@ Report = Callable[[str, str, str], None]  # (blob_id, node_id, reason)
 def block_sums(data: bytes | memoryview) -> bytes:
     view = memoryview(data)
     return b"".join(struct.pack(">I", crc32c(view[i:i + BLOCK])) for i in range(0, len(view), BLOCK))
-
-
-def verify_file(path: str, meta: dict[str, Any],
-                seen: Callable[[memoryview], None] | None = None) -> str | None:
-    """None when the file holds the blob's bytes by its size and per-block CRC32Cs, else why
-    not: the check a replica passes before it is used in place (bind-mounted into a task),
-    where no verified read stands between the file and the reader, and the scrub's read-back
-    (which hashes and paces the blocks it is shown through `seen`)."""
-    blocks: bytes = meta.get("blocks") or b""
-    buf = bytearray(BLOCK)
-    size = index = 0
-    try:
-        with open(path, "rb", buffering=0) as fh:
-            while n := fh.readinto(buf):
-                chunk = memoryview(buf)[:n]
-                if 4 * index + 4 <= len(blocks) and crc32c(chunk) != struct.unpack_from(">I", blocks, 4 * index)[0]:
-                    return "checksum mismatch"
-                if seen is not None:
-                    seen(chunk)
-                size += n
-                index += 1
-    except FileNotFoundError:
-        return "missing"
-    except OSError as exc:
-        ResourceExhausted.raise_if(exc, "verifying a replica")
-        return f"read error: {exc.strerror or exc}"
-    if size != meta.get("size", size):
-        return f"size {size}, expected {meta['size']}"
-    return None
 
 
 def choose_nodes(nodes: list[Node], k: int, exclude: set[str] | frozenset[str] = frozenset(),
@@ -150,7 +126,7 @@ class ReplicatedWriter:
         self._sha = hashlib.sha256()
         self._blocks = _BlockSummer()
         self.size = 0
-        self._writers: dict[str, tuple[Node, BlobWriter]] = {}
+        self._writers: dict[str, tuple[Node, BlobWrite]] = {}
         self._failed: set[str] = set()
         chosen = []
         if first is not None and first.writable():
@@ -163,7 +139,7 @@ class ReplicatedWriter:
 
     def _open(self, node: Node) -> None:
         try:
-            self._writers[node.id] = (node, node.blobs.writer(self.blob_id, hashing=False))
+            self._writers[node.id] = (node, node.open_write(self.blob_id))
         except OSError as exc:
             self._fail(node, exc)
 
@@ -204,7 +180,7 @@ class ReplicatedWriter:
 
         short: list[OSError] = []
 
-        def commit_one(entry: tuple[Node, BlobWriter]) -> Node | None:
+        def commit_one(entry: tuple[Node, BlobWrite]) -> Node | None:
             node, writer = entry
             try:
                 writer.commit()
@@ -213,7 +189,7 @@ class ReplicatedWriter:
                 if exc.errno in RESOURCE_ERRNOS:
                     short.append(exc)
                     writer.abort()
-                    node.blobs.delete(self.blob_id)
+                    node.delete(self.blob_id)
                 else:
                     self._fail(node, exc)
                 return None
@@ -265,7 +241,7 @@ def place_small(nodes: list[Node], copies: int, small: MemoryBlobWriter) -> Blob
         for node in candidates:
             tried.add(node.id)
             try:
-                node.blobs.write_unsynced(small.blob_id, data)
+                node.put_unsynced(small.blob_id, data)
                 placed.append(node.id)
             except OSError as exc:
                 if exc.errno in RESOURCE_ERRNOS:
@@ -280,28 +256,17 @@ def place_small(nodes: list[Node], copies: int, small: MemoryBlobWriter) -> Blob
 
 
 def copy_blob(src: Node, dst: Node, blob_id: str) -> None:
-    """Copy a blob's file from one node to another, durably (used by writes and repair).
+    """Copy a blob from one node to another, node to node and durably (writes and repair).
     OSError for a node's failure, ResourceExhausted for this process's shortage."""
-    try:
-        writer = dst.blobs.writer(blob_id, hashing=False)
-    except OSError as exc:
-        ResourceExhausted.raise_if(exc, "copying a blob")
-        raise
-    try:
-        with src.blobs.open(blob_id) as fh:
-            while chunk := fh.read(BLOCK):
-                writer.write(chunk)
-        writer.commit()
-    except BaseException as exc:
-        writer.abort()
-        if isinstance(exc, OSError):
-            ResourceExhausted.raise_if(exc, "copying a blob")
-        raise
+    dst.copy_from(src, blob_id)
 
 
 def _delete_from(nodes: list[Node], blob_id: str) -> None:
     for node in nodes:
-        node.blobs.delete(blob_id)
+        try:
+            node.delete(blob_id)
+        except OSError as exc:  # a node gone meanwhile: its copy is GC's
+            ResourceExhausted.raise_if(exc, "deleting a blob")
 
 
 class BlobReader:
@@ -316,53 +281,42 @@ class BlobReader:
         healthy = [n for n in listed if n.healthy()]
         random.shuffle(healthy)
         self.candidates = healthy + [n for n in listed if n not in healthy]
-        self._fds: dict[str, int] = {}
+        self._pins: dict[str, Any] = {}
 
     def prefer(self, node_id: str) -> None:
         """Read from this node's replica first when it has one (a task's own node)."""
         self.candidates.sort(key=lambda n: n.id != node_id)
 
     def prime(self) -> None:
-        """Open the first readable replica now, so a concurrent delete cannot take the file
+        """Pin the first readable replica now, so a concurrent delete cannot take the blob
         away before the first read (an open file keeps its bytes)."""
         for node in list(self.candidates):
             try:
-                self._fds[node.id] = os.open(node.blobs.path(self.blob_id), os.O_RDONLY)
+                self._pins[node.id] = node.pin(self.blob_id)
                 return
-            except OSError as exc:
-                ResourceExhausted.raise_if(exc, "opening a blob")
+            except (OSError, BlobMissing) as exc:
+                if isinstance(exc, OSError):
+                    ResourceExhausted.raise_if(exc, "opening a blob")
                 continue
-
-    def _expected(self, index: int) -> int | None:
-        if 4 * index + 4 > len(self.blocks):
-            return None
-        return int(struct.unpack_from(">I", self.blocks, 4 * index)[0])
 
     def read_block(self, index: int) -> bytes:
         offset = index * BLOCK
         length = min(BLOCK, self.size - offset)
-        expected = self._expected(index)
         for node in list(self.candidates):
             try:
-                fd = self._fds.get(node.id)
-                if fd is None:
-                    fd = os.open(node.blobs.path(self.blob_id), os.O_RDONLY)
-                    self._fds[node.id] = fd
-                data = os.pread(fd, length, offset)
-            except FileNotFoundError:
+                if node.id not in self._pins:
+                    self._pins[node.id] = node.pin(self.blob_id)
+                return node.read(self.blob_id, offset, length, self.blocks, self._pins[node.id])
+            except (FileNotFoundError, BlobMissing):
                 self._bad(node, "missing" if node.recheck(pool=False) else "node down")
-                continue
+            except BlobDamaged as exc:
+                self._bad(node, exc.reason, keep=True)
+            except ConnectionError as exc:  # a remote node gone: no replica's fault
+                node.mark_failed(f"read failed: {exc}")
+                self._bad(node, "node down")
             except OSError as exc:
                 ResourceExhausted.raise_if(exc, "reading a blob")
                 self._bad(node, f"read error: {exc.strerror or exc}", keep=True)
-                continue
-            if len(data) != length:
-                self._bad(node, "short read", keep=True)
-                continue
-            if expected is not None and crc32c(data) != expected:
-                self._bad(node, "checksum mismatch", keep=True)
-                continue
-            return data
         raise BlobUnavailable(self.blob_id)
 
     def _bad(self, node: Node, reason: str, keep: bool = False) -> None:
@@ -371,12 +325,18 @@ class BlobReader:
         self.candidates.remove(node)
         if keep:
             self.candidates.append(node)
-        else:
-            fd = self._fds.pop(node.id, None)
-            if fd is not None:
-                os.close(fd)
+        elif node.id in self._pins:
+            self._unpin(node, self._pins.pop(node.id))
         if reason != "node down":
             self.report(self.blob_id, node.id, reason)
+
+    @staticmethod
+    def _unpin(node: Node, handle: Any) -> None:
+        if handle is not None:
+            try:
+                node.unpin(handle)
+            except OSError:
+                pass
 
     def read(self, start: int, length: int) -> Iterator[bytes]:
         """Verified bytes [start, start+length) in block-sized pieces."""
@@ -390,6 +350,8 @@ class BlobReader:
             index += 1
 
     def close(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
+        nodes = {n.id: n for n in self.candidates}
+        for node_id, handle in self._pins.items():
+            if node_id in nodes:
+                self._unpin(nodes[node_id], handle)
+        self._pins.clear()

@@ -26,14 +26,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from storage.errors import BlobUnavailable
-from storage.node import Node
-from storage.replicas import BlobReader, choose_nodes, copy_blob, verify_file
+from storage.nodeapi import Node
+from storage.replicas import BlobReader, choose_nodes, copy_blob
 from storage.store import Store
-from storage.zfs import ZfsError
 
 __all__ = ["BlobCheck", "ScrubReport", "Scrubber"]
 
 log = logging.getLogger("manta.storage")
+NODE_DOWN = "node down"
 
 
 @dataclass
@@ -95,38 +95,23 @@ class Scrubber:
         return report
 
     def _scrub_pools(self) -> dict[str, Any]:
-        pools: dict[str, Node] = {}
-        for node in self.store.node_list():
-            if node.zfs is not None and node.pool is not None and node.healthy():
-                pools.setdefault(node.pool, node)
         out: dict[str, Any] = {}
-        for pool, node in pools.items():
-            assert node.zfs is not None
-            try:
-                node.zfs.start_scrub(pool)
-                deadline = time.monotonic() + self.zpool_timeout_s
-                status = node.zfs.scrub_status(pool)
-                while status.running and time.monotonic() < deadline:
-                    time.sleep(0.2)
-                    status = node.zfs.scrub_status(pool)
-                out[pool] = {"health": node.zfs.pool_health(pool), "errors": status.errors,
-                             "summary": status.summary}
-            except ZfsError as exc:
-                out[pool] = {"error": str(exc)}
+        for node in self.store.node_list():
+            if node.pool_key() in out:
+                continue
+            result = node.scrub_pool(self.zpool_timeout_s)
+            if result is not None:
+                out[result[0]] = result[1]
         return out
 
     def _verify(self, node: Node, blob_id: str, meta: dict[str, Any]) -> str | None:
         """None if the replica is good (size, block CRC32Cs, SHA-256), else why not."""
-        sha = hashlib.sha256()
-
-        def seen(chunk: memoryview) -> None:
-            self._throttle(len(chunk))
-            sha.update(chunk)
-
-        problem = verify_file(node.blobs.path(blob_id), meta, seen)
-        if problem is None and meta.get("sha256") and sha.digest() != meta["sha256"]:
-            return "sha256 mismatch"
-        return problem
+        try:
+            return node.verify(blob_id, meta["size"], meta.get("sha256") or b"", meta.get("blocks") or b"",
+                               self._throttle)
+        except ConnectionError as exc:  # a remote node gone mid-check: its copy is unavailable
+            node.mark_failed(f"verify failed: {exc}")
+            return NODE_DOWN
 
     def _throttle(self, n: int) -> None:
         self._bytes += n
@@ -150,8 +135,11 @@ class Scrubber:
             if node is None or not node.healthy():
                 check.unavailable += 1
                 continue
-            check.checked += 1
             problem = self._verify(node, blob_id, meta)
+            if problem == NODE_DOWN:
+                check.unavailable += 1
+                continue
+            check.checked += 1
             if problem is None:
                 good.append(node)
             else:
@@ -189,12 +177,14 @@ class Scrubber:
         blob block by block from whichever replica has that block right (the reads' own
         failover), check the whole against its SHA-256, and rewrite `target` with it."""
         reader = BlobReader(blob_id, meta, {n.id: n for n in sources}, lambda *_: None)
-        writer = target.blobs.writer(blob_id)
+        writer = target.open_write(blob_id)
+        sha = hashlib.sha256()
         try:
             for block in reader.read(0, meta["size"]):
                 self._throttle(len(block))
+                sha.update(block)
                 writer.write(block)
-            if meta.get("sha256") and writer.sha256 != meta["sha256"]:
+            if meta.get("sha256") and sha.digest() != meta["sha256"]:
                 raise BlobUnavailable(blob_id)
             writer.commit()
             return True

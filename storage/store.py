@@ -21,7 +21,8 @@ from typing import Any
 from storage.blobs import MemoryBlobWriter
 from storage.catalog import Catalog
 from storage.errors import NoSuchBlob, ResourceExhausted
-from storage.node import MARKER, Node, NodeSpec, parse_spec
+from storage.node import MARKER, LocalNode, NodeSpec, parse_spec
+from storage.nodeapi import Node
 from storage.objects import ObjectStore
 from storage.replicas import BlobMeta, BlobReader, ReplicatedWriter, place_small
 from storage.uploads import UploadStore
@@ -83,11 +84,11 @@ class Store:
         self.catalog = Catalog(catalog_dir)
         self.nodes: dict[str, Node] = {}
         for spec in config.node_specs():
-            node = self._attach(spec)
-            self.nodes[node.id] = node
+            local = self._attach(spec)
+            self.nodes[local.id] = local
         self.repair_wanted = threading.Event()
         for node in self.nodes.values():
-            swept = node.blobs.sweep_temp()
+            swept = node.sweep_temp()
             if swept:
                 log.info("node %s: removed %d leftover temp files", node.id, swept)
         recovered = self.recover_journal()
@@ -99,10 +100,10 @@ class Store:
             self.uploads.rebuild_usage()
             log.info("counted every account's stored objects and bytes")
 
-    def _attach(self, spec: NodeSpec) -> Node:
-        root, zfs = Node.prepare(spec)
+    def _attach(self, spec: NodeSpec) -> LocalNode:
+        root, zfs = LocalNode.prepare(spec)
         known = self.catalog.nodes()
-        node_id = Node.read_marker(root)
+        node_id = LocalNode.read_marker(root)
         if node_id is None:
             same = [nid for nid, rec in known.items() if rec["spec"] == str(spec)]
             node_id = same[0] if same else _next_id(set(known) | set(self.nodes))
@@ -114,17 +115,21 @@ class Store:
                           "it over empty, write its id to %s", node_id, spec, MARKER,
                           os.path.join(root, MARKER))
             else:
-                Node.write_marker(root, node_id)
+                LocalNode.write_marker(root, node_id)
         if node_id in self.nodes:
-            raise ValueError(f"{spec} is the same node as {self.nodes[node_id].spec} ({node_id})")
+            raise ValueError(f"{spec} is the same node as {self.nodes[node_id].address} ({node_id})")
         self.catalog.put_node(node_id, str(spec))
-        return Node(node_id, spec, root, zfs)
+        return LocalNode(node_id, spec, root, zfs)
 
     def _holds_blobs(self, node_id: str) -> bool:
         return any(node_id in rec.get("nodes", ()) for _, rec in self.catalog.blob_records())
 
     def node_list(self) -> list[Node]:
         return list(self.nodes.values())
+
+    def local_nodes(self) -> list[LocalNode]:
+        """The nodes in this process (the embedded mode's; none behind `--node URL`)."""
+        return [n for n in self.nodes.values() if isinstance(n, LocalNode)]
 
     # -- blobs ----------------------------------------------------------------------
 
@@ -166,14 +171,18 @@ class Store:
                 continue
             for blob_id in blob_ids:
                 try:
-                    node.blobs.delete(blob_id)
+                    node.delete(blob_id)
                 except OSError as exc:
                     log.warning("node %s: could not delete blob %s: %s", node.id, blob_id, exc)
 
     def sync_placed(self, blob_ids: list[str]) -> None:
         for node in self.nodes.values():
             if node.healthy():
-                node.blobs.sync(blob_ids)
+                try:
+                    node.sync(blob_ids)
+                except ConnectionError as exc:  # a remote node gone: the journal keeps the bytes
+                    node.mark_failed(f"sync failed: {exc}")
+                    raise
 
     def recover_journal(self) -> int:
         """After a crash, rewrite every journalled small blob durably, then drop the journal."""
@@ -185,7 +194,7 @@ class Store:
                 for node_id in (metas[blob_id] or {}).get("nodes", []):
                     node = self.nodes.get(node_id)
                     if node is not None and node.healthy():
-                        node.blobs.write_unsynced(blob_id, data)
+                        node.put_unsynced(blob_id, data)
             ids = [blob_id for blob_id, _ in entries]
             self.sync_placed(ids)
             self.catalog.journal_drop(ids)
