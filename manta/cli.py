@@ -21,6 +21,8 @@ from manta.config import (
     env_float,
     env_int,
     parse_listen,
+    parse_node_url,
+    read_nodes_file,
 )
 
 
@@ -35,7 +37,10 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         host, port = parse_listen(args.listen)
         storage = tuple(s for s in (args.storage or "").split(",") if s)
+        urls = tuple(args.node or ()) + tuple(read_nodes_file(args.nodes_file) if args.nodes_file else ())
+        secret = _cluster_secret(args.cluster_secret_file) if urls else None
         config = ServerConfig(data_dir=args.data, host=host, port=port, domain=args.domain,
+                              node_urls=tuple(parse_node_url(u) for u in urls), cluster_secret=secret,
                               body_timeout_s=env_float("MANTA_BODY_TIMEOUT_S", 30.0),
                               gc_grace_s=env_float("MANTA_GC_GRACE_S", 3600.0),
                               nodes=args.nodes if args.nodes is not None else max(1, len(storage)),
@@ -57,6 +62,12 @@ def _serve(args: argparse.Namespace) -> int:
     except ZfsError as exc:
         raise CliError(f"cannot prepare a ZFS node: {exc}") from None
     return 0
+
+
+def _cluster_secret(path: str | None) -> str:
+    from storage.clusterauth import load_secret
+
+    return load_secret(path)
 
 
 def _quota_arg(text: str | None) -> dict[str, int | None]:
@@ -156,10 +167,14 @@ def _admin_nodes(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(nodes))
     else:
-        print(f"{'ID':<5} {'BACKEND':<8} {'HEALTH':<28} {'USED':>12} {'FREE':>12} {'OBJECTS':>8}  SPEC")
+        print(f"{'ID':<14} {'HEALTH':<24} {'HEARTBEAT':>9} {'LATENCY':>8} {'FREE':>14} {'SLOTS':>7} "
+              f"{'OBJECTS':>8}  ADDRESS")
         for n in nodes:
-            print(f"{n['id']:<5} {n['backend']:<8} {n['health'][:28]:<28} {n['used_bytes']:>12} "
-                  f"{n['free_bytes']:>12} {n['object_count']:>8}  {n['spec']}")
+            beat = f"{n['heartbeat_age_s']:.1f}s ago" if n.get("heartbeat_age_s") is not None else "-"
+            latency = f"{n['latency_ms']:.1f}ms" if n.get("latency_ms") is not None else "-"
+            slots = f"{n['busy']}/{n['slots']}" if n.get("slots") is not None else "-"
+            print(f"{n['id']:<14} {n['health'][:24]:<24} {beat:>9} {latency:>8} {n['free_bytes']:>14} "
+                  f"{slots:>7} {n['object_count']:>8}  {n.get('address') or n['spec']}")
     return 0
 
 
@@ -197,6 +212,13 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-cert", default=None, metavar="FILE",
                        help="serve HTTPS with this PEM certificate (chain); needs --tls-key")
     serve.add_argument("--tls-key", default=None, metavar="FILE", help="the PEM private key of --tls-cert")
+    serve.add_argument("--node", action="append", default=None, metavar="URL",
+                       help="a storage node on its own host (`manta node`), http://HOST:PORT; repeat per "
+                            "node. Its blobs and tasks live there; no nodes run in this process")
+    serve.add_argument("--nodes-file", default=None, metavar="FILE",
+                       help="node URLs, one per line (with or instead of --node)")
+    serve.add_argument("--cluster-secret-file", default=None, metavar="FILE",
+                       help="the cluster secret that signs requests to nodes (default: MANTA_CLUSTER_SECRET)")
     serve.set_defaults(func=_serve)
 
     admin = sub.add_parser("admin", help="administration (root credentials)",

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import ssl
-from dataclasses import dataclass
+import urllib.parse
+from dataclasses import dataclass, field
 
 from storage import parse_spec
 
@@ -37,6 +38,8 @@ class ServerConfig:
     head_timeout_s: float = 30.0  # a request head must be complete this long after it starts
     idle_timeout_s: float = 30.0  # a keep-alive connection idle this long is closed
     max_connections: int | None = None  # default: manta.protocol.default_max_connections(fd limit)
+    node_urls: tuple[str, ...] = ()  # storage nodes on other hosts (`manta node`); none: nodes in this process
+    cluster_secret: str | None = field(default=None, repr=False)  # signs requests to remote nodes
 
     @property
     def scheme(self) -> str:
@@ -61,7 +64,8 @@ class ServerConfig:
             raise ValueError("MANTA_MAX_CONNECTIONS must be at least 1")
         if self.nodes < 1:
             raise ValueError("--nodes must be at least 1")
-        count = len(self.storage) or self.nodes
+        self._validate_remote()
+        count = len(self.node_urls) or len(self.storage) or self.nodes
         if self.storage and self.nodes not in (1, len(self.storage)):
             raise ValueError(f"--nodes {self.nodes} does not match {len(self.storage)} --storage specs")
         if self.copies is not None and not 1 <= self.copies <= count:
@@ -69,6 +73,20 @@ class ServerConfig:
         if self.domain is not None and (not self.domain or self.domain.startswith(".")):
             raise ValueError(f"invalid domain {self.domain!r}")
         self._validate_tls()
+
+    def _validate_remote(self) -> None:
+        if not self.node_urls:
+            return
+        if self.storage or self.nodes != 1:
+            raise ValueError("--node (remote storage nodes) and --storage/--nodes (nodes in this process) "
+                             "do not mix")
+        for url in self.node_urls:
+            parse_node_url(url)
+        if len(set(self.node_urls)) != len(self.node_urls):
+            raise ValueError("the same --node URL is given twice")
+        if not self.cluster_secret:
+            raise ValueError("remote nodes need the cluster secret: set MANTA_CLUSTER_SECRET or "
+                             "give --cluster-secret-file")
 
     def _validate_tls(self) -> None:
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
@@ -83,6 +101,25 @@ class ServerConfig:
         except (ssl.SSLError, OSError) as exc:
             raise ValueError(f"--tls-cert {self.tls_cert_file} / --tls-key {self.tls_key_file}: "
                              f"not a PEM certificate and its matching private key ({exc})") from None
+
+
+def parse_node_url(url: str) -> str:
+    """A storage node's base URL, `http://HOST:PORT`, without a trailing slash."""
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme != "http" or not parsed.hostname or parsed.port is None or parsed.path not in ("", "/") \
+            or parsed.query or parsed.fragment:
+        raise ValueError(f"--node wants http://HOST:PORT, got {url!r}")
+    return url.rstrip("/")
+
+
+def read_nodes_file(path: str) -> list[str]:
+    """Node URLs, one per line (blank lines and # comments ignored)."""
+    try:
+        with open(path) as fh:
+            lines = [line.split("#", 1)[0].strip() for line in fh]
+    except OSError as exc:
+        raise ValueError(f"--nodes-file {path}: {exc.strerror or exc}") from None
+    return [line for line in lines if line]
 
 
 def parse_listen(value: str) -> tuple[str, int]:

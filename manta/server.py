@@ -66,13 +66,15 @@ def build_app(config: ServerConfig) -> tuple[Starlette, Store, JobScheduler]:
     config.validate()
     store = Store(StoreConfig(config.data_dir, node_count=config.nodes, copies=config.copies,
                               specs=config.storage, gc_grace_s=config.gc_grace_s,
-                              scrub_rate_mb_s=config.scrub_rate_mb_s))
-    sandbox: Sandbox | None = Sandbox(SandboxConfig())
+                              scrub_rate_mb_s=config.scrub_rate_mb_s, node_urls=config.node_urls,
+                              cluster_secret=config.cluster_secret))
+    # tasks run on the nodes: in this process only when the nodes are
+    sandbox: Sandbox | None = None if config.node_urls else Sandbox(SandboxConfig())
     problem = sandbox.check() if sandbox is not None else None
     if problem:
         log.warning("jobs are disabled: %s", problem)
         sandbox = None
-    elif not _traversable(config.data_dir):
+    elif sandbox is not None and not _traversable(config.data_dir):
         log.warning("the data dir %s is inside a directory other users cannot traverse: job tasks "
                     "(run as an unprivileged user) will not be able to read their inputs",
                     os.path.abspath(config.data_dir))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +44,9 @@ class StoreConfig:
     scrub_interval_s: float = 24 * 3600.0
     scrub_rate_mb_s: float = 50.0
     repair_interval_s: float = 5.0
+    node_urls: tuple[str, ...] = ()  # remote nodes (`manta node`); then no nodes run in this process
+    cluster_secret: str | None = field(default=None, repr=False)
+    connect_timeout_s: float = 10.0  # how long start-up waits for a node it has never seen
 
     def node_specs(self) -> list[NodeSpec]:
         if self.specs:
@@ -53,7 +57,7 @@ class StoreConfig:
                 for i in range(self.node_count)]
 
     def copy_count(self) -> int:
-        n = len(self.specs) or self.node_count
+        n = len(self.node_urls) or len(self.specs) or self.node_count
         return self.copies if self.copies is not None else min(2, n)
 
     def validate(self) -> None:
@@ -61,7 +65,9 @@ class StoreConfig:
             raise ValueError("gc_grace_s must be >= 0 and gc_interval_s > 0")
         if self.node_count < 1:
             raise ValueError("at least one node is needed")
-        n = len(self.specs) or self.node_count
+        n = len(self.node_urls) or len(self.specs) or self.node_count
+        if self.node_urls and not self.cluster_secret:
+            raise ValueError("remote nodes need the cluster secret")
         if not 1 <= self.copy_count() <= n:
             raise ValueError(f"copies must be between 1 and the number of nodes ({n})")
         self.node_specs()
@@ -83,14 +89,18 @@ class Store:
         os.chmod(nodes_dir, 0o711)
         self.catalog = Catalog(catalog_dir)
         self.nodes: dict[str, Node] = {}
-        for spec in config.node_specs():
-            local = self._attach(spec)
-            self.nodes[local.id] = local
+        self.heartbeat: Any = None  # storage.remote.Heartbeat over remote nodes
+        if config.node_urls:
+            self._attach_remote(config.node_urls)
+        else:
+            for spec in config.node_specs():
+                local = self._attach(spec)
+                self.nodes[local.id] = local
         self.repair_wanted = threading.Event()
-        for node in self.nodes.values():
-            swept = node.sweep_temp()
+        for local in self.local_nodes():  # a remote node sweeps its own at its start
+            swept = local.sweep_temp()
             if swept:
-                log.info("node %s: removed %d leftover temp files", node.id, swept)
+                log.info("node %s: removed %d leftover temp files", local.id, swept)
         recovered = self.recover_journal()
         if recovered:
             log.info("rewrote %d journalled small blobs", recovered)
@@ -120,6 +130,44 @@ class Store:
             raise ValueError(f"{spec} is the same node as {self.nodes[node_id].address} ({node_id})")
         self.catalog.put_node(node_id, str(spec))
         return LocalNode(node_id, spec, root, zfs)
+
+    def _attach_remote(self, urls: tuple[str, ...]) -> None:
+        """Remote nodes by URL: each says its id; one that does not answer keeps the id the
+        catalog knows for its URL and starts down (the heartbeat brings it back). A URL never
+        seen that does not answer within `connect_timeout_s` fails the start."""
+        from storage.remote import (  # the HTTP client only where nodes are remote
+            Heartbeat,
+            RemoteNode,
+        )
+
+        assert self.config.cluster_secret is not None
+        known = {rec["spec"]: nid for nid, rec in self.catalog.nodes().items()}
+        pending = [RemoteNode(url, self.config.cluster_secret) for url in urls]
+        deadline = time.monotonic() + self.config.connect_timeout_s
+        while True:
+            for node in pending:
+                if node.id is None:
+                    try:
+                        node.connect()
+                    except OSError as exc:
+                        node.last_error = str(exc)
+            missing = [n for n in pending if n.id is None]
+            if not missing or time.monotonic() >= deadline or all(n.url in known for n in missing):
+                break
+            time.sleep(0.2)
+        for node in pending:
+            if node.id is None:
+                if node.url not in known:
+                    raise ValueError(f"storage node {node.url} does not answer: {node.last_error}")
+                node.id = known[node.url]
+                node.mark_failed(f"not answering at start: {node.last_error}")
+                log.warning("node %s (%s) does not answer; it starts down", node.id, node.url)
+            if node.id in self.nodes:
+                raise ValueError(f"{node.url} is the same node as {self.nodes[node.id].address} ({node.id})")
+            self.catalog.put_node(node.id, node.url)
+            self.nodes[node.id] = node
+        self.heartbeat = Heartbeat([n for n in self.nodes.values() if isinstance(n, RemoteNode)])
+        self.heartbeat.start()
 
     def _holds_blobs(self, node_id: str) -> bool:
         return any(node_id in rec.get("nodes", ()) for _, rec in self.catalog.blob_records())
@@ -215,12 +263,18 @@ class Store:
         out = []
         for node in self.nodes.values():
             info = node.info()
+            if info.get("last_heartbeat") is not None:
+                info["heartbeat_age_s"] = round(max(0.0, time.time() - info["last_heartbeat"]), 3)
             info["blob_count"] = blobs.get(node.id, 0)
             info["object_count"] = objects.get(node.id, 0)
             out.append(info)
         return out
 
     def close(self) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
+        for node in self.nodes.values():
+            node.close()
         self.catalog.close()
 
 
