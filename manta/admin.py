@@ -7,6 +7,8 @@
     POST /_manta/admin/users/NAME {"quota": {field: int | null}} -> as GET (null drops that limit)
     GET  /_manta/admin/nodes            -> {"nodes": [{id, spec, backend, health, used_bytes, ...}]}
     POST /_manta/admin/scrub            -> the scrub report {checked, damaged, repaired, lost, ...}
+    POST /_manta/admin/gc               -> {"removed": n}: blob files no record places on their node,
+                                           older than the GC grace period (MANTA_GC_GRACE_S), deleted now
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from manta.s3 import errors as s3e
 from manta.s3.body import read_small
 from manta.s3.common import in_thread
 from manta.s3.context import S3Request
-from storage import Scrubber
+from storage import OrphanCollector, Scrubber
 from storage import errors as se
 from storage.quota import QUOTA_FIELDS
 
@@ -53,6 +55,8 @@ async def handle(req: S3Request) -> Response:
     if req.key == "admin/scrub" and req.method == "POST":
         report = await in_thread(lambda: Scrubber(req.store).run_once())
         return JSONResponse(report.as_dict())
+    if req.key == "admin/gc" and req.method == "POST":
+        return JSONResponse({"removed": await in_thread(lambda: OrphanCollector(req.store).run_once())})
     raise s3e.NoSuchKey(Key=req.key)
 
 

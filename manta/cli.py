@@ -160,6 +160,14 @@ def _admin_scrub(args: argparse.Namespace) -> int:
     return 1 if report["lost"] else 0
 
 
+def _admin_gc(args: argparse.Namespace) -> int:
+    from manta.http import signed_request
+
+    report = signed_request("POST", "/_manta/admin/gc", b"{}", timeout_s=3600)
+    print(json.dumps(report) if args.json else f"removed {report['removed']} blob copies no object needs")
+    return 0
+
+
 def _admin_nodes(args: argparse.Namespace) -> int:
     from manta.http import signed_request
 
@@ -256,6 +264,10 @@ def parser() -> argparse.ArgumentParser:
     scrub.add_argument("--json", action="store_true",
                        help="print one JSON object (checked, damaged, repaired, lost, ...)")
     scrub.set_defaults(func=_admin_scrub)
+    gc = admin_sub.add_parser("gc", help="delete blob copies no object needs (older than MANTA_GC_GRACE_S) now",
+                              epilog="example: manta admin gc --json")
+    gc.add_argument("--json", action="store_true", help='print one JSON object {"removed": N}')
+    gc.set_defaults(func=_admin_gc)
     nodes = admin_sub.add_parser("nodes", help="list storage nodes: health, space, objects",
                                  epilog="example: manta admin nodes --json")
     nodes.add_argument("--json", action="store_true", help="print a JSON array")

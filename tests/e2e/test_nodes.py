@@ -708,3 +708,26 @@ def test_blob_files_follow_reference_counts_and_gc_collects_orphans_after_a_kill
     s3.complete_multipart_upload(Bucket=BUCKET, Key="pending", UploadId=pending, MultipartUpload={
         "Parts": [{"PartNumber": 1, "ETag": pending_etag}]})
     assert get_bytes(s3, BUCKET, "pending") == pending_part
+
+
+def test_admin_gc_deletes_copies_no_object_needs_now(fresh_server: Server) -> None:
+    """`manta admin gc` runs the orphan collector on demand: old files no record places on
+    their node go, referenced copies and files younger than the grace period stay."""
+    fresh_server.env["MANTA_GC_GRACE_S"] = "600"
+    s3 = start_cluster(fresh_server, "--nodes", "2", "--copies", "2")
+    s3.create_bucket(Bucket=BUCKET)
+    roots = node_roots(fresh_server)
+    body = os.urandom(MiB + 3)
+    s3.put_object(Bucket=BUCKET, Key="kept", Body=body)
+    (kept,) = read_catalog(fresh_server.data_dir, BUCKET).objects["kept"]
+    old, young = secrets.token_hex(16), secrets.token_hex(16)
+    for blob_id, age_s in ((old, 7200), (young, 0)):
+        path = os.path.join(roots["n0"], "blobs", blob_id[:2], blob_id)
+        with open(path, "wb") as fh:
+            fh.write(b"stale copy")
+        os.utime(path, (time.time() - age_s, time.time() - age_s))
+    assert cli_json(fresh_server, "admin", "gc", "--json") == {"removed": 1}
+    on_disk = placement_on_disk(roots)
+    assert old not in on_disk and on_disk[young] == {"n0"} and on_disk[kept] == {"n0", "n1"}
+    assert get_bytes(s3, BUCKET, "kept") == body
+    assert cli_json(fresh_server, "admin", "gc", "--json") == {"removed": 0}
