@@ -313,23 +313,30 @@ def free_port() -> int:
 class Server:
     """A server subprocess in its own session (process group), logging to WORK/NAME.log."""
 
-    def __init__(self, target: Target, argv: list[str], work: Path, env: dict | None = None):
+    def __init__(self, target: Target, argv: list[str], work: Path, env: dict | None = None,
+                 cwd: Path | None = None):
         self.target, self.log = target, work / f"{target.name}.log"
+        self.helpers: list[subprocess.Popen] = []  # e.g. a cluster's storage nodes
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
-                                         stderr=subprocess.STDOUT, env=env, cwd=HERE.parent,
+                                         stderr=subprocess.STDOUT, env=env, cwd=cwd or HERE.parent,
                                          start_new_session=True)
 
     @classmethod
-    def manta(cls, name: str, work: Path, data: Path, *extra: str) -> Server:
-        """`python -m manta serve --data DATA` on a free loopback port, plus `extra` options."""
+    def manta(cls, name: str, work: Path, data: Path, *extra: str, code: Path | None = None,
+              env: dict | None = None) -> Server:
+        """`python -m manta serve --data DATA` on a free loopback port, plus `extra` options;
+        `code`: a checkout whose manta to run (another revision) instead of this one."""
         port = free_port()
         keys = {"MANTA_ROOT_ACCESS_KEY": "benchroot",
                 "MANTA_ROOT_SECRET_KEY": secrets.token_hex(20)}
         data.mkdir(parents=True)
         argv = [sys.executable, "-m", "manta", "serve", "--data", str(data),
                 "--listen", f"127.0.0.1:{port}", *extra]
-        return cls(Target(name, port, *keys.values()), argv, work, {**os.environ, **keys})
+        env = {**os.environ, **keys, **(env or {})}
+        if code is not None:
+            env["PYTHONPATH"] = str(code)
+        return cls(Target(name, port, *keys.values()), argv, work, env, cwd=code)
 
     def log_tail(self) -> str:
         lines = self.log.read_text(errors="replace").strip().splitlines()[-15:]
@@ -362,13 +369,14 @@ class Server:
         client.close()
 
     def stop(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            if self.proc.poll() is not None:
-                return
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, sig)  # the whole group: servers may fork workers
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=10)
+        for proc in (self.proc, *self.helpers):
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                if proc.poll() is not None:
+                    break
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, sig)  # the whole group: servers may fork workers
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=10)
 
 
 def fmt(value: float | None) -> str:

@@ -15,11 +15,15 @@ import argparse
 import contextlib
 import datetime
 import os
+import secrets
 import shutil
 import signal
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from _common import (
@@ -42,7 +46,8 @@ from _common import (
 )
 
 NGINX = "/usr/sbin/nginx"
-SERVERS = ("manta", "nginx", "moto")
+SERVERS = ("manta", "nginx", "moto", "manta-base", "manta-cluster")
+CLUSTER_NODES = 3
 TARGETS = (("large_get", "nginx", 0.7), ("small_put", "moto", 3.0), ("small_get", "moto", 3.0))
 FULL_DEFAULTS = {"large_mib": 1024, "seconds": 5.0, "repeat": 3, "small_keys": 1000}
 QUICK_DEFAULTS = {"large_mib": 64, "seconds": 2.0, "repeat": 1, "small_keys": 200}
@@ -63,9 +68,16 @@ http {{
 """
 
 
-def start_server(name: str, work: Path) -> Server:
+def start_server(name: str, work: Path, args: argparse.Namespace) -> Server:
     if name == "manta":
         return Server.manta(name, work, work / "manta-data")
+    if name == "manta-base":  # the same embedded server at another revision, for before/after
+        code = work / "base-checkout"
+        subprocess.run(["git", "-C", str(HERE.parent), "worktree", "add", "--detach", "-q", str(code),
+                        args.baseline_rev], check=True)
+        return Server.manta(name, work, work / "base-data", code=code)
+    if name == "manta-cluster":
+        return start_cluster(work)
     port = free_port()
     if name == "moto":
         argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
@@ -81,6 +93,39 @@ def start_server(name: str, work: Path) -> Server:
     argv = [NGINX, "-p", str(tmp), "-e", str(tmp / "error.log"),
             "-c", str(tmp / "nginx.conf"), "-g", "daemon off;"]
     return Server(Target(name, port), argv, work)
+
+
+def start_cluster(work: Path) -> Server:
+    """A front door over CLUSTER_NODES `manta node` processes on loopback (no namespaces, no
+    shaped links: the protocol's cost, not a network's), with copies=2 as the embedded default."""
+    secret = secrets.token_hex(32)
+    env = {**os.environ, "MANTA_CLUSTER_SECRET": secret}
+    urls, nodes = [], []
+    for i in range(CLUSTER_NODES):
+        port = free_port()
+        (work / f"node{i}").mkdir()
+        argv = [sys.executable, "-m", "manta", "node", "--storage", f"dir:{work / f'node{i}' / 'data'}",
+                "--listen", f"127.0.0.1:{port}"]
+        with open(work / f"node{i}.log", "wb") as out:
+            nodes.append(subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                          env=env, cwd=HERE.parent, start_new_session=True))
+        urls.append(f"http://127.0.0.1:{port}")
+    deadline = time.monotonic() + 30
+    for url in urls:
+        host, port = url.removeprefix("http://").split(":")
+        while True:
+            try:
+                socket.create_connection((host, int(port)), timeout=0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise BenchError(f"storage node {url} did not start") from None
+                time.sleep(0.1)
+    extra = [a for url in urls for a in ("--node", url)]
+    server = Server.manta("manta-cluster", work, work / "cluster-data", *extra,
+                          env={"MANTA_CLUSTER_SECRET": secret})
+    server.helpers = nodes
+    return server
 
 
 def metric_labels(args: argparse.Namespace) -> dict[str, str]:
@@ -133,17 +178,19 @@ def report(args: argparse.Namespace, labels: dict, raw: dict, skipped: dict,
                for m, per in raw["samples"].items()}
     ratios, targets = {}, []
     width = max(map(len, labels.values())) + 2
+    shown_servers = [s for s in SERVERS if s in args.servers]
+    bases = [b for b in ("nginx", "moto", "manta-base", "manta-cluster") if b in args.servers or b in ("nginx", "moto")]
     head = f"{'metric':<{width}}" + "".join(
-        f"{c:>12}" for c in (*SERVERS, "manta/nginx", "manta/moto"))
+        f"{c:>14}" for c in (*shown_servers, *(f"manta/{b}" for b in bases)))
     print("\n" + head + "\n" + "-" * len(head))
     for metric, label in labels.items():
         med = {s: medians[metric].get(s) for s in SERVERS}
         ratios[metric] = {f"manta/{b}": med["manta"] / med[b] if med["manta"] and med[b] else None
-                          for b in ("nginx", "moto")}
+                          for b in bases}
         cells = [fmt(med[s]) + ("!" if sum(raw["failed_ops"][metric].get(s, [])) else "")
-                 for s in SERVERS]
+                 for s in shown_servers]
         cells += ["-" if r is None else f"{r:.2f}x" for r in ratios[metric].values()]
-        print(f"{label:<{width}}" + "".join(f"{c:>12}" for c in cells))
+        print(f"{label:<{width}}" + "".join(f"{c:>14}" for c in cells))
     if any(sum(v) for per in raw["failed_ops"].values() for v in per.values()):
         print("! some operations failed; only successful ones count (JSON: failed_ops)")
     for name, why in skipped.items():
@@ -180,6 +227,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workdir", type=Path, default=HERE,
                    help="manta's and nginx's data go in a fresh temp dir under here")
     p.add_argument("--json", type=Path, default=HERE / "results" / "objects.json")
+    p.add_argument("--baseline-rev", default="HEAD~1",
+                   help="git revision the manta-base server runs (a worktree in the temp dir)")
     p.add_argument("--quick", action="store_true",
                    help="defaults for a short run: 64 MiB object, 2 s runs, 1 round, 200 keys")
     args = p.parse_args(argv)
@@ -203,13 +252,15 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as cleanup:
         args.workdir.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix="objects-tmp-", dir=args.workdir))
+        # callbacks run last-first: the manta-base worktree's record is pruned after its removal
+        cleanup.callback(subprocess.run, ["git", "-C", str(HERE.parent), "worktree", "prune"], check=False)
         cleanup.callback(shutil.rmtree, work, ignore_errors=True)
         if (free := shutil.disk_usage(work).free) < 3 * args.large_mib * MiB:
             print(f"error: only {free / 2**30:.1f} GiB free under {args.workdir}", file=sys.stderr)
             return 2
         for name in args.servers:
             try:
-                server = start_server(name, work)
+                server = start_server(name, work, args)
                 cleanup.callback(server.stop)
                 server.wait_ready(args.start_timeout)
                 server.prepare(args.small_keys)
