@@ -9,6 +9,7 @@ from storage.node import LocalNode, NodeSpec, parse_spec
 from storage.nodeapi import Node
 from storage.objects import Listing, ObjectStore
 from storage.quota import DEFAULT_QUOTA, Quota, parse_quota
+from storage.remote import Heartbeat, RemoteNode
 from storage.replicas import BLOCK, BlobMeta, BlobReader, ReplicatedWriter
 from storage.scrub import Scrubber, ScrubReport
 from storage.store import Store, StoreConfig
@@ -26,6 +27,7 @@ __all__ = [
     "Catalog",
     "Daemon",
     "DirectoryBlobStore",
+    "Heartbeat",
     "JournalFlusher",
     "Listing",
     "LocalNode",
@@ -35,6 +37,7 @@ __all__ = [
     "ObjectStore",
     "OrphanCollector",
     "Quota",
+    "RemoteNode",
     "Repairer",
     "ReplicatedWriter",
     "ScrubReport",

@@ -320,6 +320,57 @@ class LocalNode(NodeInterface):
                 ResourceExhausted.raise_if(exc, "copying a blob")
             raise
 
+    # -- served over HTTP (manta node): deletes keep the bytes a while for reads in flight --
+
+    def status(self) -> tuple[bool, str, str | None]:
+        """(cached health, why not, pool state or None) without running anything."""
+        healthy = self.healthy()
+        return healthy, self._reason if not healthy else "", self._pool_state if self.pool else None
+
+    def trash_dir(self) -> str:
+        return os.path.join(self.root, "trash")
+
+    def retire(self, blob_id: str) -> bool:
+        """Delete, keeping the bytes under trash/ (`sweep_trash`) so that a remote read that
+        started before the delete can finish (what `pin` does for a local reader)."""
+        os.makedirs(self.trash_dir(), mode=0o700, exist_ok=True)
+        try:
+            os.rename(self.blobs.path(blob_id), os.path.join(self.trash_dir(), f"{blob_id}.{time.time_ns()}"))
+            return True
+        except FileNotFoundError:
+            return False
+
+    def open_blob(self, blob_id: str) -> int:
+        """A descriptor of the blob, else of its newest retired copy; FileNotFoundError if neither."""
+        try:
+            return os.open(self.blobs.path(blob_id), os.O_RDONLY)
+        except FileNotFoundError:
+            try:
+                retired = sorted(n for n in os.listdir(self.trash_dir()) if n.startswith(blob_id + "."))
+            except FileNotFoundError:
+                retired = []
+            if not retired:
+                raise
+            return os.open(os.path.join(self.trash_dir(), retired[-1]), os.O_RDONLY)
+
+    def sweep_trash(self, older_than_s: float) -> int:
+        """Remove retired blobs older than `older_than_s`; returns how many."""
+        cutoff = time.time_ns() - int(older_than_s * 1e9)
+        removed = 0
+        try:
+            names = os.listdir(self.trash_dir())
+        except FileNotFoundError:
+            return 0
+        for name in names:
+            stamp = name.rpartition(".")[2]
+            if not stamp.isdigit() or int(stamp) <= cutoff:
+                try:
+                    os.unlink(os.path.join(self.trash_dir(), name))
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+        return removed
+
     def task_input(self, blob_id: str, size: int, crcs: bytes) -> tuple[str | None, str | None]:
         """(path, None) when this node's replica is good to be read raw by a task in place,
         else (None, why not). Only a task agent on this node uses blob paths."""
