@@ -65,9 +65,28 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _cluster_secret(path: str | None) -> str:
-    from storage.clusterauth import load_secret
+    from storage.clusterauth import SecretError, load_secret
 
-    return load_secret(path)
+    try:
+        return load_secret(path)
+    except SecretError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _node(args: argparse.Namespace) -> int:
+    from manta.nodeserver import run_node
+    from storage.clusterauth import SecretError, load_secret
+    from storage.zfs import ZfsError
+
+    try:
+        parse_listen(args.listen)
+        secret = load_secret(args.cluster_secret_file)
+        run_node(args.storage, args.listen, args.data, secret, args.advertise, args.slots)
+    except (ValueError, SecretError) as exc:
+        raise CliError(str(exc)) from None
+    except ZfsError as exc:
+        raise CliError(f"cannot prepare a ZFS node: {exc}") from None
+    return 0
 
 
 def _quota_arg(text: str | None) -> dict[str, int | None]:
@@ -228,6 +247,17 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--cluster-secret-file", default=None, metavar="FILE",
                        help="the cluster secret that signs requests to nodes (default: MANTA_CLUSTER_SECRET)")
     serve.set_defaults(func=_serve)
+
+    node = subcommand(sub, "node", _node, "run a storage node (blobs and the task agent) for a cluster",
+                      "MANTA_CLUSTER_SECRET=... manta node --storage dir:/srv/node1 --listen 0.0.0.0:9100")
+    node.add_argument("--storage", required=True, metavar="SPEC", help="dir:PATH or zfs:POOL/DATASET")
+    node.add_argument("--listen", required=True, help="HOST:PORT")
+    node.add_argument("--data", default=None, metavar="DIR", help="the node's own state directory")
+    node.add_argument("--cluster-secret-file", default=None, metavar="FILE",
+                      help="the cluster secret (default: MANTA_CLUSTER_SECRET)")
+    node.add_argument("--advertise", default=None, metavar="URL",
+                      help="this node's URL for peers (default http://LISTEN)")
+    node.add_argument("--slots", type=int, default=None, help="concurrent tasks (default: CPU count)")
 
     admin = sub.add_parser("admin", help="administration (root credentials)",
                            description="Administration: accounts, storage nodes, scrub (root credentials).",
