@@ -97,9 +97,13 @@ class Scrubber:
     def _scrub_pools(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for node in self.store.node_list():
-            if node.pool_key() in out:
+            if node.pool_key() in out or not node.healthy():
                 continue
-            result = node.scrub_pool(self.zpool_timeout_s)
+            try:
+                result = node.scrub_pool(self.zpool_timeout_s)
+            except ConnectionError as exc:  # a remote node gone meanwhile: its copies are unavailable
+                node.mark_failed(f"pool scrub failed: {exc}")
+                continue
             if result is not None:
                 out[result[0]] = result[1]
         return out

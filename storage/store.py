@@ -143,24 +143,25 @@ class Store:
         assert self.config.cluster_secret is not None
         known = {rec["spec"]: nid for nid, rec in self.catalog.nodes().items()}
         pending = [RemoteNode(url, self.config.cluster_secret) for url in urls]
+        errors: dict[str, str] = {n.url: "" for n in pending}
         deadline = time.monotonic() + self.config.connect_timeout_s
         while True:
             for node in pending:
-                if node.id is None:
+                if errors.get(node.url) is not None:
                     try:
                         node.connect()
+                        errors.pop(node.url)
                     except OSError as exc:
-                        node.last_error = str(exc)
-            missing = [n for n in pending if n.id is None]
-            if not missing or time.monotonic() >= deadline or all(n.url in known for n in missing):
+                        errors[node.url] = str(exc)
+            if not errors or time.monotonic() >= deadline or all(url in known for url in errors):
                 break
             time.sleep(0.2)
         for node in pending:
-            if node.id is None:
+            if node.url in errors:
                 if node.url not in known:
-                    raise ValueError(f"storage node {node.url} does not answer: {node.last_error}")
+                    raise ValueError(f"storage node {node.url} does not answer: {errors[node.url]}")
                 node.id = known[node.url]
-                node.mark_failed(f"not answering at start: {node.last_error}")
+                node.mark_failed(f"not answering at start: {errors[node.url]}")
                 log.warning("node %s (%s) does not answer; it starts down", node.id, node.url)
             if node.id in self.nodes:
                 raise ValueError(f"{node.url} is the same node as {self.nodes[node.id].address} ({node.id})")
