@@ -9,7 +9,7 @@ ROOT=$PWD
 VENV=$ROOT/.venv
 DATA=${MANTA_DATA:-$ROOT/manta-data}
 LISTEN=${MANTA_LISTEN:-127.0.0.1:9000}
-APT_PACKAGES=(python3 python3-venv python3-dev gcc awscli curl ca-certificates openssl zfs-fuse bubblewrap libseccomp2)
+APT_PACKAGES=(python3 python3-venv python3-dev gcc awscli curl ca-certificates openssl zfs-fuse bubblewrap libseccomp2 iproute2)
 if [ "${1:-start}" = test ]; then
     APT_PACKAGES+=(s3cmd rclone)  # more S3 clients the tests drive unchanged
 fi
