@@ -279,6 +279,7 @@ def test_a_link_cut_during_a_multipart_upload_and_a_large_put(cluster: Cluster) 
             acknowledged["multi"] = part * 3
         if outcomes.get("big") == "ok":
             acknowledged["big"] = big
+        print("outcomes while the link was cut:", outcomes, sorted(acknowledged))
         assert set(outcomes.values()) <= {"ok", "503 ServiceUnavailable", "503 SlowDown", "503"}, outcomes
         # while the link is down: everything acknowledged reads back, new copies avoid the node
         for key, data in acknowledged.items():
