@@ -19,8 +19,14 @@ replica); if that node's slots are full it waits, or runs on another node that h
 replica; only when no node holding a copy is up does it run elsewhere (reading over the
 "network"). Reducers go where most of their input bytes are.
 
-Slots: each node runs at most `slots_per_node` containers at once (a semaphore per node,
-held only while the container runs), and has at most twice that many tasks in flight:
+Where a task runs: the scheduler hands the agent's request (jobs/runner.py builds it) to
+the node's task agent: in-process for a local node (one jobs.agent.TaskAgent per node, all
+sharing this host's admission), `POST /v1/tasks` for a remote one (its agent admits it).
+A node failure (unreachable, NodeFailure, an outcome saying so) queues the task again for
+another healthy node holding a replica; each attempt is kept in the task's `attempts_log`.
+
+Slots: each node runs at most `slots_per_node` containers at once (admission, held only
+while the container runs), and has at most twice that many tasks in flight:
 while some run, others resolve their inputs or commit their outputs, so a container
 starts the moment another ends and no slot waits for the disk or for this thread. The
 task's `running` record is submitted to the catalog as its worker starts, without waiting:
@@ -39,15 +45,15 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, cast
 
 from jobs import errors as je
 from jobs.admission import Admission, default_budget_mb
+from jobs.agent import TaskAgent, sweep_scratch
 from jobs.reach import TaskRoots
 from jobs.records import JobRecords
-from jobs.runner import RunContext, run_task, sweep_scratch
+from jobs.runner import RunContext, log_attempt, run_task
 from jobs.sandbox import Sandbox, SandboxError
 from jobs.spec import LIMITS, JobSpec, parse_input
 from storage import LocalNode, Node, Quota, Store
@@ -62,6 +68,14 @@ TERMINAL = ("done", "failed", "cancelled")
 MAX_ATTEMPTS = 3
 MAX_WORKERS = 512  # threads for tasks in flight (they wait for admission, prepare, commit)
 SCAN_TASKS = 256  # queued tasks of one job looked at per dispatch for a node with room
+REMOTE_GRACE_S = 60.0  # a remote task's call may outlast its phase's timeout by this much
+CANCEL_TIMEOUT_S = 5.0
+
+
+class _TaskNode(Protocol):
+    """What a remote node (storage.remote.RemoteNode) offers for tasks."""
+
+    def post_json(self, path: str, obj: Record, timeout_s: float) -> Record: ...
 
 
 @dataclass(frozen=True)
@@ -108,13 +122,20 @@ class JobScheduler:
         self.store = store
         self.config = config or SchedulerConfig()
         self.records = JobRecords(store.catalog)
-        self.ctx = RunContext(store, sandbox, self.records, TaskRoots(None))
+        self.ctx = RunContext(store, self.records)
+        self.sandbox = sandbox
+        self.roots = TaskRoots(None)
         self.jobs: dict[str, _Job] = {}
         self.lock = threading.RLock()
         self.wake = threading.Event()
         # tasks in flight per node and account: each account may have 2x slots of them on a node
         self.busy: dict[str, dict[str, int]] = {nid: {} for nid in store.nodes}
-        self.admission = Admission(list(store.nodes), self.config.slots_per_node, self.config.memory_budget_mb)
+        # one admission for the local nodes: they share this host's memory
+        self.admission = Admission([n.id for n in store.local_nodes()], self.config.slots_per_node,
+                                   self.config.memory_budget_mb)
+        self.agents = {n.id: TaskAgent(n, sandbox, None, self.config.slots_per_node, peer=self._local_peer,
+                                       admission=self.admission, roots=self.roots, stream_copies=True)
+                       for n in store.local_nodes()}
         self.cancels: dict[tuple[str, str], threading.Event] = {}
         self.pool = ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="task")
         self._served: list[str] = []  # accounts, the one dispatched to longest ago first
@@ -124,12 +145,12 @@ class JobScheduler:
     # -- life cycle ---------------------------------------------------------------------
 
     def start(self) -> None:
-        if self.ctx.sandbox is not None:
+        if self.sandbox is not None:
             try:
-                self.ctx.roots = TaskRoots(self.ctx.sandbox.task_ids())
+                self.roots.ids = self.sandbox.task_ids()
             except SandboxError as exc:  # its tasks end in InternalError, saying why
                 log.warning("no sandbox: %s", exc)
-        self.ctx.roots.open(self.store.local_nodes())
+        self.roots.open(self.store.local_nodes())
         log.info("tasks: %d slots per node, %d MB of memory for all running tasks, at most %d MB "
                  "memory and %d MB disk per task", self.config.slots_per_node, self.config.memory_budget_mb,
                  self.config.memory_ceiling_mb, self.config.disk_ceiling_mb)
@@ -143,7 +164,8 @@ class JobScheduler:
             requeue = []
             for task in self.records.tasks(record["id"]):
                 if task["state"] == "running":
-                    task = {**task, "state": "queued", "node": None}
+                    task = {**task, "state": "queued", "node": None,
+                            "attempts_log": log_attempt(task, "interrupted: the server stopped")}
                     requeue.append(task)
                 job.tasks[task["id"]] = task
             if requeue:
@@ -161,8 +183,28 @@ class JobScheduler:
         with self.lock:
             for event in self.cancels.values():
                 event.set()
+            remote = [(job_id, task_id, self._running_node(job_id, task_id)) for job_id, task_id in self.cancels]
+        for job_id, task_id, node in remote:
+            if node is not None and node.remote:
+                self._cancel_remote(node, job_id, task_id)
         self.pool.shutdown(wait=True, cancel_futures=True)
-        self.ctx.roots.close()
+        self.roots.close()
+
+    def _local_peer(self, node_id: str, url: str) -> Node:
+        return self.store.nodes[node_id]
+
+    def _running_node(self, job_id: str, task_id: str) -> Node | None:
+        job = self.jobs.get(job_id)
+        task = job.tasks.get(task_id) if job is not None else None
+        node_id = task.get("node") if task is not None else None
+        return self.store.nodes.get(node_id) if node_id else None
+
+    @staticmethod
+    def _cancel_remote(node: Node, job_id: str, task_id: str) -> None:
+        try:
+            cast(_TaskNode, node).post_json(f"/v1/tasks/{job_id}/{task_id}/cancel", {}, CANCEL_TIMEOUT_S)
+        except Exception as exc:  # the node is gone: so is its task, or the retry's cancel covers it
+            log.warning("cancelling job %s task %s on node %s failed: %s", job_id, task_id, node.id, exc)
 
     def _reindex(self, job: _Job) -> None:
         job.queue = deque(sorted(t["id"] for t in job.tasks.values() if t["state"] == "queued"))
@@ -248,6 +290,9 @@ class JobScheduler:
                         cancelled.append(task)
                     elif task["state"] == "running":
                         self.cancels.get((job_id, task["id"]), threading.Event()).set()
+                        node = self._running_node(job_id, task["id"])
+                        if node is not None and node.remote:
+                            self.pool.submit(self._cancel_remote, node, job_id, task["id"])
                 job.queue.clear()
                 self.records.save_tasks(cancelled)
         self.wake.set()
@@ -431,30 +476,36 @@ class JobScheduler:
         record = dict(job.record)
         self.pool.submit(self._run, record, dict(task), node, cancel)
 
+    def _call(self, job: Record, task: Record, node: Node, cancel: threading.Event) -> Any:
+        """The function that hands a request to `node`'s agent and returns its outcome."""
+        if isinstance(node, LocalNode):
+            agent = self.agents.get(node.id)
+            if agent is None:
+                raise je.NodeFailure(f"node {node.id} has no task agent here")
+            return lambda request: agent.run(request, cancel)
+        timeout_s = job["phases"][task["phase"]]["timeout_s"] + REMOTE_GRACE_S
+        return lambda request: cast(_TaskNode, node).post_json("/v1/tasks", request, timeout_s)
+
     def _run(self, job: Record, task: Record, node: Node, cancel: threading.Event) -> None:
         outcome: Record | None = None
         try:
             running = self.records.submit_tasks([task])
-            memory_mb = job["phases"][task["phase"]]["memory_mb"]
-
-            def admit(cancel: threading.Event) -> AbstractContextManager[bool]:
-                return self.admission.hold(node.id, job["owner"], memory_mb, cancel)
-
-            assert isinstance(node, LocalNode)
-            outcome = run_task(self.ctx, job, task, node, cancel, admit)
+            outcome = run_task(self.ctx, job, task, node, self._call(job, task, node, cancel))
             if (failed := running.exception()) is not None:  # the final record was written after it
                 log.warning("job %s task %s: its running record was not written: %s",
                             job["id"], task["id"], failed)
             if self._stop.is_set() and outcome["state"] == "cancelled" \
                     and self.records.get(job["id"])["state"] == "running":
                 # killed because the server is stopping, not cancelled: it runs again after a restart
-                outcome = {**task, "state": "queued", "node": None}
+                outcome = {**task, "state": "queued", "node": None,
+                           "attempts_log": log_attempt(task, "interrupted: the server stopped")}
                 self.records.save_tasks([outcome])
         except (je.NodeFailure, se.StorageError, OSError) as exc:
             log.warning("job %s task %s: node %s failed: %s", job["id"], task["id"], node.id, exc)
             node.recheck()
             excluded = task["excluded"] + [node.id]
             others = [n for n in self.store.node_list() if n.id not in excluded and n.healthy()]
+            task = {**task, "attempts_log": log_attempt(task, f"node failure: {exc}")}
             if task["attempts"] < MAX_ATTEMPTS and others:
                 outcome = {**task, "state": "queued", "node": None, "excluded": excluded}
             else:  # no other node to try: waiting for one would hang the job
@@ -462,7 +513,7 @@ class JobScheduler:
             self.records.save_tasks([outcome])
         except Exception as exc:
             log.exception("job %s task %s failed unexpectedly", job["id"], task["id"])
-            outcome = self._internal_error(job, task, str(exc))
+            outcome = self._internal_error(job, {**task, "attempts_log": log_attempt(task, "failed")}, str(exc))
             self.records.save_tasks([outcome])
         finally:
             with self.lock:

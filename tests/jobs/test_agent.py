@@ -1,0 +1,212 @@
+"""The task agent in-process: real LocalNodes in directories, real bubblewrap containers.
+
+The agent gets the same request a `manta node` gets over HTTP; its peers are the other
+LocalNodes (in a node process they are RemoteNodes), so what is shown here is the node side
+of a task without the catalog: inputs in place or fetched, byte counts, output copies,
+replication failures and cancel.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from jobs.agent import TaskAgent
+from jobs.sandbox import Sandbox
+from storage import LocalNode, Node
+from storage.node import NodeSpec
+from storage.replicas import BlobMeta, ReplicatedWriter
+from tests.conftest import require, traversable_dir
+
+pytestmark = pytest.mark.sandbox
+
+MiB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Sandbox:
+    require(os.path.exists("/usr/bin/bwrap"), "bubblewrap (bwrap) is not installed")
+    sb = Sandbox()
+    reason = sb.check()
+    require(reason is None, f"bubblewrap sandbox cannot run tasks here: {reason}")
+    return sb
+
+
+class FailingCopies(LocalNode):
+    """A peer whose link goes down when a blob is copied onto it."""
+
+    def copy_from(self, peer: Node, blob_id: str) -> None:
+        raise ConnectionError(f"node {self.id}: connection reset")
+
+
+@pytest.fixture
+def nodes() -> Iterator[list[LocalNode]]:
+    base = traversable_dir("manta-agent-")
+    out = []
+    for i in range(3):
+        spec = NodeSpec("dir", os.path.join(base, f"n{i}"))
+        root, _ = LocalNode.prepare(spec)
+        os.chmod(root, 0o711)
+        LocalNode.write_marker(root, f"n{i}")
+        out.append((FailingCopies if i == 2 else LocalNode)(f"n{i}", spec, root))
+    yield out
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def agent_for(node: LocalNode, nodes: list[LocalNode], sandbox: Sandbox, **options: Any) -> TaskAgent:
+    by_id = {n.id: n for n in nodes}
+    return TaskAgent(node, sandbox, None, slots=2, memory_budget_mb=1024,
+                     peer=lambda node_id, url: by_id[node_id], **options)
+
+
+def put_blob(data: bytes, *holders: LocalNode) -> BlobMeta:
+    writer = ReplicatedWriter(list(holders), len(holders), first=holders[0])
+    writer.write(data)
+    return writer.commit()
+
+
+def entry(name: str, meta: BlobMeta, nodes: list[LocalNode]) -> dict[str, Any]:
+    where = [{"id": n.id, "url": n.address} for n in nodes if n.id in meta.nodes]
+    return {"name": name, "size": meta.size,
+            "segments": [{"blob": meta.blob_id, "size": meta.size, "crcs": meta.blocks.hex(), "nodes": where}]}
+
+
+_tasks = iter(range(1, 10**6))
+
+
+def request(exec: str, inputs: list[dict[str, Any]], kind: str = "map", copies: int = 1,
+            peers: list[LocalNode] = (), **fields: Any) -> dict[str, Any]:  # type: ignore[assignment]
+    return {"job": "job1", "task": f"p0-m{next(_tasks):07d}", "owner": "root", "phase": 0, "type": kind,
+            "exec": exec, "init": None, "env": {"MANTA_JOB_ID": "job1", "MANTA_PHASE": "0"},
+            "limits": {"memory_mb": 128, "disk_mb": 64, "timeout_s": 60}, "inputs": inputs,
+            "partition": None, "assets": [], "partitions": 0, "copies": copies,
+            "peers": [{"id": n.id, "url": n.address} for n in peers], **fields}
+
+
+def blob_bytes(node: LocalNode, output: dict[str, Any]) -> bytes:
+    return node.read(output["blob"], 0, output["size"], bytes.fromhex(output["crcs"]))
+
+
+def test_a_map_input_held_here_is_used_in_place(nodes: list[LocalNode], sandbox: Sandbox) -> None:
+    n0, n1, _ = nodes
+    data = random.Random(1).randbytes(3 * MiB + 17)
+    meta = put_blob(data, n0, n1)
+    outcome = agent_for(n0, nodes, sandbox).run(
+        request('md5sum | cut -d" " -f1; md5sum < "$MANTA_INPUT_FILE" | cut -d" " -f1', [entry("b/k", meta, nodes)]))
+    assert outcome["node_failure"] is None and outcome["exit_code"] == 0, outcome
+    assert (outcome["bytes_local"], outcome["bytes_remote"]) == (len(data), 0)
+    assert not os.path.exists(n0.scratch_root()) or os.listdir(n0.scratch_root()) == []  # nothing was copied
+    [output] = outcome["outputs"]
+    assert blob_bytes(n0, output).split() == [hashlib.md5(data).hexdigest().encode()] * 2
+
+
+def test_an_input_held_only_elsewhere_is_fetched_and_counted_remote(nodes: list[LocalNode],
+                                                                    sandbox: Sandbox) -> None:
+    n0, n1, _ = nodes
+    data = random.Random(2).randbytes(2 * MiB + 5)
+    meta = put_blob(data, n1)
+    outcome = agent_for(n0, nodes, sandbox).run(request("md5sum", [entry("b/far", meta, nodes)]))
+    assert outcome["exit_code"] == 0, outcome
+    assert (outcome["bytes_local"], outcome["bytes_remote"]) == (0, len(data))
+    assert blob_bytes(n0, outcome["outputs"][0]).startswith(hashlib.md5(data).hexdigest().encode())
+    assert os.listdir(n0.scratch_root()) == []  # the fetched copy is gone with the task
+
+
+def test_a_damaged_local_replica_is_reported_and_read_around(nodes: list[LocalNode], sandbox: Sandbox) -> None:
+    n0, n1, _ = nodes
+    data = random.Random(3).randbytes(MiB + 100)
+    meta = put_blob(data, n0, n1)
+    path = n0.blobs.path(meta.blob_id)
+    with open(path, "r+b") as fh:
+        fh.seek(10)
+        fh.write(bytes([data[10] ^ 0xFF]))
+    outcome = agent_for(n0, nodes, sandbox).run(request("md5sum", [entry("b/rot", meta, nodes)]))
+    assert outcome["exit_code"] == 0, outcome
+    assert blob_bytes(n0, outcome["outputs"][0]).startswith(hashlib.md5(data).hexdigest().encode())
+    assert [d[:2] for d in outcome["damaged"]] == [[meta.blob_id, "n0"]]
+    assert outcome["bytes_remote"] == MiB and outcome["bytes_local"] == 100  # only the bad block came from afar
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["copied-after", "streamed"])
+def test_outputs_get_k_copies_the_first_on_the_agents_node(nodes: list[LocalNode], sandbox: Sandbox,
+                                                           stream: bool) -> None:
+    n0, n1, _ = nodes
+    meta = put_blob(b"one\ntwo\nthree\n", n1)
+    outcome = agent_for(n1, nodes, sandbox, stream_copies=stream).run(
+        request("wc -l", [entry("b/k", meta, nodes)], copies=2, peers=[n0]))
+    assert outcome["exit_code"] == 0, outcome
+    [output] = outcome["outputs"]
+    assert output["nodes"][0] == "n1" and sorted(output["nodes"]) == ["n0", "n1"]
+    for node in (n0, n1):
+        assert blob_bytes(node, output).strip() == b"3"
+    assert hashlib.sha256(b"3\n").hexdigest() == output["sha256"] and output["md5"] == hashlib.md5(b"3\n").hexdigest()
+
+
+def test_a_peer_failing_during_replication_is_skipped(nodes: list[LocalNode], sandbox: Sandbox) -> None:
+    n0, n1, n2 = nodes  # n2's copies fail
+    meta = put_blob(b"x\n" * 1000, n0)
+    agent = agent_for(n0, nodes, sandbox)
+    outcome = agent.run(request("cat", [entry("b/k", meta, nodes)], copies=2, peers=[n2, n1]))
+    assert outcome["node_failure"] is None, outcome
+    [output] = outcome["outputs"]
+    assert output["nodes"] == ["n0", "n1"] and blob_bytes(n1, output) == b"x\n" * 1000
+    # K = 3 with one of the two peers failing: a node failure, and no copy is left behind
+    outcome = agent.run(request("cat", [entry("b/k", meta, nodes)], copies=3, peers=[n1, n2]))
+    assert outcome["node_failure"] == "only 2 of 3 copies of an output could be made", outcome
+    assert outcome["outputs"] == []
+    assert {b for b, _ in n0.list_blobs()} == {meta.blob_id, output["blob"]}
+    assert {b for b, _ in n1.list_blobs()} == {output["blob"]}
+
+
+def test_cancel_kills_the_container_or_the_wait(nodes: list[LocalNode], sandbox: Sandbox) -> None:
+    n0 = nodes[0]
+    meta = put_blob(b"in\n", n0)
+    agent = agent_for(n0, nodes, sandbox)
+    req = request("sleep 60", [entry("b/k", meta, nodes)])
+    with ThreadPoolExecutor(1) as pool:
+        running: Future[dict[str, Any]] = pool.submit(agent.run, req)
+        deadline = time.monotonic() + 20
+        while agent.busy() == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert agent.busy() == 1
+        started = time.monotonic()
+        agent.cancel(req["job"], req["task"])
+        outcome = running.result(timeout=10)
+    assert time.monotonic() - started < 2.0
+    assert outcome["killed"] == "cancelled" and outcome["outputs"] == [] and outcome["duration_s"] is not None
+    assert agent.busy() == 0 and len(list(n0.list_blobs())) == 1  # the output blob was dropped
+    # a cancel that arrives before its task: the task never starts a container
+    early = request("sleep 60", [entry("b/k", meta, nodes)])
+    agent.cancel(early["job"], early["task"])
+    outcome = agent.run(early)
+    assert outcome["killed"] == "cancelled" and outcome["duration_s"] is None
+
+
+def test_a_cancel_event_from_the_caller_ends_the_wait_for_a_slot(nodes: list[LocalNode],
+                                                                 sandbox: Sandbox) -> None:
+    n0 = nodes[0]
+    meta = put_blob(b"in\n", n0)
+    agent = TaskAgent(n0, sandbox, None, slots=1, memory_budget_mb=1024, peer=lambda i, u: n0)
+    first = request("sleep 60", [entry("b/k", meta, nodes)])
+    waiting = threading.Event()
+    with ThreadPoolExecutor(2) as pool:
+        one = pool.submit(agent.run, first)
+        deadline = time.monotonic() + 20
+        while agent.busy() == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        two = pool.submit(agent.run, request("true", [entry("b/k", meta, nodes)]), waiting)
+        time.sleep(0.3)
+        assert not two.done()
+        waiting.set()
+        assert two.result(timeout=5)["duration_s"] is None
+        agent.cancel(first["job"], first["task"])
+        assert one.result(timeout=10)["killed"] == "cancelled"
