@@ -1,7 +1,9 @@
 """Jobs: map/reduce job specs, durable job/task records, the scheduler (locality
-placement, retries, resume) and the bubblewrap task runner."""
+placement, retries, resume), the front-door task runner and the node-side task agent
+(bubblewrap containers)."""
 
 from jobs import errors
+from jobs.agent import TaskAgent
 from jobs.records import JobRecords, jobs_bucket
 from jobs.sandbox import Sandbox, SandboxConfig, TaskLimits, TaskResult, TaskSpec
 from jobs.scheduler import JobScheduler, SchedulerConfig
@@ -15,6 +17,7 @@ __all__ = [
     "Sandbox",
     "SandboxConfig",
     "SchedulerConfig",
+    "TaskAgent",
     "TaskLimits",
     "TaskResult",
     "TaskSpec",

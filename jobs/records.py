@@ -7,7 +7,8 @@
 Job record: {v, id, owner, name, phases: [phase dicts], state: running|done|cancelled,
 inputs_ended, input_count, created, finished}. Task record: {v, id, job, phase, type,
 state, input | inputs, reducer, partition, node, attempts, excluded, created, started,
-finished, outputs, error, bytes_local, bytes_remote, chained}.
+finished, outputs, error, bytes_local, bytes_remote, chained, attempts_log: [{node, started,
+finished, outcome: done|failed|cancelled|"node failure: why"|"interrupted: ..."}]}.
 
 Every change is one catalog transaction; a task's output objects are written in the same
 transaction that marks it done, so a restart never sees half a task.

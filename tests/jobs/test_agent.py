@@ -9,6 +9,7 @@ replication failures and cancel.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import shutil
@@ -210,3 +211,58 @@ def test_a_cancel_event_from_the_caller_ends_the_wait_for_a_slot(nodes: list[Loc
         assert two.result(timeout=5)["duration_s"] is None
         agent.cancel(first["job"], first["task"])
         assert one.result(timeout=10)["killed"] == "cancelled"
+
+
+def test_the_scheduler_retries_a_node_failure_on_another_holder(sandbox: Sandbox) -> None:
+    """Every task's first attempt meets a node failure (as when its node dies): each runs
+    again on the other node holding its input, reads nothing over the network, and its
+    record keeps both attempts. Requests and outcomes go through JSON, as to a `manta node`."""
+    from jobs.scheduler import JobScheduler, SchedulerConfig
+    from jobs.spec import parse_spec
+    from storage import Store, StoreConfig
+
+    base = traversable_dir("manta-agent-sched-")
+    store = Store(StoreConfig(data_dir=os.path.join(base, "data"), node_count=3, copies=2))
+    scheduler = JobScheduler(store, sandbox, SchedulerConfig(slots_per_node=2, tick_s=0.05, memory_budget_mb=1024))
+    try:
+        store.catalog.create_bucket("in", "root")
+        datas = [f"{i}\n".encode() * (i + 1) for i in range(6)]
+        for i, data in enumerate(datas):
+            writer = store.writer()
+            writer.write(data)
+            meta = writer.commit()
+            record = {"size": meta.size, "etag": meta.md5.hex(), "sha256": meta.sha256, "mtime": time.time(),
+                      "segments": [[meta.blob_id, meta.size]], "headers": {}, "meta": {}, "checksums": {},
+                      "checksum_type": None, "parts": None}
+            store.objects.put("in", f"k{i}", record, {meta.blob_id: meta.record()})
+        failed: set[str] = set()
+        lock = threading.Lock()
+        for agent in scheduler.agents.values():
+            def flaky(req: dict[str, Any], cancel: threading.Event | None = None,
+                      real: Any = agent.run) -> dict[str, Any]:
+                with lock:
+                    first = req["task"] not in failed
+                    failed.add(req["task"])
+                if first:
+                    return {"node_failure": "connection reset"}
+                return json.loads(json.dumps(real(json.loads(json.dumps(req)), cancel)))  # as over HTTP
+            agent.run = flaky  # type: ignore[method-assign]
+        scheduler.start()
+        spec = parse_spec({"phases": [{"type": "map", "exec": "wc -c"}], "inputs": [f"in/k{i}" for i in range(6)]},
+                          scheduler.phase_defaults())
+        job = scheduler.add_inputs(scheduler.create("root", spec)["id"], "root", [], end=True)
+        deadline = time.monotonic() + 60
+        while scheduler.records.get(job["id"])["state"] == "running" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        tasks = scheduler.records.tasks(job["id"])
+        assert scheduler.records.get(job["id"])["state"] == "done" and len(tasks) == 6
+        for task in tasks:
+            first, second = task["attempts_log"]
+            assert first["outcome"] == "node failure: connection reset" and second["outcome"] == "done", task
+            assert first["node"] != second["node"] == task["node"] and task["excluded"] == [first["node"]]
+            size = len(datas[int(task["input"].rsplit("k", 1)[1])])
+            assert (task["bytes_local"], task["bytes_remote"]) == (size, 0), task
+    finally:
+        scheduler.stop()
+        store.close()
+        shutil.rmtree(base, ignore_errors=True)
