@@ -56,7 +56,8 @@ def summary(job: dict[str, Any], tasks: list[dict[str, Any]], with_tasks: bool =
     out["bytes_local"] = sum(t.get("bytes_local", 0) for t in tasks)
     out["bytes_remote"] = sum(t.get("bytes_remote", 0) for t in tasks)
     if with_tasks:
-        keep = ("id", "phase", "type", "state", "node", "attempts", "input", "inputs", "reducer", "outputs",
+        keep = ("id", "phase", "type", "state", "node", "attempts", "attempts_log",
+                "input", "inputs", "reducer", "outputs",
                 "error", "bytes_local", "bytes_remote", "started", "finished", "duration_s", "exit_code")
         out["tasks"] = [{k: t.get(k) for k in keep if k in t} for t in tasks]
     return out

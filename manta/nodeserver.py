@@ -394,9 +394,8 @@ def build_node_app(node: LocalNode, secret: str, agent: Any = None) -> Starlette
 def make_agent(node: LocalNode, secret: str, slots: int | None) -> Any:
     """The task agent, when jobs.agent exists and the sandbox works; else None (tasks: 503)."""
     try:
-        from jobs.agent import TaskAgent  # type: ignore[import-not-found,unused-ignore]
-
         from jobs import Sandbox, SandboxConfig
+        from jobs.agent import TaskAgent
     except ImportError:
         log.warning("no task agent in this build: the node serves blobs only")
         return None
@@ -405,7 +404,7 @@ def make_agent(node: LocalNode, secret: str, slots: int | None) -> Any:
     if problem:
         log.warning("tasks are disabled on this node: %s", problem)
         return None
-    return TaskAgent(node, sandbox, secret, slots)
+    return TaskAgent(node, sandbox, secret, slots or os.cpu_count() or 1)
 
 
 def open_node(storage_spec: str) -> LocalNode:

@@ -325,9 +325,23 @@ class RemoteNode(Node):
         return int(self._call("POST", "/v1/sweep-temp", {}).json()["removed"])
 
     def copy_from(self, peer: Node, blob_id: str) -> None:
-        """The node fetches the blob from `peer` itself (node to node, never through here)."""
-        self._call("POST", self._blob(blob_id, "/fetch"), {"from": peer.address},
-                   timeout_s=max(self.timeout_s, 600.0))
+        """Node to node, never through the front door: from another remote node, this node
+        fetches the blob itself; from the caller's own node (a task agent copying its
+        outputs), the bytes are pushed from there."""
+        if isinstance(peer, RemoteNode):
+            self._call("POST", self._blob(blob_id, "/fetch"), {"from": peer.url},
+                       timeout_s=max(self.timeout_s, 600.0))
+            return
+        writer = self.open_write(blob_id)
+        try:
+            offset = 0
+            while chunk := peer.read_upto(blob_id, offset, BLOCK):
+                writer.write(chunk)
+                offset += len(chunk)
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
 
     def close(self) -> None:
         with self._pool_lock:
