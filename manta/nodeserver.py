@@ -144,8 +144,8 @@ class NodeApp:
                 used, free, healthy, reason = 0, 0, False, f"statvfs: {exc.strerror or exc}"
             return {"id": self.node.id, "healthy": healthy, "reason": reason, "used_bytes": used,
                     "free_bytes": free, "pool": self.node.pool, "pool_health": pool_state,
-                    "slots": int(getattr(self.agent, "slots", 0) or 0),
-                    "busy": int(getattr(self.agent, "busy", 0) or 0), "time": time.time()}
+                    "slots": self.agent.slots if self.agent is not None else 0,
+                    "busy": self.agent.busy() if self.agent is not None else 0, "time": time.time()}
 
         return JSONResponse(await anyio.to_thread.run_sync(check))
 
