@@ -100,3 +100,20 @@ def test_relative_imports_inside_the_package_are_fine() -> None:
     names = [n for _, n in imported_modules("from . import errors\nfrom .blobs import X",
                                             "storage.objects", False)]
     assert all(n.startswith("storage") for n in names), names
+
+
+def test_no_code_outside_storage_reaches_blob_files_directly() -> None:
+    """The node interface (storage/nodeapi.py) is the only way to blobs: no module of jobs/
+    or manta/ touches a node's DirectoryBlobStore (`node.blobs`) or builds a blob path, so
+    the same code works with a node in another process (storage/remote.py)."""
+    offenders = []
+    for package in ("jobs", "manta"):
+        for path in python_files(package):
+            with open(path, encoding="utf-8") as fh:
+                tree = ast.parse(fh.read())
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Attribute) and node.attr in ("blobs", "blob_dir"):
+                    offenders.append(f"{os.path.relpath(path, REPO)}:{node.lineno}: .{node.attr}")
+                if isinstance(node, ast.Name) and node.id == "DirectoryBlobStore":
+                    offenders.append(f"{os.path.relpath(path, REPO)}:{node.lineno}: DirectoryBlobStore")
+    assert offenders == []
