@@ -321,8 +321,11 @@ class NodeApp:
     async def run_task(self, request: Request) -> Response:
         if self.agent is None:
             return error(503, "no task agent")
-        outcome = await anyio.to_thread.run_sync(self.agent.run, self.json_body(request),
-                                                 limiter=self.task_limiter)
+        task = self.json_body(request)
+        problem = task_request_problem(task)
+        if problem:
+            return error(400, f"bad task request: {problem}")
+        outcome = await anyio.to_thread.run_sync(self.agent.run, task, limiter=self.task_limiter)
         return JSONResponse(outcome)
 
     async def cancel_task(self, request: Request) -> Response:
@@ -389,6 +392,25 @@ class NodeApp:
 def build_node_app(node: LocalNode, secret: str, agent: Any = None) -> Starlette:
     app = NodeApp(node, secret, agent)
     return Starlette(routes=app.routes(), lifespan=app.lifespan)
+
+
+TASK_FIELDS = {"job": str, "task": str, "owner": str, "type": str, "exec": str, "env": dict,
+               "limits": dict, "inputs": list}
+LIMIT_FIELDS = ("memory_mb", "disk_mb", "timeout_s")
+
+
+def task_request_problem(task: Any) -> str | None:
+    """Why a task request cannot be run (a field missing or of the wrong type), or None."""
+    if not isinstance(task, dict):
+        return "not a JSON object"
+    for name, kind in TASK_FIELDS.items():
+        if not isinstance(task.get(name), kind):
+            return f"{name} must be a {kind.__name__}"
+    if task["type"] not in ("map", "reduce") or (task["type"] == "map" and len(task["inputs"]) != 1):
+        return "type must be map (one input) or reduce"
+    if not all(isinstance(task["limits"].get(k), (int, float)) for k in LIMIT_FIELDS):
+        return f"limits must have {', '.join(LIMIT_FIELDS)}"
+    return None
 
 
 def make_agent(node: LocalNode, secret: str, slots: int | None) -> Any:

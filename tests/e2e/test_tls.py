@@ -10,6 +10,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -86,7 +87,11 @@ def boto(server: Server, ca: str) -> Any:
 
 
 def test_banner_says_https(tls_server: Server) -> None:
-    assert f"S3 endpoint https://127.0.0.1:{tls_server.port}" in tls_server.log()
+    # the banner follows the listening socket by a moment (it is printed once uvicorn says started)
+    deadline = time.monotonic() + 10
+    while f"S3 endpoint https://127.0.0.1:{tls_server.port}" not in tls_server.log():
+        assert time.monotonic() < deadline, tls_server.log()
+        time.sleep(0.05)
 
 
 def test_boto3_with_the_test_ca(tls_server: Server, pki: CaFiles) -> None:
