@@ -307,6 +307,7 @@ class Cluster:
         self.start_timeout_s = start_timeout_s
         self.own_base = base_dir is None
         self.base_dir = base_dir or tempfile.mkdtemp(prefix="manta-cluster-")
+        os.makedirs(self.base_dir, exist_ok=True)
         os.chmod(self.base_dir, 0o711)  # the task sandbox user binds blob files by path
         os.makedirs(os.path.join(self.base_dir, "logs"), exist_ok=True)
         self.secret = secrets.token_hex(32)
