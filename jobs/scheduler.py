@@ -305,6 +305,14 @@ class JobScheduler:
                 return [dict(t) for t in sorted(job.tasks.values(), key=lambda t: t["id"])]
         return self.records.tasks(job_id)
 
+    def settled(self, job_id: str) -> bool:
+        """Is the job over (done or cancelled) with none of its tasks still running? Cheap:
+        the in-memory index only (a job no longer in it is over)."""
+        with self.lock:
+            job = self.jobs.get(job_id)
+            return job is None or (job.record["state"] != "running"
+                                   and not any(t["state"] == "running" for t in job.tasks.values()))
+
     # -- scheduling ---------------------------------------------------------------------
 
     def tick(self) -> None:

@@ -28,7 +28,7 @@ __all__ = ["register"]
 
 BATCH = 1000
 BATCH_S = 1.0
-POLL_MAX_S = 0.5
+WAIT_S = 0.5  # the longest a job-status request waits for the job to end
 
 
 # -- clients -------------------------------------------------------------------------------
@@ -157,19 +157,16 @@ class _Progress:
 def _wait(job_id: str, progress: bool) -> dict[str, Any]:
     """Poll until the job is done or cancelled and none of its tasks runs any more."""
     bar = _Progress(job_id, progress)
-    delay = 0.05
     settle_deadline: float | None = None
     try:
-        while True:
-            job = _api("GET", _job(job_id))
+        while True:  # the server answers when the job is over, or after WAIT_S (the bar moves)
+            job = _api("GET", _job(job_id) + f"?wait={WAIT_S:g}")
             bar.update(job)
             if job["state"] != "running":
                 running = sum(p["running"] for p in job["phases"])
                 settle_deadline = settle_deadline or time.monotonic() + 10
                 if not running or time.monotonic() > settle_deadline:
                     break
-            time.sleep(delay)
-            delay = min(POLL_MAX_S, delay * 1.5)
     except KeyboardInterrupt:
         print(f"\nmanta: job {job_id} goes on; stop it with: manta job cancel {job_id}", file=sys.stderr)
         raise

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 __all__ = ["INPUT_BATCH", "Job", "job_phases", "progress_bar"]
 
 INPUT_BATCH = 1000
+WAIT_S = 0.5  # the longest a job-status request waits for the job to end
 
 
 def progress_bar(total: int | None, desc: str, unit: str = "B", **kw: Any) -> Any:
@@ -85,10 +86,10 @@ class Job:
         with a tqdm bar per phase; `check` raises JobFailed if any task failed."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         bars: list[Any] = []
-        delay, settle = 0.05, None
+        settle = None
         try:
-            while True:
-                status = self.status
+            while True:  # the server answers when the job is over, or after WAIT_S
+                status = self.client.api("GET", f"/_manta/jobs/{self.id}?wait={WAIT_S:g}")
                 counts = [(p["type"], p["done"] + p["failed"] + p["cancelled"], p["tasks"]) for p in status["phases"]]
                 while progress and len(bars) < len(counts):
                     kind, _, total = counts[len(bars)]
@@ -106,8 +107,6 @@ class Job:
                         break
                 if deadline is not None and time.monotonic() > deadline:
                     raise TimeoutError(f"job {self.id} still {status['state']} after {timeout_s}s")
-                time.sleep(delay)
-                delay = min(0.5, delay * 1.5)
         finally:
             for bar in bars:
                 bar.close()

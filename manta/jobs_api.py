@@ -2,7 +2,9 @@
 
     POST /_manta/jobs                 {name, phases, inputs, end}  -> 201 job
     GET  /_manta/jobs                                              -> {"jobs": [...]}
-    GET  /_manta/jobs/ID[?tasks=1]                                 -> job + per-phase counts (+ tasks)
+    GET  /_manta/jobs/ID[?tasks=1][&wait=S]                        -> job + per-phase counts (+ tasks);
+                                                                      with wait, once the job is over and
+                                                                      no task runs, or after S s (<= 30)
     POST /_manta/jobs/ID/inputs       {"inputs": [...], "end": false} -> job
     POST /_manta/jobs/ID/end                                       -> job
     POST /_manta/jobs/ID/cancel                                    -> job
@@ -16,6 +18,7 @@ Errors use the S3 error XML (InvalidArgument for a bad spec, NoSuchJob, ...).
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -63,6 +66,24 @@ def summary(job: dict[str, Any], tasks: list[dict[str, Any]], with_tasks: bool =
     return out
 
 
+MAX_WAIT_S = 30.0
+WAIT_POLL_S = 0.02
+
+
+async def _settled(scheduler: JobScheduler, job_id: str, wait: str) -> None:
+    """Return once the job is over with no task running, or after `wait` seconds: a client
+    waiting for a job learns of its end within WAIT_POLL_S instead of its own poll interval."""
+    try:
+        wait_s = float(wait)
+    except ValueError:
+        raise s3e.InvalidArgument("wait must be a number of seconds", ArgumentName="wait") from None
+    if not 0 <= wait_s <= MAX_WAIT_S:
+        raise s3e.InvalidArgument(f"wait must be between 0 and {MAX_WAIT_S:g} seconds", ArgumentName="wait")
+    deadline = asyncio.get_running_loop().time() + wait_s
+    while not scheduler.settled(job_id) and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(WAIT_POLL_S)
+
+
 def routes(scheduler: JobScheduler) -> Any:
     async def handle(req: S3Request) -> Response:
         try:
@@ -99,6 +120,9 @@ async def _handle(scheduler: JobScheduler, req: S3Request) -> Response:
     action = "/".join(parts[2:])
     job = await in_thread(scheduler.job, job_id, owner)
     if action == "" and req.method == "GET":
+        if "wait" in req.query:
+            await _settled(scheduler, job_id, req.query["wait"])
+            job = await in_thread(scheduler.job, job_id, owner)
         tasks = await in_thread(scheduler.tasks, job_id)
         return JSONResponse(summary(job, tasks, with_tasks=req.query.get("tasks") in ("1", "true")))
     if req.method == "POST" and action in ("inputs", "end"):

@@ -624,3 +624,23 @@ def test_accounts_see_only_their_own_jobs_and_objects(server: Server, s3: Any, b
     out_bucket, _, out_key = output.partition("/")
     with pytest.raises(Exception, match="AccessDenied"):
         eve_s3.get_object(Bucket=out_bucket, Key=out_key)  # type: ignore[attr-defined]
+
+
+def test_job_status_can_wait_for_the_end(server: Server, s3: Any, bucket: str) -> None:
+    """GET /_manta/jobs/ID?wait=S answers as soon as the job is over (not after S), or
+    after S while it runs; a bad S is InvalidArgument."""
+    from manta.client import Client
+    from manta.client_errors import MantaError
+
+    client = Client(url=server.url, access_key=ROOT_AK, secret_key=ROOT_SK)
+    s3.put_object(Bucket=bucket, Key="w", Body=b"w\n")
+    job = client.job(map="sleep 1.5; cat", inputs=[f"{bucket}/w"])
+    started = time.monotonic()
+    running = client.api("GET", f"/_manta/jobs/{job.id}?wait=0.2")
+    assert running["state"] == "running"
+    done = client.api("GET", f"/_manta/jobs/{job.id}?wait=25")
+    assert done["state"] == "done" and done["phases"][0]["running"] == 0, done
+    assert time.monotonic() - started < 20, "the wait did not end with the job"
+    for bad in ("-1", "31", "soon"):
+        with pytest.raises(MantaError, match="InvalidArgument"):
+            client.api("GET", f"/_manta/jobs/{job.id}?wait={bad}")
