@@ -1,5 +1,5 @@
 """`manta node`: one LocalNode served over HTTP to the front door and to peer nodes, plus the
-task agent (docs: /work/cluster-protocol.md; client side: storage.remote.RemoteNode).
+task agent (docs/cluster-protocol.md; client side: storage.remote.RemoteNode).
 
 Every request is checked (storage.clusterauth.Verifier) before anything else happens: the
 signing headers first, then, once the body is read, its digest. Refusals answer 403
