@@ -179,9 +179,10 @@ def report(args: argparse.Namespace, labels: dict, raw: dict, skipped: dict,
     ratios, targets = {}, []
     width = max(map(len, labels.values())) + 2
     shown_servers = [s for s in SERVERS if s in args.servers]
+    # ratios against nginx and moto always (the targets), against the other manta servers when measured
     bases = [b for b in ("nginx", "moto", "manta-base", "manta-cluster") if b in args.servers or b in ("nginx", "moto")]
     head = f"{'metric':<{width}}" + "".join(
-        f"{c:>14}" for c in (*shown_servers, *(f"manta/{b}" for b in bases)))
+        f"{c:>{max(14, len(c) + 2)}}" for c in (*shown_servers, *(f"manta/{b}" for b in bases)))
     print("\n" + head + "\n" + "-" * len(head))
     for metric, label in labels.items():
         med = {s: medians[metric].get(s) for s in SERVERS}
@@ -190,7 +191,8 @@ def report(args: argparse.Namespace, labels: dict, raw: dict, skipped: dict,
         cells = [fmt(med[s]) + ("!" if sum(raw["failed_ops"][metric].get(s, [])) else "")
                  for s in shown_servers]
         cells += ["-" if r is None else f"{r:.2f}x" for r in ratios[metric].values()]
-        print(f"{label:<{width}}" + "".join(f"{c:>14}" for c in cells))
+        names = (*shown_servers, *(f"manta/{b}" for b in bases))
+        print(f"{label:<{width}}" + "".join(f"{c:>{max(14, len(n) + 2)}}" for c, n in zip(cells, names, strict=True)))
     if any(sum(v) for per in raw["failed_ops"].values() for v in per.values()):
         print("! some operations failed; only successful ones count (JSON: failed_ops)")
     for name, why in skipped.items():

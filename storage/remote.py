@@ -38,6 +38,7 @@ from storage.nodeapi import BLOCK, Node
 __all__ = ["Heartbeat", "RemoteNode", "RemoteWriter"]
 
 QUEUE_BYTES = 8 << 20
+READ_TIMEOUT_S = 3.0  # one block (1 MiB) from a healthy node takes milliseconds
 POOL_SIZE = 8
 IDLE_S = 20.0  # a pooled connection idle longer is dropped (the node closes after 75 s)
 VERIFY_MB_S = 20.0  # verify's timeout allows at least this rate
@@ -282,8 +283,9 @@ class RemoteNode(Node):
         if crcs:
             first, last = offset // BLOCK, (offset + max(length, 1) - 1) // BLOCK
             headers = {"x-manta-crcs": crcs[4 * first:4 * last + 4].hex(), "x-manta-crcs-from": str(first)}
+        # a block read that stalls fails over to another replica soon, not after timeout_s
         answer = self.request("GET", self._blob(blob_id, f"?offset={offset}&length={length}"),
-                              headers=headers)
+                              timeout_s=min(self.timeout_s, READ_TIMEOUT_S), headers=headers)
         if answer.status == 200:
             return answer.body
         if answer.status == 404:
@@ -418,7 +420,12 @@ class RemoteWriter:
             return
         with self._cond:
             while self._queued >= QUEUE_BYTES and not self._closed:
-                self._cond.wait()
+                # a full queue: the node is slow, or gone; the heartbeat tells which, sooner
+                # than the socket's timeout would
+                if not self._cond.wait(0.25) and not self.node.healthy():
+                    self._error = self._error or ConnectionError("the node stopped answering heartbeats")
+                    self._shutdown()
+                    break
             self._raise_if_failed()
             if self._closed:
                 raise ConnectionError(f"node {self.node.url}: PUT blob {self.blob_id} is closed")
@@ -446,6 +453,14 @@ class RemoteWriter:
                         timeout_s=max(self.node.timeout_s, 60.0))
         return BlobInfo(self.blob_id, self.size, b"", bytes.fromhex(sha))
 
+    def _shutdown(self) -> None:
+        """Cut the connection: a sender blocked in sendall returns at once."""
+        if self._conn.sock is not None:
+            try:
+                self._conn.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
     def abort(self) -> None:
         """Abandon the PUT (the node drops a body cut short) and drop what the node staged."""
         with self._cond:
@@ -454,11 +469,8 @@ class RemoteWriter:
             self._queue.clear()
             self._queue.append(None)
             self._cond.notify_all()
-        if not finished and self._conn.sock is not None:
-            try:
-                self._conn.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        if not finished:
+            self._shutdown()
         self._thread.join(timeout=self.node.timeout_s)
         self._conn.close()
         try:

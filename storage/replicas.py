@@ -136,6 +136,9 @@ class ReplicatedWriter:
             self._open(node)
         if not self._writers:
             raise InsufficientNodes(copies, 0)
+        # a copy on another host: write() may wait for the network (callers on an event loop
+        # hand it to a thread); local copies are written at once
+        self.blocking = any(node.remote for node in chosen)
 
     def _open(self, node: Node) -> None:
         try:
@@ -282,6 +285,7 @@ class BlobReader:
         random.shuffle(healthy)
         self.candidates = healthy + [n for n in listed if n not in healthy]
         self._pins: dict[str, Any] = {}
+        self.blocking = any(n.remote for n in listed)  # reads go over the network
 
     def prefer(self, node_id: str) -> None:
         """Read from this node's replica first when it has one (a task's own node)."""

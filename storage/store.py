@@ -176,6 +176,12 @@ class Store:
     def node_list(self) -> list[Node]:
         return list(self.nodes.values())
 
+    @property
+    def remote(self) -> bool:
+        """Are the nodes on other hosts? Then every blob call may wait for the network, and
+        callers on an event loop make it from a worker thread."""
+        return bool(self.config.node_urls)
+
     def local_nodes(self) -> list[LocalNode]:
         """The nodes in this process (the embedded mode's; none behind `--node URL`)."""
         return [n for n in self.nodes.values() if isinstance(n, LocalNode)]

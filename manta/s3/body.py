@@ -19,6 +19,8 @@ import binascii
 import hashlib
 from dataclasses import dataclass, field
 
+import anyio
+
 from manta.s3 import checksums
 from manta.s3 import errors as s3e
 from manta.s3.chunked import AwsChunkedDecoder
@@ -26,6 +28,7 @@ from manta.s3.context import S3Request
 from storage import MemoryBlobWriter, ReplicatedWriter
 
 MAX_SINGLE_PUT = 5 * 1024**3
+HANDOFF = 1 << 20  # bytes gathered per hand-off to a worker thread (writers to remote nodes)
 STREAMING = {
     "STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
     "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER",
@@ -143,6 +146,10 @@ async def receive_into(req: S3Request, writer: ReplicatedWriter | MemoryBlobWrit
     timeout_s = req.settings.body_timeout_s
     loop = asyncio.get_running_loop()
     received = 0
+    # a writer with copies on other hosts may wait for the network: its writes go to a
+    # worker thread, gathered HANDOFF bytes at a time; local writes happen right here
+    handoff = bytearray() if getattr(writer, "blocking", False) else None
+    size = 0
     async with asyncio.timeout(None) as deadline:
         more = True
         while more:
@@ -165,12 +172,21 @@ async def receive_into(req: S3Request, writer: ReplicatedWriter | MemoryBlobWrit
             if decoder is not None:
                 chunk = decoder.feed(chunk)
             if chunk:
-                if writer.size + len(chunk) > max_size:
+                size += len(chunk)
+                if size > max_size:
                     raise s3e.EntityTooLarge(MaxSizeAllowed=str(max_size))
                 if summer is not None:
                     summer.update(chunk)
-                writer.write(chunk)
+                if handoff is None:
+                    writer.write(chunk)
+                    continue
+                handoff += chunk
+                if len(handoff) >= HANDOFF or not more:
+                    await anyio.to_thread.run_sync(writer.write, bytes(handoff))
+                    handoff.clear()
         deadline.reschedule(None)
+    if handoff:
+        await anyio.to_thread.run_sync(writer.write, bytes(handoff))
 
     if wire_length is not None and received != wire_length:
         raise s3e.IncompleteBody()

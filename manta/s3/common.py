@@ -73,6 +73,14 @@ def xml_response(body: bytes, status: int = 200, headers: dict[str, str] | None 
     return Response(body, status_code=status, headers=headers, media_type="application/xml")
 
 
+async def new_writer(req: S3Request) -> ReplicatedWriter:
+    """A writer for a new blob; with remote nodes it is opened in a worker thread (it
+    connects to them)."""
+    if req.store.remote:
+        return await anyio.to_thread.run_sync(req.store.writer)  # type: ignore[no-any-return]
+    return req.store.writer()
+
+
 async def commit_blob(writer: ReplicatedWriter) -> BlobMeta:
     return await anyio.to_thread.run_sync(writer.commit)
 
@@ -128,7 +136,7 @@ async def stream_opened(opened: Opened) -> AsyncIterator[bytes]:
     try:
         for reader, skip, take in opened:
             pieces = reader.read(skip, take)
-            if take <= 65536:
+            if take <= 65536 and not reader.blocking:
                 for small in pieces:
                     yield small
                 continue

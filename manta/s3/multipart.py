@@ -21,6 +21,7 @@ from manta.s3.common import (
     commit_blob,
     free_blobs,
     in_thread,
+    new_writer,
     open_segments,
     owned_bucket,
     request_headers,
@@ -94,7 +95,7 @@ async def upload_part(req: S3Request) -> Response:
     size = expected_size(req)
     if size is not None:
         req.store.uploads.check_room(bucket, req.key, upload["upload_id"], number, size)
-    writer = req.store.writer()
+    writer = await new_writer(req)
     try:
         body = await receive_into(req, writer, MAX_PART_SIZE, default_algorithm=upload.get("algorithm"))
         blob = await commit_blob(writer)
@@ -147,10 +148,13 @@ async def _upload_part_copy(req: S3Request, bucket: BucketRef, upload: dict[str,
     algorithm = upload.get("algorithm")
     summer = checksums.new(algorithm) if algorithm else None
     opened = await in_thread(open_segments, req, source["segments"], start, length)
-    writer = req.store.writer()
+    writer = await new_writer(req)
     try:
         async for chunk in stream_opened(opened):
-            writer.write(chunk)
+            if writer.blocking:
+                await in_thread(writer.write, chunk)
+            else:
+                writer.write(chunk)
             if summer is not None:
                 summer.update(chunk)
         blob = await commit_blob(writer)

@@ -23,6 +23,7 @@ from manta.s3.common import (
     commit_blob,
     free_blobs,
     in_thread,
+    new_writer,
     object_headers,
     open_segments,
     owned_bucket,
@@ -33,7 +34,7 @@ from manta.s3.common import (
 )
 from manta.s3.context import S3Request, validate_key
 from manta.s3.xmlio import document, el, iso8601
-from storage import MemoryBlobWriter
+from storage import BlobMeta, MemoryBlobWriter
 
 # bodies up to this size are gathered in memory and made durable through the catalog
 # journal (one group-committed fsync) instead of fsyncing the blob file on the request path
@@ -64,9 +65,12 @@ async def put_object(req: S3Request) -> Response:
     small = MemoryBlobWriter() if size is not None and size <= SMALL_OBJECT_BYTES else None
     if small is not None:
         body = await receive_into(req, small)
-        blob = req.store.place_small(small)
+        if req.store.remote:  # placing it talks to the nodes
+            blob: BlobMeta = await in_thread(req.store.place_small, small)
+        else:
+            blob = req.store.place_small(small)
     else:
-        writer = req.store.writer()
+        writer = await new_writer(req)
         try:
             body = await receive_into(req, writer)
             blob = await commit_blob(writer)

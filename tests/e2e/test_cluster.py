@@ -247,6 +247,18 @@ def test_a_link_cut_during_a_multipart_upload_and_a_large_put(cluster: Cluster) 
         acknowledged[f"before/{i}"] = data = rng.randbytes(rng.choice((1000, 3 * MiB)))
         s3.put_object(Bucket=BUCKET, Key=f"before/{i}", Body=data)
 
+    cut_id = {n["address"]: n["id"] for n in manta_json(cluster, "admin", "nodes", "--json")}[cluster.node_urls[2]]
+
+    def copies_elsewhere() -> list[str]:
+        view = read_catalog(os.path.join(cluster.base_dir, "front"), BUCKET)
+        return [k for k in sorted(acknowledged) if cut_id not in view.blobs[view.objects[k][0]]["nodes"]]
+
+    for i in range(40):  # each lands off the node to cut with chance 1/3
+        if copies_elsewhere():
+            break
+        acknowledged[f"more/{i}"] = data = rng.randbytes(1000)
+        s3.put_object(Bucket=BUCKET, Key=f"more/{i}", Body=data)
+    elsewhere = copies_elsewhere()[0]
     part = rng.randbytes(8 * MiB)
     upload = s3.create_multipart_upload(Bucket=BUCKET, Key="multi")["UploadId"]
     etags = [s3.upload_part(Bucket=BUCKET, Key="multi", UploadId=upload, PartNumber=1, Body=part)["ETag"]]
@@ -265,6 +277,13 @@ def test_a_link_cut_during_a_multipart_upload_and_a_large_put(cluster: Cluster) 
     time.sleep(0.15)
     cluster.cut(2)  # mid-PUT, and before the rest of the upload's parts
     try:
+        # the PUT's copy to the cut node waits for its socket (10 s): the front door's event
+        # loop must not wait with it (writes to remote nodes go through worker threads)
+        time.sleep(0.5)
+        started = time.monotonic()
+        assert get_bytes(s3, BUCKET, elsewhere) == acknowledged[elsewhere]
+        waited = time.monotonic() - started
+        assert waited < 3, (waited, outcomes)
         writer.join(120)
         assert not writer.is_alive(), "the PUT hung after the link was cut"
         for n in (2, 3):
