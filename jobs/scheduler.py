@@ -9,10 +9,8 @@ Task states (a task record's `state`):
 
 Job states: running -> done (every phase complete) | cancelled.
 
-Phases chain: phase 0 map tasks are made as inputs arrive (one per input); a later map
-phase gets one task per output of the phase before, as those finish; a reduce phase's
-`count` reducers are made when the phase before is complete (for phase 0: when the
-inputs are ended). A job is done when its last phase is complete.
+Which tasks a job has, phase by phase, is jobs/phases.py (JobState); this module decides
+where and when they run.
 
 Placement: a map task goes to the healthy node holding most of its input's bytes (a
 replica); if that node's slots are full it waits, or runs on another node that holds a
@@ -43,7 +41,6 @@ import logging
 import os
 import threading
 import time
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
@@ -51,6 +48,7 @@ from typing import Any, Protocol, cast
 from jobs import errors as je
 from jobs.admission import Admission, default_budget_mb
 from jobs.agent import TaskAgent, sweep_scratch
+from jobs.phases import JobState
 from jobs.reach import TaskRoots
 from jobs.records import JobRecords
 from jobs.runner import RunContext, log_attempt, run_task
@@ -64,7 +62,6 @@ __all__ = ["JobScheduler", "SchedulerConfig"]
 log = logging.getLogger("manta.jobs")
 
 Record = dict[str, Any]
-TERMINAL = ("done", "failed", "cancelled")
 MAX_ATTEMPTS = 3
 MAX_WORKERS = 512  # threads for tasks in flight (they wait for admission, prepare, commit)
 SCAN_TASKS = 256  # queued tasks of one job looked at per dispatch for a node with room
@@ -104,19 +101,6 @@ class SchedulerConfig:
         return self.max_task_disk_mb or min(int(LIMITS["disk_mb"][2]), self.memory_budget_mb)
 
 
-@dataclass
-class _Job:
-    record: Record
-    tasks: dict[str, Record] = field(default_factory=dict)
-    queue: deque[str] = field(default_factory=deque)
-    scheduled_inputs: int = 0
-    counters: dict[int, int] = field(default_factory=dict)  # next map task number per phase > 0
-    failure: Record | None = None  # set when a task hit a quota: the job's other tasks fail alike
-
-    def phase_tasks(self, phase: int) -> list[Record]:
-        return [t for t in self.tasks.values() if t["phase"] == phase]
-
-
 class JobScheduler:
     def __init__(self, store: Store, sandbox: Sandbox | None, config: SchedulerConfig | None = None) -> None:
         self.store = store
@@ -125,7 +109,7 @@ class JobScheduler:
         self.ctx = RunContext(store, self.records)
         self.sandbox = sandbox
         self.roots = TaskRoots(None)
-        self.jobs: dict[str, _Job] = {}
+        self.jobs: dict[str, JobState] = {}
         self.lock = threading.RLock()
         self.wake = threading.Event()
         # tasks in flight per node and account: each account may have 2x slots of them on a node
@@ -160,7 +144,7 @@ class JobScheduler:
             except OSError as exc:  # a node that is down: its scratch dirs wait for the next start
                 log.warning("cannot sweep task scratch dirs on node %s: %s", node.id, exc)
         for record in self.records.jobs(state="running"):
-            job = _Job(record)
+            job = JobState(record)
             requeue = []
             for task in self.records.tasks(record["id"]):
                 if task["state"] == "running":
@@ -171,7 +155,7 @@ class JobScheduler:
             if requeue:
                 self.records.save_tasks(requeue)
                 log.info("job %s: %d tasks interrupted by a restart are queued again", record["id"], len(requeue))
-            self._reindex(job)
+            job.reindex()
             self.jobs[record["id"]] = job
         self._thread = threading.Thread(target=self._loop, name="job-scheduler", daemon=True)
         self._thread.start()
@@ -206,14 +190,6 @@ class JobScheduler:
         except Exception as exc:  # the node is gone: so is its task, or the retry's cancel covers it
             log.warning("cancelling job %s task %s on node %s failed: %s", job_id, task_id, node.id, exc)
 
-    def _reindex(self, job: _Job) -> None:
-        job.queue = deque(sorted(t["id"] for t in job.tasks.values() if t["state"] == "queued"))
-        job.scheduled_inputs = sum(1 for t in job.tasks.values() if t["phase"] == 0 and t["type"] == "map")
-        for task in job.tasks.values():
-            if task["phase"] > 0 and task["type"] == "map":
-                n = int(task["id"].rsplit("m", 1)[1]) + 1
-                job.counters[task["phase"]] = max(job.counters.get(task["phase"], 0), n)
-
     def _loop(self) -> None:
         while not self._stop.is_set():
             self.wake.wait(self.config.tick_s)
@@ -234,7 +210,7 @@ class JobScheduler:
             if limit is not None and running >= limit:
                 raise je.QuotaExceeded(owner, "running jobs", limit)
             record = self.records.create(owner, spec)
-            self.jobs[record["id"]] = _Job(record)
+            self.jobs[record["id"]] = JobState(record)
         self.wake.set()
         return record
 
@@ -322,81 +298,13 @@ class JobScheduler:
                     if not any(t["state"] == "running" for t in job.tasks.values()):
                         del self.jobs[job.record["id"]]
                     continue
-                self._expand(job)
-                if self._phase_complete(job, len(job.record["phases"]) - 1):
+                job.expand(self.records)
+                if job.done:
                     job.record = self.records.update_job(job.record["id"], state="done", finished=time.time())
                     log.info("job %s done", job.record["id"])
             self._dispatch()
 
-    def _new_task(self, job: _Job, phase: int, task_id: str, **fields: Any) -> Record:
-        kind = job.record["phases"][phase]["type"]
-        task = {"v": 1, "id": task_id, "job": job.record["id"], "phase": phase, "type": kind,
-                "state": "queued", "node": None, "attempts": 0, "excluded": [], "created": time.time(),
-                "started": None, "finished": None, "outputs": [], "error": None,
-                "bytes_local": 0, "bytes_remote": 0, "chained": False, **fields}
-        job.tasks[task_id] = task
-        job.queue.append(task_id)
-        return task
-
-    def _expand(self, job: _Job) -> None:
-        """Make the tasks that inputs and finished tasks now allow."""
-        phases = job.record["phases"]
-        new: list[Record] = []
-        changed: list[Record] = []
-        if phases[0]["type"] == "map":
-            fresh = self.records.inputs(job.record["id"], start=job.scheduled_inputs)
-            for item in fresh:
-                new.append(self._new_task(job, 0, f"p0-m{job.scheduled_inputs:07d}", input=item))
-                job.scheduled_inputs += 1
-        elif job.record["inputs_ended"] and not job.phase_tasks(0):
-            inputs = self.records.inputs(job.record["id"])
-            count = phases[0]["count"]
-            for r in range(count):
-                new.append(self._new_task(job, 0, f"p0-r{r:04d}", inputs=inputs, reducer=r,
-                                          partition=r if count > 1 else None))
-        for phase in range(1, len(phases)):
-            before = [t for t in job.phase_tasks(phase - 1) if t["state"] == "done"]
-            if phases[phase]["type"] == "map":
-                for task in before:
-                    if task["chained"]:
-                        continue
-                    for output in task["outputs"]:
-                        n = job.counters.get(phase, 0)
-                        job.counters[phase] = n + 1
-                        new.append(self._new_task(job, phase, f"p{phase}-m{n:07d}", input=output))
-                    task["chained"] = True
-                    changed.append(task)
-            elif not job.phase_tasks(phase) and self._phase_complete(job, phase - 1):
-                count = phases[phase]["count"]
-                for r in range(count):
-                    if count > 1:
-                        inputs = [o for t in before for o in _partition_outputs(t, r, count)]
-                    else:
-                        inputs = [o for t in before for o in t["outputs"]]
-                    new.append(self._new_task(job, phase, f"p{phase}-r{r:04d}", inputs=inputs, reducer=r,
-                                              partition=None))
-        if new or changed:
-            self.records.save_tasks(changed + new)
-
-    def _phase_complete(self, job: _Job, phase: int) -> bool:
-        phases = job.record["phases"]
-        tasks = job.phase_tasks(phase)
-        if any(t["state"] not in TERMINAL for t in tasks):
-            return False
-        if phase == 0:
-            if not job.record["inputs_ended"]:
-                return False
-            if phases[0]["type"] == "map":
-                return job.scheduled_inputs >= job.record["input_count"]
-            return bool(tasks)
-        if not self._phase_complete(job, phase - 1):
-            return False
-        before = job.phase_tasks(phase - 1)
-        if phases[phase]["type"] == "map":
-            return all(t["chained"] for t in before if t["state"] == "done")
-        return bool(tasks)
-
-    def _placement(self, job: _Job, task: Record) -> list[tuple[int, Node]]:
+    def _placement(self, job: JobState, task: Record) -> list[tuple[int, Node]]:
         """(local input bytes, node) for healthy nodes, best first."""
         names = [task["input"]] if task["type"] == "map" else task["inputs"]
         local: dict[str, int] = {}
@@ -423,7 +331,7 @@ class JobScheduler:
         ago first), one task per account per round, while any account has room left."""
         if self._stop.is_set():
             return
-        by_owner: dict[str, list[_Job]] = {}
+        by_owner: dict[str, list[JobState]] = {}
         for job in self.jobs.values():
             if job.record["state"] == "running" and job.queue:
                 by_owner.setdefault(job.record["owner"], []).append(job)
@@ -442,7 +350,7 @@ class JobScheduler:
     def _room(self, node_id: str, owner: str) -> bool:
         return self.busy[node_id].get(owner, 0) < 2 * self.config.slots_per_node
 
-    def _dispatch_one(self, owner: str, jobs: list[_Job], quota: Quota) -> bool:
+    def _dispatch_one(self, owner: str, jobs: list[JobState], quota: Quota) -> bool:
         """Start one task of `owner`'s jobs (oldest job first); False if none can start now."""
         if quota.tasks is not None and sum(b.get(owner, 0) for b in self.busy.values()) >= quota.tasks:
             return False
@@ -463,7 +371,7 @@ class JobScheduler:
                     return True
         return False
 
-    def _fail_queued(self, job: _Job, error: Record) -> None:
+    def _fail_queued(self, job: JobState, error: Record) -> None:
         failed = []
         for task_id in job.queue:
             task = job.tasks[task_id]
@@ -475,7 +383,7 @@ class JobScheduler:
         if failed:
             self.records.save_tasks(failed)
 
-    def _start(self, job: _Job, task: Record, node: Node) -> None:
+    def _start(self, job: JobState, task: Record, node: Node) -> None:
         task.update(state="running", node=node.id, started=time.time(), attempts=task["attempts"] + 1)
         owner = job.record["owner"]
         self.busy[node.id][owner] = self.busy[node.id].get(owner, 0) + 1
@@ -542,12 +450,3 @@ class JobScheduler:
         return {**task, "state": "failed", "finished": time.time(), "outputs": [],
                 "error": {"code": je.INTERNAL_ERROR, "message": message,
                           "input": task.get("input", ""), "stderr": None, "excerpt": ""}}
-
-
-def _partition_outputs(task: Record, reducer: int, count: int) -> list[str]:
-    """The outputs of `task` meant for `reducer` of the next phase's `count`: the ones its
-    `partitions` list names (empty partitions make no object); records written before that
-    list existed have one output per reducer, in order."""
-    if "partitions" in task:
-        return [o for o, p in zip(task["outputs"], task["partitions"], strict=True) if p == reducer]
-    return [task["outputs"][reducer]] if len(task["outputs"]) == count else []
