@@ -23,8 +23,6 @@ import logging
 import os
 import re
 import secrets
-import signal
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -32,12 +30,12 @@ from typing import Any
 
 import anyio
 import uvicorn
-import uvloop
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from manta.serving import serve_until_stopped
 from storage import LocalNode, parse_spec
 from storage.blobs import BlobWriter
 from storage.clusterauth import Refused, Verifier
@@ -461,23 +459,11 @@ def run_node(storage_spec: str, listen: str, data_dir: str | None, secret: str,
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, loop="uvloop", log_level="warning",
                                            access_log=False, server_header=False, timeout_keep_alive=75))
 
-    async def announce() -> None:
-        while not server.started:
-            await asyncio.sleep(0.01)
-        print(f"manta node: {node.id} serving {node.spec} at {url}", file=sys.stderr, flush=True)
+    def banner() -> str:
+        return f"manta node: {node.id} serving {node.spec} at {url}"
 
-    async def main() -> None:
-        task = asyncio.create_task(announce())
-        try:
-            await server.serve()
-        finally:
-            task.cancel()
-
-    # uvicorn re-raises the signal that stopped it; the default SIGTERM action would kill the
-    # process before the clean-up below
-    signal.signal(signal.SIGTERM, lambda signum, frame: None)
     try:
-        uvloop.run(main())
+        serve_until_stopped(server, banner)
     finally:
         stop = getattr(agent, "stop", None)
         if callable(stop):

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import resource
-import signal
-import sys
 import time
 from collections.abc import Awaitable, Callable
 
 import uvicorn
-import uvloop
 from starlette.applications import Starlette
 from starlette.responses import Response
 
@@ -30,6 +26,7 @@ from manta.credentials import (
 from manta.protocol import ConnectionLimits, default_max_connections, protocol_for
 from manta.s3.app import S3App
 from manta.s3.context import S3Request
+from manta.serving import serve_until_stopped
 from storage import JournalFlusher, OrphanCollector, Repairer, Store, StoreConfig
 from storage.daemons import BackgroundScrubber
 
@@ -151,9 +148,7 @@ def serve(config: ServerConfig) -> None:
     url = f"{config.scheme}://{config.host}:{config.port}"
     where = written or (credentials_path(config.data_dir) if read_root_credentials(config.data_dir) else None)
 
-    async def announce() -> None:
-        while not server.started:
-            await asyncio.sleep(0.01)
+    def banner() -> str:
         lines = [f"manta: S3 endpoint {url} (region {config.region}), data in {os.path.abspath(config.data_dir)}"]
         for node in store.node_list():
             lines.append(f"manta: node {node.id} {node.address} ({'up' if node.healthy() else 'DOWN'})")
@@ -163,20 +158,10 @@ def serve(config: ServerConfig) -> None:
         else:
             lines.append(f"manta: root access key {creds.access_key} (secret from MANTA_ROOT_SECRET_KEY)")
         lines.append(f"manta: ready in {time.monotonic() - started:.2f}s")
-        print("\n".join(lines), file=sys.stderr, flush=True)
+        return "\n".join(lines)
 
-    async def main() -> None:
-        task = asyncio.create_task(announce())
-        try:
-            await server.serve()
-        finally:
-            task.cancel()
-
-    # uvicorn re-raises the signal that stopped it once it has shut down; with the default
-    # SIGTERM action that would kill the process before the clean-up below runs
-    signal.signal(signal.SIGTERM, lambda signum, frame: None)
     try:
-        uvloop.run(main())
+        serve_until_stopped(server, banner)
     finally:
         scheduler.stop()
         for daemon in daemons:

@@ -25,7 +25,6 @@ import os
 import re
 import secrets
 import struct
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -265,20 +264,6 @@ class DirectoryBlobStore:
                         yield name, os.stat(os.path.join(dirpath, name)).st_mtime
                     except FileNotFoundError:
                         continue
-
-    def collect_orphans(self, referenced: set[str], grace_s: float,
-                        still_wanted: Callable[[str], bool] | None = None) -> int:
-        """Delete blobs not in `referenced` and older than `grace_s` (unless `still_wanted`,
-        asked last, says a newer writer claimed it); returns how many."""
-        cutoff = time.time() - grace_s
-        removed = 0
-        for blob_id, mtime in list(self.iter_blobs()):
-            if blob_id in referenced or mtime >= cutoff:
-                continue
-            if still_wanted is not None and still_wanted(blob_id):
-                continue
-            removed += self.delete(blob_id)
-        return removed
 
 
 def verify_file(path: str, meta: dict[str, Any],

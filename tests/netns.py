@@ -45,6 +45,8 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import IO, Any
 
+from tests.zfs_pools import PoolFactory, pid_alive, zfs_unavailable
+
 __all__ = ["NODE_PORT", "Cluster", "Host", "Network", "NetnsError", "cluster_fixture",
            "netns_unavailable", "sweep_stale", "wait_http"]
 
@@ -64,16 +66,6 @@ def _run(*argv: str, check: bool = True, timeout_s: float = 30.0) -> subprocess.
     if check and done.returncode != 0:
         raise NetnsError(f"{' '.join(argv)}: {done.stderr.strip()}")
     return done
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def netns_unavailable() -> str | None:
@@ -106,12 +98,12 @@ def sweep_stale() -> list[str]:
     """Remove namespaces, veths and bridges whose creating process is gone; what was removed."""
     removed = []
     for ns in _namespaces():
-        if (m := _STALE.match(ns)) and ns.startswith("mn") and not _alive(int(m.group(1))):
+        if (m := _STALE.match(ns)) and ns.startswith("mn") and not pid_alive(int(m.group(1))):
             _kill_namespace_processes(ns)
             _run("ip", "netns", "del", ns, check=False)
             removed.append(ns)
     for link in _links():
-        if (m := _STALE.match(link)) and link[:2] in ("mb", "mv") and not _alive(int(m.group(1))):
+        if (m := _STALE.match(link)) and link[:2] in ("mb", "mv") and not pid_alive(int(m.group(1))):
             _run("ip", "link", "del", link, check=False)
             removed.append(link)
     return removed
@@ -354,8 +346,6 @@ class Cluster:
         if self.front_in_namespace:
             self.front_host = self.network.add_host("front")
         if self.zfs:
-            from tests.zfs_pools import PoolFactory  # noqa: PLC0415 (only clusters with zfs need it)
-
             self.pools = PoolFactory(os.path.join(self.base_dir, "zfs"), size_mb=self.zfs_size_mb)
             self.storage = [f"zfs:{self.pools.create().dataset('node')}" for _ in self.hosts]
         else:
@@ -487,7 +477,6 @@ def cluster_fixture(request: Any, nodes: int = 3, zfs: bool = False, **options: 
         def cluster(request): return cluster_fixture(request, nodes=3)
     """
     from tests.conftest import require  # noqa: PLC0415
-    from tests.zfs_pools import zfs_unavailable  # noqa: PLC0415
 
     problem = netns_unavailable() or (zfs_unavailable() if zfs else None)
     require(problem is None, problem or "")

@@ -64,7 +64,8 @@ def drop_caches() -> None:
         fh.write("3\n")
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Is a process with this pid still there (a run that made something with it in its name)?"""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -187,5 +188,5 @@ class PoolFactory:
         listed = _run(self.driver.zpool, "list", "-H", "-o", "name")
         for name in listed.stdout.split() if listed.returncode == 0 else []:
             match = _OURS.match(name)
-            if match and not _alive(int(match.group(1))):
+            if match and not pid_alive(int(match.group(1))):
                 self._destroy(name, timeout_s=5.0)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
-import time
 from collections.abc import Callable
 
 import pytest
@@ -56,12 +55,6 @@ def blobs(open_store: OpenStore) -> DirectoryBlobStore:
 def read_all(store: DirectoryBlobStore, blob_id: str) -> bytes:
     with store.open(blob_id) as fh:
         return fh.read()
-
-
-def age(store: DirectoryBlobStore, blob_id: str, seconds: float) -> None:
-    """Make a blob look `seconds` old (as a crash long ago would have left it)."""
-    then = time.time() - seconds
-    os.utime(store.path(blob_id), (then, then))
 
 
 class TestBlobStoreContract:
@@ -159,23 +152,6 @@ class TestBlobStoreContract:
         assert blobs.delete(info.blob_id) is True
         assert not blobs.exists(info.blob_id)
         assert blobs.delete(info.blob_id) is False
-
-    def test_collect_orphans_honours_grace_and_references(self, blobs: DirectoryBlobStore) -> None:
-        old_referenced = blobs.put(b"a").blob_id
-        old_orphan = blobs.put(b"b").blob_id
-        new_orphan = blobs.put(b"c").blob_id  # e.g. a PUT not yet committed to the catalog
-        age(blobs, old_referenced, 7200)
-        age(blobs, old_orphan, 7200)
-        age(blobs, new_orphan, 10)
-        assert blobs.collect_orphans({old_referenced}, grace_s=3600) == 1
-        assert not blobs.exists(old_orphan)
-        assert blobs.exists(old_referenced)
-        assert blobs.exists(new_orphan)
-        assert blobs.collect_orphans({old_referenced}, grace_s=3600) == 0
-        assert blobs.collect_orphans({old_referenced}, grace_s=0) == 1
-        assert not blobs.exists(new_orphan)
-        assert blobs.collect_orphans(set(), grace_s=0) == 1
-        assert list(blobs.iter_blobs()) == []
 
     @pytest.mark.parametrize("bad", [
         "",
