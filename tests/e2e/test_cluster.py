@@ -155,12 +155,18 @@ def test_objects_on_a_three_node_cluster(cluster: Cluster) -> None:
         assert node["slots"] >= 1 and node["free_bytes"] > 0, node
 
 
-def test_word_count_and_three_reducers_on_a_cluster(cluster: Cluster) -> None:
-    s3 = cluster.client(**NO_RETRIES)
+def upload_texts(c: Cluster, count: int, seed: int) -> list[bytes]:
+    """`count` texts as BUCKET/in/00, 01, ..."""
+    s3 = c.client(**NO_RETRIES)
     s3.create_bucket(Bucket=BUCKET)
-    datas = texts(12, seed=2)
+    datas = texts(count, seed)
     for i, data in enumerate(datas):
         s3.put_object(Bucket=BUCKET, Key=f"in/{i:02d}", Body=data)
+    return datas
+
+
+def test_word_count_and_three_reducers_on_a_cluster(cluster: Cluster) -> None:
+    datas = upload_texts(cluster, 12, seed=2)
     want = word_counts(datas)
     inputs = [f"{BUCKET}/in/{i:02d}" for i in range(len(datas))]
 
@@ -202,11 +208,7 @@ def check_bytes(c: Cluster, job: dict[str, Any]) -> None:
 # -- 2. a node killed in the middle of a map job -----------------------------------------------
 
 def test_a_node_killed_during_a_map_job(cluster: Cluster) -> None:
-    s3 = cluster.client(**NO_RETRIES)
-    s3.create_bucket(Bucket=BUCKET)
-    datas = texts(60, seed=3)
-    for i, data in enumerate(datas):
-        s3.put_object(Bucket=BUCKET, Key=f"in/{i:02d}", Body=data)
+    datas = upload_texts(cluster, 60, seed=3)
     created = manta(cluster, "job", "create", "-m", "sleep 0.5; wc -w", "-r", "awk '{s+=$1} END {print s}'",
                     *(f"{BUCKET}/in/{i:02d}" for i in range(60)))
     assert created.returncode == 0, created.stderr

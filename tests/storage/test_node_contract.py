@@ -22,7 +22,7 @@ from storage.errors import BlobDamaged, BlobMissing
 from storage.nodeapi import BLOCK, Node
 from storage.remote import Heartbeat, RemoteNode
 from storage.replicas import block_sums
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, free_port, terminate
 
 SECRET = "contract-test-cluster-secret-0001"
 
@@ -58,13 +58,7 @@ class NodeProcess:
         raise RuntimeError(f"node did not start: {self.log()}")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         self.proc = None
 
     def log(self) -> str:
