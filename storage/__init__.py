@@ -7,7 +7,7 @@ from storage.catalog import BucketRef, Catalog
 from storage.daemons import Daemon, JournalFlusher, OrphanCollector, Repairer
 from storage.node import LocalNode, NodeSpec, parse_spec
 from storage.nodeapi import Node
-from storage.objects import Listing, ObjectStore
+from storage.objects import Listing, ObjectStore, WriteCondition
 from storage.quota import DEFAULT_QUOTA, Quota, parse_quota
 from storage.remote import Heartbeat, RemoteNode
 from storage.replicas import BLOCK, BlobMeta, BlobReader, ReplicatedWriter
@@ -45,6 +45,7 @@ __all__ = [
     "Store",
     "StoreConfig",
     "UploadStore",
+    "WriteCondition",
     "errors",
     "parse_quota",
     "parse_spec",

@@ -10,6 +10,7 @@ schema version ``v``. Keys::
     uploads    upload id                       -> {v, bucket, key, owner, initiated, ...}
     upkeys     bucket \\0 key \\0 upload id       -> 1  (ListMultipartUploads order)
     parts      upload id \\0 part number (u32be) -> {v, number, blob, size, etag, mtime, ...}
+    completions  completed at (u64be s) upload id -> 1  (expiry order of completed uploads)
     blobs      blob id                         -> {v, refs, size, sha256, blocks, nodes}
     journal    blob id                         -> raw bytes of a small blob not yet fsync'd
     repairs    blob id                         -> {v, nodes: {node id: reason}, at}
@@ -70,7 +71,7 @@ Txn = lmdb.Transaction
 Record = dict[str, Any]
 
 _DBS = ("accounts", "names", "buckets", "objects", "uploads", "upkeys", "parts", "blobs",
-        "journal", "repairs", "nodes", "usage",
+        "completions", "journal", "repairs", "nodes", "usage",
         "jobs", "jobinputs", "jobtasks")  # the last three belong to the jobs package
 _MAX_BATCH = 256
 USAGE_BUILT = b"\0built"  # key in `usage`: usage was counted from the start or rebuilt

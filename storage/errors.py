@@ -81,6 +81,16 @@ class SourceChanged(StorageError):
         self.key = key
 
 
+class PreconditionFailed(StorageError):
+    """A conditional write's precondition on the key's current object did not hold."""
+
+    def __init__(self, bucket: str, key: str, condition: str) -> None:
+        super().__init__(f"{condition} did not hold for {bucket}/{key}")
+        self.bucket = bucket
+        self.key = key
+        self.condition = condition
+
+
 class InvalidPart(StorageError):
     def __init__(self, number: int) -> None:
         super().__init__(f"part {number} was not found or its ETag does not match")

@@ -16,6 +16,11 @@ authorised, and each transaction re-checks it (catalog.check_bucket), so a bucke
 and re-created by another account mid-request is NoSuchBucket, never the other's data.
 Writes charge the bucket owner's usage (catalog.charge) in the same transaction: a new
 key +1 object, bytes by the change in size; growth past the owner's quota is QuotaExceeded.
+
+Conditional writes (S3's If-None-Match: * and If-Match on PUT and CompleteMultipartUpload)
+pass a `WriteCondition`; it is checked against the key's current record inside the write's
+transaction, so the check and the write are one step: of two racing create-only PUTs of
+one key exactly one commits, the other is PreconditionFailed and its blob is freed.
 """
 
 from __future__ import annotations
@@ -27,7 +32,25 @@ from typing import Any
 from storage import errors
 from storage.catalog import Bucket, BucketRef, Catalog, Record, Txn, bucket_name, object_key
 
-__all__ = ["Listing", "ObjectStore"]
+__all__ = ["Listing", "ObjectStore", "WriteCondition"]
+
+
+@dataclass(frozen=True)
+class WriteCondition:
+    """What a conditional write requires of the key's current object: none at all
+    (`absent`, If-None-Match: *), or one whose ETag is in `etags` ("*": any object)."""
+
+    absent: bool = False
+    etags: tuple[str, ...] = ()
+
+    def check(self, bucket: str, key: str, current: Record | None) -> None:
+        if self.absent and current is not None:
+            raise errors.PreconditionFailed(bucket, key, "If-None-Match")
+        if self.etags:
+            if current is None:
+                raise errors.NoSuchKey(bucket, key)
+            if "*" not in self.etags and current["etag"] not in self.etags:
+                raise errors.PreconditionFailed(bucket, key, "If-Match")
 
 
 @dataclass
@@ -71,6 +94,13 @@ class ObjectStore:
         if record is None:
             raise errors.NoSuchKey(name, key)
         return record
+
+    def check_condition(self, bucket: Bucket, key: str, condition: WriteCondition) -> None:
+        """Raise now if `condition` does not hold (a PUT checks it before reading the body;
+        the check at commit is the one that decides)."""
+        with self.catalog.read() as txn:
+            self.catalog.check_bucket(txn, bucket)
+            condition.check(bucket_name(bucket), key, self._read(txn, bucket_name(bucket), key))
 
     def check_room(self, bucket: Bucket, key: str, size: int) -> None:
         """Raise QuotaExceeded now if putting `size` bytes at (bucket, key) would be refused
@@ -141,12 +171,14 @@ class ObjectStore:
         return self.put_async(bucket, key, record, blobs=blobs).result()  # type: ignore[no-any-return]
 
     def put_async(self, bucket: Bucket, key: str, record: Record, journal: dict[str, bytes] | None = None,
-                  blobs: dict[str, Record] | None = None) -> Any:
-        """Queue the put; `journal` holds the bytes of small blobs placed without fsync."""
+                  blobs: dict[str, Record] | None = None, condition: WriteCondition | None = None) -> Any:
+        """Queue the put; `journal` holds the bytes of small blobs placed without fsync.
+        With `condition`, the put happens only if it holds at commit (else PreconditionFailed
+        or NoSuchKey, and nothing is written)."""
         record = {**record, "v": 1, "key": key}
 
         def op(txn: Txn) -> list[str]:
-            freed = self._put_in(txn, bucket, key, record, blobs)
+            freed = self._put_in(txn, bucket, key, record, blobs, condition=condition)
             for blob_id, data in (journal or {}).items():
                 self.catalog.journal_put(txn, blob_id, data)
             return freed
@@ -166,10 +198,13 @@ class ObjectStore:
                             enforce_quota=enforce_quota)
 
     def _put_in(self, txn: Txn, bucket: Bucket, key: str, record: Record,
-                blobs: dict[str, Record] | None = None, enforce_quota: bool = True) -> list[str]:
+                blobs: dict[str, Record] | None = None, enforce_quota: bool = True,
+                condition: WriteCondition | None = None) -> list[str]:
         name = bucket_name(bucket)
         owner = self.catalog.check_bucket(txn, bucket)["owner"]
         old = self._read(txn, name, key)
+        if condition is not None:
+            condition.check(name, key, old)
         self.catalog.charge(txn, owner, *growth(old, record["size"]), check=enforce_quota)
         self.catalog.ref_blobs(txn, segment_blobs(record), blobs)
         self._write(txn, name, key, record)

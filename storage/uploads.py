@@ -9,11 +9,22 @@ An upload remembers its bucket's generation (`bucket_gen`); parts and completion
 the `BucketRef` they were authorised against inside their transaction, and deleting a
 bucket aborts its uploads, so nothing lands in a bucket re-created meanwhile. Pending
 parts' sizes count in the upload owner's stored bytes (catalog.charge).
+
+Completion is idempotent for a client retrying after a lost answer: the upload record is
+replaced by a small completion record {bucket, key, owner, bucket_gen, completed: {digest,
+etag, mtime}} (`digest`: the part list as sent), indexed in `completions` by time. The same
+part list again answers the object it made, as long as that object is still the key's
+current one; a different list, or an object since overwritten or deleted, is NoSuchUpload,
+as is every other use of a completed upload id. Completions older than COMPLETION_TTL_S
+are dropped, a few at each completion. A part list may name a part number more than once
+(a client that re-sent a part lists both): the part as last uploaded is used, once.
 """
 
 from __future__ import annotations
 
+import hashlib
 import secrets
+import struct
 import time
 from collections.abc import Callable
 from typing import Any
@@ -30,9 +41,9 @@ from storage.catalog import (
     object_key,
     part_key,
 )
-from storage.objects import ObjectStore, growth
+from storage.objects import ObjectStore, WriteCondition, growth
 
-__all__ = ["MIN_PART_SIZE", "UploadStore"]
+__all__ = ["COMPLETION_TTL_S", "MIN_PART_SIZE", "UploadStore"]
 
 MIN_PART_SIZE = 5 * 1024 * 1024
 # the upload index key is bucket \0 key, cut to fit LMDB's key limit, \0 upload id;
@@ -40,6 +51,19 @@ MIN_PART_SIZE = 5 * 1024 * 1024
 INDEX_KEY_BYTES = 440
 # part numbers a part key can hold (four bytes, big-endian); no part exists outside them
 PART_KEY_NUMBERS = range(2**32)
+# how long a completed upload answers a repeated CompleteMultipartUpload
+COMPLETION_TTL_S = 24 * 3600
+# expired completion records dropped per completion (more are made than this never)
+COMPLETIONS_PRUNED_PER_WRITE = 8
+
+
+def completion_key(at: float, upload_id: str) -> bytes:
+    return struct.pack(">Q", int(at)) + upload_id.encode()
+
+
+def parts_digest(chosen: list[tuple[int, str]]) -> str:
+    """The identity of a CompleteMultipartUpload part list, as sent."""
+    return hashlib.sha256(repr([(n, e.strip('"')) for n, e in chosen]).encode()).hexdigest()
 
 
 def upload_index_key(bucket: str, key: str, upload_id: str) -> bytes:
@@ -74,7 +98,8 @@ class UploadStore:
         if isinstance(bucket, BucketRef):
             self.catalog.check_bucket(txn, bucket)
         record = self.catalog.get(txn, "uploads", upload_id.encode())
-        if record is None or record["bucket"] != bucket_name(bucket) or record["key"] != key:
+        if (record is None or "completed" in record
+                or record["bucket"] != bucket_name(bucket) or record["key"] != key):
             raise errors.NoSuchUpload(upload_id)
         if (isinstance(bucket, BucketRef) and bucket.generation is not None
                 and record.get("bucket_gen", bucket.generation) != bucket.generation):
@@ -177,26 +202,24 @@ class UploadStore:
         return self.catalog.write(op)
 
     def complete(self, bucket: Bucket, key: str, upload_id: str, chosen: list[tuple[int, str]],
-                 build: Callable[[Record, list[Record]], Record]) -> tuple[Record, list[str]]:
+                 build: Callable[[Record, list[Record]], Record],
+                 condition: WriteCondition | None = None) -> tuple[Record, list[str]]:
         """Turn the chosen (number, etag) parts into the object, without copying bytes.
 
         `build(upload, parts)` makes the object record (ETag, checksums) from the part
-        records; it runs inside the transaction and must not do I/O.
+        records; it runs inside the transaction and must not do I/O. Numbers must not
+        descend; a number listed more than once is the part as last uploaded, whose ETag
+        must be among those listed for it. With `condition`, the key's current object must
+        satisfy it at commit. Repeating a completion answers the record it made.
         """
+        digest = parts_digest(chosen)
 
         def op(txn: Txn) -> tuple[Record, list[str]]:
+            done = self.catalog.get(txn, "uploads", upload_id.encode())
+            if done is not None and "completed" in done:
+                return self._completed_object(txn, bucket, key, upload_id, done, digest), []
             upload = self.get(bucket, key, upload_id, txn)
-            numbers = [n for n, _ in chosen]
-            if any(b <= a for a, b in zip(numbers, numbers[1:], strict=False)):
-                raise errors.InvalidPartOrder()
-            parts = []
-            for number, etag in chosen:
-                if number not in PART_KEY_NUMBERS:
-                    raise errors.InvalidPart(number)
-                part = self.catalog.get(txn, "parts", part_key(upload_id, number))
-                if part is None or part["etag"] != etag.strip('"'):
-                    raise errors.InvalidPart(number)
-                parts.append(part)
+            parts = self._chosen_parts(txn, upload_id, chosen)
             for part in parts[:-1]:
                 if part["size"] < MIN_PART_SIZE:
                     raise errors.EntityTooSmall(part["number"], part["size"], MIN_PART_SIZE)
@@ -207,16 +230,75 @@ class UploadStore:
             objects, nbytes = growth(self.objects.read_in(txn, bucket_name(bucket), key), record["size"])
             pending = sum(p["size"] for p in self._parts_in(txn, upload_id))
             self.catalog.check_room(upload["owner"], objects, nbytes - pending, txn)
-            freed = self.objects._put_in(txn, bucket, key, record, enforce_quota=False)
+            freed = self.objects._put_in(txn, bucket, key, record, enforce_quota=False,
+                                         condition=condition)
             freed += self._drop(txn, upload)
+            self._remember(txn, upload, record, digest)
+            self._prune_completions(txn, time.time())
             return record, freed
 
         return self.catalog.write(op)
+
+    def _chosen_parts(self, txn: Txn, upload_id: str, chosen: list[tuple[int, str]]) -> list[Record]:
+        numbers = [n for n, _ in chosen]
+        if any(b < a for a, b in zip(numbers, numbers[1:], strict=False)):
+            raise errors.InvalidPartOrder()
+        listed: dict[int, set[str]] = {}
+        for number, etag in chosen:
+            if number not in PART_KEY_NUMBERS:
+                raise errors.InvalidPart(number)
+            listed.setdefault(number, set()).add(etag.strip('"'))
+        parts = []
+        for number, etags in listed.items():
+            part = self.catalog.get(txn, "parts", part_key(upload_id, number))
+            if part is None or part["etag"] not in etags:
+                raise errors.InvalidPart(number)
+            parts.append(part)
+        return parts
+
+    def _remember(self, txn: Txn, upload: Record, record: Record, digest: str) -> None:
+        """Replace the upload record by its completion record (see the module docstring)."""
+        upload_id = upload["upload_id"]
+        self.catalog.put(txn, "uploads", upload_id.encode(), {
+            "v": 1, "upload_id": upload_id, "bucket": upload["bucket"], "key": upload["key"],
+            "owner": upload["owner"], "bucket_gen": upload.get("bucket_gen"),
+            "completed": {"digest": digest, "etag": record.get("etag"), "mtime": record.get("mtime")}})
+        self.catalog.put(txn, "completions", completion_key(time.time(), upload_id), 1)
+
+    def _completed_object(self, txn: Txn, bucket: Bucket, key: str, upload_id: str,
+                          done: Record, digest: str) -> Record:
+        """The object a completed upload made, for a repeat of the same completion."""
+        if isinstance(bucket, BucketRef):
+            self.catalog.check_bucket(txn, bucket)
+        if (done["bucket"] != bucket_name(bucket) or done["key"] != key
+                or (isinstance(bucket, BucketRef) and bucket.generation is not None
+                    and (done.get("bucket_gen") or bucket.generation) != bucket.generation)):
+            raise errors.NoSuchUpload(upload_id)
+        completed = done["completed"]
+        current = self.objects.read_in(txn, bucket_name(bucket), key)
+        if (completed["digest"] != digest or current is None
+                or current.get("etag") != completed["etag"] or current.get("mtime") != completed["mtime"]):
+            raise errors.NoSuchUpload(upload_id)
+        return current
+
+    def _prune_completions(self, txn: Txn, now: float) -> None:
+        """Drop a few completion records older than COMPLETION_TTL_S (they hold no blobs)."""
+        cutoff = struct.pack(">Q", int(now - COMPLETION_TTL_S))
+        expired: list[bytes] = []
+        for raw, _ in self.catalog.scan(txn, "completions"):
+            if raw >= cutoff or len(expired) >= COMPLETIONS_PRUNED_PER_WRITE:
+                break
+            expired.append(raw)
+        for raw in expired:
+            self.catalog.delete(txn, "completions", raw)
+            self.catalog.delete(txn, "uploads", raw[8:])
 
     def usage_totals(self, txn: Txn) -> dict[str, dict[str, int]]:
         """{owner: {objects: 0, bytes}} of pending parts (a usage rebuild)."""
         totals: dict[str, dict[str, int]] = {}
         for _, upload in self.catalog.scan(txn, "uploads"):
+            if "completed" in upload:
+                continue
             used = totals.setdefault(upload["owner"], {"objects": 0, "bytes": 0})
             used["bytes"] += sum(p["size"] for p in self._parts_in(txn, upload["upload_id"]))
         return totals

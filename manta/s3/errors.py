@@ -154,6 +154,8 @@ def from_domain(exc: se.StorageError) -> S3Error:
         return NoSuchUpload(UploadId=exc.upload_id)
     if isinstance(exc, se.SourceChanged):
         return PreconditionFailed(Condition="x-amz-copy-source-if-match")
+    if isinstance(exc, se.PreconditionFailed):
+        return PreconditionFailed(Condition=exc.condition)
     if isinstance(exc, se.InvalidPart):
         return InvalidPart(PartNumber=str(exc.number))
     if isinstance(exc, se.InvalidPartOrder):

@@ -2,7 +2,9 @@
 
 Each part is streamed into its own blob. Completion validates the chosen parts
 (InvalidPart, InvalidPartOrder, EntityTooSmall) and writes one object record whose
-segments are the part blobs: the bytes are never copied a second time.
+segments are the part blobs: the bytes are never copied a second time. It honours
+If-None-Match: * / If-Match like PutObject, and a repeat of a completion that succeeded
+answers the same result (storage.uploads keeps completions for a day).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from manta.s3.common import (
     xml_response,
 )
 from manta.s3.context import S3Request
-from manta.s3.obj import check_conditions, parse_copy_source
+from manta.s3.obj import check_conditions, parse_copy_source, write_condition
 from manta.s3.xmlio import child_text, children, document, el, iso8601, parse
 from storage import BlobMeta, BucketRef
 
@@ -170,7 +172,8 @@ async def _upload_part_copy(req: S3Request, bucket: BucketRef, upload: dict[str,
     return xml_response(document("CopyPartResult", body))
 
 
-def _build(upload: dict[str, Any], parts: list[dict[str, Any]], claimed: dict[int, dict[str, str]]) -> dict[str, Any]:
+def _build(upload: dict[str, Any], parts: list[dict[str, Any]],
+           claimed: dict[tuple[int, str], dict[str, str]]) -> dict[str, Any]:
     digest = hashlib.md5(b"".join(bytes.fromhex(p["etag"]) for p in parts)).hexdigest()
     record: dict[str, Any] = {
         "size": sum(p["size"] for p in parts), "etag": f"{digest}-{len(parts)}", "sha256": None,
@@ -179,7 +182,7 @@ def _build(upload: dict[str, Any], parts: list[dict[str, Any]], claimed: dict[in
     }
     algorithm = upload.get("algorithm")
     for p in parts:
-        for alg, value in claimed.get(p["number"], {}).items():
+        for alg, value in claimed.get((p["number"], p["etag"]), {}).items():
             if p["checksums"].get(alg) != value:
                 raise s3e.InvalidPart(f"The {alg} checksum of part {p['number']} does not match.",
                                       PartNumber=str(p["number"]))
@@ -212,10 +215,10 @@ def _listed_part_number(text: str) -> int:
 
 
 async def complete_upload(req: S3Request) -> Response:
-    bucket, _ = _upload(req)
+    bucket = owned_bucket(req)  # the upload is checked in the completion (it may be done already)
     root = parse(await read_small(req, 4 * 1024 * 1024), "CompleteMultipartUpload")
     chosen: list[tuple[int, str]] = []
-    claimed: dict[int, dict[str, str]] = {}
+    claimed: dict[tuple[int, str], dict[str, str]] = {}
     for node in children(root, "Part"):
         number_text = child_text(node, "PartNumber")
         etag = child_text(node, "ETag")
@@ -223,10 +226,11 @@ async def complete_upload(req: S3Request) -> Response:
             raise s3e.MalformedXML()
         number = _listed_part_number(number_text)
         chosen.append((number, etag.strip().strip('"')))
-        claimed[number] = {alg: text for alg in checksums.ALGORITHMS
-                           if (text := child_text(node, f"Checksum{alg}")) is not None}
+        claimed[chosen[-1]] = {alg: text for alg in checksums.ALGORITHMS
+                               if (text := child_text(node, f"Checksum{alg}")) is not None}
     if not chosen:
         raise s3e.MalformedXML("You must specify at least one part.")
+    condition = write_condition(req)
     completed_at = time.time()
 
     def build(up: dict[str, Any], parts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -238,7 +242,7 @@ async def complete_upload(req: S3Request) -> Response:
         return record
 
     record, freed = await in_thread(req.store.uploads.complete, bucket, req.key,
-                                    req.query["uploadId"], chosen, build)
+                                    req.query["uploadId"], chosen, build, condition)
     await free_blobs(req, freed)
     body = [el("Location", f"/{req.bucket}/{req.key}"), el("Bucket", req.bucket), el("Key", req.key),
             el("ETag", f'"{record["etag"]}"')]

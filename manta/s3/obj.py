@@ -34,7 +34,7 @@ from manta.s3.common import (
 )
 from manta.s3.context import S3Request, validate_key
 from manta.s3.xmlio import document, el, iso8601
-from storage import BlobMeta, MemoryBlobWriter
+from storage import BlobMeta, MemoryBlobWriter, WriteCondition
 
 # bodies up to this size are gathered in memory and made durable through the catalog
 # journal (one group-committed fsync) instead of fsyncing the blob file on the request path
@@ -54,11 +54,28 @@ RESPONSE_OVERRIDES = {
 }
 
 
+def write_condition(req: S3Request) -> WriteCondition | None:
+    """A conditional write's If-None-Match (only "*") / If-Match (ETags) headers."""
+    if_none = req.header("if-none-match")
+    if_match = req.header("if-match")
+    if if_none is None and if_match is None:
+        return None
+    if if_none is not None and if_none.strip() != "*":
+        raise s3e.NotImplemented_("A header you provided implies functionality that is not implemented",
+                                  Header="If-None-Match")
+    etags = () if if_match is None else tuple(
+        t.strip().removeprefix("W/").strip('"') for t in if_match.split(","))
+    return WriteCondition(absent=if_none is not None, etags=etags)
+
+
 async def put_object(req: S3Request) -> Response:
     if "x-amz-copy-source" in req.headers:
         return await copy_object(req)
     bucket = owned_bucket(req)
     headers, meta = request_headers(req)
+    condition = write_condition(req)
+    if condition is not None:
+        req.store.objects.check_condition(bucket, req.key, condition)
     size = expected_size(req)
     if size is not None:
         req.store.objects.check_room(bucket, req.key, size)
@@ -86,7 +103,7 @@ async def put_object(req: S3Request) -> Response:
     try:
         journal = {blob.blob_id: bytes(small.buffer)} if small is not None else None
         freed = await catalog_write(req.store.objects.put_async(
-            bucket, req.key, record, journal, {blob.blob_id: blob.record()}))
+            bucket, req.key, record, journal, {blob.blob_id: blob.record()}, condition))
     except BaseException:
         await free_blobs(req, [blob.blob_id])
         raise

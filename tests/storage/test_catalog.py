@@ -281,7 +281,7 @@ def test_complete_over_an_existing_object_frees_the_old_blob(st: Stores) -> None
     ([(1, "etag1"), (2, "wrong")], errors.InvalidPart),
     ([(1, "etag1"), (9, "etag9")], errors.InvalidPart),
     ([(2, "etag2"), (1, "etag1")], errors.InvalidPartOrder),
-    ([(1, "etag1"), (1, "etag1")], errors.InvalidPartOrder),
+    ([(1, "etag1"), (2, "etag0"), (2, "old2")], errors.InvalidPart),  # twice, never as uploaded
     ([(3, "etag3"), (2, "etag2")], errors.InvalidPartOrder),
     ([(1, "etag1"), (3, "etag3"), (2, "etag2")], errors.InvalidPartOrder),
     ([(1, "etag1"), (3, "etag3"), (4, "etag4")], errors.EntityTooSmall),
