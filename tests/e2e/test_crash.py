@@ -118,7 +118,7 @@ class CatalogView:
 def read_catalog(data_dir: str) -> CatalogView:
     """A consistent snapshot of the catalog, read-only (the server may be running)."""
     view = CatalogView()
-    env = lmdb.open(os.path.join(data_dir, "catalog"), readonly=True, lock=True, max_dbs=16)
+    env = lmdb.open(os.path.join(data_dir, "catalog"), readonly=True, lock=True, max_dbs=64)
     try:
         with env.begin() as txn:
             def scan(name: bytes) -> Any:

@@ -89,7 +89,7 @@ class CatalogView:
 def read_catalog(data_dir: str, bucket: str = "") -> CatalogView:
     """A consistent read-only snapshot of the catalog (objects of `bucket` only)."""
     view = CatalogView()
-    env = lmdb.open(os.path.join(data_dir, "catalog"), readonly=True, lock=True, max_dbs=16)
+    env = lmdb.open(os.path.join(data_dir, "catalog"), readonly=True, lock=True, max_dbs=64)
     try:
         with env.begin() as txn:
             def scan(name: str) -> Any:
