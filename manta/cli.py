@@ -40,6 +40,7 @@ def _serve(args: argparse.Namespace) -> int:
         urls = tuple(args.node or ()) + tuple(read_nodes_file(args.nodes_file) if args.nodes_file else ())
         secret = _cluster_secret(args.cluster_secret_file) if urls else None
         config = ServerConfig(data_dir=args.data, host=host, port=port, domain=args.domain,
+                              region=os.environ.get("MANTA_REGION") or "us-east-1",
                               node_urls=tuple(parse_node_url(u) for u in urls), cluster_secret=secret,
                               body_timeout_s=env_float("MANTA_BODY_TIMEOUT_S", 30.0),
                               gc_grace_s=env_float("MANTA_GC_GRACE_S", 3600.0),

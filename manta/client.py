@@ -214,7 +214,14 @@ class Client:
     # -- buckets -----------------------------------------------------------------------
 
     def mb(self, bucket: str, exist_ok: bool = False) -> None:
-        """Make a bucket."""
+        """Make a bucket. In us-east-1 S3 answers 200 to re-creating a bucket you own (and
+        resets its ACL), so one of yours is looked for first."""
+        with self._s3_errors(bucket):
+            mine = self.s3.list_buckets(Prefix=bucket)["Buckets"]
+        if any(b["Name"] == bucket for b in mine):
+            if exist_ok:
+                return
+            raise BucketExists(f"bucket {bucket} exists: you already own it", "BucketAlreadyOwnedByYou")
         try:
             with self._s3_errors(bucket):
                 self.s3.create_bucket(Bucket=bucket)

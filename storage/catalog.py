@@ -5,7 +5,7 @@ schema version ``v``. Keys::
 
     accounts   access_key                      -> {v, name, secret, created, root}
     names      account name                    -> access_key
-    buckets    bucket name                     -> {v, name, owner, created, gen}
+    buckets    bucket name                     -> {v, name, owner, created, gen, acl?}
     objects    bucket \\0 key (UTF-8)           -> object record (see `ObjectRecord`)
     uploads    upload id                       -> {v, bucket, key, owner, initiated, ...}
     upkeys     bucket \\0 key \\0 upload id       -> 1  (ListMultipartUploads order)
@@ -442,14 +442,26 @@ class Catalog:
 
     # -- buckets ------------------------------------------------------------------
 
-    def create_bucket(self, name: str, owner: str) -> Record:
+    def create_bucket(self, name: str, owner: str, acl: str | None = None) -> Record:
+        """A new bucket; `acl` (a canned ACL name, absent: private) is stored as given."""
         def op(txn: Txn) -> Record:
             existing = self.get(txn, "buckets", name.encode())
             if existing is not None:
                 raise errors.BucketAlreadyExists(name, owned_by_you=existing["owner"] == owner)
-            return self.ensure_bucket_in(txn, name, owner)
+            record = self.ensure_bucket_in(txn, name, owner)
+            if acl is not None:
+                record["acl"] = acl
+                self.put(txn, "buckets", name.encode(), record)
+            return record
 
         return self.write(op)
+
+    def set_bucket_acl(self, bucket: Bucket, acl: str) -> None:
+        def op(txn: Txn) -> None:
+            record = self.check_bucket(txn, bucket)
+            self.put(txn, "buckets", bucket_name(bucket).encode(), {**record, "acl": acl})
+
+        self.write(op)
 
     def ensure_bucket_in(self, txn: Txn, name: str, owner: str) -> Record:
         """The bucket record of `name`, made for `owner` (with a new generation) if missing."""

@@ -5,7 +5,7 @@ An object record (msgpack map, ``v`` = 1)::
     {v, key, size, etag, mtime, segments: [[blob_id, size], ...], sha256: bytes | None,
      headers: {content-type, content-encoding, ...}, meta: {name: value},
      checksums: {ALGORITHM: base64}, checksum_type: "FULL_OBJECT" | "COMPOSITE" | None,
-     parts: [part sizes] | None, replicas: [node ids]}
+     parts: [part sizes] | None, replicas: [node ids], acl: canned ACL name (absent: private)}
 
 An object is the concatenation of its segments. A simple PUT has one segment; a
 completed multipart upload has one per part (parts are never copied); CopyObject makes a
@@ -253,6 +253,29 @@ class ObjectStore:
             return record, self._put_in(txn, dst_bucket, dst_key, record)
 
         return self.catalog.write(op)
+
+    def acls(self, bucket: str, key: str) -> tuple[str, str, str] | None:
+        """(bucket owner, bucket ACL, object ACL) read together, "private" where none is
+        stored and for a missing object; None when there is no such bucket."""
+        with self.catalog.read() as txn:
+            record = self.catalog.get(txn, "buckets", bucket.encode())
+            if record is None:
+                return None
+            obj = self._read(txn, bucket, key) or {}
+            return str(record["owner"]), record.get("acl", "private"), obj.get("acl", "private")
+
+    def set_acl(self, bucket: Bucket, key: str, acl: str) -> None:
+        """Replace the object's canned ACL (the S3 layer checked the name)."""
+        name = bucket_name(bucket)
+
+        def op(txn: Txn) -> None:
+            self.catalog.check_bucket(txn, bucket)
+            record = self._read(txn, name, key)
+            if record is None:
+                raise errors.NoSuchKey(name, key)
+            self._write(txn, name, key, {**record, "acl": acl})
+
+        self.catalog.write(op)
 
     def usage_totals(self, txn: Txn) -> dict[str, dict[str, int]]:
         """{owner: {objects, bytes}} counted from the object records (a usage rebuild)."""

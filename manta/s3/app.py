@@ -1,7 +1,8 @@
 """The S3 front door: one Starlette endpoint, authentication, dispatch, error rendering.
 
     request -> context (bucket/key from path or virtual host) -> size checks
-            -> SigV4 (header or presigned; anonymous is AccessDenied)
+            -> SigV4 (header or presigned; anonymous is AccessDenied but for a GET/HEAD
+               of an object whose object or bucket ACL is public-read: manta.s3.acl)
             -> dispatch on (method, level, sub-resource) -> operation module
             -> response + x-amz-request-id
 
@@ -28,7 +29,7 @@ from starlette.routing import BaseRoute, Match, NoMatchFound, request_response
 from starlette.types import Message, Receive, Scope, Send
 
 from manta.config import ServerConfig
-from manta.s3 import bucket, multipart, obj, service, sigv4
+from manta.s3 import acl, bucket, multipart, obj, service, sigv4
 from manta.s3 import errors as s3e
 from manta.s3.body import ClientGone
 from manta.s3.context import S3Request, validate_key
@@ -58,7 +59,8 @@ BUCKET_OPS: dict[tuple[str, str], Handler] = {
     ("GET", "versions"): bucket.list_object_versions,
     ("GET", "versioning"): bucket.get_versioning,
     ("PUT", "versioning"): bucket.put_versioning,
-    ("GET", "acl"): bucket.get_acl,
+    ("GET", "acl"): acl.get_bucket_acl,
+    ("PUT", "acl"): acl.put_bucket_acl,
     ("GET", "uploads"): multipart.list_uploads,
     ("POST", "delete"): bucket.delete_objects,
 }
@@ -67,7 +69,8 @@ OBJECT_OPS: dict[tuple[str, str], Handler] = {
     ("GET", ""): obj.get_object,
     ("HEAD", ""): obj.head_object,
     ("DELETE", ""): obj.delete_object,
-    ("GET", "acl"): obj.get_acl,
+    ("GET", "acl"): acl.get_object_acl,
+    ("PUT", "acl"): acl.put_object_acl,
     ("POST", "uploads"): multipart.create_upload,
     ("PUT", "uploadId"): multipart.upload_part,
     ("POST", "uploadId"): multipart.complete_upload,
@@ -214,7 +217,11 @@ class S3App:
         )
         auth = sigv4.parse(areq)
         if auth is None:
-            raise s3e.AccessDenied()
+            reader = None if req.bucket in self.extra else acl.anonymous_reader(self.store, req)
+            if reader is None:
+                raise s3e.AccessDenied()
+            req.account = {"name": reader}  # a public-read GET/HEAD reads as the bucket's owner
+            return
         try:
             account = self.store.catalog.account(auth.access_key)
         except se.NoSuchAccount:

@@ -12,18 +12,21 @@ from typing import Any
 
 from starlette.responses import Response
 
+from manta.s3 import acl
 from manta.s3 import errors as s3e
 from manta.s3.body import read_small
 from manta.s3.common import free_blobs, in_thread, owned_bucket, xml_response
 from manta.s3.context import S3Request, validate_key
 from manta.s3.xmlio import child_text, children, document, el, iso8601, parse
-from manta.s3.xmltext import fit_all
+from manta.s3.xmltext import fit_all, fits
 from storage import Listing
+from storage import errors as se
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _BAD_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
 _BAD_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
 MAX_KEYS = 1000
+LEGACY_REGION = "us-east-1"  # re-creating a bucket you own answers 200 here, 409 elsewhere
 
 
 def validate_bucket_name(name: str) -> None:
@@ -50,7 +53,16 @@ async def create_bucket(req: S3Request) -> Response:
                 "The specified location-constraint is not valid.", LocationConstraint=location)
     if req.header("x-amz-bucket-object-lock-enabled", "").lower() == "true":
         raise s3e.NotImplemented_("Object lock is not implemented.")
-    await in_thread(req.store.catalog.create_bucket, req.bucket, req.owner)
+    canned = acl.requested(req, on_object=False)
+    try:
+        await in_thread(req.store.catalog.create_bucket, req.bucket, req.owner, canned)
+    except se.BucketAlreadyExists as exc:
+        # the bucket lives in the server's region (a LocationConstraint naming another one
+        # was refused above); there, S3's legacy answer to re-creating your own bucket is
+        # 200 with the bucket's ACL reset to the one asked for
+        if not exc.owned_by_you or req.settings.region != LEGACY_REGION:
+            raise
+        await in_thread(req.store.catalog.set_bucket_acl, owned_bucket(req), canned or acl.PRIVATE)
     return Response(b"", headers={"location": f"/{req.bucket}"})
 
 
@@ -93,20 +105,6 @@ async def put_versioning(req: S3Request) -> Response:
     if status not in (None, "Suspended"):
         raise s3e.NotImplemented_("Bucket versioning is not implemented.")
     return Response(b"")
-
-
-async def get_acl(req: S3Request) -> Response:
-    owned_bucket(req)
-    return xml_response(owner_acl(req.owner))
-
-
-def owner_acl(owner: str) -> bytes:
-    grant = ('<Grant><Grantee xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '
-             f'xsi:type="CanonicalUser">{el("ID", owner)}{el("DisplayName", owner)}</Grantee>'
-             "<Permission>FULL_CONTROL</Permission></Grant>")
-    return document("AccessControlPolicy", [
-        f"<Owner>{el('ID', owner)}{el('DisplayName', owner)}</Owner>",
-        f"<AccessControlList>{grant}</AccessControlList>"])
 
 
 def _max_keys(req: S3Request) -> int:
@@ -152,6 +150,13 @@ def _contents(record: dict[str, Any], enc: Any, owner: str | None) -> str:
     return "".join(parts)
 
 
+def _list(req: S3Request, prefix: str, delimiter: str, start: str, max_keys: int) -> Listing:
+    """One page of the bucket; max-keys 0 is an empty page that is not truncated."""
+    if max_keys == 0:
+        return Listing()
+    return req.store.objects.list(req.bucket, prefix, delimiter, start, max_keys)
+
+
 async def list_objects(req: S3Request) -> Response:
     owned_bucket(req)
     v2 = req.query.get("list-type") == "2"
@@ -171,10 +176,12 @@ async def list_objects(req: S3Request) -> Response:
             start = req.query.get("start-after", "")
     else:
         start = req.query.get("marker", "")
-    listing = req.store.objects.list(req.bucket, prefix, delimiter, start, max_keys)
+    listing = _list(req, prefix, delimiter, start, max_keys)
     url, enc = _encoder(url_asked, listing, prefix, delimiter, start, req.query.get("start-after", ""))
     fetch_owner = not v2 or req.query.get("fetch-owner") == "true"
-    body = [el("Name", req.bucket), el("Prefix", enc(prefix))]
+    # ListObjects (v1) echoes Prefix as sent even with encoding-type=url (clients decode
+    # only keys, common prefixes, Delimiter and the markers); V2 encodes it
+    body = [el("Name", req.bucket), el("Prefix", prefix if not v2 and fits(prefix) else enc(prefix))]
     if v2:
         if "continuation-token" in req.query:
             body.append(el("ContinuationToken", req.query["continuation-token"]))
@@ -209,7 +216,7 @@ async def list_object_versions(req: S3Request) -> Response:
     delimiter = req.query.get("delimiter", "")
     key_marker = req.query.get("key-marker", "")
     max_keys = _max_keys(req)
-    listing = req.store.objects.list(req.bucket, prefix, delimiter, key_marker, max_keys)
+    listing = _list(req, prefix, delimiter, key_marker, max_keys)
     url, enc = _encoder(url_asked, listing, prefix, delimiter, key_marker)
     body = [el("Name", req.bucket), el("Prefix", enc(prefix)), el("KeyMarker", enc(key_marker)),
             el("VersionIdMarker", req.query.get("version-id-marker", "")), el("MaxKeys", max_keys)]

@@ -16,7 +16,7 @@ from typing import Any
 
 from starlette.responses import Response
 
-from manta.s3 import checksums
+from manta.s3 import acl, checksums
 from manta.s3 import errors as s3e
 from manta.s3.body import expected_size, read_small, receive_into
 from manta.s3.common import (
@@ -69,7 +69,7 @@ async def create_upload(req: S3Request) -> Response:
             raise s3e.InvalidRequest("The COMPOSITE checksum type cannot be used with CRC64NVME.")
     upload = await in_thread(req.store.uploads.create, bucket, req.key, req.owner,
                              {"headers": headers, "meta": meta, "algorithm": algorithm,
-                              "checksum_type": ctype})
+                              "checksum_type": ctype, "acl": acl.from_request(req, on_object=True)})
     out = {}
     if algorithm:
         out = {"x-amz-checksum-algorithm": algorithm, "x-amz-checksum-type": ctype or ""}
@@ -178,7 +178,7 @@ def _build(upload: dict[str, Any], parts: list[dict[str, Any]],
     record: dict[str, Any] = {
         "size": sum(p["size"] for p in parts), "etag": f"{digest}-{len(parts)}", "sha256": None,
         "headers": upload["headers"], "meta": upload["meta"], "checksums": {}, "checksum_type": None,
-        "parts": [p["size"] for p in parts],
+        "parts": [p["size"] for p in parts], "acl": upload.get("acl", acl.PRIVATE),
     }
     algorithm = upload.get("algorithm")
     for p in parts:

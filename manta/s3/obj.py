@@ -14,9 +14,9 @@ from typing import Any
 
 from starlette.responses import Response, StreamingResponse
 
+from manta.s3 import acl
 from manta.s3 import errors as s3e
 from manta.s3.body import expected_size, receive_into
-from manta.s3.bucket import owner_acl
 from manta.s3.common import (
     catalog_write,
     checksum_headers,
@@ -73,6 +73,7 @@ async def put_object(req: S3Request) -> Response:
         return await copy_object(req)
     bucket = owned_bucket(req)
     headers, meta = request_headers(req)
+    canned = acl.from_request(req, on_object=True)
     condition = write_condition(req)
     if condition is not None:
         req.store.objects.check_condition(bucket, req.key, condition)
@@ -98,7 +99,7 @@ async def put_object(req: S3Request) -> Response:
         "size": blob.size, "etag": blob.md5.hex(), "sha256": blob.sha256, "mtime": time.time(),
         "segments": [[blob.blob_id, blob.size]], "headers": headers, "meta": meta,
         "checksums": body.checksums, "checksum_type": "FULL_OBJECT" if body.checksums else None,
-        "parts": None,
+        "parts": None, "acl": canned,
     }
     try:
         journal = {blob.blob_id: bytes(small.buffer)} if small is not None else None
@@ -239,11 +240,6 @@ async def delete_object(req: S3Request) -> Response:
     return Response(b"", status_code=204)
 
 
-async def get_acl(req: S3Request) -> Response:
-    req.store.objects.get(owned_bucket(req), req.key)
-    return xml_response(owner_acl(req.owner))
-
-
 def parse_copy_source(req: S3Request) -> tuple[str, str]:
     raw = req.headers["x-amz-copy-source"]
     source, _, query = raw.partition("?")
@@ -269,7 +265,7 @@ async def copy_object(req: S3Request) -> Response:
     directive = req.header("x-amz-metadata-directive", "COPY").upper()
     if directive not in ("COPY", "REPLACE"):
         raise s3e.InvalidArgument("Unknown metadata directive.", ArgumentName="x-amz-metadata-directive")
-    update: dict[str, Any] = {"mtime": time.time()}
+    update: dict[str, Any] = {"mtime": time.time(), "acl": acl.from_request(req, on_object=True)}
     if directive == "REPLACE":
         update["headers"], update["meta"] = request_headers(req)
     elif src_bucket == req.bucket and src_key == req.key:

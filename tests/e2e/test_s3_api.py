@@ -44,9 +44,7 @@ def test_list_create_head_delete_bucket(s3, server: Server) -> None:
 
 
 def test_bucket_errors(s3, bucket: str) -> None:
-    with pytest.raises(ClientError) as exc:
-        s3.create_bucket(Bucket=bucket)
-    assert code_of(exc) == "BucketAlreadyOwnedByYou"
+    s3.create_bucket(Bucket=bucket)  # your own bucket again: 200 in us-east-1 (S3's legacy answer)
     for bad in ("ab", "UPPER", "under_score", "a..b", "192.168.1.1", "x" * 64, "-dash", "xn--abc"):
         with pytest.raises(ClientError) as exc:
             s3.create_bucket(Bucket=bad)
@@ -81,7 +79,7 @@ def test_unimplemented_subresources_answer_501(s3, bucket: str) -> None:
         lambda: s3.get_bucket_lifecycle_configuration(Bucket=bucket),
         lambda: s3.get_bucket_policy(Bucket=bucket),
         lambda: s3.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": [{"Key": "a", "Value": "b"}]}),
-        lambda: s3.put_bucket_acl(Bucket=bucket, ACL="public-read"),
+        lambda: s3.put_bucket_acl(Bucket=bucket, ACL="public-read-write"),
         lambda: s3.get_bucket_cors(Bucket=bucket),
     ]
     for call in calls:
