@@ -5,7 +5,8 @@ An object record (msgpack map, ``v`` = 1)::
     {v, key, size, etag, mtime, segments: [[blob_id, size], ...], sha256: bytes | None,
      headers: {content-type, content-encoding, ...}, meta: {name: value},
      checksums: {ALGORITHM: base64}, checksum_type: "FULL_OBJECT" | "COMPOSITE" | None,
-     parts: [part sizes] | None, replicas: [node ids], acl: canned ACL name (absent: private)}
+     parts: [part sizes] | None, replicas: [node ids], acl: canned ACL name (absent: private),
+     part_checksums: [[part number, {ALGORITHM: base64}], ...] (multipart objects completed since it was added)}
 
 An object is the concatenation of its segments. A simple PUT has one segment; a
 completed multipart upload has one per part (parts are never copied); CopyObject makes a

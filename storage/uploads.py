@@ -225,7 +225,8 @@ class UploadStore:
                     raise errors.EntityTooSmall(part["number"], part["size"], MIN_PART_SIZE)
             record = build(upload, parts)
             record = {**record, "v": 1, "key": key,
-                      "segments": [[p["blob"], p["size"]] for p in parts]}
+                      "segments": [[p["blob"], p["size"]] for p in parts],
+                      "part_checksums": [[p["number"], p.get("checksums") or {}] for p in parts]}
             # the object's bytes are already counted as parts: check the net change once
             objects, nbytes = growth(self.objects.read_in(txn, bucket_name(bucket), key), record["size"])
             pending = sum(p["size"] for p in self._parts_in(txn, upload_id))

@@ -29,7 +29,7 @@ from starlette.routing import BaseRoute, Match, NoMatchFound, request_response
 from starlette.types import Message, Receive, Scope, Send
 
 from manta.config import ServerConfig
-from manta.s3 import acl, bucket, multipart, obj, service, sigv4
+from manta.s3 import acl, attributes, bucket, multipart, obj, service, sigv4
 from manta.s3 import errors as s3e
 from manta.s3.body import ClientGone
 from manta.s3.context import S3Request, validate_key
@@ -47,7 +47,6 @@ UNSUPPORTED = {
     "legal-hold", "lifecycle", "logging", "metrics", "notification", "object-lock",
     "ownershipControls", "policy", "policyStatus", "publicAccessBlock", "replication",
     "requestPayment", "restore", "retention", "select", "tagging", "torrent", "website",
-    "attributes",
 }
 
 BUCKET_OPS: dict[tuple[str, str], Handler] = {
@@ -71,13 +70,14 @@ OBJECT_OPS: dict[tuple[str, str], Handler] = {
     ("DELETE", ""): obj.delete_object,
     ("GET", "acl"): acl.get_object_acl,
     ("PUT", "acl"): acl.put_object_acl,
+    ("GET", "attributes"): attributes.get_object_attributes,
     ("POST", "uploads"): multipart.create_upload,
     ("PUT", "uploadId"): multipart.upload_part,
     ("POST", "uploadId"): multipart.complete_upload,
     ("DELETE", "uploadId"): multipart.abort_upload,
     ("GET", "uploadId"): multipart.list_parts,
 }
-SUBRESOURCES = {"location", "versions", "versioning", "acl", "uploads", "delete", "uploadId"}
+SUBRESOURCES = {"location", "versions", "versioning", "acl", "uploads", "delete", "uploadId", "attributes"}
 
 
 def request_id() -> str:

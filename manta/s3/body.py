@@ -61,7 +61,7 @@ def _checksum_request(req: S3Request, default: str | None = None) -> tuple[str |
         alg, value = found[0]
         if declared and declared.upper() != alg:
             raise s3e.InvalidRequest("Value for x-amz-sdk-checksum-algorithm header is invalid.")
-        checksums.decode(alg, value)  # malformed -> InvalidRequest, as S3 (not BadDigest)
+        checksums.decode(alg, value)  # malformed: BadDigest before any byte is stored
         return alg, value, False
     if trailer_alg:
         return trailer_alg, None, True
@@ -206,6 +206,7 @@ async def receive_into(req: S3Request, writer: ReplicatedWriter | MemoryBlobWrit
             expected_sum = decoder.trailers.get(checksums.header_name(algorithm))
             if expected_sum is None:
                 raise s3e.InvalidRequest("The declared trailing checksum was not sent.")
+            checksums.decode(algorithm, expected_sum)
         if expected_sum is not None and expected_sum != actual:
             raise s3e.BadDigest(f"The {algorithm} you specified did not match the calculated checksum.")
         result.checksums[algorithm] = actual

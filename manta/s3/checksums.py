@@ -139,14 +139,15 @@ def new(algorithm: str) -> Checksum:
 
 
 def decode(algorithm: str, value: str) -> bytes:
-    """The raw digest of a client-sent base64 value; InvalidRequest if malformed."""
+    """The raw digest of a client-sent base64 value; BadDigest if it is not the base64
+    of a digest of the algorithm's size (as for a value that does not match)."""
     name = _canonical(algorithm)
     try:
         raw = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         raw = b""
     if len(raw) != _DIGEST_SIZES[name]:
-        raise s3e.InvalidRequest(f"Value for {header_name(name)} header is invalid.")
+        raise s3e.BadDigest(f"Value for {header_name(name)} is not a valid {name} checksum.")
     return raw
 
 

@@ -83,7 +83,6 @@ InvalidPartOrder = _error(
 InvalidURI = _error("InvalidURI", 400, "Couldn't parse the specified URI.")
 InvalidLocationConstraint = _error("InvalidLocationConstraint", 400, "The specified location-constraint is not valid.")
 NoSuchVersion = _error("NoSuchVersion", 404, "The specified version does not exist.")
-InvalidPartNumber = _error("InvalidPartNumber", 416, "The requested partnumber is not satisfiable")
 NoSuchUser = _error("NoSuchUser", 404, "The specified user does not exist.")
 UserAlreadyExists = _error("UserAlreadyExists", 409, "The user already exists.")
 ServiceUnavailable = _error("ServiceUnavailable", 503, "The service is unavailable; please retry.")

@@ -44,6 +44,8 @@ SMALL_OBJECT_BYTES = 64 * 1024
 # less than the hand-off to a worker thread); larger ones go through threads
 INLINE_READ_BYTES = 64 * 1024
 
+MAX_PART_NUMBER = 10000
+
 RESPONSE_OVERRIDES = {
     "response-content-type": "content-type",
     "response-content-language": "content-language",
@@ -150,7 +152,10 @@ def check_conditions(req: S3Request, record: dict[str, Any], prefix: str = "if-"
 
 
 def _parse_range(value: str, size: int) -> tuple[int, int] | None:
-    """(start, length) for a satisfiable single range; None to ignore; raises InvalidRange."""
+    """(start, length) for a satisfiable single range; None to ignore (a malformed or
+    multi-range header, or a suffix range of an empty object: the whole empty body, as
+    RFC 9110 makes a suffix range the one form an empty representation satisfies);
+    raises InvalidRange when the first byte is at or past the end."""
     unit, _, spec = value.partition("=")
     if unit.strip().lower() != "bytes" or "," in spec:
         return None
@@ -160,32 +165,36 @@ def _parse_range(value: str, size: int) -> tuple[int, int] | None:
     try:
         if first == "":
             n = int(last)
-            if n <= 0 or size == 0:
+            if n <= 0:
                 raise s3e.InvalidRange(RangeRequested=value, ActualObjectSize=str(size))
-            return max(0, size - n), min(n, size)
+            return (max(0, size - n), min(n, size)) if size else None
         start = int(first)
-        end = int(last) if last else size - 1
+        end = int(last) if last else None
     except ValueError:
         return None
-    if start < 0 or end < start:
+    if start < 0 or (end is not None and end < start):
         return None
     if start >= size:
         raise s3e.InvalidRange(RangeRequested=value, ActualObjectSize=str(size))
-    end = min(end, size - 1)
+    end = size - 1 if end is None else min(end, size - 1)
     return start, end - start + 1
 
 
 def _part_range(req: S3Request, record: dict[str, Any]) -> tuple[int, int] | None:
+    """(start, length) of the part `partNumber` names; a simple object is its one part."""
     raw = req.query.get("partNumber")
     if raw is None:
         return None
     try:
         number = int(raw)
     except ValueError:
-        raise s3e.InvalidArgument("Part number must be an integer.", ArgumentName="partNumber") from None
+        number = 0
+    if not 1 <= number <= MAX_PART_NUMBER:
+        raise s3e.InvalidArgument("Part number must be an integer between 1 and 10000, inclusive",
+                                  ArgumentName="partNumber", ArgumentValue=raw)
     sizes = record.get("parts") or [record["size"]]
-    if not 1 <= number <= len(sizes):
-        raise s3e.InvalidPartNumber("The requested partnumber is not satisfiable", PartNumberRequested=raw)
+    if number > len(sizes):
+        raise s3e.InvalidPart("The requested partnumber is not satisfiable", PartNumber=raw)
     return sum(sizes[: number - 1]), sizes[number - 1]
 
 

@@ -409,10 +409,10 @@ def test_wrong_flexible_checksum_is_bad_digest(s3: object, bucket: str, algorith
 
 
 @pytest.mark.parametrize("value", ["not base64!", "AAAA", b64(b"\0" * 5)])
-def test_malformed_flexible_checksum_is_invalid_request(server: Server, s3: object, bucket: str,
-                                                        value: str) -> None:
+def test_malformed_flexible_checksum_is_bad_digest(server: Server, s3: object, bucket: str,
+                                                   value: str) -> None:
     reply = signed_put(server, bucket, "malformed-sum.bin", b"the body", **{"x-amz-checksum-crc32": value})
-    assert (reply.status, reply.code) == (400, "InvalidRequest"), reply.body
+    assert (reply.status, reply.code) == (400, "BadDigest"), reply.body
     assert not exists(s3, bucket, "malformed-sum.bin")
 
 
