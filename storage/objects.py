@@ -255,15 +255,17 @@ class ObjectStore:
 
         return self.catalog.write(op)
 
-    def acls(self, bucket: str, key: str) -> tuple[str, str, str] | None:
+    def acls(self, bucket: str, key: str) -> tuple[str, str, str | None] | None:
         """(bucket owner, bucket ACL, object ACL) read together, "private" where none is
-        stored and for a missing object; None when there is no such bucket."""
+        stored, None for the object ACL of a missing object (or of no key); None when there
+        is no such bucket."""
         with self.catalog.read() as txn:
             record = self.catalog.get(txn, "buckets", bucket.encode())
             if record is None:
                 return None
-            obj = self._read(txn, bucket, key) or {}
-            return str(record["owner"]), record.get("acl", "private"), obj.get("acl", "private")
+            obj = self._read(txn, bucket, key) if key else None
+            return (str(record["owner"]), record.get("acl", "private"),
+                    obj.get("acl", "private") if obj is not None else None)
 
     def set_acl(self, bucket: Bucket, key: str, acl: str) -> None:
         """Replace the object's canned ACL (the S3 layer checked the name)."""

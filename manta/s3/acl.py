@@ -48,6 +48,8 @@ GRANT_HEADERS = {"x-amz-grant-read": "READ", "x-amz-grant-write": "WRITE",
 ANONYMOUS_READ_PARAMS = {"partNumber", "versionId", "x-id", "response-content-type",
                          "response-content-language", "response-expires", "response-cache-control",
                          "response-content-disposition", "response-content-encoding"}
+ANONYMOUS_LIST_PARAMS = {"prefix", "delimiter", "marker", "max-keys", "encoding-type", "list-type",
+                         "continuation-token", "start-after", "fetch-owner", "x-id"}
 GRANTEE_KINDS = {"id": "id", "uri": "uri", "emailaddress": "email"}
 _GRANTEE = re.compile(r'\s*(id|uri|emailAddress)\s*=\s*"?([^",]*)"?\s*(?:,|$)', re.IGNORECASE)
 
@@ -145,15 +147,24 @@ def acl_of(record: dict[str, Any] | None) -> str:
 
 
 def anonymous_reader(store: Store, req: S3Request) -> str | None:
-    """For an unsigned request: the bucket owner to read as, when the request is a plain
-    GetObject/HeadObject and the object's or the bucket's ACL is public-read; else None."""
-    if req.method not in ("GET", "HEAD") or not req.key or not set(req.query) <= ANONYMOUS_READ_PARAMS:
+    """For an unsigned request: the bucket owner to act as, or None (AccessDenied). As in
+    S3, READ for AllUsers (public-read) on an object lets anyone GET/HEAD that object; on a
+    bucket it lets anyone list the bucket (ListObjects, ListObjectsV2, HeadBucket), and so
+    learn that a missing key is missing (404), but read none of its objects."""
+    if req.method not in ("GET", "HEAD") or not req.bucket:
         return None
     found = store.objects.acls(req.bucket, req.key)
     if found is None:
         return None
     owner, bucket_acl, object_acl = found
-    return owner if PUBLIC_READ in (bucket_acl, object_acl) else None
+    if not req.key:
+        listing = set(req.query) <= ANONYMOUS_LIST_PARAMS
+        return owner if bucket_acl == PUBLIC_READ and listing else None
+    if not set(req.query) <= ANONYMOUS_READ_PARAMS:
+        return None
+    if object_acl == PUBLIC_READ or (object_acl is None and bucket_acl == PUBLIC_READ):
+        return owner
+    return None
 
 
 async def get_bucket_acl(req: S3Request) -> Response:

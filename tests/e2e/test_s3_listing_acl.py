@@ -271,7 +271,9 @@ def test_public_read_object_acl_lets_anonymous_get_and_head_only(s3: object, ser
     assert_s3_error(unsigned(server, "GET", f"/{bucket}/pub"), 403, "AccessDenied")
 
 
-def test_public_read_bucket_acl_covers_its_objects_only(s3: object, server: Server, bucket: str) -> None:
+def test_public_read_bucket_acl_lets_anyone_list_it_and_nothing_else(s3: object, server: Server, bucket: str) -> None:
+    """AWS: READ on a bucket "allows grantee to list the objects in the bucket"; reading an
+    object needs READ on the object itself."""
     other = bucket + "-other"
     s3.create_bucket(Bucket=other)  # type: ignore[attr-defined]
     try:
@@ -280,22 +282,27 @@ def test_public_read_bucket_acl_covers_its_objects_only(s3: object, server: Serv
         assert_s3_error(unsigned(server, "GET", f"/{bucket}/k"), 403, "AccessDenied")
         assert send_with(server, "PUT", f"/{bucket}?acl", {"x-amz-acl": "public-read"}).status == 200
         assert grants_of(s3.get_bucket_acl(Bucket=bucket)) == PUBLIC_GRANTS  # type: ignore[attr-defined]
-        reply = unsigned(server, "GET", f"/{bucket}/k")
-        assert (reply.status, reply.body) == (200, b"mine")
-        assert unsigned(server, "HEAD", f"/{bucket}/k").status == 200
-        assert_s3_error(unsigned(server, "GET", f"/{bucket}/missing"), 404, "NoSuchKey")
+        listing = unsigned(server, "GET", f"/{bucket}?list-type=2&prefix=k")
+        assert listing.status == 200 and b"<Key>k</Key>" in listing.body, listing.body
+        assert unsigned(server, "GET", f"/{bucket}").status == 200
+        assert unsigned(server, "HEAD", f"/{bucket}").status == 200
+        assert_s3_error(unsigned(server, "GET", f"/{bucket}/k"), 403, "AccessDenied")  # the object is private
+        assert unsigned(server, "HEAD", f"/{bucket}/k").status == 403
+        assert_s3_error(unsigned(server, "GET", f"/{bucket}/missing"), 404, "NoSuchKey")  # it may list
         assert_s3_error(unsigned(server, "GET", f"/{other}/k"), 403, "AccessDenied")
-        assert_s3_error(unsigned(server, "GET", f"/{bucket}"), 403, "AccessDenied")
-        assert_s3_error(unsigned(server, "GET", f"/{bucket}?list-type=2"), 403, "AccessDenied")
+        assert_s3_error(unsigned(server, "GET", f"/{other}"), 403, "AccessDenied")
+        assert_s3_error(unsigned(server, "GET", f"/{bucket}?uploads"), 403, "AccessDenied")
         assert_s3_error(unsigned(server, "PUT", f"/{bucket}/new", b"x"), 403, "AccessDenied")
         assert_s3_error(unsigned(server, "DELETE", f"/{bucket}/k"), 403, "AccessDenied")
         assert_s3_error(unsigned(server, "DELETE", f"/{bucket}"), 403, "AccessDenied")
         assert_s3_error(unsigned(server, "GET", f"/{bucket}?acl"), 403, "AccessDenied")
         assert_s3_error(unsigned(server, "GET", "/"), 403, "AccessDenied")
         anon = anonymous_client(server)
+        assert [o["Key"] for o in anon.list_objects_v2(Bucket=bucket)["Contents"]] == ["k"]  # type: ignore[attr-defined]
+        assert error_code(anon.get_object, Bucket=bucket, Key="k") == "AccessDenied"  # type: ignore[attr-defined]
+        assert error_code(anon.list_objects, Bucket=other) == "AccessDenied"  # type: ignore[attr-defined]
+        s3.put_object_acl(Bucket=bucket, Key="k", ACL="public-read")  # type: ignore[attr-defined]
         assert anon.get_object(Bucket=bucket, Key="k")["Body"].read() == b"mine"  # type: ignore[attr-defined]
-        assert error_code(anon.get_object, Bucket=other, Key="k") == "AccessDenied"  # type: ignore[attr-defined]
-        assert error_code(anon.list_objects, Bucket=bucket) == "AccessDenied"  # type: ignore[attr-defined]
         assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == b"mine"  # type: ignore[attr-defined]
     finally:
         s3.delete_object(Bucket=other, Key="k")  # type: ignore[attr-defined]
@@ -324,7 +331,9 @@ def test_public_read_through_every_creating_call(s3: object, server: Server, buc
     s3.create_bucket(Bucket=public, ACL="public-read")  # type: ignore[attr-defined]
     try:
         s3.put_object(Bucket=public, Key="k", Body=b"pb")  # type: ignore[attr-defined]
-        assert unsigned(server, "GET", f"/{public}/k").body == b"pb"
+        listing = unsigned(server, "GET", f"/{public}?list-type=2")
+        assert listing.status == 200 and b"<Key>k</Key>" in listing.body, listing.body
+        assert_s3_error(unsigned(server, "GET", f"/{public}/k"), 403, "AccessDenied")  # its objects stay private
     finally:
         s3.delete_object(Bucket=public, Key="k")  # type: ignore[attr-defined]
         s3.delete_bucket(Bucket=public)  # type: ignore[attr-defined]
