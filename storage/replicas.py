@@ -285,6 +285,7 @@ class BlobReader:
         random.shuffle(healthy)
         self.candidates = healthy + [n for n in listed if n not in healthy]
         self._pins: dict[str, Any] = {}
+        self._closed = False
         self.blocking = any(n.remote for n in listed)  # reads go over the network
 
     def prefer(self, node_id: str) -> None:
@@ -304,6 +305,8 @@ class BlobReader:
                 continue
 
     def read_block(self, index: int) -> bytes:
+        if self._closed:  # a read after close would open (pin) a replica nobody closes
+            raise ValueError(f"read of blob {self.blob_id} after its reader was closed")
         offset = index * BLOCK
         length = min(BLOCK, self.size - offset)
         for node in list(self.candidates):
@@ -354,6 +357,8 @@ class BlobReader:
             index += 1
 
     def close(self) -> None:
+        """Unpin every replica, once; the caller makes sure no read is still running."""
+        self._closed = True
         nodes = {n.id: n for n in self.candidates}
         for node_id, handle in self._pins.items():
             if node_id in nodes:

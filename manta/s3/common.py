@@ -130,7 +130,12 @@ def _next_blocks(pieces: Iterator[bytes], n: int = READ_AHEAD_BLOCKS) -> list[by
 async def stream_opened(opened: Opened) -> AsyncIterator[bytes]:
     """Verified bytes of the opened segments. Blocks of big blobs are read in a worker
     thread a few blocks at a time and one batch ahead, so reading overlaps sending and the
-    thread hand-off is paid once per batch, not once per block."""
+    thread hand-off is paid once per batch, not once per block.
+
+    A client that goes away cancels the response task while a worker may still read: the
+    batch is shielded from the cancel, and the files close when it is done (never under a
+    running read: a descriptor closed there fails the read with EBADF, or once its number
+    is reused, reads another request's file)."""
     loop = asyncio.get_running_loop()
     ahead: asyncio.Future[list[bytes]] | None = None
     try:
@@ -141,16 +146,27 @@ async def stream_opened(opened: Opened) -> AsyncIterator[bytes]:
                     yield small
                 continue
             ahead = loop.run_in_executor(None, _next_blocks, pieces)
-            while blocks := await ahead:
+            while blocks := await asyncio.shield(ahead):
                 ahead = loop.run_in_executor(None, _next_blocks, pieces)
                 for block in blocks:
                     yield block
             ahead = None
     finally:
-        if ahead is not None and not ahead.done():
-            await asyncio.wait([ahead])  # let the worker finish before its file is closed
-        for reader, _, _ in opened:
-            reader.close()
+        if ahead is None or ahead.done():
+            _close_all(opened)
+        else:  # no await here: a cancelled task is cancelled again at every await
+            ahead.add_done_callback(lambda batch: _close_after(batch, opened))
+
+
+def _close_all(opened: Opened) -> None:
+    for reader, _, _ in opened:
+        reader.close()
+
+
+def _close_after(batch: asyncio.Future[list[bytes]], opened: Opened) -> None:
+    if not batch.cancelled():
+        batch.exception()  # retrieved: a failed read nobody waits for is not an error here
+    _close_all(opened)
 
 
 async def prefetched(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
