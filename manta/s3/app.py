@@ -143,6 +143,8 @@ class S3App:
         try:
             req = self._context(request, raw_path, rid, body.receive)
             resource = req.resource
+            if method == "OPTIONS" and "origin" not in req.headers:  # not a CORS preflight
+                raise s3e.BadRequest("Insufficient information. Origin request header needed.")
             await self._authenticate(req, raw_path.decode("latin-1"), scope)
             response = await self._dispatch(req)(req)
         except s3e.S3Error as err:

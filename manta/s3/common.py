@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -38,16 +39,45 @@ def request_headers(req: S3Request) -> tuple[dict[str, str], dict[str, str]]:
         if value is None:
             continue
         if name == "content-encoding":
-            value = ",".join(t.strip() for t in value.split(",") if t.strip().lower() != "aws-chunked")
+            value = stored_content_encoding(value)
             if not value:
                 continue
         headers[name] = value
     headers.setdefault("content-type", DEFAULT_CONTENT_TYPE)
-    meta = {k[len("x-amz-meta-"):]: v for k, v in req.headers.items() if k.startswith("x-amz-meta-")}
+    meta = {k[len("x-amz-meta-"):]: meta_text(v) for k, v in req.headers.items() if k.startswith("x-amz-meta-")}
     size = sum(len(k) + len(v) for k, v in meta.items())
     if size > req.settings.max_meta_bytes:
         raise s3e.MetadataTooLarge(MaxSizeAllowed=str(req.settings.max_meta_bytes))
     return headers, meta
+
+
+def stored_content_encoding(sent: str) -> str:
+    """Content-Encoding as sent (spacing kept), less the aws-chunked transfer coding."""
+    codings = sent.split(",")
+    kept = [c for c in codings if c.strip().lower() != "aws-chunked"]
+    return sent if len(kept) == len(codings) else ",".join(kept).strip()
+
+
+def meta_text(wire: str) -> str:
+    """A metadata value as the client meant it: its wire bytes (which the server decodes as
+    latin-1) read as UTF-8, as SDKs send non-ASCII values; bytes that are not UTF-8 stay
+    latin-1 characters."""
+    raw = wire.encode("latin-1")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return wire
+
+
+def meta_header(text: str) -> str:
+    """A stored metadata value as a response header: latin-1 text goes out as is (clients
+    decode headers as latin-1, so it reads back as sent); anything wider is RFC 2047
+    encoded, as S3 does with non-ASCII metadata."""
+    try:
+        text.encode("latin-1")
+        return text
+    except UnicodeEncodeError:
+        return "=?UTF-8?B?" + base64.b64encode(text.encode("utf-8")).decode() + "?="
 
 
 def object_headers(record: dict[str, Any]) -> dict[str, str]:
@@ -58,7 +88,7 @@ def object_headers(record: dict[str, Any]) -> dict[str, str]:
     }
     out.update(record.get("headers", {}))
     for k, v in record.get("meta", {}).items():
-        out[f"x-amz-meta-{k}"] = v
+        out[f"x-amz-meta-{k}"] = meta_header(v)
     return out
 
 

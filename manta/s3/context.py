@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, overload
@@ -52,3 +53,13 @@ def validate_key(key: str) -> None:
         key.encode("utf-8")
     except UnicodeEncodeError:
         raise s3e.InvalidArgument("Object key must be valid UTF-8.", ArgumentName="key") from None
+
+
+def copy_source_path(quoted: str) -> str:
+    """The percent-decoded "bucket/key" of x-amz-copy-source; escapes that are not UTF-8
+    are a 400, not a lookup of a key that cannot exist (a 404)."""
+    try:
+        return urllib.parse.unquote(quoted, errors="strict")
+    except UnicodeDecodeError:
+        raise s3e.InvalidArgument("Invalid copy source encoding.",
+                                  ArgumentName="x-amz-copy-source") from None

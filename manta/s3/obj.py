@@ -32,7 +32,7 @@ from manta.s3.common import (
     stream_opened,
     xml_response,
 )
-from manta.s3.context import S3Request, validate_key
+from manta.s3.context import S3Request, copy_source_path, validate_key
 from manta.s3.xmlio import document, el, iso8601
 from storage import BlobMeta, MemoryBlobWriter, WriteCondition
 
@@ -252,7 +252,7 @@ async def delete_object(req: S3Request) -> Response:
 def parse_copy_source(req: S3Request) -> tuple[str, str]:
     raw = req.headers["x-amz-copy-source"]
     source, _, query = raw.partition("?")
-    source = urllib.parse.unquote(source).lstrip("/")
+    source = copy_source_path(source).lstrip("/")
     bucket, _, key = source.partition("/")
     if not bucket or not key:
         raise s3e.InvalidArgument("Copy Source must mention the source bucket and key: sourcebucket/sourcekey",

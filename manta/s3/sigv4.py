@@ -21,7 +21,8 @@ ones):
 - query parameters arrive decoded and are re-encoded with the AWS rule
   (only A-Za-z0-9-._~ unescaped), sorted by name then value;
   X-Amz-Signature is left out for presigned URLs;
-- header values are trimmed and inner runs of whitespace collapsed;
+- header values are trimmed and inner runs of whitespace collapsed, and hashed as the
+  bytes that came on the wire (a non-ASCII value is UTF-8 from botocore);
 - the payload hash is the x-amz-content-sha256 header for header auth,
   UNSIGNED-PAYLOAD for presigned URLs (unless the URL carries
   X-Amz-Content-Sha256). Comparing a hex payload hash with the body is the
@@ -233,12 +234,13 @@ def _parse_query(req: AuthRequest) -> SigV4Auth:
         expires_s = int(params["X-Amz-Expires"])
     except ValueError:
         raise error("X-Amz-Expires should be a number") from None
+    # out of range is refused as S3 does, 403 (0 is an expired URL: check_time)
     if expires_s < 0:
-        raise error("X-Amz-Expires must be non-negative")
-    if expires_s == 0:
-        raise error("X-Amz-Expires must be greater than 0")
+        raise s3e.AccessDenied("X-Amz-Expires must be non-negative")
     if expires_s > MAX_EXPIRES_S:
-        raise error(f"X-Amz-Expires must be less than a week (in seconds) that is; {MAX_EXPIRES_S}")
+        raise s3e.AccessDenied(
+            f"X-Amz-Expires must be less than a week (in seconds) that is; {MAX_EXPIRES_S}"
+        )
     signed_headers = _parse_signed_headers(params["X-Amz-SignedHeaders"], error, "")
     payload_hash = params.get("X-Amz-Content-Sha256")
     if payload_hash is None and "x-amz-content-sha256" in signed_headers:
@@ -315,7 +317,7 @@ def check_time(auth: SigV4Auth, now: datetime, max_skew_s: int = 900) -> None:
     age_s = (now - auth.amz_date).total_seconds()
     if auth.presigned:
         assert auth.expires_s is not None
-        if age_s > auth.expires_s:
+        if age_s > auth.expires_s or auth.expires_s == 0:
             expires = auth.amz_date + timedelta(seconds=auth.expires_s)
             raise s3e.AccessDenied(
                 "Request has expired",
@@ -382,8 +384,19 @@ def canonical_request(auth: SigV4Auth, req: AuthRequest) -> str:
     )
 
 
+def _wire_bytes(canonical: str) -> bytes:
+    """The canonical request as bytes: header values arrive as their wire bytes decoded as
+    latin-1 (ASGI), so encoding back gives the bytes the client signed (botocore sends and
+    signs a non-ASCII x-amz-meta-* value as UTF-8). Text that never was latin-1-decoded
+    wire bytes is hashed as UTF-8."""
+    try:
+        return canonical.encode("latin-1")
+    except UnicodeEncodeError:
+        return canonical.encode("utf-8", "surrogateescape")
+
+
 def string_to_sign(auth: SigV4Auth, canonical: str) -> str:
-    digest = hashlib.sha256(canonical.encode("utf-8", "surrogateescape")).hexdigest()
+    digest = hashlib.sha256(_wire_bytes(canonical)).hexdigest()
     return f"{ALGORITHM}\n{auth.amz_date_raw}\n{auth.scope}\n{digest}"
 
 
