@@ -221,7 +221,10 @@ class RemoteNode(Node):
         return bool(self._health.get("healthy"))
 
     def recheck(self, pool: bool = True) -> bool:
-        self.poll()
+        """A fresh check: a node that does not answer it is down until a heartbeat answers
+        (so a caller that just saw it fail stops choosing it at once, not after 3 s)."""
+        if self.poll() is None:
+            self.mark_failed("not answering")
         return self.healthy()
 
     def mark_failed(self, reason: str) -> None:
