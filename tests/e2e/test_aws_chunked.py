@@ -16,6 +16,7 @@ import hmac
 import http.client
 import os
 import re
+import xml.etree.ElementTree as ET
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -137,6 +138,9 @@ class Reply:
     def code(self) -> str | None:
         found = re.search(rb"<Code>(.*?)</Code>", self.body)
         return found.group(1).decode() if found else None
+
+    def xml(self) -> ET.Element:
+        return ET.fromstring(self.body)
 
 
 def send(server: Server, method: str, path: str, headers: dict[str, str], body: bytes = b"") -> Reply:

@@ -8,34 +8,20 @@ import hashlib
 import http.client
 import os
 import zlib
-from dataclasses import dataclass
 from typing import Any
-from xml.etree import ElementTree as ET
 
 import pytest
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 
 from tests.conftest import Server
-from tests.e2e.test_aws_chunked import UNSIGNED_TRAILER, put_streaming
+from tests.e2e.test_aws_chunked import UNSIGNED_TRAILER, Reply, put_streaming
 from tests.e2e.test_crash import sign
 
 MiB = 1024 * 1024
 NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 
 
-@dataclass
-class Reply:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    @property
-    def code(self) -> str | None:
-        return ET.fromstring(self.body).findtext("Code") if self.body.startswith(b"<?xml") else None
-
-    def xml(self) -> ET.Element:
-        return ET.fromstring(self.body)
 
 
 def raw(server: Server, method: str, target: str, headers: dict[str, str] | None = None,
