@@ -19,8 +19,8 @@ from typing import Any
 
 from storage.blobs import BlobWriter, DirectoryBlobStore, verify_file
 from storage.errors import BlobDamaged, ResourceExhausted
-from storage.nodeapi import BLOCK, check_blocks
 from storage.nodeapi import Node as NodeInterface
+from storage.nodeapi import check_blocks
 from storage.zfs import CommandDriver, ZfsError
 from storage.zfs import driver as zfs_driver
 
@@ -301,23 +301,9 @@ class LocalNode(NodeInterface):
     def copy_from(self, peer: NodeInterface, blob_id: str) -> None:
         """OSError for a node's failure, ResourceExhausted for this process's shortage."""
         try:
-            writer = self.open_write(blob_id)
+            self.copy_by_reading(peer, blob_id)
         except OSError as exc:
             ResourceExhausted.raise_if(exc, "copying a blob")
-            raise
-        try:
-            offset = 0
-            while True:
-                chunk = peer.read_upto(blob_id, offset, BLOCK)
-                if not chunk:
-                    break
-                writer.write(chunk)
-                offset += len(chunk)
-            writer.commit()
-        except BaseException as exc:
-            writer.abort()
-            if isinstance(exc, OSError):
-                ResourceExhausted.raise_if(exc, "copying a blob")
             raise
 
     # -- served over HTTP (manta node): deletes keep the bytes a while for reads in flight --

@@ -124,6 +124,20 @@ class Node(abc.ABC):
         """Up to `length` raw bytes from `offset` (b"" at the end), unchecked: for copies
         whose receiver checks the whole."""
 
+    def copy_by_reading(self, peer: Node, blob_id: str) -> None:
+        """Write here, durably, what `peer`'s replica holds, read from it piece by piece (the
+        receiver checks the whole: its caller compares size and hashes, scrub re-verifies)."""
+        writer = self.open_write(blob_id)
+        try:
+            offset = 0
+            while chunk := peer.read_upto(blob_id, offset, BLOCK):
+                writer.write(chunk)
+                offset += len(chunk)
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+
     def pin(self, blob_id: str) -> Any:
         """Keep the replica readable even if it is deleted meanwhile (a GET that started
         before an overwrite). Returns a handle for `read` and `unpin`, or None."""

@@ -336,17 +336,8 @@ class RemoteNode(Node):
         if isinstance(peer, RemoteNode):
             self._call("POST", self._blob(blob_id, "/fetch"), {"from": peer.url},
                        timeout_s=max(self.timeout_s, 600.0))
-            return
-        writer = self.open_write(blob_id)
-        try:
-            offset = 0
-            while chunk := peer.read_upto(blob_id, offset, BLOCK):
-                writer.write(chunk)
-                offset += len(chunk)
-            writer.commit()
-        except BaseException:
-            writer.abort()
-            raise
+        else:
+            self.copy_by_reading(peer, blob_id)
 
     def close(self) -> None:
         with self._pool_lock:
