@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -37,7 +36,7 @@ from starlette.routing import Route
 
 from manta.serving import serve_until_stopped
 from storage import LocalNode, parse_spec
-from storage.blobs import BlobWriter
+from storage.blobs import BLOB_ID, BlobWriter
 from storage.clusterauth import Refused, Verifier
 from storage.errors import BlobDamaged
 from storage.nodeapi import check_blocks
@@ -51,7 +50,6 @@ MAX_READ = 256 << 20
 STAGED_TTL_S = 600.0
 TRASH_S = 60.0
 SWEEP_EVERY_S = 10.0
-_BLOB_ID = re.compile(r"[0-9a-f]{32}\Z")
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -106,7 +104,7 @@ class NodeApp:
             except ClientDisconnect:
                 return error(400, "body cut short")
             blob_id = request.path_params.get("blob_id")
-            if blob_id is not None and not _BLOB_ID.match(blob_id):
+            if blob_id is not None and not BLOB_ID.match(blob_id):
                 return error(400, "bad blob id")
             return await handler(request)
 
@@ -220,7 +218,7 @@ class NodeApp:
         return JSONResponse({})
 
     async def sync(self, request: Request) -> Response:
-        ids = [i for i in self.json_body(request).get("ids", []) if isinstance(i, str) and _BLOB_ID.match(i)]
+        ids = [i for i in self.json_body(request).get("ids", []) if isinstance(i, str) and BLOB_ID.match(i)]
         await anyio.to_thread.run_sync(self.node.sync, ids)
         return JSONResponse({})
 

@@ -33,7 +33,7 @@ from awscrt.checksums import crc32c
 
 from storage.errors import BlobCorrupt, BlobMissing, ResourceExhausted
 
-__all__ = ["BLOCK", "BlobInfo", "BlobWriter", "DirectoryBlobStore", "MemoryBlobWriter", "verify_file"]
+__all__ = ["BLOB_ID", "BLOCK", "BlobInfo", "BlobWriter", "DirectoryBlobStore", "MemoryBlobWriter", "verify_file"]
 
 BLOCK = 1 << 20
 
@@ -42,7 +42,7 @@ BLOCK = 1 << 20
 # path, while names (random 128-bit ids) cannot be discovered. Temp files stay private.
 BLOB_MODE = 0o644
 DIR_MODE = 0o711
-_BLOB_ID = re.compile(r"[0-9a-f]{32}\Z")  # \Z, not $: "$" would accept a trailing newline
+BLOB_ID = re.compile(r"[0-9a-f]{32}\Z")  # \Z, not $: "$" would accept a trailing newline
 
 
 @dataclass(frozen=True)
@@ -168,7 +168,7 @@ class DirectoryBlobStore:
         return removed
 
     def path(self, blob_id: str) -> str:
-        if not _BLOB_ID.match(blob_id):
+        if not BLOB_ID.match(blob_id):
             raise ValueError(f"invalid blob id {blob_id!r}")
         return os.path.join(self.blob_dir, blob_id[:2], blob_id)
 
@@ -259,7 +259,7 @@ class DirectoryBlobStore:
         """Every committed blob id with its mtime (for garbage collection)."""
         for dirpath, _dirs, files in os.walk(self.blob_dir):
             for name in files:
-                if _BLOB_ID.match(name):
+                if BLOB_ID.match(name):
                     try:
                         yield name, os.stat(os.path.join(dirpath, name)).st_mtime
                     except FileNotFoundError:
