@@ -33,7 +33,6 @@ from storage.store import Store
 __all__ = ["BlobCheck", "ScrubReport", "Scrubber"]
 
 log = logging.getLogger("manta.storage")
-NODE_DOWN = "node down"
 
 
 @dataclass
@@ -109,13 +108,10 @@ class Scrubber:
         return out
 
     def _verify(self, node: Node, blob_id: str, meta: dict[str, Any]) -> str | None:
-        """None if the replica is good (size, block CRC32Cs, SHA-256), else why not."""
-        try:
-            return node.verify(blob_id, meta["size"], meta.get("sha256") or b"", meta.get("blocks") or b"",
-                               self._throttle)
-        except ConnectionError as exc:  # a remote node gone mid-check: its copy is unavailable
-            node.mark_failed(f"verify failed: {exc}")
-            return NODE_DOWN
+        """None if the replica is good (size, block CRC32Cs, SHA-256), else why not;
+        ConnectionError when a remote node is gone."""
+        return node.verify(blob_id, meta["size"], meta.get("sha256") or b"", meta.get("blocks") or b"",
+                           self._throttle)
 
     def _throttle(self, n: int) -> None:
         self._bytes += n
@@ -139,8 +135,10 @@ class Scrubber:
             if node is None or not node.healthy():
                 check.unavailable += 1
                 continue
-            problem = self._verify(node, blob_id, meta)
-            if problem == NODE_DOWN:
+            try:
+                problem = self._verify(node, blob_id, meta)
+            except ConnectionError as exc:  # a remote node gone mid-check: its copy is unavailable
+                node.mark_failed(f"verify failed: {exc}")
                 check.unavailable += 1
                 continue
             check.checked += 1
