@@ -174,7 +174,7 @@ def _finish(ctx: RunContext, job: Record, task: Record, error: tuple[str, str] |
                             _object_record(meta.blob_id, meta.size, meta.md5.hex(), meta.sha256, "text/plain")))
         _failed(done, task, error, stderr, f"{bucket}/{objects[0][0]}" if objects else None)
     made = len(objects) if error is None else 0
-    _log_attempt(done, task, done["state"])
+    done["attempts_log"] = log_attempt(task, done["state"])
 
     def op(txn: Txn) -> list[str]:
         freed: list[str] = []
@@ -193,13 +193,9 @@ def _finish(ctx: RunContext, job: Record, task: Record, error: tuple[str, str] |
         if error is None:
             error = (je.QUOTA_EXCEEDED_ERROR, f"the outputs were not stored: {exc}")
         _failed(done, task, error, stderr, None)
-        _log_attempt(done, task, done["state"])
+        done["attempts_log"] = log_attempt(task, done["state"])
         ctx.records.write(lambda txn: store.catalog.put(txn, "jobtasks", task_key(job["id"], task["id"]), done))
     return done
-
-
-def _log_attempt(done: Record, task: Record, outcome: str) -> None:
-    done["attempts_log"] = log_attempt(task, outcome)
 
 
 def log_attempt(task: Record, outcome: str) -> list[Record]:
