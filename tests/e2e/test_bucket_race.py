@@ -104,6 +104,15 @@ def catalog_blobs(server: Server) -> int:
     return sum(n["blob_count"] for n in nodes)
 
 
+def race_bucket(server: Server, direction: str, kind: str) -> tuple[Account, Account, str]:
+    """Two new accounts as (uploader, taker) for `direction`, and a bucket the uploader owns."""
+    a, b = new_account(server, "a"), new_account(server, "b")
+    uploader, taker = (b, a) if direction == "into-new-owner" else (a, b)
+    bucket = f"race-{kind}-{os.getpid()}-{_made[0]}"
+    uploader.s3(server.url).create_bucket(Bucket=bucket)
+    return uploader, taker, bucket
+
+
 def hand_over(url: str, old: Account, new: Account, bucket: str) -> None:
     old.s3(url).delete_bucket(Bucket=bucket)
     new.s3(url).create_bucket(Bucket=bucket)
@@ -124,10 +133,7 @@ def assert_not_stored(url: str, owner: Account, other: Account, bucket: str, key
 @pytest.mark.parametrize("size", [40_000, 300_000], ids=["small", "large"])
 @pytest.mark.parametrize("direction", ["into-new-owner", "from-old-owner"])
 def test_put_into_a_bucket_that_changed_hands_is_no_such_bucket(server: Server, size: int, direction: str) -> None:
-    a, b = new_account(server, "a"), new_account(server, "b")
-    uploader, taker = (b, a) if direction == "into-new-owner" else (a, b)
-    bucket = f"race-put-{os.getpid()}-{_made[0]}"
-    uploader.s3(server.url).create_bucket(Bucket=bucket)
+    uploader, taker, bucket = race_bucket(server, direction, "put")
     files, records = blob_files(server), catalog_blobs(server)
 
     put = TrickledRequest(server.port, uploader, "PUT", f"/{bucket}/obj", SECRET * (size // len(SECRET)))
@@ -143,11 +149,8 @@ def test_put_into_a_bucket_that_changed_hands_is_no_such_bucket(server: Server, 
 
 @pytest.mark.parametrize("direction", ["into-new-owner", "from-old-owner"])
 def test_upload_part_into_a_bucket_that_changed_hands_fails(server: Server, direction: str) -> None:
-    a, b = new_account(server, "a"), new_account(server, "b")
-    uploader, taker = (b, a) if direction == "into-new-owner" else (a, b)
-    bucket = f"race-mpu-{os.getpid()}-{_made[0]}"
+    uploader, taker, bucket = race_bucket(server, direction, "mpu")
     s3u = uploader.s3(server.url)
-    s3u.create_bucket(Bucket=bucket)
     upload_id = s3u.create_multipart_upload(Bucket=bucket, Key="mp")["UploadId"]
     files, records = blob_files(server), catalog_blobs(server)
 
@@ -172,11 +175,8 @@ def test_upload_part_into_a_bucket_that_changed_hands_fails(server: Server, dire
 
 @pytest.mark.parametrize("direction", ["into-new-owner", "from-old-owner"])
 def test_complete_into_a_bucket_that_changed_hands_is_no_such_bucket(server: Server, direction: str) -> None:
-    a, b = new_account(server, "a"), new_account(server, "b")
-    uploader, taker = (b, a) if direction == "into-new-owner" else (a, b)
-    bucket = f"race-cmp-{os.getpid()}-{_made[0]}"
+    uploader, taker, bucket = race_bucket(server, direction, "cmp")
     s3u = uploader.s3(server.url)
-    s3u.create_bucket(Bucket=bucket)
     upload_id = s3u.create_multipart_upload(Bucket=bucket, Key="mp")["UploadId"]
     etag = s3u.upload_part(Bucket=bucket, Key="mp", UploadId=upload_id, PartNumber=1, Body=SECRET)["ETag"]
     xml = (f"<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>{etag}</ETag></Part>"
