@@ -189,7 +189,8 @@ def test_without_the_filter_the_call_succeeds(unfiltered: Sandbox, call_id: str)
 def test_clone3_is_enosys_so_glibc_falls_back_to_clone(sandbox: Sandbox) -> None:
     assert call(sandbox, "clone3", "None, L(0)") == (f"-1 {errno.ENOSYS}", "2")
     result, out = run(sandbox, "python3 -c 'import os, threading; t = threading.Thread(target=print,"
-                      " args=(1,), kwargs={\"flush\": True}); t.start(); t.join(); os.posix_spawn(\"/bin/echo\", [\"echo\", \"2\"], {})'")
+                      " args=(1,), kwargs={\"flush\": True}); t.start(); t.join();"
+                      " os.waitpid(os.posix_spawn(\"/bin/echo\", [\"echo\", \"2\"], {}), 0)'")
     assert result.ok and out == "1\n2\n", result
 
 
