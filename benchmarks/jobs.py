@@ -50,8 +50,8 @@ from botocore.config import Config
 sys.path.insert(0, str(HERE.parent))  # so that `jobs` is the package, not this script
 
 from jobs.sandbox import Sandbox, TaskSpec  # noqa: E402
-from manta.cli import CliError  # noqa: E402
-from manta.http import signed_request  # noqa: E402
+from manta.cli.common import CliError  # noqa: E402
+from manta.cli.http import signed_request  # noqa: E402
 from storage.catalog import unpack  # noqa: E402
 
 PIPELINE = "tr -s ' ' '\\n' | sort | uniq -c | sort -rn | head -20"

@@ -12,8 +12,8 @@ import time
 
 import boto3
 
-from manta.credentials import client_credentials, client_url
-from manta.http import signed_request
+from manta.cli.http import signed_request
+from manta.client.settings import client_credentials, client_url
 
 
 def main() -> None:

@@ -1,8 +1,10 @@
-"""The dependency direction is manta -> jobs -> storage, never backwards.
+"""The dependency direction is manta -> jobs -> storage, never backwards; inside manta,
+the server, the client and the CLI are separate (cli -> client, cli -> server, and neither
+of those two imports the other or the CLI); and no import cycle exists anywhere.
 
-Every .py file under storage/ and jobs/ is parsed (not imported) and each import
-statement checked, including imports inside functions and `if TYPE_CHECKING:` blocks,
-and relative imports that climb out of the package.
+Every .py file is parsed (not imported) and each import statement checked, including
+imports inside functions and `if TYPE_CHECKING:` blocks, and relative imports that climb
+out of the package.
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FORBIDDEN = {
     "storage": {"jobs", "manta"},
     "jobs": {"manta"},
+    "manta/server": {"manta.client", "manta.cli"},
+    "manta/client": {"manta.server", "manta.cli", "jobs", "storage"},
 }
+PACKAGES = ("manta", "jobs", "storage")
 
 
 def python_files(package: str) -> list[str]:
@@ -68,9 +73,121 @@ def violations(package: str) -> list[str]:
     bad = []
     for path in python_files(package):
         for line, name in file_imports(path):
-            if name.split(".")[0] in FORBIDDEN[package]:
+            if any(name == f or name.startswith(f + ".") for f in FORBIDDEN[package]):
                 bad.append(f"{os.path.relpath(path, REPO)}:{line} imports {name}")
     return bad
+
+
+def import_graph(sources: dict[str, tuple[str, bool]]) -> dict[str, set[str]]:
+    """module -> the project modules it imports, from {module: (source, is_package)}.
+    `from pkg import name` is an edge to pkg.name when that is a module, else to pkg; the
+    implicit import of a module's parent packages is not an edge (every submodule would
+    otherwise be in a cycle with a package __init__ that re-exports it)."""
+    graph: dict[str, set[str]] = {}
+    for module, (source, is_package) in sources.items():
+        named: set[str] = set()
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.ImportFrom):
+                target = _absolute(node, module, is_package)
+                named |= {f"{target}.{a.name}" if f"{target}.{a.name}" in sources else target
+                          for a in node.names}
+            elif isinstance(node, ast.Import | ast.Call):
+                named |= {name for _, name in imported_modules(ast.unparse(node), module, is_package)}
+        graph[module] = {n for n in named if n in sources and n != module}
+    return graph
+
+
+def _absolute(node: ast.ImportFrom, module: str, is_package: bool) -> str:
+    if not node.level:
+        return node.module or ""
+    base = module.split(".")
+    if not is_package:
+        base = base[:-1]
+    base = base[: len(base) - (node.level - 1)] if node.level > 1 else base
+    return ".".join([*base, node.module] if node.module else base)
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, edges = work[-1]
+            nxt = next(edges, None)
+            if nxt is not None:
+                if nxt not in index:
+                    index[nxt] = low[nxt] = len(index)
+                    stack.append(nxt)
+                    on_stack.add(nxt)
+                    work.append((nxt, iter(sorted(graph.get(nxt, ())))))
+                elif nxt in on_stack:
+                    low[node] = min(low[node], index[nxt])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return found
+
+
+def project_sources() -> dict[str, tuple[str, bool]]:
+    sources = {}
+    for package in PACKAGES:
+        for path in python_files(package):
+            with open(path, encoding="utf-8") as fh:
+                sources[module_name(path)] = (fh.read(), path.endswith("__init__.py"))
+    return sources
+
+
+def test_no_import_cycle_in_the_project() -> None:
+    sources = project_sources()
+    assert len(sources) > 50
+    assert cycles(import_graph(sources)) == []
+
+
+@pytest.mark.parametrize(("extra", "cycle"), [
+    # a function-level import back into the client: client <-> fs
+    ({"manta.client.fs": ("from manta.client.client import Client", False),
+      "manta.client.client": ("def f():\n    from manta.client import fs", False),
+      "manta.client": ("", True)},
+     ["manta.client.client", "manta.client.fs"]),
+    # a TYPE_CHECKING import closing a loop of three
+    ({"a.x": ("import a.y", False), "a.y": ("from a import z", False),
+      "a.z": ("if TYPE_CHECKING:\n    from a.x import X", False), "a": ("", True)},
+     ["a.x", "a.y", "a.z"]),
+    # a submodule using a name its package re-exports from it
+    ({"p": ("from p.m import thing", True), "p.m": ("from p import other", False)},
+     ["p", "p.m"]),
+])
+def test_the_cycle_check_fails_on_an_introduced_cycle(extra: dict[str, tuple[str, bool]],
+                                                      cycle: list[str]) -> None:
+    assert cycles(import_graph(extra)) == [cycle]
+    assert cycles(import_graph({**project_sources(), **extra})) != []
+
+
+def test_a_package_importing_its_own_submodules_is_no_cycle() -> None:
+    sources = {"p": ("from p import m\nfrom p.n import N", True), "p.m": ("from p import n", False),
+               "p.n": ("N = 1", False)}
+    assert cycles(import_graph(sources)) == []
 
 
 @pytest.mark.parametrize("package", sorted(FORBIDDEN))
@@ -81,8 +198,8 @@ def test_no_imports_against_the_dependency_direction(package: str) -> None:
 
 @pytest.mark.parametrize(("source", "expected"), [
     ("import manta", "manta"),
-    ("import manta.s3.app as app", "manta.s3.app"),
-    ("from manta.s3 import errors", "manta.s3"),
+    ("import manta.server.s3.app as app", "manta.server.s3.app"),
+    ("from manta.server.s3 import errors", "manta.server.s3"),
     ("from jobs import runner", "jobs"),
     ("def f():\n    import jobs.scheduler", "jobs.scheduler"),
     ("if TYPE_CHECKING:\n    from manta import cli", "manta"),

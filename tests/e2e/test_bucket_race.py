@@ -33,8 +33,8 @@ from botocore.config import Config
 from botocore.credentials import Credentials
 
 from manta.client import Client
-from manta.config import ServerConfig
-from manta.s3.app import S3App
+from manta.server.config import ServerConfig
+from manta.server.s3.app import S3App
 from storage import Store, StoreConfig
 from tests.conftest import ROOT_AK, ROOT_SK, Server, free_port
 

@@ -24,7 +24,7 @@ from manta.client import (
     NoSuchKey,
     Unreachable,
 )
-from manta.credentials import Credentials, write_root_credentials
+from manta.server.keys import Credentials, write_root_credentials
 from tests.conftest import (
     ROOT_AK,
     ROOT_SK,

@@ -1,5 +1,5 @@
 """Connections that do not behave: silent ones, half a request head, a flood past the cap,
-and a server out of file descriptors (manta/protocol.py, storage.errors.ResourceExhausted).
+and a server out of file descriptors (manta/server/protocol.py, storage.errors.ResourceExhausted).
 
 Each test runs a server of its own with a small cap and short deadlines (env), and reaches
 it with raw sockets and http.client on presigned URLs, so every connection is one the test

@@ -15,7 +15,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from manta.fs import MantaFileSystem
+from manta.client.fs import MantaFileSystem
 from tests.conftest import ROOT_AK, ROOT_SK, Server
 
 MiB = 1024 * 1024

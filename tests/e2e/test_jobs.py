@@ -630,7 +630,7 @@ def test_job_status_can_wait_for_the_end(server: Server, s3: Any, bucket: str) -
     """GET /_manta/jobs/ID?wait=S answers as soon as the job is over (not after S), or
     after S while it runs; a bad S is InvalidArgument."""
     from manta.client import Client
-    from manta.client_errors import MantaError
+    from manta.client.errors import MantaError
 
     client = Client(url=server.url, access_key=ROOT_AK, secret_key=ROOT_SK)
     s3.put_object(Bucket=bucket, Key="w", Body=b"w\n")

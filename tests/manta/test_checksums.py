@@ -8,8 +8,8 @@ import zlib
 import pytest
 from awscrt import checksums as crt
 
-from manta.s3 import checksums
-from manta.s3 import errors as s3e
+from manta.server.s3 import checksums
+from manta.server.s3 import errors as s3e
 
 CHECK = b"123456789"
 DIRECT = {"CRC32": zlib.crc32, "CRC32C": crt.crc32c, "CRC64NVME": crt.crc64nvme}

@@ -13,9 +13,9 @@ import pytest
 from botocore.awsrequest import AWSResponse
 from botocore.config import Config
 
-from manta.s3 import checksums, sigv4
-from manta.s3 import errors as s3e
-from manta.s3.chunked import AwsChunkedDecoder, decoder_for
+from manta.server.s3 import checksums, sigv4
+from manta.server.s3 import errors as s3e
+from manta.server.s3.chunked import AwsChunkedDecoder, decoder_for
 
 SECRET_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 DATE = "20130524T000000Z"

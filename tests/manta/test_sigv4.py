@@ -12,8 +12,8 @@ from botocore.awsrequest import AWSRequest, AWSResponse
 from botocore.config import Config
 from botocore.credentials import Credentials
 
-from manta.s3 import errors as s3e
-from manta.s3 import sigv4
+from manta.server.s3 import errors as s3e
+from manta.server.s3 import sigv4
 
 ACCESS_KEY = "AKIAIOSFODNN7EXAMPLE"
 SECRET_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from manta.s3.common import stream_opened
+from manta.server.s3.common import stream_opened
 from storage import BlobReader, Store, StoreConfig
 
 MIB = 1024 * 1024

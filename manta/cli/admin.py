@@ -1,0 +1,174 @@
+"""`manta admin ...`: accounts and their limits, storage nodes, scrub and GC (root keys)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from manta.cli.common import CliError
+
+__all__ = ["register"]
+
+
+def _quota_arg(text: str | None) -> dict[str, int | None]:
+    from storage.quota import parse_quota
+
+    try:
+        return parse_quota(text) if text is not None else {}
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _admin_user_add(args: argparse.Namespace) -> int:
+    from manta.cli.http import signed_request
+
+    payload: dict[str, Any] = {"name": args.name}
+    if args.quota is not None:
+        payload["quota"] = _quota_arg(args.quota)
+    user = signed_request("POST", "/_manta/admin/users", json.dumps(payload).encode())
+    if args.json:
+        print(json.dumps(user))
+    else:
+        print(f"user:       {user['name']}\naccess key: {user['access_key']}\nsecret key: {user['secret_key']}")
+        for name, limit in (user.get("quota_set") or {}).items():
+            print(f"{name + ' limit:':<12}{limit}")
+    return 0
+
+
+def _admin_user_set(args: argparse.Namespace) -> int:
+    from manta.cli.http import signed_request
+
+    payload = {"quota": _quota_arg(args.quota)}
+    user = signed_request("POST", _user_path(args.name), json.dumps(payload).encode())
+    _print_user(user, args.json)
+    return 0
+
+
+def _admin_user_get(args: argparse.Namespace) -> int:
+    from manta.cli.http import signed_request
+
+    _print_user(signed_request("GET", _user_path(args.name)), args.json)
+    return 0
+
+
+def _user_path(name: str) -> str:
+    import urllib.parse
+
+    return "/_manta/admin/users/" + urllib.parse.quote(name, safe="")
+
+
+def _print_user(user: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(user))
+        return
+    print(f"user:       {user['name']}\naccess key: {user['access_key']}\nroot:       "
+          f"{'yes' if user['root'] else 'no'}")
+    usage = user.get("usage", {})
+    for name, limit in user["quota"].items():
+        shown = "unlimited" if limit is None else str(limit)
+        own = "" if name in user.get("quota_set", {}) else "  (default)"
+        if name in usage:
+            print(f"{name + ':':<12}{usage[name]} used of {shown}{own}")
+        else:
+            print(f"{name + ':':<12}limit {shown}{own}")
+
+
+def _admin_user_list(args: argparse.Namespace) -> int:
+    from manta.cli.http import signed_request
+
+    users = signed_request("GET", "/_manta/admin/users")["users"]
+    if args.json:
+        print(json.dumps(users))
+    else:
+        for u in users:
+            print(f"{u['name']:<24} {u['access_key']:<22} {'root' if u['root'] else ''}")
+    return 0
+
+
+def _admin_scrub(args: argparse.Namespace) -> int:
+    from manta.cli.http import signed_request
+
+    report = signed_request("POST", "/_manta/admin/scrub", b"{}", timeout_s=24 * 3600)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"checked {report['checked']} replicas of {report['blobs']} blobs in {report['seconds']}s: "
+              f"{report['damaged']} damaged, {report['repaired']} repaired, {report['lost']} lost, "
+              f"{report['unavailable']} on nodes that are down")
+        for pool, status in report.get("pools", {}).items():
+            print(f"zpool {pool}: {status.get('health', '?')}, {status.get('summary') or status.get('error')}")
+    return 1 if report["lost"] else 0
+
+
+def _admin_gc(args: argparse.Namespace) -> int:
+    from manta.cli.http import signed_request
+
+    report = signed_request("POST", "/_manta/admin/gc", b"{}", timeout_s=3600)
+    print(json.dumps(report) if args.json else f"removed {report['removed']} blob copies no object needs")
+    return 0
+
+
+def _admin_nodes(args: argparse.Namespace) -> int:
+    from manta.cli.http import signed_request
+
+    nodes = signed_request("GET", "/_manta/admin/nodes")["nodes"]
+    if args.json:
+        print(json.dumps(nodes))
+    else:
+        print(f"{'ID':<14} {'HEALTH':<24} {'HEARTBEAT':>9} {'LATENCY':>8} {'FREE':>14} {'SLOTS':>7} "
+              f"{'OBJECTS':>8}  ADDRESS")
+        for n in nodes:
+            beat = f"{n['heartbeat_age_s']:.1f}s ago" if n.get("heartbeat_age_s") is not None else "-"
+            latency = f"{n['latency_ms']:.1f}ms" if n.get("latency_ms") is not None else "-"
+            slots = f"{n['busy']}/{n['slots']}" if n.get("slots") is not None else "-"
+            print(f"{n['id']:<14} {n['health'][:24]:<24} {beat:>9} {latency:>8} {n['free_bytes']:>14} "
+                  f"{slots:>7} {n['object_count']:>8}  {n.get('address') or n['spec']}")
+    return 0
+
+
+def register(sub: Any) -> None:
+    """Add `admin` to the `manta` command's subparsers."""
+    admin = sub.add_parser("admin", help="administration (root credentials)",
+                           description="Administration: accounts, storage nodes, scrub (root credentials).",
+                           epilog="example: manta admin user add alice")
+    admin_sub = admin.add_subparsers(dest="admin_command", required=True)
+    user = admin_sub.add_parser("user", help="manage accounts", description="Create, list and inspect accounts; set their limits.",
+                                epilog="example: manta admin user list --json")
+    user_sub = user.add_subparsers(dest="user_command", required=True)
+    quota_help = ("limits as NAME=VALUE,...: objects, bytes (K/M/G/T/P suffixes), jobs, tasks, "
+                  "outputs; VALUE none removes a limit")
+    add = user_sub.add_parser("add", help="create an account and print its keys",
+                              epilog="example: manta admin user add alice --quota objects=1000,bytes=10G --json")
+    add.add_argument("name")
+    add.add_argument("--quota", default=None, metavar="NAME=VALUE,...", help=quota_help)
+    add.add_argument("--json", action="store_true", help="print one JSON object")
+    add.set_defaults(func=_admin_user_add)
+    set_ = user_sub.add_parser("set", help="change an account's limits",
+                               epilog="example: manta admin user set alice --quota bytes=50G,jobs=none")
+    set_.add_argument("name")
+    set_.add_argument("--quota", required=True, metavar="NAME=VALUE,...", help=quota_help)
+    set_.add_argument("--json", action="store_true", help="print one JSON object")
+    set_.set_defaults(func=_admin_user_set)
+    get = user_sub.add_parser("get", help="an account's keys, limits and usage",
+                              epilog="example: manta admin user get alice --json")
+    get.add_argument("name")
+    get.add_argument("--json", action="store_true",
+                     help="print one JSON object (quota, quota_set, usage: {objects, bytes}, ...)")
+    get.set_defaults(func=_admin_user_get)
+    lst = user_sub.add_parser("list", help="list accounts", epilog="example: manta admin user list")
+    lst.add_argument("--json", action="store_true", help="print a JSON array")
+    lst.set_defaults(func=_admin_user_list)
+    scrub = admin_sub.add_parser("scrub", help="verify every replica now and repair what is damaged",
+                                 epilog="example: manta admin scrub --json")
+    scrub.add_argument("--json", action="store_true",
+                       help="print one JSON object (checked, damaged, repaired, lost, ...)")
+    scrub.set_defaults(func=_admin_scrub)
+    gc = admin_sub.add_parser("gc", help="delete blob copies no object needs (older than MANTA_GC_GRACE_S) now",
+                              epilog="example: manta admin gc --json")
+    gc.add_argument("--json", action="store_true", help='print one JSON object {"removed": N}')
+    gc.set_defaults(func=_admin_gc)
+    nodes = admin_sub.add_parser("nodes", help="list storage nodes: health, space, objects",
+                                 epilog="example: manta admin nodes --json")
+    nodes.add_argument("--json", action="store_true", help="print a JSON array")
+    nodes.set_defaults(func=_admin_nodes)

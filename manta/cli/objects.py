@@ -1,0 +1,248 @@
+"""Object commands: `manta mb | rb | put | get | ls | rm | info | cp`, on `manta.Client`.
+
+Paths are `bucket/key`. Client errors (`manta.client.MantaError`: no such bucket or key,
+bad credentials, server unreachable, ...) become `CliError`, printed as `manta: ...`
+with exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from manta.cli.common import CliError
+
+__all__ = ["register"]
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _client() -> Any:
+    from manta.client import Client
+
+    return Client()
+
+
+def _user_errors(func: Handler) -> Handler:
+    @functools.wraps(func)
+    def run(args: argparse.Namespace) -> int:
+        from manta.client import MantaError
+
+        try:
+            return func(args)
+        except BrokenPipeError:  # the reader went away (`| head`)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 1
+        except (MantaError, ValueError) as exc:
+            raise CliError(str(exc)) from None
+        except OSError as exc:
+            raise CliError(f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc)) from None
+    return run
+
+
+def _when(value: Any) -> str:
+    if not isinstance(value, dt.datetime):
+        return "-"
+    return value.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _jsonable(entry: dict[str, Any]) -> dict[str, Any]:
+    return {k: (v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in entry.items()}
+
+
+def _dest_key(src: str, dest: str) -> str:
+    """`bucket` or `bucket/dir/` as a destination means: keep the source's file name."""
+    bucket, _, key = dest.lstrip("/").partition("/")
+    if not key or key.endswith("/"):
+        if src == "-":
+            raise CliError(f"{dest!r} names no object: give bucket/key when reading stdin")
+        return f"{bucket}/{key}{os.path.basename(src.rstrip('/'))}"
+    return dest.lstrip("/")
+
+
+# -- commands --------------------------------------------------------------------------------
+
+@_user_errors
+def _mb(args: argparse.Namespace) -> int:
+    client = _client()
+    for bucket in args.buckets:
+        client.mb(bucket.strip("/"), exist_ok=args.exist_ok)
+    return 0
+
+
+@_user_errors
+def _rb(args: argparse.Namespace) -> int:
+    from manta.client import BucketNotEmpty
+
+    client = _client()
+    for bucket in args.buckets:
+        try:
+            client.rb(bucket.strip("/"), force=args.force)
+        except BucketNotEmpty:
+            raise CliError(f"bucket {bucket} is not empty: remove its objects first, or use --force") from None
+    return 0
+
+
+@_user_errors
+def _put(args: argparse.Namespace) -> int:
+    client = _client()
+    dest = _dest_key(args.src, args.dest)
+    progress = False if args.quiet else None
+    if args.src == "-":
+        result = client.put(dest, sys.stdin.buffer, content_type=args.content_type, progress=progress)
+    else:
+        if os.path.isdir(args.src):
+            raise CliError(f"{args.src} is a directory: put uploads one file")
+        with open(args.src, "rb") as fh:
+            result = client.put(dest, fh, content_type=args.content_type, progress=progress)
+    if args.verbose:
+        print(f"{result['name']}  {result['size']} bytes  etag {result['etag']}", file=sys.stderr)
+    return 0
+
+
+@_user_errors
+def _get(args: argparse.Namespace) -> int:
+    client = _client()
+    progress = False if args.quiet else None
+    if args.dest == "-":
+        client.get(args.src, sys.stdout.buffer, progress=False)
+        sys.stdout.buffer.flush()
+        return 0
+    dest = args.dest or "."
+    if os.path.isdir(dest):
+        dest = os.path.join(dest, os.path.basename(args.src.rstrip("/")))
+    client.get(args.src, dest, progress=progress)
+    return 0
+
+
+@_user_errors
+def _ls(args: argparse.Namespace) -> int:
+    entries = _client().ls(args.path or "", detail=True)
+    if args.json:
+        print(json.dumps([_jsonable(e) for e in entries]))
+        return 0
+    for e in entries:
+        if args.long:
+            when = _when(e.get("last_modified") or e.get("created"))
+            size = "-" if e["type"] != "file" else str(e["size"])
+            print(f"{e['type'][0]} {size:>12}  {when:<19}  {e['name']}")
+        else:
+            print(e["name"])
+    sys.stdout.flush()
+    return 0
+
+
+@_user_errors
+def _rm(args: argparse.Namespace) -> int:
+    deleted = _client().rm(args.paths, recursive=args.recursive)
+    if args.verbose:
+        for name in deleted:
+            print(f"deleted {name}", file=sys.stderr)
+    return 0
+
+
+@_user_errors
+def _info(args: argparse.Namespace) -> int:
+    info = _client().info(args.path)
+    if args.json:
+        print(json.dumps(_jsonable(info)))
+        return 0
+    labels = {"name": "name", "type": "type", "size": "size", "etag": "etag", "content_type": "content-type",
+              "last_modified": "modified", "created": "created"}
+    for field, label in labels.items():
+        if info.get(field) is not None:
+            value = _when(info[field]) if isinstance(info[field], dt.datetime) else info[field]
+            print(f"{label + ':':<14}{value}")
+    for name, value in (info.get("metadata") or {}).items():
+        print(f"{'meta-' + name + ':':<14}{value}")
+    return 0
+
+
+@_user_errors
+def _cp(args: argparse.Namespace) -> int:
+    _client().cp(args.src, _dest_key(args.src, args.dest))
+    return 0
+
+
+# -- argparse ----------------------------------------------------------------------------------
+
+def _command(sub: Any, name: str, func: Handler, help: str, description: str,
+             examples: list[str]) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = sub.add_parser(
+        name, help=help, description=description,
+        epilog="example:\n" + "\n".join(f"  {e}" for e in examples),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(func=func)
+    return p
+
+
+def register(sub: Any) -> None:
+    """Add the object commands to the `manta` command's subparsers."""
+    p = _command(sub, "mb", _mb, "make a bucket",
+                 "Make one or more buckets (3-63 lowercase letters, digits, '-' and '.').",
+                 ["manta mb logs"])
+    p.add_argument("buckets", nargs="+", metavar="BUCKET")
+    p.add_argument("-p", "--exist-ok", action="store_true", help="no error if you already own the bucket")
+
+    p = _command(sub, "rb", _rb, "remove a bucket",
+                 "Remove buckets. A bucket must be empty unless --force is given.",
+                 ["manta rb logs", "manta rb --force scratch    # deletes every object in it first"])
+    p.add_argument("buckets", nargs="+", metavar="BUCKET")
+    p.add_argument("-f", "--force", action="store_true", help="delete the bucket's objects first")
+
+    p = _command(sub, "put", _put, "upload a file (or stdin) as an object",
+                 "Upload SRC (a file, or - for stdin) to DEST (bucket/key; bucket or bucket/dir/ keeps "
+                 "the file's name).\nFiles larger than 8 MiB go up in parallel parts, with a progress bar "
+                 "on stderr; an\ninterrupted upload leaves no object.",
+                 ["manta put access.log logs/2024/06/access.log",
+                  "gzip -c big.csv | manta put - data/big.csv.gz"])
+    p.add_argument("src", metavar="SRC", help="local file, or - for stdin")
+    p.add_argument("dest", metavar="DEST", help="bucket/key, or bucket[/dir/] to keep the file's name")
+    p.add_argument("--content-type", help="Content-Type to store with the object")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("-v", "--verbose", action="store_true", help="print the object's size and ETag on stderr")
+
+    p = _command(sub, "get", _get, "download an object to a file (or stdout)",
+                 "Download SRC (bucket/key) to DEST (a file or directory, - for stdout; default: the\n"
+                 "object's name in the current directory). The file appears only when complete.",
+                 ["manta get logs/2024/06/access.log /tmp/", "manta get data/big.csv.gz - | zcat | head"])
+    p.add_argument("src", metavar="SRC", help="bucket/key")
+    p.add_argument("dest", metavar="DEST", nargs="?", help="local file or directory, or - for stdout")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    p = _command(sub, "ls", _ls, "list buckets, or the objects and directories under a prefix",
+                 "Without PATH, list your buckets. With BUCKET[/PREFIX], list what is directly under\n"
+                 "it: objects, and \"directories\" (key prefixes up to the next /, shown ending in /).\n"
+                 "Names are bucket/key. For every object under a prefix, use manta find.",
+                 ["manta ls", "manta ls -l logs/2024/", "manta ls --json logs | jq '.[].size'"])
+    p.add_argument("path", nargs="?", metavar="BUCKET[/PREFIX]")
+    p.add_argument("-l", "--long", action="store_true", help="type (f/d/b), size, modification time, name")
+    p.add_argument("--json", action="store_true", help="print a JSON array of {name, type, size, ...}")
+
+    p = _command(sub, "rm", _rm, "delete objects",
+                 "Delete objects. With -r, delete every object under each BUCKET[/PREFIX] (the bucket\n"
+                 "itself stays: see manta rb). A PATH that names nothing is an error.",
+                 ["manta rm logs/2024/06/access.log", "manta rm -r logs/2023/"])
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("-r", "--recursive", action="store_true", help="everything under each path")
+    p.add_argument("-v", "--verbose", action="store_true", help="print each deleted object on stderr")
+
+    p = _command(sub, "info", _info, "show an object's (or bucket's) size, ETag, type, dates",
+                 "Describe an object (size, ETag, content type, modification time, user metadata),\n"
+                 "a bucket, or a directory (a prefix that has objects under it).",
+                 ["manta info logs/2024/06/access.log", "manta info --json logs"])
+    p.add_argument("path", metavar="PATH", help="bucket, bucket/key or bucket/dir/")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = _command(sub, "cp", _cp, "copy an object on the server (no bytes move)",
+                 "Copy SRC to DEST on the server: the copy shares the source's stored bytes, so it is\n"
+                 "instant whatever the size. DEST may be bucket or bucket/dir/ to keep the name.",
+                 ["manta cp logs/2024/06/access.log archive/2024-06-access.log"])
+    p.add_argument("src", metavar="SRC", help="bucket/key")
+    p.add_argument("dest", metavar="DEST", help="bucket/key, or bucket[/dir/] to keep the name")

@@ -1,0 +1,170 @@
+"""Server wiring: the embedded store, root credentials, the ASGI app and uvicorn."""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import time
+from collections.abc import Awaitable, Callable
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.responses import Response
+
+from jobs import JobScheduler, Sandbox, SandboxConfig, SchedulerConfig
+from manta.server import admin_api, jobs_api
+from manta.server.config import ServerConfig
+from manta.server.keys import (
+    Credentials,
+    credentials_path,
+    new_access_key,
+    new_secret_key,
+    read_root_credentials,
+    write_root_credentials,
+)
+from manta.server.protocol import ConnectionLimits, default_max_connections, protocol_for
+from manta.server.s3.app import S3App
+from manta.server.s3.context import S3Request
+from manta.server.serving import serve_until_stopped
+from storage import JournalFlusher, OrphanCollector, Repairer, Store, StoreConfig
+from storage.daemons import BackgroundScrubber
+
+log = logging.getLogger("manta")
+
+
+def ensure_root(store: Store, data_dir: str) -> tuple[Credentials, str | None]:
+    """Create the root account on first start; returns (credentials, file written or None)."""
+    existing = [a for a in store.catalog.accounts() if a["root"]]
+    if existing:
+        root = existing[0]
+        return Credentials(root["access_key"], root["secret"]), None
+    env_ak, env_sk = os.environ.get("MANTA_ROOT_ACCESS_KEY"), os.environ.get("MANTA_ROOT_SECRET_KEY")
+    creds = Credentials(env_ak, env_sk) if env_ak and env_sk else Credentials(new_access_key(), new_secret_key())
+    store.catalog.add_account("root", creds.access_key, creds.secret_key, root=True)
+    if env_ak and env_sk:
+        return creds, None
+    return creds, write_root_credentials(data_dir, creds)
+
+
+def manta_routes(scheduler: JobScheduler) -> Callable[[S3Request], Awaitable[Response]]:
+    """Everything under /_manta/: the jobs API and the admin API."""
+    jobs = jobs_api.routes(scheduler)
+
+    async def handle(req: S3Request) -> Response:
+        if req.key == "jobs" or req.key.startswith("jobs/"):
+            return await jobs(req)
+        return await admin_api.handle(req)
+
+    return handle
+
+
+def build_app(config: ServerConfig) -> tuple[Starlette, Store, JobScheduler]:
+    config.validate()
+    store = Store(StoreConfig(config.data_dir, node_count=config.nodes, copies=config.copies,
+                              specs=config.storage, gc_grace_s=config.gc_grace_s,
+                              scrub_rate_mb_s=config.scrub_rate_mb_s, node_urls=config.node_urls,
+                              cluster_secret=config.cluster_secret))
+    # tasks run on the nodes: in this process only when the nodes are
+    sandbox: Sandbox | None = None if config.node_urls else Sandbox(SandboxConfig())
+    problem = sandbox.check() if sandbox is not None else None
+    if problem:
+        log.warning("jobs are disabled: %s", problem)
+        sandbox = None
+    elif sandbox is not None and not _traversable(config.data_dir):
+        log.warning("the data dir %s is inside a directory other users cannot traverse: job tasks "
+                    "(run as an unprivileged user) will not be able to read their inputs",
+                    os.path.abspath(config.data_dir))
+    scheduler = JobScheduler(store, sandbox, scheduler_config(config))
+    s3 = S3App(store, config, extra={admin_api.PREFIX: manta_routes(scheduler)})
+    return s3.starlette(), store, scheduler
+
+
+def scheduler_config(config: ServerConfig) -> SchedulerConfig:
+    """The job scheduler's settings: the server's where given, the scheduler's defaults elsewhere."""
+    given = {"slots_per_node": config.task_slots, "memory_budget_mb": config.task_memory_budget_mb,
+             "max_task_memory_mb": config.task_max_memory_mb, "max_task_disk_mb": config.task_max_disk_mb}
+    return SchedulerConfig(**{k: v for k, v in given.items() if v is not None})
+
+
+def _traversable(path: str) -> bool:
+    """Can a user other than the owner reach files below `path` (o+x on every parent)?"""
+    path = os.path.dirname(os.path.abspath(path))
+    while True:
+        try:
+            if not os.stat(path).st_mode & 0o001:
+                return False
+        except OSError:
+            return False
+        parent = os.path.dirname(path)
+        if parent == path:
+            return True
+        path = parent
+
+
+def _raise_fd_limit() -> int:
+    """Raise the soft file-descriptor limit to the hard one (as root, the hard one first, up
+    to fs.nr_open) and return the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if os.geteuid() == 0:
+        try:
+            with open("/proc/sys/fs/nr_open") as fh:
+                ceiling = int(fh.read())
+            if ceiling > hard:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (ceiling, ceiling))
+                soft = hard = ceiling
+        except (OSError, ValueError):
+            pass  # no CAP_SYS_RESOURCE (a container): the hard limit stays
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def _connection_limits(config: ServerConfig, fd_limit: int) -> ConnectionLimits:
+    cap = config.max_connections or default_max_connections(fd_limit)
+    log.info("file descriptors: %d; at most %d connections", fd_limit, cap)
+    if cap > default_max_connections(fd_limit):
+        log.warning("MANTA_MAX_CONNECTIONS %d leaves too few of the %d file descriptors for blob files: "
+                    "requests may get 503 SlowDown", cap, fd_limit)
+    return ConnectionLimits(head_timeout_s=config.head_timeout_s, max_connections=cap)
+
+
+def serve(config: ServerConfig) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    started = time.monotonic()
+    limits = _connection_limits(config, _raise_fd_limit())
+    app, store, scheduler = build_app(config)
+    creds, written = ensure_root(store, config.data_dir)
+    flusher = JournalFlusher(store)
+    daemons = [flusher, OrphanCollector(store), Repairer(store), BackgroundScrubber(store)]
+    for daemon in daemons:
+        daemon.start()
+    scheduler.start()
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=config.host, port=config.port, http=protocol_for(limits), loop="uvloop",
+        log_level="warning", access_log=False, server_header=False,
+        ssl_certfile=config.tls_cert_file, ssl_keyfile=config.tls_key_file,
+        timeout_keep_alive=config.idle_timeout_s))  # type: ignore[arg-type]  # a float works (call_later)
+    url = f"{config.scheme}://{config.host}:{config.port}"
+    where = written or (credentials_path(config.data_dir) if read_root_credentials(config.data_dir) else None)
+
+    def banner() -> str:
+        lines = [f"manta: S3 endpoint {url} (region {config.region}), data in {os.path.abspath(config.data_dir)}"]
+        for node in store.node_list():
+            lines.append(f"manta: node {node.id} {node.address} ({'up' if node.healthy() else 'DOWN'})")
+        lines.append(f"manta: {store.copies} copies of every object")
+        if where:
+            lines.append(f"manta: root credentials in {where} (the manta CLI reads them from there)")
+        else:
+            lines.append(f"manta: root access key {creds.access_key} (secret from MANTA_ROOT_SECRET_KEY)")
+        lines.append(f"manta: ready in {time.monotonic() - started:.2f}s")
+        return "\n".join(lines)
+
+    try:
+        serve_until_stopped(server, banner)
+    finally:
+        scheduler.stop()
+        for daemon in daemons:
+            daemon.stop()
+        flusher.run_once()
+        store.close()

@@ -1,0 +1,149 @@
+"""The jobs HTTP API under /_manta/jobs (SigV4 with the same keys as S3).
+
+    POST /_manta/jobs                 {name, phases, inputs, end}  -> 201 job
+    GET  /_manta/jobs                                              -> {"jobs": [...]}
+    GET  /_manta/jobs/ID[?tasks=1][&wait=S]                        -> job + per-phase counts (+ tasks);
+                                                                      with wait, once the job is over and
+                                                                      no task runs, or after S s (<= 30)
+    POST /_manta/jobs/ID/inputs       {"inputs": [...], "end": false} -> job
+    POST /_manta/jobs/ID/end                                       -> job
+    POST /_manta/jobs/ID/cancel                                    -> job
+    GET  /_manta/jobs/ID/outputs                                   -> {"outputs": ["bucket/key", ...]}
+    GET  /_manta/jobs/ID/errors                                    -> {"errors": [...]}
+
+An account sees only its own jobs; inputs are checked against the account when each task
+runs (an object of another account is ResourceNotFoundError, like a missing one).
+Errors use the S3 error XML (InvalidArgument for a bad spec, NoSuchJob, ...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from starlette.responses import JSONResponse, Response
+
+from jobs import JobScheduler
+from jobs import errors as je
+from jobs.spec import parse_spec
+from manta.server.s3 import errors as s3e
+from manta.server.s3.body import read_small
+from manta.server.s3.common import in_thread
+from manta.server.s3.context import S3Request
+
+MAX_BODY = 8 * 1024 * 1024
+COUNT_STATES = ("queued", "running", "done", "failed", "cancelled")
+
+
+async def _json(req: S3Request) -> dict[str, Any]:
+    body = await read_small(req, MAX_BODY)
+    try:
+        value = json.loads(body or b"{}")
+    except ValueError:
+        raise s3e.InvalidRequest("The body must be JSON.") from None
+    if not isinstance(value, dict):
+        raise s3e.InvalidRequest("The body must be a JSON object.")
+    return value
+
+
+def summary(job: dict[str, Any], tasks: list[dict[str, Any]], with_tasks: bool = False) -> dict[str, Any]:
+    phases = []
+    for number, phase in enumerate(job["phases"]):
+        mine = [t for t in tasks if t["phase"] == number]
+        counts = {state: sum(1 for t in mine if t["state"] == state) for state in COUNT_STATES}
+        phases.append({**phase, "tasks": len(mine), **counts})
+    out = {k: job[k] for k in ("id", "name", "owner", "state", "inputs_ended", "input_count", "created", "finished")}
+    out["phases"] = phases
+    out["errors"] = sum(1 for t in tasks if t["state"] in ("failed", "cancelled"))
+    out["bytes_local"] = sum(t.get("bytes_local", 0) for t in tasks)
+    out["bytes_remote"] = sum(t.get("bytes_remote", 0) for t in tasks)
+    if with_tasks:
+        keep = ("id", "phase", "type", "state", "node", "attempts", "attempts_log",
+                "input", "inputs", "reducer", "outputs",
+                "error", "bytes_local", "bytes_remote", "started", "finished", "duration_s", "exit_code")
+        out["tasks"] = [{k: t.get(k) for k in keep if k in t} for t in tasks]
+    return out
+
+
+MAX_WAIT_S = 30.0
+WAIT_POLL_S = 0.02
+
+
+async def _settled(scheduler: JobScheduler, job_id: str, wait: str) -> None:
+    """Return once the job is over with no task running, or after `wait` seconds: a client
+    waiting for a job learns of its end within WAIT_POLL_S instead of its own poll interval."""
+    try:
+        wait_s = float(wait)
+    except ValueError:
+        raise s3e.InvalidArgument("wait must be a number of seconds", ArgumentName="wait") from None
+    if not 0 <= wait_s <= MAX_WAIT_S:
+        raise s3e.InvalidArgument(f"wait must be between 0 and {MAX_WAIT_S:g} seconds", ArgumentName="wait")
+    deadline = asyncio.get_running_loop().time() + wait_s
+    while not scheduler.settled(job_id) and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(WAIT_POLL_S)
+
+
+def routes(scheduler: JobScheduler) -> Any:
+    async def handle(req: S3Request) -> Response:
+        try:
+            return await _handle(scheduler, req)
+        except je.InvalidJobSpec as exc:
+            raise s3e.InvalidArgument(exc.message) from None
+        except je.NoSuchJob as exc:
+            raise s3e.NoSuchJob(f"The job {exc.job_id} does not exist.") from None
+        except je.JobInputsClosed as exc:
+            raise s3e.InvalidRequest(str(exc)) from None
+        except je.QuotaExceeded as exc:
+            raise s3e.QuotaExceeded(f"You are at your limit of {exc.limit} {exc.resource}.") from None
+
+    return handle
+
+
+async def _handle(scheduler: JobScheduler, req: S3Request) -> Response:
+    parts = req.key.split("/")  # ["jobs", ID?, ACTION?]
+    owner = req.owner
+    if len(parts) == 1:
+        if req.method == "POST":
+            payload = await _json(req)
+            spec = parse_spec(payload, scheduler.phase_defaults())
+            job = await in_thread(scheduler.create, owner, spec)
+            if payload.get("end"):
+                job = await in_thread(scheduler.add_inputs, job["id"], owner, [], True)
+            return JSONResponse(summary(job, []), status_code=201)
+        if req.method == "GET":
+            jobs = await in_thread(scheduler.records.jobs, owner)
+            return JSONResponse({"jobs": [
+                {k: j[k] for k in ("id", "name", "state", "created", "finished", "input_count")} for j in jobs]})
+        raise s3e.MethodNotAllowed(Method=req.method, ResourceType="JOBS")
+    job_id = parts[1]
+    action = "/".join(parts[2:])
+    job = await in_thread(scheduler.job, job_id, owner)
+    if action == "" and req.method == "GET":
+        if "wait" in req.query:
+            await _settled(scheduler, job_id, req.query["wait"])
+            job = await in_thread(scheduler.job, job_id, owner)
+        tasks = await in_thread(scheduler.tasks, job_id)
+        return JSONResponse(summary(job, tasks, with_tasks=req.query.get("tasks") in ("1", "true")))
+    if req.method == "POST" and action in ("inputs", "end"):
+        payload = await _json(req) if action == "inputs" else {}
+        inputs = payload.get("inputs") or []
+        if not isinstance(inputs, list) or not all(isinstance(i, str) for i in inputs):
+            raise s3e.InvalidArgument("inputs must be a list of bucket/key strings")
+        job = await in_thread(scheduler.add_inputs, job_id, owner, inputs,
+                              action == "end" or bool(payload.get("end")))
+        return JSONResponse(summary(job, await in_thread(scheduler.tasks, job_id)))
+    if req.method == "POST" and action == "cancel":
+        job = await in_thread(scheduler.cancel, job_id, owner)
+        return JSONResponse(summary(job, await in_thread(scheduler.tasks, job_id)))
+    if req.method == "GET" and action == "outputs":
+        tasks = await in_thread(scheduler.tasks, job_id)
+        last = len(job["phases"]) - 1
+        outputs = [o for t in tasks if t["phase"] == last and t["state"] == "done" for o in t["outputs"]]
+        return JSONResponse({"outputs": outputs, "state": job["state"]})
+    if req.method == "GET" and action == "errors":
+        tasks = await in_thread(scheduler.tasks, job_id)
+        errors = [{"task": t["id"], "phase": t["phase"], "node": t.get("node"), **t["error"]}
+                  for t in tasks if t.get("error")]
+        return JSONResponse({"errors": errors, "state": job["state"]})
+    raise s3e.NoSuchKey(Key=req.key)

@@ -1,0 +1,242 @@
+"""uvicorn's httptools protocol, tuned for an object store.
+
+- A deeper write buffer: a GET streaming 1 MiB blocks keeps the socket busy while the next
+  block is read, instead of pausing at uvloop's default 64 KiB high-water mark after every
+  write.
+- A bound on a request's head: httptools buffers a header line until it ends, so a client
+  that never finishes its headers could grow the process without limit. The app answers
+  RequestHeaderSectionTooLarge above `max_header_bytes` (8 KiB) once the head is parsed;
+  a head that passes HEAD_LIMIT_BYTES before it is complete gets the same answer here; the
+  rest of what the client sends is discarded unread, and the connection closed shortly
+  after (a close with unread bytes would reset it and could lose the answer).
+- A deadline on a request's head (`head_timeout_s`): armed when a connection opens and when
+  the first bytes of a later request arrive, cancelled when the head is complete. A silent
+  connection is closed when it passes; one holding half a head first gets 400
+  RequestTimeout. Between requests uvicorn's keep-alive timer closes an idle connection
+  (`timeout_keep_alive`, the server's `idle_timeout_s`). Bodies have their own timeout in
+  the app (`body_timeout_s`).
+- A cap on open connections (`max_connections`), kept well below the file-descriptor limit
+  so blob files and the catalog always find descriptors. A connection arriving at the cap
+  takes the place of an idle one, which is closed:
+
+      idle, never finished a request (silent, or inside its first head)   closed first
+      idle between requests (keep-alive, or inside a later head)          closed next
+      busy (head complete, response not yet sent)                         never closed
+
+  oldest idle first within each group, so a flood of silent connections displaces only
+  itself and clients that have been served keep their connections. When every connection
+  is busy the new one is answered 503 SlowDown with `Connection: close`.
+
+The connections of one server share one ConnectionTable: `protocol_for(limits)` makes the
+protocol class a server hands to uvicorn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import logging
+import time
+from dataclasses import dataclass
+from typing import ClassVar
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from manta.server.s3 import errors as s3e
+from manta.server.s3.app import request_id
+
+__all__ = [
+    "HEAD_LIMIT_BYTES",
+    "WRITE_BUFFER_BYTES",
+    "ConnectionLimits",
+    "ConnectionTable",
+    "HttpProtocol",
+    "default_max_connections",
+    "protocol_for",
+]
+
+WRITE_BUFFER_BYTES = 4 * 1024 * 1024
+HEAD_LIMIT_BYTES = 256 * 1024
+REFUSED_CLOSE_S = 1.0
+FD_RESERVE = 256
+MAX_CONNECTIONS_CEILING = 16384
+CAP_LOG_INTERVAL_S = 10.0
+
+log = logging.getLogger("manta")
+
+
+def default_max_connections(fd_limit: int) -> int:
+    """Half of the descriptors above a fixed reserve, the other half (and the reserve) left
+    for blob files, temp files, the catalog, job sandboxes and the connections that are
+    refused or closing; at most MAX_CONNECTIONS_CEILING (each idle connection costs memory)."""
+    return max(16, min(MAX_CONNECTIONS_CEILING, (fd_limit - FD_RESERVE) // 2))
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    head_timeout_s: float = 30.0
+    max_connections: int = 1024
+
+
+class ConnectionTable:
+    """The open connections of one server and, in closing order, the idle ones."""
+
+    def __init__(self, limits: ConnectionLimits) -> None:
+        self.limits = limits
+        self.open: set[HttpProtocol] = set()
+        self.fresh: dict[HttpProtocol, None] = {}  # idle, no request finished yet; oldest first
+        self.resting: dict[HttpProtocol, None] = {}  # idle after a response; oldest first
+        self.closed_idle = 0
+        self.refused = 0
+        self._logged_at = 0.0
+
+    def admit(self, conn: HttpProtocol) -> bool:
+        """Make room for a new connection; False when every open one is busy."""
+        if len(self.open) >= self.limits.max_connections:
+            victim = next(iter(self.fresh), None) or next(iter(self.resting), None)
+            if victim is None:
+                self.refused += 1
+                self._report()
+                return False
+            self.closed_idle += 1
+            self._report()
+            victim.close_idle()
+        self.open.add(conn)
+        self.fresh[conn] = None
+        return True
+
+    def busy(self, conn: HttpProtocol) -> None:
+        self.fresh.pop(conn, None)
+        self.resting.pop(conn, None)
+
+    def rest(self, conn: HttpProtocol) -> None:
+        if conn in self.open:
+            self.busy(conn)
+            self.resting[conn] = None
+
+    def drop(self, conn: HttpProtocol) -> None:
+        self.busy(conn)
+        self.open.discard(conn)
+
+    def _report(self) -> None:
+        now = time.monotonic()
+        if now - self._logged_at >= CAP_LOG_INTERVAL_S:
+            log.warning("%d connections open, the cap (MANTA_MAX_CONNECTIONS): %d idle ones closed and "
+                        "%d new ones refused since the last report",
+                        len(self.open), self.closed_idle, self.refused)
+            self._logged_at = now
+            self.closed_idle = self.refused = 0
+
+
+class HttpProtocol(HttpToolsProtocol):
+    table: ClassVar[ConnectionTable]  # one per server: see protocol_for()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        transport.set_write_buffer_limits(high=WRITE_BUFFER_BYTES)
+        self._in_body = False
+        self._head_bytes = 0
+        self._refused = False
+        self._head_timer: asyncio.TimerHandle | None = None
+        super().connection_made(transport)
+        if self.table.admit(self):
+            self._arm_head_timer()
+        else:
+            self._close_with(s3e.SlowDown())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        self.table.drop(self)
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if not self._in_body:
+            if self._head_timer is None:
+                self._arm_head_timer()
+            self._head_bytes += len(data)
+            if self._head_bytes > HEAD_LIMIT_BYTES:
+                self.logger.warning("closing a connection whose request head passed %d bytes", HEAD_LIMIT_BYTES)
+                self._close_with(s3e.RequestHeaderSectionTooLarge(MaxSizeAllowed=str(HEAD_LIMIT_BYTES)))
+                return
+        super().data_received(data)
+
+    def on_headers_complete(self) -> None:
+        self._in_body = True
+        self._head_bytes = 0
+        self._cancel_head_timer()
+        self.table.busy(self)
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._in_body = False
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self._busy() and not self.transport.is_closing():
+            self.table.rest(self)
+
+    def close_idle(self) -> None:
+        """Closed to make room for a new connection (the table has chosen this one)."""
+        self._refused = True
+        self._cancel_head_timer()
+        self.table.drop(self)
+        self.transport.close()
+
+    def _busy(self) -> bool:
+        return self.cycle is not None and not self.cycle.response_complete
+
+    def _arm_head_timer(self) -> None:
+        self._cancel_head_timer()
+        self._head_timer = self.loop.call_later(self.table.limits.head_timeout_s, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self._refused or self.transport.is_closing():
+            return
+        if self._busy() or self._in_body:  # a pipelined head waits behind a response in progress
+            self._arm_head_timer()
+            return
+        if self._head_bytes:
+            self._close_with(s3e.RequestTimeout())
+        else:
+            self.table.drop(self)
+            self.transport.close()
+
+    def _close_with(self, error: s3e.S3Error) -> None:
+        """Answer `error` and close the connection, discarding what the client still sends."""
+        self._refused = True
+        self.keep_alive = False
+        self._cancel_head_timer()
+        self.table.drop(self)
+        if self._busy():
+            self.transport.close()  # a pipelined head while a response is still being sent
+            return
+        rid = request_id()
+        body = error.to_xml("", rid)
+        self.transport.write(b"".join([
+            f"HTTP/1.1 {error.status} {http.HTTPStatus(error.status).phrase}\r\n".encode(),
+            b"content-type: application/xml\r\n",
+            b"x-amz-request-id: " + rid.encode() + b"\r\n",
+            b"content-length: " + str(len(body)).encode() + b"\r\n",
+            b"connection: close\r\n\r\n",
+            body,
+        ]))
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(REFUSED_CLOSE_S, self.transport.close)
+
+
+def protocol_for(limits: ConnectionLimits) -> type[HttpProtocol]:
+    """The protocol class for one server: its connections share one ConnectionTable."""
+
+    class ServerHttpProtocol(HttpProtocol):
+        table = ConnectionTable(limits)
+
+    return ServerHttpProtocol

@@ -1,0 +1,257 @@
+"""Request bodies: stream a PUT body into a blob while verifying everything the client claimed.
+
+One pass over the bytes as they arrive: aws-chunked framing is decoded (and chunk
+signatures checked), the payload is written to the blob writer (which hashes MD5 and
+SHA-256), and the flexible checksum (from a header or a trailer) is computed. At the end
+the x-amz-content-sha256 payload hash, x-amz-decoded-content-length, Content-MD5 and
+the flexible checksum are compared; any mismatch raises and the caller aborts the blob,
+so nothing half-written is ever visible.
+
+A client that stops sending for `body_timeout_s` gets RequestTimeout; one that
+disconnects mid-body raises ClientGone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+from dataclasses import dataclass, field
+
+import anyio
+
+from manta.server.s3 import checksums
+from manta.server.s3 import errors as s3e
+from manta.server.s3.chunked import AwsChunkedDecoder
+from manta.server.s3.context import S3Request
+from storage import MemoryBlobWriter, ReplicatedWriter
+
+MAX_SINGLE_PUT = 5 * 1024**3
+HANDOFF = 1 << 20  # bytes gathered per hand-off to a worker thread (writers to remote nodes)
+STREAMING = {
+    "STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
+    "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER",
+    "STREAMING-UNSIGNED-PAYLOAD-TRAILER",
+}
+
+
+class ClientGone(Exception):
+    """The client disconnected before the body was complete."""
+
+
+@dataclass
+class BodyResult:
+    size: int
+    checksums: dict[str, str] = field(default_factory=dict)
+
+
+def _checksum_request(req: S3Request, default: str | None = None) -> tuple[str | None, str | None, bool]:
+    """(algorithm, expected value or None, value comes in a trailer)."""
+    found = [(alg, req.headers[checksums.header_name(alg)]) for alg in checksums.ALGORITHMS
+             if checksums.header_name(alg) in req.headers]
+    trailer = req.header("x-amz-trailer", "").strip().lower()
+    trailer_alg = checksums.algorithm_from_header(trailer) if trailer else None
+    if trailer and trailer_alg is None:
+        raise s3e.InvalidRequest(f"Unsupported trailer {trailer!r}.")
+    declared = req.header("x-amz-sdk-checksum-algorithm") or req.header("x-amz-checksum-algorithm")
+    if len(found) + (trailer_alg is not None) > 1:
+        raise s3e.InvalidRequest("Expecting a single x-amz-checksum- header. Multiple checksum Types are not allowed.")
+    if found:
+        alg, value = found[0]
+        if declared and declared.upper() != alg:
+            raise s3e.InvalidRequest("Value for x-amz-sdk-checksum-algorithm header is invalid.")
+        checksums.decode(alg, value)  # malformed: BadDigest before any byte is stored
+        return alg, value, False
+    if trailer_alg:
+        return trailer_alg, None, True
+    if declared:
+        if declared.upper() not in checksums.ALGORITHMS:
+            raise s3e.InvalidRequest("Value for x-amz-sdk-checksum-algorithm header is invalid.")
+        return declared.upper(), None, False
+    return default, None, False
+
+
+def _content_md5(req: S3Request) -> bytes | None:
+    value = req.header("content-md5")
+    if value is None:
+        return None
+    try:
+        digest = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise s3e.InvalidDigest() from None
+    if len(digest) != 16:
+        raise s3e.InvalidDigest()
+    return digest
+
+
+def expected_size(req: S3Request) -> int | None:
+    """The payload size the client announced (decoded size for aws-chunked), if any."""
+    assert req.auth is not None
+    name = "x-amz-decoded-content-length" if req.auth.payload_hash in STREAMING else "content-length"
+    value = req.header(name)
+    return int(value) if value is not None and value.isdigit() else None
+
+
+async def receive_into(req: S3Request, writer: ReplicatedWriter | MemoryBlobWriter, max_size: int = MAX_SINGLE_PUT,
+                       default_algorithm: str | None = None) -> BodyResult:
+    """Stream the body into `writer`; `default_algorithm` is computed when the client
+    names no checksum (a part of an upload created with a checksum algorithm)."""
+    assert req.auth is not None
+    payload_hash = req.auth.payload_hash
+    length_header = req.header("content-length")
+    transfer = req.header("transfer-encoding", "")
+    if length_header is None and "chunked" not in transfer.lower():
+        raise s3e.MissingContentLength()
+    try:
+        wire_length = int(length_header) if length_header is not None else None
+    except ValueError:
+        raise s3e.InvalidArgument("Invalid Content-Length.") from None
+    if wire_length is not None and (wire_length < 0):
+        raise s3e.InvalidArgument("Invalid Content-Length.")
+
+    expected_md5 = _content_md5(req)
+    algorithm, expected_sum, in_trailer = _checksum_request(req, default_algorithm)
+    summer = checksums.new(algorithm) if algorithm else None
+
+    decoder: AwsChunkedDecoder | None = None
+    decoded_length: int | None = None
+    if payload_hash in STREAMING:
+        trailer_names = [req.header("x-amz-trailer", "").strip().lower()] if in_trailer else []
+        signed = payload_hash.startswith("STREAMING-AWS4-HMAC-SHA256-PAYLOAD")
+        decoder = AwsChunkedDecoder(
+            signing_key=req.signing_key if signed else None,
+            amz_date_raw=req.auth.amz_date_raw,
+            scope=req.auth.scope,
+            seed_signature=req.auth.signature if signed else None,
+            trailer_names=trailer_names,
+            signed_trailer=payload_hash.endswith("-TRAILER") and signed,
+        )
+        dlen = req.header("x-amz-decoded-content-length")
+        if dlen is not None:
+            try:
+                decoded_length = int(dlen)
+            except ValueError:
+                raise s3e.InvalidArgument("Invalid x-amz-decoded-content-length.") from None
+    elif in_trailer:
+        raise s3e.InvalidRequest("Trailing checksums need an aws-chunked body.")
+    expected_size = decoded_length if decoder is not None else wire_length
+    if expected_size is not None and expected_size > max_size:
+        raise s3e.EntityTooLarge(ProposedSize=str(expected_size), MaxSizeAllowed=str(max_size))
+
+    content_sha = None
+    if payload_hash not in STREAMING and payload_hash != "UNSIGNED-PAYLOAD":
+        content_sha = hashlib.sha256()
+
+    timeout_s = req.settings.body_timeout_s
+    loop = asyncio.get_running_loop()
+    received = 0
+    # a writer with copies on other hosts may wait for the network: its writes go to a
+    # worker thread, gathered HANDOFF bytes at a time; local writes happen right here
+    handoff = bytearray() if getattr(writer, "blocking", False) else None
+    size = 0
+    async with asyncio.timeout(None) as deadline:
+        more = True
+        while more:
+            deadline.reschedule(loop.time() + timeout_s)
+            try:
+                message = await req.receive()
+            except asyncio.CancelledError:
+                # the deadline cancels the receive; asyncio.timeout would turn that into
+                # TimeoutError only on leaving the `async with`, past any except here
+                if deadline.expired():
+                    raise s3e.RequestTimeout() from None
+                raise
+            if message["type"] == "http.disconnect":
+                raise ClientGone()
+            chunk = message.get("body", b"")
+            more = message.get("more_body", False)
+            received += len(chunk)
+            if content_sha is not None:
+                content_sha.update(chunk)
+            if decoder is not None:
+                chunk = decoder.feed(chunk)
+            if chunk:
+                size += len(chunk)
+                if size > max_size:
+                    raise s3e.EntityTooLarge(MaxSizeAllowed=str(max_size))
+                if summer is not None:
+                    summer.update(chunk)
+                if handoff is None:
+                    writer.write(chunk)
+                    continue
+                handoff += chunk
+                if len(handoff) >= HANDOFF or not more:
+                    await anyio.to_thread.run_sync(writer.write, bytes(handoff))
+                    handoff.clear()
+        deadline.reschedule(None)
+    if handoff:
+        await anyio.to_thread.run_sync(writer.write, bytes(handoff))
+
+    if wire_length is not None and received != wire_length:
+        raise s3e.IncompleteBody()
+    if decoder is not None:
+        decoder.finish()
+        if decoded_length is not None and writer.size != decoded_length:
+            raise s3e.IncompleteBody()
+    if content_sha is not None and content_sha.hexdigest() != payload_hash.lower():
+        raise s3e.XAmzContentSHA256Mismatch(
+            ClientComputedContentSHA256=payload_hash, S3ComputedContentSHA256=content_sha.hexdigest())
+    if expected_md5 is not None and writer.md5 != expected_md5:
+        raise s3e.BadDigest(ExpectedDigest=base64.b64encode(expected_md5).decode())
+    result = BodyResult(size=writer.size)
+    if summer is not None and algorithm is not None:
+        actual = summer.b64()
+        if in_trailer and decoder is not None:
+            expected_sum = decoder.trailers.get(checksums.header_name(algorithm))
+            if expected_sum is None:
+                raise s3e.InvalidRequest("The declared trailing checksum was not sent.")
+            checksums.decode(algorithm, expected_sum)
+        if expected_sum is not None and expected_sum != actual:
+            raise s3e.BadDigest(f"The {algorithm} you specified did not match the calculated checksum.")
+        result.checksums[algorithm] = actual
+    return result
+
+
+async def read_small(req: S3Request, limit: int) -> bytes:
+    """Read a whole (XML) body of at most `limit` bytes, decoding aws-chunked if used."""
+    assert req.auth is not None
+    parts: list[bytes] = []
+    total = 0
+    decoder = None
+    if req.auth.payload_hash in STREAMING:
+        signed = req.auth.payload_hash.startswith("STREAMING-AWS4-HMAC-SHA256-PAYLOAD")
+        trailer = req.header("x-amz-trailer", "").strip().lower()
+        decoder = AwsChunkedDecoder(
+            signing_key=req.signing_key if signed else None, amz_date_raw=req.auth.amz_date_raw,
+            scope=req.auth.scope, seed_signature=req.auth.signature if signed else None,
+            trailer_names=[trailer] if trailer else [],
+            signed_trailer=signed and req.auth.payload_hash.endswith("-TRAILER"))
+    more = True
+    while more:
+        try:
+            async with asyncio.timeout(req.settings.body_timeout_s):
+                message = await req.receive()
+        except TimeoutError:
+            raise s3e.RequestTimeout() from None
+        if message["type"] == "http.disconnect":
+            raise ClientGone()
+        chunk = message.get("body", b"")
+        more = message.get("more_body", False)
+        if decoder is not None:
+            chunk = decoder.feed(chunk)
+        total += len(chunk)
+        if total > limit:
+            raise s3e.MalformedXML("The XML you provided was too large.")
+        parts.append(chunk)
+    if decoder is not None:
+        decoder.finish()
+    body = b"".join(parts)
+    payload_hash = req.auth.payload_hash
+    if payload_hash not in STREAMING and payload_hash != "UNSIGNED-PAYLOAD":
+        if hashlib.sha256(body).hexdigest() != payload_hash.lower():
+            raise s3e.XAmzContentSHA256Mismatch()
+    md5 = _content_md5(req)
+    if md5 is not None and hashlib.md5(body).digest() != md5:
+        raise s3e.BadDigest()
+    return body

@@ -1,0 +1,216 @@
+"""Helpers shared by the S3 operation modules: ownership, metadata headers, blob I/O."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import anyio.to_thread
+from starlette.responses import Response
+
+from manta.server.s3 import errors as s3e
+from manta.server.s3.context import S3Request
+from manta.server.s3.xmlio import http_date
+from storage import BlobMeta, BlobReader, BucketRef, ReplicatedWriter
+from storage.catalog import generation_of
+
+STORED_HEADERS = ("content-type", "content-encoding", "content-disposition",
+                  "content-language", "cache-control", "expires")
+DEFAULT_CONTENT_TYPE = "binary/octet-stream"
+
+
+def owned_bucket(req: S3Request, name: str | None = None) -> BucketRef:
+    """The bucket the request is authorised against, if it exists and belongs to the
+    caller. Storage calls take this ref and re-check it when they commit."""
+    record = req.store.catalog.bucket(name or req.bucket)
+    if record["owner"] != req.owner:
+        raise s3e.AccessDenied()
+    return BucketRef(record["name"], record["owner"], generation_of(record))
+
+
+def request_headers(req: S3Request) -> tuple[dict[str, str], dict[str, str]]:
+    """(stored standard headers, user metadata) from a PUT/POST/COPY request."""
+    headers = {}
+    for name in STORED_HEADERS:
+        value = req.header(name)
+        if value is None:
+            continue
+        if name == "content-encoding":
+            value = stored_content_encoding(value)
+            if not value:
+                continue
+        headers[name] = value
+    headers.setdefault("content-type", DEFAULT_CONTENT_TYPE)
+    meta = {k[len("x-amz-meta-"):]: meta_text(v) for k, v in req.headers.items() if k.startswith("x-amz-meta-")}
+    size = sum(len(k) + len(v) for k, v in meta.items())
+    if size > req.settings.max_meta_bytes:
+        raise s3e.MetadataTooLarge(MaxSizeAllowed=str(req.settings.max_meta_bytes))
+    return headers, meta
+
+
+def stored_content_encoding(sent: str) -> str:
+    """Content-Encoding as sent (spacing kept), less the aws-chunked transfer coding."""
+    codings = sent.split(",")
+    kept = [c for c in codings if c.strip().lower() != "aws-chunked"]
+    return sent if len(kept) == len(codings) else ",".join(kept).strip()
+
+
+def meta_text(wire: str) -> str:
+    """A metadata value as the client meant it: its wire bytes (which the server decodes as
+    latin-1) read as UTF-8, as SDKs send non-ASCII values; bytes that are not UTF-8 stay
+    latin-1 characters."""
+    raw = wire.encode("latin-1")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return wire
+
+
+def meta_header(text: str) -> str:
+    """A stored metadata value as a response header: latin-1 text goes out as is (clients
+    decode headers as latin-1, so it reads back as sent); anything wider is RFC 2047
+    encoded, as S3 does with non-ASCII metadata."""
+    try:
+        text.encode("latin-1")
+        return text
+    except UnicodeEncodeError:
+        return "=?UTF-8?B?" + base64.b64encode(text.encode("utf-8")).decode() + "?="
+
+
+def object_headers(record: dict[str, Any]) -> dict[str, str]:
+    out = {
+        "etag": f'"{record["etag"]}"',
+        "last-modified": http_date(record["mtime"]),
+        "accept-ranges": "bytes",
+    }
+    out.update(record.get("headers", {}))
+    for k, v in record.get("meta", {}).items():
+        out[f"x-amz-meta-{k}"] = meta_header(v)
+    return out
+
+
+def checksum_headers(record: dict[str, Any]) -> dict[str, str]:
+    out = {f"x-amz-checksum-{alg.lower()}": value for alg, value in record.get("checksums", {}).items()}
+    if out and record.get("checksum_type"):
+        out["x-amz-checksum-type"] = record["checksum_type"]
+    return out
+
+
+def xml_response(body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(body, status_code=status, headers=headers, media_type="application/xml")
+
+
+async def new_writer(req: S3Request) -> ReplicatedWriter:
+    """A writer for a new blob; with remote nodes it is opened in a worker thread (it
+    connects to them)."""
+    if req.store.remote:
+        return await anyio.to_thread.run_sync(req.store.writer)  # type: ignore[no-any-return]
+    return req.store.writer()
+
+
+async def commit_blob(writer: ReplicatedWriter) -> BlobMeta:
+    return await anyio.to_thread.run_sync(writer.commit)
+
+
+async def free_blobs(req: S3Request, blob_ids: list[str]) -> None:
+    if blob_ids:
+        await anyio.to_thread.run_sync(req.store.free, blob_ids)
+
+
+async def catalog_write(future: Any) -> Any:
+    return await asyncio.wrap_future(future)
+
+
+async def in_thread(fn: Any, *args: Any) -> Any:
+    """Run a blocking storage call (fsync, catalog commit) off the event loop."""
+    return await anyio.to_thread.run_sync(fn, *args)
+
+
+Opened = list[tuple[BlobReader, int, int]]
+READ_AHEAD_BLOCKS = 4  # 1 MiB blocks read per worker-thread hand-off
+
+
+def open_segments(req: S3Request, segments: list[list[Any]], start: int, length: int) -> Opened:
+    """Readers for the blobs covering [start, start+length), each with a replica open
+    up front, so a concurrent overwrite or delete cannot pull a segment away mid-response.
+    Returns (reader, offset in blob, bytes to read) triples."""
+    wanted: list[tuple[str, int, int]] = []
+    offset = 0
+    remaining = length
+    for blob_id, size, *_ in segments:
+        if remaining <= 0:
+            break
+        if start < offset + size:
+            skip = max(0, start - offset)
+            take = min(size - skip, remaining)
+            wanted.append((blob_id, skip, take))
+            remaining -= take
+        offset += size
+    readers = req.store.readers([blob_id for blob_id, _, _ in wanted])
+    return [(reader, skip, take) for reader, (_, skip, take) in zip(readers, wanted, strict=True)]
+
+
+def _next_blocks(pieces: Iterator[bytes], n: int = READ_AHEAD_BLOCKS) -> list[bytes]:
+    return list(itertools.islice(pieces, n))
+
+
+async def stream_opened(opened: Opened) -> AsyncIterator[bytes]:
+    """Verified bytes of the opened segments. Blocks of big blobs are read in a worker
+    thread a few blocks at a time and one batch ahead, so reading overlaps sending and the
+    thread hand-off is paid once per batch, not once per block.
+
+    A client that goes away cancels the response task while a worker may still read: the
+    batch is shielded from the cancel, and the files close when it is done (never under a
+    running read: a descriptor closed there fails the read with EBADF, or once its number
+    is reused, reads another request's file)."""
+    loop = asyncio.get_running_loop()
+    ahead: asyncio.Future[list[bytes]] | None = None
+    try:
+        for reader, skip, take in opened:
+            pieces = reader.read(skip, take)
+            if take <= 65536 and not reader.blocking:
+                for small in pieces:
+                    yield small
+                continue
+            ahead = loop.run_in_executor(None, _next_blocks, pieces)
+            while blocks := await asyncio.shield(ahead):
+                ahead = loop.run_in_executor(None, _next_blocks, pieces)
+                for block in blocks:
+                    yield block
+            ahead = None
+    finally:
+        if ahead is None or ahead.done():
+            _close_all(opened)
+        else:  # no await here: a cancelled task is cancelled again at every await
+            ahead.add_done_callback(lambda batch: _close_after(batch, opened))
+
+
+def _close_all(opened: Opened) -> None:
+    for reader, _, _ in opened:
+        reader.close()
+
+
+def _close_after(batch: asyncio.Future[list[bytes]], opened: Opened) -> None:
+    if not batch.cancelled():
+        batch.exception()  # retrieved: a failed read nobody waits for is not an error here
+    _close_all(opened)
+
+
+async def prefetched(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Read the first chunk now, so an unreadable object fails before the status line is
+    sent (an error, not a truncated 200); returns a stream that starts with that chunk."""
+    try:
+        first = await anext(stream)
+    except StopAsyncIteration:
+        first = b""
+
+    async def chained() -> AsyncIterator[bytes]:
+        if first:
+            yield first
+        async for chunk in stream:
+            yield chunk
+
+    return chained()

@@ -1,0 +1,65 @@
+"""The per-request context handed to every S3 operation."""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, overload
+
+from starlette.types import Receive
+
+from manta.server.s3 import errors as s3e
+from manta.server.s3.sigv4 import SigV4Auth
+from storage import Store
+
+MAX_KEY_BYTES = 1024
+
+
+@dataclass
+class S3Request:
+    method: str
+    bucket: str
+    key: str
+    query: dict[str, str]
+    headers: Mapping[str, str]
+    receive: Receive
+    request_id: str
+    resource: str
+    store: Store
+    account: dict[str, Any] = field(default_factory=dict)
+    auth: SigV4Auth | None = None
+    signing_key: bytes = b""
+    settings: Any = None
+
+    @property
+    def owner(self) -> str:
+        return str(self.account["name"])
+
+    @overload
+    def header(self, name: str) -> str | None: ...
+    @overload
+    def header(self, name: str, default: str) -> str: ...
+    def header(self, name: str, default: str | None = None) -> str | None:
+        return self.headers.get(name, default)
+
+
+def validate_key(key: str) -> None:
+    if "\0" in key:
+        raise s3e.InvalidArgument("Object key must not contain NUL characters.", ArgumentName="key")
+    if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        raise s3e.KeyTooLongError(MaxSizeAllowed=str(MAX_KEY_BYTES))
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise s3e.InvalidArgument("Object key must be valid UTF-8.", ArgumentName="key") from None
+
+
+def copy_source_path(quoted: str) -> str:
+    """The percent-decoded "bucket/key" of x-amz-copy-source; escapes that are not UTF-8
+    are a 400, not a lookup of a key that cannot exist (a 404)."""
+    try:
+        return urllib.parse.unquote(quoted, errors="strict")
+    except UnicodeDecodeError:
+        raise s3e.InvalidArgument("Invalid copy source encoding.",
+                                  ArgumentName="x-amz-copy-source") from None

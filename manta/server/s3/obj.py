@@ -1,0 +1,291 @@
+"""Object operations: PutObject, GetObject, HeadObject, DeleteObject, CopyObject.
+
+PUT streams the body once into a new blob (hashing as it goes), makes the blob durable,
+then commits the object record; only then is the object visible. Any failure before
+the commit deletes the blob, so a partial object never exists.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+import urllib.parse
+from typing import Any
+
+from starlette.responses import Response, StreamingResponse
+
+from manta.server.s3 import acl
+from manta.server.s3 import errors as s3e
+from manta.server.s3.body import expected_size, receive_into
+from manta.server.s3.common import (
+    catalog_write,
+    checksum_headers,
+    commit_blob,
+    free_blobs,
+    in_thread,
+    new_writer,
+    object_headers,
+    open_segments,
+    owned_bucket,
+    prefetched,
+    request_headers,
+    stream_opened,
+    xml_response,
+)
+from manta.server.s3.context import S3Request, copy_source_path, validate_key
+from manta.server.s3.xmlio import document, el, iso8601
+from storage import BlobMeta, MemoryBlobWriter, WriteCondition
+
+# bodies up to this size are gathered in memory and made durable through the catalog
+# journal (one group-committed fsync) instead of fsyncing the blob file on the request path
+SMALL_OBJECT_BYTES = 64 * 1024
+
+# reads up to this size are opened and read on the event loop (a page-cache hit costs
+# less than the hand-off to a worker thread); larger ones go through threads
+INLINE_READ_BYTES = 64 * 1024
+
+MAX_PART_NUMBER = 10000
+
+RESPONSE_OVERRIDES = {
+    "response-content-type": "content-type",
+    "response-content-language": "content-language",
+    "response-expires": "expires",
+    "response-cache-control": "cache-control",
+    "response-content-disposition": "content-disposition",
+    "response-content-encoding": "content-encoding",
+}
+
+
+def write_condition(req: S3Request) -> WriteCondition | None:
+    """A conditional write's If-None-Match (only "*") / If-Match (ETags) headers."""
+    if_none = req.header("if-none-match")
+    if_match = req.header("if-match")
+    if if_none is None and if_match is None:
+        return None
+    if if_none is not None and if_none.strip() != "*":
+        raise s3e.NotImplemented_("A header you provided implies functionality that is not implemented",
+                                  Header="If-None-Match")
+    etags = () if if_match is None else tuple(
+        t.strip().removeprefix("W/").strip('"') for t in if_match.split(","))
+    return WriteCondition(absent=if_none is not None, etags=etags)
+
+
+async def put_object(req: S3Request) -> Response:
+    if "x-amz-copy-source" in req.headers:
+        return await copy_object(req)
+    bucket = owned_bucket(req)
+    headers, meta = request_headers(req)
+    canned = acl.from_request(req, on_object=True)
+    condition = write_condition(req)
+    if condition is not None:
+        req.store.objects.check_condition(bucket, req.key, condition)
+    size = expected_size(req)
+    if size is not None:
+        req.store.objects.check_room(bucket, req.key, size)
+    small = MemoryBlobWriter() if size is not None and size <= SMALL_OBJECT_BYTES else None
+    if small is not None:
+        body = await receive_into(req, small)
+        if req.store.remote:  # placing it talks to the nodes
+            blob: BlobMeta = await in_thread(req.store.place_small, small)
+        else:
+            blob = req.store.place_small(small)
+    else:
+        writer = await new_writer(req)
+        try:
+            body = await receive_into(req, writer)
+            blob = await commit_blob(writer)
+        except BaseException:
+            writer.abort()
+            raise
+    record = {
+        "size": blob.size, "etag": blob.md5.hex(), "sha256": blob.sha256, "mtime": time.time(),
+        "segments": [[blob.blob_id, blob.size]], "headers": headers, "meta": meta,
+        "checksums": body.checksums, "checksum_type": "FULL_OBJECT" if body.checksums else None,
+        "parts": None, "acl": canned,
+    }
+    try:
+        journal = {blob.blob_id: bytes(small.buffer)} if small is not None else None
+        freed = await catalog_write(req.store.objects.put_async(
+            bucket, req.key, record, journal, {blob.blob_id: blob.record()}, condition))
+    except BaseException:
+        await free_blobs(req, [blob.blob_id])
+        raise
+    await free_blobs(req, freed)
+    out = {"etag": f'"{record["etag"]}"', **checksum_headers(record)}
+    return Response(b"", headers=out)
+
+
+def _parse_http_date(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        parsed = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return parsed.timestamp() if parsed.tzinfo else None
+
+
+def _etag_matches(header: str, etag: str) -> bool:
+    tags = [t.strip().removeprefix("W/").strip('"') for t in header.split(",")]
+    return "*" in tags or etag in tags
+
+
+def check_conditions(req: S3Request, record: dict[str, Any], prefix: str = "if-") -> int | None:
+    """Evaluate conditional headers; returns 304 or 412 when the request must stop."""
+    etag = record["etag"]
+    mtime = int(record["mtime"])
+    if_match = req.header(prefix + "match")
+    if_none = req.header(prefix + "none-match")
+    if_unmod = _parse_http_date(req.header(prefix + "unmodified-since"))
+    if_mod = _parse_http_date(req.header(prefix + "modified-since"))
+    if if_match is not None:
+        if not _etag_matches(if_match, etag):
+            return 412
+    elif if_unmod is not None and mtime > if_unmod:
+        return 412
+    if if_none is not None:
+        if _etag_matches(if_none, etag):
+            return 304
+    elif if_mod is not None and mtime <= if_mod:
+        return 304
+    return None
+
+
+def _parse_range(value: str, size: int) -> tuple[int, int] | None:
+    """(start, length) for a satisfiable single range; None to ignore (a malformed or
+    multi-range header, or a suffix range of an empty object: the whole empty body, as
+    RFC 9110 makes a suffix range the one form an empty representation satisfies);
+    raises InvalidRange when the first byte is at or past the end."""
+    unit, _, spec = value.partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first, dash, last = spec.strip().partition("-")
+    if not dash:
+        return None
+    try:
+        if first == "":
+            n = int(last)
+            if n <= 0:
+                raise s3e.InvalidRange(RangeRequested=value, ActualObjectSize=str(size))
+            return (max(0, size - n), min(n, size)) if size else None
+        start = int(first)
+        end = int(last) if last else None
+    except ValueError:
+        return None
+    if start < 0 or (end is not None and end < start):
+        return None
+    if start >= size:
+        raise s3e.InvalidRange(RangeRequested=value, ActualObjectSize=str(size))
+    end = size - 1 if end is None else min(end, size - 1)
+    return start, end - start + 1
+
+
+def _part_range(req: S3Request, record: dict[str, Any]) -> tuple[int, int] | None:
+    """(start, length) of the part `partNumber` names; a simple object is its one part."""
+    raw = req.query.get("partNumber")
+    if raw is None:
+        return None
+    try:
+        number = int(raw)
+    except ValueError:
+        number = 0
+    if not 1 <= number <= MAX_PART_NUMBER:
+        raise s3e.InvalidArgument("Part number must be an integer between 1 and 10000, inclusive",
+                                  ArgumentName="partNumber", ArgumentValue=raw)
+    sizes = record.get("parts") or [record["size"]]
+    if number > len(sizes):
+        raise s3e.InvalidPart("The requested partnumber is not satisfiable", PartNumber=raw)
+    return sum(sizes[: number - 1]), sizes[number - 1]
+
+
+async def get_object(req: S3Request, head: bool = False) -> Response:
+    record = req.store.objects.get(owned_bucket(req), req.key)
+    headers = object_headers(record)
+    status = check_conditions(req, record)
+    if status == 412:
+        raise s3e.PreconditionFailed(Condition="If-Match")
+    if status == 304:
+        keep = ("etag", "last-modified", "cache-control", "expires")
+        return Response(b"", status_code=304, headers={k: headers[k] for k in keep if k in headers})
+    size = record["size"]
+    start, length, code = 0, size, 200
+    part = _part_range(req, record)
+    range_header = req.header("range")
+    if part is not None:
+        start, length = part
+        code = 206 if record.get("parts") else 200
+        if record.get("parts"):
+            headers["x-amz-mp-parts-count"] = str(len(record["parts"]))
+    elif range_header:
+        parsed = _parse_range(range_header, size)
+        if parsed is not None:
+            start, length = parsed
+            code = 206
+    if code == 206:
+        headers["content-range"] = f"bytes {start}-{start + length - 1}/{size}"
+    elif req.header("x-amz-checksum-mode", "").upper() == "ENABLED":
+        headers.update(checksum_headers(record))
+    for param, name in RESPONSE_OVERRIDES.items():
+        if param in req.query:
+            headers[name] = req.query[param]
+    headers["content-length"] = str(length)
+    if head:
+        return Response(b"", status_code=code, headers=headers)
+    if len(record["segments"]) == 1 and length <= INLINE_READ_BYTES:
+        opened = open_segments(req, record["segments"], start, length)  # one open: no thread hop
+    else:
+        opened = await in_thread(open_segments, req, record["segments"], start, length)
+    stream = await prefetched(stream_opened(opened))
+    return StreamingResponse(stream, status_code=code, headers=headers)
+
+
+async def head_object(req: S3Request) -> Response:
+    return await get_object(req, head=True)
+
+
+async def delete_object(req: S3Request) -> Response:
+    freed = await in_thread(req.store.objects.delete, owned_bucket(req), req.key)
+    await free_blobs(req, freed)
+    return Response(b"", status_code=204)
+
+
+def parse_copy_source(req: S3Request) -> tuple[str, str]:
+    raw = req.headers["x-amz-copy-source"]
+    source, _, query = raw.partition("?")
+    source = copy_source_path(source).lstrip("/")
+    bucket, _, key = source.partition("/")
+    if not bucket or not key:
+        raise s3e.InvalidArgument("Copy Source must mention the source bucket and key: sourcebucket/sourcekey",
+                                  ArgumentName="x-amz-copy-source")
+    version = urllib.parse.parse_qs(query).get("versionId", [None])[0]
+    if version not in (None, "null"):
+        raise s3e.NoSuchVersion()
+    validate_key(key)
+    return bucket, key
+
+
+async def copy_object(req: S3Request) -> Response:
+    dst = owned_bucket(req)
+    src_bucket, src_key = parse_copy_source(req)
+    src = owned_bucket(req, src_bucket)
+    source = req.store.objects.get(src, src_key)
+    if check_conditions(req, source, prefix="x-amz-copy-source-if-") is not None:
+        raise s3e.PreconditionFailed(Condition="x-amz-copy-source-If-Match")
+    directive = req.header("x-amz-metadata-directive", "COPY").upper()
+    if directive not in ("COPY", "REPLACE"):
+        raise s3e.InvalidArgument("Unknown metadata directive.", ArgumentName="x-amz-metadata-directive")
+    update: dict[str, Any] = {"mtime": time.time(), "acl": acl.from_request(req, on_object=True)}
+    if directive == "REPLACE":
+        update["headers"], update["meta"] = request_headers(req)
+    elif src_bucket == req.bucket and src_key == req.key:
+        raise s3e.InvalidRequest(
+            "This copy request is illegal because it is trying to copy an object to itself "
+            "without changing the object's metadata, storage class, website redirect location "
+            "or encryption attributes.")
+    record, freed = await in_thread(req.store.objects.copy, src, src_key, dst,
+                                    req.key, update, source["etag"])
+    await free_blobs(req, freed)
+    body = document("CopyObjectResult", [el("LastModified", iso8601(record["mtime"])),
+                                         el("ETag", f'"{record["etag"]}"')]
+                    + [el(f"Checksum{alg}", v) for alg, v in record.get("checksums", {}).items()])
+    return xml_response(body)

@@ -1,0 +1,58 @@
+"""XML in and out: S3 response documents and bounded, strict parsing of request bodies."""
+
+from __future__ import annotations
+
+import datetime as dt
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable
+
+from manta.server.s3 import errors as s3e
+from manta.server.s3.xmltext import escape
+
+NS = "http://s3.amazonaws.com/doc/2006-03-01/"
+MAX_XML_BYTES = 2 * 1024 * 1024
+
+
+def iso8601(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def http_date(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%a, %d %b %Y %H:%M:%S GMT")
+
+
+def el(name: str, value: object) -> str:
+    return f"<{name}>{escape(str(value))}</{name}>"
+
+
+def document(root: str, body: Iterable[str]) -> bytes:
+    return (f'<?xml version="1.0" encoding="UTF-8"?>\n<{root} xmlns="{NS}">'
+            + "".join(body) + f"</{root}>").encode()
+
+
+def parse(body: bytes, root: str) -> ET.Element:
+    """Parse a request body whose root element must be `root` (namespace optional)."""
+    if not body.strip():
+        raise s3e.MalformedXML()
+    try:
+        tree = ET.fromstring(body)
+    except ET.ParseError:
+        raise s3e.MalformedXML() from None
+    if local(tree.tag) != root:
+        raise s3e.MalformedXML()
+    return tree
+
+
+def local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def children(node: ET.Element, name: str) -> list[ET.Element]:
+    return [c for c in node if local(c.tag) == name]
+
+
+def child_text(node: ET.Element, name: str, default: str | None = None) -> str | None:
+    for c in node:
+        if local(c.tag) == name:
+            return c.text or ""
+    return default
