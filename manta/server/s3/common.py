@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import itertools
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, TypeVar
 
 import anyio.to_thread
 from starlette.responses import Response
@@ -16,6 +16,7 @@ from manta.server.s3.context import S3Request
 from manta.server.s3.xmlio import http_date
 from storage import BlobMeta, BlobReader, BucketRef, ReplicatedWriter
 from storage.catalog import generation_of
+from storage.errors import NoSuchBlob
 
 STORED_HEADERS = ("content-type", "content-encoding", "content-disposition",
                   "content-language", "cache-control", "expires")
@@ -130,6 +131,21 @@ async def in_thread(fn: Any, *args: Any) -> Any:
 
 
 Opened = list[tuple[BlobReader, int, int]]
+T = TypeVar("T")
+RECORD_RACE_TRIES = 3
+
+
+async def on_current_record(handler: Callable[[], Awaitable[T]]) -> T:
+    """Run a handler that reads an object's record and then opens its blobs. In between,
+    the object can be overwritten or deleted and its blobs freed (NoSuchBlob): the handler
+    then runs again on the key's current record (NoSuchKey once it is gone), as if the
+    request had arrived after that write."""
+    for _ in range(RECORD_RACE_TRIES - 1):
+        try:
+            return await handler()
+        except NoSuchBlob:
+            continue
+    return await handler()
 READ_AHEAD_BLOCKS = 4  # 1 MiB blocks read per worker-thread hand-off
 
 

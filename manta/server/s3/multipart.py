@@ -24,6 +24,7 @@ from manta.server.s3.common import (
     free_blobs,
     in_thread,
     new_writer,
+    on_current_record,
     open_segments,
     owned_bucket,
     request_headers,
@@ -93,7 +94,7 @@ async def upload_part(req: S3Request) -> Response:
     bucket, upload = _upload(req)
     number = _part_number(req)
     if "x-amz-copy-source" in req.headers:
-        return await _upload_part_copy(req, bucket, upload, number)
+        return await on_current_record(lambda: _upload_part_copy(req, bucket, upload, number))
     size = expected_size(req)
     if size is not None:
         req.store.uploads.check_room(bucket, req.key, upload["upload_id"], number, size)

@@ -25,6 +25,7 @@ from manta.server.s3.common import (
     in_thread,
     new_writer,
     object_headers,
+    on_current_record,
     open_segments,
     owned_bucket,
     prefetched,
@@ -199,6 +200,10 @@ def _part_range(req: S3Request, record: dict[str, Any]) -> tuple[int, int] | Non
 
 
 async def get_object(req: S3Request, head: bool = False) -> Response:
+    return await on_current_record(lambda: _get_object(req, head))
+
+
+async def _get_object(req: S3Request, head: bool) -> Response:
     record = req.store.objects.get(owned_bucket(req), req.key)
     headers = object_headers(record)
     status = check_conditions(req, record)
