@@ -12,9 +12,6 @@ INTERNAL_ERROR = "InternalError"           # anything else; node failures are re
 RESOURCE_NOT_FOUND = "ResourceNotFoundError"  # an input object does not exist or is not yours
 QUOTA_EXCEEDED_ERROR = "QuotaExceededError"  # the owner is at a limit (objects, bytes, outputs)
 
-TASK_ERROR_CODES = (USER_TASK_ERROR, TASK_INIT_ERROR, TASK_KILLED_ERROR, JOB_CANCELLED_ERROR,
-                    INTERNAL_ERROR, RESOURCE_NOT_FOUND, QUOTA_EXCEEDED_ERROR)
-
 
 class JobError(Exception):
     """Base of the errors the jobs API reports to clients."""

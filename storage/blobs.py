@@ -31,7 +31,7 @@ from typing import Any, BinaryIO
 
 from awscrt.checksums import crc32c
 
-from storage.errors import BlobCorrupt, BlobMissing, ResourceExhausted
+from storage.errors import BlobMissing, ResourceExhausted
 
 __all__ = ["BLOB_ID", "BLOCK", "BlobInfo", "BlobWriter", "DirectoryBlobStore", "MemoryBlobWriter", "verify_file"]
 
@@ -245,15 +245,6 @@ class DirectoryBlobStore:
             return True
         except FileNotFoundError:
             return False
-
-    def verify(self, blob_id: str, sha256: bytes) -> None:
-        """Re-hash a whole blob; raise BlobCorrupt on mismatch, BlobMissing if absent."""
-        h = hashlib.sha256()
-        with self.open(blob_id) as fh:
-            while chunk := fh.read(1 << 20):
-                h.update(chunk)
-        if h.digest() != sha256:
-            raise BlobCorrupt(blob_id, "sha256 mismatch")
 
     def iter_blobs(self) -> Iterator[tuple[str, float]]:
         """Every committed blob id with its mtime (for garbage collection)."""

@@ -239,10 +239,6 @@ class Catalog:
                 freed.append(blob_id)
         return freed
 
-    def referenced_blobs(self) -> set[str]:
-        with self.read() as txn:
-            return {k.decode() for k, _ in self.scan(txn, "blobs")}
-
     def blob_records(self) -> Iterator[tuple[str, Record]]:
         """Every blob record (one read transaction per call of this generator)."""
         with self.read() as txn:

@@ -134,8 +134,3 @@ class Verifier:
                 raise Refused("replayed")
             self._seen[nonce] = now
             self._order.append((now, nonce))
-
-    def remembered(self) -> int:
-        """How many nonces are held now (bounded by the request rate times the TTL)."""
-        with self._lock:
-            return len(self._seen)

@@ -59,12 +59,6 @@ class BlobMissing(StorageError):
         self.blob_id = blob_id
 
 
-class BlobCorrupt(StorageError):
-    def __init__(self, blob_id: str, detail: str) -> None:
-        super().__init__(f"blob {blob_id} is corrupt: {detail}")
-        self.blob_id = blob_id
-
-
 class BlobDamaged(StorageError):
     """One replica is bad (a block failed its CRC32C, or the file is short); the node is fine."""
 

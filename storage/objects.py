@@ -308,12 +308,6 @@ class ObjectStore:
             else:
                 yield bucket, value
 
-    def iter_keys(self, bucket: str, start_after: str = "", prefix: str = "") -> Iterator[Record]:
-        with self.catalog.read() as txn:
-            start = bucket.encode() + b"\0" + start_after.encode() + b"\0" if start_after else b""
-            for _, record in self.scan(txn, bucket, prefix, start):
-                yield record
-
     def list(self, bucket_or_ref: Bucket, prefix: str = "", delimiter: str = "", start_after: str = "",
              max_keys: int = 1000) -> Listing:
         """One page of keys and common prefixes after `start_after`, in binary order."""

@@ -288,10 +288,6 @@ class BlobReader:
         self._closed = False
         self.blocking = any(n.remote for n in listed)  # reads go over the network
 
-    def prefer(self, node_id: str) -> None:
-        """Read from this node's replica first when it has one (a task's own node)."""
-        self.candidates.sort(key=lambda n: n.id != node_id)
-
     def prime(self) -> None:
         """Pin the first readable replica now, so a concurrent delete cannot take the blob
         away before the first read (an open file keeps its bytes)."""

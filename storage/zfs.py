@@ -106,24 +106,6 @@ class CommandDriver:
         errors = int(match.group(1)) if match else 0
         return ScrubStatus(running=running, errors=errors, summary=line)
 
-    def checksum_errors(self, pool: str) -> int:
-        """Sum of the CKSUM column over the pool's devices."""
-        total = 0
-        for ln in self.status(pool).splitlines():
-            parts = ln.split()
-            if len(parts) == 5 and parts[4].isdigit() and parts[1] in ("ONLINE", "DEGRADED", "FAULTED"):
-                total = max(total, int(parts[4]))
-        return total
-
-    def sync(self, pool: str) -> None:
-        """Force the open transaction group to disk (tests that damage vdevs need it)."""
-        try:
-            self._run(self.zpool, "sync", pool)
-        except ZfsError:
-            # zfs-fuse has no `zpool sync`; taking a snapshot commits the txg
-            snap = f"{pool}@manta-sync"
-            self._run(self.zfs, "snapshot", snap)
-            self._run(self.zfs, "destroy", snap)
 
 
 class LzcDriver(CommandDriver):

@@ -10,7 +10,6 @@ from manta.server.s3 import errors as s3e
 from manta.server.s3.xmltext import escape
 
 NS = "http://s3.amazonaws.com/doc/2006-03-01/"
-MAX_XML_BYTES = 2 * 1024 * 1024
 
 
 def iso8601(ts: float) -> str:
