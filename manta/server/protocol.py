@@ -15,6 +15,10 @@
   RequestTimeout. Between requests uvicorn's keep-alive timer closes an idle connection
   (`timeout_keep_alive`, the server's `idle_timeout_s`). Bodies have their own timeout in
   the app (`body_timeout_s`).
+- A client that half-closes (shuts down its sending side) in the middle of a request body
+  has ended the body: the app sees it end short and answers 400 IncompleteBody before the
+  connection closes, as S3 does, instead of the close without an answer that uvicorn gives
+  every EOF.
 - A cap on open connections (`max_connections`), kept well below the file-descriptor limit
   so blob files and the catalog always find descriptors. A connection arriving at the cap
   takes the place of an idle one, which is closed:
@@ -171,6 +175,18 @@ class HttpProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self._in_body = False
         super().on_message_complete()
+
+    def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio.Protocol allows True
+        """EOF inside a request body ends the body (the answer is still sent); any other
+        EOF closes the connection at once, as in uvicorn."""
+        cycle = self.cycle
+        if not self._in_body or self._refused or cycle is None or cycle.response_complete:
+            return None
+        self._in_body = False
+        cycle.keep_alive = False
+        cycle.more_body = False
+        cycle.message_event.set()
+        return True  # keep the transport open for writing
 
     def on_response_complete(self) -> None:
         super().on_response_complete()

@@ -139,7 +139,7 @@ def test_copy_source_with_nul_is_invalid_argument(server: Server, s3: Any, bucke
 
 def test_raw_nul_byte_in_request_line_is_rejected(server: Server, bucket: str) -> None:
     reply = raw_exchange(server, f"GET /{bucket}/a\0b HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-    assert reply is None or reply.status == 400
+    assert reply is not None and reply.status == 400, reply  # httptools refuses it: uvicorn's plain 400
 
 
 @pytest.mark.parametrize("key", ["k" * 1025, "é" * 513, "日" * 342])
@@ -247,7 +247,8 @@ def test_truncated_aws_chunked_body_then_client_leaves(server: Server, s3: Any, 
     head = raw_put(server, f"/{bucket}/chunked", chunked_headers(PAYLOAD, len(FRAMED)),
                    "STREAMING-UNSIGNED-PAYLOAD-TRAILER")
     reply = raw_exchange(server, head + FRAMED[:5000], then=then)
-    assert reply is None or reply.status == 400
+    if then == "shutdown":  # a client that only stopped sending still reads why nothing was stored
+        assert reply is not None and (reply.status, reply.code) == (400, "IncompleteBody"), reply
     assert not exists(s3, bucket, "chunked")
 
 
@@ -269,7 +270,8 @@ def test_body_shorter_than_content_length_then_client_leaves(server: Server, s3:
                                                              then: str) -> None:
     head = raw_put(server, f"/{bucket}/gone", {"Content-Length": "100000"})
     reply = raw_exchange(server, head + b"x" * 1000, then=then)
-    assert reply is None or reply.status == 400
+    if then == "shutdown":  # a client that only stopped sending still reads why nothing was stored
+        assert reply is not None and (reply.status, reply.code) == (400, "IncompleteBody"), reply
     assert not exists(s3, bucket, "gone")
 
 
@@ -321,7 +323,7 @@ def test_user_metadata_over_2_kib(s3: Any, bucket: str) -> None:
 def test_enormous_header_line_does_not_crash_the_server(server: Server, bucket: str, size: int) -> None:
     request = f"GET /{bucket} HTTP/1.1\r\nHost: x\r\nX-Huge: {'h' * size}\r\n\r\n".encode()
     reply = raw_exchange(server, request)
-    assert reply is None or 400 <= reply.status < 500
+    assert reply is not None and (reply.status, reply.code) == (400, "RequestHeaderSectionTooLarge"), reply
     assert server.proc is not None and server.proc.poll() is None
 
 
