@@ -116,12 +116,11 @@ def test_a_short_job_of_one_account_runs_while_another_has_a_long_queue(small: S
         deadline = time.monotonic() + 10
         while job(small, bob_job, bob)["phases"][0]["running"] < 2 and time.monotonic() < deadline:
             time.sleep(0.1)
-        started = time.monotonic()
         short = as_user(small, carol, "job", "create", "-o", "--memory", "64", "-m", "wc -c", *carol_inputs)
-        took = time.monotonic() - started
         assert short.returncode == 0 and short.stdout.strip() == "6", short.stderr
-        assert took < 12, f"carol's one-task job took {took:.1f}s behind bob's queue of 8 x 10 s"
-        assert job(small, bob_job, bob)["phases"][0]["done"] <= 2  # bob's queue was still there
+        # carol took the first slot that freed: bob's queue (8 x 10 s on 2 slots) was still there
+        bob_phase = job(small, bob_job, bob)["phases"][0]
+        assert bob_phase["done"] <= 2, bob_phase
     finally:
         as_user(small, bob, "job", "cancel", bob_job)
 
