@@ -17,7 +17,6 @@ import argparse
 import concurrent.futures as cf
 import contextlib
 import datetime
-import json
 import os
 import random
 import shutil
@@ -50,8 +49,8 @@ from botocore.config import Config
 sys.path.insert(0, str(HERE.parent))  # so that `jobs` is the package, not this script
 
 from jobs.sandbox import Sandbox, TaskSpec  # noqa: E402
-from manta.cli.common import CliError  # noqa: E402
-from manta.cli.http import signed_request  # noqa: E402
+from manta.client import Client as MantaClient  # noqa: E402
+from manta.client import MantaError  # noqa: E402
 from storage.catalog import unpack  # noqa: E402
 
 PIPELINE = "tr -s ' ' '\\n' | sort | uniq -c | sort -rn | head -20"
@@ -63,7 +62,7 @@ QUICK_DEFAULTS = {"objects": 200, "repeat": 1, "runs": 20}
 OVERHEAD_MAX_MS, JOB_MAX_VS_LIMIT, JOB_MIN_VS_BOTO3 = 25.0, 1.5, 3.0
 POLL_S, SAMPLE_CHECKS, ORDER = 0.2, 5, ("job", "limit", "boto3")
 CPUACCT = Path(f"/sys/fs/cgroup/cpuacct/manta-bench-{os.getpid()}")  # cgroup v1 only
-ERRORS = (BenchError, CliError, subprocess.SubprocessError, botocore.exceptions.BotoCoreError,
+ERRORS = (BenchError, MantaError, subprocess.SubprocessError, botocore.exceptions.BotoCoreError,
           botocore.exceptions.ClientError, *FAILURES)
 
 
@@ -150,7 +149,7 @@ def blob_paths(data: Path, keys: list[str]) -> list[str]:
 
 
 def api(method: str, path: str, payload: dict | None = None):
-    return signed_request(method, path, json.dumps(payload).encode() if payload is not None else b"")
+    return MantaClient().api(method, path, payload)
 
 
 def cpu_s(pid: int) -> tuple[float, float | None]:

@@ -12,7 +12,7 @@ import time
 
 import boto3
 
-from manta.cli.http import signed_request
+from manta.client import Client
 from manta.client.settings import client_credentials, client_url
 
 
@@ -42,11 +42,12 @@ def main() -> None:
             "phases": [{"type": "map", "exec": "grep -c ' ERROR ' || true"},
                        {"type": "reduce", "exec": "awk '{s += $1} END {print s}'"}],
             "inputs": [f"samples/{key}" for key in keys], "end": True}
-    job = signed_request("POST", "/_manta/jobs", json.dumps(spec).encode())
+    api = Client().api
+    job = api("POST", "/_manta/jobs", spec)
     while job["state"] == "running":
         time.sleep(0.2)
-        job = signed_request("GET", f"/_manta/jobs/{job['id']}")
-    outputs = signed_request("GET", f"/_manta/jobs/{job['id']}/outputs")["outputs"]
+        job = api("GET", f"/_manta/jobs/{job['id']}")
+    outputs = api("GET", f"/_manta/jobs/{job['id']}/outputs")["outputs"]
     if job["state"] != "done" or job["errors"] or len(outputs) != 1:
         raise SystemExit(f"sample job {job['id']} did not succeed: {json.dumps(job)}")
     bucket, key = outputs[0].split("/", 1)

@@ -1,4 +1,5 @@
-"""`manta admin ...`: accounts and their limits, storage nodes, scrub and GC (root keys)."""
+"""`manta admin ...`: accounts and their limits, storage nodes, scrub and GC (root keys),
+through `Client.api` (manta's signed JSON API under `/_manta/admin`)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import argparse
 import json
 from typing import Any
 
-from manta.cli.common import CliError
+from manta.cli.common import CliError, client
 
 __all__ = ["register"]
 
@@ -21,12 +22,10 @@ def _quota_arg(text: str | None) -> dict[str, int | None]:
 
 
 def _admin_user_add(args: argparse.Namespace) -> int:
-    from manta.cli.http import signed_request
-
     payload: dict[str, Any] = {"name": args.name}
     if args.quota is not None:
         payload["quota"] = _quota_arg(args.quota)
-    user = signed_request("POST", "/_manta/admin/users", json.dumps(payload).encode())
+    user = client().api("POST", "/_manta/admin/users", payload)
     if args.json:
         print(json.dumps(user))
     else:
@@ -37,18 +36,14 @@ def _admin_user_add(args: argparse.Namespace) -> int:
 
 
 def _admin_user_set(args: argparse.Namespace) -> int:
-    from manta.cli.http import signed_request
-
     payload = {"quota": _quota_arg(args.quota)}
-    user = signed_request("POST", _user_path(args.name), json.dumps(payload).encode())
+    user = client().api("POST", _user_path(args.name), payload)
     _print_user(user, args.json)
     return 0
 
 
 def _admin_user_get(args: argparse.Namespace) -> int:
-    from manta.cli.http import signed_request
-
-    _print_user(signed_request("GET", _user_path(args.name)), args.json)
+    _print_user(client().api("GET", _user_path(args.name)), args.json)
     return 0
 
 
@@ -75,9 +70,7 @@ def _print_user(user: dict[str, Any], as_json: bool) -> None:
 
 
 def _admin_user_list(args: argparse.Namespace) -> int:
-    from manta.cli.http import signed_request
-
-    users = signed_request("GET", "/_manta/admin/users")["users"]
+    users = client().api("GET", "/_manta/admin/users")["users"]
     if args.json:
         print(json.dumps(users))
     else:
@@ -87,9 +80,7 @@ def _admin_user_list(args: argparse.Namespace) -> int:
 
 
 def _admin_scrub(args: argparse.Namespace) -> int:
-    from manta.cli.http import signed_request
-
-    report = signed_request("POST", "/_manta/admin/scrub", b"{}", timeout_s=24 * 3600)
+    report = client().api("POST", "/_manta/admin/scrub", {}, timeout_s=24 * 3600)
     if args.json:
         print(json.dumps(report))
     else:
@@ -102,17 +93,13 @@ def _admin_scrub(args: argparse.Namespace) -> int:
 
 
 def _admin_gc(args: argparse.Namespace) -> int:
-    from manta.cli.http import signed_request
-
-    report = signed_request("POST", "/_manta/admin/gc", b"{}", timeout_s=3600)
+    report = client().api("POST", "/_manta/admin/gc", {}, timeout_s=3600)
     print(json.dumps(report) if args.json else f"removed {report['removed']} blob copies no object needs")
     return 0
 
 
 def _admin_nodes(args: argparse.Namespace) -> int:
-    from manta.cli.http import signed_request
-
-    nodes = signed_request("GET", "/_manta/admin/nodes")["nodes"]
+    nodes = client().api("GET", "/_manta/admin/nodes")["nodes"]
     if args.json:
         print(json.dumps(nodes))
     else:

@@ -1,20 +1,27 @@
-"""What every `manta` command module shares: the user-facing error, the subcommand
-builder and a stdout that may be closed early by its reader."""
+"""What every `manta` command module shares: the user-facing error, the client every
+command is built on, and the subcommand builder."""
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["CliError", "stdout_pipe", "subcommand"]
+if TYPE_CHECKING:
+    from manta.client import Client
+
+__all__ = ["CliError", "client", "subcommand"]
 
 
 class CliError(Exception):
     """A user-facing error: printed as `manta: message`, exit status 1."""
+
+
+def client() -> Client:
+    """The `manta.Client` of the server and keys the environment names (`Client()`)."""
+    from manta.client import Client
+
+    return Client()
 
 
 def subcommand(sub: Any, name: str, func: Callable[[argparse.Namespace], int], help: str,
@@ -25,15 +32,3 @@ def subcommand(sub: Any, name: str, func: Callable[[argparse.Namespace], int], h
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.set_defaults(func=func)
     return p
-
-
-
-@contextmanager
-def stdout_pipe() -> Iterator[None]:
-    """A reader that went away (`| head`) ends the command quietly."""
-    try:
-        yield
-        sys.stdout.flush()
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        raise SystemExit(1) from None

@@ -3,11 +3,12 @@
     manta find logs/2024/ --name '\\.gz$' | manta job create -o -m 'zcat | grep -c ERROR' \\
         -r 'awk "{s+=\\$1} END {print s}"'
 
-Jobs go through the jobs HTTP API (`manta.server.jobs_api`, SigV4-signed by `manta.cli.http`);
-listings and output contents through the S3 API with boto3, with the same URL and
-credentials (`manta.credentials`). Inputs are streamed: the job is created first, its
-inputs are added in batches as they are read (arguments, listed prefixes or stdin lines),
-then its inputs are ended.
+Every command is a call on `manta.Client` and its `Job` (the jobs API; output contents
+through S3). Inputs are streamed: the job is created and its id printed first, then its
+inputs are added in batches as they are read (arguments, listed prefixes or stdin lines,
+`Job.add_inputs`), then ended. Waiting (`-w`, `-o`, `watch`) is `Job.wait`, whose progress
+on stderr is bars in a terminal and one plain line per change elsewhere
+(`manta.client.progress`).
 """
 
 from __future__ import annotations
@@ -16,32 +17,21 @@ import argparse
 import datetime as dt
 import json
 import sys
-import time
-import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from manta.cli.common import CliError, stdout_pipe, subcommand
-from manta.cli.find import list_objects, s3_client, s3_errors
+from manta.cli.common import CliError, client, subcommand
+
+if TYPE_CHECKING:
+    from manta.client import Client, Job
 
 __all__ = ["register"]
 
-BATCH = 1000
-BATCH_S = 1.0
-WAIT_S = 0.5  # the longest a job-status request waits for the job to end
 
+def _job(job_id: str, mc: Client | None = None) -> Job:
+    from manta.client import Job
 
-# -- clients -------------------------------------------------------------------------------
-
-def _job(job_id: str, action: str = "") -> str:
-    path = "/_manta/jobs/" + urllib.parse.quote(job_id, safe="")
-    return f"{path}/{action}" if action else path
-
-
-def _api(method: str, path: str, payload: Any = None) -> Any:
-    from manta.cli.http import signed_request
-
-    return signed_request(method, path, json.dumps(payload).encode() if payload is not None else b"")
+    return Job(mc or client(), job_id)
 
 
 def _split(name: str) -> tuple[str, str]:
@@ -51,28 +41,13 @@ def _split(name: str) -> tuple[str, str]:
     return bucket, key
 
 
-def _copy_object(s3: Any, name: str, out: Any) -> None:
-    bucket, key = _split(name)
-    with s3_errors(bucket):
-        body = s3.get_object(Bucket=bucket, Key=key)["Body"]
-        for chunk in body.iter_chunks(256 * 1024):
-            out.write(chunk)
-
-
-# -- inputs --------------------------------------------------------------------------------
-
-def _expand(items: Iterable[str]) -> Iterator[str]:
-    """`bucket/key` as is; `bucket/prefix/` -> every object under it. Blank lines are skipped."""
+def _inputs(items: Iterable[str]) -> Iterator[str]:
+    """Each `bucket/key` or `bucket/prefix/`, checked; blank lines are skipped."""
     for raw in items:
         item = raw.strip().lstrip("/")
-        if not item:
-            continue
-        bucket, key = _split(item)
-        if key and not key.endswith("/"):
+        if item:
+            _split(item)
             yield item
-            continue
-        for obj in list_objects(bucket, key):
-            yield f"{bucket}/{obj['Key']}"
 
 
 def _stdin_lines() -> Iterator[str]:
@@ -83,95 +58,14 @@ def _stdin_lines() -> Iterator[str]:
     yield from sys.stdin
 
 
-def _send_inputs(job_id: str, inputs: Iterable[str], end: bool) -> int:
-    """Add inputs in batches (of BATCH, or what arrived in BATCH_S); returns how many."""
-    batch: list[str] = []
-    sent = 0
-    last = time.monotonic()
-    for item in inputs:
-        batch.append(item)
-        if len(batch) >= BATCH or time.monotonic() - last >= BATCH_S:
-            _api("POST", _job(job_id, "inputs"), {"inputs": batch, "end": False})
-            sent += len(batch)
-            batch = []
-            last = time.monotonic()
-    if batch or end:
-        _api("POST", _job(job_id, "inputs"), {"inputs": batch, "end": end})
-    return sent + len(batch)
-
-
-# -- waiting and progress -----------------------------------------------------------------
-
-class _Progress:
-    """Tasks finished per phase, on stderr: tqdm bars when tqdm is installed, else one line."""
-
-    def __init__(self, job_id: str, enabled: bool = True) -> None:
-        self.job_id = job_id
-        self.enabled = enabled
-        self.bars: list[Any] = []
-        self.last = ""
-        self.tqdm: Any = None
-        if enabled and sys.stderr.isatty():  # bars for people; plain lines for logs and pipes
-            try:
-                from tqdm import tqdm
-            except ImportError:
-                pass
-            else:
-                self.tqdm = tqdm
-
-    def update(self, job: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        counts = [(p["type"], p["done"] + p["failed"] + p["cancelled"], p["tasks"]) for p in job["phases"]]
-        if self.tqdm is not None:
-            while len(self.bars) < len(counts):
-                kind, done, total = counts[len(self.bars)]
-                self.bars.append(self.tqdm(total=total, initial=done, desc=f"phase {len(self.bars)} {kind:<6}",
-                                           unit="task", file=sys.stderr, position=len(self.bars), leave=True,
-                                           dynamic_ncols=True))
-            for bar, (_, done, total) in zip(self.bars, counts, strict=True):
-                if bar.total != total or bar.n != done:
-                    bar.total = total
-                    bar.n = done
-                    bar.refresh()
-            return
-        line = f"job {self.job_id}: " + ", ".join(
-            f"phase {i} {kind} {done}/{total}" for i, (kind, done, total) in enumerate(counts))
-        if job["errors"]:
-            line += f", {job['errors']} errors"
-        if line != self.last:
-            ending = "\r" if sys.stderr.isatty() else "\n"
-            print(line, end=ending, file=sys.stderr, flush=True)
-            self.last = line
-
-    def close(self, job: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        for bar in self.bars:
-            bar.close()
-        if self.tqdm is None and self.last and sys.stderr.isatty():
-            print(file=sys.stderr)
-        print(f"job {self.job_id} {job['state']}: {job['errors']} errors", file=sys.stderr, flush=True)
-
-
-def _wait(job_id: str, progress: bool) -> dict[str, Any]:
-    """Poll until the job is done or cancelled and none of its tasks runs any more."""
-    bar = _Progress(job_id, progress)
-    settle_deadline: float | None = None
+def _follow(job: Job, progress: bool) -> dict[str, Any]:
+    """`Job.wait`, then the job's status; ^C leaves the job running, and says so."""
     try:
-        while True:  # the server answers when the job is over, or after WAIT_S (the bar moves)
-            job = _api("GET", _job(job_id) + f"?wait={WAIT_S:g}")
-            bar.update(job)
-            if job["state"] != "running":
-                running = sum(p["running"] for p in job["phases"])
-                settle_deadline = settle_deadline or time.monotonic() + 10
-                if not running or time.monotonic() > settle_deadline:
-                    break
+        job.wait(progress=progress)
     except KeyboardInterrupt:
-        print(f"\nmanta: job {job_id} goes on; stop it with: manta job cancel {job_id}", file=sys.stderr)
+        print(f"manta: job {job.id} goes on; stop it with: manta job cancel {job.id}", file=sys.stderr)
         raise
-    bar.close(job)
-    return job  # type: ignore[no-any-return]
+    return job.status
 
 
 def _print_errors(errors: list[dict[str, Any]], out: Any) -> None:
@@ -184,6 +78,13 @@ def _print_errors(errors: list[dict[str, Any]], out: Any) -> None:
             print(f"    {line}", file=out)
         if e.get("stderr"):
             print(f"    (stderr: {e['stderr']})", file=out)
+
+
+def _print_outputs(mc: Client, job: Job) -> None:
+    sys.stdout.flush()
+    for name in job.outputs():
+        mc.get(name, sys.stdout.buffer, progress=False)
+    sys.stdout.buffer.flush()
 
 
 # -- manta job ... -------------------------------------------------------------------------
@@ -210,51 +111,41 @@ def _job_create(args: argparse.Namespace) -> int:
         _split(name)
     if args.open and args.inputs:
         raise CliError("--open takes no INPUT (add them later with manta job addinputs)")
-    job = _api("POST", "/_manta/jobs", {"name": args.name or "", "phases": phases, "inputs": [], "end": False})
-    job_id = job["id"]
-    print(job_id, file=sys.stderr if args.output else sys.stdout, flush=True)
+    mc = client()
+    job = mc.job(phases=phases, name=args.name or "", end=False)
+    print(job.id, file=sys.stderr if args.output else sys.stdout, flush=True)
     if args.open:
         return 0
     try:
-        _send_inputs(job_id, _expand(args.inputs or _stdin_lines()), end=True)
-    except (CliError, KeyboardInterrupt):
-        _api("POST", _job(job_id, "cancel"))
-        print(f"manta: job {job_id} cancelled: its inputs could not all be added", file=sys.stderr)
+        job.add_inputs(_inputs(args.inputs or _stdin_lines()), end=True)
+    except BaseException:
+        job.cancel()
+        print(f"manta: job {job.id} cancelled: its inputs could not all be added", file=sys.stderr)
         raise
     if not (args.output or args.wait):
         return 0
-    job = _wait(job_id, progress=args.wait)
+    status = _follow(job, progress=args.wait)
     if args.output:
-        _print_outputs(job_id)
-    errors = _api("GET", _job(job_id, "errors"))["errors"]
+        _print_outputs(mc, job)
+    errors = job.errors()
     if args.output:
         _print_errors(errors, sys.stderr)
-    return 1 if errors or job["state"] != "done" else 0
-
-
-def _print_outputs(job_id: str) -> None:
-    outputs = _api("GET", _job(job_id, "outputs"))["outputs"]
-    s3 = s3_client() if outputs else None
-    with stdout_pipe():
-        sys.stdout.flush()
-        for name in outputs:
-            _copy_object(s3, name, sys.stdout.buffer)
-        sys.stdout.buffer.flush()
+    return 1 if errors or status["state"] != "done" else 0
 
 
 def _job_addinputs(args: argparse.Namespace) -> int:
-    _send_inputs(args.job, _expand(args.inputs or _stdin_lines()), end=args.end)
+    _job(args.job).add_inputs(_inputs(args.inputs or _stdin_lines()), end=args.end)
     return 0
 
 
 def _job_end(args: argparse.Namespace) -> int:
-    _api("POST", _job(args.job, "end"))
+    _job(args.job).end_inputs()
     return 0
 
 
 def _job_watch(args: argparse.Namespace) -> int:
-    job = _wait(args.job, progress=True)
-    return 1 if job["errors"] or job["state"] != "done" else 0
+    status = _follow(_job(args.job), progress=True)
+    return 1 if status["errors"] or status["state"] != "done" else 0
 
 
 def _when(ts: float | None) -> str:
@@ -264,7 +155,7 @@ def _when(ts: float | None) -> str:
 
 
 def _job_get(args: argparse.Namespace) -> int:
-    job = _api("GET", _job(args.job) + "?tasks=1" if args.json else _job(args.job))
+    job = _job(args.job).fetch(tasks=args.json)
     if args.json:
         print(json.dumps(job))
         return 0
@@ -283,42 +174,39 @@ def _job_get(args: argparse.Namespace) -> int:
 
 
 def _job_outputs(args: argparse.Namespace) -> int:
+    mc = client()
     if args.cat:
-        _print_outputs(args.job)
+        _print_outputs(mc, _job(args.job, mc))
         return 0
-    outputs = _api("GET", _job(args.job, "outputs"))["outputs"]
-    with stdout_pipe():
-        for name in outputs:
-            print(name)
+    for name in _job(args.job, mc).outputs():
+        print(name)
     return 0
 
 
 def _job_errors(args: argparse.Namespace) -> int:
-    errors = _api("GET", _job(args.job, "errors"))["errors"]
+    errors = _job(args.job).errors()
     if args.json:
         print(json.dumps(errors))
     else:
-        with stdout_pipe():
-            _print_errors(errors, sys.stdout)
+        _print_errors(errors, sys.stdout)
     return 0
 
 
 def _job_cancel(args: argparse.Namespace) -> int:
-    job = _api("POST", _job(args.job, "cancel"))
-    if job["state"] != "cancelled":
-        print(f"manta: job {args.job} was already {job['state']}", file=sys.stderr)
+    status = _job(args.job).cancel()
+    if status["state"] != "cancelled":
+        print(f"manta: job {args.job} was already {status['state']}", file=sys.stderr)
     return 0
 
 
 def _job_list(args: argparse.Namespace) -> int:
-    jobs = sorted(_api("GET", "/_manta/jobs")["jobs"], key=lambda j: j["created"])
+    jobs = sorted(client().jobs(), key=lambda j: j["created"])
     if args.json:
         print(json.dumps(jobs))
         return 0
-    with stdout_pipe():
-        print(f"{'ID':<18} {'STATE':<10} {'CREATED':<19} {'INPUTS':>7}  NAME")
-        for j in jobs:
-            print(f"{j['id']:<18} {j['state']:<10} {_when(j['created']):<19} {j['input_count']:>7}  {j['name']}")
+    print(f"{'ID':<18} {'STATE':<10} {'CREATED':<19} {'INPUTS':>7}  NAME")
+    for j in jobs:
+        print(f"{j['id']:<18} {j['state']:<10} {_when(j['created']):<19} {j['input_count']:>7}  {j['name']}")
     return 0
 
 

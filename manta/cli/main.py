@@ -1,9 +1,17 @@
 """The `manta` command: one subcommand group a module (serve and node, admin, objects,
-find, job), all client commands built on `manta.Client`."""
+find, job), every client command built on `manta.Client`.
+
+Errors are reported here, once: a `CliError` (a bad argument the command found), a
+`manta.client.MantaError` (what the client reports: no such bucket, bad credentials, server
+unreachable, ...), a ValueError (a bad path or setting, e.g. a missing CA bundle) or an
+OSError (a local file) is printed as `manta: <message>` with exit status 1; a reader that
+went away (`| head`) ends the command quietly with status 1, ^C with 130.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -30,10 +38,31 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    from manta.client.errors import MantaError  # here: `manta --help` need not load the client
+
     try:
-        return int(args.func(args))
-    except CliError as exc:
-        print(f"manta: {exc}", file=sys.stderr)
+        status = int(args.func(args))
+        sys.stdout.flush()
+        return status
+    except BrokenPipeError:
+        _drop_stdout()
         return 1
+    except (CliError, MantaError, ValueError) as exc:
+        return _fail(str(exc))
+    except OSError as exc:
+        return _fail(f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc))
     except KeyboardInterrupt:
         return 130
+
+
+def _fail(message: str) -> int:
+    print(f"manta: {message}", file=sys.stderr)
+    return 1
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush finds no broken pipe."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):  # not a file descriptor (stdout replaced in-process)
+        pass

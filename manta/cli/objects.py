@@ -1,49 +1,24 @@
-"""Object commands: `manta mb | rb | put | get | ls | rm | info | cp`, on `manta.Client`.
+"""Object commands: `manta mb | rb | put | get | ls | rm | info | cp`, each one call on
+`manta.Client` (its errors are reported by `manta.cli.main`).
 
-Paths are `bucket/key`. Client errors (`manta.client.MantaError`: no such bucket or key,
-bad credentials, server unreachable, ...) become `CliError`, printed as `manta: ...`
-with exit status 1.
+Paths are `bucket/key`.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import functools
 import json
 import os
 import sys
 from collections.abc import Callable
 from typing import Any
 
-from manta.cli.common import CliError
+from manta.cli.common import CliError, client
 
 __all__ = ["register"]
 
 Handler = Callable[[argparse.Namespace], int]
-
-
-def _client() -> Any:
-    from manta.client import Client
-
-    return Client()
-
-
-def _user_errors(func: Handler) -> Handler:
-    @functools.wraps(func)
-    def run(args: argparse.Namespace) -> int:
-        from manta.client import MantaError
-
-        try:
-            return func(args)
-        except BrokenPipeError:  # the reader went away (`| head`)
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            return 1
-        except (MantaError, ValueError) as exc:
-            raise CliError(str(exc)) from None
-        except OSError as exc:
-            raise CliError(f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc)) from None
-    return run
 
 
 def _when(value: Any) -> str:
@@ -68,62 +43,52 @@ def _dest_key(src: str, dest: str) -> str:
 
 # -- commands --------------------------------------------------------------------------------
 
-@_user_errors
 def _mb(args: argparse.Namespace) -> int:
-    client = _client()
+    mc = client()
     for bucket in args.buckets:
-        client.mb(bucket.strip("/"), exist_ok=args.exist_ok)
+        mc.mb(bucket.strip("/"), exist_ok=args.exist_ok)
     return 0
 
 
-@_user_errors
 def _rb(args: argparse.Namespace) -> int:
-    from manta.client import BucketNotEmpty
-
-    client = _client()
+    mc = client()
     for bucket in args.buckets:
-        try:
-            client.rb(bucket.strip("/"), force=args.force)
-        except BucketNotEmpty:
-            raise CliError(f"bucket {bucket} is not empty: remove its objects first, or use --force") from None
+        mc.rb(bucket.strip("/"), force=args.force)
     return 0
 
 
-@_user_errors
 def _put(args: argparse.Namespace) -> int:
-    client = _client()
+    mc = client()
     dest = _dest_key(args.src, args.dest)
     progress = False if args.quiet else None
     if args.src == "-":
-        result = client.put(dest, sys.stdin.buffer, content_type=args.content_type, progress=progress)
+        result = mc.put(dest, sys.stdin.buffer, content_type=args.content_type, progress=progress)
     else:
         if os.path.isdir(args.src):
             raise CliError(f"{args.src} is a directory: put uploads one file")
         with open(args.src, "rb") as fh:
-            result = client.put(dest, fh, content_type=args.content_type, progress=progress)
+            result = mc.put(dest, fh, content_type=args.content_type, progress=progress)
     if args.verbose:
         print(f"{result['name']}  {result['size']} bytes  etag {result['etag']}", file=sys.stderr)
     return 0
 
 
-@_user_errors
 def _get(args: argparse.Namespace) -> int:
-    client = _client()
+    mc = client()
     progress = False if args.quiet else None
     if args.dest == "-":
-        client.get(args.src, sys.stdout.buffer, progress=False)
+        mc.get(args.src, sys.stdout.buffer, progress=False)
         sys.stdout.buffer.flush()
         return 0
     dest = args.dest or "."
     if os.path.isdir(dest):
         dest = os.path.join(dest, os.path.basename(args.src.rstrip("/")))
-    client.get(args.src, dest, progress=progress)
+    mc.get(args.src, dest, progress=progress)
     return 0
 
 
-@_user_errors
 def _ls(args: argparse.Namespace) -> int:
-    entries = _client().ls(args.path or "", detail=True)
+    entries = client().ls(args.path or "", detail=True)
     if args.json:
         print(json.dumps([_jsonable(e) for e in entries]))
         return 0
@@ -134,22 +99,19 @@ def _ls(args: argparse.Namespace) -> int:
             print(f"{e['type'][0]} {size:>12}  {when:<19}  {e['name']}")
         else:
             print(e["name"])
-    sys.stdout.flush()
     return 0
 
 
-@_user_errors
 def _rm(args: argparse.Namespace) -> int:
-    deleted = _client().rm(args.paths, recursive=args.recursive)
+    deleted = client().rm(args.paths, recursive=args.recursive)
     if args.verbose:
         for name in deleted:
             print(f"deleted {name}", file=sys.stderr)
     return 0
 
 
-@_user_errors
 def _info(args: argparse.Namespace) -> int:
-    info = _client().info(args.path)
+    info = client().info(args.path)
     if args.json:
         print(json.dumps(_jsonable(info)))
         return 0
@@ -164,9 +126,8 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-@_user_errors
 def _cp(args: argparse.Namespace) -> int:
-    _client().cp(args.src, _dest_key(args.src, args.dest))
+    client().cp(args.src, _dest_key(args.src, args.dest))
     return 0
 
 

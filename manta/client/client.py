@@ -5,15 +5,17 @@
     mc.mb("sensors", exist_ok=True)
     mc.put("sensors/2024/01-01.csv", b"...")        # bytes, a file object, an iterator, a Path
     job = mc.job(map="wc -l", reduce="awk '{s+=$1} END {print s}'", inputs="sensors/2024/")
-    job.wait()                                     # tqdm bars, in a terminal or a notebook
+    job.wait()                                     # progress bars (plain lines in a log)
     print(job.read_outputs().decode())
 
 Paths are `bucket/key`. Uploads larger than one part (`part_size_mb`) are multipart, with
 parts sent in parallel; any failure or interrupt aborts the upload, so an object is
-either whole or absent. Every error is a `MantaError` subclass (`client_errors.py`,
-mapped once, in `_s3_errors` and `Client.api`), and the not-found and permission ones are
-also FileNotFoundError / PermissionError, so fsspec and pandas report them as usual.
-Jobs (`Job`, progress bars) are in `client_jobs.py`.
+either whole or absent. Every error is a `MantaError` subclass (`errors.py`), made by
+`error_for` from the server's code in two places only: `Client.errors` (a context manager
+around boto3 calls, used here and by `files.py`) and `Client.api` (manta's JSON API). The
+`manta` command prints their messages. The not-found and permission ones are also
+FileNotFoundError / PermissionError, so fsspec and pandas report them as usual. Jobs (`Job`, its one wait loop) are in `jobs.py`; progress on stderr (bars
+in a terminal or notebook, plain lines elsewhere) in `progress.py`.
 """
 
 from __future__ import annotations
@@ -40,8 +42,9 @@ from manta.client.errors import (
     error_for,
 )
 from manta.client.files import ClientFileSystem
-from manta.client.jobs import Job, job_phases, progress_bar
+from manta.client.jobs import Job, job_phases
 from manta.client.paths import need_key, split_path
+from manta.client.progress import Transfer
 from manta.client.settings import (
     client_ca_bundle,
     client_credentials,
@@ -170,7 +173,9 @@ class Client:
         return self._s3
 
     @contextmanager
-    def _s3_errors(self, bucket: str = "", key: str = "") -> Iterator[None]:
+    def errors(self, bucket: str = "", key: str = "") -> Iterator[None]:
+        """Turns what boto3 raises inside the block (calls on `s3` about `bucket`/`key`)
+        into the client's `MantaError`s: `with client.errors(b, k): client.s3.get_object(...)`."""
         from botocore.exceptions import (
             BotoCoreError,
             ClientError,
@@ -197,14 +202,14 @@ class Client:
     def mb(self, bucket: str, exist_ok: bool = False) -> None:
         """Make a bucket. In us-east-1 S3 answers 200 to re-creating a bucket you own (and
         resets its ACL), so one of yours is looked for first."""
-        with self._s3_errors(bucket):
+        with self.errors(bucket):
             mine = self.s3.list_buckets(Prefix=bucket)["Buckets"]
         if any(b["Name"] == bucket for b in mine):
             if exist_ok:
                 return
             raise BucketExists(f"bucket {bucket} exists: you already own it", "BucketAlreadyOwnedByYou")
         try:
-            with self._s3_errors(bucket):
+            with self.errors(bucket):
                 self.s3.create_bucket(Bucket=bucket)
         except BucketExists as exc:
             if not (exist_ok and exc.code == "BucketAlreadyOwnedByYou"):
@@ -214,11 +219,11 @@ class Client:
         """Remove a bucket; `force` deletes its objects first."""
         if force:
             self.rm(bucket, recursive=True)
-        with self._s3_errors(bucket):
+        with self.errors(bucket):
             self.s3.delete_bucket(Bucket=bucket)
 
     def buckets(self) -> list[dict[str, Any]]:
-        with self._s3_errors():
+        with self.errors():
             found = self.s3.list_buckets().get("Buckets", [])
         return [{"name": b["Name"], "type": "bucket", "size": 0, "created": b["CreationDate"]} for b in found]
 
@@ -237,25 +242,22 @@ class Client:
             first = reader.read(self.part_size)
             second = reader.read(self.part_size) if len(first) == self.part_size else b""
             if not second:
-                with self._s3_errors(bucket, key), progress_bar(len(first), f"put {path}", disable=show is not True) as bar:
+                with self.errors(bucket, key), Transfer(f"put {path}", len(first), show=show is True) as bar:
                     etag = self.s3.put_object(Bucket=bucket, Key=key, Body=first, **extra)["ETag"]
                     bar.update(len(first))
                 return {"name": f"{bucket}/{key}", "size": len(first), "etag": etag.strip('"')}
-            bar = progress_bar(reader.size, f"put {path}", disable=show is False, leave=False)
-            try:
+            with Transfer(f"put {path}", reader.size, show=show is not False) as bar:
                 return self._multipart(bucket, key, extra, reader, [first, second], bar)
-            finally:
-                bar.close()
         finally:
             reader.close()
 
     def _multipart(self, bucket: str, key: str, extra: dict[str, Any], reader: _Reader,
-                   pieces: list[bytes], bar: Any) -> dict[str, Any]:
-        with self._s3_errors(bucket, key):
+                   pieces: list[bytes], bar: Transfer) -> dict[str, Any]:
+        with self.errors(bucket, key):
             upload_id = self.s3.create_multipart_upload(Bucket=bucket, Key=key, **extra)["UploadId"]
 
         def send(number: int, body: bytes) -> dict[str, Any]:
-            with self._s3_errors(bucket, key):
+            with self.errors(bucket, key):
                 etag = self.s3.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number,
                                            Body=body)["ETag"]
             bar.update(len(body))
@@ -280,7 +282,7 @@ class Client:
                 if nxt:
                     pieces.append(nxt)
             parts = [f.result() for f in pending]
-            with self._s3_errors(bucket, key):
+            with self.errors(bucket, key):
                 etag = self.s3.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id,
                                                          MultipartUpload={"Parts": parts})["ETag"]
         except BaseException:
@@ -305,7 +307,7 @@ class Client:
             progress: bool | None = None) -> bytes | None:
         """The object's bytes, or (with `dest`, a file name or binary file) stream it there."""
         bucket, key = need_key(path)
-        with self._s3_errors(bucket, key):
+        with self.errors(bucket, key):
             response = self.s3.get_object(Bucket=bucket, Key=key)
             body = response["Body"]
             if dest is None:
@@ -313,20 +315,17 @@ class Client:
             size = response["ContentLength"]
             want = self.progress if progress is None else progress
             show = size > self.part_size if want is None else want
-            bar = progress_bar(size, f"get {path}", disable=not show, leave=False)
-            try:
+            with Transfer(f"get {path}", size, show=show) as bar:
                 if isinstance(dest, str | os.PathLike):
                     self._get_to_file(body, os.fspath(dest), bar)
                 else:
                     for chunk in body.iter_chunks(1024 * 1024):
                         dest.write(chunk)
                         bar.update(len(chunk))
-            finally:
-                bar.close()
         return None
 
     @staticmethod
-    def _get_to_file(body: Any, dest: str, bar: Any) -> None:
+    def _get_to_file(body: Any, dest: str, bar: Transfer) -> None:
         """Write to a temp file beside `dest`, renamed over it only when complete."""
         tmp = f"{dest}.manta-{os.getpid()}.part"
         try:
@@ -345,7 +344,7 @@ class Client:
         bucket, key = need_key(path)
         if end <= start:
             return b""
-        with self._s3_errors(bucket, key):
+        with self.errors(bucket, key):
             body = self.s3.get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}")["Body"]
             return body.read()  # type: ignore[no-any-return]
 
@@ -358,7 +357,7 @@ class Client:
         src_bucket, src_key = need_key(src)
         bucket, key = need_key(dest)
         self._head(src_bucket, src_key)
-        with self._s3_errors(bucket, key):
+        with self.errors(bucket, key):
             result = self.s3.copy_object(Bucket=bucket, Key=key, CopySource={"Bucket": src_bucket, "Key": src_key})
         return {"name": f"{bucket}/{key}", "etag": result["CopyObjectResult"]["ETag"].strip('"')}
 
@@ -377,20 +376,20 @@ class Client:
             except NoSuchKey:
                 pass
         prefix = key.rstrip("/") + "/"
-        with self._s3_errors(bucket, key):
+        with self.errors(bucket, key):
             found = self.s3.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1).get("KeyCount", 0)
         if found:
             return {"name": f"{bucket}/{prefix}", "bucket": bucket, "key": prefix, "type": "directory", "size": 0}
         raise NoSuchKey(f"no such key: {bucket}/{key}", "NoSuchKey")
 
     def _check_bucket(self, bucket: str) -> None:
-        with self._s3_errors(bucket):
+        with self.errors(bucket):
             self.s3.head_bucket(Bucket=bucket)
 
     def _head(self, bucket: str, key: str) -> dict[str, Any]:
         """HeadObject; a 404 is NoSuchBucket or NoSuchKey (a HEAD error has no code)."""
         try:
-            with self._s3_errors(bucket, key):
+            with self.errors(bucket, key):
                 return _info(bucket, {"Key": key, **self.s3.head_object(Bucket=bucket, Key=key)})
         except NoSuchKey:
             self._check_bucket(bucket)
@@ -405,7 +404,7 @@ class Client:
             bucket, key = split_path(path)
             prefix = key if not key or key.endswith("/") else key + "/"
             entries = []
-            with self._s3_errors(bucket, key):
+            with self.errors(bucket, key):
                 pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/")
                 for page in pages:
                     entries += [{"name": f"{bucket}/{p['Prefix']}", "bucket": bucket, "key": p["Prefix"],
@@ -419,15 +418,18 @@ class Client:
     def find(self, path: str, name: str | None = None, detail: bool = False) -> list[Any]:
         """Every object whose key starts with `prefix` in `bucket/prefix` (recursive, in key
         order); `name` is a regular expression matched against the part after the last /."""
+        found = self.scan(path, name)
+        return list(found) if detail else [o["name"] for o in found]
+
+    def scan(self, path: str, name: str | None = None) -> Iterator[dict[str, Any]]:
+        """`find(path, name, detail=True)` as it is listed, one page at a time."""
         bucket, prefix = split_path(path)
         pattern = re.compile(name) if name else None
-        out = []
-        with self._s3_errors(bucket):
+        with self.errors(bucket):
             for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
                 for obj in page.get("Contents", []):
                     if pattern is None or pattern.search(obj["Key"].rsplit("/", 1)[-1]):
-                        out.append(_info(bucket, obj))
-        return out if detail else [o["name"] for o in out]
+                        yield _info(bucket, obj)
 
     def rm(self, paths: str | Iterable[str], recursive: bool = False) -> list[str]:
         """Delete objects; `recursive` deletes everything under each `bucket[/prefix]`
@@ -454,7 +456,7 @@ class Client:
         for bucket, keys in by_bucket.items():
             for i in range(0, len(keys), DELETE_BATCH):
                 batch = [{"Key": k} for k in keys[i:i + DELETE_BATCH]]
-                with self._s3_errors(bucket):
+                with self.errors(bucket):
                     result = self.s3.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
                 for error in result.get("Errors", []):
                     raise error_for(error.get("Code", ""), error.get("Message", ""), bucket, error.get("Key", ""))
@@ -527,4 +529,4 @@ class Client:
             if key and not key.endswith("/"):
                 yield f"{bucket}/{key}"
             else:
-                yield from self.find(f"{bucket}/{key}")
+                yield from (o["name"] for o in self.scan(f"{bucket}/{key}"))

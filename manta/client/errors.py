@@ -1,4 +1,7 @@
-"""The Python client's errors: one `MantaError` family, mapped once from server codes.
+"""The client's errors: one `MantaError` family, made from server codes in one place
+(`error_for`, called by `Client.errors` and `Client.api`). The `manta` command prints their
+messages as they are (`manta: <message>`), so a message says what went wrong in words a
+user can act on, and keeps the server's code where the code is what a user would look up.
 
 The not-found and permission errors are also FileNotFoundError / PermissionError, so
 fsspec and pandas report them as usual.
@@ -67,18 +70,19 @@ def error_for(code: str, message: str, bucket: str = "", key: str = "", url: str
     if code in ("NoSuchKey", "404"):
         return NoSuchKey(f"no such key: {where}", code) if key else NoSuchBucket(f"no such bucket: {bucket}", code)
     if code == "NoSuchJob":
-        return NoSuchJob(message or "no such job", code)
+        return NoSuchJob(f"{code}: {message or 'no such job'}", code)
     if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch"):
         return BadCredentials(f"bad credentials ({code}) for {url}: check MANTA_ACCESS_KEY and MANTA_SECRET_KEY "
                               f"(or the keys passed to the client)", code)
     if code in ("AccessDenied", "403"):
-        return AccessDenied(f"access denied to {where or url} (wrong credentials, or another account's bucket)",
-                            code)
+        why = message if message not in ("", "Access Denied") else "wrong credentials, or another account's bucket"
+        return AccessDenied(f"access denied ({code}) to {where or url}: {why}", code)
     if code in ("BucketAlreadyExists", "BucketAlreadyOwnedByYou"):
         owner = "you already own it" if code == "BucketAlreadyOwnedByYou" else "another account owns it"
         return BucketExists(f"bucket {bucket} exists: {owner}", code)
     if code == "BucketNotEmpty":
-        return BucketNotEmpty(f"bucket {bucket} is not empty", code)
+        return BucketNotEmpty(f"bucket {bucket} is not empty: remove its objects first, or remove it with "
+                              "force (manta rb --force)", code)
     if code == "InvalidBucketName":
         return MantaError(f"invalid bucket name {bucket!r}: 3-63 lowercase letters, digits, '-' and '.'", code)
     return MantaError(f"{code}: {message}" if message else code, code)

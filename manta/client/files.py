@@ -147,7 +147,7 @@ class MantaFile(AbstractBufferedFile):  # type: ignore[misc]
             else:
                 self._pending = data
             return True
-        with client._s3_errors(self.bucket, self.key):
+        with client.errors(self.bucket, self.key):
             if self.upload_id is None:
                 self.upload_id = s3.create_multipart_upload(Bucket=self.bucket, Key=self.key)["UploadId"]
             if data or not self.parts:
@@ -163,7 +163,7 @@ class MantaFile(AbstractBufferedFile):  # type: ignore[misc]
         if self.upload_id is None:
             self.fs.client.put(self.path, getattr(self, "_pending", b""))
             return
-        with self.fs.client._s3_errors(self.bucket, self.key):
+        with self.fs.client.errors(self.bucket, self.key):
             self.fs.client.s3.complete_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
                                                         MultipartUpload={"Parts": self.parts})
         self.upload_id = None

@@ -1,31 +1,28 @@
-"""The Python client's jobs: `Job` follows a job on the server by id (any process can),
-with tqdm progress bars in a terminal or a notebook; `job_phases` turns `Client.job`'s
-arguments into the phases of a job spec.
+"""The Python client's jobs: `Job` follows a job on the server by id (any process can);
+`Job.wait` is the one wait loop (the `manta job` commands use it too), reporting to
+`progress.JobProgress`; `job_phases` turns `Client.job`'s arguments into the phases of a
+job spec.
 """
 
 from __future__ import annotations
 
 import io
 import time
+import urllib.parse
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 from manta.client.errors import JobFailed
+from manta.client.progress import JobProgress
 
 if TYPE_CHECKING:
     import pandas
 
-__all__ = ["INPUT_BATCH", "Job", "job_phases", "progress_bar"]
+__all__ = ["INPUT_BATCH", "INPUT_BATCH_S", "Job", "job_phases"]
 
 INPUT_BATCH = 1000
+INPUT_BATCH_S = 1.0  # inputs that trickle in (a pipe) are sent at least this often
 WAIT_S = 0.5  # the longest a job-status request waits for the job to end
-
-
-def progress_bar(total: int | None, desc: str, unit: str = "B", **kw: Any) -> Any:
-    from tqdm.auto import tqdm
-
-    scaled = {"unit_scale": True, "unit_divisor": 1024} if unit == "B" else {}
-    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, **scaled, **kw)
 
 
 def job_phases(map: str | list[str] | None, reduce: str | list[str] | None, count: int | None,
@@ -63,6 +60,7 @@ class Job:
     def __init__(self, client: JobsClient, job_id: str) -> None:
         self.client = client
         self.id = job_id
+        self._path = "/_manta/jobs/" + urllib.parse.quote(job_id, safe="")
 
     def __repr__(self) -> str:
         return f"Job({self.id!r})"
@@ -70,54 +68,57 @@ class Job:
     @property
     def status(self) -> dict[str, Any]:
         """The job as the server has it now: state, phases with task counts, errors."""
-        return self.client.api("GET", f"/_manta/jobs/{self.id}")  # type: ignore[no-any-return]
+        return self.fetch()
+
+    def fetch(self, tasks: bool = False, wait_s: float | None = None) -> dict[str, Any]:
+        """`status`, with every task's record too if `tasks`; with `wait_s`, the server
+        answers as soon as the job is over, or after `wait_s` seconds."""
+        query = urllib.parse.urlencode({**({"tasks": 1} if tasks else {}),
+                                        **({"wait": f"{wait_s:g}"} if wait_s is not None else {})})
+        return self.client.api("GET", f"{self._path}?{query}" if query else self._path)  # type: ignore[no-any-return]
 
     @property
     def state(self) -> str:
         return str(self.status["state"])
 
     def add_inputs(self, inputs: str | Iterable[str], end: bool = False) -> None:
+        """Add `bucket/key` inputs (a bucket or `bucket/prefix/` stands for every object
+        under it), sent in batches of INPUT_BATCH or of what arrived in INPUT_BATCH_S."""
         batch: list[str] = []
+        sent = time.monotonic()
         for item in self.client.expand(inputs):
             batch.append(item)
-            if len(batch) >= INPUT_BATCH:
-                self.client.api("POST", f"/_manta/jobs/{self.id}/inputs", {"inputs": batch, "end": False})
+            if len(batch) >= INPUT_BATCH or time.monotonic() - sent >= INPUT_BATCH_S:
+                self.client.api("POST", f"{self._path}/inputs", {"inputs": batch, "end": False})
                 batch = []
+                sent = time.monotonic()
         if batch or end:
-            self.client.api("POST", f"/_manta/jobs/{self.id}/inputs", {"inputs": batch, "end": end})
+            self.client.api("POST", f"{self._path}/inputs", {"inputs": batch, "end": end})
 
     def end_inputs(self) -> None:
-        self.client.api("POST", f"/_manta/jobs/{self.id}/end")
+        self.client.api("POST", f"{self._path}/end")
 
     def wait(self, timeout_s: float | None = None, progress: bool = True, check: bool = False) -> Job:
-        """Wait until the job is done or cancelled (and none of its tasks still runs),
-        with a tqdm bar per phase; `check` raises JobFailed if any task failed."""
+        """Wait until the job is done or cancelled (and none of its tasks still runs), with
+        its progress on stderr (`manta.client.progress`: bars where someone watches, plain
+        lines elsewhere); `check` raises JobFailed if any task failed."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        bars: list[Any] = []
+        report = JobProgress(self.id, show=progress)
         settle = None
+        ended = None
         try:
             while True:  # the server answers when the job is over, or after WAIT_S
-                status = self.client.api("GET", f"/_manta/jobs/{self.id}?wait={WAIT_S:g}")
-                counts = [(p["type"], p["done"] + p["failed"] + p["cancelled"], p["tasks"]) for p in status["phases"]]
-                while progress and len(bars) < len(counts):
-                    kind, _, total = counts[len(bars)]
-                    bars.append(progress_bar(total, f"job {self.id[:8]} phase {len(bars)} {kind}", unit="task"))
-                for bar, (_, done, total) in zip(bars, counts, strict=False):
-                    if bar.total != total:
-                        bar.reset(total=total)  # (a notebook bar's maximum changes only so)
-                    if bar.n != done:
-                        bar.n = done
-                        bar.set_postfix(errors=status["errors"], refresh=False)
-                        bar.refresh()
+                status = self.fetch(wait_s=WAIT_S)
+                report.update(status)
                 if status["state"] != "running":
                     settle = settle or time.monotonic() + 10
                     if not sum(p["running"] for p in status["phases"]) or time.monotonic() > settle:
+                        ended = status
                         break
                 if deadline is not None and time.monotonic() > deadline:
                     raise TimeoutError(f"job {self.id} still {status['state']} after {timeout_s}s")
         finally:
-            for bar in bars:
-                bar.close()
+            report.close(ended)
         if check and (status["errors"] or status["state"] != "done"):
             first = "; ".join(f"{e['code']} {e.get('input') or e['task']}: {e.get('message', '')}"
                               for e in self.errors()[:3])
@@ -126,7 +127,7 @@ class Job:
 
     def outputs(self) -> list[str]:
         """The last phase's output objects (`bucket/key`), in task order."""
-        return self.client.api("GET", f"/_manta/jobs/{self.id}/outputs")["outputs"]  # type: ignore[no-any-return]
+        return self.client.api("GET", f"{self._path}/outputs")["outputs"]  # type: ignore[no-any-return]
 
     def read_outputs(self) -> bytes:
         """The outputs' contents, concatenated in task order."""
@@ -144,7 +145,9 @@ class Job:
 
     def errors(self) -> list[dict[str, Any]]:
         """Failed tasks: code, message, input, stderr excerpt."""
-        return self.client.api("GET", f"/_manta/jobs/{self.id}/errors")["errors"]  # type: ignore[no-any-return]
+        return self.client.api("GET", f"{self._path}/errors")["errors"]  # type: ignore[no-any-return]
 
-    def cancel(self) -> None:
-        self.client.api("POST", f"/_manta/jobs/{self.id}/cancel")
+    def cancel(self) -> dict[str, Any]:
+        """Cancel the job (queued tasks dropped, running ones killed); returns its status
+        after the cancel (a job that had ended keeps its state)."""
+        return self.client.api("POST", f"{self._path}/cancel")  # type: ignore[no-any-return]
