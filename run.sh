@@ -81,12 +81,19 @@ start)
         for _ in $(seq 100); do grep -q "ready in" "$DATA/server.log" 2>/dev/null && break; sleep 0.1; done
         grep -q "ready in" "$DATA/server.log" || { cat "$DATA/server.log"; echo "manta: server did not start" >&2; exit 1; }
     fi
+    # root's profile, so that the CLI, manta.Client() and the notebook work from any directory
+    root_key() { "$VENV/bin/python" -c 'import json,sys;print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$DATA/root-credentials.json" "$1"; }
+    profile_written=$(root_key secret_key | "$VENV/bin/manta" config set --profile default \
+        --url "http://$LISTEN" --access-key "$(root_key access_key)" --secret-key -)
     MANTA_DATA=$DATA MANTA_URL="http://$LISTEN" "$VENV/bin/python" examples/sample.py
     cat <<MSG
 
 manta is running at http://$LISTEN (log: $DATA/server.log, stop: ./run.sh stop)
 Root credentials: $DATA/root-credentials.json
-The manta CLI (it reads those credentials from ./manta-data):
+$profile_written:
+the URL and root keys, which manta, manta.Client() and examples/quickstart.ipynb use from any directory
+(see them with: manta config show).
+The manta CLI:
   . $VENV/bin/activate
   manta ls -l samples/logs/2026/11/29/
   manta find samples/logs/ | manta job create -o -m "grep -c ' ERROR ' || true" -r "awk '{s += \\\$1} END {print s}'"

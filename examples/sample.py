@@ -10,17 +10,12 @@ import json
 import random
 import time
 
-import boto3
-
 from manta.client import Client
-from manta.client.settings import client_credentials, client_url
 
 
 def main() -> None:
-    creds = client_credentials()
-    assert creds is not None, "no credentials found"
-    s3 = boto3.client("s3", endpoint_url=client_url(), aws_access_key_id=creds.access_key,
-                      aws_secret_access_key=creds.secret_key, region_name="us-east-1")
+    client = Client()  # the server and keys as the CLI finds them (docs/client.md)
+    s3 = client.s3  # a plain boto3 S3 client
     if "samples" not in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
         s3.create_bucket(Bucket="samples")
     rng = random.Random(2026)
@@ -42,7 +37,7 @@ def main() -> None:
             "phases": [{"type": "map", "exec": "grep -c ' ERROR ' || true"},
                        {"type": "reduce", "exec": "awk '{s += $1} END {print s}'"}],
             "inputs": [f"samples/{key}" for key in keys], "end": True}
-    api = Client().api
+    api = client.api
     job = api("POST", "/_manta/jobs", spec)
     while job["state"] == "running":
         time.sleep(0.2)

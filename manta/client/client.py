@@ -33,7 +33,6 @@ from contextlib import contextmanager
 from typing import IO, Any, BinaryIO, cast, overload
 
 from manta.client.errors import (
-    BadCredentials,
     BucketExists,
     MantaError,
     NoSuchBucket,
@@ -45,13 +44,7 @@ from manta.client.files import ClientFileSystem
 from manta.client.jobs import Job, job_phases
 from manta.client.paths import need_key, split_path
 from manta.client.progress import Transfer
-from manta.client.settings import (
-    client_ca_bundle,
-    client_credentials,
-    client_url,
-    ssl_context,
-    tls_failure,
-)
+from manta.client.settings import Settings, boto3_session, resolve, ssl_context, tls_failure
 
 __all__ = ["Client"]
 
@@ -134,21 +127,18 @@ class Client:
     """An S3 + jobs client for one manta server; see the module docstring."""
 
     def __init__(self, url: str | None = None, access_key: str | None = None, secret_key: str | None = None,
-                 *, part_size_mb: float = 8, progress: bool | None = None, ca_bundle: str | None = None) -> None:
-        self.url = (url or client_url()).rstrip("/")
+                 *, part_size_mb: float = 8, progress: bool | None = None, ca_bundle: str | None = None,
+                 profile: str | None = None) -> None:
+        self.settings: Settings = resolve(url, access_key, secret_key, ca_bundle, profile)
+        self.url = self.settings.url.rstrip("/")
         if not self.url.startswith(("http://", "https://")):
-            raise ValueError(f"server URL {self.url!r}: expected http://HOST:PORT or https://HOST:PORT")
-        self.ca_bundle = ca_bundle or client_ca_bundle()
+            raise ValueError(f"server URL {self.url!r} (from {self.settings.sources['url']}): "
+                             "expected http://HOST:PORT or https://HOST:PORT")
+        self.ca_bundle = self.settings.ca_bundle
         if self.ca_bundle is not None and not os.path.isfile(self.ca_bundle):
-            raise ValueError(f"CA bundle {self.ca_bundle}: no such file")
-        if access_key is None or secret_key is None:
-            creds = client_credentials()
-            if creds is None:
-                raise BadCredentials("no credentials: pass access_key and secret_key, set MANTA_ACCESS_KEY "
-                                     "and MANTA_SECRET_KEY, or run on the server host (root keys in MANTA_DATA)")
-            access_key, secret_key = access_key or creds.access_key, secret_key or creds.secret_key
-        self.access_key = access_key
-        self._secret_key = secret_key
+            raise ValueError(f"CA bundle {self.ca_bundle} (from {self.settings.sources['ca_bundle']}): no such file")
+        self.access_key: str = self.settings.access_key or ""
+        self._secret_key: str = self.settings.secret_key or ""
         self.part_size = max(5 * 1024 * 1024, int(part_size_mb * 1024 * 1024))
         self.progress = progress
         self._s3: Any = None
@@ -161,10 +151,9 @@ class Client:
     def s3(self) -> Any:
         """The boto3 S3 client underneath (s3v4, path-style addressing)."""
         if self._s3 is None:
-            import boto3
             from botocore.config import Config
 
-            self._s3 = boto3.client(
+            self._s3 = boto3_session().client(
                 "s3", endpoint_url=self.url, region_name=REGION, aws_access_key_id=self.access_key,
                 aws_secret_access_key=self._secret_key, verify=self.ca_bundle,
                 config=Config(signature_version="s3v4", s3={"addressing_style": "path"}, connect_timeout=5,
