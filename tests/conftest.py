@@ -29,6 +29,13 @@ ROOT_AK = "MANTAROOTTESTKEY0001"
 ROOT_SK = "manta-root-test-secret-key-0000000000001"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# The suite never reads the client profiles or AWS files of whoever runs it (./run.sh writes
+# a `default` profile): clients find only what a test sets.
+for _name in ("MANTA_CONFIG_FILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+    os.environ[_name] = os.devnull
+for _name in ("MANTA_PROFILE", "AWS_PROFILE", "AWS_DEFAULT_PROFILE"):
+    os.environ.pop(_name, None)
+
 
 def require(condition: bool, reason: str) -> None:
     if condition:

@@ -30,10 +30,13 @@ OPTIONS = (("url", "URL", "server URL, http://HOST:PORT or https://HOST:PORT"),
 def register(sub: Any) -> None:
     """Add `config` to the `manta` command's subparsers."""
     p = sub.add_parser("config", help="named client profiles (server URL, keys, CA bundle)",
-                       description="Named client profiles in manta's config file: "
-                                   "$XDG_CONFIG_HOME/manta/config (default ~/.config/manta/config; "
-                                   "MANTA_CONFIG_FILE names another). The profile in use is --profile, "
-                                   "else MANTA_PROFILE, else AWS_PROFILE, else 'default'.")
+                       description="Named client profiles in manta's config file:\n"
+                                   "$XDG_CONFIG_HOME/manta/config (default ~/.config/manta/config;\n"
+                                   "MANTA_CONFIG_FILE names another). The profile in use is --profile,\n"
+                                   "else MANTA_PROFILE, else AWS_PROFILE, else 'default'.",
+                       epilog="example:\n  manta config set --url http://127.0.0.1:9000 --access-key AK "
+                              "--secret-key SK\n  manta config show",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     cmds = p.add_subparsers(dest="config_command", required=True)
     s = subcommand(cmds, "set", _set, "write values into a profile (others are kept)",
                    "manta config set --url http://127.0.0.1:9000 --access-key AK --secret-key SK")
@@ -64,6 +67,8 @@ def _set(args: argparse.Namespace) -> int:
         raise CliError("config set: values must be non-empty single lines")
     profile = selected_profile(args.profile)[0]
     path = config_path()
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise CliError(f"{path}: not a regular file (MANTA_CONFIG_FILE?); the profile is not written")
     try:
         parser = read_ini(path)
     except ValueError as exc:

@@ -1,4 +1,6 @@
-"""examples/quickstart.ipynb, run top to bottom in a real kernel against a live server."""
+"""examples/quickstart.ipynb, run top to bottom in a real kernel against a live server, as a
+user opens it in Jupyter: from its own directory (examples/), nothing exported, the server and
+keys found in the profile `manta config set` wrote (as ./run.sh does)."""
 
 from __future__ import annotations
 
@@ -10,36 +12,45 @@ import pathlib
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO, ROOT_AK, ROOT_SK
+from tests.conftest import REPO
 from tests.e2e.test_client import jobs_server_running
+from tests.e2e.test_profiles import clean_env, write_profile
 
 pytestmark = pytest.mark.sandbox
 
-NOTEBOOK = os.path.join(REPO, "examples", "quickstart.ipynb")
+EXAMPLES = os.path.join(REPO, "examples")
+NOTEBOOK = os.path.join(EXAMPLES, "quickstart.ipynb")
 
 
-def test_quickstart_notebook_runs_and_its_numbers_are_right(monkeypatch: pytest.MonkeyPatch,
-                                                            tmp_path: pathlib.Path) -> None:
+def files_under(path: str) -> set[str]:
+    return {os.path.relpath(os.path.join(top, name), path)
+            for top, dirs, files in os.walk(path) for name in dirs + files}
+
+
+def test_quickstart_notebook_runs_and_its_numbers_are_right(tmp_path: pathlib.Path) -> None:
     import nbformat
     from nbclient import NotebookClient
 
     with jobs_server_running() as server:
-        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MANTA_DATA"):
-            monkeypatch.delenv(name, raising=False)
-        monkeypatch.setenv("MANTA_URL", server.url)  # the kernel inherits the environment
-        monkeypatch.setenv("MANTA_ACCESS_KEY", ROOT_AK)
-        monkeypatch.setenv("MANTA_SECRET_KEY", ROOT_SK)
+        home = tmp_path / "home"
+        home.mkdir()
+        env = clean_env(HOME=str(home))  # no MANTA_*/AWS_* variable; ~/.config and ~/.aws empty
+        write_profile(env, str(tmp_path), server.url)
 
         nb = nbformat.read(NOTEBOOK, as_version=4)
         original_cells = len(nb.cells)
         nb.cells.append(nbformat.v4.new_code_cell(
+            'print("SOURCE", client.settings.sources["access_key"])\n'
             'print("RESULT", monthly.to_json(orient="records"))'))
+        before = files_under(EXAMPLES)
         NotebookClient(nb, timeout=180, kernel_name="python3",
-                       resources={"metadata": {"path": str(tmp_path)}}).execute()
+                       resources={"metadata": {"path": EXAMPLES}}).execute(env=env)
+        assert files_under(EXAMPLES) == before  # the notebook leaves nothing behind
 
         # what the job computed, as the notebook's DataFrame
         printed = "".join(o.get("text", "") for o in nb.cells[-1].outputs if o.output_type == "stream")
         got = pd.DataFrame(json.loads(printed.split("RESULT ", 1)[1]))
+        assert f"SOURCE {home}/.config/manta/config [default]\n" in printed  # keys from the profile
 
         # the same numbers recomputed here, from the objects the notebook uploaded
         s3 = server.client()

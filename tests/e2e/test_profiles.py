@@ -90,6 +90,8 @@ def test_a_profile_written_by_config_set_serves_the_cli_client_and_fs_from_any_d
     listed = manta_cli(env, "ls", bucket, cwd=str(elsewhere))
     assert listed.returncode == 0, listed.stderr
     assert "hello.txt" in listed.stdout
+    found = manta_cli(env, "find", bucket, cwd=str(elsewhere))
+    assert found.returncode == 0 and found.stdout == f"{bucket}/hello.txt\n", found.stderr
 
     client = Client()  # this process: HOME is the same temp dir, nothing else set
     assert (client.url, client.access_key) == (server.url, ROOT_AK)
@@ -148,6 +150,10 @@ def test_config_set_refuses_what_a_client_could_not_use(home: pathlib.Path, tmp_
         done = manta_cli(env, *args, cwd=str(tmp_path))
         assert done.returncode == 1 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
     assert not (home / ".config" / "manta" / "config").exists()
+    special = manta_cli({**env, "MANTA_CONFIG_FILE": os.devnull}, "config", "set", "--url", "http://h:1",
+                        cwd=str(tmp_path))
+    assert special.returncode == 1 and "not a regular file" in special.stderr, special.stderr
+    assert not os.path.isfile(os.devnull)
 
     broken = home / ".config" / "manta" / "config"
     broken.parent.mkdir(parents=True)
