@@ -25,7 +25,10 @@ The profile is the `profile` argument, else MANTA_PROFILE, else AWS_PROFILE, els
 `default`. A profile passed as an argument moves step 3-4 above the environment (as
 boto3's `Session(profile_name=)` does); a profile named by an argument or a variable that no
 file holds is an error, while a missing `default` is not. The access key and the secret key
-always come from one place, as a pair. `Settings.sources` says where each value came from.
+always come from one place, as a pair. `Settings.sources` says where each value came from;
+`lookup` is `resolve` without the error for missing keys (`manta config show`).
+`boto3_session()` is the session the clients make boto3 clients from: it reads no AWS file
+(resolution happened here), so a profile only manta's file holds does not upset boto3.
 
 An https server's certificate is checked against the CA bundle, else the default CAs;
 `tls_failure` words the error when it does not verify.
@@ -45,7 +48,7 @@ from typing import Any
 from manta.client.errors import BadCredentials
 
 __all__ = ["Credentials", "Settings", "aws_config_path", "boto3_session", "aws_credentials_path", "client_ca_bundle",
-           "client_credentials", "client_url", "config_path", "read_ini", "resolve", "selected_profile",
+           "client_credentials", "client_url", "config_path", "lookup", "read_ini", "resolve", "selected_profile",
            "ssl_context", "tls_failure"]
 
 DEFAULT_URL = "http://127.0.0.1:9000"
@@ -56,10 +59,9 @@ FIELDS = ("url", "access_key", "secret_key", "ca_bundle")
 PROFILE_VARIABLES = ("MANTA_PROFILE", "AWS_PROFILE")
 _AWS_NAMES = {"endpoint_url": "url", "aws_access_key_id": "access_key",
               "aws_secret_access_key": "secret_key", "ca_bundle": "ca_bundle"}
-_ENV_PLACES = (("MANTA_URL", ("url",)), ("AWS_ENDPOINT_URL_S3", ("url",)), ("AWS_ENDPOINT_URL", ("url",)),
-               ("MANTA_ACCESS_KEY", ("access_key", "MANTA_SECRET_KEY")),
-               ("AWS_ACCESS_KEY_ID", ("access_key", "AWS_SECRET_ACCESS_KEY")),
-               ("MANTA_CA_BUNDLE", ("ca_bundle",)), ("AWS_CA_BUNDLE", ("ca_bundle",)))
+URL_VARIABLES = ("MANTA_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+KEY_VARIABLES = (("MANTA_ACCESS_KEY", "MANTA_SECRET_KEY"), ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"))
+CA_BUNDLE_VARIABLES = ("MANTA_CA_BUNDLE", "AWS_CA_BUNDLE")
 
 
 @dataclass(frozen=True)
@@ -180,13 +182,14 @@ def _aws(values: dict[str, str]) -> dict[str, str]:
 
 
 def _env_places() -> Iterator[_Place]:
-    for name, (what, *pair) in _ENV_PLACES:
-        value = os.environ.get(name)
-        if pair:
-            secret = os.environ.get(pair[0])
-            yield _Place(f"{name}/{pair[0]}", {what: value, "secret_key": secret} if value and secret else {})
-        else:
-            yield _Place(name, {what: value} if value else {}, may_hold_keys=False)
+    env = os.environ
+    for name in URL_VARIABLES:
+        yield _Place(name, {"url": env[name]} if env.get(name) else {}, may_hold_keys=False)
+    for access, secret in KEY_VARIABLES:
+        pair = {"access_key": env.get(access, ""), "secret_key": env.get(secret, "")}
+        yield _Place(f"{access}/{secret}", pair if all(pair.values()) else {})
+    for name in CA_BUNDLE_VARIABLES:
+        yield _Place(name, {"ca_bundle": env[name]} if env.get(name) else {}, may_hold_keys=False)
 
 
 def _data_dir_place() -> _Place:
