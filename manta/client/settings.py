@@ -47,9 +47,8 @@ from typing import Any
 
 from manta.client.errors import BadCredentials
 
-__all__ = ["Credentials", "Settings", "aws_config_path", "boto3_session", "aws_credentials_path", "client_ca_bundle",
-           "client_credentials", "client_url", "config_path", "lookup", "read_ini", "resolve", "selected_profile",
-           "ssl_context", "tls_failure"]
+__all__ = ["Credentials", "Settings", "aws_config_path", "aws_credentials_path", "boto3_session", "config_path",
+           "lookup", "read_ini", "resolve", "selected_profile", "ssl_context", "tls_failure"]
 
 DEFAULT_URL = "http://127.0.0.1:9000"
 DEFAULT_DATA_DIR = "./manta-data"
@@ -245,21 +244,6 @@ def resolve(url: str | None = None, access_key: str | None = None, secret_key: s
             "secret_key, set MANTA_ACCESS_KEY and MANTA_SECRET_KEY, or write a profile with "
             "`manta config set --url URL --access-key KEY --secret-key SECRET`")
     return settings
-
-
-def client_url() -> str:
-    return lookup().url
-
-
-def client_credentials() -> Credentials | None:
-    try:
-        return lookup().credentials
-    except BadCredentials:
-        return None
-
-
-def client_ca_bundle() -> str | None:
-    return lookup().ca_bundle
 
 
 @functools.cache
