@@ -178,7 +178,8 @@ class Client:
             yield
         except ClientError as exc:
             error = exc.response.get("Error", {})
-            raise error_for(str(error.get("Code", "")), error.get("Message", ""), bucket, key, self.url) from None
+            raise error_for(str(error.get("Code", "")), error.get("Message", ""), bucket, key, self.url,
+                            self.settings.sources.get("access_key", "")) from None
         except SSLError as exc:
             raise Unreachable(tls_failure(self.url, exc) or f"cannot reach {self.url}: {exc}") from None
         except (EndpointConnectionError, ConnectionClosedError, ReadTimeoutError) as exc:
@@ -479,7 +480,7 @@ class Client:
                 code, message = root.findtext("Code") or str(exc.code), root.findtext("Message") or ""
             except ET.ParseError:
                 code, message = str(exc.code), text.decode(errors="replace")[:200]
-            raise error_for(code, message, url=self.url) from None
+            raise error_for(code, message, url=self.url, keys_from=self.settings.sources.get("access_key", "")) from None
         except (urllib.error.URLError, OSError) as exc:
             raise Unreachable(tls_failure(self.url, exc)
                               or f"cannot reach {self.url}: {getattr(exc, 'reason', exc)}") from None

@@ -61,9 +61,10 @@ class JobFailed(MantaError):
     pass
 
 
-def error_for(code: str, message: str, bucket: str = "", key: str = "", url: str = "") -> MantaError:
+def error_for(code: str, message: str, bucket: str = "", key: str = "", url: str = "",
+              keys_from: str = "") -> MantaError:
     """The client error for a server error `code` (S3 or jobs API), with a message that
-    says what to do about it."""
+    says what to do about it; `keys_from` is where the client found its keys."""
     where = f"{bucket}/{key}" if key else bucket
     if code == "NoSuchBucket":
         return NoSuchBucket(f"no such bucket: {bucket}", code)
@@ -72,8 +73,9 @@ def error_for(code: str, message: str, bucket: str = "", key: str = "", url: str
     if code == "NoSuchJob":
         return NoSuchJob(f"{code}: {message or 'no such job'}", code)
     if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch"):
-        return BadCredentials(f"bad credentials ({code}) for {url}: check MANTA_ACCESS_KEY and MANTA_SECRET_KEY "
-                              f"(or the keys passed to the client)", code)
+        source = f"the keys from {keys_from}" if keys_from else "the client's keys"
+        return BadCredentials(f"bad credentials ({code}) for {url}: the server does not accept {source} "
+                              "(`manta config show` says where each setting comes from)", code)
     if code in ("AccessDenied", "403"):
         why = message if message not in ("", "Access Denied") else "wrong credentials, or another account's bucket"
         return AccessDenied(f"access denied ({code}) to {where or url}: {why}", code)

@@ -112,6 +112,19 @@ def test_a_profile_written_by_config_set_serves_the_cli_client_and_fs_from_any_d
     assert as_json["ca_bundle"] == {"value": None, "source": None}
 
 
+def test_keys_the_server_refuses_are_reported_with_where_they_came_from(
+        server: Server, home: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    env = clean_env(HOME=str(home))
+    config = home / ".config" / "manta" / "config"
+    write_profile(env, str(tmp_path), server.url, secret_key="not-the-secret")
+    refused = manta_cli(env, "ls", cwd=str(tmp_path))
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("manta: bad credentials (SignatureDoesNotMatch)")
+    assert f"the keys from {config} [default]" in refused.stderr
+    with pytest.raises(BadCredentials, match=f"the keys from {config} \\[default\\]"):
+        Client().buckets()
+
+
 def test_config_set_keeps_other_values_and_profiles_and_honours_the_config_file_variables(
         home: pathlib.Path, tmp_path: pathlib.Path) -> None:
     env = clean_env(HOME=str(home))
