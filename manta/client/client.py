@@ -20,17 +20,15 @@ in a terminal or notebook, plain lines elsewhere) in `progress.py`.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
-import stat
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import IO, Any, BinaryIO, cast, overload
+from typing import Any, BinaryIO, overload
 
 from manta.client.errors import (
     BucketExists,
@@ -43,16 +41,15 @@ from manta.client.errors import (
 from manta.client.files import ClientFileSystem
 from manta.client.jobs import Job, job_phases
 from manta.client.paths import need_key, split_path
+from manta.client.pieces import Data, PieceReader
 from manta.client.progress import Transfer
 from manta.client.settings import Settings, boto3_session, resolve, ssl_context, tls_failure
 
 __all__ = ["Client"]
 
-Data = bytes | bytearray | memoryview | os.PathLike[str] | IO[bytes] | Iterable[bytes]
 REGION = "us-east-1"
 PARALLEL_PARTS = 4
 DELETE_BATCH = 1000
-_END = object()
 
 
 def _info(bucket: str, entry: dict[str, Any]) -> dict[str, Any]:
@@ -62,65 +59,6 @@ def _info(bucket: str, entry: dict[str, Any]) -> dict[str, Any]:
             "size": entry.get("Size", entry.get("ContentLength", 0)),
             "etag": (entry.get("ETag") or "").strip('"'), "last_modified": entry.get("LastModified"),
             "content_type": entry.get("ContentType"), "metadata": entry.get("Metadata", {})}
-
-
-class _Reader:
-    """Reads exact-size pieces from any accepted `Data` (short only at the end)."""
-
-    def __init__(self, data: Data) -> None:
-        self._close: IO[bytes] | None = None
-        self._buffer = b""
-        self._iter: Iterator[bytes] | None = None
-        self._file: Any = None
-        self._view: memoryview | None = None
-        self.size: int | None = None
-        if isinstance(data, str):
-            raise TypeError("put takes bytes, a binary file object, an iterator of bytes or a "
-                            "pathlib.Path: for text, pass text.encode()")
-        if isinstance(data, bytes | bytearray | memoryview):
-            self._view = memoryview(data).cast("B")
-            self.size = len(self._view)
-        elif isinstance(data, os.PathLike):
-            self._file = self._close = open(data, "rb")  # noqa: SIM115
-            self.size = os.fstat(self._file.fileno()).st_size
-        elif hasattr(data, "read"):
-            self._file = file = cast(Any, data)
-            try:
-                st = os.fstat(file.fileno())
-                self.size = st.st_size - file.tell() if stat.S_ISREG(st.st_mode) else None
-            except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
-                self.size = None
-        else:
-            self._iter = iter(data)
-
-    def read(self, n: int) -> bytes:
-        if self._view is not None:
-            view, self._view = self._view[:n], self._view[n:]
-            return bytes(view)
-        pieces: list[bytes] = [self._buffer] if self._buffer else []
-        got = len(self._buffer)
-        while got < n:
-            if self._file is not None:
-                piece = self._file.read(n - got)
-                if not piece:
-                    break
-            else:
-                assert self._iter is not None
-                item = next(self._iter, _END)
-                if item is _END:
-                    break
-                if not isinstance(item, bytes | bytearray | memoryview):
-                    raise TypeError(f"an iterator passed to put must yield bytes, not {type(item).__name__}")
-                piece = bytes(item)
-            pieces.append(piece)
-            got += len(piece)
-        data = b"".join(pieces)
-        self._buffer = data[n:]
-        return data[:n]
-
-    def close(self) -> None:
-        if self._close is not None:
-            self._close.close()
 
 
 class Client:
@@ -226,7 +164,7 @@ class Client:
         extra: dict[str, Any] = {"Metadata": metadata or {}}
         if content_type:
             extra["ContentType"] = content_type
-        reader = _Reader(data)
+        reader = PieceReader(data)
         show = self.progress if progress is None else progress
         try:
             first = reader.read(self.part_size)
@@ -241,7 +179,7 @@ class Client:
         finally:
             reader.close()
 
-    def _multipart(self, bucket: str, key: str, extra: dict[str, Any], reader: _Reader,
+    def _multipart(self, bucket: str, key: str, extra: dict[str, Any], reader: PieceReader,
                    pieces: list[bytes], bar: Transfer) -> dict[str, Any]:
         with self.errors(bucket, key):
             upload_id = self.s3.create_multipart_upload(Bucket=bucket, Key=key, **extra)["UploadId"]
