@@ -44,6 +44,8 @@ class StoreConfig:
     scrub_interval_s: float = 24 * 3600.0
     scrub_rate_mb_s: float = 50.0
     repair_interval_s: float = 5.0
+    health_ttl_s: float = 1.0  # local nodes' health cache
+    heartbeat_interval_s: float = 1.0  # remote nodes' health polls
     node_urls: tuple[str, ...] = ()  # remote nodes (`manta node`); then no nodes run in this process
     cluster_secret: str | None = field(default=None, repr=False)
     connect_timeout_s: float = 10.0  # how long start-up waits for a node it has never seen
@@ -63,6 +65,9 @@ class StoreConfig:
     def validate(self) -> None:
         if self.gc_grace_s < 0 or self.gc_interval_s <= 0:
             raise ValueError("gc_grace_s must be >= 0 and gc_interval_s > 0")
+        if min(self.scrub_interval_s, self.repair_interval_s, self.health_ttl_s,
+               self.heartbeat_interval_s) <= 0:
+            raise ValueError("scrub, repair, health and heartbeat intervals must be positive")
         if self.node_count < 1:
             raise ValueError("at least one node is needed")
         n = len(self.node_urls) or len(self.specs) or self.node_count
@@ -129,7 +134,7 @@ class Store:
         if node_id in self.nodes:
             raise ValueError(f"{spec} is the same node as {self.nodes[node_id].address} ({node_id})")
         self.catalog.put_node(node_id, str(spec))
-        return LocalNode(node_id, spec, root, zfs)
+        return LocalNode(node_id, spec, root, zfs, health_ttl_s=self.config.health_ttl_s)
 
     def _attach_remote(self, urls: tuple[str, ...]) -> None:
         """Remote nodes by URL: each says its id; one that does not answer keeps the id the
@@ -167,7 +172,8 @@ class Store:
                 raise ValueError(f"{node.url} is the same node as {self.nodes[node.id].address} ({node.id})")
             self.catalog.put_node(node.id, node.url)
             self.nodes[node.id] = node
-        self.heartbeat = Heartbeat([n for n in self.nodes.values() if isinstance(n, RemoteNode)])
+        self.heartbeat = Heartbeat([n for n in self.nodes.values() if isinstance(n, RemoteNode)],
+                                   interval_s=self.config.heartbeat_interval_s)
         self.heartbeat.start()
 
     def _holds_blobs(self, node_id: str) -> bool:

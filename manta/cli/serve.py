@@ -46,7 +46,12 @@ def _serve(args: argparse.Namespace) -> int:
                               tls_cert_file=args.tls_cert, tls_key_file=args.tls_key,
                               head_timeout_s=env_float("MANTA_HEAD_TIMEOUT_S", 30.0),
                               idle_timeout_s=env_float("MANTA_IDLE_TIMEOUT_S", 30.0),
-                              max_connections=env_int("MANTA_MAX_CONNECTIONS"))
+                              max_connections=env_int("MANTA_MAX_CONNECTIONS"),
+                              health_ttl_s=env_float("MANTA_HEALTH_TTL_S", 1.0),
+                              gc_interval_s=env_float("MANTA_GC_INTERVAL_S", 600.0),
+                              scrub_interval_s=env_float("MANTA_SCRUB_INTERVAL_S", 24 * 3600.0),
+                              repair_interval_s=env_float("MANTA_REPAIR_INTERVAL_S", 5.0),
+                              heartbeat_interval_s=env_float("MANTA_HEARTBEAT_S", 1.0))
         config.validate()
     except ValueError as exc:
         raise CliError(str(exc)) from None

@@ -11,6 +11,10 @@ from storage import parse_spec
 
 DEFAULT_DATA_DIR = "./manta-data"
 DEFAULT_LISTEN = "127.0.0.1:9000"
+# the background schedules: ServerConfig field -> its environment variable
+TIMINGS = {"health_ttl_s": "MANTA_HEALTH_TTL_S", "gc_interval_s": "MANTA_GC_INTERVAL_S",
+           "scrub_interval_s": "MANTA_SCRUB_INTERVAL_S", "repair_interval_s": "MANTA_REPAIR_INTERVAL_S",
+           "heartbeat_interval_s": "MANTA_HEARTBEAT_S"}
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,11 @@ class ServerConfig:
     copies: int | None = None
     storage: tuple[str, ...] = ()
     scrub_rate_mb_s: float = 50.0
+    health_ttl_s: float = 1.0  # a node's health is checked again after this long (cached between)
+    gc_interval_s: float = 600.0  # orphan blob files are collected this often (and once at start)
+    scrub_interval_s: float = 24 * 3600.0  # a full background scrub this often
+    repair_interval_s: float = 5.0  # the repair queue is looked at this often (and when a read queues)
+    heartbeat_interval_s: float = 1.0  # remote nodes' /v1/health is polled this often
     task_slots: int | None = None  # concurrent tasks per node (default: CPU count)
     task_memory_budget_mb: int | None = None  # memory all running tasks share (default: host's - reserve)
     task_max_memory_mb: int | None = None  # ceiling of a phase's memory_mb (default: min(16384, budget))
@@ -50,6 +59,9 @@ class ServerConfig:
             raise ValueError(f"port {self.port} out of range")
         if self.body_timeout_s <= 0 or self.max_skew_s <= 0:
             raise ValueError("timeouts must be positive")
+        for name in TIMINGS:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{TIMINGS[name]} must be positive")
         for spec in self.storage:
             parse_spec(spec)
         if self.task_slots is not None and self.task_slots < 1:

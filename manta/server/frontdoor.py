@@ -59,14 +59,24 @@ def manta_routes(scheduler: JobScheduler) -> Callable[[S3Request], Awaitable[Res
     return handle
 
 
-def build_app(config: ServerConfig) -> tuple[Starlette, Store, JobScheduler]:
+def store_config(config: ServerConfig) -> StoreConfig:
+    """The store's settings, from the server's."""
+    return StoreConfig(config.data_dir, node_count=config.nodes, copies=config.copies,
+                       specs=config.storage, gc_grace_s=config.gc_grace_s,
+                       gc_interval_s=config.gc_interval_s, scrub_interval_s=config.scrub_interval_s,
+                       scrub_rate_mb_s=config.scrub_rate_mb_s, repair_interval_s=config.repair_interval_s,
+                       health_ttl_s=config.health_ttl_s, heartbeat_interval_s=config.heartbeat_interval_s,
+                       node_urls=config.node_urls, cluster_secret=config.cluster_secret)
+
+
+def build_app(config: ServerConfig, jobs: bool = True) -> tuple[Starlette, Store, JobScheduler]:
+    """The whole server but its listener and daemons: the store, the job scheduler (not
+    started) and the ASGI app. `jobs=False` leaves the sandbox out (the jobs API then
+    answers that jobs are disabled): what in-process tests of the S3 handlers use."""
     config.validate()
-    store = Store(StoreConfig(config.data_dir, node_count=config.nodes, copies=config.copies,
-                              specs=config.storage, gc_grace_s=config.gc_grace_s,
-                              scrub_rate_mb_s=config.scrub_rate_mb_s, node_urls=config.node_urls,
-                              cluster_secret=config.cluster_secret))
+    store = Store(store_config(config))
     # tasks run on the nodes: in this process only when the nodes are
-    sandbox: Sandbox | None = None if config.node_urls else Sandbox(SandboxConfig())
+    sandbox: Sandbox | None = Sandbox(SandboxConfig()) if jobs and not config.node_urls else None
     problem = sandbox.check() if sandbox is not None else None
     if problem:
         log.warning("jobs are disabled: %s", problem)

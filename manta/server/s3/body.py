@@ -23,7 +23,7 @@ import anyio
 
 from manta.server.s3 import checksums
 from manta.server.s3 import errors as s3e
-from manta.server.s3.chunked import AwsChunkedDecoder
+from manta.server.s3.chunked import AwsChunkedDecoder, decoder_for
 from manta.server.s3.context import S3Request
 from storage import MemoryBlobWriter, ReplicatedWriter
 
@@ -72,6 +72,13 @@ def _checksum_request(req: S3Request, default: str | None = None) -> tuple[str |
     return default, None, False
 
 
+def chunked_decoder(req: S3Request) -> AwsChunkedDecoder | None:
+    """The aws-chunked decoder of this request's body, or None if it is not aws-chunked:
+    the one place a request's decoder is built (chunked.decoder_for reads the mode,
+    trailers and decoded length from the headers and refuses what it cannot verify)."""
+    return decoder_for(req.headers, req.auth, req.signing_key or None)
+
+
 def _content_md5(req: S3Request) -> bytes | None:
     value = req.header("content-md5")
     if value is None:
@@ -114,25 +121,11 @@ async def receive_into(req: S3Request, writer: ReplicatedWriter | MemoryBlobWrit
     algorithm, expected_sum, in_trailer = _checksum_request(req, default_algorithm)
     summer = checksums.new(algorithm) if algorithm else None
 
-    decoder: AwsChunkedDecoder | None = None
+    decoder = chunked_decoder(req)
     decoded_length: int | None = None
-    if payload_hash in STREAMING:
-        trailer_names = [req.header("x-amz-trailer", "").strip().lower()] if in_trailer else []
-        signed = payload_hash.startswith("STREAMING-AWS4-HMAC-SHA256-PAYLOAD")
-        decoder = AwsChunkedDecoder(
-            signing_key=req.signing_key if signed else None,
-            amz_date_raw=req.auth.amz_date_raw,
-            scope=req.auth.scope,
-            seed_signature=req.auth.signature if signed else None,
-            trailer_names=trailer_names,
-            signed_trailer=payload_hash.endswith("-TRAILER") and signed,
-        )
+    if decoder is not None:
         dlen = req.header("x-amz-decoded-content-length")
-        if dlen is not None:
-            try:
-                decoded_length = int(dlen)
-            except ValueError:
-                raise s3e.InvalidArgument("Invalid x-amz-decoded-content-length.") from None
+        decoded_length = int(dlen) if dlen is not None else None  # validated by chunked_decoder
     elif in_trailer:
         raise s3e.InvalidRequest("Trailing checksums need an aws-chunked body.")
     expected_size = decoded_length if decoder is not None else wire_length
@@ -218,15 +211,7 @@ async def read_small(req: S3Request, limit: int) -> bytes:
     assert req.auth is not None
     parts: list[bytes] = []
     total = 0
-    decoder = None
-    if req.auth.payload_hash in STREAMING:
-        signed = req.auth.payload_hash.startswith("STREAMING-AWS4-HMAC-SHA256-PAYLOAD")
-        trailer = req.header("x-amz-trailer", "").strip().lower()
-        decoder = AwsChunkedDecoder(
-            signing_key=req.signing_key if signed else None, amz_date_raw=req.auth.amz_date_raw,
-            scope=req.auth.scope, seed_signature=req.auth.signature if signed else None,
-            trailer_names=[trailer] if trailer else [],
-            signed_trailer=signed and req.auth.payload_hash.endswith("-TRAILER"))
+    decoder = chunked_decoder(req)
     more = True
     while more:
         try:
