@@ -139,7 +139,7 @@ def test_keys_up_to_1024_bytes_are_accepted(s3: Any, bucket: str, key: str) -> N
     s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
 
 
-# -- bucket names and XML bodies ---------------------------------------------------------
+# bucket names, malformed XML bodies and keys with NUL: tests/manta/test_handlers_*.py
 
 # -- truncated and stalled bodies ------------------------------------------------------
 

@@ -41,7 +41,7 @@ MiB = 1024 * 1024
 BLOB_ID = re.compile(r"[0-9a-f]{32}\Z")
 NO_RETRIES: dict[str, Any] = {"retries": {"total_max_attempts": 1}}
 BUCKET = "nodes-test"
-HEALTH_TTL_S = 1.0  # storage.node.Node's health cache
+HEALTH_TTL_S = 0.25  # the nodes' health cache in these tests' servers (MANTA_HEALTH_TTL_S)
 
 
 # -- helpers shared with test_zfs.py -------------------------------------------------------
@@ -229,6 +229,7 @@ def client(server: Server) -> Any:
 
 def start_cluster(server: Server, *args: str) -> Any:
     server.extra_args = list(args)
+    server.env["MANTA_HEALTH_TTL_S"] = str(HEALTH_TTL_S)
     server.start()
     return client(server)
 

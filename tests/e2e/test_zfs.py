@@ -67,6 +67,7 @@ def test_zfs_damage_is_read_around_and_repaired_by_scrub(zfs_pools: PoolFactory,
     pools = [zfs_pools.create() for _ in range(3)]
     specs = [f"zfs:{pool.dataset('node')}" for pool in pools]
     fresh_server.extra_args = ["--storage", ",".join(specs), "--copies", "2"]
+    fresh_server.env["MANTA_HEALTH_TTL_S"] = str(HEALTH_TTL_S)
     fresh_server.start(timeout_s=60)
     try:
         run_damage_scenario(fresh_server, pools, specs)

@@ -15,7 +15,9 @@ from botocore.config import Config
 
 from manta.server.s3 import checksums, sigv4
 from manta.server.s3 import errors as s3e
+from manta.server.s3.body import chunked_decoder
 from manta.server.s3.chunked import AwsChunkedDecoder, decoder_for
+from manta.server.s3.context import S3Request
 
 SECRET_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 DATE = "20130524T000000Z"
@@ -365,3 +367,69 @@ def test_boto3_streaming_upload_over_tls():
     assert decoder is not None
     assert decode(decoder, body, 65536) == payload
     assert decoder.trailers == {"x-amz-checksum-crc32": crc32_b64(payload)}
+
+
+# -- body.chunked_decoder: the one builder every request body path uses ----------------
+
+
+def s3_request(headers: dict[str, str], auth: sigv4.SigV4Auth | None = None, key: bytes = b"") -> S3Request:
+    async def never() -> dict[str, object]:
+        raise AssertionError("the decoder builder reads no body")
+
+    return S3Request(method="PUT", bucket="examplebucket", key="chunkObject.txt", query={}, headers=headers,
+                     receive=never, request_id="R", resource="/examplebucket/chunkObject.txt",
+                     store=None, auth=auth, signing_key=key)  # type: ignore[arg-type]
+
+
+def aws_example_request(mode: str = sigv4.STREAMING_PAYLOAD,
+                        seed: str = SEED) -> tuple[dict[str, str], sigv4.SigV4Auth, bytes]:
+    headers = {"host": "s3.amazonaws.com", "x-amz-date": DATE, "x-amz-storage-class": "REDUCED_REDUNDANCY",
+               "x-amz-content-sha256": mode, "content-encoding": "aws-chunked",
+               "x-amz-decoded-content-length": "66560", "content-length": "66824",
+               "authorization": (f"AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/{SCOPE},"
+                                 "SignedHeaders=content-encoding;content-length;host;x-amz-content-sha256;"
+                                 f"x-amz-date;x-amz-decoded-content-length;x-amz-storage-class,Signature={seed}")}
+    req = sigv4.AuthRequest(method="PUT", raw_path="/examplebucket/chunkObject.txt", query=[], headers=headers)
+    auth = sigv4.parse(req)
+    assert auth is not None
+    return headers, auth, sigv4.verify(auth, req, SECRET_KEY)
+
+
+def test_chunked_decoder_of_a_signed_request_checks_the_chunk_signatures() -> None:
+    headers, auth, key = aws_example_request()
+    decoder = chunked_decoder(s3_request(headers, auth, key))
+    assert decoder is not None
+    assert decode(decoder, aws_example_body(), 777) == PAYLOAD
+    forged = chunked_decoder(s3_request(headers, auth, key))
+    assert forged is not None
+    body = aws_example_body().replace(CHUNK_SIGNATURES[1].encode(), b"0" * 64)
+    with pytest.raises(s3e.SignatureDoesNotMatch):
+        decode(forged, body)
+
+
+def test_chunked_decoder_modes_and_refusals() -> None:
+    assert chunked_decoder(s3_request({"x-amz-content-sha256": sigv4.UNSIGNED_PAYLOAD})) is None
+    assert chunked_decoder(s3_request({})) is None
+    unsigned = chunked_decoder(s3_request({"x-amz-content-sha256": sigv4.STREAMING_UNSIGNED_TRAILER,
+                                           "x-amz-trailer": "x-amz-checksum-crc32"}))
+    assert unsigned is not None
+    payload = b"trailing"
+    crc = base64.b64encode(zlib.crc32(payload).to_bytes(4, "big"))
+    assert decode(unsigned, b"8\r\n" + payload + b"\r\n0\r\nx-amz-checksum-crc32:" + crc + b"\r\n\r\n") == payload
+    assert unsigned.trailers == {"x-amz-checksum-crc32": crc.decode()}
+    with pytest.raises(s3e.InvalidRequest):  # a signed stream without a signed request
+        chunked_decoder(s3_request({"x-amz-content-sha256": sigv4.STREAMING_PAYLOAD}))
+    with pytest.raises(s3e.InvalidArgument):
+        chunked_decoder(s3_request({"x-amz-content-sha256": sigv4.STREAMING_UNSIGNED_TRAILER,
+                                    "x-amz-decoded-content-length": "12a"}))
+    headers, auth, key = aws_example_request()
+    with pytest.raises(s3e.InvalidRequest):  # a trailer needs the -TRAILER signed mode
+        chunked_decoder(s3_request({**headers, "x-amz-trailer": "x-amz-checksum-crc32"}, auth, key))
+
+
+def test_chunked_decoder_enforces_the_decoded_length() -> None:
+    decoder = chunked_decoder(s3_request({"x-amz-content-sha256": sigv4.STREAMING_UNSIGNED_TRAILER,
+                                          "x-amz-decoded-content-length": "4"}))
+    assert decoder is not None
+    with pytest.raises(s3e.InvalidRequest):
+        decode(decoder, b"5\r\nhello\r\n0\r\n\r\n")
