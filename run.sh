@@ -2,6 +2,8 @@
 # One entry point for a fresh Debian 12 machine (run as root):
 #   ./run.sh          install what is missing, start the server with sample data, run a sample, leave it running
 #   ./run.sh test     install what is missing and run the whole test suite (CI runs exactly this)
+#   ./run.sh test --fast   ruff, mypy and the quick tests, under a minute: pytest -m
+#                     "not e2e and not zfs and not slow and not load" (no real server, no ZFS)
 #   ./run.sh stop     stop the server started by ./run.sh
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -9,6 +11,7 @@ ROOT=$PWD
 VENV=$ROOT/.venv
 DATA=${MANTA_DATA:-$ROOT/manta-data}
 LISTEN=${MANTA_LISTEN:-127.0.0.1:9000}
+FAST_MARKERS="not e2e and not zfs and not slow and not load"
 APT_PACKAGES=(python3 python3-venv python3-dev gcc awscli curl ca-certificates openssl zfs-fuse bubblewrap libseccomp2 iproute2)
 if [ "${1:-start}" = test ]; then
     APT_PACKAGES+=(s3cmd rclone)  # more S3 clients the tests drive unchanged
@@ -56,10 +59,16 @@ start_zfs_fuse() {
 case "${1:-start}" in
 test)
     shift || true
-    start_zfs_fuse
+    fast=()
+    if [ "${1:-}" = --fast ]; then
+        shift
+        fast=(-m "$FAST_MARKERS")
+    else
+        start_zfs_fuse
+    fi
     "$VENV/bin/ruff" check manta jobs storage tests benchmarks
     "$VENV/bin/mypy" manta jobs storage
-    exec "$VENV/bin/python" -m pytest -p no:cacheprovider "$@"
+    exec "$VENV/bin/python" -m pytest -p no:cacheprovider "${fast[@]}" "$@"
     ;;
 stop)
     if [ -f "$DATA/server.pid" ]; then
@@ -104,7 +113,7 @@ Or any S3 client, for example:
 MSG
     ;;
 *)
-    echo "usage: ./run.sh [start|test|stop]" >&2
+    echo "usage: ./run.sh [start|test [--fast] [PYTEST ARGS]|stop]" >&2
     exit 2
     ;;
 esac

@@ -43,6 +43,8 @@ from tests.e2e.test_crash import (
     tmp_files,
 )
 
+pytestmark = pytest.mark.load
+
 CLIENTS = 32
 KEYS_PER_CLIENT = 40
 DURATION_S = float(os.environ.get("MANTA_LOAD_SECONDS", "30"))
