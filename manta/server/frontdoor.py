@@ -71,8 +71,8 @@ def store_config(config: ServerConfig) -> StoreConfig:
 
 def build_app(config: ServerConfig, jobs: bool = True) -> tuple[Starlette, Store, JobScheduler]:
     """The whole server but its listener and daemons: the store, the job scheduler (not
-    started) and the ASGI app. `jobs=False` leaves the sandbox out (the jobs API then
-    answers that jobs are disabled): what in-process tests of the S3 handlers use."""
+    started) and the ASGI app. `jobs=False` leaves the sandbox out, as on a host without
+    bubblewrap (tasks cannot run): what the in-process tests of the S3 handlers use."""
     config.validate()
     store = Store(store_config(config))
     # tasks run on the nodes: in this process only when the nodes are
