@@ -79,7 +79,10 @@ def _node(args: argparse.Namespace) -> int:
     try:
         parse_listen(args.listen)
         secret = load_secret(args.cluster_secret_file)
-        run_node(args.storage, args.listen, args.data, secret, args.advertise, args.slots)
+        health_ttl_s = env_float("MANTA_HEALTH_TTL_S", 1.0)
+        if health_ttl_s <= 0:
+            raise ValueError("MANTA_HEALTH_TTL_S must be positive")
+        run_node(args.storage, args.listen, args.data, secret, args.advertise, args.slots, health_ttl_s)
     except (ValueError, SecretError) as exc:
         raise CliError(str(exc)) from None
     except ZfsError as exc:

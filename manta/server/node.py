@@ -425,7 +425,7 @@ def make_agent(node: LocalNode, secret: str, slots: int | None) -> Any:
     return TaskAgent(node, sandbox, secret, slots or os.cpu_count() or 1)
 
 
-def open_node(storage_spec: str) -> LocalNode:
+def open_node(storage_spec: str, health_ttl_s: float = 1.0) -> LocalNode:
     """The LocalNode of `storage_spec`, its marker read or written with a new random id."""
     spec = parse_spec(storage_spec)
     root, zfs = LocalNode.prepare(spec)
@@ -433,7 +433,7 @@ def open_node(storage_spec: str) -> LocalNode:
     if node_id is None:
         node_id = f"node-{secrets.token_hex(4)}"
         LocalNode.write_marker(root, node_id)
-    node = LocalNode(node_id, spec, root, zfs)
+    node = LocalNode(node_id, spec, root, zfs, health_ttl_s=health_ttl_s)
     swept = node.sweep_temp() + node.sweep_trash(0.0)
     if swept:
         log.info("removed %d leftovers of interrupted writes and deletes", swept)
@@ -441,16 +441,17 @@ def open_node(storage_spec: str) -> LocalNode:
 
 
 def run_node(storage_spec: str, listen: str, data_dir: str | None, secret: str,
-             advertise: str | None = None, slots: int | None = None) -> None:
+             advertise: str | None = None, slots: int | None = None, health_ttl_s: float = 1.0) -> None:
     """Serve one node until SIGTERM or SIGINT. `data_dir`: where the node keeps its own
-    state (task scratch lives in the dataset; nothing else needs it yet)."""
+    state (task scratch lives in the dataset; nothing else needs it yet). `health_ttl_s`:
+    how long a health check is reused (MANTA_HEALTH_TTL_S, as for `manta serve`)."""
     from manta.server.config import parse_listen
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     host, port = parse_listen(listen)
     if data_dir is not None:
         os.makedirs(data_dir, exist_ok=True)
-    node = open_node(storage_spec)
+    node = open_node(storage_spec, health_ttl_s)
     agent = make_agent(node, secret, slots)
     app = build_node_app(node, secret, agent)
     url = advertise or f"http://{listen}"

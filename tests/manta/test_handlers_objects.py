@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from typing import Any
 
+import pytest
+
+from storage import BucketRef
+from storage.catalog import generation_of
 from tests.inprocess import InProcessS3, error_code, xml
 
 ZERO_ETAG = '"' + "0" * 32 + '"'
@@ -186,3 +191,35 @@ def test_object_attributes(s3: InProcessS3, bucket: str) -> None:
                      headers={"x-amz-object-attributes": "ObjectSize,ETag"})
     assert got.status_code == 200, got.text
     assert b"<ObjectSize>5</ObjectSize>" in got.content
+
+
+@pytest.mark.parametrize("change", ["delete", "overwrite"])
+def test_a_get_racing_a_write_answers_the_current_object(s3: InProcessS3, bucket: str,
+                                                         monkeypatch: pytest.MonkeyPatch, change: str) -> None:
+    """The GET has read the object's record when another request deletes or overwrites the
+    object, freeing its blobs, before the GET opens them: the GET answers as if it came after
+    that write (404 NoSuchKey, or the new bytes), never 503 'blob is not in the catalog'.
+    (Objects over 64 KiB open their blobs in a worker thread, where the write can be sent.)"""
+    old, new = b"o" * 100_000, b"n" * 100_000
+    s3.put(bucket, "k", old)
+    readers = s3.store.readers
+    raced: list[str] = []
+
+    def write_first(blob_ids: list[str]) -> Any:
+        if not raced:
+            raced.append(change)
+            record = s3.store.catalog.bucket(bucket)
+            ref = BucketRef(record["name"], record["owner"], generation_of(record))
+            if change == "delete":
+                s3.store.objects.delete(ref, "k")
+            else:
+                s3.put(bucket, "k", new)
+        return readers(blob_ids)
+
+    monkeypatch.setattr(s3.store, "readers", write_first)
+    got = s3.request("GET", f"/{bucket}/k")
+    assert raced == [change]
+    if change == "delete":
+        assert got.status_code == 404 and error_code(got) == "NoSuchKey"
+    else:
+        assert got.status_code == 200 and got.content == new

@@ -26,3 +26,15 @@ def test_bad_configuration(tmp_path: object, args: list[str], env: dict[str, str
                           capture_output=True, text=True, timeout=60, cwd=REPO, env={**os.environ, **env})
     assert done.returncode == 1, done.stderr
     assert message in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"MANTA_HEALTH_TTL_S": "0"}, "MANTA_HEALTH_TTL_S must be positive"),
+    ({"MANTA_HEALTH_TTL_S": "often"}, "MANTA_HEALTH_TTL_S must be a number"),
+])
+def test_bad_node_configuration(tmp_path: object, env: dict[str, str], message: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "manta", "node", "--storage", f"dir:{tmp_path}/n",
+                           "--listen", "127.0.0.1:1"], capture_output=True, text=True, timeout=60, cwd=REPO,
+                          env={**os.environ, "MANTA_CLUSTER_SECRET": "s" * 32, **env})
+    assert done.returncode == 1, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr
