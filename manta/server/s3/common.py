@@ -130,6 +130,22 @@ async def in_thread(fn: Any, *args: Any) -> Any:
     return await anyio.to_thread.run_sync(fn, *args)
 
 
+MAX_PART_NUMBER = 10000
+
+
+def part_number(req: S3Request) -> int:
+    """The request's `partNumber`: 1..10000, else InvalidArgument (a missing one included)."""
+    raw = req.query.get("partNumber", "")
+    try:
+        number = int(raw)
+    except ValueError:
+        number = 0
+    if not 1 <= number <= MAX_PART_NUMBER:
+        raise s3e.InvalidArgument("Part number must be an integer between 1 and 10000, inclusive",
+                                  ArgumentName="partNumber", ArgumentValue=raw)
+    return number
+
+
 Opened = list[tuple[BlobReader, int, int]]
 T = TypeVar("T")
 RECORD_RACE_TRIES = 3

@@ -20,6 +20,7 @@ from manta.server.s3 import acl, checksums
 from manta.server.s3 import errors as s3e
 from manta.server.s3.body import expected_size, read_small, receive_into
 from manta.server.s3.common import (
+    MAX_PART_NUMBER,
     commit_blob,
     free_blobs,
     in_thread,
@@ -27,6 +28,7 @@ from manta.server.s3.common import (
     on_current_record,
     open_segments,
     owned_bucket,
+    part_number,
     request_headers,
     stream_opened,
     xml_response,
@@ -36,7 +38,6 @@ from manta.server.s3.obj import check_conditions, parse_copy_source, write_condi
 from manta.server.s3.xmlio import child_text, children, document, el, iso8601, parse
 from storage import BlobMeta, BucketRef
 
-MAX_PART_NUMBER = 10000
 MAX_PART_SIZE = 5 * 1024**3
 
 
@@ -78,21 +79,9 @@ async def create_upload(req: S3Request) -> Response:
         el("Bucket", req.bucket), el("Key", req.key), el("UploadId", upload["upload_id"])]), headers=out)
 
 
-def _part_number(req: S3Request) -> int:
-    raw = req.query.get("partNumber", "")
-    try:
-        number = int(raw)
-    except ValueError:
-        number = 0
-    if not 1 <= number <= MAX_PART_NUMBER:
-        raise s3e.InvalidArgument("Part number must be an integer between 1 and 10000, inclusive",
-                                  ArgumentName="partNumber", ArgumentValue=raw)
-    return number
-
-
 async def upload_part(req: S3Request) -> Response:
     bucket, upload = _upload(req)
-    number = _part_number(req)
+    number = part_number(req)
     if "x-amz-copy-source" in req.headers:
         return await on_current_record(lambda: _upload_part_copy(req, bucket, upload, number))
     size = expected_size(req)

@@ -28,6 +28,7 @@ from manta.server.s3.common import (
     on_current_record,
     open_segments,
     owned_bucket,
+    part_number,
     prefetched,
     request_headers,
     stream_opened,
@@ -45,7 +46,6 @@ SMALL_OBJECT_BYTES = 64 * 1024
 # less than the hand-off to a worker thread); larger ones go through threads
 INLINE_READ_BYTES = 64 * 1024
 
-MAX_PART_NUMBER = 10000
 
 RESPONSE_OVERRIDES = {
     "response-content-type": "content-type",
@@ -183,19 +183,12 @@ def _parse_range(value: str, size: int) -> tuple[int, int] | None:
 
 def _part_range(req: S3Request, record: dict[str, Any]) -> tuple[int, int] | None:
     """(start, length) of the part `partNumber` names; a simple object is its one part."""
-    raw = req.query.get("partNumber")
-    if raw is None:
+    if "partNumber" not in req.query:
         return None
-    try:
-        number = int(raw)
-    except ValueError:
-        number = 0
-    if not 1 <= number <= MAX_PART_NUMBER:
-        raise s3e.InvalidArgument("Part number must be an integer between 1 and 10000, inclusive",
-                                  ArgumentName="partNumber", ArgumentValue=raw)
+    number = part_number(req)
     sizes = record.get("parts") or [record["size"]]
     if number > len(sizes):
-        raise s3e.InvalidPart("The requested partnumber is not satisfiable", PartNumber=raw)
+        raise s3e.InvalidPart("The requested partnumber is not satisfiable", PartNumber=str(number))
     return sum(sizes[: number - 1]), sizes[number - 1]
 
 
