@@ -385,6 +385,17 @@ def fmt(value: float | None) -> str:
     return f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
 
 
+def begin_run() -> tuple[float, ...]:
+    """What every benchmark does first: SIGTERM runs its cleanup too (as SystemExit), and a
+    busy machine is said to be busy. Returns the load average at the start."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    load_start = os.getloadavg()
+    if load_start[0] > 0.5:
+        print(f"warning: load average {load_start[0]:.2f} before starting: other work is "
+              "running, so numbers will be noisy", file=sys.stderr)
+    return load_start
+
+
 def machine_info(load_start: tuple[float, ...]) -> dict:
     return {"nproc": len(os.sched_getaffinity(0)), "cpu_count": os.cpu_count(),
             "python": platform.python_version(), "platform": platform.platform(),

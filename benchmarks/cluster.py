@@ -22,7 +22,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -31,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import HERE, MiB, fill_defaults, machine_info, write_json
+from _common import HERE, MiB, begin_run, fill_defaults, machine_info, write_json
 from botocore.exceptions import BotoCoreError, ClientError
 
 sys.path.insert(0, str(HERE.parent))  # so that `tests` is the repository's package
@@ -301,9 +300,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup on SIGTERM too
-    if (load_start := os.getloadavg())[0] > 0.5:
-        print(f"warning: load average {load_start[0]:.2f} before starting: numbers will be noisy", file=sys.stderr)
+    load_start = begin_run()
     modes = args.modes.split(",")
     with contextlib.ExitStack() as cleanup:
         args.workdir.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,6 @@ import datetime
 import os
 import random
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,7 @@ from _common import (
     Client,
     MiB,
     Server,
+    begin_run,
     fill_defaults,
     machine_info,
     write_json,
@@ -379,10 +379,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup on SIGTERM too
-    if (load_start := os.getloadavg())[0] > 0.5:
-        print(f"warning: load average {load_start[0]:.2f} before starting: other work is "
-              "running, so numbers will be noisy", file=sys.stderr)
+    load_start = begin_run()
     size, keys = int(args.object_mib * MiB), [f"text/{i:05d}" for i in range(args.objects)]
     raw: dict = {"overhead_ms": {}, "checks": [], **{p + k: [] for p in ("", "light_") for k in ORDER}}
     server: Server | None = None

@@ -17,7 +17,6 @@ import datetime
 import os
 import secrets
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -35,6 +34,7 @@ from _common import (
     MiB,
     Server,
     Target,
+    begin_run,
     fill_defaults,
     fmt,
     free_port,
@@ -246,11 +246,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup on SIGTERM too
+    load_start = begin_run()
     labels, servers, skipped = metric_labels(args), {}, {}
-    if (load_start := os.getloadavg())[0] > 0.5:
-        print(f"warning: load average {load_start[0]:.2f} before starting: other work is "
-              "running, so numbers will be noisy", file=sys.stderr)
     with contextlib.ExitStack() as cleanup:
         args.workdir.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix="objects-tmp-", dir=args.workdir))

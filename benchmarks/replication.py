@@ -17,7 +17,6 @@ import datetime
 import math
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from _common import (
     Client,
     MiB,
     Server,
+    begin_run,
     fill_defaults,
     fmt,
     large_get,
@@ -253,11 +253,8 @@ def remove_work(work: Path, pools: Pools) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup on SIGTERM too
+    load_start = begin_run()
     labels, servers, skipped = metric_labels(args), {}, {}
-    if (load_start := os.getloadavg())[0] > 0.5:
-        print(f"warning: load average {load_start[0]:.2f} before starting: other work is "
-              "running, so numbers will be noisy", file=sys.stderr)
     if (why := zfs_unavailable()) and any(c.startswith("zfs") for c in args.configs):
         print(f"skipping the zfs configurations: {why}", file=sys.stderr)
         skipped.update({c: why for c in args.configs if c.startswith("zfs")})
