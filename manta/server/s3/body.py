@@ -122,13 +122,9 @@ async def receive_into(req: S3Request, writer: ReplicatedWriter | MemoryBlobWrit
     summer = checksums.new(algorithm) if algorithm else None
 
     decoder = chunked_decoder(req)
-    decoded_length: int | None = None
-    if decoder is not None:
-        dlen = req.header("x-amz-decoded-content-length")
-        decoded_length = int(dlen) if dlen is not None else None  # validated by chunked_decoder
-    elif in_trailer:
+    if decoder is None and in_trailer:
         raise s3e.InvalidRequest("Trailing checksums need an aws-chunked body.")
-    expected_size = decoded_length if decoder is not None else wire_length
+    expected_size = decoder.expected_length if decoder is not None else wire_length
     if expected_size is not None and expected_size > max_size:
         raise s3e.EntityTooLarge(ProposedSize=str(expected_size), MaxSizeAllowed=str(max_size))
 
@@ -184,9 +180,7 @@ async def receive_into(req: S3Request, writer: ReplicatedWriter | MemoryBlobWrit
     if wire_length is not None and received != wire_length:
         raise s3e.IncompleteBody()
     if decoder is not None:
-        decoder.finish()
-        if decoded_length is not None and writer.size != decoded_length:
-            raise s3e.IncompleteBody()
+        decoder.finish()  # the decoded length, if announced, was checked at the final chunk
     if content_sha is not None and content_sha.hexdigest() != payload_hash.lower():
         raise s3e.XAmzContentSHA256Mismatch(
             ClientComputedContentSHA256=payload_hash, S3ComputedContentSHA256=content_sha.hexdigest())

@@ -77,7 +77,7 @@ class AwsChunkedDecoder:
         self._declared = frozenset(n.strip().lower() for n in trailer_names if n.strip())
         self._signed_trailer = signed_trailer
         self._max_chunk_size = max_chunk_size
-        self._expected_length = decoded_content_length
+        self.expected_length = decoded_content_length  # x-amz-decoded-content-length, if sent
         self._state = _SIZE_LINE
         self._line = bytearray()
         self._remaining = 0
@@ -171,7 +171,7 @@ class AwsChunkedDecoder:
             raise s3e.InvalidRequest(
                 f"Chunk size {size} exceeds the maximum of {self._max_chunk_size} bytes."
             )
-        expected = self._expected_length
+        expected = self.expected_length
         if expected is not None and self.decoded_length + size > expected:
             raise s3e.InvalidRequest("The chunks are longer than x-amz-decoded-content-length.")
         if self._key is not None:
