@@ -11,6 +11,7 @@ from manta.cli.common import CliError, subcommand
 from manta.server.config import (
     DEFAULT_DATA_DIR,
     DEFAULT_LISTEN,
+    TIMINGS,
     ServerConfig,
     env_float,
     env_int,
@@ -31,6 +32,8 @@ def _serve(args: argparse.Namespace) -> int:
         storage = tuple(s for s in (args.storage or "").split(",") if s)
         urls = tuple(args.node or ()) + tuple(read_nodes_file(args.nodes_file) if args.nodes_file else ())
         secret = _cluster_secret(args.cluster_secret_file) if urls else None
+        timings: dict[str, Any] = {name: env_float(variable, getattr(ServerConfig, name))
+                                   for name, variable in TIMINGS.items()}
         config = ServerConfig(data_dir=args.data, host=host, port=port, domain=args.domain,
                               region=os.environ.get("MANTA_REGION") or "us-east-1",
                               node_urls=tuple(parse_node_url(u) for u in urls), cluster_secret=secret,
@@ -47,11 +50,7 @@ def _serve(args: argparse.Namespace) -> int:
                               head_timeout_s=env_float("MANTA_HEAD_TIMEOUT_S", 30.0),
                               idle_timeout_s=env_float("MANTA_IDLE_TIMEOUT_S", 30.0),
                               max_connections=env_int("MANTA_MAX_CONNECTIONS"),
-                              health_ttl_s=env_float("MANTA_HEALTH_TTL_S", 1.0),
-                              gc_interval_s=env_float("MANTA_GC_INTERVAL_S", 600.0),
-                              scrub_interval_s=env_float("MANTA_SCRUB_INTERVAL_S", 24 * 3600.0),
-                              repair_interval_s=env_float("MANTA_REPAIR_INTERVAL_S", 5.0),
-                              heartbeat_interval_s=env_float("MANTA_HEARTBEAT_S", 1.0))
+                              **timings)
         config.validate()
     except ValueError as exc:
         raise CliError(str(exc)) from None
@@ -79,9 +78,9 @@ def _node(args: argparse.Namespace) -> int:
     try:
         parse_listen(args.listen)
         secret = load_secret(args.cluster_secret_file)
-        health_ttl_s = env_float("MANTA_HEALTH_TTL_S", 1.0)
+        health_ttl_s = env_float(TIMINGS["health_ttl_s"], ServerConfig.health_ttl_s)
         if health_ttl_s <= 0:
-            raise ValueError("MANTA_HEALTH_TTL_S must be positive")
+            raise ValueError(f"{TIMINGS['health_ttl_s']} must be positive")
         run_node(args.storage, args.listen, args.data, secret, args.advertise, args.slots, health_ttl_s)
     except (ValueError, SecretError) as exc:
         raise CliError(str(exc)) from None
