@@ -25,10 +25,12 @@ def client() -> Client:
 
 
 def subcommand(sub: Any, name: str, func: Callable[[argparse.Namespace], int], help: str,
-               example: str) -> argparse.ArgumentParser:
-    """A subcommand whose help is its description, with one example in its epilog."""
+               example: str | list[str], description: str | None = None) -> argparse.ArgumentParser:
+    """A subcommand with its examples in its epilog; its description is `help` unless given."""
+    examples = [example] if isinstance(example, str) else example
     p: argparse.ArgumentParser = sub.add_parser(
-        name, help=help, description=help, epilog=f"example:\n  {example}",
+        name, help=help, description=description or help,
+        epilog="example:\n" + "\n".join(f"  {e}" for e in examples),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.set_defaults(func=func)
     return p

@@ -11,15 +11,11 @@ import datetime as dt
 import json
 import os
 import sys
-from collections.abc import Callable
 from typing import Any
 
-from manta.cli.common import CliError, client
+from manta.cli.common import CliError, client, subcommand
 
 __all__ = ["register"]
-
-Handler = Callable[[argparse.Namespace], int]
-
 
 def _when(value: Any) -> str:
     if not isinstance(value, dt.datetime):
@@ -133,77 +129,67 @@ def _cp(args: argparse.Namespace) -> int:
 
 # -- argparse ----------------------------------------------------------------------------------
 
-def _command(sub: Any, name: str, func: Handler, help: str, description: str,
-             examples: list[str]) -> argparse.ArgumentParser:
-    p: argparse.ArgumentParser = sub.add_parser(
-        name, help=help, description=description,
-        epilog="example:\n" + "\n".join(f"  {e}" for e in examples),
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.set_defaults(func=func)
-    return p
-
-
 def register(sub: Any) -> None:
     """Add the object commands to the `manta` command's subparsers."""
-    p = _command(sub, "mb", _mb, "make a bucket",
-                 "Make one or more buckets (3-63 lowercase letters, digits, '-' and '.').",
-                 ["manta mb logs"])
+    p = subcommand(sub, "mb", _mb, "make a bucket",
+                   ["manta mb logs"],
+                   description="Make one or more buckets (3-63 lowercase letters, digits, '-' and '.').")
     p.add_argument("buckets", nargs="+", metavar="BUCKET")
     p.add_argument("-p", "--exist-ok", action="store_true", help="no error if you already own the bucket")
 
-    p = _command(sub, "rb", _rb, "remove a bucket",
-                 "Remove buckets. A bucket must be empty unless --force is given.",
-                 ["manta rb logs", "manta rb --force scratch    # deletes every object in it first"])
+    p = subcommand(sub, "rb", _rb, "remove a bucket",
+                   ["manta rb logs", "manta rb --force scratch    # deletes every object in it first"],
+                   description="Remove buckets. A bucket must be empty unless --force is given.")
     p.add_argument("buckets", nargs="+", metavar="BUCKET")
     p.add_argument("-f", "--force", action="store_true", help="delete the bucket's objects first")
 
-    p = _command(sub, "put", _put, "upload a file (or stdin) as an object",
-                 "Upload SRC (a file, or - for stdin) to DEST (bucket/key; bucket or bucket/dir/ keeps "
-                 "the file's name).\nFiles larger than 8 MiB go up in parallel parts, with a progress bar "
-                 "on stderr; an\ninterrupted upload leaves no object.",
-                 ["manta put access.log logs/2024/06/access.log",
-                  "gzip -c big.csv | manta put - data/big.csv.gz"])
+    p = subcommand(sub, "put", _put, "upload a file (or stdin) as an object",
+                   ["manta put access.log logs/2024/06/access.log",
+                    "gzip -c big.csv | manta put - data/big.csv.gz"],
+                   description="Upload SRC (a file, or - for stdin) to DEST (bucket/key; bucket or bucket/dir/ keeps "
+                               "the file's name).\nFiles larger than 8 MiB go up in parallel parts, with a progress bar "
+                               "on stderr; an\ninterrupted upload leaves no object.")
     p.add_argument("src", metavar="SRC", help="local file, or - for stdin")
     p.add_argument("dest", metavar="DEST", help="bucket/key, or bucket[/dir/] to keep the file's name")
     p.add_argument("--content-type", help="Content-Type to store with the object")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="print the object's size and ETag on stderr")
 
-    p = _command(sub, "get", _get, "download an object to a file (or stdout)",
-                 "Download SRC (bucket/key) to DEST (a file or directory, - for stdout; default: the\n"
-                 "object's name in the current directory). The file appears only when complete.",
-                 ["manta get logs/2024/06/access.log /tmp/", "manta get data/big.csv.gz - | zcat | head"])
+    p = subcommand(sub, "get", _get, "download an object to a file (or stdout)",
+                   ["manta get logs/2024/06/access.log /tmp/", "manta get data/big.csv.gz - | zcat | head"],
+                   description="Download SRC (bucket/key) to DEST (a file or directory, - for stdout; default: the\n"
+                               "object's name in the current directory). The file appears only when complete.")
     p.add_argument("src", metavar="SRC", help="bucket/key")
     p.add_argument("dest", metavar="DEST", nargs="?", help="local file or directory, or - for stdout")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
-    p = _command(sub, "ls", _ls, "list buckets, or the objects and directories under a prefix",
-                 "Without PATH, list your buckets. With BUCKET[/PREFIX], list what is directly under\n"
-                 "it: objects, and \"directories\" (key prefixes up to the next /, shown ending in /).\n"
-                 "Names are bucket/key. For every object under a prefix, use manta find.",
-                 ["manta ls", "manta ls -l logs/2024/", "manta ls --json logs | jq '.[].size'"])
+    p = subcommand(sub, "ls", _ls, "list buckets, or the objects and directories under a prefix",
+                   ["manta ls", "manta ls -l logs/2024/", "manta ls --json logs | jq '.[].size'"],
+                   description="Without PATH, list your buckets. With BUCKET[/PREFIX], list what is directly under\n"
+                               "it: objects, and \"directories\" (key prefixes up to the next /, shown ending in /).\n"
+                               "Names are bucket/key. For every object under a prefix, use manta find.")
     p.add_argument("path", nargs="?", metavar="BUCKET[/PREFIX]")
     p.add_argument("-l", "--long", action="store_true", help="type (f/d/b), size, modification time, name")
     p.add_argument("--json", action="store_true", help="print a JSON array of {name, type, size, ...}")
 
-    p = _command(sub, "rm", _rm, "delete objects",
-                 "Delete objects. With -r, delete every object under each BUCKET[/PREFIX] (the bucket\n"
-                 "itself stays: see manta rb). A PATH that names nothing is an error.",
-                 ["manta rm logs/2024/06/access.log", "manta rm -r logs/2023/"])
+    p = subcommand(sub, "rm", _rm, "delete objects",
+                   ["manta rm logs/2024/06/access.log", "manta rm -r logs/2023/"],
+                   description="Delete objects. With -r, delete every object under each BUCKET[/PREFIX] (the bucket\n"
+                               "itself stays: see manta rb). A PATH that names nothing is an error.")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("-r", "--recursive", action="store_true", help="everything under each path")
     p.add_argument("-v", "--verbose", action="store_true", help="print each deleted object on stderr")
 
-    p = _command(sub, "info", _info, "show an object's (or bucket's) size, ETag, type, dates",
-                 "Describe an object (size, ETag, content type, modification time, user metadata),\n"
-                 "a bucket, or a directory (a prefix that has objects under it).",
-                 ["manta info logs/2024/06/access.log", "manta info --json logs"])
+    p = subcommand(sub, "info", _info, "show an object's (or bucket's) size, ETag, type, dates",
+                   ["manta info logs/2024/06/access.log", "manta info --json logs"],
+                   description="Describe an object (size, ETag, content type, modification time, user metadata),\n"
+                               "a bucket, or a directory (a prefix that has objects under it).")
     p.add_argument("path", metavar="PATH", help="bucket, bucket/key or bucket/dir/")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
-    p = _command(sub, "cp", _cp, "copy an object on the server (no bytes move)",
-                 "Copy SRC to DEST on the server: the copy shares the source's stored bytes, so it is\n"
-                 "instant whatever the size. DEST may be bucket or bucket/dir/ to keep the name.",
-                 ["manta cp logs/2024/06/access.log archive/2024-06-access.log"])
+    p = subcommand(sub, "cp", _cp, "copy an object on the server (no bytes move)",
+                   ["manta cp logs/2024/06/access.log archive/2024-06-access.log"],
+                   description="Copy SRC to DEST on the server: the copy shares the source's stored bytes, so it is\n"
+                               "instant whatever the size. DEST may be bucket or bucket/dir/ to keep the name.")
     p.add_argument("src", metavar="SRC", help="bucket/key")
     p.add_argument("dest", metavar="DEST", help="bucket/key, or bucket[/dir/] to keep the name")
