@@ -25,9 +25,8 @@ from botocore.credentials import Credentials
 
 from manta.server.config import ServerConfig
 from manta.server.frontdoor import build_app
+from tests.conftest import ROOT_AK, ROOT_SK
 
-ROOT_AK = "MANTAROOTTESTKEY0001"
-ROOT_SK = "manta-root-test-secret-key-0000000000001"
 BASE_URL = "http://127.0.0.1:9000"  # what the requests are signed for; nothing listens there
 NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 
