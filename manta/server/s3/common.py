@@ -146,7 +146,6 @@ def part_number(req: S3Request) -> int:
     return number
 
 
-Opened = list[tuple[BlobReader, int, int]]
 T = TypeVar("T")
 RECORD_RACE_TRIES = 3
 
@@ -162,6 +161,9 @@ async def on_current_record(handler: Callable[[], Awaitable[T]]) -> T:
         except NoSuchBlob:
             continue
     return await handler()
+
+
+Opened = list[tuple[BlobReader, int, int]]
 READ_AHEAD_BLOCKS = 4  # 1 MiB blocks read per worker-thread hand-off
 
 
