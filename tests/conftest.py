@@ -30,9 +30,10 @@ ROOT_SK = "manta-root-test-secret-key-0000000000001"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The suite never reads the client profiles or AWS files of whoever runs it (./run.sh writes
-# a `default` profile): clients find only what a test sets.
-for _name in ("MANTA_CONFIG_FILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
-    os.environ[_name] = os.devnull
+# a `default` profile): clients find only what a test sets. A subprocess given an environment
+# of its own gets NO_USER_CONFIG in it too.
+NO_USER_CONFIG = {name: os.devnull for name in ("MANTA_CONFIG_FILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE")}
+os.environ.update(NO_USER_CONFIG)
 for _name in ("MANTA_PROFILE", "AWS_PROFILE", "AWS_DEFAULT_PROFILE"):
     os.environ.pop(_name, None)
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from manta.cli import main, parser
-from tests.conftest import REPO, ROOT_AK, ROOT_SK, Server, free_port
+from tests.conftest import NO_USER_CONFIG, REPO, ROOT_AK, ROOT_SK, Server, free_port
 
 MiB = 1024 * 1024
 
@@ -54,7 +54,7 @@ def manta(server: Server | str, *args: str, stdin: bytes = b"", secret_key: str 
 
 def manta_process(server: Server, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MANTA_", "AWS_"))}
-    env.update(MANTA_URL=server.url, MANTA_ACCESS_KEY=ROOT_AK, MANTA_SECRET_KEY=ROOT_SK)
+    env.update(MANTA_URL=server.url, MANTA_ACCESS_KEY=ROOT_AK, MANTA_SECRET_KEY=ROOT_SK, **NO_USER_CONFIG)
     return subprocess.run([sys.executable, "-m", "manta", *args], env=env, cwd=REPO, input=stdin,
                           capture_output=True, timeout=60)
 

@@ -15,7 +15,7 @@ import pytest
 import requests
 from botocore.exceptions import ClientError
 
-from tests.conftest import REPO, ROOT_AK, ROOT_SK, Server
+from tests.conftest import NO_USER_CONFIG, REPO, ROOT_AK, ROOT_SK, Server
 
 MiB = 1024 * 1024
 
@@ -390,7 +390,7 @@ def test_presigned_urls_and_expiry(server: Server, bucket: str) -> None:
 
 def _cli(server: Server, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     base = {"MANTA_URL": server.url, "MANTA_ACCESS_KEY": ROOT_AK, "MANTA_SECRET_KEY": ROOT_SK,
-            "PATH": "/usr/bin:/bin"}
+            "PATH": "/usr/bin:/bin", **NO_USER_CONFIG}
     return subprocess.run([sys.executable, "-m", "manta", *args], capture_output=True, text=True,
                           env={**base, **(env or {})}, cwd=REPO, timeout=60)
 
