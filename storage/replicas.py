@@ -288,17 +288,19 @@ class BlobReader:
         self._closed = False
         self.blocking = any(n.remote for n in listed)  # reads go over the network
 
-    def prime(self) -> None:
+    def prime(self) -> bool:
         """Pin the first readable replica now, so a concurrent delete cannot take the blob
-        away before the first read (an open file keeps its bytes)."""
+        away before the first read (an open file keeps its bytes). False when no replica
+        could be opened: the blob may have been freed since its record was read."""
         for node in list(self.candidates):
             try:
                 self._pins[node.id] = node.pin(self.blob_id)
-                return
+                return True
             except (OSError, BlobMissing) as exc:
                 if isinstance(exc, OSError):
                     ResourceExhausted.raise_if(exc, "opening a blob")
                 continue
+        return False
 
     def read_block(self, index: int) -> bytes:
         if self._closed:  # a read after close would open (pin) a replica nobody closes

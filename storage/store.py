@@ -206,21 +206,27 @@ class Store:
         with self.catalog.read() as txn:
             metas = [(blob_id, self.catalog.blob(txn, blob_id)) for blob_id in blob_ids]
         out: list[BlobReader] = []
-        for blob_id, meta in metas:
-            if meta is None:
-                for reader in out:
-                    reader.close()
-                raise NoSuchBlob(blob_id)
-            out.append(BlobReader(blob_id, meta, self.nodes, self.report_damage))
-            try:
-                out[-1].prime()
-            except ResourceExhausted:
-                for reader in out:
-                    reader.close()
-                raise
+        try:
+            for blob_id, meta in metas:
+                if meta is None:
+                    raise NoSuchBlob(blob_id)
+                out.append(BlobReader(blob_id, meta, self.nodes, self.report_damage))
+                if not out[-1].prime() and not self._listed(blob_id):
+                    raise NoSuchBlob(blob_id)  # freed between the record read and the open
+        except (NoSuchBlob, ResourceExhausted):
+            for reader in out:
+                reader.close()
+            raise
         return out
 
+    def _listed(self, blob_id: str) -> bool:
+        with self.catalog.read() as txn:
+            return self.catalog.blob(txn, blob_id) is not None
+
     def report_damage(self, blob_id: str, node_id: str, reason: str) -> None:
+        if not self._listed(blob_id):  # freed by a delete or overwrite: nothing to repair
+            log.debug("blob %s on node %s: %s after it was freed", blob_id, node_id, reason)
+            return
         log.warning("blob %s on node %s: %s (queued for repair)", blob_id, node_id, reason)
         self.catalog.queue_repair(blob_id, node_id, reason)
         self.repair_wanted.set()

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+import storage.store as storage_store
 from storage import BucketRef
 from storage.catalog import generation_of
 from tests.inprocess import InProcessS3, error_code, xml
@@ -223,3 +224,37 @@ def test_a_get_racing_a_write_answers_the_current_object(s3: InProcessS3, bucket
         assert got.status_code == 404 and error_code(got) == "NoSuchKey"
     else:
         assert got.status_code == 200 and got.content == new
+
+
+@pytest.mark.parametrize("change", ["delete", "overwrite"])
+def test_a_blob_freed_between_record_and_open_is_not_queued_for_repair(
+        s3: InProcessS3, bucket: str, monkeypatch: pytest.MonkeyPatch, change: str) -> None:
+    """The narrower window: the GET's store has read the blob's catalog record, and the
+    write frees the blob's files before the GET opens a replica. The GET answers as if it
+    came after the write, and the missing files are not reported as damage."""
+    old, new = b"o" * 100_000, b"n" * 100_000
+    s3.put(bucket, "k", old)
+    reader_class = storage_store.BlobReader
+    raced: list[str] = []
+
+    class WriteFirst(reader_class):  # type: ignore[misc, valid-type]
+        def prime(self) -> bool:
+            if not raced:
+                raced.append(change)
+                record = s3.store.catalog.bucket(bucket)
+                ref = BucketRef(record["name"], record["owner"], generation_of(record))
+                if change == "delete":
+                    s3.store.free(s3.store.objects.delete(ref, "k"))
+                else:
+                    s3.put(bucket, "k", new)
+            return bool(super().prime())
+
+    monkeypatch.setattr(storage_store, "BlobReader", WriteFirst)
+    got = s3.request("GET", f"/{bucket}/k")
+    assert raced == [change]
+    if change == "delete":
+        assert got.status_code == 404 and error_code(got) == "NoSuchKey"
+    else:
+        assert got.status_code == 200 and got.content == new
+    with s3.store.catalog.read() as txn:
+        assert list(s3.store.catalog.scan(txn, "repairs")) == []
