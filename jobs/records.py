@@ -4,6 +4,10 @@
     jobinputs  job id \\0 seq (u32 big-endian)  -> {"v": 1, "input": "bucket/key"}
     jobtasks   job id \\0 task id               -> task record
 
+    jobs       \0seq                            -> change counter: bumped by every API write
+    jobs       \0chg\0 seq (u64 big-endian)      -> job id: the change log (jobs/follow.py reads it)
+    jobs       \0run\0 owner \0 job id           -> 1 while the job runs (the running-jobs quota)
+
 Job record: {v, id, owner, name, phases: [phase dicts], state: running|done|cancelled,
 inputs_ended, input_count, created, finished}. Task record: {v, id, job, phase, type,
 state, input | inputs, reducer, partition, node, attempts, excluded, created, started,
@@ -12,6 +16,15 @@ finished, outcome: done|failed|cancelled|"node failure: why"|"interrupted: ..."}
 
 Every change is one catalog transaction; a task's output objects are written in the same
 transaction that marks it done, so a restart never sees half a task.
+
+Several processes share one catalog: any of them writes jobs through the API (create,
+add_inputs, cancel), only the one started scheduler runs tasks. Each API write bumps the
+change counter and logs the job id in the same transaction, so that scheduler learns of it
+with one read. Writes that could race another process decide inside their transaction, on
+the catalog's record, never on a copy: the running-jobs quota is counted in the create's
+transaction; a job ends (done or cancelled) only if it still runs; a task goes running
+unless it was cancelled meanwhile; a queued task is cancelled or failed only if still
+queued; a task queued again whose job no longer runs is cancelled instead.
 """
 
 from __future__ import annotations
@@ -23,14 +36,19 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
+from jobs import errors as je
 from jobs.errors import JobInputsClosed, NoSuchJob
 from jobs.spec import JobSpec
 from storage import Catalog
 from storage.catalog import Txn
 
-__all__ = ["JobRecords", "jobs_bucket"]
+__all__ = ["JobRecords", "cancelled", "jobs_bucket"]
 
 Record = dict[str, Any]
+CHANGE_SEQ = b"\0seq"
+CHANGES = b"\0chg\0"
+RUNNING = b"\0run\0"
+FIRST_JOB = b"\x01"  # job ids sort after the keys above
 
 
 def jobs_bucket(owner: str) -> str:
@@ -53,6 +71,8 @@ class JobRecords:
     # -- jobs -----------------------------------------------------------------------
 
     def create(self, owner: str, spec: JobSpec) -> Record:
+        """A new running job; QuotaExceeded if `owner` runs as many jobs as allowed (counted
+        in this transaction, so two processes cannot both pass)."""
         job_id = secrets.token_hex(8)
         record: Record = {
             "v": 1, "id": job_id, "owner": owner, "name": spec.name,
@@ -62,9 +82,14 @@ class JobRecords:
         bucket = jobs_bucket(owner)
 
         def op(txn: Txn) -> Record:
+            limit = self.catalog.limits(owner, txn).jobs
+            if limit is not None and self._running(txn, owner) >= limit:
+                raise je.QuotaExceeded(owner, "running jobs", limit)
             self.catalog.ensure_bucket_in(txn, bucket, owner)
             self.catalog.put(txn, "jobs", job_id.encode(), record)
+            self.catalog.put(txn, "jobs", _running_key(record), 1)
             self._add_inputs_in(txn, record, list(spec.inputs))
+            self._changed(txn, job_id)
             return record
 
         return self.write(op)  # type: ignore[no-any-return]
@@ -80,17 +105,78 @@ class JobRecords:
 
     def jobs(self, owner: str | None = None, state: str | None = None) -> list[Record]:
         with self.catalog.read() as txn:
-            return [r for _, r in self.catalog.scan(txn, "jobs")
+            return [r for _, r in self.catalog.scan(txn, "jobs", start=FIRST_JOB)
                     if (owner is None or r["owner"] == owner) and (state is None or r["state"] == state)]
 
-    def update_job(self, job_id: str, **changes: Any) -> Record:
+    def _running(self, txn: Txn, owner: str) -> int:
+        return sum(1 for _ in self.catalog.scan(txn, "jobs", prefix=RUNNING + owner.encode() + b"\0"))
+
+    def index_running(self) -> None:
+        """Rebuild the running-jobs index from the job records (catalogs made before it)."""
+        def op(txn: Txn) -> None:
+            for key, _ in list(self.catalog.scan(txn, "jobs", prefix=RUNNING)):
+                self.catalog.delete(txn, "jobs", key)
+            for _, record in list(self.catalog.scan(txn, "jobs", start=FIRST_JOB)):
+                if record["state"] == "running":
+                    self.catalog.put(txn, "jobs", _running_key(record), 1)
+
+        self.write(op)
+
+    def _end_in(self, txn: Txn, job_id: str, state: str, **changes: Any) -> tuple[Record, bool]:
+        record = self.get(job_id, txn)
+        if record["state"] != "running":
+            return record, False
+        record.update(changes, state=state, finished=time.time())
+        self.catalog.put(txn, "jobs", job_id.encode(), record)
+        self.catalog.delete(txn, "jobs", _running_key(record))
+        return record, True
+
+    def end_job(self, job_id: str, state: str) -> Record:
+        """The job ends in `state` if it still runs (else it keeps how it ended); its record."""
+        return self.write(lambda txn: self._end_in(txn, job_id, state)[0])  # type: ignore[no-any-return]
+
+    def cancel(self, job_id: str) -> Record:
+        """Cancel a running job and its queued tasks, in one transaction; its record."""
         def op(txn: Txn) -> Record:
-            record = self.get(job_id, txn)
-            record.update(changes)
-            self.catalog.put(txn, "jobs", job_id.encode(), record)
+            record, ended = self._end_in(txn, job_id, "cancelled", inputs_ended=True)
+            if ended:
+                for _, task in list(self.catalog.scan(txn, "jobtasks", prefix=job_id.encode() + b"\0")):
+                    if task["state"] == "queued":
+                        self.catalog.put(txn, "jobtasks", task_key(job_id, task["id"]), cancelled(task))
+                self._changed(txn, job_id)
             return record
 
         return self.write(op)  # type: ignore[no-any-return]
+
+    # -- changes, for the scheduler of another process ---------------------------------
+
+    def _changed(self, txn: Txn, job_id: str) -> None:
+        seq = (self.catalog.get(txn, "jobs", CHANGE_SEQ) or 0) + 1
+        self.catalog.put(txn, "jobs", CHANGE_SEQ, seq)
+        self.catalog.put(txn, "jobs", CHANGES + struct.pack(">Q", seq), job_id)
+
+    def change_seq(self) -> int:
+        with self.catalog.read() as txn:
+            return self.catalog.get(txn, "jobs", CHANGE_SEQ) or 0  # type: ignore[no-any-return]
+
+    def changes(self, after: int) -> tuple[int, list[str]]:
+        """(the newest change, the jobs changed after change `after`, each once)."""
+        with self.catalog.read() as txn:
+            seq = self.catalog.get(txn, "jobs", CHANGE_SEQ) or 0
+            ids = [r for _, r in self.catalog.scan(txn, "jobs", start=CHANGES + struct.pack(">Q", after + 1),
+                                                   prefix=CHANGES)]
+            return seq, list(dict.fromkeys(ids))
+
+    def drop_changes(self, upto: int) -> Future[None]:
+        """Forget the changes up to `upto` (without waiting)."""
+        def op(txn: Txn) -> None:
+            last = CHANGES + struct.pack(">Q", upto)
+            for key, _ in list(self.catalog.scan(txn, "jobs", prefix=CHANGES)):
+                if key > last:
+                    break
+                self.catalog.delete(txn, "jobs", key)
+
+        return self.catalog.submit(op)
 
     # -- inputs ---------------------------------------------------------------------
 
@@ -112,6 +198,7 @@ class JobRecords:
             if end:
                 job["inputs_ended"] = True
                 self.catalog.put(txn, "jobs", job_id.encode(), job)
+            self._changed(txn, job_id)
             return job
 
         return self.write(op)  # type: ignore[no-any-return]
@@ -139,6 +226,59 @@ class JobRecords:
     def save_tasks(self, tasks: list[Record]) -> None:
         self.write(lambda txn: self.put_tasks(txn, tasks))
 
-    def submit_tasks(self, tasks: list[Record]) -> Future[None]:
-        """save_tasks without waiting; later writes are applied after it."""
-        return self.catalog.submit(lambda txn: self.put_tasks(txn, tasks))
+    def submit_running(self, task: Record) -> Future[bool]:
+        """Write `task` running, without waiting (later writes are applied after it), unless
+        another process cancelled it meanwhile: then False."""
+        def op(txn: Txn) -> bool:
+            current = self.catalog.get(txn, "jobtasks", task_key(task["job"], task["id"]))
+            if current is not None and current["state"] == "cancelled":
+                return False
+            self.put_tasks(txn, [task])
+            return True
+
+        return self.catalog.submit(op)
+
+    def save_if_queued(self, tasks: list[Record]) -> None:
+        """Write each task (now cancelled or failed) whose record still says queued."""
+        def op(txn: Txn) -> None:
+            for task in tasks:
+                current = self.catalog.get(txn, "jobtasks", task_key(task["job"], task["id"]))
+                if current is None or current["state"] == "queued":
+                    self.put_tasks(txn, [task])
+
+        if tasks:
+            self.write(op)
+
+    def save_outcome(self, task: Record) -> Record:
+        """Write a task's outcome; one queued again whose job no longer runs is cancelled
+        instead. Returns the record written."""
+        def op(txn: Txn) -> Record:
+            record = task
+            if task["state"] == "queued" and self.get(task["job"], txn)["state"] != "running":
+                record = cancelled(task)
+            self.put_tasks(txn, [record])
+            return record
+
+        return self.write(op)  # type: ignore[no-any-return]
+
+    def settled(self, job_id: str) -> bool:
+        """Is the job over with none of its tasks running (a missing job is)?"""
+        with self.catalog.read() as txn:
+            record = self.catalog.get(txn, "jobs", job_id.encode())
+            if record is None:
+                return True
+            if record["state"] == "running":
+                return False
+            return not any(t["state"] == "running"
+                           for _, t in self.catalog.scan(txn, "jobtasks", prefix=job_id.encode() + b"\0"))
+
+
+def _running_key(job: Record) -> bytes:
+    return RUNNING + job["owner"].encode() + b"\0" + job["id"].encode()
+
+
+def cancelled(task: Record) -> Record:
+    """A queued task's record once its job is cancelled."""
+    return {**task, "state": "cancelled", "finished": time.time(), "node": None,
+            "error": {"code": je.JOB_CANCELLED_ERROR, "message": "the job was cancelled",
+                      "input": task.get("input", ""), "stderr": None, "excerpt": ""}}

@@ -30,9 +30,22 @@ starts the moment another ends and no slot waits for the disk or for this thread
 task's `running` record is submitted to the catalog as its worker starts, without waiting:
 the catalog applies writes in order, so its final record always lands after it.
 
-State lives in the catalog (jobs/records.py); this class keeps an index in memory,
-rebuilt at start: tasks that were running when the server stopped are queued again (their
-containers died with it), so a restarted server resumes every running job.
+State lives in the catalog (jobs/records.py). Several processes may share one catalog,
+each with a JobScheduler; exactly one of them is started (the leader) and runs tasks. A
+scheduler that was never started serves the API from the catalog alone: create counts the
+running-jobs quota inside its transaction, cancel ends the job and its queued tasks in one,
+tasks and settled read it. The started one keeps an index in memory (`jobs`), rebuilt at
+start, and answers from it; it learns of other processes' creates, inputs and cancels
+through the catalog's change log within FOLLOW_S (jobs/follow.py), reloading only the jobs
+named there (a cancel stops its running tasks as a local one does). Every write it makes
+decides on the catalog's record inside its transaction, never on its in-memory copy
+(jobs/records.py lists them), so a stale index cannot undo another process's change.
+
+Start (after a restart, or when this process takes over from a leader that died): tasks
+the catalog says are running are queued again (their containers died with their process)
+and run again; their outputs were never committed (outputs and the task's done record are
+one transaction, jobs/runner.py), so nothing is counted twice. A started scheduler resumes
+every running job.
 """
 
 from __future__ import annotations
@@ -41,16 +54,17 @@ import logging
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
 from jobs import errors as je
 from jobs.admission import Admission, default_budget_mb
 from jobs.agent import TaskAgent, sweep_scratch
+from jobs.follow import FOLLOW_S, ChangeFollower, load_job
 from jobs.phases import JobState
 from jobs.reach import TaskRoots
-from jobs.records import JobRecords
+from jobs.records import JobRecords, cancelled
 from jobs.runner import RunContext, log_attempt, run_task
 from jobs.sandbox import Sandbox, SandboxError
 from jobs.spec import LIMITS, JobSpec, parse_input
@@ -125,6 +139,11 @@ class JobScheduler:
         self._served: list[str] = []  # accounts, the one dispatched to longest ago first
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.follower = ChangeFollower(self.records)
+
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -143,20 +162,17 @@ class JobScheduler:
                 sweep_scratch(node)
             except OSError as exc:  # a node that is down: its scratch dirs wait for the next start
                 log.warning("cannot sweep task scratch dirs on node %s: %s", node.id, exc)
+        self.follower.begin()
+        self.records.index_running()
         for record in self.records.jobs(state="running"):
-            job = JobState(record)
-            requeue = []
-            for task in self.records.tasks(record["id"]):
-                if task["state"] == "running":
-                    task = {**task, "state": "queued", "node": None,
-                            "attempts_log": log_attempt(task, "interrupted: the server stopped")}
-                    requeue.append(task)
-                job.tasks[task["id"]] = task
+            requeue = [{**task, "state": "queued", "node": None,
+                        "attempts_log": log_attempt(task, "interrupted: the server stopped")}
+                       for task in self.records.tasks(record["id"]) if task["state"] == "running"]
             if requeue:
                 self.records.save_tasks(requeue)
                 log.info("job %s: %d tasks interrupted by a restart are queued again", record["id"], len(requeue))
-            job.reindex()
-            self.jobs[record["id"]] = job
+            with self.lock:
+                self.jobs[record["id"]] = load_job(self.records, record)
         self._thread = threading.Thread(target=self._loop, name="job-scheduler", daemon=True)
         self._thread.start()
         self.wake.set()
@@ -191,27 +207,47 @@ class JobScheduler:
             log.warning("cancelling job %s task %s on node %s failed: %s", job_id, task_id, node.id, exc)
 
     def _loop(self) -> None:
+        last = 0.0
         while not self._stop.is_set():
-            self.wake.wait(self.config.tick_s)
+            woken = self.wake.wait(min(self.config.tick_s, FOLLOW_S))
             self.wake.clear()
             try:
-                self.tick()
+                changed = self._follow()
+                if woken or changed or time.monotonic() - last >= self.config.tick_s:
+                    last = time.monotonic()
+                    self.tick()
             except Exception:
                 log.exception("scheduler tick failed")
+
+    def _follow(self) -> bool:
+        """Take in the jobs other processes changed (jobs/follow.py); were there any?"""
+        changed = self.follower.poll()
+        for job_id in changed:
+            try:
+                record = self.records.get(job_id)
+            except je.NoSuchJob:
+                continue
+            with self.lock:
+                job = self.jobs.get(job_id)
+                if job is None:
+                    if record["state"] == "running":
+                        self.jobs[job_id] = load_job(self.records, record)
+                    continue
+                was, job.record = job.record["state"], record
+                if was == "running" and record["state"] == "cancelled":
+                    log.info("job %s cancelled by another process", job_id)
+                    self._cancel_tasks(job)
+        return bool(changed)
 
     # -- the API the HTTP layer uses ---------------------------------------------------
 
     def create(self, owner: str, spec: JobSpec) -> Record:
         self._check_limits(spec)
-        with self.lock:  # held across the count and the create, so two creates cannot both pass
-            limit = self.store.catalog.limits(owner).jobs
-            running = sum(1 for j in self.jobs.values()
-                          if j.record["owner"] == owner and j.record["state"] == "running")
-            if limit is not None and running >= limit:
-                raise je.QuotaExceeded(owner, "running jobs", limit)
-            record = self.records.create(owner, spec)
-            self.jobs[record["id"]] = JobState(record)
-        self.wake.set()
+        record = self.records.create(owner, spec)  # the quota is counted in its transaction
+        if self.started:
+            with self.lock:
+                self.jobs.setdefault(record["id"], JobState(record))
+            self.wake.set()
         return record
 
     def phase_defaults(self) -> dict[str, int]:
@@ -252,27 +288,30 @@ class JobScheduler:
         record = self.job(job_id, owner)
         if record["state"] != "running":
             return record
+        record = self.records.cancel(job_id)  # the job and its queued tasks, in one transaction
         with self.lock:
             job = self.jobs.get(job_id)
-            record = self.records.update_job(job_id, state="cancelled", finished=time.time(), inputs_ended=True)
-            if job is not None:
+            if job is not None and job.record["state"] == "running":
                 job.record = record
-                cancelled = []
-                for task in job.tasks.values():
-                    if task["state"] == "queued":
-                        task.update(state="cancelled", finished=time.time(),
-                                    error={"code": je.JOB_CANCELLED_ERROR, "message": "the job was cancelled",
-                                           "input": task.get("input", ""), "stderr": None, "excerpt": ""})
-                        cancelled.append(task)
-                    elif task["state"] == "running":
-                        self.cancels.get((job_id, task["id"]), threading.Event()).set()
-                        node = self._running_node(job_id, task["id"])
-                        if node is not None and node.remote:
-                            self.pool.submit(self._cancel_remote, node, job_id, task["id"])
-                job.queue.clear()
-                self.records.save_tasks(cancelled)
+                self._cancel_tasks(job)
         self.wake.set()
         return record
+
+    def _cancel_tasks(self, job: JobState) -> None:
+        """A cancelled job's tasks in this process: queued ones end, running ones are stopped."""
+        job_id = job.record["id"]
+        ended = []
+        for task_id, task in job.tasks.items():
+            if task["state"] == "queued":
+                job.tasks[task_id] = cancelled(task)
+                ended.append(job.tasks[task_id])
+            elif task["state"] == "running":
+                self.cancels.get((job_id, task_id), threading.Event()).set()
+                node = self._running_node(job_id, task_id)
+                if node is not None and node.remote:
+                    self.pool.submit(self._cancel_remote, node, job_id, task_id)
+        job.queue.clear()
+        self.records.save_if_queued(ended)  # the catalog's cancel did those it saw
 
     def tasks(self, job_id: str) -> list[Record]:
         with self.lock:
@@ -282,12 +321,15 @@ class JobScheduler:
         return self.records.tasks(job_id)
 
     def settled(self, job_id: str) -> bool:
-        """Is the job over (done or cancelled) with none of its tasks still running? Cheap:
-        the in-memory index only (a job no longer in it is over)."""
+        """Is the job over (done or cancelled) with none of its tasks still running? The
+        index answers for the jobs in it, the catalog for the others (and in a scheduler
+        that was never started)."""
         with self.lock:
             job = self.jobs.get(job_id)
-            return job is None or (job.record["state"] != "running"
-                                   and not any(t["state"] == "running" for t in job.tasks.values()))
+            if job is not None:
+                return job.record["state"] != "running" and not any(
+                    t["state"] == "running" for t in job.tasks.values())
+        return self.records.settled(job_id)
 
     # -- scheduling ---------------------------------------------------------------------
 
@@ -300,8 +342,8 @@ class JobScheduler:
                     continue
                 job.expand(self.records)
                 if job.done:
-                    job.record = self.records.update_job(job.record["id"], state="done", finished=time.time())
-                    log.info("job %s done", job.record["id"])
+                    job.record = self.records.end_job(job.record["id"], "done")  # unless cancelled meanwhile
+                    log.info("job %s %s", job.record["id"], job.record["state"])
             self._dispatch()
 
     def _placement(self, job: JobState, task: Record) -> list[tuple[int, Node]]:
@@ -380,8 +422,7 @@ class JobScheduler:
                                "stderr": None, "excerpt": ""})
             failed.append(task)
         job.queue.clear()
-        if failed:
-            self.records.save_tasks(failed)
+        self.records.save_if_queued(failed)
 
     def _start(self, job: JobState, task: Record, node: Node) -> None:
         task.update(state="running", node=node.id, started=time.time(), attempts=task["attempts"] + 1)
@@ -405,17 +446,17 @@ class JobScheduler:
     def _run(self, job: Record, task: Record, node: Node, cancel: threading.Event) -> None:
         outcome: Record | None = None
         try:
-            running = self.records.submit_tasks([task])
+            running = self.records.submit_running(task)  # not if another process cancelled it
+            running.add_done_callback(lambda written: _cancel_unless_written(written, cancel))
             outcome = run_task(self.ctx, job, task, node, self._call(job, task, node, cancel))
             if (failed := running.exception()) is not None:  # the final record was written after it
                 log.warning("job %s task %s: its running record was not written: %s",
                             job["id"], task["id"], failed)
-            if self._stop.is_set() and outcome["state"] == "cancelled" \
-                    and self.records.get(job["id"])["state"] == "running":
-                # killed because the server is stopping, not cancelled: it runs again after a restart
-                outcome = {**task, "state": "queued", "node": None,
-                           "attempts_log": log_attempt(task, "interrupted: the server stopped")}
-                self.records.save_tasks([outcome])
+            if self._stop.is_set() and outcome["state"] == "cancelled":
+                # killed because the server is stopping: it runs again after a restart, unless
+                # its job was cancelled (then it stays cancelled)
+                outcome = self.records.save_outcome({**task, "state": "queued", "node": None,
+                                                     "attempts_log": log_attempt(task, "interrupted: the server stopped")})
         except (je.NodeFailure, se.StorageError, OSError) as exc:
             log.warning("job %s task %s: node %s failed: %s", job["id"], task["id"], node.id, exc)
             node.recheck()
@@ -426,7 +467,7 @@ class JobScheduler:
                 outcome = {**task, "state": "queued", "node": None, "excluded": excluded}
             else:  # no other node to try: waiting for one would hang the job
                 outcome = self._internal_error(job, task, f"node failures: {exc}")
-            self.records.save_tasks([outcome])
+            outcome = self.records.save_outcome(outcome)  # cancelled instead if its job no longer runs
         except Exception as exc:
             log.exception("job %s task %s failed unexpectedly", job["id"], task["id"])
             outcome = self._internal_error(job, {**task, "attempts_log": log_attempt(task, "failed")}, str(exc))
@@ -450,3 +491,9 @@ class JobScheduler:
         return {**task, "state": "failed", "finished": time.time(), "outputs": [],
                 "error": {"code": je.INTERNAL_ERROR, "message": message,
                           "input": task.get("input", ""), "stderr": None, "excerpt": ""}}
+
+
+def _cancel_unless_written(written: Future[bool], cancel: threading.Event) -> None:
+    """A task whose running record was refused (another process cancelled it) is stopped."""
+    if written.exception() is None and not written.result():
+        cancel.set()
