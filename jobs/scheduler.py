@@ -278,10 +278,7 @@ class JobScheduler:
         for item in inputs:
             parse_input(item)
         record = self.records.add_inputs(job_id, inputs, end)
-        with self.lock:
-            if job_id in self.jobs:
-                self.jobs[job_id].record = record
-        self.wake.set()
+        self.wake.set()  # the loop reloads the job's record, as for another process's write
         return record
 
     def cancel(self, job_id: str, owner: str) -> Record:

@@ -11,6 +11,8 @@
     GET  /_manta/jobs/ID/outputs                                   -> {"outputs": ["bucket/key", ...]}
     GET  /_manta/jobs/ID/errors                                    -> {"errors": [...]}
 
+Any worker process serves it: its scheduler answers from the catalog when it is not the
+started one (jobs/scheduler.py), and the started one picks up the change within 0.1 s.
 An account sees only its own jobs; inputs are checked against the account when each task
 runs (an object of another account is ResourceNotFoundError, like a missing one).
 Errors use the S3 error XML (InvalidArgument for a bad spec, NoSuchJob, ...).
