@@ -6,7 +6,9 @@ place_small) and read through BlobReader, which fails over between replicas and 
 bad ones to the catalog's repair queue (never for ResourceExhausted: a shortage of file
 descriptors or memory is this process's, not a replica's). Start-up sweeps temp files,
 replays the journal of small blobs, and counts per-account usage if the catalog predates
-it. Freed blobs are deleted from every node right after the commit
+it: once per store, so `recover=False` leaves that out for the second and later processes
+over the same data dir (`manta serve --workers N`: the supervisor recovers, the workers
+do not; LMDB is multi-process safe, each process opens its own env). Freed blobs are deleted from every node right after the commit
 that freed them; crash leftovers are collected by `daemons.OrphanCollector`.
 """
 
@@ -79,7 +81,7 @@ class StoreConfig:
 
 
 class Store:
-    def __init__(self, config: StoreConfig) -> None:
+    def __init__(self, config: StoreConfig, recover: bool = True) -> None:
         config.validate()
         self.config = config
         self.copies = config.copy_count()
@@ -101,7 +103,14 @@ class Store:
             for spec in config.node_specs():
                 local = self._attach(spec)
                 self.nodes[local.id] = local
-        self.repair_wanted = threading.Event()
+        self.repair_wanted = threading.Event()  # this process's Repairer; others poll the queue
+        self.objects = ObjectStore(self.catalog)
+        self.uploads = UploadStore(self.catalog, self.objects)
+        if recover:
+            self._recover()
+
+    def _recover(self) -> None:
+        """What a start after a crash repairs, once per store and before anyone serves."""
         for local in self.local_nodes():  # a remote node sweeps its own at its start
             swept = local.sweep_temp()
             if swept:
@@ -109,8 +118,6 @@ class Store:
         recovered = self.recover_journal()
         if recovered:
             log.info("rewrote %d journalled small blobs", recovered)
-        self.objects = ObjectStore(self.catalog)
-        self.uploads = UploadStore(self.catalog, self.objects)
         if not self.catalog.usage_built():  # a catalog from before per-account usage
             self.uploads.rebuild_usage()
             log.info("counted every account's stored objects and bytes")

@@ -70,6 +70,20 @@ def terminate(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, t
             proc.wait()
 
 
+def default_workers() -> int:
+    """The fixtures' `manta serve --workers`: 1 unless MANTA_TEST_WORKERS says otherwise."""
+    return int(os.environ.get("MANTA_TEST_WORKERS") or 1)
+
+
+def alive(pid: int) -> bool:
+    """Is `pid` a process that has not exited (a zombie has)?"""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rpartition(")")[2].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
 @dataclass
 class Server:
     data_dir: str
@@ -79,6 +93,7 @@ class Server:
     proc: subprocess.Popen[bytes] | None = None
     log_path: str = ""
     scheme: str = "http"  # "https" for a server started with --tls-cert/--tls-key
+    workers: int = field(default_factory=default_workers)
 
     @property
     def url(self) -> str:
@@ -87,17 +102,23 @@ class Server:
     def start(self, timeout_s: float = 15.0) -> None:
         self.log_path = os.path.join(os.path.dirname(self.data_dir), f"server-{self.port}.log")
         log = open(self.log_path, "ab")  # noqa: SIM115
+        log_start = log.tell()
         env = {**os.environ, "MANTA_ROOT_ACCESS_KEY": ROOT_AK, "MANTA_ROOT_SECRET_KEY": ROOT_SK,
                **self.env}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "manta", "serve", "--data", self.data_dir,
-             "--listen", f"127.0.0.1:{self.port}", *self.extra_args],
+             "--listen", f"127.0.0.1:{self.port}", "--workers", str(self.workers), *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
         log.close()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited: {self.log()}")
+            if self.workers > 1:  # the supervisor listens before its workers serve
+                if "manta: ready in" in self.log(since=log_start):
+                    return
+                time.sleep(0.05)
+                continue
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
                     return
@@ -106,18 +127,37 @@ class Server:
         raise RuntimeError(f"server did not start: {self.log()}")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Stop the server (its workers too: a SIGKILLed supervisor takes them along)."""
+        workers = self.worker_pids()
         terminate(self.proc, sig)
         self.proc = None
+        deadline = time.monotonic() + 10
+        while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.02)
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
 
-    def log(self) -> str:
+    def log(self, since: int | None = None) -> str:
+        """The last 4000 characters of the log, or everything after byte offset `since`."""
         try:
-            with open(self.log_path, errors="replace") as fh:
-                return fh.read()[-4000:]
+            with open(self.log_path, "rb") as fh:
+                if since is not None:
+                    fh.seek(since)
+                    return fh.read().decode(errors="replace")
+                return fh.read().decode(errors="replace")[-4000:]
         except OSError:
             return ""
+
+    def worker_pids(self) -> list[int]:
+        """The pids of the server's worker processes (none for `--workers 1`)."""
+        if self.proc is None:
+            return []
+        try:
+            with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as fh:
+                return [int(pid) for pid in fh.read().split()]
+        except OSError:
+            return []
 
     def client(self, access_key: str = ROOT_AK, secret_key: str = ROOT_SK, **config: object) -> object:
         return boto3.client(
@@ -137,7 +177,7 @@ def traversable_dir(prefix: str) -> str:
 
 @contextlib.contextmanager
 def running_server(prefix: str = "manta-test-", **options: Any) -> Iterator[Server]:
-    """A started server (Server's `options`: env, extra_args, scheme) whose data dir task
+    """A started server (Server's `options`: env, extra_args, scheme, workers) whose data dir task
     containers can reach; stopped and removed after the block."""
     base = traversable_dir(prefix)
     srv = Server(os.path.join(base, "data"), free_port(), **options)
@@ -157,10 +197,12 @@ def server() -> Iterator[Server]:
 
 
 @pytest.fixture
-def fresh_server() -> Iterator[Server]:
-    """A server of the test's own, for tests that kill or restart it."""
+def fresh_server(request: pytest.FixtureRequest) -> Iterator[Server]:
+    """A server of the test's own, for tests that kill or restart it (not started). Its
+    `--workers` comes from an indirect parametrization (`workers`) if the test has one."""
     base = traversable_dir("manta-test-")
-    srv = Server(os.path.join(base, "data"), free_port())
+    srv = Server(os.path.join(base, "data"), free_port(),
+                 workers=getattr(request, "param", None) or default_workers())
     try:
         yield srv
     finally:

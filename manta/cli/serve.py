@@ -13,6 +13,7 @@ from manta.server.config import (
     DEFAULT_LISTEN,
     TIMINGS,
     ServerConfig,
+    default_workers,
     env_float,
     env_int,
     parse_listen,
@@ -25,6 +26,7 @@ __all__ = ["register"]
 
 def _serve(args: argparse.Namespace) -> int:
     from manta.server.frontdoor import serve
+    from manta.server.workers import supervise
     from storage.zfs import ZfsError
 
     try:
@@ -50,15 +52,21 @@ def _serve(args: argparse.Namespace) -> int:
                               head_timeout_s=env_float("MANTA_HEAD_TIMEOUT_S", 30.0),
                               idle_timeout_s=env_float("MANTA_IDLE_TIMEOUT_S", 30.0),
                               max_connections=env_int("MANTA_MAX_CONNECTIONS"),
+                              workers=args.workers if args.workers is not None else _workers_from_env(),
                               **timings)
         config.validate()
     except ValueError as exc:
         raise CliError(str(exc)) from None
     try:
-        serve(config)
+        supervise(config) if config.workers > 1 else serve(config)
     except ZfsError as exc:
         raise CliError(f"cannot prepare a ZFS node: {exc}") from None
     return 0
+
+
+def _workers_from_env() -> int:
+    given = env_int("MANTA_WORKERS")
+    return default_workers() if given is None else given
 
 
 def _cluster_secret(path: str | None) -> str:
@@ -92,7 +100,9 @@ def _node(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     """Add `serve` and `node` to the `manta` command's subparsers."""
     serve = sub.add_parser("serve", help="run the server (S3 API) with an embedded storage node",
-                           epilog="example: manta serve --data /srv/manta --listen 0.0.0.0:9000")
+                           epilog="examples: manta serve --data /srv/manta --listen 0.0.0.0:9000\n"
+                                  "          manta serve --data /srv/manta --workers 4",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     serve.add_argument("--data", default=os.environ.get("MANTA_DATA") or DEFAULT_DATA_DIR,
                        help=f"data directory (default {DEFAULT_DATA_DIR})")
     serve.add_argument("--listen", default=DEFAULT_LISTEN, help=f"HOST:PORT (default {DEFAULT_LISTEN})")
@@ -114,6 +124,9 @@ def register(sub: Any) -> None:
                        help="node URLs, one per line (with or instead of --node)")
     serve.add_argument("--cluster-secret-file", default=None, metavar="FILE",
                        help="the cluster secret that signs requests to nodes (default: MANTA_CLUSTER_SECRET)")
+    serve.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="server processes sharing the port (default: MANTA_WORKERS, else the CPU "
+                            "count); one of them runs the job scheduler and the background daemons")
     serve.set_defaults(func=_serve)
 
     node = subcommand(sub, "node", _node, "run a storage node (blobs and the task agent) for a cluster",

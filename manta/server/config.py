@@ -49,6 +49,7 @@ class ServerConfig:
     max_connections: int | None = None  # default: manta.server.protocol.default_max_connections(fd limit)
     node_urls: tuple[str, ...] = ()  # storage nodes on other hosts (`manta node`); none: nodes in this process
     cluster_secret: str | None = field(default=None, repr=False)  # signs requests to remote nodes
+    workers: int = 1  # server processes sharing the listening socket (manta.server.workers)
 
     @property
     def scheme(self) -> str:
@@ -76,6 +77,8 @@ class ServerConfig:
             raise ValueError("MANTA_MAX_CONNECTIONS must be at least 1")
         if self.nodes < 1:
             raise ValueError("--nodes must be at least 1")
+        if self.workers < 1:
+            raise ValueError("--workers must be at least 1")
         self._validate_remote()
         count = len(self.node_urls) or len(self.storage) or self.nodes
         if self.storage and self.nodes not in (1, len(self.storage)):
@@ -139,6 +142,14 @@ def parse_listen(value: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit():
         raise ValueError(f"--listen wants HOST:PORT, got {value!r}")
     return host.strip("[]"), int(port)
+
+
+def default_workers() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def env_float(name: str, default: float) -> float:

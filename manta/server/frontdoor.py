@@ -1,4 +1,7 @@
-"""Server wiring: the embedded store, root credentials, the ASGI app and uvicorn."""
+"""Server wiring: the embedded store, root credentials, the ASGI app and uvicorn.
+
+`serve` is the single-process server (`--workers 1`); manta.server.workers runs N of the
+same over one listening socket from these parts (build_app, uvicorn_config, daemons)."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from collections.abc import Awaitable, Callable
 import uvicorn
 from starlette.applications import Starlette
 from starlette.responses import Response
+from starlette.types import ASGIApp
 
 from jobs import JobScheduler, Sandbox, SandboxConfig, SchedulerConfig
 from manta.server import admin_api, jobs_api
@@ -28,7 +32,7 @@ from manta.server.s3.app import S3App
 from manta.server.s3.context import S3Request
 from manta.server.serving import serve_until_stopped
 from storage import JournalFlusher, OrphanCollector, Repairer, Store, StoreConfig
-from storage.daemons import BackgroundScrubber
+from storage.daemons import BackgroundScrubber, Daemon
 
 log = logging.getLogger("manta")
 
@@ -69,12 +73,14 @@ def store_config(config: ServerConfig) -> StoreConfig:
                        node_urls=config.node_urls, cluster_secret=config.cluster_secret)
 
 
-def build_app(config: ServerConfig, jobs: bool = True) -> tuple[Starlette, Store, JobScheduler]:
+def build_app(config: ServerConfig, jobs: bool = True,
+              recover: bool = True) -> tuple[Starlette, Store, JobScheduler]:
     """The whole server but its listener and daemons: the store, the job scheduler (not
     started) and the ASGI app. `jobs=False` leaves the sandbox out, as on a host without
-    bubblewrap (tasks cannot run): what the in-process tests of the S3 handlers use."""
+    bubblewrap (tasks cannot run): what the in-process tests of the S3 handlers use.
+    `recover=False`: another process has done the store's start-up recovery (a worker)."""
     config.validate()
-    store = Store(store_config(config))
+    store = Store(store_config(config), recover=recover)
     # tasks run on the nodes: in this process only when the nodes are
     sandbox: Sandbox | None = Sandbox(SandboxConfig()) if jobs and not config.node_urls else None
     problem = sandbox.check() if sandbox is not None else None
@@ -112,7 +118,7 @@ def _traversable(path: str) -> bool:
         path = parent
 
 
-def _raise_fd_limit() -> int:
+def raise_fd_limit() -> int:
     """Raise the soft file-descriptor limit to the hard one (as root, the hard one first, up
     to fs.nr_open) and return the limit now in force."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -130,8 +136,10 @@ def _raise_fd_limit() -> int:
     return hard
 
 
-def _connection_limits(config: ServerConfig, fd_limit: int) -> ConnectionLimits:
+def connection_limits(config: ServerConfig, fd_limit: int, quiet: bool = False) -> ConnectionLimits:
     cap = config.max_connections or default_max_connections(fd_limit)
+    if quiet:
+        return ConnectionLimits(head_timeout_s=config.head_timeout_s, max_connections=cap)
     log.info("file descriptors: %d; at most %d connections", fd_limit, cap)
     if cap > default_max_connections(fd_limit):
         log.warning("MANTA_MAX_CONNECTIONS %d leaves too few of the %d file descriptors for blob files: "
@@ -139,42 +147,63 @@ def _connection_limits(config: ServerConfig, fd_limit: int) -> ConnectionLimits:
     return ConnectionLimits(head_timeout_s=config.head_timeout_s, max_connections=cap)
 
 
-def serve(config: ServerConfig) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    started = time.monotonic()
-    limits = _connection_limits(config, _raise_fd_limit())
-    app, store, scheduler = build_app(config)
-    creds, written = ensure_root(store, config.data_dir)
-    flusher = JournalFlusher(store)
-    daemons = [flusher, OrphanCollector(store), Repairer(store), BackgroundScrubber(store)]
+def start_daemons(store: Store) -> list[Daemon]:
+    """The store's background daemons, started: one set per store (the leader's, with workers)."""
+    daemons: list[Daemon] = [JournalFlusher(store), OrphanCollector(store), Repairer(store),
+                             BackgroundScrubber(store)]
     for daemon in daemons:
         daemon.start()
-    scheduler.start()
-    server = uvicorn.Server(uvicorn.Config(
+    return daemons
+
+
+def stop_daemons(store: Store, daemons: list[Daemon]) -> None:
+    """Stop them and make the journalled small blobs durable (any process may, at its exit)."""
+    for daemon in daemons:
+        daemon.stop()
+    JournalFlusher(store).run_once()
+
+
+def uvicorn_config(app: ASGIApp, config: ServerConfig, limits: ConnectionLimits) -> uvicorn.Config:
+    return uvicorn.Config(
         app, host=config.host, port=config.port, http=protocol_for(limits), loop="uvloop",
         log_level="warning", access_log=False, server_header=False,
         ssl_certfile=config.tls_cert_file, ssl_keyfile=config.tls_key_file,
-        timeout_keep_alive=config.idle_timeout_s))  # type: ignore[arg-type]  # a float works (call_later)
+        timeout_keep_alive=config.idle_timeout_s)  # type: ignore[arg-type]  # a float works (call_later)
+
+
+def banner_lines(config: ServerConfig, store: Store, creds: Credentials, written: str | None) -> list[str]:
+    """What `manta serve` says once it listens (but the last line, `manta: ready in ...`)."""
     url = f"{config.scheme}://{config.host}:{config.port}"
     where = written or (credentials_path(config.data_dir) if read_root_credentials(config.data_dir) else None)
+    lines = [f"manta: S3 endpoint {url} (region {config.region}), data in {os.path.abspath(config.data_dir)}"]
+    for node in store.node_list():
+        lines.append(f"manta: node {node.id} {node.address} ({'up' if node.healthy() else 'DOWN'})")
+    lines.append(f"manta: {store.copies} copies of every object")
+    if where:
+        lines.append(f"manta: root credentials in {where} (the manta CLI reads them from there)")
+    else:
+        lines.append(f"manta: root access key {creds.access_key} (secret from MANTA_ROOT_SECRET_KEY)")
+    return lines
+
+
+def serve(config: ServerConfig) -> None:
+    """The single-process server: store, scheduler, daemons and uvicorn in this process."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    started = time.monotonic()
+    limits = connection_limits(config, raise_fd_limit())
+    app, store, scheduler = build_app(config)
+    creds, written = ensure_root(store, config.data_dir)
+    daemons = start_daemons(store)
+    scheduler.start()
+    server = uvicorn.Server(uvicorn_config(app, config, limits))
 
     def banner() -> str:
-        lines = [f"manta: S3 endpoint {url} (region {config.region}), data in {os.path.abspath(config.data_dir)}"]
-        for node in store.node_list():
-            lines.append(f"manta: node {node.id} {node.address} ({'up' if node.healthy() else 'DOWN'})")
-        lines.append(f"manta: {store.copies} copies of every object")
-        if where:
-            lines.append(f"manta: root credentials in {where} (the manta CLI reads them from there)")
-        else:
-            lines.append(f"manta: root access key {creds.access_key} (secret from MANTA_ROOT_SECRET_KEY)")
-        lines.append(f"manta: ready in {time.monotonic() - started:.2f}s")
-        return "\n".join(lines)
+        lines = banner_lines(config, store, creds, written)
+        return "\n".join([*lines, f"manta: ready in {time.monotonic() - started:.2f}s"])
 
     try:
         serve_until_stopped(server, banner)
     finally:
         scheduler.stop()
-        for daemon in daemons:
-            daemon.stop()
-        flusher.run_once()
+        stop_daemons(store, daemons)
         store.close()
