@@ -26,7 +26,7 @@ from xml.etree import ElementTree as ET
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.conftest import Server
+from tests.conftest import Server, running_server
 from tests.e2e.test_crash import blob_sizes, read_catalog, sign, tmp_files
 
 UNSIGNED = "UNSIGNED-PAYLOAD"
@@ -92,6 +92,25 @@ def raw_head(server: Server, method: str, target: str, headers: dict[str, str],
 
 def raw_put(server: Server, target: str, headers: dict[str, str], payload_hash: str = UNSIGNED) -> bytes:
     return raw_head(server, "PUT", target, headers, payload_hash)
+
+
+# -- the servers: the suite's, and one of `--workers 2` ---------------------------------
+
+@pytest.fixture(scope="module", params=[None, 2], ids=["default-workers", "2-workers"])
+def server(request: pytest.FixtureRequest, server: Server) -> Iterator[Server]:
+    """Every test here runs against the suite's server and again against `--workers 2`."""
+    if request.param is None:
+        yield server
+        return
+    with running_server(env={"MANTA_BODY_TIMEOUT_S": "2"}, workers=request.param) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def s3(server: Server) -> Iterator[Any]:
+    client: Any = server.client()
+    yield client
+    client.close()
 
 
 # -- the data dir ----------------------------------------------------------------------

@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass
 from xml.etree import ElementTree as ET
 
+import pytest
+
 from tests.conftest import Server
 from tests.e2e.test_nodes import read_catalog
 
@@ -99,10 +101,12 @@ def wait_closed(socks: list[socket.socket], within_s: float) -> dict[socket.sock
     return closed
 
 
-def test_flood_of_idle_and_half_head_connections(fresh_server: Server) -> None:
+@pytest.mark.parametrize("workers", [None, 2], ids=["default-workers", "2-workers"])
+def test_flood_of_idle_and_half_head_connections(fresh_server: Server, workers: int | None) -> None:
     """3x the cap of silent and half-head connections: a client on its existing keep-alive
     connection and a new client are served within 1 s, the flood is closed by the head
     deadline (half heads with 400 RequestTimeout), and nothing is queued for repair."""
+    fresh_server.workers = workers or fresh_server.workers
     s3 = start(fresh_server)
     target = presigned(fresh_server, s3, "get_object")
     existing = http.client.HTTPConnection("127.0.0.1", fresh_server.port, timeout=10)

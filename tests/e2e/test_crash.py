@@ -357,12 +357,17 @@ def verify(server: Server, bucket: str, ledger: Ledger) -> tuple[int, int]:
     return len(listed), len(orphans)
 
 
-@pytest.mark.parametrize("kill_after_s,power_cut,nodes", [(0.7, False, 1), (2.5, False, 1), (1.5, True, 1),
-                                                         (1.5, True, 3)],
-                         ids=["kill-early", "kill-late", "kill-and-lose-unsynced", "3-nodes-2-copies"])
+@pytest.mark.parametrize("kill_after_s,power_cut,nodes,workers",
+                         [(0.7, False, 1, None), (2.5, False, 1, None), (1.5, True, 1, None), (1.5, True, 3, None),
+                          (2.5, False, 1, 2), (1.5, True, 3, 2)],
+                         ids=["kill-early", "kill-late", "kill-and-lose-unsynced", "3-nodes-2-copies",
+                              "2-workers-kill-late", "2-workers-3-nodes-lose-unsynced"])
 def test_sigkill_during_uploads_loses_nothing_acknowledged(fresh_server: Server, kill_after_s: float,
-                                                          power_cut: bool, nodes: int) -> None:
+                                                          power_cut: bool, nodes: int, workers: int | None) -> None:
+    """`workers`: `manta serve --workers` (None: the fixture's); SIGKILL of the supervisor
+    takes its workers along, as a crash of the host would."""
     fresh_server.extra_args = ["--nodes", str(nodes)]
+    fresh_server.workers = workers or fresh_server.workers
     fresh_server.start()
     bucket = "crash"
     s3: Any = fresh_server.client()

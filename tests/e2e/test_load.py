@@ -176,18 +176,22 @@ def report(clients: list[Client], elapsed_s: float) -> None:
 
 
 @pytest.mark.slow
-def test_mixed_load_keeps_listing_catalog_and_blobs_consistent(fresh_server: Server) -> None:
+@pytest.mark.parametrize("workers,duration_s", [(None, DURATION_S), (2, min(DURATION_S, 10.0))],
+                         ids=["default-workers", "2-workers"])
+def test_mixed_load_keeps_listing_catalog_and_blobs_consistent(fresh_server: Server, workers: int | None,
+                                                               duration_s: float) -> None:
+    fresh_server.workers = workers or fresh_server.workers
     fresh_server.start()
     admin: Any = fresh_server.client()
     admin.create_bucket(Bucket=BUCKET)
     history = History()
     clients = [Client(i, fresh_server.client(**NO_RETRIES), history, random.Random(i)) for i in range(CLIENTS)]
     started = time.monotonic()
-    threads = [threading.Thread(target=c.run, args=(started + DURATION_S,)) for c in clients]
+    threads = [threading.Thread(target=c.run, args=(started + duration_s,)) for c in clients]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=DURATION_S + 120)
+        t.join(timeout=duration_s + 120)
         assert not t.is_alive(), "a client hung"
     report(clients, time.monotonic() - started)
     for c in clients:

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import Server, running_server
+from tests.conftest import Server, default_workers, running_server
 from tests.e2e.test_crash import sign
 
 MIB = 1024 * 1024
@@ -31,9 +31,9 @@ GETS_PER_READER = 150
 DEADLINE_S = 90.0
 
 
-@pytest.fixture
-def race_server() -> Iterator[Server]:
-    with running_server("manta-races-") as srv:
+@pytest.fixture(params=[None, 2], ids=["default-workers", "2-workers"])
+def race_server(request: pytest.FixtureRequest) -> Iterator[Server]:
+    with running_server("manta-races-", workers=request.param or default_workers()) as srv:
         yield srv
 
 

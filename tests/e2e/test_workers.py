@@ -208,20 +208,21 @@ def test_a_killed_worker_is_replaced_and_its_leadership_moves(two_workers: Serve
     errors: list[str] = []
     done = [0]
 
-    def keep_asking() -> None:
+    def keep_asking(n: int) -> None:
         client: Any = two_workers.client(**ONE_RETRY)
         i = 0
         while not stop.is_set():
             i += 1
+            key = f"t{n}-o{i % 20}"
             try:
-                client.put_object(Bucket="alive", Key=f"o{i % 20}", Body=b"x" * i)
-                assert client.get_object(Bucket="alive", Key=f"o{i % 20}")["Body"].read() == b"x" * i
+                client.put_object(Bucket="alive", Key=key, Body=b"x" * i)
+                assert client.get_object(Bucket="alive", Key=key)["Body"].read() == b"x" * i
                 done[0] += 1
             except Exception as exc:  # noqa: BLE001 - reported by the test
                 errors.append(repr(exc))
         client.close()
 
-    threads = [threading.Thread(target=keep_asking) for _ in range(3)]
+    threads = [threading.Thread(target=keep_asking, args=(n,)) for n in range(3)]
     for t in threads:
         t.start()
     try:
@@ -310,7 +311,7 @@ def test_killing_the_worker_that_runs_the_scheduler_mid_job_lets_the_job_finish(
         phase = client.api("GET", f"/_manta/jobs/{job.id}")["phases"][0]
         return bool(phase["done"] >= 1 and phase["running"] > 0)
 
-    wait_for(midway, 60, "the job to be mid-way", interval_s=0.1)
+    wait_for(midway, 30, "the job to be mid-way", interval_s=0.1)
     os.kill(leader, signal.SIGKILL)
     wait_for(lambda: [p for p in leaders(two_workers) if p != leader], 10, "a new leader")
     job.wait(timeout_s=120, progress=False)
