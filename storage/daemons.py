@@ -1,5 +1,10 @@
 """Background daemons, each a class with `run_once()` (the work) and `run_forever()`
-(the schedule), after Swift's daemons: journal flushing, orphan GC, repair."""
+(the schedule), after Swift's daemons: journal flushing, orphan GC, repair.
+
+One set runs per store, in one process (with `manta serve --workers N`, the leader's). Their
+work comes from the catalog, which every process writes: the journal, the blob records, the
+repair queue. A read in another process that queues a repair sets no event here; the
+Repairer finds it at its next round (`repair_interval_s`)."""
 
 from __future__ import annotations
 

@@ -75,6 +75,10 @@ def default_workers() -> int:
     return int(os.environ.get("MANTA_TEST_WORKERS") or 1)
 
 
+# and every other `manta serve` the suite starts (tests/netns.py, test_tls, ...) gets as many
+os.environ["MANTA_WORKERS"] = str(default_workers())
+
+
 def alive(pid: int) -> bool:
     """Is `pid` a process that has not exited (a zombie has)?"""
     try:
