@@ -281,6 +281,22 @@ def test_banner_says_two_workers_and_sigterm_stops_every_process(two_workers: Se
     again.close()
 
 
+def test_sigkill_of_the_supervisor_takes_the_workers_along(two_workers: Server) -> None:
+    two_workers.start()
+    pids = two_workers.worker_pids()
+    assert len(pids) == 2
+    assert two_workers.proc is not None
+    two_workers.proc.kill()
+    two_workers.proc.wait()
+    wait_for(lambda: not [p for p in pids if alive(p)], 5, "the workers to die with their supervisor")
+    two_workers.proc = None
+    two_workers.start()  # the crash test's restart, on the same port and data dir
+    s3: Any = two_workers.client()
+    s3.create_bucket(Bucket="after")
+    assert len(two_workers.worker_pids()) == 2
+    s3.close()
+
+
 def test_workers_must_be_at_least_one(two_workers: Server) -> None:
     two_workers.workers = 0
     with pytest.raises(RuntimeError, match="--workers must be at least 1"):
