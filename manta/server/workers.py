@@ -17,6 +17,7 @@ then the supervisor. Workers get SIGKILL if the supervisor dies (PR_SET_PDEATHSI
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -124,8 +125,13 @@ class Supervisor:
             stdin=subprocess.PIPE, pass_fds=(self.sock.fileno(), write_fd), start_new_session=True)
         os.close(write_fd)
         assert proc.stdin is not None
-        proc.stdin.write(config_to_json(self.config).encode())
-        proc.stdin.close()
+        try:
+            proc.stdin.write(config_to_json(self.config).encode())
+            proc.stdin.close()
+        except BrokenPipeError:  # killed before it read its config: watch() starts another
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+            log.warning("worker %d (pid %d) died before reading its configuration", index, proc.pid)
         return Worker(index, proc, read_fd, time.monotonic())
 
     def start_all(self) -> bool:

@@ -238,8 +238,12 @@ def test_a_killed_worker_is_replaced_and_its_leadership_moves(two_workers: Serve
         assert new_leader in replaced
         follower = next(p for p in replaced if p != new_leader)
         os.kill(follower, signal.SIGKILL)  # a follower's death moves nothing
-        wait_for(lambda: follower not in two_workers.worker_pids() and len(two_workers.worker_pids()) == 2,
-                 15, "the follower to be replaced")
+        try:
+            wait_for(lambda: follower not in two_workers.worker_pids() and len(two_workers.worker_pids()) == 2,
+                     15, "the follower to be replaced")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; workers {two_workers.worker_pids()}, supervisor alive {alive(two_workers.proc.pid) if two_workers.proc else None}\n"
+                                 f"{two_workers.log(since=0)[-4000:]}") from None
         time.sleep(1.5)
         assert leaders(two_workers) == [leader, new_leader]
         before = done[0]
