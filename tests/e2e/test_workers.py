@@ -33,6 +33,7 @@ from tests.e2e.test_jobs import upload, wait_for
 
 MIB = 1024 * 1024
 WRITERS = 6
+NEW_CONNECTION_EVERY = 10
 OPS_PER_WRITER = 60
 KEYS = [f"k{i}" for i in range(8)]
 LEADS = re.compile(r"worker (\d+) \(pid (\d+)\) leads")
@@ -63,6 +64,7 @@ class Writer:
     create and delete a shared bucket; every body written is entered in `written`."""
 
     def __init__(self, server: Server, seed: int, written: dict[str, set[str]], lock: threading.Lock) -> None:
+        self.server = server
         self.s3: Any = server.client(retries={"total_max_attempts": 1})
         self.rng = random.Random(seed)
         self.seed = seed
@@ -80,7 +82,10 @@ class Writer:
 
     def run(self) -> None:
         try:
-            for _ in range(OPS_PER_WRITER):
+            for n in range(OPS_PER_WRITER):
+                if n and n % NEW_CONNECTION_EVERY == 0:  # a new connection: the kernel may hand it to either worker
+                    self.s3.close()
+                    self.s3 = self.server.client(retries={"total_max_attempts": 1})
                 self.one(self.rng.choice(["put", "put", "put-large", "delete", "multipart", "bucket"]))
         except Exception as exc:  # noqa: BLE001 - reported by the test
             self.errors.append(repr(exc))
