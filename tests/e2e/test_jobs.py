@@ -248,9 +248,14 @@ def test_a_node_runs_at_most_its_slots_of_containers_at_once(fresh_server: Serve
     assert max(seen) == 2, seen
 
 
-def alias_mounts(server_pid: int) -> list[str]:
+def alias_mounts(server_pids: list[int]) -> list[str]:
+    """The node-root aliases that these processes (a server and its workers) mounted."""
     with open("/proc/mounts") as fh:
-        return [line.split()[1] for line in fh if f" /run/manta/{server_pid}-" in line]
+        return [line.split()[1] for line in fh if any(f" /run/manta/{pid}-" in line for pid in server_pids)]
+
+
+def server_pids(srv: Server) -> list[int]:
+    return ([srv.proc.pid] if srv.proc else []) + srv.worker_pids()
 
 
 def test_jobs_work_with_a_data_dir_the_task_user_cannot_reach() -> None:
@@ -277,19 +282,20 @@ def test_jobs_work_with_a_data_dir_the_task_user_cannot_reach() -> None:
         job = job_json(srv.url, job_id_of(result.stderr))
         tool_bytes = len(b"echo asset ran\n") * len(datas)  # each task's asset counts too
         assert job["bytes_local"] == sum(map(len, datas)) + tool_bytes and job["bytes_remote"] == 0
-        pid = srv.proc.pid if srv.proc else 0
-        aliases = alias_mounts(pid)
+        pids = server_pids(srv)
+        aliases = alias_mounts(pids)
         assert aliases, "no alias was mounted"
         srv.kill()  # a killed server leaves its alias mounted...
-        assert alias_mounts(pid) == aliases
-        srv.start()  # ...until the next start sweeps it
-        assert alias_mounts(pid) == [] and not any(os.path.exists(a) for a in aliases)
-        pid = srv.proc.pid if srv.proc else 0
+        assert alias_mounts(pids) == aliases
+        srv.start()  # ...until the next start sweeps it (with workers: once the leader is chosen)
+        wait_for(lambda: alias_mounts(pids) == [], 10, "the dead server's alias to be swept")
+        assert not any(os.path.exists(a) for a in aliases)
+        pids = server_pids(srv)
         result = manta(srv.url, "job", "create", "-o", "-m", "wc -c", names[0])
         assert result.returncode == 0 and result.stdout.strip() == str(len(datas[0])), result.stderr
-        aliases = alias_mounts(pid)
+        aliases = alias_mounts(pids)
         srv.stop()  # a stopped one unmounts its own
-        assert aliases and alias_mounts(pid) == []
+        assert aliases and alias_mounts(pids) == []
         assert not any(os.path.exists(a) for a in aliases)
     finally:
         srv.stop()
