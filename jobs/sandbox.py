@@ -366,22 +366,28 @@ class Sandbox:
         return _Host(priv, ids, shell, wrapper, min_fd, bwrap, setup_cgroups(cfg.cgroup_root), seccomp)
 
 
-def _wrapper_script(status_fd: int, limits: TaskLimits, cgroups: TaskCgroups | None) -> str:
-    cpu = limits.cpu_s or math.ceil(limits.timeout_s)
+def _cpu_s(limits: TaskLimits) -> int:
+    return limits.cpu_s or math.ceil(limits.timeout_s)
+
+
+def _wrapper_script(status_fd: int, limits: TaskLimits, cgroups: TaskCgroups | None, cpu: bool = True) -> str:
+    """`cpu` False: no RLIMIT_CPU here (a reused container's runner sets it per task)."""
     lines = ["set -e", *(f"echo $$ > {shlex.quote(p)}" for p in (cgroups.procs if cgroups else []))]
-    lines += [f"ulimit -S -t {cpu}", f"ulimit -H -t {cpu + 1}",
-              f"ulimit -f {limits.disk_mb * 2048}", "ulimit -c 0"]
+    lines += [f"ulimit -S -t {_cpu_s(limits)}", f"ulimit -H -t {_cpu_s(limits) + 1}"] if cpu else []
+    lines += [f"ulimit -f {limits.disk_mb * 2048}", "ulimit -c 0"]
     if cgroups is None:
         lines += [f"ulimit -v {limits.memory_mb * 1024}", f"ulimit -u {limits.max_procs}"]
     return "\n".join([*lines, f'exec 3>&{status_fd} {status_fd}>&- "$@"'])
 
 
-def _task_mounts(spec: TaskSpec, passwd_fd: int, group_fd: int) -> list[str]:
+def _task_mounts(spec: TaskSpec, passwd_fd: int, group_fd: int, input_link: str | None = None) -> list[str]:
     args = ["--ro-bind-data", str(passwd_fd), "/etc/passwd",
             "--ro-bind-data", str(group_fd), "/etc/group", "--proc", "/proc", "--dev", "/dev",
             "--size", str(spec.limits.disk_mb << 20), "--tmpfs", "/tmp", "--dir", "/manta"]
     if spec.input_file is not None:
         args += ["--ro-bind", spec.input_file, "/manta/input"]
+    elif input_link is not None:  # a reused container: each task's own input fd
+        args += ["--symlink", input_link, "/manta/input"]
     if spec.assets:
         args += ["--dir", "/manta/assets"]
         for path, name in spec.assets:

@@ -1,0 +1,160 @@
+"""The runner inside a reused container: takes one task after another (see jobs/warm.py).
+
+This file runs as `python3 -I -S -c <this source>` inside the container, from the host's
+read-only /usr, as the container's main process (pid 2; bwrap's init is pid 1). It imports
+nothing of ours. fd 3 is a SOCK_SEQPACKET socket to the host. It says b"ready", then for
+each message {shell, argv, env, cpu_s, input} with fds [stdin, stdout, stderr, status(, input)]:
+
+    fork -> child: fds 0,1,2,3 (+ INPUT_FD) from the message, no other fd; RLIMIT_CPU cpu_s (SIGKILL a second later); cwd /tmp; default signal
+            dispositions; execve(shell, argv, env): the same bash runner as a fresh container
+    wait for that child, then clean up: SIGKILL everything else in the pid namespace
+            (kill(-1) spares only us and pid 1) and reap it (we are the child subreaper, so
+            orphans, double forks and setsid'd daemons come back to us), until /proc shows
+            no process but pid 1 and us; empty /tmp (also what was made unreadable) and
+            restore its mode; remove SysV IPC objects left behind
+    reply {status (the child's wait status), clean}
+
+We are not dumpable, so tasks (same uid) cannot read our memory or fds through /proc or
+process_vm_readv; ptrace is refused by seccomp. A task can still kill or stop us: the host
+then sees no reply and throws the container away. A reply with clean false does the same.
+"""
+
+import ctypes
+import fcntl
+import json
+import os
+import resource
+import signal
+import socket
+import stat
+
+CONTROL_FD = 3
+INPUT_FD = 63          # /manta/input is a symlink to /proc/self/fd/63
+MAX_MESSAGE = 1 << 20
+PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER = 4, 36
+IPC_RMID = 0
+SYSV = (("shm", "shmctl"), ("msg", "msgctl"), ("sem", "semctl"))
+KILL_ROUNDS = 100
+
+
+def main() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT):  # python's own choices, not the task's
+        signal.signal(sig, signal.SIG_DFL)
+    sock = socket.socket(fileno=CONTROL_FD)
+    os.set_inheritable(CONTROL_FD, False)
+    tmp_mode = stat.S_IMODE(os.stat("/tmp").st_mode)
+    sock.send(b"ready")
+    while True:
+        data, fds = _receive(sock)
+        if not data:
+            return
+        task = json.loads(data)
+        pid = os.fork()
+        if pid == 0:
+            _child(task, fds)
+        for fd in fds:
+            os.close(fd)
+        status = _wait(pid)
+        clean = _kill_others() and _empty_tmp(tmp_mode) and _clear_sysv(libc)
+        sock.send(json.dumps({"status": status, "clean": clean}).encode())
+
+
+def _receive(sock: socket.socket) -> tuple[bytes, list[int]]:
+    fds = []
+    data, ancillary, _, _ = sock.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(8 * 4), socket.MSG_CMSG_CLOEXEC)
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds += [int.from_bytes(payload[i:i + 4], "little") for i in range(0, len(payload) - 3, 4)]
+    return data, fds
+
+
+def _child(task: dict, fds: list[int]) -> None:
+    try:
+        wanted = fds[:5] if task["input"] else fds[:4]
+        targets = [0, 1, 2, 3, INPUT_FD][:len(wanted)]
+        high = [fcntl.fcntl(fd, fcntl.F_DUPFD, INPUT_FD + 1) for fd in wanted]
+        for target, fd in zip(targets, high, strict=True):
+            os.dup2(fd, target)
+        os.closerange(4, INPUT_FD)
+        os.closerange(INPUT_FD + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+        cpu = int(task["cpu_s"])
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+        os.chdir("/tmp")
+        os.execve(task["shell"], task["argv"], task["env"])
+    finally:
+        os._exit(127)
+
+
+def _wait(pid: int) -> int:
+    while True:
+        try:
+            return os.waitpid(pid, 0)[1]
+        except InterruptedError:
+            continue
+
+
+def _kill_others() -> bool:
+    me = os.getpid()
+    for _ in range(KILL_ROUNDS):
+        try:
+            os.kill(-1, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        while True:
+            try:
+                os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+        if not [p for p in os.listdir("/proc") if p.isdigit() and int(p) not in (1, me)]:
+            return True
+    return False
+
+
+def _empty_tmp(mode: int) -> bool:
+    os.chmod("/tmp", mode | stat.S_IRWXU)
+    for _ in range(3):
+        for name in os.listdir("/tmp"):
+            _remove(os.path.join("/tmp", name))
+        if not os.listdir("/tmp"):
+            os.chmod("/tmp", mode)
+            return True
+    return False
+
+
+def _remove(path: str) -> None:
+    try:
+        info = os.lstat(path)
+        if not stat.S_ISDIR(info.st_mode):
+            os.unlink(path)
+            return
+        os.chmod(path, 0o700)
+        for name in os.listdir(path):
+            _remove(os.path.join(path, name))
+        os.rmdir(path)
+    except OSError:
+        pass
+
+
+def _clear_sysv(libc: ctypes.CDLL) -> bool:
+    left = 0
+    for kind, call in SYSV:
+        for ident in _sysv_ids(kind):
+            args = (ident, 0, IPC_RMID) if kind == "sem" else (ident, IPC_RMID, None)
+            getattr(libc, call)(*args)
+        left += len(_sysv_ids(kind))
+    return left == 0
+
+
+def _sysv_ids(kind: str) -> list[int]:
+    try:
+        with open(f"/proc/sysvipc/{kind}") as fh:
+            return [int(line.split()[1]) for line in fh.readlines()[1:] if line.strip()]
+    except OSError:
+        return []
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,396 @@
+"""Containers reused within a job phase: a task of the same job, phase, limits and assets
+that runs after another on this node takes over its container instead of starting one.
+
+A reused container is the sandbox of jobs/sandbox.py (same wrapper, cgroups, user, bwrap
+namespaces, mounts, seccomp filter) whose main process is jobs/taskrunner.py, run by the
+host's python3 from the read-only /usr. It gets one end of a SOCK_SEQPACKET socketpair as
+fd 3 and answers b"ready". Each task is one message: the shell, the same bash runner argv
+as a fresh container (init, then the pipeline), the task's env (exactly PATH, HOME, LANG
+and TaskSpec.env), its RLIMIT_CPU, and fds by SCM_RIGHTS: a fresh stdin pipe (fed by our
+thread, as in a fresh container), fresh stdout, stderr and init-status pipes, and the input
+file opened here. /manta/input is a symlink to /proc/self/fd/63, where the input fd sits,
+so `$MANTA_INPUT_FILE` (= /manta/input) and stdin are the task's own input and nothing
+else: no earlier input is bound or open anywhere in the container.
+
+    _take(key) or _start(key) --task msg + fds--> runner forks the task --> we watch its
+    pipes, the clock, cancel and the cgroup counters --> runner: task exited, killed
+    everything else, emptied /tmp, removed SysV IPC --> reply {status, clean}
+        --> all normal: _put(key) (idle, closed after idle_s)    else: close (SIGKILL)
+
+Anything abnormal throws the container away, exactly as a fresh one ends: a timeout,
+cancel, output cap, cgroup breach (memory, processes: counters are zero when a container
+is handed on, so any count is this task's), CPU or file-size signal, init failure, a runner
+that died or replied "not clean", a failed input read. Keys hold the job id and phase,
+so nothing is shared between jobs or phases. Only as root: tasks reopen their input
+through /proc/self/fd, which checks the file's mode, and input files are never the task
+user's own then. Containers are started from one long-lived thread of the pool, since
+bwrap's --die-with-parent follows the thread that forked it and a container outlives the
+task (and thread) it was started for. If a container cannot be started or handed a task,
+the task runs in a fresh one (Sandbox.run).
+"""
+
+from __future__ import annotations
+
+import array
+import concurrent.futures as cf
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import selectors
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Hashable
+from pathlib import Path
+
+from jobs.cgroups import TaskCgroups
+from jobs.sandbox import (
+    CHUNK,
+    GROUP,
+    HOST_PATH,
+    PASSWD,
+    RUNNER,
+    TICK_S,
+    TRUNCATED,
+    Sandbox,
+    SandboxError,
+    TaskLimits,
+    TaskResult,
+    TaskSpec,
+    _classify,
+    _cpu_s,
+    _env_args,
+    _feed,
+    _kill,
+    _memfd,
+    _moved,
+    _task_mounts,
+    _wrapper_script,
+)
+
+__all__ = ["WarmPool"]
+
+log = logging.getLogger(__name__)
+
+PYTHON = "/usr/bin/python3"
+INPUT_LINK = "/proc/self/fd/63"  # taskrunner.INPUT_FD
+START_TIMEOUT_S = 10.0
+REPLY_GRACE_S = 2.0
+Key = tuple[Hashable, TaskLimits, tuple[tuple[str, str], ...], bool]
+
+
+class _Broken(Exception):
+    """The container cannot take the task; nothing of the task started."""
+
+
+@dataclasses.dataclass
+class _Container:
+    key: Key
+    proc: subprocess.Popen[bytes]
+    sock: socket.socket
+    cgroups: TaskCgroups | None
+    idle_since: float = 0.0
+    tasks: int = 0
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            _kill(self.proc, self.cgroups)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=1)
+            _kill(self.proc, self.cgroups, force=True)
+        self.proc.wait()
+        self.sock.close()
+        if self.cgroups is not None:
+            self.cgroups.remove()
+
+
+class WarmPool:
+    """Idle containers by key, handed to the next task of the same key on this node."""
+
+    def __init__(self, sandbox: Sandbox, idle_s: float = 2.0, max_idle: int = 64) -> None:
+        self.sandbox = sandbox
+        self.idle_s = idle_s
+        self.max_idle = max_idle
+        self.started = 0  # containers started, for tests and the benchmark
+        self._lock = threading.Lock()
+        self._idle: dict[Key, list[_Container]] = {}
+        self._closed = threading.Event()
+        self._spawner = cf.ThreadPoolExecutor(1, thread_name_prefix="manta-warm")
+        self._reaper: threading.Thread | None = None
+        self._source: str | None = None
+
+    def usable(self) -> bool:
+        try:
+            host = self.sandbox._prepare()
+        except SandboxError:
+            return False
+        return host.ids is not None and host.shell == "/bin/bash" and os.access(PYTHON, os.X_OK) \
+            and "/usr" in self.sandbox.config.ro_paths and not self._closed.is_set()
+
+    def run(self, phase: Hashable, spec: TaskSpec, stdout: Callable[[bytes], None],
+            cancel: threading.Event | None = None) -> TaskResult:
+        """Run `spec` like Sandbox.run, in a container kept for tasks of the same `phase`
+        (e.g. (job id, phase number)) with the same limits and assets."""
+        if not self.usable():
+            return self.sandbox.run(spec, stdout, cancel)
+        key: Key = (phase, spec.limits, tuple(spec.assets), spec.input_file is not None)
+        container = self._take(key)
+        if container is None:
+            container = self._start(key, spec)
+            if container is None:
+                return self.sandbox.run(spec, stdout, cancel)
+        try:
+            result, reusable = self._run_in(container, spec, stdout, cancel)
+        except _Broken as exc:
+            log.info("a reused container could not take a task (%s); a fresh one does", exc)
+            container.close()
+            return self.sandbox.run(spec, stdout, cancel)
+        except BaseException:
+            container.close()
+            raise
+        if reusable:
+            self._put(container)
+        else:
+            container.close()
+        return result
+
+    def idle(self) -> int:
+        with self._lock:
+            return self._count_idle()
+
+    def close(self) -> None:
+        self._closed.set()
+        with self._lock:
+            idle, self._idle = [c for v in self._idle.values() for c in v], {}
+        for container in idle:
+            container.close()
+        self._spawner.shutdown(wait=True)
+
+    # -- the pool -------------------------------------------------------------------------
+
+    def _take(self, key: Key) -> _Container | None:
+        with self._lock:
+            found = self._idle.get(key) or []
+            while found:
+                container = found.pop()
+                if container.alive():
+                    return container
+                container.close()
+        return None
+
+    def _put(self, container: _Container) -> None:
+        container.idle_since = time.monotonic()
+        with self._lock:
+            if not self._closed.is_set() and self._count_idle() < self.max_idle:
+                self._idle.setdefault(container.key, []).append(container)
+                if self._reaper is None:
+                    self._reaper = threading.Thread(target=self._reap_forever, daemon=True,
+                                                    name="manta-warm-reaper")
+                    self._reaper.start()
+                return
+        container.close()
+
+    def _count_idle(self) -> int:
+        return sum(len(v) for v in self._idle.values())
+
+    def _reap_forever(self) -> None:
+        while not self._closed.wait(max(0.05, self.idle_s / 4)):
+            now, old = time.monotonic(), []
+            with self._lock:
+                for key, containers in list(self._idle.items()):
+                    keep = [c for c in containers if now - c.idle_since < self.idle_s and c.alive()]
+                    old += [c for c in containers if c not in keep]
+                    if keep:
+                        self._idle[key] = keep
+                    else:
+                        del self._idle[key]
+            for container in old:
+                container.close()
+
+    # -- one container ----------------------------------------------------------------------
+
+    def _start(self, key: Key, spec: TaskSpec) -> _Container | None:
+        host = self.sandbox._prepare()
+        if self._source is None:
+            self._source = Path(__file__).with_name("taskrunner.py").read_text()
+        limits = spec.limits
+        fds: list[int] = []
+        cgroups: TaskCgroups | None = None
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            if host.cgroups:
+                cgroups = TaskCgroups(self.sandbox.config.cgroup_root, host.cgroups, limits.memory_mb,
+                                      limits.max_procs)
+            fds.append(_moved(theirs.detach(), host.min_fd))
+            for data in (PASSWD, GROUP, host.seccomp):
+                if data is not None:
+                    fds.append(_moved(_memfd(data), host.min_fd))
+            seccomp = ["--seccomp", str(fds[3])] if host.seccomp is not None else []
+            mounts = _task_mounts(dataclasses.replace(spec, input_file=None), fds[1], fds[2],
+                                  INPUT_LINK if key[3] else None)
+            argv = [*host.wrapper, _wrapper_script(fds[0], limits, cgroups, cpu=False), "manta-sandbox",
+                    *host.priv, *host.bwrap, *mounts, *seccomp, *_env_args({}),
+                    "--", PYTHON, "-I", "-S", "-c", self._source]
+            proc = self._spawner.submit(
+                subprocess.Popen, argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, pass_fds=fds, start_new_session=True,
+                env={"PATH": HOST_PATH, "LANG": "C.UTF-8"}, cwd="/").result()
+        except (OSError, RuntimeError, ValueError) as exc:
+            log.warning("cannot start a reusable container: %s", exc)
+            ours.close()
+            if cgroups is not None:
+                cgroups.remove()
+            return None
+        finally:
+            theirs.close()
+            for fd in fds:
+                os.close(fd)
+        container = _Container(key, proc, ours, cgroups)
+        ours.settimeout(START_TIMEOUT_S)
+        try:
+            ready = ours.recv(64)
+        except OSError:
+            ready = b""
+        ours.settimeout(None)
+        if ready != b"ready":
+            log.warning("a reusable container did not start; tasks run in fresh ones")
+            container.close()
+            return None
+        self.started += 1
+        return container
+
+    def _run_in(self, container: _Container, spec: TaskSpec, stdout: Callable[[bytes], None],
+                cancel: threading.Event | None) -> tuple[TaskResult, bool]:
+        host = self.sandbox._prepare()
+        for _, name in spec.assets:
+            if not name or "/" in name or name in (".", ".."):
+                raise ValueError(f"bad asset name: {name!r}")
+        env_args = _env_args(spec.env)
+        message = json.dumps({
+            "shell": host.shell, "env": dict(zip(env_args[2::3], env_args[3::3], strict=True)),
+            "argv": [host.shell, "-c", RUNNER.format(shell=host.shell), "manta-task", spec.init or "",
+                     spec.exec],
+            "cpu_s": _cpu_s(spec.limits), "input": spec.input_file is not None}).encode()
+        theirs: list[int] = []
+        ours: list[int] = []
+        inputs = []
+        try:
+            try:
+                for path in spec.stdin_paths:
+                    inputs.append(open(path, "rb"))  # noqa: SIM115 (closed by _feed)
+                input_fd = os.open(spec.input_file, os.O_RDONLY | os.O_CLOEXEC) if spec.input_file else -1
+            except OSError as exc:
+                raise SandboxError(f"cannot open the task's input: {exc}") from exc
+            pipes = [os.pipe2(os.O_CLOEXEC) for _ in range(4)]  # stdin, stdout, stderr, status
+            theirs = [pipes[0][0], pipes[1][1], pipes[2][1], pipes[3][1]]
+            ours = [pipes[0][1], pipes[1][0], pipes[2][0], pipes[3][0]]
+            if input_fd >= 0:
+                theirs.append(input_fd)
+            try:
+                container.sock.sendmsg([message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                                    array.array("i", theirs))])
+            except OSError as exc:
+                raise _Broken(str(exc)) from exc
+            start = time.monotonic()
+            for fd in theirs:
+                os.close(fd)
+            theirs = []
+            feed_error: list[OSError] = []
+            stdin_w = os.fdopen(ours.pop(0), "wb")
+            threading.Thread(target=_feed, args=(inputs, stdin_w, feed_error), daemon=True).start()
+            inputs = []
+            container.tasks += 1
+            return self._watch(container, spec, stdout, cancel, ours, feed_error, start)
+        finally:
+            for fd in theirs + ours:
+                os.close(fd)
+            for fh in inputs:
+                fh.close()
+
+    def _watch(self, container: _Container, spec: TaskSpec, stdout: Callable[[bytes], None],
+               cancel: threading.Event | None, fds: list[int], feed_error: list[OSError],
+               start: float) -> tuple[TaskResult, bool]:
+        limits, cap, cgroups = spec.limits, self.sandbox.config.stderr_cap_bytes, container.cgroups
+        out_fd, err_fd, status_r = fds
+        sock_fd = container.sock.fileno()
+        sel = selectors.DefaultSelector()
+        for fd in (out_fd, err_fd, status_r, sock_fd):
+            sel.register(fd, selectors.EVENT_READ)
+        killed: str | None = None
+        killed_at = replied_at = 0.0
+        sent = err_total = 0
+        err_head, status = bytearray(), bytearray()
+        reply: dict | None = None
+        while sel.get_map():
+            now = time.monotonic()
+            if killed is None and reply is None:
+                if cancel is not None and cancel.is_set():
+                    killed = "cancelled"
+                elif now - start >= limits.timeout_s:
+                    killed = "timeout"
+                elif cgroups is not None:
+                    killed = cgroups.breach()
+            if (killed or feed_error) and not killed_at:
+                killed_at = now
+                _kill(container.proc, cgroups)
+            elif killed_at and now - killed_at > 1.0:
+                _kill(container.proc, cgroups, force=True)
+            if (replied_at and now - replied_at > REPLY_GRACE_S) or (killed_at and now - killed_at > 10.0):
+                log.warning("task pipes still open after the task ended; not waiting for them")
+                killed_at = killed_at or now
+                break
+            wait = TICK_S if killed else min(TICK_S, start + limits.timeout_s - now)
+            for key, _ in sel.select(timeout=max(0.0, wait)):
+                if key.fd == sock_fd:
+                    data = container.sock.recv(4096)
+                    sel.unregister(sock_fd)
+                    if data:
+                        reply, replied_at = json.loads(data), time.monotonic()
+                    continue
+                data = os.read(key.fd, CHUNK)
+                if not data:
+                    sel.unregister(key.fd)
+                elif key.fd == out_fd and killed is None:
+                    room = limits.max_output_bytes - sent
+                    if room > 0:
+                        stdout(data[:room])
+                        sent += min(room, len(data))
+                    if len(data) > room:
+                        killed, killed_at = "output", time.monotonic()
+                        _kill(container.proc, cgroups)
+                elif key.fd == err_fd:
+                    err_total += len(data)
+                    err_head += data[: max(0, cap - len(err_head))]
+                elif key.fd == status_r:
+                    status += data
+        sel.close()
+        duration = time.monotonic() - start
+        if feed_error:
+            raise SandboxError(f"reading the task's input failed: {feed_error[0]}") from feed_error[0]
+        stderr = bytes(err_head)
+        if err_total > len(err_head):
+            stderr = stderr[: cap - len(TRUNCATED)] + TRUNCATED
+        if reply is not None and not killed_at:
+            raw = int(reply["status"])
+            rc = os.waitstatus_to_exitcode(raw)
+        else:  # killed, or the runner died: the container's own status, as a fresh one reports it
+            if container.proc.poll() is None:
+                _kill(container.proc, cgroups)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                container.proc.wait(timeout=2)
+            _kill(container.proc, cgroups, force=True)
+            rc = container.proc.wait()
+        exit_code, sig = (None, -rc) if rc < 0 else (None, rc - 128) if 128 < rc <= 192 else (rc, None)
+        killed = killed or _classify(exit_code, sig, cgroups, stderr)
+        init_failed = killed is None and status != b"ok\n"
+        result = TaskResult(exit_code=exit_code, signal=sig, killed=killed, init_failed=init_failed,
+                            stdout_bytes=sent, stderr=stderr, duration_s=duration)
+        reusable = (reply is not None and bool(reply.get("clean")) and not killed_at and killed is None
+                    and not init_failed and container.alive())
+        return result, reusable
