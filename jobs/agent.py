@@ -47,6 +47,7 @@ from jobs import errors as je
 from jobs.admission import Admission, default_budget_mb
 from jobs.reach import TaskRoots
 from jobs.sandbox import Sandbox, SandboxError, TaskLimits, TaskResult, TaskSpec
+from jobs.warm import WarmPool
 from storage import LocalNode, Node
 from storage import errors as se
 from storage.nodeapi import BLOCK
@@ -107,6 +108,8 @@ class TaskAgent:
         self._peers: dict[str, Node] = {}
         self._running: dict[tuple[str, str], threading.Event] = {}
         self._early: dict[tuple[str, str], float] = {}
+        reuse_s = sandbox.config.reuse_idle_s if sandbox is not None else 0
+        self.warm = WarmPool(sandbox, reuse_s, max_idle=slots) if sandbox is not None and reuse_s > 0 else None
 
     # -- the node API ------------------------------------------------------------------
 
@@ -147,6 +150,8 @@ class TaskAgent:
             self._early[key] = now
 
     def close(self) -> None:
+        if self.warm is not None:
+            self.warm.close()
         with self._lock:
             if self._own_roots and self._roots is not None:
                 self._roots.close()
@@ -211,7 +216,10 @@ class TaskAgent:
                     outputs.abort()
                     return task.outcome(killed="cancelled")
                 try:
-                    result = self.sandbox.run(spec, outputs.write, cancel)
+                    if self.warm is not None:  # tasks of one job phase one after another share a container
+                        result = self.warm.run((req["job"], req["phase"]), spec, outputs.write, cancel)
+                    else:
+                        result = self.sandbox.run(spec, outputs.write, cancel)
                 except SandboxError as exc:  # could not start, or an input failed to read: the node's fault
                     raise je.NodeFailure(f"sandbox: {exc}") from exc
             if result.init_failed and result.stderr.startswith(b"bwrap: "):  # e.g. a bind source it cannot reach

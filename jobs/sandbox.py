@@ -103,6 +103,7 @@ class SandboxConfig:
     cgroup_root: str = "/sys/fs/cgroup"
     stderr_cap_bytes: int = 64 * 1024
     seccomp: bool = True   # the filter of jobs/seccomp.py; off only to show what it changes
+    reuse_idle_s: float = 2.0  # a job phase's tasks on a node share containers (jobs/warm.py); 0: never
     ro_paths: tuple[str, ...] = (
         "/usr", "/etc/alternatives", "/etc/ld.so.cache", "/etc/ssl", "/etc/ca-certificates",
         "/etc/localtime", "/etc/mime.types", "/etc/python3*")
@@ -110,6 +111,8 @@ class SandboxConfig:
     def __post_init__(self) -> None:
         if self.user in ("", "root"):
             raise ValueError("the sandbox user must be an unprivileged user")
+        if self.reuse_idle_s < 0:
+            raise ValueError("reuse_idle_s must not be negative")
         if self.stderr_cap_bytes < 2 * len(TRUNCATED):
             raise ValueError("stderr_cap_bytes is too small")
         for path in self.ro_paths:

@@ -63,10 +63,22 @@ def nodes() -> Iterator[list[LocalNode]]:
     shutil.rmtree(base, ignore_errors=True)
 
 
+_AGENTS: list[TaskAgent] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_agents() -> Iterator[None]:
+    yield
+    while _AGENTS:
+        _AGENTS.pop().close()  # and their idle reusable containers
+
+
 def agent_for(node: LocalNode, nodes: list[LocalNode], sandbox: Sandbox, **options: Any) -> TaskAgent:
     by_id = {n.id: n for n in nodes}
-    return TaskAgent(node, sandbox, None, slots=2, memory_budget_mb=1024,
-                     peer=lambda node_id, url: by_id[node_id], **options)
+    agent = TaskAgent(node, sandbox, None, slots=2, memory_budget_mb=1024,
+                      peer=lambda node_id, url: by_id[node_id], **options)
+    _AGENTS.append(agent)
+    return agent
 
 
 def put_blob(data: bytes, *holders: LocalNode) -> BlobMeta:
@@ -262,5 +274,7 @@ def test_the_scheduler_retries_a_node_failure_on_another_holder(sandbox: Sandbox
             assert (task["bytes_local"], task["bytes_remote"]) == (size, 0), task
     finally:
         scheduler.stop()
+        for agent in scheduler.agents.values():
+            agent.close()
         store.close()
         shutil.rmtree(base, ignore_errors=True)
