@@ -21,6 +21,9 @@ Docker's default profiles do). Refused with EPERM (`REFUSED`):
     kexec_load kexec_file_load init_module finit_module delete_module acct swapon swapoff
     reboot settimeofday clock_settime
                                       host administration: need capabilities a task never has
+    mq_open                           POSIX message queues: they outlive their processes in
+                                      the IPC namespace and cannot be listed without a mount,
+                                      so a reused container (jobs/warm.py) could not clear them
     personality with ADDR_NO_RANDOMIZE  turning ASLR off; the query personality(0xffffffff)
                                       and plain PER_LINUX still work
     clone with a CLONE_NEW* flag      a new namespace through the back door of clone (fork,
@@ -75,6 +78,7 @@ REFUSED = (
     "fspick", "mount_setattr", "unshare", "setns",
     "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module", "acct",
     "swapon", "swapoff", "reboot", "settimeofday", "clock_settime",
+    "mq_open",
 )
 
 

@@ -40,7 +40,7 @@ NR = {
     "kexec_load": (246, 104), "kexec_file_load": (320, 294), "init_module": (175, 105),
     "finit_module": (313, 273), "delete_module": (176, 106), "acct": (163, 89), "swapon": (167, 224),
     "swapoff": (168, 225), "reboot": (169, 142), "settimeofday": (164, 170),
-    "clock_settime": (227, 112), "personality": (135, 92), "clone": (56, 220), "clone3": (435, 435),
+    "clock_settime": (227, 112), "mq_open": (240, 180), "personality": (135, 92), "clone": (56, 220), "clone3": (435, 435),
     "getpid": (39, 172),
 }
 SIGCHLD = 17
@@ -80,6 +80,7 @@ CALLS = {
     "reboot": ("reboot", "L(0), L(0), L(0), None"),
     "settimeofday": ("settimeofday", "None, None"),
     "clock_settime": ("clock_settime", "L(0), None"),
+    "mq_open": ("mq_open", "b'manta-probe', L(0o102), L(0o600), None"),  # O_CREAT | O_RDWR
     "personality-ADDR_NO_RANDOMIZE": ("personality", "L(0x0040000)"),
     "personality-all-but-query": ("personality", "L(0xfffffffe)"),  # sets ADDR_NO_RANDOMIZE too
     **{f"clone-{name}": ("clone", f"L({flag | SIGCHLD}), None, None, None, None")
@@ -87,7 +88,7 @@ CALLS = {
 }
 # what an unprivileged task could do without the filter: each succeeds there (rc >= 0)
 ALLOWED_WITHOUT_FILTER = ["keyctl", "add_key", "perf_event_open", "userfaultfd", "io_uring_setup",
-                          "ptrace", "open_tree", "personality-ADDR_NO_RANDOMIZE"]
+                          "ptrace", "open_tree", "personality-ADDR_NO_RANDOMIZE", "mq_open"]
 
 # prints "<return value> <errno>" for the system call NR(ARGS) given as argv[1] and argv[2]
 PROBE = """

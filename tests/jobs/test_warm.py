@@ -1,0 +1,224 @@
+"""Reused containers (jobs/warm.py, jobs/taskrunner.py): tasks of one job phase share a
+container, and still none sees another's input, files, processes, IPC objects or env;
+limits hold per task, and anything abnormal costs only a fresh container.
+
+`pool.started` counts containers started: unchanged across two tasks means the second ran
+in the first's container.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Hashable, Iterator
+
+import pytest
+
+from jobs.sandbox import Sandbox, TaskLimits, TaskResult, TaskSpec
+from jobs.warm import WarmPool
+from tests.conftest import require
+from tests.jobs.test_sandbox import assert_machine_fine, put
+
+pytestmark = pytest.mark.sandbox
+
+PHASE = ("job-1", 0)
+ENV = {"MANTA_JOB_ID": "job-1", "MANTA_PHASE": "0", "MANTA_INPUT_FILE": "/manta/input"}
+PROCS = 'for p in /proc/[0-9]*; do [ "${p#/proc/}" = "$BASHPID" ] || tr "\\0" " " < $p/cmdline; echo; done'
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Sandbox:
+    require(os.path.exists("/usr/bin/bwrap"), "bubblewrap is not installed")
+    require(os.geteuid() == 0, "reused containers need root (tasks run as another user)")
+    sb = Sandbox()
+    reason = sb.check()
+    require(reason is None, f"the sandbox cannot run here: {reason}")
+    return sb
+
+
+@pytest.fixture
+def pool(sandbox: Sandbox) -> Iterator[WarmPool]:
+    warm = WarmPool(sandbox, idle_s=60)
+    require(warm.usable(), "reused containers are not usable here (python3 in /usr, bash, root)")
+    yield warm
+    warm.close()
+    assert_machine_fine(sandbox)
+
+
+@pytest.fixture
+def data_dir() -> Iterator[str]:
+    path = tempfile.mkdtemp(prefix="manta-warm-test-")
+    os.chmod(path, 0o711)
+    yield path
+    shutil.rmtree(path)
+
+
+def run(pool: WarmPool, exec: str, phase: Hashable = PHASE, input: str | None = None,
+        cancel: threading.Event | None = None, **spec: object) -> tuple[TaskResult, str]:
+    out: list[bytes] = []
+    spec.setdefault("env", dict(ENV))
+    stdin = [input] if input else []
+    task = TaskSpec(exec=exec, stdin_paths=stdin, input_file=input, **spec)  # type: ignore[arg-type]
+    result = pool.run(phase, task, out.append, cancel)
+    return result, b"".join(out).decode(errors="replace")
+
+
+def test_tasks_of_a_phase_share_one_container_each_with_its_own_input(pool: WarmPool, data_dir: str) -> None:
+    for i in range(3):
+        path = put(data_dir, f"in{i}", f"input {i}\n".encode())
+        result, out = run(pool, 'cat; cat "$MANTA_INPUT_FILE"; cat /manta/input; echo "$MANTA_JOB_ID"', input=path)
+        assert result.ok, result
+        assert out == f"input {i}\n" * 3 + "job-1\n"
+    assert pool.started == 1
+
+
+def test_a_task_cannot_reach_an_earlier_tasks_input(pool: WarmPool, data_dir: str) -> None:
+    """Task 1 even keeps its input open in a process it leaves behind."""
+    first = put(data_dir, "first", b"SECRET-ONE\n")
+    result, _ = run(pool, '(exec 7<"$MANTA_INPUT_FILE"; exec sleep 100) & cat >/dev/null', input=first)
+    assert result.ok, result
+    second = put(data_dir, "second", b"two\n")
+    look = f"""cat; cat "$MANTA_INPUT_FILE"
+        for f in /proc/[0-9]*/fd/*; do readlink "$f"; [ -f "$f" ] && cat "$f" 2>/dev/null; done
+        cat {first} 2>/dev/null || echo no-path; grep -rs SECRET-ONE /tmp /manta /dev/shm || echo no-grep"""
+    result, out = run(pool, look, input=second)
+    assert result.ok and pool.started == 1, result
+    assert "SECRET-ONE" not in out and first not in out and "first" not in out, out
+    assert out.startswith("two\ntwo\n") and "no-path" in out and "no-grep" in out, out
+
+
+def test_files_left_in_tmp_and_home_are_gone(pool: WarmPool) -> None:
+    _, mode = run(pool, "stat -c %a /tmp")
+    left = """echo x > /tmp/a; echo y > "$HOME/.hidden"; mkdir -p /tmp/.d/e; echo z > /tmp/.d/e/f
+              mkfifo /tmp/fifo; ln -s /etc/passwd /tmp/link; chmod 000 /tmp/.d/e /tmp/.d; chmod 500 /tmp"""
+    assert run(pool, left)[0].ok
+    result, out = run(pool, 'ls -A /tmp; ls -A "$HOME"; stat -c %a /tmp; pwd')
+    assert result.ok and pool.started == 1, result
+    assert out == mode + "/tmp\n", out  # nothing listed, /tmp's mode as before
+
+
+@pytest.mark.parametrize("leave", [
+    "(sleep 100 &)",
+    "nohup sleep 100 >/dev/null 2>&1 &",
+    "setsid sleep 100 &",
+    "( (sleep 100 & ) & ); sleep 0.1",
+    "trap '' TERM HUP; (trap '' TERM HUP INT; exec sleep 100) &",
+])
+def test_processes_left_behind_are_gone_before_the_next_task(pool: WarmPool, leave: str) -> None:
+    assert run(pool, leave)[0].ok
+    result, out = run(pool, PROCS)
+    assert result.ok and pool.started == 1, result
+    assert "sleep" not in out, out
+
+
+def test_a_process_left_behind_cannot_write_into_the_next_tasks_output(pool: WarmPool) -> None:
+    writer = "(while :; do for f in /proc/[0-9]*/fd/1; do echo LEAK > $f; done 2>/dev/null; sleep 0.01; done) &"
+    assert run(pool, writer + " sleep 0.2")[0].ok
+    result, out = run(pool, "sleep 0.5; echo clean")
+    assert result.ok and pool.started == 1, result
+    assert out == "clean\n"
+
+
+def test_sysv_ipc_and_abstract_sockets_do_not_survive(pool: WarmPool) -> None:
+    make = """python3 - <<'EOF'
+import ctypes, os, socket, time
+libc = ctypes.CDLL(None)
+assert libc.shmget(0x4D41, 4096, 0o1666) >= 0 and libc.msgget(0x4D42, 0o1666) >= 0
+assert libc.semget(0x4D43, 1, 0o1666) >= 0
+if os.fork() == 0:
+    s = socket.socket(socket.AF_UNIX); s.bind(b"\\0manta-leak"); s.listen(); time.sleep(100)
+time.sleep(0.2)
+EOF
+cat /proc/sysvipc/shm /proc/sysvipc/msg /proc/sysvipc/sem | wc -l; grep -c manta-leak /proc/net/unix"""
+    result, out = run(pool, make)
+    assert result.ok and out == "6\n1\n", (result, out)
+    check = """cat /proc/sysvipc/shm /proc/sysvipc/msg /proc/sysvipc/sem | wc -l; grep -c manta-leak /proc/net/unix
+               python3 -c 'import socket; socket.socket(socket.AF_UNIX).connect(b"\\0manta-leak")' 2>&1 | tail -1"""
+    result, out = run(pool, check)
+    assert pool.started == 1, result
+    assert out.startswith("3\n0\n") and "ConnectionRefusedError" in out, out
+
+
+def test_posix_message_queues_are_refused(pool: WarmPool) -> None:
+    """They live in the IPC namespace and cannot be listed without mounting mqueue, so no
+    runner could clear them between tasks: the seccomp filter refuses mq_open."""
+    probe = "python3 -c 'import ctypes; print(ctypes.CDLL(None, use_errno=True).mq_open(b\"/q\", 0o102, 0o600, None), ctypes.get_errno())'"
+    result, out = run(pool, probe)
+    assert result.ok and out == "-1 1\n", out
+
+
+def test_env_of_one_task_is_not_in_the_next(pool: WarmPool) -> None:
+    assert run(pool, "export LEAKED=1; echo $TASK_SECRET", env={**ENV, "TASK_SECRET": "s1"})[1] == "s1\n"
+    result, out = run(pool, "env")
+    assert result.ok and pool.started == 1, result
+    assert "TASK_SECRET" not in out and "LEAKED" not in out and "MANTA_JOB_ID=job-1" in out, out
+
+
+LIMITED = [
+    ("timeout", "while :; do :; done", TaskLimits(timeout_s=1, cpu_s=60)),
+    ("cpu", "while :; do :; done", TaskLimits(cpu_s=1, timeout_s=20)),
+    ("memory", "python3 -c 'b = b\"x\" * (512 << 20)'; sleep 30", TaskLimits(memory_mb=64, timeout_s=30)),
+    ("processes", ":(){ :|:& };:; sleep 30", TaskLimits(max_procs=64, timeout_s=30)),
+    ("disk", "head -c 100M /dev/zero > /tmp/big", TaskLimits(disk_mb=16, timeout_s=20)),
+    ("output", "yes", TaskLimits(max_output_bytes=1 << 20)),
+]
+
+
+@pytest.mark.parametrize(("limit", "exec", "limits"), LIMITED, ids=[x[0] for x in LIMITED])
+def test_limits_hold_in_a_reused_container_and_cost_a_fresh_one(pool: WarmPool, limit: str, exec: str,
+                                                                limits: TaskLimits) -> None:
+    assert run(pool, "true", limits=limits)[0].ok
+    result, _ = run(pool, exec, limits=limits)  # in the container `true` used
+    assert result.killed == limit and pool.started == 1, result
+    result, out = run(pool, "echo fine", limits=limits)
+    assert result.ok and out == "fine\n" and pool.started == 2, result
+
+
+def test_cancel_and_init_failure_cost_a_fresh_container(pool: WarmPool) -> None:
+    cancel = threading.Event()
+    threading.Timer(0.3, cancel.set).start()
+    result, _ = run(pool, "sleep 30", cancel=cancel)
+    assert result.killed == "cancelled", result
+    result, _ = run(pool, "echo never", init="false")
+    assert result.init_failed and pool.started == 2, result
+    result, out = run(pool, "echo fine", init="touch /tmp/init-ran")
+    assert result.ok and out == "fine\n" and pool.started == 3, result
+
+
+@pytest.mark.parametrize("attack", ["kill -9 $PPID; sleep 1", "kill -STOP $PPID"])
+def test_a_task_that_breaks_the_runner_costs_only_a_fresh_container(pool: WarmPool, attack: str) -> None:
+    assert run(pool, "true", limits=TaskLimits(timeout_s=2))[0].ok
+    result, _ = run(pool, attack, limits=TaskLimits(timeout_s=2))
+    assert not result.ok and pool.started == 1, result
+    result, out = run(pool, "echo fine", limits=TaskLimits(timeout_s=2))
+    assert result.ok and out == "fine\n" and pool.started == 2, result
+
+
+def test_the_runner_is_not_readable_by_tasks(pool: WarmPool) -> None:
+    result, out = run(pool, "ls /proc/$PPID/fd 2>&1 | head -1; head -c 1 /proc/$PPID/mem 2>&1 | head -1; unshare -U true 2>&1; true")
+    assert result.ok and pool.started == 1, result
+    assert out.count("Permission denied") == 2 and "Operation not permitted" in out, out  # and seccomp applies
+
+
+def test_nothing_is_shared_between_jobs_phases_or_limits(pool: WarmPool) -> None:
+    assert run(pool, "echo x > /tmp/keep")[0].ok
+    for n, (phase, limits) in enumerate([(("job-2", 0), TaskLimits()), (("job-1", 1), TaskLimits()),
+                                         (PHASE, TaskLimits(disk_mb=32))], start=2):
+        result, out = run(pool, "ls /tmp", phase=phase, limits=limits)
+        assert result.ok and out == "" and pool.started == n, (phase, limits)
+
+
+def test_idle_containers_are_closed(sandbox: Sandbox) -> None:
+    warm = WarmPool(sandbox, idle_s=0.2)
+    try:
+        assert run(warm, "true")[0].ok and warm.idle() == 1
+        deadline = time.monotonic() + 10
+        while warm.idle() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert warm.idle() == 0
+    finally:
+        warm.close()
+    assert_machine_fine(sandbox)
