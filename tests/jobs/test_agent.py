@@ -122,6 +122,26 @@ def test_a_map_input_held_here_is_used_in_place(nodes: list[LocalNode], sandbox:
     assert blob_bytes(n0, output).split() == [hashlib.md5(data).hexdigest().encode()] * 2
 
 
+def test_tasks_of_one_job_phase_share_a_container_and_jobs_do_not(nodes: list[LocalNode], sandbox: Sandbox) -> None:
+    """Inputs in place (blobs) and fetched (scratch files) alike; each task's outputs are
+    its own input's, and a task of another job or phase starts a container of its own."""
+    n0, n1, _ = nodes
+    agent = agent_for(n0, nodes, sandbox)
+    if agent.warm is None or not agent.warm.usable():
+        pytest.skip("reused containers are not usable here")
+    datas = [f"object {i}\n".encode() * (i + 1) for i in range(4)]
+    metas = [put_blob(data, n0 if i % 2 else n1) for i, data in enumerate(datas)]
+    for i, meta in enumerate(metas):
+        outcome = agent.run(request('cat; cat "$MANTA_INPUT_FILE"; ls -A /tmp; touch /tmp/mine',
+                                    [entry(f"b/k{i}", meta, nodes)]))
+        assert outcome["exit_code"] == 0, outcome
+        assert blob_bytes(n0, outcome["outputs"][0]) == datas[i] * 2
+    assert agent.warm.started == 1
+    for n, fields in enumerate([{"job": "job2"}, {"phase": 1}], start=2):
+        outcome = agent.run(request("ls -A /tmp; echo done", [entry("b/k0", metas[0], nodes)], **fields))
+        assert blob_bytes(n0, outcome["outputs"][0]) == b"done\n" and agent.warm.started == n
+
+
 def test_an_input_held_only_elsewhere_is_fetched_and_counted_remote(nodes: list[LocalNode],
                                                                     sandbox: Sandbox) -> None:
     n0, n1, _ = nodes
