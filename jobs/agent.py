@@ -17,6 +17,9 @@ from peers count as `bytes_remote`. A reducer over unpartitioned inputs (a reduc
 with count > 1) keeps only its key partition's lines. Bad replicas met on the way are
 returned in `damaged` for the front door to queue for repair.
 
+Containers: tasks of one job phase (same limits and assets) that run one after another
+here share one (jobs/warm.py, `SandboxConfig.reuse_idle_s`); `close` ends the idle ones.
+
 Outputs: stdout goes into a blob on this node (one per reducer of the next phase when
 `partitions` > 1, split by a stable hash of the key); after the task, each is copied node
 to node (`peer.copy_from(this node)`) onto `peers` until `copies` copies exist. A peer

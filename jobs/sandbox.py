@@ -1,4 +1,5 @@
 """Run one map or reduce task in a fresh bubblewrap container, next to its data.
+(jobs/warm.py keeps such a container for the next task of the same job phase.)
 
 Start chain (one fork from the server; no preexec_fn, the server is multi-threaded)::
 

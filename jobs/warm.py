@@ -262,7 +262,8 @@ class WarmPool:
             log.warning("a reusable container did not start; tasks run in fresh ones")
             container.close()
             return None
-        self.started += 1
+        with self._lock:
+            self.started += 1
         return container
 
     def _run_in(self, container: _Container, spec: TaskSpec, stdout: Callable[[bytes], None],
