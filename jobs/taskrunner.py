@@ -1,22 +1,24 @@
 """The runner inside a reused container: takes one task after another (see jobs/warm.py).
 
 This file runs as `python3 -I -S -c <this source>` inside the container, from the host's
-read-only /usr, as the container's main process (pid 2; bwrap's init is pid 1). It imports
+read-only /usr, as the container's pid 1 (bwrap --as-pid-1; no bwrap init). It imports
 nothing of ours. fd 3 is a SOCK_SEQPACKET socket to the host. It says b"ready", then for
 each message {shell, argv, env, cpu_s, input} with fds [stdin, stdout, stderr, status(, input)]:
 
     fork -> child: fds 0,1,2,3 (+ INPUT_FD) from the message, no other fd; RLIMIT_CPU cpu_s (SIGKILL a second later); cwd /tmp; default signal
             dispositions; execve(shell, argv, env): the same bash runner as a fresh container
     wait for that child, then clean up: SIGKILL everything else in the pid namespace
-            (kill(-1) spares only us and pid 1) and reap it (we are the child subreaper, so
-            orphans, double forks and setsid'd daemons come back to us), until /proc shows
-            no process but pid 1 and us; empty /tmp (also what was made unreadable) and
+            (kill(-1) spares only us) and reap it (as pid 1, orphans, double forks and
+            setsid'd daemons come back to us), until /proc shows no process but us;
+            empty /tmp (also what was made unreadable) and
             restore its mode; remove SysV IPC objects left behind
     reply {status (the child's wait status), clean}
 
-We are not dumpable, so tasks (same uid) cannot read our memory or fds through /proc or
-process_vm_readv; ptrace is refused by seccomp. A task can still kill or stop us: the host
-then sees no reply and throws the container away. A reply with clean false does the same.
+We are not dumpable, so tasks (same uid) cannot read or write our memory or fds through
+/proc, process_vm_readv or pidfd_getfd; ptrace is refused by seccomp. As the namespace's
+init we get no signal from inside it that we do not handle (none: SIGKILL and SIGSTOP
+included). Should we die anyway (an OOM kill), the host sees no reply and throws the
+container away; a reply with clean false does the same.
 """
 
 import ctypes
@@ -40,7 +42,7 @@ KILL_ROUNDS = 100
 def main() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
-    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # (pid 1 is anyway)
     for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT):  # python's own choices, not the task's
         signal.signal(sig, signal.SIG_DFL)
     sock = socket.socket(fileno=CONTROL_FD)

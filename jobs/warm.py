@@ -3,7 +3,9 @@ that runs after another on this node takes over its container instead of startin
 
 A reused container is the sandbox of jobs/sandbox.py (same wrapper, cgroups, user, bwrap
 namespaces, mounts, seccomp filter) whose main process is jobs/taskrunner.py, run by the
-host's python3 from the read-only /usr. It gets one end of a SOCK_SEQPACKET socketpair as
+host's python3 from the read-only /usr, as pid 1 (`--as-pid-1`: bwrap's own init would be
+a dumpable process of the task user that a task could write into through /proc/1/mem and
+that no cleanup may kill; as pid 1 the runner also ignores every signal a task sends it). It gets one end of a SOCK_SEQPACKET socketpair as
 fd 3 and answers b"ready". Each task is one message: the shell, the same bash runner argv
 as a fresh container (init, then the pipeline), the task's env (exactly PATH, HOME, LANG
 and TaskSpec.env), its RLIMIT_CPU, and fds by SCM_RIGHTS: a fresh stdin pipe (fed by our
@@ -235,7 +237,7 @@ class WarmPool:
             mounts = _task_mounts(dataclasses.replace(spec, input_file=None), fds[1], fds[2],
                                   INPUT_LINK if key[3] else None)
             argv = [*host.wrapper, _wrapper_script(fds[0], limits, cgroups, cpu=False), "manta-sandbox",
-                    *host.priv, *host.bwrap, *mounts, *seccomp, *_env_args({}),
+                    *host.priv, *host.bwrap, "--as-pid-1", *mounts, *seccomp, *_env_args({}),
                     "--", PYTHON, "-I", "-S", "-c", self._source]
             proc = self._spawner.submit(
                 subprocess.Popen, argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

@@ -188,19 +188,42 @@ def test_cancel_and_init_failure_cost_a_fresh_container(pool: WarmPool) -> None:
     assert result.ok and out == "fine\n" and pool.started == 3, result
 
 
-@pytest.mark.parametrize("attack", ["kill -9 $PPID; sleep 1", "kill -STOP $PPID"])
-def test_a_task_that_breaks_the_runner_costs_only_a_fresh_container(pool: WarmPool, attack: str) -> None:
-    assert run(pool, "true", limits=TaskLimits(timeout_s=2))[0].ok
-    result, _ = run(pool, attack, limits=TaskLimits(timeout_s=2))
-    assert not result.ok and pool.started == 1, result
-    result, out = run(pool, "echo fine", limits=TaskLimits(timeout_s=2))
+def test_a_task_cannot_kill_or_stop_the_runner(pool: WarmPool) -> None:
+    result, out = run(pool, "kill -9 $PPID; kill -STOP $PPID; kill -SEGV 1; echo $PPID")
+    assert result.ok and out == "1\n", (result, out)
+    result, out = run(pool, "echo fine")
+    assert result.ok and out == "fine\n" and pool.started == 1, result
+
+
+def runner_pids() -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                if b"The runner inside a reused container" in fh.read():
+                    found.append(int(entry))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def test_a_runner_gone_mid_task_costs_only_a_fresh_container(pool: WarmPool) -> None:
+    assert run(pool, "true")[0].ok
+    before = set(runner_pids())
+    threading.Timer(0.3, lambda: [os.kill(pid, 9) for pid in before]).start()
+    result, _ = run(pool, "sleep 5; echo never")
+    assert not result.ok and result.signal == 9 and pool.started == 1, result
+    result, out = run(pool, "echo fine")
     assert result.ok and out == "fine\n" and pool.started == 2, result
 
 
-def test_the_runner_is_not_readable_by_tasks(pool: WarmPool) -> None:
-    result, out = run(pool, "ls /proc/$PPID/fd 2>&1 | head -1; head -c 1 /proc/$PPID/mem 2>&1 | head -1; unshare -U true 2>&1; true")
+def test_the_runner_pid_1_is_not_readable_or_writable_by_tasks(pool: WarmPool) -> None:
+    read = "ls /proc/1/fd 2>&1 | head -1; head -c 1 /proc/1/mem 2>&1 | head -1; unshare -U true 2>&1; true"
+    result, out = run(pool, read)
     assert result.ok and pool.started == 1, result
     assert out.count("Permission denied") == 2 and "Operation not permitted" in out, out  # and seccomp applies
+    write = "python3 -c 'open(\"/proc/1/mem\", \"r+b\")' 2>&1 | tail -1"
+    assert run(pool, write)[1] == "PermissionError: [Errno 13] Permission denied: '/proc/1/mem'\n"
 
 
 def test_nothing_is_shared_between_jobs_phases_or_limits(pool: WarmPool) -> None:
