@@ -47,6 +47,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable
 from pathlib import Path
+from typing import BinaryIO
 
 from jobs.cgroups import TaskCgroups
 from jobs.sandbox import (
@@ -81,6 +82,7 @@ PYTHON = "/usr/bin/python3"
 INPUT_LINK = "/proc/self/fd/63"  # taskrunner.INPUT_FD
 START_TIMEOUT_S = 10.0
 REPLY_GRACE_S = 2.0
+FEEDERS = 256  # threads made only as concurrent tasks need them (an agent's slots)
 Key = tuple[Hashable, TaskLimits, tuple[tuple[str, str], ...], bool]
 
 
@@ -124,6 +126,7 @@ class WarmPool:
         self._idle: dict[Key, list[_Container]] = {}
         self._closed = threading.Event()
         self._spawner = cf.ThreadPoolExecutor(1, thread_name_prefix="manta-warm")
+        self._feeders = cf.ThreadPoolExecutor(FEEDERS, thread_name_prefix="manta-feed")  # no thread start per task
         self._reaper: threading.Thread | None = None
         self._source: str | None = None
 
@@ -173,6 +176,7 @@ class WarmPool:
         for container in idle:
             container.close()
         self._spawner.shutdown(wait=True)
+        self._feeders.shutdown(wait=False)
 
     # -- the pool -------------------------------------------------------------------------
 
@@ -282,7 +286,7 @@ class WarmPool:
             "cpu_s": _cpu_s(spec.limits), "input": spec.input_file is not None}).encode()
         theirs: list[int] = []
         ours: list[int] = []
-        inputs = []
+        inputs: list[BinaryIO] = []
         try:
             try:
                 for path in spec.stdin_paths:
@@ -306,7 +310,7 @@ class WarmPool:
             theirs = []
             feed_error: list[OSError] = []
             stdin_w = os.fdopen(ours.pop(0), "wb")
-            threading.Thread(target=_feed, args=(inputs, stdin_w, feed_error), daemon=True).start()
+            self._feeders.submit(_feed, inputs, stdin_w, feed_error)
             inputs = []
             container.tasks += 1
             return self._watch(container, spec, stdout, cancel, ours, feed_error, start)
