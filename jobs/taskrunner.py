@@ -3,10 +3,11 @@
 This file runs as `python3 -I -S -c <this source>` inside the container, from the host's
 read-only /usr, as the container's pid 1 (bwrap --as-pid-1; no bwrap init). It imports
 nothing of ours. fd 3 is a SOCK_SEQPACKET socket to the host. It says b"ready", then for
-each message {shell, argv, env, cpu_s, input} with fds [stdin, stdout, stderr, status(, input)]:
+each message {shell, argv, env, input} with fds [stdin, stdout, stderr, status(, input)]:
 
-    fork -> child: fds 0,1,2,3 (+ INPUT_FD) from the message, no other fd; RLIMIT_CPU cpu_s (SIGKILL a second later); cwd /tmp; default signal
-            dispositions; execve(shell, argv, env): the same bash runner as a fresh container
+    spawn the task: fds 0,1,2,3 (+ INPUT_FD) from the message, no other fd; default
+            signal dispositions; execve(shell, argv, env): the bash runner of a fresh
+            container, after `ulimit -t` (RLIMIT_CPU, SIGKILL a second later) and `cd /tmp`
     wait for that child, then clean up: SIGKILL everything else in the pid namespace
             (kill(-1) spares only us) and reap it (as pid 1, orphans, double forks and
             setsid'd daemons come back to us), until /proc shows no process but us;
@@ -25,13 +26,13 @@ import ctypes
 import fcntl
 import json
 import os
-import resource
 import signal
 import socket
 import stat
 
 CONTROL_FD = 3
 INPUT_FD = 63          # /manta/input is a symlink to /proc/self/fd/63
+TARGETS = (0, 1, 2, 3, INPUT_FD)
 MAX_MESSAGE = 1 << 20
 PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER = 4, 36
 IPC_RMID = 0
@@ -54,12 +55,13 @@ def main() -> None:
         if not data:
             return
         task = json.loads(data)
-        pid = os.fork()
-        if pid == 0:
-            _child(task, fds)
+        try:
+            pid = _spawn(task, fds)
+        except OSError:
+            pid = 0
         for fd in fds:
             os.close(fd)
-        status = _wait(pid)
+        status = _wait(pid) if pid else 127 << 8
         clean = _kill_others() and _empty_tmp(tmp_mode) and _clear_sysv(libc)
         sock.send(json.dumps({"status": status, "clean": clean}).encode())
 
@@ -73,21 +75,18 @@ def _receive(sock: socket.socket) -> tuple[bytes, list[int]]:
     return data, fds
 
 
-def _child(task: dict, fds: list[int]) -> None:
+def _spawn(task: dict, fds: list[int]) -> int:
+    """posix_spawn (vfork and exec: no copy of our page tables); the fds land on their
+    numbers by dup2, every other fd of ours is close-on-exec. The argv's bash sets the
+    task's RLIMIT_CPU and cwd itself before it runs anything of the task's."""
+    wanted = fds[:5] if task["input"] else fds[:4]
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, INPUT_FD + 1) for fd in wanted]
     try:
-        wanted = fds[:5] if task["input"] else fds[:4]
-        targets = [0, 1, 2, 3, INPUT_FD][:len(wanted)]
-        high = [fcntl.fcntl(fd, fcntl.F_DUPFD, INPUT_FD + 1) for fd in wanted]
-        for target, fd in zip(targets, high, strict=True):
-            os.dup2(fd, target)
-        os.closerange(4, INPUT_FD)
-        os.closerange(INPUT_FD + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
-        cpu = int(task["cpu_s"])
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-        os.chdir("/tmp")
-        os.execve(task["shell"], task["argv"], task["env"])
+        actions = [(os.POSIX_SPAWN_DUP2, fd, target) for fd, target in zip(high, TARGETS, strict=False)]
+        return os.posix_spawn(task["shell"], task["argv"], task["env"], file_actions=actions)
     finally:
-        os._exit(127)
+        for fd in high:
+            os.close(fd)
 
 
 def _wait(pid: int) -> int:

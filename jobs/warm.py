@@ -7,8 +7,8 @@ host's python3 from the read-only /usr, as pid 1 (`--as-pid-1`: bwrap's own init
 a dumpable process of the task user that a task could write into through /proc/1/mem and
 that no cleanup may kill; as pid 1 the runner also ignores every signal a task sends it). It gets one end of a SOCK_SEQPACKET socketpair as
 fd 3 and answers b"ready". Each task is one message: the shell, the same bash runner argv
-as a fresh container (init, then the pipeline), the task's env (exactly PATH, HOME, LANG
-and TaskSpec.env), its RLIMIT_CPU, and fds by SCM_RIGHTS: a fresh stdin pipe (fed by our
+as a fresh container (init, then the pipeline) after `ulimit -t` (RLIMIT_CPU), the task's
+env (exactly PATH, HOME, LANG and TaskSpec.env), and fds by SCM_RIGHTS: a fresh stdin pipe (fed by our
 thread, as in a fresh container), fresh stdout, stderr and init-status pipes, and the input
 file opened here. /manta/input is a symlink to /proc/self/fd/63, where the input fd sits,
 so `$MANTA_INPUT_FILE` (= /manta/input) and stdin are the task's own input and nothing
@@ -281,9 +281,9 @@ class WarmPool:
         env_args = _env_args(spec.env)
         message = json.dumps({
             "shell": host.shell, "env": dict(zip(env_args[2::3], env_args[3::3], strict=True)),
-            "argv": [host.shell, "-c", RUNNER.format(shell=host.shell), "manta-task", spec.init or "",
-                     spec.exec],
-            "cpu_s": _cpu_s(spec.limits), "input": spec.input_file is not None}).encode()
+            "argv": [host.shell, "-c", _limited(spec.limits) + RUNNER.format(shell=host.shell), "manta-task",
+                     spec.init or "", spec.exec],
+            "input": spec.input_file is not None}).encode()
         theirs: list[int] = []
         ours: list[int] = []
         inputs: list[BinaryIO] = []
@@ -355,7 +355,10 @@ class WarmPool:
             wait = TICK_S if killed else min(TICK_S, start + limits.timeout_s - now)
             for key, _ in sel.select(timeout=max(0.0, wait)):
                 if key.fd == sock_fd:
-                    data = container.sock.recv(4096)
+                    try:
+                        data = container.sock.recv(4096)
+                    except OSError:  # ECONNRESET: the runner died with our message unread
+                        data = b""
                     sel.unregister(sock_fd)
                     if data:
                         reply, replied_at = json.loads(data), time.monotonic()
@@ -401,3 +404,10 @@ class WarmPool:
         reusable = (reply is not None and bool(reply.get("clean")) and not killed_at and killed is None
                     and not init_failed and container.alive())
         return result, reusable
+
+
+def _limited(limits: TaskLimits) -> str:
+    """The task's RLIMIT_CPU, set by its bash before anything of the task's runs (the
+    runner's own CPU time must not count: it lives across tasks)."""
+    cpu = _cpu_s(limits)
+    return f"ulimit -S -t {cpu} && ulimit -H -t {cpu + 1} || exit 126; "
