@@ -375,7 +375,7 @@ def _cpu_s(limits: TaskLimits) -> int:
 
 
 def _wrapper_script(status_fd: int, limits: TaskLimits, cgroups: TaskCgroups | None, cpu: bool = True) -> str:
-    """`cpu` False: no RLIMIT_CPU here (a reused container's runner sets it per task)."""
+    """`cpu` False: no RLIMIT_CPU here (in a reused container each task's bash sets its own)."""
     lines = ["set -e", *(f"echo $$ > {shlex.quote(p)}" for p in (cgroups.procs if cgroups else []))]
     lines += [f"ulimit -S -t {_cpu_s(limits)}", f"ulimit -H -t {_cpu_s(limits) + 1}"] if cpu else []
     lines += [f"ulimit -f {limits.disk_mb * 2048}", "ulimit -c 0"]
