@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from jobs.cgroups import TaskCgroups
+from jobs.reach import unreachable
 from jobs.sandbox import (
     CHUNK,
     GROUP,
@@ -142,7 +143,7 @@ class WarmPool:
             cancel: threading.Event | None = None) -> TaskResult:
         """Run `spec` like Sandbox.run, in a container kept for tasks of the same `phase`
         (e.g. (job id, phase number)) with the same limits and assets."""
-        if not self.usable():
+        if not self.usable() or (spec.input_file is not None and self._unreachable(spec.input_file)):
             return self.sandbox.run(spec, stdout, cancel)
         key: Key = (phase, spec.limits, tuple(spec.assets), spec.input_file is not None)
         container = self._take(key)
@@ -164,6 +165,12 @@ class WarmPool:
         else:
             container.close()
         return result
+
+    def _unreachable(self, path: str) -> bool:
+        """An input the task user could not bind goes to a fresh container, which fails as
+        it always has (bwrap says why): the fd we open as root must not reach further."""
+        ids = self.sandbox._prepare().ids
+        return ids is not None and unreachable(path, *ids) is not None
 
     def idle(self) -> int:
         with self._lock:

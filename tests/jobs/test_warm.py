@@ -245,3 +245,13 @@ def test_idle_containers_are_closed(sandbox: Sandbox) -> None:
     finally:
         warm.close()
     assert_machine_fine(sandbox)
+
+
+def test_an_input_the_task_user_cannot_reach_fails_as_in_a_fresh_container(pool: WarmPool, data_dir: str) -> None:
+    """The input fd is opened as root; it must not reach what the task user could not bind."""
+    hidden = os.path.join(data_dir, "hidden")
+    os.mkdir(hidden, 0o700)
+    path = put(hidden, "in", b"private\n")
+    result, out = run(pool, 'cat "$MANTA_INPUT_FILE"', input=path)
+    assert result.init_failed and result.stderr.startswith(b"bwrap: ") and out == "", result
+    assert pool.started == 0
