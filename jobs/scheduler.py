@@ -188,6 +188,8 @@ class JobScheduler:
             if node is not None and node.remote:
                 self._cancel_remote(node, job_id, task_id)
         self.pool.shutdown(wait=True, cancel_futures=True)
+        for agent in self.agents.values():  # their idle reused containers too
+            agent.close()
         self.roots.close()
 
     def _local_peer(self, node_id: str, url: str) -> Node:
