@@ -166,12 +166,25 @@ def api(method: str, path: str, payload: dict | None = None):
     return MantaClient().api(method, path, payload)
 
 
+def _process_cpu_s(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:  # gone meanwhile
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_s(pid: int) -> tuple[float, float | None]:
-    """CPU seconds of the server process alone, and of it plus its tasks (cgroup v1 cpuacct,
-    None elsewhere). Its reaped children's CPU does not count its tasks': bwrap exits without
-    reaping the container's pid 1, whose CPU then counts for nobody."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds of the server's Python processes alone (with `--workers N`, the supervisor
+    and its worker processes, its direct children; the tasks are the workers' children), and
+    of them plus their tasks (cgroup v1 cpuacct, None elsewhere). Reaped children's CPU does
+    not count tasks': bwrap exits without reaping the container's pid 1, whose CPU then
+    counts for nobody."""
+    try:
+        workers = [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        workers = []
+    own = sum(_process_cpu_s(p) for p in [pid, *workers])
     try:
         return own, int((CPUACCT / "cpuacct.usage").read_text()) / 1e9
     except OSError:

@@ -8,8 +8,9 @@ a dumpable process of the task user that a task could write into through /proc/1
 that no cleanup may kill; as pid 1 the runner also ignores every signal a task sends it). It gets one end of a SOCK_SEQPACKET socketpair as
 fd 3 and answers b"ready". Each task is one message: the shell, the same bash runner argv
 as a fresh container (init, then the pipeline) after `ulimit -t` (RLIMIT_CPU), the task's
-env (exactly PATH, HOME, LANG and TaskSpec.env), and fds by SCM_RIGHTS: a fresh stdin pipe (fed by our
-thread, as in a fresh container), fresh stdout, stderr and init-status pipes, and the input
+env (exactly PATH, HOME, LANG and TaskSpec.env), and fds by SCM_RIGHTS: its stdin (a map
+task's one input file itself, opened here; a reducer's inputs through a fresh pipe our thread
+feeds, as in a fresh container), fresh stdout, stderr and init-status pipes, and the input
 file opened here. /manta/input is a symlink to /proc/self/fd/63, where the input fd sits,
 so `$MANTA_INPUT_FILE` (= /manta/input) and stdin are the task's own input and nothing
 else: no earlier input is bound or open anywhere in the container.
@@ -294,16 +295,30 @@ class WarmPool:
         theirs: list[int] = []
         ours: list[int] = []
         inputs: list[BinaryIO] = []
+        # one stdin file (a map task's input): the file itself is stdin, read in place (no
+        # pipe, no copy by our thread); several (a reducer's): a pipe our thread feeds
+        direct = len(spec.stdin_paths) == 1
+        stdin_fd = input_fd = -1
         try:
             try:
-                for path in spec.stdin_paths:
-                    inputs.append(open(path, "rb"))  # noqa: SIM115 (closed by _feed)
+                if direct:
+                    stdin_fd = os.open(spec.stdin_paths[0], os.O_RDONLY | os.O_CLOEXEC)
+                else:
+                    for path in spec.stdin_paths:
+                        inputs.append(open(path, "rb"))  # noqa: SIM115 (closed by _feed)
                 input_fd = os.open(spec.input_file, os.O_RDONLY | os.O_CLOEXEC) if spec.input_file else -1
             except OSError as exc:
+                if stdin_fd >= 0:
+                    os.close(stdin_fd)
                 raise SandboxError(f"cannot open the task's input: {exc}") from exc
-            pipes = [os.pipe2(os.O_CLOEXEC) for _ in range(4)]  # stdin, stdout, stderr, status
-            theirs = [pipes[0][0], pipes[1][1], pipes[2][1], pipes[3][1]]
-            ours = [pipes[0][1], pipes[1][0], pipes[2][0], pipes[3][0]]
+            if direct:
+                pipes = [os.pipe2(os.O_CLOEXEC) for _ in range(3)]  # stdout, stderr, status
+                theirs = [stdin_fd, pipes[0][1], pipes[1][1], pipes[2][1]]
+                ours = [pipes[0][0], pipes[1][0], pipes[2][0]]
+            else:
+                pipes = [os.pipe2(os.O_CLOEXEC) for _ in range(4)]  # stdin, stdout, stderr, status
+                theirs = [pipes[0][0], pipes[1][1], pipes[2][1], pipes[3][1]]
+                ours = [pipes[0][1], pipes[1][0], pipes[2][0], pipes[3][0]]
             if input_fd >= 0:
                 theirs.append(input_fd)
             try:
@@ -316,9 +331,10 @@ class WarmPool:
                 os.close(fd)
             theirs = []
             feed_error: list[OSError] = []
-            stdin_w = os.fdopen(ours.pop(0), "wb")
-            self._feeders.submit(_feed, inputs, stdin_w, feed_error)
-            inputs = []
+            if not direct:
+                stdin_w = os.fdopen(ours.pop(0), "wb")
+                self._feeders.submit(_feed, inputs, stdin_w, feed_error)
+                inputs = []
             container.tasks += 1
             return self._watch(container, spec, stdout, cancel, ours, feed_error, start)
         finally:
