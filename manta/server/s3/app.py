@@ -6,6 +6,11 @@
             -> dispatch on (method, level, sub-resource) -> operation module
             -> response + x-amz-request-id
 
+The app is plain ASGI: `S3App.asgi` parses the scope itself and sends a plain Response
+as two messages; only streaming responses (large GETs) go through Starlette's response
+machinery, which watches for a client that goes away. `starlette()` wraps it in a
+Starlette app only for lifespan events and for tests that want one.
+
 Errors: S3Error renders as S3 error XML; storage errors map through
 `errors.from_domain`; anything else is logged with its traceback and answered as
 InternalError with the request id. One dispatch table lists every supported operation;
@@ -16,16 +21,12 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import secrets
+import random
 import urllib.parse
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from starlette.applications import Starlette
-from starlette.datastructures import URLPath
-from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Match, NoMatchFound, request_response
 from starlette.types import Message, Receive, Scope, Send
 
 from manta.server.config import ServerConfig
@@ -81,7 +82,9 @@ SUBRESOURCES = {"location", "versions", "versioning", "acl", "uploads", "delete"
 
 
 def request_id() -> str:
-    return secrets.token_hex(8).upper()
+    """16 hex digits. Unique enough to find a request in the logs, and not a secret: the
+    process's Mersenne Twister (reseeded in a forked child), not a getrandom(2) call."""
+    return f"{random.getrandbits(64):016X}"
 
 
 def error_response(err: s3e.S3Error, resource: str, rid: str, method: str) -> Response:
@@ -92,9 +95,8 @@ def error_response(err: s3e.S3Error, resource: str, rid: str, method: str) -> Re
 class _BodyTracker:
     """Wraps `receive` to know whether the whole request body was read."""
 
-    def __init__(self, request: Request) -> None:
-        self._receive = request.receive
-        headers = request.headers
+    def __init__(self, receive: Receive, headers: dict[str, str]) -> None:
+        self._receive = receive
         self.finished = headers.get("content-length", "0") == "0" and "transfer-encoding" not in headers
 
     async def receive(self) -> Message:
@@ -104,22 +106,37 @@ class _BodyTracker:
         return message
 
 
-class EveryRequest(BaseRoute):
-    """Routes every HTTP request to one endpoint, whatever its path and method. A key may
-    hold a newline, which Starlette's `{path:path}` does not match, and Starlette answers
-    a path or method no route takes in plain text, without a request id."""
+def _headers_of(scope: Scope) -> tuple[dict[str, str], int]:
+    """Lower-case names to values (repeats joined with ","), and the head's size."""
+    headers: dict[str, str] = {}
+    total = 0
+    for name, value in scope["headers"]:
+        total += len(name) + len(value) + 4
+        k = name.decode("latin-1").lower()
+        v = value.decode("latin-1")
+        headers[k] = f"{headers[k]},{v}" if k in headers else v
+    return headers, total
 
-    def __init__(self, endpoint: Callable[[Request], Awaitable[Response]]) -> None:
-        self.app = request_response(endpoint)
 
-    def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        return (Match.FULL, {}) if scope["type"] == "http" else (Match.NONE, {})
+def _parse_query(query_string: bytes) -> list[tuple[str, str]]:
+    if not query_string:
+        return []
+    return urllib.parse.parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
 
-    def url_path_for(self, name: str, /, **path_params: Any) -> URLPath:
-        raise NoMatchFound(name, path_params)
 
-    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.app(scope, receive, send)
+class S3Starlette(Starlette):
+    """The S3 app as a Starlette app: HTTP requests go straight to `S3App.asgi`, the rest
+    (lifespan) to Starlette."""
+
+    def __init__(self, s3: S3App) -> None:
+        super().__init__(routes=[])
+        self.s3 = s3
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self.s3.asgi(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
 
 
 class S3App:
@@ -131,21 +148,31 @@ class S3App:
         self.domain_suffix = "." + config.domain.lower() if config.domain else None
 
     def starlette(self) -> Starlette:
-        return Starlette(routes=[EveryRequest(self.handle)])
+        return S3Starlette(self)
 
-    async def handle(self, request: Request) -> Response:
+    async def asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = await self.handle(scope, receive)
+        if type(response).__call__ is Response.__call__ and response.background is None:
+            await send({"type": "http.response.start", "status": response.status_code,
+                        "headers": response.raw_headers})
+            await send({"type": "http.response.body", "body": response.body})
+        else:  # streamed: Starlette's machinery stops the stream when the client goes away
+            await response(scope, receive, send)
+
+    async def handle(self, scope: Scope, receive: Receive) -> Response:
         rid = request_id()
-        scope = request.scope
         raw_path = scope.get("raw_path") or scope["path"].encode()
         resource = raw_path.decode("latin-1")
         method = scope["method"]
-        body = _BodyTracker(request)
+        headers, head_bytes = _headers_of(scope)
+        body = _BodyTracker(receive, headers)
         try:
-            req = self._context(request, raw_path, rid, body.receive)
+            query = _parse_query(scope.get("query_string", b""))
+            req = self._context(scope, headers, head_bytes, query, raw_path, rid, body.receive)
             resource = req.resource
             if method == "OPTIONS" and "origin" not in req.headers:  # not a CORS preflight
                 raise s3e.BadRequest("Insufficient information. Origin request header needed.")
-            await self._authenticate(req, raw_path.decode("latin-1"), scope)
+            await self._authenticate(req, raw_path.decode("latin-1"), query)
             response = await self._dispatch(req)(req)
         except s3e.S3Error as err:
             if err.status >= 500 and type(err) is s3e.S3Error:
@@ -165,24 +192,18 @@ class S3App:
         except Exception:
             log.exception("request %s failed", rid)
             response = error_response(s3e.InternalError(), resource, rid, method)
+        raw = response.raw_headers
         if not body.finished:
             # a body left unread on the connection would be parsed as the next request
-            response.headers["connection"] = "close"
-        response.headers["x-amz-request-id"] = rid
-        response.headers["x-amz-id-2"] = rid
-        response.headers["server"] = "manta"
+            raw[:] = [h for h in raw if h[0] != b"connection"]
+            raw.append((b"connection", b"close"))
+        rid_bytes = rid.encode()
+        raw += ((b"x-amz-request-id", rid_bytes), (b"x-amz-id-2", rid_bytes), (b"server", b"manta"))
         return response
 
-    def _context(self, request: Request, raw_path: bytes, rid: str, receive: Receive) -> S3Request:
-        scope = request.scope
-        headers: dict[str, str] = {}
-        total = 0
-        for name, value in scope["headers"]:
-            total += len(name) + len(value) + 4
-            k = name.decode("latin-1").lower()
-            v = value.decode("latin-1")
-            headers[k] = f"{headers[k]},{v}" if k in headers else v
-        if total > self.config.max_header_bytes:
+    def _context(self, scope: Scope, headers: dict[str, str], head_bytes: int,
+                 pairs: list[tuple[str, str]], raw_path: bytes, rid: str, receive: Receive) -> S3Request:
+        if head_bytes > self.config.max_header_bytes:
             raise s3e.RequestHeaderSectionTooLarge(MaxSizeAllowed=str(self.config.max_header_bytes))
         try:
             path = urllib.parse.unquote(raw_path.decode("ascii"), errors="strict")
@@ -190,9 +211,8 @@ class S3App:
             raise s3e.InvalidURI("Couldn't parse the specified URI.") from None
         if not path.startswith("/"):
             raise s3e.InvalidURI("Couldn't parse the specified URI.")
-        query_string = scope.get("query_string", b"").decode("latin-1")
         query: dict[str, str] = {}
-        for k, v in urllib.parse.parse_qsl(query_string, keep_blank_values=True):
+        for k, v in pairs:
             query.setdefault(k, v)
         bucket_name, key = "", ""
         host = headers.get("host", "").split(":")[0].lower()
@@ -209,14 +229,8 @@ class S3App:
             settings=self.config,
         )
 
-    async def _authenticate(self, req: S3Request, raw_path: str, scope: Scope) -> None:
-        areq = sigv4.AuthRequest(
-            method=req.method,
-            raw_path=raw_path,
-            query=urllib.parse.parse_qsl(scope.get("query_string", b"").decode("latin-1"),
-                                         keep_blank_values=True),
-            headers=req.headers,
-        )
+    async def _authenticate(self, req: S3Request, raw_path: str, query: list[tuple[str, str]]) -> None:
+        areq = sigv4.AuthRequest(method=req.method, raw_path=raw_path, query=query, headers=req.headers)
         auth = sigv4.parse(areq)
         if auth is None:
             reader = None if req.bucket in self.extra else acl.anonymous_reader(self.store, req)

@@ -19,11 +19,10 @@ import binascii
 import hashlib
 from dataclasses import dataclass, field
 
-import anyio
-
 from manta.server.s3 import checksums
 from manta.server.s3 import errors as s3e
 from manta.server.s3.chunked import AwsChunkedDecoder, decoder_for
+from manta.server.s3.common import in_thread
 from manta.server.s3.context import S3Request
 from storage import MemoryBlobWriter, ReplicatedWriter
 
@@ -171,11 +170,11 @@ async def receive_into(req: S3Request, writer: ReplicatedWriter | MemoryBlobWrit
                     continue
                 handoff += chunk
                 if len(handoff) >= HANDOFF or not more:
-                    await anyio.to_thread.run_sync(writer.write, bytes(handoff))
+                    await in_thread(writer.write, bytes(handoff))
                     handoff.clear()
         deadline.reschedule(None)
     if handoff:
-        await anyio.to_thread.run_sync(writer.write, bytes(handoff))
+        await in_thread(writer.write, bytes(handoff))
 
     if wire_length is not None and received != wire_length:
         raise s3e.IncompleteBody()

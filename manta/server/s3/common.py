@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-import anyio.to_thread
 from starlette.responses import Response
 
 from manta.server.s3 import errors as s3e
@@ -108,26 +110,47 @@ async def new_writer(req: S3Request) -> ReplicatedWriter:
     """A writer for a new blob; with remote nodes it is opened in a worker thread (it
     connects to them)."""
     if req.store.remote:
-        return await anyio.to_thread.run_sync(req.store.writer)  # type: ignore[no-any-return]
+        return await in_thread(req.store.writer)  # type: ignore[no-any-return]
     return req.store.writer()
 
 
 async def commit_blob(writer: ReplicatedWriter) -> BlobMeta:
-    return await anyio.to_thread.run_sync(writer.commit)
+    return await in_thread(writer.commit)  # type: ignore[no-any-return]
 
 
 async def free_blobs(req: S3Request, blob_ids: list[str]) -> None:
     if blob_ids:
-        await anyio.to_thread.run_sync(req.store.free, blob_ids)
+        await in_thread(req.store.free, blob_ids)
 
 
 async def catalog_write(future: Any) -> Any:
     return await asyncio.wrap_future(future)
 
 
+THREADS = 40  # as many blocking calls at once as anyio's default limiter allowed
+_pool: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def blocking_pool() -> ThreadPoolExecutor:
+    """This process's pool for blocking storage calls (made anew in a forked child)."""
+    global _pool
+    if _pool is None or _pool[0] != os.getpid():
+        _pool = (os.getpid(), ThreadPoolExecutor(THREADS, thread_name_prefix="manta-io"))
+    return _pool[1]
+
+
 async def in_thread(fn: Any, *args: Any) -> Any:
-    """Run a blocking storage call (fsync, catalog commit) off the event loop."""
-    return await anyio.to_thread.run_sync(fn, *args)
+    """Run a blocking storage call (fsync, catalog commit) off the event loop. A cancel
+    takes effect once the call has returned (the caller's clean-up never runs beside it),
+    as with anyio's to_thread, without anyio's per-call task and cancel-scope machinery."""
+    future = asyncio.get_running_loop().run_in_executor(blocking_pool(), fn, *args)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        while not future.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([future])
+        raise
 
 
 MAX_PART_NUMBER = 10000
@@ -164,6 +187,7 @@ async def on_current_record(handler: Callable[[], Awaitable[T]]) -> T:
 
 
 Opened = list[tuple[BlobReader, int, int]]
+SMALL_READ_BYTES = 64 * 1024  # read on the event loop: a page-cache hit costs less than a thread hop
 READ_AHEAD_BLOCKS = 4  # 1 MiB blocks read per worker-thread hand-off
 
 
@@ -205,7 +229,7 @@ async def stream_opened(opened: Opened) -> AsyncIterator[bytes]:
     try:
         for reader, skip, take in opened:
             pieces = reader.read(skip, take)
-            if take <= 65536 and not reader.blocking:
+            if take <= SMALL_READ_BYTES and not reader.blocking:
                 for small in pieces:
                     yield small
                 continue
@@ -220,6 +244,17 @@ async def stream_opened(opened: Opened) -> AsyncIterator[bytes]:
             _close_all(opened)
         else:  # no await here: a cancelled task is cancelled again at every await
             ahead.add_done_callback(lambda batch: _close_after(batch, opened))
+
+
+def read_small(opened: Opened) -> bytes | None:
+    """The whole body of small local segments, read right here (closing them); None,
+    with nothing read or closed, when they are too big or remote (stream them instead)."""
+    if any(take > SMALL_READ_BYTES or reader.blocking for reader, _, take in opened):
+        return None
+    try:
+        return b"".join(piece for reader, skip, take in opened for piece in reader.read(skip, take))
+    finally:
+        _close_all(opened)
 
 
 def _close_all(opened: Opened) -> None:

@@ -30,6 +30,7 @@ from manta.server.s3.common import (
     owned_bucket,
     part_number,
     prefetched,
+    read_small,
     request_headers,
     stream_opened,
     xml_response,
@@ -233,6 +234,9 @@ async def _get_object(req: S3Request, head: bool) -> Response:
         opened = open_segments(req, record["segments"], start, length)  # one open: no thread hop
     else:
         opened = await in_thread(open_segments, req, record["segments"], start, length)
+    whole = read_small(opened)
+    if whole is not None:
+        return Response(whole, status_code=code, headers=headers)
     stream = await prefetched(stream_opened(opened))
     return StreamingResponse(stream, status_code=code, headers=headers)
 

@@ -125,6 +125,8 @@ class SigV4Auth:
 def parse(req: AuthRequest) -> SigV4Auth | None:
     """Read the credentials of a request; None if it carries none (anonymous)."""
     authorization = req.headers.get("authorization")
+    if not req.query:  # the common case: header auth or anonymous, no query to look at
+        return None if authorization is None else _parse_header(req, authorization)
     query_names = {name for name, _ in req.query}
     presigned = any(name in query_names for name in _QUERY_AUTH_PARAMS)
     if authorization is not None and (presigned or "Signature" in query_names):
@@ -313,8 +315,10 @@ def check_time(auth: SigV4Auth, now: datetime, max_skew_s: int = 900) -> None:
     """Reject requests signed too far from `now`, and expired presigned URLs."""
     if now.tzinfo is None:
         now = now.replace(tzinfo=UTC)
-    server_time = now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     age_s = (now - auth.amz_date).total_seconds()
+    if not auth.presigned and abs(age_s) <= max_skew_s:
+        return
+    server_time = now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     if auth.presigned:
         assert auth.expires_s is not None
         if age_s > auth.expires_s or auth.expires_s == 0:
@@ -359,6 +363,8 @@ def canonical_uri(raw_path: str) -> str:
 
 
 def _canonical_query(query: list[tuple[str, str]], presigned: bool) -> str:
+    if not query:
+        return ""
     pairs = sorted(
         (quote(name, safe=""), quote(value, safe=""))
         for name, value in query
