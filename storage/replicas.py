@@ -1,7 +1,10 @@
 """Replicated blobs: K copies on distinct nodes, verified block by block on every read.
 
 Write (ReplicatedWriter): the bytes stream to K nodes at once while MD5, SHA-256 and a
-CRC32C per 1 MiB block are computed once. A node that fails mid-write is dropped; at
+CRC32C per 1 MiB block are computed once. For a large write() the MD5 (the slowest, and
+inherently serial) runs on a helper thread beside the SHA-256, CRC32C and file writes of
+the calling thread: hashlib releases the GIL, so on two cores a PUT goes at MD5's speed,
+not at the sum of the hashes' times. A node that fails mid-write is dropped; at
 commit, the survivors are fsync'd and a copy is made from one of them onto a replacement
 node, so the write is acknowledged only with K durable copies (or fails, leaving nothing).
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import random
 import secrets
 import struct
@@ -75,6 +79,18 @@ def choose_nodes(nodes: list[Node], k: int, exclude: set[str] | frozenset[str] =
                 pool.pop(i)
                 break
     return chosen
+
+
+PARALLEL_HASH_BYTES = 256 * 1024  # a write at least this big hashes its MD5 on a helper thread
+_hash_pool: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _md5_pool() -> ThreadPoolExecutor:
+    """Helper threads for MD5s (made anew in a forked child)."""
+    global _hash_pool
+    if _hash_pool is None or _hash_pool[0] != os.getpid():
+        _hash_pool = (os.getpid(), ThreadPoolExecutor(4, thread_name_prefix="manta-md5"))
+    return _hash_pool[1]
 
 
 class _BlockSummer:
@@ -162,15 +178,21 @@ class ReplicatedWriter:
             entry[1].abort()
 
     def write(self, data: bytes | memoryview) -> None:
-        self._md5.update(data)
-        self._sha.update(data)
-        self._blocks.update(data)
-        self.size += len(data)
-        for node, writer in list(self._writers.values()):
-            try:
-                writer.write(data)
-            except OSError as exc:
-                self._fail(node, exc)
+        md5 = _md5_pool().submit(self._md5.update, data) if len(data) >= PARALLEL_HASH_BYTES else None
+        try:
+            if md5 is None:
+                self._md5.update(data)
+            self._sha.update(data)
+            self._blocks.update(data)
+            self.size += len(data)
+            for node, writer in list(self._writers.values()):
+                try:
+                    writer.write(data)
+                except OSError as exc:
+                    self._fail(node, exc)
+        finally:
+            if md5 is not None:
+                md5.result()  # the next update, the digest or an abort waits for this one
         if not self._writers:
             raise InsufficientNodes(self.copies, 0)
 

@@ -16,8 +16,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 from dataclasses import dataclass, field
+from typing import Any
 
 from manta.server.s3 import checksums
 from manta.server.s3 import errors as s3e
@@ -27,7 +29,7 @@ from manta.server.s3.context import S3Request
 from storage import MemoryBlobWriter, ReplicatedWriter
 
 MAX_SINGLE_PUT = 5 * 1024**3
-HANDOFF = 1 << 20  # bytes gathered per hand-off to a worker thread (writers to remote nodes)
+HANDOFF = 1 << 20  # bytes of a big body gathered per hand-off to a worker thread
 STREAMING = {
     "STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
     "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER",
@@ -134,47 +136,63 @@ async def receive_into(req: S3Request, writer: ReplicatedWriter | MemoryBlobWrit
     timeout_s = req.settings.body_timeout_s
     loop = asyncio.get_running_loop()
     received = 0
-    # a writer with copies on other hosts may wait for the network: its writes go to a
-    # worker thread, gathered HANDOFF bytes at a time; local writes happen right here
-    handoff = bytearray() if getattr(writer, "blocking", False) else None
+    # big bodies go to the writer (hashing and file writes) on a worker thread, HANDOFF
+    # bytes at a time, one batch in flight while the next is received; small ones and
+    # memory writers are written right here
+    batched = isinstance(writer, ReplicatedWriter) and (
+        writer.blocking or expected_size is None or expected_size > HANDOFF)
+    handoff = bytearray() if batched else None
+    in_flight: asyncio.Future[Any] | None = None
     size = 0
-    async with asyncio.timeout(None) as deadline:
-        more = True
-        while more:
-            deadline.reschedule(loop.time() + timeout_s)
-            try:
-                message = await req.receive()
-            except asyncio.CancelledError:
-                # the deadline cancels the receive; asyncio.timeout would turn that into
-                # TimeoutError only on leaving the `async with`, past any except here
-                if deadline.expired():
-                    raise s3e.RequestTimeout() from None
-                raise
-            if message["type"] == "http.disconnect":
-                raise ClientGone()
-            chunk = message.get("body", b"")
-            more = message.get("more_body", False)
-            received += len(chunk)
-            if content_sha is not None:
-                content_sha.update(chunk)
-            if decoder is not None:
-                chunk = decoder.feed(chunk)
-            if chunk:
-                size += len(chunk)
-                if size > max_size:
-                    raise s3e.EntityTooLarge(MaxSizeAllowed=str(max_size))
-                if summer is not None:
-                    summer.update(chunk)
-                if handoff is None:
-                    writer.write(chunk)
-                    continue
-                handoff += chunk
-                if len(handoff) >= HANDOFF or not more:
-                    await in_thread(writer.write, bytes(handoff))
-                    handoff.clear()
-        deadline.reschedule(None)
-    if handoff:
-        await in_thread(writer.write, bytes(handoff))
+    try:
+        async with asyncio.timeout(None) as deadline:
+            more = True
+            while more:
+                deadline.reschedule(loop.time() + timeout_s)
+                try:
+                    message = await req.receive()
+                except asyncio.CancelledError:
+                    # the deadline cancels the receive; asyncio.timeout would turn that into
+                    # TimeoutError only on leaving the `async with`, past any except here
+                    if deadline.expired():
+                        raise s3e.RequestTimeout() from None
+                    raise
+                if message["type"] == "http.disconnect":
+                    raise ClientGone()
+                chunk = message.get("body", b"")
+                more = message.get("more_body", False)
+                received += len(chunk)
+                if content_sha is not None:
+                    content_sha.update(chunk)
+                if decoder is not None:
+                    chunk = decoder.feed(chunk)
+                if chunk:
+                    size += len(chunk)
+                    if size > max_size:
+                        raise s3e.EntityTooLarge(MaxSizeAllowed=str(max_size))
+                    if summer is not None:
+                        summer.update(chunk)
+                    if handoff is None:
+                        writer.write(chunk)
+                        continue
+                    handoff += chunk
+                    if len(handoff) >= HANDOFF:
+                        if in_flight is not None:
+                            await in_flight
+                        in_flight = asyncio.ensure_future(in_thread(writer.write, bytes(handoff)))
+                        handoff.clear()
+            deadline.reschedule(None)
+        if in_flight is not None:
+            await in_flight
+        if handoff:
+            await in_thread(writer.write, bytes(handoff))
+    finally:
+        while in_flight is not None and not in_flight.done():
+            # the caller aborts the writer on an error: never while a write is running
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([in_flight])
+        if in_flight is not None and in_flight.done() and not in_flight.cancelled():
+            in_flight.exception()  # retrieved: an error raised here already says what went wrong
 
     if wire_length is not None and received != wire_length:
         raise s3e.IncompleteBody()
