@@ -68,9 +68,21 @@ http {{
 """
 
 
+def manta_variants(args: argparse.Namespace) -> dict[str, int]:
+    """The manta servers measured, by name, with their worker processes: `manta` for a
+    single --workers value, else `manta-wN` for each."""
+    if len(args.workers) == 1:
+        return {"manta": args.workers[0]}
+    return {f"manta-w{n}": n for n in args.workers}
+
+
 def start_server(name: str, work: Path, args: argparse.Namespace) -> Server:
-    if name == "manta":
-        return Server.manta(name, work, work / "manta-data")
+    variants = manta_variants(args)
+    if name in variants:
+        # one worker: no flag at all, so that a revision without --workers starts as well
+        workers = variants[name]
+        return Server.manta(name, work, work / f"{name}-data",
+                            *(["--workers", str(workers)] if workers > 1 else []))
     if name == "manta-base":  # the same embedded server at another revision, for before/after
         code = work / "base-checkout"
         subprocess.run(["git", "-C", str(HERE.parent), "worktree", "add", "--detach", "-q", str(code),
@@ -178,20 +190,21 @@ def report(args: argparse.Namespace, labels: dict, raw: dict, skipped: dict,
                for m, per in raw["samples"].items()}
     ratios, targets = {}, []
     width = max(map(len, labels.values())) + 2
-    shown_servers = [s for s in SERVERS if s in args.servers]
+    mantas = list(manta_variants(args)) if "manta" in args.servers else []
+    shown_servers = [*mantas, *(s for s in SERVERS if s in args.servers and s != "manta")]
     # ratios against nginx and moto always (the targets), against the other manta servers when measured
     bases = [b for b in ("nginx", "moto", "manta-base", "manta-cluster") if b in args.servers or b in ("nginx", "moto")]
-    head = f"{'metric':<{width}}" + "".join(
-        f"{c:>{max(14, len(c) + 2)}}" for c in (*shown_servers, *(f"manta/{b}" for b in bases)))
+    pairs = [(m, b) for m in mantas or ["manta"] for b in bases]
+    names = (*shown_servers, *(f"{m}/{b}" for m, b in pairs))
+    head = f"{'metric':<{width}}" + "".join(f"{c:>{max(14, len(c) + 2)}}" for c in names)
     print("\n" + head + "\n" + "-" * len(head))
     for metric, label in labels.items():
-        med = {s: medians[metric].get(s) for s in SERVERS}
-        ratios[metric] = {f"manta/{b}": med["manta"] / med[b] if med["manta"] and med[b] else None
-                          for b in bases}
+        med = {s: medians[metric].get(s) for s in shown_servers}
+        ratios[metric] = {f"{m}/{b}": med[m] / med[b] if med.get(m) and med.get(b) else None
+                          for m, b in pairs}
         cells = [fmt(med[s]) + ("!" if sum(raw["failed_ops"][metric].get(s, [])) else "")
                  for s in shown_servers]
         cells += ["-" if r is None else f"{r:.2f}x" for r in ratios[metric].values()]
-        names = (*shown_servers, *(f"manta/{b}" for b in bases))
         print(f"{label:<{width}}" + "".join(f"{c:>{max(14, len(n) + 2)}}" for c, n in zip(cells, names, strict=True)))
     if any(sum(v) for per in raw["failed_ops"].values() for v in per.values()):
         print("! some operations failed; only successful ones count (JSON: failed_ops)")
@@ -200,15 +213,17 @@ def report(args: argparse.Namespace, labels: dict, raw: dict, skipped: dict,
     print("\ntargets:")
     for metric in labels:
         for prefix, base, minimum in TARGETS:
-            if metric.startswith(prefix):
-                r = ratios[metric][f"manta/{base}"]
+            if not metric.startswith(prefix):
+                continue
+            for m in mantas or ["manta"]:
+                r = ratios[metric][f"{m}/{base}"]
                 met = None if r is None else r >= minimum
                 verdict = {None: "not evaluated", True: "met", False: "NOT met"}[met]
                 shown = "-" if r is None else f"{r:.2f}x"
-                print(f"  {labels[metric]:<{width}} manta >= {minimum} x {base:<6}{shown:>8}  "
+                print(f"  {labels[metric]:<{width}} {m} >= {minimum} x {base:<6}{shown:>8}  "
                       f"{verdict}")
-                targets.append({"metric": metric, "baseline": base, "min_ratio": minimum,
-                                "ratio": r, "met": met})
+                targets.append({"metric": metric, "server": m, "baseline": base,
+                                "min_ratio": minimum, "ratio": r, "met": met})
     return {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "machine": machine_info(load_start),
             "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
@@ -229,6 +244,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workdir", type=Path, default=HERE,
                    help="manta's and nginx's data go in a fresh temp dir under here")
     p.add_argument("--json", type=Path, default=HERE / "results" / "objects.json")
+    p.add_argument("--workers", default="1",
+                   help="comma-separated worker-process counts of the manta server (`manta serve "
+                        "--workers N`; 1 passes no flag); several give manta-wN columns")
     p.add_argument("--baseline-rev", default="HEAD~1",
                    help="git revision the manta-base server runs (a worktree in the temp dir)")
     p.add_argument("--quick", action="store_true",
@@ -237,9 +255,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     fill_defaults(args, QUICK_DEFAULTS if args.quick else FULL_DEFAULTS)
     args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    args.workers = sorted({int(w) for w in args.workers.split(",")})
     if unknown := set(args.servers) - set(SERVERS):
         p.error(f"unknown server(s) {', '.join(sorted(unknown))}; choose from {', '.join(SERVERS)}")
-    if min(args.large_mib, args.repeat, args.small_keys, *args.concurrency) < 1:
+    if min(args.large_mib, args.repeat, args.small_keys, *args.concurrency, *args.workers) < 1:
         p.error("sizes, counts and concurrency levels must be >= 1")
     return args
 
@@ -257,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         if (free := shutil.disk_usage(work).free) < 3 * args.large_mib * MiB:
             print(f"error: only {free / 2**30:.1f} GiB free under {args.workdir}", file=sys.stderr)
             return 2
-        for name in args.servers:
+        names = [n for s in args.servers for n in (manta_variants(args) if s == "manta" else [s])]
+        for name in names:
             try:
                 server = start_server(name, work, args)
                 cleanup.callback(server.stop)

@@ -182,14 +182,21 @@ class DirectoryBlobStore:
         return BlobWriter(self, blob_id, hashing)
 
     def write_unsynced(self, blob_id: str, data: bytes) -> None:
+        """A small blob written straight under its final name, without fsync: nothing
+        references it until the catalog commits the record and its journal copy, and after
+        a crash recovery rewrites every journalled blob (an unreferenced one is GC's)."""
         final = self.path(blob_id)
-        tmp = os.path.join(self.tmp_dir, f"{blob_id}.tmp")
-        with open(tmp, "wb", buffering=0) as fh:
-            os.fchmod(fh.fileno(), BLOB_MODE)
+        fd = os.open(final, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, BLOB_MODE)
+        try:
+            os.fchmod(fd, BLOB_MODE)
             view = memoryview(data)
             while view:
-                view = view[fh.write(view):]
-        os.rename(tmp, final)
+                view = view[os.write(fd, view):]
+        except BaseException:
+            os.close(fd)
+            self.delete(blob_id)
+            raise
+        os.close(fd)
 
     def sync(self, blob_ids: list[str]) -> None:
         """Make placed blobs durable: one syncfs(2) of the node's filesystem when it is a

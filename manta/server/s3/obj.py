@@ -10,13 +10,14 @@ from __future__ import annotations
 import email.utils
 import time
 import urllib.parse
+from concurrent.futures import Future
 from typing import Any
 
 from starlette.responses import Response, StreamingResponse
 
 from manta.server.s3 import acl
 from manta.server.s3 import errors as s3e
-from manta.server.s3.body import expected_size, receive_into
+from manta.server.s3.body import BodyResult, expected_size, receive_into
 from manta.server.s3.common import (
     catalog_write,
     checksum_headers,
@@ -37,7 +38,7 @@ from manta.server.s3.common import (
 )
 from manta.server.s3.context import S3Request, copy_source_path, validate_key
 from manta.server.s3.xmlio import document, el, iso8601
-from storage import BlobMeta, MemoryBlobWriter, WriteCondition
+from storage import BlobMeta, BucketRef, MemoryBlobWriter, WriteCondition
 
 # bodies up to this size are gathered in memory and made durable through the catalog
 # journal (one group-committed fsync) instead of fsyncing the blob file on the request path
@@ -87,10 +88,15 @@ async def put_object(req: S3Request) -> Response:
     small = MemoryBlobWriter() if size is not None and size <= SMALL_OBJECT_BYTES else None
     if small is not None:
         body = await receive_into(req, small)
-        if req.store.remote:  # placing it talks to the nodes
-            blob: BlobMeta = await in_thread(req.store.place_small, small)
-        else:
-            blob = req.store.place_small(small)
+        # placed and submitted to the catalog's group commit in one worker-thread hop: the
+        # file writes stay off the event loop, and the loop waits for the commit only
+        record, committed = await in_thread(_place_and_submit, req, bucket, small, body, headers, meta,
+                                            canned, condition)
+        try:
+            freed = await catalog_write(committed)
+        except BaseException:
+            await free_blobs(req, [record["segments"][0][0]])
+            raise
     else:
         writer = await new_writer(req)
         try:
@@ -99,22 +105,41 @@ async def put_object(req: S3Request) -> Response:
         except BaseException:
             writer.abort()
             raise
-    record = {
+        record = new_record(blob, body, headers, meta, canned)
+        try:
+            freed = await catalog_write(req.store.objects.put_async(
+                bucket, req.key, record, None, {blob.blob_id: blob.record()}, condition))
+        except BaseException:
+            await free_blobs(req, [blob.blob_id])
+            raise
+    await free_blobs(req, freed)
+    out = {"etag": f'"{record["etag"]}"', **checksum_headers(record)}
+    return Response(b"", headers=out)
+
+
+def new_record(blob: BlobMeta, body: BodyResult, headers: dict[str, str], meta: dict[str, str],
+               canned: str | None) -> dict[str, Any]:
+    return {
         "size": blob.size, "etag": blob.md5.hex(), "sha256": blob.sha256, "mtime": time.time(),
         "segments": [[blob.blob_id, blob.size]], "headers": headers, "meta": meta,
         "checksums": body.checksums, "checksum_type": "FULL_OBJECT" if body.checksums else None,
         "parts": None, "acl": canned,
     }
+
+
+def _place_and_submit(req: S3Request, bucket: BucketRef, small: MemoryBlobWriter, body: BodyResult,
+                      headers: dict[str, str], meta: dict[str, str], canned: str | None,
+                      condition: WriteCondition | None) -> tuple[dict[str, Any], Future[list[str]]]:
+    """Place a small blob (no fsync) and submit its record with the blob's bytes for the
+    journal; returns the record and the commit's future (the blob is freed on failure)."""
+    blob = req.store.place_small(small)
+    record = new_record(blob, body, headers, meta, canned)
     try:
-        journal = {blob.blob_id: bytes(small.buffer)} if small is not None else None
-        freed = await catalog_write(req.store.objects.put_async(
-            bucket, req.key, record, journal, {blob.blob_id: blob.record()}, condition))
+        return record, req.store.objects.put_async(bucket, req.key, record, {blob.blob_id: bytes(small.buffer)},
+                                                   {blob.blob_id: blob.record()}, condition)
     except BaseException:
-        await free_blobs(req, [blob.blob_id])
+        req.store.free([blob.blob_id])
         raise
-    await free_blobs(req, freed)
-    out = {"etag": f'"{record["etag"]}"', **checksum_headers(record)}
-    return Response(b"", headers=out)
 
 
 def _parse_http_date(value: str | None) -> float | None:
