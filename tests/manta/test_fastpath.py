@@ -1,0 +1,121 @@
+"""The request fast path's parts: the held response head, blocking calls on the pool, request ids."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+from typing import Any
+
+from manta.server.protocol import JOIN_BODY_BYTES, HeadHoldingTransport
+from manta.server.s3.app import request_id
+from manta.server.s3.common import in_thread
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+class FakeCycle:
+    def __init__(self, method: str = "GET") -> None:
+        self.scope: dict[str, Any] = {"method": method}
+        self.response_started = False
+
+
+def holding(method: str = "GET") -> tuple[HeadHoldingTransport, FakeTransport, FakeCycle]:
+    transport, cycle = FakeTransport(), FakeCycle(method)
+    return HeadHoldingTransport(transport, cycle), transport, cycle  # type: ignore[arg-type]
+
+
+def test_small_response_leaves_in_one_write() -> None:
+    wrapper, transport, cycle = holding()
+    cycle.response_started = True
+    wrapper.write(b"HTTP/1.1 200 OK\r\n\r\n")
+    assert transport.writes == []
+    wrapper.write(b"body")
+    assert transport.writes == [b"HTTP/1.1 200 OK\r\n\r\nbody"]
+    wrapper.write(b"more")
+    assert transport.writes[-1] == b"more"
+
+
+def test_large_first_body_write_is_not_copied_onto_the_head() -> None:
+    wrapper, transport, cycle = holding()
+    cycle.response_started = True
+    big = b"x" * (JOIN_BODY_BYTES + 1)
+    wrapper.write(b"head")
+    wrapper.write(big)
+    assert transport.writes == [b"head", big]
+
+
+def test_continue_and_head_answers_pass_straight_through() -> None:
+    wrapper, transport, cycle = holding()
+    wrapper.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # before the response starts
+    assert transport.writes == [b"HTTP/1.1 100 Continue\r\n\r\n"]
+    head_wrapper, head_transport, head_cycle = holding("HEAD")
+    head_cycle.response_started = True
+    head_wrapper.write(b"HTTP/1.1 200 OK\r\n\r\n")
+    assert head_transport.writes == [b"HTTP/1.1 200 OK\r\n\r\n"]
+
+
+def test_close_and_flush_send_a_held_head() -> None:
+    wrapper, transport, cycle = holding()
+    cycle.response_started = True
+    wrapper.write(b"head")
+    wrapper.close()
+    assert transport.writes == [b"head"] and transport.closed
+    assert wrapper.is_closing()  # everything else is the real transport's
+    wrapper.flush()
+    assert transport.writes == [b"head"]
+
+
+def test_request_ids_are_16_hex_digits_and_differ() -> None:
+    ids = {request_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(re.fullmatch(r"[0-9A-F]{16}", rid) for rid in ids)
+
+
+def test_in_thread_returns_and_raises() -> None:
+    async def main() -> None:
+        assert await in_thread(sum, [1, 2, 3]) == 6
+        try:
+            await in_thread(int, "x")
+        except ValueError:
+            return
+        raise AssertionError("the thread's exception was not raised")
+
+    asyncio.run(main())
+
+
+def test_a_cancelled_in_thread_call_waits_for_the_thread() -> None:
+    release = threading.Event()
+    finished = threading.Event()
+
+    def blocking() -> None:
+        release.wait(10)
+        finished.set()
+
+    async def main() -> bool:
+        task = asyncio.ensure_future(in_thread(blocking))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        await asyncio.sleep(0.05)
+        assert not task.done()  # the cancel waits for the call to return
+        release.set()
+        try:
+            await task
+        except asyncio.CancelledError:
+            return finished.is_set()
+        return False
+
+    assert asyncio.run(main())
