@@ -54,7 +54,6 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -131,10 +130,10 @@ class Catalog:
 
     # -- transactions -------------------------------------------------------------
 
-    @contextmanager
-    def read(self) -> Iterator[Txn]:
-        with self.env.begin(write=False) as txn:
-            yield txn
+    def read(self) -> Txn:
+        """A read transaction, for `with`: the transaction is its own context manager
+        (not a generator-based one: every request opens several of these)."""
+        return self.env.begin(write=False)
 
     def submit(self, fn: Callable[[Txn], T]) -> concurrent.futures.Future[T]:
         fut: concurrent.futures.Future[T] = concurrent.futures.Future()
