@@ -283,10 +283,15 @@ def _parse_credential(
 
 
 def _parse_signed_headers(value: str, error: type[s3e.S3Error], prefix: str) -> tuple[str, ...]:
-    names = tuple(name.strip().lower() for name in value.split(";"))
+    names = _signed_header_names(value)
     if not all(names):
         raise error(prefix + f"the SignedHeaders list {value!r} is malformed.")
     return names
+
+
+@lru_cache(maxsize=1024)  # a client signs the same header list all day
+def _signed_header_names(value: str) -> tuple[str, ...]:
+    return tuple(name.strip().lower() for name in value.split(";"))
 
 
 def _parse_amz_date(raw: str) -> datetime | None:
