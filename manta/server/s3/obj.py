@@ -2,7 +2,15 @@
 
 PUT streams the body once into a new blob (hashing as it goes), makes the blob durable,
 then commits the object record; only then is the object visible. Any failure before
-the commit deletes the blob, so a partial object never exists.
+the commit deletes the blob, so a partial object never exists. A small body (up to
+SMALL_OBJECT_BYTES) is gathered in memory; one worker-thread hop places its blob without
+fsync and queues the record with the bytes for the catalog journal, and the PUT returns
+when that group commit is durable. A big one is hashed and written on worker threads
+(body.receive_into) and fsync'd before its record is queued.
+
+GET of a small object (one segment, up to INLINE_READ_BYTES) reads record and bytes on
+the event loop (page-cache hits cost less than a thread hop) and answers with a plain
+response; bigger ones stream, read a few blocks per worker-thread hop.
 """
 
 from __future__ import annotations
