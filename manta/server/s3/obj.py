@@ -3,9 +3,9 @@
 PUT streams the body once into a new blob (hashing as it goes), makes the blob durable,
 then commits the object record; only then is the object visible. Any failure before
 the commit deletes the blob, so a partial object never exists. A small body (up to
-SMALL_OBJECT_BYTES) is gathered in memory; one worker-thread hop places its blob without
-fsync and queues the record with the bytes for the catalog journal, and the PUT returns
-when that group commit is durable. A big one is hashed and written on worker threads
+SMALL_OBJECT_BYTES) is gathered in memory, its blob placed on the loop without fsync (a
+worker thread for remote nodes) and its record queued with the bytes for the catalog
+journal; the PUT returns when that group commit is durable. A big one is hashed and written on worker threads
 (body.receive_into) and fsync'd before its record is queued.
 
 GET of a small object (one segment, up to INLINE_READ_BYTES) reads record and bytes on
@@ -96,10 +96,14 @@ async def put_object(req: S3Request) -> Response:
     small = MemoryBlobWriter() if size is not None and size <= SMALL_OBJECT_BYTES else None
     if small is not None:
         body = await receive_into(req, small)
-        # placed and submitted to the catalog's group commit in one worker-thread hop: the
-        # file writes stay off the event loop, and the loop waits for the commit only
-        record, committed = await in_thread(_place_and_submit, req, bucket, small, body, headers, meta,
-                                            canned, condition)
+        # placed (one small file write, no fsync) and submitted to the catalog's group commit
+        # right here: a worker-thread hop for it cost more (thread switches) than the write;
+        # placing on remote nodes talks to them, in a worker thread
+        if req.store.remote:
+            record, committed = await in_thread(_place_and_submit, req, bucket, small, body, headers, meta,
+                                                canned, condition)
+        else:
+            record, committed = _place_and_submit(req, bucket, small, body, headers, meta, canned, condition)
         try:
             freed = await catalog_write(committed)
         except BaseException:
