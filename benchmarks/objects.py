@@ -166,8 +166,13 @@ def measure_all(args: argparse.Namespace, servers: dict[str, Server], labels: di
     raw: dict = {"samples": {m: {s: [] for s in servers} for m in labels},
                  "failed_ops": {m: {s: [] for s in servers} for m in labels}, "failures": []}
     for rnd in range(args.repeat):
+        # the servers' order turns by one each round: the one measured right after another
+        # server's large write (its writeback still running) is not always the same
+        names = list(servers)
+        order = names[rnd % len(names):] + names[:rnd % len(names)]
         for metric, label in labels.items():
-            for name, server in servers.items():
+            for name in order:
+                server = servers[name]
                 prefix = f"round {rnd + 1}/{args.repeat}  {label:<28} {name:<6}"
                 try:
                     value, failed = measure(metric, server.target, args, f"r{rnd}-{metric}")
