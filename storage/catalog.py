@@ -158,7 +158,11 @@ class Catalog:
                     self._queue.put(None)
                     break
                 batch.append(nxt)
-            self._apply(batch)
+            # a write cancelled before it ran is not applied; one that runs can no longer be
+            # cancelled, so its outcome is always delivered (and this thread never dies of it)
+            batch = [(fn, fut) for fn, fut in batch if fut.set_running_or_notify_cancel()]
+            if batch:
+                self._apply(batch)
 
     def _apply(self, batch: list[tuple[Callable[[Txn], Any], concurrent.futures.Future[Any]]]) -> None:
         outcomes: list[tuple[bool, Any]] = []

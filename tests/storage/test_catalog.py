@@ -6,6 +6,7 @@ Blob ids here are fake (no bytes are stored): the catalog only counts references
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import os
 import secrets
@@ -132,6 +133,61 @@ def test_one_failing_write_does_not_roll_back_its_batch(st: Stores) -> None:
         st.catalog.bucket("doomed-bucket")
     assert len({b for b, _ in st.catalog.blob_records()}) == 10, "the failed write's blob reference leaked"
     # the writer thread is still healthy
+    st.objects.put(BUCKET, "after", record((blob_id(), 1)))
+
+
+def test_a_cancelled_write_is_not_applied_or_fatal_to_the_writer(st: Stores) -> None:
+    """A write cancelled while queued is skipped; one being applied cannot be cancelled and
+    delivers its outcome; either way the writer thread lives on."""
+    release, started = threading.Event(), threading.Event()
+
+    def hold_the_writer(txn: Txn) -> str:
+        started.set()
+        assert release.wait(10)
+        st.objects._put_in(txn, BUCKET, "running", {**record((blob_id(), 1)), "key": "running"})
+        return "applied"
+
+    running = st.catalog.submit(hold_the_writer)
+    assert started.wait(10)
+    queued = st.objects.put_async(BUCKET, "queued", record((blob_id(), 1)))
+    assert queued.cancel() and not running.cancel()
+    release.set()
+    assert running.result(10) == "applied"
+    st.objects.put(BUCKET, "after", record((blob_id(), 1)))  # the writer is alive
+    assert sorted(r["key"] for r in st.objects.list(BUCKET).contents) == ["after", "running"]
+
+
+def test_a_request_cancelled_during_its_commit_gets_the_committed_outcome(st: Stores) -> None:
+    """catalog_write (the S3 layer's await of a commit): a cancel that lands while the write
+    is applied waits for it, and a committed write returns its result (the caller must not
+    free blobs the new record references); a cancel while queued cancels the write."""
+    from manta.server.s3.common import catalog_write
+
+    release, started = threading.Event(), threading.Event()
+
+    def slow(txn: Txn) -> str:
+        started.set()
+        assert release.wait(10)
+        return "committed"
+
+    async def run() -> tuple[Any, Any]:
+        running = asyncio.create_task(catalog_write(st.catalog.submit(slow)))
+        await asyncio.get_running_loop().run_in_executor(None, started.wait, 10)
+        queued = asyncio.create_task(catalog_write(st.objects.put_async(BUCKET, "q", record((blob_id(), 1)))))
+        await asyncio.sleep(0)
+        running.cancel()
+        queued.cancel()
+        await asyncio.sleep(0.05)
+        release.set()
+        got = await running
+        with pytest.raises(asyncio.CancelledError):
+            await queued
+        return got, None
+
+    got, _ = asyncio.run(run())
+    assert got == "committed"
+    with pytest.raises(errors.NoSuchKey):
+        st.objects.get(BUCKET, "q")
     st.objects.put(BUCKET, "after", record((blob_id(), 1)))
 
 

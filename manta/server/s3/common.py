@@ -124,7 +124,22 @@ async def free_blobs(req: S3Request, blob_ids: list[str]) -> None:
 
 
 async def catalog_write(future: Any) -> Any:
-    return await asyncio.wrap_future(future)
+    """The outcome of a submitted catalog write. A cancel (shutdown) cancels the write if it
+    has not started; once it runs, its outcome is awaited: a write that committed returns as
+    if no cancel had come (its caller must not free what the record now references), one
+    that did not raises CancelledError."""
+    wrapped = asyncio.wrap_future(future)
+    try:
+        return await asyncio.shield(wrapped)
+    except asyncio.CancelledError:
+        if future.cancel():  # not started: it will not be applied
+            raise
+        while not wrapped.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([wrapped])
+        if wrapped.exception() is not None:
+            raise
+        return wrapped.result()
 
 
 THREADS = 40  # as many blocking calls at once as anyio's default limiter allowed
