@@ -79,10 +79,9 @@ def manta_variants(args: argparse.Namespace) -> dict[str, int]:
 def start_server(name: str, work: Path, args: argparse.Namespace) -> Server:
     variants = manta_variants(args)
     if name in variants:
-        # one worker: no flag at all, so that a revision without --workers starts as well
-        workers = variants[name]
-        return Server.manta(name, work, work / f"{name}-data",
-                            *(["--workers", str(workers)] if workers > 1 else []))
+        # always the flag: a plain `manta serve` runs one worker per CPU (manta-base, a
+        # revision from before --workers, never gets it)
+        return Server.manta(name, work, work / f"{name}-data", "--workers", str(variants[name]))
     if name == "manta-base":  # the same embedded server at another revision, for before/after
         code = work / "base-checkout"
         subprocess.run(["git", "-C", str(HERE.parent), "worktree", "add", "--detach", "-q", str(code),
@@ -251,7 +250,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, default=HERE / "results" / "objects.json")
     p.add_argument("--workers", default="1",
                    help="comma-separated worker-process counts of the manta server (`manta serve "
-                        "--workers N`; 1 passes no flag); several give manta-wN columns")
+                        "--workers N`); several give manta-wN columns")
     p.add_argument("--baseline-rev", default="HEAD~1",
                    help="git revision the manta-base server runs (a worktree in the temp dir)")
     p.add_argument("--quick", action="store_true",
