@@ -42,19 +42,20 @@ import os
 import shutil
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from jobs import errors as je
 from jobs.admission import Admission, default_budget_mb
+from jobs.outputs import TaskOutputs, partition_of
 from jobs.reach import TaskRoots
 from jobs.sandbox import Sandbox, SandboxError, TaskLimits, TaskResult, TaskSpec
 from jobs.warm import WarmPool
 from storage import LocalNode, Node
 from storage import errors as se
+from storage.blobs import MemoryBlobWriter
 from storage.nodeapi import BLOCK
-from storage.replicas import BlobMeta, ReplicatedWriter
+from storage.replicas import BlobMeta, ReplicatedWriter, place_small
 
 __all__ = ["PeerFactory", "TaskAgent", "partition_of", "remote_peers", "sweep_scratch"]
 
@@ -63,12 +64,6 @@ log = logging.getLogger("manta.jobs")
 Record = dict[str, Any]
 PeerFactory = Callable[[str, str], Node]  # (node id, url) -> the Node to reach that peer by
 EARLY_CANCEL_S = 600.0  # a cancel that arrives before its task is remembered this long
-
-
-def partition_of(line: bytes, count: int) -> int:
-    """The reducer (0..count-1) a line goes to: a stable hash of the text before the first tab."""
-    key = line.split(b"\t", 1)[0].rstrip(b"\n")
-    return zlib.crc32(key) % count
 
 
 def remote_peers(secret: str | None) -> PeerFactory:
@@ -200,7 +195,7 @@ class TaskAgent:
         spec = TaskSpec(exec=req["exec"], env=env, init=req.get("init"),
                         limits=TaskLimits(memory_mb=limits["memory_mb"], disk_mb=limits["disk_mb"],
                                           timeout_s=limits["timeout_s"]))
-        outputs: _Outputs | None = None
+        outputs: TaskOutputs | None = None
         try:
             if req["type"] == "map":
                 path = task.input_path(req["inputs"][0])
@@ -213,7 +208,8 @@ class TaskAgent:
             for asset in req.get("assets") or []:
                 spec.assets.append((roots.path(self.node, task.input_path(asset)),
                                     os.path.basename(asset["name"])))
-            outputs = _Outputs(self._writer_factory(req), req.get("partitions") or 0)
+            outputs = TaskOutputs(self._writer_factory(req), req.get("partitions") or 0,
+                                  self._small_placer(req), self._delete)
             with self.admission.hold(self.node.id, req["owner"], limits["memory_mb"], cancel) as started:
                 if not started:
                     outputs.abort()
@@ -230,7 +226,7 @@ class TaskAgent:
             if not result.ok:
                 outputs.abort()
                 return task.outcome(result)
-            return task.outcome(result, outputs=self._replicate(outputs.commit(), req))
+            return task.outcome(result, outputs=self._replicate(outputs.commit(), req, outputs.journal))
         except BaseException:
             if outputs is not None:
                 outputs.abort()
@@ -253,8 +249,21 @@ class TaskAgent:
 
         return here
 
-    def _replicate(self, metas: list[tuple[int, BlobMeta]], req: Record) -> list[Record]:
-        """Copy each output from this node onto peers until `copies` copies exist."""
+    def _small_placer(self, req: Record) -> Callable[[MemoryBlobWriter], BlobMeta] | None:
+        """In the front door's process, small outputs are placed without fsync and journalled
+        in the outcome's catalog transaction (jobs/outputs.py); a remote node's are files."""
+        if not self.stream_copies:
+            return None
+        copies = max(1, int(req.get("copies") or 1))
+        peers = [p for p in (self.peer(e["id"], e["url"]) for e in req.get("peers") or [])
+                 if p is not None and p is not self.node] if copies > 1 else []
+        return lambda small: place_small([self.node, *peers], copies, small, first=self.node)
+
+    def _replicate(self, metas: list[tuple[int, BlobMeta]], req: Record,
+                   journal: dict[str, bytes] | None = None) -> list[Record]:
+        """Copy each output from this node onto peers until `copies` copies exist. Outputs
+        placed without fsync carry their bytes (`data_b64`: outcomes stay JSON) for the outcome's
+        journal entry."""
         copies = max(1, int(req.get("copies") or 1))
         peers = [e for e in req.get("peers") or [] if e["id"] != self.node.id]
         try:
@@ -279,9 +288,13 @@ class TaskAgent:
             for _, meta in metas:
                 self._delete(meta)
             raise
-        return [{"partition": index, "blob": m.blob_id, "size": m.size, "md5": m.md5.hex(),
-                 "sha256": m.sha256.hex(), "crcs": m.blocks.hex(), "nodes": list(m.nodes)}
-                for index, m in metas]
+        out = [{"partition": index, "blob": m.blob_id, "size": m.size, "md5": m.md5.hex(),
+                "sha256": m.sha256.hex(), "crcs": m.blocks.hex(), "nodes": list(m.nodes)}
+               for index, m in metas]
+        for output in out:
+            if journal and output["blob"] in journal:
+                output["data_b64"] = base64.b64encode(journal[output["blob"]]).decode()
+        return out
 
     def _delete(self, meta: BlobMeta) -> None:
         for node_id in meta.nodes:
@@ -436,66 +449,3 @@ def _filter_lines(data: bytes, partition: tuple[int, int], out: Any) -> bytes:
     tail = lines.pop()
     out.write(b"".join(line + b"\n" for line in lines if partition_of(line, count) == index))
     return tail
-
-
-class _Outputs:
-    """stdout -> one blob, or one per reducer of the next phase (made on its first byte:
-    an empty partition makes no blob)."""
-
-    def __init__(self, make: Callable[[], ReplicatedWriter], partitions: int) -> None:
-        self.make = make
-        self.partitions = partitions
-        self.writers: dict[int, ReplicatedWriter] = {}
-        self._tail = b""
-        if partitions <= 1:
-            self.writers[0] = self._new()  # fails now (no space) rather than mid-task
-
-    def _new(self) -> ReplicatedWriter:
-        try:
-            return self.make()
-        except se.InsufficientNodes as exc:
-            raise je.NodeFailure(str(exc)) from exc
-
-    def _writer(self, index: int) -> ReplicatedWriter:
-        if index not in self.writers:
-            self.writers[index] = self._new()
-        return self.writers[index]
-
-    def write(self, data: bytes) -> None:
-        if self.partitions <= 1:
-            self.writers[0].write(data)
-            return
-        data = self._tail + data
-        cut = data.rfind(b"\n") + 1
-        self._tail = data[cut:]
-        buckets: dict[int, list[bytes]] = {}
-        for line in data[:cut].splitlines(keepends=True):
-            buckets.setdefault(partition_of(line, self.partitions), []).append(line)
-        for index, lines in buckets.items():
-            self._writer(index).write(b"".join(lines))
-
-    def commit(self) -> list[tuple[int, BlobMeta]]:
-        """(partition, blob meta) of each non-empty output, in partition order."""
-        if self._tail:
-            self._writer(partition_of(self._tail, self.partitions)).write(self._tail + b"\n")
-            self._tail = b""
-        out: list[tuple[int, BlobMeta]] = []
-        try:
-            for index in sorted(self.writers):
-                writer = self.writers[index]
-                if writer.size == 0:
-                    writer.abort()
-                else:
-                    out.append((index, writer.commit()))
-        except se.InsufficientNodes as exc:
-            nodes = {n.id: n for w in self.writers.values() for n in w.all_nodes}
-            for _, meta in out:
-                for node_id in meta.nodes:
-                    with contextlib.suppress(OSError, se.StorageError):
-                        nodes[node_id].delete(meta.blob_id)
-            raise je.NodeFailure(str(exc)) from exc
-        return out
-
-    def abort(self) -> None:
-        for writer in self.writers.values():
-            writer.abort()

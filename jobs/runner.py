@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jobs import errors as je
-from jobs.agent import partition_of
+from jobs.outputs import partition_of
 from jobs.records import JobRecords, jobs_bucket, task_key
 from jobs.spec import parse_input
 from storage import BucketRef, Node, Store
@@ -152,9 +152,11 @@ def _finish(ctx: RunContext, job: Record, task: Record, error: tuple[str, str] |
         done["exit_code"] = outcome["exit_code"]
     stderr = base64.b64decode(outcome.get("stderr_b64") or "")
     new_blobs: dict[str, Record] = {}
+    journal: dict[str, bytes] = {}  # outputs placed without fsync: durable with this commit
     objects: list[tuple[str, Record]] = []
     if error is None:
         outputs = outcome.get("outputs") or []
+        journal = {o["blob"]: base64.b64decode(o["data_b64"]) for o in outputs if o.get("data_b64") is not None}
         names = [f"{base}.r{o['partition']}" if partitioned else base for o in outputs]
         for name, output in zip(names, outputs, strict=True):
             new_blobs[output["blob"]] = {"size": output["size"], "sha256": bytes.fromhex(output["sha256"]),
@@ -180,6 +182,8 @@ def _finish(ctx: RunContext, job: Record, task: Record, error: tuple[str, str] |
         freed: list[str] = []
         if made:
             _count_outputs(ctx, txn, job, made)
+            for blob_id, data in journal.items():
+                store.catalog.journal_put(txn, blob_id, data)
         for name, record in objects:
             freed += store.objects.put_in(txn, bucket, name, record, new_blobs, owner=job["owner"],
                                             enforce_quota=True)

@@ -254,13 +254,16 @@ class ReplicatedWriter:
         self._writers.clear()
 
 
-def place_small(nodes: list[Node], copies: int, small: MemoryBlobWriter) -> BlobMeta:
-    """Write a small blob to `copies` nodes without fsync (the catalog journal holds it)."""
+def place_small(nodes: list[Node], copies: int, small: MemoryBlobWriter, first: Node | None = None) -> BlobMeta:
+    """Write a small blob to `copies` nodes without fsync (the catalog journal holds it);
+    `first` (a task's node) gets the first copy if it can."""
     data = bytes(small.buffer)
     placed: list[str] = []
     tried: set[str] = set()
     while len(placed) < copies:
         candidates = choose_nodes(nodes, copies - len(placed), exclude=tried)
+        if first is not None and first.id not in tried and first.writable():
+            candidates = [first, *[n for n in candidates if n is not first]][:copies - len(placed)]
         if not candidates:
             break
         for node in candidates:
