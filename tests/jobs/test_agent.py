@@ -250,21 +250,15 @@ def test_the_scheduler_retries_a_node_failure_on_another_holder(sandbox: Sandbox
     from jobs.scheduler import JobScheduler, SchedulerConfig
     from jobs.spec import parse_spec
     from storage import Store, StoreConfig
+    from tests.jobs.scheduler_proc import put
 
     base = traversable_dir("manta-agent-sched-")
     store = Store(StoreConfig(data_dir=os.path.join(base, "data"), node_count=3, copies=2))
     scheduler = JobScheduler(store, sandbox, SchedulerConfig(slots_per_node=2, tick_s=0.05, memory_budget_mb=1024))
     try:
-        store.catalog.create_bucket("in", "root")
         datas = [f"{i}\n".encode() * (i + 1) for i in range(6)]
         for i, data in enumerate(datas):
-            writer = store.writer()
-            writer.write(data)
-            meta = writer.commit()
-            record = {"size": meta.size, "etag": meta.md5.hex(), "sha256": meta.sha256, "mtime": time.time(),
-                      "segments": [[meta.blob_id, meta.size]], "headers": {}, "meta": {}, "checksums": {},
-                      "checksum_type": None, "parts": None}
-            store.objects.put("in", f"k{i}", record, {meta.blob_id: meta.record()})
+            put(store, "in", f"k{i}", data)
         failed: set[str] = set()
         lock = threading.Lock()
         for agent in scheduler.agents.values():

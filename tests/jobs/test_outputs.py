@@ -17,6 +17,7 @@ from storage import LocalNode, Store, StoreConfig
 from storage.node import NodeSpec
 from storage.replicas import ReplicatedWriter, place_small
 from tests.conftest import traversable_dir
+from tests.jobs.scheduler_proc import put
 from tests.jobs.test_agent import sandbox  # noqa: F401 - the fixture
 
 
@@ -77,15 +78,8 @@ def test_a_journalled_job_output_survives_the_loss_of_its_unsynced_file(sandbox:
     store = Store(config)
     scheduler = JobScheduler(store, sandbox, SchedulerConfig(slots_per_node=1, tick_s=0.05, memory_budget_mb=1024))
     try:
-        store.catalog.create_bucket("in", "root")
         for name, data in (("small", b"a b c\n" * 10), ("big", os.urandom(200_000))):
-            writer = store.writer()
-            writer.write(data)
-            meta = writer.commit()
-            record = {"size": meta.size, "etag": meta.md5.hex(), "sha256": meta.sha256, "mtime": time.time(),
-                      "segments": [[meta.blob_id, meta.size]], "headers": {}, "meta": {}, "checksums": {},
-                      "checksum_type": None, "parts": None}
-            store.objects.put("in", name, record, {meta.blob_id: meta.record()})
+            put(store, "in", name, data)
         scheduler.start()  # no JournalFlusher runs here: the journal keeps what the task placed
         spec = parse_spec({"phases": [{"type": "map", "exec": "if [ $(wc -c) -gt 1000 ]; then cat $MANTA_INPUT_FILE; "
                                                               "else wc -w < $MANTA_INPUT_FILE; fi"}],

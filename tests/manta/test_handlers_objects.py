@@ -194,6 +194,14 @@ def test_object_attributes(s3: InProcessS3, bucket: str) -> None:
     assert b"<ObjectSize>5</ObjectSize>" in got.content
 
 
+def assert_answered_after(change: str, got: Any, new: bytes) -> None:
+    """The GET answered as if it came after the write: 404 for a delete, the new bytes else."""
+    if change == "delete":
+        assert got.status_code == 404 and error_code(got) == "NoSuchKey"
+    else:
+        assert got.status_code == 200 and got.content == new
+
+
 @pytest.mark.parametrize("change", ["delete", "overwrite"])
 def test_a_get_racing_a_write_answers_the_current_object(s3: InProcessS3, bucket: str,
                                                          monkeypatch: pytest.MonkeyPatch, change: str) -> None:
@@ -220,10 +228,7 @@ def test_a_get_racing_a_write_answers_the_current_object(s3: InProcessS3, bucket
     monkeypatch.setattr(s3.store, "readers", write_first)
     got = s3.request("GET", f"/{bucket}/k")
     assert raced == [change]
-    if change == "delete":
-        assert got.status_code == 404 and error_code(got) == "NoSuchKey"
-    else:
-        assert got.status_code == 200 and got.content == new
+    assert_answered_after(change, got, new)
 
 
 @pytest.mark.parametrize("change", ["delete", "overwrite"])
@@ -252,9 +257,6 @@ def test_a_blob_freed_between_record_and_open_is_not_queued_for_repair(
     monkeypatch.setattr(storage_store, "BlobReader", WriteFirst)
     got = s3.request("GET", f"/{bucket}/k")
     assert raced == [change]
-    if change == "delete":
-        assert got.status_code == 404 and error_code(got) == "NoSuchKey"
-    else:
-        assert got.status_code == 200 and got.content == new
+    assert_answered_after(change, got, new)
     with s3.store.catalog.read() as txn:
         assert list(s3.store.catalog.scan(txn, "repairs")) == []
