@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import random
 import secrets
 import struct
@@ -45,6 +44,7 @@ from storage.errors import (
     ResourceExhausted,
 )
 from storage.nodeapi import SPACE_MAX_AGE_S, BlobWrite, Node
+from storage.threads import ProcessPool
 
 __all__ = ["BLOCK", "BlobReader", "ReplicatedWriter", "block_sums", "choose_nodes", "copy_blob", "verify_file"]
 
@@ -60,15 +60,19 @@ def block_sums(data: bytes | memoryview) -> bytes:
 
 
 def choose_nodes(nodes: list[Node], k: int, exclude: set[str] | frozenset[str] = frozenset(),
-                 rng: random.Random | None = None) -> list[Node]:
-    """Up to k distinct writable nodes, picked at random weighted by free space."""
+                 rng: random.Random | None = None, first: Node | None = None) -> list[Node]:
+    """Up to k distinct writable nodes, picked at random weighted by free space; `first`
+    (a task's node), if writable and not excluded, comes first."""
     rng = rng or _RNG
+    chosen: list[Node] = []
+    if first is not None and k > 0 and first.id not in exclude and first.writable():
+        chosen.append(first)
+        exclude = {*exclude, first.id}
     pool: list[tuple[Node, float]] = []
     for node in nodes:
         if node.id in exclude or not node.writable():
             continue
         pool.append((node, max(float(node.space(SPACE_MAX_AGE_S)[1]), 1.0)))
-    chosen: list[Node] = []
     while pool and len(chosen) < k:
         total = sum(w for _, w in pool)
         pick = rng.uniform(0, total)
@@ -82,15 +86,7 @@ def choose_nodes(nodes: list[Node], k: int, exclude: set[str] | frozenset[str] =
 
 
 PARALLEL_HASH_BYTES = 256 * 1024  # a write at least this big hashes its MD5 on a helper thread
-_hash_pool: tuple[int, ThreadPoolExecutor] | None = None
-
-
-def _md5_pool() -> ThreadPoolExecutor:
-    """Helper threads for MD5s (made anew in a forked child)."""
-    global _hash_pool
-    if _hash_pool is None or _hash_pool[0] != os.getpid():
-        _hash_pool = (os.getpid(), ThreadPoolExecutor(4, thread_name_prefix="manta-md5"))
-    return _hash_pool[1]
+_MD5_POOL = ProcessPool(4, "manta-md5")  # helper threads for the MD5s of large writes
 
 
 class _BlockSummer:
@@ -144,10 +140,7 @@ class ReplicatedWriter:
         self.size = 0
         self._writers: dict[str, tuple[Node, BlobWrite]] = {}
         self._failed: set[str] = set()
-        chosen = []
-        if first is not None and first.writable():
-            chosen.append(first)
-        chosen += choose_nodes(nodes, copies - len(chosen), exclude={n.id for n in chosen})
+        chosen = choose_nodes(nodes, copies, first=first)
         for node in chosen:
             self._open(node)
         if not self._writers:
@@ -178,7 +171,7 @@ class ReplicatedWriter:
             entry[1].abort()
 
     def write(self, data: bytes | memoryview) -> None:
-        md5 = _md5_pool().submit(self._md5.update, data) if len(data) >= PARALLEL_HASH_BYTES else None
+        md5 = _MD5_POOL.get().submit(self._md5.update, data) if len(data) >= PARALLEL_HASH_BYTES else None
         try:
             if md5 is None:
                 self._md5.update(data)
@@ -261,9 +254,7 @@ def place_small(nodes: list[Node], copies: int, small: MemoryBlobWriter, first: 
     placed: list[str] = []
     tried: set[str] = set()
     while len(placed) < copies:
-        candidates = choose_nodes(nodes, copies - len(placed), exclude=tried)
-        if first is not None and first.id not in tried and first.writable():
-            candidates = [first, *[n for n in candidates if n is not first]][:copies - len(placed)]
+        candidates = choose_nodes(nodes, copies - len(placed), exclude=tried, first=first)
         if not candidates:
             break
         for node in candidates:

@@ -6,9 +6,7 @@ import asyncio
 import base64
 import contextlib
 import itertools
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from starlette.responses import Response
@@ -19,6 +17,7 @@ from manta.server.s3.xmlio import http_date
 from storage import BlobMeta, BlobReader, BucketRef, ReplicatedWriter
 from storage.catalog import generation_of
 from storage.errors import NoSuchBlob
+from storage.threads import ProcessPool
 
 STORED_HEADERS = ("content-type", "content-encoding", "content-disposition",
                   "content-language", "cache-control", "expires")
@@ -134,38 +133,33 @@ async def catalog_write(future: Any) -> Any:
     except asyncio.CancelledError:
         if future.cancel():  # not started: it will not be applied
             raise
-        while not wrapped.done():
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait([wrapped])
+        await _until_done(wrapped)
         if wrapped.exception() is not None:
             raise
         return wrapped.result()
 
 
 THREADS = 40  # as many blocking calls at once as anyio's default limiter allowed
-_pool: tuple[int, ThreadPoolExecutor] | None = None
-
-
-def blocking_pool() -> ThreadPoolExecutor:
-    """This process's pool for blocking storage calls (made anew in a forked child)."""
-    global _pool
-    if _pool is None or _pool[0] != os.getpid():
-        _pool = (os.getpid(), ThreadPoolExecutor(THREADS, thread_name_prefix="manta-io"))
-    return _pool[1]
+BLOCKING_POOL = ProcessPool(THREADS, "manta-io")  # this process's threads for blocking storage calls
 
 
 async def in_thread(fn: Any, *args: Any) -> Any:
     """Run a blocking storage call (fsync, catalog commit) off the event loop. A cancel
     takes effect once the call has returned (the caller's clean-up never runs beside it),
     as with anyio's to_thread, without anyio's per-call task and cancel-scope machinery."""
-    future = asyncio.get_running_loop().run_in_executor(blocking_pool(), fn, *args)
+    future = asyncio.get_running_loop().run_in_executor(BLOCKING_POOL.get(), fn, *args)
     try:
         return await asyncio.shield(future)
     except asyncio.CancelledError:
-        while not future.done():
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait([future])
+        await _until_done(future)
         raise
+
+
+async def _until_done(future: asyncio.Future[Any]) -> None:
+    """Wait for `future` to finish, however often this task is cancelled meanwhile."""
+    while not future.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait([future])
 
 
 MAX_PART_NUMBER = 10000
