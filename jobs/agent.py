@@ -237,8 +237,7 @@ class TaskAgent:
     def _writer_factory(self, req: Record) -> Callable[[], ReplicatedWriter]:
         copies = max(1, int(req.get("copies") or 1))
         if self.stream_copies and copies > 1:
-            peers = [p for p in (self.peer(e["id"], e["url"]) for e in req.get("peers") or [])
-                     if p is not None and p is not self.node]
+            peers = self._peer_nodes(req)
             return lambda: ReplicatedWriter([self.node, *peers], copies, first=self.node)
 
         def here() -> ReplicatedWriter:
@@ -255,9 +254,13 @@ class TaskAgent:
         if not self.stream_copies:
             return None
         copies = max(1, int(req.get("copies") or 1))
-        peers = [p for p in (self.peer(e["id"], e["url"]) for e in req.get("peers") or [])
-                 if p is not None and p is not self.node] if copies > 1 else []
+        peers = self._peer_nodes(req) if copies > 1 else []
         return lambda small: place_small([self.node, *peers], copies, small, first=self.node)
+
+    def _peer_nodes(self, req: Record) -> list[Node]:
+        """The request's peers (where further copies of outputs may go), as nodes."""
+        return [p for p in (self.peer(e["id"], e["url"]) for e in req.get("peers") or [])
+                if p is not None and p is not self.node]
 
     def _replicate(self, metas: list[tuple[int, BlobMeta]], req: Record,
                    journal: dict[str, bytes] | None = None) -> list[Record]:

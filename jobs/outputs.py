@@ -46,8 +46,8 @@ class TaskOutputs:
                  place: Callable[[MemoryBlobWriter], BlobMeta] | None = None,
                  drop: Callable[[BlobMeta], None] | None = None) -> None:
         self.make = make
-        self.place = place  # None once an output outgrew memory: new outputs go to files
-        self._placer = place
+        self.place = place
+        self.spilled = False  # an output outgrew memory: the task's new outputs go to files
         self._drop = drop
         self.partitions = partitions
         self.writers: dict[int, Writer] = {}
@@ -57,7 +57,7 @@ class TaskOutputs:
             self.writers[0] = self._new()  # fails now (no space) rather than mid-task
 
     def _new(self) -> Writer:
-        if self.place is not None:
+        if self.place is not None and not self.spilled:
             return MemoryBlobWriter()
         try:
             return self.make()
@@ -70,7 +70,7 @@ class TaskOutputs:
             writer = self.writers[index] = self._new()
         if isinstance(writer, MemoryBlobWriter) and writer.size + len(data) > SMALL_OUTPUT_BYTES:
             gathered = writer
-            self.place = None  # the other outputs of this task may be as big: files for all from now
+            self.spilled = True  # the other outputs of this task may be as big: files for all from now
             writer = self.writers[index] = self._new()
             writer.write(bytes(gathered.buffer))
         writer.write(data)
@@ -100,8 +100,8 @@ class TaskOutputs:
                 if writer.size == 0:
                     writer.abort()
                 elif isinstance(writer, MemoryBlobWriter):
-                    assert self._placer is not None  # memory writers exist only with a placer
-                    out.append((index, self._placer(writer)))
+                    assert self.place is not None  # memory writers exist only with a placer
+                    out.append((index, self.place(writer)))
                     self.journal[writer.blob_id] = bytes(writer.buffer)
                 else:
                     out.append((index, writer.commit()))
