@@ -73,6 +73,7 @@ from dataclasses import dataclass, field
 from typing import IO, BinaryIO
 
 from jobs.cgroups import TaskCgroups, read_text, setup_cgroups
+from jobs.pipes import TRUNCATED, TaskPipes, TaskResult
 from jobs.seccomp import SeccompError, compile_filter
 
 __all__ = ["Sandbox", "SandboxConfig", "SandboxError", "TaskLimits", "TaskResult", "TaskSpec"]
@@ -83,7 +84,6 @@ CHUNK = 256 * 1024
 PIPE_BYTES = 1 << 20
 TICK_S = 0.05
 INNER_ID = "1000"
-TRUNCATED = b"\n... truncated\n"
 ROOT_LINKS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 HOST_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 RUNNER = ('if [ -n "$1" ]; then {shell} -c "$1" manta-init </dev/null >&2 3>&- || exit; fi; '
@@ -147,21 +147,6 @@ class TaskSpec:
     assets: list[tuple[str, str]] = field(default_factory=list)
     init: str | None = None
     limits: TaskLimits = TaskLimits()
-
-
-@dataclass
-class TaskResult:
-    exit_code: int | None
-    signal: int | None
-    killed: str | None
-    init_failed: bool
-    stdout_bytes: int            # bytes handed to the stdout callback (<= max_output_bytes)
-    stderr: bytes
-    duration_s: float
-
-    @property
-    def ok(self) -> bool:
-        return self.exit_code == 0 and self.killed is None and not self.init_failed
 
 
 @dataclass(frozen=True)
@@ -266,15 +251,14 @@ class Sandbox:
                cancel: threading.Event | None, cgroups: TaskCgroups | None, status_r: int,
                feed_error: list[OSError], start: float) -> TaskResult:
         assert proc.stdout is not None and proc.stderr is not None
-        limits, cap = spec.limits, self.config.stderr_cap_bytes
-        out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
+        limits = spec.limits
+        pipes = TaskPipes(proc.stdout.fileno(), proc.stderr.fileno(), status_r, stdout,
+                          limits.max_output_bytes, self.config.stderr_cap_bytes)
         sel = selectors.DefaultSelector()
-        for fd in (out_fd, err_fd, status_r):
+        for fd in (pipes.out_fd, pipes.err_fd, status_r):
             sel.register(fd, selectors.EVENT_READ)
         killed: str | None = None
         killed_at = exited_at = 0.0
-        sent = err_total = 0
-        err_head, status = bytearray(), bytearray()
         while sel.get_map():
             now = time.monotonic()
             if killed is None:
@@ -299,32 +283,15 @@ class Sandbox:
                 data = os.read(key.fd, CHUNK)
                 if not data:
                     sel.unregister(key.fd)
-                elif key.fd == out_fd and killed is None:
-                    room = limits.max_output_bytes - sent
-                    if room > 0:
-                        stdout(data[:room])
-                        sent += min(room, len(data))
-                    if len(data) > room:
-                        killed, killed_at = "output", time.monotonic()
-                        _kill(proc, cgroups)
-                elif key.fd == err_fd:
-                    err_total += len(data)
-                    err_head += data[: max(0, cap - len(err_head))]
-                elif key.fd == status_r:
-                    status += data
+                elif pipes.take(key.fd, data, passing=killed is None):
+                    killed, killed_at = "output", time.monotonic()
+                    _kill(proc, cgroups)
         sel.close()
         rc = proc.wait()
         duration = time.monotonic() - start
         if feed_error:
             raise SandboxError(f"reading the task's input failed: {feed_error[0]}") from feed_error[0]
-        stderr = bytes(err_head)
-        if err_total > len(err_head):
-            stderr = stderr[: cap - len(TRUNCATED)] + TRUNCATED
-        exit_code, sig = (None, -rc) if rc < 0 else (None, rc - 128) if 128 < rc <= 192 else (rc, None)
-        killed = killed or _classify(exit_code, sig, cgroups, stderr)
-        return TaskResult(exit_code=exit_code, signal=sig, killed=killed,
-                          init_failed=killed is None and status != b"ok\n", stdout_bytes=sent,
-                          stderr=stderr, duration_s=duration)
+        return pipes.result(rc, killed, cgroups, duration)
 
     def _prepare(self) -> _Host:
         with self._lock:
@@ -469,23 +436,6 @@ def _kill(proc: subprocess.Popen[bytes], cgroups: TaskCgroups | None, force: boo
     if force or not children:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-
-
-def _classify(exit_code: int | None, sig: int | None, cgroups: TaskCgroups | None,
-              stderr: bytes) -> str | None:
-    """Which limit ended a task that run() did not kill, if one did."""
-    if cgroups is not None and (reason := cgroups.breach()):
-        return reason
-    if sig in (signal.SIGXCPU, signal.SIGXFSZ):
-        return "cpu" if sig == signal.SIGXCPU else "disk"
-    guess = cgroups is None  # the rlimit fallback: only stderr tells
-    if guess and b"fork: " in stderr and b"temporarily unavailable" in stderr:
-        return "processes"
-    if exit_code != 0 and b"No space left on device" in stderr:
-        return "disk"
-    if guess and exit_code != 0 and (b"MemoryError" in stderr or b"memory" in stderr):
-        return "memory"
-    return None
 
 
 def _memfd(data: bytes) -> int:

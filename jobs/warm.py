@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from jobs.cgroups import TaskCgroups
+from jobs.pipes import TaskPipes, TaskResult
 from jobs.reach import unreachable
 from jobs.sandbox import (
     CHUNK,
@@ -59,13 +60,10 @@ from jobs.sandbox import (
     PASSWD,
     RUNNER,
     TICK_S,
-    TRUNCATED,
     Sandbox,
     SandboxError,
     TaskLimits,
-    TaskResult,
     TaskSpec,
-    _classify,
     _cpu_s,
     _env_args,
     _feed,
@@ -346,16 +344,16 @@ class WarmPool:
     def _watch(self, container: _Container, spec: TaskSpec, stdout: Callable[[bytes], None],
                cancel: threading.Event | None, fds: list[int], feed_error: list[OSError],
                start: float) -> tuple[TaskResult, bool]:
-        limits, cap, cgroups = spec.limits, self.sandbox.config.stderr_cap_bytes, container.cgroups
+        limits, cgroups = spec.limits, container.cgroups
         out_fd, err_fd, status_r = fds
+        pipes = TaskPipes(out_fd, err_fd, status_r, stdout, limits.max_output_bytes,
+                          self.sandbox.config.stderr_cap_bytes)
         sock_fd = container.sock.fileno()
         sel = selectors.DefaultSelector()
-        for fd in (out_fd, err_fd, status_r, sock_fd):
+        for fd in (*fds, sock_fd):
             sel.register(fd, selectors.EVENT_READ)
         killed: str | None = None
         killed_at = replied_at = 0.0
-        sent = err_total = 0
-        err_head, status = bytearray(), bytearray()
         reply: dict | None = None
         while sel.get_map():
             now = time.monotonic()
@@ -389,26 +387,13 @@ class WarmPool:
                 data = os.read(key.fd, CHUNK)
                 if not data:
                     sel.unregister(key.fd)
-                elif key.fd == out_fd and killed is None:
-                    room = limits.max_output_bytes - sent
-                    if room > 0:
-                        stdout(data[:room])
-                        sent += min(room, len(data))
-                    if len(data) > room:
-                        killed, killed_at = "output", time.monotonic()
-                        _kill(container.proc, cgroups)
-                elif key.fd == err_fd:
-                    err_total += len(data)
-                    err_head += data[: max(0, cap - len(err_head))]
-                elif key.fd == status_r:
-                    status += data
+                elif pipes.take(key.fd, data, passing=killed is None):
+                    killed, killed_at = "output", time.monotonic()
+                    _kill(container.proc, cgroups)
         sel.close()
         duration = time.monotonic() - start
         if feed_error:
             raise SandboxError(f"reading the task's input failed: {feed_error[0]}") from feed_error[0]
-        stderr = bytes(err_head)
-        if err_total > len(err_head):
-            stderr = stderr[: cap - len(TRUNCATED)] + TRUNCATED
         if reply is not None and not killed_at:
             raw = int(reply["status"])
             rc = os.waitstatus_to_exitcode(raw)
@@ -419,13 +404,9 @@ class WarmPool:
                 container.proc.wait(timeout=2)
             _kill(container.proc, cgroups, force=True)
             rc = container.proc.wait()
-        exit_code, sig = (None, -rc) if rc < 0 else (None, rc - 128) if 128 < rc <= 192 else (rc, None)
-        killed = killed or _classify(exit_code, sig, cgroups, stderr)
-        init_failed = killed is None and status != b"ok\n"
-        result = TaskResult(exit_code=exit_code, signal=sig, killed=killed, init_failed=init_failed,
-                            stdout_bytes=sent, stderr=stderr, duration_s=duration)
-        reusable = (reply is not None and bool(reply.get("clean")) and not killed_at and killed is None
-                    and not init_failed and container.alive())
+        result = pipes.result(rc, killed, cgroups, duration)
+        reusable = (reply is not None and bool(reply.get("clean")) and not killed_at and result.killed is None
+                    and not result.init_failed and container.alive())
         return result, reusable
 
 
