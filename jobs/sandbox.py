@@ -262,12 +262,7 @@ class Sandbox:
         while sel.get_map():
             now = time.monotonic()
             if killed is None:
-                if cancel is not None and cancel.is_set():
-                    killed = "cancelled"
-                elif now - start >= limits.timeout_s:
-                    killed = "timeout"
-                elif cgroups is not None:
-                    killed = cgroups.breach()
+                killed = _limit_reached(cancel, now - start, limits, cgroups)
             if (killed or feed_error) and not killed_at:
                 killed_at = now
                 _kill(proc, cgroups)
@@ -436,6 +431,16 @@ def _kill(proc: subprocess.Popen[bytes], cgroups: TaskCgroups | None, force: boo
     if force or not children:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _limit_reached(cancel: threading.Event | None, elapsed_s: float, limits: TaskLimits,
+                   cgroups: TaskCgroups | None) -> str | None:
+    """What ends a running task now, checked every tick: a cancel, its timeout, a cgroup limit."""
+    if cancel is not None and cancel.is_set():
+        return "cancelled"
+    if elapsed_s >= limits.timeout_s:
+        return "timeout"
+    return cgroups.breach() if cgroups is not None else None
 
 
 def _memfd(data: bytes) -> int:

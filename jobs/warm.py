@@ -68,6 +68,7 @@ from jobs.sandbox import (
     _env_args,
     _feed,
     _kill,
+    _limit_reached,
     _memfd,
     _moved,
     _task_mounts,
@@ -358,12 +359,7 @@ class WarmPool:
         while sel.get_map():
             now = time.monotonic()
             if killed is None and reply is None:
-                if cancel is not None and cancel.is_set():
-                    killed = "cancelled"
-                elif now - start >= limits.timeout_s:
-                    killed = "timeout"
-                elif cgroups is not None:
-                    killed = cgroups.breach()
+                killed = _limit_reached(cancel, now - start, limits, cgroups)
             if (killed or feed_error) and not killed_at:
                 killed_at = now
                 _kill(container.proc, cgroups)
