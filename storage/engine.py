@@ -1,0 +1,100 @@
+"""Catalog engines: ordered tables of byte keys and byte values, read in snapshots and
+written in group-committed transactions. The catalog's repositories (storage.catalog,
+storage.objects, storage.uploads, jobs.records) encode their records on top of this; the
+engine knows nothing of what the bytes mean.
+
+Two engines implement it:
+
+- `storage.engine_lmdb.LmdbEngine`: one LMDB environment in the data dir (the embedded
+  default; one machine, any number of processes on it);
+- `storage.engine_pg.PgEngine`: PostgreSQL through psycopg 3 (any number of front doors).
+
+The contract, which tests/storage/test_engine.py checks against both:
+
+- **Tables** are named when the engine opens (`tables`); keys are compared as unsigned bytes
+  (memcmp order, shorter first on a tie), the order S3 lists keys in.
+- **Reads**: `read()` is a snapshot (for `with`): every get and scan in it sees the same
+  committed state. A read never waits for a writer.
+- **Writes**: `submit(fn)` queues `fn(txn)`; the engine applies many queued writes in one
+  commit (group commit), each in its own nested transaction, so a write that raises rolls
+  back alone and its exception goes to its caller. The future completes only once the
+  commit is durable. Inside a write, a read of a key sees the newest committed value and
+  no other writer (in this or another process or front door) changes that key until this
+  write commits: read-modify-write of one key never loses an update.
+- **Retries**: an engine may run `fn` again when its transaction had to be rolled back for
+  a reason not its own (a deadlock between front doors, a lost connection before commit).
+  So a write function's only effects are on `txn` and on values it returns; it must not
+  append to lists it did not make, send messages, or count calls.
+- `remote`: True when a read may wait on the network. Code on an event loop then reads in
+  a thread; with an embedded engine it reads in place (a few microseconds).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol, TypeVar
+
+__all__ = ["Engine", "EngineUnavailable", "ReadTxn", "WriteTxn", "open_engine", "prefix_end"]
+
+T = TypeVar("T")
+
+
+class EngineUnavailable(Exception):
+    """The catalog's database cannot be reached (the S3 layer answers 503 Service Unavailable)."""
+
+
+class ReadTxn(Protocol):
+    def get(self, table: str, key: bytes) -> bytes | None:
+        """The value of `key`, or None."""
+
+    def scan(self, table: str, start: bytes = b"", prefix: bytes = b"",
+             end: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """(key, value) for keys >= max(start, prefix) that begin with `prefix` and are
+        < `end` (if given), in key order. Fetches lazily: a caller that stops early does
+        not pay for the rest."""
+
+
+class WriteTxn(ReadTxn, Protocol):
+    def put(self, table: str, key: bytes, value: bytes) -> None: ...
+
+    def delete(self, table: str, key: bytes) -> bool:
+        """Remove `key`; True if it was there."""
+
+
+class Engine(Protocol):
+    name: str       # "lmdb" or "postgresql"
+    location: str   # a path or a URL without its password
+    remote: bool    # reads may wait on the network: do not read on an event loop
+
+    def read(self) -> Any:
+        """A snapshot read transaction, a context manager giving a `ReadTxn`."""
+
+    def submit(self, fn: Callable[[WriteTxn], T]) -> concurrent.futures.Future[T]: ...
+
+    def write(self, fn: Callable[[WriteTxn], T]) -> T:
+        """`submit(fn).result()`."""
+
+    def counts(self) -> dict[str, int]:
+        """Rows per table (an operator's view; may be slow on big tables)."""
+
+    def schema_version(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+def prefix_end(prefix: bytes) -> bytes | None:
+    """The smallest key greater than every key that begins with `prefix` (None: no bound)."""
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return None
+    return stripped[:-1] + bytes([stripped[-1] + 1])
+
+
+def open_engine(location: str, tables: tuple[str, ...], **options: Any) -> Engine:
+    """`postgresql://...` (or `postgres://`): a PgEngine; anything else: an LMDB directory."""
+    if location.startswith(("postgresql://", "postgres://")):
+        from storage.engine_pg import PgEngine
+        return PgEngine(location, tables, **options)
+    from storage.engine_lmdb import LmdbEngine
+    return LmdbEngine(location, tables, **options)

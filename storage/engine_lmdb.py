@@ -1,0 +1,153 @@
+"""The embedded catalog engine: one LMDB environment, a named database per table.
+
+Reads open short read transactions on the caller's thread (LMDB readers never block and
+never wait on a writer). Writes: a single writer thread drains the queue of pending writes
+and applies a batch of them, each in a nested transaction (so one failing write rolls back
+alone), then commits the batch once: one fsync for many concurrent requests (group
+commit). LMDB allows one write transaction at a time across processes, so writers in
+other processes sharing the directory queue behind it: a read of a key inside a write
+always sees the newest value and nobody else changes it before the commit.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from types import TracebackType
+from typing import Any, TypeVar
+
+import lmdb
+
+__all__ = ["LmdbEngine"]
+
+T = TypeVar("T")
+SCHEMA_VERSION = 1
+_MAX_BATCH = 256
+_META = "_meta"  # the engine's own table: b"schema" -> version (ASCII)
+
+
+class _Txn:
+    """An LMDB transaction addressed by table name (both a ReadTxn and a WriteTxn)."""
+
+    __slots__ = ("_txn", "_dbs")
+
+    def __init__(self, txn: lmdb.Transaction, dbs: dict[str, Any]) -> None:
+        self._txn = txn
+        self._dbs = dbs
+
+    def __enter__(self) -> _Txn:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._txn.__exit__(kind, exc, tb)
+
+    def get(self, table: str, key: bytes) -> bytes | None:
+        value = self._txn.get(key, db=self._dbs[table])
+        return None if value is None else bytes(value)
+
+    def put(self, table: str, key: bytes, value: bytes) -> None:
+        self._txn.put(key, value, db=self._dbs[table])
+
+    def delete(self, table: str, key: bytes) -> bool:
+        return bool(self._txn.delete(key, db=self._dbs[table]))
+
+    def scan(self, table: str, start: bytes = b"", prefix: bytes = b"",
+             end: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        cursor = self._txn.cursor(db=self._dbs[table])
+        if not cursor.set_range(max(start, prefix)):
+            return
+        for key, value in cursor:
+            key = bytes(key)
+            if not key.startswith(prefix) or (end is not None and key >= end):
+                return
+            yield key, bytes(value)
+
+
+class LmdbEngine:
+    name = "lmdb"
+    remote = False
+
+    def __init__(self, path: str, tables: tuple[str, ...], map_size: int = 1 << 36) -> None:
+        self.location = path
+        self.env = lmdb.open(path, map_size=map_size, max_dbs=len(tables) + 1, subdir=True)
+        self._dbs = {name: self.env.open_db(name.encode()) for name in (*tables, _META)}
+        with self.env.begin(write=True) as txn:
+            if txn.get(b"schema", db=self._dbs[_META]) is None:
+                txn.put(b"schema", str(SCHEMA_VERSION).encode(), db=self._dbs[_META])
+        self._queue: queue.SimpleQueue[tuple[Callable[[Any], Any], concurrent.futures.Future[Any]] | None] = queue.SimpleQueue()
+        self._writer = threading.Thread(target=self._write_loop, name="catalog-writer", daemon=True)
+        self._writer.start()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._writer.join()
+        self.env.close()
+
+    def read(self) -> _Txn:
+        """A read transaction, for `with` (a plain object, not a generator-based context
+        manager: every request opens several of these)."""
+        return _Txn(self.env.begin(write=False), self._dbs)
+
+    def submit(self, fn: Callable[[Any], T]) -> concurrent.futures.Future[T]:
+        fut: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._queue.put((fn, fut))
+        return fut
+
+    def write(self, fn: Callable[[Any], T]) -> T:
+        return self.submit(fn).result()
+
+    def schema_version(self) -> int:
+        with self.env.begin() as txn:
+            return int(txn.get(b"schema", db=self._dbs[_META]) or b"0")
+
+    def counts(self) -> dict[str, int]:
+        with self.env.begin() as txn:
+            return {name: txn.stat(db)["entries"] for name, db in self._dbs.items() if name != _META}
+
+    def _write_loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            while len(batch) < _MAX_BATCH:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._queue.put(None)
+                    break
+                batch.append(nxt)
+            # a write cancelled before it ran is not applied; one that runs can no longer be
+            # cancelled, so its outcome is always delivered (and this thread never dies of it)
+            batch = [(fn, fut) for fn, fut in batch if fut.set_running_or_notify_cancel()]
+            if batch:
+                self._apply(batch)
+
+    def _apply(self, batch: list[tuple[Callable[[Any], Any], concurrent.futures.Future[Any]]]) -> None:
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            with self.env.begin(write=True) as parent:
+                for fn, _ in batch:
+                    child = self.env.begin(write=True, parent=parent)
+                    try:
+                        result = fn(_Txn(child, self._dbs))
+                    except BaseException as exc:  # noqa: BLE001 - delivered to the caller
+                        child.abort()
+                        outcomes.append((False, exc))
+                    else:
+                        child.commit()
+                        outcomes.append((True, result))
+        except BaseException as exc:  # noqa: BLE001 - the commit itself failed
+            for _, fut in batch:
+                fut.set_exception(exc)
+            return
+        for (ok, value), (_, fut) in zip(outcomes, batch, strict=True):
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
