@@ -30,7 +30,6 @@ from pathlib import Path
 
 import boto3
 import botocore.exceptions
-import lmdb
 from _common import (
     BUCKET,
     FAILURES,
@@ -53,7 +52,8 @@ from jobs.sandbox import Sandbox, TaskSpec  # noqa: E402
 from jobs.warm import WarmPool  # noqa: E402
 from manta.client import Client as MantaClient  # noqa: E402
 from manta.client import MantaError  # noqa: E402
-from storage.catalog import unpack  # noqa: E402
+from storage.catalog import TABLES, unpack  # noqa: E402
+from storage.engine import open_engine  # noqa: E402
 
 PIPELINE = "tr -s ' ' '\\n' | sort | uniq -c | sort -rn | head -20"
 LIGHT_PIPELINE = "wc -l"
@@ -144,11 +144,10 @@ def upload(target, keys: list[str], corpus: bytes, size: int) -> None:
 
 def blob_paths(data: Path, keys: list[str]) -> list[str]:
     """Each object's blob file on its first node, from the catalog opened read-only."""
-    env = lmdb.open(str(data / "catalog"), readonly=True, lock=True, max_dbs=32)
+    engine = open_engine(str(data / "catalog"), TABLES, readonly=True)
     try:
-        with env.begin() as txn:
-            dbs = {n: env.open_db(n.encode(), txn=txn, create=False) for n in ("objects", "blobs", "nodes")}
-            record = lambda db, key: unpack(txn.get(key.encode(), db=dbs[db]))  # noqa: E731
+        with engine.read() as txn:
+            record = lambda table, key: unpack(txn.get(table, key.encode()))  # noqa: E731
             paths = []
             for key in keys:
                 (blob_id, *_), = record("objects", f"{BUCKET}\0{key}")["segments"]  # one blob
@@ -159,7 +158,7 @@ def blob_paths(data: Path, keys: list[str]) -> list[str]:
                 paths.append(os.path.join(root, "blobs", blob_id[:2], blob_id))
             return paths
     finally:
-        env.close()
+        engine.close()
 
 
 def api(method: str, path: str, payload: dict | None = None):

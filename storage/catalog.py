@@ -48,31 +48,28 @@ those files after the commit. A crash in between leaves orphans that GC collects
 from __future__ import annotations
 
 import concurrent.futures
-import queue
 import secrets
 import struct
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import lmdb
 import msgpack
 
 from storage import errors
+from storage.engine import Engine, ReadTxn, WriteTxn, open_engine
 from storage.quota import DEFAULT_QUOTA, Quota
 
 __all__ = ["USAGE_BUILT", "Bucket", "BucketRef", "Catalog", "Txn", "bucket_name", "generation_of"]
 
 T = TypeVar("T")
-Txn = lmdb.Transaction
+Txn = WriteTxn  # what a write function gets; reads get a ReadTxn
 Record = dict[str, Any]
 
-_DBS = ("accounts", "names", "buckets", "objects", "uploads", "upkeys", "parts", "blobs",
+TABLES = ("accounts", "names", "buckets", "objects", "uploads", "upkeys", "parts", "blobs",
         "completions", "journal", "repairs", "nodes", "usage",
         "jobs", "jobinputs", "jobtasks")  # the last three belong to the jobs package
-_MAX_BATCH = 256
 USAGE_BUILT = b"\0built"  # key in `usage`: usage was counted from the start or rebuilt
 
 
@@ -116,99 +113,47 @@ def part_key(upload_id: str, number: int) -> bytes:
 
 
 class Catalog:
-    def __init__(self, path: str, map_size: int = 1 << 36) -> None:
-        self.env = lmdb.open(path, map_size=map_size, max_dbs=len(_DBS), subdir=True)
-        self.db = {name: self.env.open_db(name.encode()) for name in _DBS}
-        self._queue: queue.SimpleQueue[tuple[Callable[[Txn], Any], concurrent.futures.Future[Any]] | None] = queue.SimpleQueue()
-        self._writer = threading.Thread(target=self._write_loop, name="catalog-writer", daemon=True)
-        self._writer.start()
+    """The catalog's records over an engine (storage.engine): `location` is an LMDB
+    directory (the embedded default) or a postgresql:// URL."""
+
+    def __init__(self, location: str, **options: Any) -> None:
+        self.engine: Engine = open_engine(location, TABLES, **options)
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._writer.join()
-        self.env.close()
+        self.engine.close()
 
     # -- transactions -------------------------------------------------------------
 
-    def read(self) -> Txn:
-        """A read transaction, for `with`: the transaction is its own context manager
-        (not a generator-based one: every request opens several of these)."""
-        return self.env.begin(write=False)
+    def read(self) -> Any:
+        """A snapshot read transaction, for `with`."""
+        return self.engine.read()
 
     def submit(self, fn: Callable[[Txn], T]) -> concurrent.futures.Future[T]:
-        fut: concurrent.futures.Future[T] = concurrent.futures.Future()
-        self._queue.put((fn, fut))
-        return fut
+        """Queue a write (group-committed; see storage.engine for what `fn` may do)."""
+        return self.engine.submit(fn)
 
     def write(self, fn: Callable[[Txn], T]) -> T:
-        return self.submit(fn).result()
-
-    def _write_loop(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            batch = [item]
-            while len(batch) < _MAX_BATCH:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    self._queue.put(None)
-                    break
-                batch.append(nxt)
-            # a write cancelled before it ran is not applied; one that runs can no longer be
-            # cancelled, so its outcome is always delivered (and this thread never dies of it)
-            batch = [(fn, fut) for fn, fut in batch if fut.set_running_or_notify_cancel()]
-            if batch:
-                self._apply(batch)
-
-    def _apply(self, batch: list[tuple[Callable[[Txn], Any], concurrent.futures.Future[Any]]]) -> None:
-        outcomes: list[tuple[bool, Any]] = []
-        try:
-            with self.env.begin(write=True) as parent:
-                for fn, _ in batch:
-                    child = self.env.begin(write=True, parent=parent)
-                    try:
-                        result = fn(child)
-                    except BaseException as exc:  # noqa: BLE001 - delivered to the caller
-                        child.abort()
-                        outcomes.append((False, exc))
-                    else:
-                        child.commit()
-                        outcomes.append((True, result))
-        except BaseException as exc:  # noqa: BLE001 - the commit itself failed
-            for _, fut in batch:
-                fut.set_exception(exc)
-            return
-        for (ok, value), (_, fut) in zip(outcomes, batch, strict=True):
-            if ok:
-                fut.set_result(value)
-            else:
-                fut.set_exception(value)
+        return self.engine.submit(fn).result()
 
     # -- generic record access ----------------------------------------------------
 
-    def get(self, txn: Txn, db: str, key: bytes) -> Any:
-        raw = txn.get(key, db=self.db[db])
+    @staticmethod
+    def get(txn: ReadTxn, table: str, key: bytes) -> Any:
+        raw = txn.get(table, key)
         return None if raw is None else unpack(raw)
 
-    def put(self, txn: Txn, db: str, key: bytes, record: Any) -> None:
-        txn.put(key, pack(record), db=self.db[db])
+    @staticmethod
+    def put(txn: Txn, table: str, key: bytes, record: Any) -> None:
+        txn.put(table, key, pack(record))
 
-    def delete(self, txn: Txn, db: str, key: bytes) -> bool:
-        return bool(txn.delete(key, db=self.db[db]))
+    @staticmethod
+    def delete(txn: Txn, table: str, key: bytes) -> bool:
+        return txn.delete(table, key)
 
-    def scan(self, txn: Txn, db: str, start: bytes = b"", prefix: bytes = b"") -> Iterator[tuple[bytes, Any]]:
+    @staticmethod
+    def scan(txn: ReadTxn, table: str, start: bytes = b"", prefix: bytes = b"") -> Iterator[tuple[bytes, Any]]:
         """Records with keys >= max(start, prefix) that begin with prefix, in key order."""
-        cursor = txn.cursor(db=self.db[db])
-        if not cursor.set_range(max(start, prefix)):
-            return
-        for key, raw in cursor:
-            key = bytes(key)
-            if not key.startswith(prefix):
-                return
+        for key, raw in txn.scan(table, start, prefix):
             yield key, unpack(raw)
 
     # -- blobs: reference counts and replica metadata ----------------------------------
@@ -237,8 +182,8 @@ class Catalog:
                 self.put(txn, "blobs", key, record)
             else:
                 self.delete(txn, "blobs", key)
-                txn.delete(key, db=self.db["journal"])
-                txn.delete(key, db=self.db["repairs"])
+                txn.delete("journal", key)
+                txn.delete("repairs", key)
                 freed.append(blob_id)
         return freed
 
@@ -302,13 +247,13 @@ class Catalog:
     # -- journal of small blobs (see storage.blobs.MemoryBlobWriter) ----------------
 
     def journal_put(self, txn: Txn, blob_id: str, data: bytes) -> None:
-        txn.put(blob_id.encode(), data, db=self.db["journal"])
+        txn.put("journal", blob_id.encode(), data)
 
     def journal(self, limit: int = 10_000) -> list[tuple[str, bytes]]:
         with self.read() as txn:
             out = []
-            for key, value in txn.cursor(db=self.db["journal"]):
-                out.append((bytes(key).decode(), bytes(value)))
+            for key, value in txn.scan("journal"):
+                out.append((key.decode(), value))
                 if len(out) >= limit:
                     break
             return out
@@ -316,7 +261,7 @@ class Catalog:
     def journal_drop(self, blob_ids: list[str]) -> None:
         def op(txn: Txn) -> None:
             for blob_id in blob_ids:
-                txn.delete(blob_id.encode(), db=self.db["journal"])
+                txn.delete("journal", blob_id.encode())
 
         self.write(op)
 
@@ -329,12 +274,12 @@ class Catalog:
                   "quota": {k: v for k, v in (quota or {}).items() if v is not None}}
 
         def op(txn: Txn) -> Record:
-            if txn.get(name.encode(), db=self.db["names"]) is not None:
+            if txn.get("names", name.encode()) is not None:
                 raise errors.AccountExists(name)
-            if txn.get(access_key.encode(), db=self.db["accounts"]) is not None:
+            if txn.get("accounts", access_key.encode()) is not None:
                 raise errors.AccountExists(name)
             self.put(txn, "accounts", access_key.encode(), record)
-            txn.put(name.encode(), access_key.encode(), db=self.db["names"])
+            txn.put("names", name.encode(), access_key.encode())
             return record
 
         return self.write(op)
@@ -354,8 +299,8 @@ class Catalog:
         if txn is None:
             with self.read() as t:
                 return self.account_named(name, t)
-        access_key = txn.get(name.encode(), db=self.db["names"])
-        record = None if access_key is None else self.get(txn, "accounts", bytes(access_key))
+        access_key = txn.get("names", name.encode())
+        record = None if access_key is None else self.get(txn, "accounts", access_key)
         if record is None:
             raise errors.NoSuchAccount(name)
         return record  # type: ignore[no-any-return]
@@ -412,7 +357,7 @@ class Catalog:
 
     def usage_built(self) -> bool:
         with self.read() as txn:
-            return txn.get(USAGE_BUILT, db=self.db["usage"]) is not None
+            return txn.get("usage", USAGE_BUILT) is not None
 
     def replace_usage(self, txn: Txn, totals: dict[str, dict[str, int]]) -> None:
         """Set every account's usage to `totals` (a rebuild) and mark usage as built."""

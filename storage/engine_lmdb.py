@@ -45,6 +45,8 @@ class _Txn:
         self._txn.__exit__(kind, exc, tb)
 
     def get(self, table: str, key: bytes) -> bytes | None:
+        if table not in self._dbs:  # read-only, and the table was never made
+            return None
         value = self._txn.get(key, db=self._dbs[table])
         return None if value is None else bytes(value)
 
@@ -56,6 +58,8 @@ class _Txn:
 
     def scan(self, table: str, start: bytes = b"", prefix: bytes = b"",
              end: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        if table not in self._dbs:
+            return
         cursor = self._txn.cursor(db=self._dbs[table])
         if not cursor.set_range(max(start, prefix)):
             return
@@ -70,20 +74,33 @@ class LmdbEngine:
     name = "lmdb"
     remote = False
 
-    def __init__(self, path: str, tables: tuple[str, ...], map_size: int = 1 << 36) -> None:
+    def __init__(self, path: str, tables: tuple[str, ...], map_size: int = 1 << 36,
+                 readonly: bool = False) -> None:
+        """`readonly`: only reads (a look at another process's catalog, which it may be
+        writing meanwhile); submit() then fails."""
         self.location = path
-        self.env = lmdb.open(path, map_size=map_size, max_dbs=len(tables) + 1, subdir=True)
-        self._dbs = {name: self.env.open_db(name.encode()) for name in (*tables, _META)}
-        with self.env.begin(write=True) as txn:
-            if txn.get(b"schema", db=self._dbs[_META]) is None:
-                txn.put(b"schema", str(SCHEMA_VERSION).encode(), db=self._dbs[_META])
+        self.env = lmdb.open(path, map_size=map_size, max_dbs=len(tables) + 1, subdir=True,
+                             readonly=readonly, lock=True)
+        names = (*tables, _META)
+        if readonly:
+            with self.env.begin() as txn:
+                present = [name for name in names if txn.get(name.encode()) is not None]
+            self._dbs = {name: self.env.open_db(name.encode(), create=False) for name in present}
+        else:
+            self._dbs = {name: self.env.open_db(name.encode()) for name in names}
+            if self.schema_version() == 0:
+                with self.env.begin(write=True) as txn:
+                    txn.put(b"schema", str(SCHEMA_VERSION).encode(), db=self._dbs[_META])
         self._queue: queue.SimpleQueue[tuple[Callable[[Any], Any], concurrent.futures.Future[Any]] | None] = queue.SimpleQueue()
-        self._writer = threading.Thread(target=self._write_loop, name="catalog-writer", daemon=True)
-        self._writer.start()
+        self._writer: threading.Thread | None = None
+        if not readonly:
+            self._writer = threading.Thread(target=self._write_loop, name="catalog-writer", daemon=True)
+            self._writer.start()
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._writer.join()
+        if self._writer is not None:
+            self._queue.put(None)
+            self._writer.join()
         self.env.close()
 
     def read(self) -> _Txn:
@@ -92,6 +109,8 @@ class LmdbEngine:
         return _Txn(self.env.begin(write=False), self._dbs)
 
     def submit(self, fn: Callable[[Any], T]) -> concurrent.futures.Future[T]:
+        if self._writer is None:
+            raise RuntimeError(f"catalog {self.location} is open read-only")
         fut: concurrent.futures.Future[T] = concurrent.futures.Future()
         self._queue.put((fn, fut))
         return fut
@@ -101,7 +120,7 @@ class LmdbEngine:
 
     def schema_version(self) -> int:
         with self.env.begin() as txn:
-            return int(txn.get(b"schema", db=self._dbs[_META]) or b"0")
+            return int(_META in self._dbs and txn.get(b"schema", db=self._dbs[_META]) or b"0")
 
     def counts(self) -> dict[str, int]:
         with self.env.begin() as txn:

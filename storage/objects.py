@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from storage import errors
-from storage.catalog import Bucket, BucketRef, Catalog, Record, Txn, bucket_name, object_key
+from storage.catalog import Bucket, BucketRef, Catalog, Record, Txn, bucket_name, object_key, unpack
 
 __all__ = ["Listing", "ObjectStore", "WriteCondition"]
 
@@ -146,11 +146,8 @@ class ObjectStore:
         base = bucket.encode() + b"\0"
         pfx = base + prefix.encode()
         start = max(start, pfx)
-        cursor = txn.cursor(db=self.catalog.db["objects"])
-        found = cursor.set_range(seek_key(start))
-        while found:
-            slot = bytes(cursor.key())
-            value = self.catalog.get(txn, "objects", slot)
+        for slot, raw in txn.scan("objects", seek_key(start)):
+            value = unpack(raw)
             if slot.endswith(b"\xff") and "overflow" in value:
                 stem = slot[:-1]
                 if not (stem.startswith(pfx) or pfx.startswith(stem)):
@@ -164,7 +161,6 @@ class ObjectStore:
                     return
                 if slot >= start:
                     yield slot[len(base):].decode(), value
-            found = cursor.next()
 
     def put(self, bucket: Bucket, key: str, record: Record, blobs: dict[str, Record] | None = None) -> list[str]:
         """Store `record` under (bucket, key); returns blob ids freed by the overwrite.

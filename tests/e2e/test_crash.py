@@ -39,13 +39,13 @@ from datetime import datetime
 from typing import Any
 from unittest import mock
 
-import lmdb
 import pytest
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from storage.catalog import unpack
+from storage.catalog import TABLES, unpack
+from storage.engine import open_engine
 from tests.conftest import ROOT_AK, ROOT_SK, Server
 
 MIB = 1024 * 1024
@@ -118,15 +118,12 @@ class CatalogView:
 def read_catalog(data_dir: str) -> CatalogView:
     """A consistent snapshot of the catalog, read-only (the server may be running)."""
     view = CatalogView()
-    env = lmdb.open(os.path.join(data_dir, "catalog"), readonly=True, lock=True, max_dbs=64)
+    engine = open_engine(os.path.join(data_dir, "catalog"), TABLES, readonly=True)
     try:
-        with env.begin() as txn:
-            def scan(name: bytes) -> Any:
-                try:
-                    return txn.cursor(db=env.open_db(name, txn=txn, create=False)).iternext()
-                except lmdb.NotFoundError:
-                    return iter(())
-            for raw, value in scan(b"objects"):
+        with engine.read() as txn:
+            def scan(name: str) -> Any:
+                return txn.scan(name)
+            for raw, value in scan("objects"):
                 bucket, _, key = raw.partition(b"\0")
                 record = unpack(value)
                 if raw.endswith(b"\xff") and "overflow" in record:  # keys past LMDB's key limit
@@ -134,13 +131,13 @@ def read_catalog(data_dir: str) -> CatalogView:
                         view.objects[bucket.decode(), long_key] = rec
                 else:
                     view.objects[bucket.decode(), key.decode()] = record
-            view.parts = [unpack(value) for _, value in scan(b"parts")]
-            blobs = {raw.decode(): unpack(value) for raw, value in scan(b"blobs")}
+            view.parts = [unpack(value) for _, value in scan("parts")]
+            blobs = {raw.decode(): unpack(value) for raw, value in scan("blobs")}
             view.refcounts = {blob_id: record["refs"] for blob_id, record in blobs.items()}
             view.blob_nodes = {blob_id: record.get("nodes", []) for blob_id, record in blobs.items()}
-            view.journal = {raw.decode(): bytes(value) for raw, value in scan(b"journal")}
+            view.journal = {raw.decode(): bytes(value) for raw, value in scan("journal")}
     finally:
-        env.close()
+        engine.close()
     return view
 
 

@@ -26,14 +26,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import lmdb
 import pytest
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
-from storage.catalog import unpack
+from storage.catalog import TABLES, unpack
+from storage.engine import open_engine
 from storage.node import MARKER
 from tests.conftest import REPO, ROOT_AK, ROOT_SK, Server
 
@@ -89,14 +89,11 @@ class CatalogView:
 def read_catalog(data_dir: str, bucket: str = "") -> CatalogView:
     """A consistent read-only snapshot of the catalog (objects of `bucket` only)."""
     view = CatalogView()
-    env = lmdb.open(os.path.join(data_dir, "catalog"), readonly=True, lock=True, max_dbs=64)
+    engine = open_engine(os.path.join(data_dir, "catalog"), TABLES, readonly=True)
     try:
-        with env.begin() as txn:
+        with engine.read() as txn:
             def scan(name: str) -> Any:
-                try:
-                    return txn.cursor(db=env.open_db(name.encode(), txn=txn, create=False)).iternext()
-                except lmdb.NotFoundError:
-                    return iter(())
+                return txn.scan(name)
 
             view.nodes = {bytes(k).decode(): unpack(v)["spec"] for k, v in scan("nodes")}
             view.blobs = {bytes(k).decode(): unpack(v) for k, v in scan("blobs")}
@@ -106,7 +103,7 @@ def read_catalog(data_dir: str, bucket: str = "") -> CatalogView:
                 if owner.decode() == bucket:
                     view.objects[key.decode()] = [seg[0] for seg in unpack(value)["segments"]]
     finally:
-        env.close()
+        engine.close()
     return view
 
 

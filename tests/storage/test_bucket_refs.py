@@ -119,8 +119,8 @@ def test_an_upload_from_an_earlier_bucket_of_the_name_is_no_such_upload(st: Stor
     st.catalog.create_bucket(NAME, "bob")
     old = st.ref(NAME)
     upload = st.uploads.create(old, "mp", "bob", {"headers": {}, "meta": {}})
-    with st.catalog.env.begin(write=True) as txn:  # as if the abort with the delete were lost
-        st.catalog.delete(txn, "buckets", NAME.encode())
+    # as if the abort with the delete were lost
+    st.catalog.write(lambda txn: st.catalog.delete(txn, "buckets", NAME.encode()))
     st.catalog.create_bucket(NAME, "bob")
     with pytest.raises(errors.NoSuchUpload):
         st.uploads.get(st.ref(NAME), "mp", upload["upload_id"])
@@ -140,8 +140,8 @@ def test_deleting_by_a_stale_ref_leaves_the_new_bucket_alone(st: Stores) -> None
 
 
 def test_buckets_from_before_generations_use_their_creation_time(st: Stores) -> None:
-    with st.catalog.env.begin(write=True) as txn:
-        st.catalog.put(txn, "buckets", b"legacy", {"v": 1, "name": "legacy", "owner": "bob", "created": 12.5})
+    st.catalog.write(lambda txn: st.catalog.put(txn, "buckets", b"legacy",
+                                                {"v": 1, "name": "legacy", "owner": "bob", "created": 12.5}))
     ref = st.ref("legacy")
     assert ref.generation == "created:12.5"
     st.objects.put(ref, "k", record())
@@ -154,8 +154,7 @@ def test_buckets_from_before_generations_use_their_creation_time(st: Stores) -> 
 
 
 def test_job_outputs_only_land_in_the_job_owners_bucket(st: Stores) -> None:
-    with st.catalog.env.begin(write=True) as txn:
-        st.catalog.ensure_bucket_in(txn, "_jobs_bob", "bob")
+    st.catalog.write(lambda txn: st.catalog.ensure_bucket_in(txn, "_jobs_bob", "bob"))
     assert "gen" in st.catalog.bucket("_jobs_bob")
     st.catalog.write(lambda txn: st.objects.put_in(txn, "_jobs_bob", "out", record(), owner="bob"))
     with pytest.raises(errors.NoSuchBucket):

@@ -89,13 +89,14 @@ def test_concurrent_writes_all_land(st: Stores) -> None:
 
 def test_one_failing_write_does_not_roll_back_its_batch(st: Stores) -> None:
     batches: list[int] = []
-    real_apply = st.catalog._apply
+    engine: Any = st.catalog.engine  # the LMDB engine's batches
+    real_apply = engine._apply
 
     def recording_apply(batch: list[Any]) -> None:
         batches.append(len(batch))
         real_apply(batch)
 
-    st.catalog._apply = recording_apply  # type: ignore[method-assign]
+    engine._apply = recording_apply
     release = threading.Event()
     started = threading.Event()
 

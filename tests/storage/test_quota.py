@@ -149,8 +149,7 @@ def test_completing_refuses_an_object_past_the_object_quota(st: Stores) -> None:
 
 def test_job_outputs_count_for_the_owner_without_being_refused(st: Stores) -> None:
     st.catalog.set_quota("bob", {"objects": 0})
-    with st.catalog.env.begin(write=True) as txn:
-        st.catalog.ensure_bucket_in(txn, "_jobs_bob", "bob")
+    st.catalog.write(lambda txn: st.catalog.ensure_bucket_in(txn, "_jobs_bob", "bob"))
     st.catalog.write(lambda txn: st.objects.put_in(txn, "_jobs_bob", "out", record(8), owner="bob"))
     assert st.usage() == (1, 8)
     with pytest.raises(errors.QuotaExceeded):
@@ -172,8 +171,8 @@ def test_usage_is_rebuilt_when_a_catalog_predates_it(tmp_path: object) -> None:
     store.uploads.put_part(ref, "mp", up, part(1, 5))
     expected = store.catalog.usage("bob")
     assert expected == {"objects": 2, "bytes": 22}
-    with store.catalog.env.begin(write=True) as txn:  # as a catalog made before usage existed
-        txn.drop(store.catalog.db["usage"], delete=False)
+    # as a catalog made before usage existed
+    store.catalog.write(lambda txn: [txn.delete("usage", k) for k, _ in list(txn.scan("usage"))])
     assert not store.catalog.usage_built()
     store.close()
 
@@ -182,6 +181,6 @@ def test_usage_is_rebuilt_when_a_catalog_predates_it(tmp_path: object) -> None:
         assert store.catalog.usage_built()
         assert store.catalog.usage("bob") == expected
         with store.catalog.read() as txn:
-            assert txn.get(USAGE_BUILT, db=store.catalog.db["usage"]) is not None
+            assert txn.get("usage", USAGE_BUILT) is not None
     finally:
         store.close()
