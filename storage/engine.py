@@ -25,6 +25,11 @@ The contract, which tests/storage/test_engine.py checks against both:
   a reason not its own (a deadlock between front doors, a lost connection before commit).
   So a write function's only effects are on `txn` and on values it returns; it must not
   append to lists it did not make, send messages, or count calls.
+- **Holds**: `try_hold(name)` takes a named lock that every process using the same catalog
+  (every worker, every front door) competes for, without waiting; it is held until
+  `release()` or until the holder dies (a SIGKILL included). The leader that runs the job
+  scheduler and the background daemons is the holder of "leader". `lost()` says the hold
+  ended without a release (the database restarted): its holder must stop acting as one.
 - `remote`: True when a read may wait on the network. Code on an event loop then reads in
   a thread; with an embedded engine it reads in place (a few microseconds).
 """
@@ -35,7 +40,7 @@ import concurrent.futures
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol, TypeVar
 
-__all__ = ["Engine", "EngineUnavailable", "ReadTxn", "WriteTxn", "open_engine", "prefix_end"]
+__all__ = ["Engine", "EngineUnavailable", "Held", "ReadTxn", "WriteTxn", "open_engine", "prefix_end"]
 
 T = TypeVar("T")
 
@@ -62,6 +67,12 @@ class WriteTxn(ReadTxn, Protocol):
         """Remove `key`; True if it was there."""
 
 
+class Held(Protocol):
+    def lost(self) -> bool: ...
+
+    def release(self) -> None: ...
+
+
 class Engine(Protocol):
     name: str       # "lmdb" or "postgresql"
     location: str   # a path or a URL without its password
@@ -74,6 +85,9 @@ class Engine(Protocol):
 
     def write(self, fn: Callable[[WriteTxn], T]) -> T:
         """`submit(fn).result()`."""
+
+    def try_hold(self, name: str) -> Held | None:
+        """The lock `name`, or None while another process holds it."""
 
     def counts(self) -> dict[str, int]:
         """Rows per table (an operator's view; may be slow on big tables)."""

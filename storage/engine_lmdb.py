@@ -12,6 +12,8 @@ always sees the newest value and nobody else changes it before the commit.
 from __future__ import annotations
 
 import concurrent.futures
+import fcntl
+import os
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -70,6 +72,21 @@ class _Txn:
             yield key, bytes(value)
 
 
+class _FileHold:
+    """An exclusive flock on a file beside the catalog; the kernel drops it when its holder dies."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd: int | None = fd
+
+    def lost(self) -> bool:
+        return False
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 class LmdbEngine:
     name = "lmdb"
     remote = False
@@ -117,6 +134,17 @@ class LmdbEngine:
 
     def write(self, fn: Callable[[Any], T]) -> T:
         return self.submit(fn).result()
+
+    def try_hold(self, name: str) -> _FileHold | None:
+        fd = os.open(os.path.join(self.location, f"{name}.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        return _FileHold(fd)
 
     def schema_version(self) -> int:
         with self.env.begin() as txn:

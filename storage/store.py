@@ -50,6 +50,7 @@ class StoreConfig:
     heartbeat_interval_s: float = 1.0  # remote nodes' health polls
     node_urls: tuple[str, ...] = ()  # remote nodes (`manta node`); then no nodes run in this process
     cluster_secret: str | None = field(default=None, repr=False)
+    catalog: str | None = field(default=None, repr=False)  # a postgresql:// URL; None: LMDB in data_dir/catalog
     connect_timeout_s: float = 10.0  # how long start-up waits for a node it has never seen
 
     def node_specs(self) -> list[NodeSpec]:
@@ -94,7 +95,7 @@ class Store:
         nodes_dir = os.path.join(config.data_dir, "nodes")
         os.makedirs(nodes_dir, exist_ok=True)
         os.chmod(nodes_dir, 0o711)
-        self.catalog = Catalog(catalog_dir)
+        self.catalog = Catalog(config.catalog or catalog_dir)
         self.nodes: dict[str, Node] = {}
         self.heartbeat: Any = None  # storage.remote.Heartbeat over remote nodes
         if config.node_urls:

@@ -53,12 +53,15 @@ def _serve(args: argparse.Namespace) -> int:
                               idle_timeout_s=env_float("MANTA_IDLE_TIMEOUT_S", 30.0),
                               max_connections=env_int("MANTA_MAX_CONNECTIONS"),
                               workers=args.workers if args.workers is not None else _workers_from_env(),
+                              catalog=args.catalog or None,
                               **timings)
         config.validate()
     except ValueError as exc:
         raise CliError(str(exc)) from None
     try:
-        supervise(config) if config.workers > 1 else serve(config)
+        # with a shared database a worker that loses the leader hold leaves and is started
+        # again, so even one worker runs under the supervisor
+        supervise(config) if config.workers > 1 or config.catalog else serve(config)
     except ZfsError as exc:
         raise CliError(f"cannot prepare a ZFS node: {exc}") from None
     return 0
@@ -127,6 +130,10 @@ def register(sub: Any) -> None:
     serve.add_argument("--workers", type=int, default=None, metavar="N",
                        help="server processes sharing the port (default: MANTA_WORKERS, else the CPU "
                             "count); one of them runs the job scheduler and the background daemons")
+    serve.add_argument("--catalog", default=os.environ.get("MANTA_CATALOG"), metavar="URL",
+                       help="keep the catalog in PostgreSQL, postgresql://USER[:PASSWORD]@HOST[:PORT]/DB "
+                            "(default: MANTA_CATALOG, else LMDB in the data dir); any number of front doors "
+                            "may share one database and the same nodes")
     serve.set_defaults(func=_serve)
 
     node = subcommand(sub, "node", _node, "run a storage node (blobs and the task agent) for a cluster",

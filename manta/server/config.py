@@ -50,6 +50,7 @@ class ServerConfig:
     node_urls: tuple[str, ...] = ()  # storage nodes on other hosts (`manta node`); none: nodes in this process
     cluster_secret: str | None = field(default=None, repr=False)  # signs requests to remote nodes
     workers: int = 1  # server processes sharing the listening socket (manta.server.workers)
+    catalog: str | None = field(default=None, repr=False)  # postgresql://... (may hold a password); None: LMDB in data_dir
 
     @property
     def scheme(self) -> str:
@@ -77,6 +78,8 @@ class ServerConfig:
             raise ValueError("MANTA_MAX_CONNECTIONS must be at least 1")
         if self.nodes < 1:
             raise ValueError("--nodes must be at least 1")
+        if self.catalog is not None and not self.catalog.startswith(("postgresql://", "postgres://")):
+            raise ValueError(f"--catalog must be a postgresql://USER@HOST/DB URL, not {self.catalog!r}")
         if self.workers < 1:
             raise ValueError("--workers must be at least 1")
         self._validate_remote()

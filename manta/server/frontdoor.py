@@ -70,7 +70,8 @@ def store_config(config: ServerConfig) -> StoreConfig:
                        gc_interval_s=config.gc_interval_s, scrub_interval_s=config.scrub_interval_s,
                        scrub_rate_mb_s=config.scrub_rate_mb_s, repair_interval_s=config.repair_interval_s,
                        health_ttl_s=config.health_ttl_s, heartbeat_interval_s=config.heartbeat_interval_s,
-                       node_urls=config.node_urls, cluster_secret=config.cluster_secret)
+                       node_urls=config.node_urls, cluster_secret=config.cluster_secret,
+                       catalog=config.catalog)
 
 
 def build_app(config: ServerConfig, jobs: bool = True,
@@ -176,6 +177,8 @@ def banner_lines(config: ServerConfig, store: Store, creds: Credentials, written
     url = f"{config.scheme}://{config.host}:{config.port}"
     where = written or (credentials_path(config.data_dir) if read_root_credentials(config.data_dir) else None)
     lines = [f"manta: S3 endpoint {url} (region {config.region}), data in {os.path.abspath(config.data_dir)}"]
+    engine = store.catalog.engine
+    lines.append(f"manta: catalog {engine.name} at {engine.location} (schema {engine.schema_version()})")
     for node in store.node_list():
         lines.append(f"manta: node {node.id} {node.address} ({'up' if node.healthy() else 'DOWN'})")
     lines.append(f"manta: {store.copies} copies of every object")

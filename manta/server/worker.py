@@ -7,10 +7,11 @@ worker opens its own Store (`recover=False`: LMDB env per process, never across 
 builds the app and a JobScheduler like the single-process server, and serves the shared
 socket with uvicorn. It dies with the supervisor (PR_SET_PDEATHSIG).
 
-Leadership: the job scheduler and the store's daemons run in one process per store, the
-one holding an exclusive flock on DATA/leader.lock. Every worker tries for it (non-blocking)
-every LEADER_RETRY_S from a thread; the kernel drops the lock when its holder dies, so
-another worker takes over within about that long and its `scheduler.start()` requeues the
+Leadership: the job scheduler and the store's daemons run in one process per catalog, the
+one holding the catalog engine's "leader" hold (storage.engine: a flock beside an LMDB
+catalog, a session advisory lock in PostgreSQL, so one across every front door). Every
+worker tries for it (non-blocking) every LEADER_RETRY_S from a thread; the hold ends when
+its holder dies, so another worker takes over within about that long and its `scheduler.start()` requeues the
 tasks the dead one left running. Followers serve everything else: their writes reach the
 leader through the catalog (journal, repair queue, job records), which it polls.
 """
@@ -20,7 +21,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import dataclasses
-import fcntl
 import json
 import logging
 import os
@@ -47,11 +47,12 @@ from manta.server.frontdoor import (
 from manta.server.serving import serve_until_stopped
 from storage import Store
 from storage.daemons import Daemon
+from storage.engine import Engine, EngineUnavailable, Held
 
 __all__ = ["LEADER_RETRY_S", "WORKER_HEADER", "Leadership", "config_from_json", "config_to_json", "main"]
 
 LEADER_RETRY_S = 0.5
-LOCK_FILE = "leader.lock"
+LOST_LEAD_EXIT = 75
 WORKER_HEADER = b"x-manta-worker"  # the pid of the worker that answered
 _PR_SET_PDEATHSIG = 1
 
@@ -69,14 +70,18 @@ def config_from_json(text: str) -> ServerConfig:
 
 
 class Leadership:
-    """Tries for the store's leader lock until it has it, then calls `on_lead` (in its thread)."""
+    """Tries for the catalog's "leader" hold until it has it, then calls `on_lead` (in its
+    thread); while leading, checks the hold every `retry_s` and calls `on_lost` if it ended
+    without a release (a database restart: another process may lead now)."""
 
-    def __init__(self, data_dir: str, on_lead: Callable[[], None], retry_s: float = LEADER_RETRY_S) -> None:
-        self.path = os.path.join(data_dir, LOCK_FILE)
+    def __init__(self, engine: Engine, on_lead: Callable[[], None], on_lost: Callable[[], None],
+                 retry_s: float = LEADER_RETRY_S) -> None:
+        self.engine = engine
         self.on_lead = on_lead
+        self.on_lost = on_lost
         self.retry_s = retry_s
         self.leading = False
-        self._fd: int | None = None
+        self._held: Held | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="leadership", daemon=True)
 
@@ -84,30 +89,32 @@ class Leadership:
         self._thread.start()
 
     def _run(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         while not self._stop.is_set():
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+                held = self.engine.try_hold("leader")
+            except EngineUnavailable:
+                held = None
+            if held is None:
                 self._stop.wait(self.retry_s)
                 continue
-            self._fd = fd
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
+            self._held = held
             self.leading = True
             self.on_lead()
+            while not self._stop.wait(self.retry_s):
+                if held.lost():
+                    self.on_lost()
+                    return
             return
-        os.close(fd)
 
     def stop(self) -> None:
-        """Stop trying; a leader keeps the lock until `release` (after its clean-up)."""
+        """Stop trying; a leader keeps the hold until `release` (after its clean-up)."""
         self._stop.set()
         self._thread.join()
 
     def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # drops the flock
-            self._fd = None
+        if self._held is not None:
+            self._held.release()
+            self._held = None
 
 
 def tagged(app: ASGIApp, value: bytes) -> ASGIApp:
@@ -148,7 +155,14 @@ def run(config: ServerConfig, index: int, sock: socket.socket, ready_fd: int) ->
         daemons.extend(start_daemons(store))
         scheduler.start()
 
-    leadership = Leadership(config.data_dir, lead)
+    def lost() -> None:
+        # stopping a scheduler mid-job in place is not safe to resume from: leave, and the
+        # supervisor starts a fresh worker that competes for the hold again as a follower
+        log.error("worker %d (pid %d) lost the leader hold (the catalog's database restarted?): "
+                  "exiting to start over", index, os.getpid())
+        os._exit(LOST_LEAD_EXIT)
+
+    leadership = Leadership(store.catalog.engine, lead, lost)
     leadership.start()
     server = uvicorn.Server(uvicorn_config(tagged(app, str(os.getpid()).encode()), config, limits))
 
