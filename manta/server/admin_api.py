@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response
 from manta.server.keys import new_access_key, new_secret_key
 from manta.server.s3 import errors as s3e
 from manta.server.s3.body import read_small
-from manta.server.s3.common import in_thread
+from manta.server.s3.common import in_thread, read_catalog
 from manta.server.s3.context import S3Request
 from storage import OrphanCollector, Scrubber
 from storage import errors as se
@@ -37,8 +37,9 @@ async def handle(req: S3Request) -> Response:
         raise s3e.AccessDenied("Only the root account may use the admin API.")
     if req.key == "admin/users":
         if req.method == "GET":
+            accounts = await read_catalog(req.store, req.store.catalog.accounts)
             users = [{"name": a["name"], "access_key": a["access_key"], "root": a["root"],
-                      "created": a["created"]} for a in req.store.catalog.accounts()]
+                      "created": a["created"]} for a in accounts]
             return JSONResponse({"users": sorted(users, key=lambda u: u["name"])})
         if req.method == "POST":
             return await _add_user(req)
@@ -46,7 +47,7 @@ async def handle(req: S3Request) -> Response:
     if req.key.startswith("admin/users/"):
         name = req.key[len("admin/users/"):]
         if req.method == "GET":
-            return JSONResponse(_user(req, name))
+            return JSONResponse(await read_catalog(req.store, _user, req, name))
         if req.method == "POST":
             return await _set_user(req, name)
         raise s3e.MethodNotAllowed(Method=req.method, ResourceType="ADMIN")
@@ -110,6 +111,7 @@ def _account(req: S3Request, name: str) -> dict[str, Any]:
 
 
 def _user(req: S3Request, name: str) -> dict[str, Any]:
+    """The user as GET answers it (catalog reads)."""
     account = _account(req, name)
     catalog = req.store.catalog
     return {"name": account["name"], "access_key": account["access_key"], "root": account["root"],
@@ -120,8 +122,13 @@ def _user(req: S3Request, name: str) -> dict[str, Any]:
 async def _set_user(req: S3Request, name: str) -> Response:
     payload = await _json_body(req, '{"quota": {...}}')
     quota = _quota_overrides(payload.get("quota"))
+    return JSONResponse(await in_thread(_set_quota, req, name, quota))
+
+
+def _set_quota(req: S3Request, name: str, quota: dict[str, int | None]) -> dict[str, Any]:
+    """Change the account's limits; returns the user as GET answers it."""
     try:
-        await in_thread(req.store.catalog.set_quota, name, quota)
+        req.store.catalog.set_quota(name, quota)
     except se.NoSuchAccount:
         raise s3e.NoSuchUser(f"The user {name!r} does not exist.", UserName=name) from None
-    return JSONResponse(_user(req, name))
+    return _user(req, name)

@@ -31,8 +31,9 @@ from jobs import errors as je
 from jobs.spec import parse_spec
 from manta.server.s3 import errors as s3e
 from manta.server.s3.body import read_small
-from manta.server.s3.common import in_thread
+from manta.server.s3.common import in_thread, read_catalog
 from manta.server.s3.context import S3Request
+from storage import Store
 
 MAX_BODY = 8 * 1024 * 1024
 COUNT_STATES = ("queued", "running", "done", "failed", "cancelled")
@@ -72,7 +73,7 @@ MAX_WAIT_S = 30.0
 WAIT_POLL_S = 0.02
 
 
-async def _settled(scheduler: JobScheduler, job_id: str, wait: str) -> None:
+async def _settled(scheduler: JobScheduler, store: Store, job_id: str, wait: str) -> None:
     """Return once the job is over with no task running, or after `wait` seconds: a client
     waiting for a job learns of its end within WAIT_POLL_S instead of its own poll interval."""
     try:
@@ -82,7 +83,8 @@ async def _settled(scheduler: JobScheduler, job_id: str, wait: str) -> None:
     if not 0 <= wait_s <= MAX_WAIT_S:
         raise s3e.InvalidArgument(f"wait must be between 0 and {MAX_WAIT_S:g} seconds", ArgumentName="wait")
     deadline = asyncio.get_running_loop().time() + wait_s
-    while not scheduler.settled(job_id) and asyncio.get_running_loop().time() < deadline:
+    while (not await read_catalog(store, scheduler.settled, job_id)
+           and asyncio.get_running_loop().time() < deadline):
         await asyncio.sleep(WAIT_POLL_S)
 
 
@@ -123,7 +125,7 @@ async def _handle(scheduler: JobScheduler, req: S3Request) -> Response:
     job = await in_thread(scheduler.job, job_id, owner)
     if action == "" and req.method == "GET":
         if "wait" in req.query:
-            await _settled(scheduler, job_id, req.query["wait"])
+            await _settled(scheduler, req.store, job_id, req.query["wait"])
             job = await in_thread(scheduler.job, job_id, owner)
         tasks = await in_thread(scheduler.tasks, job_id)
         return JSONResponse(summary(job, tasks, with_tasks=req.query.get("tasks") in ("1", "true")))

@@ -28,7 +28,14 @@ from starlette.responses import Response
 
 from manta.server.s3 import errors as s3e
 from manta.server.s3.body import read_small
-from manta.server.s3.common import in_thread, owned_bucket, xml_response
+from manta.server.s3.common import (
+    in_thread,
+    object_record,
+    owned_bucket,
+    owned_ref,
+    read_catalog,
+    xml_response,
+)
 from manta.server.s3.context import S3Request
 from manta.server.s3.xmlio import child_text, children, document, el, local, parse
 from storage import Store
@@ -150,7 +157,8 @@ def anonymous_reader(store: Store, req: S3Request) -> str | None:
     """For an unsigned request: the bucket owner to act as, or None (AccessDenied). As in
     S3, READ for AllUsers (public-read) on an object lets anyone GET/HEAD that object; on a
     bucket it lets anyone list the bucket (ListObjects, ListObjectsV2, HeadBucket), and so
-    learn that a missing key is missing (404), but read none of its objects."""
+    learn that a missing key is missing (404), but read none of its objects. A catalog
+    read (common.read_catalog)."""
     if req.method not in ("GET", "HEAD") or not req.bucket:
         return None
     found = store.objects.acls(req.bucket, req.key)
@@ -168,23 +176,26 @@ def anonymous_reader(store: Store, req: S3Request) -> str | None:
 
 
 async def get_bucket_acl(req: S3Request) -> Response:
-    bucket = owned_bucket(req)
-    return xml_response(policy_xml(req.owner, acl_of(req.store.catalog.bucket(bucket.name))))
+    return xml_response(policy_xml(req.owner, await read_catalog(req.store, _bucket_acl, req)))
+
+
+def _bucket_acl(req: S3Request) -> str:
+    return acl_of(req.store.catalog.bucket(owned_ref(req).name))
 
 
 async def put_bucket_acl(req: S3Request) -> Response:
-    bucket = owned_bucket(req)
+    bucket = await owned_bucket(req)
     await in_thread(req.store.catalog.set_bucket_acl, bucket, await _acl_to_put(req, on_object=False))
     return Response(b"")
 
 
 async def get_object_acl(req: S3Request) -> Response:
-    record = req.store.objects.get(owned_bucket(req), req.key)
+    record = await read_catalog(req.store, object_record, req)
     return xml_response(policy_xml(req.owner, acl_of(record)))
 
 
 async def put_object_acl(req: S3Request) -> Response:
-    bucket = owned_bucket(req)
+    bucket = await owned_bucket(req)
     await in_thread(req.store.objects.set_acl, bucket, req.key, await _acl_to_put(req, on_object=True))
     return Response(b"")
 

@@ -11,6 +11,10 @@ as two messages; only streaming responses (large GETs) go through Starlette's re
 machinery, which watches for a client that goes away. `starlette()` wraps it in a
 Starlette app only for lifespan events and for tests that want one.
 
+Catalog reads (the account, a bucket, an object's record) go through
+`common.read_catalog`: in place with the embedded engine, in a worker thread with a remote
+one (PostgreSQL), so the event loop never waits on the catalog's network.
+
 Errors: S3Error renders as S3 error XML; storage errors map through
 `errors.from_domain`; anything else is logged with its traceback and answered as
 InternalError with the request id. One dispatch table lists every supported operation;
@@ -33,6 +37,7 @@ from manta.server.config import ServerConfig
 from manta.server.s3 import acl, attributes, bucket, multipart, obj, service, sigv4
 from manta.server.s3 import errors as s3e
 from manta.server.s3.body import ClientGone
+from manta.server.s3.common import read_catalog
 from manta.server.s3.context import S3Request, validate_key
 from storage import Store
 from storage import errors as se
@@ -233,13 +238,14 @@ class S3App:
         areq = sigv4.AuthRequest(method=req.method, raw_path=raw_path, query=query, headers=req.headers)
         auth = sigv4.parse(areq)
         if auth is None:
-            reader = None if req.bucket in self.extra else acl.anonymous_reader(self.store, req)
+            reader = (None if req.bucket in self.extra
+                      else await read_catalog(self.store, acl.anonymous_reader, self.store, req))
             if reader is None:
                 raise s3e.AccessDenied()
             req.account = {"name": reader}  # a public-read GET/HEAD reads as the bucket's owner
             return
         try:
-            account = self.store.catalog.account(auth.access_key)
+            account = await read_catalog(self.store, self.store.catalog.account, auth.access_key)
         except se.NoSuchAccount:
             raise s3e.InvalidAccessKeyId(AWSAccessKeyId=auth.access_key) from None
         req.signing_key = sigv4.verify(auth, areq, account["secret"])

@@ -16,7 +16,7 @@ from typing import Any
 from starlette.responses import Response
 
 from manta.server.s3 import errors as s3e
-from manta.server.s3.common import owned_bucket, xml_response
+from manta.server.s3.common import object_record, read_catalog, xml_response
 from manta.server.s3.context import S3Request
 from manta.server.s3.xmlio import document, el, http_date
 
@@ -87,7 +87,7 @@ def _parts_xml(req: S3Request, record: dict[str, Any]) -> str:
 
 async def get_object_attributes(req: S3Request) -> Response:
     wanted = _wanted(req)
-    record = req.store.objects.get(owned_bucket(req), req.key)
+    record = await read_catalog(req.store, object_record, req)
     body = []
     if "ETag" in wanted:
         body.append(el("ETag", record["etag"]))

@@ -15,11 +15,18 @@ from starlette.responses import Response
 from manta.server.s3 import acl
 from manta.server.s3 import errors as s3e
 from manta.server.s3.body import read_small
-from manta.server.s3.common import free_blobs, in_thread, owned_bucket, xml_response
+from manta.server.s3.common import (
+    free_blobs,
+    in_thread,
+    owned_bucket,
+    owned_ref,
+    read_catalog,
+    xml_response,
+)
 from manta.server.s3.context import S3Request, validate_key
 from manta.server.s3.xmlio import child_text, children, document, el, iso8601, parse
 from manta.server.s3.xmltext import fit_all, fits
-from storage import Listing
+from storage import BucketRef, Listing
 from storage import errors as se
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -62,30 +69,35 @@ async def create_bucket(req: S3Request) -> Response:
         # 200 with the bucket's ACL reset to the one asked for
         if not exc.owned_by_you or req.settings.region != LEGACY_REGION:
             raise
-        await in_thread(req.store.catalog.set_bucket_acl, owned_bucket(req), canned or acl.PRIVATE)
+        await in_thread(lambda: req.store.catalog.set_bucket_acl(owned_ref(req), canned or acl.PRIVATE))
     return Response(b"", headers={"location": f"/{req.bucket}"})
 
 
 async def head_bucket(req: S3Request) -> Response:
-    owned_bucket(req)
+    await owned_bucket(req)
     return Response(b"", headers={"x-amz-bucket-region": req.settings.region})
 
 
 async def delete_bucket(req: S3Request) -> Response:
-    bucket = owned_bucket(req)
-    store = req.store
-    # refuse while objects exist; pending multipart uploads are aborted with the bucket
-    # (their in-flight parts then fail NoSuchBucket); both steps re-check the bucket's
-    # generation, so a bucket re-created meanwhile is not touched
-    if store.objects.list(bucket, max_keys=1).contents:
-        raise s3e.BucketNotEmpty(BucketName=req.bucket)
-    await free_blobs(req, await in_thread(store.uploads.abort_all, bucket))
-    await in_thread(store.catalog.delete_bucket, bucket)
+    bucket, freed = await in_thread(_abort_uploads, req)
+    await free_blobs(req, freed)
+    await in_thread(req.store.catalog.delete_bucket, bucket)
     return Response(b"", status_code=204)
 
 
+def _abort_uploads(req: S3Request) -> tuple[BucketRef, list[str]]:
+    """The first step of a bucket's delete: refuse while objects exist; pending multipart
+    uploads are aborted with the bucket (their in-flight parts then fail NoSuchBucket).
+    Both steps re-check the bucket's generation, so a bucket re-created meanwhile is not
+    touched. Returns the bucket and the blobs the aborts freed."""
+    bucket = owned_ref(req)
+    if req.store.objects.list(bucket, max_keys=1).contents:
+        raise s3e.BucketNotEmpty(BucketName=req.bucket)
+    return bucket, req.store.uploads.abort_all(bucket)
+
+
 async def get_location(req: S3Request) -> Response:
-    owned_bucket(req)
+    await owned_bucket(req)
     region = req.settings.region
     value = "" if region == "us-east-1" else region
     return xml_response(
@@ -94,12 +106,12 @@ async def get_location(req: S3Request) -> Response:
 
 
 async def get_versioning(req: S3Request) -> Response:
-    owned_bucket(req)
+    await owned_bucket(req)
     return xml_response(document("VersioningConfiguration", []))
 
 
 async def put_versioning(req: S3Request) -> Response:
-    owned_bucket(req)
+    await owned_bucket(req)
     root = parse(await read_small(req, 64 * 1024), "VersioningConfiguration")
     status = child_text(root, "Status")
     if status not in (None, "Suspended"):
@@ -158,7 +170,11 @@ def _list(req: S3Request, prefix: str, delimiter: str, start: str, max_keys: int
 
 
 async def list_objects(req: S3Request) -> Response:
-    owned_bucket(req)
+    return await read_catalog(req.store, _list_objects, req)
+
+
+def _list_objects(req: S3Request) -> Response:
+    owned_ref(req)
     v2 = req.query.get("list-type") == "2"
     url_asked = _url_asked(req)
     prefix = req.query.get("prefix", "")
@@ -210,7 +226,11 @@ async def list_objects(req: S3Request) -> Response:
 
 
 async def list_object_versions(req: S3Request) -> Response:
-    owned_bucket(req)
+    return await read_catalog(req.store, _list_object_versions, req)
+
+
+def _list_object_versions(req: S3Request) -> Response:
+    owned_ref(req)
     url_asked = _url_asked(req)
     prefix = req.query.get("prefix", "")
     delimiter = req.query.get("delimiter", "")
@@ -241,7 +261,7 @@ async def list_object_versions(req: S3Request) -> Response:
 
 
 async def delete_objects(req: S3Request) -> Response:
-    owned_bucket(req)
+    await owned_bucket(req)
     root = parse(await read_small(req, 2 * 1024 * 1024), "Delete")
     quiet = (child_text(root, "Quiet") or "").strip().lower() == "true"
     objects = children(root, "Object")

@@ -1,4 +1,5 @@
-"""Helpers shared by the S3 operation modules: ownership, metadata headers, blob I/O."""
+"""Helpers shared by the S3 operation modules: catalog reads (in place or in a thread, by
+engine), ownership, metadata headers, blob I/O."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from starlette.responses import Response
 from manta.server.s3 import errors as s3e
 from manta.server.s3.context import S3Request
 from manta.server.s3.xmlio import http_date
-from storage import BlobMeta, BlobReader, BucketRef, ReplicatedWriter
+from storage import BlobMeta, BlobReader, BucketRef, ReplicatedWriter, Store
 from storage.catalog import generation_of
 from storage.errors import NoSuchBlob
 from storage.threads import ProcessPool
@@ -24,13 +25,37 @@ STORED_HEADERS = ("content-type", "content-encoding", "content-disposition",
 DEFAULT_CONTENT_TYPE = "binary/octet-stream"
 
 
-def owned_bucket(req: S3Request, name: str | None = None) -> BucketRef:
+T = TypeVar("T")
+
+
+async def read_catalog(store: Store, fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)`, a call that reads the catalog (and may do other work around its reads):
+    in place with an embedded engine, whose reads take microseconds (a thread hop would
+    cost more), in a worker thread with a remote one, whose every read waits on the
+    network. Group one request's reads into one call: one hop per request."""
+    if store.catalog.engine.remote:
+        return await in_thread(fn, *args)
+    return fn(*args)
+
+
+def owned_ref(req: S3Request, name: str | None = None) -> BucketRef:
     """The bucket the request is authorised against, if it exists and belongs to the
-    caller. Storage calls take this ref and re-check it when they commit."""
+    caller. Storage calls take this ref and re-check it when they commit. A catalog read:
+    call it inside a function given to `read_catalog` or `in_thread`, else `owned_bucket`."""
     record = req.store.catalog.bucket(name or req.bucket)
     if record["owner"] != req.owner:
         raise s3e.AccessDenied()
     return BucketRef(record["name"], record["owner"], generation_of(record))
+
+
+async def owned_bucket(req: S3Request, name: str | None = None) -> BucketRef:
+    """`owned_ref`, read through `read_catalog`."""
+    return await read_catalog(req.store, owned_ref, req, name)
+
+
+def object_record(req: S3Request) -> dict[str, Any]:
+    """The record of the request's object in the caller's bucket (a catalog read)."""
+    return req.store.objects.get(owned_ref(req), req.key)
 
 
 def request_headers(req: S3Request) -> tuple[dict[str, str], dict[str, str]]:
@@ -178,7 +203,6 @@ def part_number(req: S3Request) -> int:
     return number
 
 
-T = TypeVar("T")
 RECORD_RACE_TRIES = 3
 
 

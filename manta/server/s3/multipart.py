@@ -21,6 +21,7 @@ from manta.server.s3 import errors as s3e
 from manta.server.s3.body import expected_size, read_small, receive_into
 from manta.server.s3.common import (
     MAX_PART_NUMBER,
+    Opened,
     commit_blob,
     free_blobs,
     in_thread,
@@ -28,7 +29,9 @@ from manta.server.s3.common import (
     on_current_record,
     open_segments,
     owned_bucket,
+    owned_ref,
     part_number,
+    read_catalog,
     request_headers,
     stream_opened,
     xml_response,
@@ -42,7 +45,8 @@ MAX_PART_SIZE = 5 * 1024**3
 
 
 def _upload(req: S3Request) -> tuple[BucketRef, dict[str, Any]]:
-    bucket = owned_bucket(req)
+    """The caller's bucket and the request's upload in it (catalog reads)."""
+    bucket = owned_ref(req)
     return bucket, req.store.uploads.get(bucket, req.key, req.query["uploadId"])
 
 
@@ -51,7 +55,11 @@ def _owner_xml(tag: str, owner: str) -> str:
 
 
 async def create_upload(req: S3Request) -> Response:
-    bucket = owned_bucket(req)
+    return await in_thread(_create_upload, req)  # its checks and its write: one hop
+
+
+def _create_upload(req: S3Request) -> Response:
+    bucket = owned_ref(req)
     headers, meta = request_headers(req)
     algorithm = req.header("x-amz-checksum-algorithm")
     ctype = req.header("x-amz-checksum-type")
@@ -69,9 +77,9 @@ async def create_upload(req: S3Request) -> Response:
             raise s3e.InvalidRequest(f"The FULL_OBJECT checksum type cannot be used with {algorithm}.")
         if ctype == "COMPOSITE" and algorithm == "CRC64NVME":
             raise s3e.InvalidRequest("The COMPOSITE checksum type cannot be used with CRC64NVME.")
-    upload = await in_thread(req.store.uploads.create, bucket, req.key, req.owner,
-                             {"headers": headers, "meta": meta, "algorithm": algorithm,
-                              "checksum_type": ctype, "acl": acl.from_request(req, on_object=True)})
+    upload = req.store.uploads.create(bucket, req.key, req.owner,
+                                      {"headers": headers, "meta": meta, "algorithm": algorithm,
+                                       "checksum_type": ctype, "acl": acl.from_request(req, on_object=True)})
     out = {}
     if algorithm:
         out = {"x-amz-checksum-algorithm": algorithm, "x-amz-checksum-type": ctype or ""}
@@ -80,13 +88,9 @@ async def create_upload(req: S3Request) -> Response:
 
 
 async def upload_part(req: S3Request) -> Response:
-    bucket, upload = _upload(req)
-    number = part_number(req)
+    bucket, upload, number = await read_catalog(req.store, _part_target, req)
     if "x-amz-copy-source" in req.headers:
         return await on_current_record(lambda: _upload_part_copy(req, bucket, upload, number))
-    size = expected_size(req)
-    if size is not None:
-        req.store.uploads.check_room(bucket, req.key, upload["upload_id"], number, size)
     writer = await new_writer(req)
     try:
         body = await receive_into(req, writer, MAX_PART_SIZE, default_algorithm=upload.get("algorithm"))
@@ -103,6 +107,18 @@ async def upload_part(req: S3Request) -> Response:
     headers = {"etag": f'"{part["etag"]}"'}
     headers.update({f"x-amz-checksum-{a.lower()}": v for a, v in body.checksums.items()})
     return Response(b"", headers=headers)
+
+
+def _part_target(req: S3Request) -> tuple[BucketRef, dict[str, Any], int]:
+    """The bucket, upload and part number a part goes to; for a part sent in the body,
+    checked against the owner's room for its announced size."""
+    bucket, upload = _upload(req)
+    number = part_number(req)
+    if "x-amz-copy-source" not in req.headers:
+        size = expected_size(req)
+        if size is not None:
+            req.store.uploads.check_room(bucket, req.key, upload["upload_id"], number, size)
+    return bucket, upload, number
 
 
 async def _record_part(req: S3Request, bucket: BucketRef, part: dict[str, Any], blob: BlobMeta) -> None:
@@ -131,15 +147,9 @@ def _copy_range(value: str | None, size: int) -> tuple[int, int]:
 
 
 async def _upload_part_copy(req: S3Request, bucket: BucketRef, upload: dict[str, Any], number: int) -> Response:
-    src_bucket, src_key = parse_copy_source(req)
-    source = req.store.objects.get(owned_bucket(req, src_bucket), src_key)
-    if check_conditions(req, source, prefix="x-amz-copy-source-if-") is not None:
-        raise s3e.PreconditionFailed(Condition="x-amz-copy-source-If-Match")
-    start, length = _copy_range(req.header("x-amz-copy-source-range"), source["size"])
-    req.store.uploads.check_room(bucket, req.key, upload["upload_id"], number, length)
+    source, opened = await in_thread(_open_source, req, bucket, upload, number)
     algorithm = upload.get("algorithm")
     summer = checksums.new(algorithm) if algorithm else None
-    opened = await in_thread(open_segments, req, source["segments"], start, length)
     writer = await new_writer(req)
     try:
         async for chunk in stream_opened(opened):
@@ -160,6 +170,19 @@ async def _upload_part_copy(req: S3Request, bucket: BucketRef, upload: dict[str,
     body = [el("LastModified", iso8601(source["mtime"])), el("ETag", f'"{part["etag"]}"')]
     body += [el(f"Checksum{a}", v) for a, v in sums.items()]
     return xml_response(document("CopyPartResult", body))
+
+
+def _open_source(req: S3Request, bucket: BucketRef, upload: dict[str, Any],
+                 number: int) -> tuple[dict[str, Any], Opened]:
+    """UploadPartCopy's source record, checked (conditions, range, the owner's room for
+    the part), and its range's blobs opened."""
+    src_bucket, src_key = parse_copy_source(req)
+    source = req.store.objects.get(owned_ref(req, src_bucket), src_key)
+    if check_conditions(req, source, prefix="x-amz-copy-source-if-") is not None:
+        raise s3e.PreconditionFailed(Condition="x-amz-copy-source-If-Match")
+    start, length = _copy_range(req.header("x-amz-copy-source-range"), source["size"])
+    req.store.uploads.check_room(bucket, req.key, upload["upload_id"], number, length)
+    return source, open_segments(req, source["segments"], start, length)
 
 
 def _build(upload: dict[str, Any], parts: list[dict[str, Any]],
@@ -205,7 +228,7 @@ def _listed_part_number(text: str) -> int:
 
 
 async def complete_upload(req: S3Request) -> Response:
-    bucket = owned_bucket(req)  # the upload is checked in the completion (it may be done already)
+    bucket = await owned_bucket(req)  # the upload is checked in the completion (it may be done already)
     root = parse(await read_small(req, 4 * 1024 * 1024), "CompleteMultipartUpload")
     chosen: list[tuple[int, str]] = []
     claimed: dict[tuple[int, str], dict[str, str]] = {}
@@ -251,7 +274,7 @@ def _whole_checksum(req: S3Request, upload: dict[str, Any]) -> str | None:
 
 
 async def abort_upload(req: S3Request) -> Response:
-    freed = await in_thread(req.store.uploads.abort, owned_bucket(req), req.key, req.query["uploadId"])
+    freed = await in_thread(lambda: req.store.uploads.abort(owned_ref(req), req.key, req.query["uploadId"]))
     await free_blobs(req, freed)
     return Response(b"", status_code=204)
 
@@ -264,6 +287,10 @@ def _int_param(req: S3Request, name: str, default: int) -> int:
 
 
 async def list_parts(req: S3Request) -> Response:
+    return await read_catalog(req.store, _list_parts, req)
+
+
+def _list_parts(req: S3Request) -> Response:
     _, upload = _upload(req)
     marker = _int_param(req, "part-number-marker", 0)
     max_parts = max(0, min(_int_param(req, "max-parts", 1000), 1000))
@@ -284,7 +311,11 @@ async def list_parts(req: S3Request) -> Response:
 
 
 async def list_uploads(req: S3Request) -> Response:
-    owned_bucket(req)
+    return await read_catalog(req.store, _list_uploads, req)
+
+
+def _list_uploads(req: S3Request) -> Response:
+    owned_ref(req)
     prefix = req.query.get("prefix", "")
     delimiter = req.query.get("delimiter", "")
     key_marker = req.query.get("key-marker", "")

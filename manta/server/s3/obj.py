@@ -10,7 +10,10 @@ journal; the PUT returns when that group commit is durable. A big one is hashed 
 
 GET of a small object (one segment, up to INLINE_READ_BYTES) reads record and bytes on
 the event loop (page-cache hits cost less than a thread hop) and answers with a plain
-response; bigger ones stream, read a few blocks per worker-thread hop.
+response; bigger ones stream, read a few blocks per worker-thread hop. With a remote
+catalog (common.read_catalog) every catalog read leaves the loop: a GET reads the record
+and opens its blobs in one worker-thread hop, a PUT makes its checks before the body in
+one, and DELETE and COPY read inside the hop that makes their write.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import email.utils
 import time
 import urllib.parse
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.responses import Response, StreamingResponse
@@ -27,6 +31,7 @@ from manta.server.s3 import acl
 from manta.server.s3 import errors as s3e
 from manta.server.s3.body import BodyResult, expected_size, receive_into
 from manta.server.s3.common import (
+    Opened,
     catalog_write,
     checksum_headers,
     commit_blob,
@@ -34,11 +39,13 @@ from manta.server.s3.common import (
     in_thread,
     new_writer,
     object_headers,
+    object_record,
     on_current_record,
     open_segments,
-    owned_bucket,
+    owned_ref,
     part_number,
     prefetched,
+    read_catalog,
     read_small,
     request_headers,
     stream_opened,
@@ -84,15 +91,7 @@ def write_condition(req: S3Request) -> WriteCondition | None:
 async def put_object(req: S3Request) -> Response:
     if "x-amz-copy-source" in req.headers:
         return await copy_object(req)
-    bucket = owned_bucket(req)
-    headers, meta = request_headers(req)
-    canned = acl.from_request(req, on_object=True)
-    condition = write_condition(req)
-    if condition is not None:
-        req.store.objects.check_condition(bucket, req.key, condition)
-    size = expected_size(req)
-    if size is not None:
-        req.store.objects.check_room(bucket, req.key, size)
+    bucket, headers, meta, canned, condition, size = await read_catalog(req.store, _put_checks, req)
     small = MemoryBlobWriter() if size is not None and size <= SMALL_OBJECT_BYTES else None
     if small is not None:
         body = await receive_into(req, small)
@@ -127,6 +126,23 @@ async def put_object(req: S3Request) -> Response:
     await free_blobs(req, freed)
     out = {"etag": f'"{record["etag"]}"', **checksum_headers(record)}
     return Response(b"", headers=out)
+
+
+def _put_checks(req: S3Request) -> tuple[BucketRef, dict[str, str], dict[str, str], str,
+                                        WriteCondition | None, int | None]:
+    """What a PUT checks before it reads the body, in order: the bucket, the stored headers,
+    the ACL, the write condition against the key's object, the owner's room for the
+    announced size. Returns (bucket, headers, metadata, ACL, condition, size)."""
+    bucket = owned_ref(req)
+    headers, meta = request_headers(req)
+    canned = acl.from_request(req, on_object=True)
+    condition = write_condition(req)
+    if condition is not None:
+        req.store.objects.check_condition(bucket, req.key, condition)
+    size = expected_size(req)
+    if size is not None:
+        req.store.objects.check_room(bucket, req.key, size)
+    return bucket, headers, meta, canned, condition, size
 
 
 def new_record(blob: BlobMeta, body: BodyResult, headers: dict[str, str], meta: dict[str, str],
@@ -234,8 +250,43 @@ async def get_object(req: S3Request, head: bool = False) -> Response:
     return await on_current_record(lambda: _get_object(req, head))
 
 
+@dataclass
+class _Found:
+    """A GET's answer before its body: status, headers, the bytes to send, and with a
+    remote catalog their blobs, opened in the thread that read the record."""
+
+    code: int
+    headers: dict[str, str]
+    segments: list[list[Any]]
+    start: int
+    length: int
+    opened: Opened | None = None
+
+
 async def _get_object(req: S3Request, head: bool) -> Response:
-    record = req.store.objects.get(owned_bucket(req), req.key)
+    if req.store.catalog.engine.remote:  # one worker-thread hop reads the record and opens its blobs
+        found = await in_thread(_find, req, head, True)
+    else:
+        found = _find(req, head, False)
+    if isinstance(found, Response):
+        return found
+    opened = found.opened
+    if opened is None:
+        if len(found.segments) == 1 and found.length <= INLINE_READ_BYTES:
+            opened = open_segments(req, found.segments, found.start, found.length)  # one open: no thread hop
+        else:
+            opened = await in_thread(open_segments, req, found.segments, found.start, found.length)
+    whole = read_small(opened)
+    if whole is not None:
+        return Response(whole, status_code=found.code, headers=found.headers)
+    stream = await prefetched(stream_opened(opened))
+    return StreamingResponse(stream, status_code=found.code, headers=found.headers)
+
+
+def _find(req: S3Request, head: bool, open_blobs: bool) -> Response | _Found:
+    """The key's record checked against the request's conditions and range: the whole
+    answer for a HEAD, a 304 or an empty range, else what to send (opened if `open_blobs`)."""
+    record = object_record(req)
     headers = object_headers(record)
     status = check_conditions(req, record)
     if status == 412:
@@ -267,15 +318,10 @@ async def _get_object(req: S3Request, head: bool) -> Response:
     headers["content-length"] = str(length)
     if head:
         return Response(b"", status_code=code, headers=headers)
-    if len(record["segments"]) == 1 and length <= INLINE_READ_BYTES:
-        opened = open_segments(req, record["segments"], start, length)  # one open: no thread hop
-    else:
-        opened = await in_thread(open_segments, req, record["segments"], start, length)
-    whole = read_small(opened)
-    if whole is not None:
-        return Response(whole, status_code=code, headers=headers)
-    stream = await prefetched(stream_opened(opened))
-    return StreamingResponse(stream, status_code=code, headers=headers)
+    found = _Found(code, headers, record["segments"], start, length)
+    if open_blobs:
+        found.opened = open_segments(req, found.segments, start, length)
+    return found
 
 
 async def head_object(req: S3Request) -> Response:
@@ -283,7 +329,7 @@ async def head_object(req: S3Request) -> Response:
 
 
 async def delete_object(req: S3Request) -> Response:
-    freed = await in_thread(req.store.objects.delete, owned_bucket(req), req.key)
+    freed = await in_thread(lambda: req.store.objects.delete(owned_ref(req), req.key))
     await free_blobs(req, freed)
     return Response(b"", status_code=204)
 
@@ -304,9 +350,20 @@ def parse_copy_source(req: S3Request) -> tuple[str, str]:
 
 
 async def copy_object(req: S3Request) -> Response:
-    dst = owned_bucket(req)
+    record, freed = await in_thread(_copy, req)  # its reads and its write: one hop
+    await free_blobs(req, freed)
+    body = document("CopyObjectResult", [el("LastModified", iso8601(record["mtime"])),
+                                         el("ETag", f'"{record["etag"]}"')]
+                    + [el(f"Checksum{alg}", v) for alg, v in record.get("checksums", {}).items()])
+    return xml_response(body)
+
+
+def _copy(req: S3Request) -> tuple[dict[str, Any], list[str]]:
+    """Check both buckets and the source, then link it under the new key; returns the new
+    record and the blobs the overwrite freed."""
+    dst = owned_ref(req)
     src_bucket, src_key = parse_copy_source(req)
-    src = owned_bucket(req, src_bucket)
+    src = owned_ref(req, src_bucket)
     source = req.store.objects.get(src, src_key)
     if check_conditions(req, source, prefix="x-amz-copy-source-if-") is not None:
         raise s3e.PreconditionFailed(Condition="x-amz-copy-source-If-Match")
@@ -321,10 +378,4 @@ async def copy_object(req: S3Request) -> Response:
             "This copy request is illegal because it is trying to copy an object to itself "
             "without changing the object's metadata, storage class, website redirect location "
             "or encryption attributes.")
-    record, freed = await in_thread(req.store.objects.copy, src, src_key, dst,
-                                    req.key, update, source["etag"])
-    await free_blobs(req, freed)
-    body = document("CopyObjectResult", [el("LastModified", iso8601(record["mtime"])),
-                                         el("ETag", f'"{record["etag"]}"')]
-                    + [el(f"Checksum{alg}", v) for alg, v in record.get("checksums", {}).items()])
-    return xml_response(body)
+    return req.store.objects.copy(src, src_key, dst, req.key, update, source["etag"])

@@ -13,7 +13,7 @@ import base64
 from starlette.responses import Response
 
 from manta.server.s3 import errors as s3e
-from manta.server.s3.common import xml_response
+from manta.server.s3.common import read_catalog, xml_response
 from manta.server.s3.context import S3Request
 from manta.server.s3.xmlio import document, el, iso8601
 
@@ -51,7 +51,8 @@ async def list_buckets(req: S3Request) -> Response:
     after = _after(req)
     region = req.settings.region
     in_region = req.query.get("bucket-region", region) == region
-    names = sorted((b for b in req.store.catalog.buckets(req.owner)
+    buckets = await read_catalog(req.store, req.store.catalog.buckets, req.owner)
+    names = sorted((b for b in buckets
                     if in_region and b["name"].startswith(prefix) and b["name"] > after),
                    key=lambda b: str(b["name"]))
     page = names[:limit]
