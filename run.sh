@@ -15,6 +15,7 @@ FAST_MARKERS="not e2e and not zfs and not slow and not load"
 APT_PACKAGES=(python3 python3-venv python3-dev gcc awscli curl ca-certificates openssl zfs-fuse bubblewrap libseccomp2 iproute2)
 if [ "${1:-start}" = test ]; then
     APT_PACKAGES+=(s3cmd rclone)  # more S3 clients the tests drive unchanged
+    APT_PACKAGES+=(postgresql-15 postgresql-client-15)  # the PostgreSQL catalog engine's tests (tests/pgserver.py)
 fi
 
 need_apt=()

@@ -23,6 +23,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
+from tests.pgserver import PgServer, pg_unavailable
 from tests.zfs_pools import Pool, PoolFactory, zfs_unavailable
 
 ROOT_AK = "MANTAROOTTESTKEY0001"
@@ -234,6 +235,32 @@ def zfs_session_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]
     require(reason is None, reason or "")
     with PoolFactory(str(tmp_path_factory.mktemp("zfs"))) as pools:
         yield pools.create()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """One throwaway PostgreSQL 15 server for the session (tests/pgserver.py); skips, or fails
+    in CI, without the PostgreSQL binaries."""
+    reason = pg_unavailable()
+    require(reason is None, reason or "")
+    srv = PgServer()
+    try:
+        srv.start()
+        yield srv
+    finally:
+        srv.stop()
+
+
+_pg_databases = [0]
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer) -> Iterator[str]:
+    """The URL of a fresh, empty database on the session's PostgreSQL, dropped after the test."""
+    _pg_databases[0] += 1
+    name = f"manta_test_{_pg_databases[0]}"
+    yield pg_server.new_database(name)
+    pg_server.drop_database(name)
 
 
 @pytest.fixture(scope="session")
