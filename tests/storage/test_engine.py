@@ -1,0 +1,307 @@
+"""The catalog engine contract (storage/engine.py), run against LmdbEngine (a temporary
+directory) and PgEngine (a fresh database on the session's throwaway PostgreSQL, marker
+`postgresql`: skipped without PostgreSQL 15, required in CI)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import pytest
+
+from storage import engine_lmdb, engine_pg
+from storage.engine import Engine, EngineUnavailable, open_engine
+from storage.engine_pg import PgEngine
+from tests.pgserver import PgServer
+
+TABLES = ("objects", "usage")
+Opener = Callable[..., Engine]
+
+
+@pytest.fixture(params=["lmdb", pytest.param("postgresql", marks=pytest.mark.postgresql)])
+def opener(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Opener]:
+    """Opens engines on one location (the same data dir or database each call), closing
+    them after the test."""
+    location = str(tmp_path / "catalog") if request.param == "lmdb" else request.getfixturevalue("pg_url")
+    opened: list[Engine] = []
+
+    def open_(tables: tuple[str, ...] = TABLES) -> Engine:
+        engine = open_engine(location, tables)
+        opened.append(engine)
+        return engine
+
+    yield open_
+    for engine in opened:
+        engine.close()  # again, for one a test closed: close is idempotent
+
+
+@pytest.fixture
+def engine(opener: Opener) -> Engine:
+    return opener()
+
+
+def put_all(engine: Engine, table: str, items: dict[bytes, bytes]) -> None:
+    def fn(txn: Any) -> None:
+        for key, value in items.items():
+            txn.put(table, key, value)
+    engine.write(fn)
+
+
+def test_get_put_delete(engine: Engine) -> None:
+    assert engine.write(lambda txn: txn.get("objects", b"k")) is None
+    engine.write(lambda txn: txn.put("objects", b"k", b"v1"))
+    engine.write(lambda txn: txn.put("usage", b"k", b"other table"))
+    with engine.read() as txn:
+        assert txn.get("objects", b"k") == b"v1"
+        assert txn.get("usage", b"k") == b"other table"
+        assert txn.get("objects", b"missing") is None
+    engine.write(lambda txn: txn.put("objects", b"k", b"v2"))
+    assert engine.write(lambda txn: (txn.get("objects", b"k"), txn.delete("objects", b"k"),
+                                     txn.delete("objects", b"k"), txn.get("objects", b"k"))) \
+        == (b"v2", True, False, None)
+    big = bytes(random.Random(1).randbytes(1 << 20))
+    engine.write(lambda txn: txn.put("objects", b"big", big))
+    with engine.read() as txn:
+        assert txn.get("objects", b"k") is None
+        assert txn.get("objects", b"big") == big
+        assert txn.get("usage", b"k") == b"other table"
+
+
+def test_unknown_table_raises_key_error(engine: Engine) -> None:
+    with pytest.raises(KeyError):
+        engine.write(lambda txn: txn.put("nope", b"k", b"v"))
+    with engine.read() as txn, pytest.raises(KeyError):
+        txn.get("nope", b"k")
+    assert engine.write(lambda txn: txn.get("objects", b"k")) is None  # the engine goes on
+
+
+# in the contract's order, written out: unsigned bytes (\x80 after \x7f), a prefix first
+KEYS = [b"\x00", b"\x00\x00", b"\x00\x01", b"\x01", b"a", b"a\x00", b"a\x00\x00", b"ab", b"abc",
+        b"a\x7f", b"a\x80", b"a\xff", b"a\xff\x00", b"a\xff\xff", b"b", b"\x7f", b"\x80",
+        b"\xfe\xff", b"\xff", b"\xff\x00", b"\xff\xff", b"\xff\xff\xff"]
+
+
+def test_scan_is_in_unsigned_byte_order(engine: Engine) -> None:
+    shuffled = KEYS[:]
+    random.Random(7).shuffle(shuffled)
+    put_all(engine, "objects", {key: b"v" + key for key in shuffled})
+    with engine.read() as txn:
+        assert list(txn.scan("objects")) == [(key, b"v" + key) for key in KEYS]
+    assert sorted(KEYS) == KEYS  # and Python's bytes order is the same (the other tests use it)
+
+
+def _expected(keys: list[bytes], start: bytes, prefix: bytes, end: bytes | None) -> list[bytes]:
+    return [k for k in sorted(keys)
+            if k >= max(start, prefix) and k.startswith(prefix) and (end is None or k < end)]
+
+
+def test_scan_start_prefix_end(engine: Engine) -> None:
+    # more keys than a PostgreSQL page (256 rows), so that ranges cross pages
+    keys = KEYS + [b"p/" + i.to_bytes(2, "big") for i in range(700)]
+    put_all(engine, "objects", {key: key[::-1] for key in keys})
+    cases = [(b"", b"", None), (b"a", b"", None), (b"", b"a", None), (b"a\x00", b"a", None),
+             (b"", b"a\xff", None), (b"", b"\xff", None), (b"", b"\xff\xff", None),
+             (b"", b"", b"a"), (b"a", b"", b"b"), (b"b", b"a", None), (b"", b"a", b"a\x80"),
+             (b"", b"p/", None), (b"p/\x01\x00", b"p/", None), (b"", b"p/", b"p/\x02\x05"),
+             (b"p/\x00\xff", b"p/\x00", None), (b"zzz", b"", None), (b"", b"", b"\x00"),
+             (b"", b"nothing", None), (b"\x00", b"", b"\x00")]
+    with engine.read() as txn:
+        for start, prefix, end in cases:
+            got = [k for k, _ in txn.scan("objects", start=start, prefix=prefix, end=end)]
+            assert got == _expected(keys, start, prefix, end), (start, prefix, end)
+    # the same inside a write
+    got = engine.write(lambda txn: [k for k, _ in txn.scan("objects", prefix=b"p/", end=b"p/\x01\x2c")])
+    assert got == _expected(keys, b"", b"p/", b"p/\x01\x2c")
+
+
+def test_scan_that_stops_early(engine: Engine) -> None:
+    put_all(engine, "objects", {i.to_bytes(2, "big"): b"v" for i in range(1000)})
+    with engine.read() as txn:
+        seen = []
+        for key, _ in txn.scan("objects", start=b"\x01\x00"):
+            seen.append(key)
+            break
+        assert seen == [b"\x01\x00"]
+        scan = txn.scan("objects", prefix=b"\x02")
+        assert [next(scan)[0], next(scan)[0]] == [b"\x02\x00", b"\x02\x01"]
+        # the transaction goes on after abandoned scans
+        assert txn.get("objects", b"\x03\xe7") == b"v"
+        assert len(list(txn.scan("objects", prefix=b"\x03"))) == 232
+
+
+def test_read_is_a_snapshot(engine: Engine) -> None:
+    put_all(engine, "objects", {b"a": b"1", b"b": b"1"})
+    with engine.read() as txn:
+        assert txn.get("objects", b"a") == b"1"
+        committed = threading.Event()
+
+        def concurrently() -> None:
+            put_all(engine, "objects", {b"a": b"2", b"c": b"2"})
+            committed.set()
+        threading.Thread(target=concurrently).start()
+        assert committed.wait(10)
+        assert txn.get("objects", b"a") == b"1"
+        assert list(txn.scan("objects")) == [(b"a", b"1"), (b"b", b"1")]
+    with engine.read() as txn:
+        assert list(txn.scan("objects")) == [(b"a", b"2"), (b"b", b"1"), (b"c", b"2")]
+
+
+def test_group_commit_rolls_back_a_failing_write_alone(engine: Engine) -> None:
+    started = threading.Event()
+    release = threading.Event()
+
+    def slow(txn: Any) -> str:  # holds the writer, so that the rest queue up as one batch
+        started.set()
+        release.wait(10)
+        txn.put("objects", b"slow", b"v")
+        return "slow"
+
+    def failing(txn: Any) -> None:
+        txn.put("objects", b"k005", b"overwritten")
+        txn.put("objects", b"failed", b"v")
+        txn.get("usage", b"n")
+        raise ValueError("refused")
+
+    first = engine.submit(slow)
+    assert started.wait(10)
+    futures = [engine.submit(lambda txn, i=i: txn.put("objects", b"k%03d" % i, b"v") or i) for i in range(10)]
+    bad = engine.submit(failing)
+    futures += [engine.submit(lambda txn, i=i: txn.put("objects", b"k%03d" % i, b"v") or i) for i in range(10, 20)]
+    after = engine.submit(lambda txn: txn.get("objects", b"k005"))  # sees batch-mates, not `failing`
+    release.set()
+    assert first.result(10) == "slow"
+    with pytest.raises(ValueError, match="refused"):
+        bad.result(10)
+    assert [f.result(10) for f in futures] == list(range(20))
+    assert after.result(10) == b"v"
+    with engine.read() as txn:
+        assert txn.get("objects", b"failed") is None
+        assert [k for k, _ in txn.scan("objects", prefix=b"k")] == [b"k%03d" % i for i in range(20)]
+        assert txn.get("objects", b"k005") == b"v"
+
+
+def test_many_threads_submit_and_all_commit(engine: Engine) -> None:
+    def worker(t: int) -> list[Any]:
+        return [engine.submit(lambda txn, t=t, i=i: txn.put("objects", b"%02d/%03d" % (t, i), b"v"))
+                for i in range(50)]
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        futures = [f for fs in pool.map(worker, range(16)) for f in fs]
+    assert all(f.result(30) is None for f in futures)
+    assert engine.counts() == {"objects": 800, "usage": 0}
+
+
+def _increment(key: bytes) -> Callable[[Any], int]:
+    def fn(txn: Any) -> int:
+        value = int(txn.get("usage", key) or b"0") + 1
+        txn.put("usage", key, str(value).encode())
+        return value
+    return fn
+
+
+def _hammer(engines: Sequence[Engine], threads: int, times: int, keys: list[list[bytes]]) -> None:
+    """`threads` threads per engine, each calling `times` writes that increment, in order,
+    the keys of its engine's list."""
+    def write(txn: Any, ks: list[bytes]) -> None:
+        for key in ks:
+            _increment(key)(txn)
+
+    def run(engine: Engine, ks: list[bytes]) -> None:
+        for _ in range(times):
+            engine.write(lambda txn: write(txn, ks))
+    with concurrent.futures.ThreadPoolExecutor(threads * len(engines)) as pool:
+        jobs = [pool.submit(run, engine, ks) for engine, ks in zip(engines, keys, strict=True)
+                for _ in range(threads)]
+        for job in jobs:
+            job.result(120)
+
+
+def test_read_modify_write_loses_no_update(engine: Engine) -> None:
+    _hammer([engine], threads=8, times=40, keys=[[b"counter"]])
+    with engine.read() as txn:
+        assert txn.get("usage", b"counter") == b"320"
+
+
+@pytest.mark.postgresql
+def test_two_front_doors_lose_no_update(pg_url: str) -> None:
+    doors = [PgEngine(pg_url, TABLES), PgEngine(pg_url, TABLES)]
+    try:
+        _hammer(doors, threads=6, times=30, keys=[[b"counter"], [b"counter"]])
+        # keys locked in opposite orders: the front doors deadlock, and retry
+        _hammer(doors, threads=4, times=20, keys=[[b"a", b"b"], [b"b", b"a"]])
+        with doors[1].read() as txn:
+            assert txn.get("usage", b"counter") == b"360"
+            assert txn.get("usage", b"a") == txn.get("usage", b"b") == b"160"
+    finally:
+        for door in doors:
+            door.close()
+
+
+def test_counts_and_schema_version(opener: Opener) -> None:
+    engine = opener()
+    assert engine.counts() == {"objects": 0, "usage": 0}
+    put_all(engine, "objects", {b"a": b"", b"b": b""})
+    put_all(engine, "usage", {b"a": b""})
+    assert engine.counts() == {"objects": 2, "usage": 1}
+    expected = engine_pg.SCHEMA_VERSION if engine.name == "postgresql" else engine_lmdb.SCHEMA_VERSION
+    assert engine.schema_version() == expected == 1
+
+
+def test_close_and_reopen_keeps_writes(opener: Opener) -> None:
+    engine = opener()
+    put_all(engine, "objects", {b"kept": b"v"})
+    engine.close()
+    again = opener(TABLES + ("later",))  # a newer version lists one more table
+    with again.read() as txn:
+        assert txn.get("objects", b"kept") == b"v"
+        assert list(txn.scan("later")) == []
+    again.write(lambda txn: txn.put("later", b"k", b"v"))
+    assert again.counts() == {"objects": 1, "usage": 0, "later": 1}
+    assert again.schema_version() == 1
+
+
+@pytest.mark.postgresql
+def test_pg_front_doors_start_together_and_hide_the_password(pg_url: str) -> None:
+    url = pg_url.replace("postgres@", "postgres:s3cret@") + "?application_name=x"
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        doors = list(pool.map(lambda _: PgEngine(url, TABLES), range(4)))
+    try:
+        assert "s3cret" not in doors[0].location
+        assert doors[0].location.startswith("postgresql://postgres@127.0.0.1:")
+        assert {door.schema_version() for door in doors} == {1}
+        doors[0].write(lambda txn: txn.put("objects", b"k", b"v"))
+        with doors[3].read() as txn:
+            assert txn.get("objects", b"k") == b"v"
+    finally:
+        for door in doors:
+            door.close()
+    with pytest.raises(ValueError, match="lowercase"):
+        PgEngine(pg_url, ("Objects; drop",))
+
+
+@pytest.mark.postgresql
+def test_pg_unavailable_then_back(pg_server: PgServer, pg_url: str) -> None:
+    engine = PgEngine(pg_url, TABLES, connect_timeout_s=2, pool_timeout_s=2)
+    try:
+        engine.write(lambda txn: txn.put("objects", b"acked", b"v"))
+        pg_server.kill()
+        try:
+            began = time.monotonic()
+            with pytest.raises(EngineUnavailable):
+                engine.write(lambda txn: txn.put("objects", b"during", b"v"))
+            with pytest.raises(EngineUnavailable):
+                with engine.read() as txn:
+                    txn.get("objects", b"acked")
+            assert time.monotonic() - began < 10
+        finally:
+            pg_server.restart()
+        engine.write(lambda txn: txn.put("objects", b"after", b"v"))
+        with engine.read() as txn:
+            assert txn.get("objects", b"acked") == b"v"
+            assert txn.get("objects", b"after") == b"v"
+            assert txn.get("objects", b"during") is None
+    finally:
+        engine.close()
