@@ -2,9 +2,10 @@
 that any number of front doors share one catalog. The statements and the schema are in
 storage/engine_pg_schema.py.
 
-Reads: `read()` takes a pooled connection and opens a REPEATABLE READ READ ONLY transaction
-whose snapshot is taken at once (a snapshot, like an LMDB read transaction; it never waits
-for a writer). `scan` fetches keyset pages of PAGE_ROWS rows (`k >= start [AND k < end]
+Reads: `read()` is a REPEATABLE READ READ ONLY transaction on a pooled connection (a
+snapshot, like an LMDB read transaction; it never waits for a writer), begun together with
+its first statement, whose snapshot it is: a read of one key costs two round trips, that
+and ROLLBACK. `scan` fetches keyset pages of PAGE_ROWS rows (`k >= start [AND k < end]
 ORDER BY k LIMIT n`, then `k > last`), a prefix bounded above by `prefix_end`, so a scan
 that stops early costs one page.
 
@@ -65,7 +66,7 @@ Conn = psycopg.Connection[Any]
 _MAX_BATCH = 256
 _MAX_TRIES = 5
 _RETRY_SQLSTATES = frozenset({"40P01", "40001"})  # deadlock detected, serialization failure
-_BEGIN_READ = b"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT 1"  # snapshot now
+_BEGIN_READ = b"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; "
 
 
 def _lost(conn: Conn) -> bool:
@@ -120,35 +121,68 @@ class _Txn:
 
 
 class _ReadTxn(_Txn):
-    """A snapshot on a pooled connection, for `with`."""
+    """A snapshot on a pooled connection, for `with`. BEGIN goes with the first statement,
+    in one round trip (client-side binding: several statements in one message); the
+    snapshot is taken by that statement."""
 
     def __init__(self, engine: PgEngine) -> None:
         super().__init__(engine._tables)
         self._engine = engine
         self._conn: Conn | None = None
+        self._open = False
 
     def __enter__(self) -> _ReadTxn:
-        self._conn = self._engine._begin_read()
+        self._open = True
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
+        self._open = False
         conn, self._conn = self._conn, None
         if conn is not None:
             try:
-                conn.execute("ROLLBACK")
+                conn.execute(b"ROLLBACK")
             except psycopg.Error:
                 pass  # a broken connection: the pool drops it
             finally:
                 self._engine._pool.putconn(conn)
 
     def _run(self, query: bytes, params: tuple[Any, ...]) -> psycopg.Cursor[Any]:
-        if self._conn is None:
+        if not self._open:
             raise RuntimeError("the read transaction is not open (use `with engine.read() as txn`)")
+        if self._conn is None:
+            return self._begin(query, params)
         try:
             return self._conn.execute(query, params, binary=True)
         except psycopg.OperationalError as exc:
             raise EngineUnavailable(f"catalog database: {exc}") from exc
+
+    def _begin(self, query: bytes, params: tuple[Any, ...]) -> psycopg.Cursor[Any]:
+        """The first statement, after BEGIN. A pooled connection the server dropped (it
+        restarted) fails here, before anything was read: then the pool checks the others
+        and this tries once more."""
+        pool = self._engine._pool
+        for attempt in range(2):
+            try:
+                conn = pool.getconn()
+            except psycopg_pool.PoolTimeout as exc:
+                raise EngineUnavailable(f"catalog database {self._engine.location}: no connection") from exc
+            try:
+                cursor = psycopg.ClientCursor(conn)
+                cursor.execute(_BEGIN_READ + query.replace(b"%b", b"%s"), params)
+                cursor.nextset()
+            except psycopg.OperationalError as exc:
+                pool.putconn(conn)
+                if attempt or not _lost(conn):
+                    raise EngineUnavailable(f"catalog database {self._engine.location}: {exc}") from exc
+                pool.check()
+                continue
+            except BaseException:
+                self._conn = conn  # rolled back and returned on exit
+                raise
+            self._conn = conn
+            return cursor
+        raise AssertionError("unreachable")
 
 
 class _WriteTxn(_Txn):
@@ -268,24 +302,6 @@ class PgEngine:
         with self.read() as txn:
             return {name: int(txn._run(sql.count, ()).fetchone()[0])  # type: ignore[index]
                     for name, sql in self._tables.items()}
-
-    def _begin_read(self) -> Conn:
-        """A pooled connection in a fresh snapshot. Connections the server dropped (it
-        restarted) fail on first use: then the pool checks the rest and this tries again."""
-        for attempt in range(2):
-            try:
-                conn = self._pool.getconn()
-            except psycopg_pool.PoolTimeout as exc:
-                raise EngineUnavailable(f"catalog database {self.location}: no connection") from exc
-            try:
-                conn.execute(_BEGIN_READ)
-                return conn
-            except psycopg.OperationalError as exc:
-                self._pool.putconn(conn)
-                if attempt or not _lost(conn):
-                    raise EngineUnavailable(f"catalog database {self.location}: {exc}") from exc
-                self._pool.check()
-        raise AssertionError("unreachable")
 
     def _write_loop(self) -> None:
         try:
