@@ -185,13 +185,42 @@ class _ReadTxn(_Txn):
         raise AssertionError("unreachable")
 
 
+class _Batch:
+    """What a batch's writes share: the writer's connection, the advisory locks the batch
+    holds, and the transaction control still to send. BEGIN, and the RELEASE SAVEPOINT /
+    SAVEPOINT between two writes, go in one message with the next write's first statement
+    (client-side binding: several statements in one message): a lone put is two round trips
+    (that, and COMMIT)."""
+
+    BEGIN = b"BEGIN ISOLATION LEVEL READ COMMITTED; SAVEPOINT w; "
+    NEXT = b"RELEASE SAVEPOINT w; SAVEPOINT w; "
+    UNDO = b"ROLLBACK TO SAVEPOINT w; "  # leaves savepoint w in place for the next write
+
+    def __init__(self, conn: Conn) -> None:
+        self.conn = conn
+        self.locked: set[int] = set()
+        self.pending = self.BEGIN
+
+    def execute(self, query: bytes, params: tuple[Any, ...]) -> psycopg.Cursor[Any]:
+        if not self.pending:
+            return self.conn.execute(query, params, binary=True)
+        cursor = psycopg.ClientCursor(self.conn)
+        try:
+            cursor.execute(self.pending + query.replace(b"%b", b"%s"), params)
+        finally:
+            self.pending = b""  # sent: the control statements run before `query` (or broke it all)
+        while cursor.nextset():
+            pass  # to the last statement's result
+        return cursor
+
+
 class _WriteTxn(_Txn):
     """One write of a batch, on the writer's connection inside its savepoint."""
 
-    def __init__(self, tables: dict[str, TableSql], conn: Conn, locked: set[int]) -> None:
+    def __init__(self, tables: dict[str, TableSql], batch: _Batch) -> None:
         super().__init__(tables)
-        self._conn = conn
-        self._locked = locked              # the batch's advisory locks
+        self._batch = batch
+        self._locked = batch.locked        # the batch's advisory locks
         self.fresh: list[int] = []         # those this write took
         self.statements = 0
         self.fatal: psycopg.Error | None = None  # the batch must roll back and run again
@@ -199,9 +228,9 @@ class _WriteTxn(_Txn):
     def _run(self, query: bytes, params: tuple[Any, ...]) -> psycopg.Cursor[Any]:
         self.statements += 1
         try:
-            return self._conn.execute(query, params, binary=True)
+            return self._batch.execute(query, params)
         except psycopg.Error as exc:
-            if exc.sqlstate in _RETRY_SQLSTATES or _lost(self._conn):
+            if exc.sqlstate in _RETRY_SQLSTATES or _lost(self._batch.conn):
                 self.fatal = exc
             raise
 
@@ -377,42 +406,40 @@ class PgEngine:
         conn.close()
         self._writer_conn = None
 
-    def _run_batch(self, conn: Conn, batch: Batch) -> list[tuple[bool, Any]]:
+    def _run_batch(self, conn: Conn, writes: Batch) -> list[tuple[bool, Any]]:
         """Every write in its savepoint, then COMMIT: (ok, result or exception) per write."""
-        self._control(conn, b"BEGIN ISOLATION LEVEL READ COMMITTED; SAVEPOINT w")
-        locked: set[int] = set()
+        batch = _Batch(conn)
         outcomes: list[tuple[bool, Any]] = []
-        for fn, _ in batch:
-            txn = _WriteTxn(self._tables, conn, locked)
+        for fn, _ in writes:
+            txn = _WriteTxn(self._tables, batch)
             try:
                 result = fn(txn)
             except BaseException as exc:  # noqa: BLE001 - delivered to the caller
                 if txn.fatal is not None:
                     raise _Retry(str(txn.fatal)) from txn.fatal
                 if txn.statements:
-                    self._control(conn, b"ROLLBACK TO SAVEPOINT w")
-                    locked.difference_update(txn.fresh)
+                    batch.pending = batch.UNDO
+                    batch.locked.difference_update(txn.fresh)
                 outcomes.append((False, exc))
                 continue
             if txn.fatal is not None:  # the write caught the error and returned
                 raise _Retry(str(txn.fatal)) from txn.fatal
             if txn.statements:
-                self._control(conn, b"RELEASE SAVEPOINT w; SAVEPOINT w")
+                batch.pending = batch.NEXT
             outcomes.append((True, result))
+        if batch.pending == batch.BEGIN:
+            return outcomes  # no write sent a statement: nothing to commit
+        commit = (batch.UNDO if batch.pending == batch.UNDO else b"") + b"COMMIT"
         try:
-            conn.execute(b"COMMIT")
+            cursor = conn.execute(commit)
+            while cursor.nextset():
+                pass
         except psycopg.Error as exc:
             if _lost(conn):
                 raise _Unknown(str(exc)) from exc
             if exc.sqlstate in _RETRY_SQLSTATES:
                 raise _Retry(str(exc)) from exc
             raise
+        if cursor.statusmessage != "COMMIT":  # the answer to COMMIT in a failed transaction
+            raise RuntimeError(f"the catalog batch did not commit: {cursor.statusmessage}")
         return outcomes
-
-    def _control(self, conn: Conn, statement: bytes) -> None:
-        try:
-            conn.execute(statement)
-        except psycopg.Error as exc:
-            if exc.sqlstate in _RETRY_SQLSTATES or _lost(conn):
-                raise _Retry(str(exc)) from exc
-            raise

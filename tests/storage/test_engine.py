@@ -184,6 +184,36 @@ def test_group_commit_rolls_back_a_failing_write_alone(engine: Engine) -> None:
         assert txn.get("objects", b"k005") == b"v"
 
 
+def test_refused_statement_and_last_write_failing_roll_back_alone(engine: Engine) -> None:
+    release = threading.Event()
+    huge_key = random.Random(3).randbytes(10_000)  # beyond either engine's key size limit
+
+    def refused(txn: Any) -> None:
+        txn.put("objects", b"refused-1", b"v")
+        txn.put("objects", huge_key, b"v")
+
+    def last(txn: Any) -> None:  # the batch's last write: nothing after it releases its savepoint
+        txn.put("objects", b"ok-1", b"changed")
+        txn.delete("objects", b"ok-2")
+        raise LookupError("last")
+
+    first = engine.submit(lambda txn: release.wait(10) and txn.put("objects", b"first", b"v"))
+    ok1 = engine.submit(lambda txn: txn.put("objects", b"ok-1", b"v"))
+    bad = engine.submit(refused)
+    ok2 = engine.submit(lambda txn: txn.put("objects", b"ok-2", b"v"))
+    failing = engine.submit(last)
+    release.set()
+    assert first.result(10) is None and ok1.result(10) is None and ok2.result(10) is None
+    with pytest.raises(Exception) as refusal:
+        bad.result(10)
+    assert not isinstance(refusal.value, EngineUnavailable)
+    with pytest.raises(LookupError):
+        failing.result(10)
+    with engine.read() as txn:
+        assert [k for k, _ in txn.scan("objects")] == [b"first", b"ok-1", b"ok-2"]
+        assert txn.get("objects", b"ok-1") == b"v"
+
+
 def test_many_threads_submit_and_all_commit(engine: Engine) -> None:
     def worker(t: int) -> list[Any]:
         return [engine.submit(lambda txn, t=t, i=i: txn.put("objects", b"%02d/%03d" % (t, i), b"v"))
