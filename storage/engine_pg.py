@@ -13,6 +13,7 @@ Writes: one writer thread per engine, with a connection of its own, drains the q
 LmdbEngine does: one READ COMMITTED transaction per batch, each write inside a SAVEPOINT
 (a write that raises rolls back to it alone and its exception goes to its caller), one
 COMMIT for the batch, then the futures resolve. Durable = committed (synchronous_commit).
+BEGIN and the savepoint steps between writes travel with the next statement (`_Batch`).
 
 Per-key locking, across front doors: the first time a write's batch touches a key (get,
 put or delete) it takes a transaction-scoped advisory lock on a 64-bit hash of (table,
@@ -20,8 +21,10 @@ key), then reads or writes the row in a separate statement (one round trip: the
 `manta_<table>_lock_*` functions); under READ COMMITTED that statement's fresh snapshot sees
 the newest committed value, and no other writer changes the key until this batch commits.
 The batch remembers its locks (one lock per key per batch; a write that rolls back to its
-savepoint gives its new ones up). Scans inside a write take no locks: a repository guards a
-range by a parent key that every writer of the range also locks (the bucket record).
+savepoint gives its new ones up; two keys whose hashes collide share a lock, which only
+over-locks). Scans inside a write take no locks and each page is a fresh READ COMMITTED
+snapshot: a repository guards a range by a parent key that every writer of the range also
+locks (the bucket record).
 
 Why not SERIALIZABLE: the hot rows (usage counters, bucket records) are touched by most
 writes, so a batch of 256 group-committed writes would be aborted whole on every conflict.
@@ -43,11 +46,9 @@ the pool and the writer reconnect.
 from __future__ import annotations
 
 import concurrent.futures
-import hashlib
 import queue
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any, TypeVar
@@ -57,7 +58,14 @@ import psycopg_pool
 from psycopg.types.numeric import Int8
 
 from storage.engine import EngineUnavailable, prefix_end
-from storage.engine_pg_schema import PAGE_ROWS, SCHEMA_VERSION, TableSql, create_schema
+from storage.engine_pg_schema import (
+    PAGE_ROWS,
+    SCHEMA_VERSION,
+    TableSql,
+    create_schema,
+    lock_id,
+    public_location,
+)
 
 __all__ = ["SCHEMA_VERSION", "PgEngine"]
 
@@ -71,22 +79,6 @@ _BEGIN_READ = b"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; "
 
 def _lost(conn: Conn) -> bool:
     return conn.broken or conn.closed
-
-
-def _lock_id(table: str, key: bytes) -> Int8:
-    digest = hashlib.blake2b(table.encode() + b"\x00" + key, digest_size=8).digest()
-    return Int8(int.from_bytes(digest, "big", signed=True))
-
-
-def _without_password(url: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, hosts = netloc.rpartition("@")
-        netloc = f"{userinfo.partition(':')[0]}@{hosts}"
-    query = urllib.parse.urlencode([(k, v) for k, v in urllib.parse.parse_qsl(parts.query)
-                                    if k != "password"])
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 class _Txn:
@@ -220,7 +212,6 @@ class _WriteTxn(_Txn):
     def __init__(self, tables: dict[str, TableSql], batch: _Batch) -> None:
         super().__init__(tables)
         self._batch = batch
-        self._locked = batch.locked        # the batch's advisory locks
         self.fresh: list[int] = []         # those this write took
         self.statements = 0
         self.fatal: psycopg.Error | None = None  # the batch must roll back and run again
@@ -237,11 +228,11 @@ class _WriteTxn(_Txn):
     def _new_lock(self, table: str, key: bytes) -> Int8 | None:
         """The key's lock id if this batch does not hold it yet."""
         self._tables[table]  # an unknown table raises KeyError before anything is locked
-        lock = _lock_id(table, key)
-        return None if lock in self._locked else lock
+        lock = lock_id(table, key)
+        return None if lock in self._batch.locked else lock
 
     def _took(self, lock: Int8) -> None:
-        self._locked.add(lock)
+        self._batch.locked.add(lock)
         self.fresh.append(lock)
 
     def get(self, table: str, key: bytes) -> bytes | None:
@@ -286,7 +277,7 @@ class PgEngine:
 
     def __init__(self, url: str, tables: tuple[str, ...], pool_size: int = 8,
                  connect_timeout_s: float = 3.0, pool_timeout_s: float = 2.0) -> None:
-        self.location = _without_password(url)
+        self.location = public_location(url)
         self._url = url
         self._tables = {name: TableSql.for_table(name) for name in tables}
         self._connect = {"autocommit": True, "connect_timeout": max(2, round(connect_timeout_s))}

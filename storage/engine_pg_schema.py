@@ -1,6 +1,7 @@
 """The PostgreSQL engine's schema and statements: a table `manta_<name>` (k bytea PRIMARY
 KEY, v bytea NOT NULL) per engine table, `manta_schema` (version), and per table three
-functions that take a key's advisory lock and then read, write or delete it.
+functions that take a key's advisory lock and then read, write or delete it; and the names
+the engine uses: a key's lock id, the URL without its password.
 
 bytea compares bytewise, shorter first on a tie: the engine contract's key order.
 
@@ -17,13 +18,16 @@ newer version lists appear then) and migrates `manta_schema.version` up to SCHEM
 
 from __future__ import annotations
 
+import hashlib
 import re
+import urllib.parse
 from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql
+from psycopg.types.numeric import Int8
 
-__all__ = ["PAGE_ROWS", "SCHEMA_VERSION", "TableSql", "create_schema"]
+__all__ = ["PAGE_ROWS", "SCHEMA_VERSION", "TableSql", "create_schema", "lock_id", "public_location"]
 
 SCHEMA_VERSION = 1
 PAGE_ROWS = 256  # rows per scan page: a scan that stops early costs one page
@@ -122,3 +126,21 @@ def create_schema(conn: psycopg.Connection[tuple[object, ...]], tables: list[Tab
         elif version != SCHEMA_VERSION:
             conn.execute("UPDATE manta_schema SET version = %s", (SCHEMA_VERSION,))
     return SCHEMA_VERSION
+
+
+def lock_id(table: str, key: bytes) -> Int8:
+    """The advisory lock of a key: a 64-bit hash of (table, key) (the one-bigint key space)."""
+    digest = hashlib.blake2b(table.encode() + b"\x00" + key, digest_size=8).digest()
+    return Int8(int.from_bytes(digest, "big", signed=True))
+
+
+def public_location(url: str) -> str:
+    """The database URL without its password (for logs and the admin API)."""
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hosts = netloc.rpartition("@")
+        netloc = f"{userinfo.partition(':')[0]}@{hosts}"
+    query = urllib.parse.urlencode([(k, v) for k, v in urllib.parse.parse_qsl(parts.query)
+                                    if k != "password"])
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
