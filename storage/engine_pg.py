@@ -1,6 +1,6 @@
 """The PostgreSQL catalog engine: the engine contract (storage/engine.py) over psycopg 3, so
 that any number of front doors share one catalog. The statements and the schema are in
-storage/engine_pg_schema.py.
+storage/engine_pg_schema.py, the transactions in storage/engine_pg_txn.py.
 
 Reads: `read()` is a REPEATABLE READ READ ONLY transaction on a pooled connection (a
 snapshot, like an LMDB read transaction; it never waits for a writer), begun together with
@@ -13,7 +13,7 @@ Writes: one writer thread per engine, with a connection of its own, drains the q
 LmdbEngine does: one READ COMMITTED transaction per batch, each write inside a SAVEPOINT
 (a write that raises rolls back to it alone and its exception goes to its caller), one
 COMMIT for the batch, then the futures resolve. Durable = committed (synchronous_commit).
-BEGIN and the savepoint steps between writes travel with the next statement (`_Batch`).
+BEGIN and the savepoint steps between writes travel with the next statement (`Batch`).
 
 Per-key locking, across front doors: the first time a write's batch touches a key (get,
 put or delete) it takes a transaction-scoped advisory lock on a 64-bit hash of (table,
@@ -38,6 +38,9 @@ write functions must be pure (storage/engine.py). A connection lost during COMMI
 outcome unknown: the batch fails with EngineUnavailable and is not retried (it might apply
 twice). The writer reconnects for the next batch.
 
+Holds (`try_hold`): a session advisory lock on a connection of its own, which PostgreSQL
+drops when the connection ends: its holder died, or the database restarted (`lost()`).
+
 Unavailable: when PostgreSQL cannot be reached, reads and writes raise EngineUnavailable
 within a few seconds (connect_timeout_s, pool_timeout_s) and work again once it is back:
 the pool and the writer reconnect.
@@ -49,215 +52,27 @@ import concurrent.futures
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
-from types import TracebackType
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import psycopg
 import psycopg_pool
-from psycopg.types.numeric import Int8
 
-from storage.engine import EngineUnavailable, prefix_end
+from storage.engine import EngineUnavailable
 from storage.engine_pg_schema import (
-    PAGE_ROWS,
     SCHEMA_VERSION,
     TableSql,
     create_schema,
-    lock_id,
+    hold_id,
     public_location,
 )
+from storage.engine_pg_txn import RETRY_SQLSTATES, Batch, Conn, ReadTxn, WriteTxn, lost
 
 __all__ = ["SCHEMA_VERSION", "PgEngine"]
 
 T = TypeVar("T")
-Conn = psycopg.Connection[Any]
 _MAX_BATCH = 256
 _MAX_TRIES = 5
-_RETRY_SQLSTATES = frozenset({"40P01", "40001"})  # deadlock detected, serialization failure
-_BEGIN_READ = b"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; "
-
-
-def _lost(conn: Conn) -> bool:
-    return conn.broken or conn.closed
-
-
-class _Txn:
-    """The reads both transactions share; `_run` is where statements go."""
-
-    def __init__(self, tables: dict[str, TableSql]) -> None:
-        self._tables = tables
-
-    def _run(self, query: bytes, params: tuple[Any, ...]) -> psycopg.Cursor[Any]:
-        raise NotImplementedError
-
-    def get(self, table: str, key: bytes) -> bytes | None:
-        row = self._run(self._tables[table].get, (key,)).fetchone()
-        return None if row is None else bytes(row[0])
-
-    def scan(self, table: str, start: bytes = b"", prefix: bytes = b"",
-             end: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
-        scans = self._tables[table].scans
-        low = max(start, prefix)
-        high = prefix_end(prefix) if prefix else None
-        if end is not None and (high is None or end < high):
-            high = end
-        first = True
-        while high is None or low < high:
-            params = (low,) if high is None else (low, high)
-            rows = self._run(scans[first, high is not None], params).fetchall()
-            for key, value in rows:
-                yield bytes(key), bytes(value)
-            if len(rows) < PAGE_ROWS:
-                return
-            low, first = bytes(rows[-1][0]), False
-
-
-class _ReadTxn(_Txn):
-    """A snapshot on a pooled connection, for `with`. BEGIN goes with the first statement,
-    in one round trip (client-side binding: several statements in one message); the
-    snapshot is taken by that statement."""
-
-    def __init__(self, engine: PgEngine) -> None:
-        super().__init__(engine._tables)
-        self._engine = engine
-        self._conn: Conn | None = None
-        self._open = False
-
-    def __enter__(self) -> _ReadTxn:
-        self._open = True
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self._open = False
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                conn.execute(b"ROLLBACK")
-            except psycopg.Error:
-                pass  # a broken connection: the pool drops it
-            finally:
-                self._engine._pool.putconn(conn)
-
-    def _run(self, query: bytes, params: tuple[Any, ...]) -> psycopg.Cursor[Any]:
-        if not self._open:
-            raise RuntimeError("the read transaction is not open (use `with engine.read() as txn`)")
-        if self._conn is None:
-            return self._begin(query, params)
-        try:
-            return self._conn.execute(query, params, binary=True)
-        except psycopg.OperationalError as exc:
-            raise EngineUnavailable(f"catalog database: {exc}") from exc
-
-    def _begin(self, query: bytes, params: tuple[Any, ...]) -> psycopg.Cursor[Any]:
-        """The first statement, after BEGIN. A pooled connection the server dropped (it
-        restarted) fails here, before anything was read: then the pool checks the others
-        and this tries once more."""
-        pool = self._engine._pool
-        for attempt in range(2):
-            try:
-                conn = pool.getconn()
-            except psycopg_pool.PoolTimeout as exc:
-                raise EngineUnavailable(f"catalog database {self._engine.location}: no connection") from exc
-            try:
-                cursor = psycopg.ClientCursor(conn)
-                cursor.execute(_BEGIN_READ + query.replace(b"%b", b"%s"), params)
-                cursor.nextset()
-            except psycopg.OperationalError as exc:
-                pool.putconn(conn)
-                if attempt or not _lost(conn):
-                    raise EngineUnavailable(f"catalog database {self._engine.location}: {exc}") from exc
-                pool.check()
-                continue
-            except BaseException:
-                self._conn = conn  # rolled back and returned on exit
-                raise
-            self._conn = conn
-            return cursor
-        raise AssertionError("unreachable")
-
-
-class _Batch:
-    """What a batch's writes share: the writer's connection, the advisory locks the batch
-    holds, and the transaction control still to send. BEGIN, and the RELEASE SAVEPOINT /
-    SAVEPOINT between two writes, go in one message with the next write's first statement
-    (client-side binding: several statements in one message): a lone put is two round trips
-    (that, and COMMIT)."""
-
-    BEGIN = b"BEGIN ISOLATION LEVEL READ COMMITTED; SAVEPOINT w; "
-    NEXT = b"RELEASE SAVEPOINT w; SAVEPOINT w; "
-    UNDO = b"ROLLBACK TO SAVEPOINT w; "  # leaves savepoint w in place for the next write
-
-    def __init__(self, conn: Conn) -> None:
-        self.conn = conn
-        self.locked: set[int] = set()
-        self.pending = self.BEGIN
-
-    def execute(self, query: bytes, params: tuple[Any, ...]) -> psycopg.Cursor[Any]:
-        if not self.pending:
-            return self.conn.execute(query, params, binary=True)
-        cursor = psycopg.ClientCursor(self.conn)
-        try:
-            cursor.execute(self.pending + query.replace(b"%b", b"%s"), params)
-        finally:
-            self.pending = b""  # sent: the control statements run before `query` (or broke it all)
-        while cursor.nextset():
-            pass  # to the last statement's result
-        return cursor
-
-
-class _WriteTxn(_Txn):
-    """One write of a batch, on the writer's connection inside its savepoint."""
-
-    def __init__(self, tables: dict[str, TableSql], batch: _Batch) -> None:
-        super().__init__(tables)
-        self._batch = batch
-        self.fresh: list[int] = []         # those this write took
-        self.statements = 0
-        self.fatal: psycopg.Error | None = None  # the batch must roll back and run again
-
-    def _run(self, query: bytes, params: tuple[Any, ...]) -> psycopg.Cursor[Any]:
-        self.statements += 1
-        try:
-            return self._batch.execute(query, params)
-        except psycopg.Error as exc:
-            if exc.sqlstate in _RETRY_SQLSTATES or _lost(self._batch.conn):
-                self.fatal = exc
-            raise
-
-    def _new_lock(self, table: str, key: bytes) -> Int8 | None:
-        """The key's lock id if this batch does not hold it yet."""
-        self._tables[table]  # an unknown table raises KeyError before anything is locked
-        lock = lock_id(table, key)
-        return None if lock in self._batch.locked else lock
-
-    def _took(self, lock: Int8) -> None:
-        self._batch.locked.add(lock)
-        self.fresh.append(lock)
-
-    def get(self, table: str, key: bytes) -> bytes | None:
-        lock = self._new_lock(table, key)
-        if lock is None:
-            return super().get(table, key)
-        row = self._run(self._tables[table].lock_get, (lock, key)).fetchone()
-        self._took(lock)
-        return None if row is None or row[0] is None else bytes(row[0])
-
-    def put(self, table: str, key: bytes, value: bytes) -> None:
-        lock = self._new_lock(table, key)
-        if lock is None:
-            self._run(self._tables[table].put, (key, value))
-        else:
-            self._run(self._tables[table].lock_put, (lock, key, value))
-            self._took(lock)
-
-    def delete(self, table: str, key: bytes) -> bool:
-        lock = self._new_lock(table, key)
-        if lock is None:
-            return self._run(self._tables[table].delete, (key,)).rowcount > 0
-        row = self._run(self._tables[table].lock_delete, (lock, key)).fetchone()
-        self._took(lock)
-        return bool(row and row[0])
 
 
 class _Retry(Exception):
@@ -268,7 +83,29 @@ class _Unknown(Exception):
     """The connection broke during COMMIT: the batch may or may not have committed."""
 
 
-Batch = list[tuple[Callable[[Any], Any], concurrent.futures.Future[Any]]]
+class _SessionHold:
+    """A session advisory lock on a connection of its own: PostgreSQL drops it when the
+    connection ends, because its holder died or the database restarted (then `lost()`)."""
+
+    def __init__(self, conn: Conn) -> None:
+        self._conn: Conn | None = conn
+
+    def lost(self) -> bool:
+        if self._conn is None:
+            return False
+        try:
+            self._conn.execute(b"SELECT 1")  # a dead connection shows on use
+        except psycopg.Error:
+            return True
+        return False
+
+    def release(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+Writes = list[tuple[Callable[[Any], Any], concurrent.futures.Future[Any]]]
 
 
 class PgEngine:
@@ -276,16 +113,19 @@ class PgEngine:
     remote = True
 
     def __init__(self, url: str, tables: tuple[str, ...], pool_size: int = 8,
-                 connect_timeout_s: float = 3.0, pool_timeout_s: float = 2.0) -> None:
+                 connect_timeout_s: float = 3.0, pool_timeout_s: float = 2.0,
+                 readonly: bool = False) -> None:
+        """`readonly`: only reads and holds (no schema changes; submit() fails)."""
         self.location = public_location(url)
         self._url = url
         self._tables = {name: TableSql.for_table(name) for name in tables}
         self._connect = {"autocommit": True, "connect_timeout": max(2, round(connect_timeout_s))}
-        try:
-            with psycopg.connect(url, **self._connect) as conn:  # type: ignore[arg-type]
-                create_schema(conn, list(self._tables.values()))
-        except psycopg.OperationalError as exc:
-            raise EngineUnavailable(f"catalog database {self.location}: {exc}") from exc
+        if not readonly:
+            try:
+                with psycopg.connect(url, **self._connect) as conn:  # type: ignore[arg-type]
+                    create_schema(conn, list(self._tables.values()))
+            except psycopg.OperationalError as exc:
+                raise EngineUnavailable(f"catalog database {self.location}: {exc}") from exc
         self._pool = psycopg_pool.ConnectionPool(
             url, kwargs={**self._connect, "application_name": "manta-catalog"},
             min_size=1, max_size=pool_size, timeout=pool_timeout_s, open=True, name="manta-catalog",
@@ -294,24 +134,50 @@ class PgEngine:
             reconnect_timeout=1.0)
         self._writer_conn: Conn | None = None
         self._queue: queue.SimpleQueue[tuple[Callable[[Any], Any], concurrent.futures.Future[Any]] | None] = queue.SimpleQueue()
-        self._writer = threading.Thread(target=self._write_loop, name="catalog-writer", daemon=True)
-        self._writer.start()
+        self._writer: threading.Thread | None = None
+        if not readonly:
+            self._writer = threading.Thread(target=self._write_loop, name="catalog-writer", daemon=True)
+            self._writer.start()
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._writer.join()
+        if self._writer is not None:
+            self._queue.put(None)
+            self._writer.join()
         self._pool.close()
 
-    def read(self) -> _ReadTxn:
-        return _ReadTxn(self)
+    def read(self) -> ReadTxn:
+        return ReadTxn(self._pool, self._tables, self.location)
 
     def submit(self, fn: Callable[[Any], T]) -> concurrent.futures.Future[T]:
+        if self._writer is None:
+            raise RuntimeError(f"catalog {self.location} is open read-only")
         fut: concurrent.futures.Future[T] = concurrent.futures.Future()
         self._queue.put((fn, fut))
         return fut
 
     def write(self, fn: Callable[[Any], T]) -> T:
         return self.submit(fn).result()
+
+    def try_hold(self, name: str) -> _SessionHold | None:
+        """pg_try_advisory_lock on a connection of its own. TCP keepalives and a user
+        timeout bound how long a dead network keeps `lost()` waiting; the server drops the
+        session (and the lock) of a holder that died."""
+        try:
+            conn = psycopg.connect(
+                self._url, **self._connect, application_name=f"manta-hold-{name}",  # type: ignore[arg-type]
+                keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=3,
+                tcp_user_timeout=10_000)
+        except psycopg.OperationalError as exc:
+            raise EngineUnavailable(f"catalog database {self.location}: {exc}") from exc
+        try:
+            row = conn.execute(b"SELECT pg_try_advisory_lock(%s, %s)", hold_id(name)).fetchone()
+        except psycopg.OperationalError as exc:
+            conn.close()
+            raise EngineUnavailable(f"catalog database {self.location}: {exc}") from exc
+        if not (row and row[0]):
+            conn.close()
+            return None
+        return _SessionHold(conn)
 
     def schema_version(self) -> int:
         with self.read() as txn:
@@ -347,7 +213,7 @@ class PgEngine:
             if self._writer_conn is not None:
                 self._writer_conn.close()
 
-    def _apply(self, batch: Batch) -> None:
+    def _apply(self, batch: Writes) -> None:
         failure: BaseException
         for attempt in range(_MAX_TRIES):
             if attempt:
@@ -381,14 +247,14 @@ class PgEngine:
             fut.set_exception(failure)
 
     def _writer_connection(self) -> Conn:
-        if self._writer_conn is None or _lost(self._writer_conn):
+        if self._writer_conn is None or lost(self._writer_conn):
             self._writer_conn = psycopg.connect(
                 self._url, **self._connect, application_name="manta-catalog-writer")  # type: ignore[arg-type]
         return self._writer_conn
 
     def _abandon(self, conn: Conn) -> None:
         """Roll the batch back, or drop a connection that broke."""
-        if not _lost(conn):
+        if not lost(conn):
             try:
                 conn.execute("ROLLBACK")
                 return
@@ -397,12 +263,12 @@ class PgEngine:
         conn.close()
         self._writer_conn = None
 
-    def _run_batch(self, conn: Conn, writes: Batch) -> list[tuple[bool, Any]]:
+    def _run_batch(self, conn: Conn, writes: Writes) -> list[tuple[bool, Any]]:
         """Every write in its savepoint, then COMMIT: (ok, result or exception) per write."""
-        batch = _Batch(conn)
+        batch = Batch(conn)
         outcomes: list[tuple[bool, Any]] = []
         for fn, _ in writes:
-            txn = _WriteTxn(self._tables, batch)
+            txn = WriteTxn(self._tables, batch)
             try:
                 result = fn(txn)
             except BaseException as exc:  # noqa: BLE001 - delivered to the caller
@@ -426,9 +292,9 @@ class PgEngine:
             while cursor.nextset():
                 pass
         except psycopg.Error as exc:
-            if _lost(conn):
+            if lost(conn):
                 raise _Unknown(str(exc)) from exc
-            if exc.sqlstate in _RETRY_SQLSTATES:
+            if exc.sqlstate in RETRY_SQLSTATES:
                 raise _Retry(str(exc)) from exc
             raise
         if cursor.statusmessage != "COMMIT":  # the answer to COMMIT in a failed transaction

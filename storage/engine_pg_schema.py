@@ -21,19 +21,22 @@ from __future__ import annotations
 import hashlib
 import re
 import urllib.parse
+import zlib
 from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql
 from psycopg.types.numeric import Int8
 
-__all__ = ["PAGE_ROWS", "SCHEMA_VERSION", "TableSql", "create_schema", "lock_id", "public_location"]
+__all__ = ["PAGE_ROWS", "SCHEMA_VERSION", "TableSql", "create_schema", "hold_id", "lock_id",
+           "public_location"]
 
 SCHEMA_VERSION = 1
 PAGE_ROWS = 256  # rows per scan page: a scan that stops early costs one page
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
-# pg_advisory_xact_lock(int, int) lives in a key space apart from the one-bigint key locks
+# advisory locks on two ints live in a key space apart from the one-bigint key locks
 _SCHEMA_LOCK = (0x6D616E74, 0)  # "mant", 0
+_HOLDS = 0x6D616E75  # "manu", crc32(name): try_hold's locks
 # statements that take version N-1 to N (version 1 is what create_schema makes)
 _MIGRATIONS: dict[int, tuple[str, ...]] = {}
 
@@ -132,6 +135,11 @@ def lock_id(table: str, key: bytes) -> Int8:
     """The advisory lock of a key: a 64-bit hash of (table, key) (the one-bigint key space)."""
     digest = hashlib.blake2b(table.encode() + b"\x00" + key, digest_size=8).digest()
     return Int8(int.from_bytes(digest, "big", signed=True))
+
+
+def hold_id(name: str) -> tuple[int, int]:
+    """The advisory lock of the hold `name` (the two-int key space, apart from key locks)."""
+    return _HOLDS, int.from_bytes(zlib.crc32(name.encode()).to_bytes(4, "big"), "big", signed=True)
 
 
 def public_location(url: str) -> str:

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import psycopg
 import pytest
 
 from storage import engine_lmdb, engine_pg
@@ -71,11 +72,9 @@ def test_get_put_delete(engine: Engine) -> None:
         assert txn.get("usage", b"k") == b"other table"
 
 
-def test_unknown_table_raises_key_error(engine: Engine) -> None:
+def test_a_write_to_an_unknown_table_raises_key_error(engine: Engine) -> None:
     with pytest.raises(KeyError):
         engine.write(lambda txn: txn.put("nope", b"k", b"v"))
-    with engine.read() as txn, pytest.raises(KeyError):
-        txn.get("nope", b"k")
     assert engine.write(lambda txn: txn.get("objects", b"k")) is None  # the engine goes on
 
 
@@ -293,6 +292,57 @@ def test_close_and_reopen_keeps_writes(opener: Opener) -> None:
     assert again.schema_version() == 1
 
 
+def test_a_hold_excludes_every_other_holder_until_released(opener: Opener) -> None:
+    one = opener()
+    # another front door on the catalog (LMDB: one environment per process; its holds are
+    # flocks, which two opens in one process contend for as two processes do)
+    other = opener() if one.name == "postgresql" else one
+    held = one.try_hold("leader")
+    assert held is not None and not held.lost()
+    assert other.try_hold("leader") is None
+    assert one.try_hold("leader") is None  # not reentrant: one holder per name
+    elsewhere = other.try_hold("scrubber")
+    assert elsewhere is not None
+    held.release()
+    again = other.try_hold("leader")
+    assert again is not None and not again.lost()
+    for hold in (again, elsewhere):
+        hold.release()
+
+
+@pytest.mark.postgresql
+def test_pg_readonly_reads_and_refuses_writes(pg_url: str) -> None:
+    writer = PgEngine(pg_url, TABLES)
+    put_all(writer, "objects", {b"k": b"v"})
+    writer.close()
+    reader = open_engine(pg_url, TABLES, readonly=True)
+    try:
+        with reader.read() as txn:
+            assert txn.get("objects", b"k") == b"v"
+        with pytest.raises(RuntimeError, match="read-only"):
+            reader.submit(lambda txn: txn.put("objects", b"k", b"w"))
+    finally:
+        reader.close()
+
+
+@pytest.mark.postgresql
+def test_pg_hold_ends_with_its_session(pg_url: str) -> None:
+    engine = PgEngine(pg_url, TABLES)
+    try:
+        held = engine.try_hold("leader")
+        assert held is not None
+        # its holder dies: the server ends the session (here: terminated from outside)
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE application_name = 'manta-hold-leader'")
+        assert held.lost()
+        successor = engine.try_hold("leader")
+        assert successor is not None
+        successor.release()
+    finally:
+        engine.close()
+
+
 @pytest.mark.postgresql
 def test_pg_front_doors_start_together_and_hide_the_password(pg_url: str) -> None:
     url = pg_url.replace("postgres@", "postgres:s3cret@") + "?application_name=x"
@@ -317,6 +367,8 @@ def test_pg_unavailable_then_back(pg_server: PgServer, pg_url: str) -> None:
     engine = PgEngine(pg_url, TABLES, connect_timeout_s=2, pool_timeout_s=2)
     try:
         engine.write(lambda txn: txn.put("objects", b"acked", b"v"))
+        held = engine.try_hold("leader")
+        assert held is not None
         pg_server.kill()
         try:
             began = time.monotonic()
@@ -325,6 +377,9 @@ def test_pg_unavailable_then_back(pg_server: PgServer, pg_url: str) -> None:
             with pytest.raises(EngineUnavailable):
                 with engine.read() as txn:
                     txn.get("objects", b"acked")
+            with pytest.raises(EngineUnavailable):
+                engine.try_hold("leader")
+            assert held.lost()
             assert time.monotonic() - began < 10
         finally:
             pg_server.restart()
@@ -333,5 +388,9 @@ def test_pg_unavailable_then_back(pg_server: PgServer, pg_url: str) -> None:
             assert txn.get("objects", b"acked") == b"v"
             assert txn.get("objects", b"after") == b"v"
             assert txn.get("objects", b"during") is None
+        assert held.lost()
+        successor = engine.try_hold("leader")
+        assert successor is not None
+        successor.release()
     finally:
         engine.close()
