@@ -181,12 +181,12 @@ class PgEngine:
 
     def schema_version(self) -> int:
         with self.read() as txn:
-            row = txn._run(b"SELECT version FROM manta_schema", ()).fetchone()
+            row = txn.run(b"SELECT version FROM manta_schema", ()).fetchone()
         return int(row[0]) if row else 0
 
     def counts(self) -> dict[str, int]:
         with self.read() as txn:
-            return {name: int(txn._run(sql.count, ()).fetchone()[0])  # type: ignore[index]
+            return {name: int(txn.run(sql.count, ()).fetchone()[0])  # type: ignore[index]
                     for name, sql in self._tables.items()}
 
     def _write_loop(self) -> None:
@@ -220,7 +220,7 @@ class PgEngine:
                 time.sleep(0.01 * 2 ** attempt)
             try:
                 conn = self._writer_connection()
-            except psycopg.OperationalError as exc:
+            except psycopg.Error as exc:
                 failure = EngineUnavailable(f"catalog database {self.location}: {exc}")
                 break
             try:

@@ -27,16 +27,16 @@ def lost(conn: Conn) -> bool:
 
 
 class _Txn:
-    """The reads both transactions share; `_run` is where statements go."""
+    """The reads both transactions share; `run` is where statements go."""
 
     def __init__(self, tables: dict[str, TableSql]) -> None:
         self._tables = tables
 
-    def _run(self, query: bytes, params: tuple[Any, ...]) -> psycopg.Cursor[Any]:
+    def run(self, query: bytes, params: tuple[Any, ...]) -> psycopg.Cursor[Any]:
         raise NotImplementedError
 
     def get(self, table: str, key: bytes) -> bytes | None:
-        row = self._run(self._tables[table].get, (key,)).fetchone()
+        row = self.run(self._tables[table].get, (key,)).fetchone()
         return None if row is None else bytes(row[0])
 
     def scan(self, table: str, start: bytes = b"", prefix: bytes = b"",
@@ -49,7 +49,7 @@ class _Txn:
         first = True
         while high is None or low < high:
             params = (low,) if high is None else (low, high)
-            rows = self._run(scans[first, high is not None], params).fetchall()
+            rows = self.run(scans[first, high is not None], params).fetchall()
             for key, value in rows:
                 yield bytes(key), bytes(value)
             if len(rows) < PAGE_ROWS:
@@ -86,7 +86,7 @@ class ReadTxn(_Txn):
             finally:
                 self._pool.putconn(conn)
 
-    def _run(self, query: bytes, params: tuple[Any, ...]) -> psycopg.Cursor[Any]:
+    def run(self, query: bytes, params: tuple[Any, ...]) -> psycopg.Cursor[Any]:
         if not self._open:
             raise RuntimeError("the read transaction is not open (use `with engine.read() as txn`)")
         if self._conn is None:
@@ -163,7 +163,7 @@ class WriteTxn(_Txn):
         self.statements = 0
         self.fatal: psycopg.Error | None = None  # the batch must roll back and run again
 
-    def _run(self, query: bytes, params: tuple[Any, ...]) -> psycopg.Cursor[Any]:
+    def run(self, query: bytes, params: tuple[Any, ...]) -> psycopg.Cursor[Any]:
         self.statements += 1
         try:
             return self._batch.execute(query, params)
@@ -186,22 +186,22 @@ class WriteTxn(_Txn):
         lock = self._new_lock(table, key)
         if lock is None:
             return super().get(table, key)
-        row = self._run(self._tables[table].lock_get, (lock, key)).fetchone()
+        row = self.run(self._tables[table].lock_get, (lock, key)).fetchone()
         self._took(lock)
         return None if row is None or row[0] is None else bytes(row[0])
 
     def put(self, table: str, key: bytes, value: bytes) -> None:
         lock = self._new_lock(table, key)
         if lock is None:
-            self._run(self._tables[table].put, (key, value))
+            self.run(self._tables[table].put, (key, value))
         else:
-            self._run(self._tables[table].lock_put, (lock, key, value))
+            self.run(self._tables[table].lock_put, (lock, key, value))
             self._took(lock)
 
     def delete(self, table: str, key: bytes) -> bool:
         lock = self._new_lock(table, key)
         if lock is None:
-            return self._run(self._tables[table].delete, (key,)).rowcount > 0
-        row = self._run(self._tables[table].lock_delete, (lock, key)).fetchone()
+            return self.run(self._tables[table].delete, (key,)).rowcount > 0
+        row = self.run(self._tables[table].lock_delete, (lock, key)).fetchone()
         self._took(lock)
         return bool(row and row[0])
