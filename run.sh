@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One entry point for a fresh Debian 12 machine (run as root):
 #   ./run.sh          install what is missing, start the server with sample data, run a sample, leave it running
-#   ./run.sh test     install what is missing and run the whole test suite (CI runs exactly this)
+#   ./run.sh test     install what is missing and run the whole test suite (CI runs exactly this),
+#                     then the S3 and job end-to-end tests again with the catalog in PostgreSQL
 #   ./run.sh test --fast   ruff, mypy and the quick tests, under a minute: pytest -m
 #                     "not e2e and not zfs and not slow and not load" (no real server, no ZFS)
 #   ./run.sh stop     stop the server started by ./run.sh
@@ -12,6 +13,10 @@ VENV=$ROOT/.venv
 DATA=${MANTA_DATA:-$ROOT/manta-data}
 LISTEN=${MANTA_LISTEN:-127.0.0.1:9000}
 FAST_MARKERS="not e2e and not zfs and not slow and not load"
+PG_E2E=(tests/e2e/test_s3_api.py tests/e2e/test_s3_auth_edges.py tests/e2e/test_s3_edge_keys.py
+        tests/e2e/test_s3_listing_acl.py tests/e2e/test_s3_multipart_conditional.py
+        tests/e2e/test_s3_ranges_attributes.py tests/e2e/test_bucket_race.py tests/e2e/test_quota.py
+        tests/e2e/test_jobs.py tests/e2e/test_job_limits.py tests/e2e/test_client.py)
 APT_PACKAGES=(python3 python3-venv python3-dev gcc awscli curl ca-certificates openssl zfs-fuse bubblewrap libseccomp2 iproute2)
 if [ "${1:-start}" = test ]; then
     APT_PACKAGES+=(s3cmd rclone)  # more S3 clients the tests drive unchanged
@@ -69,6 +74,11 @@ test)
     fi
     "$VENV/bin/ruff" check manta jobs storage tests benchmarks
     "$VENV/bin/mypy" manta jobs storage
+    if [ ${#fast[@]} -eq 0 ] && [ $# -eq 0 ]; then
+        "$VENV/bin/python" -m pytest -p no:cacheprovider
+        # the S3 and job end-to-end tests once more, every server's catalog in PostgreSQL
+        MANTA_TEST_CATALOG=postgresql exec "$VENV/bin/python" -m pytest -p no:cacheprovider "${PG_E2E[@]}"
+    fi
     exec "$VENV/bin/python" -m pytest -p no:cacheprovider "${fast[@]}" "$@"
     ;;
 stop)

@@ -53,7 +53,7 @@ from jobs.warm import WarmPool  # noqa: E402
 from manta.client import Client as MantaClient  # noqa: E402
 from manta.client import MantaError  # noqa: E402
 from storage.catalog import TABLES, unpack  # noqa: E402
-from storage.engine import open_engine  # noqa: E402
+from storage.engines import open_engine  # noqa: E402
 
 PIPELINE = "tr -s ' ' '\\n' | sort | uniq -c | sort -rn | head -20"
 LIGHT_PIPELINE = "wc -l"

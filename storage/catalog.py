@@ -58,7 +58,8 @@ from typing import Any, TypeVar
 import msgpack
 
 from storage import errors
-from storage.engine import Engine, ReadTxn, WriteTxn, open_engine
+from storage.engine import Engine, ReadTxn, WriteTxn
+from storage.engines import open_engine
 from storage.quota import DEFAULT_QUOTA, Quota
 
 __all__ = ["USAGE_BUILT", "Bucket", "BucketRef", "Catalog", "Txn", "bucket_name", "generation_of"]

@@ -40,7 +40,7 @@ import concurrent.futures
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol, TypeVar
 
-__all__ = ["Engine", "EngineUnavailable", "Held", "ReadTxn", "WriteTxn", "open_engine", "prefix_end"]
+__all__ = ["Engine", "EngineUnavailable", "Held", "ReadTxn", "WriteTxn", "prefix_end"]
 
 T = TypeVar("T")
 
@@ -103,12 +103,3 @@ def prefix_end(prefix: bytes) -> bytes | None:
     if not stripped:
         return None
     return stripped[:-1] + bytes([stripped[-1] + 1])
-
-
-def open_engine(location: str, tables: tuple[str, ...], **options: Any) -> Engine:
-    """`postgresql://...` (or `postgres://`): a PgEngine; anything else: an LMDB directory."""
-    if location.startswith(("postgresql://", "postgres://")):
-        from storage.engine_pg import PgEngine
-        return PgEngine(location, tables, **options)
-    from storage.engine_lmdb import LmdbEngine
-    return LmdbEngine(location, tables, **options)

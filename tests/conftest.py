@@ -80,6 +80,22 @@ def default_workers() -> int:
 os.environ["MANTA_WORKERS"] = str(default_workers())
 
 
+def test_catalog() -> str:
+    """The catalog engine of the servers the suite starts: MANTA_TEST_CATALOG=postgresql puts
+    each in a fresh database of one throwaway PostgreSQL server (`./run.sh test` runs the S3
+    and job end-to-end tests a second time that way); default lmdb."""
+    return os.environ.get("MANTA_TEST_CATALOG") or "lmdb"
+
+
+_databases = [0]
+
+
+def new_pg_database(prefix: str) -> str:
+    """The URL of a fresh database on the session's PostgreSQL server (started on first use)."""
+    _databases[0] += 1
+    return shared_pg().new_database(f"{prefix}_{_databases[0]}")
+
+
 def alive(pid: int) -> bool:
     """Is `pid` a process that has not exited (a zombie has)?"""
     try:
@@ -99,6 +115,7 @@ class Server:
     log_path: str = ""
     scheme: str = "http"  # "https" for a server started with --tls-cert/--tls-key
     workers: int = field(default_factory=default_workers)
+    catalog: str | None = None  # a postgresql:// URL; None: LMDB, unless MANTA_TEST_CATALOG says so
 
     @property
     def url(self) -> str:
@@ -110,16 +127,20 @@ class Server:
         log_start = log.tell()
         env = {**os.environ, "MANTA_ROOT_ACCESS_KEY": ROOT_AK, "MANTA_ROOT_SECRET_KEY": ROOT_SK,
                **self.env}
+        if self.catalog is None and test_catalog() == "postgresql":
+            self.catalog = new_pg_database("manta_server")  # kept across restarts of this server
+        catalog = ["--catalog", self.catalog] if self.catalog else []
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "manta", "serve", "--data", self.data_dir,
-             "--listen", f"127.0.0.1:{self.port}", "--workers", str(self.workers), *self.extra_args],
+             "--listen", f"127.0.0.1:{self.port}", "--workers", str(self.workers), *catalog,
+             *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
         log.close()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited: {self.log()}")
-            if self.workers > 1:  # the supervisor listens before its workers serve
+            if self.workers > 1 or self.catalog:  # a supervisor listens before its workers serve
                 if "manta: ready in" in self.log(since=log_start):
                     return
                 time.sleep(0.05)
@@ -237,28 +258,36 @@ def zfs_session_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]
         yield pools.create()
 
 
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[PgServer]:
-    """One throwaway PostgreSQL 15 server for the session (tests/pgserver.py); skips, or fails
-    in CI, without the PostgreSQL binaries."""
-    reason = pg_unavailable()
-    require(reason is None, reason or "")
-    srv = PgServer()
-    try:
+_pg: list[PgServer] = []
+
+
+def shared_pg() -> PgServer:
+    """The session's throwaway PostgreSQL 15 server (tests/pgserver.py), started on first use
+    and stopped when the session ends; skips, or fails in CI, without the binaries."""
+    if not _pg:
+        reason = pg_unavailable()
+        require(reason is None, reason or "")
+        srv = PgServer()
         srv.start()
-        yield srv
-    finally:
-        srv.stop()
+        _pg.append(srv)
+    return _pg[0]
 
 
-_pg_databases = [0]
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    while _pg:
+        _pg.pop().stop()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> PgServer:
+    return shared_pg()
 
 
 @pytest.fixture
 def pg_url(pg_server: PgServer) -> Iterator[str]:
     """The URL of a fresh, empty database on the session's PostgreSQL, dropped after the test."""
-    _pg_databases[0] += 1
-    name = f"manta_test_{_pg_databases[0]}"
+    _databases[0] += 1
+    name = f"manta_test_{_databases[0]}"
     yield pg_server.new_database(name)
     pg_server.drop_database(name)
 

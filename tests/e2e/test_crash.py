@@ -45,7 +45,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from storage.catalog import TABLES, unpack
-from storage.engine import open_engine
+from storage.engines import open_engine
 from tests.conftest import ROOT_AK, ROOT_SK, Server
 
 MIB = 1024 * 1024

@@ -33,7 +33,7 @@ from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
 from storage.catalog import TABLES, unpack
-from storage.engine import open_engine
+from storage.engines import open_engine
 from storage.node import MARKER
 from tests.conftest import REPO, ROOT_AK, ROOT_SK, Server
 

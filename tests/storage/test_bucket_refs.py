@@ -4,7 +4,6 @@ authorisation and the commit is NoSuchBucket, in both directions, for every writ
 
 from __future__ import annotations
 
-import os
 import secrets
 from collections.abc import Iterator
 from typing import Any
@@ -21,7 +20,7 @@ NAME = "shared-name"
 
 class Stores:
     def __init__(self, path: str) -> None:
-        self.catalog = Catalog(path, map_size=1 << 28)
+        self.catalog = Catalog(path)
         self.objects = ObjectStore(self.catalog)
         self.uploads = UploadStore(self.catalog, self.objects)
 
@@ -40,10 +39,8 @@ class Stores:
 
 
 @pytest.fixture
-def st(tmp_path: object) -> Iterator[Stores]:
-    path = os.path.join(str(tmp_path), "catalog")
-    os.makedirs(path)
-    stores = Stores(path)
+def st(catalog_location: str) -> Iterator[Stores]:
+    stores = Stores(catalog_location)
     yield stores
     stores.catalog.close()
 

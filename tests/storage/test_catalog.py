@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import os
 import secrets
 import threading
 from collections.abc import Iterator
@@ -31,7 +30,7 @@ class Stores:
         self.open()
 
     def open(self) -> None:
-        self.catalog = Catalog(self.path, map_size=1 << 28)
+        self.catalog = Catalog(self.path)
         self.objects = ObjectStore(self.catalog)
         self.uploads = UploadStore(self.catalog, self.objects)
 
@@ -41,10 +40,8 @@ class Stores:
 
 
 @pytest.fixture
-def st(tmp_path: object) -> Iterator[Stores]:
-    path = os.path.join(str(tmp_path), "catalog")
-    os.makedirs(path)
-    stores = Stores(path)
+def st(catalog_location: str) -> Iterator[Stores]:
+    stores = Stores(catalog_location)
     stores.catalog.create_bucket(BUCKET, OWNER)
     yield stores
     stores.catalog.close()

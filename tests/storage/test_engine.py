@@ -15,8 +15,9 @@ import psycopg
 import pytest
 
 from storage import engine_lmdb, engine_pg
-from storage.engine import Engine, EngineUnavailable, open_engine
+from storage.engine import Engine, EngineUnavailable
 from storage.engine_pg import PgEngine
+from storage.engines import open_engine
 from tests.pgserver import PgServer
 
 TABLES = ("objects", "usage")

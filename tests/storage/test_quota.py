@@ -20,7 +20,7 @@ from storage.uploads import MIN_PART_SIZE, UploadStore
 
 class Stores:
     def __init__(self, path: str) -> None:
-        self.catalog = Catalog(path, map_size=1 << 28)
+        self.catalog = Catalog(path)
         self.objects = ObjectStore(self.catalog)
         self.uploads = UploadStore(self.catalog, self.objects)
 
@@ -30,10 +30,8 @@ class Stores:
 
 
 @pytest.fixture
-def st(tmp_path: object) -> Iterator[Stores]:
-    path = os.path.join(str(tmp_path), "catalog")
-    os.makedirs(path)
-    stores = Stores(path)
+def st(catalog_location: str) -> Iterator[Stores]:
+    stores = Stores(catalog_location)
     stores.catalog.add_account("bob", "BOBKEY", "bob-secret")
     stores.catalog.add_account("alice", "ALICEKEY", "alice-secret")
     stores.catalog.create_bucket("bobs", "bob")
