@@ -40,13 +40,15 @@ import concurrent.futures
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol, TypeVar
 
+from storage.errors import StorageError
+
 __all__ = ["Engine", "EngineUnavailable", "Held", "ReadTxn", "WriteTxn", "prefix_end"]
 
 T = TypeVar("T")
 
 
-class EngineUnavailable(Exception):
-    """The catalog's database cannot be reached (the S3 layer answers 503 Service Unavailable)."""
+class EngineUnavailable(StorageError):
+    """The catalog's database cannot be reached (the S3 layer answers 503 ServiceUnavailable)."""
 
 
 class ReadTxn(Protocol):

@@ -96,6 +96,14 @@ def new_pg_database(prefix: str) -> str:
     return shared_pg().new_database(f"{prefix}_{_databases[0]}")
 
 
+_server_catalogs: dict[str, str] = {}  # data dir -> the postgresql:// URL of its server's catalog
+
+
+def catalog_of(data_dir: str) -> str:
+    """Where the catalog of the server over `data_dir` is: its database, else its LMDB dir."""
+    return _server_catalogs.get(data_dir) or os.path.join(data_dir, "catalog")
+
+
 def alive(pid: int) -> bool:
     """Is `pid` a process that has not exited (a zombie has)?"""
     try:
@@ -130,6 +138,8 @@ class Server:
         if self.catalog is None and test_catalog() == "postgresql":
             self.catalog = new_pg_database("manta_server")  # kept across restarts of this server
         catalog = ["--catalog", self.catalog] if self.catalog else []
+        if self.catalog:
+            _server_catalogs[self.data_dir] = self.catalog
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "manta", "serve", "--data", self.data_dir,
              "--listen", f"127.0.0.1:{self.port}", "--workers", str(self.workers), *catalog,

@@ -28,6 +28,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -53,6 +54,7 @@ __all__ = ["LEADER_RETRY_S", "WORKER_HEADER", "Leadership", "config_from_json", 
 
 LEADER_RETRY_S = 0.5
 LOST_LEAD_EXIT = 75
+DEMOTE_WAIT_S = 10.0
 WORKER_HEADER = b"x-manta-worker"  # the pid of the worker that answered
 _PR_SET_PDEATHSIG = 1
 
@@ -156,10 +158,27 @@ def run(config: ServerConfig, index: int, sock: socket.socket, ready_fd: int) ->
         scheduler.start()
 
     def lost() -> None:
-        # stopping a scheduler mid-job in place is not safe to resume from: leave, and the
-        # supervisor starts a fresh worker that competes for the hold again as a follower
-        log.error("worker %d (pid %d) lost the leader hold (the catalog's database restarted?): "
-                  "exiting to start over", index, os.getpid())
+        # Another process may lead now: stop this one's scheduler and daemons at once (bounded:
+        # their commits fail while the database is away), keep answering (503 while it is
+        # away), and once the database answers again leave, so that the supervisor starts a
+        # fresh worker that competes for the hold as a follower.
+        log.error("worker %d (pid %d) lost the leader hold (the catalog's database went away): "
+                  "stopping its scheduler and daemons", index, os.getpid())
+        def demote() -> None:
+            scheduler.stop()
+            stop_daemons(store, daemons)
+
+        stopper = threading.Thread(target=demote, name="demote", daemon=True)
+        stopper.start()
+        stopper.join(DEMOTE_WAIT_S)
+        while True:
+            try:
+                store.catalog.engine.schema_version()
+                break
+            except EngineUnavailable:
+                time.sleep(LEADER_RETRY_S)
+        log.error("worker %d (pid %d): the catalog answers again; exiting to start over as a follower",
+                  index, os.getpid())
         os._exit(LOST_LEAD_EXIT)
 
     leadership = Leadership(store.catalog.engine, lead, lost)

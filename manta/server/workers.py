@@ -12,7 +12,7 @@ died young); SIGTERM/SIGINT stop all workers (each runs the single server's clea
 then the supervisor. Workers get SIGKILL if the supervisor dies (PR_SET_PDEATHSIG).
 
     supervisor --(socket fd, ready pipe, config on stdin)--> worker 0..N-1
-    worker holding DATA/leader.lock: job scheduler + daemons (manta.server.worker)
+    worker holding the catalog's leader hold (DATA/catalog/leader.lock): job scheduler + daemons (manta.server.worker)
 """
 
 from __future__ import annotations

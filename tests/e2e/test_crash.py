@@ -46,7 +46,7 @@ from botocore.credentials import Credentials
 
 from storage.catalog import TABLES, unpack
 from storage.engines import open_engine
-from tests.conftest import ROOT_AK, ROOT_SK, Server
+from tests.conftest import ROOT_AK, ROOT_SK, Server, catalog_of
 
 MIB = 1024 * 1024
 WRITERS = 8
@@ -118,7 +118,7 @@ class CatalogView:
 def read_catalog(data_dir: str) -> CatalogView:
     """A consistent snapshot of the catalog, read-only (the server may be running)."""
     view = CatalogView()
-    engine = open_engine(os.path.join(data_dir, "catalog"), TABLES, readonly=True)
+    engine = open_engine(catalog_of(data_dir), TABLES, readonly=True)
     try:
         with engine.read() as txn:
             def scan(name: str) -> Any:

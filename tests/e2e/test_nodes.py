@@ -35,7 +35,7 @@ from botocore.exceptions import ClientError
 from storage.catalog import TABLES, unpack
 from storage.engines import open_engine
 from storage.node import MARKER
-from tests.conftest import REPO, ROOT_AK, ROOT_SK, Server
+from tests.conftest import REPO, ROOT_AK, ROOT_SK, Server, catalog_of
 
 MiB = 1024 * 1024
 BLOB_ID = re.compile(r"[0-9a-f]{32}\Z")
@@ -89,7 +89,7 @@ class CatalogView:
 def read_catalog(data_dir: str, bucket: str = "") -> CatalogView:
     """A consistent read-only snapshot of the catalog (objects of `bucket` only)."""
     view = CatalogView()
-    engine = open_engine(os.path.join(data_dir, "catalog"), TABLES, readonly=True)
+    engine = open_engine(catalog_of(data_dir), TABLES, readonly=True)
     try:
         with engine.read() as txn:
             def scan(name: str) -> Any:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from manta.server.s3.xmltext import escape
 from storage import errors as se
+from storage.engine import EngineUnavailable
 
 
 class S3Error(Exception):
@@ -165,7 +166,7 @@ def from_domain(exc: se.StorageError) -> S3Error:
                               PartNumber=str(exc.number))
     if isinstance(exc, se.ResourceExhausted):
         return SlowDown()
-    if isinstance(exc, se.BlobUnavailable | se.InsufficientNodes | se.NoSuchBlob):
+    if isinstance(exc, se.BlobUnavailable | se.InsufficientNodes | se.NoSuchBlob | EngineUnavailable):
         return ServiceUnavailable(str(exc))
     if isinstance(exc, se.QuotaExceeded):
         return QuotaExceeded(f"Account {exc.account} is at its {exc.resource} quota of {exc.limit}.",
