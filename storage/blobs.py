@@ -27,6 +27,7 @@ import os
 import re
 import secrets
 import struct
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -162,12 +163,17 @@ class DirectoryBlobStore:
             _fsync_dir(self.blob_dir)
             _fsync_dir(self.root)
 
-    def sweep_temp(self) -> int:
-        """Remove leftover temp files from interrupted writes; returns how many."""
+    def sweep_temp(self, older_than_s: float = 0.0) -> int:
+        """Remove leftover temp files from interrupted writes (with `older_than_s`, only
+        those not written to for that long); returns how many."""
         removed = 0
+        cutoff = time.time() - older_than_s
         for name in os.listdir(self.tmp_dir):
+            path = os.path.join(self.tmp_dir, name)
             try:
-                os.unlink(os.path.join(self.tmp_dir, name))
+                if older_than_s and os.stat(path).st_mtime > cutoff:
+                    continue
+                os.unlink(path)
                 removed += 1
             except FileNotFoundError:
                 pass

@@ -295,8 +295,8 @@ class LocalNode(NodeInterface):
     def list_blobs(self) -> Iterator[tuple[str, float]]:
         return self.blobs.iter_blobs()
 
-    def sweep_temp(self) -> int:
-        return self.blobs.sweep_temp()
+    def sweep_temp(self, older_than_s: float = 0.0) -> int:
+        return self.blobs.sweep_temp(older_than_s)
 
     def copy_from(self, peer: NodeInterface, blob_id: str) -> None:
         """OSError for a node's failure, ResourceExhausted for this process's shortage."""

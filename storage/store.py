@@ -33,6 +33,7 @@ from storage.uploads import UploadStore
 __all__ = ["Store", "StoreConfig"]
 
 log = logging.getLogger("manta.storage")
+SHARED_TEMP_AGE_S = 3600.0  # with a shared catalog, start-up sweeps only temp files idle this long
 
 
 @dataclass(frozen=True)
@@ -112,8 +113,11 @@ class Store:
 
     def _recover(self) -> None:
         """What a start after a crash repairs, once per store and before anyone serves."""
+        # a shared catalog (PostgreSQL) may have other front doors writing to these nodes
+        # right now: leave their temp files, take only what nobody has written to for long
+        age = SHARED_TEMP_AGE_S if self.catalog.engine.remote else 0.0
         for local in self.local_nodes():  # a remote node sweeps its own at its start
-            swept = local.sweep_temp()
+            swept = local.sweep_temp(age)
             if swept:
                 log.info("node %s: removed %d leftover temp files", local.id, swept)
         recovered = self.recover_journal()
