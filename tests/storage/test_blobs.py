@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import time
 from collections.abc import Callable
 
 import pytest
@@ -121,6 +122,21 @@ class TestBlobStoreContract:
         assert restarted.sweep_temp() == 0
         writer.abort()  # the old handle goes away quietly
         assert list(restarted.iter_blobs()) == []
+
+    def test_sweep_temp_with_an_age_leaves_files_being_written(self, open_store: OpenStore) -> None:
+        """A start over a shared catalog: another front door may be writing right now."""
+        store = open_store()
+        busy, stale = store.writer(), store.writer()
+        busy.write(b"being written")
+        stale.write(b"left by a crash")
+        (stale_path,) = [os.path.join(store.tmp_dir, name) for name in os.listdir(store.tmp_dir)
+                         if os.path.getsize(os.path.join(store.tmp_dir, name)) == len(b"left by a crash")]
+        os.utime(stale_path, (time.time() - 7200, time.time() - 7200))
+        assert store.sweep_temp(3600) == 1
+        assert not os.path.exists(stale_path)
+        busy.commit()
+        stale.abort()
+        assert store.sweep_temp() == 0
 
     def test_committed_blobs_survive_restart(self, open_store: OpenStore) -> None:
         info = open_store().put(b"durable")
