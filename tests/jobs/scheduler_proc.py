@@ -3,7 +3,7 @@ opens the data dir's store, builds a JobScheduler as the front door does, and an
 lines on stdin with JSON lines on stdout. `start` makes it the leader; without it, it
 is a follower that serves the jobs API from the catalog.
 
-    python -m tests.jobs.scheduler_proc DATA_DIR
+    python -m tests.jobs.scheduler_proc DATA_DIR [CATALOG_URL]
     {"op": "create", "owner": "root", "spec": {...}}  -> {"ok": job record}
     {"op": "add_inputs"|"cancel"|"job"|"tasks"|"settled"|"start"|"put"|"get"|"account", ...}
     errors                                            -> {"error": "QuotaExceeded", "message": "..."}
@@ -25,8 +25,8 @@ from storage import Store, StoreConfig
 CONFIG = SchedulerConfig(slots_per_node=2, tick_s=1.0, memory_budget_mb=1024)  # the usual tick: follow is apart
 
 
-def store_config(data_dir: str) -> StoreConfig:
-    return StoreConfig(data_dir=data_dir, node_count=2, copies=1)
+def store_config(data_dir: str, catalog: str | None = None) -> StoreConfig:
+    return StoreConfig(data_dir=data_dir, node_count=2, copies=1, catalog=catalog)
 
 
 def put(store: Store, bucket: str, key: str, data: bytes) -> None:
@@ -86,7 +86,7 @@ def serve(store: Store, scheduler: JobScheduler, request: dict[str, Any]) -> Any
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-    store = Store(store_config(sys.argv[1]))
+    store = Store(store_config(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None))
     scheduler = JobScheduler(store, Sandbox(), CONFIG)  # as every worker of the front door does
     print(json.dumps({"ok": "ready"}), flush=True)
     try:

@@ -37,9 +37,10 @@ class ProcError(Exception):
 class Proc:
     """A scheduler process over `data_dir`, driven by JSON lines."""
 
-    def __init__(self, data_dir: str, log_path: str) -> None:
+    def __init__(self, data_dir: str, log_path: str, catalog: str | None) -> None:
         with open(log_path, "ab") as log:
-            self.popen = subprocess.Popen([sys.executable, "-m", "tests.jobs.scheduler_proc", data_dir],
+            self.popen = subprocess.Popen([sys.executable, "-m", "tests.jobs.scheduler_proc", data_dir,
+                                           *([catalog] if catalog else [])],
                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
                                           cwd=REPO, text=True)
         assert self.reply() == "ready"
@@ -79,13 +80,15 @@ class Proc:
 
 
 class Cluster:
-    def __init__(self, base: str) -> None:
+    def __init__(self, base: str, catalog: str | None = None) -> None:
         self.base = base
+        self.catalog = catalog
         self.data_dir = os.path.join(base, "data")
         self.procs: list[Proc] = []
 
     def proc(self) -> Proc:
-        self.procs.append(Proc(self.data_dir, os.path.join(self.base, f"proc{len(self.procs)}.log")))
+        self.procs.append(Proc(self.data_dir, os.path.join(self.base, f"proc{len(self.procs)}.log"),
+                               self.catalog))
         return self.procs[-1]
 
     def close(self) -> None:
@@ -108,10 +111,11 @@ def sandbox_ok() -> None:
     require(reason is None, f"bubblewrap sandbox cannot run tasks here: {reason}")
 
 
-@pytest.fixture
-def cluster(sandbox_ok: None) -> Iterator[Cluster]:
+@pytest.fixture(params=["lmdb", "postgresql"])
+def cluster(sandbox_ok: None, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """Processes over one data dir, their catalog in its LMDB or in one PostgreSQL database."""
     base = traversable_dir("manta-jobsync-")
-    made = Cluster(base)
+    made = Cluster(base, request.getfixturevalue("pg_url") if request.param == "postgresql" else None)
     try:
         yield made
     finally:
