@@ -361,11 +361,27 @@ class Cluster:
                 f"{self.hosts[i].address}:{NODE_PORT}", "--data",
                 os.path.join(self.base_dir, f"node-{i}"), *self.node_args]
 
-    def front_argv(self) -> list[str]:
+    def front_argv(self, name: str = "front", port: int | None = None) -> list[str]:
         nodes = [arg for url in self.node_urls for arg in ("--node", url)]
         return [sys.executable, "-m", "manta", "serve", *nodes, "--listen",
-                f"{self.front_address}:{self.front_port}", "--data",
-                os.path.join(self.base_dir, "front"), *self.front_args]
+                f"{self.front_address}:{port or self.front_port}", "--data",
+                os.path.join(self.base_dir, name), *self.front_args]
+
+    def start_another_front(self, name: str) -> str:
+        """One more front door in the root namespace, on a port and data dir of its own (as
+        on another host) with the same nodes and arguments (a shared `--catalog`); its URL."""
+        assert self.network is not None and not self.front_host
+        port = _free_port()
+        os.makedirs(os.path.join(self.base_dir, name), exist_ok=True)
+        with self._log(name) as log:
+            proc = self.network.track(subprocess.Popen(
+                self.front_argv(name, port), env=self.env, stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True))
+        try:
+            wait_http("127.0.0.1", port, self.start_timeout_s, proc, what=name)
+        except NetnsError as exc:
+            raise NetnsError(f"{exc}\n{self.logs(name)}") from None
+        return f"http://127.0.0.1:{port}"
 
     def _log(self, name: str) -> IO[bytes]:
         return open(os.path.join(self.base_dir, "logs", f"{name}.log"), "ab")  # noqa: SIM115

@@ -6,7 +6,9 @@ PostgreSQL database and the same nodes:
 - 32 clients spread over both doors for 30 s of mixed traffic, then the listing, the
   catalog and the blobs on disk agree exactly (and the usage counters with them);
 - SIGKILL of the door a 60-input job was created through (and whose worker leads): the job
-  completes through the other door within 30 s of the kill, with exactly one output per task.
+  completes through the other door within 30 s of the kill, with exactly one output per task;
+- two doors with data dirs of their own (as on two hosts) over storage nodes on their own
+  hosts (network namespaces): objects and a job through either door.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
 
+import boto3
 import pytest
 from botocore.exceptions import ClientError
 
@@ -262,3 +265,28 @@ def test_a_job_created_through_a_killed_door_completes_through_the_other(doors: 
     keys = same.outputs()
     assert len(keys) == 60, f"{len(keys)} outputs for 60 tasks"
     assert sorted(through_b.get(key) for key in keys) == sorted(datas)
+
+
+def test_two_doors_of_their_own_over_remote_nodes(request: pytest.FixtureRequest) -> None:
+    from tests.netns import cluster_fixture
+
+    url = new_pg_database("manta_cluster_doors")
+    cluster = cluster_fixture(request, nodes=2, front_args=["--catalog", url])
+    other = cluster.start_another_front("front2")
+    a: Any = cluster.client()
+    b: Any = boto3.client("s3", endpoint_url=other, aws_access_key_id=cluster.access_key,
+                          aws_secret_access_key=cluster.secret_key, region_name="us-east-1")
+    a.create_bucket(Bucket="hosts")
+    bodies = {f"o{i}": os.urandom(1000 * (i + 1)) for i in range(6)}
+    for i, (key, body) in enumerate(bodies.items()):
+        (a if i % 2 else b).put_object(Bucket="hosts", Key=key, Body=body)
+    for key, body in bodies.items():
+        assert a.get_object(Bucket="hosts", Key=key)["Body"].read() == body
+        assert b.get_object(Bucket="hosts", Key=key)["Body"].read() == body
+    assert set(listed(b, "hosts")) == set(bodies)
+    through_b = Client(other, cluster.access_key, cluster.secret_key)
+    job = through_b.job(map="wc -c", inputs=[f"hosts/{key}" for key in bodies])
+    job.wait(timeout_s=120, progress=False)
+    assert job.state == "done"
+    counts = sorted(int(through_b.get(out).split()[0]) for out in job.outputs())
+    assert counts == sorted(len(body) for body in bodies.values())
