@@ -1,5 +1,6 @@
 """`manta admin ...`: accounts and their limits, storage nodes, scrub and GC (root keys),
-through `Client.api` (manta's signed JSON API under `/_manta/admin`)."""
+through `Client.api` (manta's signed JSON API under `/_manta/admin`); `manta admin catalog`
+works on the catalog itself (manta.cli.catalog_admin)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import argparse
 import json
 from typing import Any
 
+from manta.cli import catalog_admin
 from manta.cli.common import CliError, client
 
 __all__ = ["register"]
@@ -159,3 +161,4 @@ def register(sub: Any) -> None:
                                  epilog="example: manta admin nodes --json")
     nodes.add_argument("--json", action="store_true", help="print a JSON array")
     nodes.set_defaults(func=_admin_nodes)
+    catalog_admin.register(admin_sub)
