@@ -255,6 +255,30 @@ def test_read_modify_write_loses_no_update(engine: Engine) -> None:
         assert txn.get("usage", b"counter") == b"320"
 
 
+def test_a_batch_of_writes_touching_thousands_of_keys_commits(engine: Engine) -> None:
+    """PostgreSQL's shared lock table holds a few thousand locks: a batch whose writes
+    touch more keys than that between them commits in parts, every write applied once."""
+    release, started = threading.Event(), threading.Event()
+
+    def hold(txn: Any) -> None:
+        started.set()
+        assert release.wait(10)
+
+    blocker = engine.submit(hold)
+    assert started.wait(10)
+
+    def many(i: int) -> Any:
+        return lambda txn: [txn.put("objects", f"{i:02d}:{k:04d}".encode(), b"v") for k in range(400)]
+
+    futures = [engine.submit(many(i)) for i in range(50)]  # 20,000 keys queued behind the blocker
+    release.set()
+    blocker.result(timeout=30)
+    for future in futures:
+        future.result(timeout=120)
+    with engine.read() as txn:
+        assert sum(1 for _ in txn.scan("objects")) == 20000
+
+
 @pytest.mark.postgresql
 def test_two_front_doors_lose_no_update(pg_url: str) -> None:
     doors = [PgEngine(pg_url, TABLES), PgEngine(pg_url, TABLES)]
