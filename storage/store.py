@@ -236,6 +236,15 @@ class Store:
             return self.catalog.blob(txn, blob_id) is not None
 
     def report_damage(self, blob_id: str, node_id: str, reason: str) -> None:
+        """Queue a repair of a bad replica; called on whatever thread read it (the event loop
+        for small local reads), so with a remote catalog the look-up runs on a thread of its own."""
+        if self.catalog.engine.remote:
+            threading.Thread(target=self._report_damage, args=(blob_id, node_id, reason),
+                             name="report-damage", daemon=True).start()
+        else:
+            self._report_damage(blob_id, node_id, reason)
+
+    def _report_damage(self, blob_id: str, node_id: str, reason: str) -> None:
         if not self._listed(blob_id):  # freed by a delete or overwrite: nothing to repair
             log.debug("blob %s on node %s: %s after it was freed", blob_id, node_id, reason)
             return
