@@ -42,7 +42,7 @@ from typing import Any, Protocol, TypeVar
 
 from storage.errors import StorageError
 
-__all__ = ["Engine", "EngineUnavailable", "Held", "ReadTxn", "WriteTxn", "prefix_end"]
+__all__ = ["Engine", "EngineUnavailable", "Held", "ReadTxn", "WriteTxn", "prefix_end", "skip_past"]
 
 T = TypeVar("T")
 
@@ -60,6 +60,21 @@ class ReadTxn(Protocol):
         """(key, value) for keys >= max(start, prefix) that begin with `prefix` and are
         < `end` (if given), in key order. Fetches lazily: a caller that stops early does
         not pay for the rest."""
+
+
+    def scan_skip(self, table: str, start: bytes, prefix: bytes, delimiter: bytes,
+                  cut: int) -> Iterator[tuple[bytes, bytes]]:
+        """Like `scan(table, start, prefix)`, but after a key that holds `delimiter` at or
+        after offset `cut`, goes on from the first key past every key that shares that
+        key's bytes up to the end of the delimiter (plus 0xFF: the next "group"). So a
+        listing with a delimiter costs one seek per group, not a walk over its keys (one
+        statement for many groups in PostgreSQL)."""
+
+
+def skip_past(key: bytes, delimiter: bytes, cut: int) -> bytes:
+    """Where `scan_skip` goes on after `key`."""
+    at = key.find(delimiter, cut)
+    return key + b"\0" if at < 0 else key[:at + len(delimiter)] + b"\xff"
 
 
 class WriteTxn(ReadTxn, Protocol):

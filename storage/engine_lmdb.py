@@ -71,6 +71,20 @@ class _Txn:
                 return
             yield key, bytes(value)
 
+    def scan_skip(self, table: str, start: bytes, prefix: bytes, delimiter: bytes,
+                  cut: int) -> Iterator[tuple[bytes, bytes]]:
+        if table not in self._dbs:
+            return
+        cursor = self._txn.cursor(db=self._dbs[table])
+        found = cursor.set_range(max(start, prefix))
+        while found:
+            key = bytes(cursor.key())
+            if not key.startswith(prefix):
+                return
+            yield key, bytes(cursor.value())
+            at = key.find(delimiter, cut)
+            found = cursor.next() if at < 0 else cursor.set_range(key[:at + len(delimiter)] + b"\xff")
+
 
 class _FileHold:
     """An exclusive flock on a file beside the catalog; the kernel drops it when its holder dies."""

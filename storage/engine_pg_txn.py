@@ -14,6 +14,7 @@ from psycopg.types.numeric import Int8
 
 from storage.engine import EngineUnavailable, prefix_end
 from storage.engine_pg_schema import PAGE_ROWS, TableSql, lock_id
+from storage.engine_pg_skip import scan_skip
 
 __all__ = ["RETRY_SQLSTATES", "Batch", "Conn", "ReadTxn", "WriteTxn", "lost"]
 
@@ -55,6 +56,11 @@ class _Txn:
             if len(rows) < PAGE_ROWS:
                 return
             low, first = bytes(rows[-1][0]), False
+
+
+    def scan_skip(self, table: str, start: bytes, prefix: bytes, delimiter: bytes,
+                  cut: int) -> Iterator[tuple[bytes, bytes]]:
+        return scan_skip(self.run, f"manta_{self._tables[table].table}", start, prefix, delimiter, cut)
 
 
 class ReadTxn(_Txn):

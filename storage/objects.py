@@ -146,7 +146,28 @@ class ObjectStore:
         base = bucket.encode() + b"\0"
         pfx = base + prefix.encode()
         start = max(start, pfx)
-        for slot, raw in txn.scan("objects", seek_key(start)):
+        return self._expand(txn.scan("objects", seek_key(start)), base, pfx, start)
+
+    def _scan_groups(self, txn: Txn, bucket: str, prefix: str, start: bytes,
+                     delimiter: str) -> Iterator[tuple[str, Record]]:
+        """`scan`, but past a key holding `delimiter` after the prefix the engine jumps over
+        the rest of its group (a few keys of a group may still come from an overflow entry:
+        the caller skips them)."""
+        base = bucket.encode() + b"\0"
+        pfx = base + prefix.encode()
+        start = max(start, pfx)
+        # an overflow entry's stem is its keys' first MAX_DIRECT bytes: a longer prefix
+        # may not be a prefix of the stem, so the engine is not told it
+        bound = pfx if len(pfx) <= MAX_DIRECT else b""
+        slots = txn.scan_skip("objects", seek_key(start), bound, delimiter.encode(), len(pfx))
+        return self._expand(slots, base, pfx, start)
+
+    @staticmethod
+    def _expand(slots: Iterator[tuple[bytes, bytes]], base: bytes, pfx: bytes,
+                start: bytes) -> Iterator[tuple[str, Record]]:
+        """(key, record) of catalog slots from `start` on while they hold keys with `pfx`,
+        overflow entries expanded in binary order."""
+        for slot, raw in slots:
             value = unpack(raw)
             if slot.endswith(b"\xff") and "overflow" in value:
                 stem = slot[:-1]
@@ -312,25 +333,27 @@ class ObjectStore:
         with self.catalog.read() as txn:
             self.catalog.check_bucket(txn, bucket_or_ref)
             base = bucket.encode() + b"\0"
-            start: bytes | None = base + start_after.encode() + b"\0" if start_after else b""
+            start = base + start_after.encode() + b"\0" if start_after else b""
             # a start_after that is itself a common prefix must skip the whole group
             # (but a key equal to the prefix, like "folder/", is a key, not a group)
             if (start_after and delimiter and start_after.endswith(delimiter) and start_after.startswith(prefix)
                     and start_after.find(delimiter, len(prefix)) == len(start_after) - len(delimiter)):
                 start = base + start_after.encode() + b"\xff"
-            while start is not None:
-                entries, start = self.scan(txn, bucket, prefix, start), None
-                for key, record in entries:
-                    if len(out.contents) + len(out.common_prefixes) >= max_keys:
-                        out.truncated = True
-                        break
-                    cut = key.find(delimiter, len(prefix)) if delimiter else -1
-                    if cut >= 0:
-                        common = key[: cut + len(delimiter)]
-                        out.common_prefixes.append(common)
-                        out.next_marker = common
-                        start = base + common.encode() + b"\xff"  # skip the rest of the group
-                        break
-                    out.contents.append(record)
-                    out.next_marker = key
+            entries = (self._scan_groups(txn, bucket, prefix, start, delimiter) if delimiter
+                       else self.scan(txn, bucket, prefix, start))
+            group: str | None = None
+            for key, record in entries:
+                if group is not None and key.startswith(group):
+                    continue
+                if len(out.contents) + len(out.common_prefixes) >= max_keys:
+                    out.truncated = True
+                    break
+                cut = key.find(delimiter, len(prefix)) if delimiter else -1
+                if cut >= 0:
+                    group = key[: cut + len(delimiter)]
+                    out.common_prefixes.append(group)
+                    out.next_marker = group
+                    continue
+                out.contents.append(record)
+                out.next_marker = key
         return out
