@@ -4,12 +4,13 @@ placement, retries, resume), the front-door task runner and the node-side task a
 
 from jobs import errors
 from jobs.agent import TaskAgent
-from jobs.records import JobRecords, jobs_bucket
+from jobs.records import TABLES, JobRecords, jobs_bucket
 from jobs.sandbox import Sandbox, SandboxConfig, TaskLimits, TaskResult, TaskSpec
 from jobs.scheduler import JobScheduler, SchedulerConfig
 from jobs.spec import JobSpec, Phase, parse_spec
 
 __all__ = [
+    "TABLES",
     "JobRecords",
     "JobScheduler",
     "JobSpec",

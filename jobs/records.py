@@ -14,6 +14,9 @@ state, input | inputs, reducer, partition, node, attempts, excluded, created, st
 finished, outputs, error, bytes_local, bytes_remote, chained, attempts_log: [{node, started,
 finished, outcome: done|failed|cancelled|"node failure: why"|"interrupted: ..."}]}.
 
+These tables are the jobs package's (`TABLES`): storage does not know them, so whatever
+runs jobs opens its catalog with them (`StoreConfig(extra_tables=TABLES)`).
+
 Every change is one catalog transaction; a task's output objects are written in the same
 transaction that marks it done, so a restart never sees half a task.
 
@@ -42,9 +45,10 @@ from jobs.spec import JobSpec
 from storage import Catalog
 from storage.catalog import Txn
 
-__all__ = ["JobRecords", "cancelled", "jobs_bucket"]
+__all__ = ["TABLES", "JobRecords", "cancelled", "jobs_bucket"]
 
 Record = dict[str, Any]
+TABLES = ("jobs", "jobinputs", "jobtasks")  # the catalog tables of the jobs package
 CHANGE_SEQ = b"\0seq"
 CHANGES = b"\0chg\0"
 RUNNING = b"\0run\0"
@@ -63,6 +67,10 @@ def task_key(job_id: str, task_id: str) -> bytes:
 
 class JobRecords:
     def __init__(self, catalog: Catalog) -> None:
+        missing = [t for t in TABLES if t not in catalog.tables]
+        if missing:
+            raise ValueError(f"the catalog was opened without the jobs tables {missing}: "
+                             "open it with extra_tables=jobs.records.TABLES")
         self.catalog = catalog
 
     def write(self, fn: Callable[[Txn], Any]) -> Any:
@@ -82,10 +90,10 @@ class JobRecords:
         bucket = jobs_bucket(owner)
 
         def op(txn: Txn) -> Record:
-            limit = self.catalog.limits(owner, txn).jobs
+            limit = self.catalog.accounts.limits(owner, txn).jobs
             if limit is not None and self._running(txn, owner) >= limit:
                 raise je.QuotaExceeded(owner, "running jobs", limit)
-            self.catalog.ensure_bucket_in(txn, bucket, owner)
+            self.catalog.buckets.ensure_in(txn, bucket, owner)
             self.catalog.put(txn, "jobs", job_id.encode(), record)
             self.catalog.put(txn, "jobs", _running_key(record), 1)
             self._add_inputs_in(txn, record, list(spec.inputs))

@@ -27,7 +27,7 @@ from jobs import errors as je
 from jobs.outputs import partition_of
 from jobs.records import JobRecords, jobs_bucket, task_key
 from jobs.spec import parse_input
-from storage import BucketRef, Node, Store
+from storage import BlobRecord, BucketRef, Node, Store
 from storage import errors as se
 from storage.catalog import Txn
 from storage.replicas import choose_nodes
@@ -56,7 +56,7 @@ def _entry(ctx: RunContext, owner: str, name: str, missing_code: str) -> Record:
     bucket, key = parse_input(name)
     store = ctx.store
     try:
-        if store.catalog.bucket(bucket)["owner"] != owner:
+        if store.catalog.buckets.get(bucket).owner != owner:
             raise _Failure(missing_code, f"{name}: access denied")
         record = store.objects.get(BucketRef(bucket, owner), key)  # owner re-checked there
     except (se.NoSuchBucket, se.NoSuchKey):
@@ -64,10 +64,10 @@ def _entry(ctx: RunContext, owner: str, name: str, missing_code: str) -> Record:
     segments = []
     with store.catalog.read() as txn:
         for blob_id, size, *_ in record["segments"]:
-            meta = store.catalog.blob(txn, blob_id) or {}
-            holders = [store.nodes[n] for n in meta.get("nodes", []) if n in store.nodes]
+            meta = store.catalog.blobrefs.get(txn, blob_id) or BlobRecord()
+            holders = [store.nodes[n] for n in meta.nodes if n in store.nodes]
             holders.sort(key=lambda n: not n.healthy())
-            segments.append({"blob": blob_id, "size": size, "crcs": (meta.get("blocks") or b"").hex(),
+            segments.append({"blob": blob_id, "size": size, "crcs": (meta.blocks or b"").hex(),
                              "nodes": [{"id": n.id, "url": n.address} for n in holders]})
     return {"name": name, "size": record["size"], "segments": segments}
 
@@ -151,7 +151,7 @@ def _finish(ctx: RunContext, job: Record, task: Record, error: tuple[str, str] |
         done["duration_s"] = outcome["duration_s"]
         done["exit_code"] = outcome["exit_code"]
     stderr = base64.b64decode(outcome.get("stderr_b64") or "")
-    new_blobs: dict[str, Record] = {}
+    new_blobs: dict[str, BlobRecord] = {}
     journal: dict[str, bytes] = {}  # outputs placed without fsync: durable with this commit
     objects: list[tuple[str, Record]] = []
     if error is None:
@@ -159,8 +159,8 @@ def _finish(ctx: RunContext, job: Record, task: Record, error: tuple[str, str] |
         journal = {o["blob"]: base64.b64decode(o["data_b64"]) for o in outputs if o.get("data_b64") is not None}
         names = [f"{base}.r{o['partition']}" if partitioned else base for o in outputs]
         for name, output in zip(names, outputs, strict=True):
-            new_blobs[output["blob"]] = {"size": output["size"], "sha256": bytes.fromhex(output["sha256"]),
-                                         "blocks": bytes.fromhex(output["crcs"]), "nodes": list(output["nodes"])}
+            new_blobs[output["blob"]] = BlobRecord(0, output["size"], bytes.fromhex(output["sha256"]),
+                                                   bytes.fromhex(output["crcs"]), list(output["nodes"]))
             objects.append((name, _object_record(output["blob"], output["size"], output["md5"],
                                                  bytes.fromhex(output["sha256"]), "application/octet-stream")))
         done.update(state="done", outputs=[f"{bucket}/{n}" for n in names], error=None)
@@ -183,7 +183,7 @@ def _finish(ctx: RunContext, job: Record, task: Record, error: tuple[str, str] |
         if made:
             _count_outputs(ctx, txn, job, made)
             for blob_id, data in journal.items():
-                store.catalog.journal_put(txn, blob_id, data)
+                store.catalog.journal.put(txn, blob_id, data)
         for name, record in objects:
             freed += store.objects.put_in(txn, bucket, name, record, new_blobs, owner=job["owner"],
                                             enforce_quota=True)
@@ -223,7 +223,7 @@ def _count_outputs(ctx: RunContext, txn: Txn, job: Record, count: int) -> None:
     """Add `count` to the job's output objects, within the owner's per-job limit."""
     record = ctx.records.get(job["id"], txn)
     made = record.get("output_count", 0) + count
-    limit = ctx.store.catalog.limits(job["owner"], txn).outputs
+    limit = ctx.store.catalog.accounts.limits(job["owner"], txn).outputs
     if limit is not None and made > limit:
         raise je.QuotaExceeded(job["owner"], "outputs per job", limit)
     record["output_count"] = made

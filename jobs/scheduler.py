@@ -359,8 +359,8 @@ class JobScheduler:
                 if record is None:
                     continue
                 for blob_id, size, *_ in record["segments"]:
-                    meta = self.store.catalog.blob(txn, blob_id) or {}
-                    for node_id in meta.get("nodes", []):
+                    meta = self.store.catalog.blobrefs.get(txn, blob_id)
+                    for node_id in meta.nodes if meta is not None else ():
                         local[node_id] = local.get(node_id, 0) + size
         ranked = [(local.get(n.id, 0), n) for n in self.store.node_list()
                   if n.id not in task["excluded"] and n.healthy()]
@@ -377,7 +377,7 @@ class JobScheduler:
             if job.record["state"] == "running" and job.queue:
                 by_owner.setdefault(job.record["owner"], []).append(job)
         owners = sorted(by_owner, key=lambda o: self._served.index(o) if o in self._served else -1)
-        quotas = {owner: self.store.catalog.limits(owner) for owner in owners}
+        quotas = {owner: self.store.catalog.accounts.limits(owner) for owner in owners}
         while owners:
             for owner in list(owners):
                 if not self._dispatch_one(owner, by_owner[owner], quotas[owner]):

@@ -1,5 +1,5 @@
-"""Storage: blobs replicated over nodes (directories or ZFS datasets), the LMDB catalog,
-multipart uploads, scrub/repair and garbage collection."""
+"""Storage: blobs replicated over nodes (directories or ZFS datasets), the catalog (an
+engine under typed repositories: storage.records), multipart uploads, scrub/repair and garbage collection."""
 
 from storage import errors
 from storage.blobs import BlobInfo, BlobWriter, DirectoryBlobStore, MemoryBlobWriter
@@ -9,6 +9,7 @@ from storage.node import LocalNode, NodeSpec, parse_spec
 from storage.nodeapi import Node
 from storage.objects import Listing, ObjectStore, WriteCondition
 from storage.quota import DEFAULT_QUOTA, Quota, parse_quota
+from storage.records import Account, BlobRecord, BucketRecord, NodeRecord, RepairRecord, Usage
 from storage.remote import Heartbeat, RemoteNode
 from storage.replicas import BLOCK, BlobMeta, BlobReader, ReplicatedWriter
 from storage.scrub import Scrubber, ScrubReport
@@ -19,10 +20,13 @@ __all__ = [
     "BLOCK",
     "DEFAULT_QUOTA",
     "MIN_PART_SIZE",
+    "Account",
     "BlobInfo",
     "BlobMeta",
     "BlobReader",
+    "BlobRecord",
     "BlobWriter",
+    "BucketRecord",
     "BucketRef",
     "Catalog",
     "Daemon",
@@ -33,11 +37,13 @@ __all__ = [
     "LocalNode",
     "MemoryBlobWriter",
     "Node",
+    "NodeRecord",
     "NodeSpec",
     "ObjectStore",
     "OrphanCollector",
     "Quota",
     "RemoteNode",
+    "RepairRecord",
     "Repairer",
     "ReplicatedWriter",
     "ScrubReport",
@@ -45,6 +51,7 @@ __all__ = [
     "Store",
     "StoreConfig",
     "UploadStore",
+    "Usage",
     "WriteCondition",
     "errors",
     "parse_quota",

@@ -1,108 +1,74 @@
-"""The catalog: accounts, buckets, objects, multipart uploads and blob reference counts.
+"""The catalog: an engine (transactions, group commit) under typed repositories.
 
-LMDB holds one named database per record kind; values are msgpack maps carrying a
-schema version ``v``. Keys::
+The engine (storage.engine; LMDB or PostgreSQL) holds ordered tables of byte keys and
+values. Each kind of record has a repository that owns its tables' key and value
+encoding (msgpack maps with a schema version ``v``) and hands out dataclass records;
+unknown fields of a stored record survive its read-modify-write (storage.records.codec).
+A `Catalog` opens the engine and exposes them::
 
-    accounts   access_key                      -> {v, name, secret, created, root}
-    names      account name                    -> access_key
-    buckets    bucket name                     -> {v, name, owner, created, gen, acl?}
-    objects    bucket \\0 key (UTF-8)           -> object record (see `ObjectRecord`)
-    uploads    upload id                       -> {v, bucket, key, owner, initiated, ...}
-    upkeys     bucket \\0 key \\0 upload id       -> 1  (ListMultipartUploads order)
-    parts      upload id \\0 part number (u32be) -> {v, number, blob, size, etag, mtime, ...}
-    completions  completed at (u64be s) upload id -> 1  (expiry order of completed uploads)
-    blobs      blob id                         -> {v, refs, size, sha256, blocks, nodes}
-    journal    blob id                         -> raw bytes of a small blob not yet fsync'd
-    repairs    blob id                         -> {v, nodes: {node id: reason}, at}
-    nodes      node id                         -> {v, id, spec, created}
-    usage      account name                    -> {v, objects, bytes}  (+ USAGE_BUILT marker)
-    jobs, jobinputs, jobtasks                  -> records of the jobs package (jobs/records.py)
+    catalog.accounts  accounts, names      Account             (storage.records.accounts)
+    catalog.buckets   buckets              BucketRecord        (storage.records.buckets)
+    catalog.usage     usage                Usage, quotas       (storage.records.usage)
+    catalog.blobrefs  blobs                BlobRecord, refs    (storage.records.blobrefs)
+    catalog.repairs   repairs              RepairRecord        (storage.records.repairs)
+    catalog.journal   journal              small blobs' bytes  (storage.records.repairs)
+    catalog.nodes     nodes                NodeRecord          (storage.records.nodes)
 
-Object keys never contain NUL (the S3 layer rejects it), so byte order of the LMDB keys
-is the UTF-8 binary order S3 lists in.
+Objects and multipart uploads are repositories over the same catalog in their own
+modules (storage.objects `ObjectStore`: `objects`; storage.uploads `UploadStore`:
+`uploads`, `upkeys`, `parts`, `completions`); they use the generic `get/put/delete/scan`
+here. So does the jobs package (jobs.records), which owns its tables: storage does not
+name them; whoever runs jobs opens the catalog with `extra_tables=jobs.records.TABLES`
+(`StoreConfig.extra_tables`). A catalog opened without them serves storage alone.
 
-Writes: every write is one function applied inside an LMDB write transaction. A single
-writer thread drains the queue of pending writes and applies a batch of them, each in a
-nested transaction (so one failing write rolls back alone), then commits the batch once:
-one fsync for many concurrent requests (group commit). `write()` returns only after the
-commit is durable. Reads open short read transactions on the caller's thread.
+Object keys never contain NUL (the S3 layer rejects it), so byte order of the keys
+``bucket \\0 key`` is the UTF-8 binary order S3 lists in.
 
-Buckets: a bucket record carries a random generation `gen` made at creation, so a name
-deleted and created again (by the same or another account) is a different bucket. A
-request is authorised against a `BucketRef(name, owner, generation)` and every write
-re-checks that ref inside its transaction (`check_bucket`): a bucket that changed hands
-or was re-created meanwhile is NoSuchBucket. Buckets made before generations existed
-have no `gen`; their `created` timestamp stands in for it (`generation_of`).
+Writes: every write is one function applied inside an engine write transaction;
+`submit()` queues it and the engine commits many at once (group commit), each in a
+nested transaction so one failing write rolls back alone; `write()` returns only after
+the commit is durable. Reads are snapshots (`read()`), opened on the caller's thread.
 
-Usage and quotas: `usage` holds each account's stored objects and bytes (objects' sizes
-plus pending parts'), changed by `charge()` in the same transaction as the write that
-changes them; a write that grows a resource past the account's limit (storage.quota)
-raises QuotaExceeded and rolls back. A catalog without the USAGE_BUILT marker (made
-before usage existed) has it rebuilt from the records at open (`Store`).
-
-Blob lifetimes: a record that starts referencing a blob increments its count; one that
-stops decrements it. Writes return the blobs whose count reached zero; the caller deletes
-those files after the commit. A crash in between leaves orphans that GC collects.
+Buckets are authorised as a `BucketRef(name, owner, generation)` that every write
+re-checks (`catalog.buckets.check`); usage is charged in the same transaction as the
+write that changes it (`catalog.usage.charge`); a write that stops referencing a blob
+returns it once its count reaches zero and the caller deletes its files after the commit
+(`catalog.blobrefs.unref`). The per-kind modules say more.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import secrets
 import struct
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import msgpack
-
-from storage import errors
 from storage.engine import Engine, ReadTxn, WriteTxn
 from storage.engines import open_engine
-from storage.quota import DEFAULT_QUOTA, Quota
+from storage.records.accounts import Accounts
+from storage.records.blobrefs import BlobRefs
+from storage.records.buckets import (
+    Bucket,
+    BucketRecord,
+    BucketRef,
+    Buckets,
+    bucket_name,
+    generation_of,
+)
+from storage.records.codec import pack, unpack
+from storage.records.nodes import Nodes
+from storage.records.repairs import Journal, Repairs
+from storage.records.usage import USAGE_BUILT, UsageLedger
 
-__all__ = ["USAGE_BUILT", "Bucket", "BucketRef", "Catalog", "Txn", "bucket_name", "generation_of"]
+__all__ = ["TABLES", "USAGE_BUILT", "Bucket", "BucketRecord", "BucketRef", "Catalog", "Txn", "bucket_name",
+           "generation_of", "pack", "unpack"]
 
 T = TypeVar("T")
 Txn = WriteTxn  # what a write function gets; reads get a ReadTxn
-Record = dict[str, Any]
+Record = dict[str, Any]  # the objects', uploads' and jobs' records (still maps)
 
 TABLES = ("accounts", "names", "buckets", "objects", "uploads", "upkeys", "parts", "blobs",
-        "completions", "journal", "repairs", "nodes", "usage",
-        "jobs", "jobinputs", "jobtasks")  # the last three belong to the jobs package
-USAGE_BUILT = b"\0built"  # key in `usage`: usage was counted from the start or rebuilt
-
-
-@dataclass(frozen=True)
-class BucketRef:
-    """The bucket a request was authorised against. `generation` None accepts any
-    generation of the owner's bucket of that name (the jobs bucket, which only its owner
-    can ever hold)."""
-
-    name: str
-    owner: str
-    generation: str | None = None
-
-
-Bucket = str | BucketRef  # a bare name: whatever bucket has it (internal callers, tests)
-
-
-def bucket_name(bucket: Bucket) -> str:
-    return bucket.name if isinstance(bucket, BucketRef) else bucket
-
-
-def generation_of(record: Record) -> str:
-    """A bucket record's generation; buckets made before generations use their creation time."""
-    return str(record.get("gen") or f"created:{record['created']!r}")
-
-
-def pack(record: Any) -> bytes:
-    return msgpack.packb(record, use_bin_type=True)
-
-
-def unpack(data: bytes | memoryview) -> Any:
-    return msgpack.unpackb(data, raw=False)
+          "completions", "journal", "repairs", "nodes", "usage")  # storage's own
 
 
 def object_key(bucket: str, key: str) -> bytes:
@@ -114,11 +80,20 @@ def part_key(upload_id: str, number: int) -> bytes:
 
 
 class Catalog:
-    """The catalog's records over an engine (storage.engine): `location` is an LMDB
-    directory (the embedded default) or a postgresql:// URL."""
+    """The catalog's repositories over an engine (storage.engine): `location` is an LMDB
+    directory (the embedded default) or a postgresql:// URL; `extra_tables`: tables of
+    other packages (jobs) opened along with storage's."""
 
-    def __init__(self, location: str, **options: Any) -> None:
-        self.engine: Engine = open_engine(location, TABLES, **options)
+    def __init__(self, location: str, extra_tables: tuple[str, ...] = (), **options: Any) -> None:
+        self.tables = TABLES + tuple(t for t in extra_tables if t not in TABLES)
+        self.engine: Engine = open_engine(location, self.tables, **options)
+        self.accounts = Accounts(self.engine)
+        self.buckets = Buckets(self.engine)
+        self.usage = UsageLedger(self.engine, self.accounts)
+        self.journal = Journal(self.engine)
+        self.repairs = Repairs(self.engine)
+        self.blobrefs = BlobRefs(self.engine, (self.journal, self.repairs))
+        self.nodes = Nodes(self.engine)
 
     def close(self) -> None:
         self.engine.close()
@@ -136,7 +111,7 @@ class Catalog:
     def write(self, fn: Callable[[Txn], T]) -> T:
         return self.engine.submit(fn).result()
 
-    # -- generic record access ----------------------------------------------------
+    # -- generic record access (objects, uploads, jobs) ------------------------------
 
     @staticmethod
     def get(txn: ReadTxn, table: str, key: bytes) -> Any:
@@ -156,300 +131,3 @@ class Catalog:
         """Records with keys >= max(start, prefix) that begin with prefix, in key order."""
         for key, raw in txn.scan(table, start, prefix):
             yield key, unpack(raw)
-
-    # -- blobs: reference counts and replica metadata ----------------------------------
-
-    def blob(self, txn: Txn, blob_id: str) -> Record | None:
-        return self.get(txn, "blobs", blob_id.encode())
-
-    def ref_blobs(self, txn: Txn, blob_ids: list[str], meta: dict[str, Record] | None = None) -> None:
-        """Add a reference to each blob; a blob seen for the first time takes its `meta`."""
-        for blob_id in blob_ids:
-            key = blob_id.encode()
-            record = self.get(txn, "blobs", key)
-            if record is None:
-                record = {"v": 1, "refs": 0, "nodes": [], **((meta or {}).get(blob_id) or {})}
-            record["refs"] += 1
-            self.put(txn, "blobs", key, record)
-
-    def unref_blobs(self, txn: Txn, blob_ids: list[str]) -> list[str]:
-        """Drop a reference from each; returns the blob ids that are no longer referenced."""
-        freed = []
-        for blob_id in blob_ids:
-            key = blob_id.encode()
-            record = self.get(txn, "blobs", key)
-            if record is not None and record["refs"] > 1:
-                record["refs"] -= 1
-                self.put(txn, "blobs", key, record)
-            else:
-                self.delete(txn, "blobs", key)
-                txn.delete("journal", key)
-                txn.delete("repairs", key)
-                freed.append(blob_id)
-        return freed
-
-    def blob_records(self) -> Iterator[tuple[str, Record]]:
-        """Every blob record (one read transaction per call of this generator)."""
-        with self.read() as txn:
-            for key, record in self.scan(txn, "blobs"):
-                yield key.decode(), record
-
-    def set_blob_nodes(self, blob_id: str, nodes: list[str], expect: list[str] | None = None) -> bool:
-        """Replace a blob's replica list (repair); False if the blob is gone or changed."""
-
-        def op(txn: Txn) -> bool:
-            record = self.get(txn, "blobs", blob_id.encode())
-            if record is None or (expect is not None and record["nodes"] != expect):
-                return False
-            record["nodes"] = nodes
-            self.put(txn, "blobs", blob_id.encode(), record)
-            return True
-
-        return self.write(op)
-
-    # -- repair queue ---------------------------------------------------------------
-
-    def queue_repair(self, blob_id: str, node_id: str, reason: str) -> concurrent.futures.Future[None]:
-        def op(txn: Txn) -> None:
-            if self.get(txn, "blobs", blob_id.encode()) is None:
-                return
-            record = self.get(txn, "repairs", blob_id.encode()) or {"v": 1, "nodes": {}, "at": time.time()}
-            record["nodes"][node_id] = reason
-            self.put(txn, "repairs", blob_id.encode(), record)
-
-        return self.submit(op)
-
-    def repairs(self, limit: int = 1000) -> list[tuple[str, Record]]:
-        with self.read() as txn:
-            out = []
-            for key, record in self.scan(txn, "repairs"):
-                out.append((key.decode(), record))
-                if len(out) >= limit:
-                    break
-            return out
-
-    def drop_repair(self, blob_id: str) -> None:
-        self.write(lambda txn: self.delete(txn, "repairs", blob_id.encode()))
-
-    # -- nodes ----------------------------------------------------------------------
-
-    def nodes(self) -> dict[str, Record]:
-        with self.read() as txn:
-            return {k.decode(): r for k, r in self.scan(txn, "nodes")}
-
-    def put_node(self, node_id: str, spec: str) -> None:
-        def op(txn: Txn) -> None:
-            record = self.get(txn, "nodes", node_id.encode()) or {"v": 1, "id": node_id, "created": time.time()}
-            record["spec"] = spec
-            self.put(txn, "nodes", node_id.encode(), record)
-
-        self.write(op)
-
-    # -- journal of small blobs (see storage.blobs.MemoryBlobWriter) ----------------
-
-    def journal_put(self, txn: Txn, blob_id: str, data: bytes) -> None:
-        txn.put("journal", blob_id.encode(), data)
-
-    def journal(self, limit: int = 10_000) -> list[tuple[str, bytes]]:
-        with self.read() as txn:
-            out = []
-            for key, value in txn.scan("journal"):
-                out.append((key.decode(), value))
-                if len(out) >= limit:
-                    break
-            return out
-
-    def journal_drop(self, blob_ids: list[str]) -> None:
-        def op(txn: Txn) -> None:
-            for blob_id in blob_ids:
-                txn.delete("journal", blob_id.encode())
-
-        self.write(op)
-
-    # -- accounts -----------------------------------------------------------------
-
-    def add_account(self, name: str, access_key: str, secret: str, root: bool = False,
-                    quota: dict[str, int | None] | None = None) -> Record:
-        record = {"v": 1, "name": name, "access_key": access_key, "secret": secret,
-                  "created": time.time(), "root": root,
-                  "quota": {k: v for k, v in (quota or {}).items() if v is not None}}
-
-        def op(txn: Txn) -> Record:
-            if txn.get("names", name.encode()) is not None:
-                raise errors.AccountExists(name)
-            if txn.get("accounts", access_key.encode()) is not None:
-                raise errors.AccountExists(name)
-            self.put(txn, "accounts", access_key.encode(), record)
-            txn.put("names", name.encode(), access_key.encode())
-            return record
-
-        return self.write(op)
-
-    def account(self, access_key: str) -> Record:
-        with self.read() as txn:
-            record = self.get(txn, "accounts", access_key.encode())
-        if record is None:
-            raise errors.NoSuchAccount(access_key)
-        return record
-
-    def accounts(self) -> list[Record]:
-        with self.read() as txn:
-            return [r for _, r in self.scan(txn, "accounts")]
-
-    def account_named(self, name: str, txn: Txn | None = None) -> Record:
-        if txn is None:
-            with self.read() as t:
-                return self.account_named(name, t)
-        access_key = txn.get("names", name.encode())
-        record = None if access_key is None else self.get(txn, "accounts", access_key)
-        if record is None:
-            raise errors.NoSuchAccount(name)
-        return record  # type: ignore[no-any-return]
-
-    def quota(self, name: str, txn: Txn | None = None) -> Quota:
-        """The account's limits: its own where set, the defaults elsewhere."""
-        return DEFAULT_QUOTA.merged(self.account_named(name, txn).get("quota"))
-
-    # -- usage and quotas ---------------------------------------------------------
-
-    def usage(self, name: str, txn: Txn | None = None) -> dict[str, int]:
-        """{objects, bytes} stored by an account."""
-        if txn is None:
-            with self.read() as t:
-                return self.usage(name, t)
-        record = self.get(txn, "usage", name.encode()) or {}
-        return {"objects": record.get("objects", 0), "bytes": record.get("bytes", 0)}
-
-    def limits(self, name: str, txn: Txn | None = None) -> Quota:
-        """`quota()`, or the defaults for an owner without an account record."""
-        try:
-            return self.quota(name, txn)
-        except errors.NoSuchAccount:
-            return DEFAULT_QUOTA
-
-    def check_room(self, name: str, objects: int, nbytes: int, txn: Txn | None = None,
-                   used: dict[str, int] | None = None) -> None:
-        """Raise QuotaExceeded if adding (objects, nbytes) would take `name` past a limit
-        (a resource that does not grow is never refused); `used`: its usage, if read already."""
-        if txn is None:
-            with self.read() as t:
-                return self.check_room(name, objects, nbytes, t, used)
-        if objects <= 0 and nbytes <= 0:
-            return None
-        limits = self.limits(name, txn)
-        if limits.objects is None and limits.bytes is None:
-            return None
-        used = used or self.usage(name, txn)
-        for resource, delta in (("objects", objects), ("bytes", nbytes)):
-            limit = getattr(limits, resource)
-            if delta > 0 and limit is not None and used[resource] + delta > limit:
-                raise errors.QuotaExceeded(name, resource, limit)
-        return None
-
-    def charge(self, txn: Txn, name: str, objects: int = 0, nbytes: int = 0, check: bool = True) -> None:
-        """Add to an account's usage inside a write; with `check`, refuse growth past its limits."""
-        if objects == 0 and nbytes == 0:
-            return
-        used = self.usage(name, txn)
-        if check:
-            self.check_room(name, objects, nbytes, txn, used)
-        self.put(txn, "usage", name.encode(), {"v": 1, "objects": used["objects"] + objects,
-                                                "bytes": used["bytes"] + nbytes})
-
-    def usage_built(self) -> bool:
-        with self.read() as txn:
-            return txn.get("usage", USAGE_BUILT) is not None
-
-    def replace_usage(self, txn: Txn, totals: dict[str, dict[str, int]]) -> None:
-        """Set every account's usage to `totals` (a rebuild) and mark usage as built."""
-        for key, _ in list(self.scan(txn, "usage")):
-            self.delete(txn, "usage", key)
-        for name, used in totals.items():
-            self.put(txn, "usage", name.encode(), {"v": 1, **used})
-        self.put(txn, "usage", USAGE_BUILT, {"v": 1})
-
-    def set_quota(self, name: str, overrides: dict[str, int | None]) -> Record:
-        """Merge limits into an account's own (a None value removes that override)."""
-
-        def op(txn: Txn) -> Record:
-            record = self.account_named(name, txn)
-            own = dict(record.get("quota") or {})
-            for key, value in overrides.items():
-                if value is None:
-                    own.pop(key, None)
-                else:
-                    own[key] = value
-            record["quota"] = own
-            self.put(txn, "accounts", record["access_key"].encode(), record)
-            return record
-
-        return self.write(op)
-
-    # -- buckets ------------------------------------------------------------------
-
-    def create_bucket(self, name: str, owner: str, acl: str | None = None) -> Record:
-        """A new bucket; `acl` (a canned ACL name, absent: private) is stored as given."""
-        def op(txn: Txn) -> Record:
-            existing = self.get(txn, "buckets", name.encode())
-            if existing is not None:
-                raise errors.BucketAlreadyExists(name, owned_by_you=existing["owner"] == owner)
-            record = self.ensure_bucket_in(txn, name, owner)
-            if acl is not None:
-                record["acl"] = acl
-                self.put(txn, "buckets", name.encode(), record)
-            return record
-
-        return self.write(op)
-
-    def set_bucket_acl(self, bucket: Bucket, acl: str) -> None:
-        def op(txn: Txn) -> None:
-            record = self.check_bucket(txn, bucket)
-            self.put(txn, "buckets", bucket_name(bucket).encode(), {**record, "acl": acl})
-
-        self.write(op)
-
-    def ensure_bucket_in(self, txn: Txn, name: str, owner: str) -> Record:
-        """The bucket record of `name`, made for `owner` (with a new generation) if missing."""
-        record = self.get(txn, "buckets", name.encode())
-        if record is None:
-            record = {"v": 1, "name": name, "owner": owner, "created": time.time(),
-                      "gen": secrets.token_hex(12)}
-            self.put(txn, "buckets", name.encode(), record)
-        return record  # type: ignore[no-any-return]
-
-    def bucket(self, name: str, txn: Txn | None = None) -> Record:
-        if txn is None:
-            with self.read() as t:
-                return self.bucket(name, t)
-        record = self.get(txn, "buckets", name.encode())
-        if record is None:
-            raise errors.NoSuchBucket(name)
-        return record
-
-    def check_bucket(self, txn: Txn, bucket: Bucket) -> Record:
-        """The bucket's record if it exists and, for a ref, is still the bucket the ref
-        names (same owner and generation); NoSuchBucket otherwise."""
-        record = self.bucket(bucket_name(bucket), txn)
-        if isinstance(bucket, BucketRef) and (
-                record["owner"] != bucket.owner
-                or (bucket.generation is not None and generation_of(record) != bucket.generation)):
-            raise errors.NoSuchBucket(bucket.name)
-        return record
-
-    def buckets(self, owner: str) -> list[Record]:
-        with self.read() as txn:
-            return [r for _, r in self.scan(txn, "buckets") if r["owner"] == owner]
-
-    def delete_bucket(self, bucket: Bucket) -> None:
-        name = bucket_name(bucket)
-
-        def op(txn: Txn) -> None:
-            self.check_bucket(txn, bucket)
-            prefix = name.encode() + b"\0"
-            for _ in self.scan(txn, "objects", prefix=prefix):
-                raise errors.BucketNotEmpty(name)
-            for _ in self.scan(txn, "upkeys", prefix=prefix):
-                raise errors.BucketNotEmpty(name)
-            self.delete(txn, "buckets", name.encode())
-
-        self.write(op)

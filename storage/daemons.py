@@ -57,12 +57,12 @@ class JournalFlusher(Daemon):
         self.interval_s = interval_s
 
     def run_once(self) -> int:
-        entries = self.store.catalog.journal()
+        entries = self.store.catalog.journal.entries()
         if not entries:
             return 0
         ids = [blob_id for blob_id, _ in entries]
         self.store.sync_placed(ids)
-        self.store.catalog.journal_drop(ids)
+        self.store.catalog.journal.drop(ids)
         return len(ids)
 
 
@@ -84,7 +84,7 @@ class OrphanCollector(Daemon):
         return super().wait()
 
     def run_once(self) -> int:
-        placed = {blob_id: set(rec.get("nodes", [])) for blob_id, rec in self.store.catalog.blob_records()}
+        placed = {blob_id: set(rec.nodes) for blob_id, rec in self.store.catalog.blobrefs.records()}
         removed = 0
         for node in self.store.node_list():
             if not node.healthy():
@@ -94,8 +94,8 @@ class OrphanCollector(Daemon):
             def placed_since(blob_id: str, node_id: str = node.id) -> bool:
                 """Written after the snapshot above? Ask the catalog again before deleting."""
                 with self.store.catalog.read() as txn:
-                    record = self.store.catalog.blob(txn, blob_id)
-                return record is not None and node_id in record.get("nodes", [])
+                    record = self.store.catalog.blobrefs.get(txn, blob_id)
+                return record is not None and node_id in record.nodes
 
             removed += node.collect_orphans(here, self.store.config.gc_grace_s, placed_since)
         if removed:
@@ -123,10 +123,10 @@ class Repairer(Daemon):
 
     def run_once(self) -> int:
         repaired = 0
-        for blob_id, _ in self.store.catalog.repairs():
+        for blob_id, _ in self.store.catalog.repairs.pending():
             result = self.scrubber.check_blob(blob_id)
             repaired += result.repaired
-            self.store.catalog.drop_repair(blob_id)
+            self.store.catalog.repairs.drop(blob_id)
         return repaired
 
 

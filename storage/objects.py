@@ -13,9 +13,9 @@ completed multipart upload has one per part (parts are never copied); CopyObject
 second record that references the same blobs (reference counts keep them alive).
 
 Every method takes its bucket as a name or a `BucketRef`; the S3 layer passes the ref it
-authorised, and each transaction re-checks it (catalog.check_bucket), so a bucket deleted
+authorised, and each transaction re-checks it (catalog.buckets.check), so a bucket deleted
 and re-created by another account mid-request is NoSuchBucket, never the other's data.
-Writes charge the bucket owner's usage (catalog.charge) in the same transaction: a new
+Writes charge the bucket owner's usage (catalog.usage.charge) in the same transaction: a new
 key +1 object, bytes by the change in size; growth past the owner's quota is QuotaExceeded.
 
 Conditional writes (S3's If-None-Match: * and If-Match on PUT and CompleteMultipartUpload)
@@ -32,6 +32,7 @@ from typing import Any
 
 from storage import errors
 from storage.catalog import Bucket, BucketRef, Catalog, Record, Txn, bucket_name, object_key, unpack
+from storage.records.blobrefs import BlobRecord
 
 __all__ = ["Listing", "ObjectStore", "WriteCondition"]
 
@@ -90,7 +91,7 @@ class ObjectStore:
     def get(self, bucket: Bucket, key: str) -> Record:
         name = bucket_name(bucket)
         with self.catalog.read() as txn:
-            self.catalog.check_bucket(txn, bucket)
+            self.catalog.buckets.check(txn, bucket)
             record = self._read(txn, name, key)
         if record is None:
             raise errors.NoSuchKey(name, key)
@@ -100,15 +101,15 @@ class ObjectStore:
         """Raise now if `condition` does not hold (a PUT checks it before reading the body;
         the check at commit is the one that decides)."""
         with self.catalog.read() as txn:
-            self.catalog.check_bucket(txn, bucket)
+            self.catalog.buckets.check(txn, bucket)
             condition.check(bucket_name(bucket), key, self._read(txn, bucket_name(bucket), key))
 
     def check_room(self, bucket: Bucket, key: str, size: int) -> None:
         """Raise QuotaExceeded now if putting `size` bytes at (bucket, key) would be refused
         at commit (a PUT checks this from its Content-Length before reading the body)."""
         with self.catalog.read() as txn:
-            owner = self.catalog.check_bucket(txn, bucket)["owner"]
-            self.catalog.check_room(owner, *growth(self._read(txn, bucket_name(bucket), key), size), txn=txn)
+            owner = self.catalog.buckets.check(txn, bucket).owner
+            self.catalog.usage.check_room(owner, *growth(self._read(txn, bucket_name(bucket), key), size), txn=txn)
 
     def read_in(self, txn: Txn, bucket: str, key: str) -> Record | None:
         """The record of (bucket, key) inside a caller's read transaction, or None."""
@@ -183,13 +184,13 @@ class ObjectStore:
                 if slot >= start:
                     yield slot[len(base):].decode(), value
 
-    def put(self, bucket: Bucket, key: str, record: Record, blobs: dict[str, Record] | None = None) -> list[str]:
+    def put(self, bucket: Bucket, key: str, record: Record, blobs: dict[str, BlobRecord] | None = None) -> list[str]:
         """Store `record` under (bucket, key); returns blob ids freed by the overwrite.
         `blobs` carries the metadata (size, sha256, blocks, nodes) of newly written blobs."""
         return self.put_async(bucket, key, record, blobs=blobs).result()  # type: ignore[no-any-return]
 
     def put_async(self, bucket: Bucket, key: str, record: Record, journal: dict[str, bytes] | None = None,
-                  blobs: dict[str, Record] | None = None, condition: WriteCondition | None = None) -> Any:
+                  blobs: dict[str, BlobRecord] | None = None, condition: WriteCondition | None = None) -> Any:
         """Queue the put; `journal` holds the bytes of small blobs placed without fsync.
         With `condition`, the put happens only if it holds at commit (else PreconditionFailed
         or NoSuchKey, and nothing is written)."""
@@ -198,13 +199,13 @@ class ObjectStore:
         def op(txn: Txn) -> list[str]:
             freed = self._put_in(txn, bucket, key, record, blobs, condition=condition)
             for blob_id, data in (journal or {}).items():
-                self.catalog.journal_put(txn, blob_id, data)
+                self.catalog.journal.put(txn, blob_id, data)
             return freed
 
         return self.catalog.submit(op)
 
     def put_in(self, txn: Txn, bucket: Bucket, key: str, record: Record,
-               blobs: dict[str, Record] | None = None, *, owner: str | None = None,
+               blobs: dict[str, BlobRecord] | None = None, *, owner: str | None = None,
                generation: str | None = None, enforce_quota: bool = False) -> list[str]:
         """Put inside a caller's catalog write (with other records, atomically). With
         `owner` (and `generation`) the bucket must still be that owner's (that one).
@@ -216,17 +217,17 @@ class ObjectStore:
                             enforce_quota=enforce_quota)
 
     def _put_in(self, txn: Txn, bucket: Bucket, key: str, record: Record,
-                blobs: dict[str, Record] | None = None, enforce_quota: bool = True,
+                blobs: dict[str, BlobRecord] | None = None, enforce_quota: bool = True,
                 condition: WriteCondition | None = None) -> list[str]:
         name = bucket_name(bucket)
-        owner = self.catalog.check_bucket(txn, bucket)["owner"]
+        owner = self.catalog.buckets.check(txn, bucket).owner
         old = self._read(txn, name, key)
         if condition is not None:
             condition.check(name, key, old)
-        self.catalog.charge(txn, owner, *growth(old, record["size"]), check=enforce_quota)
-        self.catalog.ref_blobs(txn, segment_blobs(record), blobs)
+        self.catalog.usage.charge(txn, owner, *growth(old, record["size"]), check=enforce_quota)
+        self.catalog.blobrefs.ref(txn, segment_blobs(record), blobs)
         self._write(txn, name, key, record)
-        return self.catalog.unref_blobs(txn, segment_blobs(old))
+        return self.catalog.blobrefs.unref(txn, segment_blobs(old))
 
     def delete(self, bucket: Bucket, key: str) -> list[str]:
         """Delete (idempotent); returns freed blob ids."""
@@ -237,13 +238,13 @@ class ObjectStore:
         return self.catalog.write(op)
 
     def _delete_in(self, txn: Txn, bucket: Bucket, key: str) -> list[str]:
-        owner = self.catalog.check_bucket(txn, bucket)["owner"]
+        owner = self.catalog.buckets.check(txn, bucket).owner
         old = self._read(txn, bucket_name(bucket), key)
         if old is None:
             return []
-        self.catalog.charge(txn, owner, -1, -old["size"])
+        self.catalog.usage.charge(txn, owner, -1, -old["size"])
         self._write(txn, bucket_name(bucket), key, None)
-        return self.catalog.unref_blobs(txn, segment_blobs(old))
+        return self.catalog.blobrefs.unref(txn, segment_blobs(old))
 
     def delete_many(self, bucket: Bucket, keys: list[str]) -> list[str]:
         def op(txn: Txn) -> list[str]:
@@ -261,7 +262,7 @@ class ObjectStore:
         src_name = bucket_name(src_bucket)
 
         def op(txn: Txn) -> tuple[Record, list[str]]:
-            self.catalog.check_bucket(txn, src_bucket)
+            self.catalog.buckets.check(txn, src_bucket)
             src = self._read(txn, src_name, src_key)
             if src is None:
                 raise errors.NoSuchKey(src_name, src_key)
@@ -277,11 +278,11 @@ class ObjectStore:
         stored, None for the object ACL of a missing object (or of no key); None when there
         is no such bucket."""
         with self.catalog.read() as txn:
-            record = self.catalog.get(txn, "buckets", bucket.encode())
+            record = self.catalog.buckets.find(bucket, txn)
             if record is None:
                 return None
             obj = self._read(txn, bucket, key) if key else None
-            return (str(record["owner"]), record.get("acl", "private"),
+            return (record.owner, record.acl or "private",
                     obj.get("acl", "private") if obj is not None else None)
 
     def set_acl(self, bucket: Bucket, key: str, acl: str) -> None:
@@ -289,7 +290,7 @@ class ObjectStore:
         name = bucket_name(bucket)
 
         def op(txn: Txn) -> None:
-            self.catalog.check_bucket(txn, bucket)
+            self.catalog.buckets.check(txn, bucket)
             record = self._read(txn, name, key)
             if record is None:
                 raise errors.NoSuchKey(name, key)
@@ -299,7 +300,7 @@ class ObjectStore:
 
     def usage_totals(self, txn: Txn) -> dict[str, dict[str, int]]:
         """{owner: {objects, bytes}} counted from the object records (a usage rebuild)."""
-        owners = {k.decode(): r["owner"] for k, r in self.catalog.scan(txn, "buckets")}
+        owners = {r.name: r.owner for r in self.catalog.buckets.scan(txn)}
         totals: dict[str, dict[str, int]] = {}
         for bucket, record in self._records_in(txn):
             owner = owners.get(bucket)
@@ -331,7 +332,7 @@ class ObjectStore:
         out = Listing()
         bucket = bucket_name(bucket_or_ref)
         with self.catalog.read() as txn:
-            self.catalog.check_bucket(txn, bucket_or_ref)
+            self.catalog.buckets.check(txn, bucket_or_ref)
             base = bucket.encode() + b"\0"
             start = base + start_after.encode() + b"\0" if start_after else b""
             # a start_after that is itself a common prefix must skip the whole group

@@ -17,7 +17,7 @@ A shortage of this process's (EMFILE, ENFILE, ENOMEM: storage.errors.RESOURCE_ER
 no replica's fault: reads and writes raise ResourceExhausted for it instead of reporting
 damage or marking a node down, and a write that hits it leaves no copy behind.
 
-Blob metadata (the catalog's `blobs` record): {size, sha256, blocks, nodes}.
+Blob metadata: the catalog's `BlobRecord` (storage.records.blobrefs): size, sha256, blocks, nodes.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from storage.errors import (
     ResourceExhausted,
 )
 from storage.nodeapi import SPACE_MAX_AGE_S, BlobWrite, Node
+from storage.records.blobrefs import BlobRecord
 from storage.threads import ProcessPool
 
 __all__ = ["BLOCK", "BlobReader", "ReplicatedWriter", "block_sums", "choose_nodes", "copy_blob", "verify_file"]
@@ -120,8 +121,9 @@ class BlobMeta:
     blocks: bytes
     nodes: list[str] = field(default_factory=list)
 
-    def record(self) -> dict[str, Any]:
-        return {"size": self.size, "sha256": self.sha256, "blocks": self.blocks, "nodes": self.nodes}
+    def record(self) -> BlobRecord:
+        """The blob's catalog record, before any reference (`BlobRefs.ref` counts them)."""
+        return BlobRecord(0, self.size, self.sha256, self.blocks, self.nodes)
 
     def info(self) -> BlobInfo:
         return BlobInfo(self.blob_id, self.size, self.md5, self.sha256)
@@ -291,12 +293,12 @@ def _delete_from(nodes: list[Node], blob_id: str) -> None:
 class BlobReader:
     """Verified reads of one blob from whichever replica answers correctly."""
 
-    def __init__(self, blob_id: str, meta: dict[str, Any], nodes: dict[str, Node], report: Report) -> None:
+    def __init__(self, blob_id: str, meta: BlobRecord, nodes: dict[str, Node], report: Report) -> None:
         self.blob_id = blob_id
-        self.size: int = meta["size"]
-        self.blocks: bytes = meta.get("blocks") or b""
+        self.size: int = meta.size
+        self.blocks: bytes = meta.blocks or b""
         self.report = report
-        listed = [nodes[n] for n in meta["nodes"] if n in nodes]
+        listed = [nodes[n] for n in meta.nodes if n in nodes]
         healthy = [n for n in listed if n.healthy()]
         random.shuffle(healthy)
         self.candidates = healthy + [n for n in listed if n not in healthy]

@@ -27,6 +27,7 @@ from typing import Any
 
 from storage.errors import BlobUnavailable
 from storage.nodeapi import Node
+from storage.records.blobrefs import BlobRecord
 from storage.replicas import BlobReader, choose_nodes, copy_blob
 from storage.store import Store
 
@@ -82,7 +83,7 @@ class Scrubber:
         for node in self.store.node_list():
             node.recheck()  # once per pass; check_blob then uses the cached state
         report = ScrubReport(pools=self._scrub_pools())
-        for blob_id in [b for b, _ in self.store.catalog.blob_records()]:
+        for blob_id in [b for b, _ in self.store.catalog.blobrefs.records()]:
             check = self.check_blob(blob_id)
             report.add(check)
             report.blobs += 1
@@ -107,10 +108,10 @@ class Scrubber:
                 out[result[0]] = result[1]
         return out
 
-    def _verify(self, node: Node, blob_id: str, meta: dict[str, Any]) -> str | None:
+    def _verify(self, node: Node, blob_id: str, meta: BlobRecord) -> str | None:
         """None if the replica is good (size, block CRC32Cs, SHA-256), else why not;
         ConnectionError when a remote node is gone."""
-        return node.verify(blob_id, meta["size"], meta.get("sha256") or b"", meta.get("blocks") or b"",
+        return node.verify(blob_id, meta.size, meta.sha256 or b"", meta.blocks or b"",
                            self._throttle)
 
     def _throttle(self, n: int) -> None:
@@ -124,10 +125,10 @@ class Scrubber:
         store = self.store
         check = BlobCheck()
         with store.catalog.read() as txn:
-            meta = store.catalog.blob(txn, blob_id)
+            meta = store.catalog.blobrefs.get(txn, blob_id)
         if meta is None:
             return check
-        listed: list[str] = list(meta.get("nodes", []))
+        listed: list[str] = list(meta.nodes)
         good: list[Node] = []
         damaged: list[Node] = []
         for node_id in listed:
@@ -170,11 +171,11 @@ class Scrubber:
                 break
             placed.append(extra[0].id)
             check.repaired += 1
-        if placed != listed and not store.catalog.set_blob_nodes(blob_id, placed, expect=listed):
+        if placed != listed and not store.catalog.blobrefs.set_nodes(blob_id, placed, expect=listed):
             log.info("scrub: blob %s changed while being repaired; left for the next pass", blob_id)
         return check
 
-    def _rebuild(self, target: Node, blob_id: str, meta: dict[str, Any], sources: list[Node]) -> bool:
+    def _rebuild(self, target: Node, blob_id: str, meta: BlobRecord, sources: list[Node]) -> bool:
         """No replica is wholly good, but each may be bad in different blocks: assemble the
         blob block by block from whichever replica has that block right (the reads' own
         failover), check the whole against its SHA-256, and rewrite `target` with it."""
@@ -182,11 +183,11 @@ class Scrubber:
         writer = target.open_write(blob_id)
         sha = hashlib.sha256()
         try:
-            for block in reader.read(0, meta["size"]):
+            for block in reader.read(0, meta.size):
                 self._throttle(len(block))
                 sha.update(block)
                 writer.write(block)
-            if meta.get("sha256") and sha.digest() != meta["sha256"]:
+            if meta.sha256 and sha.digest() != meta.sha256:
                 raise BlobUnavailable(blob_id)
             writer.commit()
             return True

@@ -53,6 +53,7 @@ class StoreConfig:
     cluster_secret: str | None = field(default=None, repr=False)
     catalog: str | None = field(default=None, repr=False)  # a postgresql:// URL; None: LMDB in data_dir/catalog
     connect_timeout_s: float = 10.0  # how long start-up waits for a node it has never seen
+    extra_tables: tuple[str, ...] = ()  # catalog tables of other packages (jobs.records.TABLES)
 
     def node_specs(self) -> list[NodeSpec]:
         if self.specs:
@@ -96,7 +97,7 @@ class Store:
         nodes_dir = os.path.join(config.data_dir, "nodes")
         os.makedirs(nodes_dir, exist_ok=True)
         os.chmod(nodes_dir, 0o711)
-        self.catalog = Catalog(config.catalog or catalog_dir)
+        self.catalog = Catalog(config.catalog or catalog_dir, config.extra_tables)
         self.nodes: dict[str, Node] = {}
         self.heartbeat: Any = None  # storage.remote.Heartbeat over remote nodes
         if config.node_urls:
@@ -123,16 +124,16 @@ class Store:
         recovered = self.recover_journal()
         if recovered:
             log.info("rewrote %d journalled small blobs", recovered)
-        if not self.catalog.usage_built():  # a catalog from before per-account usage
+        if not self.catalog.usage.built():  # a catalog from before per-account usage
             self.uploads.rebuild_usage()
             log.info("counted every account's stored objects and bytes")
 
     def _attach(self, spec: NodeSpec) -> LocalNode:
         root, zfs = LocalNode.prepare(spec)
-        known = self.catalog.nodes()
+        known = self.catalog.nodes.all()
         node_id = LocalNode.read_marker(root)
         if node_id is None:
-            same = [nid for nid, rec in known.items() if rec["spec"] == str(spec)]
+            same = [nid for nid, rec in known.items() if rec.spec == str(spec)]
             node_id = same[0] if same else _next_id(set(known) | set(self.nodes))
             if same and self._holds_blobs(node_id):
                 # a known node without its marker is a disk that is missing or not mounted, not
@@ -145,7 +146,7 @@ class Store:
                 LocalNode.write_marker(root, node_id)
         if node_id in self.nodes:
             raise ValueError(f"{spec} is the same node as {self.nodes[node_id].address} ({node_id})")
-        self.catalog.put_node(node_id, str(spec))
+        self.catalog.nodes.put(node_id, str(spec))
         return LocalNode(node_id, spec, root, zfs, health_ttl_s=self.config.health_ttl_s)
 
     def _attach_remote(self, urls: tuple[str, ...]) -> None:
@@ -158,7 +159,7 @@ class Store:
         )
 
         assert self.config.cluster_secret is not None
-        known = {rec["spec"]: nid for nid, rec in self.catalog.nodes().items()}
+        known = {rec.spec: nid for nid, rec in self.catalog.nodes.all().items()}
         pending = [RemoteNode(url, self.config.cluster_secret) for url in urls]
         errors: dict[str, str] = {n.url: "" for n in pending}
         deadline = time.monotonic() + self.config.connect_timeout_s
@@ -182,14 +183,14 @@ class Store:
                 log.warning("node %s (%s) does not answer; it starts down", node.id, node.url)
             if node.id in self.nodes:
                 raise ValueError(f"{node.url} is the same node as {self.nodes[node.id].address} ({node.id})")
-            self.catalog.put_node(node.id, node.url)
+            self.catalog.nodes.put(node.id, node.url)
             self.nodes[node.id] = node
         self.heartbeat = Heartbeat([n for n in self.nodes.values() if isinstance(n, RemoteNode)],
                                    interval_s=self.config.heartbeat_interval_s)
         self.heartbeat.start()
 
     def _holds_blobs(self, node_id: str) -> bool:
-        return any(node_id in rec.get("nodes", ()) for _, rec in self.catalog.blob_records())
+        return any(node_id in rec.nodes for _, rec in self.catalog.blobrefs.records())
 
     def node_list(self) -> list[Node]:
         return list(self.nodes.values())
@@ -216,7 +217,7 @@ class Store:
     def readers(self, blob_ids: list[str]) -> list[BlobReader]:
         """Readers for these blobs, each with its first replica already open."""
         with self.catalog.read() as txn:
-            metas = [(blob_id, self.catalog.blob(txn, blob_id)) for blob_id in blob_ids]
+            metas = [(blob_id, self.catalog.blobrefs.get(txn, blob_id)) for blob_id in blob_ids]
         out: list[BlobReader] = []
         try:
             for blob_id, meta in metas:
@@ -233,7 +234,7 @@ class Store:
 
     def _listed(self, blob_id: str) -> bool:
         with self.catalog.read() as txn:
-            return self.catalog.blob(txn, blob_id) is not None
+            return self.catalog.blobrefs.get(txn, blob_id) is not None
 
     def report_damage(self, blob_id: str, node_id: str, reason: str) -> None:
         """Queue a repair of a bad replica; called on whatever thread read it (the event loop
@@ -249,7 +250,7 @@ class Store:
             log.debug("blob %s on node %s: %s after it was freed", blob_id, node_id, reason)
             return
         log.warning("blob %s on node %s: %s (queued for repair)", blob_id, node_id, reason)
-        self.catalog.queue_repair(blob_id, node_id, reason)
+        self.catalog.repairs.queue(blob_id, node_id, reason)
         self.repair_wanted.set()
 
     def free(self, blob_ids: list[str]) -> None:
@@ -275,23 +276,24 @@ class Store:
     def recover_journal(self) -> int:
         """After a crash, rewrite every journalled small blob durably, then drop the journal."""
         total = 0
-        while entries := self.catalog.journal():
+        while entries := self.catalog.journal.entries():
             with self.catalog.read() as txn:
-                metas = {blob_id: self.catalog.blob(txn, blob_id) for blob_id, _ in entries}
+                metas = {blob_id: self.catalog.blobrefs.get(txn, blob_id) for blob_id, _ in entries}
             for blob_id, data in entries:
-                for node_id in (metas[blob_id] or {}).get("nodes", []):
+                meta = metas[blob_id]
+                for node_id in meta.nodes if meta is not None else ():
                     node = self.nodes.get(node_id)
                     if node is not None and node.healthy():
                         node.put_unsynced(blob_id, data)
             ids = [blob_id for blob_id, _ in entries]
             self.sync_placed(ids)
-            self.catalog.journal_drop(ids)
+            self.catalog.journal.drop(ids)
             total += len(entries)
         return total
 
     def node_infos(self) -> list[dict[str, Any]]:
         """Each node's health and space, with how many blobs and objects have a copy there."""
-        placed = {blob_id: rec.get("nodes", []) for blob_id, rec in self.catalog.blob_records()}
+        placed = {blob_id: rec.nodes for blob_id, rec in self.catalog.blobrefs.records()}
         blobs: dict[str, int] = dict.fromkeys(self.nodes, 0)
         objects: dict[str, int] = dict.fromkeys(self.nodes, 0)
         for nodes in placed.values():

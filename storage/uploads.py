@@ -8,7 +8,7 @@ part. A part uploaded twice replaces the earlier one (whose blob is freed).
 An upload remembers its bucket's generation (`bucket_gen`); parts and completion re-check
 the `BucketRef` they were authorised against inside their transaction, and deleting a
 bucket aborts its uploads, so nothing lands in a bucket re-created meanwhile. Pending
-parts' sizes count in the upload owner's stored bytes (catalog.charge).
+parts' sizes count in the upload owner's stored bytes (catalog.usage.charge).
 
 Completion is idempotent for a client retrying after a lost answer: the upload record is
 replaced by a small completion record {bucket, key, owner, bucket_gen, completed: {digest,
@@ -37,11 +37,12 @@ from storage.catalog import (
     Record,
     Txn,
     bucket_name,
-    generation_of,
     object_key,
     part_key,
 )
 from storage.objects import ObjectStore, WriteCondition, growth
+from storage.records.blobrefs import BlobRecord
+from storage.records.usage import Usage
 
 __all__ = ["COMPLETION_TTL_S", "MIN_PART_SIZE", "UploadStore"]
 
@@ -82,7 +83,7 @@ class UploadStore:
                   "owner": owner, "initiated": time.time()}
 
         def op(txn: Txn) -> Record:
-            record["bucket_gen"] = generation_of(self.catalog.check_bucket(txn, bucket))
+            record["bucket_gen"] = self.catalog.buckets.check(txn, bucket).generation
             self.catalog.put(txn, "uploads", upload_id.encode(), record)
             self.catalog.put(txn, "upkeys", upload_index_key(name, key, upload_id), 1)
             return record
@@ -96,7 +97,7 @@ class UploadStore:
             with self.catalog.read() as t:
                 return self.get(bucket, key, upload_id, t)
         if isinstance(bucket, BucketRef):
-            self.catalog.check_bucket(txn, bucket)
+            self.catalog.buckets.check(txn, bucket)
         record = self.catalog.get(txn, "uploads", upload_id.encode())
         if (record is None or "completed" in record
                 or record["bucket"] != bucket_name(bucket) or record["key"] != key):
@@ -111,10 +112,10 @@ class UploadStore:
         with self.catalog.read() as txn:
             upload = self.get(bucket, key, upload_id, txn)
             old = self.catalog.get(txn, "parts", part_key(upload_id, number))
-            self.catalog.check_room(upload["owner"], 0, size - (old["size"] if old else 0), txn)
+            self.catalog.usage.check_room(upload["owner"], 0, size - (old["size"] if old else 0), txn)
 
     def put_part(self, bucket: Bucket, key: str, upload_id: str, part: Record,
-                 blobs: dict[str, Record] | None = None) -> list[str]:
+                 blobs: dict[str, BlobRecord] | None = None) -> list[str]:
         """Record a part (its blob is durable already); returns freed blob ids."""
         if part["number"] not in PART_KEY_NUMBERS:
             raise errors.InvalidPart(part["number"])
@@ -124,10 +125,10 @@ class UploadStore:
             upload = self.get(bucket, key, upload_id, txn)
             pkey = part_key(upload_id, part["number"])
             old = self.catalog.get(txn, "parts", pkey)
-            self.catalog.charge(txn, upload["owner"], 0, part["size"] - (old["size"] if old else 0))
-            self.catalog.ref_blobs(txn, [part["blob"]], blobs)
+            self.catalog.usage.charge(txn, upload["owner"], 0, part["size"] - (old["size"] if old else 0))
+            self.catalog.blobrefs.ref(txn, [part["blob"]], blobs)
             self.catalog.put(txn, "parts", pkey, part)
-            return self.catalog.unref_blobs(txn, [old["blob"]] if old else [])
+            return self.catalog.blobrefs.unref(txn, [old["blob"]] if old else [])
 
         return self.catalog.write(op)
 
@@ -174,10 +175,10 @@ class UploadStore:
         parts = self._parts_in(txn, upload_id)
         for part in parts:
             self.catalog.delete(txn, "parts", part_key(upload_id, part["number"]))
-        self.catalog.charge(txn, upload["owner"], 0, -sum(p["size"] for p in parts))
+        self.catalog.usage.charge(txn, upload["owner"], 0, -sum(p["size"] for p in parts))
         self.catalog.delete(txn, "uploads", upload_id.encode())
         self.catalog.delete(txn, "upkeys", upload_index_key(upload["bucket"], upload["key"], upload_id))
-        return self.catalog.unref_blobs(txn, [p["blob"] for p in parts])
+        return self.catalog.blobrefs.unref(txn, [p["blob"] for p in parts])
 
     def abort(self, bucket: Bucket, key: str, upload_id: str) -> list[str]:
         def op(txn: Txn) -> list[str]:
@@ -190,7 +191,7 @@ class UploadStore:
         prefix = bucket_name(bucket).encode() + b"\0"
 
         def op(txn: Txn) -> list[str]:
-            self.catalog.check_bucket(txn, bucket)
+            self.catalog.buckets.check(txn, bucket)
             freed: list[str] = []
             uploads = [self.catalog.get(txn, "uploads", raw.rsplit(b"\0", 1)[1])
                        for raw, _ in self.catalog.scan(txn, "upkeys", prefix=prefix)]
@@ -230,7 +231,7 @@ class UploadStore:
             # the object's bytes are already counted as parts: check the net change once
             objects, nbytes = growth(self.objects.read_in(txn, bucket_name(bucket), key), record["size"])
             pending = sum(p["size"] for p in self._parts_in(txn, upload_id))
-            self.catalog.check_room(upload["owner"], objects, nbytes - pending, txn)
+            self.catalog.usage.check_room(upload["owner"], objects, nbytes - pending, txn)
             freed = self.objects._put_in(txn, bucket, key, record, enforce_quota=False,
                                          condition=condition)
             freed += self._drop(txn, upload)
@@ -270,7 +271,7 @@ class UploadStore:
                           done: Record, digest: str) -> Record:
         """The object a completed upload made, for a repeat of the same completion."""
         if isinstance(bucket, BucketRef):
-            self.catalog.check_bucket(txn, bucket)
+            self.catalog.buckets.check(txn, bucket)
         if (done["bucket"] != bucket_name(bucket) or done["key"] != key
                 or (isinstance(bucket, BucketRef) and bucket.generation is not None
                     and (done.get("bucket_gen") or bucket.generation) != bucket.generation)):
@@ -312,6 +313,6 @@ class UploadStore:
             for owner, used in self.usage_totals(txn).items():
                 mine = totals.setdefault(owner, {"objects": 0, "bytes": 0})
                 mine["bytes"] += used["bytes"]
-            self.catalog.replace_usage(txn, totals)
+            self.catalog.usage.replace(txn, {o: Usage(t["objects"], t["bytes"]) for o, t in totals.items()})
 
         self.catalog.write(op)

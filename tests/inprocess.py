@@ -47,7 +47,7 @@ class InProcessS3:
     def __init__(self, tmp_path: Path, **config: Any) -> None:
         self.config = ServerConfig(data_dir=str(tmp_path / "data"), **config)
         self.app, self.store, self.scheduler = build_app(self.config, jobs=False)
-        self.store.catalog.add_account("root", ROOT_AK, ROOT_SK, root=True)
+        self.store.catalog.accounts.add("root", ROOT_AK, ROOT_SK, root=True)
         self.access_key, self.secret_key = ROOT_AK, ROOT_SK
         self._portal_cm = anyio.from_thread.start_blocking_portal()
         self._portal = self._portal_cm.__enter__()
@@ -65,7 +65,7 @@ class InProcessS3:
             self.store.close()
 
     def add_account(self, name: str, access_key: str, secret_key: str) -> None:
-        self.store.catalog.add_account(name, access_key, secret_key, root=False)
+        self.store.catalog.accounts.add(name, access_key, secret_key, root=False)
 
     def request(self, method: str, path: str, *, body: bytes = b"", query: Mapping[str, str] | None = None,
                 headers: Mapping[str, str] | None = None, access_key: str | None = None,

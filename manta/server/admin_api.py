@@ -24,7 +24,7 @@ from manta.server.s3 import errors as s3e
 from manta.server.s3.body import read_small
 from manta.server.s3.common import in_thread, read_catalog
 from manta.server.s3.context import S3Request
-from storage import OrphanCollector, Scrubber
+from storage import Account, OrphanCollector, Scrubber
 from storage import errors as se
 from storage.quota import QUOTA_FIELDS
 
@@ -33,13 +33,13 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 
 
 async def handle(req: S3Request) -> Response:
-    if not req.account.get("root"):
+    if req.account is None or not req.account.root:
         raise s3e.AccessDenied("Only the root account may use the admin API.")
     if req.key == "admin/users":
         if req.method == "GET":
-            accounts = await read_catalog(req.store, req.store.catalog.accounts)
-            users = [{"name": a["name"], "access_key": a["access_key"], "root": a["root"],
-                      "created": a["created"]} for a in accounts]
+            accounts = await read_catalog(req.store, req.store.catalog.accounts.all)
+            users = [{"name": a.name, "access_key": a.access_key, "root": a.root,
+                      "created": a.created} for a in accounts]
             return JSONResponse({"users": sorted(users, key=lambda u: u["name"])})
         if req.method == "POST":
             return await _add_user(req)
@@ -96,16 +96,16 @@ async def _add_user(req: S3Request) -> Response:
     quota = _quota_overrides(payload.get("quota"))
     access_key, secret = new_access_key(), new_secret_key()
     try:
-        record = await in_thread(req.store.catalog.add_account, name, access_key, secret, False, quota)
+        account = await in_thread(req.store.catalog.accounts.add, name, access_key, secret, False, quota)
     except se.AccountExists:
         raise s3e.UserAlreadyExists(f"The user {name!r} already exists.") from None
     return JSONResponse({"name": name, "access_key": access_key, "secret_key": secret,
-                         "quota_set": record["quota"]})
+                         "quota_set": dict(account.quota)})
 
 
-def _account(req: S3Request, name: str) -> dict[str, Any]:
+def _account(req: S3Request, name: str) -> Account:
     try:
-        return req.store.catalog.account_named(name)
+        return req.store.catalog.accounts.named(name)
     except se.NoSuchAccount:
         raise s3e.NoSuchUser(f"The user {name!r} does not exist.", UserName=name) from None
 
@@ -113,10 +113,9 @@ def _account(req: S3Request, name: str) -> dict[str, Any]:
 def _user(req: S3Request, name: str) -> dict[str, Any]:
     """The user as GET answers it (catalog reads)."""
     account = _account(req, name)
-    catalog = req.store.catalog
-    return {"name": account["name"], "access_key": account["access_key"], "root": account["root"],
-            "created": account["created"], "quota": catalog.quota(name).to_dict(),
-            "quota_set": account.get("quota") or {}, "usage": catalog.usage(name)}
+    return {"name": account.name, "access_key": account.access_key, "root": account.root,
+            "created": account.created, "quota": account.limits.to_dict(),
+            "quota_set": dict(account.quota), "usage": req.store.catalog.usage.get(name).to_dict()}
 
 
 async def _set_user(req: S3Request, name: str) -> Response:
@@ -128,7 +127,7 @@ async def _set_user(req: S3Request, name: str) -> Response:
 def _set_quota(req: S3Request, name: str, quota: dict[str, int | None]) -> dict[str, Any]:
     """Change the account's limits; returns the user as GET answers it."""
     try:
-        req.store.catalog.set_quota(name, quota)
+        req.store.catalog.accounts.set_quota(name, quota)
     except se.NoSuchAccount:
         raise s3e.NoSuchUser(f"The user {name!r} does not exist.", UserName=name) from None
     return _user(req, name)

@@ -16,6 +16,7 @@ from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.types import ASGIApp
 
+from jobs import TABLES as JOB_TABLES
 from jobs import JobScheduler, Sandbox, SandboxConfig, SchedulerConfig
 from manta.server import admin_api, jobs_api
 from manta.server.config import ServerConfig
@@ -39,13 +40,13 @@ log = logging.getLogger("manta")
 
 def ensure_root(store: Store, data_dir: str) -> tuple[Credentials, str | None]:
     """Create the root account on first start; returns (credentials, file written or None)."""
-    existing = [a for a in store.catalog.accounts() if a["root"]]
+    existing = [a for a in store.catalog.accounts.all() if a.root]
     if existing:
         root = existing[0]
-        return Credentials(root["access_key"], root["secret"]), None
+        return Credentials(root.access_key, root.secret), None
     env_ak, env_sk = os.environ.get("MANTA_ROOT_ACCESS_KEY"), os.environ.get("MANTA_ROOT_SECRET_KEY")
     creds = Credentials(env_ak, env_sk) if env_ak and env_sk else Credentials(new_access_key(), new_secret_key())
-    store.catalog.add_account("root", creds.access_key, creds.secret_key, root=True)
+    store.catalog.accounts.add("root", creds.access_key, creds.secret_key, root=True)
     if env_ak and env_sk:
         return creds, None
     return creds, write_root_credentials(data_dir, creds)
@@ -71,7 +72,7 @@ def store_config(config: ServerConfig) -> StoreConfig:
                        scrub_rate_mb_s=config.scrub_rate_mb_s, repair_interval_s=config.repair_interval_s,
                        health_ttl_s=config.health_ttl_s, heartbeat_interval_s=config.heartbeat_interval_s,
                        node_urls=config.node_urls, cluster_secret=config.cluster_secret,
-                       catalog=config.catalog)
+                       catalog=config.catalog, extra_tables=JOB_TABLES)
 
 
 def build_app(config: ServerConfig, jobs: bool = True,

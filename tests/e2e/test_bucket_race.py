@@ -209,7 +209,7 @@ def in_process() -> Iterator[InProcess]:
     accounts = []
     for name in ("alice", "bob"):
         key, secret = f"RACE{name.upper():0<16}", f"secret-of-{name}-" + "x" * 24
-        store.catalog.add_account(name, key, secret)
+        store.catalog.accounts.add(name, key, secret)
         accounts.append(Account(name, key, secret))
     port = free_port()
     config = ServerConfig(data_dir=os.path.join(base, "data"), host="127.0.0.1", port=port)
@@ -239,8 +239,8 @@ def hand_over_in_store(store: Store, bucket: str, new_owner: str, secret_key: st
     assert not listing.truncated
     store.free(store.objects.delete_many(bucket, [r["key"] for r in listing.contents]))
     store.free(store.uploads.abort_all(bucket))
-    store.catalog.delete_bucket(bucket)
-    store.catalog.create_bucket(bucket, new_owner)
+    store.catalog.buckets.delete(bucket)
+    store.catalog.buckets.create(bucket, new_owner)
     if secret_key is not None:
         writer = store.writer()
         writer.write(SECRET)
@@ -303,7 +303,7 @@ def test_upload_part_copy_from_a_source_that_changed_hands(in_process: InProcess
     bob.create_bucket(Bucket="bob-dst")
     bob.put_object(Bucket="shared-name", Key="k", Body=b"bob's bytes")
     upload_id = bob.create_multipart_upload(Bucket="bob-dst", Key="mp")["UploadId"]
-    blobs = {b for b, _ in p.store.catalog.blob_records()}
+    blobs = {b for b, _ in p.store.catalog.blobrefs.records()}
     before_call(p.store.objects, "get", "shared-name",
                 lambda: hand_over_in_store(p.store, "shared-name", p.a.name, secret_key="k"))
     with pytest.raises(botocore.exceptions.ClientError) as err:
@@ -311,7 +311,7 @@ def test_upload_part_copy_from_a_source_that_changed_hands(in_process: InProcess
                              CopySource={"Bucket": "shared-name", "Key": "k"})
     assert error_code(err.value) == "NoSuchBucket"
     assert bob.list_parts(Bucket="bob-dst", Key="mp", UploadId=upload_id).get("Parts", []) == []
-    assert {b for b, _ in p.store.catalog.blob_records()} - blobs == {
+    assert {b for b, _ in p.store.catalog.blobrefs.records()} - blobs == {
         seg[0] for seg in p.store.objects.get("shared-name", "k")["segments"]}  # only Alice's own
 
 
@@ -330,4 +330,4 @@ def test_upload_part_copy_into_a_destination_that_changed_hands(in_process: InPr
     assert error_code(err.value) == "NoSuchBucket"
     assert alice.list_multipart_uploads(Bucket="shared-name").get("Uploads", []) == []
     blobs = {seg[0] for seg in p.store.objects.get("bob-src", "k")["segments"]}
-    assert {b for b, _ in p.store.catalog.blob_records()} == blobs  # the copied part's blob was freed
+    assert {b for b, _ in p.store.catalog.blobrefs.records()} == blobs  # the copied part's blob was freed

@@ -127,7 +127,7 @@ def served(request: pytest.FixtureRequest) -> Iterator[Served]:
     port = free_port()
     config = ServerConfig(data_dir=os.path.join(base, "data"), host="127.0.0.1", port=port)
     app, store, _ = build_app(config, jobs=False)
-    store.catalog.add_account("root", ROOT_AK, ROOT_SK, root=True)
+    store.catalog.accounts.add("root", ROOT_AK, ROOT_SK, root=True)
     engine = RecordingEngine(store.catalog.engine, remote=request.param)
     store.catalog.engine = engine
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",

@@ -290,8 +290,8 @@ def test_the_condition_is_checked_in_the_commit_transaction() -> None:
     with tempfile.TemporaryDirectory() as base:
         store = Store(StoreConfig(data_dir=base))
         try:
-            store.catalog.add_account("owner", "OWNERKEY", "owner-secret")
-            store.catalog.create_bucket("b", "owner")
+            store.catalog.accounts.add("owner", "OWNERKEY", "owner-secret")
+            store.catalog.buckets.create("b", "owner")
             record = {"size": 0, "etag": "e", "mtime": 0.0, "segments": [], "headers": {}, "meta": {},
                       "checksums": {}, "checksum_type": None, "parts": None}
             futures = [store.objects.put_async("b", "k", {**record, "etag": f"e{i}"},
@@ -312,18 +312,19 @@ def test_the_condition_is_checked_in_the_commit_transaction() -> None:
 def test_completions_are_forgotten_after_a_day(monkeypatch: pytest.MonkeyPatch) -> None:
     """A completion record answers repeats for COMPLETION_TTL_S; later completions drop it."""
     import storage.uploads as uploads_module
+    from storage import BlobRecord
 
     with tempfile.TemporaryDirectory() as base:
         store = Store(StoreConfig(data_dir=base))
         try:
-            store.catalog.add_account("owner", "OWNERKEY", "owner-secret")
-            store.catalog.create_bucket("b", "owner")
+            store.catalog.accounts.add("owner", "OWNERKEY", "owner-secret")
+            store.catalog.buckets.create("b", "owner")
 
             def upload(key: str) -> tuple[str, Any]:
                 uid = store.uploads.create("b", key, "owner", {"headers": {}, "meta": {}})["upload_id"]
                 store.uploads.put_part("b", key, uid, {"number": 1, "blob": f"blob-{key}", "size": 1,
                                                        "etag": "p1", "checksums": {}},
-                                       {f"blob-{key}": {"size": 1}})
+                                       {f"blob-{key}": BlobRecord(size=1)})
                 return uid, lambda up, parts: {"size": 1, "etag": f"e-{key}", "mtime": 1.0}
 
             first, build = upload("a")

@@ -17,6 +17,7 @@ import sys
 import time
 from typing import Any
 
+from jobs.records import TABLES as JOB_TABLES
 from jobs.sandbox import Sandbox
 from jobs.scheduler import JobScheduler, SchedulerConfig
 from jobs.spec import parse_spec
@@ -26,12 +27,12 @@ CONFIG = SchedulerConfig(slots_per_node=2, tick_s=1.0, memory_budget_mb=1024)  #
 
 
 def store_config(data_dir: str, catalog: str | None = None) -> StoreConfig:
-    return StoreConfig(data_dir=data_dir, node_count=2, copies=1, catalog=catalog)
+    return StoreConfig(data_dir=data_dir, node_count=2, copies=1, catalog=catalog, extra_tables=JOB_TABLES)
 
 
 def put(store: Store, bucket: str, key: str, data: bytes) -> None:
     try:
-        store.catalog.create_bucket(bucket, "root")
+        store.catalog.buckets.create(bucket, "root")
     except Exception:  # noqa: BLE001 - made by an earlier put
         pass
     writer = store.writer()
@@ -50,8 +51,9 @@ def get(store: Store, name: str) -> bytes:
         assert record is not None, name
         out = b""
         for blob_id, size, *_ in record["segments"]:
-            meta = store.catalog.blob(txn, blob_id)
-            out += store.nodes[meta["nodes"][0]].read(blob_id, 0, size, meta["blocks"])
+            meta = store.catalog.blobrefs.get(txn, blob_id)
+            assert meta is not None and meta.blocks is not None, blob_id
+            out += store.nodes[meta.nodes[0]].read(blob_id, 0, size, meta.blocks)
     return out
 
 
@@ -78,8 +80,8 @@ def serve(store: Store, scheduler: JobScheduler, request: dict[str, Any]) -> Any
     if op == "get":
         return get(store, request["name"]).decode()
     if op == "account":
-        store.catalog.add_account(request["name"], request["name"].upper() + "KEY", "secret")
-        store.catalog.set_quota(request["name"], request["quota"])
+        store.catalog.accounts.add(request["name"], request["name"].upper() + "KEY", "secret")
+        store.catalog.accounts.set_quota(request["name"], request["quota"])
         return True
     raise ValueError(f"unknown op {op}")
 

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from jobs.agent import TaskAgent
+from jobs.records import TABLES as JOB_TABLES
 from jobs.sandbox import Sandbox
 from storage import LocalNode, Node
 from storage.node import NodeSpec
@@ -253,7 +254,7 @@ def test_the_scheduler_retries_a_node_failure_on_another_holder(sandbox: Sandbox
     from tests.jobs.scheduler_proc import put
 
     base = traversable_dir("manta-agent-sched-")
-    store = Store(StoreConfig(data_dir=os.path.join(base, "data"), node_count=3, copies=2))
+    store = Store(StoreConfig(data_dir=os.path.join(base, "data"), node_count=3, copies=2, extra_tables=JOB_TABLES))
     scheduler = JobScheduler(store, sandbox, SchedulerConfig(slots_per_node=2, tick_s=0.05, memory_budget_mb=1024))
     try:
         datas = [f"{i}\n".encode() * (i + 1) for i in range(6)]

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from jobs.outputs import SMALL_OUTPUT_BYTES, TaskOutputs
+from jobs.records import TABLES as JOB_TABLES
 from jobs.sandbox import Sandbox
 from storage import LocalNode, Store, StoreConfig
 from storage.node import NodeSpec
@@ -74,7 +75,7 @@ def test_a_journalled_job_output_survives_the_loss_of_its_unsynced_file(sandbox:
     from jobs.spec import parse_spec
 
     base = traversable_dir("manta-outputs-job-")
-    config = StoreConfig(data_dir=os.path.join(base, "data"), node_count=1, copies=1)
+    config = StoreConfig(data_dir=os.path.join(base, "data"), node_count=1, copies=1, extra_tables=JOB_TABLES)
     store = Store(config)
     scheduler = JobScheduler(store, sandbox, SchedulerConfig(slots_per_node=1, tick_s=0.05, memory_budget_mb=1024))
     try:
@@ -93,7 +94,7 @@ def test_a_journalled_job_output_survives_the_loss_of_its_unsynced_file(sandbox:
         bucket, small_key = tasks["in/small"]["outputs"][0].split("/", 1)
         small_blob = store.objects.get(bucket, small_key)["segments"][0][0]
         big_blob = store.objects.get(*tasks["in/big"]["outputs"][0].split("/", 1))["segments"][0][0]
-        journalled = {blob_id for blob_id, _ in store.catalog.journal()}
+        journalled = {blob_id for blob_id, _ in store.catalog.journal.entries()}
         assert small_blob in journalled and big_blob not in journalled
     finally:
         scheduler.stop()
@@ -107,7 +108,7 @@ def test_a_journalled_job_output_survives_the_loss_of_its_unsynced_file(sandbox:
             assert b"".join(reader.read(0, reader.size)) == b"30\n"
         finally:
             reader.close()
-        assert store.catalog.journal() == []
+        assert store.catalog.journal.entries() == []
     finally:
         store.close()
         shutil.rmtree(base, ignore_errors=True)

@@ -217,8 +217,8 @@ def test_a_get_racing_a_write_answers_the_current_object(s3: InProcessS3, bucket
     def write_first(blob_ids: list[str]) -> Any:
         if not raced:
             raced.append(change)
-            record = s3.store.catalog.bucket(bucket)
-            ref = BucketRef(record["name"], record["owner"], generation_of(record))
+            record = s3.store.catalog.buckets.get(bucket)
+            ref = BucketRef(record.name, record.owner, generation_of(record))
             if change == "delete":
                 s3.store.objects.delete(ref, "k")
             else:
@@ -246,8 +246,8 @@ def test_a_blob_freed_between_record_and_open_is_not_queued_for_repair(
         def prime(self) -> bool:
             if not raced:
                 raced.append(change)
-                record = s3.store.catalog.bucket(bucket)
-                ref = BucketRef(record["name"], record["owner"], generation_of(record))
+                record = s3.store.catalog.buckets.get(bucket)
+                ref = BucketRef(record.name, record.owner, generation_of(record))
                 if change == "delete":
                     s3.store.free(s3.store.objects.delete(ref, "k"))
                 else:

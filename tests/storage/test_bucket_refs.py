@@ -13,6 +13,7 @@ import pytest
 from storage import errors
 from storage.catalog import BucketRef, Catalog, generation_of
 from storage.objects import ObjectStore
+from storage.records import BlobRecord
 from storage.uploads import UploadStore
 
 NAME = "shared-name"
@@ -25,8 +26,8 @@ class Stores:
         self.uploads = UploadStore(self.catalog, self.objects)
 
     def ref(self, name: str) -> BucketRef:
-        record = self.catalog.bucket(name)
-        return BucketRef(name, record["owner"], generation_of(record))
+        record = self.catalog.buckets.get(name)
+        return BucketRef(name, record.owner, generation_of(record))
 
     def hand_over(self, name: str, new_owner: str) -> None:
         """Empty and delete the bucket, then `new_owner` creates one of the same name."""
@@ -34,8 +35,8 @@ class Stores:
         assert not listing.truncated
         self.objects.delete_many(name, [r["key"] for r in listing.contents])
         self.uploads.abort_all(name)
-        self.catalog.delete_bucket(name)
-        self.catalog.create_bucket(name, new_owner)
+        self.catalog.buckets.delete(name)
+        self.catalog.buckets.create(name, new_owner)
 
 
 @pytest.fixture
@@ -57,14 +58,14 @@ OWNERS = [pytest.param("bob", "alice", id="into-other-account"),
 
 @pytest.mark.parametrize(("first", "second"), OWNERS)
 def test_put_checks_the_bucket_it_was_authorised_for(st: Stores, first: str, second: str) -> None:
-    st.catalog.create_bucket(NAME, first)
+    st.catalog.buckets.create(NAME, first)
     ref = st.ref(NAME)
     st.hand_over(NAME, second)
     new = record()
     with pytest.raises(errors.NoSuchBucket):
-        st.objects.put(ref, "k", new, {new["segments"][0][0]: {"size": 4}})
+        st.objects.put(ref, "k", new, {new["segments"][0][0]: BlobRecord(size=4)})
     assert st.objects.list(NAME).contents == []
-    assert {b for b, _ in st.catalog.blob_records()} == set()  # the caller frees the blob it wrote
+    assert {b for b, _ in st.catalog.blobrefs.records()} == set()  # the caller frees the blob it wrote
     st.objects.put(st.ref(NAME), "k", new)  # the current bucket's ref works
     assert st.objects.get(st.ref(NAME), "k")["etag"] == "e"
     with pytest.raises(errors.NoSuchBucket):
@@ -75,8 +76,8 @@ def test_put_checks_the_bucket_it_was_authorised_for(st: Stores, first: str, sec
 
 @pytest.mark.parametrize(("first", "second"), OWNERS)
 def test_copy_checks_source_and_destination(st: Stores, first: str, second: str) -> None:
-    st.catalog.create_bucket("src", first)
-    st.catalog.create_bucket(NAME, first)
+    st.catalog.buckets.create("src", first)
+    st.catalog.buckets.create(NAME, first)
     st.objects.put("src", "k", record(etag="mine"))
     src_ref, dst_ref = st.ref("src"), st.ref(NAME)
 
@@ -85,7 +86,7 @@ def test_copy_checks_source_and_destination(st: Stores, first: str, second: str)
         st.objects.copy(src_ref, "k", dst_ref, "k", {})
     assert st.objects.list(NAME).contents == []
 
-    st.catalog.create_bucket("mine", first)
+    st.catalog.buckets.create("mine", first)
     st.hand_over("src", second)  # the source changes hands, holding the other's object
     st.objects.put("src", "k", record(etag="theirs"))
     with pytest.raises(errors.NoSuchBucket):
@@ -95,7 +96,7 @@ def test_copy_checks_source_and_destination(st: Stores, first: str, second: str)
 
 @pytest.mark.parametrize(("first", "second"), OWNERS)
 def test_parts_and_completion_check_the_bucket(st: Stores, first: str, second: str) -> None:
-    st.catalog.create_bucket(NAME, first)
+    st.catalog.buckets.create(NAME, first)
     ref = st.ref(NAME)
     upload = st.uploads.create(ref, "mp", first, {"headers": {}, "meta": {}})
     assert upload["bucket_gen"] == ref.generation
@@ -109,30 +110,30 @@ def test_parts_and_completion_check_the_bucket(st: Stores, first: str, second: s
     with pytest.raises(errors.NoSuchUpload):  # the new bucket never had that upload
         st.uploads.get(st.ref(NAME), "mp", upload["upload_id"])
     assert st.objects.list(NAME).contents == []
-    assert {b for b, _ in st.catalog.blob_records()} == set()
+    assert {b for b, _ in st.catalog.blobrefs.records()} == set()
 
 
 def test_an_upload_from_an_earlier_bucket_of_the_name_is_no_such_upload(st: Stores) -> None:
-    st.catalog.create_bucket(NAME, "bob")
+    st.catalog.buckets.create(NAME, "bob")
     old = st.ref(NAME)
     upload = st.uploads.create(old, "mp", "bob", {"headers": {}, "meta": {}})
     # as if the abort with the delete were lost
     st.catalog.write(lambda txn: st.catalog.delete(txn, "buckets", NAME.encode()))
-    st.catalog.create_bucket(NAME, "bob")
+    st.catalog.buckets.create(NAME, "bob")
     with pytest.raises(errors.NoSuchUpload):
         st.uploads.get(st.ref(NAME), "mp", upload["upload_id"])
 
 
 def test_deleting_by_a_stale_ref_leaves_the_new_bucket_alone(st: Stores) -> None:
-    st.catalog.create_bucket(NAME, "bob")
+    st.catalog.buckets.create(NAME, "bob")
     ref = st.ref(NAME)
     st.hand_over(NAME, "alice")
     upload = st.uploads.create(st.ref(NAME), "mp", "alice", {"headers": {}, "meta": {}})
     with pytest.raises(errors.NoSuchBucket):
         st.uploads.abort_all(ref)
     with pytest.raises(errors.NoSuchBucket):
-        st.catalog.delete_bucket(ref)
-    assert st.catalog.bucket(NAME)["owner"] == "alice"
+        st.catalog.buckets.delete(ref)
+    assert st.catalog.buckets.get(NAME).owner == "alice"
     assert st.uploads.get(NAME, "mp", upload["upload_id"])["owner"] == "alice"
 
 
@@ -143,16 +144,16 @@ def test_buckets_from_before_generations_use_their_creation_time(st: Stores) -> 
     assert ref.generation == "created:12.5"
     st.objects.put(ref, "k", record())
     st.objects.delete(ref, "k")
-    st.catalog.delete_bucket(ref)
-    st.catalog.create_bucket("legacy", "bob")
+    st.catalog.buckets.delete(ref)
+    st.catalog.buckets.create("legacy", "bob")
     assert st.ref("legacy").generation != ref.generation
     with pytest.raises(errors.NoSuchBucket):
         st.objects.put(ref, "k", record())
 
 
 def test_job_outputs_only_land_in_the_job_owners_bucket(st: Stores) -> None:
-    st.catalog.write(lambda txn: st.catalog.ensure_bucket_in(txn, "_jobs_bob", "bob"))
-    assert "gen" in st.catalog.bucket("_jobs_bob")
+    st.catalog.write(lambda txn: st.catalog.buckets.ensure_in(txn, "_jobs_bob", "bob"))
+    assert st.catalog.buckets.get("_jobs_bob").gen is not None
     st.catalog.write(lambda txn: st.objects.put_in(txn, "_jobs_bob", "out", record(), owner="bob"))
     with pytest.raises(errors.NoSuchBucket):
         st.catalog.write(lambda txn: st.objects.put_in(txn, "_jobs_bob", "out2", record(), owner="alice"))

@@ -42,7 +42,7 @@ class Stores:
 @pytest.fixture
 def st(catalog_location: str) -> Iterator[Stores]:
     stores = Stores(catalog_location)
-    stores.catalog.create_bucket(BUCKET, OWNER)
+    stores.catalog.buckets.create(BUCKET, OWNER)
     yield stores
     stores.catalog.close()
 
@@ -59,8 +59,8 @@ def record(*segments: tuple[str, int], etag: str = "e") -> dict[str, Any]:
 
 def refcount(cat: Catalog, blob: str) -> int:
     with cat.read() as txn:
-        record = cat.blob(txn, blob)
-        return int(record["refs"]) if record else 0
+        record = cat.blobrefs.get(txn, blob)
+        return record.refs if record is not None else 0
 
 
 # -- group commit ------------------------------------------------------------------
@@ -81,7 +81,7 @@ def test_concurrent_writes_all_land(st: Stores) -> None:
     assert keys == sorted(f"t{t:02d}/k{i:03d}" for t in range(n_threads) for i in range(per_thread))
     for t in range(n_threads):
         assert st.objects.get(BUCKET, f"t{t:02d}/k007")["etag"] == f"{t}-7"
-    assert len({b for b, _ in st.catalog.blob_records()}) == n_threads * per_thread
+    assert len({b for b, _ in st.catalog.blobrefs.records()}) == n_threads * per_thread
 
 
 def test_one_failing_write_does_not_roll_back_its_batch(st: Stores) -> None:
@@ -128,8 +128,8 @@ def test_one_failing_write_does_not_roll_back_its_batch(st: Stores) -> None:
     with pytest.raises(errors.NoSuchKey):
         st.objects.get(BUCKET, "doomed")
     with pytest.raises(errors.NoSuchBucket):
-        st.catalog.bucket("doomed-bucket")
-    assert len({b for b, _ in st.catalog.blob_records()}) == 10, "the failed write's blob reference leaked"
+        st.catalog.buckets.get("doomed-bucket")
+    assert len({b for b, _ in st.catalog.blobrefs.records()}) == 10, "the failed write's blob reference leaked"
     # the writer thread is still healthy
     st.objects.put(BUCKET, "after", record((blob_id(), 1)))
 
@@ -207,7 +207,7 @@ def test_put_overwrite_delete_free_the_right_blobs(st: Stores) -> None:
     assert refcount(st.catalog, b) == 1
     assert st.objects.delete(BUCKET, "k") == [b]
     assert st.objects.delete(BUCKET, "k") == []  # idempotent
-    assert {b for b, _ in st.catalog.blob_records()} == set()
+    assert {b for b, _ in st.catalog.blobrefs.records()} == set()
 
 
 def test_overwrite_with_the_same_blob_frees_nothing(st: Stores) -> None:
@@ -228,7 +228,7 @@ def test_copy_shares_the_blob(st: Stores) -> None:
     assert st.objects.delete(BUCKET, "src") == []
     assert refcount(st.catalog, a) == 1
     assert sorted(st.objects.delete(BUCKET, "dst")) == sorted([a, b])
-    assert {b for b, _ in st.catalog.blob_records()} == set()
+    assert {b for b, _ in st.catalog.blobrefs.records()} == set()
 
 
 def test_copy_over_an_existing_key_frees_its_blob(st: Stores) -> None:
@@ -269,20 +269,20 @@ def test_delete_many(st: Stores) -> None:
 
 def test_bucket_lifecycle(st: Stores) -> None:
     with pytest.raises(errors.BucketAlreadyExists) as caught:
-        st.catalog.create_bucket(BUCKET, OWNER)
+        st.catalog.buckets.create(BUCKET, OWNER)
     assert caught.value.owned_by_you
     with pytest.raises(errors.BucketAlreadyExists) as caught:
-        st.catalog.create_bucket(BUCKET, "someone-else")
+        st.catalog.buckets.create(BUCKET, "someone-else")
     assert not caught.value.owned_by_you
     st.objects.put(BUCKET, "k", record((blob_id(), 1)))
     with pytest.raises(errors.BucketNotEmpty):
-        st.catalog.delete_bucket(BUCKET)
+        st.catalog.buckets.delete(BUCKET)
     st.objects.delete(BUCKET, "k")
     up = st.uploads.create(BUCKET, "pending", OWNER, {"headers": {}, "meta": {}})
     with pytest.raises(errors.BucketNotEmpty):
-        st.catalog.delete_bucket(BUCKET)
+        st.catalog.buckets.delete(BUCKET)
     st.uploads.abort(BUCKET, "pending", up["upload_id"])
-    st.catalog.delete_bucket(BUCKET)
+    st.catalog.buckets.delete(BUCKET)
     with pytest.raises(errors.NoSuchBucket):
         st.objects.put(BUCKET, "k", record((blob_id(), 1)))
 
@@ -314,7 +314,7 @@ def test_complete_links_chosen_parts_and_frees_the_rest(st: Stores) -> None:
     assert rec["segments"] == [[blobs[1], big], [blobs[3], big], [blobs[4], 10]]
     stored = st.objects.get(BUCKET, "mp")
     assert stored["size"] == 2 * big + 10 and stored["parts"] == [big, big, 10]
-    assert {b for b, _ in st.catalog.blob_records()} == {blobs[1], blobs[3], blobs[4]}
+    assert {b for b, _ in st.catalog.blobrefs.records()} == {blobs[1], blobs[3], blobs[4]}
     assert st.uploads.parts(upload_id) == []
     with pytest.raises(errors.NoSuchUpload):
         st.uploads.get(BUCKET, "mp", upload_id)
@@ -351,7 +351,7 @@ def test_complete_rejects_bad_part_lists(st: Stores, chosen: list[tuple[int, str
         assert caught.value.number == chosen[1][0]
     # nothing changed: the upload, its parts and their blobs are all still there
     assert [p["number"] for p in st.uploads.parts(upload_id)] == [1, 2, 3, 4]
-    assert {b for b, _ in st.catalog.blob_records()} == set(blobs.values())
+    assert {b for b, _ in st.catalog.blobrefs.records()} == set(blobs.values())
     with pytest.raises(errors.NoSuchKey):
         st.objects.get(BUCKET, "mp")
 
@@ -364,7 +364,7 @@ def test_part_reupload_frees_the_old_part_and_abort_frees_all(st: Stores) -> Non
     assert [p["size"] for p in st.uploads.parts(upload_id)] == [11, 10]
     assert [p["number"] for p in st.uploads.parts(upload_id, after=1)] == [2]
     assert sorted(st.uploads.abort(BUCKET, "mp", upload_id)) == sorted([newer, blobs[2]])
-    assert {b for b, _ in st.catalog.blob_records()} == set()
+    assert {b for b, _ in st.catalog.blobrefs.records()} == set()
     with pytest.raises(errors.NoSuchUpload):
         st.uploads.abort(BUCKET, "mp", upload_id)
 
@@ -414,9 +414,9 @@ def entries(listing: Listing) -> list[str]:
 def listed(st: Stores) -> Stores:
     for key in KEYS:
         st.objects.put(BUCKET, key, record((blob_id(), 1)))
-    st.catalog.create_bucket("other", OWNER)
+    st.catalog.buckets.create("other", OWNER)
     st.objects.put("other", "a/zzz", record((blob_id(), 1)))
-    st.catalog.create_bucket("bk", OWNER)  # "bk" < "bkt": its keys must not leak in
+    st.catalog.buckets.create("bk", OWNER)  # "bk" < "bkt": its keys must not leak in
     st.objects.put("bk", "t", record((blob_id(), 1)))
     return st
 
@@ -499,7 +499,7 @@ def test_listing_missing_bucket(st: Stores) -> None:
 
 def test_catalog_survives_close_and_reopen(st: Stores) -> None:
     a, b = blob_id(), blob_id()
-    st.catalog.add_account("alice", "AKALICE", "secret")
+    st.catalog.accounts.add("alice", "AKALICE", "secret")
     st.objects.put(BUCKET, "k/é", record((a, 3), etag="e1"))
     st.objects.copy(BUCKET, "k/é", BUCKET, "copy", {})
     upload_id, parts = make_upload(st, {1: 10})
@@ -507,15 +507,15 @@ def test_catalog_survives_close_and_reopen(st: Stores) -> None:
     st.objects.delete(BUCKET, "gone")
 
     st.reopen()
-    assert st.catalog.account("AKALICE")["secret"] == "secret"
-    assert st.catalog.bucket(BUCKET)["owner"] == OWNER
+    assert st.catalog.accounts.get("AKALICE").secret == "secret"
+    assert st.catalog.buckets.get(BUCKET).owner == OWNER
     assert st.objects.get(BUCKET, "k/é")["etag"] == "e1"
     assert [r["key"] for r in st.objects.list(BUCKET).contents] == ["copy", "k/é"]
     assert refcount(st.catalog, a) == 2
-    assert {b for b, _ in st.catalog.blob_records()} == {a, parts[1]}
+    assert {b for b, _ in st.catalog.blobrefs.records()} == {a, parts[1]}
     assert [p["number"] for p in st.uploads.parts(upload_id)] == [1]
     # and it still takes writes
     _, freed = st.uploads.complete(BUCKET, "mp", upload_id, [(1, "etag1")], build)
     assert freed == []
     with pytest.raises(errors.AccountExists):
-        st.catalog.add_account("alice", "AKOTHER", "x")
+        st.catalog.accounts.add("alice", "AKOTHER", "x")

@@ -19,23 +19,23 @@ def _put_small(store: Store, key: str, data: bytes) -> str:
 
 def _store(path: str) -> Store:
     store = Store(StoreConfig(path))
-    if not store.catalog.accounts():
-        store.catalog.add_account("root", "AK", "SK", root=True)
-        store.catalog.create_bucket("b", "root")
+    if not store.catalog.accounts.all():
+        store.catalog.accounts.add("root", "AK", "SK", root=True)
+        store.catalog.buckets.create("b", "root")
     return store
 
 
 def test_unflushed_small_blob_is_rewritten_at_start(tmp_path) -> None:
     store = _store(str(tmp_path))
     blob_id = _put_small(store, "k", b"journalled bytes")
-    assert dict(store.catalog.journal()) == {blob_id: b"journalled bytes"}
+    assert dict(store.catalog.journal.entries()) == {blob_id: b"journalled bytes"}
     # a power cut loses the file that was never fsync'd; the journal entry is durable
     os.unlink(store.nodes["n0"].blobs.path(blob_id))
     store.close()
     reopened = _store(str(tmp_path))
     with reopened.nodes["n0"].blobs.open(blob_id) as fh:
         assert fh.read() == b"journalled bytes"
-    assert reopened.catalog.journal() == []
+    assert reopened.catalog.journal.entries() == []
     reopened.close()
 
 
@@ -43,7 +43,7 @@ def test_flusher_drops_journal_after_sync(tmp_path) -> None:
     store = _store(str(tmp_path))
     ids = [_put_small(store, f"k{i}", bytes([i]) * 100) for i in range(20)]
     assert JournalFlusher(store).run_once() == 20
-    assert store.catalog.journal() == []
+    assert store.catalog.journal.entries() == []
     assert all(store.nodes["n0"].blobs.exists(b) for b in ids)
     store.close()
 
@@ -52,6 +52,6 @@ def test_deleting_an_unflushed_object_drops_its_journal_entry(tmp_path) -> None:
     store = _store(str(tmp_path))
     blob_id = _put_small(store, "k", b"short-lived")
     store.free(store.objects.delete("b", "k"))
-    assert store.catalog.journal() == []
+    assert store.catalog.journal.entries() == []
     assert not store.nodes["n0"].blobs.exists(blob_id)
     store.close()

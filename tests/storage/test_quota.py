@@ -25,17 +25,17 @@ class Stores:
         self.uploads = UploadStore(self.catalog, self.objects)
 
     def usage(self, name: str = "bob") -> tuple[int, int]:
-        used = self.catalog.usage(name)
-        return used["objects"], used["bytes"]
+        used = self.catalog.usage.get(name)
+        return used.objects, used.bytes
 
 
 @pytest.fixture
 def st(catalog_location: str) -> Iterator[Stores]:
     stores = Stores(catalog_location)
-    stores.catalog.add_account("bob", "BOBKEY", "bob-secret")
-    stores.catalog.add_account("alice", "ALICEKEY", "alice-secret")
-    stores.catalog.create_bucket("bobs", "bob")
-    stores.catalog.create_bucket("alices", "alice")
+    stores.catalog.accounts.add("bob", "BOBKEY", "bob-secret")
+    stores.catalog.accounts.add("alice", "ALICEKEY", "alice-secret")
+    stores.catalog.buckets.create("bobs", "bob")
+    stores.catalog.buckets.create("alices", "alice")
     yield stores
     stores.catalog.close()
 
@@ -90,7 +90,7 @@ def test_usage_follows_parts_completion_and_abort(st: Stores) -> None:
 
 
 def test_the_object_quota_refuses_a_new_key_at_commit_but_not_an_overwrite(st: Stores) -> None:
-    st.catalog.set_quota("bob", {"objects": 2})
+    st.catalog.accounts.set_quota("bob", {"objects": 2})
     st.objects.put("bobs", "a", record(1))
     st.objects.put("bobs", "b", record(1))
     with pytest.raises(errors.QuotaExceeded) as err:
@@ -107,13 +107,13 @@ def test_the_object_quota_refuses_a_new_key_at_commit_but_not_an_overwrite(st: S
     st.objects.put("alices", "y", record(1))
     st.objects.put("alices", "z", record(1))
     assert st.usage("alice") == (3, 3)
-    st.catalog.set_quota("bob", {"objects": None})
+    st.catalog.accounts.set_quota("bob", {"objects": None})
     st.objects.put("bobs", "c", record(1))
     assert st.usage() == (3, 102)
 
 
 def test_the_byte_quota_counts_objects_and_pending_parts(st: Stores) -> None:
-    st.catalog.set_quota("bob", {"bytes": 100})
+    st.catalog.accounts.set_quota("bob", {"bytes": 100})
     st.objects.put("bobs", "a", record(60))
     with pytest.raises(errors.QuotaExceeded) as err:
         st.objects.put("bobs", "b", record(41))
@@ -132,7 +132,7 @@ def test_the_byte_quota_counts_objects_and_pending_parts(st: Stores) -> None:
 
 
 def test_completing_refuses_an_object_past_the_object_quota(st: Stores) -> None:
-    st.catalog.set_quota("bob", {"objects": 1})
+    st.catalog.accounts.set_quota("bob", {"objects": 1})
     st.objects.put("bobs", "a", record(1))
     up = st.uploads.create("bobs", "mp", "bob", {"headers": {}, "meta": {}})["upload_id"]
     st.uploads.put_part("bobs", "mp", up, part(1, 5))
@@ -146,8 +146,8 @@ def test_completing_refuses_an_object_past_the_object_quota(st: Stores) -> None:
 
 
 def test_job_outputs_count_for_the_owner_without_being_refused(st: Stores) -> None:
-    st.catalog.set_quota("bob", {"objects": 0})
-    st.catalog.write(lambda txn: st.catalog.ensure_bucket_in(txn, "_jobs_bob", "bob"))
+    st.catalog.accounts.set_quota("bob", {"objects": 0})
+    st.catalog.write(lambda txn: st.catalog.buckets.ensure_in(txn, "_jobs_bob", "bob"))
     st.catalog.write(lambda txn: st.objects.put_in(txn, "_jobs_bob", "out", record(8), owner="bob"))
     assert st.usage() == (1, 8)
     with pytest.raises(errors.QuotaExceeded):
@@ -158,26 +158,26 @@ def test_job_outputs_count_for_the_owner_without_being_refused(st: Stores) -> No
 def test_usage_is_rebuilt_when_a_catalog_predates_it(tmp_path: object) -> None:
     data = os.path.join(str(tmp_path), "data")
     store = Store(StoreConfig(data))
-    assert store.catalog.usage_built()
-    store.catalog.add_account("bob", "BOBKEY", "bob-secret")
-    store.catalog.create_bucket("bobs", "bob")
-    bobs = store.catalog.bucket("bobs")
+    assert store.catalog.usage.built()
+    store.catalog.accounts.add("bob", "BOBKEY", "bob-secret")
+    store.catalog.buckets.create("bobs", "bob")
+    bobs = store.catalog.buckets.get("bobs")
     ref = BucketRef("bobs", "bob", generation_of(bobs))
     store.objects.put(ref, "a", record(10))
     store.objects.put(ref, "k" * 1000, record(7))  # an overflow-grouped long key
     up = store.uploads.create(ref, "mp", "bob", {"headers": {}, "meta": {}})["upload_id"]
     store.uploads.put_part(ref, "mp", up, part(1, 5))
-    expected = store.catalog.usage("bob")
-    assert expected == {"objects": 2, "bytes": 22}
+    expected = store.catalog.usage.get("bob")
+    assert expected.to_dict() == {"objects": 2, "bytes": 22}
     # as a catalog made before usage existed
     store.catalog.write(lambda txn: [txn.delete("usage", k) for k, _ in list(txn.scan("usage"))])
-    assert not store.catalog.usage_built()
+    assert not store.catalog.usage.built()
     store.close()
 
     store = Store(StoreConfig(data))
     try:
-        assert store.catalog.usage_built()
-        assert store.catalog.usage("bob") == expected
+        assert store.catalog.usage.built()
+        assert store.catalog.usage.get("bob") == expected
         with store.catalog.read() as txn:
             assert txn.get("usage", USAGE_BUILT) is not None
     finally:

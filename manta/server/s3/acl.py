@@ -180,12 +180,12 @@ async def get_bucket_acl(req: S3Request) -> Response:
 
 
 def _bucket_acl(req: S3Request) -> str:
-    return acl_of(req.store.catalog.bucket(owned_ref(req).name))
+    return req.store.catalog.buckets.get(owned_ref(req).name).acl or PRIVATE
 
 
 async def put_bucket_acl(req: S3Request) -> Response:
     bucket = await owned_bucket(req)
-    await in_thread(req.store.catalog.set_bucket_acl, bucket, await _acl_to_put(req, on_object=False))
+    await in_thread(req.store.catalog.buckets.set_acl, bucket, await _acl_to_put(req, on_object=False))
     return Response(b"")
 
 

@@ -242,13 +242,13 @@ class S3App:
                       else await read_catalog(self.store, acl.anonymous_reader, self.store, req))
             if reader is None:
                 raise s3e.AccessDenied()
-            req.account = {"name": reader}  # a public-read GET/HEAD reads as the bucket's owner
+            req.acting_as = reader  # a public-read GET/HEAD reads as the bucket's owner
             return
         try:
-            account = await read_catalog(self.store, self.store.catalog.account, auth.access_key)
+            account = await read_catalog(self.store, self.store.catalog.accounts.get, auth.access_key)
         except se.NoSuchAccount:
             raise s3e.InvalidAccessKeyId(AWSAccessKeyId=auth.access_key) from None
-        req.signing_key = sigv4.verify(auth, areq, account["secret"])
+        req.signing_key = sigv4.verify(auth, areq, account.secret)
         sigv4.check_time(auth, dt.datetime.now(dt.UTC), self.config.max_skew_s)
         req.auth = auth
         req.account = account

@@ -62,14 +62,14 @@ async def create_bucket(req: S3Request) -> Response:
         raise s3e.NotImplemented_("Object lock is not implemented.")
     canned = acl.requested(req, on_object=False)
     try:
-        await in_thread(req.store.catalog.create_bucket, req.bucket, req.owner, canned)
+        await in_thread(req.store.catalog.buckets.create, req.bucket, req.owner, canned)
     except se.BucketAlreadyExists as exc:
         # the bucket lives in the server's region (a LocationConstraint naming another one
         # was refused above); there, S3's legacy answer to re-creating your own bucket is
         # 200 with the bucket's ACL reset to the one asked for
         if not exc.owned_by_you or req.settings.region != LEGACY_REGION:
             raise
-        await in_thread(lambda: req.store.catalog.set_bucket_acl(owned_ref(req), canned or acl.PRIVATE))
+        await in_thread(lambda: req.store.catalog.buckets.set_acl(owned_ref(req), canned or acl.PRIVATE))
     return Response(b"", headers={"location": f"/{req.bucket}"})
 
 
@@ -81,7 +81,7 @@ async def head_bucket(req: S3Request) -> Response:
 async def delete_bucket(req: S3Request) -> Response:
     bucket, freed = await in_thread(_abort_uploads, req)
     await free_blobs(req, freed)
-    await in_thread(req.store.catalog.delete_bucket, bucket)
+    await in_thread(req.store.catalog.buckets.delete, bucket)
     return Response(b"", status_code=204)
 
 

@@ -16,7 +16,6 @@ from manta.server.s3 import errors as s3e
 from manta.server.s3.context import S3Request
 from manta.server.s3.xmlio import http_date
 from storage import BlobMeta, BlobReader, BucketRef, ReplicatedWriter, Store
-from storage.catalog import generation_of
 from storage.errors import NoSuchBlob
 from storage.threads import ProcessPool
 
@@ -42,10 +41,10 @@ def owned_ref(req: S3Request, name: str | None = None) -> BucketRef:
     """The bucket the request is authorised against, if it exists and belongs to the
     caller. Storage calls take this ref and re-check it when they commit. A catalog read:
     call it inside a function given to `read_catalog` or `in_thread`, else `owned_bucket`."""
-    record = req.store.catalog.bucket(name or req.bucket)
-    if record["owner"] != req.owner:
+    record = req.store.catalog.buckets.get(name or req.bucket)
+    if record.owner != req.owner:
         raise s3e.AccessDenied()
-    return BucketRef(record["name"], record["owner"], generation_of(record))
+    return record.ref()
 
 
 async def owned_bucket(req: S3Request, name: str | None = None) -> BucketRef:

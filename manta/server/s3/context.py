@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, overload
 
 from starlette.types import Receive
 
 from manta.server.s3 import errors as s3e
 from manta.server.s3.sigv4 import SigV4Auth
-from storage import Store
+from storage import Account, Store
 
 MAX_KEY_BYTES = 1024
 
@@ -27,14 +27,15 @@ class S3Request:
     request_id: str
     resource: str
     store: Store
-    account: dict[str, Any] = field(default_factory=dict)
+    account: Account | None = None  # the signing account; None for an unsigned request
+    acting_as: str = ""  # an unsigned public-read GET/HEAD acts as the bucket's owner
     auth: SigV4Auth | None = None
     signing_key: bytes = b""
     settings: Any = None
 
     @property
     def owner(self) -> str:
-        return str(self.account["name"])
+        return self.account.name if self.account is not None else self.acting_as
 
     @overload
     def header(self, name: str) -> str | None: ...

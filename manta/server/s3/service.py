@@ -51,18 +51,18 @@ async def list_buckets(req: S3Request) -> Response:
     after = _after(req)
     region = req.settings.region
     in_region = req.query.get("bucket-region", region) == region
-    buckets = await read_catalog(req.store, req.store.catalog.buckets, req.owner)
+    buckets = await read_catalog(req.store, req.store.catalog.buckets.owned_by, req.owner)
     names = sorted((b for b in buckets
-                    if in_region and b["name"].startswith(prefix) and b["name"] > after),
-                   key=lambda b: str(b["name"]))
+                    if in_region and b.name.startswith(prefix) and b.name > after),
+                   key=lambda b: b.name)
     page = names[:limit]
     body = [f"<Owner>{el('ID', req.owner)}{el('DisplayName', req.owner)}</Owner><Buckets>"]
     for b in page:
-        body.append(f"<Bucket>{el('Name', b['name'])}{el('CreationDate', iso8601(b['created']))}"
+        body.append(f"<Bucket>{el('Name', b.name)}{el('CreationDate', iso8601(b.created))}"
                     f"{el('BucketRegion', region)}</Bucket>")
     body.append("</Buckets>")
     if len(names) > limit:
-        body.append(el("ContinuationToken", base64.urlsafe_b64encode(page[-1]["name"].encode()).decode()))
+        body.append(el("ContinuationToken", base64.urlsafe_b64encode(page[-1].name.encode()).decode()))
     if "prefix" in req.query:
         body.append(el("Prefix", prefix))
     return xml_response(document("ListAllMyBucketsResult", body))

@@ -1,0 +1,169 @@
+"""Buckets: who owns a name, which generation of it, and its canned ACL.
+
+    buckets    bucket name   -> {v, name, owner, created, gen, acl?}
+
+A bucket record carries a random generation `gen` made at creation, so a name deleted
+and created again (by the same or another account) is a different bucket. A request is
+authorised against a `BucketRef(name, owner, generation)` and every write re-checks that
+ref inside its transaction (`Buckets.check`): a bucket that changed hands or was
+re-created meanwhile is NoSuchBucket. Buckets made before generations existed have no
+`gen`; their `created` timestamp stands in for it (`BucketRecord.generation`). `acl` is
+absent for a private bucket.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from storage import errors
+from storage.engine import Engine, ReadTxn, WriteTxn
+from storage.records.codec import NO_EXTRA, extra_of, pack, unpack
+
+__all__ = ["Bucket", "BucketRecord", "BucketRef", "Buckets", "bucket_name", "generation_of"]
+
+TABLE = "buckets"
+_KNOWN = frozenset(("v", "name", "owner", "created", "gen", "acl"))
+
+
+@dataclass(frozen=True)
+class BucketRef:
+    """The bucket a request was authorised against. `generation` None accepts any
+    generation of the owner's bucket of that name (the jobs bucket, which only its owner
+    can ever hold)."""
+
+    name: str
+    owner: str
+    generation: str | None = None
+
+
+Bucket = str | BucketRef  # a bare name: whatever bucket has it (internal callers, tests)
+
+
+def bucket_name(bucket: Bucket) -> str:
+    return bucket.name if isinstance(bucket, BucketRef) else bucket
+
+
+@dataclass(frozen=True, slots=True)
+class BucketRecord:
+    name: str
+    owner: str
+    created: float
+    gen: str | None = None   # None: made before generations
+    acl: str | None = None   # a canned ACL name; None: private
+    extra: Mapping[str, Any] = NO_EXTRA
+
+    @property
+    def generation(self) -> str:
+        """The generation; buckets made before generations use their creation time."""
+        return self.gen or f"created:{self.created!r}"
+
+    def ref(self) -> BucketRef:
+        return BucketRef(self.name, self.owner, self.generation)
+
+
+def generation_of(record: BucketRecord) -> str:
+    return record.generation
+
+
+def encode(record: BucketRecord) -> bytes:
+    d: dict[str, Any] = {"v": 1, "name": record.name, "owner": record.owner, "created": record.created}
+    if record.gen is not None:
+        d["gen"] = record.gen
+    if record.acl is not None:
+        d["acl"] = record.acl
+    if record.extra:
+        d.update(record.extra)
+    return pack(d)
+
+
+def decode(raw: bytes | memoryview) -> BucketRecord:
+    d = unpack(raw)
+    return BucketRecord(d["name"], d["owner"], d["created"], d.get("gen"), d.get("acl"), extra_of(d, _KNOWN))
+
+
+class Buckets:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def create(self, name: str, owner: str, acl: str | None = None) -> BucketRecord:
+        """A new bucket; `acl` (a canned ACL name, absent: private) is stored as given."""
+
+        def op(txn: WriteTxn) -> BucketRecord:
+            existing = self.find(name, txn)
+            if existing is not None:
+                raise errors.BucketAlreadyExists(name, owned_by_you=existing.owner == owner)
+            record = self.ensure_in(txn, name, owner)
+            if acl is not None:
+                record = BucketRecord(record.name, record.owner, record.created, record.gen, acl, record.extra)
+                txn.put(TABLE, name.encode(), encode(record))
+            return record
+
+        return self.engine.write(op)
+
+    def set_acl(self, bucket: Bucket, acl: str) -> None:
+        def op(txn: WriteTxn) -> None:
+            r = self.check(txn, bucket)
+            txn.put(TABLE, r.name.encode(), encode(BucketRecord(r.name, r.owner, r.created, r.gen, acl, r.extra)))
+
+        self.engine.write(op)
+
+    def ensure_in(self, txn: WriteTxn, name: str, owner: str) -> BucketRecord:
+        """The bucket record of `name`, made for `owner` (with a new generation) if missing."""
+        record = self.find(name, txn)
+        if record is None:
+            record = BucketRecord(name, owner, time.time(), secrets.token_hex(12))
+            txn.put(TABLE, name.encode(), encode(record))
+        return record
+
+    def find(self, name: str, txn: ReadTxn) -> BucketRecord | None:
+        raw = txn.get(TABLE, name.encode())
+        return None if raw is None else decode(raw)
+
+    def get(self, name: str, txn: ReadTxn | None = None) -> BucketRecord:
+        """The bucket's record; NoSuchBucket if none."""
+        if txn is None:
+            with self.engine.read() as t:
+                return self.get(name, t)
+        raw = txn.get(TABLE, name.encode())
+        if raw is None:
+            raise errors.NoSuchBucket(name)
+        return decode(raw)
+
+    def check(self, txn: ReadTxn, bucket: Bucket) -> BucketRecord:
+        """The bucket's record if it exists and, for a ref, is still the bucket the ref
+        names (same owner and generation); NoSuchBucket otherwise."""
+        record = self.get(bucket_name(bucket), txn)
+        if isinstance(bucket, BucketRef) and (
+                record.owner != bucket.owner
+                or (bucket.generation is not None and record.generation != bucket.generation)):
+            raise errors.NoSuchBucket(bucket.name)
+        return record
+
+    def scan(self, txn: ReadTxn) -> Iterator[BucketRecord]:
+        """Every bucket, in name order."""
+        for _, raw in txn.scan(TABLE):
+            yield decode(raw)
+
+    def owned_by(self, owner: str) -> list[BucketRecord]:
+        with self.engine.read() as txn:
+            return [r for r in self.scan(txn) if r.owner == owner]
+
+    def delete(self, bucket: Bucket) -> None:
+        """Remove an empty bucket: one with no objects and no pending multipart uploads
+        (the `objects` and `upkeys` tables, keyed bucket \\0 ...)."""
+        name = bucket_name(bucket)
+
+        def op(txn: WriteTxn) -> None:
+            self.check(txn, bucket)
+            prefix = name.encode() + b"\0"
+            for _ in txn.scan("objects", prefix=prefix):
+                raise errors.BucketNotEmpty(name)
+            for _ in txn.scan("upkeys", prefix=prefix):
+                raise errors.BucketNotEmpty(name)
+            txn.delete(TABLE, name.encode())
+
+        self.engine.write(op)
