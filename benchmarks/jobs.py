@@ -52,8 +52,7 @@ from jobs.sandbox import Sandbox, TaskSpec  # noqa: E402
 from jobs.warm import WarmPool  # noqa: E402
 from manta.client import Client as MantaClient  # noqa: E402
 from manta.client import MantaError  # noqa: E402
-from storage.catalog import TABLES, unpack  # noqa: E402
-from storage.engines import open_engine  # noqa: E402
+from storage.catalog import Catalog  # noqa: E402
 
 PIPELINE = "tr -s ' ' '\\n' | sort | uniq -c | sort -rn | head -20"
 LIGHT_PIPELINE = "wc -l"
@@ -144,21 +143,23 @@ def upload(target, keys: list[str], corpus: bytes, size: int) -> None:
 
 def blob_paths(data: Path, keys: list[str]) -> list[str]:
     """Each object's blob file on its first node, from the catalog opened read-only."""
-    engine = open_engine(str(data / "catalog"), TABLES, readonly=True)
+    catalog = Catalog(str(data / "catalog"), readonly=True)
     try:
-        with engine.read() as txn:
-            record = lambda table, key: unpack(txn.get(table, key.encode()))  # noqa: E731
+        nodes = catalog.nodes.all()
+        with catalog.read() as txn:
             paths = []
             for key in keys:
-                (blob_id, *_), = record("objects", f"{BUCKET}\0{key}")["segments"]  # one blob
-                node = record("blobs", blob_id)["nodes"][0]
-                backend, _, root = record("nodes", node)["spec"].partition(":")
+                (blob_id, *_), = catalog.get(txn, "objects", f"{BUCKET}\0{key}".encode())["segments"]  # one blob
+                blob = catalog.blobrefs.get(txn, blob_id)
+                assert blob is not None, blob_id
+                node = blob.nodes[0]
+                backend, _, root = nodes[node].spec.partition(":")
                 if backend != "dir":
                     raise BenchError(f"node {node} is {backend}; only dir nodes have blob paths here")
                 paths.append(os.path.join(root, "blobs", blob_id[:2], blob_id))
             return paths
     finally:
-        engine.close()
+        catalog.close()
 
 
 def api(method: str, path: str, payload: dict | None = None):

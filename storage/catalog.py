@@ -86,30 +86,43 @@ class Catalog:
 
     def __init__(self, location: str, extra_tables: tuple[str, ...] = (), **options: Any) -> None:
         self.tables = TABLES + tuple(t for t in extra_tables if t not in TABLES)
-        self.engine: Engine = open_engine(location, self.tables, **options)
-        self.accounts = Accounts(self.engine)
-        self.buckets = Buckets(self.engine)
-        self.usage = UsageLedger(self.engine, self.accounts)
-        self.journal = Journal(self.engine)
-        self.repairs = Repairs(self.engine)
-        self.blobrefs = BlobRefs(self.engine, (self.journal, self.repairs))
-        self.nodes = Nodes(self.engine)
+        engine = open_engine(location, self.tables, **options)
+        self._engine = engine
+        self.accounts = Accounts(engine)
+        self.buckets = Buckets(engine)
+        self.usage = UsageLedger(engine, self.accounts)
+        self.journal = Journal(engine)
+        self.repairs = Repairs(engine)
+        self.blobrefs = BlobRefs(engine, (self.journal, self.repairs))
+        self.nodes = Nodes(engine)
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    @engine.setter
+    def engine(self, engine: Engine) -> None:
+        """Put every repository over `engine` (a test's wrapper that watches the reads)."""
+        self._engine = engine
+        for repository in (self.accounts, self.buckets, self.usage, self.journal, self.repairs,
+                           self.blobrefs, self.nodes):
+            repository.engine = engine
 
     def close(self) -> None:
-        self.engine.close()
+        self._engine.close()
 
     # -- transactions -------------------------------------------------------------
 
     def read(self) -> Any:
         """A snapshot read transaction, for `with`."""
-        return self.engine.read()
+        return self._engine.read()
 
     def submit(self, fn: Callable[[Txn], T]) -> concurrent.futures.Future[T]:
         """Queue a write (group-committed; see storage.engine for what `fn` may do)."""
-        return self.engine.submit(fn)
+        return self._engine.submit(fn)
 
     def write(self, fn: Callable[[Txn], T]) -> T:
-        return self.engine.submit(fn).result()
+        return self._engine.submit(fn).result()
 
     # -- generic record access (objects, uploads, jobs) ------------------------------
 

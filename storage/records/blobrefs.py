@@ -101,11 +101,15 @@ class BlobRefs:
                 freed.append(blob_id)
         return freed
 
+    def scan(self, txn: ReadTxn) -> Iterator[tuple[str, BlobRecord]]:
+        """(blob id, record) of every blob in a caller's read, in blob id order."""
+        for key, raw in txn.scan(TABLE):
+            yield bytes(key).decode(), decode(raw)
+
     def records(self) -> Iterator[tuple[str, BlobRecord]]:
         """Every blob record (one read transaction per call of this generator)."""
         with self.engine.read() as txn:
-            for key, raw in txn.scan(TABLE):
-                yield bytes(key).decode(), decode(raw)
+            yield from self.scan(txn)
 
     def set_nodes(self, blob_id: str, nodes: list[str], expect: list[str] | None = None) -> bool:
         """Replace a blob's replica list (repair); False if the blob is gone or changed."""

@@ -9,11 +9,11 @@ node keeps its id across restarts (its marker file, and this record by spec).
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from storage.engine import Engine, WriteTxn
+from storage.engine import Engine, ReadTxn, WriteTxn
 from storage.records.codec import NO_EXTRA, extra_of, pack, unpack
 
 __all__ = ["NodeRecord", "Nodes"]
@@ -46,9 +46,13 @@ class Nodes:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
+    def scan(self, txn: ReadTxn) -> Iterator[tuple[str, NodeRecord]]:
+        for key, raw in txn.scan(TABLE):
+            yield bytes(key).decode(), decode(raw)
+
     def all(self) -> dict[str, NodeRecord]:
         with self.engine.read() as txn:
-            return {bytes(k).decode(): decode(raw) for k, raw in txn.scan(TABLE)}
+            return dict(self.scan(txn))
 
     def put(self, node_id: str, spec: str) -> None:
         """Record the node's spec (a new node's record is made with it)."""

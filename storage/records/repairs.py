@@ -14,12 +14,13 @@ go when their blob is freed (`BlobRefs.unref`).
 from __future__ import annotations
 
 import concurrent.futures
+import itertools
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from storage.engine import Engine, WriteTxn
+from storage.engine import Engine, ReadTxn, WriteTxn
 from storage.records.blobrefs import TABLE as BLOBS
 from storage.records.codec import NO_EXTRA, extra_of, pack, unpack
 
@@ -67,15 +68,15 @@ class Repairs:
 
         return self.engine.submit(op)
 
+    def scan(self, txn: ReadTxn) -> Iterator[tuple[str, RepairRecord]]:
+        """(blob id, record) of every queued blob in a caller's read, in blob id order."""
+        for key, raw in txn.scan(TABLE):
+            yield bytes(key).decode(), decode(raw)
+
     def pending(self, limit: int = 1000) -> list[tuple[str, RepairRecord]]:
         """Up to `limit` queued blobs, in blob id order."""
         with self.engine.read() as txn:
-            out = []
-            for key, raw in txn.scan(TABLE):
-                out.append((bytes(key).decode(), decode(raw)))
-                if len(out) >= limit:
-                    break
-            return out
+            return list(itertools.islice(self.scan(txn), limit))
 
     def drop(self, blob_id: str) -> None:
         self.engine.write(lambda txn: txn.delete(TABLE, blob_id.encode()))
@@ -91,15 +92,15 @@ class Journal:
     def put(self, txn: WriteTxn, blob_id: str, data: bytes) -> None:
         txn.put(JOURNAL, blob_id.encode(), data)
 
+    def scan(self, txn: ReadTxn) -> Iterator[tuple[str, bytes]]:
+        """(blob id, bytes) of every journalled blob in a caller's read, in blob id order."""
+        for key, value in txn.scan(JOURNAL):
+            yield bytes(key).decode(), bytes(value)
+
     def entries(self, limit: int = 10_000) -> list[tuple[str, bytes]]:
         """Up to `limit` journalled (blob id, bytes), in blob id order."""
         with self.engine.read() as txn:
-            out = []
-            for key, value in txn.scan(JOURNAL):
-                out.append((bytes(key).decode(), bytes(value)))
-                if len(out) >= limit:
-                    break
-            return out
+            return list(itertools.islice(self.scan(txn), limit))
 
     def drop(self, blob_ids: list[str]) -> None:
         def op(txn: WriteTxn) -> None:

@@ -97,7 +97,7 @@ def placement_matches_disk(c: Cluster, copies: int = 2) -> None:
     for node_id, root in roots.items():
         for blob_id in blob_files(root):
             on_disk.setdefault(blob_id, set()).add(node_id)
-    placed = {b: set(r["nodes"]) for b, r in view.blobs.items()}
+    placed = {b: set(r.nodes) for b, r in view.blobs.items()}
     assert all(len(nodes) == copies for nodes in placed.values()), placed
     assert on_disk == placed, {"surplus": {b: on_disk[b] - placed.get(b, set()) for b in on_disk},
                                "missing": {b: placed[b] - on_disk.get(b, set()) for b in placed}}
@@ -199,8 +199,8 @@ def check_bytes(c: Cluster, job: dict[str, Any]) -> None:
         for name in task["inputs"]:
             key = name.partition("/")[2]
             for blob_id in view.objects[key]:
-                if task["node"] not in view.blobs[blob_id]["nodes"]:
-                    remote += view.blobs[blob_id]["size"]
+                if task["node"] not in view.blobs[blob_id].nodes:
+                    remote += view.blobs[blob_id].size
         assert task["bytes_remote"] == remote, task
     assert job["bytes_remote"] == sum(t["bytes_remote"] for t in job["tasks"]), job
 
@@ -253,7 +253,7 @@ def test_a_link_cut_during_a_multipart_upload_and_a_large_put(cluster: Cluster) 
 
     def copies_elsewhere() -> list[str]:
         view = read_catalog(os.path.join(cluster.base_dir, "front"), BUCKET)
-        return [k for k in sorted(acknowledged) if cut_id not in view.blobs[view.objects[k][0]]["nodes"]]
+        return [k for k in sorted(acknowledged) if cut_id not in view.blobs[view.objects[k][0]].nodes]
 
     for i in range(40):  # each lands off the node to cut with chance 1/3
         if copies_elsewhere():
@@ -356,11 +356,11 @@ def test_bitrot_on_a_nodes_zfs_vdev_is_never_served_and_repaired_node_to_node(re
         s3.put_object(Bucket=BUCKET, Key=key, Body=data)
     view = read_catalog(os.path.join(c.base_dir, "front"), BUCKET)
     ids = {n["address"]: n["id"] for n in manta_json(c, "admin", "nodes", "--json")}
-    victim_url = max(c.node_urls, key=lambda u: sum(ids[u] in r["nodes"] for r in view.blobs.values()))
+    victim_url = max(c.node_urls, key=lambda u: sum(ids[u] in r.nodes for r in view.blobs.values()))
     victim, pool = ids[victim_url], pools[victim_url]
     for p in pools.values():
         p.sync()
-    damaged = sorted(k for k, (b,) in view.objects.items() if victim in view.blobs[b]["nodes"])
+    damaged = sorted(k for k, (b,) in view.objects.items() if victim in view.blobs[b].nodes)
     assert len(damaged) >= 2, f"the victim holds {damaged}"
     for key in damaged:
         assert pool.corrupt(needle(objects[key])) >= 1, key

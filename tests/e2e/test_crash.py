@@ -44,8 +44,7 @@ from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from storage.catalog import TABLES, unpack
-from storage.engines import open_engine
+from storage.catalog import Catalog
 from tests.conftest import ROOT_AK, ROOT_SK, Server, catalog_of
 
 MIB = 1024 * 1024
@@ -118,26 +117,23 @@ class CatalogView:
 def read_catalog(data_dir: str) -> CatalogView:
     """A consistent snapshot of the catalog, read-only (the server may be running)."""
     view = CatalogView()
-    engine = open_engine(catalog_of(data_dir), TABLES, readonly=True)
+    catalog = Catalog(catalog_of(data_dir), readonly=True)
     try:
-        with engine.read() as txn:
-            def scan(name: str) -> Any:
-                return txn.scan(name)
-            for raw, value in scan("objects"):
+        with catalog.read() as txn:
+            for raw, record in catalog.scan(txn, "objects"):
                 bucket, _, key = raw.partition(b"\0")
-                record = unpack(value)
                 if raw.endswith(b"\xff") and "overflow" in record:  # keys past LMDB's key limit
                     for long_key, rec in record["overflow"].items():
                         view.objects[bucket.decode(), long_key] = rec
                 else:
                     view.objects[bucket.decode(), key.decode()] = record
-            view.parts = [unpack(value) for _, value in scan("parts")]
-            blobs = {raw.decode(): unpack(value) for raw, value in scan("blobs")}
-            view.refcounts = {blob_id: record["refs"] for blob_id, record in blobs.items()}
-            view.blob_nodes = {blob_id: record.get("nodes", []) for blob_id, record in blobs.items()}
-            view.journal = {raw.decode(): bytes(value) for raw, value in scan("journal")}
+            view.parts = [part for _, part in catalog.scan(txn, "parts")]
+            blobs = dict(catalog.blobrefs.scan(txn))
+            view.refcounts = {blob_id: record.refs for blob_id, record in blobs.items()}
+            view.blob_nodes = {blob_id: record.nodes for blob_id, record in blobs.items()}
+            view.journal = dict(catalog.journal.scan(txn))
     finally:
-        engine.close()
+        catalog.close()
     return view
 
 

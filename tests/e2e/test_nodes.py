@@ -32,9 +32,9 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
-from storage.catalog import TABLES, unpack
-from storage.engines import open_engine
+from storage.catalog import Catalog
 from storage.node import MARKER
+from storage.records import BlobRecord
 from tests.conftest import REPO, ROOT_AK, ROOT_SK, Server, catalog_of
 
 MiB = 1024 * 1024
@@ -77,33 +77,30 @@ def node_roots(server: Server) -> dict[str, str]:
 @dataclass
 class CatalogView:
     nodes: dict[str, str] = field(default_factory=dict)  # node id -> spec
-    blobs: dict[str, dict[str, Any]] = field(default_factory=dict)  # blob id -> {refs, size, nodes}
+    blobs: dict[str, BlobRecord] = field(default_factory=dict)
     objects: dict[str, list[str]] = field(default_factory=dict)  # key -> blob ids (segments)
     repairs: set[str] = field(default_factory=set)
 
     def blobs_on(self, node_id: str) -> int:
         """How many blobs have a copy on `node_id`."""
-        return sum(node_id in r["nodes"] for r in self.blobs.values())
+        return sum(node_id in r.nodes for r in self.blobs.values())
 
 
 def read_catalog(data_dir: str, bucket: str = "") -> CatalogView:
     """A consistent read-only snapshot of the catalog (objects of `bucket` only)."""
     view = CatalogView()
-    engine = open_engine(catalog_of(data_dir), TABLES, readonly=True)
+    catalog = Catalog(catalog_of(data_dir), readonly=True)
     try:
-        with engine.read() as txn:
-            def scan(name: str) -> Any:
-                return txn.scan(name)
-
-            view.nodes = {bytes(k).decode(): unpack(v)["spec"] for k, v in scan("nodes")}
-            view.blobs = {bytes(k).decode(): unpack(v) for k, v in scan("blobs")}
-            view.repairs = {bytes(k).decode() for k, _ in scan("repairs")}
-            for raw, value in scan("objects"):
+        with catalog.read() as txn:
+            view.nodes = {node_id: record.spec for node_id, record in catalog.nodes.scan(txn)}
+            view.blobs = dict(catalog.blobrefs.scan(txn))
+            view.repairs = {blob_id for blob_id, _ in catalog.repairs.scan(txn)}
+            for raw, record in catalog.scan(txn, "objects"):
                 owner, _, key = bytes(raw).partition(b"\0")
                 if owner.decode() == bucket:
-                    view.objects[key.decode()] = [seg[0] for seg in unpack(value)["segments"]]
+                    view.objects[key.decode()] = [seg[0] for seg in record["segments"]]
     finally:
-        engine.close()
+        catalog.close()
     return view
 
 
@@ -180,7 +177,7 @@ def blob_contents(view: CatalogView, objects: dict[str, bytes]) -> dict[str, byt
     for key, blob_ids in view.objects.items():
         offset = 0
         for blob_id in blob_ids:
-            size = view.blobs[blob_id]["size"]
+            size = view.blobs[blob_id].size
             out[blob_id] = objects[key][offset:offset + size]
             offset += size
         assert offset == len(objects[key]), key
@@ -210,13 +207,13 @@ def assert_copies(view: CatalogView, roots: dict[str, str], copies: int,
     """Every blob is listed on exactly `copies` distinct (healthy) nodes and each of
     those nodes has its file with the recorded size."""
     for blob_id, record in view.blobs.items():
-        nodes = record["nodes"]
+        nodes = record.nodes
         assert len(nodes) == len(set(nodes)) == copies, f"blob {blob_id} on {nodes}"
         if healthy is not None:
             assert set(nodes) <= healthy, f"blob {blob_id} listed on a down node: {nodes}"
         for node_id in nodes:
             path = os.path.join(roots[node_id], "blobs", blob_id[:2], blob_id)
-            assert os.path.getsize(path) == record["size"], f"blob {blob_id} on {node_id}"
+            assert os.path.getsize(path) == record.size, f"blob {blob_id} on {node_id}"
 
 
 def client(server: Server) -> Any:
@@ -245,14 +242,14 @@ def test_every_object_has_copies_on_distinct_nodes_and_nodes_report_them(fresh_s
     on_disk = placement_on_disk(roots)
     for key, blob_ids in view.objects.items():
         for blob_id in blob_ids:
-            assert on_disk.get(blob_id) == set(view.blobs[blob_id]["nodes"]), f"{key}: files of {blob_id}"
+            assert on_disk.get(blob_id) == set(view.blobs[blob_id].nodes), f"{key}: files of {blob_id}"
     assert set(on_disk) == set(view.blobs), "blob files that the catalog does not know"
     assert len(on_disk) == len(objects) + 1  # the multipart object has two blobs
 
     nodes = cli_json(fresh_server, "admin", "nodes", "--json")
     assert isinstance(nodes, list) and len(nodes) == 3
     for node in nodes:
-        held = {b for b, rec in view.blobs.items() if node["id"] in rec["nodes"]}
+        held = {b for b, rec in view.blobs.items() if node["id"] in rec.nodes}
         assert node["backend"] == "dir" and node["spec"] == f"dir:{roots[node['id']]}"
         assert node["healthy"] is True and node["health"] == "ok", node
         assert node["used_bytes"] > 0 and node["free_bytes"] > 0, node
@@ -282,9 +279,9 @@ def test_damaged_replicas_are_read_around_and_scrub_repairs_them(fresh_server: S
     damaged: dict[str, str] = {}  # blob id -> path of the damaged replica
     for key, kind in zip(damaged_keys, kinds, strict=True):
         blob_id = rng.choice(view.objects[key])
-        node_id = rng.choice(view.blobs[blob_id]["nodes"])
+        node_id = rng.choice(view.blobs[blob_id].nodes)
         path = os.path.join(roots[node_id], "blobs", blob_id[:2], blob_id)
-        size = view.blobs[blob_id]["size"]
+        size = view.blobs[blob_id].size
         if kind == "flip":
             flip(path, sorted({min(size - 1, block + rng.randrange(MiB)) for block in range(0, size, MiB)}))
         elif kind == "truncate":
@@ -319,9 +316,9 @@ def test_a_damaged_replica_found_by_a_read_is_repaired_in_the_background(fresh_s
     view = read_catalog(fresh_server.data_dir, BUCKET)
     (blob_id,) = view.objects["k"]
     roots = node_roots(fresh_server)
-    path = os.path.join(roots[view.blobs[blob_id]["nodes"][0]], "blobs", blob_id[:2], blob_id)
+    path = os.path.join(roots[view.blobs[blob_id].nodes[0]], "blobs", blob_id[:2], blob_id)
     flip(path, [10, MiB + 20, 2 * MiB + 30])
-    good_replica = os.path.join(roots[view.blobs[blob_id]["nodes"][1]], "blobs", blob_id[:2], blob_id)
+    good_replica = os.path.join(roots[view.blobs[blob_id].nodes[1]], "blobs", blob_id[:2], blob_id)
     mtime = os.stat(good_replica).st_mtime_ns
 
     # a read picks a replica at random, so read until one has hit the damaged copy
@@ -332,7 +329,7 @@ def test_a_damaged_replica_found_by_a_read_is_repaired_in_the_background(fresh_s
         time.sleep(0.2)
     assert os.stat(good_replica).st_mtime_ns == mtime, "the good replica was rewritten"
     after = read_catalog(fresh_server.data_dir, BUCKET)
-    assert sorted(after.blobs[blob_id]["nodes"]) == sorted(view.blobs[blob_id]["nodes"])
+    assert sorted(after.blobs[blob_id].nodes) == sorted(view.blobs[blob_id].nodes)
     wait_for(lambda: not read_catalog(fresh_server.data_dir, BUCKET).repairs, 5, "the repair queue to drain")
     assert scrub(fresh_server)["damaged"] == 0
 
@@ -347,7 +344,7 @@ def test_replicas_damaged_in_different_blocks_still_read_correctly(fresh_server:
     view = read_catalog(fresh_server.data_dir, BUCKET)
     (blob_id,) = view.objects["k"]
     roots = node_roots(fresh_server)
-    first, second = (os.path.join(roots[n], "blobs", blob_id[:2], blob_id) for n in view.blobs[blob_id]["nodes"])
+    first, second = (os.path.join(roots[n], "blobs", blob_id[:2], blob_id) for n in view.blobs[blob_id].nodes)
     flip(first, [100])
     flip(second, [2 * MiB + 100])
     for _ in range(6):  # both replica orders (a read starts at a random replica)
@@ -369,7 +366,7 @@ def test_scrub_rebuilds_a_blob_whose_every_replica_is_damaged_in_different_block
         s3.put_object(Bucket=BUCKET, Key=key, Body=body)
     view = read_catalog(fresh_server.data_dir, BUCKET)
     roots = node_roots(fresh_server)
-    paths = {key: [os.path.join(roots[n], "blobs", b[:2], b) for b in view.objects[key] for n in view.blobs[b]["nodes"]]
+    paths = {key: [os.path.join(roots[n], "blobs", b[:2], b) for b in view.objects[key] for n in view.blobs[b].nodes]
              for key in data}
     flip(paths["split"][0], [100])
     flip(paths["split"][1], [2 * MiB + 100])
@@ -400,7 +397,7 @@ def test_a_node_that_goes_away_and_comes_back(fresh_server: Server) -> None:
     # the node holding the most blobs goes away (its directory is moved while the server runs)
     away = max(roots, key=before.blobs_on)
     staying = set(roots) - {away}
-    on_away = {b for b, r in before.blobs.items() if away in r["nodes"]}
+    on_away = {b for b, r in before.blobs.items() if away in r.nodes}
     assert on_away
     os.rename(roots[away], roots[away] + ".away")
     # at once (the node may still be cached as healthy: its I/O fails) and after the
@@ -422,7 +419,7 @@ def test_a_node_that_goes_away_and_comes_back(fresh_server: Server) -> None:
     during = read_catalog(fresh_server.data_dir, BUCKET)
     for key in new_keys:
         (blob_id,) = during.objects[key]
-        assert set(during.blobs[blob_id]["nodes"]) == staying
+        assert set(during.blobs[blob_id].nodes) == staying
         assert {n for n, root in roots.items() if n != away and blob_id in blob_files(root)} == staying
         assert blob_id not in blob_files(roots[away] + ".away")
     # a delete while the node is away cannot remove that node's copy (GC does, later)
@@ -454,14 +451,14 @@ def test_a_node_that_goes_away_and_comes_back(fresh_server: Server) -> None:
     # the returned node still has files the catalog no longer places there: its copy of
     # the deleted object and the copies the scrub replaced. GC collects them after a
     # restart with no grace period, and keeps every placed copy.
-    stale = {b for b in blob_files(roots[away]) if away not in after.blobs.get(b, {}).get("nodes", [])}
+    stale = {b for b in blob_files(roots[away]) if away not in (after.blobs[b].nodes if b in after.blobs else [])}
     assert gone_blob in stale and len(stale) == len(on_away)
     fresh_server.kill()
     fresh_server.env["MANTA_GC_GRACE_S"] = "0"
     fresh_server.start()
     wait_for(lambda: not set(blob_files(roots[away])) & stale, 10, "GC of the stale copies")
     assert_copies(read_catalog(fresh_server.data_dir, BUCKET), roots, copies=2)
-    assert placement_on_disk(roots) == {b: set(r["nodes"]) for b, r in after.blobs.items()}
+    assert placement_on_disk(roots) == {b: set(r.nodes) for b, r in after.blobs.items()}
     assert_reads_back(client(fresh_server), BUCKET, objects)
 
 
@@ -512,7 +509,7 @@ def test_copies_on_nodes_that_are_down_are_unavailable_not_lost(fresh_server: Se
     for node_id in away:
         os.rename(roots[node_id], roots[node_id] + ".away")
     time.sleep(HEALTH_TTL_S + 0.3)
-    cut_off = [b for b, r in view.blobs.items() if up not in r["nodes"]]
+    cut_off = [b for b, r in view.blobs.items() if up not in r.nodes]
     assert cut_off
 
     # reads: a copy on the node that is up is enough; no copy reachable is a 503, never
@@ -534,7 +531,7 @@ def test_copies_on_nodes_that_are_down_are_unavailable_not_lost(fresh_server: Se
     report = json.loads(done.stdout)
     assert report["lost"] == 0 and report["lost_blobs"] == [], report
     assert report["damaged"] == 0, report
-    assert report["unavailable"] == sum(len(set(r["nodes"]) & set(away)) for r in view.blobs.values())
+    assert report["unavailable"] == sum(len(set(r.nodes) & set(away)) for r in view.blobs.values())
     assert done.returncode == 0, done
 
     for node_id in away:
@@ -583,7 +580,7 @@ def test_a_node_lost_in_the_middle_of_a_write(fresh_server: Server) -> None:
         conn.close()
     view = read_catalog(fresh_server.data_dir, BUCKET)
     (blob_id,) = view.objects["mid"]
-    assert set(view.blobs[blob_id]["nodes"]) == set(roots) - {lost}
+    assert set(view.blobs[blob_id].nodes) == set(roots) - {lost}
     assert placement_on_disk({n: r for n, r in roots.items() if n != lost})[blob_id] == set(roots) - {lost}
     assert get_bytes(s3, BUCKET, "mid") == data
 
@@ -641,7 +638,7 @@ def test_blob_files_follow_reference_counts_and_gc_collects_orphans_after_a_kill
     s3.copy_object(Bucket=BUCKET, Key="copy", CopySource={"Bucket": BUCKET, "Key": "over-2097152"})
     view = read_catalog(fresh_server.data_dir, BUCKET)
     assert view.objects["copy"] == view.objects["over-2097152"]
-    assert view.blobs[view.objects["copy"][0]]["refs"] == 2
+    assert view.blobs[view.objects["copy"][0]].refs == 2
     assert files() == before, "a copy wrote blob files"
     s3.delete_object(Bucket=BUCKET, Key="over-2097152")
     del objects["over-2097152"]
@@ -694,7 +691,7 @@ def test_blob_files_follow_reference_counts_and_gc_collects_orphans_after_a_kill
     wait_for(lambda: not set(orphans) & set(files()), 10, "GC of the orphan files")
     view = read_catalog(fresh_server.data_dir, BUCKET)
     assert set(view.objects) == set(objects)
-    assert {b: set(r["nodes"]) for b, r in view.blobs.items()} == files(), "catalog and disk disagree"
+    assert {b: set(r.nodes) for b, r in view.blobs.items()} == files(), "catalog and disk disagree"
     assert_copies(view, roots, copies=2)
     s3 = client(fresh_server)
     assert_reads_back(s3, BUCKET, objects)

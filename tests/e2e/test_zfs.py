@@ -59,7 +59,7 @@ def blob_path(root: str, blob_id: str) -> str:
 
 def objects_on(view: CatalogView, node_id: str) -> int:
     return sum(1 for ids in view.objects.values()
-               if any(node_id in view.blobs[b]["nodes"] for b in ids))
+               if any(node_id in view.blobs[b].nodes for b in ids))
 
 
 def test_zfs_damage_is_read_around_and_repaired_by_scrub(zfs_pools: PoolFactory, fresh_server: Server) -> None:
@@ -98,7 +98,7 @@ def run_damage_scenario(server: Server, pools: list[Pool], specs: list[str]) -> 
     # damage every blob the node with the most blobs holds, in its pool's vdev file
     victim = max(roots, key=view.blobs_on)
     pool = pool_of[victim]
-    on_victim = sorted(b for b, r in view.blobs.items() if victim in r["nodes"])
+    on_victim = sorted(b for b, r in view.blobs.items() if victim in r.nodes)
     assert len(on_victim) >= 4
     for blob_id in on_victim:
         assert pool.corrupt(needle(contents[blob_id])) >= 1, f"blob {blob_id} not found in {pool.vdev}"
@@ -140,7 +140,7 @@ def run_damage_scenario(server: Server, pools: list[Pool], specs: list[str]) -> 
     assert (again["damaged"], again["repaired"], again["lost"], again["unavailable"]) == (0, 0, 0, 0), again
     after = read_catalog(server.data_dir, BUCKET)
     assert_copies(after, roots, copies=2)
-    assert {b: r["nodes"] for b, r in after.blobs.items()}.keys() == view.blobs.keys()
+    assert {b: r.nodes for b, r in after.blobs.items()}.keys() == view.blobs.keys()
 
     nodes = cli_json(server, "admin", "nodes", "--json")
     assert sorted(n["id"] for n in nodes) == ["n0", "n1", "n2"]
@@ -150,7 +150,7 @@ def run_damage_scenario(server: Server, pools: list[Pool], specs: list[str]) -> 
         assert node["pool_health"] in ("ONLINE", "DEGRADED"), node
         assert node["used_bytes"] > 0 and node["free_bytes"] > 0, node
         assert node["free_bytes"] < 256 * MiB, node  # the pool's, not the host's
-        assert node["blob_count"] == sum(node["id"] in r["nodes"] for r in after.blobs.values()), node
+        assert node["blob_count"] == sum(node["id"] in r.nodes for r in after.blobs.values()), node
         assert node["object_count"] == objects_on(after, node["id"]), node
     assert sum(n["object_count"] for n in nodes) >= 2 * len(objects)
 
@@ -164,7 +164,7 @@ def run_damage_scenario(server: Server, pools: list[Pool], specs: list[str]) -> 
         objects["while-unmounted"] = rng.randbytes(2 * MiB)
         s3.put_object(Bucket=BUCKET, Key="while-unmounted", Body=objects["while-unmounted"])
         (blob_id,) = read_catalog(server.data_dir, BUCKET).objects["while-unmounted"]
-        assert victim not in read_catalog(server.data_dir, BUCKET).blobs[blob_id]["nodes"]
+        assert victim not in read_catalog(server.data_dir, BUCKET).blobs[blob_id].nodes
     finally:
         pool.mount("node")
     time.sleep(HEALTH_TTL_S + 0.3)
