@@ -27,7 +27,7 @@ NAMES = "names"
 _KNOWN = frozenset(("v", "name", "access_key", "secret", "created", "root", "quota"))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Account:
     name: str
     access_key: str
@@ -40,7 +40,7 @@ class Account:
     @property
     def limits(self) -> Quota:
         """Its own limits where set, the defaults elsewhere."""
-        return DEFAULT_QUOTA.merged(dict(self.quota))
+        return DEFAULT_QUOTA.merged(dict(self.quota)) if self.quota else DEFAULT_QUOTA
 
 
 def encode(account: Account) -> bytes:

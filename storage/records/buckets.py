@@ -47,7 +47,7 @@ def bucket_name(bucket: Bucket) -> str:
     return bucket.name if isinstance(bucket, BucketRef) else bucket
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class BucketRecord:
     name: str
     owner: str

@@ -22,7 +22,7 @@ TABLE = "nodes"
 _KNOWN = frozenset(("v", "id", "created", "spec"))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class NodeRecord:
     id: str
     spec: str

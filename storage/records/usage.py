@@ -27,7 +27,7 @@ USAGE_BUILT = b"\0built"  # key in `usage`: usage was counted from the start or 
 _KNOWN = frozenset(("v", "objects", "bytes"))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Usage:
     objects: int = 0
     bytes: int = 0
