@@ -93,11 +93,8 @@ def _copies(catalog: Catalog, template: dict[str, Any], owner: str, first: int, 
     for i in range(first, last):
         key = list_key(i)  # short: its catalog key needs no overflow entry (storage.objects)
         catalog.put(txn, "objects", object_key(LIST_BUCKET, key), {**template, "v": 1, "key": key, "mtime": now})
-    blob = template["segments"][0][0].encode()
-    record = catalog.get(txn, "blobs", blob)
-    record["refs"] += last - first
-    catalog.put(txn, "blobs", blob, record)
-    catalog.charge(txn, owner, last - first, (last - first) * template["size"], check=False)
+    catalog.blobrefs.ref(txn, [template["segments"][0][0]], count=last - first)
+    catalog.usage.charge(txn, owner, last - first, (last - first) * template["size"], check=False)
 
 
 def _put_ins(objects: ObjectStore, template: dict[str, Any], first: int, last: int, txn: Any) -> None:
@@ -114,7 +111,7 @@ def load_listing(location: str, args: argparse.Namespace, name: str) -> float:
     catalog = Catalog(location)
     objects = ObjectStore(catalog)
     template = {k: v for k, v in objects.get(BUCKET, "small/0").items() if k not in ("v", "key")}
-    owner = catalog.bucket(LIST_BUCKET)["owner"]
+    owner = catalog.buckets.get(LIST_BUCKET).owner
     start = last_note = time.monotonic()
     try:
         for first in range(0, args.keys, args.batch):

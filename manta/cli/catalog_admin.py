@@ -22,14 +22,21 @@ def _data_dir(args: argparse.Namespace) -> str:
     return str(args.data or os.environ.get("MANTA_DATA") or DEFAULT_DATA_DIR)
 
 
-def _catalog(args: argparse.Namespace) -> int:
+def _tables() -> tuple[str, ...]:
+    """Every table of the catalog: storage's and the jobs package's."""
+    from jobs.records import TABLES as JOB_TABLES
     from storage.catalog import TABLES
+
+    return TABLES + JOB_TABLES
+
+
+def _catalog(args: argparse.Namespace) -> int:
     from storage.errors import StorageError
     from storage.migrate import describe
 
     location = args.catalog or os.environ.get("MANTA_CATALOG") or os.path.join(_data_dir(args), "catalog")
     try:
-        info = describe(location, TABLES)
+        info = describe(location, _tables())
     except StorageError as exc:
         raise CliError(str(exc)) from None
     if args.json:
@@ -44,7 +51,6 @@ def _catalog(args: argparse.Namespace) -> int:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    from storage.catalog import TABLES
     from storage.engine_pg_schema import public_location
     from storage.errors import StorageError
     from storage.migrate import TableCopy, migrate_lmdb
@@ -59,7 +65,7 @@ def _migrate(args: argparse.Namespace) -> int:
     if not args.json:
         print(f"copying the LMDB catalog {path} into {public_location(args.to)}", flush=True)
     try:
-        report = migrate_lmdb(path, args.to, TABLES, on_table=progress)
+        report = migrate_lmdb(path, args.to, _tables(), on_table=progress)
     except StorageError as exc:
         raise CliError(str(exc)) from None
     if args.json:

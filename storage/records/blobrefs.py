@@ -72,17 +72,18 @@ class BlobRefs:
         raw = txn.get(TABLE, blob_id.encode())
         return None if raw is None else decode(raw)
 
-    def ref(self, txn: WriteTxn, blob_ids: list[str], meta: Mapping[str, BlobRecord] | None = None) -> None:
-        """Add a reference to each blob; a blob seen for the first time takes its `meta`."""
+    def ref(self, txn: WriteTxn, blob_ids: list[str], meta: Mapping[str, BlobRecord] | None = None,
+            count: int = 1) -> None:
+        """Add `count` references to each blob; a blob seen for the first time takes its `meta`."""
         for blob_id in blob_ids:
             key = blob_id.encode()
             raw = txn.get(TABLE, key)
             if raw is not None:
                 record = decode(raw)
-                record = record.referenced(record.refs + 1)
+                record = record.referenced(record.refs + count)
             else:
                 new = (meta or {}).get(blob_id)
-                record = BlobRecord(1) if new is None else new.referenced(1)
+                record = BlobRecord(count) if new is None else new.referenced(count)
             txn.put(TABLE, key, encode(record))
 
     def unref(self, txn: WriteTxn, blob_ids: list[str]) -> list[str]:

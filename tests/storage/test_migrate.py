@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from jobs.records import TABLES as JOB_TABLES
 from jobs.records import JobRecords
 from jobs.spec import JobSpec, Phase
 from storage import errors
@@ -33,6 +34,7 @@ from storage.migrate import (
     verify,
 )
 from storage.objects import ObjectStore
+from storage.records import Usage
 from storage.uploads import MIN_PART_SIZE, UploadStore
 from tests.conftest import REPO
 
@@ -40,12 +42,13 @@ pytestmark = pytest.mark.postgresql
 
 N_OBJECTS = 1_200
 BATCH = 100  # rows per engine write: many batches, and more than IN_FLIGHT of them queued
+ALL_TABLES = TABLES + JOB_TABLES  # storage's and the jobs package's
 LONG = ["long/" + "x" * 600 + f"/{i}" for i in range(3)]  # catalog keys > 480 bytes: one overflow entry
 
 
 class Repos:
     def __init__(self, location: str, **options: Any) -> None:
-        self.catalog = Catalog(location, **options)
+        self.catalog = Catalog(location, JOB_TABLES, **options)
         self.objects = ObjectStore(self.catalog)
         self.uploads = UploadStore(self.catalog, self.objects)
         self.jobs = JobRecords(self.catalog)
@@ -64,18 +67,18 @@ def build_catalog(path: str) -> dict[str, Any]:
     """A catalog with one of everything; what the test needs to look it up again."""
     repos = Repos(path)
     cat = repos.catalog
-    cat.add_account("root", "ROOTKEY", "root-secret", root=True)
-    cat.add_account("alice", "ALICEKEY", "alice-secret", quota={"objects": 5000, "bytes": 10**9})
-    cat.create_bucket("bkt", "root")
-    cat.create_bucket("alice-b", "alice", acl="public-read")
+    cat.accounts.add("root", "ROOTKEY", "root-secret", root=True)
+    cat.accounts.add("alice", "ALICEKEY", "alice-secret", quota={"objects": 5000, "bytes": 10**9})
+    cat.buckets.create("bkt", "root")
+    cat.buckets.create("alice-b", "alice", acl="public-read")
     keys = [f"dir{i % 7}/obj-{i:05d}" for i in range(N_OBJECTS)] + ["ünïcödé/ключ", *LONG]
     futures = [repos.objects.put_async("bkt", key, record(i + 1, f"e{i}")) for i, key in enumerate(keys)]
     small = secrets.token_hex(16)
     futures.append(repos.objects.put_async("alice-b", "tiny", record(5, "tiny"), journal={small: b"hello"}))
     for fut in futures:
         fut.result()
-    cat.put_node("n0", "dir:/srv/n0")
-    cat.queue_repair(repos.objects.get("bkt", keys[0])["segments"][0][0], "n0", "checksum").result()
+    cat.nodes.put("n0", "dir:/srv/n0")
+    cat.repairs.queue(repos.objects.get("bkt", keys[0])["segments"][0][0], "n0", "checksum").result()
     upload = repos.uploads.create("bkt", "big/upload", "root", {"headers": {}, "meta": {"m": "1"}})
     for number, size in ((1, MIN_PART_SIZE), (2, 17)):
         repos.uploads.put_part("bkt", "big/upload", upload["upload_id"],
@@ -115,12 +118,12 @@ def snapshot(repos: Repos, facts: dict[str, Any]) -> dict[str, Any]:
         listings[(prefix, delimiter)] = pages
     job_id = facts["job_id"]
     return {
-        "accounts": cat.accounts(),
-        "alice": cat.account_named("alice"),
-        "quota": cat.quota("alice"),
-        "usage": {name: cat.usage(name) for name in ("root", "alice")},
-        "usage_built": cat.usage_built(),
-        "buckets": [cat.buckets(owner) for owner in ("root", "alice")],
+        "accounts": cat.accounts.all(),
+        "alice": cat.accounts.named("alice"),
+        "quota": cat.accounts.quota("alice"),
+        "usage": {name: cat.usage.get(name) for name in ("root", "alice")},
+        "usage_built": cat.usage.built(),
+        "buckets": [cat.buckets.owned_by(owner) for owner in ("root", "alice")],
         "objects": [objects.get("bkt", key) for key in facts["keys"]],
         "tiny": objects.get("alice-b", "tiny"),
         "listings": listings,
@@ -133,18 +136,18 @@ def snapshot(repos: Repos, facts: dict[str, Any]) -> dict[str, Any]:
         "inputs": jobs.inputs(job_id),
         "tasks": jobs.tasks(job_id),
         "settled": jobs.settled(job_id),
-        "blobs": sorted(cat.blob_records()),
-        "journal": cat.journal(),
-        "repairs": cat.repairs(),
-        "nodes": cat.nodes(),
+        "blobs": sorted(cat.blobrefs.records()),
+        "journal": cat.journal.entries(),
+        "repairs": cat.repairs.pending(),
+        "nodes": cat.nodes.all(),
     }
 
 
 def tables_digest(location: str) -> dict[str, Any]:
-    engine = open_engine(location, TABLES, readonly=True)
+    engine = open_engine(location, ALL_TABLES, readonly=True)
     try:
         with engine.read() as txn:
-            return {table: digest(txn, table) for table in TABLES}
+            return {table: digest(txn, table) for table in ALL_TABLES}
     finally:
         engine.close()
 
@@ -164,10 +167,10 @@ def test_a_migrated_catalog_reads_back_the_same(built: tuple[str, dict[str, Any]
 
     seen = []
     started = time.monotonic()
-    report = migrate_lmdb(path, pg_url, TABLES, batch_rows=BATCH, on_table=seen.append)
+    report = migrate_lmdb(path, pg_url, ALL_TABLES, batch_rows=BATCH, on_table=seen.append)
     elapsed = time.monotonic() - started
-    counts = describe(path, TABLES).counts
-    assert [t.table for t in report.tables] == list(TABLES) == [t.table for t in seen]
+    counts = describe(path, ALL_TABLES).counts
+    assert [t.table for t in report.tables] == list(ALL_TABLES) == [t.table for t in seen]
     assert {t.table: t.rows for t in report.tables} == counts
     assert report.rows == sum(counts.values()) > 2 * N_OBJECTS
     assert {t.table: (t.rows, t.sha256) for t in report.tables} == {
@@ -175,7 +178,7 @@ def test_a_migrated_catalog_reads_back_the_same(built: tuple[str, dict[str, Any]
     assert report.source == f"lmdb at {path}" and report.target.startswith("postgresql at postgresql://")
     print(f"\nmigrated {report.rows} rows in {elapsed:.2f}s ({report.rows / elapsed:,.0f} rows/s)")
 
-    info = describe(pg_url, TABLES)
+    info = describe(pg_url, ALL_TABLES)
     assert (info.engine, info.schema_version, info.counts) == ("postgresql", 1, counts)
     assert tables_digest(pg_url) == before
     assert tables_digest(path) == before  # the LMDB catalog is left as it was
@@ -191,15 +194,14 @@ def test_a_migrated_catalog_reads_back_the_same(built: tuple[str, dict[str, Any]
         assert done["size"] == MIN_PART_SIZE + 17
         assert target.uploads.list_uploads("bkt") == []
         with pytest.raises(errors.BucketAlreadyExists):
-            target.catalog.create_bucket("bkt", "alice")
+            target.catalog.buckets.create("bkt", "alice")
         before_usage = expected["usage"]["root"]  # the parts' bytes moved to the new object
-        assert target.catalog.usage("root") == {"objects": before_usage["objects"] + 1,
-                                                "bytes": before_usage["bytes"]}
+        assert target.catalog.usage.get("root") == Usage(before_usage.objects + 1, before_usage.bytes)
     finally:
         target.close()
 
     with pytest.raises(MigrationRefused, match="already holds a manta catalog"):
-        migrate_lmdb(path, pg_url, TABLES)
+        migrate_lmdb(path, pg_url, ALL_TABLES)
 
 
 def test_refused_while_another_process_has_the_catalog_open(built: tuple[str, dict[str, Any]],
@@ -213,38 +215,38 @@ def test_refused_while_another_process_has_the_catalog_open(built: tuple[str, di
         try:
             assert holder.stdout.readline() == "open\n"
             with pytest.raises(MigrationRefused, match=f"process {holder.pid} has the catalog"):
-                migrate_lmdb(path, pg_url, TABLES)
+                migrate_lmdb(path, pg_url, ALL_TABLES)
         finally:
             holder.stdin.close()
             holder.wait(timeout=10)
     with pytest.raises(CatalogNotFound):  # nothing was written, not even the schema
-        describe(pg_url, TABLES)
-    assert migrate_lmdb(path, pg_url, TABLES).rows > 0  # once it is closed
+        describe(pg_url, ALL_TABLES)
+    assert migrate_lmdb(path, pg_url, ALL_TABLES).rows > 0  # once it is closed
 
 
 def test_refused_while_the_leader_hold_is_taken(built: tuple[str, dict[str, Any]], pg_url: str) -> None:
     path, _ = built
-    engine = open_engine(path, TABLES)
+    engine = open_engine(path, ALL_TABLES)
     held = engine.try_hold("leader")
     engine.close()  # the hold outlives the environment (a leader that is shutting down)
     assert held is not None
     try:
         with pytest.raises(MigrationRefused, match="leader hold"):
-            migrate_lmdb(path, pg_url, TABLES)
+            migrate_lmdb(path, pg_url, ALL_TABLES)
     finally:
         held.release()
     with pytest.raises(CatalogNotFound):
-        describe(pg_url, TABLES)
+        describe(pg_url, ALL_TABLES)
 
 
 def test_refused_when_a_server_holds_the_target(built: tuple[str, dict[str, Any]], pg_url: str) -> None:
     path, _ = built
-    engine = open_engine(pg_url, TABLES)  # an empty catalog whose leader runs
+    engine = open_engine(pg_url, ALL_TABLES)  # an empty catalog whose leader runs
     held = engine.try_hold("leader")
     try:
         assert held is not None
         with pytest.raises(MigrationRefused, match="a manta server runs on"):
-            migrate_lmdb(path, pg_url, TABLES)
+            migrate_lmdb(path, pg_url, ALL_TABLES)
         assert sum(engine.counts().values()) == 0
     finally:
         if held is not None:
@@ -254,17 +256,17 @@ def test_refused_when_a_server_holds_the_target(built: tuple[str, dict[str, Any]
 
 def test_refusals_of_a_missing_catalog_and_a_non_postgresql_target(tmp_path: Any, pg_url: str) -> None:
     with pytest.raises(CatalogNotFound, match="no LMDB catalog"):
-        migrate_lmdb(str(tmp_path / "nothing"), pg_url, TABLES)
+        migrate_lmdb(str(tmp_path / "nothing"), pg_url, ALL_TABLES)
     with pytest.raises(CatalogNotFound, match="no LMDB catalog"):
-        describe(str(tmp_path / "nothing"), TABLES)
+        describe(str(tmp_path / "nothing"), ALL_TABLES)
     with pytest.raises(MigrationRefused, match="postgresql://"):
-        migrate_lmdb(str(tmp_path / "nothing"), str(tmp_path / "other"), TABLES)
+        migrate_lmdb(str(tmp_path / "nothing"), str(tmp_path / "other"), ALL_TABLES)
 
 
 @pytest.fixture
 def engines(built: tuple[str, dict[str, Any]], pg_url: str) -> Iterator[tuple[Any, Any]]:
     path, _ = built
-    source, target = open_engine(path, TABLES), open_engine(pg_url, TABLES)
+    source, target = open_engine(path, ALL_TABLES), open_engine(pg_url, ALL_TABLES)
     yield source, target
     target.close()
     source.close()
@@ -272,7 +274,7 @@ def engines(built: tuple[str, dict[str, Any]], pg_url: str) -> Iterator[tuple[An
 
 def test_verify_catches_a_different_target(engines: tuple[Any, Any]) -> None:
     source, target = engines
-    copied = copy_tables(source, target, TABLES, batch_rows=BATCH)
+    copied = copy_tables(source, target, ALL_TABLES, batch_rows=BATCH)
     verify(source, target, copied)
     with target.read() as txn:
         key, value = next(iter(txn.scan("objects")))
@@ -283,7 +285,7 @@ def test_verify_catches_a_different_target(engines: tuple[Any, Any]) -> None:
 
 def test_verify_catches_a_source_written_during_the_copy(engines: tuple[Any, Any]) -> None:
     source, target = engines
-    copied = copy_tables(source, target, TABLES, batch_rows=BATCH)
+    copied = copy_tables(source, target, ALL_TABLES, batch_rows=BATCH)
     source.write(lambda txn: txn.put("names", b"late", b"KEY"))
     with pytest.raises(MigrationFailed, match="changed during the copy"):
         verify(source, target, copied)
