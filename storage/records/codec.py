@@ -35,6 +35,9 @@ class _Empty(Mapping[str, Any]):
     def __hash__(self) -> int:
         return 0
 
+    def __repr__(self) -> str:
+        return "{}"
+
 
 NO_EXTRA: Mapping[str, Any] = _Empty()  # shared: a record without unknown fields
 
