@@ -16,7 +16,7 @@ from storage.objects import ObjectStore
 @pytest.fixture
 def objects(catalog_location: str) -> Iterator[ObjectStore]:
     catalog = Catalog(catalog_location)
-    catalog.create_bucket("b", "root")
+    catalog.buckets.create("b", "root")
     yield ObjectStore(catalog)
     catalog.close()
 
