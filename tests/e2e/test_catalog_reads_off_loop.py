@@ -67,6 +67,11 @@ class _RecordingTxn:
         self.threads.append(threading.get_ident())
         yield from self.txn.scan(table, start, prefix, end)
 
+    def scan_skip(self, table: str, start: bytes, prefix: bytes, delimiter: bytes,
+                  cut: int) -> Iterator[tuple[bytes, bytes]]:
+        self.threads.append(threading.get_ident())
+        yield from self.txn.scan_skip(table, start, prefix, delimiter, cut)
+
 
 class RecordingEngine:
     """The real engine, `remote` as told; reads record their threads, writes pass through."""
