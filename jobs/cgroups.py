@@ -103,9 +103,17 @@ def setup_cgroups(root: str) -> str | None:
 
 
 def owner_gone(name: str) -> bool:
-    """Whether `name`, "<server pid>-...", belongs to a server that is no longer running."""
+    """Whether `name`, "<server pid>-...", belongs to a server that is no longer running (a
+    zombie is not running: a killed worker whose parent died waits there for init to reap
+    it, which in a container may be never)."""
     owner = name.partition("-")[0]
-    return owner.isdigit() and not os.path.exists(f"/proc/{owner}")
+    if not owner.isdigit():
+        return False
+    try:
+        with open(f"/proc/{owner}/stat") as fh:
+            return fh.read().rpartition(")")[2].split()[0] in ("Z", "X")
+    except OSError:
+        return True
 
 
 def write_knob(path: str, value: str, optional: bool = False) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from types import SimpleNamespace
 
@@ -72,3 +73,24 @@ def test_zfs_nodes_get_no_alias(base: str, caplog: pytest.LogCaptureFixture) -> 
     assert roots.path(node, os.path.join(root, "f")) == os.path.join(root, "f")  # type: ignore[arg-type]
     assert "the task user cannot reach" in caplog.text and f"{base} is drwx------" in caplog.text
     roots.close()
+
+
+def test_a_zombie_server_owns_no_alias() -> None:
+    """A killed worker whose supervisor died too may stay a zombie (init in a container may
+    never reap it): its aliases are swept all the same."""
+    import subprocess
+
+    from jobs.cgroups import owner_gone
+
+    child = subprocess.Popen(["true"])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # exited, not yet reaped: a zombie
+        with open(f"/proc/{child.pid}/stat") as fh:
+            if fh.read().rpartition(")")[2].split()[0] == "Z":
+                break
+        time.sleep(0.01)
+    assert owner_gone(f"{child.pid}-n0")
+    assert not owner_gone(f"{os.getpid()}-n0")
+    child.wait()
+    assert owner_gone(f"{child.pid}-n0")
+    assert not owner_gone("notapid-n0")
