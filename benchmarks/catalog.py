@@ -320,6 +320,9 @@ def measure(metric: str, server: Server, pg: PgServer | None, args: argparse.Nam
     """One sample of `metric`; for 4 KiB runs also the CPU per operation of the manta
     server (all its processes) and of PostgreSQL (all of it, idle or not)."""
     target = server.target
+    stats = args.statements and pg is not None and server.target.name == "postgresql"
+    if stats:
+        pg_statements(args.pg_url, reset=True)
     if metric in LISTS:
         delimiter = LISTS[metric]
         client = Client(target)
@@ -335,17 +338,48 @@ def measure(metric: str, server: Server, pg: PgServer | None, args: argparse.Nam
     ops = sample["ops_s"] * args.seconds
     for k, cpu in before.items():
         sample[f"{k}_cpu_us_per_op"] = (tree_cpu_s(roots[k]) - cpu) / ops * 1e6  # type: ignore[arg-type]
+    if stats:
+        sample["statements_per_op"] = pg_statements(args.pg_url) / ops
     return sample
+
+
+def pg_statements(url: str, reset: bool = False) -> float:
+    """Statements PostgreSQL ran on the benchmark's database since the last reset
+    (pg_stat_statements, top level, utility statements included: BEGIN, SAVEPOINT...)."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        if reset:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            conn.execute("SELECT pg_stat_statements_reset()")
+            return 0.0
+        rows = conn.execute("SELECT calls, query FROM pg_stat_statements s JOIN pg_database d "
+                            "ON d.oid = s.dbid WHERE d.datname = current_database() AND "
+                            "s.query NOT LIKE '%pg_stat_statements%' ORDER BY calls DESC").fetchall()
+        for calls, query in rows[:12]:
+            print(f"    {calls:>7}  {' '.join(query.split())[:100]}", file=sys.stderr)
+        return float(sum(calls for calls, _ in rows))
+
+
+def enable_statements(pg: PgServer) -> None:
+    """pg_stat_statements in the throwaway cluster (a restart loads it)."""
+    import psycopg
+
+    with psycopg.connect(pg.url, autocommit=True) as conn:
+        conn.execute("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
+    pg.restart()
 
 
 def measure_all(args: argparse.Namespace, servers: dict[str, Server], pg: PgServer | None) -> dict[str, Any]:
     samples: dict[str, dict[str, list[dict[str, float]]]] = {
         m: {s: [] for s in servers} for m in LABELS}
     failures = []
+    metrics = [m for m in LABELS if args.only == "all" or m in SMALL]
     for rnd in range(args.repeat):
         names = list(servers)
         order = names[rnd % len(names):] + names[:rnd % len(names)]
-        for metric, label in LABELS.items():
+        for metric in metrics:
+            label = LABELS[metric]
             for name in order:
                 prefix = f"round {rnd + 1}/{args.repeat}  {label:<26} {name:<10}"
                 try:
@@ -482,6 +516,9 @@ def report(args: argparse.Namespace, raw: dict[str, Any], loads: dict[str, float
                 e: (medians[metric][e]["manta_cpu_us_per_op"]
                     + (medians[metric][e].get("postgres_cpu_us_per_op", 0) if e == "postgresql" else 0))
                 if medians[metric].get(e) else None for e in ENGINES}))
+            if args.statements:
+                rows.append((f"{label} (statements/op)", {
+                    e: medians[metric].get(e, {}).get("statements_per_op") for e in ENGINES}))
     rows.append((f"load {args.keys:,} keys (s)", {e: loads.get(e) for e in ENGINES}))
     width = max(len(r[0]) for r in rows) + 2
     head = f"{'metric':<{width}}{'lmdb':>12}{'postgresql':>12}{'pg/lmdb':>10}"
@@ -534,6 +571,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workdir", type=Path, default=HERE,
                    help="the servers' data go in a fresh temp dir under here")
     p.add_argument("--json", type=Path, default=HERE / "results" / "catalog.json")
+    p.add_argument("--only", choices=("all", "small"), default="all",
+                   help="small: only the 4 KiB PUT/GET runs (no listing bucket, no listing pages)")
+    p.add_argument("--statements", action="store_true",
+                   help="count PostgreSQL statements per 4 KiB operation (pg_stat_statements)")
     p.add_argument("--quick", action="store_true",
                    help="defaults for a short run: 20,000 keys, 10 pages, 2 s runs, 1 round")
     args = p.parse_args(argv)
@@ -561,8 +602,11 @@ def main(argv: list[str] | None = None) -> int:
         if pg is not None:
             cleanup.callback(pg.stop)
             pg.start()
+            if args.statements:
+                enable_statements(pg)
         servers, locations = start_servers(work, args, pg, cleanup)
-        for engine, location in locations.items():
+        args.pg_url = locations.get("postgresql")
+        for engine, location in locations.items() if args.only == "all" else ():
             print(f"loading {args.keys:,} keys into the {engine} catalog, {args.batch} a write",
                   file=sys.stderr, flush=True)
             loads[engine] = load_listing(location, args, engine)

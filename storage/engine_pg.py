@@ -66,7 +66,7 @@ from storage.engine_pg_schema import (
     hold_id,
     public_location,
 )
-from storage.engine_pg_txn import RETRY_SQLSTATES, Batch, Conn, ReadTxn, WriteTxn, lost
+from storage.engine_pg_txn import RETRY_SQLSTATES, Batch, Conn, ReadConns, ReadTxn, WriteTxn, lost
 
 __all__ = ["SCHEMA_VERSION", "PgEngine"]
 
@@ -76,7 +76,13 @@ _MAX_TRIES = 5
 
 
 class _Retry(Exception):
-    """The batch was rolled back for a reason not its own: run it again."""
+    """The batch was rolled back for a reason not its own: run it again (`eager`: sending
+    each put and delete at once, because a failure hit a message that carried buffered
+    statements of several writes, and it must land on the write that caused it)."""
+
+    def __init__(self, message: str, eager: bool = False) -> None:
+        super().__init__(message)
+        self.eager = eager
 
 
 class _Unknown(Exception):
@@ -132,6 +138,7 @@ class PgEngine:
             # the pool retries a failed connect after 1s, 2s, 4s...: give such an attempt up
             # soon, so that the first read once the database is back starts a fresh one
             reconnect_timeout=1.0)
+        self._reads = ReadConns(self._pool, self.location)
         self._writer_conn: Conn | None = None
         self._queue: queue.SimpleQueue[tuple[Callable[[Any], Any], concurrent.futures.Future[Any]] | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
@@ -143,10 +150,11 @@ class PgEngine:
         if self._writer is not None:
             self._queue.put(None)
             self._writer.join()
+        self._reads.close()
         self._pool.close()
 
     def read(self) -> ReadTxn:
-        return ReadTxn(self._pool, self._tables, self.location)
+        return ReadTxn(self._reads, self._tables)
 
     def submit(self, fn: Callable[[Any], T]) -> concurrent.futures.Future[T]:
         if self._writer is None:
@@ -215,6 +223,7 @@ class PgEngine:
 
     def _apply(self, batch: Writes) -> None:
         failure: BaseException
+        eager = False
         for attempt in range(_MAX_TRIES):
             if attempt:
                 time.sleep(0.01 * 2 ** attempt)
@@ -224,8 +233,9 @@ class PgEngine:
                 failure = EngineUnavailable(f"catalog database {self.location}: {exc}")
                 break
             try:
-                outcomes = self._run_batch(conn, batch)
+                outcomes = self._run_batch(conn, batch, eager)
             except _Retry as exc:
+                eager = eager or exc.eager
                 failure = EngineUnavailable(f"catalog write gave up after {_MAX_TRIES} tries: {exc}")
                 self._abandon(conn)
                 continue
@@ -263,9 +273,9 @@ class PgEngine:
         conn.close()
         self._writer_conn = None
 
-    def _run_batch(self, conn: Conn, writes: Writes) -> list[tuple[bool, Any]]:
+    def _run_batch(self, conn: Conn, writes: Writes, eager: bool = False) -> list[tuple[bool, Any]]:
         """Every write in its savepoint, then COMMIT: (ok, result or exception) per write."""
-        batch = Batch(conn)
+        batch = Batch(conn, write_behind=not eager)
         outcomes: list[tuple[bool, Any]] = []
         for fn, _ in writes:
             txn = WriteTxn(self._tables, batch)
@@ -273,29 +283,26 @@ class PgEngine:
                 result = fn(txn)
             except BaseException as exc:  # noqa: BLE001 - delivered to the caller
                 if txn.fatal is not None:
-                    raise _Retry(str(txn.fatal)) from txn.fatal
-                if txn.statements:
-                    batch.pending = batch.UNDO
-                    batch.locked.difference_update(txn.fresh)
+                    raise _Retry(str(txn.fatal), eager=txn.carried) from txn.fatal
+                txn.finish(ok=False)
                 outcomes.append((False, exc))
                 continue
             if txn.fatal is not None:  # the write caught the error and returned
-                raise _Retry(str(txn.fatal)) from txn.fatal
-            if txn.statements:
-                batch.pending = batch.NEXT
+                raise _Retry(str(txn.fatal), eager=txn.carried) from txn.fatal
+            txn.finish(ok=True)
             outcomes.append((True, result))
-        if batch.pending == batch.BEGIN:
-            return outcomes  # no write sent a statement: nothing to commit
-        commit = (batch.UNDO if batch.pending == batch.UNDO else b"") + b"COMMIT"
+        if not batch.sent and batch.unsent == batch.BEGIN:
+            return outcomes  # no write sent or buffered a statement: nothing to commit
+        carried = batch.carries
         try:
-            cursor = conn.execute(commit)
+            cursor = conn.execute(bytes(batch.unsent) + b"COMMIT")
             while cursor.nextset():
                 pass
         except psycopg.Error as exc:
             if lost(conn):
                 raise _Unknown(str(exc)) from exc
-            if exc.sqlstate in RETRY_SQLSTATES:
-                raise _Retry(str(exc)) from exc
+            if exc.sqlstate in RETRY_SQLSTATES or carried:
+                raise _Retry(str(exc), eager=carried) from exc
             raise
         if cursor.statusmessage != "COMMIT":  # the answer to COMMIT in a failed transaction
             raise RuntimeError(f"the catalog batch did not commit: {cursor.statusmessage}")
