@@ -356,7 +356,7 @@ def pg_statements(url: str, reset: bool = False) -> float:
         rows = conn.execute("SELECT calls, query FROM pg_stat_statements s JOIN pg_database d "
                             "ON d.oid = s.dbid WHERE d.datname = current_database() AND "
                             "s.query NOT LIKE '%pg_stat_statements%' ORDER BY calls DESC").fetchall()
-        for calls, query in rows[:12]:
+        for calls, query in rows[:20]:
             print(f"    {calls:>7}  {' '.join(query.split())[:100]}", file=sys.stderr)
         return float(sum(calls for calls, _ in rows))
 

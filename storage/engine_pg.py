@@ -66,7 +66,16 @@ from storage.engine_pg_schema import (
     hold_id,
     public_location,
 )
-from storage.engine_pg_txn import RETRY_SQLSTATES, Batch, Conn, ReadConns, ReadTxn, WriteTxn, lost
+from storage.engine_pg_txn import (
+    RETRY_SQLSTATES,
+    Batch,
+    Conn,
+    ReadConns,
+    ReadTxn,
+    Wire,
+    WriteTxn,
+    lost,
+)
 
 __all__ = ["SCHEMA_VERSION", "PgEngine"]
 
@@ -138,7 +147,8 @@ class PgEngine:
             # the pool retries a failed connect after 1s, 2s, 4s...: give such an attempt up
             # soon, so that the first read once the database is back starts a fresh one
             reconnect_timeout=1.0)
-        self._reads = ReadConns(self._pool, self.location)
+        self._wire = Wire()
+        self._reads = ReadConns(self._pool, self._wire, self.location)
         self._writer_conn: Conn | None = None
         self._queue: queue.SimpleQueue[tuple[Callable[[Any], Any], concurrent.futures.Future[Any]] | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
@@ -189,13 +199,12 @@ class PgEngine:
 
     def schema_version(self) -> int:
         with self.read() as txn:
-            row = txn.run(b"SELECT version FROM manta_schema", ()).fetchone()
-        return int(row[0]) if row else 0
+            rows = txn.run(b"SELECT version FROM manta_schema", ())
+        return int(rows[0][0]) if rows else 0
 
     def counts(self) -> dict[str, int]:
         with self.read() as txn:
-            return {name: int(txn.run(sql.count, ()).fetchone()[0])  # type: ignore[index]
-                    for name, sql in self._tables.items()}
+            return {name: int(txn.run(sql.count, ())[0][0]) for name, sql in self._tables.items()}
 
     def _write_loop(self) -> None:
         try:
@@ -275,7 +284,7 @@ class PgEngine:
 
     def _run_batch(self, conn: Conn, writes: Writes, eager: bool = False) -> list[tuple[bool, Any]]:
         """Every write in its savepoint, then COMMIT: (ok, result or exception) per write."""
-        batch = Batch(conn, write_behind=not eager)
+        batch = Batch(conn, self._wire, write_behind=not eager)
         outcomes: list[tuple[bool, Any]] = []
         for fn, _ in writes:
             txn = WriteTxn(self._tables, batch)
@@ -283,27 +292,25 @@ class PgEngine:
                 result = fn(txn)
             except BaseException as exc:  # noqa: BLE001 - delivered to the caller
                 if txn.fatal is not None:
-                    raise _Retry(str(txn.fatal), eager=txn.carried) from txn.fatal
+                    raise _Retry(str(txn.fatal), eager=txn.eager) from txn.fatal
                 txn.finish(ok=False)
                 outcomes.append((False, exc))
                 continue
             if txn.fatal is not None:  # the write caught the error and returned
-                raise _Retry(str(txn.fatal), eager=txn.carried) from txn.fatal
+                raise _Retry(str(txn.fatal), eager=txn.eager) from txn.fatal
             txn.finish(ok=True)
             outcomes.append((True, result))
         if not batch.sent and batch.unsent == batch.BEGIN:
             return outcomes  # no write sent or buffered a statement: nothing to commit
-        carried = batch.carries
+        changes = batch.write_behind
         try:
-            cursor = conn.execute(bytes(batch.unsent) + b"COMMIT")
-            while cursor.nextset():
-                pass
+            result = self._wire.text(conn, bytes(batch.unsent) + b"COMMIT")
         except psycopg.Error as exc:
             if lost(conn):
                 raise _Unknown(str(exc)) from exc
-            if exc.sqlstate in RETRY_SQLSTATES or carried:
-                raise _Retry(str(exc), eager=carried) from exc
+            if exc.sqlstate in RETRY_SQLSTATES or changes:
+                raise _Retry(str(exc), eager=changes) from exc
             raise
-        if cursor.statusmessage != "COMMIT":  # the answer to COMMIT in a failed transaction
-            raise RuntimeError(f"the catalog batch did not commit: {cursor.statusmessage}")
+        if result.command_status != b"COMMIT":  # the answer to COMMIT in a failed transaction
+            raise RuntimeError(f"the catalog batch did not commit: {result.command_status!r}")
         return outcomes

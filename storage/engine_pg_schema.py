@@ -98,7 +98,7 @@ class TableSql:
             table=name,
             get=_q("SELECT v FROM {t} WHERE k = %b", t=t),
             put=_q("INSERT INTO {t} (k, v) VALUES (%b, %b) ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v", t=t),
-            delete=_q("DELETE FROM {t} WHERE k = %b", t=t),
+            delete=_q("DELETE FROM {t} WHERE k = %b RETURNING true", t=t),
             lock_get=_q("SELECT {fget}(%b, %b)", **names),
             lock_put=_q("SELECT {fput}(%b, %b, %b)", **names),
             lock_delete=_q("SELECT {fdel}(%b, %b)", **names),

@@ -2,34 +2,126 @@
 read on a pooled connection (`ReadConns` keeps the connections that ended a read parked in
 its transaction, so that its ROLLBACK travels with the next BEGIN), and the writes of one
 group-committed batch on the writer's connection, with the batch's key cache and its
-write-behind buffer."""
+write-behind buffer. Statements go straight through libpq (`Wire`)."""
 
 from __future__ import annotations
 
+import struct
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
 import psycopg
 import psycopg_pool
+from psycopg import pq
 from psycopg.types.numeric import Int8
 
 from storage.engine import EngineUnavailable, prefix_end
 from storage.engine_pg_schema import PAGE_ROWS, TableSql, lock_id
 from storage.engine_pg_skip import scan_skip
 
-__all__ = ["RETRY_SQLSTATES", "Batch", "Conn", "ReadConns", "ReadTxn", "WriteTxn", "lost"]
+__all__ = ["RETRY_SQLSTATES", "Batch", "Conn", "ReadConns", "ReadTxn", "Wire", "WriteTxn", "lost"]
 
 Conn = psycopg.Connection[Any]
+Row = tuple[Any, ...]
 RETRY_SQLSTATES = frozenset({"40P01", "40001"})  # deadlock detected, serialization failure
 _BEGIN_READ = b"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; "
 _UNKNOWN = object()  # a key whose value the batch does not know
+_OK = frozenset({pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK, pq.ExecStatus.EMPTY_QUERY})
+_BYTEA, _BOOL, _INTS = 17, 16, frozenset({20, 21, 23})  # type oids
+_INT8 = struct.Struct(">q")
 
 
 def lost(conn: Conn) -> bool:
     return conn.broken or conn.closed
+
+
+def render(query: bytes, params: tuple[Any, ...]) -> bytes:
+    """`query` with its `%b` placeholders replaced by literals (bytes as decode(hex), ints)."""
+    parts = query.split(b"%b")
+    out = [parts[0]]
+    for value, part in zip(params, parts[1:], strict=True):
+        if isinstance(value, int):
+            out.append(b"%d" % value)
+        else:
+            out += (b"decode('", bytes(value).hex().encode(), b"', 'hex')")
+        out.append(part)
+    return b"".join(out)
+
+
+def _value(res: pq.abc.PGresult, row: int, col: int) -> Any:
+    raw = res.get_value(row, col)
+    if raw is None:
+        return None
+    oid = res.ftype(col)
+    if res.fformat(col):  # binary
+        if oid == _BYTEA:
+            return raw
+        if oid == _BOOL:
+            return raw == b"\x01"
+        if oid in _INTS:
+            return int.from_bytes(raw, "big", signed=True)
+    else:
+        if oid == _BYTEA:
+            return bytes.fromhex(raw[2:].decode())  # \x...
+        if oid == _BOOL:
+            return raw == b"t"
+        if oid in _INTS:
+            return int(raw)
+    return raw.decode()
+
+
+class Wire:
+    """Statements straight through libpq (psycopg's `pgconn`): psycopg's cursors cost
+    three times the client CPU of the libpq call itself, and the engine needs none of what
+    they add. `run` sends one statement with binary parameters and results, prepared once
+    per connection (the `%b` placeholders become $1, $2...); `text` sends several
+    statements in one message (simple protocol, values inline: `render`) and answers the
+    last one's result. Results are lists of tuples (bytea as bytes, bool, int)."""
+
+    def __init__(self) -> None:
+        self._names: dict[bytes, tuple[bytes, bytes]] = {}
+        self._prepared: weakref.WeakKeyDictionary[Any, set[bytes]] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    def run(self, conn: Conn, query: bytes, params: tuple[Any, ...]) -> list[Row]:
+        pgconn = conn.pgconn
+        with self._lock:
+            named = self._names.get(query)
+            if named is None:
+                parts = query.split(b"%b")
+                numbered = b"".join(part + (b"$%d" % n if n < len(parts) else b"")
+                                    for n, part in enumerate(parts, 1))
+                named = self._names[query] = (b"manta_%d" % len(self._names), numbered)
+            done = self._prepared.setdefault(pgconn, set())
+        name = named[0]
+        if name not in done:
+            self._check(conn, pgconn.prepare(name, named[1]))
+            done.add(name)
+        values = [_INT8.pack(v) if isinstance(v, int) else bytes(v) for v in params]
+        return self._rows(self._check(conn, pgconn.exec_prepared(name, values, [1] * len(values), 1)))
+
+    def text(self, conn: Conn, sql: bytes) -> pq.abc.PGresult:
+        return self._check(conn, conn.pgconn.exec_(sql))
+
+    def rows(self, conn: Conn, sql: bytes) -> list[Row]:
+        return self._rows(self.text(conn, sql))
+
+    @staticmethod
+    def _rows(res: pq.abc.PGresult) -> list[Row]:
+        fields = range(res.nfields)
+        return [tuple(_value(res, row, col) for col in fields) for row in range(res.ntuples)]
+
+    @staticmethod
+    def _check(conn: Conn, res: pq.abc.PGresult) -> pq.abc.PGresult:
+        if res.status in _OK:
+            return res
+        if lost(conn):
+            raise psycopg.OperationalError((res.error_message or b"connection lost").decode(errors="replace"))
+        raise psycopg.errors.error_from_result(res, encoding=conn.info.encoding)
 
 
 class _Txn:
@@ -38,12 +130,12 @@ class _Txn:
     def __init__(self, tables: dict[str, TableSql]) -> None:
         self._tables = tables
 
-    def run(self, query: bytes, params: tuple[Any, ...]) -> psycopg.Cursor[Any]:
+    def run(self, query: bytes, params: tuple[Any, ...]) -> list[Row]:
         raise NotImplementedError
 
     def get(self, table: str, key: bytes) -> bytes | None:
-        row = self.run(self._tables[table].get, (key,)).fetchone()
-        return None if row is None else bytes(row[0])
+        rows = self.run(self._tables[table].get, (key,))
+        return rows[0][0] if rows else None
 
     def scan(self, table: str, start: bytes = b"", prefix: bytes = b"",
              end: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
@@ -55,12 +147,11 @@ class _Txn:
         first = True
         while high is None or low < high:
             params = (low,) if high is None else (low, high)
-            rows = self.run(scans[first, high is not None], params).fetchall()
-            for key, value in rows:
-                yield bytes(key), bytes(value)
+            rows = self.run(scans[first, high is not None], params)
+            yield from rows  # type: ignore[misc]
             if len(rows) < PAGE_ROWS:
                 return
-            low, first = bytes(rows[-1][0]), False
+            low, first = rows[-1][0], False
 
     def scan_skip(self, table: str, start: bytes, prefix: bytes, delimiter: bytes,
                   cut: int) -> Iterator[tuple[bytes, bytes]]:
@@ -74,9 +165,10 @@ class ReadConns:
     longer than `park_s` is rolled back and returned to the pool by the reaper, so that no
     snapshot holds back vacuum (or a DDL lock) for longer than about 1.5 x `park_s`."""
 
-    def __init__(self, pool: psycopg_pool.ConnectionPool[Any], location: str,
+    def __init__(self, pool: psycopg_pool.ConnectionPool[Any], wire: Wire, location: str,
                  park_s: float = 0.5) -> None:
         self.pool = pool
+        self.wire = wire
         self.location = location
         self.park_s = park_s
         self._parked: list[tuple[float, Conn]] = []
@@ -112,7 +204,7 @@ class ReadConns:
         """Roll back and return to the pool (which drops a broken connection)."""
         if not lost(conn):
             try:
-                conn.execute(b"ROLLBACK")
+                self.wire.text(conn, b"ROLLBACK")
             except psycopg.Error:
                 pass
         self.pool.putconn(conn)
@@ -156,17 +248,17 @@ class ReadTxn(_Txn):
         if conn is not None:
             self._conns.park(conn)
 
-    def run(self, query: bytes, params: tuple[Any, ...]) -> psycopg.Cursor[Any]:
+    def run(self, query: bytes, params: tuple[Any, ...]) -> list[Row]:
         if not self._open:
             raise RuntimeError("the read transaction is not open (use `with engine.read() as txn`)")
         if self._conn is None:
             return self._begin(query, params)
         try:
-            return self._conn.execute(query, params, binary=True)
+            return self._conns.wire.run(self._conn, query, params)
         except psycopg.OperationalError as exc:
             raise EngineUnavailable(f"catalog database: {exc}") from exc
 
-    def _begin(self, query: bytes, params: tuple[Any, ...]) -> psycopg.Cursor[Any]:
+    def _begin(self, query: bytes, params: tuple[Any, ...]) -> list[Row]:
         """The first statement, after BEGIN. A connection the server dropped (it restarted)
         fails here, before anything was read: then the pool checks the others and this
         tries once more."""
@@ -174,11 +266,8 @@ class ReadTxn(_Txn):
         for attempt in range(2):
             conn, in_txn = conns.take()
             try:
-                cursor = psycopg.ClientCursor(conn)
-                cursor.execute((b"ROLLBACK; " if in_txn else b"") + _BEGIN_READ
-                               + query.replace(b"%b", b"%s"), params)
-                while cursor.nextset():
-                    pass  # to the first statement's result
+                rows = conns.wire.rows(conn, (b"ROLLBACK; " if in_txn else b"") + _BEGIN_READ
+                                       + render(query, params))
             except psycopg.OperationalError as exc:
                 conns.give_back(conn)
                 if attempt or not lost(conn):
@@ -190,80 +279,82 @@ class ReadTxn(_Txn):
                 self._conn = conn  # rolled back on its next use
                 raise
             self._conn = conn
-            return cursor
+            return rows
         raise AssertionError("unreachable")
 
 
 class Batch:
     """What a batch's writes share: the writer's connection, the advisory locks the batch
     holds, the values of the keys it knows (`cache`: each key it holds the lock of, or has
-    put), and the SQL still to send (`unsent`): BEGIN, the finished writes' buffered puts
-    and deletes, and the RELEASE SAVEPOINT / SAVEPOINT between two writes, which go in one
-    message with the next statement (client-side binding: several statements in one
-    message), or with COMMIT. `write_behind` False sends every put and delete at once (a
-    batch run again after a failure in a message that carried other writes' statements)."""
+    put), and the SQL still to send (`unsent`: BEGIN, finished writes' puts and deletes,
+    savepoint steps), which goes in one message with the next statement, or with COMMIT.
 
-    BEGIN = b"BEGIN ISOLATION LEVEL READ COMMITTED; SAVEPOINT w; "
-    NEXT = b"RELEASE SAVEPOINT w; SAVEPOINT w; "
-    UNDO = b"ROLLBACK TO SAVEPOINT w; "  # leaves savepoint w in place for the next write
+    Two modes. Write-behind (the default): a write sends only reads (each key's lock and
+    value) while it runs and buffers its puts and deletes; they join `unsent` when it
+    returns, and are dropped when it raises. Its reads changed nothing, so it needs no
+    savepoint, and the locks a failed write took stay held until COMMIT (over-locking, no
+    harm). Only a scan sends the write's buffered changes early (a scan sees its own
+    write's changes), inside a savepoint opened then. Any SQL error rolls the whole batch
+    back to run again in the eager mode: every write in a savepoint, every put and delete
+    sent at once, so that an error lands on the write that caused it, which alone rolls
+    back."""
 
-    def __init__(self, conn: Conn, write_behind: bool = True) -> None:
+    BEGIN = b"BEGIN ISOLATION LEVEL READ COMMITTED; "
+    OPEN = b"SAVEPOINT w; "
+    CLOSE = b"RELEASE SAVEPOINT w; "
+    UNDO = b"ROLLBACK TO SAVEPOINT w; RELEASE SAVEPOINT w; "
+
+    def __init__(self, conn: Conn, wire: Wire, write_behind: bool = True) -> None:
         self.conn = conn
+        self.wire = wire
         self.write_behind = write_behind
         self.locked: set[int] = set()
         self.cache: dict[tuple[str, bytes], bytes | None] = {}
         self.unsent = bytearray(self.BEGIN)
-        self.carries = False  # `unsent` holds finished writes' puts or deletes
         self.sent = False
-        self._render = psycopg.ClientCursor(conn)
 
-    def render(self, query: bytes, params: tuple[Any, ...]) -> bytes:
-        """One statement as SQL text with its values inline, to send later."""
-        return self._render.mogrify(query.replace(b"%b", b"%s"), params).encode() + b"; "
-
-    def execute(self, query: bytes, params: tuple[Any, ...], buffered: bytearray) -> psycopg.Cursor[Any]:
-        """Send `unsent`, then a write's `buffered` statements, then `query`; its result."""
+    def execute(self, head: bytes, query: bytes, params: tuple[Any, ...]) -> list[Row]:
+        """Send `unsent`, then `head` (a write's own statements), then `query`; its rows."""
         self.sent = True
-        if not self.unsent and not buffered:
-            return self.conn.execute(query, params, binary=True)
-        head = bytes(self.unsent + buffered).replace(b"%", b"%%")
-        cursor = psycopg.ClientCursor(self.conn)
-        try:
-            cursor.execute(head + query.replace(b"%b", b"%s"), params)
-        finally:
-            self.unsent.clear()  # sent: it runs before `query` (or broke it all)
-            self.carries = False
-            buffered.clear()
-        while cursor.nextset():
-            pass  # to the last statement's result
-        return cursor
+        if not self.unsent and not head:
+            return self.wire.run(self.conn, query, params)
+        message = bytes(self.unsent) + head + render(query, params)
+        self.unsent.clear()  # sent: it runs before `query` (or broke it all)
+        return self.wire.rows(self.conn, message)
 
 
 class WriteTxn(_Txn):
-    """One write of a batch, on the writer's connection inside its savepoint. What it reads
-    and writes goes to its own `cache` (merged into the batch's when it succeeds); its puts
-    and deletes wait in `buffered` for its next statement (a scan's page included, so a scan
-sees them), or for the batch's next message."""
+    """One write of a batch (see `Batch` for the two modes). What it reads and writes goes
+    to its own `cache`, merged into the batch's when it succeeds."""
 
     def __init__(self, tables: dict[str, TableSql], batch: Batch) -> None:
         super().__init__(tables)
         self._batch = batch
         self.fresh: list[int] = []         # the locks this write took (or will, when sent)
         self.cache: dict[tuple[str, bytes], bytes | None] = {}
-        self.buffered = bytearray()
-        self.statements = 0                # messages sent
-        self.carried = False               # a message it sent carried other writes' statements
+        self.buffered = bytearray()        # its puts and deletes, not sent yet
+        self.saved = False                 # it opened savepoint w
         self.fatal: psycopg.Error | None = None  # the batch must roll back and run again
+        self.eager = False                 # ... in the eager mode
+        if not batch.write_behind:
+            batch.unsent += batch.OPEN
+            self.saved = True
 
-    def run(self, query: bytes, params: tuple[Any, ...]) -> psycopg.Cursor[Any]:
-        self.statements += 1
-        carried = self._batch.carries
+    def run(self, query: bytes, params: tuple[Any, ...], own: bool = True) -> list[Row]:
+        """Send `query` (after what the batch has unsent and, with `own`, this write's
+        buffered changes); its rows."""
+        head = b""
+        if own and self.buffered:
+            head = (b"" if self.saved else self._batch.OPEN) + bytes(self.buffered)
+            self.saved = True
+            self.buffered.clear()
         try:
-            return self._batch.execute(query, params, self.buffered)
+            return self._batch.execute(head, query, params)
         except psycopg.Error as exc:
-            if exc.sqlstate in RETRY_SQLSTATES or lost(self._batch.conn) or carried:
+            if exc.sqlstate in RETRY_SQLSTATES or lost(self._batch.conn):
                 self.fatal = exc
-                self.carried = carried
+            elif self._batch.write_behind:
+                self.fatal, self.eager = exc, True
             raise
 
     def finish(self, ok: bool) -> None:
@@ -271,13 +362,11 @@ sees them), or for the batch's next message."""
         batch = self._batch
         if ok:
             batch.cache.update(self.cache)
-            if self.buffered:
-                batch.unsent += self.buffered
-                batch.carries = True
-            if self.statements or self.buffered:
-                batch.unsent += batch.NEXT
+            batch.unsent += self.buffered
+            if self.saved:
+                batch.unsent += batch.CLOSE
         else:
-            if self.statements:
+            if self.saved:
                 batch.unsent += batch.UNDO
             batch.locked.difference_update(self.fresh)
         self.buffered = bytearray()
@@ -299,9 +388,9 @@ sees them), or for the batch's next message."""
         self.fresh.append(lock)
         return lock
 
-    def _send_or_buffer(self, query: bytes, params: tuple[Any, ...]) -> None:
+    def _change(self, query: bytes, params: tuple[Any, ...]) -> None:
         if self._batch.write_behind:
-            self.buffered += self._batch.render(query, params)
+            self.buffered += render(query, params) + b"; "
         else:
             self.run(query, params)
 
@@ -309,37 +398,31 @@ sees them), or for the batch's next message."""
         found = self._known(table, key)
         if found is not _UNKNOWN:
             return found  # type: ignore[no-any-return]
+        sql = self._tables[table]
         lock = self._new_lock(table, key)
-        if lock is None:
-            value = super().get(table, key)
-        else:
-            row = self.run(self._tables[table].lock_get, (lock, key)).fetchone()
-            value = None if row is None or row[0] is None else bytes(row[0])
+        rows = (self.run(sql.get, (key,), own=False) if lock is None
+                else self.run(sql.lock_get, (lock, key), own=False))
+        value = rows[0][0] if rows else None
         self.cache[table, key] = value
         return value
 
     def put(self, table: str, key: bytes, value: bytes) -> None:
-        self._tables[table]
+        sql = self._tables[table]
         lock = self._new_lock(table, key)
-        if lock is None:
-            self._send_or_buffer(self._tables[table].put, (key, value))
-        else:
-            self._send_or_buffer(self._tables[table].lock_put, (lock, key, value))
-        self.cache[table, key] = bytes(value)
+        self._change(sql.put, (key, value)) if lock is None else self._change(sql.lock_put, (lock, key, value))
+        self.cache[table, key] = bytes(value)  # not a caller's buffer that may change
 
     def delete(self, table: str, key: bytes) -> bool:
-        found = self._known(table, key)
-        lock = self._new_lock(table, key)
-        if found is not _UNKNOWN and self._batch.write_behind:
-            if lock is None:
-                self._send_or_buffer(self._tables[table].delete, (key,))
-            else:
-                self._send_or_buffer(self._tables[table].lock_delete, (lock, key))
-            existed = found is not None
-        elif lock is None:
-            existed = self.run(self._tables[table].delete, (key,)).rowcount > 0
+        sql = self._tables[table]
+        if self._batch.write_behind:
+            existed = self.get(table, key) is not None  # known, or read now (and locked)
+            if existed:
+                self._change(sql.delete, (key,))
         else:
-            row = self.run(self._tables[table].lock_delete, (lock, key)).fetchone()
-            existed = bool(row and row[0])
+            lock = self._new_lock(table, key)
+            if lock is None:
+                existed = bool(self.run(sql.delete, (key,)))
+            else:
+                existed = bool(self.run(sql.lock_delete, (lock, key))[0][0])
         self.cache[table, key] = None
         return existed
