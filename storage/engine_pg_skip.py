@@ -40,8 +40,8 @@ _STATEMENTS: dict[tuple[str, bool], bytes] = {}
 
 def scan_skip(run: Callable[[bytes, tuple[Any, ...]], Any], table: str, start: bytes, prefix: bytes,
               delimiter: bytes, cut: int) -> Iterator[tuple[bytes, bytes]]:
-    """`run(statement, params)` executes on the transaction's connection; `table` is the SQL
-    table name."""
+    """`run(statement, params)` executes on the transaction's connection and answers its
+    rows (bytea as bytes); `table` is the SQL table name."""
     high = prefix_end(prefix) if prefix else None
     bounded = high is not None
     query = _STATEMENTS.get((table, bounded))
@@ -52,9 +52,8 @@ def scan_skip(run: Callable[[bytes, tuple[Any, ...]], Any], table: str, start: b
         head: tuple[Any, ...] = (low, high) if bounded else (low,)
         step: tuple[Any, ...] = (delimiter, cut + 1, cut, delimiter, cut + 1, len(delimiter))
         params = head + step + ((high,) if bounded else ()) + (rows_wanted,)
-        rows = run(query, params).fetchall()
-        for key, value in rows:
-            yield bytes(key), bytes(value)
+        rows = run(query, params)
+        yield from rows
         if len(rows) < rows_wanted:
             return
-        low, rows_wanted = skip_past(bytes(rows[-1][0]), delimiter, cut), min(rows_wanted * 4, MAX_ROWS)
+        low, rows_wanted = skip_past(rows[-1][0], delimiter, cut), min(rows_wanted * 4, MAX_ROWS)

@@ -6,7 +6,6 @@ write-behind buffer. Statements go straight through libpq (`Wire`)."""
 
 from __future__ import annotations
 
-import struct
 import threading
 import time
 import weakref
@@ -32,7 +31,6 @@ _BEGIN_READ = b"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; "
 _UNKNOWN = object()  # a key whose value the batch does not know
 _OK = frozenset({pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK, pq.ExecStatus.EMPTY_QUERY})
 _BYTEA, _BOOL, _INTS = 17, 16, frozenset({20, 21, 23})  # type oids
-_INT8 = struct.Struct(">q")
 
 
 def lost(conn: Conn) -> bool:
@@ -101,8 +99,10 @@ class Wire:
         if name not in done:
             self._check(conn, pgconn.prepare(name, named[1]))
             done.add(name)
-        values = [_INT8.pack(v) if isinstance(v, int) else bytes(v) for v in params]
-        return self._rows(self._check(conn, pgconn.exec_prepared(name, values, [1] * len(values), 1)))
+        # bytes in binary, ints in text (a text int fits a parameter of any integer type)
+        values = [b"%d" % v if isinstance(v, int) else bytes(v) for v in params]
+        formats = [0 if isinstance(v, int) else 1 for v in params]
+        return self._rows(self._check(conn, pgconn.exec_prepared(name, values, formats, 1)))
 
     def text(self, conn: Conn, sql: bytes) -> pq.abc.PGresult:
         return self._check(conn, conn.pgconn.exec_(sql))
