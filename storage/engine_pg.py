@@ -2,27 +2,46 @@
 that any number of front doors share one catalog. The statements and the schema are in
 storage/engine_pg_schema.py, the transactions in storage/engine_pg_txn.py.
 
+Cost: on a small machine the catalog's price is CPU per statement, on both ends of the
+socket, more than round trips; so statements go straight through libpq (`Wire`: psycopg's
+cursors cost three times the client CPU of the call itself), prepared and binary, and the
+engine sends as few as it can.
+
 Reads: `read()` is a REPEATABLE READ READ ONLY transaction on a pooled connection (a
 snapshot, like an LMDB read transaction; it never waits for a writer), begun together with
-its first statement, whose snapshot it is: a read of one key costs two round trips, that
-and ROLLBACK. `scan` fetches keyset pages of PAGE_ROWS rows (`k >= start [AND k < end]
+its first statement, whose snapshot it is. At its end the connection is parked with the
+transaction open (`ReadConns`), and the next read on it sends ROLLBACK with its BEGIN: a
+read of one key is one round trip. A connection parked for more than half a second is
+rolled back by a reaper thread (a snapshot held open holds back vacuum), and so is one
+that a read waiting on the pool needs. `scan` fetches keyset pages of PAGE_ROWS rows (`k >= start [AND k < end]
 ORDER BY k LIMIT n`, then `k > last`), a prefix bounded above by `prefix_end`, so a scan
 that stops early costs one page.
 
 Writes: one writer thread per engine, with a connection of its own, drains the queue as
-LmdbEngine does: one READ COMMITTED transaction per batch, each write inside a SAVEPOINT
-(a write that raises rolls back to it alone and its exception goes to its caller), one
-COMMIT for the batch, then the futures resolve. Durable = committed (synchronous_commit).
-BEGIN and the savepoint steps between writes travel with the next statement (`Batch`).
+LmdbEngine does: one READ COMMITTED transaction per batch, one COMMIT for the batch, then
+the futures resolve. Durable = committed (synchronous_commit). A write that raises rolls
+back alone and its exception goes to its caller. How (`Batch`, in engine_pg_txn.py): a
+write sends only reads while it runs (each key's lock and value) and buffers its puts and
+deletes, which join the batch's next message (the next write's first read, or COMMIT) when
+it returns and are dropped when it raises; reads change nothing, so no savepoint is needed
+(a scan, which must see its write's changes, sends them early inside a savepoint). Any SQL
+error then rolls the batch back and runs it again in the eager mode (a savepoint per write,
+changes sent at once), where the error lands on the write that caused it.
+
+The batch's key cache: once the batch holds a key's lock no other writer can change the
+key until COMMIT, so its value (read, or written by the batch) is kept for the rest of the
+batch: the bucket record, the owner's usage and account that every PUT of a batch reads
+are read once. A write's reads and writes go to a cache of its own, merged into the
+batch's when it returns (dropped when it raises); a batch run again starts empty.
 
 Per-key locking, across front doors: the first time a write's batch touches a key (get,
 put or delete) it takes a transaction-scoped advisory lock on a 64-bit hash of (table,
 key), then reads or writes the row in a separate statement (one round trip: the
 `manta_<table>_lock_*` functions); under READ COMMITTED that statement's fresh snapshot sees
 the newest committed value, and no other writer changes the key until this batch commits.
-The batch remembers its locks (one lock per key per batch; a write that rolls back to its
-savepoint gives its new ones up; two keys whose hashes collide share a lock, which only
-over-locks). Scans inside a write take no locks and each page is a fresh READ COMMITTED
+The batch remembers its locks (one lock per key per batch; a write that raises forgets its
+new ones, though they may stay held until COMMIT; two keys whose hashes collide share a
+lock, which only over-locks). Scans inside a write take no locks and each page is a fresh READ COMMITTED
 snapshot: a repository guards a range by a parent key that every writer of the range also
 locks (the bucket record).
 

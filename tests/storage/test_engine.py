@@ -17,6 +17,7 @@ import pytest
 from storage import engine_lmdb, engine_pg
 from storage.engine import Engine, EngineUnavailable
 from storage.engine_pg import PgEngine
+from storage.engine_pg_schema import lock_id
 from storage.engines import open_engine
 from tests.pgserver import PgServer
 
@@ -277,6 +278,136 @@ def test_a_batch_of_writes_touching_thousands_of_keys_commits(engine: Engine) ->
         future.result(timeout=120)
     with engine.read() as txn:
         assert sum(1 for _ in txn.scan("objects")) == 20000
+
+
+def _one_batch(engine: Engine, *fns: Callable[[Any], Any]) -> list[concurrent.futures.Future[Any]]:
+    """Submit `fns` behind a write that holds the writer until all are queued: one batch."""
+    release, started = threading.Event(), threading.Event()
+
+    def hold(txn: Any) -> None:
+        started.set()
+        assert release.wait(10)
+
+    blocker = engine.submit(hold)
+    assert started.wait(10)
+    futures = [engine.submit(fn) for fn in fns]
+    release.set()
+    blocker.result(10)
+    return futures
+
+
+def test_a_failing_writes_changes_are_not_seen_by_the_next_write_of_its_batch(engine: Engine) -> None:
+    put_all(engine, "usage", {b"n": b"1", b"gone": b"g"})
+
+    def read(txn: Any) -> Any:
+        return txn.get("usage", b"n"), txn.get("usage", b"gone")
+
+    def failing(txn: Any) -> None:
+        txn.put("usage", b"n", b"2")
+        assert txn.delete("usage", b"gone") is True
+        assert (txn.get("usage", b"n"), txn.get("usage", b"gone")) == (b"2", None)
+        raise ValueError("refused")
+
+    def after(txn: Any) -> Any:
+        seen = read(txn)
+        return seen, txn.delete("usage", b"gone"), txn.get("usage", b"gone")
+
+    futures = _one_batch(engine, read, failing, after, read)
+    assert futures[0].result(10) == (b"1", b"g")
+    with pytest.raises(ValueError):
+        futures[1].result(10)
+    assert futures[2].result(10) == ((b"1", b"g"), True, None)
+    assert futures[3].result(10) == (b"1", None)  # the batch-mate's delete, not the failed put
+    with engine.read() as txn:
+        assert (txn.get("usage", b"n"), txn.get("usage", b"gone")) == (b"1", None)
+
+
+def test_a_scan_in_a_write_sees_the_writes_own_changes(engine: Engine) -> None:
+    put_all(engine, "objects", {b"p/a": b"old", b"p/c": b"c"})
+
+    def changes(txn: Any) -> list[tuple[bytes, bytes]]:
+        txn.put("objects", b"p/a", b"new")
+        txn.put("objects", b"p/b", b"b")
+        txn.delete("objects", b"p/c")
+        return list(txn.scan("objects", prefix=b"p/"))
+
+    def failing(txn: Any) -> None:
+        txn.put("objects", b"p/d", b"d")
+        assert [k for k, _ in txn.scan("objects", prefix=b"p/")] == [b"p/a", b"p/b", b"p/d"]
+        raise ValueError("refused")
+
+    def later(txn: Any) -> list[tuple[bytes, bytes]]:
+        return list(txn.scan("objects", prefix=b"p/"))
+
+    futures = _one_batch(engine, changes, failing, later)
+    expected = [(b"p/a", b"new"), (b"p/b", b"b")]
+    assert futures[0].result(10) == expected
+    with pytest.raises(ValueError):
+        futures[1].result(10)
+    assert futures[2].result(10) == expected
+    with engine.read() as txn:
+        assert list(txn.scan("objects", prefix=b"p/")) == expected
+
+
+def test_a_refused_statement_after_batch_mates_buffered_changes_rolls_back_alone(engine: Engine) -> None:
+    """The refused put reaches the database in a message with other writes' changes: the
+    batch runs again and each write gets its own outcome (and reads its batch-mates')."""
+    huge_key = random.Random(4).randbytes(10_000)
+
+    def bump(txn: Any) -> bytes:
+        value = b"%d" % (int(txn.get("usage", b"n") or b"0") + 1)
+        txn.put("usage", b"n", value)
+        return value
+
+    def refused(txn: Any) -> None:
+        txn.put("usage", huge_key, b"v")
+
+    futures = _one_batch(engine, bump, refused, bump, bump)
+    with pytest.raises(Exception) as refusal:
+        futures[1].result(10)
+    assert not isinstance(refusal.value, EngineUnavailable)
+    assert [futures[i].result(10) for i in (0, 2, 3)] == [b"1", b"2", b"3"]
+    with engine.read() as txn:
+        assert txn.get("usage", b"n") == b"3"
+
+
+@pytest.mark.postgresql
+def test_a_batch_run_again_after_a_deadlock_reads_afresh(pg_url: str) -> None:
+    """A batch that lost a deadlock runs again with an empty key cache: it sees the value
+    the winner committed meanwhile, not the one it had read before."""
+    engine = PgEngine(pg_url, TABLES)
+    other = psycopg.connect(pg_url, autocommit=True)
+    try:
+        put_all(engine, "usage", {b"x": b"old"})
+        x_locked, y_locked = threading.Event(), threading.Event()
+        seen: list[bytes] = []
+
+        def write(txn: Any) -> bytes:
+            value = txn.get("usage", b"x")
+            seen.append(value)
+            if len(seen) == 1:  # the first run waits for the other session to hold y
+                x_locked.set()
+                assert y_locked.wait(10)
+            txn.get("usage", b"y")  # waits on y while the other waits on x: a deadlock
+            return value  # type: ignore[no-any-return]
+
+        def winner() -> None:
+            assert x_locked.wait(10)
+            other.execute("SET deadlock_timeout = '10s'")  # the engine's session detects it first
+            with other.transaction():
+                other.execute("SELECT pg_advisory_xact_lock(%s)", (lock_id("usage", b"y"),))
+                y_locked.set()
+                other.execute("SELECT pg_advisory_xact_lock(%s)", (lock_id("usage", b"x"),))
+                other.execute("UPDATE manta_usage SET v = 'new' WHERE k = 'x'")
+
+        thread = threading.Thread(target=winner)
+        thread.start()
+        assert engine.write(write) == b"new"
+        thread.join(10)
+        assert seen[0] == b"old" and seen[-1] == b"new"
+    finally:
+        other.close()
+        engine.close()
 
 
 @pytest.mark.postgresql
