@@ -26,12 +26,14 @@ one key exactly one commits, the other is PreconditionFailed and its blob is fre
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from storage import errors
 from storage.catalog import Bucket, BucketRef, Catalog, Record, Txn, bucket_name, object_key, unpack
+from storage.engine import ReadTxn
 from storage.records.blobrefs import BlobRecord
 
 __all__ = ["Listing", "ObjectStore", "WriteCondition"]
@@ -88,28 +90,33 @@ class ObjectStore:
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
 
-    def get(self, bucket: Bucket, key: str) -> Record:
+    def _reading(self, txn: ReadTxn | None) -> Any:
+        """The caller's read transaction (several reads, one snapshot), or a new one."""
+        return contextlib.nullcontext(txn) if txn is not None else self.catalog.read()
+
+    def get(self, bucket: Bucket, key: str, txn: ReadTxn | None = None) -> Record:
         name = bucket_name(bucket)
-        with self.catalog.read() as txn:
-            self.catalog.buckets.check(txn, bucket)
-            record = self._read(txn, name, key)
+        with self._reading(txn) as t:
+            self.catalog.buckets.check(t, bucket)
+            record = self._read(t, name, key)
         if record is None:
             raise errors.NoSuchKey(name, key)
         return record
 
-    def check_condition(self, bucket: Bucket, key: str, condition: WriteCondition) -> None:
+    def check_condition(self, bucket: Bucket, key: str, condition: WriteCondition,
+                        txn: ReadTxn | None = None) -> None:
         """Raise now if `condition` does not hold (a PUT checks it before reading the body;
         the check at commit is the one that decides)."""
-        with self.catalog.read() as txn:
-            self.catalog.buckets.check(txn, bucket)
-            condition.check(bucket_name(bucket), key, self._read(txn, bucket_name(bucket), key))
+        with self._reading(txn) as t:
+            self.catalog.buckets.check(t, bucket)
+            condition.check(bucket_name(bucket), key, self._read(t, bucket_name(bucket), key))
 
-    def check_room(self, bucket: Bucket, key: str, size: int) -> None:
+    def check_room(self, bucket: Bucket, key: str, size: int, txn: ReadTxn | None = None) -> None:
         """Raise QuotaExceeded now if putting `size` bytes at (bucket, key) would be refused
         at commit (a PUT checks this from its Content-Length before reading the body)."""
-        with self.catalog.read() as txn:
-            owner = self.catalog.buckets.check(txn, bucket).owner
-            self.catalog.usage.check_room(owner, *growth(self._read(txn, bucket_name(bucket), key), size), txn=txn)
+        with self._reading(txn) as t:
+            owner = self.catalog.buckets.check(t, bucket).owner
+            self.catalog.usage.check_room(owner, *growth(self._read(t, bucket_name(bucket), key), size), txn=t)
 
     def read_in(self, txn: Txn, bucket: str, key: str) -> Record | None:
         """The record of (bucket, key) inside a caller's read transaction, or None."""

@@ -36,6 +36,7 @@ from starlette.types import Message, Receive, Scope, Send
 from manta.server.config import ServerConfig
 from manta.server.s3 import acl, attributes, bucket, multipart, obj, service, sigv4
 from manta.server.s3 import errors as s3e
+from manta.server.s3.accountcache import AccountCache
 from manta.server.s3.body import ClientGone
 from manta.server.s3.common import read_catalog
 from manta.server.s3.context import S3Request, validate_key
@@ -151,6 +152,7 @@ class S3App:
         self.config = config
         self.extra = extra or {}
         self.domain_suffix = "." + config.domain.lower() if config.domain else None
+        self.accounts = AccountCache() if store.catalog.engine.remote else None
 
     def starlette(self) -> Starlette:
         return S3Starlette(self)
@@ -244,10 +246,14 @@ class S3App:
                 raise s3e.AccessDenied()
             req.acting_as = reader  # a public-read GET/HEAD reads as the bucket's owner
             return
-        try:
-            account = await read_catalog(self.store, self.store.catalog.accounts.get, auth.access_key)
-        except se.NoSuchAccount:
-            raise s3e.InvalidAccessKeyId(AWSAccessKeyId=auth.access_key) from None
+        account = self.accounts.get(auth.access_key) if self.accounts is not None else None
+        if account is None:
+            try:
+                account = await read_catalog(self.store, self.store.catalog.accounts.get, auth.access_key)
+            except se.NoSuchAccount:
+                raise s3e.InvalidAccessKeyId(AWSAccessKeyId=auth.access_key) from None
+            if self.accounts is not None:
+                self.accounts.put(auth.access_key, account)
         req.signing_key = sigv4.verify(auth, areq, account.secret)
         sigv4.check_time(auth, dt.datetime.now(dt.UTC), self.config.max_skew_s)
         req.auth = auth

@@ -133,15 +133,16 @@ def _put_checks(req: S3Request) -> tuple[BucketRef, dict[str, str], dict[str, st
     """What a PUT checks before it reads the body, in order: the bucket, the stored headers,
     the ACL, the write condition against the key's object, the owner's room for the
     announced size. Returns (bucket, headers, metadata, ACL, condition, size)."""
-    bucket = owned_ref(req)
-    headers, meta = request_headers(req)
-    canned = acl.from_request(req, on_object=True)
-    condition = write_condition(req)
-    if condition is not None:
-        req.store.objects.check_condition(bucket, req.key, condition)
-    size = expected_size(req)
-    if size is not None:
-        req.store.objects.check_room(bucket, req.key, size)
+    with req.store.catalog.read() as txn:  # one snapshot: with PostgreSQL, round trips count
+        bucket = owned_ref(req, txn=txn)
+        headers, meta = request_headers(req)
+        canned = acl.from_request(req, on_object=True)
+        condition = write_condition(req)
+        if condition is not None:
+            req.store.objects.check_condition(bucket, req.key, condition, txn)
+        size = expected_size(req)
+        if size is not None:
+            req.store.objects.check_room(bucket, req.key, size, txn)
     return bucket, headers, meta, canned, condition, size
 
 

@@ -1,0 +1,25 @@
+"""The front door's account cache (used only over a remote catalog): an entry lives
+ACCOUNT_TTL_S, then the next request reads the account again."""
+
+from __future__ import annotations
+
+import time
+
+from manta.server.s3.accountcache import AccountCache
+from storage.records.accounts import Account
+
+
+def account(secret: str) -> Account:
+    return Account(name="bob", access_key="BOBKEY", secret=secret, created=1.0, root=False, quota={})
+
+
+def test_an_entry_lives_its_ttl_then_is_read_again() -> None:
+    cache = AccountCache(ttl_s=0.2)
+    assert cache.get("BOBKEY") is None
+    cache.put("BOBKEY", account("old"))
+    assert cache.get("BOBKEY") == account("old")
+    assert cache.get("OTHER") is None
+    time.sleep(0.25)
+    assert cache.get("BOBKEY") is None  # a rotated secret is read afresh
+    cache.put("BOBKEY", account("new"))
+    assert cache.get("BOBKEY") == account("new")
