@@ -37,12 +37,13 @@ The contract, which tests/storage/test_engine.py checks against both:
 from __future__ import annotations
 
 import concurrent.futures
+import queue
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol, TypeVar
 
 from storage.errors import StorageError
 
-__all__ = ["Engine", "EngineUnavailable", "Held", "ReadTxn", "WriteTxn", "prefix_end", "skip_past"]
+__all__ = ["Engine", "EngineUnavailable", "Held", "ReadTxn", "WriteTxn", "next_batch", "prefix_end", "skip_past"]
 
 T = TypeVar("T")
 
@@ -112,6 +113,30 @@ class Engine(Protocol):
     def schema_version(self) -> int: ...
 
     def close(self) -> None: ...
+
+
+Write = tuple[Callable[[Any], Any], concurrent.futures.Future[Any]]
+
+
+def next_batch(pending: queue.SimpleQueue[Write | None], limit: int) -> list[Write] | None:
+    """An engine writer's next group commit: the writes queued (waiting for the first), at
+    most `limit`, less those cancelled before they ran (one that runs can no longer be
+    cancelled, so its outcome is always delivered); None once the engine closes (a None
+    queued)."""
+    item = pending.get()
+    if item is None:
+        return None
+    batch = [item]
+    while len(batch) < limit:
+        try:
+            nxt = pending.get_nowait()
+        except queue.Empty:
+            break
+        if nxt is None:
+            pending.put(None)  # the next call stops
+            break
+        batch.append(nxt)
+    return [(fn, fut) for fn, fut in batch if fut.set_running_or_notify_cancel()]
 
 
 def prefix_end(prefix: bytes) -> bytes | None:

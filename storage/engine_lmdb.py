@@ -22,6 +22,8 @@ from typing import Any, TypeVar
 
 import lmdb
 
+from storage.engine import next_batch
+
 __all__ = ["LmdbEngine"]
 
 T = TypeVar("T")
@@ -169,25 +171,9 @@ class LmdbEngine:
             return {name: txn.stat(db)["entries"] for name, db in self._dbs.items() if name != _META}
 
     def _write_loop(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            batch = [item]
-            while len(batch) < _MAX_BATCH:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    self._queue.put(None)
-                    break
-                batch.append(nxt)
-            # a write cancelled before it ran is not applied; one that runs can no longer be
-            # cancelled, so its outcome is always delivered (and this thread never dies of it)
-            batch = [(fn, fut) for fn, fut in batch if fut.set_running_or_notify_cancel()]
+        while (batch := next_batch(self._queue, _MAX_BATCH)) is not None:
             if batch:
-                self._apply(batch)
+                self._apply(batch)  # delivers every outcome: this thread never dies of one
 
     def _apply(self, batch: list[tuple[Callable[[Any], Any], concurrent.futures.Future[Any]]]) -> None:
         outcomes: list[tuple[bool, Any]] = []

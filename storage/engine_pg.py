@@ -77,7 +77,7 @@ from typing import Any, TypeVar
 import psycopg
 import psycopg_pool
 
-from storage.engine import EngineUnavailable
+from storage.engine import EngineUnavailable, next_batch
 from storage.engine_pg_schema import (
     SCHEMA_VERSION,
     TableSql,
@@ -227,22 +227,7 @@ class PgEngine:
 
     def _write_loop(self) -> None:
         try:
-            while True:
-                item = self._queue.get()
-                if item is None:
-                    return
-                batch = [item]
-                while len(batch) < _MAX_BATCH:
-                    try:
-                        nxt = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if nxt is None:
-                        self._queue.put(None)
-                        break
-                    batch.append(nxt)
-                # as in LmdbEngine: a write cancelled before it ran is not applied
-                batch = [(fn, fut) for fn, fut in batch if fut.set_running_or_notify_cancel()]
+            while (batch := next_batch(self._queue, _MAX_BATCH)) is not None:
                 if batch:
                     self._apply(batch)
         finally:
