@@ -38,12 +38,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import queue
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol, TypeVar
 
 from storage.errors import StorageError
 
-__all__ = ["Engine", "EngineUnavailable", "Held", "ReadTxn", "WriteTxn", "next_batch", "prefix_end", "skip_past"]
+__all__ = ["Engine", "EngineUnavailable", "Held", "ReadTxn", "GroupWriter", "WriteTxn", "prefix_end", "skip_past"]
 
 T = TypeVar("T")
 
@@ -118,25 +119,55 @@ class Engine(Protocol):
 Write = tuple[Callable[[Any], Any], concurrent.futures.Future[Any]]
 
 
-def next_batch(pending: queue.SimpleQueue[Write | None], limit: int) -> list[Write] | None:
-    """An engine writer's next group commit: the writes queued (waiting for the first), at
-    most `limit`, less those cancelled before they ran (one that runs can no longer be
-    cancelled, so its outcome is always delivered); None once the engine closes (a None
-    queued)."""
-    item = pending.get()
-    if item is None:
-        return None
-    batch = [item]
-    while len(batch) < limit:
+class GroupWriter:
+    """An engine's writer thread: writes queue up, and `apply(batch)` gets the next group
+    commit each time (the writes queued meanwhile, at most `limit`, less those cancelled
+    before they ran: one that runs can no longer be cancelled, so `apply` must deliver every
+    outcome). `on_exit` runs in the thread when it ends (after `close`)."""
+
+    def __init__(self, apply: Callable[[list[Write]], None], limit: int = 256,
+                 on_exit: Callable[[], None] | None = None) -> None:
+        self.apply = apply
+        self._limit = limit
+        self._on_exit = on_exit
+        self._queue: queue.SimpleQueue[Write | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="catalog-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[[Any], T]) -> concurrent.futures.Future[T]:
+        fut: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._queue.put((fn, fut))
+        return fut
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
         try:
-            nxt = pending.get_nowait()
-        except queue.Empty:
-            break
-        if nxt is None:
-            pending.put(None)  # the next call stops
-            break
-        batch.append(nxt)
-    return [(fn, fut) for fn, fut in batch if fut.set_running_or_notify_cancel()]
+            while (batch := self._next()) is not None:
+                if batch:
+                    self.apply(batch)
+        finally:
+            if self._on_exit is not None:
+                self._on_exit()
+
+    def _next(self) -> list[Write] | None:
+        """The next batch (waiting for its first write); None once closed."""
+        item = self._queue.get()
+        if item is None:
+            return None
+        batch = [item]
+        while len(batch) < self._limit:
+            try:
+                nxt = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if nxt is None:
+                self._queue.put(None)  # the next call stops
+                break
+            batch.append(nxt)
+        return [(fn, fut) for fn, fut in batch if fut.set_running_or_notify_cancel()]
 
 
 def prefix_end(prefix: bytes) -> bytes | None:

@@ -14,15 +14,13 @@ from __future__ import annotations
 import concurrent.futures
 import fcntl
 import os
-import queue
-import threading
 from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any, TypeVar
 
 import lmdb
 
-from storage.engine import next_batch
+from storage.engine import GroupWriter
 
 __all__ = ["LmdbEngine"]
 
@@ -124,16 +122,12 @@ class LmdbEngine:
             if self.schema_version() == 0:
                 with self.env.begin(write=True) as txn:
                     txn.put(b"schema", str(SCHEMA_VERSION).encode(), db=self._dbs[_META])
-        self._queue: queue.SimpleQueue[tuple[Callable[[Any], Any], concurrent.futures.Future[Any]] | None] = queue.SimpleQueue()
-        self._writer: threading.Thread | None = None
-        if not readonly:
-            self._writer = threading.Thread(target=self._write_loop, name="catalog-writer", daemon=True)
-            self._writer.start()
+        # _apply delivers every outcome: the writer thread never dies of one
+        self._writer = None if readonly else GroupWriter(self._apply, _MAX_BATCH)
 
     def close(self) -> None:
         if self._writer is not None:
-            self._queue.put(None)
-            self._writer.join()
+            self._writer.close()
         self.env.close()
 
     def read(self) -> _Txn:
@@ -144,9 +138,7 @@ class LmdbEngine:
     def submit(self, fn: Callable[[Any], T]) -> concurrent.futures.Future[T]:
         if self._writer is None:
             raise RuntimeError(f"catalog {self.location} is open read-only")
-        fut: concurrent.futures.Future[T] = concurrent.futures.Future()
-        self._queue.put((fn, fut))
-        return fut
+        return self._writer.submit(fn)
 
     def write(self, fn: Callable[[Any], T]) -> T:
         return self.submit(fn).result()
@@ -169,11 +161,6 @@ class LmdbEngine:
     def counts(self) -> dict[str, int]:
         with self.env.begin() as txn:
             return {name: txn.stat(db)["entries"] for name, db in self._dbs.items() if name != _META}
-
-    def _write_loop(self) -> None:
-        while (batch := next_batch(self._queue, _MAX_BATCH)) is not None:
-            if batch:
-                self._apply(batch)  # delivers every outcome: this thread never dies of one
 
     def _apply(self, batch: list[tuple[Callable[[Any], Any], concurrent.futures.Future[Any]]]) -> None:
         outcomes: list[tuple[bool, Any]] = []

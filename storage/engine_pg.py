@@ -68,8 +68,6 @@ the pool and the writer reconnect.
 from __future__ import annotations
 
 import concurrent.futures
-import queue
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -77,7 +75,7 @@ from typing import Any, TypeVar
 import psycopg
 import psycopg_pool
 
-from storage.engine import EngineUnavailable, next_batch
+from storage.engine import EngineUnavailable, GroupWriter
 from storage.engine_pg_schema import (
     SCHEMA_VERSION,
     TableSql,
@@ -169,16 +167,11 @@ class PgEngine:
         self._wire = Wire()
         self._reads = ReadConns(self._pool, self._wire, self.location)
         self._writer_conn: Conn | None = None
-        self._queue: queue.SimpleQueue[tuple[Callable[[Any], Any], concurrent.futures.Future[Any]] | None] = queue.SimpleQueue()
-        self._writer: threading.Thread | None = None
-        if not readonly:
-            self._writer = threading.Thread(target=self._write_loop, name="catalog-writer", daemon=True)
-            self._writer.start()
+        self._writer = None if readonly else GroupWriter(self._apply, _MAX_BATCH, self._close_writer_conn)
 
     def close(self) -> None:
         if self._writer is not None:
-            self._queue.put(None)
-            self._writer.join()
+            self._writer.close()
         self._reads.close()
         self._pool.close()
 
@@ -188,9 +181,7 @@ class PgEngine:
     def submit(self, fn: Callable[[Any], T]) -> concurrent.futures.Future[T]:
         if self._writer is None:
             raise RuntimeError(f"catalog {self.location} is open read-only")
-        fut: concurrent.futures.Future[T] = concurrent.futures.Future()
-        self._queue.put((fn, fut))
-        return fut
+        return self._writer.submit(fn)
 
     def write(self, fn: Callable[[Any], T]) -> T:
         return self.submit(fn).result()
@@ -225,14 +216,9 @@ class PgEngine:
         with self.read() as txn:
             return {name: int(txn.run(sql.count, ())[0][0]) for name, sql in self._tables.items()}
 
-    def _write_loop(self) -> None:
-        try:
-            while (batch := next_batch(self._queue, _MAX_BATCH)) is not None:
-                if batch:
-                    self._apply(batch)
-        finally:
-            if self._writer_conn is not None:
-                self._writer_conn.close()
+    def _close_writer_conn(self) -> None:
+        if self._writer_conn is not None:
+            self._writer_conn.close()
 
     def _apply(self, batch: Writes) -> None:
         failure: BaseException

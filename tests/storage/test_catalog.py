@@ -86,14 +86,14 @@ def test_concurrent_writes_all_land(st: Stores) -> None:
 
 def test_one_failing_write_does_not_roll_back_its_batch(st: Stores) -> None:
     batches: list[int] = []
-    engine: Any = st.catalog.engine  # the LMDB engine's batches
-    real_apply = engine._apply
+    writer: Any = st.catalog.engine._writer  # type: ignore[attr-defined]  # the engine's batches
+    real_apply = writer.apply
 
     def recording_apply(batch: list[Any]) -> None:
         batches.append(len(batch))
         real_apply(batch)
 
-    engine._apply = recording_apply
+    writer.apply = recording_apply
     release = threading.Event()
     started = threading.Event()
 
