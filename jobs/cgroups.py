@@ -15,7 +15,7 @@ import secrets
 import signal
 import time
 
-__all__ = ["FALLBACK", "TaskCgroups", "counter", "owner_gone", "read_text", "setup_cgroups", "write_knob"]
+__all__ = ["FALLBACK", "TaskCgroups", "counter", "owner_gone", "read_text", "running", "setup_cgroups", "write_knob"]
 
 log = logging.getLogger(__name__)
 
@@ -107,13 +107,16 @@ def owner_gone(name: str) -> bool:
     zombie is not running: a killed worker whose parent died waits there for init to reap
     it, which in a container may be never)."""
     owner = name.partition("-")[0]
-    if not owner.isdigit():
-        return False
+    return owner.isdigit() and not running(int(owner))
+
+
+def running(pid: int) -> bool:
+    """Is `pid` a process that has not exited (a zombie has)?"""
     try:
-        with open(f"/proc/{owner}/stat") as fh:
-            return fh.read().rpartition(")")[2].split()[0] in ("Z", "X")
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rpartition(")")[2].split()[0] not in ("Z", "X")
     except OSError:
-        return True
+        return False
 
 
 def write_knob(path: str, value: str, optional: bool = False) -> None:

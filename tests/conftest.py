@@ -23,6 +23,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
+from jobs.cgroups import running as alive
 from tests.pgserver import PgServer, pg_unavailable
 from tests.zfs_pools import Pool, PoolFactory, zfs_unavailable
 
@@ -102,15 +103,6 @@ _server_catalogs: dict[str, str] = {}  # data dir -> the postgresql:// URL of it
 def catalog_of(data_dir: str) -> str:
     """Where the catalog of the server over `data_dir` is: its database, else its LMDB dir."""
     return _server_catalogs.get(data_dir) or os.path.join(data_dir, "catalog")
-
-
-def alive(pid: int) -> bool:
-    """Is `pid` a process that has not exited (a zombie has)?"""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rpartition(")")[2].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
 
 
 @dataclass

@@ -27,6 +27,8 @@ from typing import LiteralString
 import psycopg
 from psycopg import sql
 
+from jobs.cgroups import running
+
 __all__ = ["PG_BIN", "PgServer", "pg_unavailable"]
 
 PG_BIN = os.environ.get("MANTA_PG_BIN", "/usr/lib/postgresql/15/bin")
@@ -116,7 +118,7 @@ class PgServer:
             except ProcessLookupError:
                 pass
         deadline = time.monotonic() + 10
-        while any(_alive(v) for v in victims) and time.monotonic() < deadline:
+        while any(running(v) for v in victims) and time.monotonic() < deadline:
             time.sleep(0.02)
         # the postmaster was started by pg_ctl, which exited: init reaps it, in its own time.
         # Until then a new postmaster takes the zombie's pid in postmaster.pid for a live
@@ -200,15 +202,7 @@ class PgServer:
                 pid = int(fh.readline())
         except (OSError, ValueError):
             return None
-        return pid if _alive(pid) else None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rpartition(")")[2].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
+        return pid if running(pid) else None
 
 
 def _descendants(pid: int) -> list[int]:
