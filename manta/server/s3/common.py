@@ -16,6 +16,7 @@ from manta.server.s3 import errors as s3e
 from manta.server.s3.context import S3Request
 from manta.server.s3.xmlio import http_date
 from storage import BlobMeta, BlobReader, BucketRef, ReplicatedWriter, Store
+from storage.engine import EngineUnavailable
 from storage.errors import NoSuchBlob
 from storage.threads import ProcessPool
 
@@ -146,6 +147,14 @@ async def commit_blob(writer: ReplicatedWriter) -> BlobMeta:
 async def free_blobs(req: S3Request, blob_ids: list[str]) -> None:
     if blob_ids:
         await in_thread(req.store.free, blob_ids)
+
+
+async def abandon_blobs(req: S3Request, blob_ids: list[str], exc: BaseException) -> None:
+    """After a write that failed: free its new blobs, unless the catalog could not say
+    whether the commit happened (EngineUnavailable: a connection lost during COMMIT), when a
+    committed record may reference them: they stay, and the orphan GC takes them if not."""
+    if not isinstance(exc, EngineUnavailable):
+        await free_blobs(req, blob_ids)
 
 
 async def catalog_write(future: Any) -> Any:

@@ -22,6 +22,7 @@ from manta.server.s3.body import expected_size, read_small, receive_into
 from manta.server.s3.common import (
     MAX_PART_NUMBER,
     Opened,
+    abandon_blobs,
     commit_blob,
     free_blobs,
     in_thread,
@@ -125,8 +126,8 @@ async def _record_part(req: S3Request, bucket: BucketRef, part: dict[str, Any], 
     try:
         freed = await in_thread(req.store.uploads.put_part, bucket, req.key,
                                 req.query["uploadId"], part, {blob.blob_id: blob.record()})
-    except BaseException:
-        await free_blobs(req, [blob.blob_id])
+    except BaseException as exc:
+        await abandon_blobs(req, [blob.blob_id], exc)
         raise
     await free_blobs(req, freed)
 

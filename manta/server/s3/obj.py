@@ -32,6 +32,7 @@ from manta.server.s3 import errors as s3e
 from manta.server.s3.body import BodyResult, expected_size, receive_into
 from manta.server.s3.common import (
     Opened,
+    abandon_blobs,
     catalog_write,
     checksum_headers,
     commit_blob,
@@ -105,8 +106,8 @@ async def put_object(req: S3Request) -> Response:
             record, committed = _place_and_submit(req, bucket, small, body, headers, meta, canned, condition)
         try:
             freed = await catalog_write(committed)
-        except BaseException:
-            await free_blobs(req, [record["segments"][0][0]])
+        except BaseException as exc:
+            await abandon_blobs(req, [record["segments"][0][0]], exc)
             raise
     else:
         writer = await new_writer(req)
@@ -120,8 +121,8 @@ async def put_object(req: S3Request) -> Response:
         try:
             freed = await catalog_write(req.store.objects.put_async(
                 bucket, req.key, record, None, {blob.blob_id: blob.record()}, condition))
-        except BaseException:
-            await free_blobs(req, [blob.blob_id])
+        except BaseException as exc:
+            await abandon_blobs(req, [blob.blob_id], exc)
             raise
     await free_blobs(req, freed)
     out = {"etag": f'"{record["etag"]}"', **checksum_headers(record)}
