@@ -39,7 +39,7 @@ from __future__ import annotations
 import concurrent.futures
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol, TypeVar
 
 from storage.errors import StorageError
@@ -84,6 +84,10 @@ class WriteTxn(ReadTxn, Protocol):
 
     def delete(self, table: str, key: bytes) -> bool:
         """Remove `key`; True if it was there."""
+
+    def prefetch(self, keys: Iterable[tuple[str, bytes]]) -> None:
+        """A hint: the write is about to read these (table, key)s. A remote engine reads
+        (and locks) them all in one round trip; an embedded one does nothing."""
 
 
 class Held(Protocol):

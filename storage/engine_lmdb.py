@@ -14,7 +14,7 @@ from __future__ import annotations
 import concurrent.futures
 import fcntl
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -57,6 +57,9 @@ class _Txn:
 
     def delete(self, table: str, key: bytes) -> bool:
         return bool(self._txn.delete(key, db=self._dbs[table]))
+
+    def prefetch(self, keys: Iterable[tuple[str, bytes]]) -> None:
+        """Nothing to do: a read here takes microseconds."""
 
     def scan(self, table: str, start: bytes = b"", prefix: bytes = b"",
              end: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:

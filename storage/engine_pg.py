@@ -21,12 +21,16 @@ Writes: one writer thread per engine, with a connection of its own, drains the q
 LmdbEngine does: one READ COMMITTED transaction per batch, one COMMIT for the batch, then
 the futures resolve. Durable = committed (synchronous_commit). A write that raises rolls
 back alone and its exception goes to its caller. How (`Batch`, in engine_pg_txn.py): a
-write sends only reads while it runs (each key's lock and value) and buffers its puts and
-deletes, which join the batch's next message (the next write's first read, or COMMIT) when
-it returns and are dropped when it raises; reads change nothing, so no savepoint is needed
-(a scan, which must see its write's changes, sends them early inside a savepoint). Any SQL
-error then rolls the batch back and runs it again in the eager mode (a savepoint per write,
-changes sent at once), where the error lands on the write that caused it.
+write sends only reads while it runs (each key's lock and value) and keeps its puts and
+deletes, which join the batch's pending changes when it returns and are dropped when it
+raises; reads change nothing, so no savepoint is needed. The pending changes go with
+COMMIT, one multi-row upsert and one multi-row delete per table, each key once with its
+last value (or earlier, before a scan: a scan sees its batch's changes, and its own
+write's, sent inside a savepoint). Any SQL error then rolls the batch back and runs it
+again in the eager mode (a savepoint per write, changes sent at once), where the error
+lands on the write that caused it. A write that knows what it will read says so
+(`prefetch`): the keys the batch does not know yet are locked and read in one statement,
+a column each (a PUT: its bucket, key, owner's usage and new blob, one round trip).
 
 The batch's key cache: once the batch holds a key's lock no other writer can change the
 key until COMMIT, so its value (read, or written by the batch) is kept for the rest of the
@@ -274,7 +278,7 @@ class PgEngine:
 
     def _run_batch(self, conn: Conn, writes: Writes, eager: bool = False) -> list[tuple[bool, Any]]:
         """Every write in its savepoint, then COMMIT: (ok, result or exception) per write."""
-        batch = Batch(conn, self._wire, write_behind=not eager)
+        batch = Batch(conn, self._wire, self._tables, write_behind=not eager)
         outcomes: list[tuple[bool, Any]] = []
         for fn, _ in writes:
             txn = WriteTxn(self._tables, batch)
@@ -290,6 +294,7 @@ class PgEngine:
                 raise _Retry(str(txn.fatal), eager=txn.eager) from txn.fatal
             txn.finish(ok=True)
             outcomes.append((True, result))
+        batch.flush()
         if not batch.sent and batch.unsent == batch.BEGIN:
             return outcomes  # no write sent or buffered a statement: nothing to commit
         changes = batch.write_behind

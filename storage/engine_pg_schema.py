@@ -59,6 +59,8 @@ class TableSql:
     lock_delete: bytes
     scans: dict[tuple[bool, bool], bytes]  # (first page, has an upper bound) -> keyset page
     count: bytes
+    ident: bytes    # the quoted table name, for statements composed per batch
+    get_fn: bytes   # the quoted name of its lock-and-get function
     ddl: tuple[bytes, ...]
 
     @classmethod
@@ -104,6 +106,8 @@ class TableSql:
             lock_delete=_q("SELECT {fdel}(%b, %b)", **names),
             scans=scans,
             count=_q("SELECT count(*) FROM {t}", t=t),
+            ident=_q("{t}", t=t),
+            get_fn=_q("{f}", f=names["fget"]),
             ddl=ddl,
         )
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from types import TracebackType
 from typing import Any
 
@@ -31,10 +31,16 @@ _BEGIN_READ = b"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; "
 _UNKNOWN = object()  # a key whose value the batch does not know
 _OK = frozenset({pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK, pq.ExecStatus.EMPTY_QUERY})
 _BYTEA, _BOOL, _INTS = 17, 16, frozenset({20, 21, 23})  # type oids
+_PREFETCH_COLUMNS = 256  # keys a prefetch statement reads (a row holds at most 1,664 columns)
 
 
 def lost(conn: Conn) -> bool:
     return conn.broken or conn.closed
+
+
+def literal(value: bytes) -> bytes:
+    """`value` as a bytea literal in SQL text."""
+    return b"decode('" + bytes(value).hex().encode() + b"', 'hex')"
 
 
 def render(query: bytes, params: tuple[Any, ...]) -> bytes:
@@ -42,12 +48,36 @@ def render(query: bytes, params: tuple[Any, ...]) -> bytes:
     parts = query.split(b"%b")
     out = [parts[0]]
     for value, part in zip(params, parts[1:], strict=True):
-        if isinstance(value, int):
-            out.append(b"%d" % value)
-        else:
-            out += (b"decode('", bytes(value).hex().encode(), b"', 'hex')")
+        out.append(b"%d" % value if isinstance(value, int) else literal(value))
         out.append(part)
     return b"".join(out)
+
+
+Changes = dict[tuple[str, bytes], "bytes | None"]  # (table, key) -> its new value; None: deleted
+
+
+def changes_sql(tables: dict[str, TableSql], changes: Changes, locks: list[int]) -> bytes:
+    """The statements that make `changes`: the key locks not taken yet (one statement), then
+    per table one multi-row upsert and one multi-row delete, in key order (locks in id
+    order), so that two front doors take them in the same order."""
+    out = bytearray()
+    if locks:
+        out += (b"SELECT pg_advisory_xact_lock(l) FROM (VALUES "
+                + b", ".join(b"(%d::int8)" % lock for lock in sorted(locks)) + b") x(l); ")
+    by_table: dict[str, list[tuple[bytes, bytes | None]]] = {}
+    for (table, key), value in changes.items():
+        by_table.setdefault(table, []).append((key, value))
+    for table, rows in sorted(by_table.items()):
+        rows.sort(key=lambda row: row[0])
+        ident = tables[table].ident
+        puts = [b"(" + literal(key) + b", " + literal(value) + b")" for key, value in rows if value is not None]
+        gone = [literal(key) for key, value in rows if value is None]
+        if puts:
+            out += (b"INSERT INTO " + ident + b" (k, v) VALUES " + b", ".join(puts)
+                    + b" ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v; ")
+        if gone:
+            out += b"DELETE FROM " + ident + b" WHERE k IN (" + b", ".join(gone) + b"); "
+    return bytes(out)
 
 
 def _value(res: pq.abc.PGresult, row: int, col: int) -> Any:
@@ -229,13 +259,16 @@ class ReadConns:
 class ReadTxn(_Txn):
     """A snapshot on a pooled connection, for `with`. BEGIN goes with the first statement,
     in one round trip (client-side binding: several statements in one message), after the
-    ROLLBACK of the connection's previous read; the snapshot is taken by that statement."""
+    ROLLBACK of the connection's previous read; the snapshot is taken by that statement.
+    A key read twice in one snapshot is read once (a GET's bucket: its check, then the
+    object's)."""
 
     def __init__(self, conns: ReadConns, tables: dict[str, TableSql]) -> None:
         super().__init__(tables)
         self._conns = conns
         self._conn: Conn | None = None
         self._open = False
+        self._seen: dict[tuple[str, bytes], bytes | None] = {}
 
     def __enter__(self) -> ReadTxn:
         self._open = True
@@ -244,9 +277,16 @@ class ReadTxn(_Txn):
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self._open = False
+        self._seen = {}
         conn, self._conn = self._conn, None
         if conn is not None:
             self._conns.park(conn)
+
+    def get(self, table: str, key: bytes) -> bytes | None:
+        if (table, key) in self._seen:
+            return self._seen[table, key]
+        found = self._seen[table, bytes(key)] = super().get(table, key)
+        return found
 
     def run(self, query: bytes, params: tuple[Any, ...]) -> list[Row]:
         if not self._open:
@@ -286,39 +326,52 @@ class ReadTxn(_Txn):
 class Batch:
     """What a batch's writes share: the writer's connection, the advisory locks the batch
     holds, the values of the keys it knows (`cache`: each key it holds the lock of, or has
-    put), and the SQL still to send (`unsent`: BEGIN, finished writes' puts and deletes,
-    savepoint steps), which goes in one message with the next statement, or with COMMIT.
+    put), the SQL still to send (`unsent`: BEGIN, savepoint steps), which goes in one
+    message with the next statement or with COMMIT, and the changes of its finished writes
+    not sent yet (`pending`, with the locks of keys they put without reading them first).
 
-    Two modes. Write-behind (the default): a write sends only reads (each key's lock and
-    value) while it runs and buffers its puts and deletes; they join `unsent` when it
+    Two modes. Write-behind (the default): a write sends only reads while it runs (each
+    key's lock and value) and keeps its puts and deletes; they join `pending` when it
     returns, and are dropped when it raises. Its reads changed nothing, so it needs no
     savepoint, and the locks a failed write took stay held until COMMIT (over-locking, no
-    harm). Only a scan sends the write's buffered changes early (a scan sees its own
-    write's changes), inside a savepoint opened then. Any SQL error rolls the whole batch
-    back to run again in the eager mode: every write in a savepoint, every put and delete
-    sent at once, so that an error lands on the write that caused it, which alone rolls
-    back."""
+    harm). `pending` is sent at COMMIT as one multi-row statement per table and kind (the
+    last value of a key is all that is written: the usage row a whole batch of PUTs
+    charges is one row), or earlier, before a scan (a scan sees the batch's changes and its
+    own write's, which it sends inside a savepoint opened then). Any SQL error rolls the
+    whole batch back to run again in the eager mode: every write in a savepoint, every put
+    and delete sent at once, so that an error lands on the write that caused it, which
+    alone rolls back."""
 
     BEGIN = b"BEGIN ISOLATION LEVEL READ COMMITTED; "
     OPEN = b"SAVEPOINT w; "
     CLOSE = b"RELEASE SAVEPOINT w; "
     UNDO = b"ROLLBACK TO SAVEPOINT w; RELEASE SAVEPOINT w; "
 
-    def __init__(self, conn: Conn, wire: Wire, write_behind: bool = True) -> None:
+    def __init__(self, conn: Conn, wire: Wire, tables: dict[str, TableSql], write_behind: bool = True) -> None:
         self.conn = conn
         self.wire = wire
+        self.tables = tables
         self.write_behind = write_behind
         self.locked: set[int] = set()
         self.cache: dict[tuple[str, bytes], bytes | None] = {}
         self.unsent = bytearray(self.BEGIN)
+        self.pending: Changes = {}
+        self.pending_locks: list[int] = []
         self.sent = False
 
-    def execute(self, head: bytes, query: bytes, params: tuple[Any, ...]) -> list[Row]:
-        """Send `unsent`, then `head` (a write's own statements), then `query`; its rows."""
+    def flush(self) -> None:
+        """Move the pending changes into `unsent`."""
+        if self.pending or self.pending_locks:
+            self.unsent += changes_sql(self.tables, self.pending, self.pending_locks)
+            self.pending, self.pending_locks = {}, []
+
+    def execute(self, head: bytes, query: bytes, params: tuple[Any, ...], text: bool = False) -> list[Row]:
+        """Send `unsent`, then `head` (a write's own statements), then `query` (`text`: SQL
+        with its values inline, never prepared); its rows."""
         self.sent = True
-        if not self.unsent and not head:
+        if not self.unsent and not head and not text:
             return self.wire.run(self.conn, query, params)
-        message = bytes(self.unsent) + head + render(query, params)
+        message = bytes(self.unsent) + head + (query if text else render(query, params))
         self.unsent.clear()  # sent: it runs before `query` (or broke it all)
         return self.wire.rows(self.conn, message)
 
@@ -332,7 +385,8 @@ class WriteTxn(_Txn):
         self._batch = batch
         self.fresh: list[int] = []         # the locks this write took (or will, when sent)
         self.cache: dict[tuple[str, bytes], bytes | None] = {}
-        self.buffered = bytearray()        # its puts and deletes, not sent yet
+        self.changes: Changes = {}         # its puts and deletes, not sent yet (write-behind)
+        self.change_locks: list[int] = []  # the locks of keys it put unread, not taken yet
         self.saved = False                 # it opened savepoint w
         self.fatal: psycopg.Error | None = None  # the batch must roll back and run again
         self.eager = False                 # ... in the eager mode
@@ -340,20 +394,24 @@ class WriteTxn(_Txn):
             batch.unsent += batch.OPEN
             self.saved = True
 
-    def run(self, query: bytes, params: tuple[Any, ...], own: bool = True) -> list[Row]:
-        """Send `query` (after what the batch has unsent and, with `own`, this write's
-        buffered changes); its rows."""
+    def run(self, query: bytes, params: tuple[Any, ...], own: bool = True, text: bool = False) -> list[Row]:
+        """Send `query` (after what the batch has unsent and, with `own`, the batch's
+        pending changes and this write's); its rows."""
         head = b""
-        if own and self.buffered:
-            head = (b"" if self.saved else self._batch.OPEN) + bytes(self.buffered)
-            self.saved = True
-            self.buffered.clear()
+        batch = self._batch
+        if own:
+            batch.flush()
+            if self.changes or self.change_locks:
+                head = (b"" if self.saved else batch.OPEN) + changes_sql(self._tables, self.changes,
+                                                                       self.change_locks)
+                self.saved = True
+                self.changes, self.change_locks = {}, []
         try:
-            return self._batch.execute(head, query, params)
+            return batch.execute(head, query, params, text)
         except psycopg.Error as exc:
-            if exc.sqlstate in RETRY_SQLSTATES or lost(self._batch.conn):
+            if exc.sqlstate in RETRY_SQLSTATES or lost(batch.conn):
                 self.fatal = exc
-            elif self._batch.write_behind:
+            elif batch.write_behind:
                 self.fatal, self.eager = exc, True
             raise
 
@@ -362,14 +420,15 @@ class WriteTxn(_Txn):
         batch = self._batch
         if ok:
             batch.cache.update(self.cache)
-            batch.unsent += self.buffered
+            batch.pending.update(self.changes)
+            batch.pending_locks += self.change_locks
             if self.saved:
                 batch.unsent += batch.CLOSE
         else:
             if self.saved:
                 batch.unsent += batch.UNDO
             batch.locked.difference_update(self.fresh)
-        self.buffered = bytearray()
+        self.changes, self.change_locks = {}, []
 
     def _known(self, table: str, key: bytes) -> Any:
         """The key's value if this batch knows it, else _UNKNOWN."""
@@ -388,12 +447,6 @@ class WriteTxn(_Txn):
         self.fresh.append(lock)
         return lock
 
-    def _change(self, query: bytes, params: tuple[Any, ...]) -> None:
-        if self._batch.write_behind:
-            self.buffered += render(query, params) + b"; "
-        else:
-            self.run(query, params)
-
     def get(self, table: str, key: bytes) -> bytes | None:
         found = self._known(table, key)
         if found is not _UNKNOWN:
@@ -406,18 +459,43 @@ class WriteTxn(_Txn):
         self.cache[table, key] = value
         return value
 
+    def prefetch(self, keys: Iterable[tuple[str, bytes]]) -> None:
+        """Lock and read the keys this batch does not know, in one statement (a column
+        each: their lock-and-get functions, run left to right)."""
+        wanted = list(dict.fromkeys((t, bytes(k)) for t, k in keys if self._known(t, k) is _UNKNOWN))
+        if len(wanted) < 2:
+            return  # one key costs its own get the same round trip
+        for at in range(0, len(wanted), _PREFETCH_COLUMNS):
+            chunk = wanted[at:at + _PREFETCH_COLUMNS]
+            columns = []
+            for table, key in chunk:
+                sql, lock = self._tables[table], self._new_lock(table, key)
+                columns.append(b"(SELECT v FROM " + sql.ident + b" WHERE k = " + literal(key) + b")"
+                               if lock is None else sql.get_fn + b"(%d, " % lock + literal(key) + b")")
+            row = self.run(b"SELECT " + b", ".join(columns), (), own=False, text=True)[0]
+            for (table, key), value in zip(chunk, row, strict=True):
+                self.cache[table, key] = value
+
     def put(self, table: str, key: bytes, value: bytes) -> None:
         sql = self._tables[table]
         lock = self._new_lock(table, key)
-        self._change(sql.put, (key, value)) if lock is None else self._change(sql.lock_put, (lock, key, value))
-        self.cache[table, key] = bytes(value)  # not a caller's buffer that may change
+        value = bytes(value)  # not a caller's buffer that may change
+        if self._batch.write_behind:
+            self.changes[table, key] = value
+            if lock is not None:
+                self.change_locks.append(lock)
+        elif lock is None:
+            self.run(sql.put, (key, value))
+        else:
+            self.run(sql.lock_put, (lock, key, value))
+        self.cache[table, key] = value
 
     def delete(self, table: str, key: bytes) -> bool:
         sql = self._tables[table]
         if self._batch.write_behind:
             existed = self.get(table, key) is not None  # known, or read now (and locked)
             if existed:
-                self._change(sql.delete, (key,))
+                self.changes[table, key] = None
         else:
             lock = self._new_lock(table, key)
             if lock is None:

@@ -227,6 +227,8 @@ class ObjectStore:
                 blobs: dict[str, BlobRecord] | None = None, enforce_quota: bool = True,
                 condition: WriteCondition | None = None) -> list[str]:
         name = bucket_name(bucket)
+        if self.catalog.engine.remote:
+            txn.prefetch(self._put_reads(bucket, key, record))
         owner = self.catalog.buckets.check(txn, bucket).owner
         old = self._read(txn, name, key)
         if condition is not None:
@@ -235,6 +237,15 @@ class ObjectStore:
         self.catalog.blobrefs.ref(txn, segment_blobs(record), blobs)
         self._write(txn, name, key, record)
         return self.catalog.blobrefs.unref(txn, segment_blobs(old))
+
+    def _put_reads(self, bucket: Bucket, key: str, record: Record) -> list[tuple[str, bytes]]:
+        """What a put reads first (for one round trip with a remote engine): the bucket,
+        the key's record, the owner's usage (when the ref names the owner), the new blobs."""
+        name, catalog = bucket_name(bucket), self.catalog
+        keys = [catalog.buckets.engine_key(name), ("objects", seek_key(object_key(name, key)))]
+        if isinstance(bucket, BucketRef):
+            keys.append(catalog.usage.engine_key(bucket.owner))
+        return keys + [catalog.blobrefs.engine_key(blob_id) for blob_id in segment_blobs(record)]
 
     def delete(self, bucket: Bucket, key: str) -> list[str]:
         """Delete (idempotent); returns freed blob ids."""

@@ -68,6 +68,11 @@ class BlobRefs:
         self.engine = engine
         self.dependents = dependents
 
+    @staticmethod
+    def engine_key(blob_id: str) -> tuple[str, bytes]:
+        """Where the blob's record is (for `WriteTxn.prefetch`)."""
+        return TABLE, blob_id.encode()
+
     def get(self, txn: ReadTxn, blob_id: str) -> BlobRecord | None:
         raw = txn.get(TABLE, blob_id.encode())
         return None if raw is None else decode(raw)

@@ -123,6 +123,11 @@ class Buckets:
         raw = txn.get(TABLE, name.encode())
         return None if raw is None else decode(raw)
 
+    @staticmethod
+    def engine_key(name: str) -> tuple[str, bytes]:
+        """Where the bucket's record is (for `WriteTxn.prefetch`)."""
+        return TABLE, name.encode()
+
     def get(self, name: str, txn: ReadTxn | None = None) -> BucketRecord:
         """The bucket's record; NoSuchBucket if none."""
         if txn is None:

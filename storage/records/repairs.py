@@ -104,6 +104,7 @@ class Journal:
 
     def drop(self, blob_ids: list[str]) -> None:
         def op(txn: WriteTxn) -> None:
+            txn.prefetch((JOURNAL, blob_id.encode()) for blob_id in blob_ids)
             for blob_id in blob_ids:
                 txn.delete(JOURNAL, blob_id.encode())
 

@@ -57,6 +57,11 @@ class UsageLedger:
         self.engine = engine
         self.accounts = accounts
 
+    @staticmethod
+    def engine_key(name: str) -> tuple[str, bytes]:
+        """Where the account's usage is (for `WriteTxn.prefetch`)."""
+        return TABLE, name.encode()
+
     def get(self, name: str, txn: ReadTxn | None = None) -> Usage:
         """The objects and bytes stored by an account."""
         if txn is None:

@@ -349,6 +349,85 @@ def test_a_scan_in_a_write_sees_the_writes_own_changes(engine: Engine) -> None:
         assert list(txn.scan("objects", prefix=b"p/")) == expected
 
 
+def test_a_scan_sees_its_batch_mates_changes_and_the_last_value_of_a_key_wins(engine: Engine) -> None:
+    """Finished writes' changes wait to be sent (PostgreSQL: at COMMIT, one statement per
+    table): a later write's scan still sees them, and of a key written by several writes
+    of the batch the last value is what commits."""
+    put_all(engine, "objects", {b"q/gone": b"g", b"q/kept": b"k"})
+
+    def first(txn: Any) -> None:
+        txn.put("objects", b"q/a", b"1")
+        txn.put("usage", b"n", b"1")
+        txn.delete("objects", b"q/gone")
+
+    def scan(txn: Any) -> list[tuple[bytes, bytes]]:
+        return list(txn.scan("objects", prefix=b"q/"))
+
+    def second(txn: Any) -> bytes:
+        value = b"%d" % (int(txn.get("usage", b"n")) + 1)
+        txn.put("usage", b"n", value)
+        txn.put("objects", b"q/a", b"2")
+        txn.put("objects", b"q/gone", b"back")
+        txn.delete("objects", b"q/gone")
+        return value  # type: ignore[no-any-return]
+
+    futures = _one_batch(engine, first, scan, second, scan)
+    assert futures[1].result(10) == [(b"q/a", b"1"), (b"q/kept", b"k")]
+    assert futures[2].result(10) == b"2"
+    assert futures[3].result(10) == [(b"q/a", b"2"), (b"q/kept", b"k")]
+    with engine.read() as txn:
+        assert list(txn.scan("objects", prefix=b"q/")) == [(b"q/a", b"2"), (b"q/kept", b"k")]
+        assert txn.get("usage", b"n") == b"2"
+
+
+def test_prefetch_reads_what_get_reads(engine: Engine) -> None:
+    """`prefetch` is a hint: after it, get answers as without it, for keys stored, absent,
+    written by a batch-mate, repeated, and more than one statement's worth."""
+    stored = {b"s%03d" % i: b"v%d" % i for i in range(300)}
+    put_all(engine, "objects", stored)
+
+    def mate(txn: Any) -> None:
+        txn.put("objects", b"s001", b"mate")
+        txn.delete("objects", b"s002")
+        txn.put("usage", b"u", b"7")
+
+    def reader(txn: Any) -> list[bytes | None]:
+        keys = [*stored, b"absent", b"s001", b"s002", b"s001"]
+        txn.prefetch([("objects", key) for key in keys] + [("usage", b"u"), ("usage", b"none")])
+        return [txn.get("objects", key) for key in keys] + [txn.get("usage", b"u"), txn.get("usage", b"none")]
+
+    futures = _one_batch(engine, mate, reader)
+    expected = {**stored, b"s001": b"mate", b"s002": None}
+    assert futures[1].result(30) == ([expected[k] for k in stored] + [None, b"mate", None, b"mate"]
+                                     + [b"7", None])
+
+
+@pytest.mark.postgresql
+def test_prefetch_takes_the_locks_a_get_takes(pg_url: str) -> None:
+    """Keys read by prefetch are locked as by get: two front doors counting through
+    prefetched reads lose no update."""
+    doors = [PgEngine(pg_url, TABLES), PgEngine(pg_url, TABLES)]
+
+    def count(txn: Any) -> None:
+        txn.prefetch([("usage", b"c1"), ("usage", b"c2")])
+        for key in (b"c1", b"c2"):
+            txn.put("usage", key, b"%d" % (int(txn.get("usage", key) or b"0") + 1))
+
+    def run(door: PgEngine) -> None:
+        for _ in range(25):
+            door.write(count)
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            for job in [pool.submit(run, door) for door in doors for _ in range(4)]:
+                job.result(120)
+        with doors[0].read() as txn:
+            assert txn.get("usage", b"c1") == txn.get("usage", b"c2") == b"200"
+    finally:
+        for door in doors:
+            door.close()
+
+
 def test_a_refused_statement_after_batch_mates_buffered_changes_rolls_back_alone(engine: Engine) -> None:
     """The refused put reaches the database in a message with other writes' changes: the
     batch runs again and each write gets its own outcome (and reads its batch-mates')."""
