@@ -23,6 +23,7 @@ from typing import Any
 
 from storage.blobs import MemoryBlobWriter
 from storage.catalog import Catalog
+from storage.engine import ReadTxn
 from storage.errors import NoSuchBlob, ResourceExhausted
 from storage.node import MARKER, LocalNode, NodeSpec, parse_spec
 from storage.nodeapi import Node
@@ -214,10 +215,13 @@ class Store:
     def place_small(self, small: MemoryBlobWriter) -> BlobMeta:
         return place_small(self.node_list(), self.copies, small)
 
-    def readers(self, blob_ids: list[str]) -> list[BlobReader]:
-        """Readers for these blobs, each with its first replica already open."""
-        with self.catalog.read() as txn:
-            metas = [(blob_id, self.catalog.blobrefs.get(txn, blob_id)) for blob_id in blob_ids]
+    def readers(self, blob_ids: list[str], txn: ReadTxn | None = None) -> list[BlobReader]:
+        """Readers for these blobs, each with its first replica already open (their
+        records read in `txn`, a caller's read transaction, if given)."""
+        if txn is None:
+            with self.catalog.read() as txn:
+                return self.readers(blob_ids, txn)
+        metas = [(blob_id, self.catalog.blobrefs.get(txn, blob_id)) for blob_id in blob_ids]
         out: list[BlobReader] = []
         try:
             for blob_id, meta in metas:

@@ -2,7 +2,7 @@
 PostgreSQL database and the same nodes:
 
 - a client alternating between the doors sees read-after-write for PUT, GET, LIST, DELETE
-  and multipart;
+  and multipart, and for buckets deleted and made again;
 - 32 clients spread over both doors for 30 s of mixed traffic, then the listing, the
   catalog and the blobs on disk agree exactly (and the usage counters with them);
 - SIGKILL of the door a 60-input job was created through (and whose worker leads): the job
@@ -120,6 +120,19 @@ def test_a_client_alternating_between_doors_reads_its_writes(doors: Doors) -> No
         "Parts": [{"PartNumber": 1, "ETag": e1}, {"PartNumber": 2, "ETag": e2}]})
     assert a.get_object(Bucket="alt", Key="mp")["Body"].read() == first + second
     assert not a.list_multipart_uploads(Bucket="alt").get("Uploads")
+
+    # door a keeps the bucket it checked for a second (s3/doorcache.py); the commit checks
+    # again: a bucket deleted through door b takes no PUT through a, one made again does
+    a.create_bucket(Bucket="brief")
+    a.put_object(Bucket="brief", Key="first", Body=b"1")
+    b.delete_object(Bucket="brief", Key="first")
+    b.delete_bucket(Bucket="brief")
+    with pytest.raises(ClientError) as err:
+        a.put_object(Bucket="brief", Key="second", Body=b"2")
+    assert err.value.response["Error"]["Code"] == "NoSuchBucket"
+    b.create_bucket(Bucket="brief")
+    a.put_object(Bucket="brief", Key="third", Body=b"3")
+    assert list(listed(b, "brief")) == ["third"]
     a.close()
     b.close()
 

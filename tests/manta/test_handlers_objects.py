@@ -214,7 +214,7 @@ def test_a_get_racing_a_write_answers_the_current_object(s3: InProcessS3, bucket
     readers = s3.store.readers
     raced: list[str] = []
 
-    def write_first(blob_ids: list[str]) -> Any:
+    def write_first(blob_ids: list[str], txn: Any = None) -> Any:
         if not raced:
             raced.append(change)
             record = s3.store.catalog.buckets.get(bucket)
@@ -223,7 +223,7 @@ def test_a_get_racing_a_write_answers_the_current_object(s3: InProcessS3, bucket
                 s3.store.objects.delete(ref, "k")
             else:
                 s3.put(bucket, "k", new)
-        return readers(blob_ids)
+        return readers(blob_ids, txn)
 
     monkeypatch.setattr(s3.store, "readers", write_first)
     got = s3.request("GET", f"/{bucket}/k")

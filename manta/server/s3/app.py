@@ -36,11 +36,11 @@ from starlette.types import Message, Receive, Scope, Send
 from manta.server.config import ServerConfig
 from manta.server.s3 import acl, attributes, bucket, multipart, obj, service, sigv4
 from manta.server.s3 import errors as s3e
-from manta.server.s3.accountcache import AccountCache
 from manta.server.s3.body import ClientGone
 from manta.server.s3.common import read_catalog
 from manta.server.s3.context import S3Request, validate_key
-from storage import Store
+from manta.server.s3.doorcache import TtlCache
+from storage import Account, BucketRef, Store
 from storage import errors as se
 
 log = logging.getLogger("manta.server.s3")
@@ -152,7 +152,9 @@ class S3App:
         self.config = config
         self.extra = extra or {}
         self.domain_suffix = "." + config.domain.lower() if config.domain else None
-        self.accounts = AccountCache() if store.catalog.engine.remote else None
+        remote = store.catalog.engine.remote
+        self.accounts: TtlCache[Account] | None = TtlCache() if remote else None
+        self.buckets: TtlCache[BucketRef] | None = TtlCache() if remote else None
 
     def starlette(self) -> Starlette:
         return S3Starlette(self)
@@ -233,7 +235,7 @@ class S3App:
         return S3Request(
             method=scope["method"], bucket=bucket_name, key=key, query=query, headers=headers,
             receive=receive, request_id=rid, resource=path, store=self.store,
-            settings=self.config,
+            settings=self.config, buckets=self.buckets,
         )
 
     async def _authenticate(self, req: S3Request, raw_path: str, query: list[tuple[str, str]]) -> None:

@@ -54,10 +54,13 @@ async def owned_bucket(req: S3Request, name: str | None = None) -> BucketRef:
     return await read_catalog(req.store, owned_ref, req, name)
 
 
-def object_record(req: S3Request) -> dict[str, Any]:
-    """The record of the request's object in the caller's bucket (a catalog read)."""
-    with req.store.catalog.read() as txn:  # one snapshot: one round trip fewer with PostgreSQL
-        return req.store.objects.get(owned_ref(req, txn=txn), req.key, txn)
+def object_record(req: S3Request, txn: Any = None) -> dict[str, Any]:
+    """The record of the request's object in the caller's bucket (a catalog read, in `txn`
+    if given)."""
+    if txn is None:
+        with req.store.catalog.read() as txn:  # one snapshot: one round trip fewer with PostgreSQL
+            return object_record(req, txn)
+    return req.store.objects.get(owned_ref(req, txn=txn), req.key, txn)
 
 
 def request_headers(req: S3Request) -> tuple[dict[str, str], dict[str, str]]:
@@ -234,10 +237,12 @@ SMALL_READ_BYTES = 64 * 1024  # read on the event loop: a page-cache hit costs l
 READ_AHEAD_BLOCKS = 4  # 1 MiB blocks read per worker-thread hand-off
 
 
-def open_segments(req: S3Request, segments: list[list[Any]], start: int, length: int) -> Opened:
+def open_segments(req: S3Request, segments: list[list[Any]], start: int, length: int,
+                  txn: Any = None) -> Opened:
     """Readers for the blobs covering [start, start+length), each with a replica open
-    up front, so a concurrent overwrite or delete cannot pull a segment away mid-response.
-    Returns (reader, offset in blob, bytes to read) triples."""
+    up front, so a concurrent overwrite or delete cannot pull a segment away mid-response
+    (the blob records read in `txn`, a read transaction, if given). Returns (reader,
+    offset in blob, bytes to read) triples."""
     wanted: list[tuple[str, int, int]] = []
     offset = 0
     remaining = length
@@ -250,7 +255,7 @@ def open_segments(req: S3Request, segments: list[list[Any]], start: int, length:
             wanted.append((blob_id, skip, take))
             remaining -= take
         offset += size
-    readers = req.store.readers([blob_id for blob_id, _, _ in wanted])
+    readers = req.store.readers([blob_id for blob_id, _, _ in wanted], txn)
     return [(reader, skip, take) for reader, (_, skip, take) in zip(readers, wanted, strict=True)]
 
 

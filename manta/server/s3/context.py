@@ -10,8 +10,9 @@ from typing import Any, overload
 from starlette.types import Receive
 
 from manta.server.s3 import errors as s3e
+from manta.server.s3.doorcache import TtlCache
 from manta.server.s3.sigv4 import SigV4Auth
-from storage import Account, Store
+from storage import Account, BucketRef, Store
 
 MAX_KEY_BYTES = 1024
 
@@ -32,6 +33,7 @@ class S3Request:
     auth: SigV4Auth | None = None
     signing_key: bytes = b""
     settings: Any = None
+    buckets: TtlCache[BucketRef] | None = None  # a door over a remote catalog: buckets PUTs checked
 
     @property
     def owner(self) -> str:

@@ -92,7 +92,10 @@ def write_condition(req: S3Request) -> WriteCondition | None:
 async def put_object(req: S3Request) -> Response:
     if "x-amz-copy-source" in req.headers:
         return await copy_object(req)
-    bucket, headers, meta, canned, condition, size = await read_catalog(req.store, _put_checks, req)
+    checks = _cached_put_checks(req)
+    if checks is None:
+        checks = await read_catalog(req.store, _put_checks, req)
+    bucket, headers, meta, canned, condition, size = checks
     small = MemoryBlobWriter() if size is not None and size <= SMALL_OBJECT_BYTES else None
     if small is not None:
         body = await receive_into(req, small)
@@ -129,13 +132,17 @@ async def put_object(req: S3Request) -> Response:
     return Response(b"", headers=out)
 
 
-def _put_checks(req: S3Request) -> tuple[BucketRef, dict[str, str], dict[str, str], str,
-                                        WriteCondition | None, int | None]:
+PutChecks = tuple[BucketRef, dict[str, str], dict[str, str], str, WriteCondition | None, int | None]
+
+
+def _put_checks(req: S3Request) -> PutChecks:
     """What a PUT checks before it reads the body, in order: the bucket, the stored headers,
     the ACL, the write condition against the key's object, the owner's room for the
     announced size. Returns (bucket, headers, metadata, ACL, condition, size)."""
     with req.store.catalog.read() as txn:  # one snapshot: with PostgreSQL, round trips count
         bucket = owned_ref(req, txn=txn)
+        if req.buckets is not None:
+            req.buckets.put(req.bucket, BucketRef(bucket.name, bucket.owner))
         headers, meta = request_headers(req)
         canned = acl.from_request(req, on_object=True)
         condition = write_condition(req)
@@ -145,6 +152,21 @@ def _put_checks(req: S3Request) -> tuple[BucketRef, dict[str, str], dict[str, st
         if size is not None and not _unlimited(req, bucket):
             req.store.objects.check_room(bucket, req.key, size, txn)
     return bucket, headers, meta, canned, condition, size
+
+
+def _cached_put_checks(req: S3Request) -> PutChecks | None:
+    """`_put_checks` without a catalog read, when this door (over a remote catalog) checked
+    the bucket within the last second (s3/doorcache.py) and there is nothing else to read:
+    no write condition, and no room to check (no announced size, or an owner without
+    limits). None: read them."""
+    bucket = req.buckets.get(req.bucket) if req.buckets is not None else None
+    if bucket is None or bucket.owner != req.owner or write_condition(req) is not None:
+        return None
+    size = expected_size(req)
+    if size is not None and not _unlimited(req, bucket):
+        return None
+    headers, meta = request_headers(req)
+    return bucket, headers, meta, acl.from_request(req, on_object=True), None, size
 
 
 def _unlimited(req: S3Request, bucket: BucketRef) -> bool:
@@ -294,8 +316,14 @@ async def _get_object(req: S3Request, head: bool) -> Response:
 
 def _find(req: S3Request, head: bool, open_blobs: bool) -> Response | _Found:
     """The key's record checked against the request's conditions and range: the whole
-    answer for a HEAD, a 304 or an empty range, else what to send (opened if `open_blobs`)."""
-    record = object_record(req)
+    answer for a HEAD, a 304 or an empty range, else what to send (opened if `open_blobs`,
+    with the record's blobs read in the record's snapshot)."""
+    with req.store.catalog.read() as txn:
+        return _find_in(req, head, open_blobs, txn)
+
+
+def _find_in(req: S3Request, head: bool, open_blobs: bool, txn: Any) -> Response | _Found:
+    record = object_record(req, txn)
     headers = object_headers(record)
     status = check_conditions(req, record)
     if status == 412:
@@ -329,7 +357,7 @@ def _find(req: S3Request, head: bool, open_blobs: bool) -> Response | _Found:
         return Response(b"", status_code=code, headers=headers)
     found = _Found(code, headers, record["segments"], start, length)
     if open_blobs:
-        found.opened = open_segments(req, found.segments, start, length)
+        found.opened = open_segments(req, found.segments, start, length, txn)
     return found
 
 

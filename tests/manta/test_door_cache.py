@@ -1,11 +1,11 @@
-"""The front door's account cache (used only over a remote catalog): an entry lives
-ACCOUNT_TTL_S, then the next request reads the account again."""
+"""The front door's caches (used only over a remote catalog): an entry lives its TTL,
+then the next request reads the account (or bucket) again."""
 
 from __future__ import annotations
 
 import time
 
-from manta.server.s3.accountcache import AccountCache
+from manta.server.s3.doorcache import TtlCache
 from storage.records.accounts import Account
 
 
@@ -14,7 +14,7 @@ def account(secret: str) -> Account:
 
 
 def test_an_entry_lives_its_ttl_then_is_read_again() -> None:
-    cache = AccountCache(ttl_s=0.2)
+    cache: TtlCache[Account] = TtlCache(ttl_s=0.2)
     assert cache.get("BOBKEY") is None
     cache.put("BOBKEY", account("old"))
     assert cache.get("BOBKEY") == account("old")
