@@ -16,7 +16,8 @@ Start chain (one fork from the server; no preexec_fn, the server is multi-thread
 A container sees only read-only system dirs (`ro_paths` globs; /bin, /lib... as on the
 host), a generated /etc/passwd and /etc/group, its own /proc, a read-only minimal /dev, a
 private tmpfs /tmp of `disk_mb` (the only writable place; HOME and working dir), the input
-at /manta/input and assets at /manta/assets/<name>, read-only. No network: its net namespace
+at /manta/input and assets at /manta/assets/<name>, read-only, and the phase's image (if
+any) at /opt/manta/image, read-only, with /opt/manta/image/bin first on PATH. No network: its net namespace
 has only its own loopback. System calls no data task needs (keyrings, bpf, mounts,
 namespaces, ptrace, io_uring...) fail with EPERM; no filter, no tasks. Env: exactly
 `TaskSpec.env` plus PATH, HOME, LANG. bwrap runs as the task user, so bind sources must be
@@ -86,6 +87,8 @@ TICK_S = 0.05
 INNER_ID = "1000"
 ROOT_LINKS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 HOST_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+TASK_PATH = "/usr/local/bin:/usr/bin:/bin"
+IMAGE_MOUNT = "/opt/manta/image"  # a phase's image (jobs/images.py), when it names one
 RUNNER = ('if [ -n "$1" ]; then {shell} -c "$1" manta-init </dev/null >&2 3>&- || exit; fi; '
           'echo ok >&3; exec 3>&-; manta_exec=$2; set --; eval "$manta_exec"')
 PASSWD = (b"manta:x:1000:1000:manta task:/tmp:/bin/bash\n"
@@ -147,6 +150,7 @@ class TaskSpec:
     assets: list[tuple[str, str]] = field(default_factory=list)
     init: str | None = None
     limits: TaskLimits = TaskLimits()
+    image: str | None = None  # a tree bound read-only at IMAGE_MOUNT, its bin first on PATH
 
 
 @dataclass(frozen=True)
@@ -190,7 +194,7 @@ class Sandbox:
         for _, name in spec.assets:
             if not name or "/" in name or name in (".", ".."):
                 raise ValueError(f"bad asset name: {name!r}")
-        env = _env_args(spec.env)
+        env = _env_args(spec.env, spec.image is not None)
         inputs: list[BinaryIO] = []
         fds: list[int] = []
         feed_error: list[OSError] = []
@@ -358,13 +362,15 @@ def _task_mounts(spec: TaskSpec, passwd_fd: int, group_fd: int, input_link: str 
         args += ["--dir", "/manta/assets"]
         for path, name in spec.assets:
             args += ["--ro-bind", path, f"/manta/assets/{name}"]
+    if spec.image is not None:
+        args += ["--ro-bind", spec.image, IMAGE_MOUNT]
     return [*args, "--remount-ro", "/", "--remount-ro", "/dev", "--chdir", "/tmp"]
 
 
-def _env_args(env: dict[str, str]) -> list[str]:
+def _env_args(env: dict[str, str], image: bool = False) -> list[str]:
     args = ["--clearenv"]
-    for name, value in {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp",
-                        "LANG": "C.UTF-8", **env}.items():
+    path = f"{IMAGE_MOUNT}/bin:{TASK_PATH}" if image else TASK_PATH
+    for name, value in {"PATH": path, "HOME": "/tmp", "LANG": "C.UTF-8", **env}.items():
         if not name or "=" in name or "\0" in name + value:
             raise ValueError(f"bad environment variable: {name!r}")
         args += ["--setenv", name, value]

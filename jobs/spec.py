@@ -2,14 +2,17 @@
 
     {"name": "...", "phases": [{"type": "map"|"reduce", "exec": "<bash pipeline>",
       "count": 1, "memory_mb": 1024, "disk_mb": 256, "timeout_s": 300,
-      "assets": ["bucket/key", ...], "init": "<bash>"}, ...]}
+      "assets": ["bucket/key", ...], "init": "<bash>", "image": "NAME"}, ...]}
 
 `count` (number of reducers) only applies to reduce phases. Inputs are `bucket/key`
-strings, given at create time or added later until the job's inputs are ended.
+strings, given at create time or added later until the job's inputs are ended. `image`
+names a task image (jobs/images.py) bound at /opt/manta/image, its bin first on PATH;
+without one a phase sees the host's /usr only.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -26,6 +29,7 @@ LIMITS = {
 }
 MAX_EXEC_BYTES = 64 * 1024
 MAX_PHASES = 32
+IMAGE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,7 @@ class Phase:
     timeout_s: float = 300.0
     assets: tuple[str, ...] = ()
     init: str | None = None
+    image: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -81,7 +86,7 @@ def parse_phase(raw: Any, index: int, defaults: dict[str, Any] | None = None) ->
     defaults = defaults or {}
     if not isinstance(raw, dict):
         raise InvalidJobSpec(f"phase {index} must be an object")
-    unknown = set(raw) - {"type", "exec", "count", "memory_mb", "disk_mb", "timeout_s", "assets", "init"}
+    unknown = set(raw) - {"type", "exec", "count", "memory_mb", "disk_mb", "timeout_s", "assets", "init", "image"}
     if unknown:
         raise InvalidJobSpec(f"phase {index}: unknown field(s) {', '.join(sorted(unknown))}")
     kind = raw.get("type", "map")
@@ -103,10 +108,13 @@ def parse_phase(raw: Any, index: int, defaults: dict[str, Any] | None = None) ->
     init = raw.get("init")
     if init is not None and (not isinstance(init, str) or "\0" in init):
         raise InvalidJobSpec(f"phase {index}: init must be a command")
+    image = raw.get("image")
+    if image is not None and (not isinstance(image, str) or not IMAGE_NAME.match(image)):
+        raise InvalidJobSpec(f"phase {index}: image must be an image name (lowercase letters, digits, . _ -)")
     return Phase(type=kind, exec=command, count=count, memory_mb=_number(raw, "memory_mb", index, defaults),
                  disk_mb=_number(raw, "disk_mb", index, defaults),
                  timeout_s=_number(raw, "timeout_s", index, defaults),
-                 assets=tuple(assets), init=init or None)
+                 assets=tuple(assets), init=init or None, image=image or None)
 
 
 def parse_spec(raw: Any, defaults: dict[str, Any] | None = None) -> JobSpec:

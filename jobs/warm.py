@@ -1,5 +1,5 @@
-"""Containers reused within a job phase: a task of the same job, phase, limits and assets
-that runs after another on this node takes over its container instead of starting one.
+"""Containers reused within a job phase: a task of the same job, phase, limits, assets and
+image that runs after another on this node takes over its container instead of starting one.
 
 A reused container is the sandbox of jobs/sandbox.py (same wrapper, cgroups, user, bwrap
 namespaces, mounts, seccomp filter) whose main process is jobs/taskrunner.py, run by the
@@ -84,7 +84,7 @@ INPUT_LINK = "/proc/self/fd/63"  # taskrunner.INPUT_FD
 START_TIMEOUT_S = 10.0
 REPLY_GRACE_S = 2.0
 FEEDERS = 256  # threads made only as concurrent tasks need them (an agent's slots)
-Key = tuple[Hashable, TaskLimits, tuple[tuple[str, str], ...], bool]
+Key = tuple[Hashable, TaskLimits, tuple[tuple[str, str], ...], bool, str | None]
 
 
 class _Broken(Exception):
@@ -145,7 +145,7 @@ class WarmPool:
         (e.g. (job id, phase number)) with the same limits and assets."""
         if not self.usable() or (spec.input_file is not None and self._unreachable(spec.input_file)):
             return self.sandbox.run(spec, stdout, cancel)
-        key: Key = (phase, spec.limits, tuple(spec.assets), spec.input_file is not None)
+        key: Key = (phase, spec.limits, tuple(spec.assets), spec.input_file is not None, spec.image)
         container = self._take(key)
         if container is None:
             container = self._start(key, spec)
@@ -285,7 +285,7 @@ class WarmPool:
         for _, name in spec.assets:
             if not name or "/" in name or name in (".", ".."):
                 raise ValueError(f"bad asset name: {name!r}")
-        env_args = _env_args(spec.env)
+        env_args = _env_args(spec.env, spec.image is not None)
         message = json.dumps({
             "shell": host.shell, "env": dict(zip(env_args[2::3], env_args[3::3], strict=True)),
             "argv": [host.shell, "-c", _limited(spec.limits) + RUNNER.format(shell=host.shell), "manta-task",

@@ -14,6 +14,7 @@ import pwd
 import shutil
 import socket
 import statistics
+import subprocess
 import tempfile
 import threading
 import time
@@ -21,6 +22,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from jobs.imagetree import NodeImages, pack
 from jobs.sandbox import Sandbox, SandboxConfig, SandboxError, TaskLimits, TaskResult, TaskSpec
 from tests.conftest import require
 from tests.zfs_pools import PoolFactory
@@ -47,6 +49,38 @@ def data_dir() -> Iterator[str]:
     os.chmod(path, 0o711)
     yield path
     shutil.rmtree(path)
+
+
+@pytest.fixture(scope="module")
+def image_tree() -> Iterator[str]:
+    """A small image as a node holds it: a venv over the host's python3 (it only links to
+    /usr/bin/python3) plus a script, packed and unpacked into a node-like 0711 directory."""
+    base = tempfile.mkdtemp(prefix="manta-sandbox-image-")
+    os.chmod(base, 0o711)
+    try:
+        src = os.path.join(base, "src")
+        subprocess.run(["/usr/bin/python3", "-m", "venv", "--without-pip", src], check=True)
+        put(os.path.join(src, "bin"), "image-probe", b"#!/bin/sh\necho from the image\n", mode=0o755)
+        pack(src, os.path.join(base, "image.tar"))
+        yield NodeImages(os.path.join(base, "node")).path("a1b2", lambda: os.path.join(base, "image.tar"))
+    finally:
+        shutil.rmtree(base)
+
+
+@pytest.fixture(params=[False, True], ids=["no-image", "image"])
+def image(request: pytest.FixtureRequest) -> str | None:
+    """None, or an image tree bound at /opt/manta/image: isolation must not change with one."""
+    return request.getfixturevalue("image_tree") if request.param else None
+
+
+def test_an_image_is_bound_read_only_first_on_path(sandbox: Sandbox, image_tree: str) -> None:
+    result, out = run(sandbox, "image-probe; command -v python3; python3 -c 'import sys; print(sys.prefix)';"
+                      " echo $PATH; touch /opt/manta/image/x 2>/dev/null || echo ro", image=image_tree)
+    assert result.ok, result
+    assert out == (b"from the image\n/opt/manta/image/bin/python3\n/opt/manta/image\n"
+                   b"/opt/manta/image/bin:/usr/local/bin:/usr/bin:/bin\nro\n")
+    result, out = run(sandbox, "command -v image-probe || echo none; ls /opt 2>&1 | head -1")
+    assert out.startswith(b"none\n") and b"manta" not in out
 
 
 def put(directory: str, name: str, data: bytes, mode: int = 0o644) -> str:
@@ -110,8 +144,8 @@ def assert_machine_fine(sb: Sandbox) -> None:
     assert descendants(os.getpid()) == []
 
 
-def start_in_thread(sb: Sandbox, exec: str,
-                    cancel: threading.Event) -> tuple[threading.Thread, list[TaskResult]]:
+def start_in_thread(sb: Sandbox, exec: str, cancel: threading.Event,
+                    image: str | None = None) -> tuple[threading.Thread, list[TaskResult]]:
     """Run `exec` in a thread; return once it has printed "started"."""
     started, results = threading.Event(), []
 
@@ -120,7 +154,7 @@ def start_in_thread(sb: Sandbox, exec: str,
             started.set()
 
     def target() -> None:
-        results.append(sb.run(TaskSpec(exec, dict(ENV)), on_stdout, cancel))
+        results.append(sb.run(TaskSpec(exec, dict(ENV), image=image), on_stdout, cancel))
 
     thread = threading.Thread(target=target)
     thread.start()
@@ -193,7 +227,7 @@ def test_assets_are_mounted_read_only(sandbox: Sandbox, data_dir: str) -> None:
         run(sandbox, "true", assets=[(tool, "../etc")])
 
 
-def test_no_network_not_even_host_loopback(sandbox: Sandbox) -> None:
+def test_no_network_not_even_host_loopback(sandbox: Sandbox, image: str | None) -> None:
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(8)
@@ -204,14 +238,14 @@ def test_no_network_not_even_host_loopback(sandbox: Sandbox) -> None:
             python3 -c 'import socket; socket.create_connection(("127.0.0.1", {port}), timeout=2)' \
                 2>/dev/null && echo python-connected
             getent hosts example.com >/dev/null && echo resolved
-            tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '""")
+            tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '""", image=image)
         assert result.ok, result
         assert out == b"lo\n"
         with pytest.raises(OSError):
             listener.accept()
 
 
-def test_other_host_files_are_invisible(sandbox: Sandbox, data_dir: str) -> None:
+def test_other_host_files_are_invisible(sandbox: Sandbox, data_dir: str, image: str | None) -> None:
     private = tempfile.mkdtemp(prefix="manta-private-")  # 0700, like the catalog or a home dir
     try:
         secret = put(private, "secret", b"private\n")
@@ -220,7 +254,7 @@ def test_other_host_files_are_invisible(sandbox: Sandbox, data_dir: str) -> None
         result, out = run(sandbox, f"""
             for p in {secret} {sibling} {private} {data_dir}; do ls -d $p 2>/dev/null && echo SEEN $p; done
             cat /proc/1/root{sibling} 2>/dev/null && echo SEEN-VIA-PROC
-            ls /manta; cat /manta/input""", input_file=blob)
+            ls /manta; cat /manta/input""", input_file=blob, image=image)
         assert result.ok, result
         assert out == b"input\nmine\n"
     finally:
@@ -266,26 +300,30 @@ def test_mountinfo_on_a_node_of_its_own_filesystem_hides_its_host_path(
     assert not [m for m, (root, source) in mounts.items() if pool.mountpoint in root + source + m]
 
 
-def test_nothing_outside_tmp_is_writable(sandbox: Sandbox, data_dir: str) -> None:
+def test_nothing_outside_tmp_is_writable(sandbox: Sandbox, data_dir: str, image: str | None) -> None:
     blob = put(data_dir, "blob", b"x\n")
     asset = put(data_dir, "asset", b"y\n")
     result, out = run(sandbox, """
-        for d in / /usr /usr/bin /etc /dev /dev/shm /manta /manta/assets /proc /bin /var /tmp; do
+        for d in / /usr /usr/bin /etc /dev /dev/shm /manta /manta/assets /proc /bin /var /opt /opt/manta \\
+                 /opt/manta/image /opt/manta/image/bin /tmp; do
             (echo x > $d/probe) 2>/dev/null && echo writable $d
             mkdir $d/probe-dir 2>/dev/null && echo mkdir $d
         done
         for f in /manta/input /manta/assets/a /etc/passwd /usr/bin/ls; do
             (echo x >> $f) 2>/dev/null && echo writable $f
         done
-        echo > /dev/null && echo devnull""", input_file=blob, assets=[(asset, "a")])
+        for f in /opt/manta/image/pyvenv.cfg /opt/manta/image/bin/image-probe; do
+            [ -e $f ] && { (echo x >> $f) 2>/dev/null && echo writable $f; }
+        done
+        echo > /dev/null && echo devnull""", input_file=blob, assets=[(asset, "a")], image=image)
     assert result.ok, result
     assert out == b"writable /tmp\nmkdir /tmp\ndevnull\n"
 
 
-def test_tasks_are_not_root_inside_or_on_the_host(sandbox: Sandbox) -> None:
+def test_tasks_are_not_root_inside_or_on_the_host(sandbox: Sandbox, image: str | None) -> None:
     cancel = threading.Event()
     thread, results = start_in_thread(
-        sandbox, "id -u; id -g; grep CapEff /proc/self/status; echo started; exec sleep 60", cancel)
+        sandbox, "id -u; id -g; grep CapEff /proc/self/status; echo started; exec sleep 60", cancel, image)
     try:
         task_uid = pwd.getpwnam(SandboxConfig().user).pw_uid
         deadline = time.monotonic() + 5
@@ -316,9 +354,9 @@ def test_fork_bomb_is_stopped(sandbox: Sandbox) -> None:
     assert_machine_fine(sandbox)
 
 
-def test_memory_hog_is_killed(sandbox: Sandbox) -> None:
+def test_memory_hog_is_killed(sandbox: Sandbox, image: str | None) -> None:
     limits = TaskLimits(memory_mb=64, timeout_s=30)
-    result, _ = run(sandbox, "python3 -c 'b = b\"x\" * (512 << 20)'; sleep 30", limits=limits)
+    result, _ = run(sandbox, "python3 -c 'b = b\"x\" * (512 << 20)'; sleep 30", limits=limits, image=image)
     assert result.killed == "memory", result
     assert result.duration_s < 10
     result, _ = run(sandbox, "awk 'BEGIN { s = \"x\"; while (1) s = s s }'", limits=limits)
@@ -333,8 +371,8 @@ def test_endless_loop_times_out(sandbox: Sandbox) -> None:
     assert_machine_fine(sandbox)
 
 
-def test_cpu_and_disk_limits(sandbox: Sandbox) -> None:
-    result, _ = run(sandbox, "while :; do :; done", limits=TaskLimits(cpu_s=1, timeout_s=20))
+def test_cpu_and_disk_limits(sandbox: Sandbox, image: str | None) -> None:
+    result, _ = run(sandbox, "while :; do :; done", limits=TaskLimits(cpu_s=1, timeout_s=20), image=image)
     assert result.killed == "cpu", result
     assert result.duration_s < 5
     result, _ = run(sandbox, "head -c 100M /dev/zero > /tmp/big",
