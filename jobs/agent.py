@@ -17,6 +17,10 @@ from peers count as `bytes_remote`. A reducer over unpartitioned inputs (a reduc
 with count > 1) keeps only its key partition's lines. Bad replicas met on the way are
 returned in `damaged` for the front door to queue for repair.
 
+Image: a phase naming one gets its tree (unpacked once per node and image id into the
+node's cache, jobs/imagetree.py, from its tar object fetched like an input) bound at
+/opt/manta/image.
+
 Containers: tasks of one job phase (same limits and assets) that run one after another
 here share one (jobs/warm.py, `SandboxConfig.reuse_idle_s`); `close` ends the idle ones.
 
@@ -47,6 +51,7 @@ from typing import Any
 
 from jobs import errors as je
 from jobs.admission import Admission, default_budget_mb
+from jobs.imagetree import NodeImages
 from jobs.outputs import TaskOutputs, partition_of
 from jobs.reach import TaskRoots
 from jobs.sandbox import Sandbox, SandboxError, TaskLimits, TaskResult, TaskSpec
@@ -106,6 +111,7 @@ class TaskAgent:
         self._peers: dict[str, Node] = {}
         self._running: dict[tuple[str, str], threading.Event] = {}
         self._early: dict[tuple[str, str], float] = {}
+        self.images = NodeImages(node.root)
         reuse_s = sandbox.config.reuse_idle_s if sandbox is not None else 0
         self.warm = WarmPool(sandbox, reuse_s, max_idle=slots) if sandbox is not None and reuse_s > 0 else None
 
@@ -197,6 +203,11 @@ class TaskAgent:
                                           timeout_s=limits["timeout_s"]))
         outputs: TaskOutputs | None = None
         try:
+            if req.get("image"):
+                try:
+                    spec.image = roots.path(self.node, self._image(task, req["image"]))
+                except je.ImageError as exc:  # the same tar on every node: not this node's fault
+                    return task.outcome(error=[je.TASK_INIT_ERROR, f"image {req['image']['name']}: {exc}"])
             if req["type"] == "map":
                 path = task.input_path(req["inputs"][0])
                 spec.stdin_paths = [path]
@@ -233,6 +244,19 @@ class TaskAgent:
             raise
         finally:
             task.scratch.remove()
+
+    def _image(self, task: _Task, image: Record) -> str:
+        """The image's tree in this node's cache, unpacked from its tar object when it is not
+        there yet (the tar's bytes do not count as the task's input bytes)."""
+
+        def fetch() -> str:
+            counts = task.bytes_local, task.bytes_remote
+            try:
+                return task.input_path(image["entry"])
+            finally:
+                task.bytes_local, task.bytes_remote = counts
+
+        return self.images.path(image["id"], fetch)
 
     def _writer_factory(self, req: Record) -> Callable[[], ReplicatedWriter]:
         copies = max(1, int(req.get("copies") or 1))

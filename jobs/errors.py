@@ -47,3 +47,17 @@ class QuotaExceeded(JobError):
 
 class NodeFailure(Exception):
     """A task could not run because of its node (not the user's command): retried elsewhere."""
+
+
+class NoSuchImage(JobError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no task image named {name!r} (manta admin image ls lists them)")
+        self.name = name
+
+
+class ImageError(JobError):
+    """An image could not be built or imported; `message` says why (pip's own words for a build)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message

@@ -4,7 +4,8 @@ to the task's node, commit the outcome.
 Request (the node's agent runs it: jobs/agent.py, whose docstring has both shapes): the
 phase's command, limits and env; each input and asset resolved to its segments, each with
 its block CRCs and the nodes holding a replica (id and address, healthy ones first); the
-next phase's reducer count (`partitions`); `copies` and the writable `peers` for output
+next phase's reducer count (`partitions`); the phase's image (`image`: its id and its tar
+object, resolved like an asset; the default image is built on first use); `copies` and the writable `peers` for output
 copies. An input that is missing or not the job owner's ends the task ResourceNotFoundError
 (an asset: TaskInitError) without running anything.
 
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jobs import errors as je
+from jobs.images import Images
 from jobs.outputs import partition_of
 from jobs.records import JobRecords, jobs_bucket, task_key
 from jobs.spec import parse_input
@@ -42,6 +44,7 @@ STDERR_EXCERPT_BYTES = 2048
 class RunContext:
     store: Store
     records: JobRecords
+    images: Images | None = None
 
 
 class _Failure(Exception):
@@ -51,11 +54,14 @@ class _Failure(Exception):
         self.message = message
 
 
-def _entry(ctx: RunContext, owner: str, name: str, missing_code: str) -> Record:
-    """An input or asset as the agent sees it: its segments and where their replicas are."""
+def _entry(ctx: RunContext, owner: str | None, name: str, missing_code: str) -> Record:
+    """An input or asset as the agent sees it: its segments and where their replicas are.
+    `owner` None: a system object (an image's tar), whoever owns it."""
     bucket, key = parse_input(name)
     store = ctx.store
     try:
+        if owner is None:
+            owner = store.catalog.buckets.get(bucket).owner
         if store.catalog.buckets.get(bucket).owner != owner:
             raise _Failure(missing_code, f"{name}: access denied")
         record = store.objects.get(BucketRef(bucket, owner), key)  # owner re-checked there
@@ -90,15 +96,30 @@ def build_request(ctx: RunContext, job: Record, task: Record, node: Node) -> Rec
         if task.get("partition") is not None:
             partition = [task["partition"], phase["count"]]
     assets = [_entry(ctx, owner, name, je.TASK_INIT_ERROR) for name in phase.get("assets", [])]
+    image = _image(ctx, phase["image"]) if phase.get("image") else None
+    if image is not None:
+        env["MANTA_IMAGE"] = phase["image"]
     store = ctx.store
     peers = choose_nodes(store.node_list(), len(store.nodes), exclude={node.id}) if store.copies > 1 else []
     return {"job": job["id"], "task": task["id"], "owner": owner, "phase": phase_no, "type": task["type"],
             "exec": phase["exec"], "init": phase.get("init"), "env": env,
             "limits": {"memory_mb": phase["memory_mb"], "disk_mb": phase["disk_mb"],
                        "timeout_s": phase["timeout_s"]},
-            "inputs": inputs, "partition": partition, "assets": assets,
+            "inputs": inputs, "partition": partition, "assets": assets, "image": image,
             "partitions": nxt["count"] if nxt and nxt["type"] == "reduce" and nxt["count"] > 1 else 0,
             "copies": store.copies, "peers": [{"id": n.id, "url": n.address} for n in peers]}
+
+
+def _image(ctx: RunContext, name: str) -> Record:
+    """The phase's image as the agent sees it: its id and its tar object's replicas (the
+    default image is built here when it does not exist yet)."""
+    if ctx.images is None:
+        raise _Failure(je.TASK_INIT_ERROR, f"image {name}: task images are not available on this server")
+    try:
+        record = ctx.images.resolve(name)
+    except (je.NoSuchImage, je.ImageError) as exc:
+        raise _Failure(je.TASK_INIT_ERROR, f"image {name}: {exc}") from None
+    return {"name": name, "id": record.id, "entry": _entry(ctx, None, record.object, je.TASK_INIT_ERROR)}
 
 
 def run_task(ctx: RunContext, job: Record, task: Record, node: Node,

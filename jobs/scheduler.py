@@ -62,6 +62,8 @@ from jobs import errors as je
 from jobs.admission import Admission, default_budget_mb
 from jobs.agent import TaskAgent, sweep_scratch
 from jobs.follow import FOLLOW_S, ChangeFollower, load_job
+from jobs.imagebuild import BuildConfig
+from jobs.images import Images
 from jobs.phases import JobState
 from jobs.reach import TaskRoots
 from jobs.records import JobRecords, cancelled
@@ -96,6 +98,7 @@ class SchedulerConfig:
     memory_budget_mb: int = field(default_factory=default_budget_mb)  # this host's, for all its nodes
     max_task_memory_mb: int | None = None  # a phase's memory_mb ceiling (default: min(16 GiB, budget))
     max_task_disk_mb: int | None = None    # a phase's disk_mb ceiling (default: min(64 GiB, budget))
+    image_cache_dir: str | None = None     # built image tars by id (default: <data dir>/image-cache)
 
     def __post_init__(self) -> None:
         if self.slots_per_node < 1 or self.memory_budget_mb < 16:
@@ -120,7 +123,9 @@ class JobScheduler:
         self.store = store
         self.config = config or SchedulerConfig()
         self.records = JobRecords(store.catalog)
-        self.ctx = RunContext(store, self.records)
+        self.images = Images(store, BuildConfig(self.config.image_cache_dir
+                                                or os.path.join(store.config.data_dir, "image-cache")))
+        self.ctx = RunContext(store, self.records, self.images)
         self.sandbox = sandbox
         self.roots = TaskRoots(None)
         self.jobs: dict[str, JobState] = {}
@@ -267,6 +272,8 @@ class JobScheduler:
             if phase.disk_mb > disk:
                 raise je.InvalidJobSpec(f"phase {number}: disk_mb {phase.disk_mb} is above the "
                                         f"{disk} MB a task may use on this server")
+            if phase.image is not None and not self.images.known(phase.image):
+                raise je.InvalidJobSpec(f"phase {number}: {je.NoSuchImage(phase.image)}")
 
 
     def job(self, job_id: str, owner: str) -> Record:
