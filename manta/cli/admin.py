@@ -1,4 +1,4 @@
-"""`manta admin ...`: accounts and their limits, storage nodes, scrub and GC (root keys),
+"""`manta admin ...`: accounts and their limits, storage nodes, scrub and GC, task images (root keys),
 through `Client.api` (manta's signed JSON API under `/_manta/admin`); `manta admin catalog`
 works on the catalog itself (manta.cli.catalog_admin)."""
 
@@ -116,6 +116,87 @@ def _admin_nodes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _image_path(name: str) -> str:
+    import urllib.parse
+
+    return "/_manta/admin/images/" + urllib.parse.quote(name, safe="")
+
+
+def _print_image(image: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(image))
+    else:
+        print(f"{image['name']:<24} {image['kind']:<7} {image['id'][:16]}  {image['size']:>12}  {image['object']}")
+
+
+def _admin_image_build(args: argparse.Namespace) -> int:
+    requirements = None
+    if args.requirements is not None:
+        try:
+            with open(args.requirements, encoding="utf-8") as fh:
+                requirements = fh.read()
+        except OSError as exc:
+            raise CliError(f"cannot read {args.requirements}: {exc.strerror or exc}") from None
+    image = client().api("POST", _image_path(args.name) + "/build", {"requirements": requirements},
+                         timeout_s=3 * 3600)
+    _print_image(image, args.json)
+    return 0
+
+
+def _admin_image_import(args: argparse.Namespace) -> int:
+    try:
+        fh = open(args.tarball, "rb")  # noqa: SIM115 (closed below)
+    except OSError as exc:
+        raise CliError(f"cannot read {args.tarball}: {exc.strerror or exc}") from None
+    with fh:
+        image = client().api("PUT", _image_path(args.name), timeout_s=3600, upload=fh)
+    _print_image(image, args.json)
+    return 0
+
+
+def _admin_image_ls(args: argparse.Namespace) -> int:
+    images = client().api("GET", "/_manta/admin/images")["images"]
+    if args.json:
+        print(json.dumps(images))
+    else:
+        for image in images:
+            _print_image(image, False)
+    return 0
+
+
+def _admin_image_rm(args: argparse.Namespace) -> int:
+    client().api("DELETE", _image_path(args.name))
+    return 0
+
+
+def _register_images(admin_sub: Any) -> None:
+    image = admin_sub.add_parser("image", help="manage task images (trees bound at /opt/manta/image)",
+                                 description="Task images: read-only trees a job phase names (--image NAME), "
+                                             "bound at /opt/manta/image with its bin first on PATH.",
+                                 epilog="example: manta admin image build mytools --requirements requirements.txt")
+    image_sub = image.add_subparsers(dest="image_command", required=True)
+    build = image_sub.add_parser("build", help="build a Python image (a venv over the host's python3)",
+                                 epilog="example: manta admin image build python-data")
+    build.add_argument("name")
+    build.add_argument("--requirements", metavar="FILE",
+                       help="pip requirements file (python-data needs none: it has its own pinned list)")
+    build.add_argument("--json", action="store_true", help="print one JSON object")
+    build.set_defaults(func=_admin_image_build)
+    imp = image_sub.add_parser("import", help="store a tar of any tree as an image",
+                               epilog="example: manta admin image import tools tools.tar")
+    imp.add_argument("name")
+    imp.add_argument("tarball", help="a tar (optionally compressed) of the tree's contents")
+    imp.add_argument("--json", action="store_true", help="print one JSON object")
+    imp.set_defaults(func=_admin_image_import)
+    ls = image_sub.add_parser("ls", help="list images", epilog="example: manta admin image ls --json")
+    ls.add_argument("--json", action="store_true", help="print a JSON array")
+    ls.set_defaults(func=_admin_image_ls)
+    rm = image_sub.add_parser("rm", help="remove an image's name (and its object when no other name has it)",
+                              epilog="example: manta admin image rm tools")
+    rm.add_argument("name")
+    rm.set_defaults(func=_admin_image_rm)
+
+
 def register(sub: Any) -> None:
     """Add `admin` to the `manta` command's subparsers."""
     admin = sub.add_parser("admin", help="administration (root credentials)",
@@ -161,4 +242,5 @@ def register(sub: Any) -> None:
                                  epilog="example: manta admin nodes --json")
     nodes.add_argument("--json", action="store_true", help="print a JSON array")
     nodes.set_defaults(func=_admin_nodes)
+    _register_images(admin_sub)
     catalog_admin.register(admin_sub)

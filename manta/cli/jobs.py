@@ -95,7 +95,7 @@ def _phases(args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.count is not None and not any(kind == "reduce" for kind, _ in args.phases):
         raise CliError("--count applies to reduce phases, and this job has none")
     shared: dict[str, Any] = {"memory_mb": args.memory, "disk_mb": args.disk, "timeout_s": args.timeout,
-                              "assets": args.asset or None, "init": args.init}
+                              "assets": args.asset or None, "init": args.init, "image": args.image}
     phases = []
     for kind, command in args.phases:
         phase = {"type": kind, "exec": command, **{k: v for k, v in shared.items() if v is not None}}
@@ -244,6 +244,8 @@ def _register_job(sub: Any) -> None:
     c.add_argument("--asset", action="append", metavar="BUCKET/KEY",
                    help="object mounted read-only at /manta/assets/<name> in every task (repeatable)")
     c.add_argument("--init", metavar="CMD", help="command run in each task's container before the phase's CMD")
+    c.add_argument("--image", metavar="NAME", help="task image of every phase, bound at /opt/manta/image with its "
+                   "bin first on PATH (e.g. python-data: pandas, pyarrow, numpy, duckdb; manta admin image ls)")
     c.add_argument("--name", help="a name for the job")
     wait = c.add_mutually_exclusive_group()
     wait.add_argument("-o", "--output", action="store_true",

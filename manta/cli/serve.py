@@ -48,6 +48,7 @@ def _serve(args: argparse.Namespace) -> int:
                               task_memory_budget_mb=env_int("MANTA_TASK_MEMORY_BUDGET_MB"),
                               task_max_memory_mb=env_int("MANTA_TASK_MAX_MEMORY_MB"),
                               task_max_disk_mb=env_int("MANTA_TASK_MAX_DISK_MB"),
+                              image_cache_dir=os.environ.get("MANTA_IMAGE_CACHE") or None,
                               tls_cert_file=args.tls_cert, tls_key_file=args.tls_key,
                               head_timeout_s=env_float("MANTA_HEAD_TIMEOUT_S", 30.0),
                               idle_timeout_s=env_float("MANTA_IDLE_TIMEOUT_S", 30.0),

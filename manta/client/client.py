@@ -392,16 +392,21 @@ class Client:
 
     # -- jobs ------------------------------------------------------------------------
 
-    def api(self, method: str, path: str, payload: Any = None, timeout_s: float = 60.0) -> Any:
-        """A SigV4-signed call to manta's JSON API (`/_manta/...`)."""
+    def api(self, method: str, path: str, payload: Any = None, timeout_s: float = 60.0,
+            upload: BinaryIO | None = None) -> Any:
+        """A SigV4-signed call to manta's JSON API (`/_manta/...`); `upload`: a seekable
+        file sent as the body instead of `payload` (streamed, its SHA-256 signed)."""
         from botocore.auth import S3SigV4Auth
         from botocore.awsrequest import AWSRequest
         from botocore.credentials import Credentials
 
-        body = json.dumps(payload).encode() if payload is not None else b""
+        body: Any = json.dumps(payload).encode() if payload is not None else b""
+        headers = {"content-type": "application/json"} if body else {}
+        if upload is not None:
+            size = os.fstat(upload.fileno()).st_size
+            body, headers = upload, {"content-type": "application/octet-stream", "content-length": str(size)}
         url = self.url + path
-        request = AWSRequest(method=method, url=url, data=body,
-                             headers={"content-type": "application/json"} if body else {})
+        request = AWSRequest(method=method, url=url, data=body, headers=headers)
         S3SigV4Auth(Credentials(self.access_key, self._secret_key), "s3", REGION).add_auth(request)
         prepared = urllib.request.Request(url, data=body or None, method=method, headers=dict(request.headers.items()))
         if self._ssl is None and self.url.startswith("https://"):
@@ -431,7 +436,7 @@ class Client:
         `reduce` ones (`count` reducers each), or an explicit `phases` list of
         {"type", "exec", ...}. `inputs`: bucket/key names; a bucket or a name ending in /
         stands for every object under it. `limits`: memory_mb, disk_mb, timeout_s, assets,
-        init, applied to every phase. `end=False` leaves the inputs open (Job.add_inputs)."""
+        init, image (a task image's name, e.g. "python-data"), applied to every phase. `end=False` leaves the inputs open (Job.add_inputs)."""
         spec = job_phases(map, reduce, count, phases, limits)
         created = self.api("POST", "/_manta/jobs", {"name": name, "phases": spec, "inputs": [], "end": False})
         job = Job(self, created["id"])

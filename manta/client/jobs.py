@@ -27,7 +27,7 @@ WAIT_S = 0.5  # the longest a job-status request waits for the job to end
 
 def job_phases(map: str | list[str] | None, reduce: str | list[str] | None, count: int | None,
             phases: list[dict[str, Any]] | None, limits: dict[str, Any]) -> list[dict[str, Any]]:
-    unknown = set(limits) - {"memory_mb", "disk_mb", "timeout_s", "assets", "init"}
+    unknown = set(limits) - {"memory_mb", "disk_mb", "timeout_s", "assets", "init", "image"}
     if unknown:
         raise TypeError(f"unknown job option(s): {', '.join(sorted(unknown))}")
     maps = [map] if isinstance(map, str) else list(map or [])

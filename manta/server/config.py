@@ -42,6 +42,7 @@ class ServerConfig:
     task_memory_budget_mb: int | None = None  # memory all running tasks share (default: host's - reserve)
     task_max_memory_mb: int | None = None  # ceiling of a phase's memory_mb (default: min(16384, budget))
     task_max_disk_mb: int | None = None  # ceiling of a phase's disk_mb (default: min(65536, budget))
+    image_cache_dir: str | None = None  # built task images by id, shareable by servers (MANTA_IMAGE_CACHE)
     tls_cert_file: str | None = None  # PEM certificate chain: serve HTTPS (with tls_key_file)
     tls_key_file: str | None = None
     head_timeout_s: float = 30.0  # a request head must be complete this long after it starts

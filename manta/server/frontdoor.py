@@ -18,7 +18,7 @@ from starlette.types import ASGIApp
 
 from jobs import TABLES as JOB_TABLES
 from jobs import JobScheduler, Sandbox, SandboxConfig, SchedulerConfig
-from manta.server import admin_api, jobs_api
+from manta.server import admin_api, images_api, jobs_api
 from manta.server.config import ServerConfig
 from manta.server.keys import (
     Credentials,
@@ -53,12 +53,15 @@ def ensure_root(store: Store, data_dir: str) -> tuple[Credentials, str | None]:
 
 
 def manta_routes(scheduler: JobScheduler) -> Callable[[S3Request], Awaitable[Response]]:
-    """Everything under /_manta/: the jobs API and the admin API."""
+    """Everything under /_manta/: the jobs API, the admin API and its images part."""
     jobs = jobs_api.routes(scheduler)
+    images = images_api.routes(scheduler.images)
 
     async def handle(req: S3Request) -> Response:
         if req.key == "jobs" or req.key.startswith("jobs/"):
             return await jobs(req)
+        if req.key == images_api.PREFIX or req.key.startswith(images_api.PREFIX + "/"):
+            return await images(req)
         return await admin_api.handle(req)
 
     return handle
@@ -102,7 +105,8 @@ def scheduler_config(config: ServerConfig) -> SchedulerConfig:
     """The job scheduler's settings: the server's where given, the scheduler's defaults elsewhere."""
     given = {"slots_per_node": config.task_slots, "memory_budget_mb": config.task_memory_budget_mb,
              "max_task_memory_mb": config.task_max_memory_mb, "max_task_disk_mb": config.task_max_disk_mb}
-    return SchedulerConfig(**{k: v for k, v in given.items() if v is not None})
+    return SchedulerConfig(**{k: v for k, v in given.items() if v is not None},
+                           image_cache_dir=config.image_cache_dir)
 
 
 def _traversable(path: str) -> bool:
