@@ -38,6 +38,9 @@ NO_USER_CONFIG = {name: os.devnull for name in ("MANTA_CONFIG_FILE", "AWS_CONFIG
 os.environ.update(NO_USER_CONFIG)
 for _name in ("MANTA_PROFILE", "AWS_PROFILE", "AWS_DEFAULT_PROFILE"):
     os.environ.pop(_name, None)
+# Task images are built once per run (and kept across runs): every test server takes built
+# image tars from this one cache instead of running pip again (jobs/imagebuild.py).
+os.environ.setdefault("MANTA_IMAGE_CACHE", "/var/tmp/manta-image-cache")
 
 
 def require(condition: bool, reason: str) -> None:
