@@ -7,6 +7,7 @@
     jobs       \0seq                            -> change counter: bumped by every API write
     jobs       \0chg\0 seq (u64 big-endian)      -> job id: the change log (jobs/follow.py reads it)
     jobs       \0run\0 owner \0 job id           -> 1 while the job runs (the running-jobs quota)
+    jobs       \0img\0 name                      -> a task image's record (jobs/images.py)
 
 Job record: {v, id, owner, name, phases: [phase dicts], state: running|done|cancelled,
 inputs_ended, input_count, created, finished}. Task record: {v, id, job, phase, type,
