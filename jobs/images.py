@@ -20,7 +20,6 @@ unpacked trees stay until their node directory goes.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -30,8 +29,9 @@ from typing import Any
 from jobs.errors import ImageError, NoSuchImage
 from jobs.imagebuild import BuildConfig, build_python, image_id, python_version
 from jobs.spec import IMAGE_NAME
-from storage import BucketRef, Store
+from storage import BlobMeta, BucketRef, Store
 from storage import errors as se
+from storage.catalog import Txn
 
 __all__ = ["DEFAULT", "IMAGES_BUCKET", "ImageRecord", "Images", "check_name", "default_requirements"]
 
@@ -121,7 +121,7 @@ class Images:
             ident, tar, _ = build_python(requirements, self._version, self.config)
             return self._name(name, ident, "python", tar, requirements)
 
-    def import_blob(self, name: str, blob: Any) -> ImageRecord:
+    def import_blob(self, name: str, blob: BlobMeta) -> ImageRecord:
         """Name an uploaded tar (`blob`: its BlobMeta, already on the nodes) as an image."""
         check_name(name)
         ident = image_id("import", blob.sha256.hex(), "")
@@ -147,7 +147,7 @@ class Images:
         return roots[0]
 
     def _name(self, name: str, ident: str, kind: str, tar: str | None, requirements: str,
-              blob: Any = None) -> ImageRecord:
+              blob: BlobMeta | None = None) -> ImageRecord:
         """Store the tar as `_images/<id>.tar` unless it is there, and point `name` at it.
         `tar`: a file to store; `blob`: an uploaded blob to use as it is."""
         owner = self._owner()
@@ -166,7 +166,7 @@ class Images:
             size = blob.size
         record = ImageRecord(name, ident, kind, f"{IMAGES_BUCKET}/{key}", size, time.time(), requirements)
 
-        def op(txn: Any) -> list[str]:
+        def op(txn: Txn) -> list[str]:
             freed: list[str] = []
             if blob is not None:
                 catalog.buckets.ensure_in(txn, IMAGES_BUCKET, owner)
@@ -189,7 +189,7 @@ class Images:
         except (se.NoSuchBucket, se.NoSuchKey):
             return None
 
-    def _store_file(self, path: str) -> Any:
+    def _store_file(self, path: str) -> BlobMeta:
         writer = self.store.writer()
         try:
             with open(path, "rb") as fh:
@@ -201,11 +201,7 @@ class Images:
             raise
 
 
-def _object_record(blob: Any) -> dict[str, Any]:
+def _object_record(blob: BlobMeta) -> dict[str, Any]:
     return {"size": blob.size, "etag": blob.md5.hex(), "sha256": blob.sha256, "mtime": time.time(),
             "segments": [[blob.blob_id, blob.size]], "headers": {"content-type": "application/x-tar"},
             "meta": {}, "checksums": {}, "checksum_type": None, "parts": None}
-
-
-def cache_dir_default(data_dir: str) -> str:
-    return os.path.join(data_dir, "image-cache")

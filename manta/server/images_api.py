@@ -16,7 +16,8 @@ from typing import Any
 from starlette.responses import JSONResponse, Response
 
 from jobs import errors as je
-from jobs.images import Images, check_name
+from jobs.images import Images
+from jobs.spec import IMAGE_NAME
 from manta.server.s3 import errors as s3e
 from manta.server.s3.body import read_small, receive_into
 from manta.server.s3.common import in_thread
@@ -48,7 +49,9 @@ async def _handle(images: Images, req: S3Request) -> Response:
         records = await in_thread(images.list)
         return JSONResponse({"images": [r.to_dict() for r in sorted(records, key=lambda r: r.name)]})
     name, _, action = rest.partition("/")
-    check_name(name)
+    if not IMAGE_NAME.match(name):
+        raise s3e.InvalidArgument("Image names are 1-64 lowercase letters, digits and . _ -, "
+                                  "starting with a letter or digit.", ArgumentName="name")
     if action == "build" and req.method == "POST":
         payload = await _json(req)
         requirements = payload.get("requirements")

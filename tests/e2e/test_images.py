@@ -237,6 +237,10 @@ def test_import_ls_rm_and_only_root_manages_images(server: Server, bucket: str) 
     assert gone.returncode == 1 and "no task image named 'tools'" in gone.stderr
     again = manta(server.url, "admin", "image", "rm", "tools")
     assert again.returncode == 1 and "NoSuchImage" in again.stderr
+    bad_name = manta(server.url, "admin", "image", "build", "Not/Valid")
+    assert bad_name.returncode == 1 and "InvalidArgument" in bad_name.stderr, bad_name.stderr
+    no_file = manta(server.url, "admin", "image", "build", "custom")
+    assert no_file.returncode == 1 and "needs a requirements file" in no_file.stderr, no_file.stderr
 
 
 def test_an_unsafe_tar_is_refused_by_the_nodes(server: Server, bucket: str) -> None:
