@@ -32,6 +32,7 @@ from jobs.spec import IMAGE_NAME
 from storage import BlobMeta, BucketRef, Store
 from storage import errors as se
 from storage.catalog import Txn
+from storage.engine import EngineUnavailable
 
 __all__ = ["DEFAULT", "IMAGES_BUCKET", "ImageRecord", "Images", "check_name", "default_requirements"]
 
@@ -177,8 +178,9 @@ class Images:
 
         try:
             self.store.free(catalog.write(op))
-        except BaseException:
-            if blob is not None:
+        except BaseException as exc:
+            # a commit of unknown outcome may have stored the object: the orphan GC decides
+            if blob is not None and not isinstance(exc, EngineUnavailable):
                 self.store.free([blob.blob_id])
             raise
         return record
