@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from manta.client import Client, Job, MantaError
+    from manta.client import Client, Function, Job, MantaError
 
-__all__ = ["Client", "Job", "MantaError"]
+__all__ = ["Client", "Function", "Job", "MantaError"]
 __version__ = "0.1.0"
 
 

@@ -39,7 +39,9 @@ from manta.client.errors import (
     error_for,
 )
 from manta.client.files import ClientFileSystem
-from manta.client.jobs import Job, job_phases
+from manta.client.functions import Upload
+from manta.client.functions import functions_bucket as default_functions_bucket
+from manta.client.jobs import Command, Job, job_phases
 from manta.client.paths import need_key, split_path
 from manta.client.pieces import Data, PieceReader
 from manta.client.progress import Transfer
@@ -66,7 +68,7 @@ class Client:
 
     def __init__(self, url: str | None = None, access_key: str | None = None, secret_key: str | None = None,
                  *, part_size_mb: float = 8, progress: bool | None = None, ca_bundle: str | None = None,
-                 profile: str | None = None) -> None:
+                 profile: str | None = None, functions_bucket: str | None = None) -> None:
         self.settings: Settings = resolve(url, access_key, secret_key, ca_bundle, profile)
         self.url = self.settings.url.rstrip("/")
         if not self.url.startswith(("http://", "https://")):
@@ -79,6 +81,7 @@ class Client:
         self._secret_key: str = self.settings.secret_key or ""
         self.part_size = max(5 * 1024 * 1024, int(part_size_mb * 1024 * 1024))
         self.progress = progress
+        self.functions_bucket = functions_bucket or default_functions_bucket(self.access_key)
         self._s3: Any = None
         self._ssl: Any = None
 
@@ -428,16 +431,22 @@ class Client:
             raise Unreachable(tls_failure(self.url, exc)
                               or f"cannot reach {self.url}: {getattr(exc, 'reason', exc)}") from None
 
-    def job(self, map: str | list[str] | None = None, reduce: str | list[str] | None = None, *,
+    def job(self, map: Command | list[Command] | None = None, reduce: Command | list[Command] | None = None, *,
             count: int | None = None, inputs: str | Iterable[str] | None = None,
             phases: list[dict[str, Any]] | None = None, name: str = "", end: bool = True,
-            **limits: Any) -> Job:
+            input: str | None = None, output: str | None = None, **limits: Any) -> Job:
         """Create a job and add its inputs. Phases: the `map` commands in order, then the
         `reduce` ones (`count` reducers each), or an explicit `phases` list of
-        {"type", "exec", ...}. `inputs`: bucket/key names; a bucket or a name ending in /
-        stands for every object under it. `limits`: memory_mb, disk_mb, timeout_s, assets,
-        init, image (a task image's name, e.g. "python-data"), applied to every phase. `end=False` leaves the inputs open (Job.add_inputs)."""
-        spec = job_phases(map, reduce, count, phases, limits)
+        {"type", "exec", ...}. A command is a shell pipeline or a Python function (run with
+        the image's python3, `image` "python-data" unless given; `functions.py`): `input`
+        is how functions get their input ("path", "file", "dataframe"), `output` how the
+        last phase writes a DataFrame ("csv", "parquet"). `inputs`: bucket/key names; a
+        bucket or a name ending in / stands for every object under it. `limits`: memory_mb,
+        disk_mb, timeout_s, assets, init, image (a task image's name, e.g. "python-data"),
+        applied to every phase. `end=False` leaves the inputs open (Job.add_inputs)."""
+        spec, uploads = job_phases(map, reduce, count, phases, limits, bucket=self.functions_bucket,
+                                   input=input, output=output)
+        self._upload_functions(uploads)
         created = self.api("POST", "/_manta/jobs", {"name": name, "phases": spec, "inputs": [], "end": False})
         job = Job(self, created["id"])
         try:
@@ -446,6 +455,17 @@ class Client:
             job.cancel()
             raise
         return job
+
+    def _upload_functions(self, uploads: list[Upload]) -> None:
+        """Pickled functions, content-addressed: one already there is not sent again."""
+        if not uploads:
+            return
+        self.mb(self.functions_bucket, exist_ok=True)
+        for upload in {u.path: u for u in uploads}.values():
+            try:
+                self._head(*need_key(upload.path))
+            except NoSuchKey:
+                self.put(upload.path, upload.data, content_type="application/octet-stream", progress=False)
 
     def get_job(self, job_id: str) -> Job:
         job = Job(self, job_id)

@@ -1,7 +1,7 @@
 """The Python client's jobs: `Job` follows a job on the server by id (any process can);
 `Job.wait` is the one wait loop (the `manta job` commands use it too), reporting to
 `progress.JobProgress`; `job_phases` turns `Client.job`'s arguments into the phases of a
-job spec.
+job spec (a Python function's phase is made by `functions.py`).
 """
 
 from __future__ import annotations
@@ -9,10 +9,11 @@ from __future__ import annotations
 import io
 import time
 import urllib.parse
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 from manta.client.errors import JobFailed
+from manta.client.functions import Function, Upload, as_function, function_phase
 from manta.client.progress import JobProgress
 
 if TYPE_CHECKING:
@@ -25,13 +26,25 @@ INPUT_BATCH_S = 1.0  # inputs that trickle in (a pipe) are sent at least this of
 WAIT_S = 0.5  # the longest a job-status request waits for the job to end
 
 
-def job_phases(map: str | list[str] | None, reduce: str | list[str] | None, count: int | None,
-            phases: list[dict[str, Any]] | None, limits: dict[str, Any]) -> list[dict[str, Any]]:
+Command = str | Callable[..., Any] | Function
+
+
+def _listed(commands: Command | list[Command] | None) -> list[Command]:
+    if isinstance(commands, str | Function) or callable(commands):
+        return [commands]
+    return list(commands or [])
+
+
+def job_phases(map: Command | list[Command] | None, reduce: Command | list[Command] | None, count: int | None,
+               phases: list[dict[str, Any]] | None, limits: dict[str, Any], *, bucket: str = "",
+               input: str | None = None, output: str | None = None) -> tuple[list[dict[str, Any]], list[Upload]]:
+    """The phases of a job spec, and the objects its function phases need (`functions.py`:
+    a phase's `exec` is a shell command, a Python callable or a `Function`; functions'
+    pickles go to `bucket`; `input` applies to every function phase, `output` to the last)."""
     unknown = set(limits) - {"memory_mb", "disk_mb", "timeout_s", "assets", "init", "image"}
     if unknown:
         raise TypeError(f"unknown job option(s): {', '.join(sorted(unknown))}")
-    maps = [map] if isinstance(map, str) else list(map or [])
-    reduces = [reduce] if isinstance(reduce, str) else list(reduce or [])
+    maps, reduces = _listed(map), _listed(reduce)
     if phases and (maps or reduces):
         raise ValueError("give either map/reduce or phases, not both")
     if count is not None and not reduces:
@@ -41,7 +54,19 @@ def job_phases(map: str | list[str] | None, reduce: str | list[str] | None, coun
     spec += [{"type": "reduce", "exec": r, **({"count": count} if count else {})} for r in reduces]
     if not spec:
         raise ValueError("a job needs at least one phase: map=..., reduce=... or phases=[...]")
-    return [{**{k: v for k, v in limits.items() if v is not None}, **p} for p in spec]
+    settings = {k: v for k, v in limits.items() if v is not None}
+    uploads: list[Upload] = []
+    for i, phase in enumerate(spec):
+        last = i == len(spec) - 1
+        function = as_function(phase.get("exec"), input, output if last else None)
+        if function is None:
+            spec[i] = {**settings, **phase}
+            continue
+        made, upload = function_phase(phase.get("type", "map"), function, bucket, limits={**settings, **phase},
+                                      before_reduce=not last and spec[i + 1].get("type") == "reduce")
+        spec[i] = {**settings, **phase, **made}
+        uploads.append(upload)
+    return spec, uploads
 
 
 class JobsClient(Protocol):
@@ -134,14 +159,21 @@ class Job:
         return b"".join(self.client.get(name) for name in self.outputs())
 
     def to_pandas(self, **read_csv_kwargs: Any) -> pandas.DataFrame:
-        """The outputs as one DataFrame: `pandas.read_csv(outputs, **read_csv_kwargs)`
-        (e.g. sep="\\t", names=[...] for tab-separated lines without a header)."""
+        """The outputs as one DataFrame: each output read by itself, as Parquet when it
+        begins with PAR1, else `pandas.read_csv(output, **read_csv_kwargs)` (e.g. sep="\\t",
+        names=[...] for tab-separated lines without a header), then concatenated in task order."""
         import pandas
 
-        data = self.read_outputs()
-        if not data.strip():
+        frames = []
+        for name in self.outputs():
+            data = self.client.get(name)
+            if data[:4] == b"PAR1":
+                frames.append(pandas.read_parquet(io.BytesIO(data)))
+            elif data.strip():
+                frames.append(pandas.read_csv(io.BytesIO(data), **read_csv_kwargs))
+        if not frames:
             return pandas.DataFrame(columns=read_csv_kwargs.get("names"))
-        return pandas.read_csv(io.BytesIO(data), **read_csv_kwargs)
+        return pandas.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
     def errors(self) -> list[dict[str, Any]]:
         """Failed tasks: code, message, input, stderr excerpt."""
