@@ -21,7 +21,7 @@ Input (`input=`): a map function gets "path" (default: "/manta/input"), "file" (
 opened "rb", seekable) or "dataframe" (Parquet when it begins with PAR1, else CSV). A reduce
 function gets "file" (default: its concatenated inputs, binary, `sys.stdin.buffer`) or
 "dataframe" (the inputs read as one CSV whose header line is dropped where it repeats, as
-each map's DataFrame brings its own).
+each map's DataFrame brings its own; one reducer only, since lines are split between them).
 
 Output (`output=`): the function returns or yields bytes, str, lines (str or bytes; a newline
 added where missing), None, or a pandas DataFrame or Series, written as "csv" (default) or
@@ -109,6 +109,9 @@ def function_phase(kind: str, phase: Function, bucket: str, *, before_reduce: bo
         raise ValueError(f"a {kind} function takes input={' or '.join(map(repr, INPUTS[kind]))}, not {how_in!r}")
     if how_out not in OUTPUTS:
         raise ValueError(f"output must be 'csv' or 'parquet', not {how_out!r}")
+    if kind == "reduce" and how_in == "dataframe" and (limits.get("count") or 1) > 1:
+        raise ValueError("a reduce function with input='dataframe' needs count=1: lines are split between "
+                         "reducers, and a CSV header goes to one of them only")
     if how_out == "parquet" and before_reduce:
         raise ValueError("a phase before a reduce writes CSV: the reducer reads its inputs as one stream")
     data = payload(phase.func)

@@ -159,6 +159,7 @@ def test_job_phases_of_functions_and_commands() -> None:
     (lambda: job_phases(None, Function(totals, input="path"), None, None, {}),
      "a reduce function takes input='file' or 'dataframe', not 'path'"),
     (lambda: job_phases(totals, None, None, None, {}, output="json"), "output must be 'csv' or 'parquet'"),
+    (lambda: job_phases(totals, totals, 2, None, {}, input="dataframe"), "input='dataframe' needs count=1"),
 ])
 def test_what_cannot_work_is_refused_before_the_job_is_made(call: Callable[[], Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
