@@ -41,7 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-__all__ = ["DEFAULT_IMAGE", "Function", "Upload", "function_phase", "functions_bucket", "payload"]
+__all__ = ["DEFAULT_IMAGE", "Function", "Upload", "as_function", "function_phase", "functions_bucket", "payload"]
 
 DEFAULT_IMAGE = "python-data"
 MAGIC = "manta-function 1"

@@ -19,7 +19,7 @@ from manta.client.progress import JobProgress
 if TYPE_CHECKING:
     import pandas
 
-__all__ = ["INPUT_BATCH", "INPUT_BATCH_S", "Job", "job_phases"]
+__all__ = ["INPUT_BATCH", "INPUT_BATCH_S", "Command", "Job", "job_phases"]
 
 INPUT_BATCH = 1000
 INPUT_BATCH_S = 1.0  # inputs that trickle in (a pipe) are sent at least this often
