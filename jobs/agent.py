@@ -13,7 +13,8 @@ Inputs: a map input with a single segment and a good replica here is used in pla
 (`LocalNode.task_input` checks it first; `bytes_local`). Anything else is assembled in the
 task's scratch dir on this node through verified block reads: this node's replica first
 (last when it just failed its check), then the peers listed in the request; the bytes read
-from peers count as `bytes_remote`. A reducer over unpartitioned inputs (a reduce-only job
+from peers count as `bytes_remote`. Assets and image tars are fetched the same way but
+count as neither (they are not the task's input). A reducer over unpartitioned inputs (a reduce-only job
 with count > 1) keeps only its key partition's lines. Bad replicas met on the way are
 returned in `damaged` for the front door to queue for repair.
 
@@ -217,7 +218,7 @@ class TaskAgent:
                 part = tuple(req["partition"]) if req.get("partition") else None
                 spec.stdin_paths = [task.input_path(entry, part) for entry in req["inputs"]]  # type: ignore[arg-type]
             for asset in req.get("assets") or []:
-                spec.assets.append((roots.path(self.node, task.input_path(asset)),
+                spec.assets.append((roots.path(self.node, _uncounted(task, asset)),
                                     os.path.basename(asset["name"])))
             outputs = TaskOutputs(self._writer_factory(req), req.get("partitions") or 0,
                                   self._small_placer(req), self._delete)
@@ -247,16 +248,8 @@ class TaskAgent:
 
     def _image(self, task: _Task, image: Record) -> str:
         """The image's tree in this node's cache, unpacked from its tar object when it is not
-        there yet (the tar's bytes do not count as the task's input bytes)."""
-
-        def fetch() -> str:
-            counts = task.bytes_local, task.bytes_remote
-            try:
-                return task.input_path(image["entry"])
-            finally:
-                task.bytes_local, task.bytes_remote = counts
-
-        return self.images.path(image["id"], fetch)
+        there yet."""
+        return self.images.path(image["id"], lambda: _uncounted(task, image["entry"]))
 
     def _writer_factory(self, req: Record) -> Callable[[], ReplicatedWriter]:
         copies = max(1, int(req.get("copies") or 1))
@@ -476,3 +469,14 @@ def _filter_lines(data: bytes, partition: tuple[int, int], out: Any) -> bytes:
     tail = lines.pop()
     out.write(b"".join(line + b"\n" for line in lines if partition_of(line, count) == index))
     return tail
+
+
+def _uncounted(task: _Task, entry: Record) -> str:
+    """The path of an asset or an image's tar, fetched like an input (from a peer when this
+    node has no copy) without counting as the task's input bytes (`bytes_local`,
+    `bytes_remote` are what the task read of its inputs)."""
+    counts = task.bytes_local, task.bytes_remote
+    try:
+        return task.input_path(entry)
+    finally:
+        task.bytes_local, task.bytes_remote = counts

@@ -197,5 +197,5 @@ def test_the_python_functions_notebook(server: Server, tmp_path: pathlib.Path) -
     for task in maps:
         data = bodies[task["input"].split("/", 1)[1]]
         assert task["state"] == "done" and task["node"] in held[hashlib.md5(data).hexdigest()], task  # noqa: S324
-        assert task["bytes_local"] >= len(data), task  # read in place, not fetched
+        assert (task["bytes_local"], task["bytes_remote"]) == (len(data), 0), task  # read in place
     assert len({t["node"] for t in maps}) >= 2
