@@ -244,6 +244,14 @@ class HttpProtocol(HttpToolsProtocol):
         if not self._busy() and not self.transport.is_closing():
             self.table.rest(self)
 
+    def handle_websocket_upgrade(self) -> None:
+        """The connection leaves HTTP for a websocket (`manta login`): uvicorn hands the
+        transport to its websocket protocol, so this one's connection_lost never comes; it
+        leaves the table now (websockets are not counted against the cap)."""
+        self._cancel_head_timer()
+        self.table.drop(self)
+        super().handle_websocket_upgrade()
+
     def close_idle(self) -> None:
         """Closed to make room for a new connection (the table has chosen this one)."""
         self._refused = True
