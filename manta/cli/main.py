@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from manta.cli import admin, config, find, jobs, objects, serve
+from manta.cli import admin, config, find, jobs, login, objects, serve
 from manta.cli.common import CliError
 
 __all__ = ["main", "parser"]
@@ -33,6 +33,7 @@ def parser() -> argparse.ArgumentParser:
     objects.register(sub)
     jobs.register(sub)
     find.register(sub)
+    login.register(sub)
     config.register(sub)
     return p
 

@@ -52,6 +52,7 @@ def _serve(args: argparse.Namespace) -> int:
                               tls_cert_file=args.tls_cert, tls_key_file=args.tls_key,
                               head_timeout_s=env_float("MANTA_HEAD_TIMEOUT_S", 30.0),
                               idle_timeout_s=env_float("MANTA_IDLE_TIMEOUT_S", 30.0),
+                              login_idle_s=env_float("MANTA_LOGIN_IDLE_S", 600.0),
                               max_connections=env_int("MANTA_MAX_CONNECTIONS"),
                               workers=args.workers if args.workers is not None else _workers_from_env(),
                               catalog=args.catalog or None,

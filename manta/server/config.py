@@ -47,6 +47,7 @@ class ServerConfig:
     tls_key_file: str | None = None
     head_timeout_s: float = 30.0  # a request head must be complete this long after it starts
     idle_timeout_s: float = 30.0  # a keep-alive connection idle this long is closed
+    login_idle_s: float = 600.0  # a `manta login` session idle this long is closed (MANTA_LOGIN_IDLE_S)
     max_connections: int | None = None  # default: manta.server.protocol.default_max_connections(fd limit)
     node_urls: tuple[str, ...] = ()  # storage nodes on other hosts (`manta node`); none: nodes in this process
     cluster_secret: str | None = field(default=None, repr=False)  # signs requests to remote nodes
@@ -75,6 +76,8 @@ class ServerConfig:
                 raise ValueError(f"MANTA_{name.upper()} must be at least {low}")
         if self.head_timeout_s <= 0 or self.idle_timeout_s <= 0:
             raise ValueError("MANTA_HEAD_TIMEOUT_S and MANTA_IDLE_TIMEOUT_S must be positive")
+        if not 0 < self.login_idle_s <= 8 * 3600:
+            raise ValueError("MANTA_LOGIN_IDLE_S must be positive and at most 28800 (8 hours)")
         if self.max_connections is not None and self.max_connections < 1:
             raise ValueError("MANTA_MAX_CONNECTIONS must be at least 1")
         if self.nodes < 1:

@@ -18,7 +18,7 @@ from starlette.types import ASGIApp
 
 from jobs import TABLES as JOB_TABLES
 from jobs import JobScheduler, Sandbox, SandboxConfig, SchedulerConfig
-from manta.server import admin_api, images_api, jobs_api
+from manta.server import admin_api, images_api, jobs_api, login
 from manta.server.config import ServerConfig
 from manta.server.keys import (
     Credentials,
@@ -97,7 +97,8 @@ def build_app(config: ServerConfig, jobs: bool = True,
                     "(run as an unprivileged user) will not be able to read their inputs",
                     os.path.abspath(config.data_dir))
     scheduler = JobScheduler(store, sandbox, scheduler_config(config))
-    s3 = S3App(store, config, extra={admin_api.PREFIX: manta_routes(scheduler)})
+    s3 = S3App(store, config, extra={admin_api.PREFIX: manta_routes(scheduler)},
+               sockets={admin_api.PREFIX: login.login_handler(scheduler, config.login_idle_s)})
     return s3.starlette(), store, scheduler
 
 

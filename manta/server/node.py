@@ -32,7 +32,8 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.websockets import WebSocket
 
 from manta.server.serving import serve_until_stopped
 from storage import LocalNode, parse_spec
@@ -50,6 +51,7 @@ MAX_READ = 256 << 20
 STAGED_TTL_S = 600.0
 TRASH_S = 60.0
 SWEEP_EVERY_S = 10.0
+LOGIN_REQUEST_TIMEOUT_S = 10.0
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -84,6 +86,7 @@ class NodeApp:
         self.staged: dict[str, Staged] = {}
         self.peers: dict[str, RemoteNode] = {}
         self.task_limiter = anyio.CapacityLimiter(max(1, int(getattr(agent, "slots", 0) or 0)) + 4)
+        self.login_slots: anyio.CapacityLimiter | None = None  # made with the first session
 
     # -- signing -------------------------------------------------------------------------
 
@@ -331,6 +334,40 @@ class NodeApp:
                                        request.path_params["task"])
         return JSONResponse({})
 
+    async def login(self, ws: WebSocket) -> None:
+        """`manta login` on this node (manta/server/login.py): the upgrade is signed, and its
+        first message, the session's request, is the signed body."""
+        from jobs.login import LoginRequest, LoginSession
+        from manta.server.login import send_error, serve_session, session_slots
+
+        addr = f"{ws.client.host}:{ws.client.port}" if ws.client else "?"
+        try:
+            self.verifier.check("GET", ws.url.path, ws.headers, None)
+        except Refused as exc:
+            log.warning("refused GET %s from %s: %s", ws.url.path, addr, exc.why)
+            await ws.close(code=1008, reason=exc.why)
+            return
+        if self.agent is None:
+            await send_error(ws, "ServiceUnavailable", "no task agent on this node")
+            return
+        await ws.accept()
+        try:
+            with anyio.fail_after(LOGIN_REQUEST_TIMEOUT_S):
+                body = await ws.receive_text()
+            self.verifier.check_digest(ws.headers, hashlib.sha256(body.encode()).hexdigest())
+            request = LoginRequest.from_json(json.loads(body))
+        except Refused as exc:
+            log.warning("refused GET %s from %s: %s", ws.url.path, addr, exc.why)
+            await send_error(ws, "AccessDenied", exc.why)
+            return
+        except (ValueError, TimeoutError, KeyError) as exc:
+            await send_error(ws, "InvalidArgument", f"bad login request: {exc}")
+            return
+        agent = self.agent
+        if self.login_slots is None:
+            self.login_slots = session_slots()
+        await serve_session(ws, lambda output: LoginSession(agent, request, output), self.login_slots)
+
     # -- housekeeping ----------------------------------------------------------------------
 
     def sweep(self) -> None:
@@ -362,7 +399,7 @@ class NodeApp:
             for peer in self.peers.values():
                 peer.close()
 
-    def routes(self) -> list[Route]:
+    def routes(self) -> list[BaseRoute]:
         s = self.signed
         blob = "/v1/blobs/{blob_id}"
         return [
@@ -382,6 +419,7 @@ class NodeApp:
             Route(blob + "/fetch", s(self.fetch), methods=["POST"]),
             Route("/v1/tasks", s(self.run_task), methods=["POST"]),
             Route("/v1/tasks/{job}/{task}/cancel", s(self.cancel_task), methods=["POST"]),
+            WebSocketRoute("/v1/login", self.login),
         ]
 
 

@@ -23,6 +23,7 @@ known sub-resources that are not built answer NotImplemented explicitly.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import random
@@ -32,6 +33,7 @@ from collections.abc import Awaitable, Callable
 from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
+from starlette.websockets import WebSocket, WebSocketState
 
 from manta.server.config import ServerConfig
 from manta.server.s3 import acl, attributes, bucket, multipart, obj, service, sigv4
@@ -47,6 +49,7 @@ log = logging.getLogger("manta.server.s3")
 
 Handler = Callable[[S3Request], Awaitable[Response]]
 ExtraRoute = Callable[[S3Request], Awaitable[Response]]
+SocketRoute = Callable[[S3Request, WebSocket], Awaitable[None]]
 
 # sub-resources S3 defines that this server does not implement (yet)
 UNSUPPORTED = {
@@ -141,16 +144,20 @@ class S3Starlette(Starlette):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             await self.s3.asgi(scope, receive, send)
+        elif scope["type"] == "websocket":
+            await self.s3.websocket(scope, receive, send)
         else:
             await super().__call__(scope, receive, send)
 
 
 class S3App:
     def __init__(self, store: Store, config: ServerConfig,
-                 extra: dict[str, ExtraRoute] | None = None) -> None:
+                 extra: dict[str, ExtraRoute] | None = None,
+                 sockets: dict[str, SocketRoute] | None = None) -> None:
         self.store = store
         self.config = config
         self.extra = extra or {}
+        self.sockets = sockets or {}  # websockets (`manta login`) under these first path parts
         self.domain_suffix = "." + config.domain.lower() if config.domain else None
         remote = store.catalog.engine.remote
         self.accounts: TtlCache[Account] | None = TtlCache() if remote else None
@@ -167,6 +174,39 @@ class S3App:
             await send({"type": "http.response.body", "body": response.body})
         else:  # streamed: Starlette's machinery stops the stream when the client goes away
             await response(scope, receive, send)
+
+    async def websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A websocket upgrade (a GET, SigV4 signed as any request) to a route of `sockets`.
+        Errors are one text frame {"error": code, "message"} and a close, after an accept:
+        a refused upgrade would tell the client no more than its status."""
+        rid = request_id()
+        ws = WebSocket(scope, receive, send)
+        raw_path = scope.get("raw_path") or scope["path"].encode()
+        headers, head_bytes = _headers_of(scope)
+        try:
+            query = _parse_query(scope.get("query_string", b""))
+            req = self._context({**scope, "method": "GET"}, headers, head_bytes, query, raw_path, rid, receive)
+            route = self.sockets.get(req.bucket)
+            if route is None:
+                raise s3e.MethodNotAllowed(Method="GET", ResourceType="WEBSOCKET")
+            await self._authenticate(req, raw_path.decode("latin-1"), query)
+            await route(req, ws)
+            return
+        except s3e.S3Error as err:
+            if err.status >= 500 and type(err) is s3e.S3Error:
+                log.error("request %s failed: %s", rid, err)
+            code, message = err.code, err.text
+        except se.StorageError as exc:
+            mapped = s3e.from_domain(exc)
+            code, message = mapped.code, mapped.text
+        except Exception:
+            log.exception("request %s failed", rid)
+            code, message = "InternalError", f"We encountered an internal error (request {rid})."
+        with contextlib.suppress(Exception):  # the client may be gone
+            if ws.application_state == WebSocketState.CONNECTING:
+                await ws.accept()
+            await ws.send_json({"error": code, "message": message, "request_id": rid})
+            await ws.close()
 
     async def handle(self, scope: Scope, receive: Receive) -> Response:
         rid = request_id()
