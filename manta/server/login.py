@@ -50,6 +50,7 @@ PREFIX = "login/"
 NODE_PATH = "/v1/login"
 MAX_SESSIONS = 64  # at once, per process (each holds a thread while its container lives)
 CONNECT_TIMEOUT_S = 10.0
+SEND_TIMEOUT_S = 120.0
 
 
 async def send_error(ws: WebSocket, code: str, message: str) -> None:
@@ -139,8 +140,12 @@ async def serve_session(ws: WebSocket, start: Any, slots: anyio.CapacityLimiter)
     if ws.application_state == WebSocketState.CONNECTING:
         await ws.accept()
 
+    async def send(data: bytes) -> None:
+        with anyio.fail_after(SEND_TIMEOUT_S):  # a client that reads nothing is gone
+            await ws.send_bytes(data)
+
     def output(data: bytes) -> None:  # on the session's thread: blocks until sent
-        anyio.from_thread.run(ws.send_bytes, data)
+        anyio.from_thread.run(send, data)
 
     session: LoginSession = start(output)
     pump = asyncio.create_task(_take_input(ws, session))
