@@ -3,10 +3,12 @@ next to an object, with the object at /manta/input.
 
 The container is a task's (jobs/sandbox.py): the same wrapper, cgroups and rlimits, user,
 namespaces (no network), mounts (read-only system dirs, private /tmp, the input bound
-read-only), seccomp filter and env rules. What differs: its stdin, stdout and stderr are
-the slave side of a fresh PTY, and the user's program runs under `setsid -w -c`, which
-makes that PTY its controlling terminal (bwrap's --new-session leaves it none), so job
-control, ^C and window-size changes work inside. The input is found as a map task's
+read-only), seccomp filter and env rules. What differs: the user's program has the slave
+side of a fresh PTY as stdin, stdout and stderr, and runs under `setsid -w -c`, which makes
+that PTY its controlling terminal (bwrap's --new-session leaves it none), so job control, ^C
+and window-size changes work inside. The slave enters the container as a high fd that the
+runner moves to 0, 1 and 2: the root wrapper (bash, a session leader) would take a terminal
+on its own stdin as its controlling terminal, and then no process inside could. The input is found as a map task's
 (`_Task.input_path`: the replica in place, else assembled in a scratch dir of the node).
 
     LoginRequest (front door) -> LoginSession.run (a thread of its own, as long as the
