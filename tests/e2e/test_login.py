@@ -235,6 +235,28 @@ def test_another_accounts_object_and_a_missing_one_are_refused(server: Server, o
     assert not sandboxes_of(server)
 
 
+def test_an_unsigned_upgrade_gets_no_session_even_on_a_public_object(server: Server, obj: str) -> None:
+    """Anonymous reads of a public-read bucket act as its owner for GET and HEAD; a login
+    session is never granted that way, nor to a request signed with a wrong secret."""
+    from websockets.sync.client import connect
+
+    s3: Any = server.client()
+    s3.put_bucket_acl(Bucket="sessions", ACL="public-read")
+    try:
+        url = server.url.replace("http://", "ws://") + "/_manta/login/" + obj
+        with connect(url, open_timeout=10) as ws:
+            answer = json.loads(ws.recv(timeout=10))
+        assert answer["error"] == "AccessDenied", answer
+        wrong = subprocess.run([sys.executable, "-m", "manta", "login", obj, "--", "cat /manta/input"],
+                               env=env_for(server, ROOT_AK, "not-the-secret"), cwd=REPO, capture_output=True,
+                               stdin=subprocess.DEVNULL, timeout=60)
+        assert wrong.returncode == 1 and b"line 0" not in wrong.stdout, wrong.stderr
+        assert b"signature" in wrong.stderr.lower(), wrong.stderr
+        assert not sandboxes_of(server)
+    finally:
+        s3.put_bucket_acl(Bucket="sessions", ACL="private")
+
+
 def test_finished_sessions_leave_no_connection_behind(server: Server, obj: str) -> None:
     for _ in range(CAP + 2):
         done = subprocess.run([sys.executable, "-m", "manta", "login", obj, "--", "true"], env=env_for(server),
