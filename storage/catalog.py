@@ -8,6 +8,7 @@ A `Catalog` opens the engine and exposes them::
 
     catalog.accounts  accounts, names      Account             (storage.records.accounts)
     catalog.buckets   buckets              BucketRecord        (storage.records.buckets)
+    catalog.bucketconf bucketconf          CORS, tags... bytes (storage.records.bucketconf)
     catalog.usage     usage                Usage, quotas       (storage.records.usage)
     catalog.blobrefs  blobs                BlobRecord, refs    (storage.records.blobrefs)
     catalog.repairs   repairs              RepairRecord        (storage.records.repairs)
@@ -47,6 +48,7 @@ from storage.engine import Engine, ReadTxn, WriteTxn
 from storage.engines import open_engine
 from storage.records.accounts import Accounts
 from storage.records.blobrefs import BlobRefs
+from storage.records.bucketconf import BucketConfigs
 from storage.records.buckets import (
     Bucket,
     BucketRecord,
@@ -68,7 +70,7 @@ Txn = WriteTxn  # what a write function gets; reads get a ReadTxn
 Record = dict[str, Any]  # the objects', uploads' and jobs' records (still maps)
 
 TABLES = ("accounts", "names", "buckets", "objects", "uploads", "upkeys", "parts", "blobs",
-          "completions", "journal", "repairs", "nodes", "usage")  # storage's own
+          "completions", "journal", "repairs", "nodes", "usage", "bucketconf")  # storage's own
 
 
 def object_key(bucket: str, key: str) -> bytes:
@@ -90,6 +92,7 @@ class Catalog:
         self._engine = engine
         self.accounts = Accounts(engine)
         self.buckets = Buckets(engine)
+        self.bucketconf = BucketConfigs(engine, self.buckets)
         self.usage = UsageLedger(engine, self.accounts)
         self.journal = Journal(engine)
         self.repairs = Repairs(engine)
@@ -104,8 +107,8 @@ class Catalog:
     def engine(self, engine: Engine) -> None:
         """Put every repository over `engine` (a test's wrapper that watches the reads)."""
         self._engine = engine
-        for repository in (self.accounts, self.buckets, self.usage, self.journal, self.repairs,
-                           self.blobrefs, self.nodes):
+        for repository in (self.accounts, self.buckets, self.bucketconf, self.usage, self.journal,
+                           self.repairs, self.blobrefs, self.nodes):
             repository.engine = engine
 
     def close(self) -> None:

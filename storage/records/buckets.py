@@ -1,6 +1,7 @@
-"""Buckets: who owns a name, which generation of it, and its canned ACL.
+"""Buckets: who owns a name, which generation of it, its canned ACL, and which
+configurations it has.
 
-    buckets    bucket name   -> {v, name, owner, created, gen, acl?}
+    buckets    bucket name   -> {v, name, owner, created, gen, acl?, conf?}
 
 A bucket record carries a random generation `gen` made at creation, so a name deleted
 and created again (by the same or another account) is a different bucket. A request is
@@ -8,11 +9,14 @@ authorised against a `BucketRef(name, owner, generation)` and every write re-che
 ref inside its transaction (`Buckets.check`): a bucket that changed hands or was
 re-created meanwhile is NoSuchBucket. Buckets made before generations existed have no
 `gen`; their `created` timestamp stands in for it (`BucketRecord.generation`). `acl` is
-absent for a private bucket.
+absent for a private bucket. `conf` lists the kinds of configuration the bucket has
+(storage.records.bucketconf keeps them: CORS rules, tags...), so that a request reads a
+configuration only when its bucket has one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import time
 from collections.abc import Iterator, Mapping
@@ -26,7 +30,8 @@ from storage.records.codec import NO_EXTRA, extra_of, pack, unpack
 __all__ = ["Bucket", "BucketRecord", "BucketRef", "Buckets", "bucket_name", "generation_of"]
 
 TABLE = "buckets"
-_KNOWN = frozenset(("v", "name", "owner", "created", "gen", "acl"))
+CONF_TABLE = "bucketconf"  # storage.records.bucketconf: bucket name \0 kind -> configuration
+_KNOWN = frozenset(("v", "name", "owner", "created", "gen", "acl", "conf"))
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,7 @@ class BucketRecord:
     gen: str | None = None   # None: made before generations
     acl: str | None = None   # a canned ACL name; None: private
     extra: Mapping[str, Any] = NO_EXTRA
+    conf: frozenset[str] = frozenset()  # kinds of configuration it has (records.bucketconf)
 
     @property
     def generation(self) -> str:
@@ -75,6 +81,8 @@ def encode(record: BucketRecord) -> bytes:
         d["gen"] = record.gen
     if record.acl is not None:
         d["acl"] = record.acl
+    if record.conf:
+        d["conf"] = sorted(record.conf)
     if record.extra:
         d.update(record.extra)
     return pack(d)
@@ -82,7 +90,8 @@ def encode(record: BucketRecord) -> bytes:
 
 def decode(raw: bytes | memoryview) -> BucketRecord:
     d = unpack(raw)
-    return BucketRecord(d["name"], d["owner"], d["created"], d.get("gen"), d.get("acl"), extra_of(d, _KNOWN))
+    return BucketRecord(d["name"], d["owner"], d["created"], d.get("gen"), d.get("acl"), extra_of(d, _KNOWN),
+                        frozenset(d.get("conf", ())))
 
 
 class Buckets:
@@ -98,7 +107,7 @@ class Buckets:
                 raise errors.BucketAlreadyExists(name, owned_by_you=existing.owner == owner)
             record = self.ensure_in(txn, name, owner)
             if acl is not None:
-                record = BucketRecord(record.name, record.owner, record.created, record.gen, acl, record.extra)
+                record = dataclasses.replace(record, acl=acl)
                 txn.put(TABLE, name.encode(), encode(record))
             return record
 
@@ -107,7 +116,7 @@ class Buckets:
     def set_acl(self, bucket: Bucket, acl: str) -> None:
         def op(txn: WriteTxn) -> None:
             r = self.check(txn, bucket)
-            txn.put(TABLE, r.name.encode(), encode(BucketRecord(r.name, r.owner, r.created, r.gen, acl, r.extra)))
+            txn.put(TABLE, r.name.encode(), encode(dataclasses.replace(r, acl=acl)))
 
         self.engine.write(op)
 
@@ -169,6 +178,8 @@ class Buckets:
                 raise errors.BucketNotEmpty(name)
             for _ in txn.scan("upkeys", prefix=prefix):
                 raise errors.BucketNotEmpty(name)
+            for key, _ in list(txn.scan(CONF_TABLE, prefix=prefix)):
+                txn.delete(CONF_TABLE, key)
             txn.delete(TABLE, name.encode())
 
         self.engine.write(op)

@@ -165,3 +165,32 @@ def test_a_freed_blob_takes_its_journal_entry_and_repair_along(old: Catalog) -> 
     assert old.journal.entries() == [] and old.repairs.pending() == []
     old.repairs.queue("b2", "n0", "gone").result()  # a blob without a record is not queued
     assert old.repairs.pending() == []
+
+
+def test_bucket_configurations_live_and_die_with_their_bucket(old: Catalog) -> None:
+    """A configuration is listed in its bucket's record (read only when listed), set and
+    removed against a ref (a bucket made again under the name is not that bucket), and
+    goes with the bucket; the record's other fields stay as they were."""
+    confs, buckets = old.bucketconf, old.buckets
+    ref = buckets.get("open").ref()
+    assert buckets.get("open").conf == frozenset() and confs.get(ref, "cors") is None
+    confs.set(ref, "cors", b"<CORSConfiguration/>")
+    confs.set("open", "tagging", b"<Tagging/>")
+    record = buckets.get("open")
+    assert record.conf == {"cors", "tagging"} and record.acl == "public-read" and record.ref() == ref
+    assert (confs.get(ref, "cors"), confs.get("open", "tagging")) == (b"<CORSConfiguration/>", b"<Tagging/>")
+    confs.set(ref, "cors", None)
+    assert buckets.get("open").conf == {"tagging"} and confs.get(ref, "cors") is None
+    with pytest.raises(ValueError):
+        confs.set(ref, "No Such Kind", b"x")
+
+    with old.read() as txn:
+        keys = [key for key, _ in txn.scan("objects", prefix=b"open\0")]
+    old.write(lambda txn: [txn.delete("objects", key) for key in keys])  # empty, to delete it
+    buckets.delete(ref)
+    with pytest.raises(errors.NoSuchBucket):
+        confs.set(ref, "cors", b"<CORSConfiguration/>")
+    again = buckets.create("open", "bob")
+    assert again.conf == frozenset() and confs.get(again.ref(), "tagging") is None
+    with old.read() as txn:
+        assert list(txn.scan("bucketconf", prefix=b"open\0")) == []
