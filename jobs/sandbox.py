@@ -17,7 +17,10 @@ A container sees only read-only system dirs (`ro_paths` globs; /bin, /lib... as 
 host), a generated /etc/passwd and /etc/group, its own /proc, a read-only minimal /dev, a
 private tmpfs /tmp of `disk_mb` (the only writable place; HOME and working dir), the input
 at /manta/input and assets at /manta/assets/<name>, read-only, and the phase's image (if
-any) at /opt/manta/image, read-only, with /opt/manta/image/bin first on PATH. No network: its net namespace
+any) at /opt/manta/image, read-only, with /opt/manta/image/bin first on PATH. The in-task
+tools (mpipe, mtee, mcat, msplit: jobs/tools, read-only at /opt/manta/tools, last on PATH)
+write into /manta/out, the task's `output_dir` bound writable (jobs/tooloutputs.py reads it
+after the task). No network: its net namespace
 has only its own loopback. System calls no data task needs (keyrings, bpf, mounts,
 namespaces, ptrace, io_uring...) fail with EPERM; no filter, no tasks. Env: exactly
 `TaskSpec.env` plus PATH, HOME, LANG. bwrap runs as the task user, so bind sources must be
@@ -76,6 +79,7 @@ from typing import IO, BinaryIO
 from jobs.cgroups import TaskCgroups, read_text, setup_cgroups
 from jobs.pipes import TRUNCATED, TaskPipes, TaskResult
 from jobs.seccomp import SeccompError, compile_filter
+from jobs.tooloutputs import OUTPUT_MOUNT, TOOLS_DIR, TOOLS_MOUNT
 
 __all__ = ["Sandbox", "SandboxConfig", "SandboxError", "TaskLimits", "TaskResult", "TaskSpec"]
 
@@ -87,7 +91,7 @@ TICK_S = 0.05
 INNER_ID = "1000"
 ROOT_LINKS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 HOST_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
-TASK_PATH = "/usr/local/bin:/usr/bin:/bin"
+TASK_PATH = f"/usr/local/bin:/usr/bin:/bin:{TOOLS_MOUNT}"
 IMAGE_MOUNT = "/opt/manta/image"  # a phase's image (jobs/images.py), when it names one
 RUNNER = ('if [ -n "$1" ]; then {shell} -c "$1" manta-init </dev/null >&2 3>&- || exit; fi; '
           'echo ok >&3; exec 3>&-; manta_exec=$2; set --; eval "$manta_exec"')
@@ -151,6 +155,7 @@ class TaskSpec:
     init: str | None = None
     limits: TaskLimits = TaskLimits()
     image: str | None = None  # a tree bound read-only at IMAGE_MOUNT, its bin first on PATH
+    output_dir: str | None = None  # a host dir bound writable at OUTPUT_MOUNT (the in-task tools')
 
 
 @dataclass(frozen=True)
@@ -364,6 +369,8 @@ def _task_mounts(spec: TaskSpec, passwd_fd: int, group_fd: int, input_link: str 
             args += ["--ro-bind", path, f"/manta/assets/{name}"]
     if spec.image is not None:
         args += ["--ro-bind", spec.image, IMAGE_MOUNT]
+    if spec.output_dir is not None:
+        args += ["--bind", spec.output_dir, OUTPUT_MOUNT, "--ro-bind", TOOLS_DIR, TOOLS_MOUNT]
     return [*args, "--remount-ro", "/", "--remount-ro", "/dev", "--chdir", "/tmp"]
 
 

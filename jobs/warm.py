@@ -29,7 +29,11 @@ through /proc/self/fd, which checks the file's mode, and input files are never t
 user's own then. Containers are started from one long-lived thread of the pool, since
 bwrap's --die-with-parent follows the thread that forked it and a container outlives the
 task (and thread) it was started for. If a container cannot be started or handed a task,
-the task runs in a fresh one (Sandbox.run).
+the task runs in a fresh one (Sandbox.run). A task that has an `output_dir` (the in-task
+tools' /manta/out) gets the container's own directory, next to the task's, bound there;
+after each task what it left is moved into the task's directory (`hand_over`), so every
+task starts with it empty and reads only its own outputs; one that cannot be emptied
+throws the container away.
 """
 
 from __future__ import annotations
@@ -42,8 +46,10 @@ import json
 import logging
 import os
 import selectors
+import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -74,6 +80,7 @@ from jobs.sandbox import (
     _task_mounts,
     _wrapper_script,
 )
+from jobs.tooloutputs import hand_over
 
 __all__ = ["WarmPool"]
 
@@ -84,7 +91,7 @@ INPUT_LINK = "/proc/self/fd/63"  # taskrunner.INPUT_FD
 START_TIMEOUT_S = 10.0
 REPLY_GRACE_S = 2.0
 FEEDERS = 256  # threads made only as concurrent tasks need them (an agent's slots)
-Key = tuple[Hashable, TaskLimits, tuple[tuple[str, str], ...], bool, str | None]
+Key = tuple[Hashable, TaskLimits, tuple[tuple[str, str], ...], bool, str | None, bool]
 
 
 class _Broken(Exception):
@@ -97,6 +104,7 @@ class _Container:
     proc: subprocess.Popen[bytes]
     sock: socket.socket
     cgroups: TaskCgroups | None
+    out_dir: str | None = None  # bound at /manta/out; emptied into each task's own
     idle_since: float = 0.0
     tasks: int = 0
 
@@ -113,6 +121,8 @@ class _Container:
         self.sock.close()
         if self.cgroups is not None:
             self.cgroups.remove()
+        if self.out_dir is not None:
+            shutil.rmtree(self.out_dir, ignore_errors=True)
 
 
 class WarmPool:
@@ -145,7 +155,8 @@ class WarmPool:
         (e.g. (job id, phase number)) with the same limits and assets."""
         if not self.usable() or (spec.input_file is not None and self._unreachable(spec.input_file)):
             return self.sandbox.run(spec, stdout, cancel)
-        key: Key = (phase, spec.limits, tuple(spec.assets), spec.input_file is not None, spec.image)
+        key: Key = (phase, spec.limits, tuple(spec.assets), spec.input_file is not None, spec.image,
+                    spec.output_dir is not None)
         container = self._take(key)
         if container is None:
             container = self._start(key, spec)
@@ -153,6 +164,8 @@ class WarmPool:
                 return self.sandbox.run(spec, stdout, cancel)
         try:
             result, reusable = self._run_in(container, spec, stdout, cancel)
+            if container.out_dir is not None and not hand_over(container.out_dir, spec.output_dir):
+                reusable = False
         except _Broken as exc:
             log.info("a reused container could not take a task (%s); a fresh one does", exc)
             container.close()
@@ -236,7 +249,10 @@ class WarmPool:
         fds: list[int] = []
         cgroups: TaskCgroups | None = None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        out_dir = None
         try:
+            if spec.output_dir is not None:
+                out_dir = _container_dir(spec.output_dir, host.ids)
             if host.cgroups:
                 cgroups = TaskCgroups(self.sandbox.config.cgroup_root, host.cgroups, limits.memory_mb,
                                       limits.max_procs)
@@ -245,7 +261,7 @@ class WarmPool:
                 if data is not None:
                     fds.append(_moved(_memfd(data), host.min_fd))
             seccomp = ["--seccomp", str(fds[3])] if host.seccomp is not None else []
-            mounts = _task_mounts(dataclasses.replace(spec, input_file=None), fds[1], fds[2],
+            mounts = _task_mounts(dataclasses.replace(spec, input_file=None, output_dir=out_dir), fds[1], fds[2],
                                   INPUT_LINK if key[3] else None)
             argv = [*host.wrapper, _wrapper_script(fds[0], limits, cgroups, cpu=False), "manta-sandbox",
                     *host.priv, *host.bwrap, "--as-pid-1", *mounts, *seccomp, *_env_args({}),
@@ -259,12 +275,14 @@ class WarmPool:
             ours.close()
             if cgroups is not None:
                 cgroups.remove()
+            if out_dir is not None:
+                shutil.rmtree(out_dir, ignore_errors=True)
             return None
         finally:
             theirs.close()
             for fd in fds:
                 os.close(fd)
-        container = _Container(key, proc, ours, cgroups)
+        container = _Container(key, proc, ours, cgroups, out_dir)
         ours.settimeout(START_TIMEOUT_S)
         try:
             ready = ours.recv(64)
@@ -404,6 +422,15 @@ class WarmPool:
         reusable = (reply is not None and bool(reply.get("clean")) and not killed_at and result.killed is None
                     and not result.init_failed and container.alive())
         return result, reusable
+
+
+def _container_dir(task_dir: str, ids: tuple[int, int] | None) -> str:
+    """A container's own /manta/out: a new directory beside the tasks' scratch dirs (the
+    parent of `task_dir`'s), the task user's."""
+    path = tempfile.mkdtemp(prefix=".warm-out-", dir=os.path.dirname(os.path.dirname(task_dir)))
+    if ids is not None:
+        os.chown(path, *ids)
+    return path
 
 
 def _limited(limits: TaskLimits) -> str:

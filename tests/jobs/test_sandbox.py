@@ -78,7 +78,7 @@ def test_an_image_is_bound_read_only_first_on_path(sandbox: Sandbox, image_tree:
                       " echo $PATH; touch /opt/manta/image/x 2>/dev/null || echo ro", image=image_tree)
     assert result.ok, result
     assert out == (b"from the image\n/opt/manta/image/bin/python3\n/opt/manta/image\n"
-                   b"/opt/manta/image/bin:/usr/local/bin:/usr/bin:/bin\nro\n")
+                   b"/opt/manta/image/bin:/usr/local/bin:/usr/bin:/bin:/opt/manta/tools\nro\n")
     result, out = run(sandbox, "command -v image-probe || echo none; ls /opt 2>&1 | head -1")
     assert out.startswith(b"none\n") and b"manta" not in out
 

@@ -255,3 +255,34 @@ def test_an_input_the_task_user_cannot_reach_fails_as_in_a_fresh_container(pool:
     result, out = run(pool, 'cat "$MANTA_INPUT_FILE"', input=path)
     assert result.init_failed and result.stderr.startswith(b"bwrap: ") and out == "", result
     assert pool.started == 0
+
+
+def test_each_task_reads_only_its_own_tool_outputs(pool: WarmPool, sandbox: Sandbox, data_dir: str) -> None:
+    """/manta/out (the in-task tools' directory) is the container's own, emptied into each
+    task's directory after the task: the next task starts with it empty."""
+    from jobs.tooloutputs import read_calls
+
+    ids = sandbox.task_ids()
+    dirs = []
+    for i in range(2):
+        path = os.path.join(data_dir, "tasks", f"t{i}", "out")
+        os.makedirs(path, mode=0o700)
+        os.chmod(os.path.dirname(path), 0o711)
+        os.chmod(os.path.dirname(os.path.dirname(path)), 0o711)
+        if ids is not None:
+            os.chown(path, *ids)
+        dirs.append(path)
+    result, out = run(pool, "ls -A /manta/out; echo one | mpipe; echo stray > /manta/out/stray.d",
+                      output_dir=dirs[0])
+    assert result.ok and out == "", (result, out)
+    result, out = run(pool, "ls -A /manta/out; echo two | mpipe b/two", output_dir=dirs[1])
+    assert result.ok and out == "" and pool.started == 1, (result, out)
+    first, second = (read_calls(d, 1 << 20) for d in dirs)
+    assert [(c.tool, c.name) for c in first] == [("mpipe", None)]
+    assert [(c.tool, c.name) for c in second] == [("mpipe", "b/two")]
+    assert "stray.d" in os.listdir(dirs[0]) and "stray.d" not in os.listdir(dirs[1])
+    tasks = os.path.join(data_dir, "tasks")
+    (mine,) = [n for n in os.listdir(tasks) if n.startswith(".warm-out-")]  # the container's own
+    assert os.listdir(os.path.join(tasks, mine)) == []
+    pool.close()
+    assert sorted(os.listdir(tasks)) == ["t0", "t1"]  # removed with its container
