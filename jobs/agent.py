@@ -32,8 +32,18 @@ that fails is skipped; fewer than `copies` copies is a node failure (the copies 
 deleted). In-process (`stream_copies`) the copies are streamed to the peers while the task
 writes, as every embedded write does.
 
+In-task tools (jobs/tooloutputs.py): every task gets `/manta/out`, a directory of its own
+(in its scratch dir) for mpipe, mtee, mcat and msplit. After a task that succeeded, each
+finished call's data becomes a blob like stdout's (always a file blob), listed in the
+outcome with what the front door needs to name and check it: `tool`, `call` (its number in
+the task), `name` (bucket/key, or None: generated), `headers`, `emit` (an output of the
+task; mtee's objects are not), `ref` (mcat: an existing object, no blob). When a call
+emits, stdout is not an output. A reducer number (-r, msplit's -n) that does not fit the
+next phase, or a bad output directory, fails the task (UserTaskError) and stores nothing.
+
 Outcome: {exit_code, signal, killed, init_failed, duration_s (None: never started),
-stderr_b64, outputs: [{partition, blob, size, md5, sha256, crcs (hex), nodes}],
+stderr_b64, outputs: [{partition, blob, size, md5, sha256, crcs (hex), nodes, and for a
+tool's: tool, call, name, headers, emit | partition, tool, call, ref, emit}],
 bytes_local, bytes_remote, damaged: [[blob, node, why]], node_failure: str|None,
 error: [code, message]|None (the agent cannot run tasks at all)}.
 """
@@ -56,6 +66,7 @@ from jobs.imagetree import NodeImages
 from jobs.outputs import TaskOutputs, partition_of
 from jobs.reach import TaskRoots
 from jobs.sandbox import Sandbox, SandboxError, TaskLimits, TaskResult, TaskSpec
+from jobs.tooloutputs import ToolCall, ToolError, chunks, open_data, read_calls
 from jobs.warm import WarmPool
 from storage import LocalNode, Node
 from storage import errors as se
@@ -220,6 +231,7 @@ class TaskAgent:
             for asset in req.get("assets") or []:
                 spec.assets.append((roots.path(self.node, _uncounted(task, asset)),
                                     os.path.basename(asset["name"])))
+            spec.output_dir = roots.path(self.node, task.scratch.output_dir(self._task_ids()))
             outputs = TaskOutputs(self._writer_factory(req), req.get("partitions") or 0,
                                   self._small_placer(req), self._delete)
             with self.admission.hold(self.node.id, req["owner"], limits["memory_mb"], cancel) as started:
@@ -238,13 +250,70 @@ class TaskAgent:
             if not result.ok:
                 outputs.abort()
                 return task.outcome(result)
-            return task.outcome(result, outputs=self._replicate(outputs.commit(), req, outputs.journal))
+            try:
+                calls = read_calls(task.scratch.output_dir(), limits["disk_mb"] << 20)
+                _check_reducers(calls, int(req.get("reducers") or 0))
+            except ToolError as exc:
+                outputs.abort()
+                return task.outcome(result, error=[je.USER_TASK_ERROR, str(exc)])
+            if any(call.emits for call in calls):  # as in Manta: mpipe, mcat, msplit replace stdout
+                outputs.abort()
+                stdout: list[tuple[int, BlobMeta]] = []
+            else:
+                stdout = outputs.commit()
+            tools, extra = self._tool_blobs(calls, req, task.scratch.output_dir())
+            out = self._replicate(stdout + tools, req, outputs.journal)
+            for record, fields in zip(out[len(stdout):], extra, strict=True):
+                record.update(fields)
+            out += [{"partition": call.reducer, "tool": "mcat", "call": n, "ref": name, "emit": True}
+                    for n, call in enumerate(calls) if call.tool == "mcat" for name in call.names]
+            return task.outcome(result, outputs=out)
         except BaseException:
             if outputs is not None:
                 outputs.abort()
             raise
         finally:
             task.scratch.remove()
+
+    def _task_ids(self) -> tuple[int, int] | None:
+        with contextlib.suppress(SandboxError):
+            return self.sandbox.task_ids() if self.sandbox is not None else None
+        return None
+
+    def _tool_blobs(self, calls: list[ToolCall], req: Record,
+                    out_dir: str) -> tuple[list[tuple[int, BlobMeta]], list[Record]]:
+        """Each call's data files as blobs on this node: (partition, meta) and the fields
+        its outcome record gets."""
+        make = self._writer_factory(req)
+        metas: list[tuple[int, BlobMeta]] = []
+        extra: list[Record] = []
+        try:
+            for n, call in enumerate(calls):
+                files = [(p, f) for p, f in sorted(call.parts.items())] if call.tool == "msplit" \
+                    else [(call.reducer if call.tool == "mpipe" else 0, call.data)] if call.data else []
+                for partition, name in files:
+                    metas.append((partition, self._blob_of(make, out_dir, name)))
+                    extra.append({"tool": call.tool, "call": n, "name": call.name, "headers": call.headers,
+                                  "emit": call.emits})
+        except BaseException:
+            for _, meta in metas:
+                self._delete(meta)
+            raise
+        return metas, extra
+
+    def _blob_of(self, make: Callable[[], ReplicatedWriter], out_dir: str, name: str) -> BlobMeta:
+        fd = open_data(out_dir, name)
+        try:
+            writer = make()
+            try:
+                for data in chunks(fd):
+                    writer.write(data)
+                return writer.commit()
+            except BaseException:
+                writer.abort()
+                raise
+        finally:
+            os.close(fd)
 
     def _image(self, task: _Task, image: Record) -> str:
         """The image's tree in this node's cache, unpacked from its tar object when it is not
@@ -331,20 +400,35 @@ class _Scratch:
     def __init__(self, node: LocalNode, job_id: str, task_id: str) -> None:
         self.path = os.path.join(node.scratch_root(), f"{job_id}-{task_id}")
         self._n = 0
+        self._made = False
 
-    def new_file(self) -> str:
-        if self._n == 0:
+    def _make(self) -> None:
+        if not self._made:
             base = os.path.dirname(self.path)
             os.makedirs(base, exist_ok=True)
             os.chmod(base, 0o711)
             shutil.rmtree(self.path, ignore_errors=True)
             os.mkdir(self.path)
             os.chmod(self.path, 0o711)
+            self._made = True
+
+    def new_file(self) -> str:
+        self._make()
         self._n += 1
         return os.path.join(self.path, f"in{self._n}")
 
+    def output_dir(self, ids: tuple[int, int] | None = None) -> str:
+        """The in-task tools' directory (/manta/out), the task user's, made on first call."""
+        path = os.path.join(self.path, "out")
+        if not os.path.isdir(path):
+            self._make()
+            os.mkdir(path, 0o700)
+            if ids is not None:
+                os.chown(path, *ids)
+        return path
+
     def remove(self) -> None:
-        if self._n:
+        if self._made:
             shutil.rmtree(self.path, ignore_errors=True)
 
 
@@ -460,6 +544,16 @@ class _Task:
     def _report(self, blob: str, node_id: str, reason: str) -> None:
         if not any(d[0] == blob and d[1] == node_id for d in self.damaged):
             self.damaged.append([blob, node_id, reason])
+
+
+def _check_reducers(calls: list[ToolCall], reducers: int) -> None:
+    """-r and msplit's -n must fit the next phase (`reducers`: its count when a reduce)."""
+    for call in calls:
+        if call.tool == "msplit" and reducers and call.count != reducers:
+            raise ToolError(f"msplit -n {call.count}: the next phase has {reducers} reducer(s)")
+        if call.tool in ("mpipe", "mcat") and call.reducer >= max(reducers, 1):
+            raise ToolError(f"{call.tool} -r {call.reducer}: the next phase has {max(reducers, 1)} reducer(s) "
+                            "(numbered from 0)")
 
 
 def _filter_lines(data: bytes, partition: tuple[int, int], out: Any) -> bytes:

@@ -14,6 +14,15 @@ the task's final record are written in one catalog transaction; a failed task ke
 stderr (capped) as an object linked from the error record. Replicas the agent found bad are
 queued for repair. An outcome with `node_failure` raises NodeFailure (the scheduler retries
 the task on another node holding a replica).
+
+In-task tools' outputs (jobs/tooloutputs.py): a named one (mpipe/mtee NAME) is stored at its
+name and an mcat reference is listed as it is, once its bucket is checked to be the job
+owner's (not a system `_` bucket); any name that is not fails the task (UserTaskError),
+and nothing of it is stored. Generated names: `<base>.m<call>` (mpipe) and
+`<base>.s<call>.r<reducer>` (msplit) beside stdout's `<base>[.r<reducer>]`. The task's
+`outputs` lists emitted ones in the outcome's order, generated, named and referenced alike;
+mtee's objects are stored but not listed. An mcat'ed object itself is resolved by the
+phase that reads it, as in Manta.
 """
 
 from __future__ import annotations
@@ -87,6 +96,9 @@ def build_request(ctx: RunContext, job: Record, task: Record, node: Node) -> Rec
     env = {"MANTA_JOB_ID": job["id"], "MANTA_PHASE": str(phase_no),
            "MANTA_OUTPUT_BASE": f"{jobs_bucket(owner)}/{job['id']}/p{phase_no}/{task['id']}"}
     partition = None
+    reducers = nxt["count"] if nxt and nxt["type"] == "reduce" else 0
+    if reducers:
+        env["MANTA_NREDUCERS"] = str(reducers)
     if task["type"] == "map":
         inputs = [_entry(ctx, owner, task["input"], je.RESOURCE_NOT_FOUND)]
         env["MANTA_INPUT_OBJECT"] = task["input"]
@@ -106,7 +118,7 @@ def build_request(ctx: RunContext, job: Record, task: Record, node: Node) -> Rec
             "limits": {"memory_mb": phase["memory_mb"], "disk_mb": phase["disk_mb"],
                        "timeout_s": phase["timeout_s"]},
             "inputs": inputs, "partition": partition, "assets": assets, "image": image,
-            "partitions": nxt["count"] if nxt and nxt["type"] == "reduce" and nxt["count"] > 1 else 0,
+            "partitions": reducers if reducers > 1 else 0, "reducers": reducers,
             "copies": store.copies, "peers": [{"id": n.id, "url": n.address} for n in peers]}
 
 
@@ -174,28 +186,40 @@ def _finish(ctx: RunContext, job: Record, task: Record, error: tuple[str, str] |
     stderr = base64.b64decode(outcome.get("stderr_b64") or "")
     new_blobs: dict[str, BlobRecord] = {}
     journal: dict[str, bytes] = {}  # outputs placed without fsync: durable with this commit
-    objects: list[tuple[str, Record]] = []
+    objects: list[tuple[str, str, Record]] = []
+    outputs = outcome.get("outputs") or []
     if error is None:
-        outputs = outcome.get("outputs") or []
+        try:
+            targets = [_target(ctx, job["owner"], bucket, base, o, partitioned) for o in outputs]
+        except _Failure as failure:
+            store.free([o["blob"] for o in outputs if o.get("blob")])
+            error = (failure.code, failure.message)
+    if error is None:
         journal = {o["blob"]: base64.b64decode(o["data_b64"]) for o in outputs if o.get("data_b64") is not None}
-        names = [f"{base}.r{o['partition']}" if partitioned else base for o in outputs]
-        for name, output in zip(names, outputs, strict=True):
+        listed: list[tuple[str, int]] = []
+        for (out_bucket, key), output in zip(targets, outputs, strict=True):
+            if output.get("emit", True):
+                listed.append((f"{out_bucket}/{key}", output["partition"]))
+            if output.get("ref"):
+                continue
             new_blobs[output["blob"]] = BlobRecord(0, output["size"], bytes.fromhex(output["sha256"]),
                                                    bytes.fromhex(output["crcs"]), list(output["nodes"]))
-            objects.append((name, _object_record(output["blob"], output["size"], output["md5"],
-                                                 bytes.fromhex(output["sha256"]), "application/octet-stream")))
-        done.update(state="done", outputs=[f"{bucket}/{n}" for n in names], error=None)
+            objects.append((out_bucket, key, _object_record(output["blob"], output["size"], output["md5"],
+                                                            bytes.fromhex(output["sha256"]),
+                                                            output.get("headers") or {})))
+        done.update(state="done", outputs=[name for name, _ in listed], error=None)
         if partitioned:
-            done["partitions"] = [o["partition"] for o in outputs]
+            done["partitions"] = [p for _, p in listed]
     else:
         if stderr:
             writer = store.writer()
             writer.write(stderr)
             meta = writer.commit()
             new_blobs[meta.blob_id] = meta.record()
-            objects.append((f"{job['id']}/err/{task['id']}.stderr",
-                            _object_record(meta.blob_id, meta.size, meta.md5.hex(), meta.sha256, "text/plain")))
-        _failed(done, task, error, stderr, f"{bucket}/{objects[0][0]}" if objects else None)
+            objects.append((bucket, f"{job['id']}/err/{task['id']}.stderr",
+                            _object_record(meta.blob_id, meta.size, meta.md5.hex(), meta.sha256,
+                                           {"content-type": "text/plain"})))
+        _failed(done, task, error, stderr, f"{bucket}/{objects[0][1]}" if objects else None)
     made = len(objects) if error is None else 0
     done["attempts_log"] = log_attempt(task, done["state"])
 
@@ -205,18 +229,20 @@ def _finish(ctx: RunContext, job: Record, task: Record, error: tuple[str, str] |
             _count_outputs(ctx, txn, job, made)
             for blob_id, data in journal.items():
                 store.catalog.journal.put(txn, blob_id, data)
-        for name, record in objects:
-            freed += store.objects.put_in(txn, bucket, name, record, new_blobs, owner=job["owner"],
+        for out_bucket, name, record in objects:
+            freed += store.objects.put_in(txn, out_bucket, name, record, new_blobs, owner=job["owner"],
                                             enforce_quota=True)
         store.catalog.put(txn, "jobtasks", task_key(job["id"], task["id"]), done)
         return freed
 
     try:
         store.free(ctx.records.write(op))
-    except (se.QuotaExceeded, je.QuotaExceeded) as exc:
+    except (se.QuotaExceeded, je.QuotaExceeded, se.NoSuchBucket) as exc:
         store.free(list(new_blobs))
         if error is None:
-            error = (je.QUOTA_EXCEEDED_ERROR, f"the outputs were not stored: {exc}")
+            quota = isinstance(exc, se.QuotaExceeded | je.QuotaExceeded)
+            error = (je.QUOTA_EXCEEDED_ERROR if quota else je.USER_TASK_ERROR,
+                     f"the outputs were not stored: {exc}")
         _failed(done, task, error, stderr, None)
         done["attempts_log"] = log_attempt(task, done["state"])
         ctx.records.write(lambda txn: store.catalog.put(txn, "jobtasks", task_key(job["id"], task["id"]), done))
@@ -251,7 +277,37 @@ def _count_outputs(ctx: RunContext, txn: Txn, job: Record, count: int) -> None:
     ctx.store.catalog.put(txn, "jobs", job["id"].encode(), record)
 
 
-def _object_record(blob_id: str, size: int, md5_hex: str, sha256: bytes, content_type: str) -> Record:
+def _target(ctx: RunContext, owner: str, bucket: str, base: str, output: Record,
+            partitioned: bool) -> tuple[str, str]:
+    """(bucket, key) of one outcome output; a name given by an in-task tool must be in one
+    of the owner's own buckets (else _Failure, UserTaskError)."""
+    tool = output.get("tool")
+    name = output.get("ref") or output.get("name")
+    if name:
+        try:
+            out_bucket, key = parse_input(name)
+            if out_bucket.startswith("_"):
+                raise _Failure(je.USER_TASK_ERROR, f"{tool} {name}: {out_bucket} is a system bucket; nothing was stored")
+            if ctx.store.catalog.buckets.get(out_bucket).owner != owner:
+                raise _Failure(je.USER_TASK_ERROR,
+                               f"{tool} {name}: bucket {out_bucket} is not yours; nothing was stored")
+        except je.InvalidJobSpec as exc:
+            raise _Failure(je.USER_TASK_ERROR, f"{tool}: {exc.message}; nothing was stored") from None
+        except se.NoSuchBucket:
+            raise _Failure(je.USER_TASK_ERROR, f"{tool} {name}: no bucket {out_bucket}; nothing was stored") from None
+        return out_bucket, key
+    if tool == "mpipe":
+        return bucket, f"{base}.m{output['call']}"
+    if tool == "msplit":
+        return bucket, f"{base}.s{output['call']}.r{output['partition']}"
+    return bucket, f"{base}.r{output['partition']}" if partitioned else base
+
+
+def _object_record(blob_id: str, size: int, md5_hex: str, sha256: bytes, headers: dict[str, str]) -> Record:
+    """An output's object record; `headers` as mpipe -H gave them (x-amz-meta-* are metadata)."""
+    stored = {k: v for k, v in headers.items() if not k.startswith("x-amz-meta-")}
+    stored.setdefault("content-type", "application/octet-stream")
     return {"size": size, "etag": md5_hex, "sha256": sha256, "mtime": time.time(),
-            "segments": [[blob_id, size]], "headers": {"content-type": content_type},
-            "meta": {}, "checksums": {}, "checksum_type": None, "parts": None}
+            "segments": [[blob_id, size]], "headers": stored,
+            "meta": {k[len("x-amz-meta-"):]: v for k, v in headers.items() if k.startswith("x-amz-meta-")},
+            "checksums": {}, "checksum_type": None, "parts": None}
