@@ -64,9 +64,9 @@ from jobs import errors as je
 from jobs.admission import Admission, default_budget_mb
 from jobs.imagetree import NodeImages
 from jobs.outputs import TaskOutputs, partition_of
-from jobs.reach import TaskRoots
+from jobs.reach import TaskRoots, unreachable
 from jobs.sandbox import Sandbox, SandboxError, TaskLimits, TaskResult, TaskSpec
-from jobs.tooloutputs import ToolCall, ToolError, chunks, open_data, read_calls
+from jobs.tooloutputs import TOOLS_DIR, ToolCall, ToolError, chunks, open_data, read_calls
 from jobs.warm import WarmPool
 from storage import LocalNode, Node
 from storage import errors as se
@@ -124,6 +124,7 @@ class TaskAgent:
         self._running: dict[tuple[str, str], threading.Event] = {}
         self._early: dict[tuple[str, str], float] = {}
         self.images = NodeImages(node.root)
+        self._tools_ok: bool | None = None
         reuse_s = sandbox.config.reuse_idle_s if sandbox is not None else 0
         self.warm = WarmPool(sandbox, reuse_s, max_idle=slots) if sandbox is not None and reuse_s > 0 else None
 
@@ -231,7 +232,8 @@ class TaskAgent:
             for asset in req.get("assets") or []:
                 spec.assets.append((roots.path(self.node, _uncounted(task, asset)),
                                     os.path.basename(asset["name"])))
-            spec.output_dir = roots.path(self.node, task.scratch.output_dir(self._task_ids()))
+            if self._tools_reachable():
+                spec.output_dir = roots.path(self.node, task.scratch.output_dir(self._task_ids()))
             outputs = TaskOutputs(self._writer_factory(req), req.get("partitions") or 0,
                                   self._small_placer(req), self._delete)
             with self.admission.hold(self.node.id, req["owner"], limits["memory_mb"], cancel) as started:
@@ -251,7 +253,7 @@ class TaskAgent:
                 outputs.abort()
                 return task.outcome(result)
             try:
-                calls = read_calls(task.scratch.output_dir(), limits["disk_mb"] << 20)
+                calls = read_calls(task.scratch.output_dir(), limits["disk_mb"] << 20) if spec.output_dir else []
                 _check_reducers(calls, int(req.get("reducers") or 0))
             except ToolError as exc:
                 outputs.abort()
@@ -261,7 +263,7 @@ class TaskAgent:
                 stdout: list[tuple[int, BlobMeta]] = []
             else:
                 stdout = outputs.commit()
-            tools, extra = self._tool_blobs(calls, req, task.scratch.output_dir())
+            tools, extra = self._tool_blobs(calls, req, task.scratch.output_dir()) if calls else ([], [])
             out = self._replicate(stdout + tools, req, outputs.journal)
             for record, fields in zip(out[len(stdout):], extra, strict=True):
                 record.update(fields)
@@ -274,6 +276,16 @@ class TaskAgent:
             raise
         finally:
             task.scratch.remove()
+
+    def _tools_reachable(self) -> bool:
+        """Whether the task user can reach the tools (jobs/tools) to have them bound."""
+        if self._tools_ok is None:
+            ids = self._task_ids()
+            where = unreachable(TOOLS_DIR, *ids) if ids is not None else None
+            if where is not None:
+                log.warning("the task user cannot search %s: tasks run without mpipe, mtee, mcat, msplit", where)
+            self._tools_ok = where is None
+        return self._tools_ok
 
     def _task_ids(self) -> tuple[int, int] | None:
         with contextlib.suppress(SandboxError):

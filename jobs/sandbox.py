@@ -155,7 +155,7 @@ class TaskSpec:
     init: str | None = None
     limits: TaskLimits = TaskLimits()
     image: str | None = None  # a tree bound read-only at IMAGE_MOUNT, its bin first on PATH
-    output_dir: str | None = None  # a host dir bound writable at OUTPUT_MOUNT (the in-task tools')
+    output_dir: str | None = None  # a host dir bound writable at OUTPUT_MOUNT, and the tools at TOOLS_MOUNT
 
 
 @dataclass(frozen=True)
