@@ -186,6 +186,21 @@ def test_word_count_and_three_reducers_on_a_cluster(cluster: Cluster) -> None:
     check_bytes(cluster, job)
 
 
+def test_in_task_tools_on_cluster_nodes(cluster: Cluster) -> None:
+    """msplit and a named mpipe from tasks on `manta node` processes: the outcome carries
+    the tools' outputs back to the front door, which stores them."""
+    datas = upload_texts(cluster, 6, seed=3)
+    inputs = [f"{BUCKET}/in/{i:02d}" for i in range(len(datas))]
+    job_id, job = run_job(cluster, "-m", "tr -s ' ' '\\n' | grep -v '^$' | awk '{print $1 \"\\t\" 1}' | msplit",
+                          "-r", "awk -F'\\t' '{c[$1]+=$2} END {for (w in c) print w, c[w]}' | "
+                          f"mpipe {BUCKET}/counts/$MANTA_REDUCER", "--count", "3", *inputs)
+    assert all(t["state"] == "done" for t in job["tasks"]), job["tasks"]
+    outputs = manta(cluster, "job", "outputs", job_id).stdout.split()
+    assert sorted(outputs) == [f"{BUCKET}/counts/{r}" for r in range(3)]
+    got = Counter({w: int(n) for w, n in (line.split() for line in output_text(cluster, job_id).splitlines())})
+    assert got == word_counts(datas)  # every word counted once, by one reducer
+
+
 def check_bytes(c: Cluster, job: dict[str, Any]) -> None:
     """Map tasks read 0 bytes over the network; a reducer's network bytes are exactly the
     bytes of its inputs with no copy on the reducer's node."""
