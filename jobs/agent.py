@@ -66,7 +66,14 @@ from jobs.imagetree import NodeImages
 from jobs.outputs import TaskOutputs, partition_of
 from jobs.reach import TaskRoots, unreachable
 from jobs.sandbox import Sandbox, SandboxError, TaskLimits, TaskResult, TaskSpec
-from jobs.tooloutputs import TOOLS_DIR, ToolCall, ToolError, chunks, open_data, read_calls
+from jobs.tooloutputs import (
+    TOOLS_DIR,
+    ToolError,
+    check_reducers,
+    read_calls,
+    references,
+    store_calls,
+)
 from jobs.warm import WarmPool
 from storage import LocalNode, Node
 from storage import errors as se
@@ -254,7 +261,7 @@ class TaskAgent:
                 return task.outcome(result)
             try:
                 calls = read_calls(task.scratch.output_dir(), limits["disk_mb"] << 20) if spec.output_dir else []
-                _check_reducers(calls, int(req.get("reducers") or 0))
+                check_reducers(calls, int(req.get("reducers") or 0))
             except ToolError as exc:
                 outputs.abort()
                 return task.outcome(result, error=[je.USER_TASK_ERROR, str(exc)])
@@ -263,13 +270,11 @@ class TaskAgent:
                 stdout: list[tuple[int, BlobMeta]] = []
             else:
                 stdout = outputs.commit()
-            tools, extra = self._tool_blobs(calls, req, task.scratch.output_dir()) if calls else ([], [])
-            out = self._replicate(stdout + tools, req, outputs.journal)
-            for record, fields in zip(out[len(stdout):], extra, strict=True):
+            blobs = store_calls(calls, task.scratch.output_dir(), self._writer_factory(req), self._delete)
+            out = self._replicate(stdout + [(p, meta) for p, meta, _ in blobs], req, outputs.journal)
+            for record, (_, _, fields) in zip(out[len(stdout):], blobs, strict=True):
                 record.update(fields)
-            out += [{"partition": call.reducer, "tool": "mcat", "call": n, "ref": name, "emit": True}
-                    for n, call in enumerate(calls) if call.tool == "mcat" for name in call.names]
-            return task.outcome(result, outputs=out)
+            return task.outcome(result, outputs=out + references(calls))
         except BaseException:
             if outputs is not None:
                 outputs.abort()
@@ -291,41 +296,6 @@ class TaskAgent:
         with contextlib.suppress(SandboxError):
             return self.sandbox.task_ids() if self.sandbox is not None else None
         return None
-
-    def _tool_blobs(self, calls: list[ToolCall], req: Record,
-                    out_dir: str) -> tuple[list[tuple[int, BlobMeta]], list[Record]]:
-        """Each call's data files as blobs on this node: (partition, meta) and the fields
-        its outcome record gets."""
-        make = self._writer_factory(req)
-        metas: list[tuple[int, BlobMeta]] = []
-        extra: list[Record] = []
-        try:
-            for n, call in enumerate(calls):
-                files = [(p, f) for p, f in sorted(call.parts.items())] if call.tool == "msplit" \
-                    else [(call.reducer if call.tool == "mpipe" else 0, call.data)] if call.data else []
-                for partition, name in files:
-                    metas.append((partition, self._blob_of(make, out_dir, name)))
-                    extra.append({"tool": call.tool, "call": n, "name": call.name, "headers": call.headers,
-                                  "emit": call.emits})
-        except BaseException:
-            for _, meta in metas:
-                self._delete(meta)
-            raise
-        return metas, extra
-
-    def _blob_of(self, make: Callable[[], ReplicatedWriter], out_dir: str, name: str) -> BlobMeta:
-        fd = open_data(out_dir, name)
-        try:
-            writer = make()
-            try:
-                for data in chunks(fd):
-                    writer.write(data)
-                return writer.commit()
-            except BaseException:
-                writer.abort()
-                raise
-        finally:
-            os.close(fd)
 
     def _image(self, task: _Task, image: Record) -> str:
         """The image's tree in this node's cache, unpacked from its tar object when it is not
@@ -556,16 +526,6 @@ class _Task:
     def _report(self, blob: str, node_id: str, reason: str) -> None:
         if not any(d[0] == blob and d[1] == node_id for d in self.damaged):
             self.damaged.append([blob, node_id, reason])
-
-
-def _check_reducers(calls: list[ToolCall], reducers: int) -> None:
-    """-r and msplit's -n must fit the next phase (`reducers`: its count when a reduce)."""
-    for call in calls:
-        if call.tool == "msplit" and reducers and call.count != reducers:
-            raise ToolError(f"msplit -n {call.count}: the next phase has {reducers} reducer(s)")
-        if call.tool in ("mpipe", "mcat") and call.reducer >= max(reducers, 1):
-            raise ToolError(f"{call.tool} -r {call.reducer}: the next phase has {max(reducers, 1)} reducer(s) "
-                            "(numbered from 0)")
 
 
 def _filter_lines(data: bytes, partition: tuple[int, int], out: Any) -> bytes:

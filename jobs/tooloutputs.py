@@ -3,8 +3,9 @@
     task: a tool writes its data files, then its manifest `<id>.json`, into /manta/out,
           a host directory bound writable for the task (a reused container's own one is
           emptied into the task's after each task: `hand_over`)
-    agent, after a task that succeeded: `read_calls` -> [ToolCall] -> each data file
-          into a blob (jobs/agent.py) -> outcome outputs with `tool`, `name`, `ref`...
+    agent, after a task that succeeded: `read_calls` -> [ToolCall] -> `check_reducers`
+          -> `store_calls`: each data file into a blob; `references`: mcat's names
+          -> outcome outputs with `tool`, `call`, `name`, `headers`, `emit` or `ref`
     front door (jobs/runner.py): every name checked against the job owner's buckets,
           then the objects are committed with the task's record, or the task fails and
           nothing is stored
@@ -27,11 +28,14 @@ import json
 import os
 import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
+
+from storage.replicas import BlobMeta, ReplicatedWriter
 
 __all__ = ["MANIFEST_BYTES", "OUTPUT_MOUNT", "TOOLS_DIR", "TOOLS_MOUNT", "ToolCall", "ToolError",
-           "chunks", "hand_over", "open_data", "read_calls"]
+           "check_reducers", "hand_over", "open_data", "read_calls", "references", "store_calls"]
 
 OUTPUT_MOUNT = "/manta/out"  # the tools' private output directory inside a task
 TOOLS_MOUNT = "/opt/manta/tools"  # where the tools are bound, last on PATH
@@ -101,7 +105,60 @@ def open_data(path: str, name: str) -> int:
     return fd
 
 
-def chunks(fd: int, size: int = 1 << 20) -> Iterator[bytes]:
+def check_reducers(calls: list[ToolCall], reducers: int) -> None:
+    """-r and msplit's -n must fit the next phase (`reducers`: its count when a reduce)."""
+    for call in calls:
+        if call.tool == "msplit" and reducers and call.count != reducers:
+            raise ToolError(f"msplit -n {call.count}: the next phase has {reducers} reducer(s)")
+        if call.tool in ("mpipe", "mcat") and call.reducer >= max(reducers, 1):
+            raise ToolError(f"{call.tool} -r {call.reducer}: the next phase has {max(reducers, 1)} reducer(s) "
+                            "(numbered from 0)")
+
+
+def store_calls(calls: list[ToolCall], path: str, make: Callable[[], ReplicatedWriter],
+                drop: Callable[[BlobMeta], None]) -> list[tuple[int, BlobMeta, dict[str, Any]]]:
+    """Each call's data files as blobs (`make` writes one): (partition, meta, the fields of
+    its outcome record). On an error the blobs made are dropped."""
+    made: list[tuple[int, BlobMeta, dict[str, Any]]] = []
+    try:
+        for n, call in enumerate(calls):
+            if call.tool == "msplit":
+                files = sorted(call.parts.items())
+            else:
+                files = [(call.reducer if call.tool == "mpipe" else 0, call.data)] if call.data else []
+            for partition, name in files:
+                fields = {"tool": call.tool, "call": n, "name": call.name, "headers": call.headers,
+                          "emit": call.emits}
+                made.append((partition, _blob_of(path, name, make), fields))
+    except BaseException:
+        for _, meta, _ in made:
+            drop(meta)
+        raise
+    return made
+
+
+def references(calls: list[ToolCall]) -> list[dict[str, Any]]:
+    """mcat's outputs, as outcome records: no blob, the name they are read by."""
+    return [{"partition": call.reducer, "tool": "mcat", "call": n, "ref": name, "emit": True}
+            for n, call in enumerate(calls) if call.tool == "mcat" for name in call.names]
+
+
+def _blob_of(path: str, name: str, make: Callable[[], ReplicatedWriter]) -> BlobMeta:
+    fd = open_data(path, name)
+    try:
+        writer = make()
+        try:
+            for data in _chunks(fd):
+                writer.write(data)
+            return writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+    finally:
+        os.close(fd)
+
+
+def _chunks(fd: int, size: int = 1 << 20) -> Iterator[bytes]:
     while data := os.read(fd, size):
         yield data
 
