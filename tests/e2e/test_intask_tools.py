@@ -178,3 +178,31 @@ def test_each_task_in_a_reused_container_stores_only_its_own_outputs(server: Ser
     job = job_json(server.url, job_id_of(result))
     assert sorted(o for t in job["tasks"] for o in t["outputs"]) == \
         sorted(f"{bucket}/copies/{n.rsplit('/', 1)[1]}" for n in names)
+
+
+def test_msplit_j_routes_json_records_by_a_nested_field(server: Server, s3: Any, bucket: str) -> None:
+    records = [json.dumps({"user": {"id": f"u{i % 7}"}, "n": i}) for i in range(40)]
+    names = upload(s3, bucket, "json/", [("\n".join(records) + "\n").encode()])
+    result = manta(server.url, "job", "create", "-w", "--count", "2", "-m", "msplit -j -f user.id",
+                   "-r", "grep -o 'u[0-9]' | sort -u", *names)
+    assert result.returncode == 0, result.stderr
+    outputs = manta(server.url, "job", "outputs", job_id_of(result)).stdout.split()
+    seen = set()
+    for name in outputs:
+        reducer = int(name.rsplit("-r", 1)[1])
+        for key in body(s3, name).decode().split():
+            assert int.from_bytes(hashlib.md5(key.encode()).digest()[:4], "big") % 2 == reducer
+            seen.add(key)
+    assert seen == {f"u{i}" for i in range(7)}
+
+
+def test_mpipe_without_a_name_makes_generated_outputs_and_replaces_stdout(server: Server, s3: Any,
+                                                                          bucket: str) -> None:
+    names = upload(s3, bucket, "gen/", [b"x\n"])
+    result = manta(server.url, "job", "create", "-w", "-m", "echo one | mpipe; echo two | mpipe; echo not-an-output",
+                   *names)
+    assert result.returncode == 0, result.stderr
+    job_id = job_id_of(result)
+    outputs = manta(server.url, "job", "outputs", job_id).stdout.split()
+    assert outputs == [f"_jobs_root/{job_id}/p0/p0-m0000000.m0", f"_jobs_root/{job_id}/p0/p0-m0000000.m1"]
+    assert [body(s3, o) for o in outputs] == [b"one\n", b"two\n"]
