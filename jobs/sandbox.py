@@ -20,8 +20,7 @@ at /manta/input and assets at /manta/assets/<name>, read-only, and the phase's i
 any) at /opt/manta/image, read-only, with /opt/manta/image/bin first on PATH. The in-task
 tools (mpipe, mtee, mcat, msplit: jobs/tools, read-only at /opt/manta/tools, last on PATH)
 write into /manta/out, the task's `output_dir` bound writable (jobs/tooloutputs.py reads it
-after the task). No network: its net namespace
-has only its own loopback. System calls no data task needs (keyrings, bpf, mounts,
+after the task). No network: its net namespace has only its own loopback. System calls no data task needs (keyrings, bpf, mounts,
 namespaces, ptrace, io_uring...) fail with EPERM; no filter, no tasks. Env: exactly
 `TaskSpec.env` plus PATH, HOME, LANG. bwrap runs as the task user, so bind sources must be
 traversable by it (data dirs 0711, blobs 0644); stdin files are fed by a thread of ours and
