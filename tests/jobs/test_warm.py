@@ -195,12 +195,27 @@ def test_a_task_cannot_kill_or_stop_the_runner(pool: WarmPool) -> None:
     assert result.ok and out == "fine\n" and pool.started == 1, result
 
 
+def _parent(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as fh:
+        return int(fh.read().rpartition(")")[2].split()[1])
+
+
+def _ours(pid: int) -> bool:
+    """Whether `pid` descends from this test process (not from another run on the machine)."""
+    while pid > 1:
+        pid = _parent(pid)
+        if pid == os.getpid():
+            return True
+    return False
+
+
 def runner_pids() -> list[int]:
+    """This process's reused-container runners (never another test run's)."""
     found = []
     for entry in os.listdir("/proc"):
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as fh:
-                if b"The runner inside a reused container" in fh.read():
+                if b"The runner inside a reused container" in fh.read() and _ours(int(entry)):
                     found.append(int(entry))
         except (OSError, ValueError):
             continue
