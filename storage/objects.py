@@ -6,7 +6,8 @@ An object record (msgpack map, ``v`` = 1)::
      headers: {content-type, content-encoding, ...}, meta: {name: value},
      checksums: {ALGORITHM: base64}, checksum_type: "FULL_OBJECT" | "COMPOSITE" | None,
      parts: [part sizes] | None, replicas: [node ids], acl: canned ACL name (absent: private),
-     part_checksums: [[part number, {ALGORITHM: base64}], ...] (multipart objects completed since it was added)}
+     part_checksums: [[part number, {ALGORITHM: base64}], ...] (multipart objects completed since it was added),
+     tags: {key: value} (S3 object tags; absent or empty: none)}
 
 An object is the concatenation of its segments. A simple PUT has one segment; a
 completed multipart upload has one per part (parts are never copied); CopyObject makes a
@@ -313,6 +314,20 @@ class ObjectStore:
             if record is None:
                 raise errors.NoSuchKey(name, key)
             self._write(txn, name, key, {**record, "acl": acl})
+
+        self.catalog.write(op)
+
+    def set_tags(self, bucket: Bucket, key: str, tags: dict[str, str]) -> None:
+        """Replace the object's tags ({}: none; the S3 layer checked them)."""
+        name = bucket_name(bucket)
+
+        def op(txn: Txn) -> None:
+            self.catalog.buckets.check(txn, bucket)
+            record = self._read(txn, name, key)
+            if record is None:
+                raise errors.NoSuchKey(name, key)
+            kept = {k: v for k, v in record.items() if k != "tags"}
+            self._write(txn, name, key, {**kept, "tags": tags} if tags else kept)
 
         self.catalog.write(op)
 

@@ -137,6 +137,24 @@ def test_deleting_by_a_stale_ref_leaves_the_new_bucket_alone(st: Stores) -> None
     assert st.uploads.get(NAME, "mp", upload["upload_id"])["owner"] == "alice"
 
 
+def test_setting_tags_checks_the_bucket_and_changes_only_the_tags(st: Stores) -> None:
+    st.catalog.buckets.create(NAME, "bob")
+    ref = st.ref(NAME)
+    st.objects.put(ref, "k", record())
+    st.objects.set_tags(ref, "k", {"a": "1"})
+    tagged = st.objects.get(ref, "k")
+    assert tagged["tags"] == {"a": "1"} and tagged["segments"] == st.objects.get(NAME, "k")["segments"]
+    st.objects.set_tags(ref, "k", {})
+    assert "tags" not in st.objects.get(ref, "k")
+    with pytest.raises(errors.NoSuchKey):
+        st.objects.set_tags(ref, "missing", {"a": "1"})
+    st.hand_over(NAME, "alice")
+    st.objects.put(NAME, "k", record())
+    with pytest.raises(errors.NoSuchBucket):
+        st.objects.set_tags(ref, "k", {"a": "1"})
+    assert "tags" not in st.objects.get(NAME, "k")
+
+
 def test_buckets_from_before_generations_use_their_creation_time(st: Stores) -> None:
     st.catalog.write(lambda txn: st.catalog.put(txn, "buckets", b"legacy",
                                                 {"v": 1, "name": "legacy", "owner": "bob", "created": 12.5}))
