@@ -78,7 +78,6 @@ def test_unimplemented_subresources_answer_501(s3, bucket: str) -> None:
         lambda: s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"}),
         lambda: s3.get_bucket_lifecycle_configuration(Bucket=bucket),
         lambda: s3.get_bucket_policy(Bucket=bucket),
-        lambda: s3.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": [{"Key": "a", "Value": "b"}]}),
         lambda: s3.put_bucket_acl(Bucket=bucket, ACL="public-read-write"),
         lambda: s3.get_bucket_cors(Bucket=bucket),
     ]

@@ -134,8 +134,8 @@ def test_invalid_argument_on_bad_max_keys(s3: InProcessS3, bucket: str) -> None:
 def test_method_not_allowed_and_not_implemented(s3: InProcessS3, bucket: str) -> None:
     service = s3.request("DELETE", "/")
     assert service.status_code == 405 and error_code(service) == "MethodNotAllowed"
-    tagging = s3.request("GET", f"/{bucket}/k", query={"tagging": ""})
-    assert tagging.status_code == 501 and error_code(tagging) == "NotImplemented"
+    torrent = s3.request("GET", f"/{bucket}/k", query={"torrent": ""})
+    assert torrent.status_code == 501 and error_code(torrent) == "NotImplemented"
 
 
 def test_bad_payload_hash_header(s3: InProcessS3, bucket: str) -> None:

@@ -36,7 +36,7 @@ from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketState
 
 from manta.server.config import ServerConfig
-from manta.server.s3 import acl, attributes, bucket, multipart, obj, service, sigv4
+from manta.server.s3 import acl, attributes, bucket, multipart, obj, service, sigv4, tagging
 from manta.server.s3 import errors as s3e
 from manta.server.s3.body import ClientGone
 from manta.server.s3.common import read_catalog
@@ -56,7 +56,7 @@ UNSUPPORTED = {
     "accelerate", "analytics", "cors", "encryption", "intelligent-tiering", "inventory",
     "legal-hold", "lifecycle", "logging", "metrics", "notification", "object-lock",
     "ownershipControls", "policy", "policyStatus", "publicAccessBlock", "replication",
-    "requestPayment", "restore", "retention", "select", "tagging", "torrent", "website",
+    "requestPayment", "restore", "retention", "select", "torrent", "website",
 }
 
 BUCKET_OPS: dict[tuple[str, str], Handler] = {
@@ -72,6 +72,9 @@ BUCKET_OPS: dict[tuple[str, str], Handler] = {
     ("PUT", "acl"): acl.put_bucket_acl,
     ("GET", "uploads"): multipart.list_uploads,
     ("POST", "delete"): bucket.delete_objects,
+    ("GET", "tagging"): tagging.get_bucket_tagging,
+    ("PUT", "tagging"): tagging.put_bucket_tagging,
+    ("DELETE", "tagging"): tagging.delete_bucket_tagging,
 }
 OBJECT_OPS: dict[tuple[str, str], Handler] = {
     ("PUT", ""): obj.put_object,
@@ -86,8 +89,12 @@ OBJECT_OPS: dict[tuple[str, str], Handler] = {
     ("POST", "uploadId"): multipart.complete_upload,
     ("DELETE", "uploadId"): multipart.abort_upload,
     ("GET", "uploadId"): multipart.list_parts,
+    ("GET", "tagging"): tagging.get_object_tagging,
+    ("PUT", "tagging"): tagging.put_object_tagging,
+    ("DELETE", "tagging"): tagging.delete_object_tagging,
 }
-SUBRESOURCES = {"location", "versions", "versioning", "acl", "uploads", "delete", "uploadId", "attributes"}
+SUBRESOURCES = {"location", "versions", "versioning", "acl", "uploads", "delete", "uploadId", "attributes",
+                "tagging"}
 
 
 def request_id() -> str:

@@ -81,6 +81,7 @@ InvalidPart = _error(
 InvalidPartOrder = _error(
     "InvalidPartOrder", 400, "The list of parts was not in ascending order."
 )
+InvalidTag = _error("InvalidTag", 400, "The tag provided was not a valid tag.")
 InvalidURI = _error("InvalidURI", 400, "Couldn't parse the specified URI.")
 InvalidLocationConstraint = _error("InvalidLocationConstraint", 400, "The specified location-constraint is not valid.")
 NoSuchVersion = _error("NoSuchVersion", 404, "The specified version does not exist.")
@@ -112,6 +113,7 @@ NoSuchKey = _error("NoSuchKey", 404, "The specified key does not exist.")
 NoSuchUpload = _error(
     "NoSuchUpload", 404, "The specified multipart upload does not exist."
 )
+NoSuchTagSet = _error("NoSuchTagSet", 404, "The TagSet does not exist")
 NotImplemented_ = _error(
     "NotImplemented", 501, "A header or query you provided implies functionality that is not implemented."
 )

@@ -16,7 +16,7 @@ from typing import Any
 
 from starlette.responses import Response
 
-from manta.server.s3 import acl, checksums
+from manta.server.s3 import acl, checksums, tagging
 from manta.server.s3 import errors as s3e
 from manta.server.s3.body import expected_size, read_small, receive_into
 from manta.server.s3.common import (
@@ -62,6 +62,7 @@ async def create_upload(req: S3Request) -> Response:
 def _create_upload(req: S3Request) -> Response:
     bucket = owned_ref(req)
     headers, meta = request_headers(req)
+    tags = tagging.from_header(req)
     algorithm = req.header("x-amz-checksum-algorithm")
     ctype = req.header("x-amz-checksum-type")
     if algorithm is not None:
@@ -78,9 +79,11 @@ def _create_upload(req: S3Request) -> Response:
             raise s3e.InvalidRequest(f"The FULL_OBJECT checksum type cannot be used with {algorithm}.")
         if ctype == "COMPOSITE" and algorithm == "CRC64NVME":
             raise s3e.InvalidRequest("The COMPOSITE checksum type cannot be used with CRC64NVME.")
-    upload = req.store.uploads.create(bucket, req.key, req.owner,
-                                      {"headers": headers, "meta": meta, "algorithm": algorithm,
-                                       "checksum_type": ctype, "acl": acl.from_request(req, on_object=True)})
+    fields = {"headers": headers, "meta": meta, "algorithm": algorithm, "checksum_type": ctype,
+              "acl": acl.from_request(req, on_object=True)}
+    if tags:
+        fields["tags"] = tags
+    upload = req.store.uploads.create(bucket, req.key, req.owner, fields)
     out = {}
     if algorithm:
         out = {"x-amz-checksum-algorithm": algorithm, "x-amz-checksum-type": ctype or ""}
@@ -194,6 +197,8 @@ def _build(upload: dict[str, Any], parts: list[dict[str, Any]],
         "headers": upload["headers"], "meta": upload["meta"], "checksums": {}, "checksum_type": None,
         "parts": [p["size"] for p in parts], "acl": upload.get("acl", acl.PRIVATE),
     }
+    if upload.get("tags"):
+        record["tags"] = upload["tags"]
     algorithm = upload.get("algorithm")
     for p in parts:
         for alg, value in claimed.get((p["number"], p["etag"]), {}).items():

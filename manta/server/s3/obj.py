@@ -27,7 +27,7 @@ from typing import Any
 
 from starlette.responses import Response, StreamingResponse
 
-from manta.server.s3 import acl
+from manta.server.s3 import acl, tagging
 from manta.server.s3 import errors as s3e
 from manta.server.s3.body import BodyResult, expected_size, receive_into
 from manta.server.s3.common import (
@@ -92,6 +92,7 @@ def write_condition(req: S3Request) -> WriteCondition | None:
 async def put_object(req: S3Request) -> Response:
     if "x-amz-copy-source" in req.headers:
         return await copy_object(req)
+    tags = tagging.from_header(req)
     checks = _cached_put_checks(req)
     if checks is None:
         checks = await read_catalog(req.store, _put_checks, req)
@@ -104,9 +105,9 @@ async def put_object(req: S3Request) -> Response:
         # placing on remote nodes talks to them, in a worker thread
         if req.store.remote:
             record, committed = await in_thread(_place_and_submit, req, bucket, small, body, headers, meta,
-                                                canned, condition)
+                                                canned, condition, tags)
         else:
-            record, committed = _place_and_submit(req, bucket, small, body, headers, meta, canned, condition)
+            record, committed = _place_and_submit(req, bucket, small, body, headers, meta, canned, condition, tags)
         try:
             freed = await catalog_write(committed)
         except BaseException as exc:
@@ -120,7 +121,7 @@ async def put_object(req: S3Request) -> Response:
         except BaseException:
             writer.abort()
             raise
-        record = new_record(blob, body, headers, meta, canned)
+        record = new_record(blob, body, headers, meta, canned, tags)
         try:
             freed = await catalog_write(req.store.objects.put_async(
                 bucket, req.key, record, None, {blob.blob_id: blob.record()}, condition))
@@ -177,22 +178,26 @@ def _unlimited(req: S3Request, bucket: BucketRef) -> bool:
 
 
 def new_record(blob: BlobMeta, body: BodyResult, headers: dict[str, str], meta: dict[str, str],
-               canned: str | None) -> dict[str, Any]:
-    return {
+               canned: str | None, tags: dict[str, str] | None = None) -> dict[str, Any]:
+    record = {
         "size": blob.size, "etag": blob.md5.hex(), "sha256": blob.sha256, "mtime": time.time(),
         "segments": [[blob.blob_id, blob.size]], "headers": headers, "meta": meta,
         "checksums": body.checksums, "checksum_type": "FULL_OBJECT" if body.checksums else None,
         "parts": None, "acl": canned,
     }
+    if tags:
+        record["tags"] = tags
+    return record
 
 
 def _place_and_submit(req: S3Request, bucket: BucketRef, small: MemoryBlobWriter, body: BodyResult,
                       headers: dict[str, str], meta: dict[str, str], canned: str | None,
-                      condition: WriteCondition | None) -> tuple[dict[str, Any], Future[list[str]]]:
+                      condition: WriteCondition | None,
+                      tags: dict[str, str]) -> tuple[dict[str, Any], Future[list[str]]]:
     """Place a small blob (no fsync) and submit its record with the blob's bytes for the
     journal; returns the record and the commit's future (the blob is freed on failure)."""
     blob = req.store.place_small(small)
-    record = new_record(blob, body, headers, meta, canned)
+    record = new_record(blob, body, headers, meta, canned, tags)
     try:
         return record, req.store.objects.put_async(bucket, req.key, record, {blob.blob_id: bytes(small.buffer)},
                                                    {blob.blob_id: blob.record()}, condition)
@@ -325,6 +330,7 @@ def _find(req: S3Request, head: bool, open_blobs: bool) -> Response | _Found:
 def _find_in(req: S3Request, head: bool, open_blobs: bool, txn: Any) -> Response | _Found:
     record = object_record(req, txn)
     headers = object_headers(record)
+    headers.update(tagging.count_header(req, record))
     status = check_conditions(req, record)
     if status == 412:
         raise s3e.PreconditionFailed(Condition="If-Match")
@@ -408,6 +414,9 @@ def _copy(req: S3Request) -> tuple[dict[str, Any], list[str]]:
     if directive not in ("COPY", "REPLACE"):
         raise s3e.InvalidArgument("Unknown metadata directive.", ArgumentName="x-amz-metadata-directive")
     update: dict[str, Any] = {"mtime": time.time(), "acl": acl.from_request(req, on_object=True)}
+    tags = tagging.replaced_tags(req)
+    if tags is not None:
+        update["tags"] = tags
     if directive == "REPLACE":
         update["headers"], update["meta"] = request_headers(req)
     elif src_bucket == req.bucket and src_key == req.key:
