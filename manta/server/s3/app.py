@@ -36,7 +36,7 @@ from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketState
 
 from manta.server.config import ServerConfig
-from manta.server.s3 import acl, attributes, bucket, multipart, obj, service, sigv4, tagging
+from manta.server.s3 import acl, attributes, bucket, cors, multipart, obj, service, sigv4, tagging
 from manta.server.s3 import errors as s3e
 from manta.server.s3.body import ClientGone
 from manta.server.s3.common import read_catalog
@@ -53,7 +53,7 @@ SocketRoute = Callable[[S3Request, WebSocket], Awaitable[None]]
 
 # sub-resources S3 defines that this server does not implement (yet)
 UNSUPPORTED = {
-    "accelerate", "analytics", "cors", "encryption", "intelligent-tiering", "inventory",
+    "accelerate", "analytics", "encryption", "intelligent-tiering", "inventory",
     "legal-hold", "lifecycle", "logging", "metrics", "notification", "object-lock",
     "ownershipControls", "policy", "policyStatus", "publicAccessBlock", "replication",
     "requestPayment", "restore", "retention", "select", "torrent", "website",
@@ -70,6 +70,9 @@ BUCKET_OPS: dict[tuple[str, str], Handler] = {
     ("PUT", "versioning"): bucket.put_versioning,
     ("GET", "acl"): acl.get_bucket_acl,
     ("PUT", "acl"): acl.put_bucket_acl,
+    ("GET", "cors"): cors.get_bucket_cors,
+    ("PUT", "cors"): cors.put_bucket_cors,
+    ("DELETE", "cors"): cors.delete_bucket_cors,
     ("GET", "uploads"): multipart.list_uploads,
     ("POST", "delete"): bucket.delete_objects,
     ("GET", "tagging"): tagging.get_bucket_tagging,
@@ -94,7 +97,7 @@ OBJECT_OPS: dict[tuple[str, str], Handler] = {
     ("DELETE", "tagging"): tagging.delete_object_tagging,
 }
 SUBRESOURCES = {"location", "versions", "versioning", "acl", "uploads", "delete", "uploadId", "attributes",
-                "tagging"}
+                "tagging", "cors"}
 
 
 def request_id() -> str:
@@ -222,14 +225,18 @@ class S3App:
         method = scope["method"]
         headers, head_bytes = _headers_of(scope)
         body = _BodyTracker(receive, headers)
+        req: S3Request | None = None
         try:
             query = _parse_query(scope.get("query_string", b""))
             req = self._context(scope, headers, head_bytes, query, raw_path, rid, body.receive)
             resource = req.resource
             if method == "OPTIONS" and "origin" not in req.headers:  # not a CORS preflight
                 raise s3e.BadRequest("Insufficient information. Origin request header needed.")
-            await self._authenticate(req, raw_path.decode("latin-1"), query)
-            response = await self._dispatch(req)(req)
+            if method == "OPTIONS" and req.bucket not in self.extra:  # a CORS preflight: unsigned
+                response = await cors.preflight(req)
+            else:
+                await self._authenticate(req, raw_path.decode("latin-1"), query)
+                response = await self._dispatch(req)(req)
         except s3e.S3Error as err:
             if err.status >= 500 and type(err) is s3e.S3Error:
                 log.error("request %s failed: %s", rid, err)
@@ -248,6 +255,8 @@ class S3App:
         except Exception:
             log.exception("request %s failed", rid)
             response = error_response(s3e.InternalError(), resource, rid, method)
+        if req is not None and "origin" in headers and method != "OPTIONS" and req.bucket not in self.extra:
+            await cors.add_headers(req, response)  # a cross-origin request, answered or refused
         raw = response.raw_headers
         if not body.finished:
             # a body left unread on the connection would be parsed as the next request

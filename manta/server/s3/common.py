@@ -44,6 +44,8 @@ def owned_ref(req: S3Request, name: str | None = None, txn: Any = None) -> Bucke
     (in `txn`, a read transaction, if given): call it inside a function given to
     `read_catalog` or `in_thread`, else `owned_bucket`."""
     record = req.store.catalog.buckets.get(name or req.bucket, txn)
+    if name is None or name == req.bucket:
+        req.bucket_conf = record.conf  # manta.server.s3.cors: no second read for an Origin
     if record.owner != req.owner:
         raise s3e.AccessDenied()
     return record.ref()

@@ -34,6 +34,7 @@ class S3Request:
     signing_key: bytes = b""
     settings: Any = None
     buckets: TtlCache[BucketRef] | None = None  # a door over a remote catalog: buckets PUTs checked
+    bucket_conf: frozenset[str] | None = None  # the bucket's configuration kinds, once its record was read
 
     @property
     def owner(self) -> str:

@@ -40,6 +40,7 @@ def _error(code: str, status: int, message: str) -> type[S3Error]:
 
 InternalError = S3Error
 AccessDenied = _error("AccessDenied", 403, "Access Denied")
+AccessForbidden = _error("AccessForbidden", 403, "CORSResponse: This CORS request is not allowed.")
 AuthorizationHeaderMalformed = _error(
     "AuthorizationHeaderMalformed", 400, "The authorization header is malformed."
 )
@@ -108,6 +109,7 @@ MethodNotAllowed = _error(
 MissingContentLength = _error(
     "MissingContentLength", 411, "You must provide the Content-Length HTTP header."
 )
+NoSuchCORSConfiguration = _error("NoSuchCORSConfiguration", 404, "The CORS configuration does not exist")
 NoSuchBucket = _error("NoSuchBucket", 404, "The specified bucket does not exist")
 NoSuchKey = _error("NoSuchKey", 404, "The specified key does not exist.")
 NoSuchUpload = _error(
