@@ -79,7 +79,6 @@ def test_unimplemented_subresources_answer_501(s3, bucket: str) -> None:
         lambda: s3.get_bucket_lifecycle_configuration(Bucket=bucket),
         lambda: s3.get_bucket_policy(Bucket=bucket),
         lambda: s3.put_bucket_acl(Bucket=bucket, ACL="public-read-write"),
-        lambda: s3.get_bucket_cors(Bucket=bucket),
     ]
     for call in calls:
         with pytest.raises(ClientError) as exc:

@@ -104,12 +104,12 @@ def test_options_without_origin_is_400(server: Server, s3: Any, bucket: str) -> 
             conn.close()
 
 
-def test_options_with_origin_keeps_its_answer(server: Server, s3: Any, bucket: str) -> None:
+def test_options_with_origin_is_a_preflight_refused_without_cors(server: Server, s3: Any, bucket: str) -> None:
     s3.put_object(Bucket=bucket, Key="k", Body=b"x")
     reply = requests.options(f"{server.url}/{bucket}/k", headers={"Origin": "http://example.com",
                              "Access-Control-Request-Method": "GET"}, timeout=10)
     assert reply.status_code == 403
-    assert error_of(reply.content)[0] == "AccessDenied"
+    assert error_of(reply.content) == ("AccessForbidden", "CORSResponse: CORS is not enabled for this bucket.")
 
 
 # -- non-ASCII metadata -------------------------------------------------------------------
