@@ -54,6 +54,7 @@ from jobs.sandbox import (
     SandboxError,
     TaskLimits,
     TaskSpec,
+    _end,
     _env_args,
     _kill,
     _limit_reached,
@@ -263,12 +264,7 @@ class LoginSession:
             for fd in fds:
                 os.close(fd)
             if proc is not None:
-                if proc.poll() is None:
-                    _kill(proc, cgroups)
-                    with contextlib.suppress(subprocess.TimeoutExpired):
-                        proc.wait(timeout=1)
-                    _kill(proc, cgroups, force=True)
-                proc.wait()
+                _end(proc, cgroups)
             if cgroups is not None:
                 cgroups.remove()
             for fd in (master, slave, status_r):

@@ -241,12 +241,7 @@ class Sandbox:
             for fh in inputs:
                 fh.close()
             if proc is not None:
-                if proc.poll() is None:
-                    _kill(proc, cgroups)
-                    with contextlib.suppress(subprocess.TimeoutExpired):
-                        proc.wait(timeout=1)
-                    _kill(proc, cgroups, force=True)
-                proc.wait()
+                _end(proc, cgroups)
                 for pipe in (proc.stdout, proc.stderr):
                     if pipe:
                         pipe.close()
@@ -426,6 +421,17 @@ def _feed(files: list[BinaryIO], pipe: IO[bytes] | None, errors: list[OSError]) 
             fh.close()
         with contextlib.suppress(OSError):
             pipe.close()
+
+
+def _end(proc: subprocess.Popen[bytes], cgroups: TaskCgroups | None, grace_s: float = 1.0) -> int:
+    """Kill a container still running and give it `grace_s` to go; then whatever is left
+    (its whole process group, anything in its cgroups); reap it. Its exit status."""
+    if proc.poll() is None:
+        _kill(proc, cgroups)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace_s)
+    _kill(proc, cgroups, force=True)
+    return proc.wait()
 
 
 def _kill(proc: subprocess.Popen[bytes], cgroups: TaskCgroups | None, force: bool = False) -> None:

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import array
 import concurrent.futures as cf
-import contextlib
 import dataclasses
 import json
 import logging
@@ -71,6 +70,7 @@ from jobs.sandbox import (
     TaskLimits,
     TaskSpec,
     _cpu_s,
+    _end,
     _env_args,
     _feed,
     _kill,
@@ -112,12 +112,7 @@ class _Container:
         return self.proc.poll() is None
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            _kill(self.proc, self.cgroups)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=1)
-            _kill(self.proc, self.cgroups, force=True)
-        self.proc.wait()
+        _end(self.proc, self.cgroups)
         self.sock.close()
         if self.cgroups is not None:
             self.cgroups.remove()
@@ -412,12 +407,7 @@ class WarmPool:
             raw = int(reply["status"])
             rc = os.waitstatus_to_exitcode(raw)
         else:  # killed, or the runner died: the container's own status, as a fresh one reports it
-            if container.proc.poll() is None:
-                _kill(container.proc, cgroups)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                container.proc.wait(timeout=2)
-            _kill(container.proc, cgroups, force=True)
-            rc = container.proc.wait()
+            rc = _end(container.proc, cgroups, grace_s=2.0)
         result = pipes.result(rc, killed, cgroups, duration)
         reusable = (reply is not None and bool(reply.get("clean")) and not killed_at and result.killed is None
                     and not result.init_failed and container.alive())
