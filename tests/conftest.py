@@ -51,6 +51,16 @@ def require(condition: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
+def require_root_sandbox(why_root: str) -> None:
+    """Skip (or fail, in CI) unless bubblewrap runs task containers here, as root."""
+    require(os.path.exists("/usr/bin/bwrap"), "bubblewrap (bwrap) is not installed")
+    require(os.geteuid() == 0, why_root)
+    from jobs.sandbox import Sandbox
+
+    reason = Sandbox().check()
+    require(reason is None, f"bubblewrap sandbox cannot run tasks here: {reason}")
+
+
 def require_tool(name: str) -> str:
     path = shutil.which(name) or (f"/usr/bin/{name}" if os.path.exists(f"/usr/bin/{name}") else None)
     require(path is not None, f"{name} is not installed")

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from manta import Client, Function
-from tests.conftest import REPO, ROOT_AK, ROOT_SK, Server, require, running_server
+from tests.conftest import REPO, ROOT_AK, ROOT_SK, Server, require_root_sandbox, running_server
 from tests.e2e.test_nodes import blob_files, node_roots
 from tests.e2e.test_profiles import clean_env
 
@@ -29,12 +29,7 @@ TIMEOUT_S = 600
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[Server]:
-    require(os.path.exists("/usr/bin/bwrap"), "bubblewrap (bwrap) is not installed")
-    require(os.geteuid() == 0, "the python-data image is built (or unpacked) by root")
-    from jobs.sandbox import Sandbox
-
-    reason = Sandbox().check()
-    require(reason is None, f"bubblewrap sandbox cannot run tasks here: {reason}")
+    require_root_sandbox("the python-data image is built (or unpacked) by root")
     with running_server(prefix="manta-functions-", extra_args=["--nodes", "3", "--copies", "1"]) as srv:
         yield srv
 

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from jobs.imagetree import CACHE_DIR, UNPACK_LOG
-from tests.conftest import REPO, ROOT_AK, ROOT_SK, Server, require, running_server
+from tests.conftest import REPO, ROOT_AK, ROOT_SK, Server, require_root_sandbox, running_server
 from tests.e2e.test_jobs import job_json
 from tests.e2e.test_nodes import node_roots
 
@@ -33,12 +33,7 @@ BUILD_TIMEOUT_S = 1800
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[Server]:
-    require(os.path.exists("/usr/bin/bwrap"), "bubblewrap (bwrap) is not installed")
-    require(os.geteuid() == 0, "image builds run pip as the task user and need root")
-    from jobs.sandbox import Sandbox
-
-    reason = Sandbox().check()
-    require(reason is None, f"bubblewrap sandbox cannot run tasks here: {reason}")
+    require_root_sandbox("image builds run pip as the task user and need root")
     with running_server(prefix="manta-images-", extra_args=["--nodes", "2"]) as srv:
         yield srv
 

@@ -24,7 +24,7 @@ from tests.conftest import (
     ROOT_AK,
     ROOT_SK,
     Server,
-    require,
+    require_root_sandbox,
     running_server,
     traversable_dir,
 )
@@ -40,12 +40,7 @@ DATA = b"".join(b"line %d of the object\n" % i for i in range(1000))
 
 @pytest.fixture(scope="module", autouse=True)
 def sandbox_usable() -> None:
-    require(os.path.exists("/usr/bin/bwrap"), "bubblewrap (bwrap) is not installed")
-    require(os.geteuid() == 0, "sessions run as the unprivileged task user: the server must be root")
-    from jobs.sandbox import Sandbox
-
-    reason = Sandbox().check()
-    require(reason is None, f"bubblewrap sandbox cannot run tasks here: {reason}")
+    require_root_sandbox("sessions run as the unprivileged task user: the server must be root")
 
 
 @pytest.fixture(scope="module")
