@@ -16,7 +16,7 @@ A `Catalog` opens the engine and exposes them::
     catalog.nodes     nodes                NodeRecord          (storage.records.nodes)
 
 Objects and multipart uploads are repositories over the same catalog in their own
-modules (storage.objects `ObjectStore`: `objects`; storage.uploads `UploadStore`:
+modules (storage.objects `ObjectStore`: `objects`, and through storage.versions `versions`; storage.uploads `UploadStore`:
 `uploads`, `upkeys`, `parts`, `completions`); they use the generic `get/put/delete/scan`
 here. So does the jobs package (jobs.records), which owns its tables: storage does not
 name them; whoever runs jobs opens the catalog with `extra_tables=jobs.records.TABLES`
@@ -70,7 +70,7 @@ Txn = WriteTxn  # what a write function gets; reads get a ReadTxn
 Record = dict[str, Any]  # the objects', uploads' and jobs' records (still maps)
 
 TABLES = ("accounts", "names", "buckets", "objects", "uploads", "upkeys", "parts", "blobs",
-          "completions", "journal", "repairs", "nodes", "usage", "bucketconf")  # storage's own
+          "completions", "journal", "repairs", "nodes", "usage", "bucketconf", "versions")  # storage's own
 
 
 def object_key(bucket: str, key: str) -> bytes:

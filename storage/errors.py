@@ -35,6 +35,33 @@ class NoSuchKey(StorageError):
         self.key = key
 
 
+class NoSuchVersion(StorageError):
+    def __init__(self, bucket: str, key: str, version_id: str) -> None:
+        super().__init__(f"version {version_id!r} of key {key!r} does not exist in bucket {bucket!r}")
+        self.bucket = bucket
+        self.key = key
+        self.version_id = version_id
+
+
+class InvalidVersionId(StorageError):
+    def __init__(self, version_id: str) -> None:
+        super().__init__(f"invalid version id {version_id!r}")
+        self.version_id = version_id
+
+
+class DeleteMarker(StorageError):
+    """The version asked for (`latest`: the key's current state) is a delete marker."""
+
+    def __init__(self, bucket: str, key: str, version_id: str, mtime: float, latest: bool) -> None:
+        super().__init__(f"{'the latest version' if latest else 'version ' + repr(version_id)} of key "
+                         f"{key!r} in bucket {bucket!r} is a delete marker")
+        self.bucket = bucket
+        self.key = key
+        self.version_id = version_id
+        self.mtime = mtime
+        self.latest = latest
+
+
 class NoSuchUpload(StorageError):
     def __init__(self, upload_id: str) -> None:
         super().__init__(f"upload {upload_id!r} does not exist")

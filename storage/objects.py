@@ -19,6 +19,9 @@ and re-created by another account mid-request is NoSuchBucket, never the other's
 Writes charge the bucket owner's usage (catalog.usage.charge) in the same transaction: a new
 key +1 object, bytes by the change in size; growth past the owner's quota is QuotaExceeded.
 
+In a bucket with a versioning status, writes and deletes keep the versions they replace
+and add delete markers (storage.versions; `objects` stays the index of current records).
+
 Conditional writes (S3's If-None-Match: * and If-Match on PUT and CompleteMultipartUpload)
 pass a `WriteCondition`; it is checked against the key's current record inside the write's
 transaction, so the check and the write are one step: of two racing create-only PUTs of
@@ -28,6 +31,7 @@ one key exactly one commits, the other is PreconditionFailed and its blob is fre
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +40,7 @@ from storage import errors
 from storage.catalog import Bucket, BucketRef, Catalog, Record, Txn, bucket_name, object_key, unpack
 from storage.engine import ReadTxn
 from storage.records.blobrefs import BlobRecord
+from storage.versions import VERSION_FIELDS, VersionListing, Versions, is_marker
 
 __all__ = ["Listing", "ObjectStore", "WriteCondition"]
 
@@ -90,6 +95,7 @@ def segment_blobs(record: Record | None) -> list[str]:
 class ObjectStore:
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
+        self.versions = Versions(catalog, self._read, self._write, self.scan)
 
     def _reading(self, txn: ReadTxn | None) -> Any:
         """The caller's read transaction (several reads, one snapshot), or a new one."""
@@ -201,11 +207,16 @@ class ObjectStore:
                   blobs: dict[str, BlobRecord] | None = None, condition: WriteCondition | None = None) -> Any:
         """Queue the put; `journal` holds the bytes of small blobs placed without fsync.
         With `condition`, the put happens only if it holds at commit (else PreconditionFailed
-        or NoSuchKey, and nothing is written)."""
-        record = {**record, "v": 1, "key": key}
+        or NoSuchKey, and nothing is written). In a versioned bucket the caller's `record`
+        gets its version fields (`vid`, `vsk`) at commit."""
+        given, record = record, {**record, "v": 1, "key": key}
 
         def op(txn: Txn) -> list[str]:
             freed = self._put_in(txn, bucket, key, record, blobs, condition=condition)
+            for name in VERSION_FIELDS:
+                given.pop(name, None)
+                if name in record:
+                    given[name] = record[name]
             for blob_id, data in (journal or {}).items():
                 self.catalog.journal.put(txn, blob_id, data)
             return freed
@@ -230,10 +241,15 @@ class ObjectStore:
         name = bucket_name(bucket)
         if self.catalog.engine.remote:
             txn.prefetch(self._put_reads(bucket, key, record))
-        owner = self.catalog.buckets.check(txn, bucket).owner
+        bucket_record = self.catalog.buckets.check(txn, bucket)
+        owner = bucket_record.owner
         old = self._read(txn, name, key)
         if condition is not None:
             condition.check(name, key, old)
+        for field_name in VERSION_FIELDS:  # a copy of a version is a new version
+            record.pop(field_name, None)
+        if bucket_record.versioning is not None:
+            return self.versions.put_in(txn, bucket_record, key, record, old, blobs, enforce_quota)
         self.catalog.usage.charge(txn, owner, *growth(old, record["size"]), check=enforce_quota)
         self.catalog.blobrefs.ref(txn, segment_blobs(record), blobs)
         self._write(txn, name, key, record)
@@ -249,40 +265,94 @@ class ObjectStore:
         return keys + [catalog.blobrefs.engine_key(blob_id) for blob_id in segment_blobs(record)]
 
     def delete(self, bucket: Bucket, key: str) -> list[str]:
-        """Delete (idempotent); returns freed blob ids."""
+        """Delete (idempotent; in a versioned bucket, add a delete marker); returns freed blob ids."""
+        return self.delete_version(bucket, key)[0]
 
-        def op(txn: Txn) -> list[str]:
-            return self._delete_in(txn, bucket, key)
+    def delete_version(self, bucket: Bucket, key: str, vid: str | None = None) -> tuple[list[str], Record | None]:
+        """Delete the key (`vid` None) or exactly its version `vid`; returns (freed blob
+        ids, what the delete did: the delete marker it added, the version it removed, or
+        None when there was nothing to delete in an unversioned bucket)."""
+        freed, results = self.delete_each(bucket, [(key, vid)])
+        return freed, results[0]
+
+    def delete_each(self, bucket: Bucket,
+                    items: list[tuple[str, str | None]]) -> tuple[list[str], list[Record | None]]:
+        """`delete_version` of each (key, version id or None), in one transaction; returns
+        (freed blob ids, what each delete did)."""
+
+        def op(txn: Txn) -> tuple[list[str], list[Record | None]]:
+            freed: list[str] = []
+            results: list[Record | None] = []
+            for key, vid in items:
+                gone, result = self._delete_in(txn, bucket, key, vid)
+                freed += gone
+                results.append(result)
+            return freed, results
 
         return self.catalog.write(op)
 
-    def _delete_in(self, txn: Txn, bucket: Bucket, key: str) -> list[str]:
-        owner = self.catalog.buckets.check(txn, bucket).owner
+    def _delete_in(self, txn: Txn, bucket: Bucket, key: str, vid: str | None = None) -> tuple[list[str], Record | None]:
+        bucket_record = self.catalog.buckets.check(txn, bucket)
+        if vid is not None:
+            return self.versions.delete_version_in(txn, bucket_record, key, vid)
         old = self._read(txn, bucket_name(bucket), key)
+        if bucket_record.versioning is not None:
+            return self.versions.delete_in(txn, bucket_record, key, old)
         if old is None:
-            return []
-        self.catalog.usage.charge(txn, owner, -1, -old["size"])
+            return [], None
+        self.catalog.usage.charge(txn, bucket_record.owner, -1, -old["size"])
         self._write(txn, bucket_name(bucket), key, None)
-        return self.catalog.blobrefs.unref(txn, segment_blobs(old))
+        return self.catalog.blobrefs.unref(txn, segment_blobs(old)), None
 
     def delete_many(self, bucket: Bucket, keys: list[str]) -> list[str]:
-        def op(txn: Txn) -> list[str]:
-            freed: list[str] = []
-            for key in keys:
-                freed += self._delete_in(txn, bucket, key)
-            return freed
+        return self.delete_each(bucket, [(key, None) for key in keys])[0] if keys else []
 
-        return self.catalog.write(op)
+    def get_version(self, bucket: Bucket, key: str, vid: str, txn: ReadTxn | None = None) -> Record:
+        """The key's version `vid`: NoSuchVersion if there is none, DeleteMarker if it is one."""
+        name = bucket_name(bucket)
+        with self._reading(txn) as t:
+            self.catalog.buckets.check(t, bucket)
+            record, _ = self.versions.find(t, name, key, vid)
+        if record is None:
+            raise errors.NoSuchVersion(name, key, vid)
+        if is_marker(record):
+            raise errors.DeleteMarker(name, key, vid, record["mtime"], latest=False)
+        return record
+
+    def latest_marker(self, bucket: Bucket, key: str, txn: ReadTxn | None = None) -> Record | None:
+        """The delete marker that is the key's latest version, if any (a GET's 404 says so)."""
+        with self._reading(txn) as t:
+            return self.versions.latest_marker(t, bucket_name(bucket), key)
+
+    def has_versions(self, bucket: Bucket) -> bool:
+        """Whether the bucket holds any noncurrent version or delete marker."""
+        with self.catalog.read() as txn:
+            self.catalog.buckets.check(txn, bucket)
+            return any(True for _ in txn.scan("versions", prefix=bucket_name(bucket).encode() + b"\0"))
+
+    def list_versions(self, bucket: Bucket, prefix: str = "", delimiter: str = "", key_marker: str = "",
+                      version_marker: str = "", max_keys: int = 1000) -> VersionListing:
+        """One page of every version and delete marker (ListObjectVersions)."""
+        with self.catalog.read() as txn:
+            self.catalog.buckets.check(txn, bucket)
+            return self.versions.list(txn, bucket_name(bucket), prefix, delimiter, key_marker,
+                                      version_marker, max_keys)
 
     def copy(self, src_bucket: Bucket, src_key: str, dst_bucket: Bucket, dst_key: str,
-             update: dict[str, Any], expect_etag: str | None = None) -> tuple[Record, list[str]]:
-        """Link the source's blobs under a new key (no bytes copied). Both buckets are
-        checked in the copy's transaction."""
+             update: dict[str, Any], expect_etag: str | None = None,
+             src_version: str | None = None) -> tuple[Record, list[str]]:
+        """Link the source's blobs (its version `src_version`, if given) under a new key (no
+        bytes copied). Both buckets are checked in the copy's transaction."""
         src_name = bucket_name(src_bucket)
 
         def op(txn: Txn) -> tuple[Record, list[str]]:
             self.catalog.buckets.check(txn, src_bucket)
-            src = self._read(txn, src_name, src_key)
+            if src_version is not None:
+                src, _ = self.versions.find(txn, src_name, src_key, src_version)
+                if src is None or is_marker(src):
+                    raise errors.NoSuchVersion(src_name, src_key, src_version)
+            else:
+                src = self._read(txn, src_name, src_key)
             if src is None:
                 raise errors.NoSuchKey(src_name, src_key)
             if expect_etag is not None and src["etag"] != expect_etag:
@@ -335,9 +405,9 @@ class ObjectStore:
         """{owner: {objects, bytes}} counted from the object records (a usage rebuild)."""
         owners = {r.name: r.owner for r in self.catalog.buckets.scan(txn)}
         totals: dict[str, dict[str, int]] = {}
-        for bucket, record in self._records_in(txn):
+        for bucket, record in itertools.chain(self._records_in(txn), self.versions.records_in(txn)):
             owner = owners.get(bucket)
-            if owner is not None:
+            if owner is not None and not is_marker(record):
                 used = totals.setdefault(owner, {"objects": 0, "bytes": 0})
                 used["objects"] += 1
                 used["bytes"] += record["size"]

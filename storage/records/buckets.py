@@ -1,7 +1,7 @@
 """Buckets: who owns a name, which generation of it, its canned ACL, and which
 configurations it has.
 
-    buckets    bucket name   -> {v, name, owner, created, gen, acl?, conf?}
+    buckets    bucket name   -> {v, name, owner, created, gen, acl?, conf?, versioning?}
 
 A bucket record carries a random generation `gen` made at creation, so a name deleted
 and created again (by the same or another account) is a different bucket. A request is
@@ -11,7 +11,9 @@ re-created meanwhile is NoSuchBucket. Buckets made before generations existed ha
 `gen`; their `created` timestamp stands in for it (`BucketRecord.generation`). `acl` is
 absent for a private bucket. `conf` lists the kinds of configuration the bucket has
 (storage.records.bucketconf keeps them: CORS rules, tags...), so that a request reads a
-configuration only when its bucket has one.
+configuration only when its bucket has one. `versioning` is S3's versioning status
+("Enabled" or "Suspended"; absent: never enabled), kept here because every object write
+reads the bucket record anyway (storage.versions).
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ __all__ = ["Bucket", "BucketRecord", "BucketRef", "Buckets", "bucket_name", "gen
 
 TABLE = "buckets"
 CONF_TABLE = "bucketconf"  # storage.records.bucketconf: bucket name \0 kind -> configuration
-_KNOWN = frozenset(("v", "name", "owner", "created", "gen", "acl", "conf"))
+_KNOWN = frozenset(("v", "name", "owner", "created", "gen", "acl", "conf", "versioning"))
+VERSIONING_STATES = ("Enabled", "Suspended")
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,7 @@ class BucketRecord:
     acl: str | None = None   # a canned ACL name; None: private
     extra: Mapping[str, Any] = NO_EXTRA
     conf: frozenset[str] = frozenset()  # kinds of configuration it has (records.bucketconf)
+    versioning: str | None = None  # "Enabled", "Suspended"; None: never enabled
 
     @property
     def generation(self) -> str:
@@ -83,6 +87,8 @@ def encode(record: BucketRecord) -> bytes:
         d["acl"] = record.acl
     if record.conf:
         d["conf"] = sorted(record.conf)
+    if record.versioning is not None:
+        d["versioning"] = record.versioning
     if record.extra:
         d.update(record.extra)
     return pack(d)
@@ -91,7 +97,7 @@ def encode(record: BucketRecord) -> bytes:
 def decode(raw: bytes | memoryview) -> BucketRecord:
     d = unpack(raw)
     return BucketRecord(d["name"], d["owner"], d["created"], d.get("gen"), d.get("acl"), extra_of(d, _KNOWN),
-                        frozenset(d.get("conf", ())))
+                        frozenset(d.get("conf", ())), d.get("versioning"))
 
 
 class Buckets:
@@ -117,6 +123,17 @@ class Buckets:
         def op(txn: WriteTxn) -> None:
             r = self.check(txn, bucket)
             txn.put(TABLE, r.name.encode(), encode(dataclasses.replace(r, acl=acl)))
+
+        self.engine.write(op)
+
+    def set_versioning(self, bucket: Bucket, status: str) -> None:
+        """Set the bucket's versioning status ("Enabled" or "Suspended")."""
+        if status not in VERSIONING_STATES:
+            raise ValueError(f"versioning status is one of {VERSIONING_STATES}: {status!r}")
+
+        def op(txn: WriteTxn) -> None:
+            r = self.check(txn, bucket)
+            txn.put(TABLE, r.name.encode(), encode(dataclasses.replace(r, versioning=status)))
 
         self.engine.write(op)
 
@@ -167,14 +184,17 @@ class Buckets:
             return [r for r in self.scan(txn) if r.owner == owner]
 
     def delete(self, bucket: Bucket) -> None:
-        """Remove an empty bucket: one with no objects and no pending multipart uploads
-        (the `objects` and `upkeys` tables, keyed bucket \\0 ...)."""
+        """Remove an empty bucket: one with no objects, no object versions (delete markers
+        included) and no pending multipart uploads (the `objects`, `versions` and `upkeys`
+        tables, keyed bucket \\0 ...)."""
         name = bucket_name(bucket)
 
         def op(txn: WriteTxn) -> None:
             self.check(txn, bucket)
             prefix = name.encode() + b"\0"
             for _ in txn.scan("objects", prefix=prefix):
+                raise errors.BucketNotEmpty(name)
+            for _ in txn.scan("versions", prefix=prefix):
                 raise errors.BucketNotEmpty(name)
             for _ in txn.scan("upkeys", prefix=prefix):
                 raise errors.BucketNotEmpty(name)
