@@ -108,7 +108,7 @@ def request_id() -> str:
 
 def error_response(err: s3e.S3Error, resource: str, rid: str, method: str) -> Response:
     body = b"" if method == "HEAD" else err.to_xml(resource, rid)
-    return Response(body, status_code=err.status, media_type="application/xml")
+    return Response(body, status_code=err.status, headers=err.headers or None, media_type="application/xml")
 
 
 class _BodyTracker:

@@ -1,4 +1,5 @@
-"""Bucket operations: create, head, delete, location, listings, DeleteObjects."""
+"""Bucket operations: create, head, delete, location, versioning, listings (objects and
+versions), DeleteObjects."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from manta.server.s3.xmlio import child_text, children, document, el, iso8601, p
 from manta.server.s3.xmltext import fit_all, fits
 from storage import BucketRef, Listing
 from storage import errors as se
+from storage.versions import VersionListing, is_marker, parse_version_id, version_id
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _BAD_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
@@ -91,7 +93,7 @@ def _abort_uploads(req: S3Request) -> tuple[BucketRef, list[str]]:
     Both steps re-check the bucket's generation, so a bucket re-created meanwhile is not
     touched. Returns the bucket and the blobs the aborts freed."""
     bucket = owned_ref(req)
-    if req.store.objects.list(bucket, max_keys=1).contents:
+    if req.store.objects.list(bucket, max_keys=1).contents or req.store.objects.has_versions(bucket):
         raise s3e.BucketNotEmpty(BucketName=req.bucket)
     return bucket, req.store.uploads.abort_all(bucket)
 
@@ -106,16 +108,29 @@ async def get_location(req: S3Request) -> Response:
 
 
 async def get_versioning(req: S3Request) -> Response:
-    await owned_bucket(req)
-    return xml_response(document("VersioningConfiguration", []))
+    status = await read_catalog(req.store, _versioning_status, req)
+    return xml_response(document("VersioningConfiguration", [] if status is None else [el("Status", status)]))
+
+
+def _versioning_status(req: S3Request) -> str | None:
+    owned_ref(req)
+    return req.store.catalog.buckets.get(req.bucket).versioning
 
 
 async def put_versioning(req: S3Request) -> Response:
-    await owned_bucket(req)
+    """Enabled or Suspended (a bucket never versioned has no status: GetBucketVersioning
+    answers an empty configuration). MFA delete is not supported."""
+    bucket = await owned_bucket(req)
     root = parse(await read_small(req, 64 * 1024), "VersioningConfiguration")
     status = child_text(root, "Status")
-    if status not in (None, "Suspended"):
-        raise s3e.NotImplemented_("Bucket versioning is not implemented.")
+    mfa = child_text(root, "MfaDelete") or child_text(root, "MFADelete")
+    if mfa not in (None, "Disabled") or "x-amz-mfa" in req.headers:
+        raise s3e.NotImplemented_("MFA delete is not supported.")
+    if status is None:
+        return Response(b"")
+    if status not in ("Enabled", "Suspended"):
+        raise s3e.MalformedXML()
+    await in_thread(req.store.catalog.buckets.set_versioning, bucket, status)
     return Response(b"")
 
 
@@ -230,46 +245,54 @@ async def list_object_versions(req: S3Request) -> Response:
 
 
 def _list_object_versions(req: S3Request) -> Response:
-    owned_ref(req)
+    bucket = owned_ref(req)
     url_asked = _url_asked(req)
     prefix = req.query.get("prefix", "")
     delimiter = req.query.get("delimiter", "")
     key_marker = req.query.get("key-marker", "")
+    version_marker = req.query.get("version-id-marker", "")
+    if version_marker and not key_marker:
+        raise s3e.InvalidArgument("A version-id marker cannot be specified without a key marker.",
+                                  ArgumentName="version-id-marker", ArgumentValue=version_marker)
     max_keys = _max_keys(req)
-    listing = _list(req, prefix, delimiter, key_marker, max_keys)
-    url, enc = _encoder(url_asked, listing, prefix, delimiter, key_marker)
+    page = (req.store.objects.list_versions(bucket, prefix, delimiter, key_marker, version_marker, max_keys)
+            if max_keys else VersionListing())
+    seen = Listing([r for r, _ in page.entries], page.common_prefixes, page.truncated, page.next_key_marker)
+    url, enc = _encoder(url_asked, seen, prefix, delimiter, key_marker)
     body = [el("Name", req.bucket), el("Prefix", enc(prefix)), el("KeyMarker", enc(key_marker)),
-            el("VersionIdMarker", req.query.get("version-id-marker", "")), el("MaxKeys", max_keys)]
+            el("VersionIdMarker", version_marker), el("MaxKeys", max_keys)]
     if delimiter:
         body.append(el("Delimiter", enc(delimiter)))
     if url:
         body.append(el("EncodingType", "url"))
-    body.append(el("IsTruncated", "true" if listing.truncated else "false"))
-    if listing.truncated and listing.next_marker is not None:
-        body.append(el("NextKeyMarker", enc(listing.next_marker)))
-        body.append(el("NextVersionIdMarker", "null"))
-    for record in listing.contents:
-        body.append(
-            f"<Version>{el('Key', enc(record['key']))}{el('VersionId', 'null')}"
-            f"{el('IsLatest', 'true')}{el('LastModified', iso8601(record['mtime']))}"
-            f"{el('ETag', chr(34) + record['etag'] + chr(34))}{el('Size', record['size'])}"
-            f"{el('StorageClass', 'STANDARD')}"
-            f"<Owner>{el('ID', req.owner)}{el('DisplayName', req.owner)}</Owner></Version>")
-    for common in listing.common_prefixes:
+    body.append(el("IsTruncated", "true" if page.truncated else "false"))
+    if page.truncated and page.next_key_marker is not None:
+        body.append(el("NextKeyMarker", enc(page.next_key_marker)))
+        if page.next_version_marker is not None:
+            body.append(el("NextVersionIdMarker", page.next_version_marker))
+    owner = f"<Owner>{el('ID', bucket.owner)}{el('DisplayName', bucket.owner)}</Owner>"
+    for record, latest in page.entries:
+        head = (f"{el('Key', enc(record['key']))}{el('VersionId', version_id(record))}"
+                f"{el('IsLatest', 'true' if latest else 'false')}{el('LastModified', iso8601(record['mtime']))}")
+        if is_marker(record):
+            body.append(f"<DeleteMarker>{head}{owner}</DeleteMarker>")
+        else:
+            body.append(f"<Version>{head}{el('ETag', chr(34) + record['etag'] + chr(34))}"
+                        f"{el('Size', record['size'])}{el('StorageClass', 'STANDARD')}{owner}</Version>")
+    for common in page.common_prefixes:
         body.append(f"<CommonPrefixes>{el('Prefix', enc(common))}</CommonPrefixes>")
     return xml_response(document("ListVersionsResult", body))
 
 
 async def delete_objects(req: S3Request) -> Response:
-    await owned_bucket(req)
+    bucket = await owned_bucket(req)
     root = parse(await read_small(req, 2 * 1024 * 1024), "Delete")
     quiet = (child_text(root, "Quiet") or "").strip().lower() == "true"
     objects = children(root, "Object")
     if not objects or len(objects) > 1000:
         raise s3e.MalformedXML()
-    deleted: list[str] = []
     failed: list[tuple[str, str, str]] = []
-    valid: list[str] = []
+    valid: list[tuple[str, str | None]] = []
     for node in objects:
         key = child_text(node, "Key")
         if key is None:
@@ -279,17 +302,26 @@ async def delete_objects(req: S3Request) -> Response:
             if not key:
                 raise s3e.UserKeyMustBeSpecified()
             validate_key(key)
-            if version not in (None, "null"):
-                raise s3e.NoSuchVersion("The specified version does not exist.")
+            if version is not None:
+                parse_version_id(version)
         except s3e.S3Error as err:
             failed.append((key, err.code, err.text))
             continue
-        valid.append(key)
-    await free_blobs(req, await in_thread(req.store.objects.delete_many, req.bucket, valid))
-    deleted = valid
+        except se.InvalidVersionId:
+            failed.append((key, "NoSuchVersion", "The specified version does not exist."))
+            continue
+        valid.append((key, version))
+    freed, results = await in_thread(req.store.objects.delete_each, bucket, valid) if valid else ([], [])
+    await free_blobs(req, freed)
     body: list[str] = []
     if not quiet:
-        body.extend(f"<Deleted>{el('Key', key)}</Deleted>" for key in deleted)
+        for (key, version), done in zip(valid, results, strict=True):
+            parts = [el("Key", key)]
+            if version is not None:
+                parts.append(el("VersionId", version))
+            if done is not None and is_marker(done):
+                parts.append(el("DeleteMarker", "true"))
+                parts.append(el("DeleteMarkerVersionId", version_id(done)))
+            body.append(f"<Deleted>{''.join(parts)}</Deleted>")
     body.extend(f"<Error>{el('Key', k)}{el('Code', c)}{el('Message', m)}</Error>" for k, c, m in failed)
     return xml_response(document("DeleteResult", body))
-

@@ -6,6 +6,8 @@ else becomes InternalError (the caller logs the traceback).
 
 from __future__ import annotations
 
+import email.utils
+
 from manta.server.s3.xmltext import escape
 from storage import errors as se
 from storage.engine import EngineUnavailable
@@ -20,6 +22,11 @@ class S3Error(Exception):
         super().__init__(message or self.message)
         self.text = message or self.message
         self.extra = extra
+        self.headers: dict[str, str] = {}  # response headers the error carries (x-amz-delete-marker...)
+
+    def with_headers(self, headers: dict[str, str]) -> S3Error:
+        self.headers = headers
+        return self
 
     def to_xml(self, resource: str, request_id: str) -> bytes:
         parts = [
@@ -157,6 +164,17 @@ def from_domain(exc: se.StorageError) -> S3Error:
     if isinstance(exc, se.BucketAlreadyExists):
         cls = BucketAlreadyOwnedByYou if exc.owned_by_you else BucketAlreadyExists
         return cls(BucketName=exc.bucket)
+    if isinstance(exc, se.NoSuchVersion):
+        return NoSuchVersion(Key=exc.key, VersionId=exc.version_id)
+    if isinstance(exc, se.InvalidVersionId):
+        return InvalidArgument("Invalid version id specified", ArgumentName="versionId",
+                               ArgumentValue=exc.version_id)
+    if isinstance(exc, se.DeleteMarker):
+        headers = {"x-amz-delete-marker": "true", "x-amz-version-id": exc.version_id}
+        if exc.latest:
+            return NoSuchKey(Key=exc.key).with_headers(headers)
+        return MethodNotAllowed(ResourceType="DeleteMarker").with_headers(
+            {**headers, "last-modified": email.utils.formatdate(exc.mtime, usegmt=True)})
     if isinstance(exc, se.NoSuchUpload):
         return NoSuchUpload(UploadId=exc.upload_id)
     if isinstance(exc, se.SourceChanged):

@@ -38,7 +38,13 @@ from manta.server.s3.common import (
     xml_response,
 )
 from manta.server.s3.context import S3Request
-from manta.server.s3.obj import check_conditions, parse_copy_source, write_condition
+from manta.server.s3.obj import (
+    check_conditions,
+    parse_copy_source,
+    read_copy_source,
+    version_header,
+    write_condition,
+)
 from manta.server.s3.xmlio import child_text, children, document, el, iso8601, parse
 from storage import BlobMeta, BucketRef
 
@@ -181,7 +187,7 @@ def _open_source(req: S3Request, bucket: BucketRef, upload: dict[str, Any],
     """UploadPartCopy's source record, checked (conditions, range, the owner's room for
     the part), and its range's blobs opened."""
     src_bucket, src_key = parse_copy_source(req)
-    source = req.store.objects.get(owned_ref(req, src_bucket), src_key)
+    source = read_copy_source(req, owned_ref(req, src_bucket), src_key)
     if check_conditions(req, source, prefix="x-amz-copy-source-if-") is not None:
         raise s3e.PreconditionFailed(Condition="x-amz-copy-source-If-Match")
     start, length = _copy_range(req.header("x-amz-copy-source-range"), source["size"])
@@ -268,7 +274,7 @@ async def complete_upload(req: S3Request) -> Response:
     body += [el(f"Checksum{a}", v) for a, v in record["checksums"].items()]
     if record.get("checksum_type"):
         body.append(el("ChecksumType", record["checksum_type"]))
-    return xml_response(document("CompleteMultipartUploadResult", body))
+    return xml_response(document("CompleteMultipartUploadResult", body), headers=version_header(record))
 
 
 def _whole_checksum(req: S3Request, upload: dict[str, Any]) -> str | None:

@@ -14,6 +14,10 @@ response; bigger ones stream, read a few blocks per worker-thread hop. With a re
 catalog (common.read_catalog) every catalog read leaves the loop: a GET reads the record
 and opens its blobs in one worker-thread hop, a PUT makes its checks before the body in
 one, and DELETE and COPY read inside the hop that makes their write.
+
+Versioning (storage.versions): a write to a versioned bucket answers its `x-amz-version-id`;
+GET, HEAD, DELETE and a copy source take `versionId`; a plain DELETE there adds a delete
+marker; a GET whose key's latest version is a marker is 404 with `x-amz-delete-marker`.
 """
 
 from __future__ import annotations
@@ -55,6 +59,8 @@ from manta.server.s3.common import (
 from manta.server.s3.context import S3Request, copy_source_path, validate_key
 from manta.server.s3.xmlio import document, el, iso8601
 from storage import BlobMeta, BucketRef, MemoryBlobWriter, WriteCondition
+from storage import errors as se
+from storage.versions import NULL, is_marker, version_id
 
 # bodies up to this size are gathered in memory and made durable through the catalog
 # journal (one group-committed fsync) instead of fsyncing the blob file on the request path
@@ -129,8 +135,42 @@ async def put_object(req: S3Request) -> Response:
             await abandon_blobs(req, [blob.blob_id], exc)
             raise
     await free_blobs(req, freed)
-    out = {"etag": f'"{record["etag"]}"', **checksum_headers(record)}
+    out = {"etag": f'"{record["etag"]}"', **checksum_headers(record), **version_header(record)}
     return Response(b"", headers=out)
+
+
+def version_header(record: dict[str, Any]) -> dict[str, str]:
+    """`x-amz-version-id` of a record written in a versioned bucket (null: suspended)."""
+    if "vid" in record:
+        return {"x-amz-version-id": record["vid"]}
+    return {"x-amz-version-id": NULL} if "vsk" in record else {}
+
+
+def requested_version(req: S3Request) -> str | None:
+    """The request's `versionId` (None: the current version); an empty one is invalid."""
+    vid = req.query.get("versionId")
+    if vid == "":
+        raise s3e.InvalidArgument("Version id cannot be the empty string", ArgumentName="versionId",
+                                  ArgumentValue="")
+    return vid
+
+
+def _version_record(req: S3Request, vid: str, txn: Any) -> dict[str, Any]:
+    """The version `vid` of the request's object in the caller's bucket (as
+    common.object_record reads the current one)."""
+    return req.store.objects.get_version(owned_ref(req, txn=txn), req.key, vid, txn)
+
+
+def _current_record(req: S3Request, txn: Any) -> dict[str, Any]:
+    """The current record; a key whose latest version is a delete marker is NoSuchKey
+    carrying the marker's headers."""
+    try:
+        return object_record(req, txn)
+    except se.NoSuchKey:
+        marker = req.store.objects.latest_marker(req.bucket, req.key, txn)
+        if marker is None:
+            raise
+        raise se.DeleteMarker(req.bucket, req.key, version_id(marker), marker["mtime"], latest=True) from None
 
 
 PutChecks = tuple[BucketRef, dict[str, str], dict[str, str], str, WriteCondition | None, int | None]
@@ -328,8 +368,10 @@ def _find(req: S3Request, head: bool, open_blobs: bool) -> Response | _Found:
 
 
 def _find_in(req: S3Request, head: bool, open_blobs: bool, txn: Any) -> Response | _Found:
-    record = object_record(req, txn)
+    vid = requested_version(req)
+    record = _current_record(req, txn) if vid is None else _version_record(req, vid, txn)
     headers = object_headers(record)
+    headers.update(version_header(record) if vid is None else {"x-amz-version-id": vid})
     headers.update(tagging.count_header(req, record))
     status = check_conditions(req, record)
     if status == 412:
@@ -372,9 +414,17 @@ async def head_object(req: S3Request) -> Response:
 
 
 async def delete_object(req: S3Request) -> Response:
-    freed = await in_thread(lambda: req.store.objects.delete(owned_ref(req), req.key))
+    vid = requested_version(req)
+    freed, done = await in_thread(lambda: req.store.objects.delete_version(owned_ref(req), req.key, vid))
     await free_blobs(req, freed)
-    return Response(b"", status_code=204)
+    headers: dict[str, str] = {}
+    if vid is not None:
+        headers["x-amz-version-id"] = vid
+    elif done is not None:  # the delete marker it added
+        headers["x-amz-version-id"] = version_id(done)
+    if done is not None and is_marker(done):
+        headers["x-amz-delete-marker"] = "true"
+    return Response(b"", status_code=204, headers=headers)
 
 
 def parse_copy_source(req: S3Request) -> tuple[str, str]:
@@ -385,29 +435,48 @@ def parse_copy_source(req: S3Request) -> tuple[str, str]:
     if not bucket or not key:
         raise s3e.InvalidArgument("Copy Source must mention the source bucket and key: sourcebucket/sourcekey",
                                   ArgumentName="x-amz-copy-source")
-    version = urllib.parse.parse_qs(query).get("versionId", [None])[0]
-    if version not in (None, "null"):
-        raise s3e.NoSuchVersion()
     validate_key(key)
     return bucket, key
 
 
+def copy_source_version(req: S3Request) -> str | None:
+    """The version `x-amz-copy-source` names (`?versionId=`), None for the current one."""
+    query = req.headers["x-amz-copy-source"].partition("?")[2]
+    return urllib.parse.parse_qs(query, keep_blank_values=True).get("versionId", [None])[0]
+
+
+def read_copy_source(req: S3Request, bucket: BucketRef, key: str) -> dict[str, Any]:
+    """The copy source's record: its current version, or the one `?versionId=` names (a
+    delete marker cannot be copied: InvalidRequest, as S3 answers)."""
+    vid = copy_source_version(req)
+    if vid is None:
+        return req.store.objects.get(bucket, key)
+    try:
+        return req.store.objects.get_version(bucket, key, vid)
+    except se.DeleteMarker:
+        raise s3e.InvalidRequest("The source of a copy request may not specifically refer to a delete marker "
+                                 "by version id.") from None
+
+
 async def copy_object(req: S3Request) -> Response:
-    record, freed = await in_thread(_copy, req)  # its reads and its write: one hop
+    record, freed, source = await in_thread(_copy, req)  # its reads and its write: one hop
     await free_blobs(req, freed)
+    headers = version_header(record)
+    if "vid" in source or copy_source_version(req) is not None:
+        headers["x-amz-copy-source-version-id"] = version_id(source)
     body = document("CopyObjectResult", [el("LastModified", iso8601(record["mtime"])),
                                          el("ETag", f'"{record["etag"]}"')]
                     + [el(f"Checksum{alg}", v) for alg, v in record.get("checksums", {}).items()])
-    return xml_response(body)
+    return xml_response(body, headers=headers)
 
 
-def _copy(req: S3Request) -> tuple[dict[str, Any], list[str]]:
+def _copy(req: S3Request) -> tuple[dict[str, Any], list[str], dict[str, Any]]:
     """Check both buckets and the source, then link it under the new key; returns the new
-    record and the blobs the overwrite freed."""
+    record, the blobs the overwrite freed and the source's record."""
     dst = owned_ref(req)
     src_bucket, src_key = parse_copy_source(req)
     src = owned_ref(req, src_bucket)
-    source = req.store.objects.get(src, src_key)
+    source = read_copy_source(req, src, src_key)
     if check_conditions(req, source, prefix="x-amz-copy-source-if-") is not None:
         raise s3e.PreconditionFailed(Condition="x-amz-copy-source-If-Match")
     directive = req.header("x-amz-metadata-directive", "COPY").upper()
@@ -419,9 +488,11 @@ def _copy(req: S3Request) -> tuple[dict[str, Any], list[str]]:
         update["tags"] = tags
     if directive == "REPLACE":
         update["headers"], update["meta"] = request_headers(req)
-    elif src_bucket == req.bucket and src_key == req.key:
+    elif src_bucket == req.bucket and src_key == req.key and copy_source_version(req) is None:
         raise s3e.InvalidRequest(
             "This copy request is illegal because it is trying to copy an object to itself "
             "without changing the object's metadata, storage class, website redirect location "
             "or encryption attributes.")
-    return req.store.objects.copy(src, src_key, dst, req.key, update, source["etag"])
+    record, freed = req.store.objects.copy(src, src_key, dst, req.key, update, source["etag"],
+                                           copy_source_version(req))
+    return record, freed, source
