@@ -123,7 +123,19 @@ class ObjectStore:
         at commit (a PUT checks this from its Content-Length before reading the body)."""
         with self._reading(txn) as t:
             owner = self.catalog.buckets.check(t, bucket).owner
-            self.catalog.usage.check_room(owner, *growth(self._read(t, bucket_name(bucket), key), size), txn=t)
+            self.catalog.usage.check_room(owner, *growth(self.replaced_in(t, bucket, key), size), txn=t)
+
+    def replaced_in(self, txn: Any, bucket: Bucket, key: str) -> Record | None:
+        """The stored record a write of (bucket, key) would replace, for counting usage: the
+        current one, except in a versioned bucket, where only a current null version is
+        replaced (a suspended write; a noncurrent null one is not looked for)."""
+        current = self._read(txn, bucket_name(bucket), key)
+        if current is None:
+            return None
+        versioning = self.catalog.buckets.check(txn, bucket).versioning
+        if versioning is None:
+            return current
+        return current if versioning == "Suspended" and "vid" not in current else None
 
     def read_in(self, txn: Txn, bucket: str, key: str) -> Record | None:
         """The record of (bucket, key) inside a caller's read transaction, or None."""

@@ -229,7 +229,7 @@ class UploadStore:
                       "segments": [[p["blob"], p["size"]] for p in parts],
                       "part_checksums": [[p["number"], p.get("checksums") or {}] for p in parts]}
             # the object's bytes are already counted as parts: check the net change once
-            objects, nbytes = growth(self.objects.read_in(txn, bucket_name(bucket), key), record["size"])
+            objects, nbytes = growth(self.objects.replaced_in(txn, bucket, key), record["size"])
             pending = sum(p["size"] for p in self._parts_in(txn, upload_id))
             self.catalog.usage.check_room(upload["owner"], objects, nbytes - pending, txn)
             freed = self.objects._put_in(txn, bucket, key, record, enforce_quota=False,

@@ -186,3 +186,18 @@ def test_copy_of_an_old_version(st: Stores) -> None:
     assert st.objects.get("vb", "k2")["segments"] == v1["segments"]
     with pytest.raises(errors.NoSuchVersion):
         st.objects.copy("vb", "k", "vb", "k3", {}, src_version="0" * 24)
+
+
+def test_quota_counts_kept_versions(st: Stores) -> None:
+    st.catalog.accounts.set_quota("bob", {"bytes": 100})
+    st.catalog.buckets.set_versioning("vb", "Enabled")
+    st.put("k", 60)
+    with pytest.raises(errors.QuotaExceeded):
+        st.objects.check_room("vb", "k", 41)  # the PUT's early check: the old version stays
+    with pytest.raises(errors.QuotaExceeded):
+        st.put("k", 41)
+    st.catalog.buckets.set_versioning("vb", "Suspended")
+    st.put("k", 30)  # a null version beside the 60-byte one
+    st.objects.check_room("vb", "k", 40)  # replaces the null version: room for 40
+    st.put("k", 40)
+    assert st.usage() == (2, 100)
