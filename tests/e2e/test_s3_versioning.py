@@ -248,3 +248,20 @@ def test_unversioned_bucket_still_answers_null(s3: Any, bucket: str) -> None:
     assert "DeleteMarker" not in deleted
     assert "Versions" not in s3.list_object_versions(Bucket=bucket)
     s3.delete_bucket(Bucket=bucket)
+
+
+def test_sub_resources_of_old_versions_are_not_implemented(s3: Any, bucket: str, server: Server) -> None:
+    enable(s3, bucket)
+    v1 = s3.put_object(Bucket=bucket, Key="k", Body=b"1")["VersionId"]
+    calls = [
+        lambda: s3.get_object_tagging(Bucket=bucket, Key="k", VersionId=v1),
+        lambda: s3.put_object_tagging(Bucket=bucket, Key="k", VersionId=v1, Tagging={"TagSet": []}),
+        lambda: s3.get_object_acl(Bucket=bucket, Key="k", VersionId=v1),
+        lambda: s3.get_object_attributes(Bucket=bucket, Key="k", VersionId=v1, ObjectAttributes=["ETag"]),
+    ]
+    for call in calls:
+        with pytest.raises(ClientError) as exc:
+            call()
+        assert error_of(exc) == (501, "NotImplemented")
+    assert s3.get_object_tagging(Bucket=bucket, Key="k")["TagSet"] == []  # the current version: as before
+    empty(s3, server, bucket)

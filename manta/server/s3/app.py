@@ -96,6 +96,8 @@ OBJECT_OPS: dict[tuple[str, str], Handler] = {
     ("PUT", "tagging"): tagging.put_object_tagging,
     ("DELETE", "tagging"): tagging.delete_object_tagging,
 }
+# object sub-resources that act on the current version only: a versionId is NotImplemented
+ONE_VERSION_ONLY = {"acl", "attributes", "tagging"}
 SUBRESOURCES = {"location", "versions", "versioning", "acl", "uploads", "delete", "uploadId", "attributes",
                 "tagging", "cors"}
 
@@ -336,4 +338,6 @@ class S3App:
                 raise s3e.NotImplemented_(f"{req.method} ?{sub} is not implemented.")
             raise s3e.MethodNotAllowed(Method=req.method,
                                        ResourceType="OBJECT" if req.key else "BUCKET")
+        if sub in ONE_VERSION_ONLY and req.key and "versionId" in req.query:
+            raise s3e.NotImplemented_(f"?{sub} of a version other than the current one is not implemented.")
         return handler
