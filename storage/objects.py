@@ -95,7 +95,7 @@ def segment_blobs(record: Record | None) -> list[str]:
 class ObjectStore:
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
-        self.versions = Versions(catalog, self._read, self._write, self.scan)
+        self.versions = Versions(catalog, self._read, self._write, self._scan_current)
 
     def _reading(self, txn: ReadTxn | None) -> Any:
         """The caller's read transaction (several reads, one snapshot), or a new one."""
@@ -174,6 +174,11 @@ class ObjectStore:
         pfx = base + prefix.encode()
         start = max(start, pfx)
         return self._expand(txn.scan("objects", seek_key(start)), base, pfx, start)
+
+    def _scan_current(self, txn: Txn, bucket: str, prefix: str, start: bytes,
+                      delimiter: str) -> Iterator[tuple[str, Record]]:
+        return self._scan_groups(txn, bucket, prefix, start, delimiter) if delimiter else self.scan(
+            txn, bucket, prefix, start)
 
     def _scan_groups(self, txn: Txn, bucket: str, prefix: str, start: bytes,
                      delimiter: str) -> Iterator[tuple[str, Record]]:

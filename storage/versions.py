@@ -53,7 +53,7 @@ _NEWEST = 2**64 - 1
 
 ReadCurrent = Callable[[Any, str, str], "Record | None"]
 WriteCurrent = Callable[[Txn, str, str, "Record | None"], None]
-ScanCurrent = Callable[[Any, str, str, bytes], Iterator[tuple[str, Record]]]
+ScanCurrent = Callable[[Any, str, str, bytes, str], Iterator[tuple[str, Record]]]  # (txn, bucket, prefix, start, delimiter)
 
 
 def new_sort_key(newest: bytes | None = None) -> bytes:
@@ -292,10 +292,12 @@ class Versions:
                     return
                 yield slot[len(base):-(VSK_BYTES + 1)].decode(), value
 
-    def _keys(self, txn: Any, bucket: str, prefix: str, seek: bytes) -> Iterator[tuple[str, list[Record]]]:
+    def _keys(self, txn: Any, bucket: str, prefix: str, seek: bytes,
+              delimiter: str) -> Iterator[tuple[str, list[Record]]]:
         """(key, its versions newest first, the latest first) for every key with `prefix`
-        that has a current record or a noncurrent version, in binary key order."""
-        current = self.scan_current(txn, bucket, prefix, seek)
+        that has a current record or a noncurrent version, in binary key order (with a
+        delimiter, the current records of a group past its first key may be skipped)."""
+        current = self.scan_current(txn, bucket, prefix, seek, delimiter)
         older = ((k, [r for _, r in group]) for k, group in
                  itertools.groupby(self._scan(txn, bucket, prefix, seek), key=lambda kr: kr[0]))
         c, n = next(current, None), next(older, None)
@@ -324,7 +326,7 @@ class Versions:
                       and key_marker.find(delimiter, len(prefix)) == len(key_marker) - len(delimiter) else None)
         group: str | None = None
         count = 0
-        for key, records in self._keys(txn, bucket, prefix, base + marker if key_marker else b""):
+        for key, records in self._keys(txn, bucket, prefix, base + marker if key_marker else b"", delimiter):
             kb = key.encode()
             if key_marker and (kb < marker or (kb == marker and not version_marker)):
                 continue
