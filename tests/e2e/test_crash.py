@@ -169,18 +169,12 @@ def sha(data: bytes) -> str:
 # -- the workload ---------------------------------------------------------------------------
 
 @dataclass
-class Ledger:
-    """What the clients sent (SHA-256 of each full body, per key) and what was acknowledged."""
+class Unacked:
+    """The bodies and parts on their way: until its 200 arrives, each one's blob may be an
+    orphan after a kill (whole, or the start of it: see `partial_write`)."""
     lock: threading.Lock = field(default_factory=threading.Lock)
-    sent: dict[str, str] = field(default_factory=dict)  # object key -> sha of the whole object
-    acked: set[str] = field(default_factory=set)  # object keys
     unacked_blobs: collections.Counter[str] = field(default_factory=collections.Counter)  # sha -> n
     unacked_bodies: dict[str, bytes] = field(default_factory=dict)  # sha -> the bytes, while unacked
-
-    def attempt(self, key: str, body: bytes) -> None:
-        with self.lock:
-            assert key not in self.sent
-            self.sent[key] = sha(body)
 
     def blob_sent(self, data: bytes) -> None:
         """A body or part is on its way: until its 200 arrives, its blob may be an orphan."""
@@ -200,6 +194,18 @@ class Ledger:
         create and its last write leaves such a prefix, unreferenced, for the GC."""
         return any(len(body) > len(content) and body.startswith(content)
                    for body in self.unacked_bodies.values())
+
+
+@dataclass
+class Ledger(Unacked):
+    """What the clients sent (SHA-256 of each full body, per key) and what was acknowledged."""
+    sent: dict[str, str] = field(default_factory=dict)  # object key -> sha of the whole object
+    acked: set[str] = field(default_factory=set)  # object keys
+
+    def attempt(self, key: str, body: bytes) -> None:
+        with self.lock:
+            assert key not in self.sent
+            self.sent[key] = sha(body)
 
     def ack(self, key: str) -> None:
         with self.lock:
@@ -350,17 +356,23 @@ def verify(server: Server, bucket: str, ledger: Ledger) -> tuple[int, int]:
         s3.close()
     view = read_catalog(server.data_dir)
     assert view.keys(bucket) == set(listed)
-    orphans = check_catalog_against_disk(view, server.data_dir)
+    return len(listed), check_orphans(view, server.data_dir, ledger)
+
+
+def check_orphans(view: CatalogView, data_dir: str, unacked: Unacked) -> int:
+    """Catalog and disk agree, and every unreferenced blob is an unacknowledged write (or
+    the start of one); returns how many there are."""
+    orphans = check_catalog_against_disk(view, data_dir)
     orphan_hashes: collections.Counter[str] = collections.Counter()
-    paths = blob_paths(server.data_dir)
+    paths = blob_paths(data_dir)
     for blob_id in orphans:
         with open(paths[blob_id], "rb") as fh:
             content = fh.read()
-        if not ledger.partial_write(content):
+        if not unacked.partial_write(content):
             orphan_hashes[sha(content)] += 1
-    unexplained = orphan_hashes - +ledger.unacked_blobs
+    unexplained = orphan_hashes - +unacked.unacked_blobs
     assert not unexplained, f"unreferenced blobs that are no unacknowledged write: {unexplained}"
-    return len(listed), len(orphans)
+    return len(orphans)
 
 
 @pytest.mark.parametrize("kill_after_s,power_cut,nodes,workers",

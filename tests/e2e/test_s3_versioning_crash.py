@@ -34,8 +34,8 @@ from tests.conftest import Server, catalog_of
 from tests.e2e.test_crash import (
     MIB,
     NO_RETRIES,
-    blob_paths,
-    check_catalog_against_disk,
+    Unacked,
+    check_orphans,
     lose_unsynced_blobs,
     read_catalog,
     sha,
@@ -49,23 +49,13 @@ KINDS = ["small", "small", "small", "large", "multipart"]
 
 
 @dataclass
-class VersionLedger:
-    lock: threading.Lock = field(default_factory=threading.Lock)
+class VersionLedger(Unacked):
     sent: dict[str, set[str]] = field(default_factory=lambda: collections.defaultdict(set))  # key -> body shas
     acked: dict[tuple[str, str], str] = field(default_factory=dict)  # (key, version id) -> body sha
-    unacked_blobs: collections.Counter[str] = field(default_factory=collections.Counter)  # sha -> n
 
     def attempt(self, key: str, body: bytes) -> None:
         with self.lock:
             self.sent[key].add(sha(body))
-
-    def blob_sent(self, data: bytes) -> None:
-        with self.lock:
-            self.unacked_blobs[sha(data)] += 1
-
-    def blob_acked(self, data: bytes) -> None:
-        with self.lock:
-            self.unacked_blobs[sha(data)] -= 1
 
     def ack(self, key: str, version: str, body: bytes) -> None:
         with self.lock:
@@ -152,15 +142,7 @@ def verify(server: Server, bucket: str, ledger: VersionLedger) -> tuple[int, int
     finally:
         s3.close()
     view = catalog_with_versions(server.data_dir)
-    orphans = check_catalog_against_disk(view, server.data_dir)
-    orphan_hashes: collections.Counter[str] = collections.Counter()
-    paths = blob_paths(server.data_dir)
-    for blob_id in orphans:
-        with open(paths[blob_id], "rb") as fh:
-            orphan_hashes[sha(fh.read())] += 1
-    unexplained = orphan_hashes - +ledger.unacked_blobs
-    assert not unexplained, f"unreferenced blobs that are no unacknowledged write: {unexplained}"
-    return len(listed), len(orphans)
+    return len(listed), check_orphans(view, server.data_dir, ledger)
 
 
 @pytest.mark.parametrize("kill_after_s,power_cut", [(0.7, False), (2.0, False), (1.5, True)],
