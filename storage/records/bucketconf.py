@@ -16,7 +16,15 @@ import dataclasses
 import re
 
 from storage.engine import Engine, ReadTxn, WriteTxn
-from storage.records.buckets import CONF_TABLE, TABLE, Bucket, Buckets, bucket_name, encode
+from storage.records.buckets import (
+    CONF_TABLE,
+    TABLE,
+    Bucket,
+    BucketRecord,
+    Buckets,
+    bucket_name,
+    encode,
+)
 
 __all__ = ["BucketConfigs"]
 
@@ -44,6 +52,13 @@ class BucketConfigs:
         if kind not in record.conf:
             return None
         return txn.get(CONF_TABLE, conf_key(record.name, kind))
+
+    def of(self, record: BucketRecord, kind: str, txn: ReadTxn) -> bytes | None:
+        """`get` for a bucket record just read in `txn` (no second read of it)."""
+        if kind not in record.conf:
+            return None
+        raw = txn.get(CONF_TABLE, conf_key(record.name, kind))
+        return None if raw is None else bytes(raw)
 
     def set(self, bucket: Bucket, kind: str, value: bytes | None) -> None:
         """Store (None: remove) the bucket's configuration of `kind`."""
