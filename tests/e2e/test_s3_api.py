@@ -76,8 +76,7 @@ def test_unversioned_bucket_versions_listing(s3, bucket: str) -> None:
 def test_unimplemented_subresources_answer_501(s3, bucket: str) -> None:
     calls = [
         lambda: s3.get_bucket_lifecycle_configuration(Bucket=bucket),
-        lambda: s3.get_bucket_policy(Bucket=bucket),
-        lambda: s3.put_bucket_acl(Bucket=bucket, ACL="public-read-write"),
+        lambda: s3.get_bucket_replication(Bucket=bucket),
     ]
     for call in calls:
         with pytest.raises(ClientError) as exc:

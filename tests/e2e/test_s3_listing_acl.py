@@ -1,7 +1,8 @@
 """Listing and ACL behaviours S3 clients and conformance suites rely on, end to end:
 MaxKeys=0, ListObjects (v1) echoing Prefix raw, ListBuckets paging, re-creating a bucket
-you own (200 in us-east-1, 409 elsewhere), and canned ACLs (private, public-read) with
-anonymous GET/HEAD of public-read objects and nothing else.
+you own (200 in us-east-1, 409 elsewhere), and canned ACLs with anonymous GET/HEAD of
+public-read objects and listing of public-read buckets (grants, policies and the public
+access block: tests/e2e/test_s3_access.py).
 
 Hand-made requests are signed with botocore (tests.e2e.test_crash.sign) or sent unsigned
 with http.client, so the exact path, headers and body reach the server.
@@ -291,7 +292,8 @@ def test_public_read_bucket_acl_lets_anyone_list_it_and_nothing_else(s3: object,
         assert_s3_error(unsigned(server, "GET", f"/{bucket}/missing"), 404, "NoSuchKey")  # it may list
         assert_s3_error(unsigned(server, "GET", f"/{other}/k"), 403, "AccessDenied")
         assert_s3_error(unsigned(server, "GET", f"/{other}"), 403, "AccessDenied")
-        assert_s3_error(unsigned(server, "GET", f"/{bucket}?uploads"), 403, "AccessDenied")
+        # READ on a bucket maps to s3:ListBucket, ListBucketVersions and ListBucketMultipartUploads
+        assert unsigned(server, "GET", f"/{bucket}?uploads").status == 200
         assert_s3_error(unsigned(server, "PUT", f"/{bucket}/new", b"x"), 403, "AccessDenied")
         assert_s3_error(unsigned(server, "DELETE", f"/{bucket}/k"), 403, "AccessDenied")
         assert_s3_error(unsigned(server, "DELETE", f"/{bucket}"), 403, "AccessDenied")
@@ -339,31 +341,33 @@ def test_public_read_through_every_creating_call(s3: object, server: Server, buc
         s3.delete_bucket(Bucket=public)  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("headers", [
-    {"x-amz-acl": "public-read-write"},
-    {"x-amz-acl": "authenticated-read"},
-    {"x-amz-grant-read": 'id="someone-else"'},
-    {"x-amz-grant-write": f'id="{ROOT_OWNER}"'},
+AUTHENTICATED_USERS = "http://acs.amazonaws.com/groups/global/AuthenticatedUsers"
+
+
+@pytest.mark.parametrize(("headers", "extra"), [
+    ({"x-amz-acl": "public-read-write"}, {(ALL_USERS, "READ"), (ALL_USERS, "WRITE")}),
+    ({"x-amz-acl": "authenticated-read"}, {(AUTHENTICATED_USERS, "READ")}),
 ])
-def test_other_acls_are_not_implemented_over_http(s3: object, server: Server, bucket: str,
-                                                  headers: dict[str, str]) -> None:
+def test_other_canned_acls_are_kept_and_shown_over_http(s3: object, server: Server, bucket: str,
+                                                        headers: dict[str, str], extra: set[tuple[str, str]]) -> None:
     s3.put_object(Bucket=bucket, Key="k", Body=b"x")  # type: ignore[attr-defined]
-    assert_s3_error(send_with(server, "PUT", f"/{bucket}?acl", headers), 501, "NotImplemented")
-    assert_s3_error(send_with(server, "PUT", f"/{bucket}/k?acl", headers), 501, "NotImplemented")
-    assert_s3_error(send_with(server, "PUT", f"/{bucket}/new", headers, b"x"), 501, "NotImplemented")
-    assert_s3_error(send_with(server, "PUT", f"/{bucket}-new", headers), 501, "NotImplemented")
+    assert send_with(server, "PUT", f"/{bucket}?acl", headers).status == 200
+    assert send_with(server, "PUT", f"/{bucket}/k?acl", headers).status == 200
+    assert send_with(server, "PUT", f"/{bucket}/new", headers, b"x").status == 200
+    assert grants_of(s3.get_bucket_acl(Bucket=bucket)) == PRIVATE_GRANTS | extra  # type: ignore[attr-defined]
+    assert grants_of(s3.get_object_acl(Bucket=bucket, Key="k")) == PRIVATE_GRANTS | extra  # type: ignore[attr-defined]
+    assert grants_of(s3.get_object_acl(Bucket=bucket, Key="new")) == PRIVATE_GRANTS | extra  # type: ignore[attr-defined]
 
 
-def test_other_acls_are_not_implemented_through_boto3(s3: object, bucket: str) -> None:
+def test_unknown_grantees_and_canned_names_are_refused(s3: object, server: Server, bucket: str) -> None:
     s3.put_object(Bucket=bucket, Key="k", Body=b"x")  # type: ignore[attr-defined]
-    assert error_code(s3.put_object_acl, Bucket=bucket, Key="k", ACL="public-read-write") == "NotImplemented"  # type: ignore[attr-defined]
-    assert error_code(s3.put_bucket_acl, Bucket=bucket, ACL="authenticated-read") == "NotImplemented"  # type: ignore[attr-defined]
-    assert error_code(s3.put_object, Bucket=bucket, Key="n", Body=b"x", ACL="public-read-write") == "NotImplemented"  # type: ignore[attr-defined]
-    assert error_code(s3.create_multipart_upload, Bucket=bucket, Key="n", ACL="log-delivery-write") == "NotImplemented"  # type: ignore[attr-defined]
-    policy = {"Owner": {"ID": ROOT_OWNER}, "Grants": [
-        {"Grantee": {"Type": "CanonicalUser", "ID": ROOT_OWNER}, "Permission": "FULL_CONTROL"},
-        {"Grantee": {"Type": "Group", "URI": ALL_USERS}, "Permission": "WRITE"}]}
-    assert error_code(s3.put_bucket_acl, Bucket=bucket, AccessControlPolicy=policy) == "NotImplemented"  # type: ignore[attr-defined]
+    unknown = {"x-amz-grant-read": 'id="no-such-account"'}
+    assert_s3_error(send_with(server, "PUT", f"/{bucket}?acl", unknown), 400, "InvalidArgument")
+    assert_s3_error(send_with(server, "PUT", f"/{bucket}/new", unknown, b"x"), 400, "InvalidArgument")
+    email = {"x-amz-grant-read": 'emailAddress="someone@example.com"'}
+    assert_s3_error(send_with(server, "PUT", f"/{bucket}/k?acl", email), 400, "UnresolvableGrantByEmailAddress")
+    assert error_code(s3.create_multipart_upload, Bucket=bucket, Key="n", ACL="log-delivery-write") == "InvalidArgument"  # type: ignore[attr-defined]
+    assert_s3_error(send_with(server, "PUT", f"/{bucket}?acl", {"x-amz-acl": "no-such-acl"}), 400, "InvalidArgument")
     assert grants_of(s3.get_object_acl(Bucket=bucket, Key="k")) == PRIVATE_GRANTS  # type: ignore[attr-defined]
     assert grants_of(s3.get_bucket_acl(Bucket=bucket)) == PRIVATE_GRANTS  # type: ignore[attr-defined]
 

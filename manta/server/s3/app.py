@@ -1,8 +1,8 @@
 """The S3 front door: one Starlette endpoint, authentication, dispatch, error rendering.
 
     request -> context (bucket/key from path or virtual host) -> size checks
-            -> SigV4 (header or presigned; anonymous is AccessDenied but for a GET/HEAD
-               of an object whose object or bucket ACL is public-read: manta.server.s3.acl)
+            -> SigV4 (header or presigned; an unsigned request goes on without an account to
+               bucket and object operations, where s3/access.py decides it like any other)
             -> dispatch on (method, level, sub-resource) -> operation module
             -> response + x-amz-request-id
 
@@ -36,7 +36,18 @@ from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketState
 
 from manta.server.config import ServerConfig
-from manta.server.s3 import acl, attributes, bucket, cors, multipart, obj, service, sigv4, tagging
+from manta.server.s3 import (
+    acl,
+    attributes,
+    bucket,
+    cors,
+    multipart,
+    obj,
+    policy,
+    service,
+    sigv4,
+    tagging,
+)
 from manta.server.s3 import errors as s3e
 from manta.server.s3.body import ClientGone
 from manta.server.s3.common import read_catalog
@@ -54,8 +65,7 @@ SocketRoute = Callable[[S3Request, WebSocket], Awaitable[None]]
 # sub-resources S3 defines that this server does not implement (yet)
 UNSUPPORTED = {
     "accelerate", "analytics", "encryption", "intelligent-tiering", "inventory",
-    "legal-hold", "lifecycle", "logging", "metrics", "notification", "object-lock",
-    "ownershipControls", "policy", "policyStatus", "publicAccessBlock", "replication",
+    "legal-hold", "lifecycle", "logging", "metrics", "notification", "object-lock", "replication",
     "requestPayment", "restore", "retention", "select", "torrent", "website",
 }
 
@@ -78,6 +88,16 @@ BUCKET_OPS: dict[tuple[str, str], Handler] = {
     ("GET", "tagging"): tagging.get_bucket_tagging,
     ("PUT", "tagging"): tagging.put_bucket_tagging,
     ("DELETE", "tagging"): tagging.delete_bucket_tagging,
+    ("GET", "policy"): policy.get_bucket_policy,
+    ("PUT", "policy"): policy.put_bucket_policy,
+    ("DELETE", "policy"): policy.delete_bucket_policy,
+    ("GET", "policyStatus"): policy.get_policy_status,
+    ("GET", "publicAccessBlock"): policy.get_public_access_block,
+    ("PUT", "publicAccessBlock"): policy.put_public_access_block,
+    ("DELETE", "publicAccessBlock"): policy.delete_public_access_block,
+    ("GET", "ownershipControls"): policy.get_ownership_controls,
+    ("PUT", "ownershipControls"): policy.put_ownership_controls,
+    ("DELETE", "ownershipControls"): policy.delete_ownership_controls,
 }
 OBJECT_OPS: dict[tuple[str, str], Handler] = {
     ("PUT", ""): obj.put_object,
@@ -99,7 +119,11 @@ OBJECT_OPS: dict[tuple[str, str], Handler] = {
 # object sub-resources that act on the current version only: a versionId is NotImplemented
 ONE_VERSION_ONLY = {"acl", "attributes", "tagging"}
 SUBRESOURCES = {"location", "versions", "versioning", "acl", "uploads", "delete", "uploadId", "attributes",
-                "tagging", "cors"}
+                "tagging", "cors", "policy", "policyStatus", "publicAccessBlock", "ownershipControls"}
+
+
+def _creates_bucket(req: S3Request) -> bool:
+    return req.method == "PUT" and not req.key and not SUBRESOURCES.intersection(req.query)
 
 
 def request_id() -> str:
@@ -201,7 +225,7 @@ class S3App:
             route = self.sockets.get(req.bucket)
             if route is None:
                 raise s3e.MethodNotAllowed(Method="GET", ResourceType="WEBSOCKET")
-            await self._authenticate(req, raw_path.decode("latin-1"), query)
+            await self._authenticate(req, raw_path.decode("latin-1"), query, anonymous=False)
             await route(req, ws)
             return
         except s3e.S3Error as err:
@@ -290,22 +314,24 @@ class S3App:
             bucket_name, _, key = path[1:].partition("/")
         if key:
             validate_key(key)
+        client = scope.get("client")
         return S3Request(
             method=scope["method"], bucket=bucket_name, key=key, query=query, headers=headers,
             receive=receive, request_id=rid, resource=path, store=self.store,
-            settings=self.config, buckets=self.buckets,
+            settings=self.config, buckets=self.buckets, client_ip=client[0] if client else "",
+            secure=scope.get("scheme") in ("https", "wss"),
         )
 
-    async def _authenticate(self, req: S3Request, raw_path: str, query: list[tuple[str, str]]) -> None:
+    async def _authenticate(self, req: S3Request, raw_path: str, query: list[tuple[str, str]],
+                            anonymous: bool = True) -> None:
+        """The signing account, verified; an unsigned request goes on without one (`anonymous`)
+        to a bucket or object operation, whose authorization decides it."""
         areq = sigv4.AuthRequest(method=req.method, raw_path=raw_path, query=query, headers=req.headers)
         auth = sigv4.parse(areq)
         if auth is None:
-            reader = (None if req.bucket in self.extra
-                      else await read_catalog(self.store, acl.anonymous_reader, self.store, req))
-            if reader is None:
+            if not anonymous or req.bucket in self.extra or not req.bucket or _creates_bucket(req):
                 raise s3e.AccessDenied()
-            req.acting_as = reader  # a public-read GET/HEAD reads as the bucket's owner
-            return
+            return  # unsigned: each operation's bucket read decides (s3/access.py)
         account = self.accounts.get(auth.access_key) if self.accounts is not None else None
         if account is None:
             try:

@@ -13,7 +13,7 @@ from typing import Any
 
 from starlette.responses import Response
 
-from manta.server.s3 import acl
+from manta.server.s3 import access, acl
 from manta.server.s3 import errors as s3e
 from manta.server.s3.body import read_small
 from manta.server.s3.common import (
@@ -189,7 +189,7 @@ async def list_objects(req: S3Request) -> Response:
 
 
 def _list_objects(req: S3Request) -> Response:
-    owned_ref(req)
+    owner = owned_ref(req).owner
     v2 = req.query.get("list-type") == "2"
     url_asked = _url_asked(req)
     prefix = req.query.get("prefix", "")
@@ -234,7 +234,7 @@ def _list_objects(req: S3Request) -> Response:
         elif delimiter:
             body.append(el("NextMarker", enc(listing.next_marker)))
     for record in listing.contents:
-        body.append(f"<Contents>{_contents(record, enc, req.owner if fetch_owner else None)}</Contents>")
+        body.append(f"<Contents>{_contents(record, enc, owner if fetch_owner else None)}</Contents>")
     for common in listing.common_prefixes:
         body.append(f"<CommonPrefixes>{el('Prefix', enc(common))}</CommonPrefixes>")
     return xml_response(document("ListBucketResult", body))
@@ -309,6 +309,9 @@ async def delete_objects(req: S3Request) -> Response:
             continue
         except se.InvalidVersionId:
             failed.append((key, "NoSuchVersion", "The specified version does not exist."))
+            continue
+        if not access.may(req, "s3:DeleteObjectVersion" if version is not None else "s3:DeleteObject", key):
+            failed.append((key, "AccessDenied", "Access Denied"))
             continue
         valid.append((key, version))
     freed, results = await in_thread(req.store.objects.delete_each, bucket, valid) if valid else ([], [])

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from starlette.responses import Response
 
+from manta.server.s3 import access
 from manta.server.s3 import errors as s3e
 from manta.server.s3.context import S3Request
 from manta.server.s3.xmlio import http_date
@@ -39,15 +40,22 @@ async def read_catalog(store: Store, fn: Callable[..., T], *args: Any) -> T:
 
 
 def owned_ref(req: S3Request, name: str | None = None, txn: Any = None) -> BucketRef:
-    """The bucket the request is authorised against, if it exists and belongs to the
-    caller. Storage calls take this ref and re-check it when they commit. A catalog read
-    (in `txn`, a read transaction, if given): call it inside a function given to
-    `read_catalog` or `in_thread`, else `owned_bucket`."""
+    """The bucket the request is authorised against, if it exists and the caller may do
+    the request's action on it (`access.authorize`: the owner, a policy, an ACL). Storage
+    calls take this ref and re-check it when they commit. A catalog read (in `txn`, a read
+    transaction, if given): call it inside a function given to `read_catalog` or
+    `in_thread`, else `owned_bucket`."""
     record = req.store.catalog.buckets.get(name or req.bucket, txn)
     if name is None or name == req.bucket:
         req.bucket_conf = record.conf  # manta.server.s3.cors: no second read for an Origin
-    if record.owner != req.owner:
-        raise s3e.AccessDenied()
+    access.authorize(req, record, txn)
+    return record.ref()
+
+
+def source_ref(req: S3Request, name: str, key: str, txn: Any = None) -> BucketRef:
+    """A copy source's bucket, if the caller may read `key` in it (s3:GetObject)."""
+    record = req.store.catalog.buckets.get(name, txn)
+    access.authorize_source(req, record, key, txn)
     return record.ref()
 
 

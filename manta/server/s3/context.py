@@ -29,16 +29,19 @@ class S3Request:
     resource: str
     store: Store
     account: Account | None = None  # the signing account; None for an unsigned request
-    acting_as: str = ""  # an unsigned public-read GET/HEAD acts as the bucket's owner
     auth: SigV4Auth | None = None
     signing_key: bytes = b""
     settings: Any = None
     buckets: TtlCache[BucketRef] | None = None  # a door over a remote catalog: buckets PUTs checked
     bucket_conf: frozenset[str] | None = None  # the bucket's configuration kinds, once its record was read
+    client_ip: str = ""  # the peer's address (aws:SourceIp)
+    secure: bool = False  # over TLS (aws:SecureTransport)
+    access: Any = None  # storage.access.BucketAccess, once read for anyone but the owner of a plain bucket
+    access_context: dict[str, str] | None = None  # the request's condition keys, once built (s3/access.py)
 
     @property
     def owner(self) -> str:
-        return self.account.name if self.account is not None else self.acting_as
+        return self.account.name if self.account is not None else ""
 
     @overload
     def header(self, name: str) -> str | None: ...

@@ -48,6 +48,7 @@ def _error(code: str, status: int, message: str) -> type[S3Error]:
 InternalError = S3Error
 AccessDenied = _error("AccessDenied", 403, "Access Denied")
 AccessForbidden = _error("AccessForbidden", 403, "CORSResponse: This CORS request is not allowed.")
+AccessControlListNotSupported = _error("AccessControlListNotSupported", 400, "The bucket does not allow ACLs")
 AuthorizationHeaderMalformed = _error(
     "AuthorizationHeaderMalformed", 400, "The authorization header is malformed."
 )
@@ -104,6 +105,10 @@ BadRequest = _error("BadRequest", 400, "Bad Request")
 InvalidRange = _error("InvalidRange", 416, "The requested range is not satisfiable")
 InvalidRequest = _error("InvalidRequest", 400, "Invalid Request")
 KeyTooLongError = _error("KeyTooLongError", 400, "Your key is too long")
+MalformedACLError = _error(
+    "MalformedACLError", 400, "The XML you provided was not well-formed or did not validate against our published schema."
+)
+MalformedPolicy = _error("MalformedPolicy", 400, "This policy contains invalid Json")
 MalformedXML = _error(
     "MalformedXML", 400, "The XML you provided was not well-formed or did not validate against our published schema."
 )
@@ -121,6 +126,13 @@ NoSuchBucket = _error("NoSuchBucket", 404, "The specified bucket does not exist"
 NoSuchKey = _error("NoSuchKey", 404, "The specified key does not exist.")
 NoSuchUpload = _error(
     "NoSuchUpload", 404, "The specified multipart upload does not exist."
+)
+NoSuchBucketPolicy = _error("NoSuchBucketPolicy", 404, "The bucket policy does not exist")
+NoSuchPublicAccessBlockConfiguration = _error(
+    "NoSuchPublicAccessBlockConfiguration", 404, "The public access block configuration was not found"
+)
+OwnershipControlsNotFoundError = _error(
+    "OwnershipControlsNotFoundError", 404, "The bucket ownership controls were not found"
 )
 NoSuchTagSet = _error("NoSuchTagSet", 404, "The TagSet does not exist")
 NotImplemented_ = _error(
@@ -144,6 +156,12 @@ SignatureDoesNotMatch = _error(
     "The request signature we calculated does not match the signature you provided.",
 )
 QuotaExceeded = _error("QuotaExceeded", 403, "The account is at one of its quota limits.")
+UnresolvableGrantByEmailAddress = _error(
+    "UnresolvableGrantByEmailAddress", 400, "The email address you provided does not match any account on record."
+)
+InvalidBucketAclWithObjectOwnership = _error(
+    "InvalidBucketAclWithObjectOwnership", 400, "Bucket cannot have ACLs set with ObjectOwnership's BucketOwnerEnforced setting"
+)
 UserKeyMustBeSpecified = _error(
     "UserKeyMustBeSpecified", 400,
     "The bucket POST must contain the specified field name. If it is specified, check the order of the fields.",

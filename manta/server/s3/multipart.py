@@ -34,6 +34,7 @@ from manta.server.s3.common import (
     part_number,
     read_catalog,
     request_headers,
+    source_ref,
     stream_opened,
     xml_response,
 )
@@ -187,7 +188,7 @@ def _open_source(req: S3Request, bucket: BucketRef, upload: dict[str, Any],
     """UploadPartCopy's source record, checked (conditions, range, the owner's room for
     the part), and its range's blobs opened."""
     src_bucket, src_key = parse_copy_source(req)
-    source = read_copy_source(req, owned_ref(req, src_bucket), src_key)
+    source = read_copy_source(req, source_ref(req, src_bucket, src_key), src_key)
     if check_conditions(req, source, prefix="x-amz-copy-source-if-") is not None:
         raise s3e.PreconditionFailed(Condition="x-amz-copy-source-If-Match")
     start, length = _copy_range(req.header("x-amz-copy-source-range"), source["size"])

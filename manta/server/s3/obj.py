@@ -53,6 +53,7 @@ from manta.server.s3.common import (
     read_catalog,
     read_small,
     request_headers,
+    source_ref,
     stream_opened,
     xml_response,
 )
@@ -182,7 +183,7 @@ def _put_checks(req: S3Request) -> PutChecks:
     announced size. Returns (bucket, headers, metadata, ACL, condition, size)."""
     with req.store.catalog.read() as txn:  # one snapshot: with PostgreSQL, round trips count
         bucket = owned_ref(req, txn=txn)
-        if req.buckets is not None:
+        if req.buckets is not None and req.access is None:  # the owner of a bucket without a policy
             req.buckets.put(req.bucket, BucketRef(bucket.name, bucket.owner))
         headers, meta = request_headers(req)
         canned = acl.from_request(req, on_object=True)
@@ -475,7 +476,7 @@ def _copy(req: S3Request) -> tuple[dict[str, Any], list[str], dict[str, Any]]:
     record, the blobs the overwrite freed and the source's record."""
     dst = owned_ref(req)
     src_bucket, src_key = parse_copy_source(req)
-    src = owned_ref(req, src_bucket)
+    src = source_ref(req, src_bucket, src_key)
     source = read_copy_source(req, src, src_key)
     if check_conditions(req, source, prefix="x-amz-copy-source-if-") is not None:
         raise s3e.PreconditionFailed(Condition="x-amz-copy-source-If-Match")

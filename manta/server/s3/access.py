@@ -1,0 +1,188 @@
+"""Authorization for S3 requests: the request's action, resource and condition keys handed
+to the one decision (`storage.access.decide`), and its answer as AccessDenied.
+
+    common.owned_ref (every operation's bucket read) -> authorize(req, bucket record, txn)
+        owner of a bucket without a policy                 -> allowed, nothing read or built
+        otherwise: BucketAccess (policy, public access block, ownership: read only when the
+        record's `conf` lists them), Ask(principal, action_of(req), bucket, key, context_of(req))
+        -> decide -> ALLOW | DENY (AccessDenied) | NOT_ALLOWED: for an action an object ACL
+           can allow (GetObject...), decided again with the object's ACL; a missing object
+           is NoSuchKey to whoever may list the bucket, AccessDenied to others (as S3 does)
+
+A copy source is authorised as `s3:GetObject` on it (`authorize_source`); DeleteObjects
+checks `s3:DeleteObject` per key (`may`). Unsigned requests reach the operations with no
+account (`S3Request.account` None) and are decided the same way: only `*` in a policy or
+an AllUsers grant lets them in.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from manta.server.s3 import errors as s3e
+from manta.server.s3.context import S3Request
+from storage import BucketRecord
+from storage import errors as se
+from storage.access import (
+    POLICY_KIND,
+    Ask,
+    BucketAccess,
+    Decision,
+    bucket_access,
+    decide,
+    object_acl_permission,
+)
+
+__all__ = ["action_of", "authorize", "authorize_source", "context_of", "may"]
+
+BUCKET_ACTIONS: dict[tuple[str, str], str] = {
+    ("HEAD", ""): "s3:ListBucket", ("GET", ""): "s3:ListBucket", ("DELETE", ""): "s3:DeleteBucket",
+    ("GET", "location"): "s3:GetBucketLocation", ("GET", "versions"): "s3:ListBucketVersions",
+    ("GET", "versioning"): "s3:GetBucketVersioning", ("PUT", "versioning"): "s3:PutBucketVersioning",
+    ("GET", "acl"): "s3:GetBucketAcl", ("PUT", "acl"): "s3:PutBucketAcl",
+    ("GET", "cors"): "s3:GetBucketCORS", ("PUT", "cors"): "s3:PutBucketCORS", ("DELETE", "cors"): "s3:PutBucketCORS",
+    ("GET", "uploads"): "s3:ListBucketMultipartUploads", ("POST", "delete"): "s3:DeleteObject",
+    ("GET", "tagging"): "s3:GetBucketTagging", ("PUT", "tagging"): "s3:PutBucketTagging",
+    ("DELETE", "tagging"): "s3:PutBucketTagging",
+    ("GET", "policy"): "s3:GetBucketPolicy", ("PUT", "policy"): "s3:PutBucketPolicy",
+    ("DELETE", "policy"): "s3:DeleteBucketPolicy", ("GET", "policyStatus"): "s3:GetBucketPolicyStatus",
+    ("GET", "publicAccessBlock"): "s3:GetBucketPublicAccessBlock",
+    ("PUT", "publicAccessBlock"): "s3:PutBucketPublicAccessBlock",
+    ("DELETE", "publicAccessBlock"): "s3:PutBucketPublicAccessBlock",
+    ("GET", "ownershipControls"): "s3:GetBucketOwnershipControls",
+    ("PUT", "ownershipControls"): "s3:PutBucketOwnershipControls",
+    ("DELETE", "ownershipControls"): "s3:PutBucketOwnershipControls",
+}
+OBJECT_ACTIONS: dict[tuple[str, str], str] = {
+    ("PUT", ""): "s3:PutObject", ("GET", ""): "s3:GetObject", ("HEAD", ""): "s3:GetObject",
+    ("DELETE", ""): "s3:DeleteObject", ("GET", "acl"): "s3:GetObjectAcl", ("PUT", "acl"): "s3:PutObjectAcl",
+    ("GET", "attributes"): "s3:GetObjectAttributes", ("POST", "uploads"): "s3:PutObject",
+    ("PUT", "uploadId"): "s3:PutObject", ("POST", "uploadId"): "s3:PutObject",
+    ("DELETE", "uploadId"): "s3:AbortMultipartUpload", ("GET", "uploadId"): "s3:ListMultipartUploadParts",
+    ("GET", "tagging"): "s3:GetObjectTagging", ("PUT", "tagging"): "s3:PutObjectTagging",
+    ("DELETE", "tagging"): "s3:DeleteObjectTagging",
+}
+VERSIONED = {"s3:GetObject": "s3:GetObjectVersion", "s3:DeleteObject": "s3:DeleteObjectVersion",
+             "s3:GetObjectAcl": "s3:GetObjectVersionAcl", "s3:PutObjectAcl": "s3:PutObjectVersionAcl",
+             "s3:GetObjectTagging": "s3:GetObjectVersionTagging",
+             "s3:PutObjectTagging": "s3:PutObjectVersionTagging",
+             "s3:DeleteObjectTagging": "s3:DeleteObjectVersionTagging"}
+SUBRESOURCES = ("policyStatus", "policy", "publicAccessBlock", "ownershipControls", "location", "versions",
+                "versioning", "acl", "uploads", "delete", "uploadId", "attributes", "tagging", "cors")
+# request headers S3 offers as s3: condition keys
+HEADER_KEYS = ("x-amz-acl", "x-amz-content-sha256", "x-amz-copy-source", "x-amz-metadata-directive",
+               "x-amz-server-side-encryption", "x-amz-storage-class", "x-amz-grant-read", "x-amz-grant-write",
+               "x-amz-grant-read-acp", "x-amz-grant-write-acp", "x-amz-grant-full-control")
+LIST_KEYS = ("prefix", "delimiter", "max-keys")
+
+
+def action_of(req: S3Request) -> str:
+    """The IAM action the request asks for (`s3:GetObject`...)."""
+    sub = next((s for s in SUBRESOURCES if s in req.query), "")
+    if req.key:
+        action = OBJECT_ACTIONS.get((req.method, sub), "s3:GetObject" if req.method in ("GET", "HEAD") else "s3:PutObject")
+        if "versionId" in req.query:
+            action = VERSIONED.get(action, action)
+        return action
+    return BUCKET_ACTIONS.get((req.method, sub), "s3:ListBucket" if req.method in ("GET", "HEAD") else "s3:PutBucketAcl")
+
+
+def context_of(req: S3Request) -> dict[str, str]:
+    """The request's condition keys (lower-cased names)."""
+    now = dt.datetime.now(dt.UTC)
+    context = {"aws:securetransport": "true" if req.secure else "false",
+               "aws:currenttime": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "aws:epochtime": str(int(now.timestamp())),
+               "s3:signatureversion": "AWS4-HMAC-SHA256"}
+    if req.client_ip:
+        context["aws:sourceip"] = req.client_ip
+    if req.account is not None:
+        context["aws:principalaccount"] = req.account.name
+        context["aws:principalarn"] = f"arn:aws:iam::{req.account.name}:root"
+        context["aws:principaltype"] = "Account"
+        context["s3:authtype"] = "REST-QUERY-STRING" if "X-Amz-Signature" in req.query else "REST-HEADER"
+    else:
+        context["aws:principaltype"] = "Anonymous"
+    for header, key in (("user-agent", "aws:useragent"), ("referer", "aws:referer")):
+        if header in req.headers:
+            context[key] = req.headers[header]
+    for header in HEADER_KEYS:
+        if header in req.headers:
+            context["s3:" + header] = req.headers[header]
+    if not req.key:
+        for name in LIST_KEYS:
+            if name in req.query:
+                context["s3:" + name] = req.query[name]
+    if "versionId" in req.query:
+        context["s3:versionid"] = req.query["versionId"]
+    return context
+
+
+def _principal(req: S3Request) -> str | None:
+    return req.account.name if req.account is not None else None
+
+
+def _ask(req: S3Request, action: str, bucket: str, key: str | None) -> Ask:
+    if req.access_context is None:
+        req.access_context = context_of(req)
+    return Ask(_principal(req), action, bucket, key, req.access_context)
+
+
+def _settings(req: S3Request, record: BucketRecord, txn: Any) -> BucketAccess:
+    if txn is None:
+        with req.store.catalog.read() as t:
+            return bucket_access(req.store.catalog, record, t)
+    return bucket_access(req.store.catalog, record, txn)
+
+
+def _decide_object(req: S3Request, record: BucketRecord, settings: BucketAccess, ask: Ask, txn: Any) -> Decision:
+    """A decision that needs the object's ACL: read it (NoSuchKey to whoever may list
+    the bucket, AccessDenied to others)."""
+    try:
+        found = req.store.objects.get(record.ref(), ask.key or "", txn)
+    except se.NoSuchKey:
+        listing = Ask(ask.principal, "s3:ListBucket", ask.bucket, None, ask.context)
+        if decide(listing, settings) is Decision.ALLOW:
+            raise
+        raise s3e.AccessDenied() from None
+    return decide(ask, settings, found.get("acl"))
+
+
+def _check(req: S3Request, record: BucketRecord, txn: Any, action: str, key: str | None) -> None:
+    principal = _principal(req)
+    if principal == record.owner and POLICY_KIND not in record.conf:
+        return  # the owner, and no policy that could deny: nothing to read
+    settings = _settings(req, record, txn)
+    if record.name == req.bucket:
+        req.access = settings
+    ask = _ask(req, action, record.name, key)
+    decision = decide(ask, settings)
+    if decision is Decision.NOT_ALLOWED and key is not None and object_acl_permission(action) \
+            and settings.acls_enabled:
+        decision = _decide_object(req, record, settings, ask, txn)
+    if decision is not Decision.ALLOW:
+        raise s3e.AccessDenied()
+
+
+def authorize(req: S3Request, record: BucketRecord, txn: Any = None) -> None:
+    """Raise AccessDenied unless the request's principal may do the request's action on
+    its bucket (or key). A catalog read for anyone but the owner of a bucket without a
+    policy (in `txn` if given)."""
+    if req.method == "POST" and "delete" in req.query and not req.key:
+        if _principal(req) != record.owner or POLICY_KIND in record.conf:
+            req.access = _settings(req, record, txn)  # DeleteObjects: each key is checked (`may`)
+        return
+    _check(req, record, txn, action_of(req), req.key or None)
+
+
+def authorize_source(req: S3Request, record: BucketRecord, key: str, txn: Any = None) -> None:
+    """A copy source: `s3:GetObject` on bucket/key."""
+    _check(req, record, txn, "s3:GetObject", key)
+
+
+def may(req: S3Request, action: str, key: str | None) -> bool:
+    """Whether the request's principal may do `action` on a key of the request's bucket,
+    by the settings its `authorize` read (the owner of a bucket without a policy: yes)."""
+    if req.access is None:
+        return True
+    return decide(_ask(req, action, req.bucket, key), req.access) is Decision.ALLOW
