@@ -9,7 +9,7 @@ TASK_INIT_ERROR = "TaskInitError"          # an asset was missing or `init` fail
 TASK_KILLED_ERROR = "TaskKilledError"      # a limit was hit (time, memory, processes, output, disk)
 JOB_CANCELLED_ERROR = "JobCancelledError"  # the job was cancelled while the task was queued or running
 INTERNAL_ERROR = "InternalError"           # anything else; node failures are retried first
-RESOURCE_NOT_FOUND = "ResourceNotFoundError"  # an input object does not exist or is not yours
+RESOURCE_NOT_FOUND = "ResourceNotFoundError"  # an input object does not exist or the owner may not read it
 QUOTA_EXCEEDED_ERROR = "QuotaExceededError"  # the owner is at a limit (objects, bytes, outputs)
 
 
@@ -33,6 +33,14 @@ class JobInputsClosed(JobError):
     def __init__(self, job_id: str) -> None:
         super().__init__(f"job {job_id!r} takes no more inputs (ended or cancelled)")
         self.job_id = job_id
+
+
+class AccessDenied(JobError):
+    """An input the job's owner may not read (neither theirs nor shared with them)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"{name}: access denied")
+        self.name = name
 
 
 class QuotaExceeded(JobError):

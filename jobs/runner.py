@@ -38,8 +38,9 @@ from jobs.images import Images
 from jobs.outputs import partition_of
 from jobs.records import JobRecords, jobs_bucket, task_key
 from jobs.spec import parse_input
-from storage import BlobRecord, BucketRef, Node, Store
+from storage import BlobRecord, Node, Store
 from storage import errors as se
+from storage.access import readable
 from storage.catalog import Txn
 from storage.replicas import choose_nodes
 
@@ -65,15 +66,19 @@ class _Failure(Exception):
 
 def _entry(ctx: RunContext, owner: str | None, name: str, missing_code: str) -> Record:
     """An input or asset as the agent sees it: its segments and where their replicas are.
-    `owner` None: a system object (an image's tar), whoever owns it."""
+    `owner` None: a system object (an image's tar), whoever owns it; else an object the
+    owner may read (theirs, or shared with them: storage.access)."""
     bucket, key = parse_input(name)
     store = ctx.store
     try:
         if owner is None:
-            owner = store.catalog.buckets.get(bucket).owner
-        if store.catalog.buckets.get(bucket).owner != owner:
-            raise _Failure(missing_code, f"{name}: access denied")
-        record = store.objects.get(BucketRef(bucket, owner), key)  # owner re-checked there
+            ref = store.catalog.buckets.get(bucket).ref()
+        else:
+            found = readable(store, owner, bucket, key)
+            if found is None:
+                raise _Failure(missing_code, f"{name}: access denied")
+            ref = found.ref()
+        record = store.objects.get(ref, key)  # the bucket re-checked there
     except (se.NoSuchBucket, se.NoSuchKey):
         raise _Failure(missing_code, f"{name}: no such object") from None
     segments = []

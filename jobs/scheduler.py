@@ -54,6 +54,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
@@ -72,6 +73,7 @@ from jobs.sandbox import Sandbox, SandboxError
 from jobs.spec import LIMITS, JobSpec, parse_input
 from storage import LocalNode, Node, Quota, Store
 from storage import errors as se
+from storage.access import readable
 
 __all__ = ["JobScheduler", "SchedulerConfig"]
 
@@ -250,6 +252,7 @@ class JobScheduler:
 
     def create(self, owner: str, spec: JobSpec) -> Record:
         self._check_limits(spec)
+        self._check_readable(owner, spec.inputs)
         record = self.records.create(owner, spec)  # the quota is counted in its transaction
         if self.started:
             with self.lock:
@@ -276,6 +279,17 @@ class JobScheduler:
                 raise je.InvalidJobSpec(f"phase {number}: {je.NoSuchImage(phase.image)}")
 
 
+    def _check_readable(self, owner: str, inputs: Iterable[str]) -> None:
+        """AccessDenied for an input in another account's bucket that the owner may not read
+        (storage.access); a missing bucket or object fails its task later, as before."""
+        for name in inputs:
+            bucket, key = parse_input(name)
+            try:
+                if readable(self.store, owner, bucket, key) is None:
+                    raise je.AccessDenied(name)
+            except se.NoSuchBucket:
+                continue
+
     def job(self, job_id: str, owner: str) -> Record:
         record = self.records.get(job_id)
         if record["owner"] != owner:
@@ -286,6 +300,7 @@ class JobScheduler:
         self.job(job_id, owner)
         for item in inputs:
             parse_input(item)
+        self._check_readable(owner, inputs)
         record = self.records.add_inputs(job_id, inputs, end)
         self.wake.set()  # the loop reloads the job's record, as for another process's write
         return record

@@ -13,8 +13,10 @@
 
 Any worker process serves it: its scheduler answers from the catalog when it is not the
 started one (jobs/scheduler.py), and the started one picks up the change within 0.1 s.
-An account sees only its own jobs; inputs are checked against the account when each task
-runs (an object of another account is ResourceNotFoundError, like a missing one).
+An account sees only its own jobs. Inputs are checked when they are given: one in another
+account's bucket that the account may not read (storage.access: a bucket policy or an ACL
+may share it) is AccessDenied; each task checks again when it runs (ResourceNotFoundError
+then, like a missing object). Outputs go only to the job owner's buckets.
 Errors use the S3 error XML (InvalidArgument for a bad spec, NoSuchJob, ...).
 """
 
@@ -98,6 +100,8 @@ def routes(scheduler: JobScheduler) -> Any:
             raise s3e.NoSuchJob(f"The job {exc.job_id} does not exist.") from None
         except je.JobInputsClosed as exc:
             raise s3e.InvalidRequest(str(exc)) from None
+        except je.AccessDenied as exc:
+            raise s3e.AccessDenied(f"Access Denied: {exc.name}") from None
         except je.QuotaExceeded as exc:
             raise s3e.QuotaExceeded(f"You are at your limit of {exc.limit} {exc.resource}.") from None
 
