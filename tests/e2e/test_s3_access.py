@@ -1,0 +1,324 @@
+"""Access control end to end: bucket policies shared with another account (boto3 and the
+jobs), a Deny that wins, conditions on the source address, grants, the public access block
+and ownership controls, malformed policies; boto3 and raw HTTP against a real server."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from manta import Client
+from manta.client import AccessDenied
+from tests.conftest import ROOT_AK, ROOT_SK, Server, require
+from tests.e2e.test_client import sandbox_reason
+from tests.e2e.test_s3_edge_keys import assert_s3_error
+from tests.e2e.test_s3_listing_acl import ALL_USERS, anonymous_client, send_with, unsigned
+
+_accounts = itertools.count(1)
+
+
+def new_account(server: Server) -> tuple[str, Any, Client]:
+    """A new account: (name, its boto3 client, its manta.Client)."""
+    admin = Client(server.url, ROOT_AK, ROOT_SK)
+    user = admin.api("POST", "/_manta/admin/users", {"name": f"acc-{os.getpid()}-{next(_accounts)}"})
+    return (user["name"], server.client(user["access_key"], user["secret_key"]),
+            Client(server.url, user["access_key"], user["secret_key"]))
+
+
+def code(call: Any, *args: Any, **kwargs: Any) -> str:
+    with pytest.raises(ClientError) as caught:
+        call(*args, **kwargs)
+    return str(caught.value.response["Error"]["Code"])
+
+
+def status(call: Any, *args: Any, **kwargs: Any) -> int:
+    with pytest.raises(ClientError) as caught:
+        call(*args, **kwargs)
+    return int(caught.value.response["ResponseMetadata"]["HTTPStatusCode"])
+
+
+def read_only_for(account: str, bucket: str, **extra: Any) -> str:
+    return json.dumps({"Version": "2012-10-17", "Statement": [{
+        "Sid": "ReadOnly", "Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{account}:root"},
+        "Action": ["s3:GetObject", "s3:ListBucket"],
+        "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"], **extra}]})
+
+
+def test_a_policy_shares_a_bucket_read_only(s3: Any, server: Server, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="data/a.txt", Body=b"alpha\n")
+    s3.put_object(Bucket=bucket, Key="data/b.txt", Body=b"beta beta\n")
+    bob, bob_s3, _ = new_account(server)
+    assert code(bob_s3.list_objects_v2, Bucket=bucket) == "AccessDenied"
+    assert code(bob_s3.get_object, Bucket=bucket, Key="data/a.txt") == "AccessDenied"
+    assert code(s3.get_bucket_policy, Bucket=bucket) == "NoSuchBucketPolicy"
+
+    s3.put_bucket_policy(Bucket=bucket, Policy=read_only_for(bob, bucket))
+    assert json.loads(s3.get_bucket_policy(Bucket=bucket)["Policy"]) == json.loads(read_only_for(bob, bucket))
+    assert s3.get_bucket_policy_status(Bucket=bucket)["PolicyStatus"]["IsPublic"] is False
+    # bob lists and reads
+    listing = bob_s3.list_objects_v2(Bucket=bucket, Prefix="data/")
+    assert [o["Key"] for o in listing["Contents"]] == ["data/a.txt", "data/b.txt"]
+    assert listing["Contents"][0].get("Owner") is None
+    assert bob_s3.list_objects(Bucket=bucket)["Contents"][0]["Owner"]["ID"] == "root"  # the bucket's owner
+    assert bob_s3.get_object(Bucket=bucket, Key="data/a.txt")["Body"].read() == b"alpha\n"
+    assert bob_s3.head_object(Bucket=bucket, Key="data/b.txt")["ContentLength"] == 10
+    assert code(bob_s3.get_object, Bucket=bucket, Key="missing") == "NoSuchKey"  # he may list
+    # ... and copies out into a bucket of his own, but writes and deletes nothing in it
+    mine = f"{bob}-own"
+    bob_s3.create_bucket(Bucket=mine)
+    bob_s3.copy_object(Bucket=mine, Key="copy", CopySource={"Bucket": bucket, "Key": "data/a.txt"})
+    assert bob_s3.get_object(Bucket=mine, Key="copy")["Body"].read() == b"alpha\n"
+    assert code(bob_s3.put_object, Bucket=bucket, Key="data/c.txt", Body=b"no") == "AccessDenied"
+    assert code(bob_s3.copy_object, Bucket=bucket, Key="c", CopySource={"Bucket": mine, "Key": "copy"}) == "AccessDenied"
+    assert code(bob_s3.create_multipart_upload, Bucket=bucket, Key="mp") == "AccessDenied"
+    assert code(bob_s3.delete_object, Bucket=bucket, Key="data/a.txt") == "AccessDenied"
+    result = bob_s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": "data/a.txt"}]})
+    assert [(e["Key"], e["Code"]) for e in result["Errors"]] == [("data/a.txt", "AccessDenied")]
+    assert "Deleted" not in result
+    assert code(bob_s3.delete_bucket, Bucket=bucket) == "AccessDenied"
+    assert code(bob_s3.put_bucket_acl, Bucket=bucket, ACL="public-read") == "AccessDenied"
+    assert code(bob_s3.get_bucket_policy, Bucket=bucket) == "AccessDenied"
+    assert code(bob_s3.put_bucket_policy, Bucket=bucket, Policy=read_only_for(bob, bucket)) == "AccessDenied"
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]] == ["data/a.txt", "data/b.txt"]
+    # a third account and anonymous callers get nothing
+    _, carol_s3, _ = new_account(server)
+    assert code(carol_s3.get_object, Bucket=bucket, Key="data/a.txt") == "AccessDenied"
+    assert_s3_error(unsigned(server, "GET", f"/{bucket}/data/a.txt"), 403, "AccessDenied")
+    # without the policy bob is out again
+    s3.delete_bucket_policy(Bucket=bucket)
+    assert code(bob_s3.get_object, Bucket=bucket, Key="data/a.txt") == "AccessDenied"
+    assert code(bob_s3.list_objects_v2, Bucket=bucket) == "AccessDenied"
+    bob_s3.delete_object(Bucket=mine, Key="copy")
+    bob_s3.delete_bucket(Bucket=mine)
+
+
+def test_a_job_reads_inputs_shared_by_policy(s3: Any, server: Server, bucket: str) -> None:
+    """Acceptance: a job created by B with inputs in A's bucket runs when A's policy lets B
+    read them; without the policy the job fails at create with AccessDenied."""
+    reason = sandbox_reason()
+    require(reason is None, reason or "")
+    s3.put_object(Bucket=bucket, Key="in/1.txt", Body=b"one two three\n")
+    s3.put_object(Bucket=bucket, Key="in/2.txt", Body=b"four five\n")
+    bob, _, bob_client = new_account(server)
+    spec = {"phases": [{"type": "map", "exec": "wc -w"}], "inputs": [f"{bucket}/in/1.txt"]}
+    with pytest.raises(AccessDenied):
+        bob_client.api("POST", "/_manta/jobs", spec)  # the create itself is refused
+    assert bob_client.jobs() == []
+    with pytest.raises(AccessDenied):
+        bob_client.job(map="wc -w", inputs=[f"{bucket}/in/1.txt"])  # the client's add-inputs; it cancels
+    with pytest.raises(AccessDenied):
+        bob_client.job(map="wc -w", inputs=f"{bucket}/in/")  # a prefix: the listing is refused
+    assert {j["state"] for j in bob_client.jobs()} <= {"cancelled"}
+    s3.put_bucket_policy(Bucket=bucket, Policy=read_only_for(bob, bucket))
+    job = bob_client.job(map="wc -w", reduce="awk '{s+=$1} END {print s}'", inputs=f"{bucket}/in/")
+    assert job.wait(timeout_s=120, progress=False).state == "done", job.errors()
+    assert job.read_outputs() == b"5\n"
+    assert all(name.startswith(f"_jobs_{bob}/") for name in job.outputs())  # outputs stay bob's
+    # a late input outside the policy's reach is refused too
+    s3.put_bucket_policy(Bucket=bucket, Policy=read_only_for(bob, bucket, Condition={
+        "StringLike": {"s3:prefix": "in/*"}}))
+    open_job = bob_client.job(map="wc -w", inputs=[], end=False)
+    s3.delete_bucket_policy(Bucket=bucket)
+    with pytest.raises(AccessDenied):
+        open_job.add_inputs([f"{bucket}/in/1.txt"])
+    open_job.cancel()
+
+
+def test_an_explicit_deny_wins_over_an_allow(s3: Any, server: Server, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="open/x", Body=b"open")
+    s3.put_object(Bucket=bucket, Key="secret/x", Body=b"secret")
+    bob, bob_s3, _ = new_account(server)
+    policy = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": bob}, "Action": "s3:Get*", "Resource": f"arn:aws:s3:::{bucket}/*"},
+        {"Effect": "Deny", "Principal": "*", "Action": ["s3:GetObject", "s3:DeleteObject"],
+         "Resource": f"arn:aws:s3:::{bucket}/secret/*"}]}
+    s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
+    assert bob_s3.get_object(Bucket=bucket, Key="open/x")["Body"].read() == b"open"
+    assert code(bob_s3.get_object, Bucket=bucket, Key="secret/x") == "AccessDenied"
+    # the Deny holds for the bucket's owner too, but never locks the owner out of the policy
+    assert code(s3.get_object, Bucket=bucket, Key="secret/x") == "AccessDenied"
+    assert code(s3.delete_object, Bucket=bucket, Key="secret/x") == "AccessDenied"
+    assert s3.get_object(Bucket=bucket, Key="open/x")["Body"].read() == b"open"
+    lockout = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Deny", "Principal": "*", "Action": "s3:*", "Resource": [f"arn:aws:s3:::{bucket}",
+                                                                            f"arn:aws:s3:::{bucket}/*"]}]}
+    s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(lockout))
+    assert code(s3.list_objects_v2, Bucket=bucket) == "AccessDenied"
+    assert json.loads(s3.get_bucket_policy(Bucket=bucket)["Policy"]) == lockout
+    s3.delete_bucket_policy(Bucket=bucket)
+    assert s3.get_object(Bucket=bucket, Key="secret/x")["Body"].read() == b"secret"
+
+
+@pytest.mark.parametrize(("cidr", "allowed"), [("127.0.0.1/32", True), ("192.0.2.0/24", False)])
+def test_a_source_ip_condition(s3: Any, server: Server, bucket: str, cidr: str, allowed: bool) -> None:
+    s3.put_object(Bucket=bucket, Key="k", Body=b"from loopback")
+    policy = {"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Principal": "*", "Action": ["s3:GetObject", "s3:ListBucket"],
+        "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"],
+        "Condition": {"IpAddress": {"aws:SourceIp": [cidr]}}}]}
+    s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
+    assert s3.get_bucket_policy_status(Bucket=bucket)["PolicyStatus"]["IsPublic"] is False  # a fixed range
+    reply = unsigned(server, "GET", f"/{bucket}/k")
+    listing = unsigned(server, "GET", f"/{bucket}?list-type=2")
+    if allowed:
+        assert (reply.status, reply.body) == (200, b"from loopback")
+        assert listing.status == 200 and b"<Key>k</Key>" in listing.body
+        assert anonymous_client(server).get_object(Bucket=bucket, Key="k")["Body"].read() == b"from loopback"  # type: ignore[attr-defined]
+    else:
+        assert_s3_error(reply, 403, "AccessDenied")
+        assert_s3_error(listing, 403, "AccessDenied")
+    assert_s3_error(unsigned(server, "PUT", f"/{bucket}/k", b"x"), 403, "AccessDenied")
+    assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == b"from loopback"
+
+
+def test_a_listing_limited_by_prefix(s3: Any, server: Server, bucket: str) -> None:
+    for key in ("home/bob/1", "home/eve/1"):
+        s3.put_object(Bucket=bucket, Key=key, Body=b"x")
+    bob, bob_s3, _ = new_account(server)
+    s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps({"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Principal": {"AWS": bob}, "Action": "s3:ListBucket", "Resource": f"arn:aws:s3:::{bucket}",
+        "Condition": {"StringLike": {"s3:prefix": "home/bob/*"}}}]}))
+    assert [o["Key"] for o in bob_s3.list_objects_v2(Bucket=bucket, Prefix="home/bob/")["Contents"]] == ["home/bob/1"]
+    assert code(bob_s3.list_objects_v2, Bucket=bucket, Prefix="home/eve/") == "AccessDenied"
+    assert code(bob_s3.list_objects_v2, Bucket=bucket) == "AccessDenied"  # no prefix: the key is missing
+
+
+def test_grants_on_buckets_and_objects(s3: Any, server: Server, bucket: str) -> None:
+    bob, bob_s3, _ = new_account(server)
+    s3.put_object(Bucket=bucket, Key="for-bob", Body=b"granted", GrantRead=f'id="{bob}"', GrantFullControl='id="root"')
+    s3.put_object(Bucket=bucket, Key="not-for-bob", Body=b"private")
+    grants = {(g["Grantee"].get("ID") or g["Grantee"].get("URI"), g["Permission"])
+              for g in s3.get_object_acl(Bucket=bucket, Key="for-bob")["Grants"]}
+    assert grants == {("root", "FULL_CONTROL"), (bob, "READ")}
+    assert bob_s3.get_object(Bucket=bucket, Key="for-bob")["Body"].read() == b"granted"
+    assert code(bob_s3.get_object, Bucket=bucket, Key="not-for-bob") == "AccessDenied"
+    assert code(bob_s3.get_object_acl, Bucket=bucket, Key="for-bob") == "AccessDenied"  # READ is not READ_ACP
+    assert code(bob_s3.list_objects_v2, Bucket=bucket) == "AccessDenied"
+    assert code(bob_s3.get_object, Bucket=bucket, Key="missing") == "AccessDenied"  # may not list: 403, not 404
+    # WRITE and READ on the bucket through an AccessControlPolicy body
+    s3.put_bucket_acl(Bucket=bucket, AccessControlPolicy={"Owner": {"ID": "root"}, "Grants": [
+        {"Grantee": {"Type": "CanonicalUser", "ID": "root"}, "Permission": "FULL_CONTROL"},
+        {"Grantee": {"Type": "CanonicalUser", "ID": bob}, "Permission": "WRITE"},
+        {"Grantee": {"Type": "CanonicalUser", "ID": bob}, "Permission": "READ"}]})
+    assert {g["Permission"] for g in s3.get_bucket_acl(Bucket=bucket)["Grants"] if g["Grantee"].get("ID") == bob} == {
+        "READ", "WRITE"}
+    bob_s3.put_object(Bucket=bucket, Key="by-bob", Body=b"written by bob")
+    assert s3.get_object(Bucket=bucket, Key="by-bob")["Body"].read() == b"written by bob"  # the owner's object
+    assert "by-bob" in [o["Key"] for o in bob_s3.list_objects_v2(Bucket=bucket)["Contents"]]
+    assert code(bob_s3.get_object, Bucket=bucket, Key="by-bob") == "AccessDenied"  # objects have their own ACL
+    assert code(bob_s3.get_bucket_acl, Bucket=bucket) == "AccessDenied"
+    # a grant to AuthenticatedUsers over raw HTTP: any signer, not anonymous callers
+    reply = send_with(server, "PUT", f"/{bucket}/auth?", {
+        "x-amz-grant-read": 'uri="http://acs.amazonaws.com/groups/global/AuthenticatedUsers"'}, b"signed only")
+    assert reply.status == 200, reply.body
+    assert bob_s3.get_object(Bucket=bucket, Key="auth")["Body"].read() == b"signed only"
+    assert_s3_error(unsigned(server, "GET", f"/{bucket}/auth"), 403, "AccessDenied")
+    s3.put_bucket_acl(Bucket=bucket, ACL="private")
+    assert code(bob_s3.put_object, Bucket=bucket, Key="by-bob", Body=b"again") == "AccessDenied"
+
+
+def test_the_public_access_block(s3: Any, server: Server, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="pub", Body=b"public", ACL="public-read")
+    assert unsigned(server, "GET", f"/{bucket}/pub").status == 200
+    assert code(s3.get_public_access_block, Bucket=bucket) == "NoSuchPublicAccessBlockConfiguration"
+    # IgnorePublicAcls: the public ACL stays but counts for nothing
+    s3.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration={"IgnorePublicAcls": True})
+    config = s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]
+    assert config == {"BlockPublicAcls": False, "IgnorePublicAcls": True, "BlockPublicPolicy": False,
+                      "RestrictPublicBuckets": False}
+    assert_s3_error(unsigned(server, "GET", f"/{bucket}/pub"), 403, "AccessDenied")
+    assert {g["Grantee"].get("URI") for g in s3.get_object_acl(Bucket=bucket, Key="pub")["Grants"]} >= {ALL_USERS}
+    # BlockPublicAcls: no new public ACL, in any form
+    s3.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration={
+        "BlockPublicAcls": True, "BlockPublicPolicy": True})
+    assert unsigned(server, "GET", f"/{bucket}/pub").status == 200  # no longer ignored
+    assert code(s3.put_object, Bucket=bucket, Key="new", Body=b"x", ACL="public-read") == "AccessDenied"
+    assert code(s3.put_object_acl, Bucket=bucket, Key="pub", ACL="public-read-write") == "AccessDenied"
+    assert code(s3.put_bucket_acl, Bucket=bucket, GrantRead=f'uri="{ALL_USERS}"') == "AccessDenied"
+    assert code(s3.create_multipart_upload, Bucket=bucket, Key="mp", ACL="authenticated-read") == "AccessDenied"
+    s3.put_object(Bucket=bucket, Key="new", Body=b"x", ACL="private")
+    # BlockPublicPolicy: no public policy
+    public = json.dumps({"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Principal": "*", "Action": "s3:GetObject", "Resource": f"arn:aws:s3:::{bucket}/*"}]})
+    assert code(s3.put_bucket_policy, Bucket=bucket, Policy=public) == "AccessDenied"
+    # RestrictPublicBuckets: a public policy already there lets nobody else in
+    s3.delete_public_access_block(Bucket=bucket)
+    s3.put_bucket_policy(Bucket=bucket, Policy=public)
+    assert s3.get_bucket_policy_status(Bucket=bucket)["PolicyStatus"]["IsPublic"] is True
+    assert unsigned(server, "GET", f"/{bucket}/new").status == 200
+    s3.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration={"RestrictPublicBuckets": True})
+    assert_s3_error(unsigned(server, "GET", f"/{bucket}/new"), 403, "AccessDenied")
+    assert s3.get_object(Bucket=bucket, Key="new")["Body"].read() == b"x"
+    s3.delete_public_access_block(Bucket=bucket)
+    assert code(s3.get_public_access_block, Bucket=bucket) == "NoSuchPublicAccessBlockConfiguration"
+    assert unsigned(server, "GET", f"/{bucket}/new").status == 200
+
+
+def test_bucket_owner_enforced_disables_acls(s3: Any, server: Server, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="pub", Body=b"public", ACL="public-read")
+    assert code(s3.get_bucket_ownership_controls, Bucket=bucket) == "OwnershipControlsNotFoundError"
+    enforced = {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]}
+    s3.put_bucket_acl(Bucket=bucket, ACL="public-read")
+    assert code(s3.put_bucket_ownership_controls, Bucket=bucket,
+                OwnershipControls=enforced) == "InvalidBucketAclWithObjectOwnership"
+    s3.put_bucket_acl(Bucket=bucket, ACL="private")
+    s3.put_bucket_ownership_controls(Bucket=bucket, OwnershipControls=enforced)
+    assert s3.get_bucket_ownership_controls(Bucket=bucket)["OwnershipControls"] == enforced
+    assert_s3_error(unsigned(server, "GET", f"/{bucket}/pub"), 403, "AccessDenied")  # the ACL counts no more
+    assert [g["Permission"] for g in s3.get_object_acl(Bucket=bucket, Key="pub")["Grants"]] == ["FULL_CONTROL"]
+    for call, args in ((s3.put_object, {"Key": "n", "Body": b"x", "ACL": "public-read"}),
+                       (s3.put_object, {"Key": "n", "Body": b"x", "ACL": "private"}),
+                       (s3.put_object_acl, {"Key": "pub", "ACL": "public-read"}),
+                       (s3.put_bucket_acl, {"ACL": "authenticated-read"}),
+                       (s3.copy_object, {"Key": "c", "CopySource": {"Bucket": bucket, "Key": "pub"},
+                                         "ACL": "public-read"})):
+        assert code(call, Bucket=bucket, **args) == "AccessControlListNotSupported", args
+        assert status(call, Bucket=bucket, **args) == 400
+    s3.put_object(Bucket=bucket, Key="n", Body=b"x", ACL="bucket-owner-full-control")
+    s3.put_object(Bucket=bucket, Key="m", Body=b"x")
+    s3.delete_bucket_ownership_controls(Bucket=bucket)
+    assert unsigned(server, "GET", f"/{bucket}/pub").status == 200  # the ACL it kept counts again
+
+
+def test_policies_are_validated(s3: Any, bucket: str) -> None:
+    good = {"Effect": "Allow", "Principal": {"AWS": "root"}, "Action": "s3:GetObject",
+            "Resource": f"arn:aws:s3:::{bucket}/*"}
+    bad_documents = [
+        "not json", json.dumps({"Version": "2012-10-17"}), json.dumps({"Statement": [{**good, "Effect": "Perhaps"}]}),
+        json.dumps({"Statement": [{**good, "Action": "s3:FlyAway"}]}),
+        json.dumps({"Statement": [{**good, "Resource": "arn:aws:s3:::some-other-bucket/*"}]}),
+        json.dumps({"Statement": [{**good, "Principal": {"AWS": "no-such-account"}}]}),
+        json.dumps({"Statement": [{**good, "Condition": {"IpAddress": {"aws:SourceIp": "not-an-ip"}}}]}),
+        json.dumps({"Statement": [{**good, "Condition": {"StringAlmostEquals": {"s3:prefix": "a"}}}]}),
+    ]
+    for document in bad_documents:
+        assert code(s3.put_bucket_policy, Bucket=bucket, Policy=document) == "MalformedPolicy", document
+        assert status(s3.put_bucket_policy, Bucket=bucket, Policy=document) == 400
+    assert code(s3.get_bucket_policy, Bucket=bucket) == "NoSuchBucketPolicy"
+    assert code(s3.get_bucket_policy_status, Bucket=bucket) == "NoSuchBucketPolicy"
+    s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps({"Version": "2012-10-17", "Statement": good}))
+    assert s3.get_bucket_policy_status(Bucket=bucket)["PolicyStatus"]["IsPublic"] is False
+
+
+def test_only_the_owners_account_manages_the_policy(s3: Any, server: Server, bucket: str) -> None:
+    bob, bob_s3, _ = new_account(server)
+    s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps({"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Principal": {"AWS": bob}, "Action": ["s3:GetBucketPolicy", "s3:PutBucketPolicy"],
+        "Resource": f"arn:aws:s3:::{bucket}"}]}))
+    assert status(bob_s3.get_bucket_policy, Bucket=bucket) == 405
+    assert status(bob_s3.delete_bucket_policy, Bucket=bucket) == 403  # not even allowed
+    assert s3.get_bucket_policy(Bucket=bucket)["Policy"]
+
+
+def test_a_bucket_without_settings_answers_as_before(s3: Any, server: Server, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="k", Body=b"x")
+    assert_s3_error(unsigned(server, "GET", f"/{bucket}/k"), 403, "AccessDenied")
+    assert_s3_error(unsigned(server, "GET", f"/{bucket}"), 403, "AccessDenied")
+    assert_s3_error(unsigned(server, "PUT", f"/{bucket}-anon"), 403, "AccessDenied")  # no anonymous buckets
+    assert_s3_error(unsigned(server, "GET", "/"), 403, "AccessDenied")
+    assert_s3_error(unsigned(server, "GET", "/no-such-bucket-here/k"), 404, "NoSuchBucket")
