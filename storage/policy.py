@@ -358,7 +358,7 @@ def _statement(raw: Any, bucket: str) -> Statement:
         not_resource="NotResource" in raw, sid=sid)
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=256)
 def parse_policy(text: bytes, bucket: str) -> Policy:
     """The policy a document states for `bucket` (its resources must name it); PolicyError
     when it is not valid. Cached: a bucket's policy is parsed once per process."""

@@ -38,6 +38,7 @@ __all__ = ["action_of", "authorize", "authorize_source", "context_of", "may"]
 
 BUCKET_ACTIONS: dict[tuple[str, str], str] = {
     ("HEAD", ""): "s3:ListBucket", ("GET", ""): "s3:ListBucket", ("DELETE", ""): "s3:DeleteBucket",
+    ("PUT", ""): "s3:CreateBucket",
     ("GET", "location"): "s3:GetBucketLocation", ("GET", "versions"): "s3:ListBucketVersions",
     ("GET", "versioning"): "s3:GetBucketVersioning", ("PUT", "versioning"): "s3:PutBucketVersioning",
     ("GET", "acl"): "s3:GetBucketAcl", ("PUT", "acl"): "s3:PutBucketAcl",
@@ -168,9 +169,10 @@ def authorize(req: S3Request, record: BucketRecord, txn: Any = None) -> None:
     """Raise AccessDenied unless the request's principal may do the request's action on
     its bucket (or key). A catalog read for anyone but the owner of a bucket without a
     policy (in `txn` if given)."""
+    if _principal(req) == record.owner and POLICY_KIND not in record.conf:
+        return  # the owner, and no policy that could deny: nothing to read
     if req.method == "POST" and "delete" in req.query and not req.key:
-        if _principal(req) != record.owner or POLICY_KIND in record.conf:
-            req.access = _settings(req, record, txn)  # DeleteObjects: each key is checked (`may`)
+        req.access = _settings(req, record, txn)  # DeleteObjects: each key is checked (`may`)
         return
     _check(req, record, txn, action_of(req), req.key or None)
 
