@@ -622,7 +622,7 @@ def test_accounts_see_only_their_own_jobs_and_objects(server: Server, s3: Any, b
         assert denied.returncode == 1 and denied.stderr.startswith("manta: NoSuchJob"), command
     stolen = as_eve("job", "create", "-o", "-m", "cat", f"{bucket}/secret.txt")
     assert stolen.returncode == 1 and stolen.stdout == ""
-    assert "ResourceNotFoundError" in stolen.stderr and "root only" not in stolen.stderr
+    assert "AccessDenied" in stolen.stderr and "root only" not in stolen.stderr  # refused when given
     via_asset = as_eve("job", "create", "-o", "--asset", f"{bucket}/secret.txt", "-r", "cat /manta/assets/*")
     assert via_asset.returncode == 1 and "TaskInitError" in via_asset.stderr and "root only" not in via_asset.stdout
     listing = as_eve("find", JOBS_BUCKET)
