@@ -25,6 +25,7 @@ from manta.server.s3.context import S3Request
 from storage import BucketRecord
 from storage import errors as se
 from storage.access import (
+    ACL_KINDS,
     POLICY_KIND,
     Ask,
     BucketAccess,
@@ -34,7 +35,7 @@ from storage.access import (
     object_acl_permission,
 )
 
-__all__ = ["action_of", "authorize", "authorize_source", "context_of", "may"]
+__all__ = ["action_of", "authorize", "authorize_source", "context_of", "may", "plain"]
 
 BUCKET_ACTIONS: dict[tuple[str, str], str] = {
     ("HEAD", ""): "s3:ListBucket", ("GET", ""): "s3:ListBucket", ("DELETE", ""): "s3:DeleteBucket",
@@ -188,3 +189,9 @@ def may(req: S3Request, action: str, key: str | None) -> bool:
     if req.access is None:
         return True
     return decide(_ask(req, action, req.bucket, key), req.access) is Decision.ALLOW
+
+
+def plain(req: S3Request) -> bool:
+    """Whether the request's bucket (its record read) has no access settings at all: no
+    policy, public access block or ownership controls (what the door's bucket cache holds)."""
+    return req.bucket_conf is not None and not req.bucket_conf & ACL_KINDS

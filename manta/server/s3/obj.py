@@ -31,7 +31,7 @@ from typing import Any
 
 from starlette.responses import Response, StreamingResponse
 
-from manta.server.s3 import acl, tagging
+from manta.server.s3 import access, acl, tagging
 from manta.server.s3 import errors as s3e
 from manta.server.s3.body import BodyResult, expected_size, receive_into
 from manta.server.s3.common import (
@@ -183,7 +183,7 @@ def _put_checks(req: S3Request) -> PutChecks:
     announced size. Returns (bucket, headers, metadata, ACL, condition, size)."""
     with req.store.catalog.read() as txn:  # one snapshot: with PostgreSQL, round trips count
         bucket = owned_ref(req, txn=txn)
-        if req.buckets is not None and req.access is None:  # the owner of a bucket without a policy
+        if req.buckets is not None and access.plain(req):  # no settings a cached PUT would skip
             req.buckets.put(req.bucket, BucketRef(bucket.name, bucket.owner))
         headers, meta = request_headers(req)
         canned = acl.from_request(req, on_object=True)
