@@ -285,6 +285,20 @@ def test_bucket_owner_enforced_disables_acls(s3: Any, server: Server, bucket: st
     assert unsigned(server, "GET", f"/{bucket}/pub").status == 200  # the ACL it kept counts again
 
 
+def test_ownership_set_when_the_bucket_is_made(s3: Any, server: Server, bucket: str) -> None:
+    made = bucket + "-enforced"
+    s3.create_bucket(Bucket=made, ObjectOwnership="BucketOwnerEnforced")
+    try:
+        rules = s3.get_bucket_ownership_controls(Bucket=made)["OwnershipControls"]["Rules"]
+        assert rules == [{"ObjectOwnership": "BucketOwnerEnforced"}]
+        assert code(s3.put_object, Bucket=made, Key="k", Body=b"x", ACL="public-read") == "AccessControlListNotSupported"
+    finally:
+        s3.delete_bucket(Bucket=made)
+    assert code(s3.create_bucket, Bucket=made, ObjectOwnership="BucketOwnerEnforced",
+                ACL="public-read") == "InvalidBucketAclWithObjectOwnership"
+    assert_s3_error(send_with(server, "PUT", f"/{made}", {"x-amz-object-ownership": "Nobody"}), 400, "InvalidArgument")
+
+
 def test_policies_are_validated(s3: Any, bucket: str) -> None:
     good = {"Effect": "Allow", "Principal": {"AWS": "root"}, "Action": "s3:GetObject",
             "Resource": f"arn:aws:s3:::{bucket}/*"}

@@ -13,7 +13,7 @@ from typing import Any
 
 from starlette.responses import Response
 
-from manta.server.s3 import access, acl
+from manta.server.s3 import access, acl, policy
 from manta.server.s3 import errors as s3e
 from manta.server.s3.body import read_small
 from manta.server.s3.common import (
@@ -63,8 +63,11 @@ async def create_bucket(req: S3Request) -> Response:
     if req.header("x-amz-bucket-object-lock-enabled", "").lower() == "true":
         raise s3e.NotImplemented_("Object lock is not implemented.")
     canned = acl.requested(req, on_object=False)
+    ownership = policy.requested_ownership(req, canned)
     try:
         await in_thread(req.store.catalog.buckets.create, req.bucket, req.owner, canned)
+        if ownership is not None:
+            await in_thread(policy.set_ownership, req, ownership)
     except se.BucketAlreadyExists as exc:
         # the bucket lives in the server's region (a LocationConstraint naming another one
         # was refused above); there, S3's legacy answer to re-creating your own bucket is

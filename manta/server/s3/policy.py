@@ -37,7 +37,8 @@ from storage.policy import MAX_POLICY_BYTES, PolicyError, parse_policy
 
 __all__ = ["delete_bucket_policy", "delete_ownership_controls", "delete_public_access_block",
            "get_bucket_policy", "get_ownership_controls", "get_policy_status", "get_public_access_block",
-           "put_bucket_policy", "put_ownership_controls", "put_public_access_block"]
+           "put_bucket_policy", "put_ownership_controls", "put_public_access_block", "requested_ownership",
+           "set_ownership"]
 
 BLOCK_FIELDS = (("BlockPublicAcls", "block_public_acls"), ("IgnorePublicAcls", "ignore_public_acls"),
                 ("BlockPublicPolicy", "block_public_policy"), ("RestrictPublicBuckets", "restrict_public_buckets"))
@@ -161,6 +162,26 @@ async def put_ownership_controls(req: S3Request) -> Response:
             raise s3e.InvalidBucketAclWithObjectOwnership()
     await _set(req, ref, OWNERSHIP_KIND, ownership.encode())
     return Response(b"")
+
+
+def requested_ownership(req: S3Request, canned: str | None) -> str | None:
+    """CreateBucket's x-amz-object-ownership, checked (None: not sent)."""
+    ownership = req.header("x-amz-object-ownership")
+    if ownership is None:
+        return None
+    if ownership not in OWNERSHIPS:
+        raise s3e.InvalidArgument("Invalid x-amz-object-ownership header", ArgumentName="x-amz-object-ownership",
+                                  ArgumentValue=ownership)
+    if ownership == OWNER_ENFORCED and canned not in (None, "private"):
+        raise s3e.InvalidBucketAclWithObjectOwnership()
+    return ownership
+
+
+def set_ownership(req: S3Request, ownership: str) -> None:
+    """The ownership controls of a bucket just created (a second write: a crash between
+    the two leaves the bucket without them)."""
+    record = req.store.catalog.buckets.get(req.bucket)
+    req.store.catalog.bucketconf.set(record.ref(), OWNERSHIP_KIND, ownership.encode())
 
 
 async def get_ownership_controls(req: S3Request) -> Response:
