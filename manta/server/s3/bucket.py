@@ -62,7 +62,7 @@ async def create_bucket(req: S3Request) -> Response:
                 "The specified location-constraint is not valid.", LocationConstraint=location)
     if req.header("x-amz-bucket-object-lock-enabled", "").lower() == "true":
         raise s3e.NotImplemented_("Object lock is not implemented.")
-    canned = acl.requested(req, on_object=False)
+    canned = await read_catalog(req.store, acl.requested, req, False)  # an id grant reads its account
     ownership = policy.requested_ownership(req, canned)
     try:
         await in_thread(req.store.catalog.buckets.create, req.bucket, req.owner, canned)

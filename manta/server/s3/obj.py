@@ -204,6 +204,8 @@ def _cached_put_checks(req: S3Request) -> PutChecks | None:
     bucket = req.buckets.get(req.bucket) if req.buckets is not None else None
     if bucket is None or bucket.owner != req.owner or write_condition(req) is not None:
         return None
+    if not acl.GRANT_HEADERS.keys().isdisjoint(req.headers):
+        return None  # a grant to an account reads the account
     size = expected_size(req)
     if size is not None and not _unlimited(req, bucket):
         return None
