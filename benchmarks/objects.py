@@ -79,14 +79,16 @@ def manta_variants(args: argparse.Namespace) -> dict[str, int]:
 def start_server(name: str, work: Path, args: argparse.Namespace) -> Server:
     variants = manta_variants(args)
     if name in variants:
-        # always the flag: a plain `manta serve` runs one worker per CPU (manta-base, a
-        # revision from before --workers, never gets it)
+        # always the flag: a plain `manta serve` runs one worker per CPU
         return Server.manta(name, work, work / f"{name}-data", "--workers", str(variants[name]))
     if name == "manta-base":  # the same embedded server at another revision, for before/after
         code = work / "base-checkout"
         subprocess.run(["git", "-C", str(HERE.parent), "worktree", "add", "--detach", "-q", str(code),
                         args.baseline_rev], check=True)
-        return Server.manta(name, work, work / "base-data", code=code)
+        # as many workers as the (first) manta server, if the revision has --workers at all
+        # (without the flag it would run one per CPU: not a like-for-like comparison)
+        extra = ("--workers", str(args.workers[0])) if (code / "manta" / "server" / "workers.py").exists() else ()
+        return Server.manta(name, work, work / "base-data", *extra, code=code)
     if name == "manta-cluster":
         return start_cluster(work)
     port = free_port()
