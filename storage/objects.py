@@ -392,20 +392,15 @@ class ObjectStore:
                     obj.get("acl", "private") if obj is not None else None)
 
     def set_acl(self, bucket: Bucket, key: str, acl: str) -> None:
-        """Replace the object's canned ACL (the S3 layer checked the name)."""
-        name = bucket_name(bucket)
-
-        def op(txn: Txn) -> None:
-            self.catalog.buckets.check(txn, bucket)
-            record = self._read(txn, name, key)
-            if record is None:
-                raise errors.NoSuchKey(name, key)
-            self._write(txn, name, key, {**record, "acl": acl})
-
-        self.catalog.write(op)
+        """Replace the object's ACL (the S3 layer checked it)."""
+        self._set_field(bucket, key, "acl", acl)
 
     def set_tags(self, bucket: Bucket, key: str, tags: dict[str, str]) -> None:
         """Replace the object's tags ({}: none; the S3 layer checked them)."""
+        self._set_field(bucket, key, "tags", tags or None)
+
+    def _set_field(self, bucket: Bucket, key: str, attr: str, value: Any) -> None:
+        """Set (None: drop) one field of the key's current record, against the bucket ref."""
         name = bucket_name(bucket)
 
         def op(txn: Txn) -> None:
@@ -413,8 +408,8 @@ class ObjectStore:
             record = self._read(txn, name, key)
             if record is None:
                 raise errors.NoSuchKey(name, key)
-            kept = {k: v for k, v in record.items() if k != "tags"}
-            self._write(txn, name, key, {**kept, "tags": tags} if tags else kept)
+            kept = {k: v for k, v in record.items() if k != attr}
+            self._write(txn, name, key, kept if value is None else {**kept, attr: value})
 
         self.catalog.write(op)
 

@@ -13,21 +13,12 @@ from typing import Any
 import pytest
 
 from storage import errors
-from storage.catalog import Catalog
-from storage.objects import ObjectStore
-from storage.uploads import UploadStore
 from storage.versions import NULL, version_id
+from tests.storage.test_quota import Stores as QuotaStores
 
 
-class Stores:
-    def __init__(self, path: str) -> None:
-        self.catalog = Catalog(path)
-        self.objects = ObjectStore(self.catalog)
-        self.uploads = UploadStore(self.catalog, self.objects)
-
-    def usage(self) -> tuple[int, int]:
-        used = self.catalog.usage.get("bob")
-        return used.objects, used.bytes
+class Stores(QuotaStores):
+    """The catalog with its object and upload stores (as the quota tests build them)."""
 
     def put(self, key: str, size: int) -> dict[str, Any]:
         rec = record(size)
