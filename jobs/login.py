@@ -46,22 +46,20 @@ from jobs import errors as je
 from jobs.agent import TaskAgent, _Task
 from jobs.cgroups import TaskCgroups
 from jobs.sandbox import (
-    GROUP,
     HOST_PATH,
-    PASSWD,
     RUNNER,
     TICK_S,
     SandboxError,
     TaskLimits,
     TaskSpec,
+    _bwrap,
     _end,
     _env_args,
     _kill,
     _limit_reached,
-    _memfd,
     _moved,
+    _pass_files,
     _task_mounts,
-    _wrapper_script,
 )
 
 __all__ = ["MAX_SESSION_S", "LoginEnd", "LoginRequest", "LoginSession"]
@@ -239,15 +237,10 @@ class LoginSession:
                 spec.exec = (f"exec 0<&{slave} 1>&{slave} 2>&{slave} {slave}>&-; export PS1={shlex.quote(PROMPT)}; "
                              f"exec setsid -w -c {program}")  # (a non-interactive bash drops PS1 from its env)
                 status_r, status_w = os.pipe()
-                fds.append(_moved(status_w, host.min_fd))
-                for data in (PASSWD, GROUP, host.seccomp):
-                    if data is not None:
-                        fds.append(_moved(_memfd(data), host.min_fd))
-                seccomp = ["--seccomp", str(fds[3])] if host.seccomp is not None else []
-                argv = [*host.wrapper, _wrapper_script(fds[0], limits, cgroups), "manta-sandbox",
-                        *host.priv, *host.bwrap, *_task_mounts(spec, fds[1], fds[2]), *seccomp,
-                        *_env_args(spec.env), "--", host.shell, "-c", RUNNER.format(shell=host.shell),
-                        "manta-task", "", spec.exec]
+                seccomp = _pass_files(host, fds, status_w)
+                argv = _bwrap(host, fds, limits, cgroups,
+                              [*_task_mounts(spec, fds[1], fds[2]), *seccomp, *_env_args(spec.env), "--",
+                               host.shell, "-c", RUNNER.format(shell=host.shell), "manta-task", "", spec.exec])
                 proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                         stderr=slave, pass_fds=[*fds, slave],
                                         start_new_session=True, env={"PATH": HOST_PATH, "LANG": "C.UTF-8"},

@@ -213,15 +213,10 @@ class Sandbox:
                     cgroups = TaskCgroups(self.config.cgroup_root, host.cgroups, spec.limits.memory_mb,
                                           spec.limits.max_procs)
                 status_r, status_w = os.pipe()
-                fds.append(_moved(status_w, host.min_fd))
-                for data in (PASSWD, GROUP, host.seccomp):
-                    if data is not None:
-                        fds.append(_moved(_memfd(data), host.min_fd))
-                seccomp = ["--seccomp", str(fds[3])] if host.seccomp is not None else []
-                argv = [*host.wrapper, _wrapper_script(fds[0], spec.limits, cgroups), "manta-sandbox",
-                        *host.priv, *host.bwrap, *_task_mounts(spec, fds[1], fds[2]), *seccomp, *env,
-                        "--", host.shell, "-c", RUNNER.format(shell=host.shell), "manta-task", spec.init or "",
-                        spec.exec]
+                seccomp = _pass_files(host, fds, status_w)
+                argv = _bwrap(host, fds, spec.limits, cgroups,
+                              [*_task_mounts(spec, fds[1], fds[2]), *seccomp, *env, "--", host.shell, "-c",
+                               RUNNER.format(shell=host.shell), "manta-task", spec.init or "", spec.exec])
                 start = time.monotonic()
                 proc = subprocess.Popen(
                     argv, stdin=subprocess.PIPE if inputs else subprocess.DEVNULL,
@@ -337,6 +332,25 @@ class Sandbox:
 
 def _cpu_s(limits: TaskLimits) -> int:
     return limits.cpu_s or math.ceil(limits.timeout_s)
+
+
+def _pass_files(host: _Host, fds: list[int], control: int) -> list[str]:
+    """Hand a container its files, each moved to a high fd appended to `fds`: `control` (its
+    status pipe or socket, fds[0]), the passwd and group files (fds[1], fds[2]) and the
+    seccomp filter (fds[3]); returns bwrap's arguments for the filter."""
+    fds.append(_moved(control, host.min_fd))
+    for data in (PASSWD, GROUP, host.seccomp):
+        if data is not None:
+            fds.append(_moved(_memfd(data), host.min_fd))
+    return ["--seccomp", str(fds[3])] if host.seccomp is not None else []
+
+
+def _bwrap(host: _Host, fds: list[int], limits: TaskLimits, cgroups: TaskCgroups | None, args: list[str],
+           cpu: bool = True) -> list[str]:
+    """The command line of a container given `_pass_files`'s fds: the limits wrapper, then
+    bwrap with `args` (mounts, options, "--" and the program)."""
+    return [*host.wrapper, _wrapper_script(fds[0], limits, cgroups, cpu), "manta-sandbox", *host.priv,
+            *host.bwrap, *args]
 
 
 def _wrapper_script(status_fd: int, limits: TaskLimits, cgroups: TaskCgroups | None, cpu: bool = True) -> str:

@@ -60,25 +60,22 @@ from jobs.pipes import TaskPipes, TaskResult
 from jobs.reach import unreachable
 from jobs.sandbox import (
     CHUNK,
-    GROUP,
     HOST_PATH,
-    PASSWD,
     RUNNER,
     TICK_S,
     Sandbox,
     SandboxError,
     TaskLimits,
     TaskSpec,
+    _bwrap,
     _cpu_s,
     _end,
     _env_args,
     _feed,
     _kill,
     _limit_reached,
-    _memfd,
-    _moved,
+    _pass_files,
     _task_mounts,
-    _wrapper_script,
 )
 from jobs.tooloutputs import hand_over
 
@@ -251,16 +248,12 @@ class WarmPool:
             if host.cgroups:
                 cgroups = TaskCgroups(self.sandbox.config.cgroup_root, host.cgroups, limits.memory_mb,
                                       limits.max_procs)
-            fds.append(_moved(theirs.detach(), host.min_fd))
-            for data in (PASSWD, GROUP, host.seccomp):
-                if data is not None:
-                    fds.append(_moved(_memfd(data), host.min_fd))
-            seccomp = ["--seccomp", str(fds[3])] if host.seccomp is not None else []
+            seccomp = _pass_files(host, fds, theirs.detach())
             mounts = _task_mounts(dataclasses.replace(spec, input_file=None, output_dir=out_dir), fds[1], fds[2],
                                   INPUT_LINK if key[3] else None)
-            argv = [*host.wrapper, _wrapper_script(fds[0], limits, cgroups, cpu=False), "manta-sandbox",
-                    *host.priv, *host.bwrap, "--as-pid-1", *mounts, *seccomp, *_env_args({}),
-                    "--", PYTHON, "-I", "-S", "-c", self._source]
+            argv = _bwrap(host, fds, limits, cgroups,
+                          ["--as-pid-1", *mounts, *seccomp, *_env_args({}), "--", PYTHON, "-I", "-S", "-c",
+                           self._source], cpu=False)
             proc = self._spawner.submit(
                 subprocess.Popen, argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL, pass_fds=fds, start_new_session=True,
