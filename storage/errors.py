@@ -181,3 +181,33 @@ class ResourceExhausted(StorageError):
         """Re-raise `exc` as ResourceExhausted when its errno is a resource shortage."""
         if exc.errno in RESOURCE_ERRNOS:
             raise ResourceExhausted(operation, exc) from exc
+
+
+class ObjectLocked(StorageError):
+    """A version's Object Lock forbids the change: deleting it, or shortening or removing its
+    retention (storage.objectlock says which)."""
+
+    def __init__(self, bucket: str, key: str, version_id: str, reason: str) -> None:
+        super().__init__(f"version {version_id!r} of {bucket}/{key} is locked: {reason}")
+        self.bucket = bucket
+        self.key = key
+        self.version_id = version_id
+        self.reason = reason
+
+
+class ObjectLockNotEnabled(StorageError):
+    """Object Lock settings given for a bucket that does not have Object Lock."""
+
+    def __init__(self, bucket: str) -> None:
+        super().__init__(f"bucket {bucket!r} does not have Object Lock enabled")
+        self.bucket = bucket
+
+
+class InvalidBucketState(StorageError):
+    """The request conflicts with the bucket's state (suspending versioning where Object
+    Lock is enabled, enabling Object Lock where versioning is not)."""
+
+    def __init__(self, bucket: str, reason: str) -> None:
+        super().__init__(f"bucket {bucket!r}: {reason}")
+        self.bucket = bucket
+        self.reason = reason

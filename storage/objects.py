@@ -21,6 +21,9 @@ key +1 object, bytes by the change in size; growth past the owner's quota is Quo
 
 In a bucket with a versioning status, writes and deletes keep the versions they replace
 and add delete markers (storage.versions; `objects` stays the index of current records).
+In a bucket with Object Lock (storage.objectlock) a new version takes the bucket's default
+retention unless its write set one; Object Lock fields on a write to a bucket without it
+are ObjectLockNotEnabled, and a copy never inherits its source's.
 
 Conditional writes (S3's If-None-Match: * and If-Match on PUT and CompleteMultipartUpload)
 pass a `WriteCondition`; it is checked against the key's current record inside the write's
@@ -36,7 +39,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from storage import errors
+from storage import errors, objectlock
 from storage.catalog import Bucket, BucketRef, Catalog, Record, Txn, bucket_name, object_key, unpack
 from storage.engine import ReadTxn
 from storage.records.blobrefs import BlobRecord
@@ -265,6 +268,10 @@ class ObjectStore:
             condition.check(name, key, old)
         for field_name in VERSION_FIELDS:  # a copy of a version is a new version
             record.pop(field_name, None)
+        if bucket_record.lock is not None:
+            objectlock.apply_default(bucket_record.lock, record, self.versions.clock())
+        elif "lock_mode" in record or "legal_hold" in record:
+            raise errors.ObjectLockNotEnabled(name)
         if bucket_record.versioning is not None:
             return self.versions.put_in(txn, bucket_record, key, record, old, blobs, enforce_quota)
         self.catalog.usage.charge(txn, owner, *growth(old, record["size"]), check=enforce_quota)
@@ -285,33 +292,43 @@ class ObjectStore:
         """Delete (idempotent; in a versioned bucket, add a delete marker); returns freed blob ids."""
         return self.delete_version(bucket, key)[0]
 
-    def delete_version(self, bucket: Bucket, key: str, vid: str | None = None) -> tuple[list[str], Record | None]:
+    def delete_version(self, bucket: Bucket, key: str, vid: str | None = None,
+                       bypass_governance: bool = False) -> tuple[list[str], Record | None]:
         """Delete the key (`vid` None) or exactly its version `vid`; returns (freed blob
         ids, what the delete did: the delete marker it added, the version it removed, or
-        None when there was nothing to delete in an unversioned bucket)."""
-        freed, results = self.delete_each(bucket, [(key, vid)])
+        None when there was nothing to delete in an unversioned bucket). A version under
+        Object Lock is ObjectLocked (`bypass_governance` lifts GOVERNANCE retention)."""
+        freed, results = self.delete_each(bucket, [(key, vid)], bypass_governance)
+        if isinstance(results[0], errors.ObjectLocked):
+            raise results[0]
         return freed, results[0]
 
-    def delete_each(self, bucket: Bucket,
-                    items: list[tuple[str, str | None]]) -> tuple[list[str], list[Record | None]]:
+    def delete_each(self, bucket: Bucket, items: list[tuple[str, str | None]],
+                    bypass_governance: bool = False) -> tuple[list[str], list[Record | errors.ObjectLocked | None]]:
         """`delete_version` of each (key, version id or None), in one transaction; returns
-        (freed blob ids, what each delete did)."""
+        (freed blob ids, what each delete did, or the ObjectLocked error of a version
+        Object Lock kept: the others are deleted)."""
 
-        def op(txn: Txn) -> tuple[list[str], list[Record | None]]:
+        def op(txn: Txn) -> tuple[list[str], list[Record | errors.ObjectLocked | None]]:
             freed: list[str] = []
-            results: list[Record | None] = []
+            results: list[Record | errors.ObjectLocked | None] = []
             for key, vid in items:
-                gone, result = self._delete_in(txn, bucket, key, vid)
+                try:
+                    gone, result = self._delete_in(txn, bucket, key, vid, bypass_governance)
+                except errors.ObjectLocked as exc:  # raised before that delete wrote anything
+                    results.append(exc)
+                    continue
                 freed += gone
                 results.append(result)
             return freed, results
 
         return self.catalog.write(op)
 
-    def _delete_in(self, txn: Txn, bucket: Bucket, key: str, vid: str | None = None) -> tuple[list[str], Record | None]:
+    def _delete_in(self, txn: Txn, bucket: Bucket, key: str, vid: str | None = None,
+                   bypass_governance: bool = False) -> tuple[list[str], Record | None]:
         bucket_record = self.catalog.buckets.check(txn, bucket)
         if vid is not None:
-            return self.versions.delete_version_in(txn, bucket_record, key, vid)
+            return self.versions.delete_version_in(txn, bucket_record, key, vid, bypass_governance)
         old = self._read(txn, bucket_name(bucket), key)
         if bucket_record.versioning is not None:
             return self.versions.delete_in(txn, bucket_record, key, old)
@@ -374,7 +391,8 @@ class ObjectStore:
                 raise errors.NoSuchKey(src_name, src_key)
             if expect_etag is not None and src["etag"] != expect_etag:
                 raise errors.SourceChanged(src_name, src_key)
-            record = {**src, **update, "key": dst_key}
+            kept = {k: v for k, v in src.items() if k not in objectlock.LOCK_FIELDS}
+            record = {**kept, **update, "key": dst_key}
             return record, self._put_in(txn, dst_bucket, dst_key, record)
 
         return self.catalog.write(op)
@@ -395,23 +413,46 @@ class ObjectStore:
         """Replace the object's ACL (the S3 layer checked it)."""
         self._set_field(bucket, key, "acl", acl)
 
-    def set_tags(self, bucket: Bucket, key: str, tags: dict[str, str]) -> None:
-        """Replace the object's tags ({}: none; the S3 layer checked them)."""
-        self._set_field(bucket, key, "tags", tags or None)
+    def set_tags(self, bucket: Bucket, key: str, tags: dict[str, str], vid: str | None = None) -> None:
+        """Replace the tags of the object (or of its version `vid`; {}: none; the S3 layer
+        checked them)."""
+        self._set_field(bucket, key, "tags", tags or None, vid)
 
-    def _set_field(self, bucket: Bucket, key: str, attr: str, value: Any) -> None:
-        """Set (None: drop) one field of the key's current record, against the bucket ref."""
-        name = bucket_name(bucket)
+    def _set_field(self, bucket: Bucket, key: str, attr: str, value: Any, vid: str | None = None) -> None:
+        """Set (None: drop) one field of the key's current record (or of its version
+        `vid`), against the bucket ref."""
 
-        def op(txn: Txn) -> None:
-            self.catalog.buckets.check(txn, bucket)
-            record = self._read(txn, name, key)
-            if record is None:
-                raise errors.NoSuchKey(name, key)
+        def change(record: Record) -> Record:
             kept = {k: v for k, v in record.items() if k != attr}
-            self._write(txn, name, key, kept if value is None else {**kept, attr: value})
+            return kept if value is None else {**kept, attr: value}
 
-        self.catalog.write(op)
+        self.update_version(bucket, key, vid, change)
+
+    def update_version(self, bucket: Bucket, key: str, vid: str | None,
+                       change: Any, needs_lock: bool = False) -> Record:
+        """Rewrite the current record (`vid` None) or the version `vid` as `change(record)`
+        returns it, in one transaction (storage.versions `update_in`); `needs_lock`: the
+        bucket must have Object Lock (ObjectLockNotEnabled). Returns the new record."""
+
+        def op(txn: Txn) -> Record:
+            bucket_record = self.catalog.buckets.check(txn, bucket)
+            if needs_lock and bucket_record.lock is None:
+                raise errors.ObjectLockNotEnabled(bucket_record.name)
+            return self.versions.update_in(txn, bucket_record, key, vid, change)
+
+        return self.catalog.write(op)  # type: ignore[no-any-return]
+
+    def set_retention(self, bucket: Bucket, key: str, vid: str | None, mode: str | None,
+                      until: float | None, bypass_governance: bool = False) -> Record:
+        """Set (mode None: remove) the retention of the object or its version `vid`, as
+        storage.objectlock allows (ObjectLocked otherwise)."""
+        change = objectlock.with_retention(bucket_name(bucket), mode, until, bypass_governance,
+                                           self.versions.clock())
+        return self.update_version(bucket, key, vid, change, needs_lock=True)
+
+    def set_legal_hold(self, bucket: Bucket, key: str, vid: str | None, on: bool) -> Record:
+        """Turn the legal hold of the object or its version `vid` on or off."""
+        return self.update_version(bucket, key, vid, objectlock.with_legal_hold(on), needs_lock=True)
 
     def usage_totals(self, txn: Txn) -> dict[str, dict[str, int]]:
         """{owner: {objects, bytes}} counted from the object records (a usage rebuild)."""

@@ -24,7 +24,10 @@ into `objects`, unless that is a marker.
 
 A noncurrent version keeps its blob references (storage.records.blobrefs), so GC and scrub
 keep its copies; usage counts it as an object with its bytes (markers count nothing).
-Removing a version unrefs its blobs, as a delete does. Keys whose catalog key would pass
+Removing a version unrefs its blobs, as a delete does; a version under Object Lock
+(storage.objectlock) cannot be removed: `delete_version_in` raises ObjectLocked before it
+writes anything. `update_in` rewrites one version's record in place (current or
+noncurrent), for settings that belong to a version (retention, legal hold, tags). Keys whose catalog key would pass
 LMDB's bound share one overflow entry per DIRECT_MAX-byte stem, {key: [records, newest
 first]}, as storage.objects does for current records.
 """
@@ -39,7 +42,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from storage import errors
+from storage import errors, objectlock
 from storage.catalog import BucketRecord, Catalog, Record, Txn, object_key, unpack
 
 __all__ = ["NULL", "VersionListing", "Versions", "is_marker", "parse_version_id", "version_id"]
@@ -112,8 +115,9 @@ class Versions:
     `objects`."""
 
     def __init__(self, catalog: Catalog, read_current: ReadCurrent, write_current: WriteCurrent,
-                 scan_current: ScanCurrent) -> None:
+                 scan_current: ScanCurrent, clock: Callable[[], float] = time.time) -> None:
         self.catalog = catalog
+        self.clock = clock  # Object Lock's "now" (tests move it)
         self.read_current = read_current
         self.write_current = write_current
         self.scan_current = scan_current
@@ -249,13 +253,17 @@ class Versions:
         self._charge_dropped(txn, bucket.owner, dropped)
         return self.catalog.blobrefs.unref(txn, _blobs(dropped)), marker
 
-    def delete_version_in(self, txn: Txn, bucket: BucketRecord, key: str,
-                          vid: str) -> tuple[list[str], Record | None]:
+    def delete_version_in(self, txn: Txn, bucket: BucketRecord, key: str, vid: str,
+                          bypass_governance: bool = False) -> tuple[list[str], Record | None]:
         """Remove exactly the version `vid` (any bucket: "null" is an unversioned bucket's
-        object); returns (blob ids freed, the version removed or None if there was none)."""
+        object); returns (blob ids freed, the version removed or None if there was none).
+        In a bucket with Object Lock, a retained or held version is ObjectLocked (nothing
+        written); `bypass_governance` lifts GOVERNANCE retention."""
         record, current = self.find(txn, bucket.name, key, vid)
         if record is None:
             return [], None
+        if bucket.lock is not None:
+            objectlock.check_delete(record, bucket.name, vid, bypass_governance, self.clock())
         if record is current:
             self.write_current(txn, bucket.name, key, None)
             current = None
@@ -268,6 +276,30 @@ class Versions:
                 self.write_current(txn, bucket.name, key, newest[0])
         self._charge_dropped(txn, bucket.owner, [record])
         return self.catalog.blobrefs.unref(txn, _blobs([record])), record
+
+    def update_in(self, txn: Txn, bucket: BucketRecord, key: str, vid: str | None,
+                  change: Callable[[Record], Record]) -> Record:
+        """Rewrite one version's record in place: the current one (`vid` None) or the
+        version `vid`, current or not, as `change(record)` returns it (`change` may raise
+        to refuse; it must keep `vid` and `vsk`). Returns the new record. NoSuchKey or
+        NoSuchVersion when there is none; DeleteMarker when `vid` names a marker."""
+        if vid is None:
+            record = current = self.read_current(txn, bucket.name, key)
+            if record is None:
+                raise errors.NoSuchKey(bucket.name, key)
+        else:
+            record, current = self.find(txn, bucket.name, key, vid)
+            if record is None:
+                raise errors.NoSuchVersion(bucket.name, key, vid)
+            if is_marker(record):
+                raise errors.DeleteMarker(bucket.name, key, vid, record["mtime"], latest=False)
+        new = change(record)
+        if record is current:
+            self.write_current(txn, bucket.name, key, new)
+        else:
+            self._remove(txn, bucket.name, key, sort_key(record))
+            self._add(txn, bucket.name, key, new)
+        return new
 
     # -- listing ----------------------------------------------------------------------
 

@@ -13,7 +13,10 @@ absent for a private bucket. `conf` lists the kinds of configuration the bucket 
 (storage.records.bucketconf keeps them: CORS rules, tags...), so that a request reads a
 configuration only when its bucket has one. `versioning` is S3's versioning status
 ("Enabled" or "Suspended"; absent: never enabled), kept here because every object write
-reads the bucket record anyway (storage.versions).
+reads the bucket record anyway (storage.versions). `lock` is present on a bucket with
+Object Lock (storage.objectlock): {} or its default retention {mode, days | years}; such a
+bucket's versioning stays Enabled (suspending it is InvalidBucketState), and a bucket
+without it pays nothing on its object paths (the record in hand says so).
 """
 
 from __future__ import annotations
@@ -27,13 +30,14 @@ from typing import Any
 
 from storage import errors
 from storage.engine import Engine, ReadTxn, WriteTxn
+from storage.objectlock import LockConfig
 from storage.records.codec import NO_EXTRA, extra_of, pack, unpack
 
 __all__ = ["Bucket", "BucketRecord", "BucketRef", "Buckets", "bucket_name", "generation_of"]
 
 TABLE = "buckets"
 CONF_TABLE = "bucketconf"  # storage.records.bucketconf: bucket name \0 kind -> configuration
-_KNOWN = frozenset(("v", "name", "owner", "created", "gen", "acl", "conf", "versioning"))
+_KNOWN = frozenset(("v", "name", "owner", "created", "gen", "acl", "conf", "versioning", "lock"))
 VERSIONING_STATES = ("Enabled", "Suspended")
 
 
@@ -65,6 +69,7 @@ class BucketRecord:
     extra: Mapping[str, Any] = NO_EXTRA
     conf: frozenset[str] = frozenset()  # kinds of configuration it has (records.bucketconf)
     versioning: str | None = None  # "Enabled", "Suspended"; None: never enabled
+    lock: LockConfig | None = None  # Object Lock (storage.objectlock); None: not enabled
 
     @property
     def generation(self) -> str:
@@ -89,6 +94,8 @@ def encode(record: BucketRecord) -> bytes:
         d["conf"] = sorted(record.conf)
     if record.versioning is not None:
         d["versioning"] = record.versioning
+    if record.lock is not None:
+        d["lock"] = record.lock.encode()
     if record.extra:
         d.update(record.extra)
     return pack(d)
@@ -97,23 +104,27 @@ def encode(record: BucketRecord) -> bytes:
 def decode(raw: bytes | memoryview) -> BucketRecord:
     d = unpack(raw)
     return BucketRecord(d["name"], d["owner"], d["created"], d.get("gen"), d.get("acl"), extra_of(d, _KNOWN),
-                        frozenset(d.get("conf", ())), d.get("versioning"))
+                        frozenset(d.get("conf", ())), d.get("versioning"),
+                        LockConfig.decode(d["lock"]) if "lock" in d else None)
 
 
 class Buckets:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def create(self, name: str, owner: str, acl: str | None = None) -> BucketRecord:
-        """A new bucket; `acl` (a canned ACL name, absent: private) is stored as given."""
+    def create(self, name: str, owner: str, acl: str | None = None, lock: bool = False) -> BucketRecord:
+        """A new bucket; `acl` (a canned ACL name, absent: private) is stored as given;
+        `lock`: with Object Lock (no default retention) and versioning Enabled."""
 
         def op(txn: WriteTxn) -> BucketRecord:
             existing = self.find(name, txn)
             if existing is not None:
                 raise errors.BucketAlreadyExists(name, owned_by_you=existing.owner == owner)
             record = self.ensure_in(txn, name, owner)
-            if acl is not None:
+            if acl is not None or lock:
                 record = dataclasses.replace(record, acl=acl)
+                if lock:
+                    record = dataclasses.replace(record, versioning="Enabled", lock=LockConfig())
                 txn.put(TABLE, name.encode(), encode(record))
             return record
 
@@ -133,7 +144,21 @@ class Buckets:
 
         def op(txn: WriteTxn) -> None:
             r = self.check(txn, bucket)
+            if r.lock is not None and status != "Enabled":
+                raise errors.InvalidBucketState(r.name, "versioning cannot be suspended where Object Lock is enabled")
             txn.put(TABLE, r.name.encode(), encode(dataclasses.replace(r, versioning=status)))
+
+        self.engine.write(op)
+
+    def set_lock(self, bucket: Bucket, config: LockConfig) -> None:
+        """Enable Object Lock with `config` (or replace its default retention); the bucket's
+        versioning must be Enabled (InvalidBucketState). Object Lock is never disabled."""
+
+        def op(txn: WriteTxn) -> None:
+            r = self.check(txn, bucket)
+            if r.versioning != "Enabled":
+                raise errors.InvalidBucketState(r.name, "Object Lock needs versioning Enabled")
+            txn.put(TABLE, r.name.encode(), encode(dataclasses.replace(r, lock=config)))
 
         self.engine.write(op)
 
