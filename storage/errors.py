@@ -208,6 +208,6 @@ class InvalidBucketState(StorageError):
     Lock is enabled, enabling Object Lock where versioning is not)."""
 
     def __init__(self, bucket: str, reason: str) -> None:
-        super().__init__(f"bucket {bucket!r}: {reason}")
+        super().__init__(f"bucket {bucket!r}: {reason}")  # `reason` is fit for a client
         self.bucket = bucket
         self.reason = reason

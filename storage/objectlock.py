@@ -8,7 +8,7 @@ one in place. Fields Object Lock adds to a version's record::
 
     lock_mode   "GOVERNANCE" | "COMPLIANCE"   } both or neither: the version's retention
     lock_until  epoch seconds (float)          }
-    legal_hold  True (absent: OFF)
+    legal_hold  True: ON, False: OFF (absent: never set)
 
 A version is retained while `lock_until` is in the future. Rules:
 
@@ -135,7 +135,6 @@ def with_retention(bucket: str, mode: str | None, until: float | None, bypass: b
 
 def with_legal_hold(on: bool) -> Callable[[Record], Record]:
     def change(record: Record) -> Record:
-        kept = {k: v for k, v in record.items() if k != "legal_hold"}
-        return {**kept, "legal_hold": True} if on else kept
+        return {**record, "legal_hold": on}
 
     return change

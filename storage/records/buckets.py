@@ -145,7 +145,8 @@ class Buckets:
         def op(txn: WriteTxn) -> None:
             r = self.check(txn, bucket)
             if r.lock is not None and status != "Enabled":
-                raise errors.InvalidBucketState(r.name, "versioning cannot be suspended where Object Lock is enabled")
+                raise errors.InvalidBucketState(r.name, "An Object Lock configuration is present on this bucket, "
+                                                "so the versioning state cannot be changed.")
             txn.put(TABLE, r.name.encode(), encode(dataclasses.replace(r, versioning=status)))
 
         self.engine.write(op)
@@ -157,7 +158,8 @@ class Buckets:
         def op(txn: WriteTxn) -> None:
             r = self.check(txn, bucket)
             if r.versioning != "Enabled":
-                raise errors.InvalidBucketState(r.name, "Object Lock needs versioning Enabled")
+                raise errors.InvalidBucketState(r.name, "Versioning must be 'Enabled' on the bucket to apply a "
+                                                "Object Lock configuration")
             txn.put(TABLE, r.name.encode(), encode(dataclasses.replace(r, lock=config)))
 
         self.engine.write(op)

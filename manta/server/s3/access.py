@@ -55,6 +55,8 @@ BUCKET_ACTIONS: dict[tuple[str, str], str] = {
     ("GET", "ownershipControls"): "s3:GetBucketOwnershipControls",
     ("PUT", "ownershipControls"): "s3:PutBucketOwnershipControls",
     ("DELETE", "ownershipControls"): "s3:PutBucketOwnershipControls",
+    ("GET", "object-lock"): "s3:GetBucketObjectLockConfiguration",
+    ("PUT", "object-lock"): "s3:PutBucketObjectLockConfiguration",
 }
 OBJECT_ACTIONS: dict[tuple[str, str], str] = {
     ("PUT", ""): "s3:PutObject", ("GET", ""): "s3:GetObject", ("HEAD", ""): "s3:GetObject",
@@ -64,6 +66,8 @@ OBJECT_ACTIONS: dict[tuple[str, str], str] = {
     ("DELETE", "uploadId"): "s3:AbortMultipartUpload", ("GET", "uploadId"): "s3:ListMultipartUploadParts",
     ("GET", "tagging"): "s3:GetObjectTagging", ("PUT", "tagging"): "s3:PutObjectTagging",
     ("DELETE", "tagging"): "s3:DeleteObjectTagging",
+    ("GET", "retention"): "s3:GetObjectRetention", ("PUT", "retention"): "s3:PutObjectRetention",
+    ("GET", "legal-hold"): "s3:GetObjectLegalHold", ("PUT", "legal-hold"): "s3:PutObjectLegalHold",
 }
 VERSIONED = {"s3:GetObject": "s3:GetObjectVersion", "s3:DeleteObject": "s3:DeleteObjectVersion",
              "s3:GetObjectAcl": "s3:GetObjectVersionAcl", "s3:PutObjectAcl": "s3:PutObjectVersionAcl",
@@ -71,7 +75,8 @@ VERSIONED = {"s3:GetObject": "s3:GetObjectVersion", "s3:DeleteObject": "s3:Delet
              "s3:PutObjectTagging": "s3:PutObjectVersionTagging",
              "s3:DeleteObjectTagging": "s3:DeleteObjectVersionTagging"}
 SUBRESOURCES = ("policyStatus", "policy", "publicAccessBlock", "ownershipControls", "location", "versions",
-                "versioning", "acl", "uploads", "delete", "uploadId", "attributes", "tagging", "cors")
+                "versioning", "acl", "uploads", "delete", "uploadId", "attributes", "tagging", "cors",
+                "object-lock", "retention", "legal-hold")
 # request headers S3 offers as s3: condition keys
 HEADER_KEYS = ("x-amz-acl", "x-amz-content-sha256", "x-amz-copy-source", "x-amz-metadata-directive",
                "x-amz-server-side-encryption", "x-amz-storage-class", "x-amz-grant-read", "x-amz-grant-write",

@@ -43,6 +43,7 @@ from manta.server.s3 import (
     cors,
     multipart,
     obj,
+    objectlock,
     policy,
     service,
     sigv4,
@@ -65,8 +66,8 @@ SocketRoute = Callable[[S3Request, WebSocket], Awaitable[None]]
 # sub-resources S3 defines that this server does not implement (yet)
 UNSUPPORTED = {
     "accelerate", "analytics", "encryption", "intelligent-tiering", "inventory",
-    "legal-hold", "lifecycle", "logging", "metrics", "notification", "object-lock", "replication",
-    "requestPayment", "restore", "retention", "select", "torrent", "website",
+    "lifecycle", "logging", "metrics", "notification", "replication",
+    "requestPayment", "restore", "select", "torrent", "website",
 }
 
 BUCKET_OPS: dict[tuple[str, str], Handler] = {
@@ -98,6 +99,8 @@ BUCKET_OPS: dict[tuple[str, str], Handler] = {
     ("GET", "ownershipControls"): policy.get_ownership_controls,
     ("PUT", "ownershipControls"): policy.put_ownership_controls,
     ("DELETE", "ownershipControls"): policy.delete_ownership_controls,
+    ("GET", "object-lock"): objectlock.get_lock_configuration,
+    ("PUT", "object-lock"): objectlock.put_lock_configuration,
 }
 OBJECT_OPS: dict[tuple[str, str], Handler] = {
     ("PUT", ""): obj.put_object,
@@ -115,11 +118,16 @@ OBJECT_OPS: dict[tuple[str, str], Handler] = {
     ("GET", "tagging"): tagging.get_object_tagging,
     ("PUT", "tagging"): tagging.put_object_tagging,
     ("DELETE", "tagging"): tagging.delete_object_tagging,
+    ("GET", "retention"): objectlock.get_retention,
+    ("PUT", "retention"): objectlock.put_retention,
+    ("GET", "legal-hold"): objectlock.get_legal_hold,
+    ("PUT", "legal-hold"): objectlock.put_legal_hold,
 }
 # object sub-resources that act on the current version only: a versionId is NotImplemented
-ONE_VERSION_ONLY = {"acl", "attributes", "tagging"}
+ONE_VERSION_ONLY = {"acl", "attributes"}
 SUBRESOURCES = {"location", "versions", "versioning", "acl", "uploads", "delete", "uploadId", "attributes",
-                "tagging", "cors", "policy", "policyStatus", "publicAccessBlock", "ownershipControls"}
+                "tagging", "cors", "policy", "policyStatus", "publicAccessBlock", "ownershipControls",
+                "object-lock", "retention", "legal-hold"}
 
 
 def _creates_bucket(req: S3Request) -> bool:

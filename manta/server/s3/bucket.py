@@ -1,5 +1,5 @@
 """Bucket operations: create, head, delete, location, versioning, listings (objects and
-versions), DeleteObjects."""
+versions), DeleteObjects (a version Object Lock keeps is that key's AccessDenied)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 
 from starlette.responses import Response
 
-from manta.server.s3 import access, acl, policy
+from manta.server.s3 import access, acl, objectlock, policy
 from manta.server.s3 import errors as s3e
 from manta.server.s3.body import read_small
 from manta.server.s3.common import (
@@ -60,12 +60,11 @@ async def create_bucket(req: S3Request) -> Response:
         if location and location != req.settings.region:
             raise s3e.InvalidLocationConstraint(
                 "The specified location-constraint is not valid.", LocationConstraint=location)
-    if req.header("x-amz-bucket-object-lock-enabled", "").lower() == "true":
-        raise s3e.NotImplemented_("Object lock is not implemented.")
+    lock = req.header("x-amz-bucket-object-lock-enabled", "").strip().lower() == "true"  # s3/objectlock.py
     canned = await read_catalog(req.store, acl.requested, req, False)  # an id grant reads its account
     ownership = policy.requested_ownership(req, canned)
     try:
-        await in_thread(req.store.catalog.buckets.create, req.bucket, req.owner, canned)
+        await in_thread(req.store.catalog.buckets.create, req.bucket, req.owner, canned, lock)
         if ownership is not None:
             await in_thread(policy.set_ownership, req, ownership)
     except se.BucketAlreadyExists as exc:
@@ -317,11 +316,16 @@ async def delete_objects(req: S3Request) -> Response:
             failed.append((key, "AccessDenied", "Access Denied"))
             continue
         valid.append((key, version))
-    freed, results = await in_thread(req.store.objects.delete_each, bucket, valid) if valid else ([], [])
+    bypass = objectlock.bypass_governance(req, [key for key, _ in valid])
+    freed, results = (await in_thread(req.store.objects.delete_each, bucket, valid, bypass)
+                      if valid else ([], []))
     await free_blobs(req, freed)
     body: list[str] = []
-    if not quiet:
-        for (key, version), done in zip(valid, results, strict=True):
+    for (key, version), done in zip(valid, results, strict=True):
+        if isinstance(done, se.ObjectLocked):
+            body.append(f"<Error>{el('Key', key)}{el('VersionId', version)}{el('Code', 'AccessDenied')}"
+                        f"{el('Message', 'Access Denied because object protected by object lock.')}</Error>")
+        elif not quiet:
             parts = [el("Key", key)]
             if version is not None:
                 parts.append(el("VersionId", version))

@@ -48,6 +48,7 @@ def owned_ref(req: S3Request, name: str | None = None, txn: Any = None) -> Bucke
     record = req.store.catalog.buckets.get(name or req.bucket, txn)
     if name is None or name == req.bucket:
         req.bucket_conf = record.conf  # manta.server.s3.cors: no second read for an Origin
+        req.bucket_lock = record.lock  # manta.server.s3.objectlock
     access.authorize(req, record, txn)
     return record.ref()
 

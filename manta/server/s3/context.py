@@ -34,6 +34,7 @@ class S3Request:
     settings: Any = None
     buckets: TtlCache[BucketRef] | None = None  # a door over a remote catalog: buckets PUTs checked
     bucket_conf: frozenset[str] | None = None  # the bucket's configuration kinds, once its record was read
+    bucket_lock: Any = None  # its Object Lock configuration (storage.objectlock.LockConfig), once read; None: none
     client_ip: str = ""  # the peer's address (aws:SourceIp)
     secure: bool = False  # over TLS (aws:SecureTransport)
     access: Any = None  # storage.access.BucketAccess, once read for anyone but the owner of a plain bucket

@@ -134,6 +134,13 @@ NoSuchPublicAccessBlockConfiguration = _error(
 OwnershipControlsNotFoundError = _error(
     "OwnershipControlsNotFoundError", 404, "The bucket ownership controls were not found"
 )
+ObjectLockConfigurationNotFoundError = _error(
+    "ObjectLockConfigurationNotFoundError", 404, "Object Lock configuration does not exist for this bucket"
+)
+NoSuchObjectLockConfiguration = _error(
+    "NoSuchObjectLockConfiguration", 404, "The specified object does not have a ObjectLock configuration"
+)
+InvalidBucketState = _error("InvalidBucketState", 409, "The request is not valid with the current state of the bucket.")
 NoSuchTagSet = _error("NoSuchTagSet", 404, "The TagSet does not exist")
 NotImplemented_ = _error(
     "NotImplemented", 501, "A header or query you provided implies functionality that is not implemented."
@@ -213,6 +220,12 @@ def from_domain(exc: se.StorageError) -> S3Error:
     if isinstance(exc, se.QuotaExceeded):
         return QuotaExceeded(f"Account {exc.account} is at its {exc.resource} quota of {exc.limit}.",
                              Account=exc.account, Resource=exc.resource, Limit=str(exc.limit))
+    if isinstance(exc, se.ObjectLocked):
+        return AccessDenied("Access Denied because object protected by object lock.")
+    if isinstance(exc, se.ObjectLockNotEnabled):
+        return InvalidRequest("Bucket is missing Object Lock Configuration")
+    if isinstance(exc, se.InvalidBucketState):
+        return InvalidBucketState(exc.reason)
     if isinstance(exc, se.NoSuchAccount):
         return InvalidAccessKeyId(AWSAccessKeyId=exc.access_key)
     return InternalError()

@@ -16,7 +16,7 @@ from typing import Any
 
 from starlette.responses import Response
 
-from manta.server.s3 import acl, checksums, tagging
+from manta.server.s3 import acl, checksums, objectlock, tagging
 from manta.server.s3 import errors as s3e
 from manta.server.s3.body import expected_size, read_small, receive_into
 from manta.server.s3.common import (
@@ -48,6 +48,7 @@ from manta.server.s3.obj import (
 )
 from manta.server.s3.xmlio import child_text, children, document, el, iso8601, parse
 from storage import BlobMeta, BucketRef
+from storage.objectlock import LOCK_FIELDS
 
 MAX_PART_SIZE = 5 * 1024**3
 
@@ -90,6 +91,7 @@ def _create_upload(req: S3Request) -> Response:
               "acl": acl.from_request(req, on_object=True)}
     if tags:
         fields["tags"] = tags
+    fields.update(objectlock.from_headers(req))  # the completed object's
     upload = req.store.uploads.create(bucket, req.key, req.owner, fields)
     out = {}
     if algorithm:
@@ -206,6 +208,7 @@ def _build(upload: dict[str, Any], parts: list[dict[str, Any]],
     }
     if upload.get("tags"):
         record["tags"] = upload["tags"]
+    record.update({name: upload[name] for name in LOCK_FIELDS if name in upload})
     algorithm = upload.get("algorithm")
     for p in parts:
         for alg, value in claimed.get((p["number"], p["etag"]), {}).items():

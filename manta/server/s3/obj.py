@@ -18,6 +18,9 @@ one, and DELETE and COPY read inside the hop that makes their write.
 Versioning (storage.versions): a write to a versioned bucket answers its `x-amz-version-id`;
 GET, HEAD, DELETE and a copy source take `versionId`; a plain DELETE there adds a delete
 marker; a GET whose key's latest version is a marker is 404 with `x-amz-delete-marker`.
+
+Object Lock (s3/objectlock.py): PUT and COPY take its headers, GET and HEAD answer them,
+and a DELETE of a version it keeps is AccessDenied (storage refuses it).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from typing import Any
 
 from starlette.responses import Response, StreamingResponse
 
-from manta.server.s3 import access, acl, tagging
+from manta.server.s3 import access, acl, objectlock, tagging
 from manta.server.s3 import errors as s3e
 from manta.server.s3.body import BodyResult, expected_size, receive_into
 from manta.server.s3.common import (
@@ -103,7 +106,8 @@ async def put_object(req: S3Request) -> Response:
     checks = _cached_put_checks(req)
     if checks is None:
         checks = await read_catalog(req.store, _put_checks, req)
-    bucket, headers, meta, canned, condition, size = checks
+    bucket, headers, meta, canned, condition, size, lock = checks
+    extra = {**lock, "tags": tags} if tags else lock  # fields the record gets beside the body's
     small = MemoryBlobWriter() if size is not None and size <= SMALL_OBJECT_BYTES else None
     if small is not None:
         body = await receive_into(req, small)
@@ -112,9 +116,9 @@ async def put_object(req: S3Request) -> Response:
         # placing on remote nodes talks to them, in a worker thread
         if req.store.remote:
             record, committed = await in_thread(_place_and_submit, req, bucket, small, body, headers, meta,
-                                                canned, condition, tags)
+                                                canned, condition, extra)
         else:
-            record, committed = _place_and_submit(req, bucket, small, body, headers, meta, canned, condition, tags)
+            record, committed = _place_and_submit(req, bucket, small, body, headers, meta, canned, condition, extra)
         try:
             freed = await catalog_write(committed)
         except BaseException as exc:
@@ -128,7 +132,7 @@ async def put_object(req: S3Request) -> Response:
         except BaseException:
             writer.abort()
             raise
-        record = new_record(blob, body, headers, meta, canned, tags)
+        record = new_record(blob, body, headers, meta, canned, extra)
         try:
             freed = await catalog_write(req.store.objects.put_async(
                 bucket, req.key, record, None, {blob.blob_id: blob.record()}, condition))
@@ -174,43 +178,48 @@ def _current_record(req: S3Request, txn: Any) -> dict[str, Any]:
         raise se.DeleteMarker(req.bucket, req.key, version_id(marker), marker["mtime"], latest=True) from None
 
 
-PutChecks = tuple[BucketRef, dict[str, str], dict[str, str], str, WriteCondition | None, int | None]
+PutChecks = tuple[BucketRef, dict[str, str], dict[str, str], str, WriteCondition | None, int | None,
+                  dict[str, Any]]
 
 
 def _put_checks(req: S3Request) -> PutChecks:
     """What a PUT checks before it reads the body, in order: the bucket, the stored headers,
-    the ACL, the write condition against the key's object, the owner's room for the
-    announced size. Returns (bucket, headers, metadata, ACL, condition, size)."""
+    the ACL, the Object Lock headers, the write condition against the key's object, the
+    owner's room for the announced size. Returns (bucket, headers, metadata, ACL, condition,
+    size, Object Lock fields)."""
     with req.store.catalog.read() as txn:  # one snapshot: with PostgreSQL, round trips count
         bucket = owned_ref(req, txn=txn)
         if req.buckets is not None and access.plain(req):  # no settings a cached PUT would skip
             req.buckets.put(req.bucket, BucketRef(bucket.name, bucket.owner))
         headers, meta = request_headers(req)
         canned = acl.from_request(req, on_object=True)
+        lock = objectlock.from_headers(req)
         condition = write_condition(req)
         if condition is not None:
             req.store.objects.check_condition(bucket, req.key, condition, txn)
         size = expected_size(req)
         if size is not None and not _unlimited(req, bucket):
             req.store.objects.check_room(bucket, req.key, size, txn)
-    return bucket, headers, meta, canned, condition, size
+    return bucket, headers, meta, canned, condition, size, lock
 
 
 def _cached_put_checks(req: S3Request) -> PutChecks | None:
     """`_put_checks` without a catalog read, when this door (over a remote catalog) checked
     the bucket within the last second (s3/doorcache.py) and there is nothing else to read:
-    no write condition, and no room to check (no announced size, or an owner without
-    limits). None: read them."""
+    no write condition, no Object Lock header, and no room to check (no announced size, or
+    an owner without limits). None: read them."""
     bucket = req.buckets.get(req.bucket) if req.buckets is not None else None
     if bucket is None or bucket.owner != req.owner or write_condition(req) is not None:
         return None
     if not acl.GRANT_HEADERS.keys().isdisjoint(req.headers):
         return None  # a grant to an account reads the account
+    if not objectlock.HEADERS.isdisjoint(req.headers):
+        return None  # the bucket's record says whether it has Object Lock
     size = expected_size(req)
     if size is not None and not _unlimited(req, bucket):
         return None
     headers, meta = request_headers(req)
-    return bucket, headers, meta, acl.from_request(req, on_object=True), None, size
+    return bucket, headers, meta, acl.from_request(req, on_object=True), None, size, {}
 
 
 def _unlimited(req: S3Request, bucket: BucketRef) -> bool:
@@ -221,26 +230,27 @@ def _unlimited(req: S3Request, bucket: BucketRef) -> bool:
 
 
 def new_record(blob: BlobMeta, body: BodyResult, headers: dict[str, str], meta: dict[str, str],
-               canned: str | None, tags: dict[str, str] | None = None) -> dict[str, Any]:
+               canned: str | None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A PUT's object record; `extra`: fields beside the body's (tags, Object Lock's)."""
     record = {
         "size": blob.size, "etag": blob.md5.hex(), "sha256": blob.sha256, "mtime": time.time(),
         "segments": [[blob.blob_id, blob.size]], "headers": headers, "meta": meta,
         "checksums": body.checksums, "checksum_type": "FULL_OBJECT" if body.checksums else None,
         "parts": None, "acl": canned,
     }
-    if tags:
-        record["tags"] = tags
+    if extra:
+        record.update(extra)
     return record
 
 
 def _place_and_submit(req: S3Request, bucket: BucketRef, small: MemoryBlobWriter, body: BodyResult,
                       headers: dict[str, str], meta: dict[str, str], canned: str | None,
                       condition: WriteCondition | None,
-                      tags: dict[str, str]) -> tuple[dict[str, Any], Future[list[str]]]:
+                      extra: dict[str, Any]) -> tuple[dict[str, Any], Future[list[str]]]:
     """Place a small blob (no fsync) and submit its record with the blob's bytes for the
     journal; returns the record and the commit's future (the blob is freed on failure)."""
     blob = req.store.place_small(small)
-    record = new_record(blob, body, headers, meta, canned, tags)
+    record = new_record(blob, body, headers, meta, canned, extra)
     try:
         return record, req.store.objects.put_async(bucket, req.key, record, {blob.blob_id: bytes(small.buffer)},
                                                    {blob.blob_id: blob.record()}, condition)
@@ -376,6 +386,8 @@ def _find_in(req: S3Request, head: bool, open_blobs: bool, txn: Any) -> Response
     headers = object_headers(record)
     headers.update(version_header(record) if vid is None else {"x-amz-version-id": vid})
     headers.update(tagging.count_header(req, record))
+    if "lock_mode" in record or "legal_hold" in record:
+        headers.update(objectlock.response_headers(record))
     status = check_conditions(req, record)
     if status == 412:
         raise s3e.PreconditionFailed(Condition="If-Match")
@@ -418,7 +430,7 @@ async def head_object(req: S3Request) -> Response:
 
 async def delete_object(req: S3Request) -> Response:
     vid = requested_version(req)
-    freed, done = await in_thread(lambda: req.store.objects.delete_version(owned_ref(req), req.key, vid))
+    freed, done = await in_thread(_delete, req, vid)
     await free_blobs(req, freed)
     headers: dict[str, str] = {}
     if vid is not None:
@@ -428,6 +440,12 @@ async def delete_object(req: S3Request) -> Response:
     if done is not None and is_marker(done):
         headers["x-amz-delete-marker"] = "true"
     return Response(b"", status_code=204, headers=headers)
+
+
+def _delete(req: S3Request, vid: str | None) -> tuple[list[str], dict[str, Any] | None]:
+    bucket = owned_ref(req)
+    bypass = vid is not None and objectlock.bypass_governance(req, [req.key])
+    return req.store.objects.delete_version(bucket, req.key, vid, bypass)  # type: ignore[no-any-return]
 
 
 def parse_copy_source(req: S3Request) -> tuple[str, str]:
@@ -485,7 +503,8 @@ def _copy(req: S3Request) -> tuple[dict[str, Any], list[str], dict[str, Any]]:
     directive = req.header("x-amz-metadata-directive", "COPY").upper()
     if directive not in ("COPY", "REPLACE"):
         raise s3e.InvalidArgument("Unknown metadata directive.", ArgumentName="x-amz-metadata-directive")
-    update: dict[str, Any] = {"mtime": time.time(), "acl": acl.from_request(req, on_object=True)}
+    update: dict[str, Any] = {"mtime": time.time(), "acl": acl.from_request(req, on_object=True),
+                              **objectlock.from_headers(req)}
     tags = tagging.replaced_tags(req)
     if tags is not None:
         update["tags"] = tags

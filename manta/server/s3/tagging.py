@@ -4,7 +4,8 @@ Object tags are part of the object record (field ``tags``, {key: value}, absent 
 none), so they come and go with the record: a PUT or CompleteMultipartUpload without
 tags makes an object without any. They are set by
 
-- PUT/GET/DELETE ``?tagging`` on the object (a Tagging document);
+- PUT/GET/DELETE ``?tagging`` on the object (a Tagging document), of its current version
+  or of the one ``versionId`` names;
 - ``x-amz-tagging`` (URL query form, ``k=v&k2=v2``) on PutObject and
   CreateMultipartUpload (kept in the upload record, applied at completion);
 - CopyObject: the source's tags (``x-amz-tagging-directive: COPY``, the default) or the
@@ -146,22 +147,43 @@ async def _body_tags(req: S3Request, limit: int, what: str) -> Tags:
 
 # -- objects ---------------------------------------------------------------------------
 
+def _version(req: S3Request) -> str | None:
+    vid = req.query.get("versionId")
+    if vid == "":
+        raise s3e.InvalidArgument("Version id cannot be the empty string", ArgumentName="versionId",
+                                  ArgumentValue="")
+    return vid
+
+
+def _tagged_record(req: S3Request) -> dict[str, Any]:
+    vid = _version(req)
+    if vid is None:
+        return object_record(req)
+    with req.store.catalog.read() as txn:
+        return req.store.objects.get_version(owned_ref(req, txn=txn), req.key, vid, txn)
+
+
+def _version_headers(req: S3Request) -> dict[str, str]:
+    vid = _version(req)
+    return {} if vid is None else {"x-amz-version-id": vid}
+
+
 async def put_object_tagging(req: S3Request) -> Response:
     bucket = await owned_bucket(req)
     tags = await _body_tags(req, MAX_OBJECT_TAGS, "Object")
-    await in_thread(req.store.objects.set_tags, bucket, req.key, tags)
-    return Response(b"")
+    await in_thread(req.store.objects.set_tags, bucket, req.key, tags, _version(req))
+    return Response(b"", headers=_version_headers(req))
 
 
 async def get_object_tagging(req: S3Request) -> Response:
-    record = await read_catalog(req.store, object_record, req)
-    return xml_response(tagging_xml(record.get("tags") or {}))
+    record = await read_catalog(req.store, _tagged_record, req)
+    return xml_response(tagging_xml(record.get("tags") or {}), headers=_version_headers(req))
 
 
 async def delete_object_tagging(req: S3Request) -> Response:
     bucket = await owned_bucket(req)
-    await in_thread(req.store.objects.set_tags, bucket, req.key, {})
-    return Response(b"", status_code=204)
+    await in_thread(req.store.objects.set_tags, bucket, req.key, {}, _version(req))
+    return Response(b"", status_code=204, headers=_version_headers(req))
 
 
 # -- buckets ---------------------------------------------------------------------------
