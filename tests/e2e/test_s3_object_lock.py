@@ -91,7 +91,13 @@ def test_governance_yields_only_to_an_allowed_bypass(s3: Any, server: Server, lo
     name, other, _ = new_account(server)
     s3.put_bucket_policy(Bucket=locked, Policy=json.dumps({"Version": "2012-10-17", "Statement": [{
         "Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{name}:root"},
-        "Action": ["s3:DeleteObjectVersion", "s3:PutObjectRetention"], "Resource": f"arn:aws:s3:::{locked}/*"}]}))
+        "Action": ["s3:DeleteObjectVersion", "s3:PutObject", "s3:PutObjectRetention"],
+        "Resource": f"arn:aws:s3:::{locked}/*"}]}))
+    # setting a lock on a write takes its own permission (retention: granted; legal hold: not)
+    other.put_object(Bucket=locked, Key="by-other", Body=b"x", ObjectLockMode="GOVERNANCE",
+                     ObjectLockRetainUntilDate=later(60))
+    assert refused(other.put_object, Bucket=locked, Key="by-other", Body=b"x",
+                   ObjectLockLegalHoldStatus="ON") == (403, "AccessDenied")
     assert refused(other.delete_object, Bucket=locked, Key="g", VersionId=vid,
                    BypassGovernanceRetention=True) == (403, "AccessDenied")
     assert refused(other.put_object_retention, Bucket=locked, Key="g", VersionId=vid, BypassGovernanceRetention=True,

@@ -10,7 +10,9 @@ answered AccessDenied), so every path meets them.
   retention; it also turns Object Lock on for a bucket whose versioning is Enabled).
 - PutObject, CopyObject and CreateMultipartUpload take ``x-amz-object-lock-mode`` with
   ``x-amz-object-lock-retain-until-date`` and ``x-amz-object-lock-legal-hold``; a new
-  version without them gets the bucket's default retention. GET and HEAD answer them.
+  version without them gets the bucket's default retention (setting them takes
+  s3:PutObjectRetention / s3:PutObjectLegalHold besides s3:PutObject). GET and HEAD
+  answer them.
 - ``?retention`` and ``?legal-hold`` on an object (with ``versionId``): get and put. A
   GOVERNANCE retention is shortened or removed, and a version under it deleted, only with
   ``x-amz-bypass-governance-retention: true`` by a caller allowed
@@ -91,6 +93,9 @@ def from_headers(req: S3Request) -> dict[str, Any]:
         fields["legal_hold"] = hold == "ON"
     if not req.bucket_lock:
         raise s3e.InvalidRequest(_NO_LOCK)
+    if ("lock_mode" in fields and not access.may(req, "s3:PutObjectRetention", req.key)) or (
+            "legal_hold" in fields and not access.may(req, "s3:PutObjectLegalHold", req.key)):
+        raise s3e.AccessDenied()
     return fields
 
 
