@@ -7,7 +7,8 @@ An object record (msgpack map, ``v`` = 1)::
      checksums: {ALGORITHM: base64}, checksum_type: "FULL_OBJECT" | "COMPOSITE" | None,
      parts: [part sizes] | None, replicas: [node ids], acl: canned ACL name (absent: private),
      part_checksums: [[part number, {ALGORITHM: base64}], ...] (multipart objects completed since it was added),
-     tags: {key: value} (S3 object tags; absent or empty: none)}
+     tags: {key: value} (S3 object tags; absent or empty: none),
+     lock_mode, lock_until, legal_hold (Object Lock, storage.objectlock; absent: none)}
 
 An object is the concatenation of its segments. A simple PUT has one segment; a
 completed multipart upload has one per part (parts are never copied); CopyObject makes a
