@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -303,6 +303,21 @@ class ObjectStore:
         if isinstance(results[0], errors.ObjectLocked):
             raise results[0]
         return freed, results[0]
+
+    def delete_if(self, bucket: Bucket, key: str, vid: str | None,
+                  still: Callable[[Record | None, list[Record]], bool]) -> tuple[list[str], Record | None] | None:
+        """`delete_version`, made only if `still(the key's current record, its noncurrent
+        versions and markers newest first)` holds inside the deleting transaction (the
+        lifecycle daemon: what it read has not changed since); None when it does not."""
+        name = bucket_name(bucket)
+
+        def op(txn: Txn) -> tuple[list[str], Record | None] | None:
+            self.catalog.buckets.check(txn, bucket)
+            if not still(self._read(txn, name, key), self.versions.of_key(txn, name, key)):
+                return None
+            return self._delete_in(txn, bucket, key, vid)
+
+        return self.catalog.write(op)
 
     def delete_each(self, bucket: Bucket, items: list[tuple[str, str | None]],
                     bypass_governance: bool = False) -> tuple[list[str], list[Record | errors.ObjectLocked | None]]:

@@ -48,6 +48,7 @@ class StoreConfig:
     scrub_interval_s: float = 24 * 3600.0
     scrub_rate_mb_s: float = 50.0
     repair_interval_s: float = 5.0
+    lifecycle_interval_s: float = 3600.0  # lifecycle rules are enforced this often (storage.lifecycle)
     health_ttl_s: float = 1.0  # local nodes' health cache
     heartbeat_interval_s: float = 1.0  # remote nodes' health polls
     node_urls: tuple[str, ...] = ()  # remote nodes (`manta node`); then no nodes run in this process
@@ -72,8 +73,8 @@ class StoreConfig:
         if self.gc_grace_s < 0 or self.gc_interval_s <= 0:
             raise ValueError("gc_grace_s must be >= 0 and gc_interval_s > 0")
         if min(self.scrub_interval_s, self.repair_interval_s, self.health_ttl_s,
-               self.heartbeat_interval_s) <= 0:
-            raise ValueError("scrub, repair, health and heartbeat intervals must be positive")
+               self.heartbeat_interval_s, self.lifecycle_interval_s) <= 0:
+            raise ValueError("scrub, repair, lifecycle, health and heartbeat intervals must be positive")
         if self.node_count < 1:
             raise ValueError("at least one node is needed")
         n = len(self.node_urls) or len(self.specs) or self.node_count

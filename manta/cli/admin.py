@@ -1,5 +1,5 @@
-"""`manta admin ...`: accounts and their limits, storage nodes, scrub and GC, task images (root keys),
-through `Client.api` (manta's signed JSON API under `/_manta/admin`); `manta admin catalog`
+"""`manta admin ...`: accounts and their limits, storage nodes, scrub and GC, lifecycle passes, task
+images (root keys), through `Client.api` (manta's signed JSON API under `/_manta/admin`); `manta admin catalog`
 works on the catalog itself (manta.cli.catalog_admin)."""
 
 from __future__ import annotations
@@ -98,6 +98,46 @@ def _admin_gc(args: argparse.Namespace) -> int:
     report = client().api("POST", "/_manta/admin/gc", {}, timeout_s=3600)
     print(json.dumps(report) if args.json else f"removed {report['removed']} blob copies no object needs")
     return 0
+
+
+def _admin_lifecycle_run(args: argparse.Namespace) -> int:
+    payload: dict[str, Any] = {}
+    if args.now is not None:
+        payload["now"] = args.now
+    if args.days_ahead is not None:
+        payload["days_ahead"] = args.days_ahead
+    if args.bucket is not None:
+        payload["bucket"] = args.bucket
+    report = client().api("POST", "/_manta/admin/lifecycle", payload, timeout_s=24 * 3600)
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    import datetime as dt
+
+    at = dt.datetime.fromtimestamp(report["at"], dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    print(f"lifecycle pass as of {at} over {report['buckets']} buckets: {report['expired']} objects expired, "
+          f"{report['noncurrent']} noncurrent versions removed, {report['markers']} delete markers removed, "
+          f"{report['aborted']} uploads aborted, {report['failed']} failed"
+          + (" (stopped at the per-pass limit; run again)" if report["truncated"] else ""))
+    return 1 if report["failed"] else 0
+
+
+def _register_lifecycle(admin_sub: Any) -> None:
+    lifecycle = admin_sub.add_parser("lifecycle", help="enforce buckets' lifecycle rules",
+                                     description="Lifecycle rules (PutBucketLifecycleConfiguration) are "
+                                                 "enforced every MANTA_LIFECYCLE_INTERVAL_S; run a pass now, "
+                                                 "or as of another time.",
+                                     epilog="example: manta admin lifecycle run --days-ahead 30")
+    lifecycle_sub = lifecycle.add_subparsers(dest="lifecycle_command", required=True)
+    run = lifecycle_sub.add_parser("run", help="run one pass now (or as of --now / --days-ahead)",
+                                   epilog="example: manta admin lifecycle run --now 2030-01-01T00:00:00Z")
+    when = run.add_mutually_exclusive_group()
+    when.add_argument("--now", metavar="ISO8601", help="run as of this time (UTC unless it says)")
+    when.add_argument("--days-ahead", type=float, metavar="N", help="run as of N days from now")
+    run.add_argument("--bucket", help="only this bucket")
+    run.add_argument("--json", action="store_true",
+                     help="print one JSON object (at, buckets, expired, noncurrent, markers, aborted, ...)")
+    run.set_defaults(func=_admin_lifecycle_run)
 
 
 def _admin_nodes(args: argparse.Namespace) -> int:
@@ -243,4 +283,5 @@ def register(sub: Any) -> None:
     nodes.add_argument("--json", action="store_true", help="print a JSON array")
     nodes.set_defaults(func=_admin_nodes)
     _register_images(admin_sub)
+    _register_lifecycle(admin_sub)
     catalog_admin.register(admin_sub)

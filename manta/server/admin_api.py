@@ -9,12 +9,19 @@
     POST /_manta/admin/scrub            -> the scrub report {checked, damaged, repaired, lost, ...}
     POST /_manta/admin/gc               -> {"removed": n}: blob files no record places on their node,
                                            older than the GC grace period (MANTA_GC_GRACE_S), deleted now
+    POST /_manta/admin/lifecycle {"now": ISO 8601 | "days_ahead": N, "bucket"?}
+                                        -> one lifecycle pass as of that time (default: now), over every
+                                           bucket with rules or the one named: {at, buckets, expired,
+                                           noncurrent, markers, aborted, failed, truncated}
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import math
 import re
+import time
 from typing import Any
 
 from starlette.responses import JSONResponse, Response
@@ -26,6 +33,7 @@ from manta.server.s3.common import in_thread, read_catalog
 from manta.server.s3.context import S3Request
 from storage import Account, OrphanCollector, Scrubber
 from storage import errors as se
+from storage.lifecycle import LifecycleDaemon
 from storage.quota import QUOTA_FIELDS
 
 PREFIX = "_manta"
@@ -58,6 +66,8 @@ async def handle(req: S3Request) -> Response:
         return JSONResponse(report.as_dict())
     if req.key == "admin/gc" and req.method == "POST":
         return JSONResponse({"removed": await in_thread(lambda: OrphanCollector(req.store).run_once())})
+    if req.key == "admin/lifecycle" and req.method == "POST":
+        return await _lifecycle(req)
     raise s3e.NoSuchKey(Key=req.key)
 
 
@@ -131,3 +141,34 @@ def _set_quota(req: S3Request, name: str, quota: dict[str, int | None]) -> dict[
     except se.NoSuchAccount:
         raise s3e.NoSuchUser(f"The user {name!r} does not exist.", UserName=name) from None
     return _user(req, name)
+
+
+def _lifecycle_time(payload: dict[str, Any]) -> float:
+    """The moment a lifecycle pass runs as of: {"now": ISO 8601} or {"days_ahead": N} (or now)."""
+    now, ahead = payload.get("now"), payload.get("days_ahead")
+    if now is not None and ahead is not None:
+        raise s3e.InvalidArgument("Give now or days_ahead, not both.", ArgumentName="now")
+    if now is not None:
+        try:
+            when = dt.datetime.fromisoformat(now) if isinstance(now, str) else None
+        except ValueError:
+            when = None
+        if when is None:
+            raise s3e.InvalidArgument("now must be an ISO 8601 time, like 2030-01-01T00:00:00Z.",
+                                      ArgumentName="now")
+        return (when if when.tzinfo else when.replace(tzinfo=dt.UTC)).timestamp()
+    if ahead is not None:
+        if isinstance(ahead, bool) or not isinstance(ahead, int | float) or not math.isfinite(ahead):
+            raise s3e.InvalidArgument("days_ahead must be a number.", ArgumentName="days_ahead")
+        return time.time() + float(ahead) * 86400
+    return time.time()
+
+
+async def _lifecycle(req: S3Request) -> Response:
+    payload = await _json_body(req, '{"now": ISO 8601 | "days_ahead": N, "bucket": NAME}')
+    at = _lifecycle_time(payload)
+    bucket = payload.get("bucket")
+    if bucket is not None and not isinstance(bucket, str):
+        raise s3e.InvalidArgument("bucket must be a bucket name.", ArgumentName="bucket")
+    report = await in_thread(lambda: LifecycleDaemon(req.store).run(at, bucket))
+    return JSONResponse(report.as_dict())

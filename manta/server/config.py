@@ -14,7 +14,7 @@ DEFAULT_LISTEN = "127.0.0.1:9000"
 # the background schedules: ServerConfig field -> its environment variable
 TIMINGS = {"health_ttl_s": "MANTA_HEALTH_TTL_S", "gc_interval_s": "MANTA_GC_INTERVAL_S",
            "scrub_interval_s": "MANTA_SCRUB_INTERVAL_S", "repair_interval_s": "MANTA_REPAIR_INTERVAL_S",
-           "heartbeat_interval_s": "MANTA_HEARTBEAT_S"}
+           "heartbeat_interval_s": "MANTA_HEARTBEAT_S", "lifecycle_interval_s": "MANTA_LIFECYCLE_INTERVAL_S"}
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ class ServerConfig:
     scrub_interval_s: float = 24 * 3600.0  # a full background scrub this often
     repair_interval_s: float = 5.0  # the repair queue is looked at this often (and when a read queues)
     heartbeat_interval_s: float = 1.0  # remote nodes' /v1/health is polled this often
+    lifecycle_interval_s: float = 3600.0  # buckets' lifecycle rules are enforced this often
     task_slots: int | None = None  # concurrent tasks per node (default: CPU count)
     task_memory_budget_mb: int | None = None  # memory all running tasks share (default: host's - reserve)
     task_max_memory_mb: int | None = None  # ceiling of a phase's memory_mb (default: min(16384, budget))

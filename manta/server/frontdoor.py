@@ -34,6 +34,7 @@ from manta.server.s3.context import S3Request
 from manta.server.serving import serve_until_stopped
 from storage import JournalFlusher, OrphanCollector, Repairer, Store, StoreConfig
 from storage.daemons import BackgroundScrubber, Daemon
+from storage.lifecycle import LifecycleDaemon
 
 log = logging.getLogger("manta")
 
@@ -74,6 +75,7 @@ def store_config(config: ServerConfig) -> StoreConfig:
                        gc_interval_s=config.gc_interval_s, scrub_interval_s=config.scrub_interval_s,
                        scrub_rate_mb_s=config.scrub_rate_mb_s, repair_interval_s=config.repair_interval_s,
                        health_ttl_s=config.health_ttl_s, heartbeat_interval_s=config.heartbeat_interval_s,
+                       lifecycle_interval_s=config.lifecycle_interval_s,
                        node_urls=config.node_urls, cluster_secret=config.cluster_secret,
                        catalog=config.catalog, extra_tables=JOB_TABLES)
 
@@ -157,7 +159,7 @@ def connection_limits(config: ServerConfig, fd_limit: int, quiet: bool = False) 
 def start_daemons(store: Store) -> list[Daemon]:
     """The store's background daemons, started: one set per store (the leader's, with workers)."""
     daemons: list[Daemon] = [JournalFlusher(store), OrphanCollector(store), Repairer(store),
-                             BackgroundScrubber(store)]
+                             BackgroundScrubber(store), LifecycleDaemon(store)]
     for daemon in daemons:
         daemon.start()
     return daemons

@@ -75,7 +75,7 @@ def test_unversioned_bucket_versions_listing(s3, bucket: str) -> None:
 
 def test_unimplemented_subresources_answer_501(s3, bucket: str) -> None:
     calls = [
-        lambda: s3.get_bucket_lifecycle_configuration(Bucket=bucket),
+        lambda: s3.get_bucket_website(Bucket=bucket),
         lambda: s3.get_bucket_replication(Bucket=bucket),
     ]
     for call in calls:

@@ -116,5 +116,5 @@ def test_versioning_and_versions_of_an_unversioned_bucket(s3: InProcessS3, bucke
 
 
 def test_unimplemented_subresource_is_501(s3: InProcessS3, bucket: str) -> None:
-    reply = s3.request("GET", f"/{bucket}", query={"lifecycle": ""})
+    reply = s3.request("GET", f"/{bucket}", query={"website": ""})
     assert reply.status_code == 501 and error_code(reply) == "NotImplemented"

@@ -44,6 +44,8 @@ BUCKET_ACTIONS: dict[tuple[str, str], str] = {
     ("GET", "versioning"): "s3:GetBucketVersioning", ("PUT", "versioning"): "s3:PutBucketVersioning",
     ("GET", "acl"): "s3:GetBucketAcl", ("PUT", "acl"): "s3:PutBucketAcl",
     ("GET", "cors"): "s3:GetBucketCORS", ("PUT", "cors"): "s3:PutBucketCORS", ("DELETE", "cors"): "s3:PutBucketCORS",
+    ("GET", "lifecycle"): "s3:GetLifecycleConfiguration", ("PUT", "lifecycle"): "s3:PutLifecycleConfiguration",
+    ("DELETE", "lifecycle"): "s3:PutLifecycleConfiguration",
     ("GET", "uploads"): "s3:ListBucketMultipartUploads", ("POST", "delete"): "s3:DeleteObject",
     ("GET", "tagging"): "s3:GetBucketTagging", ("PUT", "tagging"): "s3:PutBucketTagging",
     ("DELETE", "tagging"): "s3:PutBucketTagging",
@@ -76,7 +78,7 @@ VERSIONED = {"s3:GetObject": "s3:GetObjectVersion", "s3:DeleteObject": "s3:Delet
              "s3:DeleteObjectTagging": "s3:DeleteObjectVersionTagging"}
 SUBRESOURCES = ("policyStatus", "policy", "publicAccessBlock", "ownershipControls", "location", "versions",
                 "versioning", "acl", "uploads", "delete", "uploadId", "attributes", "tagging", "cors",
-                "object-lock", "retention", "legal-hold")
+                "object-lock", "retention", "legal-hold", "lifecycle")
 # request headers S3 offers as s3: condition keys
 HEADER_KEYS = ("x-amz-acl", "x-amz-content-sha256", "x-amz-copy-source", "x-amz-metadata-directive",
                "x-amz-server-side-encryption", "x-amz-storage-class", "x-amz-grant-read", "x-amz-grant-write",

@@ -41,6 +41,7 @@ from manta.server.s3 import (
     attributes,
     bucket,
     cors,
+    lifecycle,
     multipart,
     obj,
     objectlock,
@@ -66,7 +67,7 @@ SocketRoute = Callable[[S3Request, WebSocket], Awaitable[None]]
 # sub-resources S3 defines that this server does not implement (yet)
 UNSUPPORTED = {
     "accelerate", "analytics", "encryption", "intelligent-tiering", "inventory",
-    "lifecycle", "logging", "metrics", "notification", "replication",
+    "logging", "metrics", "notification", "replication",
     "requestPayment", "restore", "select", "torrent", "website",
 }
 
@@ -84,6 +85,9 @@ BUCKET_OPS: dict[tuple[str, str], Handler] = {
     ("GET", "cors"): cors.get_bucket_cors,
     ("PUT", "cors"): cors.put_bucket_cors,
     ("DELETE", "cors"): cors.delete_bucket_cors,
+    ("GET", "lifecycle"): lifecycle.get_bucket_lifecycle,
+    ("PUT", "lifecycle"): lifecycle.put_bucket_lifecycle,
+    ("DELETE", "lifecycle"): lifecycle.delete_bucket_lifecycle,
     ("GET", "uploads"): multipart.list_uploads,
     ("POST", "delete"): bucket.delete_objects,
     ("GET", "tagging"): tagging.get_bucket_tagging,
@@ -126,7 +130,7 @@ OBJECT_OPS: dict[tuple[str, str], Handler] = {
 # object sub-resources that act on the current version only: a versionId is NotImplemented
 ONE_VERSION_ONLY = {"acl", "attributes"}
 SUBRESOURCES = {"location", "versions", "versioning", "acl", "uploads", "delete", "uploadId", "attributes",
-                "tagging", "cors", "policy", "policyStatus", "publicAccessBlock", "ownershipControls",
+                "tagging", "cors", "lifecycle", "policy", "policyStatus", "publicAccessBlock", "ownershipControls",
                 "object-lock", "retention", "legal-hold"}
 
 

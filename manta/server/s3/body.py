@@ -251,3 +251,19 @@ async def read_small(req: S3Request, limit: int) -> bytes:
     if md5 is not None and hashlib.md5(body).digest() != md5:
         raise s3e.BadDigest()
     return body
+
+
+def require_integrity(req: S3Request, body: bytes) -> None:
+    """A configuration PUT (PutBucketCors, PutBucketLifecycleConfiguration...) needs Content-MD5
+    or a flexible checksum (read_small checked the MD5)."""
+    if req.header("content-md5") is not None or req.header("x-amz-trailer") is not None:
+        return
+    sent = [(alg, req.headers[checksums.header_name(alg)]) for alg in checksums.ALGORITHMS
+            if checksums.header_name(alg) in req.headers]
+    if not sent:
+        raise s3e.InvalidRequest("Missing required header for this request: Content-MD5")
+    for algorithm, value in sent:
+        summer = checksums.new(algorithm)
+        summer.update(body)
+        if summer.digest() != checksums.decode(algorithm, value):
+            raise s3e.BadDigest(f"The {algorithm} you specified did not match the calculated checksum.")

@@ -35,9 +35,8 @@ from typing import Any
 
 from starlette.responses import Response
 
-from manta.server.s3 import checksums
 from manta.server.s3 import errors as s3e
-from manta.server.s3.body import read_small
+from manta.server.s3.body import read_small, require_integrity
 from manta.server.s3.common import in_thread, owned_ref, read_catalog, xml_response
 from manta.server.s3.context import S3Request
 from manta.server.s3.xmlio import children, document, el, local, parse
@@ -179,27 +178,12 @@ def rules_xml(rules: list[CorsRule]) -> bytes:
     return document("CORSConfiguration", body)
 
 
-def _check_integrity_header(req: S3Request, body: bytes) -> None:
-    """PutBucketCors needs Content-MD5 or a flexible checksum (read_small checked the MD5)."""
-    if req.header("content-md5") is not None or req.header("x-amz-trailer") is not None:
-        return
-    sent = [(alg, req.headers[checksums.header_name(alg)]) for alg in checksums.ALGORITHMS
-            if checksums.header_name(alg) in req.headers]
-    if not sent:
-        raise s3e.InvalidRequest("Missing required header for this request: Content-MD5")
-    for algorithm, value in sent:
-        summer = checksums.new(algorithm)
-        summer.update(body)
-        if summer.digest() != checksums.decode(algorithm, value):
-            raise s3e.BadDigest(f"The {algorithm} you specified did not match the calculated checksum.")
-
-
 # -- PutBucketCors, GetBucketCors, DeleteBucketCors ----------------------------------------
 
 async def put_bucket_cors(req: S3Request) -> Response:
     bucket = await read_catalog(req.store, owned_ref, req)
     body = await read_small(req, MAX_DOCUMENT_BYTES)
-    _check_integrity_header(req, body)
+    require_integrity(req, body)
     rules = parse_rules(body)
     await in_thread(req.store.catalog.bucketconf.set, bucket, KIND, encode(rules))
     return Response(b"")
