@@ -10,13 +10,14 @@ import base64
 import datetime as dt
 import hashlib
 import json
+import time
 from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
 
 from manta.client import Client
-from tests.conftest import ROOT_AK, ROOT_SK, Server
+from tests.conftest import ROOT_AK, ROOT_SK, Server, running_server
 from tests.e2e.test_bucket_race import new_account
 from tests.e2e.test_cli_objects import manta
 from tests.e2e.test_crash import sign
@@ -260,3 +261,24 @@ def test_the_admin_command_is_root_only_and_checks_its_time(server: Server) -> N
     assert bad.returncode != 0 and b"ISO 8601" in bad.stderr, bad.stderr
     fine = manta(server, "admin", "lifecycle", "run", "--now", "2000-01-01T00:00:00Z", "--json")
     assert fine.returncode == 0 and json.loads(fine.stdout)["at"] == 946684800
+
+
+def test_the_servers_daemon_enforces_rules_on_its_own() -> None:
+    """The leader's daemon runs every MANTA_LIFECYCLE_INTERVAL_S with the real clock: a
+    Date in the past expires its prefix at the next pass."""
+    with running_server(env={"MANTA_LIFECYCLE_INTERVAL_S": "0.2"}) as srv:
+        s3: Any = srv.client()
+        s3.create_bucket(Bucket="daemon-lifecycle")
+        s3.put_object(Bucket="daemon-lifecycle", Key="old/a", Body=b"a")
+        s3.put_object(Bucket="daemon-lifecycle", Key="new/a", Body=b"b")
+        s3.put_bucket_lifecycle_configuration(Bucket="daemon-lifecycle", LifecycleConfiguration={"Rules": [
+            {"ID": "past", "Filter": {"Prefix": "old/"}, "Status": "Enabled",
+             "Expiration": {"Date": dt.datetime(2020, 1, 1, tzinfo=dt.UTC)}}]})
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            keys = [o["Key"] for o in s3.list_objects_v2(Bucket="daemon-lifecycle").get("Contents", [])]
+            if keys == ["new/a"]:
+                break
+            time.sleep(0.1)
+        assert keys == ["new/a"]
+        assert body_of(s3, "daemon-lifecycle", "new/a") == b"b"
