@@ -5,6 +5,7 @@ works on the catalog itself (manta.cli.catalog_admin)."""
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 from typing import Any
 
@@ -111,9 +112,7 @@ def _admin_lifecycle_run(args: argparse.Namespace) -> int:
     report = client().api("POST", "/_manta/admin/lifecycle", payload, timeout_s=24 * 3600)
     if args.json:
         print(json.dumps(report))
-        return 0
-    import datetime as dt
-
+        return 1 if report["failed"] else 0
     at = dt.datetime.fromtimestamp(report["at"], dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     print(f"lifecycle pass as of {at} over {report['buckets']} buckets: {report['expired']} objects expired, "
           f"{report['noncurrent']} noncurrent versions removed, {report['markers']} delete markers removed, "

@@ -247,6 +247,31 @@ def test_a_pass_over_a_versioned_bucket_removes_old_versions_and_lone_markers(
     assert report["noncurrent"] + report["markers"] + report["expired"] + report["aborted"] == 0
 
 
+def test_object_lock_keeps_what_a_rule_would_expire(server: Server, s3: Any) -> None:
+    """A pass moved 40 days ahead removes an unlocked old version but not one under
+    retention or a legal hold: Object Lock counts real time, whatever the daemon's clock."""
+    name = f"lc-lock-{time.time_ns()}"
+    s3.create_bucket(Bucket=name, ObjectLockEnabledForBucket=True)
+    s3.put_bucket_lifecycle_configuration(Bucket=name, LifecycleConfiguration={"Rules": [
+        {"ID": "old", "Filter": {}, "Status": "Enabled", "NoncurrentVersionExpiration": {"NoncurrentDays": 1}}]})
+    until = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
+    kept = s3.put_object(Bucket=name, Key="kept", Body=b"k1", ObjectLockMode="COMPLIANCE",
+                         ObjectLockRetainUntilDate=until)["VersionId"]
+    s3.put_object(Bucket=name, Key="kept", Body=b"k2")
+    held = s3.put_object(Bucket=name, Key="held", Body=b"h1", ObjectLockLegalHoldStatus="ON")["VersionId"]
+    s3.put_object(Bucket=name, Key="held", Body=b"h2")
+    free = s3.put_object(Bucket=name, Key="free", Body=b"f1")["VersionId"]
+    s3.put_object(Bucket=name, Key="free", Body=b"f2")
+
+    run = manta(server, "admin", "lifecycle", "run", "--days-ahead", "40", "--bucket", name, "--json")
+    assert run.returncode == 1, run.stderr  # something failed: the locked versions
+    report = json.loads(run.stdout)
+    assert (report["noncurrent"], report["failed"]) == (1, 2)
+    old = {vid for key, vid, _ in versions_of(s3, name)}
+    assert kept in old and held in old and free not in old
+    assert body_of(s3, name, "kept", kept) == b"k1" and body_of(s3, name, "held", held) == b"h1"
+
+
 def test_the_admin_command_is_root_only_and_checks_its_time(server: Server) -> None:
     other = new_account(server, "lifecycle-admin")
     with pytest.raises(Exception) as caught:
