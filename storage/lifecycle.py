@@ -34,7 +34,8 @@ nothing happens. A storage error on one object (a locked version, say) is logged
 counted, and the pass goes on. At most `max_actions` changes per pass; the rest waits.
 
 The clock is injectable (`now`): tests and `manta admin lifecycle run` run a pass as of
-any moment. Records written by the pass itself (delete markers) carry the real time.
+any moment. A delete marker an expiration adds carries the pass's time, so that the version
+it makes noncurrent is noncurrent from then, as it would be had the pass run then.
 """
 
 from __future__ import annotations
@@ -296,8 +297,8 @@ class LifecycleDaemon(Daemon):
              report: LifecycleReport) -> None:
         latest = versions[0]
         if not is_marker(latest) and any(r.expires(key, latest, at) for r in rules):
-            self._act(report, "expired", key, lambda: self.objects.delete_if(
-                ref, key, None, lambda current, _older: current is not None and _same(current, latest)))
+            self._act(report, "expired", key, lambda: self.objects.delete_if(  # a marker made as of `at`
+                ref, key, None, lambda current, _older: current is not None and _same(current, latest), at))
             return
         kept = [latest]
         for i, version in enumerate(versions[1:]):

@@ -305,17 +305,19 @@ class ObjectStore:
         return freed, results[0]
 
     def delete_if(self, bucket: Bucket, key: str, vid: str | None,
-                  still: Callable[[Record | None, list[Record]], bool]) -> tuple[list[str], Record | None] | None:
+                  still: Callable[[Record | None, list[Record]], bool],
+                  at: float | None = None) -> tuple[list[str], Record | None] | None:
         """`delete_version`, made only if `still(the key's current record, its noncurrent
         versions and markers newest first)` holds inside the deleting transaction (the
-        lifecycle daemon: what it read has not changed since); None when it does not."""
+        lifecycle daemon: what it read has not changed since); None when it does not. `at`:
+        the time of a delete marker it adds, when not now."""
         name = bucket_name(bucket)
 
         def op(txn: Txn) -> tuple[list[str], Record | None] | None:
             self.catalog.buckets.check(txn, bucket)
             if not still(self._read(txn, name, key), self.versions.of_key(txn, name, key)):
                 return None
-            return self._delete_in(txn, bucket, key, vid)
+            return self._delete_in(txn, bucket, key, vid, at=at)
 
         return self.catalog.write(op)
 
@@ -341,13 +343,13 @@ class ObjectStore:
         return self.catalog.write(op)
 
     def _delete_in(self, txn: Txn, bucket: Bucket, key: str, vid: str | None = None,
-                   bypass_governance: bool = False) -> tuple[list[str], Record | None]:
+                   bypass_governance: bool = False, at: float | None = None) -> tuple[list[str], Record | None]:
         bucket_record = self.catalog.buckets.check(txn, bucket)
         if vid is not None:
             return self.versions.delete_version_in(txn, bucket_record, key, vid, bypass_governance)
         old = self._read(txn, bucket_name(bucket), key)
         if bucket_record.versioning is not None:
-            return self.versions.delete_in(txn, bucket_record, key, old)
+            return self.versions.delete_in(txn, bucket_record, key, old, at)
         if old is None:
             return [], None
         self.catalog.usage.charge(txn, bucket_record.owner, -1, -old["size"])

@@ -237,12 +237,13 @@ class Versions:
         self.write_current(txn, bucket.name, key, record)
         return self.catalog.blobrefs.unref(txn, _blobs(dropped))  # type: ignore[no-any-return]
 
-    def delete_in(self, txn: Txn, bucket: BucketRecord, key: str,
-                  current: Record | None) -> tuple[list[str], Record]:
+    def delete_in(self, txn: Txn, bucket: BucketRecord, key: str, current: Record | None,
+                  at: float | None = None) -> tuple[list[str], Record]:
         """A plain DELETE: a delete marker becomes the latest version; returns (blob ids
-        freed, the marker)."""
+        freed, the marker). `at`: the marker's time, when not now (a lifecycle pass run as
+        of a later time)."""
         vsk = new_sort_key(self._newest(txn, bucket.name, key, current))
-        marker: Record = {"v": 1, "key": key, "vsk": vsk, "mtime": time.time(), "marker": True,
+        marker: Record = {"v": 1, "key": key, "vsk": vsk, "mtime": time.time() if at is None else at, "marker": True,
                           "size": 0, "segments": []}
         if bucket.versioning == "Enabled":
             marker["vid"] = vsk.hex()

@@ -6,6 +6,7 @@ object's storage error does not stop a pass)."""
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -160,6 +161,22 @@ def test_versioned_bucket_noncurrent_versions_markers_and_expiration(store: Stor
     assert keys(store, "vb") == ["v/k"]
 
 
+def test_a_pass_run_ahead_of_time_makes_its_markers_as_of_then(store: Store) -> None:
+    """A pass as of 40 days from now expires an object: its marker is dated then, so the
+    version it made noncurrent waits its NoncurrentDays from then, not from now."""
+    now = time.time()
+    configure(store, "ahead", Rule("r", True, Filter("x/"), expiration_days=10, noncurrent_days=30),
+              versioning="Enabled")
+    store.objects.put("ahead", "x/k", record("x/k", mtime=now))
+    at = now + 40 * DAY_S
+    assert LifecycleDaemon(store).run(at).expired == 1
+    assert versions(store, "ahead") == [("x/k", True, at), ("x/k", False, now)]
+    assert LifecycleDaemon(store).run(at).noncurrent == 0  # noncurrent for 0 days as of `at`
+    report = LifecycleDaemon(store).run(due_after(at, 30))
+    assert (report.noncurrent, report.markers) == (1, 1)  # and the marker, then alone and 10 days old
+    assert versions(store, "ahead") == []
+
+
 def test_suspended_bucket_expiration_replaces_the_null_version(store: Store) -> None:
     configure(store, "sb", Rule("all", True, Filter(form="none"), expiration_days=1), versioning="Suspended")
     store.objects.put("sb", "k", record("k"))
@@ -193,10 +210,10 @@ def test_a_storage_error_on_one_object_does_not_stop_the_pass(store: Store, monk
         store.objects.put("lk", key, record(key))
     real = store.objects.delete_if
 
-    def locked_b(bucket: Any, key: str, vid: Any, still: Any) -> Any:
+    def locked_b(bucket: Any, key: str, vid: Any, still: Any, at: Any = None) -> Any:
         if key == "b":
             raise errors.PreconditionFailed("lk", "b", "locked")  # any storage error (a locked version)
-        return real(bucket, key, vid, still)
+        return real(bucket, key, vid, still, at)
 
     monkeypatch.setattr(store.objects, "delete_if", locked_b)
     report = LifecycleDaemon(store).run(T0 + 3 * DAY_S)
