@@ -5,7 +5,9 @@ and the refusals (a locked version cannot be deleted, headers on a bucket withou
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import hashlib
 import itertools
 import json
 import os
@@ -109,6 +111,20 @@ def test_governance_yields_only_to_an_allowed_bypass(s3: Any, server: Server, lo
                             Retention={"Mode": "GOVERNANCE", "RetainUntilDate": later(60)})
     s3.delete_object(Bucket=locked, Key="g", VersionId=vid, BypassGovernanceRetention=True)
     assert refused(s3.head_object, Bucket=locked, Key="g", VersionId=vid)[0] == 404
+
+
+def test_lock_headers_show_only_to_readers_allowed_them(s3: Any, server: Server, locked: str) -> None:
+    s3.put_object(Bucket=locked, Key="shown", Body=b"x", ObjectLockMode="GOVERNANCE",
+                  ObjectLockRetainUntilDate=later(3600), ObjectLockLegalHoldStatus="ON")
+    name, other, _ = new_account(server)
+    s3.put_bucket_policy(Bucket=locked, Policy=json.dumps({"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{name}:root"},
+        "Action": ["s3:GetObject", "s3:GetObjectLegalHold"], "Resource": f"arn:aws:s3:::{locked}/*"}]}))
+    mine, theirs = s3.head_object(Bucket=locked, Key="shown"), other.head_object(Bucket=locked, Key="shown")
+    assert (mine["ObjectLockMode"], mine["ObjectLockLegalHoldStatus"]) == ("GOVERNANCE", "ON")
+    assert "ObjectLockMode" not in theirs and "ObjectLockRetainUntilDate" not in theirs  # no GetObjectRetention
+    assert theirs["ObjectLockLegalHoldStatus"] == "ON"
+    assert refused(other.get_object_retention, Bucket=locked, Key="shown") == (403, "AccessDenied")
 
 
 def test_compliance_can_only_be_extended(s3: Any, locked: str) -> None:
@@ -238,14 +254,20 @@ def test_raw_http_retention_and_headers(server: Server, s3: Any, locked: str) ->
     root = ET.fromstring(got.content)
     assert (root.tag, root.findtext(NS + "Mode"), root.findtext(NS + "RetainUntilDate")) == (
         NS + "Retention", "GOVERNANCE", until)
-    # removing a GOVERNANCE retention: an empty Retention with the bypass header
+    # removing a GOVERNANCE retention: an empty Retention with the bypass header (and, as
+    # every Object Lock PUT, Content-MD5 or a checksum: without one it is InvalidRequest)
     body = b"<Retention/>"
-    for bypass, expected in (({}, 403), ({"x-amz-bypass-governance-retention": "true"}, 200)):
+    md5 = {"content-md5": base64.b64encode(hashlib.md5(body).digest()).decode()}
+    bypass = {"x-amz-bypass-governance-retention": "true"}
+    put = requests.put(server.url + query, data=body, timeout=10, headers=sign(server, "PUT", query, bypass, body))
+    assert put.status_code == 400 and b"InvalidRequest" in put.content, put.content
+    for extra, expected in ((md5, 403), ({**md5, **bypass}, 200)):
         put = requests.put(server.url + query, data=body, timeout=10,
-                           headers=sign(server, "PUT", query, bypass, body))
+                           headers=sign(server, "PUT", query, extra, body))
         assert put.status_code == expected, put.content
     assert "x-amz-object-lock-mode" not in requests.head(
         server.url + target, headers=sign(server, "HEAD", target), timeout=10).headers
     bad = b"<Retention><Mode>FOREVER</Mode><RetainUntilDate>2099-01-01T00:00:00Z</RetainUntilDate></Retention>"
-    put = requests.put(server.url + query, data=bad, timeout=10, headers=sign(server, "PUT", query, {}, bad))
+    md5 = {"content-md5": base64.b64encode(hashlib.md5(bad).digest()).decode()}
+    put = requests.put(server.url + query, data=bad, timeout=10, headers=sign(server, "PUT", query, md5, bad))
     assert put.status_code == 400 and b"MalformedXML" in put.content

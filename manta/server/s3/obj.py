@@ -387,7 +387,7 @@ def _find_in(req: S3Request, head: bool, open_blobs: bool, txn: Any) -> Response
     headers.update(version_header(record) if vid is None else {"x-amz-version-id": vid})
     headers.update(tagging.count_header(req, record))
     if "lock_mode" in record or "legal_hold" in record:
-        headers.update(objectlock.response_headers(record))
+        headers.update(objectlock.response_headers(req, record))
     status = check_conditions(req, record)
     if status == 412:
         raise s3e.PreconditionFailed(Condition="If-Match")

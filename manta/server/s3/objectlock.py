@@ -30,7 +30,7 @@ from starlette.responses import Response
 
 from manta.server.s3 import access
 from manta.server.s3 import errors as s3e
-from manta.server.s3.body import read_small
+from manta.server.s3.body import read_small, require_integrity
 from manta.server.s3.common import in_thread, owned_bucket, owned_ref, read_catalog, xml_response
 from manta.server.s3.context import S3Request
 from manta.server.s3.xmlio import child_text, children, document, el, iso8601, parse
@@ -99,13 +99,14 @@ def from_headers(req: S3Request) -> dict[str, Any]:
     return fields
 
 
-def response_headers(record: dict[str, Any]) -> dict[str, str]:
-    """GET and HEAD's Object Lock headers for a version that has any."""
+def response_headers(req: S3Request, record: dict[str, Any]) -> dict[str, str]:
+    """GET and HEAD's Object Lock headers for a version that has any, those the requester
+    may read (s3:GetObjectRetention, s3:GetObjectLegalHold), as S3 answers them."""
     out = {}
-    if "lock_mode" in record:
+    if "lock_mode" in record and access.may(req, "s3:GetObjectRetention", req.key):
         out[MODE_HEADER] = record["lock_mode"]
         out[UNTIL_HEADER] = iso8601(record["lock_until"])
-    if "legal_hold" in record:
+    if "legal_hold" in record and access.may(req, "s3:GetObjectLegalHold", req.key):
         out[HOLD_HEADER] = "ON" if record["legal_hold"] else "OFF"
     return out
 
@@ -127,6 +128,13 @@ def _version(req: S3Request) -> str | None:
 
 
 # -- the bucket's configuration --------------------------------------------------------
+
+async def _integral_body(req: S3Request) -> bytes:
+    """The body of an Object Lock PUT, which S3 takes only with Content-MD5 or a checksum."""
+    body = await read_small(req, MAX_BODY_BYTES)
+    require_integrity(req, body)
+    return body
+
 
 def _lock_of(req: S3Request) -> LockConfig | None:
     owned_ref(req)
@@ -160,7 +168,7 @@ def _period(node: Any, name: str) -> int | None:
 
 async def put_lock_configuration(req: S3Request) -> Response:
     bucket = await owned_bucket(req)
-    root = parse(await read_small(req, MAX_BODY_BYTES), "ObjectLockConfiguration")
+    root = parse(await _integral_body(req), "ObjectLockConfiguration")
     if child_text(root, "ObjectLockEnabled") != "Enabled":
         raise s3e.MalformedXML()
     config = LockConfig()
@@ -217,7 +225,7 @@ def _set_retention(req: S3Request, mode: str | None, until: float | None) -> Non
 
 
 async def put_retention(req: S3Request) -> Response:
-    root = parse(await read_small(req, MAX_BODY_BYTES), "Retention")
+    root = parse(await _integral_body(req), "Retention")
     mode, text = child_text(root, "Mode"), child_text(root, "RetainUntilDate")
     if (mode is None) != (text is None) or (mode is not None and mode not in MODES):
         raise s3e.MalformedXML()
@@ -227,7 +235,7 @@ async def put_retention(req: S3Request) -> Response:
 
 
 async def put_legal_hold(req: S3Request) -> Response:
-    root = parse(await read_small(req, MAX_BODY_BYTES), "LegalHold")
+    root = parse(await _integral_body(req), "LegalHold")
     status = child_text(root, "Status")
     if status not in HOLD_STATES:
         raise s3e.MalformedXML()
