@@ -3,7 +3,7 @@
 #   ./run.sh          install what is missing, start the server with sample data, run a sample, leave it running
 #   ./run.sh test     install what is missing and run the whole test suite (CI runs exactly this),
 #                     then the S3 and job end-to-end tests again with the catalog in PostgreSQL
-#   ./run.sh test --fast   ruff, mypy and the quick tests, under a minute: pytest -m
+#   ./run.sh test --fast   ruff, mypy and the quick tests (about 3 min here): pytest -m
 #                     "not e2e and not zfs and not slow and not load" (no real server, no ZFS)
 #   ./run.sh stop     stop the server started by ./run.sh
 set -euo pipefail
@@ -77,7 +77,7 @@ test)
     "$VENV/bin/ruff" check manta jobs storage tests benchmarks
     "$VENV/bin/mypy" manta jobs storage
     if [ ${#fast[@]} -eq 0 ] && [ $# -eq 0 ]; then
-        "$VENV/bin/python" -m pytest -p no:cacheprovider
+        "$VENV/bin/python" -m pytest -p no:cacheprovider --durations=25  # the slowest, to keep CI short
         # the S3 and job end-to-end tests once more, every server's catalog in PostgreSQL
         MANTA_TEST_CATALOG=postgresql exec "$VENV/bin/python" -m pytest -p no:cacheprovider "${PG_E2E[@]}"
     fi
