@@ -312,6 +312,13 @@ def s3(server: Server) -> object:
     return server.client()
 
 
+@pytest.fixture(scope="session")
+def s3_once(server: Server) -> object:
+    """A client that does not retry: botocore retries a BadDigest (400) four times with
+    backoff, 5-10 s a call, where a test of that answer wants it once."""
+    return server.client(retries={"total_max_attempts": 1})
+
+
 _counter = [0]
 
 

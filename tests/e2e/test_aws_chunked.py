@@ -403,10 +403,10 @@ def test_flexible_checksum_stored_and_echoed(s3: object, bucket: str, algorithm:
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
-def test_wrong_flexible_checksum_is_bad_digest(s3: object, bucket: str, algorithm: str) -> None:
+def test_wrong_flexible_checksum_is_bad_digest(s3: object, s3_once: object, bucket: str, algorithm: str) -> None:
     wrong = checksum(algorithm, b"not the body")
     with pytest.raises(ClientError) as caught:
-        s3.put_object(Bucket=bucket, Key="wrong-sum.bin", Body=b"the body",  # type: ignore[attr-defined]
+        s3_once.put_object(Bucket=bucket, Key="wrong-sum.bin", Body=b"the body",  # type: ignore[attr-defined]
                       **{f"Checksum{algorithm}": wrong})
     assert caught.value.response["Error"]["Code"] == "BadDigest"
     assert not exists(s3, bucket, "wrong-sum.bin")

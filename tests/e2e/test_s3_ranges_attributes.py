@@ -148,27 +148,29 @@ MALFORMED = {"CRC32": "AAAA", "SHA256": "bad", "SHA1": b64(b"\0" * 19), "CRC64NV
 
 
 @pytest.mark.parametrize("algorithm", list(MALFORMED))
-def test_malformed_checksum_header_is_bad_digest_put_object(server: Server, s3: Any, bucket: str,
+def test_malformed_checksum_header_is_bad_digest_put_object(server: Server, s3: Any, s3_once: Any, bucket: str,
                                                             algorithm: str) -> None:
     header = {f"x-amz-checksum-{algorithm.lower()}": MALFORMED[algorithm]}
     reply = raw(server, "PUT", f"/{bucket}/bad-sum", header, b"the body")
     assert (reply.status, reply.code) == (400, "BadDigest"), reply.body
     with pytest.raises(ClientError) as exc:
-        s3.put_object(Bucket=bucket, Key="bad-sum", Body=b"the body", **{f"Checksum{algorithm}": MALFORMED[algorithm]})
+        s3_once.put_object(Bucket=bucket, Key="bad-sum", Body=b"the body",
+                           **{f"Checksum{algorithm}": MALFORMED[algorithm]})
     assert error_of(exc) == (400, "BadDigest")
     with pytest.raises(ClientError) as exc:
         s3.head_object(Bucket=bucket, Key="bad-sum")
     assert exc.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
 
 
-def test_malformed_checksum_header_is_bad_digest_upload_part(server: Server, s3: Any, bucket: str) -> None:
+def test_malformed_checksum_header_is_bad_digest_upload_part(server: Server, s3: Any, s3_once: Any,
+                                                             bucket: str) -> None:
     upload = s3.create_multipart_upload(Bucket=bucket, Key="mp", ChecksumAlgorithm="SHA256")["UploadId"]
     reply = raw(server, "PUT", f"/{bucket}/mp?partNumber=1&uploadId={upload}",
                 {"x-amz-checksum-sha256": "bad", "x-amz-sdk-checksum-algorithm": "SHA256"}, b"part")
     assert (reply.status, reply.code) == (400, "BadDigest"), reply.body
     with pytest.raises(ClientError) as exc:
-        s3.upload_part(Bucket=bucket, Key="mp", UploadId=upload, PartNumber=1, Body=b"part",
-                       ChecksumAlgorithm="SHA256", ChecksumSHA256=b64(b"\0" * 31))
+        s3_once.upload_part(Bucket=bucket, Key="mp", UploadId=upload, PartNumber=1, Body=b"part",
+                            ChecksumAlgorithm="SHA256", ChecksumSHA256=b64(b"\0" * 31))
     assert error_of(exc) == (400, "BadDigest")
     assert s3.list_parts(Bucket=bucket, Key="mp", UploadId=upload).get("Parts", []) == []
     s3.abort_multipart_upload(Bucket=bucket, Key="mp", UploadId=upload)
