@@ -214,6 +214,15 @@ async def _until_done(future: asyncio.Future[Any]) -> None:
 MAX_PART_NUMBER = 10000
 
 
+def requested_version(req: S3Request) -> str | None:
+    """The request's `versionId` (None: the current version); an empty one is invalid."""
+    vid = req.query.get("versionId")
+    if vid == "":
+        raise s3e.InvalidArgument("Version id cannot be the empty string", ArgumentName="versionId",
+                                  ArgumentValue="")
+    return vid
+
+
 def part_number(req: S3Request) -> int:
     """The request's `partNumber`: 1..10000, else InvalidArgument (a missing one included)."""
     raw = req.query.get("partNumber", "")

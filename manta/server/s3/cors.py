@@ -35,9 +35,9 @@ from typing import Any
 
 from starlette.responses import Response
 
+from manta.server.s3 import bucketdoc
 from manta.server.s3 import errors as s3e
-from manta.server.s3.body import read_small, require_integrity
-from manta.server.s3.common import in_thread, owned_ref, read_catalog, xml_response
+from manta.server.s3.common import read_catalog
 from manta.server.s3.context import S3Request
 from manta.server.s3.xmlio import children, document, el, local, parse
 from storage import errors as se
@@ -180,32 +180,9 @@ def rules_xml(rules: list[CorsRule]) -> bytes:
 
 # -- PutBucketCors, GetBucketCors, DeleteBucketCors ----------------------------------------
 
-async def put_bucket_cors(req: S3Request) -> Response:
-    bucket = await read_catalog(req.store, owned_ref, req)
-    body = await read_small(req, MAX_DOCUMENT_BYTES)
-    require_integrity(req, body)
-    rules = parse_rules(body)
-    await in_thread(req.store.catalog.bucketconf.set, bucket, KIND, encode(rules))
-    return Response(b"")
-
-
-async def get_bucket_cors(req: S3Request) -> Response:
-    raw = await read_catalog(req.store, _owned_rules, req)
-    if raw is None:
-        raise s3e.NoSuchCORSConfiguration(BucketName=req.bucket)
-    return xml_response(rules_xml(decode(raw)))
-
-
-def _owned_rules(req: S3Request) -> bytes | None:
-    with req.store.catalog.read() as txn:
-        bucket = owned_ref(req, txn=txn)
-        return req.store.catalog.bucketconf.get(bucket, KIND, txn)
-
-
-async def delete_bucket_cors(req: S3Request) -> Response:
-    bucket = await read_catalog(req.store, owned_ref, req)
-    await in_thread(req.store.catalog.bucketconf.set, bucket, KIND, None)
-    return Response(b"", status_code=204)
+put_bucket_cors, get_bucket_cors, delete_bucket_cors = bucketdoc.handlers(
+    KIND, MAX_DOCUMENT_BYTES, lambda body: encode(parse_rules(body)), lambda kept: rules_xml(decode(kept)),
+    s3e.NoSuchCORSConfiguration)
 
 
 # -- preflight and actual requests ---------------------------------------------------------

@@ -56,6 +56,7 @@ from manta.server.s3.common import (
     read_catalog,
     read_small,
     request_headers,
+    requested_version,
     source_ref,
     stream_opened,
     xml_response,
@@ -149,15 +150,6 @@ def version_header(record: dict[str, Any]) -> dict[str, str]:
     if "vid" in record:
         return {"x-amz-version-id": record["vid"]}
     return {"x-amz-version-id": NULL} if "vsk" in record else {}
-
-
-def requested_version(req: S3Request) -> str | None:
-    """The request's `versionId` (None: the current version); an empty one is invalid."""
-    vid = req.query.get("versionId")
-    if vid == "":
-        raise s3e.InvalidArgument("Version id cannot be the empty string", ArgumentName="versionId",
-                                  ArgumentValue="")
-    return vid
 
 
 def _version_record(req: S3Request, vid: str, txn: Any) -> dict[str, Any]:

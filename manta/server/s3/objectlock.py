@@ -31,7 +31,14 @@ from starlette.responses import Response
 from manta.server.s3 import access
 from manta.server.s3 import errors as s3e
 from manta.server.s3.body import read_small, require_integrity
-from manta.server.s3.common import in_thread, owned_bucket, owned_ref, read_catalog, xml_response
+from manta.server.s3.common import (
+    in_thread,
+    owned_bucket,
+    owned_ref,
+    read_catalog,
+    requested_version,
+    xml_response,
+)
 from manta.server.s3.context import S3Request
 from manta.server.s3.xmlio import child_text, children, document, el, iso8601, parse
 from storage import BucketRef
@@ -119,14 +126,6 @@ def bypass_governance(req: S3Request, keys: list[str]) -> bool:
     return all(access.may(req, "s3:BypassGovernanceRetention", key) for key in keys)
 
 
-def _version(req: S3Request) -> str | None:
-    vid = req.query.get("versionId")
-    if vid == "":
-        raise s3e.InvalidArgument("Version id cannot be the empty string", ArgumentName="versionId",
-                                  ArgumentValue="")
-    return vid
-
-
 # -- the bucket's configuration --------------------------------------------------------
 
 async def _integral_body(req: S3Request) -> bytes:
@@ -193,7 +192,7 @@ async def put_lock_configuration(req: S3Request) -> Response:
 def _record(req: S3Request) -> dict[str, Any]:
     """The version the request names (its current one without versionId), in a bucket
     with Object Lock (InvalidRequest otherwise)."""
-    vid = _version(req)
+    vid = requested_version(req)
     with req.store.catalog.read() as txn:
         bucket = owned_ref(req, txn=txn)
         if not req.bucket_lock:
@@ -221,7 +220,7 @@ async def get_legal_hold(req: S3Request) -> Response:
 def _set_retention(req: S3Request, mode: str | None, until: float | None) -> None:
     bucket: BucketRef = owned_ref(req)
     bypass = bypass_governance(req, [req.key])
-    req.store.objects.set_retention(bucket, req.key, _version(req), mode, until, bypass)
+    req.store.objects.set_retention(bucket, req.key, requested_version(req), mode, until, bypass)
 
 
 async def put_retention(req: S3Request) -> Response:
@@ -239,6 +238,6 @@ async def put_legal_hold(req: S3Request) -> Response:
     status = child_text(root, "Status")
     if status not in HOLD_STATES:
         raise s3e.MalformedXML()
-    await in_thread(lambda: req.store.objects.set_legal_hold(owned_ref(req), req.key, _version(req),
+    await in_thread(lambda: req.store.objects.set_legal_hold(owned_ref(req), req.key, requested_version(req),
                                                              status == "ON"))
     return Response(b"")

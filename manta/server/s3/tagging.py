@@ -39,6 +39,7 @@ from manta.server.s3.common import (
     owned_bucket,
     owned_ref,
     read_catalog,
+    requested_version,
     xml_response,
 )
 from manta.server.s3.context import S3Request
@@ -147,16 +148,8 @@ async def _body_tags(req: S3Request, limit: int, what: str) -> Tags:
 
 # -- objects ---------------------------------------------------------------------------
 
-def _version(req: S3Request) -> str | None:
-    vid = req.query.get("versionId")
-    if vid == "":
-        raise s3e.InvalidArgument("Version id cannot be the empty string", ArgumentName="versionId",
-                                  ArgumentValue="")
-    return vid
-
-
 def _tagged_record(req: S3Request) -> dict[str, Any]:
-    vid = _version(req)
+    vid = requested_version(req)
     if vid is None:
         return object_record(req)
     with req.store.catalog.read() as txn:
@@ -164,14 +157,14 @@ def _tagged_record(req: S3Request) -> dict[str, Any]:
 
 
 def _version_headers(req: S3Request) -> dict[str, str]:
-    vid = _version(req)
+    vid = requested_version(req)
     return {} if vid is None else {"x-amz-version-id": vid}
 
 
 async def put_object_tagging(req: S3Request) -> Response:
     bucket = await owned_bucket(req)
     tags = await _body_tags(req, MAX_OBJECT_TAGS, "Object")
-    await in_thread(req.store.objects.set_tags, bucket, req.key, tags, _version(req))
+    await in_thread(req.store.objects.set_tags, bucket, req.key, tags, requested_version(req))
     return Response(b"", headers=_version_headers(req))
 
 
@@ -182,7 +175,7 @@ async def get_object_tagging(req: S3Request) -> Response:
 
 async def delete_object_tagging(req: S3Request) -> Response:
     bucket = await owned_bucket(req)
-    await in_thread(req.store.objects.set_tags, bucket, req.key, {}, _version(req))
+    await in_thread(req.store.objects.set_tags, bucket, req.key, {}, requested_version(req))
     return Response(b"", status_code=204, headers=_version_headers(req))
 
 
