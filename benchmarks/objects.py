@@ -46,7 +46,7 @@ from _common import (
 )
 
 NGINX = "/usr/sbin/nginx"
-SERVERS = ("manta", "nginx", "moto", "manta-base", "manta-cluster")
+SERVERS = ("manta", "nginx", "moto", "manta-base", "manta-cluster", "asgi-floor")
 CLUSTER_NODES = 3
 TARGETS = (("large_get", "nginx", 0.7), ("small_put", "moto", 3.0), ("small_get", "moto", 3.0))
 FULL_DEFAULTS = {"large_mib": 1024, "seconds": 5.0, "repeat": 3, "small_keys": 1000}
@@ -92,6 +92,11 @@ def start_server(name: str, work: Path, args: argparse.Namespace) -> Server:
     if name == "manta-cluster":
         return start_cluster(work)
     port = free_port()
+    if name == "asgi-floor":  # the required HTTP stack doing only nginx's work (floor_server.py)
+        (work / "floor-data").mkdir()
+        argv = [sys.executable, str(HERE / "floor_server.py"), str(work / "floor-data"), str(port),
+                str(args.workers[-1])]
+        return Server(Target(name, port), argv, work)
     if name == "moto":
         argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
         return Server(Target(name, port, "benchkey", "benchsecret"), argv, work)
@@ -143,8 +148,8 @@ def start_cluster(work: Path) -> Server:
 
 def metric_labels(args: argparse.Namespace) -> dict[str, str]:
     labels = {"large_put": f"PUT {args.large_mib} MiB (MB/s)",
-              "large_get": f"GET {args.large_mib} MiB (MB/s)"}
-    for c in args.concurrency:
+              "large_get": f"GET {args.large_mib} MiB (MB/s)"} if "large" in args.metrics else {}
+    for c in args.concurrency if "small" in args.metrics else ():
         for op in ("put", "get"):
             labels[f"small_{op}_c{c}"] = f"4 KiB {op.upper()} c={c} (ops/s)"
     return labels
@@ -153,7 +158,10 @@ def metric_labels(args: argparse.Namespace) -> dict[str, str]:
 def measure(metric: str, target: Target, args: argparse.Namespace, tag: str) -> tuple[float, int]:
     """One sample of `metric` (a metric_labels key) and its number of failed operations."""
     if metric == "large_put":
-        return large_put(target, args.large_mib), 0
+        value = large_put(target, args.large_mib)
+        if args.settle:  # the GET that follows is not measured against this PUT's writeback
+            os.sync()
+        return value, 0
     if metric == "large_get":
         try:
             return large_get(target, args.large_mib), 0
@@ -199,8 +207,10 @@ def report(args: argparse.Namespace, labels: dict, raw: dict, skipped: dict,
     mantas = list(manta_variants(args)) if "manta" in args.servers else []
     shown_servers = [*mantas, *(s for s in SERVERS if s in args.servers and s != "manta")]
     # ratios against nginx and moto always (the targets), against the other manta servers when measured
-    bases = [b for b in ("nginx", "moto", "manta-base", "manta-cluster") if b in args.servers or b in ("nginx", "moto")]
+    bases = [b for b in ("nginx", "moto", "manta-base", "manta-cluster", "asgi-floor") if b in args.servers or b in ("nginx", "moto")]
     pairs = [(m, b) for m in mantas or ["manta"] for b in bases]
+    if "asgi-floor" in args.servers:  # how close the required HTTP stack alone comes to nginx
+        pairs.append(("asgi-floor", "nginx"))
     names = (*shown_servers, *(f"{m}/{b}" for m, b in pairs))
     head = f"{'metric':<{width}}" + "".join(f"{c:>{max(14, len(c) + 2)}}" for c in names)
     print("\n" + head + "\n" + "-" * len(head))
@@ -240,7 +250,7 @@ def report(args: argparse.Namespace, labels: dict, raw: dict, skipped: dict,
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--servers", default="manta,nginx,moto",
-                   help="comma-separated subset of manta,nginx,moto (default: all)")
+                   help="comma-separated subset of " + ",".join(SERVERS) + " (default: manta,nginx,moto)")
     p.add_argument("--large-mib", type=int, help="large object size, MiB (default 1024)")
     p.add_argument("--seconds", type=float, help="length of each 4 KiB run (default 5)")
     p.add_argument("--repeat", type=int, help="rounds; the table shows medians (default 3)")
@@ -255,12 +265,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "--workers N`); several give manta-wN columns")
     p.add_argument("--baseline-rev", default="HEAD~1",
                    help="git revision the manta-base server runs (a worktree in the temp dir)")
+    p.add_argument("--metrics", default="large,small",
+                   help="which rows: large (the large PUT, then GET), small (4 KiB runs), or both")
+    p.add_argument("--settle", action="store_true",
+                   help="sync(2) after each large PUT, so the GET after it does not run beside its writeback")
     p.add_argument("--quick", action="store_true",
                    help="defaults for a short run: 64 MiB object, 2 s runs, 1 round, 200 keys")
     args = p.parse_args(argv)
     fill_defaults(args, QUICK_DEFAULTS if args.quick else FULL_DEFAULTS)
     args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    args.metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    if not args.metrics or set(args.metrics) - {"large", "small"}:
+        p.error("--metrics: large, small or large,small")
     args.workers = sorted({int(w) for w in args.workers.split(",")})
     if unknown := set(args.servers) - set(SERVERS):
         p.error(f"unknown server(s) {', '.join(sorted(unknown))}; choose from {', '.join(SERVERS)}")
