@@ -49,7 +49,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from storage import errors
+from storage import errors, objectlock
 from storage.catalog import BucketRecord, BucketRef, Record
 from storage.daemons import Daemon
 from storage.store import Store
@@ -62,6 +62,7 @@ log = logging.getLogger("manta.storage.lifecycle")
 KIND = "lifecycle"
 DAY_S = 86400
 PAGE = 1000
+PLANNED_MAX = 1000  # changes a dry run lists (its counts cover them all)
 FILTER_FORMS = ("legacy", "none", "prefix", "tag", "gt", "lt", "and")
 
 
@@ -183,15 +184,20 @@ class LifecycleReport:
     aborted: int = 0  # incomplete multipart uploads aborted
     failed: int = 0  # objects a storage error kept (locked, say); logged
     truncated: bool = False  # max_actions reached: the rest waits for the next pass
+    dry_run: bool = False  # nothing changed: the counts and `planned` say what a pass would do
+    planned: list[dict[str, str]] = field(default_factory=list)  # a dry run's first PLANNED_MAX changes
 
     @property
     def actions(self) -> int:
         return self.expired + self.noncurrent + self.markers + self.aborted
 
     def as_dict(self) -> dict[str, Any]:
-        return {"at": self.at, "buckets": self.buckets, "expired": self.expired, "noncurrent": self.noncurrent,
-                "markers": self.markers, "aborted": self.aborted, "failed": self.failed,
-                "truncated": self.truncated}
+        out: dict[str, Any] = {
+            "at": self.at, "buckets": self.buckets, "expired": self.expired, "noncurrent": self.noncurrent,
+            "markers": self.markers, "aborted": self.aborted, "failed": self.failed, "truncated": self.truncated}
+        if self.dry_run:
+            out.update(dry_run=True, planned=self.planned)
+        return out
 
 
 class _Full(Exception):
@@ -231,9 +237,12 @@ class LifecycleDaemon(Daemon):
                         found.append((record, rules))
         return found
 
-    def run(self, at: float, bucket: str | None = None) -> LifecycleReport:
-        """One pass as of the time `at` (over `bucket` only, if given)."""
-        report = LifecycleReport(at)
+    def run(self, at: float, bucket: str | None = None, dry_run: bool = False) -> LifecycleReport:
+        """One pass as of the time `at` (over `bucket` only, if given). A dry run changes
+        nothing and reports what the pass would do; a version Object Lock keeps now counts
+        as failed, as in a real pass. (Only a real pass checks, key by key inside its
+        transaction, that nothing changed since the listing was read.)"""
+        report = LifecycleReport(at, dry_run=dry_run)
         for record, rules in self.configured(bucket):
             report.buckets += 1
             try:
@@ -261,7 +270,8 @@ class LifecycleDaemon(Daemon):
             for upload in self.store.uploads.list_uploads(ref, prefix):
                 if any(r.aborts(upload, at) for r in abort_rules):
                     self._act(report, "aborted", upload["key"], functools.partial(
-                        self.store.uploads.abort, ref, upload["key"], upload["upload_id"]))
+                        self.store.uploads.abort, ref, upload["key"], upload["upload_id"]),
+                        plan={"bucket": ref.name, "upload_id": upload["upload_id"]})
 
     def _keys(self, ref: BucketRef, versioned: bool, prefix: str) -> Iterator[tuple[str, list[Record]]]:
         """(key, its versions newest first; the first is the latest), a page at a time.
@@ -298,27 +308,40 @@ class LifecycleDaemon(Daemon):
         latest = versions[0]
         if not is_marker(latest) and any(r.expires(key, latest, at) for r in rules):
             self._act(report, "expired", key, lambda: self.objects.delete_if(  # a marker made as of `at`
-                ref, key, None, lambda current, _older: current is not None and _same(current, latest), at))
+                ref, key, None, lambda current, _older: current is not None and _same(current, latest), at),
+                plan={"bucket": ref.name})
             return
         kept = [latest]
         for i, version in enumerate(versions[1:]):
             since = versions[i]["mtime"]  # written when its successor was
             if any(r.expires_noncurrent(key, version, since, i, at) for r in rules):
                 done = self._act(report, "noncurrent", key, functools.partial(
-                    self.objects.delete_if, ref, key, version_id(version), functools.partial(_noncurrent, version)))
+                    self.objects.delete_if, ref, key, version_id(version), functools.partial(_noncurrent, version)),
+                    plan={"bucket": ref.name, "version_id": version_id(version)}, locked=version)
                 if done:
                     continue
             kept.append(version)
         if len(kept) == 1 and is_marker(latest) and any(r.removes_marker(key, latest, at) for r in rules):
             self._act(report, "markers", key, lambda: self.objects.delete_if(
                 ref, key, version_id(latest), lambda current, older: current is None and len(older) == 1
-                and _same(older[0], latest)))
+                and _same(older[0], latest)), plan={"bucket": ref.name, "version_id": version_id(latest)})
 
     def _act(self, report: LifecycleReport, kind: str, key: str,
-             change: Callable[[], tuple[list[str], Record | None] | list[str] | None]) -> bool:
-        """Make one change (counted under `kind` when it happened; its freed blobs freed)."""
+             change: Callable[[], tuple[list[str], Record | None] | list[str] | None],
+             plan: dict[str, str], locked: Record | None = None) -> bool:
+        """Make one change (counted under `kind` when it happened; its freed blobs freed).
+        A dry run only counts it, and lists it (`plan`, with the key and `kind`), unless
+        Object Lock keeps the version `locked` now."""
         if report.actions >= self.max_actions:
             raise _Full()
+        if report.dry_run:
+            if locked is not None and (locked.get("legal_hold") or objectlock.retained(locked, self.objects.versions.clock())):
+                report.failed += 1
+                return False
+            if len(report.planned) < PLANNED_MAX:
+                report.planned.append({"action": kind, **plan, "key": key})
+            setattr(report, kind, getattr(report, kind) + 1)
+            return True
         try:
             result = change()
         except errors.NoSuchBucket:

@@ -109,16 +109,31 @@ def _admin_lifecycle_run(args: argparse.Namespace) -> int:
         payload["days_ahead"] = args.days_ahead
     if args.bucket is not None:
         payload["bucket"] = args.bucket
+    if args.dry_run:
+        payload["dry_run"] = True
     report = client().api("POST", "/_manta/admin/lifecycle", payload, timeout_s=24 * 3600)
     if args.json:
         print(json.dumps(report))
         return 1 if report["failed"] else 0
     at = dt.datetime.fromtimestamp(report["at"], dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    print(f"lifecycle pass as of {at} over {report['buckets']} buckets: {report['expired']} objects expired, "
-          f"{report['noncurrent']} noncurrent versions removed, {report['markers']} delete markers removed, "
-          f"{report['aborted']} uploads aborted, {report['failed']} failed"
+    would = "would be " if args.dry_run else ""
+    for change in report.get("planned", []):
+        where = change.get("version_id") or change.get("upload_id") or ""
+        print(f"would {PLANNED_VERBS[change['action']]}\t{change['bucket']}/{change['key']}"
+              + (f"\t{where}" if where else ""))
+    planned = report.get("planned")
+    if planned is not None and len(planned) < sum(report[k] for k in ("expired", "noncurrent", "markers", "aborted")):
+        print(f"(only the first {len(planned)} changes are listed)")
+    print(f"lifecycle {'dry run' if args.dry_run else 'pass'} as of {at} over {report['buckets']} buckets: "
+          f"{report['expired']} objects {would}expired, {report['noncurrent']} noncurrent versions {would}removed, "
+          f"{report['markers']} delete markers {would}removed, {report['aborted']} uploads {would}aborted, "
+          f"{report['failed']} {'locked' if args.dry_run else 'failed'}"
           + (" (stopped at the per-pass limit; run again)" if report["truncated"] else ""))
     return 1 if report["failed"] else 0
+
+
+PLANNED_VERBS = {"expired": "expire", "noncurrent": "remove noncurrent version", "markers": "remove delete marker",
+                 "aborted": "abort upload"}
 
 
 def _register_lifecycle(admin_sub: Any) -> None:
@@ -129,11 +144,13 @@ def _register_lifecycle(admin_sub: Any) -> None:
                                      epilog="example: manta admin lifecycle run --days-ahead 30")
     lifecycle_sub = lifecycle.add_subparsers(dest="lifecycle_command", required=True)
     run = lifecycle_sub.add_parser("run", help="run one pass now (or as of --now / --days-ahead)",
-                                   epilog="example: manta admin lifecycle run --now 2030-01-01T00:00:00Z")
+                                   epilog="example: manta admin lifecycle run --days-ahead 30 --dry-run")
     when = run.add_mutually_exclusive_group()
     when.add_argument("--now", metavar="ISO8601", help="run as of this time (UTC unless it says)")
     when.add_argument("--days-ahead", type=float, metavar="N", help="run as of N days from now")
     run.add_argument("--bucket", help="only this bucket")
+    run.add_argument("--dry-run", action="store_true",
+                     help="change nothing: list what the pass would expire, remove and abort")
     run.add_argument("--json", action="store_true",
                      help="print one JSON object (at, buckets, expired, noncurrent, markers, aborted, ...)")
     run.set_defaults(func=_admin_lifecycle_run)

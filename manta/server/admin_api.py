@@ -9,10 +9,12 @@
     POST /_manta/admin/scrub            -> the scrub report {checked, damaged, repaired, lost, ...}
     POST /_manta/admin/gc               -> {"removed": n}: blob files no record places on their node,
                                            older than the GC grace period (MANTA_GC_GRACE_S), deleted now
-    POST /_manta/admin/lifecycle {"now": ISO 8601 | "days_ahead": N, "bucket"?}
+    POST /_manta/admin/lifecycle {"now": ISO 8601 | "days_ahead": N, "bucket"?, "dry_run"?}
                                         -> one lifecycle pass as of that time (default: now), over every
                                            bucket with rules or the one named: {at, buckets, expired,
-                                           noncurrent, markers, aborted, failed, truncated}
+                                           noncurrent, markers, aborted, failed, truncated}; with
+                                           dry_run nothing changes, and `planned` lists the first
+                                           1,000 changes the pass would make
 """
 
 from __future__ import annotations
@@ -165,10 +167,13 @@ def _lifecycle_time(payload: dict[str, Any]) -> float:
 
 
 async def _lifecycle(req: S3Request) -> Response:
-    payload = await _json_body(req, '{"now": ISO 8601 | "days_ahead": N, "bucket": NAME}')
+    payload = await _json_body(req, '{"now": ISO 8601 | "days_ahead": N, "bucket": NAME, "dry_run": BOOL}')
     at = _lifecycle_time(payload)
     bucket = payload.get("bucket")
     if bucket is not None and not isinstance(bucket, str):
         raise s3e.InvalidArgument("bucket must be a bucket name.", ArgumentName="bucket")
-    report = await in_thread(lambda: LifecycleDaemon(req.store).run(at, bucket))
+    dry_run = payload.get("dry_run", False)
+    if not isinstance(dry_run, bool):
+        raise s3e.InvalidArgument("dry_run must be true or false.", ArgumentName="dry_run")
+    report = await in_thread(lambda: LifecycleDaemon(req.store).run(at, bucket, dry_run=dry_run))
     return JSONResponse(report.as_dict())

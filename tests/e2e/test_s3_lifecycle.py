@@ -249,7 +249,8 @@ def test_a_pass_over_a_versioned_bucket_removes_old_versions_and_lone_markers(
 
 def test_object_lock_keeps_what_a_rule_would_expire(server: Server, s3: Any) -> None:
     """A pass moved 40 days ahead removes an unlocked old version but not one under
-    retention or a legal hold: Object Lock counts real time, whatever the daemon's clock."""
+    retention or a legal hold: Object Lock counts real time, whatever the daemon's clock.
+    A dry run first says so and changes nothing."""
     name = f"lc-lock-{time.time_ns()}"
     s3.create_bucket(Bucket=name, ObjectLockEnabledForBucket=True)
     s3.put_bucket_lifecycle_configuration(Bucket=name, LifecycleConfiguration={"Rules": [
@@ -262,6 +263,14 @@ def test_object_lock_keeps_what_a_rule_would_expire(server: Server, s3: Any) -> 
     s3.put_object(Bucket=name, Key="held", Body=b"h2")
     free = s3.put_object(Bucket=name, Key="free", Body=b"f1")["VersionId"]
     s3.put_object(Bucket=name, Key="free", Body=b"f2")
+
+    before = versions_of(s3, name)
+    dry = manta(server, "admin", "lifecycle", "run", "--days-ahead", "40", "--bucket", name, "--dry-run")
+    assert dry.returncode == 1, dry.stderr  # the locked versions would be kept
+    lines = dry.stdout.decode().splitlines()
+    assert lines[0] == f"would remove noncurrent version\t{name}/free\t{free}", lines
+    assert "1 noncurrent versions would be removed" in lines[-1] and "2 locked" in lines[-1], lines
+    assert versions_of(s3, name) == before  # a dry run changes nothing
 
     run = manta(server, "admin", "lifecycle", "run", "--days-ahead", "40", "--bucket", name, "--json")
     assert run.returncode == 1, run.stderr  # something failed: the locked versions

@@ -240,3 +240,40 @@ def test_a_pass_stops_at_max_actions(store: Store) -> None:
     report = LifecycleDaemon(store, max_actions=3).run(T0 + 3 * DAY_S)
     assert (report.expired, report.truncated) == (3, True)
     assert LifecycleDaemon(store, max_actions=3).run(T0 + 3 * DAY_S).expired == 2
+
+
+def test_a_dry_run_changes_nothing_and_says_what_the_pass_then_does(store: Store) -> None:
+    store.catalog.buckets.create("lk", OWNER, lock=True)  # versioned, with Object Lock
+    store.catalog.bucketconf.set("lk", KIND, encode([
+        Rule("nc", True, Filter("v/"), noncurrent_days=1), Rule("cur", True, Filter("cur/"), expiration_days=3),
+        Rule("markers", True, Filter("gone/"), expired_marker=True), Rule("abort", True, Filter("tmp/"), abort_days=2)]))
+    store.objects.put("lk", "v/held", record("v/held", size=1) | {"legal_hold": True})
+    store.objects.put("lk", "v/held", record("v/held", size=2, mtime=T0 + DAY_S))  # the held one is noncurrent
+    store.objects.put("lk", "v/free", record("v/free", size=1))
+    store.objects.put("lk", "v/free", record("v/free", size=2, mtime=T0 + DAY_S))
+    store.objects.put("lk", "cur/k", record("cur/k"))
+    store.objects.put("lk", "gone/lone", record("gone/lone"))
+    lone_vid = store.objects.list_versions("lk", prefix="gone/lone").entries[-1][0]["vid"]
+    store.objects.delete("lk", "gone/lone")
+    store.objects.delete_version("lk", "gone/lone", lone_vid)  # only its marker is left
+    upload = store.uploads.create("lk", "tmp/u", OWNER, {})
+    before = versions(store, "lk")
+    at = max(T0, upload["initiated"]) + 10 * DAY_S
+
+    dry = LifecycleDaemon(store).run(at, dry_run=True)
+    assert versions(store, "lk") == before  # nothing changed
+    assert [u["upload_id"] for u in store.uploads.list_uploads("lk")] == [upload["upload_id"]]
+    counts = (dry.expired, dry.noncurrent, dry.markers, dry.aborted, dry.failed)
+    assert counts == (1, 1, 1, 1, 1)  # the held version would be kept: failed, as in a real pass
+    free_vid = store.objects.list_versions("lk", prefix="v/free").entries[-1][0]["vid"]
+    marker_vid = store.objects.list_versions("lk", prefix="gone/lone").entries[0][0]["vid"]
+    assert sorted(dry.planned, key=lambda c: c["action"]) == [
+        {"action": "aborted", "bucket": "lk", "upload_id": upload["upload_id"], "key": "tmp/u"},
+        {"action": "expired", "bucket": "lk", "key": "cur/k"},
+        {"action": "markers", "bucket": "lk", "version_id": marker_vid, "key": "gone/lone"},
+        {"action": "noncurrent", "bucket": "lk", "version_id": free_vid, "key": "v/free"}]
+    assert dry.as_dict()["dry_run"] is True
+
+    real = LifecycleDaemon(store).run(at)
+    assert (real.expired, real.noncurrent, real.markers, real.aborted, real.failed) == counts
+    assert "planned" not in real.as_dict()
