@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections.abc import Callable, Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -322,17 +323,21 @@ class ObjectStore:
         return self.catalog.write(op)
 
     def delete_each(self, bucket: Bucket, items: list[tuple[str, str | None]],
-                    bypass_governance: bool = False) -> tuple[list[str], list[Record | errors.ObjectLocked | None]]:
+                    bypass_governance: bool | AbstractSet[str] = False,
+                    ) -> tuple[list[str], list[Record | errors.ObjectLocked | None]]:
         """`delete_version` of each (key, version id or None), in one transaction; returns
         (freed blob ids, what each delete did, or the ObjectLocked error of a version
-        Object Lock kept: the others are deleted)."""
+        Object Lock kept: the others are deleted). `bypass_governance`: for every key, or
+        for the keys in the set (a caller allowed to bypass on some keys only)."""
 
         def op(txn: Txn) -> tuple[list[str], list[Record | errors.ObjectLocked | None]]:
             freed: list[str] = []
             results: list[Record | errors.ObjectLocked | None] = []
             for key, vid in items:
                 try:
-                    gone, result = self._delete_in(txn, bucket, key, vid, bypass_governance)
+                    bypass = key in bypass_governance if isinstance(bypass_governance, AbstractSet) \
+                        else bypass_governance
+                    gone, result = self._delete_in(txn, bucket, key, vid, bypass)
                 except errors.ObjectLocked as exc:  # raised before that delete wrote anything
                     results.append(exc)
                     continue

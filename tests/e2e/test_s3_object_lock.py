@@ -199,6 +199,25 @@ def test_delete_objects_keeps_locked_versions(s3: Any, locked: str) -> None:
     assert "Errors" not in answer and answer["Deleted"][0]["VersionId"] == kept
 
 
+def test_delete_objects_decides_the_bypass_key_by_key(s3: Any, server: Server, locked: str) -> None:
+    """A policy allows another account to bypass governance under scratch/ only: one
+    DeleteObjects with the bypass header removes the version there and keeps the other."""
+    vids = {key: s3.put_object(Bucket=locked, Key=key, Body=b"x", ObjectLockMode="GOVERNANCE",
+                               ObjectLockRetainUntilDate=later(3600))["VersionId"] for key in ("scratch/a", "keep/b")}
+    name, other, _ = new_account(server)
+    principal = {"AWS": f"arn:aws:iam::{name}:root"}
+    s3.put_bucket_policy(Bucket=locked, Policy=json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": principal, "Action": "s3:DeleteObjectVersion",
+         "Resource": f"arn:aws:s3:::{locked}/*"},
+        {"Effect": "Allow", "Principal": principal, "Action": "s3:BypassGovernanceRetention",
+         "Resource": f"arn:aws:s3:::{locked}/scratch/*"}]}))
+    answer = other.delete_objects(Bucket=locked, BypassGovernanceRetention=True, Delete={"Objects": [
+        {"Key": key, "VersionId": vid} for key, vid in vids.items()]})
+    assert [(d["Key"], d["VersionId"]) for d in answer["Deleted"]] == [("scratch/a", vids["scratch/a"])]
+    assert [(e["Key"], e["Code"]) for e in answer["Errors"]] == [("keep/b", "AccessDenied")]
+    assert s3.head_object(Bucket=locked, Key="keep/b", VersionId=vids["keep/b"])["ObjectLockMode"] == "GOVERNANCE"
+
+
 def test_a_plain_delete_adds_a_marker_and_the_bucket_stays(s3: Any, locked: str) -> None:
     vid = s3.put_object(Bucket=locked, Key="m", Body=b"x", ObjectLockMode="COMPLIANCE",
                         ObjectLockRetainUntilDate=later(3600))["VersionId"]

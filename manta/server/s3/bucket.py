@@ -316,7 +316,7 @@ async def delete_objects(req: S3Request) -> Response:
             failed.append((key, "AccessDenied", "Access Denied"))
             continue
         valid.append((key, version))
-    bypass = objectlock.bypass_governance(req, [key for key, _ in valid])
+    bypass = objectlock.bypass_keys(req, [key for key, _ in valid])
     freed, results = (await in_thread(req.store.objects.delete_each, bucket, valid, bypass)
                       if valid else ([], []))
     await free_blobs(req, freed)

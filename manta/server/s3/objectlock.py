@@ -44,7 +44,7 @@ from manta.server.s3.xmlio import child_text, children, document, el, iso8601, p
 from storage import BucketRef
 from storage.objectlock import MODES, LockConfig
 
-__all__ = ["HEADERS", "bypass_governance", "from_headers", "get_legal_hold", "get_lock_configuration",
+__all__ = ["HEADERS", "bypass_governance", "bypass_keys", "from_headers", "get_legal_hold", "get_lock_configuration",
            "get_retention", "put_legal_hold", "put_lock_configuration", "put_retention",
            "response_headers"]
 
@@ -121,9 +121,15 @@ def response_headers(req: S3Request, record: dict[str, Any]) -> dict[str, str]:
 def bypass_governance(req: S3Request, keys: list[str]) -> bool:
     """Whether the request asks to bypass GOVERNANCE retention and may, for each of `keys`
     (s3:BypassGovernanceRetention; the caller's `owned_ref` read the bucket's settings)."""
+    return bool(keys) and len(bypass_keys(req, keys)) == len(set(keys))
+
+
+def bypass_keys(req: S3Request, keys: list[str]) -> set[str]:
+    """Those of `keys` whose GOVERNANCE retention the request asks to bypass and may (a
+    DeleteObjects decides key by key, as a policy may allow the bypass on some keys only)."""
     if req.header(BYPASS_HEADER, "").strip().lower() != "true":
-        return False
-    return all(access.may(req, "s3:BypassGovernanceRetention", key) for key in keys)
+        return set()
+    return {key for key in set(keys) if access.may(req, "s3:BypassGovernanceRetention", key)}
 
 
 # -- the bucket's configuration --------------------------------------------------------
