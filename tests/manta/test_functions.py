@@ -24,6 +24,12 @@ CSV = b"city,amount\noslo,1\nlima,2\noslo,3\n"
 PYTHON = f"{sys.version_info[0]}.{sys.version_info[1]}"
 
 
+def outside_env(**extra: str) -> dict[str, str]:
+    """This environment as a task's python sees it: without a PYTHONPATH naming the checkout
+    (a task imports nothing of the project; its functions travel by value)."""
+    return {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, **extra}
+
+
 def run(tmp_path: pathlib.Path, kind: str, function: Function, stdin: bytes = b"",
         data: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
     """`function` as a `kind` task: its phase's command, with this python for python3."""
@@ -35,7 +41,7 @@ def run(tmp_path: pathlib.Path, kind: str, function: Function, stdin: bytes = b"
     assert command.startswith("python3 -c ")
     return subprocess.run(["bash", "-c", sys.executable + command[len("python3"):]], input=stdin,
                           capture_output=True, timeout=60, cwd=tmp_path,
-                          env={**os.environ, "MANTA_INPUT_FILE": str(tmp_path / "input")})
+                          env=outside_env(MANTA_INPUT_FILE=str(tmp_path / "input")))
 
 
 def totals(frame: pd.DataFrame) -> pd.DataFrame:
@@ -127,7 +133,7 @@ def test_payloads_are_content_addressed_and_carry_their_module_by_value(tmp_path
     assert payload(totals).startswith(f"manta-function 1 {PYTHON} {cloudpickle.__version__}\n".encode())
     # the tasks above loaded functions of this module where it cannot be imported
     cannot = subprocess.run([sys.executable, "-c", "import tests.manta.test_functions"], cwd=tmp_path,
-                            capture_output=True, timeout=60)
+                            capture_output=True, timeout=60, env=outside_env())
     assert b"ModuleNotFoundError: No module named 'tests'" in cannot.stderr
     assert run(tmp_path, "map", Function(totals, input="dataframe")).returncode == 0
 
