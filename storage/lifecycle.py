@@ -267,7 +267,7 @@ class LifecycleDaemon(Daemon):
         abort_rules = [r for r in rules if r.abort_days is not None]
         if abort_rules:
             prefix = os.path.commonprefix([r.filter.prefix for r in abort_rules])
-            for upload in self.store.uploads.list_uploads(ref, prefix):
+            for upload in self.store.uploads.iter_uploads(ref, prefix, page=PAGE):
                 if any(r.aborts(upload, at) for r in abort_rules):
                     self._act(report, "aborted", upload["key"], functools.partial(
                         self.store.uploads.abort, ref, upload["key"], upload["upload_id"]),

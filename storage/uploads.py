@@ -26,7 +26,7 @@ import hashlib
 import secrets
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from storage import errors
@@ -140,32 +140,48 @@ class UploadStore:
             return [p for _, p in self.catalog.scan(
                 txn, "parts", start=part_key(upload_id, first), prefix=upload_id.encode() + b"\0")]
 
+    def iter_uploads(self, bucket: Bucket, prefix: str = "", key_marker: str = "",
+                     upload_id_marker: str = "", page: int = 1000) -> Iterator[Record]:
+        """list_uploads' uploads, read `page` at a time (each page a read transaction of its
+        own): a caller that stops early reads little, and none holds a snapshot long."""
+        after: tuple[bytes, float, str] | None = None
+        while True:
+            batch = self.list_uploads(bucket, prefix, key_marker, upload_id_marker, limit=page, after=after)
+            yield from batch
+            if len(batch) < page:
+                return
+            # the next page starts after the last one's place, which stays put even if that
+            # upload is completed or aborted meanwhile (a marker naming it would not)
+            key_marker, upload_id_marker, after = batch[-1]["key"], "", _place(batch[-1])
+
     def list_uploads(self, bucket: Bucket, prefix: str = "", key_marker: str = "",
-                     upload_id_marker: str = "") -> list[Record]:
+                     upload_id_marker: str = "", limit: int | None = None,
+                     after: tuple[bytes, float, str] | None = None) -> list[Record]:
         """Pending uploads of keys with `prefix`, ordered by key then initiation, after the
-        (key_marker, upload_id_marker) position as S3 defines it."""
+        (key_marker, upload_id_marker) position as S3 defines it; at most `limit` of them,
+        read a page's worth from the index (the next page starts at the last one's key and
+        upload id). The index orders by key cut to INDEX_KEY_BYTES, then upload id: uploads
+        whose cut keys are equal form a group, sorted when it is complete. `after`: only
+        uploads placed after this (key, initiated, upload id) place (iter_uploads' pages)."""
         base = bucket_name(bucket).encode() + b"\0"
         start = (base + max(key_marker, prefix).encode())[:INDEX_KEY_BYTES]
+        out: list[Record] = []
+        group: list[Record] = []
+        group_key: bytes | None = None
         with self.catalog.read() as txn:
-            found = []
             for raw, _ in self.catalog.scan(txn, "upkeys", start=start,
                                             prefix=(base + prefix.encode())[:INDEX_KEY_BYTES]):
+                cut = raw[:raw.rindex(b"\0")]
+                if cut != group_key:
+                    out += _after_marker(group, key_marker, upload_id_marker, after)
+                    if limit is not None and len(out) >= limit:
+                        return out[:limit]
+                    group, group_key = [], cut
                 record = self.catalog.get(txn, "uploads", raw.rsplit(b"\0", 1)[1])
                 if record is not None and record["key"].startswith(prefix):
-                    found.append(record)
-        found.sort(key=lambda r: (r["key"].encode(), r["initiated"], r["upload_id"]))
-        if not key_marker:
-            return found
-        out = []
-        passed_marker = not upload_id_marker
-        for record in found:
-            if record["key"].encode() > key_marker.encode():
-                out.append(record)
-            elif record["key"] == key_marker and upload_id_marker:
-                if passed_marker:
-                    out.append(record)
-                passed_marker = passed_marker or record["upload_id"] == upload_id_marker
-        return out
+                    group.append(record)
+        out += _after_marker(group, key_marker, upload_id_marker, after)
+        return out if limit is None else out[:limit]
 
     def _parts_in(self, txn: Txn, upload_id: str) -> list[Record]:
         return [p for _, p in self.catalog.scan(txn, "parts", prefix=upload_id.encode() + b"\0")]
@@ -316,3 +332,28 @@ class UploadStore:
             self.catalog.usage.replace(txn, {o: Usage(t["objects"], t["bytes"]) for o, t in totals.items()})
 
         self.catalog.write(op)
+
+
+def _place(upload: Record) -> tuple[bytes, float, str]:
+    return upload["key"].encode(), upload["initiated"], upload["upload_id"]
+
+
+def _after_marker(group: list[Record], key_marker: str, upload_id_marker: str,
+                  after: tuple[bytes, float, str] | None = None) -> list[Record]:
+    """One index group's uploads in S3's order (key, then initiation), those after the
+    (key_marker, upload_id_marker) position only (or after the place `after`)."""
+    group.sort(key=_place)
+    if after is not None:
+        return [r for r in group if _place(r) > after]
+    if not key_marker:
+        return group
+    out = []
+    passed_marker = not upload_id_marker
+    for record in group:
+        if record["key"].encode() > key_marker.encode():
+            out.append(record)
+        elif record["key"] == key_marker and upload_id_marker:
+            if passed_marker:
+                out.append(record)
+            passed_marker = passed_marker or record["upload_id"] == upload_id_marker
+    return out

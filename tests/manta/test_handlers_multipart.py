@@ -153,3 +153,30 @@ def test_upload_part_copy_with_a_range(s3: InProcessS3, bucket: str) -> None:
     (etag,) = texts(xml(copied), "ETag")
     assert complete(s3, bucket, "copied", uid, [(1, etag)]).status_code == 200
     assert s3.request("GET", f"/{bucket}/copied").content == bytes(range(10, 20))
+
+
+def list_uploads_pages(s3: InProcessS3, bucket: str, **query: str) -> list[tuple[list[str], list[str]]]:
+    """Every page of ListMultipartUploads, following its next markers: (keys, common prefixes) each."""
+    pages: list[tuple[list[str], list[str]]] = []
+    markers: dict[str, str] = {}
+    while True:
+        assert len(pages) < 50, "the pages do not end"
+        page = xml(s3.request("GET", f"/{bucket}", query={"uploads": "", **query, **markers}))
+        pages.append((texts(page, "Upload/Key"), texts(page, "CommonPrefixes/Prefix")))
+        if texts(page, "IsTruncated") != ["true"]:
+            return pages
+        (key,), (upload_id,) = texts(page, "NextKeyMarker"), texts(page, "NextUploadIdMarker")
+        markers = {"key-marker": key, "upload-id-marker": upload_id}
+
+
+def test_list_uploads_pages_with_and_without_a_delimiter(s3: InProcessS3, bucket: str) -> None:
+    for key in ("a", "d/1", "d/2", "d/3", "e/1", "f", "f"):
+        create(s3, bucket, key)
+    assert list_uploads_pages(s3, bucket, **{"max-uploads": "2"}) == [
+        (["a", "d/1"], []), (["d/2", "d/3"], []), (["e/1", "f"], []), (["f"], [])]
+    # a common prefix counts as one entry, is listed once, and the next page goes on after it
+    assert list_uploads_pages(s3, bucket, delimiter="/", **{"max-uploads": "1"}) == [
+        (["a"], []), ([], ["d/"]), ([], ["e/"]), (["f"], []), (["f"], [])]
+    assert list_uploads_pages(s3, bucket, delimiter="/", **{"max-uploads": "3"}) == [
+        (["a"], ["d/", "e/"]), (["f", "f"], [])]
+    assert list_uploads_pages(s3, bucket, prefix="d/", **{"max-uploads": "2"}) == [(["d/1", "d/2"], []), (["d/3"], [])]

@@ -519,3 +519,30 @@ def test_catalog_survives_close_and_reopen(st: Stores) -> None:
     assert freed == []
     with pytest.raises(errors.AccountExists):
         st.catalog.accounts.add("alice", "AKOTHER", "x")
+
+
+def test_upload_listings_come_in_pages_in_s3_order(st: Stores) -> None:
+    """Pages of any size give the whole listing in S3's order (key, then initiation), keys
+    longer than the index keeps included; markers as S3 has them; uploads aborted while
+    the pages are read skip nothing."""
+    long = "z" * 500  # the index cuts keys: these two share an index group
+    for key in ("b", long + "2", "a", long + "1", "c"):
+        for _ in range(3):
+            st.uploads.create(BUCKET, key, OWNER, {"headers": {}, "meta": {}})
+    whole = st.uploads.list_uploads(BUCKET)
+    assert [u["key"] for u in whole] == [k for k in ("a", "b", "c", long + "1", long + "2") for _ in range(3)]
+    assert whole == sorted(whole, key=lambda u: (u["key"], u["initiated"], u["upload_id"]))
+    for page in (1, 2, 4, 7, 100):
+        assert list(st.uploads.iter_uploads(BUCKET, page=page)) == whole
+        assert st.uploads.list_uploads(BUCKET, limit=page) == whole[:page]
+    second_b = whole[4]
+    assert list(st.uploads.iter_uploads(BUCKET, key_marker="b", upload_id_marker=second_b["upload_id"],
+                                        page=2)) == whole[5:]
+    assert list(st.uploads.iter_uploads(BUCKET, key_marker="b", page=2)) == whole[6:]
+    assert list(st.uploads.iter_uploads(BUCKET, prefix=long, page=2)) == whole[9:]
+    seen = []
+    for upload in st.uploads.iter_uploads(BUCKET, page=2):
+        seen.append(upload["upload_id"])
+        st.uploads.abort(BUCKET, upload["key"], upload["upload_id"])
+    assert seen == [u["upload_id"] for u in whole]
+    assert st.uploads.list_uploads(BUCKET) == []

@@ -337,20 +337,22 @@ def _list_uploads(req: S3Request) -> Response:
     key_marker = req.query.get("key-marker", "")
     id_marker = req.query.get("upload-id-marker", "")
     max_uploads = max(0, min(_int_param(req, "max-uploads", 1000), 1000))
-    uploads = req.store.uploads.list_uploads(req.bucket, prefix, key_marker, id_marker)
+    uploads = req.store.uploads.iter_uploads(req.bucket, prefix, key_marker, id_marker, page=max_uploads + 1)
     items: list[str] = []
     commons: list[str] = []
     truncated = False
-    last_key, last_id = "", ""
+    last_key, last_id = "", ""  # the page's last upload or common prefix: the next page's markers
     for up in uploads:
+        cut = up["key"].find(delimiter, len(prefix)) if delimiter else -1
+        common = up["key"][: cut + len(delimiter)] if cut >= 0 else None
+        if common is not None and (common in commons or common <= key_marker):
+            continue  # rolled up into a prefix listed on this page or an earlier one
         if len(items) + len(commons) >= max_uploads:
             truncated = True
             break
-        cut = up["key"].find(delimiter, len(prefix)) if delimiter else -1
-        if cut >= 0:
-            common = up["key"][: cut + len(delimiter)]
-            if common not in commons:
-                commons.append(common)
+        if common is not None:
+            commons.append(common)
+            last_key, last_id = common, ""
             continue
         last_key, last_id = up["key"], up["upload_id"]
         items.append("<Upload>" + el("Key", up["key"]) + el("UploadId", up["upload_id"])
