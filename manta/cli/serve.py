@@ -44,6 +44,7 @@ def _serve(args: argparse.Namespace) -> int:
                               nodes=args.nodes if args.nodes is not None else max(1, len(storage)),
                               copies=args.copies, storage=storage,
                               scrub_rate_mb_s=env_float("MANTA_SCRUB_RATE_MB_S", 50.0),
+                              read_cache_mb=env_float("MANTA_READ_CACHE_MB", 64.0),
                               task_slots=env_int("MANTA_TASK_SLOTS"),
                               task_memory_budget_mb=env_int("MANTA_TASK_MEMORY_BUDGET_MB"),
                               task_max_memory_mb=env_int("MANTA_TASK_MAX_MEMORY_MB"),

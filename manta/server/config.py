@@ -33,6 +33,7 @@ class ServerConfig:
     copies: int | None = None
     storage: tuple[str, ...] = ()
     scrub_rate_mb_s: float = 50.0
+    read_cache_mb: float = 64.0  # small blobs kept in memory once read, per server process (MANTA_READ_CACHE_MB)
     health_ttl_s: float = 1.0  # a node's health is checked again after this long (cached between)
     gc_interval_s: float = 600.0  # orphan blob files are collected this often (and once at start)
     scrub_interval_s: float = 24 * 3600.0  # a full background scrub this often
@@ -69,6 +70,8 @@ class ServerConfig:
                 raise ValueError(f"{TIMINGS[name]} must be positive")
         for spec in self.storage:
             parse_spec(spec)
+        if not self.read_cache_mb >= 0:  # NaN too
+            raise ValueError("MANTA_READ_CACHE_MB must be 0 (off) or more")
         if self.task_slots is not None and self.task_slots < 1:
             raise ValueError("MANTA_TASK_SLOTS must be at least 1")
         for name, low in (("task_memory_budget_mb", 16), ("task_max_memory_mb", 16), ("task_max_disk_mb", 8)):

@@ -20,6 +20,8 @@ from tests.conftest import REPO
     ([], {"MANTA_GC_GRACE_S": "soon"}, "MANTA_GC_GRACE_S must be a number"),
     ([], {"MANTA_HEALTH_TTL_S": "0"}, "MANTA_HEALTH_TTL_S must be positive"),
     ([], {"MANTA_HEARTBEAT_S": "-1"}, "MANTA_HEARTBEAT_S must be positive"),
+    ([], {"MANTA_READ_CACHE_MB": "-1"}, "MANTA_READ_CACHE_MB must be 0 (off) or more"),
+    ([], {"MANTA_READ_CACHE_MB": "lots"}, "MANTA_READ_CACHE_MB must be a number"),
 ])
 def test_bad_configuration(tmp_path: object, args: list[str], env: dict[str, str], message: str) -> None:
     done = subprocess.run([sys.executable, "-m", "manta", "serve", "--data", os.path.join(str(tmp_path), "d"), *args],

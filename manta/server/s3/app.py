@@ -55,6 +55,7 @@ from manta.server.s3.body import ClientGone
 from manta.server.s3.common import read_catalog
 from manta.server.s3.context import S3Request, validate_key
 from manta.server.s3.doorcache import TtlCache
+from manta.server.s3.readcache import BlobCache
 from storage import Account, BucketRef, Store
 from storage import errors as se
 
@@ -210,6 +211,8 @@ class S3App:
         remote = store.catalog.engine.remote
         self.accounts: TtlCache[Account] | None = TtlCache() if remote else None
         self.buckets: TtlCache[BucketRef] | None = TtlCache() if remote else None
+        cache_bytes = int(config.read_cache_mb * 1024 * 1024)
+        self.blob_cache: BlobCache | None = BlobCache(cache_bytes) if cache_bytes > 0 else None
 
     def starlette(self) -> Starlette:
         return S3Starlette(self)
@@ -330,7 +333,8 @@ class S3App:
         return S3Request(
             method=scope["method"], bucket=bucket_name, key=key, query=query, headers=headers,
             receive=receive, request_id=rid, resource=path, store=self.store,
-            settings=self.config, buckets=self.buckets, client_ip=client[0] if client else "",
+            settings=self.config, buckets=self.buckets, blob_cache=self.blob_cache,
+            client_ip=client[0] if client else "",
             secure=scope.get("scheme") in ("https", "wss"),
         )
 

@@ -11,6 +11,7 @@ from starlette.types import Receive
 
 from manta.server.s3 import errors as s3e
 from manta.server.s3.doorcache import TtlCache
+from manta.server.s3.readcache import BlobCache
 from manta.server.s3.sigv4 import SigV4Auth
 from storage import Account, BucketRef, Store
 
@@ -33,6 +34,7 @@ class S3Request:
     signing_key: bytes = b""
     settings: Any = None
     buckets: TtlCache[BucketRef] | None = None  # a door over a remote catalog: buckets PUTs checked
+    blob_cache: BlobCache | None = None  # small blobs read before (s3/readcache.py); None: off
     bucket_conf: frozenset[str] | None = None  # the bucket's configuration kinds, once its record was read
     bucket_lock: Any = None  # its Object Lock configuration (storage.objectlock.LockConfig), once read; None: none
     client_ip: str = ""  # the peer's address (aws:SourceIp)

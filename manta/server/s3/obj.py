@@ -62,6 +62,7 @@ from manta.server.s3.common import (
     xml_response,
 )
 from manta.server.s3.context import S3Request, copy_source_path, validate_key
+from manta.server.s3.readcache import CACHED_BLOB_BYTES
 from manta.server.s3.xmlio import document, el, iso8601
 from storage import BlobMeta, BucketRef, MemoryBlobWriter, WriteCondition
 from storage import errors as se
@@ -351,7 +352,11 @@ async def _get_object(req: S3Request, head: bool) -> Response:
         found = _find(req, head, False)
     if isinstance(found, Response):
         return found
-    opened = found.opened
+    opened = found.opened  # (a remote catalog's doors open blobs with the record: no cache)
+    cache = req.blob_cache if opened is None and len(found.segments) == 1 \
+        and found.segments[0][1] <= CACHED_BLOB_BYTES else None
+    if cache is not None and (data := cache.get(found.segments[0][0])) is not None:
+        return Response(data[found.start:found.start + found.length], status_code=found.code, headers=found.headers)
     if opened is None:
         if len(found.segments) == 1 and found.length <= INLINE_READ_BYTES:
             opened = open_segments(req, found.segments, found.start, found.length)  # one open: no thread hop
@@ -359,6 +364,8 @@ async def _get_object(req: S3Request, head: bool) -> Response:
             opened = await in_thread(open_segments, req, found.segments, found.start, found.length)
     whole = read_small(opened)
     if whole is not None:
+        if cache is not None and found.length == found.segments[0][1]:  # the whole blob, checked
+            cache.put(found.segments[0][0], whole)
         return Response(whole, status_code=found.code, headers=found.headers)
     stream = await prefetched(stream_opened(opened))
     return StreamingResponse(stream, status_code=found.code, headers=found.headers)
