@@ -335,9 +335,13 @@ class LifecycleDaemon(Daemon):
         if report.actions >= self.max_actions:
             raise _Full()
         if report.dry_run:
-            if locked is not None and (locked.get("legal_hold") or objectlock.retained(locked, self.objects.versions.clock())):
-                report.failed += 1
-                return False
+            if locked is not None:
+                try:  # the check a real delete makes
+                    objectlock.check_delete(locked, plan["bucket"], version_id(locked), False,
+                                            self.objects.versions.clock())
+                except errors.ObjectLocked:
+                    report.failed += 1
+                    return False
             if len(report.planned) < PLANNED_MAX:
                 report.planned.append({"action": kind, **plan, "key": key})
             setattr(report, kind, getattr(report, kind) + 1)

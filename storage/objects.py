@@ -300,7 +300,7 @@ class ObjectStore:
         ids, what the delete did: the delete marker it added, the version it removed, or
         None when there was nothing to delete in an unversioned bucket). A version under
         Object Lock is ObjectLocked (`bypass_governance` lifts GOVERNANCE retention)."""
-        freed, results = self.delete_each(bucket, [(key, vid)], bypass_governance)
+        freed, results = self.delete_each(bucket, [(key, vid)], {key} if bypass_governance else frozenset())
         if isinstance(results[0], errors.ObjectLocked):
             raise results[0]
         return freed, results[0]
@@ -323,21 +323,19 @@ class ObjectStore:
         return self.catalog.write(op)
 
     def delete_each(self, bucket: Bucket, items: list[tuple[str, str | None]],
-                    bypass_governance: bool | AbstractSet[str] = False,
+                    bypass_governance: AbstractSet[str] = frozenset(),
                     ) -> tuple[list[str], list[Record | errors.ObjectLocked | None]]:
         """`delete_version` of each (key, version id or None), in one transaction; returns
         (freed blob ids, what each delete did, or the ObjectLocked error of a version
-        Object Lock kept: the others are deleted). `bypass_governance`: for every key, or
-        for the keys in the set (a caller allowed to bypass on some keys only)."""
+        Object Lock kept: the others are deleted). `bypass_governance`: the keys whose
+        GOVERNANCE retention the caller may bypass."""
 
         def op(txn: Txn) -> tuple[list[str], list[Record | errors.ObjectLocked | None]]:
             freed: list[str] = []
             results: list[Record | errors.ObjectLocked | None] = []
             for key, vid in items:
                 try:
-                    bypass = key in bypass_governance if isinstance(bypass_governance, AbstractSet) \
-                        else bypass_governance
-                    gone, result = self._delete_in(txn, bucket, key, vid, bypass)
+                    gone, result = self._delete_in(txn, bucket, key, vid, key in bypass_governance)
                 except errors.ObjectLocked as exc:  # raised before that delete wrote anything
                     results.append(exc)
                     continue

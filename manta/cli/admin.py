@@ -117,11 +117,11 @@ def _admin_lifecycle_run(args: argparse.Namespace) -> int:
         return 1 if report["failed"] else 0
     at = dt.datetime.fromtimestamp(report["at"], dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     would = "would be " if args.dry_run else ""
-    for change in report.get("planned", []):
+    planned = report.get("planned")
+    for change in planned or []:
         where = change.get("version_id") or change.get("upload_id") or ""
         print(f"would {PLANNED_VERBS[change['action']]}\t{change['bucket']}/{change['key']}"
               + (f"\t{where}" if where else ""))
-    planned = report.get("planned")
     if planned is not None and len(planned) < sum(report[k] for k in ("expired", "noncurrent", "markers", "aborted")):
         print(f"(only the first {len(planned)} changes are listed)")
     print(f"lifecycle {'dry run' if args.dry_run else 'pass'} as of {at} over {report['buckets']} buckets: "
