@@ -289,7 +289,7 @@ class LoginSession:
                     _set_size(master, *size)
                 if reason is None:
                     reason = ("hangup" if hangup else "idle" if now - last >= idle_s
-                              else _limit_reached(None, now - start, limits, cgroups))
+                              else _limit_reached(None, now - start, limits, cgroups)[0])
                     if reason is not None:
                         killed_at = now
                         _kill(proc, cgroups)

@@ -114,6 +114,10 @@ class JobState:
 
     @property
     def done(self) -> bool:
+        """Every phase complete. A task still queued (the queue's head, while the job runs)
+        answers no without a scan of every task, which each scheduler tick would pay."""
+        if self.queue and self.tasks.get(self.queue[0], {}).get("state") not in (None, *TERMINAL):
+            return False
         return self.phase_complete(len(self.record["phases"]) - 1)
 
 

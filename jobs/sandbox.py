@@ -257,10 +257,11 @@ class Sandbox:
             sel.register(fd, selectors.EVENT_READ)
         killed: str | None = None
         killed_at = exited_at = 0.0
+        read_at = start  # the cgroup counters: read once a tick, and at the end (pipes.result)
         while sel.get_map():
             now = time.monotonic()
             if killed is None:
-                killed = _limit_reached(cancel, now - start, limits, cgroups)
+                killed, read_at = _limit_reached(cancel, now - start, limits, cgroups, read_at)
             if (killed or feed_error) and not killed_at:
                 killed_at = now
                 _kill(proc, cgroups)
@@ -466,13 +467,19 @@ def _kill(proc: subprocess.Popen[bytes], cgroups: TaskCgroups | None, force: boo
 
 
 def _limit_reached(cancel: threading.Event | None, elapsed_s: float, limits: TaskLimits,
-                   cgroups: TaskCgroups | None) -> str | None:
-    """What ends a running task now, checked every tick: a cancel, its timeout, a cgroup limit."""
+                   cgroups: TaskCgroups | None, read_at: float | None = None) -> tuple[str | None, float]:
+    """What ends a running task now: a cancel, its timeout, a cgroup limit; and when the
+    cgroup counters were last read. Checked on every wake-up, but with `read_at` (the
+    time of the last read, on the monotonic clock) the counters, which are files, are read
+    only once TICK_S has passed since: a task's output comes in many small reads."""
+    now = time.monotonic()
     if cancel is not None and cancel.is_set():
-        return "cancelled"
+        return "cancelled", now
     if elapsed_s >= limits.timeout_s:
-        return "timeout"
-    return cgroups.breach() if cgroups is not None else None
+        return "timeout", now
+    if cgroups is None or (read_at is not None and now - read_at < TICK_S):
+        return None, read_at if read_at is not None else now
+    return cgroups.breach(), now
 
 
 def _memfd(data: bytes) -> int:

@@ -142,10 +142,11 @@ def _remove(path: str) -> None:
 def _clear_sysv(libc: ctypes.CDLL) -> bool:
     left = 0
     for kind, call in SYSV:
-        for ident in _sysv_ids(kind):
+        idents = _sysv_ids(kind)
+        for ident in idents:
             args = (ident, 0, IPC_RMID) if kind == "sem" else (ident, IPC_RMID, None)
             getattr(libc, call)(*args)
-        left += len(_sysv_ids(kind))
+        left += len(_sysv_ids(kind)) if idents else 0  # read again only after removing some
     return left == 0
 
 

@@ -203,16 +203,33 @@ class WarmPool:
         return None
 
     def _put(self, container: _Container) -> None:
+        """Keep `container` idle. With `max_idle` kept already, the one idle longest goes
+        instead: the phase that just ran a task is likely to run another, while a finished
+        job's containers would otherwise keep the next job from reusing any until they age
+        out."""
         container.idle_since = time.monotonic()
+        evicted: _Container | None = container
         with self._lock:
-            if not self._closed.is_set() and self._count_idle() < self.max_idle:
+            if not self._closed.is_set() and self.max_idle > 0:
+                evicted = self._oldest_idle() if self._count_idle() >= self.max_idle else None
                 self._idle.setdefault(container.key, []).append(container)
                 if self._reaper is None:
                     self._reaper = threading.Thread(target=self._reap_forever, daemon=True,
                                                     name="manta-warm-reaper")
                     self._reaper.start()
-                return
-        container.close()
+        if evicted is not None:
+            evicted.close()
+
+    def _oldest_idle(self) -> _Container | None:
+        """Take the container idle longest out of the pool (under the lock)."""
+        key = min((k for k, v in self._idle.items() if v), key=lambda k: self._idle[k][0].idle_since,
+                  default=None)
+        if key is None:
+            return None
+        oldest = self._idle[key].pop(0)
+        if not self._idle[key]:
+            del self._idle[key]
+        return oldest
 
     def _count_idle(self) -> int:
         return sum(len(v) for v in self._idle.values())
@@ -362,10 +379,11 @@ class WarmPool:
         killed: str | None = None
         killed_at = replied_at = 0.0
         reply: dict | None = None
+        read_at = start  # the cgroup counters: read once a tick, and at the end (pipes.result)
         while sel.get_map():
             now = time.monotonic()
             if killed is None and reply is None:
-                killed = _limit_reached(cancel, now - start, limits, cgroups)
+                killed, read_at = _limit_reached(cancel, now - start, limits, cgroups, read_at)
             if (killed or feed_error) and not killed_at:
                 killed_at = now
                 _kill(container.proc, cgroups)

@@ -262,6 +262,22 @@ def test_idle_containers_are_closed(sandbox: Sandbox) -> None:
     assert_machine_fine(sandbox)
 
 
+def test_a_full_pool_keeps_the_new_phases_container_not_a_finished_jobs(sandbox: Sandbox) -> None:
+    """With max_idle kept (a node's slots), the container idle longest makes room: a job
+    that follows another reuses its own containers from its second task on, rather than
+    starting one per task until the first job's have aged out."""
+    warm = WarmPool(sandbox, idle_s=60, max_idle=1)
+    try:
+        assert run(warm, "true", phase=("job-a", 0))[0].ok and warm.started == 1
+        for _ in range(3):
+            assert run(warm, "true", phase=("job-b", 0))[0].ok
+        assert warm.started == 2 and warm.idle() == 1
+        assert run(warm, "true", phase=("job-a", 0))[0].ok and warm.started == 3  # job-a's went
+    finally:
+        warm.close()
+    assert_machine_fine(sandbox)
+
+
 def test_an_input_the_task_user_cannot_reach_fails_as_in_a_fresh_container(pool: WarmPool, data_dir: str) -> None:
     """The input fd is opened as root; it must not reach what the task user could not bind."""
     hidden = os.path.join(data_dir, "hidden")
