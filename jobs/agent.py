@@ -240,7 +240,9 @@ class TaskAgent:
                 spec.assets.append((roots.path(self.node, _uncounted(task, asset)),
                                     os.path.basename(asset["name"])))
             if self._tools_reachable():
-                spec.output_dir = roots.path(self.node, task.scratch.output_dir(self._task_ids()))
+                ids = self._task_ids()
+                spec.output_dir = roots.path(self.node, task.scratch.output_path())
+                spec.make_output_dir = lambda: task.scratch.output_dir(ids)
             outputs = TaskOutputs(self._writer_factory(req), req.get("partitions") or 0,
                                   self._small_placer(req), self._delete)
             with self.admission.hold(self.node.id, req["owner"], limits["memory_mb"], cancel) as started:
@@ -260,7 +262,8 @@ class TaskAgent:
                 outputs.abort()
                 return task.outcome(result)
             try:
-                calls = read_calls(task.scratch.output_dir(), limits["disk_mb"] << 20) if spec.output_dir else []
+                out_dir = task.scratch.made_output_dir()  # none: the task used no tool
+                calls = read_calls(out_dir, limits["disk_mb"] << 20) if out_dir is not None else []
                 check_reducers(calls, int(req.get("reducers") or 0))
             except ToolError as exc:
                 outputs.abort()
@@ -270,7 +273,7 @@ class TaskAgent:
                 stdout: list[tuple[int, BlobMeta]] = []
             else:
                 stdout = outputs.commit()
-            blobs = store_calls(calls, task.scratch.output_dir(), self._writer_factory(req), self._delete)
+            blobs = store_calls(calls, out_dir or "", self._writer_factory(req), self._delete)
             out = self._replicate(stdout + [(p, meta) for p, meta, _ in blobs], req, outputs.journal)
             for record, (_, _, fields) in zip(out[len(stdout):], blobs, strict=True):
                 record.update(fields)
@@ -398,6 +401,21 @@ class _Scratch:
         self._make()
         self._n += 1
         return os.path.join(self.path, f"in{self._n}")
+
+    def output_path(self) -> str:
+        """Where `output_dir` makes the in-task tools' directory; the scratch root above it
+        is made now (reused containers keep their own directories there)."""
+        base = os.path.dirname(self.path)
+        if not os.path.isdir(base):
+            os.makedirs(base, exist_ok=True)
+            os.chmod(base, 0o711)
+        return os.path.join(self.path, "out")
+
+    def made_output_dir(self) -> str | None:
+        """The in-task tools' directory if it was made (by a fresh container, or to take
+        what a task left in a reused one's)."""
+        path = os.path.join(self.path, "out")
+        return path if self._made and os.path.isdir(path) else None
 
     def output_dir(self, ids: tuple[int, int] | None = None) -> str:
         """The in-task tools' directory (/manta/out), the task user's, made on first call."""

@@ -155,6 +155,9 @@ class TaskSpec:
     limits: TaskLimits = TaskLimits()
     image: str | None = None  # a tree bound read-only at IMAGE_MOUNT, its bin first on PATH
     output_dir: str | None = None  # a host dir bound writable at OUTPUT_MOUNT, and the tools at TOOLS_MOUNT
+    # makes `output_dir` when it is first needed: a fresh container binds it; a reused one
+    # hands over only what a task left, so a task that used no tool never needs it
+    make_output_dir: Callable[[], object] | None = None
 
 
 @dataclass(frozen=True)
@@ -212,6 +215,8 @@ class Sandbox:
                 if host.cgroups:
                     cgroups = TaskCgroups(self.config.cgroup_root, host.cgroups, spec.limits.memory_mb,
                                           spec.limits.max_procs)
+                if spec.output_dir is not None and spec.make_output_dir is not None:
+                    spec.make_output_dir()
                 status_r, status_w = os.pipe()
                 seccomp = _pass_files(host, fds, status_w)
                 argv = _bwrap(host, fds, spec.limits, cgroups,

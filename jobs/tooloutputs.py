@@ -163,12 +163,19 @@ def _chunks(fd: int, size: int = 1 << 20) -> Iterator[bytes]:
         yield data
 
 
-def hand_over(container_dir: str, task_dir: str | None) -> bool:
-    """Move what a task left in a reused container's directory into the task's own (or
-    remove it), so the next task starts with it empty. False when it could not be emptied."""
-    with contextlib.suppress(OSError):
+def hand_over(container_dir: str, task_dir: str | None, make: Callable[[], object] | None = None) -> bool:
+    """Move what a task left in a reused container's directory into the task's own (made
+    by `make` first, if there is anything to move) or remove it, so the next task starts
+    with it empty. False when it could not be emptied."""
+    try:
         os.chmod(container_dir, 0o700)
-        for name in os.listdir(container_dir):
+        names = os.listdir(container_dir)
+    except OSError:
+        return False
+    if names and task_dir is not None and make is not None:
+        make()  # an error here is the task's: it raises, as a directory not made before the task would
+    with contextlib.suppress(OSError):
+        for name in names:
             source = os.path.join(container_dir, name)
             if task_dir is not None:
                 os.rename(source, os.path.join(task_dir, name))

@@ -156,7 +156,8 @@ class WarmPool:
                 return self.sandbox.run(spec, stdout, cancel)
         try:
             result, reusable = self._run_in(container, spec, stdout, cancel)
-            if container.out_dir is not None and not hand_over(container.out_dir, spec.output_dir):
+            if container.out_dir is not None and not hand_over(container.out_dir, spec.output_dir,
+                                                               spec.make_output_dir):
                 reusable = False
         except _Broken as exc:
             log.info("a reused container could not take a task (%s); a fresh one does", exc)

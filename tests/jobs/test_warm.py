@@ -288,6 +288,33 @@ def test_an_input_the_task_user_cannot_reach_fails_as_in_a_fresh_container(pool:
     assert pool.started == 0
 
 
+def test_a_tasks_tool_directory_is_made_only_when_it_left_something(pool: WarmPool, sandbox: Sandbox,
+                                                                      data_dir: str) -> None:
+    """A task that used no in-task tool costs no directory of its own; one that left files
+    in /manta/out gets its directory made (by make_output_dir) and the files moved in."""
+    ids = sandbox.task_ids()
+    tasks = os.path.join(data_dir, "tasks")
+    os.makedirs(tasks)
+    os.chmod(tasks, 0o711)
+    made: list[str] = []
+
+    def maker(path: str):
+        def make() -> None:
+            made.append(path)
+            os.makedirs(path, mode=0o700)
+            if ids is not None:
+                os.chown(path, *ids)
+        return make
+
+    dirs = [os.path.join(tasks, f"t{i}", "out") for i in range(3)]
+    assert run(pool, "true", output_dir=dirs[0], make_output_dir=maker(dirs[0]))[0].ok
+    result, _ = run(pool, "echo one | mpipe", output_dir=dirs[1], make_output_dir=maker(dirs[1]))
+    assert result.ok and made == [dirs[1]] and pool.started == 1
+    assert not os.path.exists(os.path.dirname(dirs[0])) and os.listdir(dirs[1])
+    assert run(pool, "ls -A /manta/out | wc -l", output_dir=dirs[2], make_output_dir=maker(dirs[2]))[1] == "0\n"
+    assert made == [dirs[1]] and pool.started == 1
+
+
 def test_each_task_reads_only_its_own_tool_outputs(pool: WarmPool, sandbox: Sandbox, data_dir: str) -> None:
     """/manta/out (the in-task tools' directory) is the container's own, emptied into each
     task's directory after the task: the next task starts with it empty."""
