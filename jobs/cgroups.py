@@ -125,9 +125,22 @@ def write_knob(path: str, value: str, optional: bool = False) -> None:
 
 
 def read_text(path: str) -> str:
-    with contextlib.suppress(OSError), open(path) as fh:
-        return fh.read()
-    return ""
+    """A cgroup file's text, "" if it cannot be read. One os.read for a small one (the
+    kernel hands a seq file's whole text to a large enough read): open() would add an
+    fstat, an lseek, an ioctl and a read at EOF, and every task reads two of them."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return ""
+    try:
+        chunks = [os.read(fd, 65536)]
+        while len(chunks[-1]) == 65536:  # a long cgroup.procs
+            chunks.append(os.read(fd, 65536))
+        return b"".join(chunks).decode(errors="replace")
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
 
 
 def counter(path: str, key: str) -> int:
