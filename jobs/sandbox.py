@@ -262,7 +262,7 @@ class Sandbox:
             sel.register(fd, selectors.EVENT_READ)
         killed: str | None = None
         killed_at = exited_at = 0.0
-        read_at = start  # the cgroup counters: read once a tick, and at the end (pipes.result)
+        read_at = 0.0  # the cgroup counters: read once a tick, and at the end (pipes.result)
         while sel.get_map():
             now = time.monotonic()
             if killed is None:
@@ -472,19 +472,19 @@ def _kill(proc: subprocess.Popen[bytes], cgroups: TaskCgroups | None, force: boo
 
 
 def _limit_reached(cancel: threading.Event | None, elapsed_s: float, limits: TaskLimits,
-                   cgroups: TaskCgroups | None, read_at: float | None = None) -> tuple[str | None, float]:
-    """What ends a running task now: a cancel, its timeout, a cgroup limit; and when the
-    cgroup counters were last read. Checked on every wake-up, but with `read_at` (the
-    time of the last read, on the monotonic clock) the counters, which are files, are read
-    only once TICK_S has passed since: a task's output comes in many small reads."""
-    now = time.monotonic()
+                   cgroups: TaskCgroups | None, read_at_s: float | None = None) -> tuple[str | None, float]:
+    """What ends a running task now: a cancel, its timeout, a cgroup limit; and when (in
+    `elapsed_s`'s time) the cgroup counters were last read. Checked on every wake-up, but
+    with `read_at_s` the counters, which are files, are read only once TICK_S has passed
+    since: a task's output comes in many small reads."""
+    last = elapsed_s if read_at_s is None else read_at_s
     if cancel is not None and cancel.is_set():
-        return "cancelled", now
+        return "cancelled", last
     if elapsed_s >= limits.timeout_s:
-        return "timeout", now
-    if cgroups is None or (read_at is not None and now - read_at < TICK_S):
-        return None, read_at if read_at is not None else now
-    return cgroups.breach(), now
+        return "timeout", last
+    if cgroups is None or (read_at_s is not None and elapsed_s - read_at_s < TICK_S):
+        return None, last
+    return cgroups.breach(), elapsed_s
 
 
 def _memfd(data: bytes) -> int:

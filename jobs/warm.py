@@ -380,7 +380,7 @@ class WarmPool:
         killed: str | None = None
         killed_at = replied_at = 0.0
         reply: dict | None = None
-        read_at = start  # the cgroup counters: read once a tick, and at the end (pipes.result)
+        read_at = 0.0  # the cgroup counters: read once a tick, and at the end (pipes.result)
         while sel.get_map():
             now = time.monotonic()
             if killed is None and reply is None:
