@@ -47,7 +47,6 @@ from jobs.agent import TaskAgent, _Task
 from jobs.cgroups import TaskCgroups
 from jobs.sandbox import (
     HOST_PATH,
-    RUNNER,
     TICK_S,
     SandboxError,
     TaskLimits,
@@ -60,6 +59,7 @@ from jobs.sandbox import (
     _moved,
     _pass_files,
     _task_mounts,
+    runner_script,
 )
 
 __all__ = ["MAX_SESSION_S", "LoginEnd", "LoginRequest", "LoginSession"]
@@ -240,7 +240,7 @@ class LoginSession:
                 seccomp = _pass_files(host, fds, status_w)
                 argv = _bwrap(host, fds, limits, cgroups,
                               [*_task_mounts(spec, fds[1], fds[2]), *seccomp, *_env_args(spec.env), "--",
-                               host.shell, "-c", RUNNER.format(shell=host.shell), "manta-task", "", spec.exec])
+                               host.shell, "-c", runner_script(host.shell, spec.exec), "manta-task", ""])
                 proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                         stderr=slave, pass_fds=[*fds, slave],
                                         start_new_session=True, env={"PATH": HOST_PATH, "LANG": "C.UTF-8"},

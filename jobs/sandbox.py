@@ -92,11 +92,21 @@ ROOT_LINKS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 HOST_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 TASK_PATH = f"/usr/local/bin:/usr/bin:/bin:{TOOLS_MOUNT}"
 IMAGE_MOUNT = "/opt/manta/image"  # a phase's image (jobs/images.py), when it names one
+# the task's one bash: init (if any), "ok" on the status pipe, then the user's command as
+# the script's own last line (not eval'd: bash execs a script's last simple command
+# instead of forking for it, one process start fewer per task). The first line is parsed
+# and run before the user's text is read, so a syntax error there reads as the command's.
 RUNNER = ('if [ -n "$1" ]; then {shell} -c "$1" manta-init </dev/null >&2 3>&- || exit; fi; '
-          'echo ok >&3; exec 3>&-; manta_exec=$2; set --; eval "$manta_exec"')
+          'echo ok >&3; exec 3>&-; set --\n')
 PASSWD = (b"manta:x:1000:1000:manta task:/tmp:/bin/bash\n"
           b"nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n")
 GROUP = b"manta:x:1000:\nnogroup:x:65534:\n"
+
+
+def runner_script(shell: str, command: str, prefix: str = "") -> str:
+    """The `-c` script of a task's bash: `prefix`, RUNNER's first line, then `command`
+    (arguments: $0 "manta-task", $1 the init command or "")."""
+    return prefix + RUNNER.format(shell=shell) + command
 
 
 class SandboxError(Exception):
@@ -221,7 +231,7 @@ class Sandbox:
                 seccomp = _pass_files(host, fds, status_w)
                 argv = _bwrap(host, fds, spec.limits, cgroups,
                               [*_task_mounts(spec, fds[1], fds[2]), *seccomp, *env, "--", host.shell, "-c",
-                               RUNNER.format(shell=host.shell), "manta-task", spec.init or "", spec.exec])
+                               runner_script(host.shell, spec.exec), "manta-task", spec.init or ""])
                 start = time.monotonic()
                 proc = subprocess.Popen(
                     argv, stdin=subprocess.PIPE if inputs else subprocess.DEVNULL,

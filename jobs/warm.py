@@ -61,7 +61,6 @@ from jobs.reach import unreachable
 from jobs.sandbox import (
     CHUNK,
     HOST_PATH,
-    RUNNER,
     TICK_S,
     Sandbox,
     SandboxError,
@@ -76,6 +75,7 @@ from jobs.sandbox import (
     _limit_reached,
     _pass_files,
     _task_mounts,
+    runner_script,
 )
 from jobs.tooloutputs import hand_over
 
@@ -312,8 +312,8 @@ class WarmPool:
         env_args = _env_args(spec.env, spec.image is not None)
         message = json.dumps({
             "shell": host.shell, "env": dict(zip(env_args[2::3], env_args[3::3], strict=True)),
-            "argv": [host.shell, "-c", _limited(spec.limits) + RUNNER.format(shell=host.shell), "manta-task",
-                     spec.init or "", spec.exec],
+            "argv": [host.shell, "-c", runner_script(host.shell, spec.exec, _limited(spec.limits)), "manta-task",
+                     spec.init or ""],
             "input": spec.input_file is not None}).encode()
         theirs: list[int] = []
         ours: list[int] = []

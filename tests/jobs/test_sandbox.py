@@ -417,6 +417,22 @@ def test_init_failure_is_not_a_user_failure(sandbox: Sandbox, data_dir: str) -> 
     assert result.init_failed and b"missing" in result.stderr
 
 
+def test_the_command_is_the_task_shells_own_last_line(sandbox: Sandbox) -> None:
+    """The user's command is not eval'd but is the task bash's script itself: its last
+    simple command replaces the bash (no fork for it), positional parameters are empty,
+    and a syntax error reads as the command's failure (exit 2), never as init's."""
+    result, out = run(sandbox, "sh -c 'echo $PPID'")
+    assert result.ok and out == b"1\n", (result, out)  # the container's init, not a bash in between
+    result, out = run(sandbox, 'echo "[$#][$1][$2]"\nprintf "%s\\n" two-lines', init="true")
+    assert result.ok and out == b"[0][][]\ntwo-lines\n", (result, out)
+    for init in (None, "touch /tmp/ready"):
+        result, out = run(sandbox, "echo before; ( echo never", init=init)
+        assert (result.exit_code, result.init_failed, out) == (2, False, b""), result
+        assert b"syntax error" in result.stderr
+    result, out = run(sandbox, "sleep 30 & kill -TERM $!; wait $!; echo $?; kill -KILL $$")
+    assert out == b"143\n" and result.signal == 9, (result, out)
+
+
 def test_rlimit_fallback_without_cgroups(sandbox: Sandbox, caplog: pytest.LogCaptureFixture) -> None:
     # `ulimit -u` counts every process of the host user, so this test has a user of its own:
     # its fork bomb must not starve tasks that other tests or servers run as manta-task.

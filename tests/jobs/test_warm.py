@@ -188,6 +188,16 @@ def test_cancel_and_init_failure_cost_a_fresh_container(pool: WarmPool) -> None:
     assert result.ok and out == "fine\n" and pool.started == 3, result
 
 
+def test_the_tasks_last_command_replaces_its_shell(pool: WarmPool) -> None:
+    """As in a fresh container: no bash waits between the runner (pid 1) and the command."""
+    for _ in range(2):
+        result, out = run(pool, "sh -c 'echo $PPID'")
+        assert result.ok and out == "1\n", (result, out)
+    result, out = run(pool, "echo before; ( echo never")
+    assert (result.exit_code, result.init_failed, out) == (2, False, ""), result
+    assert pool.started == 1
+
+
 def test_a_task_cannot_kill_or_stop_the_runner(pool: WarmPool) -> None:
     result, out = run(pool, "kill -9 $PPID; kill -STOP $PPID; kill -SEGV 1; echo $PPID")
     assert result.ok and out == "1\n", (result, out)
