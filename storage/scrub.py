@@ -2,7 +2,8 @@
 
     for each ZFS pool behind a node: `zpool scrub`, wait, record the result
     for each blob record:
-        for each listed replica: on a node that is down -> unavailable
+        for each listed replica: on a node that is down -> unavailable (a node that only
+                                 looks down is asked afresh first, at most every few seconds)
                                  else read it all back: size, SHA-256, block CRC32Cs
         no good replica          -> rebuilt block by block from the replicas' good blocks
                                     when every block has one (SHA-256 checked), else lost
@@ -34,6 +35,8 @@ from storage.store import Store
 __all__ = ["BlobCheck", "ScrubReport", "Scrubber"]
 
 log = logging.getLogger("manta.storage")
+
+RECHECK_S = 5.0  # a node that looks down is asked afresh at most this often during a pass
 
 
 @dataclass
@@ -76,6 +79,7 @@ class Scrubber:
         self.zpool_timeout_s = zpool_timeout_s
         self._bytes = 0
         self._started = time.monotonic()
+        self._asked: dict[str, float] = {}  # node id -> when a node that looked down was last asked afresh
 
     def run_once(self) -> ScrubReport:
         started = time.monotonic()
@@ -133,7 +137,7 @@ class Scrubber:
         damaged: list[Node] = []
         for node_id in listed:
             node = store.nodes.get(node_id)
-            if node is None or not node.healthy():
+            if node is None or not self._up(node):
                 check.unavailable += 1
                 continue
             try:
@@ -174,6 +178,23 @@ class Scrubber:
         if placed != listed and not store.catalog.blobrefs.set_nodes(blob_id, placed, expect=listed):
             log.info("scrub: blob %s changed while being repaired; left for the next pass", blob_id)
         return check
+
+    def _up(self, node: Node) -> bool:
+        """Whether `node` is up: its cached health, or, when that says down, a fresh check at
+        most every RECHECK_S per node. A remote node whose heartbeat lagged (a loaded host, a
+        slow pool right after the pool scrubs) is not taken for down, so its replicas are
+        not copied elsewhere and dropped from the catalog; one that is down costs one health
+        poll per RECHECK_S, not one per blob."""
+        if node.healthy():
+            return True
+        now = time.monotonic()
+        if now - self._asked.get(node.id, -RECHECK_S) < RECHECK_S:
+            return False
+        self._asked[node.id] = now
+        up = node.recheck()
+        if up:
+            log.info("scrub: node %s looked down but answers a fresh check", node.id)
+        return up
 
     def _rebuild(self, target: Node, blob_id: str, meta: BlobRecord, sources: list[Node]) -> bool:
         """No replica is wholly good, but each may be bad in different blocks: assemble the

@@ -17,11 +17,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from storage import LocalNode, parse_spec
+from storage import LocalNode, Store, StoreConfig, parse_spec
 from storage.errors import BlobDamaged, BlobMissing
 from storage.nodeapi import BLOCK, Node
 from storage.remote import Heartbeat, RemoteNode
 from storage.replicas import block_sums
+from storage.scrub import Scrubber
 from tests.conftest import REPO, free_port, terminate
 
 SECRET = "contract-test-cluster-secret-0001"
@@ -329,3 +330,66 @@ def test_a_bad_task_request_is_refused_and_sigterm_stops_the_node(tmp_path: path
         assert proc.proc.wait(timeout=10) == 0
     finally:
         proc.stop()
+
+
+def test_scrub_asks_a_node_that_only_looks_down_before_copying_its_replicas(tmp_path: pathlib.Path) -> None:
+    """A remote node whose heartbeat lagged past `down_after_s` (a loaded host) looks down
+    though it answers: the scrub asks it afresh and checks its replica instead of copying
+    the blob to another node and dropping that replica. A node that is really down still
+    counts as unavailable, and is asked at most once per RECHECK_S, not once per blob."""
+    procs = [NodeProcess(f"{tmp_path}/n{i}") for i in range(3)]
+    for proc in procs:
+        proc.start()
+    store = Store(StoreConfig(str(tmp_path / "data"), node_urls=tuple(p.url for p in procs), cluster_secret=SECRET,
+                              copies=2, heartbeat_interval_s=3600))  # no heartbeat after the first polls
+    try:
+        store.catalog.buckets.create("b", "root")
+        blob_ids = []
+        for i in range(3):
+            writer = store.writer()
+            writer.write(os.urandom(BLOCK + i))
+            meta = writer.commit()
+            store.objects.put("b", f"k{i}", {"size": meta.size, "etag": "e", "mtime": 0.0,
+                                             "segments": [[meta.blob_id, meta.size]], "headers": {}, "meta": {}},
+                              {meta.blob_id: meta.record()})
+            blob_ids.append(meta.blob_id)
+        holders = {b: nodes_of(store, b) for b in blob_ids}
+        remotes = [n for n in store.node_list() if isinstance(n, RemoteNode)]
+        assert len(remotes) == 3
+        for remote in remotes:
+            remote.down_after_s = 0.2  # its last health answer is now older than that
+        time.sleep(0.3)
+        assert not any(node.healthy() for node in store.node_list())
+        scrubber = Scrubber(store)
+        for blob_id in blob_ids:
+            check = scrubber.check_blob(blob_id)
+            assert (check.checked, check.unavailable, check.repaired) == (2, 0, 0), check
+            assert nodes_of(store, blob_id) == holders[blob_id]
+        # really down: unavailable, and one fresh check for all its blobs (a new pass)
+        scrubber = Scrubber(store)
+        victim = holders[blob_ids[0]][0]
+        node = next(r for r in remotes if r.id == victim)
+        next(p for p in procs if p.url == node.url).stop()
+        asked: list[bool] = []
+        recheck = node.recheck
+
+        def counted(pool: bool = True) -> bool:
+            asked.append(recheck(pool))
+            return asked[-1]
+
+        node.recheck = counted  # type: ignore[method-assign]
+        time.sleep(0.3)
+        on_victim = [b for b in blob_ids if victim in holders[b]]
+        reports = [scrubber.check_blob(b) for b in on_victim]
+        assert all(r.unavailable == 1 for r in reports) and asked == [False], (reports, asked)
+    finally:
+        store.close()
+        for proc in procs:
+            proc.stop()
+
+
+def nodes_of(store: Store, blob_id: str) -> list[str]:
+    with store.catalog.read() as txn:
+        record = store.catalog.blobrefs.get(txn, blob_id)
+    assert record is not None
+    return list(record.nodes)
