@@ -267,7 +267,7 @@ class Sandbox:
         limits = spec.limits
         pipes = TaskPipes(proc.stdout.fileno(), proc.stderr.fileno(), status_r, stdout,
                           limits.max_output_bytes, self.config.stderr_cap_bytes)
-        sel = selectors.DefaultSelector()
+        sel = selectors.PollSelector()  # no kernel object: no epoll_create/ctl/close per task
         for fd in (pipes.out_fd, pipes.err_fd, status_r):
             sel.register(fd, selectors.EVENT_READ)
         killed: str | None = None

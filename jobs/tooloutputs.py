@@ -172,7 +172,9 @@ def hand_over(container_dir: str, task_dir: str | None, make: Callable[[], objec
         names = os.listdir(container_dir)
     except OSError:
         return False
-    if names and task_dir is not None and make is not None:
+    if not names:  # the usual case; nothing of the task runs any more (the runner reaped it all)
+        return True
+    if task_dir is not None and make is not None:
         make()  # an error here is the task's: it raises, as a directory not made before the task would
     with contextlib.suppress(OSError):
         for name in names:

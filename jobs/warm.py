@@ -374,7 +374,7 @@ class WarmPool:
         pipes = TaskPipes(out_fd, err_fd, status_r, stdout, limits.max_output_bytes,
                           self.sandbox.config.stderr_cap_bytes)
         sock_fd = container.sock.fileno()
-        sel = selectors.DefaultSelector()
+        sel = selectors.PollSelector()  # no kernel object: no epoll_create/ctl/close per task
         for fd in (*fds, sock_fd):
             sel.register(fd, selectors.EVENT_READ)
         killed: str | None = None
