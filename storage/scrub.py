@@ -85,7 +85,7 @@ class Scrubber:
         started = time.monotonic()
         self._bytes, self._started = 0, started
         for node in self.store.node_list():
-            node.recheck()  # once per pass; check_blob then uses the cached state
+            self._ask(node)  # once per pass; check_blob then uses the cached state
         report = ScrubReport(pools=self._scrub_pools())
         for blob_id in [b for b, _ in self.store.catalog.blobrefs.records()]:
             check = self.check_blob(blob_id)
@@ -187,14 +187,17 @@ class Scrubber:
         poll per RECHECK_S, not one per blob."""
         if node.healthy():
             return True
-        now = time.monotonic()
-        if now - self._asked.get(node.id, -RECHECK_S) < RECHECK_S:
-            return False
-        self._asked[node.id] = now
-        up = node.recheck()
+        if time.monotonic() - self._asked.get(node.id, -RECHECK_S) < RECHECK_S:
+            return False  # asked lately (at the pass's start, or for an earlier blob)
+        up = self._ask(node)
         if up:
             log.info("scrub: node %s looked down but answers a fresh check", node.id)
         return up
+
+    def _ask(self, node: Node) -> bool:
+        """A fresh health check of `node`, remembered for `_up`."""
+        self._asked[node.id] = time.monotonic()
+        return node.recheck()
 
     def _rebuild(self, target: Node, blob_id: str, meta: BlobRecord, sources: list[Node]) -> bool:
         """No replica is wholly good, but each may be bad in different blocks: assemble the
