@@ -10,6 +10,7 @@ elsewhere. Health is cached for `health_ttl_s` so the request path never runs `z
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import threading
 import time
@@ -27,7 +28,10 @@ from storage.zfs import driver as zfs_driver
 __all__ = ["MARKER", "LocalNode", "NodeSpec", "parse_spec"]
 
 MARKER = ".manta-node"
+log = logging.getLogger("manta.storage")
+
 HEALTHY_POOL_STATES = ("ONLINE", "DEGRADED")
+CONFIRM_S = 0.2  # a pool that turns bad is asked again after this, before the node counts as down
 
 
 @dataclass(frozen=True)
@@ -129,10 +133,19 @@ class LocalNode(NodeInterface):
 
     def _recheck_locked(self, refresh_pool: bool) -> None:
         try:
-            self._healthy, self._reason = self._check(refresh_pool)
+            self._set_health(*self._check(refresh_pool))
         except ResourceExhausted:
             pass  # out of file descriptors here says nothing about the node: keep the last verdict
         self._checked_at = time.monotonic()
+
+    def _set_health(self, healthy: bool, reason: str) -> None:
+        """Record a verdict (under the lock); a change is logged, with why a node is down."""
+        if healthy != self._healthy:
+            if healthy:
+                log.info("node %s is up again", self.id)
+            else:
+                log.warning("node %s is down: %s", self.id, reason)
+        self._healthy, self._reason = healthy, reason
 
     def _check(self, refresh_pool: bool) -> tuple[bool, str]:
         if self.read_marker(self.root) != self.id:
@@ -149,12 +162,26 @@ class LocalNode(NodeInterface):
         return True, ""
 
     def _refresh_pool(self) -> None:
+        """Ask ZFS for the pool's state. A healthy pool that answers a bad state is asked
+        again after CONFIRM_S before that counts: zfs-fuse under load can answer OFFLINE
+        once for an ONLINE pool, and a node taken for down has its replicas copied elsewhere
+        by the scrub. A pool that is really down answers the same twice."""
+        state = self._ask_pool()
+        if state not in HEALTHY_POOL_STATES and self._pool_state in HEALTHY_POOL_STATES:
+            time.sleep(CONFIRM_S)
+            again = self._ask_pool()
+            if again != state:
+                log.info("pool %s answered %s, then %s", self.pool, state, again)
+            state = again
+        self._pool_state = state
+        self._pool_checked_at = time.monotonic()
+
+    def _ask_pool(self) -> str:
         assert self.zfs is not None and self.pool is not None
         try:
-            self._pool_state = self.zfs.pool_health(self.pool)
+            return self.zfs.pool_health(self.pool)
         except ZfsError as exc:
-            self._pool_state = f"unknown ({exc})"
-        self._pool_checked_at = time.monotonic()
+            return f"unknown ({exc})"
 
     def _refresh_pool_soon(self) -> None:
         if time.monotonic() - self._pool_checked_at < self.health_ttl_s or self._pool_refreshing:
@@ -172,7 +199,7 @@ class LocalNode(NodeInterface):
     def mark_failed(self, reason: str) -> None:
         """An I/O error on this node: treat it as down until the next health check."""
         with self._lock:
-            self._healthy, self._reason = False, reason
+            self._set_health(False, reason)
             self._checked_at = time.monotonic()
 
     def recheck(self, pool: bool = True) -> bool:
