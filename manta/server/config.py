@@ -7,8 +7,6 @@ import ssl
 import urllib.parse
 from dataclasses import dataclass, field
 
-from storage import parse_spec
-
 DEFAULT_DATA_DIR = "./manta-data"
 DEFAULT_LISTEN = "127.0.0.1:9000"
 # the background schedules: ServerConfig field -> its environment variable
@@ -68,6 +66,9 @@ class ServerConfig:
         for name in TIMINGS:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{TIMINGS[name]} must be positive")
+        # imported here: the CLI's other commands (manta ls, manta job) need not load storage
+        from storage import parse_spec
+
         for spec in self.storage:
             parse_spec(spec)
         if not self.read_cache_mb >= 0:  # NaN too
