@@ -3,7 +3,8 @@
 #   ./run.sh          install what is missing, start the server with sample data, run a sample, leave it running
 #   ./run.sh test     install what is missing and run the whole test suite (CI runs exactly this),
 #                     then the S3 and job end-to-end tests again with the catalog in PostgreSQL
-#   ./run.sh test --fast   ruff, mypy and the quick tests (about 3 min here): pytest -m
+#                     (two pytest processes: tests/conftest.py says which modules share one)
+#   ./run.sh test --fast   ruff, mypy and the quick tests (about 2.5 min here): pytest -m
 #                     "not e2e and not zfs and not slow and not load" (no real server, no ZFS)
 #   ./run.sh stop     stop the server started by ./run.sh
 set -euo pipefail
@@ -76,12 +77,16 @@ test)
     fi
     "$VENV/bin/ruff" check manta jobs storage tests benchmarks
     "$VENV/bin/mypy" manta jobs storage
+    # two test processes, a module each at a time; the modules that use ZFS or network
+    # namespaces run one after another in one of them (tests/conftest.py, xdist_scope)
+    parallel=(-n 2 --dist loadfile)
     if [ ${#fast[@]} -eq 0 ] && [ $# -eq 0 ]; then
-        "$VENV/bin/python" -m pytest -p no:cacheprovider --durations=25  # the slowest, to keep CI short
+        "$VENV/bin/python" -m pytest -p no:cacheprovider "${parallel[@]}" --durations=25  # the slowest, to keep CI short
         # the S3 and job end-to-end tests once more, every server's catalog in PostgreSQL
-        MANTA_TEST_CATALOG=postgresql exec "$VENV/bin/python" -m pytest -p no:cacheprovider "${PG_E2E[@]}"
+        MANTA_TEST_CATALOG=postgresql exec "$VENV/bin/python" -m pytest -p no:cacheprovider "${parallel[@]}" "${PG_E2E[@]}"
     fi
-    exec "$VENV/bin/python" -m pytest -p no:cacheprovider "${fast[@]}" "$@"
+    [ $# -eq 0 ] || parallel=()  # tests named on the command line run in this one process
+    exec "$VENV/bin/python" -m pytest -p no:cacheprovider "${parallel[@]}" "${fast[@]}" "$@"
     ;;
 stop)
     if [ -f "$DATA/server.pid" ]; then

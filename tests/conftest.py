@@ -288,6 +288,38 @@ def shared_pg() -> PgServer:
     return _pg[0]
 
 
+# `./run.sh test` runs the suite in two processes (pytest-xdist, `-n 2 --dist loadfile`): each
+# test module runs whole in one process, so its module fixtures are made once. The modules
+# that make ZFS pools or network namespaces (their source names a fixture or helper of
+# tests/zfs_pools.py or tests/netns.py) count as one file and so never overlap: zfs-fuse
+# wedged, `zfs create` stuck for minutes, with two processes doing ZFS work at once, and a
+# new network looks for a free 10.213.X before it takes one.
+MACHINE_WIDE = ("zfs_pools", "zfs_session_pool", "tests.netns")
+_scopes: dict[str, str] = {}
+
+
+def xdist_scope(module: str) -> str:
+    """The unit of work of a test module (a path from the repository root) in a parallel run."""
+    if module not in _scopes:
+        with open(os.path.join(REPO, module)) as fh:
+            source = fh.read()
+        _scopes[module] = "zfs-and-netns" if any(name in source for name in MACHINE_WIDE) else module
+    return _scopes[module]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class LoadFileKeepingMachineWideTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_scope(nodeid.split("::", 1)[0])
+
+    return LoadFileKeepingMachineWideTogether(config, log)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     while _pg:
         _pg.pop().stop()
@@ -328,3 +360,4 @@ def bucket(s3: object) -> Iterator[str]:
     name = f"test-{os.getpid()}-{_counter[0]}"
     s3.create_bucket(Bucket=name)  # type: ignore[attr-defined]
     yield name
+
