@@ -25,6 +25,7 @@ from botocore.config import Config
 
 from jobs.cgroups import running as alive
 from tests.pgserver import PgServer, pg_unavailable
+from tests.ports import free_port
 from tests.zfs_pools import Pool, PoolFactory, zfs_unavailable
 
 ROOT_AK = "MANTAROOTTESTKEY0001"
@@ -66,12 +67,6 @@ def require_tool(name: str) -> str:
     require(path is not None, f"{name} is not installed")
     assert path is not None
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def terminate(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, timeout_s: float = 10.0) -> None:

@@ -45,6 +45,7 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import IO, Any
 
+from tests.ports import free_port
 from tests.zfs_pools import PoolFactory, pid_alive, zfs_unavailable
 
 __all__ = ["NODE_PORT", "Cluster", "Host", "Network", "NetnsError", "cluster_fixture",
@@ -314,7 +315,7 @@ class Cluster:
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.storage: list[str] = []
         self.pools: Any = None  # tests.zfs_pools.PoolFactory when zfs
-        self.front_port = NODE_PORT - 100 if front_in_namespace else _free_port()
+        self.front_port = NODE_PORT - 100 if front_in_namespace else free_port()
 
     def __enter__(self) -> Cluster:
         try:
@@ -371,7 +372,7 @@ class Cluster:
         """One more front door in the root namespace, on a port and data dir of its own (as
         on another host) with the same nodes and arguments (a shared `--catalog`); its URL."""
         assert self.network is not None and not self.front_host
-        port = _free_port()
+        port = free_port()
         os.makedirs(os.path.join(self.base_dir, name), exist_ok=True)
         with self._log(name) as log:
             proc = self.network.track(subprocess.Popen(
@@ -477,12 +478,6 @@ class Cluster:
             shutil.rmtree(self.base_dir, ignore_errors=True)
         if problems:
             raise NetnsError("; ".join(problems))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cluster_fixture(request: Any, nodes: int = 3, zfs: bool = False, **options: Any) -> Cluster:

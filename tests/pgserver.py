@@ -28,6 +28,7 @@ import psycopg
 from psycopg import sql
 
 from jobs.cgroups import running
+from tests.ports import free_port
 
 __all__ = ["PG_BIN", "PgServer", "pg_unavailable"]
 
@@ -49,18 +50,11 @@ def pg_unavailable() -> str | None:
     return None
 
 
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class PgServer:
     """One PostgreSQL cluster in a temporary directory (`start()`, then `url`)."""
 
     def __init__(self, port: int | None = None) -> None:
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.base = ""
         self._started = False
 
