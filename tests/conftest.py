@@ -355,4 +355,3 @@ def bucket(s3: object) -> Iterator[str]:
     name = f"test-{os.getpid()}-{_counter[0]}"
     s3.create_bucket(Bucket=name)  # type: ignore[attr-defined]
     yield name
-

@@ -32,11 +32,11 @@ def _ephemeral_low() -> int:
 
 def _slice() -> range:
     high = max(_ephemeral_low(), LOWEST + 1000)
-    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    count = max(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1), 1)
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
-    index = int(worker[2:]) if worker[2:].isdigit() else 0
-    size = (high - LOWEST) // max(count, 1)
-    start = LOWEST + size * (index % max(count, 1))
+    index = int(worker[2:]) % count if worker[2:].isdigit() else 0
+    size = (high - LOWEST) // count
+    start = LOWEST + size * index
     return range(start, start + size)
 
 
