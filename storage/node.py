@@ -128,12 +128,14 @@ class LocalNode(NodeInterface):
             return self._healthy
         with self._lock:
             if now - self._checked_at >= self.health_ttl_s:
-                self._recheck_locked(refresh_pool=False)
+                self._recheck_locked(pool_asked=False)
         return self._healthy
 
-    def _recheck_locked(self, refresh_pool: bool) -> None:
+    def _recheck_locked(self, pool_asked: bool) -> None:
+        """`pool_asked`: the caller has just asked ZFS (else a background ask is started
+        when the last answer is older than `health_ttl_s`)."""
         try:
-            self._set_health(*self._check(refresh_pool))
+            self._set_health(*self._check(pool_asked))
         except ResourceExhausted:
             pass  # out of file descriptors here says nothing about the node: keep the last verdict
         self._checked_at = time.monotonic()
@@ -147,15 +149,13 @@ class LocalNode(NodeInterface):
                 log.warning("node %s is down: %s", self.id, reason)
         self._healthy, self._reason = healthy, reason
 
-    def _check(self, refresh_pool: bool) -> tuple[bool, str]:
+    def _check(self, pool_asked: bool) -> tuple[bool, str]:
         if self.read_marker(self.root) != self.id:
             return False, "dataset missing or not mounted"
         if not os.path.isdir(self.blobs.tmp_dir):
             return False, "tmp directory missing"
         if self.zfs is not None and self.pool is not None:
-            if refresh_pool:
-                self._refresh_pool()
-            else:
+            if not pool_asked:
                 self._refresh_pool_soon()
             if self._pool_state not in HEALTHY_POOL_STATES:
                 return False, f"pool {self.pool} is {self._pool_state}"
@@ -203,9 +203,14 @@ class LocalNode(NodeInterface):
             self._checked_at = time.monotonic()
 
     def recheck(self, pool: bool = True) -> bool:
-        """A synchronous health check; with `pool` it runs `zpool` (not for the event loop)."""
+        """A synchronous health check; with `pool` it runs `zpool` first (not for the event
+        loop), outside the lock: `healthy()` on the request path never waits for a `zpool`
+        run or the pause before a confirming ask."""
+        asked = pool and self.zfs is not None and self.pool is not None
+        if asked:
+            self._refresh_pool()
         with self._lock:
-            self._recheck_locked(refresh_pool=pool)
+            self._recheck_locked(pool_asked=asked)
         return self._healthy
 
     # -- space --------------------------------------------------------------------

@@ -12,6 +12,8 @@ import os
 import secrets
 import shutil
 import stat
+import threading
+import time
 
 import pytest
 
@@ -22,9 +24,11 @@ from tests.zfs_pools import Pool
 pytestmark = pytest.mark.zfs
 
 WRAPPER = """#!/bin/sh
-# every `zpool list` is counted (a line in {calls}); it answers OFFLINE while {flag} exists
-# (removed after the first answer unless {sticky}); everything else is the real zpool
+# every `zpool list` is counted (a line in {calls}); it waits while {hold} exists, then
+# answers OFFLINE while {flag} exists (removed after the first answer unless {sticky});
+# everything else is the real zpool
 [ "$1" = list ] && echo list >> '{calls}'
+while [ "$1" = list ] && [ -e '{hold}' ]; do sleep 0.05; done
 if [ "$1" = list ] && [ -e '{flag}' ]; then
     [ '{sticky}' = yes ] || rm -f '{flag}'
     echo OFFLINE
@@ -41,7 +45,7 @@ def node_behind_wrapper(pool: Pool, tmp_path: object, sticky: bool) -> tuple[Loc
     wrapper = os.path.join(str(tmp_path), "zpool")
     with open(wrapper, "w") as fh:
         fh.write(WRAPPER.format(flag=flag, calls=calls_file(tmp_path), sticky="yes" if sticky else "no",
-                                zpool=real))
+                                zpool=real, hold=hold_file(tmp_path)))
     os.chmod(wrapper, os.stat(wrapper).st_mode | stat.S_IXUSR)
     spec = parse_spec(f"zfs:{pool.dataset('health-' + secrets.token_hex(4))}")
     driver = CommandDriver(zpool=wrapper)
@@ -52,6 +56,10 @@ def node_behind_wrapper(pool: Pool, tmp_path: object, sticky: bool) -> tuple[Loc
 
 def calls_file(tmp_path: object) -> str:
     return os.path.join(str(tmp_path), "calls")
+
+
+def hold_file(tmp_path: object) -> str:
+    return os.path.join(str(tmp_path), "hold")
 
 
 def pool_asks(tmp_path: object) -> int:
@@ -92,3 +100,33 @@ def test_a_healthy_node_does_not_ask_twice(zfs_session_pool: Pool, tmp_path: obj
     pool_asks(tmp_path)  # the node's own check when it was made
     assert node.recheck() is True
     assert pool_asks(tmp_path) == 1
+
+
+def test_the_request_paths_health_check_does_not_wait_for_a_zpool_run(
+        zfs_session_pool: Pool, tmp_path: object) -> None:
+    """A synchronous recheck runs `zpool` (and, on a bad answer, asks again 0.2 s later)
+    outside the node's lock: `healthy()`, which placement calls on the event loop, answers
+    from what it has meanwhile instead of waiting for that run."""
+    node, flag = node_behind_wrapper(zfs_session_pool, tmp_path, sticky=False)
+    open(hold_file(tmp_path), "w").close()
+    pool_asks(tmp_path)
+    recheck = threading.Thread(target=node.recheck)
+    recheck.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(calls_file(tmp_path)) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert os.path.exists(calls_file(tmp_path)), "the recheck never ran zpool"
+        answers: list[bool] = []
+        quick = threading.Thread(target=lambda: answers.append(node.healthy()))
+        quick.start()
+        quick.join(timeout=20)
+        assert not quick.is_alive(), "healthy() waited for the recheck's zpool run"
+        assert answers == [True]
+        assert recheck.is_alive()  # still held in zpool: healthy() did not wait for it
+    finally:
+        os.remove(hold_file(tmp_path))
+        recheck.join(timeout=60)
+    assert not recheck.is_alive()
+    assert node.recheck() is True
+    assert not os.path.exists(flag)
