@@ -8,6 +8,8 @@
     jobs       \0chg\0 seq (u64 big-endian)      -> job id: the change log (jobs/follow.py reads it)
     jobs       \0run\0 owner \0 job id           -> 1 while the job runs (the running-jobs quota)
     jobs       \0img\0 name                      -> a task image's record (jobs/images.py)
+    jobs       \0cnt\0 job id                    -> the job's task counts (`task_counts`), changed
+                                                   with every write of one of its tasks
 
 Job record: {v, id, owner, name, phases: [phase dicts], state: running|done|cancelled,
 inputs_ended, input_count, created, finished}. Task record: {v, id, job, phase, type,
@@ -29,6 +31,11 @@ the catalog's record, never on a copy: the running-jobs quota is counted in the 
 transaction; a job ends (done or cancelled) only if it still runs; a task goes running
 unless it was cancelled meanwhile; a queued task is cancelled or failed only if still
 queued; a task queued again whose job no longer runs is cancelled instead.
+
+A job's status needs its task counts, not its tasks: every task write (`put_tasks`) moves
+the task's phase and state, and its bytes, in the job's counts record in the same
+transaction, so a status costs one read however many tasks the job has. A job made before
+there were counts has none (and its writes make none): its status counts a scan of its tasks.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ from __future__ import annotations
 import secrets
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from typing import Any
 
@@ -53,6 +60,7 @@ TABLES = ("jobs", "jobinputs", "jobtasks")  # the catalog tables of the jobs pac
 CHANGE_SEQ = b"\0seq"
 CHANGES = b"\0chg\0"
 RUNNING = b"\0run\0"
+COUNTS = b"\0cnt\0"
 FIRST_JOB = b"\x01"  # job ids sort after the keys above
 
 
@@ -97,6 +105,7 @@ class JobRecords:
             self.catalog.buckets.ensure_in(txn, bucket, owner)
             self.catalog.put(txn, "jobs", job_id.encode(), record)
             self.catalog.put(txn, "jobs", _running_key(record), 1)
+            self.catalog.put(txn, "jobs", COUNTS + job_id.encode(), task_counts([]))
             self._add_inputs_in(txn, record, list(spec.inputs))
             self._changed(txn, job_id)
             return record
@@ -149,9 +158,9 @@ class JobRecords:
         def op(txn: Txn) -> Record:
             record, ended = self._end_in(txn, job_id, "cancelled", inputs_ended=True)
             if ended:
-                for _, task in list(self.catalog.scan(txn, "jobtasks", prefix=job_id.encode() + b"\0")):
-                    if task["state"] == "queued":
-                        self.catalog.put(txn, "jobtasks", task_key(job_id, task["id"]), cancelled(task))
+                queued = [task for _, task in self.catalog.scan(txn, "jobtasks", prefix=job_id.encode() + b"\0")
+                          if task["state"] == "queued"]
+                self.put_tasks(txn, [cancelled(task) for task in queued], queued)
                 self._changed(txn, job_id)
             return record
 
@@ -228,9 +237,32 @@ class JobRecords:
         with self.catalog.read() as txn:
             return [r for _, r in self.catalog.scan(txn, "jobtasks", prefix=job_id.encode() + b"\0")]
 
-    def put_tasks(self, txn: Txn, tasks: list[Record]) -> None:
-        for task in tasks:
-            self.catalog.put(txn, "jobtasks", task_key(task["job"], task["id"]), task)
+    def counts(self, job_id: str) -> Record:
+        """The job's task counts (`task_counts`): from its counts record, or for a job made
+        before those, from a scan of its tasks."""
+        with self.catalog.read() as txn:
+            counts = self.catalog.get(txn, "jobs", COUNTS + job_id.encode())
+            if counts is not None:
+                return counts  # type: ignore[no-any-return]
+            return task_counts(r for _, r in self.catalog.scan(txn, "jobtasks", prefix=job_id.encode() + b"\0"))
+
+    def put_tasks(self, txn: Txn, tasks: list[Record], current: list[Record | None] | None = None) -> None:
+        """Write task records, and their change in their jobs' counts; `current`: the
+        records they replace (None for a new task), when the caller has read them."""
+        counts: dict[str, Record | None] = {}
+        for i, task in enumerate(tasks):
+            key = task_key(task["job"], task["id"])
+            old = current[i] if current is not None else self.catalog.get(txn, "jobtasks", key)
+            self.catalog.put(txn, "jobtasks", key, task)
+            job_id = task["job"]
+            if job_id not in counts:
+                counts[job_id] = self.catalog.get(txn, "jobs", COUNTS + job_id.encode())
+            if (mine := counts[job_id]) is not None:  # None: a job made before counts
+                _tally(mine, old, -1)
+                _tally(mine, task, 1)
+        for job_id, mine in counts.items():
+            if mine is not None:
+                self.catalog.put(txn, "jobs", COUNTS + job_id.encode(), mine)
 
     def save_tasks(self, tasks: list[Record]) -> None:
         self.write(lambda txn: self.put_tasks(txn, tasks))
@@ -242,7 +274,7 @@ class JobRecords:
             current = self.catalog.get(txn, "jobtasks", task_key(task["job"], task["id"]))
             if current is not None and current["state"] == "cancelled":
                 return False
-            self.put_tasks(txn, [task])
+            self.put_tasks(txn, [task], [current])
             return True
 
         return self.catalog.submit(op)
@@ -253,7 +285,7 @@ class JobRecords:
             for task in tasks:
                 current = self.catalog.get(txn, "jobtasks", task_key(task["job"], task["id"]))
                 if current is None or current["state"] == "queued":
-                    self.put_tasks(txn, [task])
+                    self.put_tasks(txn, [task], [current])
 
         if tasks:
             self.write(op)
@@ -278,8 +310,34 @@ class JobRecords:
                 return True
             if record["state"] == "running":
                 return False
+            counts = self.catalog.get(txn, "jobs", COUNTS + job_id.encode())
+            if counts is not None:
+                return not any(by_state.get("running") for by_state in counts["phases"].values())
             return not any(t["state"] == "running"
                            for _, t in self.catalog.scan(txn, "jobtasks", prefix=job_id.encode() + b"\0"))
+
+
+def task_counts(tasks: Iterable[Record]) -> Record:
+    """{v, phases: {"<phase number>": {state: tasks}}, bytes_local, bytes_remote} of `tasks`."""
+    counts: Record = {"v": 1, "phases": {}, "bytes_local": 0, "bytes_remote": 0}
+    for task in tasks:
+        _tally(counts, task, 1)
+    return counts
+
+
+def _tally(counts: Record, task: Record | None, sign: int) -> None:
+    if task is None:
+        return
+    phase = str(task["phase"])
+    by_state = counts["phases"].setdefault(phase, {})
+    if n := by_state.get(task["state"], 0) + sign:
+        by_state[task["state"]] = n
+    else:  # none left: no entry, as a count of the records makes it
+        del by_state[task["state"]]
+        if not by_state:
+            del counts["phases"][phase]
+    counts["bytes_local"] += sign * (task.get("bytes_local") or 0)
+    counts["bytes_remote"] += sign * (task.get("bytes_remote") or 0)
 
 
 def _running_key(job: Record) -> bytes:

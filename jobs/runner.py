@@ -36,7 +36,7 @@ from typing import Any
 from jobs import errors as je
 from jobs.images import Images
 from jobs.outputs import partition_of
-from jobs.records import JobRecords, jobs_bucket, task_key
+from jobs.records import JobRecords, jobs_bucket
 from jobs.spec import parse_input
 from storage import BlobRecord, Node, Store
 from storage import errors as se
@@ -237,7 +237,7 @@ def _finish(ctx: RunContext, job: Record, task: Record, error: tuple[str, str] |
         for out_bucket, name, record in objects:
             freed += store.objects.put_in(txn, out_bucket, name, record, new_blobs, owner=job["owner"],
                                             enforce_quota=True)
-        store.catalog.put(txn, "jobtasks", task_key(job["id"], task["id"]), done)
+        ctx.records.put_tasks(txn, [done])
         return freed
 
     try:
@@ -250,7 +250,7 @@ def _finish(ctx: RunContext, job: Record, task: Record, error: tuple[str, str] |
                      f"the outputs were not stored: {exc}")
         _failed(done, task, error, stderr, None)
         done["attempts_log"] = log_attempt(task, done["state"])
-        ctx.records.write(lambda txn: store.catalog.put(txn, "jobtasks", task_key(job["id"], task["id"]), done))
+        ctx.records.write(lambda txn: ctx.records.put_tasks(txn, [done]))
     return done
 
 

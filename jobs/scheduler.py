@@ -334,6 +334,11 @@ class JobScheduler:
         job.queue.clear()
         self.records.save_if_queued(ended)  # the catalog's cancel did those it saw
 
+    def counts(self, job_id: str) -> Record:
+        """The job's task counts (jobs.records.task_counts): one catalog read, however many
+        tasks the job has."""
+        return self.records.counts(job_id)
+
     def tasks(self, job_id: str) -> list[Record]:
         with self.lock:
             job = self.jobs.get(job_id)

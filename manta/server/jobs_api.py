@@ -11,6 +11,8 @@
     GET  /_manta/jobs/ID/outputs                                   -> {"outputs": ["bucket/key", ...]}
     GET  /_manta/jobs/ID/errors                                    -> {"errors": [...]}
 
+A status reads the job's task counts (jobs.records: one catalog read, however many tasks
+the job has); `?tasks=1` lists every task, and its counts are those of that list.
 Any worker process serves it: its scheduler answers from the catalog when it is not the
 started one (jobs/scheduler.py), and the started one picks up the change within 0.1 s.
 An account sees only its own jobs. Inputs are checked when they are given: one in another
@@ -30,6 +32,7 @@ from starlette.responses import JSONResponse, Response
 
 from jobs import JobScheduler
 from jobs import errors as je
+from jobs.records import task_counts
 from jobs.spec import parse_spec
 from manta.server.s3 import errors as s3e
 from manta.server.s3.body import read_small
@@ -52,23 +55,33 @@ async def _json(req: S3Request) -> dict[str, Any]:
     return value
 
 
-def summary(job: dict[str, Any], tasks: list[dict[str, Any]], with_tasks: bool = False) -> dict[str, Any]:
+def summary(job: dict[str, Any], counts: dict[str, Any], tasks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The job's status: its record, per-phase task counts (jobs.records.task_counts), and
+    with `tasks` every task's record."""
     phases = []
     for number, phase in enumerate(job["phases"]):
-        mine = [t for t in tasks if t["phase"] == number]
-        counts = {state: sum(1 for t in mine if t["state"] == state) for state in COUNT_STATES}
-        phases.append({**phase, "tasks": len(mine), **counts})
+        mine = counts["phases"].get(str(number), {})
+        phases.append({**phase, "tasks": sum(mine.values()), **{state: mine.get(state, 0) for state in COUNT_STATES}})
     out = {k: job[k] for k in ("id", "name", "owner", "state", "inputs_ended", "input_count", "created", "finished")}
     out["phases"] = phases
-    out["errors"] = sum(1 for t in tasks if t["state"] in ("failed", "cancelled"))
-    out["bytes_local"] = sum(t.get("bytes_local", 0) for t in tasks)
-    out["bytes_remote"] = sum(t.get("bytes_remote", 0) for t in tasks)
-    if with_tasks:
+    out["errors"] = sum(p["failed"] + p["cancelled"] for p in phases)
+    out["bytes_local"] = counts["bytes_local"]
+    out["bytes_remote"] = counts["bytes_remote"]
+    if tasks is not None:
         keep = ("id", "phase", "type", "state", "node", "attempts", "attempts_log",
                 "input", "inputs", "reducer", "outputs",
                 "error", "bytes_local", "bytes_remote", "started", "finished", "duration_s", "exit_code")
         out["tasks"] = [{k: t.get(k) for k in keep if k in t} for t in tasks]
     return out
+
+
+async def status(scheduler: JobScheduler, job: dict[str, Any], with_tasks: bool = False) -> JSONResponse:
+    """The job's status response: its counts from one catalog read, or with `with_tasks`
+    from the task records it lists (so that both agree)."""
+    if with_tasks:
+        tasks = await in_thread(scheduler.tasks, job["id"])
+        return JSONResponse(summary(job, task_counts(tasks), tasks))
+    return JSONResponse(summary(job, await in_thread(scheduler.counts, job["id"])))
 
 
 MAX_WAIT_S = 30.0
@@ -118,7 +131,7 @@ async def _handle(scheduler: JobScheduler, req: S3Request) -> Response:
             job = await in_thread(scheduler.create, owner, spec)
             if payload.get("end"):
                 job = await in_thread(scheduler.add_inputs, job["id"], owner, [], True)
-            return JSONResponse(summary(job, []), status_code=201)
+            return JSONResponse(summary(job, task_counts([])), status_code=201)
         if req.method == "GET":
             jobs = await in_thread(scheduler.records.jobs, owner)
             return JSONResponse({"jobs": [
@@ -131,8 +144,7 @@ async def _handle(scheduler: JobScheduler, req: S3Request) -> Response:
         if "wait" in req.query:
             await _settled(scheduler, req.store, job_id, req.query["wait"])
             job = await in_thread(scheduler.job, job_id, owner)
-        tasks = await in_thread(scheduler.tasks, job_id)
-        return JSONResponse(summary(job, tasks, with_tasks=req.query.get("tasks") in ("1", "true")))
+        return await status(scheduler, job, with_tasks=req.query.get("tasks") in ("1", "true"))
     if req.method == "POST" and action in ("inputs", "end"):
         payload = await _json(req) if action == "inputs" else {}
         inputs = payload.get("inputs") or []
@@ -140,10 +152,10 @@ async def _handle(scheduler: JobScheduler, req: S3Request) -> Response:
             raise s3e.InvalidArgument("inputs must be a list of bucket/key strings")
         job = await in_thread(scheduler.add_inputs, job_id, owner, inputs,
                               action == "end" or bool(payload.get("end")))
-        return JSONResponse(summary(job, await in_thread(scheduler.tasks, job_id)))
+        return await status(scheduler, job)
     if req.method == "POST" and action == "cancel":
         job = await in_thread(scheduler.cancel, job_id, owner)
-        return JSONResponse(summary(job, await in_thread(scheduler.tasks, job_id)))
+        return await status(scheduler, job)
     if req.method == "GET" and action == "outputs":
         tasks = await in_thread(scheduler.tasks, job_id)
         last = len(job["phases"]) - 1

@@ -651,3 +651,25 @@ def test_job_status_can_wait_for_the_end(server: Server, s3: Any, bucket: str) -
     for bad in ("-1", "31", "soon"):
         with pytest.raises(MantaError, match="InvalidArgument"):
             client.api("GET", f"/_manta/jobs/{job.id}?wait={bad}")
+
+
+def test_job_status_counts_agree_with_its_task_records(server: Server, s3: Any, bucket: str) -> None:
+    """A status reads the job's task counts (one catalog read); they agree with the task
+    records `?tasks=1` lists, through done, failed and chained tasks, on every worker."""
+    from manta.client import Client
+
+    client = Client(url=server.url, access_key=ROOT_AK, secret_key=ROOT_SK)
+    for i in range(6):
+        s3.put_object(Bucket=bucket, Key=f"c/{i}", Body=f"line {i}\n".encode() * (i + 1))
+    job = client.job(map="grep -q 'line [024]' && wc -l || exit 3", reduce="cat",
+                     inputs=[f"{bucket}/c/{i}" for i in range(6)])
+    job.wait(progress=False)
+    listed = client.api("GET", f"/_manta/jobs/{job.id}?tasks=1")
+    tasks = listed.pop("tasks")
+    assert len(tasks) == 7  # 6 map tasks (3 done, 3 failed) and the reducer over the 3 outputs
+    for _ in range(4):  # with `--workers 2` (MANTA_TEST_WORKERS), each process answers some
+        status = client.api("GET", f"/_manta/jobs/{job.id}")
+        assert status == listed
+    assert [(p["tasks"], p["done"], p["failed"]) for p in status["phases"]] == [(6, 3, 3), (1, 1, 0)]
+    assert status["errors"] == 3
+    assert status["bytes_local"] == sum(t["bytes_local"] for t in tasks) > 0
