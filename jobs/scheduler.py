@@ -322,9 +322,9 @@ class JobScheduler:
         """A cancelled job's tasks in this process: queued ones end, running ones are stopped."""
         job_id = job.record["id"]
         ended = []
-        for task_id, task in job.tasks.items():
+        for task_id, task in list(job.tasks.items()):
             if task["state"] == "queued":
-                job.tasks[task_id] = cancelled(task)
+                job.put(cancelled(task))
                 ended.append(job.tasks[task_id])
             elif task["state"] == "running":
                 self.cancels.get((job_id, task_id), threading.Event()).set()
@@ -443,10 +443,10 @@ class JobScheduler:
         failed = []
         for task_id in job.queue:
             task = job.tasks[task_id]
-            task.update(state="failed", finished=time.time(),
-                        error={**error, "input": task.get("input") or ",".join(task.get("inputs", [])[:3]),
-                               "stderr": None, "excerpt": ""})
-            failed.append(task)
+            job.put({**task, "state": "failed", "finished": time.time(),
+                     "error": {**error, "input": task.get("input") or ",".join(task.get("inputs", [])[:3]),
+                               "stderr": None, "excerpt": ""}})
+            failed.append(job.tasks[task_id])
         job.queue.clear()
         self.records.save_if_queued(failed)
 
@@ -504,7 +504,7 @@ class JobScheduler:
                 self.cancels.pop((job["id"], task["id"]), None)
                 state = self.jobs.get(job["id"])
                 if state is not None and outcome is not None:
-                    state.tasks[task["id"]] = outcome
+                    state.put(outcome)
                     if outcome["state"] == "queued":
                         state.queue.appendleft(task["id"])
                     error = outcome.get("error") or {}
