@@ -50,6 +50,7 @@ every running job.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
@@ -428,7 +429,7 @@ class JobScheduler:
             if job.failure is not None:  # the job hit a quota: its tasks fail without running
                 self._fail_queued(job, job.failure)
                 continue
-            for _, task_id in zip(range(SCAN_TASKS), list(job.queue), strict=False):
+            for task_id in list(itertools.islice(job.queue, SCAN_TASKS)):  # not a copy of the whole queue
                 task = job.tasks[task_id]
                 ranked = self._placement(job, task)
                 holders = [n for b, n in ranked if b > 0]
