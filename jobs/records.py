@@ -34,8 +34,9 @@ queued; a task queued again whose job no longer runs is cancelled instead.
 
 A job's status needs its task counts, not its tasks: every task write (`put_tasks`) moves
 the task's phase and state, and its bytes, in the job's counts record in the same
-transaction, so a status costs one read however many tasks the job has. A job made before
-there were counts has none (and its writes make none): its status counts a scan of its tasks.
+transaction, so a status costs one read however many tasks the job has. A scheduler that
+starts writes the counts of every running job afresh (`recount`). A finished job made
+before there were counts has none (and writes to it make none): its status counts a scan.
 """
 
 from __future__ import annotations
@@ -245,6 +246,17 @@ class JobRecords:
             if counts is not None:
                 return counts  # type: ignore[no-any-return]
             return task_counts(r for _, r in self.catalog.scan(txn, "jobtasks", prefix=job_id.encode() + b"\0"))
+
+    def recount(self, job_id: str) -> None:
+        """Write the job's counts from its task records, in one transaction. A scheduler
+        does so for each running job when it starts: a job made before counts gets them,
+        and counts an older server let go stale (it wrote tasks without moving them) are
+        right again."""
+        def op(txn: Txn) -> None:
+            tasks = (r for _, r in self.catalog.scan(txn, "jobtasks", prefix=job_id.encode() + b"\0"))
+            self.catalog.put(txn, "jobs", COUNTS + job_id.encode(), task_counts(tasks))
+
+        self.write(op)
 
     def put_tasks(self, txn: Txn, tasks: list[Record], current: list[Record | None] | None = None) -> None:
         """Write task records, and their change in their jobs' counts; `current`: the

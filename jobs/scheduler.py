@@ -179,6 +179,7 @@ class JobScheduler:
             if requeue:
                 self.records.save_tasks(requeue)
                 log.info("job %s: %d tasks interrupted by a restart are queued again", record["id"], len(requeue))
+            self.records.recount(record["id"])  # counts for a job from before them, or gone stale
             with self.lock:
                 self.jobs[record["id"]] = load_job(self.records, record)
         self._thread = threading.Thread(target=self._loop, name="job-scheduler", daemon=True)

@@ -98,3 +98,18 @@ def test_a_job_from_before_counts_is_counted_by_a_scan(records: JobRecords) -> N
     records.cancel(job_id)
     assert records.settled(job_id)
     assert by_state(records.counts(job_id)) == {"done": 1, "cancelled": 2}
+
+
+def test_recount_gives_a_job_from_before_counts_its_counts_and_mends_stale_ones(records: JobRecords) -> None:
+    """What a scheduler does for each running job when it starts."""
+    old, stale = new_job(records), new_job(records)
+    records.write(lambda txn: records.catalog.delete(txn, "jobs", COUNTS + old.encode()))
+    records.save_tasks([task(old, i) for i in range(3)] + [task(stale, i) for i in range(2)])
+    wrong = {"v": 1, "phases": {"0": {"done": 7}}, "bytes_local": 1, "bytes_remote": 0}
+    records.write(lambda txn: records.catalog.put(txn, "jobs", COUNTS + stale.encode(), wrong))
+    for job_id in (old, stale):
+        records.recount(job_id)
+    assert by_state(agrees(records, old)) == {"queued": 3}
+    assert by_state(agrees(records, stale)) == {"queued": 2}
+    records.save_tasks([task(old, 0, state="done")])  # from now on its writes move them
+    assert by_state(agrees(records, old)) == {"queued": 2, "done": 1}
