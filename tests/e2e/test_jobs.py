@@ -288,8 +288,10 @@ def test_jobs_work_with_a_data_dir_the_task_user_cannot_reach() -> None:
         srv.kill()  # a killed server leaves its alias mounted...
         assert alias_mounts(pids) == aliases
         srv.start()  # ...until the next start sweeps it (with workers: once the leader is chosen)
-        wait_for(lambda: alias_mounts(pids) == [], 10, "the dead server's alias to be swept")
-        assert not any(os.path.exists(a) for a in aliases)
+        # the sweep unmounts, then removes the directory: wait for both (a look between the
+        # two once saw the directory still there)
+        wait_for(lambda: alias_mounts(pids) == [] and not any(os.path.exists(a) for a in aliases), 10,
+                 "the dead server's alias to be unmounted and removed")
         pids = server_pids(srv)
         result = manta(srv.url, "job", "create", "-o", "-m", "wc -c", names[0])
         assert result.returncode == 0 and result.stdout.strip() == str(len(datas[0])), result.stderr
