@@ -44,7 +44,7 @@ from __future__ import annotations
 import secrets
 import struct
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -159,8 +159,7 @@ class JobRecords:
         def op(txn: Txn) -> Record:
             record, ended = self._end_in(txn, job_id, "cancelled", inputs_ended=True)
             if ended:
-                queued = [task for _, task in self.catalog.scan(txn, "jobtasks", prefix=job_id.encode() + b"\0")
-                          if task["state"] == "queued"]
+                queued = [task for task in self._task_records(txn, job_id) if task["state"] == "queued"]
                 self.put_tasks(txn, [cancelled(task) for task in queued], queued)
                 self._changed(txn, job_id)
             return record
@@ -236,7 +235,11 @@ class JobRecords:
 
     def tasks(self, job_id: str) -> list[Record]:
         with self.catalog.read() as txn:
-            return [r for _, r in self.catalog.scan(txn, "jobtasks", prefix=job_id.encode() + b"\0")]
+            return list(self._task_records(txn, job_id))
+
+    def _task_records(self, txn: Txn, job_id: str) -> Iterator[Record]:
+        """The job's task records, in task id order."""
+        return (r for _, r in self.catalog.scan(txn, "jobtasks", prefix=job_id.encode() + b"\0"))
 
     def counts(self, job_id: str) -> Record:
         """The job's task counts (`task_counts`): from its counts record, or for a job made
@@ -245,7 +248,7 @@ class JobRecords:
             counts = self.catalog.get(txn, "jobs", COUNTS + job_id.encode())
             if counts is not None:
                 return counts  # type: ignore[no-any-return]
-            return task_counts(r for _, r in self.catalog.scan(txn, "jobtasks", prefix=job_id.encode() + b"\0"))
+            return task_counts(self._task_records(txn, job_id))
 
     def recount(self, job_id: str) -> None:
         """Write the job's counts from its task records, in one transaction. A scheduler
@@ -253,12 +256,11 @@ class JobRecords:
         and counts an older server let go stale (it wrote tasks without moving them) are
         right again."""
         def op(txn: Txn) -> None:
-            tasks = (r for _, r in self.catalog.scan(txn, "jobtasks", prefix=job_id.encode() + b"\0"))
-            self.catalog.put(txn, "jobs", COUNTS + job_id.encode(), task_counts(tasks))
+            self.catalog.put(txn, "jobs", COUNTS + job_id.encode(), task_counts(self._task_records(txn, job_id)))
 
         self.write(op)
 
-    def put_tasks(self, txn: Txn, tasks: list[Record], current: list[Record | None] | None = None) -> None:
+    def put_tasks(self, txn: Txn, tasks: list[Record], current: Sequence[Record | None] | None = None) -> None:
         """Write task records, and their change in their jobs' counts; `current`: the
         records they replace (None for a new task), when the caller has read them."""
         counts: dict[str, Record | None] = {}
@@ -325,8 +327,7 @@ class JobRecords:
             counts = self.catalog.get(txn, "jobs", COUNTS + job_id.encode())
             if counts is not None:
                 return not any(by_state.get("running") for by_state in counts["phases"].values())
-            return not any(t["state"] == "running"
-                           for _, t in self.catalog.scan(txn, "jobtasks", prefix=job_id.encode() + b"\0"))
+            return not any(t["state"] == "running" for t in self._task_records(txn, job_id))
 
 
 def task_counts(tasks: Iterable[Record]) -> Record:
