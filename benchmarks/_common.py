@@ -304,6 +304,16 @@ def run_small(target: Target, op: str, concurrency: int, seconds: float, nkeys: 
     return sum(t[0] for t in tallies) / max(t[2] for t in tallies), sum(t[1] for t in tallies)
 
 
+def worktree(cleanup: contextlib.ExitStack, rev: str, dest: Path) -> Path:
+    """A checkout of this repository at `rev` in `dest` (a git worktree), for a baseline
+    server; on cleanup it is removed and its record pruned."""
+    git = ["git", "-C", str(HERE.parent), "worktree"]
+    subprocess.run([*git, "add", "--detach", "-q", str(dest), rev], check=True)
+    cleanup.callback(subprocess.run, [*git, "prune"], check=False)
+    cleanup.callback(subprocess.run, [*git, "remove", "--force", str(dest)], check=False)
+    return dest
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -21,6 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from _common import worktree
+
 HERE = Path(__file__).resolve().parent
 OPS = ("PUT", "GET", "HEAD", "DELETE", "LIST")
 
@@ -75,12 +77,7 @@ def main() -> None:
     rev = subprocess.run(["git", "-C", str(HERE.parent), "rev-parse", args.baseline_rev], capture_output=True,
                          text=True, check=True).stdout.strip()
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as cleanup:
-        base = Path(tmp) / "base"
-        subprocess.run(["git", "-C", str(HERE.parent), "worktree", "add", "--detach", "-q", str(base), rev],
-                       check=True)
-        cleanup.callback(subprocess.run, ["git", "-C", str(HERE.parent), "worktree", "prune"], check=False)
-        cleanup.callback(subprocess.run, ["git", "-C", str(HERE.parent), "worktree", "remove", "--force",
-                                          str(base)], check=False)
+        base = worktree(cleanup, rev, Path(tmp) / "base")
         results = {"this": probe(HERE.parent, args.requests), "base": probe(base, args.requests)}
     print(f"{'calls per request':<20}{'this tree':>12}{'base ' + rev[:9]:>18}{'this/base':>12}")
     for op in OPS:

@@ -20,14 +20,13 @@ import contextlib
 import datetime
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from _common import HERE, BenchError, Server, begin_run, machine_info, write_json
+from _common import HERE, BenchError, Server, begin_run, machine_info, worktree, write_json
 
 sys.path.insert(0, str(HERE.parent))
 
@@ -91,14 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as cleanup:
         args.workdir.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix="job-scale-tmp-", dir=args.workdir))
-        cleanup.callback(subprocess.run, ["git", "-C", str(HERE.parent), "worktree", "prune"], check=False)
         cleanup.callback(shutil.rmtree, work, ignore_errors=True)
         servers = {"manta": Server.manta("manta", work, work / "data")}
         cleanup.callback(servers["manta"].stop)
         if args.baseline_rev:
-            code = work / "base-checkout"
-            subprocess.run(["git", "-C", str(HERE.parent), "worktree", "add", "--detach", "-q", str(code),
-                            args.baseline_rev], check=True)
+            code = worktree(cleanup, args.baseline_rev, work / "base-checkout")
             servers["manta-base"] = Server.manta("manta-base", work, work / "base-data", code=code)
             cleanup.callback(servers["manta-base"].stop)
         try:

@@ -42,6 +42,7 @@ from _common import (
     large_put,
     machine_info,
     run_small,
+    worktree,
     write_json,
 )
 
@@ -76,15 +77,13 @@ def manta_variants(args: argparse.Namespace) -> dict[str, int]:
     return {f"manta-w{n}": n for n in args.workers}
 
 
-def start_server(name: str, work: Path, args: argparse.Namespace) -> Server:
+def start_server(name: str, work: Path, args: argparse.Namespace, cleanup: contextlib.ExitStack) -> Server:
     variants = manta_variants(args)
     if name in variants:
         # always the flag: a plain `manta serve` runs one worker per CPU
         return Server.manta(name, work, work / f"{name}-data", "--workers", str(variants[name]))
     if name == "manta-base":  # the same embedded server at another revision, for before/after
-        code = work / "base-checkout"
-        subprocess.run(["git", "-C", str(HERE.parent), "worktree", "add", "--detach", "-q", str(code),
-                        args.baseline_rev], check=True)
+        code = worktree(cleanup, args.baseline_rev, work / "base-checkout")
         # as many workers as the (first) manta server, if the revision has --workers at all
         # (without the flag it would run one per CPU: not a like-for-like comparison)
         extra = ("--workers", str(args.workers[0])) if (code / "manta" / "server" / "workers.py").exists() else ()
@@ -293,8 +292,6 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as cleanup:
         args.workdir.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix="objects-tmp-", dir=args.workdir))
-        # callbacks run last-first: the manta-base worktree's record is pruned after its removal
-        cleanup.callback(subprocess.run, ["git", "-C", str(HERE.parent), "worktree", "prune"], check=False)
         cleanup.callback(shutil.rmtree, work, ignore_errors=True)
         if (free := shutil.disk_usage(work).free) < 3 * args.large_mib * MiB:
             print(f"error: only {free / 2**30:.1f} GiB free under {args.workdir}", file=sys.stderr)
@@ -302,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         names = [n for s in args.servers for n in (manta_variants(args) if s == "manta" else [s])]
         for name in names:
             try:
-                server = start_server(name, work, args)
+                server = start_server(name, work, args, cleanup)
                 cleanup.callback(server.stop)
                 server.wait_ready(args.start_timeout)
                 server.prepare(args.small_keys)
