@@ -491,10 +491,10 @@ def test_restart_mid_job_resumes_to_the_right_output(fresh_server: Server, how: 
     maps = [t for t in job["tasks"] if t["type"] == "map"]
     assert len(maps) == len(datas) and all(t["state"] == "done" for t in maps)
     assert any(t["attempts"] >= 2 for t in maps)  # some were interrupted and ran again
-    from manta.client import Client  # the job's counts, requeued and recounted at the start,
+    from manta.client import Client
 
-    status = Client(url=fresh_server.url, access_key=ROOT_AK, secret_key=ROOT_SK).api(  # agree
-        "GET", f"/_manta/jobs/{job_id}")
+    # the job's counts (its interrupted tasks requeued, and recounted at the start) agree
+    status = Client(url=fresh_server.url, access_key=ROOT_AK, secret_key=ROOT_SK).api("GET", f"/_manta/jobs/{job_id}")
     assert status == {k: v for k, v in job.items() if k != "tasks"}
 
 
