@@ -10,6 +10,8 @@
     jobs       \0img\0 name                      -> a task image's record (jobs/images.py)
     jobs       \0cnt\0 job id                    -> the job's task counts (`task_counts`), changed
                                                    with every write of one of its tasks
+    jobs       \0own\0 owner \0 created job id    -> the job's listing (`LISTED` fields), written with
+                                                   its record; created: u64 big-endian microseconds
 
 Job record: {v, id, owner, name, phases: [phase dicts], state: running|done|cancelled,
 inputs_ended, input_count, created, finished}. Task record: {v, id, job, phase, type,
@@ -31,6 +33,12 @@ the catalog's record, never on a copy: the running-jobs quota is counted in the 
 transaction; a job ends (done or cancelled) only if it still runs; a task goes running
 unless it was cancelled meanwhile; a queued task is cancelled or failed only if still
 queued; a task queued again whose job no longer runs is cancelled instead.
+
+A listing of an account's jobs (`page`) reads only its `\0own\0` keys, in creation order:
+every write of a job record goes through `_put_job`, which writes its listing in the same
+transaction (the runner's output count, which no listing shows, is the one exception). A
+scheduler that starts makes both indexes agree with the job records (`reindex`: catalogs
+made before the listing index, or jobs an older server wrote).
 
 A job's status needs its task counts, not its tasks: every task write (`put_tasks`) moves
 the task's phase and state, and its bytes, in the job's counts record in the same
@@ -62,6 +70,9 @@ CHANGE_SEQ = b"\0seq"
 CHANGES = b"\0chg\0"
 RUNNING = b"\0run\0"
 COUNTS = b"\0cnt\0"
+OWNED = b"\0own\0"
+LISTED = ("id", "name", "state", "created", "finished", "input_count")  # a job's fields in listings
+PAGE_MAX = 1000
 FIRST_JOB = b"\x01"  # job ids sort after the keys above
 
 
@@ -104,7 +115,7 @@ class JobRecords:
             if limit is not None and self._running(txn, owner) >= limit:
                 raise je.QuotaExceeded(owner, "running jobs", limit)
             self.catalog.buckets.ensure_in(txn, bucket, owner)
-            self.catalog.put(txn, "jobs", job_id.encode(), record)
+            self._put_job(txn, record)
             self.catalog.put(txn, "jobs", _running_key(record), 1)
             self.catalog.put(txn, "jobs", COUNTS + job_id.encode(), task_counts([]))
             self._add_inputs_in(txn, record, list(spec.inputs))
@@ -122,22 +133,68 @@ class JobRecords:
             raise NoSuchJob(job_id)
         return record  # type: ignore[no-any-return]
 
-    def jobs(self, owner: str | None = None, state: str | None = None) -> list[Record]:
+    def _put_job(self, txn: Txn, record: Record) -> None:
+        """Write a job's record and its listing."""
+        self.catalog.put(txn, "jobs", record["id"].encode(), record)
+        self.catalog.put(txn, "jobs", _owned_key(record), _listing(record))
+
+    def running_jobs(self) -> list[Record]:
+        """Every running job's record (through the running-jobs index)."""
         with self.catalog.read() as txn:
-            return [r for _, r in self.catalog.scan(txn, "jobs", start=FIRST_JOB)
-                    if (owner is None or r["owner"] == owner) and (state is None or r["state"] == state)]
+            ids = [key.rpartition(b"\0")[2] for key, _ in self.catalog.scan(txn, "jobs", prefix=RUNNING)]
+            records = [self.catalog.get(txn, "jobs", job_id) for job_id in ids]
+        return [r for r in records if r is not None and r["state"] == "running"]
+
+    def page(self, owner: str, state: str | None = None, after: str | None = None,
+             limit: int = PAGE_MAX) -> tuple[list[Record], str | None]:
+        """Up to `limit` listings (`LISTED` fields) of `owner`'s jobs in creation order, those
+        in `state` only, after the job `after` (one of theirs: else NoSuchJob); and the id to
+        go on after when more follow (None: none do)."""
+        prefix = OWNED + owner.encode() + b"\0"
+        with self.catalog.read() as txn:
+            start = prefix
+            if after is not None:
+                marker = self.catalog.get(txn, "jobs", after.encode())
+                if marker is None or marker["owner"] != owner:
+                    raise NoSuchJob(after)
+                start = _owned_key(marker) + b"\0"  # the first key past it
+            out: list[Record] = []
+            for _, listing in self.catalog.scan(txn, "jobs", start=start, prefix=prefix):
+                if state is None or listing["state"] == state:
+                    if len(out) == limit:
+                        return out, out[-1]["id"]
+                    out.append(listing)
+        return out, None
+
+    def jobs(self, owner: str) -> list[Record]:
+        """Every listing of `owner`'s jobs, in creation order."""
+        listings, after = self.page(owner)
+        while after is not None:
+            more, after = self.page(owner, after=after)
+            listings += more
+        return listings
 
     def _running(self, txn: Txn, owner: str) -> int:
         return sum(1 for _ in self.catalog.scan(txn, "jobs", prefix=RUNNING + owner.encode() + b"\0"))
 
-    def index_running(self) -> None:
-        """Rebuild the running-jobs index from the job records (catalogs made before it)."""
+    def reindex(self) -> None:
+        """Make the running-jobs index and the listings agree with the job records, in one
+        transaction that writes only what differs (catalogs made before an index, jobs an
+        older server wrote). It reads every job record."""
         def op(txn: Txn) -> None:
-            for key, _ in list(self.catalog.scan(txn, "jobs", prefix=RUNNING)):
-                self.catalog.delete(txn, "jobs", key)
+            want: dict[bytes, Any] = {}
             for _, record in list(self.catalog.scan(txn, "jobs", start=FIRST_JOB)):
+                want[_owned_key(record)] = _listing(record)
                 if record["state"] == "running":
-                    self.catalog.put(txn, "jobs", _running_key(record), 1)
+                    want[_running_key(record)] = 1
+            for prefix in (RUNNING, OWNED):
+                for key, value in list(self.catalog.scan(txn, "jobs", prefix=prefix)):
+                    if key not in want:
+                        self.catalog.delete(txn, "jobs", key)
+                    elif want[key] == value:
+                        del want[key]
+            for key, value in want.items():
+                self.catalog.put(txn, "jobs", key, value)
 
         self.write(op)
 
@@ -146,7 +203,7 @@ class JobRecords:
         if record["state"] != "running":
             return record, False
         record.update(changes, state=state, finished=time.time())
-        self.catalog.put(txn, "jobs", job_id.encode(), record)
+        self._put_job(txn, record)
         self.catalog.delete(txn, "jobs", _running_key(record))
         return record, True
 
@@ -203,7 +260,7 @@ class JobRecords:
             key = job["id"].encode() + b"\0" + struct.pack(">I", job["input_count"])
             self.catalog.put(txn, "jobinputs", key, {"v": 1, "input": item})
             job["input_count"] += 1
-        self.catalog.put(txn, "jobs", job["id"].encode(), job)
+        self._put_job(txn, job)
 
     def add_inputs(self, job_id: str, inputs: list[str], end: bool = False) -> Record:
         def op(txn: Txn) -> Record:
@@ -215,7 +272,7 @@ class JobRecords:
             self._add_inputs_in(txn, job, inputs)
             if end:
                 job["inputs_ended"] = True
-                self.catalog.put(txn, "jobs", job_id.encode(), job)
+                self._put_job(txn, job)
             self._changed(txn, job_id)
             return job
 
@@ -355,6 +412,15 @@ def _tally(counts: Record, task: Record | None, sign: int) -> None:
 
 def _running_key(job: Record) -> bytes:
     return RUNNING + job["owner"].encode() + b"\0" + job["id"].encode()
+
+
+def _owned_key(job: Record) -> bytes:
+    created = struct.pack(">Q", max(0, int(job["created"] * 1_000_000)))
+    return OWNED + job["owner"].encode() + b"\0" + created + job["id"].encode()
+
+
+def _listing(job: Record) -> Record:
+    return {name: job.get(name) for name in LISTED}
 
 
 def cancelled(task: Record) -> Record:

@@ -171,8 +171,8 @@ class JobScheduler:
             except OSError as exc:  # a node that is down: its scratch dirs wait for the next start
                 log.warning("cannot sweep task scratch dirs on node %s: %s", node.id, exc)
         self.follower.begin()
-        self.records.index_running()
-        for record in self.records.jobs(state="running"):
+        self.records.reindex()
+        for record in self.records.running_jobs():
             requeue = [{**task, "state": "queued", "node": None,
                         "attempts_log": log_attempt(task, "interrupted: the server stopped")}
                        for task in self.records.tasks(record["id"]) if task["state"] == "running"]

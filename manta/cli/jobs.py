@@ -200,7 +200,7 @@ def _job_cancel(args: argparse.Namespace) -> int:
 
 
 def _job_list(args: argparse.Namespace) -> int:
-    jobs = sorted(client().jobs(), key=lambda j: j["created"])
+    jobs = client().jobs(args.state)  # oldest first
     if args.json:
         print(json.dumps(jobs))
         return 0
@@ -292,6 +292,7 @@ def _register_job(sub: Any) -> None:
 
     lst = subcommand(jsub, "list", _job_list, "list your jobs", "manta job list --json")
     lst.add_argument("--json", action="store_true", help="print a JSON array")
+    lst.add_argument("--state", choices=("running", "done", "cancelled"), help="only the jobs in this state")
 
 
 def register(sub: Any) -> None:

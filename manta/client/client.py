@@ -24,6 +24,7 @@ import json
 import os
 import re
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -472,8 +473,20 @@ class Client:
         job.status  # noqa: B018 - NoSuchJob now rather than later
         return job
 
-    def jobs(self) -> list[dict[str, Any]]:
-        return self.api("GET", "/_manta/jobs")["jobs"]  # type: ignore[no-any-return]
+    def jobs(self, state: str | None = None, page_size: int | None = None) -> list[dict[str, Any]]:
+        """Your jobs (id, name, state, created, finished, input_count), oldest first; `state`:
+        running, done or cancelled only. Follows the listing's pages (`page_size` jobs each,
+        at most 1000, the default)."""
+        query: dict[str, Any] = {"state": state} if state else {}
+        if page_size is not None:
+            query["limit"] = page_size
+        out: list[dict[str, Any]] = []
+        while True:
+            page = self.api("GET", "/_manta/jobs?" + urllib.parse.urlencode(query) if query else "/_manta/jobs")
+            out += page["jobs"]
+            if not page.get("truncated"):
+                return out
+            query["marker"] = page["next_marker"]
 
     def expand(self, inputs: str | Iterable[str]) -> Iterator[str]:
         """`bucket/key` as is; a bucket or `bucket/prefix/` -> every object under it."""

@@ -1,7 +1,8 @@
 """The jobs HTTP API under /_manta/jobs (SigV4 with the same keys as S3).
 
     POST /_manta/jobs                 {name, phases, inputs, end}  -> 201 job
-    GET  /_manta/jobs                                              -> {"jobs": [...]}
+    GET  /_manta/jobs[?limit=N][&state=S][&marker=ID]             -> {"jobs": [...], "truncated": bool,
+                                                                      "next_marker": ID (when truncated)}
     GET  /_manta/jobs/ID[?tasks=1][&wait=S]                        -> job + per-phase counts (+ tasks);
                                                                       with wait, once the job is over and
                                                                       no task runs, or after S s (<= 30)
@@ -32,7 +33,7 @@ from starlette.responses import JSONResponse, Response
 
 from jobs import JobScheduler
 from jobs import errors as je
-from jobs.records import task_counts
+from jobs.records import PAGE_MAX, task_counts
 from jobs.spec import parse_spec
 from manta.server.s3 import errors as s3e
 from manta.server.s3.body import read_small
@@ -42,6 +43,7 @@ from storage import Store
 
 MAX_BODY = 8 * 1024 * 1024
 COUNT_STATES = ("queued", "running", "done", "failed", "cancelled")
+JOB_STATES = ("running", "done", "cancelled")
 
 
 async def _json(req: S3Request) -> dict[str, Any]:
@@ -103,6 +105,26 @@ async def _settled(scheduler: JobScheduler, store: Store, job_id: str, wait: str
         await asyncio.sleep(WAIT_POLL_S)
 
 
+async def _listing(scheduler: JobScheduler, owner: str, query: Any) -> dict[str, Any]:
+    """A page of the account's jobs, oldest first: `limit` (1-1000, default 1000), `state`,
+    `marker` (the `next_marker` of the page before: a job id of theirs)."""
+    try:
+        limit = int(query.get("limit", PAGE_MAX))
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= PAGE_MAX:
+        raise s3e.InvalidArgument(f"limit must be a whole number from 1 to {PAGE_MAX}", ArgumentName="limit")
+    state = query.get("state")
+    if state is not None and state not in JOB_STATES:
+        raise s3e.InvalidArgument(f"state must be one of {', '.join(JOB_STATES)}", ArgumentName="state")
+    marker = query.get("marker") or None
+    try:
+        jobs, after = await in_thread(scheduler.records.page, owner, state, marker, limit)
+    except je.NoSuchJob:
+        raise s3e.InvalidArgument(f"marker {marker} is not one of your jobs", ArgumentName="marker") from None
+    return {"jobs": jobs, "truncated": after is not None, **({"next_marker": after} if after else {})}
+
+
 def routes(scheduler: JobScheduler) -> Any:
     async def handle(req: S3Request) -> Response:
         try:
@@ -133,9 +155,7 @@ async def _handle(scheduler: JobScheduler, req: S3Request) -> Response:
                 job = await in_thread(scheduler.add_inputs, job["id"], owner, [], True)
             return JSONResponse(summary(job, task_counts([])), status_code=201)
         if req.method == "GET":
-            jobs = await in_thread(scheduler.records.jobs, owner)
-            return JSONResponse({"jobs": [
-                {k: j[k] for k in ("id", "name", "state", "created", "finished", "input_count")} for j in jobs]})
+            return JSONResponse(await _listing(scheduler, owner, req.query))
         raise s3e.MethodNotAllowed(Method=req.method, ResourceType="JOBS")
     job_id = parts[1]
     action = "/".join(parts[2:])

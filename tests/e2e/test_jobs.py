@@ -680,3 +680,48 @@ def test_job_status_counts_agree_with_its_task_records(server: Server, s3: Any, 
     assert [(p["tasks"], p["done"], p["failed"]) for p in status["phases"]] == [(6, 3, 3), (1, 1, 0)]
     assert status["errors"] == 3
     assert status["bytes_local"] == sum(t["bytes_local"] for t in tasks) > 0
+
+
+def test_the_job_listing_pages_filters_and_holds_only_the_accounts_jobs(server: Server) -> None:
+    """`GET /_manta/jobs` pages over the account's own jobs, oldest first (`limit`,
+    `marker`, `state`); the client and `manta job list` follow the pages."""
+    from manta.client import MantaError
+    from tests.e2e.test_s3_access import new_account
+
+    _, _, ann = new_account(server)
+    _, _, bob = new_account(server)
+    spec = {"phases": [{"type": "map", "exec": "wc -l"}], "inputs": []}
+    ids = [ann.api("POST", "/_manta/jobs", {**spec, "name": f"j{i}", "end": i % 2 == 0})["id"] for i in range(5)]
+    for job_id in ids[::2]:  # no inputs and ended: done at once
+        while ann.api("GET", f"/_manta/jobs/{job_id}?wait=5")["state"] == "running":
+            pass
+    try:
+        page = ann.api("GET", "/_manta/jobs?limit=2")
+        assert [j["id"] for j in page["jobs"]] == ids[:2]
+        assert page["truncated"] is True and page["next_marker"] == ids[1]
+        assert set(page["jobs"][0]) == {"id", "name", "state", "created", "finished", "input_count"}
+        page = ann.api("GET", f"/_manta/jobs?limit=2&marker={ids[1]}")
+        assert [j["id"] for j in page["jobs"]] == ids[2:4] and page["truncated"] is True
+        page = ann.api("GET", f"/_manta/jobs?limit=2&marker={page['next_marker']}")
+        assert [j["id"] for j in page["jobs"]] == ids[4:]
+        assert page["truncated"] is False and "next_marker" not in page
+
+        assert [j["id"] for j in ann.jobs(page_size=2)] == ids
+        assert [j["id"] for j in ann.jobs("running", page_size=1)] == ids[1::2]
+        assert [(j["id"], j["state"]) for j in ann.jobs("done")] == [(i, "done") for i in ids[::2]]
+        assert bob.jobs() == []
+
+        for query in ("limit=0", "limit=1001", "limit=ten", "state=failed", f"marker={ids[0]}"):
+            with pytest.raises(MantaError) as refused:
+                bob.api("GET", f"/_manta/jobs?{query}")  # the last: a marker of another account's job
+            assert refused.value.code == "InvalidArgument", query
+
+        listed = manta(server.url, "job", "list", "--state", "running", "--json",
+                       access_key=ann.access_key, secret_key=ann._secret_key)
+        assert listed.returncode == 0, listed.stderr
+        assert [j["id"] for j in json.loads(listed.stdout)] == ids[1::2]
+        table = manta(server.url, "job", "list", access_key=ann.access_key, secret_key=ann._secret_key)
+        assert [line.split()[0] for line in table.stdout.splitlines()[1:]] == ids
+    finally:
+        for job_id in ids[1::2]:
+            ann.api("POST", f"/_manta/jobs/{job_id}/cancel")
