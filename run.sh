@@ -18,7 +18,7 @@ PG_E2E=(tests/e2e/test_s3_api.py tests/e2e/test_s3_auth_edges.py tests/e2e/test_
         tests/e2e/test_s3_listing_acl.py tests/e2e/test_s3_multipart_conditional.py
         tests/e2e/test_s3_ranges_attributes.py tests/e2e/test_s3_cors.py tests/e2e/test_bucket_race.py
         tests/e2e/test_quota.py tests/e2e/test_jobs.py tests/e2e/test_job_limits.py tests/e2e/test_client.py
-        tests/e2e/test_s3_object_lock.py tests/e2e/test_s3_lifecycle.py)
+        tests/e2e/test_s3_object_lock.py tests/e2e/test_s3_lifecycle.py tests/e2e/test_s3_access.py)
 APT_PACKAGES=(python3 python3-venv python3-dev gcc awscli curl ca-certificates openssl zfs-fuse bubblewrap libseccomp2 iproute2)
 if [ "${1:-start}" = test ]; then
     APT_PACKAGES+=(s3cmd rclone)  # more S3 clients the tests drive unchanged

@@ -303,3 +303,39 @@ def test_two_doors_of_their_own_over_remote_nodes(request: pytest.FixtureRequest
     assert job.state == "done"
     counts = sorted(int(through_b.get(out).split()[0]) for out in job.outputs())
     assert counts == sorted(len(body) for body in bodies.values())
+
+
+def test_a_bucket_setting_made_through_one_door_refuses_acls_on_the_other_at_once(doors: Doors) -> None:
+    """Door a keeps a bucket its PUTs checked for a second (s3/doorcache.py). A public
+    access block or BucketOwnerEnforced set through door b must refuse an ACL on door a at
+    once, within that second, as on one door."""
+    from manta.server.s3.doorcache import DOOR_TTL_S
+
+    start_both(doors)
+    a: Any = doors.a.client(**ONE_TRY)
+    b: Any = doors.b.client(**ONE_TRY)
+
+    def refused(bucket: str, key: str, acl: str) -> str:
+        with pytest.raises(ClientError) as err:
+            a.put_object(Bucket=bucket, Key=key, Body=b"x", ACL=acl)
+        return str(err.value.response["Error"]["Code"])
+
+    for attempt in range(5):  # a run slower than the door's second shows nothing: again
+        bucket = f"acl{attempt}"
+        a.create_bucket(Bucket=bucket)
+        started = time.monotonic()
+        a.put_object(Bucket=bucket, Key="first", Body=b"x")  # door a holds the bucket now
+        b.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration={"BlockPublicAcls": True})
+        blocked = refused(bucket, "public", "public-read")
+        a.put_object(Bucket=bucket, Key="plain", Body=b"x")  # no ACL: nothing to refuse
+        b.put_bucket_ownership_controls(Bucket=bucket, OwnershipControls={
+            "Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]})
+        disabled = refused(bucket, "private", "private")
+        if time.monotonic() - started < DOOR_TTL_S:
+            break
+    else:
+        pytest.fail(f"5 tries took {DOOR_TTL_S:g} s or more each: the door's cache was never tested")
+    assert (blocked, disabled) == ("AccessDenied", "AccessControlListNotSupported")
+    with pytest.raises(ClientError):
+        b.head_object(Bucket=bucket, Key="public")  # nothing of the refused PUTs was stored
+    assert sorted(listed(b, bucket)) == ["first", "plain"]

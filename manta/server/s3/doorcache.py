@@ -6,9 +6,13 @@ hop). Two reads come with almost every request, and the door keeps them for DOOR
   authentication cache (mahi): a changed secret, quota or a removed account takes effect
   on every door within that long;
 - the bucket a PUT checks before it reads the body (its name and owner, `BucketRef` with
-  no generation): the commit checks the bucket again in any case, so a stale entry costs
-  a PUT into a bucket deleted a moment ago its body, then NoSuchBucket. A bucket deleted
-  and made again by the same owner within that second takes the PUT.
+  no generation), kept only while it has no access settings (policy, public access block,
+  ownership controls): the commit checks the bucket again in any case, so a stale entry
+  costs a PUT into a bucket deleted a moment ago its body, then NoSuchBucket. A bucket
+  deleted and made again by the same owner within that second takes the PUT. A PUT with
+  an ACL header always reads the bucket (its settings may refuse the ACL); a policy set
+  through another door binds its owner's PUTs here within that second, and a door that
+  sets one forgets the bucket at once (`drop`).
 With the embedded LMDB catalog nothing is cached (a read takes microseconds)."""
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ class TtlCache(Generic[V]):
         if entry is None or entry[0] < time.monotonic():
             return None
         return entry[1]
+
+    def drop(self, name: str) -> None:
+        self._entries.pop(name, None)
 
     def put(self, name: str, value: V) -> None:
         if len(self._entries) >= _MAX_ENTRIES:

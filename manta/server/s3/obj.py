@@ -199,13 +199,14 @@ def _put_checks(req: S3Request) -> PutChecks:
 def _cached_put_checks(req: S3Request) -> PutChecks | None:
     """`_put_checks` without a catalog read, when this door (over a remote catalog) checked
     the bucket within the last second (s3/doorcache.py) and there is nothing else to read:
-    no write condition, no Object Lock header, and no room to check (no announced size, or
-    an owner without limits). None: read them."""
+    no ACL header (a public access block or BucketOwnerEnforced set since, on any door,
+    would refuse it), no write condition, no Object Lock header, and no room to check (no
+    announced size, or an owner without limits). None: read them."""
     bucket = req.buckets.get(req.bucket) if req.buckets is not None else None
     if bucket is None or bucket.owner != req.owner or write_condition(req) is not None:
         return None
-    if not acl.GRANT_HEADERS.keys().isdisjoint(req.headers):
-        return None  # a grant to an account reads the account
+    if req.header("x-amz-acl") is not None or not acl.GRANT_HEADERS.keys().isdisjoint(req.headers):
+        return None  # the bucket's settings may refuse any ACL header (and a grant reads its account)
     if not objectlock.HEADERS.isdisjoint(req.headers):
         return None  # the bucket's record says whether it has Object Lock
     size = expected_size(req)

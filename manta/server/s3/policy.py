@@ -60,6 +60,8 @@ def _conf(req: S3Request, kind: str) -> tuple[BucketRef, bytes | None]:
 
 async def _set(req: S3Request, ref: BucketRef, kind: str, value: bytes | None) -> None:
     await in_thread(req.store.catalog.bucketconf.set, ref, kind, value)
+    if req.buckets is not None:  # this door's PUTs see the change at once (s3/doorcache.py)
+        req.buckets.drop(ref.name)
 
 
 # -- policies ------------------------------------------------------------------------------
@@ -182,6 +184,8 @@ def set_ownership(req: S3Request, ownership: str) -> None:
     the two leaves the bucket without them)."""
     record = req.store.catalog.buckets.get(req.bucket)
     req.store.catalog.bucketconf.set(record.ref(), OWNERSHIP_KIND, ownership.encode())
+    if req.buckets is not None:  # one of the same name, deleted a moment ago, may be cached
+        req.buckets.drop(req.bucket)
 
 
 async def get_ownership_controls(req: S3Request) -> Response:
