@@ -5,8 +5,9 @@
    on one node do), a bare `bwrap ... true` and a plain `subprocess.run(["true"])`, interleaved.
 2. A map job over N objects of generated text on a fresh `manta serve`, create (inputs given,
    end=true) to done, against (a) the limit: the same pipeline over the same blob files on
-   the host with `xargs -P <cores>`, and (b) boto3: download every object, then the pipeline.
-3. The same three with a light pipeline (`wc -l`), where per-task costs dominate.
+   the host with `xargs -P <cores>`, (b) boto3: download every object, then the pipeline,
+   and (c) the same files through reused containers alone (WarmPool, no server).
+3. The same four with a light pipeline (`wc -l`), where per-task costs dominate.
 Where the job's time goes comes from its task records and CPU accounting; the per-task
 budget that (b) / job >= 3 leaves shows whether any job could meet it on this machine.
 Usage and method: benchmarks/README.md. Server start-up and the raw client: _common.py.
@@ -25,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -61,7 +63,7 @@ HOST_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}  # as ins
 FULL_DEFAULTS = {"objects": 1000, "repeat": 3, "runs": 50}
 QUICK_DEFAULTS = {"objects": 200, "repeat": 1, "runs": 20}
 OVERHEAD_MAX_MS, JOB_MAX_VS_LIMIT, JOB_MIN_VS_BOTO3, LIGHT_MAX_VS_LIMIT = 25.0, 1.5, 3.0, 2.0
-WAIT_S, SAMPLE_CHECKS, ORDER = 0.5, 5, ("job", "limit", "boto3")
+WAIT_S, SAMPLE_CHECKS, ORDER = 0.5, 5, ("job", "limit", "boto3", "containers")
 CPUACCT = Path(f"/sys/fs/cgroup/cpuacct/manta-bench-{os.getpid()}")  # cgroup v1 only
 ERRORS = (BenchError, MantaError, subprocess.SubprocessError, botocore.exceptions.BotoCoreError,
           botocore.exceptions.ClientError, *FAILURES)
@@ -243,6 +245,51 @@ def xargs(list_file: Path, pipeline: str) -> dict:
             - before.children_user - before.children_system}
 
 
+def containers_alone(list_file: Path, pipeline: str) -> dict:
+    """(c): the pipeline over every file listed, through reused containers alone, as a job
+    phase's tasks run on a node (`WarmPool.run`, <cores> threads with a container each,
+    the file as stdin and $MANTA_INPUT_FILE), but without the server: no catalog, no input
+    check, the output thrown away. What the job's containers cost by themselves."""
+    paths = list_file.read_text().split()
+    pool = WarmPool(Sandbox(), idle_s=60)
+    if not pool.usable():
+        raise BenchError("reused containers are not usable here (root, bash, python3 in /usr)")
+    todo = iter(paths)
+    lock, failures = threading.Lock(), []
+
+    def run(slot: int, path: str) -> None:
+        spec = TaskSpec(pipeline, {})
+        spec.stdin_paths, spec.input_file = [path], path
+        if not (result := pool.run(("bench", slot), spec, lambda _: None)).ok:
+            failures.append(f"{path}: {result}")
+
+    def slot_loop(slot: int) -> None:
+        while not failures:
+            with lock:
+                path = next(todo, None)
+            if path is None:
+                return
+            run(slot, path)
+
+    try:
+        for slot in range(CORES):  # each slot's container started before the clock, untimed
+            run(slot, paths[0])
+        if pool.started != CORES:  # an input the task user cannot reach: fresh containers
+            raise BenchError(f"{CORES} reused containers expected, {pool.started} started")
+        threads = [threading.Thread(target=slot_loop, args=(slot,)) for slot in range(CORES)]
+        before, start = time.process_time(), time.monotonic()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        seconds, cpu_s = time.monotonic() - start, time.process_time() - before
+    finally:
+        pool.close()
+    if failures:
+        raise BenchError(f"a task in a reused container failed: {failures[0]}")
+    return {"seconds": seconds, "host_cpu_ms_per_task": cpu_s * 1000 / len(paths)}
+
+
 def download_then_compute(s3, keys: list[str], work: Path, pipeline: str) -> dict:
     dest = Path(tempfile.mkdtemp(prefix="download-", dir=work))
     try:
@@ -280,7 +327,7 @@ def check_outputs(s3, tasks: list, corpus: bytes, size: int, pipeline: str) -> l
 
 def comparison(args: argparse.Namespace, raw: dict, prefix: str, pipeline: str) -> tuple[dict, dict, list]:
     """Medians, the job's breakdown and the table rows of one pipeline's three measurements."""
-    med = {k: statistics.median(r["seconds"] for r in raw[prefix + k]) for k in ("job", "limit", "boto3")}
+    med = {k: statistics.median(r["seconds"] for r in raw[prefix + k]) for k in ORDER}
     med["download"] = statistics.median(r["download_s"] for r in raw[prefix + "boto3"])
     where = {k: None if v is None else statistics.median(r[k] for r in raw[prefix + "job"])
              for k, v in raw[prefix + "job"][0].items() if k != "id"}
@@ -289,6 +336,9 @@ def comparison(args: argparse.Namespace, raw: dict, prefix: str, pipeline: str) 
     rows = [(f"pipeline: {pipeline}", None, ""),
             (f"map job over {args.objects} x {args.object_mib:g} MiB, create -> done", med["job"], "s"),
             (f"(a) limit: xargs -P {CORES} on the blob files", med["limit"], "s"),
+            (f"(c) the same through {CORES} reused containers alone (no server)", med["containers"], "s"),
+            ("      host Python CPU per task of (c)", statistics.median(
+                r["host_cpu_ms_per_task"] for r in raw[prefix + "containers"]), "ms"),
             (f"(b) boto3 download ({CORES} threads), then xargs -P {CORES}", med["boto3"], "s"),
             ("      of which the download", med["download"], "s"),
             (f"job, per task of one of {slots} slots (wall x slots / tasks)", where["slot_ms_per_task"], "ms"),
@@ -300,6 +350,8 @@ def comparison(args: argparse.Namespace, raw: dict, prefix: str, pipeline: str) 
             ("  task processes' CPU per task", where["task_cpu_ms_per_task"], "ms"),
             ("(a) per object (wall x cores / objects)", med["limit"] * CORES * per_task, "ms"),
             ("(a) CPU per object", host_cpu_ms, "ms"),
+            ("job time / (c) time: what the server adds to the containers", med["job"] / med["containers"], "x"),
+            ("(c) time / (a) time: what the containers add to the pipeline", med["containers"] / med["limit"], "x"),
             ("job CPU per task (server + task) / (a) CPU per object", None if where["task_cpu_ms_per_task"]
              is None else (where["server_cpu_ms_per_task"] + where["task_cpu_ms_per_task"]) / host_cpu_ms, "x"),
             (f"slot time per task that (b) / job >= {JOB_MIN_VS_BOTO3:g} allows",
@@ -451,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
             pipelines = [("", args.pipeline)] + ([("light_", args.light_pipeline)] if args.light_pipeline else [])
             for rnd in range(args.repeat):
                 for prefix, pipeline in pipelines:
-                    for what in ORDER[rnd % 3:] + ORDER[:rnd % 3]:  # rotated: drift hits each alike
+                    for what in ORDER[rnd % len(ORDER):] + ORDER[:rnd % len(ORDER)]:  # rotated: drift hits each alike
                         if what == "job":
                             sample, tasks = run_job(server, keys, pipeline, CORES * args.nodes)
                             raw["checks"] += [] if rnd else check_outputs(s3, tasks, corpus, size, pipeline)
@@ -459,6 +511,8 @@ def main(argv: list[str] | None = None) -> int:
                                 raw["light_job_again"].append(run_job(server, keys, pipeline, CORES * args.nodes)[0])
                         elif what == "limit":
                             sample = xargs(work / "blob-paths", pipeline)
+                        elif what == "containers":
+                            sample = containers_alone(work / "blob-paths", pipeline)
                         else:
                             sample = download_then_compute(s3, keys, work, pipeline)
                         raw[prefix + what].append(sample)
