@@ -98,14 +98,20 @@ def bare_bwrap() -> list[str]:
     return [*argv, "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "true"]
 
 
+def reused_pool(sandbox: Sandbox) -> WarmPool:
+    """A pool of reused containers that keeps them for the whole measurement."""
+    pool = WarmPool(sandbox, idle_s=60)
+    if not pool.usable():
+        raise BenchError("reused containers are not usable here (root, bash, python3 in /usr)")
+    return pool
+
+
 def measure_overhead(runs: int) -> dict[str, list[float]]:
     """Milliseconds per start-to-exit of `true`, four ways, interleaved so drift hits all."""
     sandbox = Sandbox()
     if problem := sandbox.check():  # also the warm-up
         raise BenchError(f"the sandbox cannot run tasks here: {problem}")
-    spec, bwrap, pool = TaskSpec("true", {}), bare_bwrap(), WarmPool(sandbox, idle_s=60)
-    if not pool.usable():
-        raise BenchError("reused containers are not usable here (root, bash, python3 in /usr)")
+    spec, bwrap, pool = TaskSpec("true", {}), bare_bwrap(), reused_pool(sandbox)
 
     def in_sandbox() -> None:
         if not (result := sandbox.run(spec, lambda _: None)).ok:
@@ -251,9 +257,7 @@ def containers_alone(list_file: Path, pipeline: str) -> dict:
     the file as stdin and $MANTA_INPUT_FILE), but without the server: no catalog, no input
     check, the output thrown away. What the job's containers cost by themselves."""
     paths = list_file.read_text().split()
-    pool = WarmPool(Sandbox(), idle_s=60)
-    if not pool.usable():
-        raise BenchError("reused containers are not usable here (root, bash, python3 in /usr)")
+    pool = reused_pool(Sandbox())
     todo = iter(paths)
     lock, failures = threading.Lock(), []
 

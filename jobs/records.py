@@ -71,6 +71,7 @@ CHANGES = b"\0chg\0"
 RUNNING = b"\0run\0"
 COUNTS = b"\0cnt\0"
 OWNED = b"\0own\0"
+JOB_STATES = ("running", "done", "cancelled")
 LISTED = ("id", "name", "state", "created", "finished", "input_count")  # a job's fields in listings
 PAGE_MAX = 1000
 FIRST_JOB = b"\x01"  # job ids sort after the keys above
@@ -154,8 +155,8 @@ class JobRecords:
         with self.catalog.read() as txn:
             start = prefix
             if after is not None:
-                marker = self.catalog.get(txn, "jobs", after.encode())
-                if marker is None or marker["owner"] != owner:
+                marker = self.get(after, txn)
+                if marker["owner"] != owner:
                     raise NoSuchJob(after)
                 start = _owned_key(marker) + b"\0"  # the first key past it
             out: list[Record] = []

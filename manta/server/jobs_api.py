@@ -33,7 +33,7 @@ from starlette.responses import JSONResponse, Response
 
 from jobs import JobScheduler
 from jobs import errors as je
-from jobs.records import PAGE_MAX, task_counts
+from jobs.records import JOB_STATES, PAGE_MAX, task_counts
 from jobs.spec import parse_spec
 from manta.server.s3 import errors as s3e
 from manta.server.s3.body import read_small
@@ -43,7 +43,6 @@ from storage import Store
 
 MAX_BODY = 8 * 1024 * 1024
 COUNT_STATES = ("queued", "running", "done", "failed", "cancelled")
-JOB_STATES = ("running", "done", "cancelled")
 
 
 async def _json(req: S3Request) -> dict[str, Any]:
