@@ -3,7 +3,8 @@
 This file runs as `python3 -I -S -c <this source>` inside the container, from the host's
 read-only /usr, as the container's pid 1 (bwrap --as-pid-1; no bwrap init). It imports
 nothing of ours. fd 3 is a SOCK_SEQPACKET socket to the host. It says b"ready", then for
-each message {shell, argv, env, input} with fds [stdin, stdout, stderr, status(, input)]:
+each message (runner_message in jobs/warm.py: the input flag, shell, argv and env, as
+NUL-terminated fields) with fds [stdin, stdout, stderr, status(, input)]:
 
     spawn the task: fds 0,1,2,3 (+ INPUT_FD) from the message, no other fd; default
             signal dispositions; execve(shell, argv, env): the bash runner of a fresh
@@ -54,7 +55,7 @@ def main() -> None:
         data, fds = _receive(sock)
         if not data:
             return
-        task = json.loads(data)
+        task = _parse(data)
         try:
             pid = _spawn(task, fds)
         except OSError:
@@ -73,6 +74,20 @@ def _receive(sock: socket.socket) -> tuple[bytes, list[int]]:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds += [int.from_bytes(payload[i:i + 4], "little") for i in range(0, len(payload) - 3, 4)]
     return data, fds
+
+
+def _parse(data: bytes) -> dict:
+    """A message of runner_message (jobs/warm.py): NUL-terminated fields "M1", the input
+    flag, the shell, argc, argv, envc, env."""
+    fields = [f.decode() for f in data.split(b"\0")[:-1]]
+    if fields[:1] != ["M1"]:
+        raise ValueError("not a task message")
+    argc = int(fields[3])
+    envc = int(fields[4 + argc])
+    if len(fields) != 5 + argc + envc:
+        raise ValueError("a task message of the wrong length")
+    return {"input": fields[1] == "1", "shell": fields[2], "argv": fields[4:4 + argc],
+            "env": dict(e.split("=", 1) for e in fields[5 + argc:])}
 
 
 def _spawn(task: dict, fds: list[int]) -> int:

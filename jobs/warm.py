@@ -2,8 +2,10 @@
 image that runs after another on this node takes over its container instead of starting one.
 
 A reused container is the sandbox of jobs/sandbox.py (same wrapper, cgroups, user, bwrap
-namespaces, mounts, seccomp filter) whose main process is jobs/taskrunner.py, run by the
-host's python3 from the read-only /usr, as pid 1 (`--as-pid-1`: bwrap's own init would be
+namespaces, mounts, seccomp filter) whose main process is the runner, as pid 1: the
+compiled jobs/taskrunner.c (jobs/runnerbin.py; a read-only copy in the container's own
+root, from a memfd), or jobs/taskrunner.py run by the host's python3 from the read-only
+/usr where no compiler built it or it did not start (`--as-pid-1`: bwrap's own init would be
 a dumpable process of the task user that a task could write into through /proc/1/mem and
 that no cleanup may kill; as pid 1 the runner also ignores every signal a task sends it). It gets one end of a SOCK_SEQPACKET socketpair as
 fd 3 and answers b"ready". Each task is one message: the shell, the same bash runner argv
@@ -58,6 +60,7 @@ from typing import BinaryIO
 from jobs.cgroups import TaskCgroups
 from jobs.pipes import TaskPipes, TaskResult
 from jobs.reach import unreachable
+from jobs.runnerbin import runner_binary
 from jobs.sandbox import (
     CHUNK,
     HOST_PATH,
@@ -73,6 +76,8 @@ from jobs.sandbox import (
     _feed,
     _kill,
     _limit_reached,
+    _memfd,
+    _moved,
     _pass_files,
     _task_mounts,
     runner_script,
@@ -84,6 +89,7 @@ __all__ = ["WarmPool"]
 log = logging.getLogger(__name__)
 
 PYTHON = "/usr/bin/python3"
+RUNNER_PATH = "/.manta-runner"  # the compiled runner's copy in a container
 INPUT_LINK = "/proc/self/fd/63"  # taskrunner.INPUT_FD
 START_TIMEOUT_S = 10.0
 REPLY_GRACE_S = 2.0
@@ -120,7 +126,13 @@ class _Container:
 class WarmPool:
     """Idle containers by key, handed to the next task of the same key on this node."""
 
-    def __init__(self, sandbox: Sandbox, idle_s: float = 2.0, max_idle: int = 64) -> None:
+    def __init__(self, sandbox: Sandbox, idle_s: float = 2.0, max_idle: int = 64,
+                 runner: str | None = None) -> None:
+        """`runner`: "c" (jobs/taskrunner.c, compiled here) or "python" (jobs/taskrunner.py);
+        default: $MANTA_TASK_RUNNER, else "c" (the Python one where it cannot be built)."""
+        runner = runner or os.environ.get("MANTA_TASK_RUNNER") or "c"
+        if runner not in ("c", "python"):
+            raise ValueError(f"unknown task runner {runner!r} (c or python)")
         self.sandbox = sandbox
         self.idle_s = idle_s
         self.max_idle = max_idle
@@ -132,6 +144,7 @@ class WarmPool:
         self._feeders = cf.ThreadPoolExecutor(FEEDERS, thread_name_prefix="manta-feed")  # no thread start per task
         self._reaper: threading.Thread | None = None
         self._source: str | None = None
+        self._compiled = runner == "c"  # False: the Python runner (no compiler, or it failed)
 
     def usable(self) -> bool:
         try:
@@ -171,6 +184,13 @@ class WarmPool:
         else:
             container.close()
         return result
+
+    def _binary(self) -> bytes | None:
+        """The compiled runner's bytes, or None for the Python runner."""
+        if self._compiled and (binary := runner_binary()) is not None:
+            return binary
+        self._compiled = False
+        return None
 
     def _unreachable(self, path: str) -> bool:
         """An input the task user could not bind goes to a fresh container, which fails as
@@ -255,6 +275,7 @@ class WarmPool:
         host = self.sandbox._prepare()
         if self._source is None:
             self._source = Path(__file__).with_name("taskrunner.py").read_text()
+        binary: bytes | None = None
         limits = spec.limits
         fds: list[int] = []
         cgroups: TaskCgroups | None = None
@@ -269,9 +290,14 @@ class WarmPool:
             seccomp = _pass_files(host, fds, theirs.detach())
             mounts = _task_mounts(dataclasses.replace(spec, input_file=None, output_dir=out_dir), fds[1], fds[2],
                                   INPUT_LINK if key[3] else None)
+            if (binary := self._binary()) is not None:  # a read-only copy in the container's own root
+                fds.append(_moved(_memfd(binary), host.min_fd))
+                mounts = ["--perms", "0555", "--ro-bind-data", str(fds[-1]), RUNNER_PATH, *mounts]
+                program = [RUNNER_PATH]
+            else:
+                program = [PYTHON, "-I", "-S", "-c", self._source]
             argv = _bwrap(host, fds, limits, cgroups,
-                          ["--as-pid-1", *mounts, *seccomp, *_env_args({}), "--", PYTHON, "-I", "-S", "-c",
-                           self._source], cpu=False)
+                          ["--as-pid-1", *mounts, *seccomp, *_env_args({}), "--", *program], cpu=False)
             proc = self._spawner.submit(
                 subprocess.Popen, argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL, pass_fds=fds, start_new_session=True,
@@ -296,7 +322,11 @@ class WarmPool:
             ready = b""
         ours.settimeout(None)
         if ready != b"ready":
-            log.warning("a reusable container did not start; tasks run in fresh ones")
+            if binary is not None:  # the Python runner from now on
+                log.warning("the C task runner did not start; reused containers run the Python one")
+                self._compiled = False
+            else:
+                log.warning("a reusable container did not start; tasks run in fresh ones")
             container.close()
             return None
         with self._lock:
@@ -310,11 +340,11 @@ class WarmPool:
             if not name or "/" in name or name in (".", ".."):
                 raise ValueError(f"bad asset name: {name!r}")
         env_args = _env_args(spec.env, spec.image is not None)
-        message = json.dumps({
-            "shell": host.shell, "env": dict(zip(env_args[2::3], env_args[3::3], strict=True)),
-            "argv": [host.shell, "-c", runner_script(host.shell, spec.exec, _limited(spec.limits)), "manta-task",
-                     spec.init or ""],
-            "input": spec.input_file is not None}).encode()
+        message = runner_message(
+            host.shell, [host.shell, "-c", runner_script(host.shell, spec.exec, _limited(spec.limits)), "manta-task",
+                         spec.init or ""],
+            [f"{name}={value}" for name, value in zip(env_args[2::3], env_args[3::3], strict=True)],
+            spec.input_file is not None)
         theirs: list[int] = []
         ours: list[int] = []
         inputs: list[BinaryIO] = []
@@ -424,6 +454,16 @@ class WarmPool:
         reusable = (reply is not None and bool(reply.get("clean")) and not killed_at and result.killed is None
                     and not result.init_failed and container.alive())
         return result, reusable
+
+
+def runner_message(shell: str, argv: list[str], env: list[str], has_input: bool) -> bytes:
+    """A task for a container's runner (jobs/taskrunner.c and .py read it): NUL-terminated
+    fields "M1", the input flag "1" or "0", the shell, len(argv), argv, len(env), env
+    ("NAME=value"). No field may hold a NUL (the job spec and _env_args refuse them)."""
+    fields = ["M1", "1" if has_input else "0", shell, str(len(argv)), *argv, str(len(env)), *env]
+    if any("\0" in field for field in fields):
+        raise ValueError("a task's argv or env holds a NUL")
+    return b"".join(field.encode() + b"\0" for field in fields)
 
 
 def _container_dir(task_dir: str, ids: tuple[int, int] | None) -> str:

@@ -1,5 +1,5 @@
-"""Reused containers (jobs/warm.py, jobs/taskrunner.py): tasks of one job phase share a
-container, and still none sees another's input, files, processes, IPC objects or env;
+"""Reused containers (jobs/warm.py; the runners jobs/taskrunner.c and .py, each test with
+both): tasks of one job phase share a container, and still none sees another's input, files, processes, IPC objects or env;
 limits hold per task, and anything abnormal costs only a fresh container.
 
 `pool.started` counts containers started: unchanged across two tasks means the second ran
@@ -14,11 +14,14 @@ import tempfile
 import threading
 import time
 from collections.abc import Hashable, Iterator
+from pathlib import Path
 
 import pytest
 
+from jobs import runnerbin
+from jobs.runnerbin import runner_binary
 from jobs.sandbox import Sandbox, TaskLimits, TaskResult, TaskSpec
-from jobs.warm import WarmPool
+from jobs.warm import RUNNER_PATH, WarmPool
 from tests.conftest import require
 from tests.jobs.test_sandbox import assert_machine_fine, put
 
@@ -39,10 +42,13 @@ def sandbox() -> Sandbox:
     return sb
 
 
-@pytest.fixture
-def pool(sandbox: Sandbox) -> Iterator[WarmPool]:
-    warm = WarmPool(sandbox, idle_s=60)
+@pytest.fixture(params=["c", "python"])
+def pool(sandbox: Sandbox, request: pytest.FixtureRequest) -> Iterator[WarmPool]:
+    """A pool with each runner: every isolation test holds for both."""
+    warm = WarmPool(sandbox, idle_s=60, runner=request.param)
     require(warm.usable(), "reused containers are not usable here (python3 in /usr, bash, root)")
+    if request.param == "c":
+        require(runner_binary() is not None, "the C task runner cannot be built here (no cc)")
     yield warm
     warm.close()
     assert_machine_fine(sandbox)
@@ -225,7 +231,9 @@ def runner_pids() -> list[int]:
     for entry in os.listdir("/proc"):
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as fh:
-                if b"The runner inside a reused container" in fh.read() and _ours(int(entry)):
+                cmdline = fh.read()
+                if (cmdline == RUNNER_PATH.encode() + b"\0" or b"The runner inside a reused container" in cmdline) \
+                        and _ours(int(entry)):
                     found.append(int(entry))
         except (OSError, ValueError):
             continue
@@ -240,6 +248,69 @@ def test_a_runner_gone_mid_task_costs_only_a_fresh_container(pool: WarmPool) -> 
     assert not result.ok and result.signal == 9 and pool.started == 1, result
     result, out = run(pool, "echo fine")
     assert result.ok and out == "fine\n" and pool.started == 2, result
+
+
+def runner_kinds() -> set[str]:
+    """Which runners ("c", "python") this process's containers run."""
+    kinds = set()
+    for pid in runner_pids():
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            kinds.add("c" if fh.read() == RUNNER_PATH.encode() + b"\0" else "python")
+    return kinds
+
+
+@pytest.fixture
+def runner_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """An empty cache for the C runner; the binary is built (or not) afresh."""
+    monkeypatch.setenv("MANTA_RUNNER_CACHE", str(tmp_path))
+    runnerbin.forget()
+    yield tmp_path
+    runnerbin.forget()
+
+
+def test_the_c_runner_is_built_once_and_then_read_from_the_cache(runner_cache: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    require(shutil.which("cc") is not None, "no C compiler")
+    binary = runner_binary()
+    assert binary is not None and binary.startswith(b"\x7fELF")
+    cached = runner_cache / f"taskrunner-{runnerbin.cache_key()}"
+    assert cached.read_bytes() == binary and cached.stat().st_mode & 0o777 == 0o500
+    assert [p.name for p in runner_cache.iterdir()] == [cached.name]  # no build directory left
+
+    def no_build(*args: object, **kwargs: object) -> None:
+        raise AssertionError("built again")
+
+    monkeypatch.setattr(runnerbin.subprocess, "run", no_build)
+    runnerbin.forget()
+    assert runner_binary() == binary
+
+
+def test_without_a_compiler_reused_containers_run_the_python_runner(sandbox: Sandbox, runner_cache: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runnerbin.shutil, "which", lambda name: None)
+    warm = WarmPool(sandbox, idle_s=60, runner="c")
+    try:
+        for _ in range(2):
+            result, out = run(warm, "echo fine")
+            assert result.ok and out == "fine\n", result
+        assert warm.started == 1 and runner_kinds() == {"python"}
+    finally:
+        warm.close()
+
+
+def test_a_c_runner_that_does_not_start_hands_over_to_the_python_one(sandbox: Sandbox, runner_cache: Path) -> None:
+    (runner_cache / f"taskrunner-{runnerbin.cache_key()}").write_bytes(b"not a program")
+    warm = WarmPool(sandbox, idle_s=60, runner="c")
+    try:
+        result, out = run(warm, "echo first")  # in a fresh container, as when any runner fails
+        assert result.ok and out == "first\n" and warm.idle() == 0, result
+        for _ in range(2):
+            result, out = run(warm, "echo next")
+            assert result.ok and out == "next\n", result
+        assert runner_kinds() == {"python"} and warm.idle() == 1
+    finally:
+        warm.close()
+    assert_machine_fine(sandbox)
 
 
 def test_the_runner_pid_1_is_not_readable_or_writable_by_tasks(pool: WarmPool) -> None:
