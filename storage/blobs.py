@@ -27,6 +27,7 @@ import os
 import re
 import secrets
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -276,6 +277,24 @@ class DirectoryBlobStore:
                         continue
 
 
+VERIFY_PIECE = 128 << 10
+_buffers = threading.local()
+
+
+def _verify_buffer() -> bytearray:
+    """This thread's read buffer for verify_file (one allocation per thread)."""
+    buf: bytearray | None = getattr(_buffers, "buf", None)
+    if buf is None:
+        buf = _buffers.buf = bytearray(VERIFY_PIECE)
+    return buf
+
+
+def _block_ok(blocks: bytes, index: int, crc: int) -> bool:
+    """Block `index`'s CRC32C matches its record (a block past the record's end is checked
+    by the size alone)."""
+    return 4 * index + 4 > len(blocks) or crc == struct.unpack_from(">I", blocks, 4 * index)[0]
+
+
 def verify_file(path: str, meta: dict[str, Any],
                 seen: Callable[[memoryview], None] | None = None) -> str | None:
     """None when the file holds the blob's bytes by its size and per-block CRC32Cs, else why
@@ -283,18 +302,26 @@ def verify_file(path: str, meta: dict[str, Any],
     where no verified read stands between the file and the reader, and the scrub's read-back
     (which hashes and paces the blocks it is shown through `seen`)."""
     blocks: bytes = meta.get("blocks") or b""
-    buf = bytearray(BLOCK)
-    size = index = 0
+    view = memoryview(_verify_buffer())
+    size = index = in_block = crc = 0
     try:
         with open(path, "rb", buffering=0) as fh:
-            while n := fh.readinto(buf):
-                chunk = memoryview(buf)[:n]
-                if 4 * index + 4 <= len(blocks) and crc32c(chunk) != struct.unpack_from(">I", blocks, 4 * index)[0]:
-                    return "checksum mismatch"
+            # read in cache-sized pieces, never across a block's end, each block's CRC32C
+            # carried from piece to piece (a 1 MiB buffer would be zeroed, then read back
+            # from memory rather than from the cache)
+            while n := fh.readinto(view[:min(VERIFY_PIECE, BLOCK - in_block)]):
+                chunk = view[:n]
+                crc = crc32c(chunk, crc)
                 if seen is not None:
                     seen(chunk)
                 size += n
-                index += 1
+                in_block += n
+                if in_block == BLOCK:
+                    if not _block_ok(blocks, index, crc):
+                        return "checksum mismatch"
+                    index, in_block, crc = index + 1, 0, 0
+            if in_block and not _block_ok(blocks, index, crc):
+                return "checksum mismatch"
     except FileNotFoundError:
         return "missing"
     except OSError as exc:

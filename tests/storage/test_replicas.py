@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from storage.blobs import VERIFY_PIECE
 from storage.replicas import BLOCK, block_sums, verify_file
 
 
@@ -23,7 +24,8 @@ def test_a_good_replica_passes(tmp_path: Path) -> None:
 def test_damage_in_any_block_is_found(tmp_path: Path) -> None:
     data = os.urandom(2 * BLOCK + 17)
     meta = {"size": len(data), "blocks": block_sums(data)}
-    for offset in (0, BLOCK - 1, BLOCK, 2 * BLOCK + 16):
+    # block edges, and the edges of the pieces a block is read in
+    for offset in (0, VERIFY_PIECE - 1, VERIFY_PIECE, BLOCK - 1, BLOCK, BLOCK + VERIFY_PIECE, 2 * BLOCK + 16):
         bad = bytearray(data)
         bad[offset] ^= 1
         assert verify_file(write(tmp_path / "b", bytes(bad)), meta) == "checksum mismatch", offset
