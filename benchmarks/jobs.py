@@ -294,23 +294,42 @@ def containers_alone(list_file: Path, pipeline: str) -> dict:
     return {"seconds": seconds, "host_cpu_ms_per_task": cpu_s * 1000 / len(paths)}
 
 
+def file_create_us(parent: Path, count: int = 100) -> float:
+    """CPU microseconds to create one small file in a fresh directory under `parent` (the
+    server's data directory), median of `count`. The files stay (deleting them would cost
+    the next files made nearby): a machine fact for reading the job's time, not manta's."""
+    probe = Path(tempfile.mkdtemp(prefix=".probe-", dir=parent))
+    costs = []
+    for i in range(count):
+        before = time.thread_time()
+        fd = os.open(probe / f"{i:04d}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, b"12345\n")
+        os.close(fd)
+        costs.append((time.thread_time() - before) * 1e6)
+    return statistics.median(costs)
+
+
 def download_then_compute(s3, keys: list[str], work: Path, pipeline: str) -> dict:
-    dest = Path(tempfile.mkdtemp(prefix="download-", dir=work))
-    try:
-        start = time.monotonic()
+    """(b): every object downloaded into `work`/downloads, then xargs over the files. Each
+    round overwrites the same files, which are removed only with `work`: thousands of
+    files deleted mid-run would make every file created in the next minutes, the job's
+    outputs included, pay for them on a journal-less ext4 (the kernel skips the inodes
+    freed in the last 60 to 360 s, reading each one's table block: benchmarks/README.md,
+    "what a deleted file costs the next one")."""
+    dest = work / "downloads"
+    dest.mkdir(exist_ok=True)
+    start = time.monotonic()
 
-        def fetch(i: int) -> None:
-            (dest / f"{i:05d}").write_bytes(s3.get_object(Bucket=BUCKET, Key=keys[i])["Body"].read())
+    def fetch(i: int) -> None:
+        (dest / f"{i:05d}").write_bytes(s3.get_object(Bucket=BUCKET, Key=keys[i])["Body"].read())
 
-        with cf.ThreadPoolExecutor(CORES) as pool:
-            list(pool.map(fetch, range(len(keys))))
-        downloaded = time.monotonic() - start
-        (dest / "list").write_text("".join(f"{dest / f'{i:05d}'}\n" for i in range(len(keys))))
-        compute = xargs(dest / "list", pipeline)
-        return {"seconds": time.monotonic() - start, "download_s": downloaded,
-                "compute_s": compute["seconds"], "compute_cpu_s": compute["cpu_s"]}
-    finally:
-        shutil.rmtree(dest, ignore_errors=True)
+    with cf.ThreadPoolExecutor(CORES) as pool:
+        list(pool.map(fetch, range(len(keys))))
+    downloaded = time.monotonic() - start
+    (dest / "list").write_text("".join(f"{dest / f'{i:05d}'}\n" for i in range(len(keys))))
+    compute = xargs(dest / "list", pipeline)
+    return {"seconds": time.monotonic() - start, "download_s": downloaded,
+            "compute_s": compute["seconds"], "compute_cpu_s": compute["cpu_s"]}
 
 
 def check_outputs(s3, tasks: list, corpus: bytes, size: int, pipeline: str) -> list[dict]:
@@ -370,7 +389,9 @@ def report(args: argparse.Namespace, raw: dict, load_start: tuple[float, ...]) -
     rows = [("container start-to-exit of `true`, Sandbox().run (fresh)", over["sandbox"], "ms"),
             ("  in a reused container, WarmPool.run", over.get("reused"), "ms"),
             ("  bare `bwrap ... true`", over["bwrap"], "ms"),
-            ("  plain subprocess.run(['true'])", over["plain"], "ms"), *rows]
+            ("  plain subprocess.run(['true'])", over["plain"], "ms"),
+            ("a new small file in the data directory, CPU (before the rounds)", raw["file_create_us"][0], "us"),
+            ("  the same after the rounds", raw["file_create_us"][-1], "us"), *rows]
     light: dict = {}
     targets = [("container overhead", over["sandbox"], "ms", "<=", OVERHEAD_MAX_MS),
                ("job time / (a) limit", med["job"] / med["limit"], "x", "<=", JOB_MAX_VS_LIMIT),
@@ -471,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     load_start = begin_run()
     size, keys = int(args.object_mib * MiB), [f"text/{i:05d}" for i in range(args.objects)]
-    raw: dict = {"overhead_ms": {}, "checks": [], "light_job_again": [],
+    raw: dict = {"overhead_ms": {}, "checks": [], "light_job_again": [], "file_create_us": [],
                  **{p + k: [] for p in ("", "light_") for k in ORDER}}
     server: Server | None = None
     with contextlib.ExitStack() as cleanup:
@@ -504,6 +525,7 @@ def main(argv: list[str] | None = None) -> int:
             s3 = boto3.client("s3", endpoint_url=f"http://{target.host}", region_name=REGION,
                               aws_access_key_id=target.access_key, aws_secret_access_key=target.secret_key,
                               config=Config(s3={"addressing_style": "path"}, max_pool_connections=2 * CORES))
+            raw["file_create_us"].append(file_create_us(work / "data"))
             pipelines = [("", args.pipeline)] + ([("light_", args.light_pipeline)] if args.light_pipeline else [])
             for rnd in range(args.repeat):
                 for prefix, pipeline in pipelines:
@@ -523,6 +545,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"round {rnd + 1}/{args.repeat}: " + ", ".join(
                     f"{p}{k} {raw[p + k][-1]['seconds']:.2f} s" for p, _ in pipelines for k in ORDER),
                     file=sys.stderr, flush=True)
+            raw["file_create_us"].append(file_create_us(work / "data"))
             print(f"container start-to-exit of `true` again, {args.runs} runs each...", file=sys.stderr)
             for kind, samples in measure_overhead(args.runs).items():  # a slow spell at the start
                 raw["overhead_ms"][kind] += samples                    # does not decide alone
