@@ -339,15 +339,23 @@ class JobRecords:
     def save_tasks(self, tasks: list[Record]) -> None:
         self.write(lambda txn: self.put_tasks(txn, tasks))
 
-    def submit_running(self, task: Record) -> Future[bool]:
-        """Write `task` running, without waiting (later writes are applied after it), unless
-        another process cancelled it meanwhile: then False."""
-        def op(txn: Txn) -> bool:
-            current = self.catalog.get(txn, "jobtasks", task_key(task["job"], task["id"]))
-            if current is not None and current["state"] == "cancelled":
-                return False
-            self.put_tasks(txn, [task], [current])
-            return True
+    def submit_running(self, tasks: list[Record]) -> Future[list[bool]]:
+        """Write each task running (attempt `attempts`), in one transaction, without waiting;
+        for each, False if another process cancelled it meanwhile. A task whose record has
+        moved on (its outcome written, or queued again after this attempt) is left alone:
+        the scheduler writes these late, and may have written the outcome first."""
+        def op(txn: Txn) -> list[bool]:
+            written = []
+            for task in tasks:
+                current = self.catalog.get(txn, "jobtasks", task_key(task["job"], task["id"]))
+                if current is not None and current["state"] == "cancelled":
+                    written.append(False)
+                    continue
+                if current is None or (current["state"] == "queued"
+                                       and current.get("attempts", 0) < task["attempts"]):
+                    self.put_tasks(txn, [task], [current])
+                written.append(True)
+            return written
 
         return self.catalog.submit(op)
 

@@ -26,9 +26,18 @@ another healthy node holding a replica; each attempt is kept in the task's `atte
 Slots: each node runs at most `slots_per_node` containers at once (admission, held only
 while the container runs), and has at most twice that many tasks in flight:
 while some run, others resolve their inputs or commit their outputs, so a container
-starts the moment another ends and no slot waits for the disk or for this thread. The
-task's `running` record is submitted to the catalog as its worker starts, without waiting:
-the catalog applies writes in order, so its final record always lands after it.
+starts the moment another ends and no slot waits for the disk or for this thread.
+
+Running records: a task's `running` record is written only once it has run for
+RUNNING_RECORD_S (the scheduler's loop writes those due in one transaction, without
+waiting); a shorter task goes from queued to its outcome in one write, so a job of many
+short tasks costs one catalog write per task, not two (as Marlin's agents batched their
+task updates). The catalog applies writes in order and the write leaves a task whose
+outcome is in already, so a late running record never hides an outcome. A status shows a
+task running for less than that as queued. Another process's cancel still stops every
+task: it marks the job's queued tasks (those not recorded running too) cancelled in its
+transaction; this scheduler learns of it within FOLLOW_S and stops them, and a running
+record refused because the task was cancelled stops it as well.
 
 State lives in the catalog (jobs/records.py). Several processes may share one catalog,
 each with a JobScheduler; exactly one of them is started (the leader) and runs tasks. A
@@ -86,6 +95,7 @@ MAX_WORKERS = 512  # threads for tasks in flight (they wait for admission, prepa
 SCAN_TASKS = 256  # queued tasks of one job looked at per dispatch for a node with room
 REMOTE_GRACE_S = 60.0  # a remote task's call may outlast its phase's timeout by this much
 CANCEL_TIMEOUT_S = 5.0
+RUNNING_RECORD_S = 0.5  # a task still running this long gets its running record; a shorter one none
 
 
 class _TaskNode(Protocol):
@@ -143,6 +153,8 @@ class JobScheduler:
                                        admission=self.admission, roots=self.roots, stream_copies=True)
                        for n in store.local_nodes()}
         self.cancels: dict[tuple[str, str], threading.Event] = {}
+        # started tasks whose running record is not written yet: (started, task, cancel)
+        self._unrecorded: dict[tuple[str, str], tuple[float, Record, threading.Event]] = {}
         self.pool = ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="task")
         self._served: list[str] = []  # accounts, the one dispatched to longest ago first
         self._stop = threading.Event()
@@ -227,6 +239,7 @@ class JobScheduler:
                 if woken or changed or time.monotonic() - last >= self.config.tick_s:
                     last = time.monotonic()
                     self.tick()
+                self._record_running()
             except Exception:
                 log.exception("scheduler tick failed")
 
@@ -458,8 +471,24 @@ class JobScheduler:
         self.busy[node.id][owner] = self.busy[node.id].get(owner, 0) + 1
         cancel = threading.Event()
         self.cancels[(job.record["id"], task["id"])] = cancel
+        self._unrecorded[(job.record["id"], task["id"])] = (time.monotonic(), dict(task), cancel)
         record = dict(job.record)
         self.pool.submit(self._run, record, dict(task), node, cancel)
+
+    def _record_running(self) -> None:
+        """Submit (without waiting) the running records of the tasks started RUNNING_RECORD_S
+        ago or more that have not ended, in one catalog write; a task another process
+        cancelled meanwhile is stopped. Submitted under the lock, before _run's end takes
+        the task out: so its outcome lands after it, or the write sees the outcome first
+        and leaves it (JobRecords.submit_running)."""
+        now = time.monotonic()
+        with self.lock:
+            due = [key for key, (started, _, _) in self._unrecorded.items() if now - started >= RUNNING_RECORD_S]
+            if not due:
+                return
+            batch = [self._unrecorded.pop(key) for key in due]
+            written = self.records.submit_running([task for _, task, _ in batch])
+        written.add_done_callback(lambda fut: _cancel_refused(fut, [cancel for _, _, cancel in batch]))
 
     def _call(self, job: Record, task: Record, node: Node, cancel: threading.Event) -> Any:
         """The function that hands a request to `node`'s agent and returns its outcome."""
@@ -474,12 +503,7 @@ class JobScheduler:
     def _run(self, job: Record, task: Record, node: Node, cancel: threading.Event) -> None:
         outcome: Record | None = None
         try:
-            running = self.records.submit_running(task)  # not if another process cancelled it
-            running.add_done_callback(lambda written: _cancel_unless_written(written, cancel))
             outcome = run_task(self.ctx, job, task, node, self._call(job, task, node, cancel))
-            if (failed := running.exception()) is not None:  # the final record was written after it
-                log.warning("job %s task %s: its running record was not written: %s",
-                            job["id"], task["id"], failed)
             if self._stop.is_set() and outcome["state"] == "cancelled":
                 # killed because the server is stopping: it runs again after a restart, unless
                 # its job was cancelled (then it stays cancelled)
@@ -502,6 +526,7 @@ class JobScheduler:
             self.records.save_tasks([outcome])
         finally:
             with self.lock:
+                self._unrecorded.pop((job["id"], task["id"]), None)  # ended: no running record now
                 self.busy[node.id][job["owner"]] -= 1
                 self.cancels.pop((job["id"], task["id"]), None)
                 state = self.jobs.get(job["id"])
@@ -521,7 +546,11 @@ class JobScheduler:
                           "input": task.get("input", ""), "stderr": None, "excerpt": ""}}
 
 
-def _cancel_unless_written(written: Future[bool], cancel: threading.Event) -> None:
+def _cancel_refused(written: Future[list[bool]], cancels: list[threading.Event]) -> None:
     """A task whose running record was refused (another process cancelled it) is stopped."""
-    if written.exception() is None and not written.result():
-        cancel.set()
+    if (failed := written.exception()) is not None:
+        log.warning("running records not written: %s", failed)
+        return
+    for ok, cancel in zip(written.result(), cancels, strict=True):
+        if not ok:
+            cancel.set()

@@ -260,9 +260,9 @@ def test_a_job_created_through_a_killed_door_completes_through_the_other(doors: 
     through_a = Client(doors.a.url, ROOT_AK, ROOT_SK)
     job = through_a.job(map="sleep 0.2; cat", inputs=names)
 
-    def midway() -> bool:
+    def midway() -> bool:  # (0.2 s tasks never show running: RUNNING_RECORD_S)
         phase = through_a.api("GET", f"/_manta/jobs/{job.id}")["phases"][0]
-        return bool(phase["done"] >= 5 and phase["running"] > 0)
+        return bool(5 <= phase["done"] <= len(datas) - 20)
 
     wait_for(midway, 60, "the job to be mid-way", interval_s=0.1)
     doors.a.kill()

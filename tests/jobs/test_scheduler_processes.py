@@ -185,6 +185,32 @@ def test_a_cancel_from_a_follower_stops_the_leaders_running_tasks(cluster: Clust
     assert stopped_s < 10.0  # the acceptance line: it ends quickly (not after sleep 30)
 
 
+def test_a_follower_cancel_stops_tasks_before_their_running_records(cluster: Cluster) -> None:
+    """The leader writes a task's running record only after RUNNING_RECORD_S: a follower's
+    cancel sooner finds its tasks queued in the catalog and cancels them there, and the
+    leader still stops the ones it started (it follows the cancel within FOLLOW_S)."""
+    leader, follower = cluster.proc(), cluster.proc()
+    inputs = []
+    for i in range(4):
+        follower.call("put", bucket="in", key=f"k{i}", data=f"{i}\n")
+        inputs.append(f"in/k{i}")
+    leader.call("start")
+    job = follower.call("create", owner="root", spec=spec("sleep 30", inputs))
+    follower.call("add_inputs", id=job["id"], owner="root", inputs=[], end=True)
+    wait_until(lambda: any(t["state"] == "running" for t in leader.call("tasks", id=job["id"])))
+    before = {t["state"] for t in follower.call("tasks", id=job["id"])}  # the catalog's view
+    asked = time.monotonic()
+    assert follower.call("cancel", id=job["id"], owner="root")["state"] == "cancelled"
+    wait_until(lambda: leader.call("settled", id=job["id"]) and follower.call("settled", id=job["id"]),
+               timeout_s=30)
+    stopped_s = time.monotonic() - asked
+    tasks = follower.call("tasks", id=job["id"])
+    assert {t["state"] for t in tasks} == {"cancelled"}, cluster.logs()
+    assert any(t["started"] for t in leader.call("tasks", id=job["id"]))  # some had started
+    print(f"cancelled with the catalog's tasks {sorted(before)}; stopped in {stopped_s:.3f} s")
+    assert stopped_s < 10.0  # not after sleep 30
+
+
 def test_the_running_jobs_quota_holds_across_processes(cluster: Cluster) -> None:
     """An account allowed one running job: two processes creating at the same moment, round
     after round, never both succeed; the leader's create counts the followers' jobs too."""

@@ -54,8 +54,8 @@ def test_counts_follow_every_task_write(records: JobRecords) -> None:
     records.save_tasks([task(job_id, i) for i in range(5)])
     assert by_state(agrees(records, job_id)) == {"queued": 5}
 
-    running = [task(job_id, i, state="running", node="n0") for i in range(3)]
-    assert all(records.submit_running(t).result() for t in running)
+    running = [task(job_id, i, state="running", node="n0", attempts=1) for i in range(3)]
+    assert records.submit_running(running).result() == [True] * 3
     assert by_state(agrees(records, job_id)) == {"queued": 2, "running": 3}
 
     records.save_tasks([task(job_id, 0, state="done", bytes_local=100, bytes_remote=7),
@@ -113,3 +113,18 @@ def test_recount_gives_a_job_from_before_counts_its_counts_and_mends_stale_ones(
     assert by_state(agrees(records, stale)) == {"queued": 2}
     records.save_tasks([task(old, 0, state="done")])  # from now on its writes move them
     assert by_state(agrees(records, old)) == {"queued": 2, "done": 1}
+
+
+def test_a_late_running_record_never_hides_an_outcome(records: JobRecords) -> None:
+    """The scheduler writes a task's running record only once it has run a while, so the
+    record may come after the task's outcome, or after another process cancelled it."""
+    job_id = new_job(records)
+    records.save_tasks([task(job_id, i) for i in range(4)])
+    records.save_tasks([task(job_id, 0, state="done", attempts=1),  # its outcome came first
+                        task(job_id, 1, attempts=1),                # queued again after attempt 1
+                        task(job_id, 2, state="cancelled")])        # another process cancelled it
+    late = [task(job_id, i, state="running", node="n0", attempts=1) for i in range(4)]
+    assert records.submit_running(late).result() == [True, True, False, True]
+    assert {t["id"]: t["state"] for t in records.tasks(job_id)} == {
+        "t0": "done", "t1": "queued", "t2": "cancelled", "t3": "running"}
+    assert by_state(agrees(records, job_id)) == {"done": 1, "queued": 1, "cancelled": 1, "running": 1}
