@@ -3,9 +3,10 @@ compiler the first time a process needs it and kept in a cache directory.
 
 A reused container's runner does the same work for every task of a job phase on a slot:
 take the task's message and fds, start its shell, wait, kill what is left, empty /tmp.
-The Python runner (jobs/taskrunner.py) spends about half a millisecond of CPU a task on
-that, as much as a light task's own command; the C one a tenth of it (benchmarks/README.md,
-"the runner in C"). Both speak the same messages (`runner_message` in jobs/warm.py).
+The Python runner (jobs/taskrunner.py) spends 0.5-0.7 ms of CPU a task on that, as much
+as a light task's own command; with the C one the task processes' CPU per task fell by
+0.5-1 ms (benchmarks/README.md, "the runner in C"). Both speak the same messages
+(`runner_message` in jobs/warm.py).
 
 `runner_binary()` is the binary's bytes, or None when there is no compiler (`cc`) or the
 build fails: reused containers then run the Python runner, as before, and a log line says
@@ -17,6 +18,7 @@ container as a read-only copy (bwrap --ro-bind-data from a memfd), never as a ho
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -49,8 +51,10 @@ def runner_binary() -> bytes | None:
         return _built[key]
 
 
+@functools.cache
 def cache_key() -> str:
-    """The source's hash and the machine: the cached binary's name is taskrunner-<key>."""
+    """The source's hash and the machine: the cached binary's name is taskrunner-<key>.
+    Read once per process (every container start asks for the binary)."""
     return f"{hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:20]}-{platform.machine()}"
 
 
