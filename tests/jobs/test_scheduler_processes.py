@@ -159,17 +159,23 @@ def test_a_job_a_follower_creates_and_ends_is_run_by_the_leader(cluster: Cluster
     assert picked_up_s < 1.0  # the acceptance line: within about 0.2 s (FOLLOW_S 0.1 + a tick)
 
 
+def sleeping_job(leader: Proc, follower: Proc, count: int) -> dict[str, Any]:
+    """A job of `count` `sleep 30` tasks, made and ended by `follower`, run by `leader`."""
+    inputs = []
+    for i in range(count):
+        follower.call("put", bucket="in", key=f"k{i}", data=f"{i}\n")
+        inputs.append(f"in/k{i}")
+    leader.call("start")
+    job: dict[str, Any] = follower.call("create", owner="root", spec=spec("sleep 30", inputs))
+    follower.call("add_inputs", id=job["id"], owner="root", inputs=[], end=True)
+    return job
+
+
 def test_a_cancel_from_a_follower_stops_the_leaders_running_tasks(cluster: Cluster) -> None:
     """Ten `sleep 30` tasks: some run in containers, the rest wait; a follower's cancel ends
     every one of them as cancelled within seconds."""
     leader, follower = cluster.proc(), cluster.proc()
-    inputs = []
-    for i in range(10):
-        follower.call("put", bucket="in", key=f"k{i}", data=f"{i}\n")
-        inputs.append(f"in/k{i}")
-    leader.call("start")
-    job = follower.call("create", owner="root", spec=spec("sleep 30", inputs))
-    follower.call("add_inputs", id=job["id"], owner="root", inputs=[], end=True)
+    job = sleeping_job(leader, follower, 10)
     wait_until(lambda: any(t["state"] == "running" for t in follower.call("tasks", id=job["id"])))
     time.sleep(1.0)  # the containers are up
     asked = time.monotonic()
@@ -190,13 +196,7 @@ def test_a_follower_cancel_stops_tasks_before_their_running_records(cluster: Clu
     cancel sooner finds its tasks queued in the catalog and cancels them there, and the
     leader still stops the ones it started (it follows the cancel within FOLLOW_S)."""
     leader, follower = cluster.proc(), cluster.proc()
-    inputs = []
-    for i in range(4):
-        follower.call("put", bucket="in", key=f"k{i}", data=f"{i}\n")
-        inputs.append(f"in/k{i}")
-    leader.call("start")
-    job = follower.call("create", owner="root", spec=spec("sleep 30", inputs))
-    follower.call("add_inputs", id=job["id"], owner="root", inputs=[], end=True)
+    job = sleeping_job(leader, follower, 4)
     wait_until(lambda: any(t["state"] == "running" for t in leader.call("tasks", id=job["id"])))
     before = {t["state"] for t in follower.call("tasks", id=job["id"])}  # the catalog's view
     asked = time.monotonic()

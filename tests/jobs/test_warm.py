@@ -1,6 +1,7 @@
 """Reused containers (jobs/warm.py; the runners jobs/taskrunner.c and .py, each test with
-both): tasks of one job phase share a container, and still none sees another's input, files, processes, IPC objects or env;
-limits hold per task, and anything abnormal costs only a fresh container.
+both): tasks of one job phase share a container, and still none sees another's input,
+files, processes, IPC objects or env; limits hold per task, and anything abnormal costs
+only a fresh container.
 
 `pool.started` counts containers started: unchanged across two tasks means the second ran
 in the first's container.
