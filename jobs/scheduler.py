@@ -72,7 +72,7 @@ from typing import Any, Protocol, cast
 from jobs import errors as je
 from jobs.admission import Admission, default_budget_mb
 from jobs.agent import TaskAgent, sweep_scratch
-from jobs.follow import FOLLOW_S, ChangeFollower, load_job
+from jobs.follow import FOLLOW_S, ChangeFollower, Nudge, load_job
 from jobs.imagebuild import BuildConfig
 from jobs.images import Images
 from jobs.phases import JobState
@@ -160,6 +160,7 @@ class JobScheduler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.follower = ChangeFollower(self.records)
+        self.nudge = Nudge(store.config.data_dir)  # a follower's writes wake the leader's loop at once
 
     @property
     def started(self) -> bool:
@@ -194,6 +195,7 @@ class JobScheduler:
             self.records.recount(record["id"])  # counts for a job from before them, or gone stale
             with self.lock:
                 self.jobs[record["id"]] = load_job(self.records, record)
+        self.nudge.listen(self.wake.set)
         self._thread = threading.Thread(target=self._loop, name="job-scheduler", daemon=True)
         self._thread.start()
         self.wake.set()
@@ -201,6 +203,7 @@ class JobScheduler:
     def stop(self) -> None:
         self._stop.set()
         self.wake.set()
+        self.nudge.close()
         with self.lock:
             for event in self.cancels.values():
                 event.set()
@@ -272,8 +275,16 @@ class JobScheduler:
         if self.started:
             with self.lock:
                 self.jobs.setdefault(record["id"], JobState(record))
-            self.wake.set()
+        self._changed()
         return record
+
+    def _changed(self) -> None:
+        """After an API write: this scheduler's loop looks at it now, or (not started) the
+        leader's does, nudged (jobs/follow.py)."""
+        if self.started:
+            self.wake.set()
+        else:
+            self.nudge.send()
 
     def phase_defaults(self) -> dict[str, int]:
         """Limits for phases that do not set them: the usual ones, or the ceilings if lower."""
@@ -317,7 +328,7 @@ class JobScheduler:
             parse_input(item)
         self._check_readable(owner, inputs)
         record = self.records.add_inputs(job_id, inputs, end)
-        self.wake.set()  # the loop reloads the job's record, as for another process's write
+        self._changed()  # the loop reloads the job's record, as for another process's write
         return record
 
     def cancel(self, job_id: str, owner: str) -> Record:
@@ -330,7 +341,7 @@ class JobScheduler:
             if job is not None and job.record["state"] == "running":
                 job.record = record
                 self._cancel_tasks(job)
-        self.wake.set()
+        self._changed()
         return record
 
     def _cancel_tasks(self, job: JobState) -> None:

@@ -5,18 +5,21 @@ is a follower that serves the jobs API from the catalog.
 
     python -m tests.jobs.scheduler_proc DATA_DIR [CATALOG_URL]
     {"op": "create", "owner": "root", "spec": {...}}  -> {"ok": job record}
-    {"op": "add_inputs"|"cancel"|"job"|"tasks"|"settled"|"start"|"put"|"get"|"account", ...}
+    {"op": "add_inputs"|"cancel"|"job"|"tasks"|"settled"|"put"|"get"|"account", ...}
+    {"op": "start"[, "poll_s": S]}                  -> {"ok": its nudge listener is up}
     errors                                            -> {"error": "QuotaExceeded", "message": "..."}
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
 import time
 from typing import Any
 
+import jobs.scheduler
 from jobs.records import TABLES as JOB_TABLES
 from jobs.sandbox import Sandbox
 from jobs.scheduler import JobScheduler, SchedulerConfig
@@ -60,8 +63,11 @@ def get(store: Store, name: str) -> bytes:
 def serve(store: Store, scheduler: JobScheduler, request: dict[str, Any]) -> Any:
     op = request["op"]
     if op == "start":
+        if request.get("poll_s"):  # look at the catalog only this often: only nudges are prompt
+            jobs.scheduler.FOLLOW_S = request["poll_s"]
+            scheduler.config = dataclasses.replace(scheduler.config, tick_s=request["poll_s"])
         scheduler.start()
-        return True
+        return scheduler.nudge.bound.wait(10)
     if op == "create":
         return scheduler.create(request["owner"], parse_spec(request["spec"], scheduler.phase_defaults()))
     if op == "add_inputs":

@@ -159,6 +159,27 @@ def test_a_job_a_follower_creates_and_ends_is_run_by_the_leader(cluster: Cluster
     assert picked_up_s < 1.0  # the acceptance line: within about 0.2 s (FOLLOW_S 0.1 + a tick)
 
 
+def test_a_follower_nudges_the_leader_which_does_not_wait_for_its_poll(cluster: Cluster) -> None:
+    """The leader looks at the catalog only every 30 s here (its tick and FOLLOW_S): a job a
+    follower creates, ends and then cancels is still picked up, run and cancelled at once,
+    because each of those writes nudges it (jobs/follow.py, Nudge)."""
+    leader, follower = cluster.proc(), cluster.proc()
+    for key in ("a", "b"):
+        follower.call("put", bucket="in", key=key, data=f"{key}\n")
+    assert leader.call("start", poll_s=30.0) is True, cluster.logs()
+    job = follower.call("create", owner="root", spec=spec("wc -c", ["in/a"]))
+    follower.call("add_inputs", id=job["id"], owner="root", inputs=["in/b"], end=True)
+    wait_until(lambda: follower.call("settled", id=job["id"]), timeout_s=20)
+    tasks = follower.call("tasks", id=job["id"])
+    assert follower.call("job", id=job["id"], owner="root")["state"] == "done", cluster.logs()
+    assert sorted(follower.call("get", name=t["outputs"][0]).strip() for t in tasks) == ["2", "2"]
+    sleeping = follower.call("create", owner="root", spec=spec("sleep 60", ["in/a"]))
+    wait_until(lambda: any(t["state"] == "running" for t in leader.call("tasks", id=sleeping["id"])), timeout_s=20)
+    follower.call("cancel", id=sleeping["id"], owner="root")
+    wait_until(lambda: leader.call("settled", id=sleeping["id"]), timeout_s=20)  # its container stopped
+    assert [t["state"] for t in leader.call("tasks", id=sleeping["id"])] == ["cancelled"], cluster.logs()
+
+
 def sleeping_job(leader: Proc, follower: Proc, count: int) -> dict[str, Any]:
     """A job of `count` `sleep 30` tasks, made and ended by `follower`, run by `leader`."""
     inputs = []
