@@ -23,7 +23,12 @@ These tables are the jobs package's (`TABLES`): storage does not know them, so w
 runs jobs opens its catalog with them (`StoreConfig(extra_tables=TABLES)`).
 
 Every change is one catalog transaction; a task's output objects are written in the same
-transaction that marks it done, so a restart never sees half a task.
+transaction that marks it done, so a restart never sees half a task. Task records (running,
+an outcome with its outputs, a task queued again) commit relaxed (storage.engine.Relaxed):
+durable with the next durable commit, not before their writer goes on. Only a crash of the
+machine can undo them, and then their tasks run again at the next start, as interrupted
+ones do. API writes and a job's end are durable (and so make the task records before them
+durable too): a job a client saw end stays ended.
 
 Several processes share one catalog: any of them writes jobs through the API (create,
 add_inputs, cancel), only the one started scheduler runs tasks. Each API write bumps the
@@ -95,8 +100,8 @@ class JobRecords:
                              "open it with extra_tables=jobs.records.TABLES")
         self.catalog = catalog
 
-    def write(self, fn: Callable[[Txn], Any]) -> Any:
-        return self.catalog.write(fn)
+    def write(self, fn: Callable[[Txn], Any], durable: bool = True) -> Any:
+        return self.catalog.write(fn, durable)
 
     # -- jobs -----------------------------------------------------------------------
 
@@ -357,7 +362,7 @@ class JobRecords:
                 written.append(True)
             return written
 
-        return self.catalog.submit(op)
+        return self.catalog.submit(op, durable=False)  # a task's record: see the module's docstring
 
     def save_if_queued(self, tasks: list[Record]) -> None:
         """Write each task (now cancelled or failed) whose record still says queued."""
@@ -380,7 +385,7 @@ class JobRecords:
             self.put_tasks(txn, [record])
             return record
 
-        return self.write(op)  # type: ignore[no-any-return]
+        return self.write(op, durable=False)  # type: ignore[no-any-return]
 
     def settled(self, job_id: str) -> bool:
         """Is the job over with none of its tasks running (a missing job is)?"""

@@ -10,7 +10,11 @@ copies. An input that is missing or not the job owner's ends the task ResourceNo
 (an asset: TaskInitError) without running anything.
 
 Outcome -> catalog: the output objects (blob records on the nodes the outcome names) and
-the task's final record are written in one catalog transaction; a failed task keeps its
+the task's final record are written in one catalog transaction, committed relaxed
+(storage.engine.Relaxed: it does not wait for the disk to flush; a crash of the machine,
+not of the process, may undo the last such commits, and then their tasks run again, as
+tasks that were running do after a restart; their blob files are then garbage). The job's
+end commits durably, and so makes every outcome before it durable too; a failed task keeps its
 stderr (capped) as an object linked from the error record. Replicas the agent found bad are
 queued for repair. An outcome with `node_failure` raises NodeFailure (the scheduler retries
 the task on another node holding a replica).
@@ -241,7 +245,7 @@ def _finish(ctx: RunContext, job: Record, task: Record, error: tuple[str, str] |
         return freed
 
     try:
-        store.free(ctx.records.write(op))
+        store.free(ctx.records.write(op, durable=False))  # relaxed: see the module's docstring
     except (se.QuotaExceeded, je.QuotaExceeded, se.NoSuchBucket) as exc:
         store.free(list(new_blobs))
         if error is None:
@@ -250,7 +254,7 @@ def _finish(ctx: RunContext, job: Record, task: Record, error: tuple[str, str] |
                      f"the outputs were not stored: {exc}")
         _failed(done, task, error, stderr, None)
         done["attempts_log"] = log_attempt(task, done["state"])
-        ctx.records.write(lambda txn: ctx.records.put_tasks(txn, [done]))
+        ctx.records.write(lambda txn: ctx.records.put_tasks(txn, [done]), durable=False)
     return done
 
 

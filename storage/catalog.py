@@ -28,7 +28,8 @@ Object keys never contain NUL (the S3 layer rejects it), so byte order of the ke
 Writes: every write is one function applied inside an engine write transaction;
 `submit()` queues it and the engine commits many at once (group commit), each in a
 nested transaction so one failing write rolls back alone; `write()` returns only after
-the commit is durable. Reads are snapshots (`read()`), opened on the caller's thread.
+the commit is durable (`durable=False`: once committed; storage.engine says what that
+gives up). Reads are snapshots (`read()`), opened on the caller's thread.
 
 Buckets are authorised as a `BucketRef(name, owner, generation)` that every write
 re-checks (`catalog.buckets.check`); usage is charged in the same transaction as the
@@ -44,7 +45,7 @@ import struct
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from storage.engine import Engine, ReadTxn, WriteTxn
+from storage.engine import Engine, ReadTxn, Relaxed, WriteTxn
 from storage.engines import open_engine
 from storage.records.accounts import Accounts
 from storage.records.blobrefs import BlobRefs
@@ -120,12 +121,13 @@ class Catalog:
         """A snapshot read transaction, for `with`."""
         return self._engine.read()
 
-    def submit(self, fn: Callable[[Txn], T]) -> concurrent.futures.Future[T]:
-        """Queue a write (group-committed; see storage.engine for what `fn` may do)."""
-        return self._engine.submit(fn)
+    def submit(self, fn: Callable[[Txn], T], durable: bool = True) -> concurrent.futures.Future[T]:
+        """Queue a write (group-committed; see storage.engine for what `fn` may do, and
+        for what `durable=False` gives up: a machine crash may undo it)."""
+        return self._engine.submit(fn if durable else Relaxed(fn))
 
-    def write(self, fn: Callable[[Txn], T]) -> T:
-        return self._engine.submit(fn).result()
+    def write(self, fn: Callable[[Txn], T], durable: bool = True) -> T:
+        return self.submit(fn, durable).result()
 
     # -- generic record access (objects, uploads, jobs) ------------------------------
 

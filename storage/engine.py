@@ -18,7 +18,12 @@ The contract, which tests/storage/test_engine.py checks against both:
 - **Writes**: `submit(fn)` queues `fn(txn)`; the engine applies many queued writes in one
   commit (group commit), each in its own nested transaction, so a write that raises rolls
   back alone and its exception goes to its caller. The future completes only once the
-  commit is durable. Inside a write, a read of a key sees the newest committed value and
+  commit is durable, unless `fn` is `Relaxed`: then once it is committed (seen by every
+  reader, kept if a process dies), while a crash of the machine itself may still undo
+  it, with whatever commits after it, until the next durable commit (LMDB: the commit
+  without its meta page's sync, at most the last commit; PostgreSQL: synchronous_commit
+  off, a batch of relaxed writes only). A write that must survive a power cut once it
+  answers is durable (the default): every S3 write. Inside a write, a read of a key sees the newest committed value and
   no other writer (in this or another process or front door) changes that key until this
   write commits: read-modify-write of one key never loses an update.
 - **Retries**: an engine may run `fn` again when its transaction had to be rolled back for
@@ -121,6 +126,25 @@ class Engine(Protocol):
 
 
 Write = tuple[Callable[[Any], Any], concurrent.futures.Future[Any]]
+
+
+class Relaxed:
+    """A write function whose commit need not be durable before its future completes (see
+    the contract above): jobs' task records, which a task run again after a machine crash
+    writes again."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[Any], Any]) -> None:
+        self.fn = fn
+
+    def __call__(self, txn: Any) -> Any:
+        return self.fn(txn)
+
+
+def durable(batch: list[Write]) -> bool:
+    """Must this batch's commit be durable before its futures complete?"""
+    return any(not isinstance(fn, Relaxed) for fn, _ in batch)
 
 
 class GroupWriter:

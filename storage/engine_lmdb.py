@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import lmdb
 
-from storage.engine import GroupWriter
+from storage.engine import GroupWriter, durable
 
 __all__ = ["LmdbEngine"]
 
@@ -113,8 +113,11 @@ class LmdbEngine:
         """`readonly`: only reads (a look at another process's catalog, which it may be
         writing meanwhile); submit() then fails."""
         self.location = path
+        # metasync off: a commit syncs its data pages, and its meta page (which makes it the
+        # current state) goes to disk with the next sync; _apply syncs it at once unless
+        # every write of the batch is Relaxed (storage.engine). LMDB keeps its integrity so.
         self.env = lmdb.open(path, map_size=map_size, max_dbs=len(tables) + 1, subdir=True,
-                             readonly=readonly, lock=True)
+                             readonly=readonly, lock=True, metasync=False)
         names = (*tables, _META)
         if readonly:
             with self.env.begin() as txn:
@@ -179,6 +182,8 @@ class LmdbEngine:
                     else:
                         child.commit()
                         outcomes.append((True, result))
+            if durable(batch):
+                self.env.sync(True)  # the meta page too: durable before anyone hears of it
         except BaseException as exc:  # noqa: BLE001 - the commit itself failed
             for _, fut in batch:
                 fut.set_exception(exc)

@@ -79,7 +79,7 @@ from typing import Any, TypeVar
 import psycopg
 import psycopg_pool
 
-from storage.engine import EngineUnavailable, GroupWriter
+from storage.engine import EngineUnavailable, GroupWriter, durable
 from storage.engine_pg_schema import (
     SCHEMA_VERSION,
     TableSql,
@@ -298,8 +298,9 @@ class PgEngine:
         if not batch.sent and batch.unsent == batch.BEGIN:
             return outcomes  # no write sent or buffered a statement: nothing to commit
         changes = batch.write_behind
+        commit = b"COMMIT" if durable(writes) else b"SET LOCAL synchronous_commit TO off; COMMIT"
         try:
-            result = self._wire.text(conn, bytes(batch.unsent) + b"COMMIT")
+            result = self._wire.text(conn, bytes(batch.unsent) + commit)
         except psycopg.Error as exc:
             if lost(conn):
                 raise _Unknown(str(exc)) from exc

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from storage import engine_lmdb, engine_pg
-from storage.engine import Engine, EngineUnavailable
+from storage.engine import Engine, EngineUnavailable, Relaxed
 from storage.engine_pg import PgEngine
 from storage.engine_pg_schema import lock_id
 from storage.engines import open_engine
@@ -183,6 +183,60 @@ def test_group_commit_rolls_back_a_failing_write_alone(engine: Engine) -> None:
         assert txn.get("objects", b"failed") is None
         assert [k for k, _ in txn.scan("objects", prefix=b"k")] == [b"k%03d" % i for i in range(20)]
         assert txn.get("objects", b"k005") == b"v"
+
+
+def test_relaxed_writes_commit_alone_and_beside_durable_ones(opener: Opener) -> None:
+    """A Relaxed write (a job's task record) commits and is seen like any other, in a
+    batch of its own (LMDB: no meta sync; PostgreSQL: synchronous_commit off) or with
+    durable batch-mates (then the batch is durable); a reopened engine has them all."""
+    engine = opener()
+    release, started = threading.Event(), threading.Event()
+
+    def blocker(txn: Any) -> None:
+        started.set()
+        release.wait(10)
+        txn.put("objects", b"blocker", b"v")
+
+    alone = engine.write(Relaxed(lambda txn: txn.put("objects", b"alone", b"1") or "alone"))
+    first = engine.submit(blocker)
+    assert started.wait(10)
+    relaxed = [engine.submit(Relaxed(lambda txn, i=i: txn.put("objects", b"r%d" % i, b"v") or i)) for i in range(5)]
+    durable = engine.submit(lambda txn: txn.put("objects", b"durable", b"v") or "durable")
+    release.set()
+    assert alone == "alone" and first.result(10) is None and durable.result(10) == "durable"
+    assert [f.result(10) for f in relaxed] == list(range(5))
+    engine.close()
+    reopened = opener()
+    with reopened.read() as txn:
+        assert [k for k, _ in txn.scan("objects")] == [b"alone", b"blocker", b"durable",
+                                                       b"r0", b"r1", b"r2", b"r3", b"r4"]
+
+
+def test_lmdb_syncs_a_commit_unless_every_write_of_it_is_relaxed(tmp_path: Any) -> None:
+    """LMDB commits sync their data pages always, and the meta page (what makes the commit
+    the current state) at once only for a batch holding a durable write."""
+    engine = engine_lmdb.LmdbEngine(str(tmp_path / "catalog"), TABLES)
+
+    class CountingEnv:
+        def __init__(self, env: Any) -> None:
+            self.env, self.syncs = env, 0
+
+        def sync(self, force: bool = False) -> None:
+            self.syncs += 1
+            self.env.sync(force)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.env, name)
+
+    counting = engine.env = CountingEnv(engine.env)  # type: ignore[assignment]
+    try:
+        engine.write(Relaxed(lambda txn: txn.put("objects", b"a", b"v")))
+        assert counting.syncs == 0
+        engine.write(lambda txn: txn.put("objects", b"b", b"v"))
+        assert counting.syncs == 1
+    finally:
+        engine.env = counting.env
+        engine.close()
 
 
 def test_refused_statement_and_last_write_failing_roll_back_alone(engine: Engine) -> None:
