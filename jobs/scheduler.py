@@ -70,7 +70,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
 from jobs import errors as je
-from jobs.admission import Admission, default_budget_mb
+from jobs.admission import Admission, default_budget_mb, default_slots
 from jobs.agent import TaskAgent, sweep_scratch
 from jobs.follow import FOLLOW_S, ChangeFollower, Nudge, load_job
 from jobs.imagebuild import BuildConfig
@@ -106,7 +106,7 @@ class _TaskNode(Protocol):
 
 @dataclass(frozen=True)
 class SchedulerConfig:
-    slots_per_node: int = field(default_factory=lambda: os.cpu_count() or 1)
+    slots_per_node: int = field(default_factory=default_slots)
     tick_s: float = 1.0
     memory_budget_mb: int = field(default_factory=default_budget_mb)  # this host's, for all its nodes
     max_task_memory_mb: int | None = None  # a phase's memory_mb ceiling (default: min(16 GiB, budget))

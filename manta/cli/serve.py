@@ -148,4 +148,4 @@ def register(sub: Any) -> None:
                       help="the cluster secret (default: MANTA_CLUSTER_SECRET)")
     node.add_argument("--advertise", default=None, metavar="URL",
                       help="this node's URL for peers (default http://LISTEN)")
-    node.add_argument("--slots", type=int, default=None, help="concurrent tasks (default: CPU count)")
+    node.add_argument("--slots", type=int, default=None, help="concurrent tasks (default: CPU count + 1)")

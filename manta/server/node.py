@@ -451,6 +451,7 @@ def make_agent(node: LocalNode, secret: str, slots: int | None) -> Any:
     """The task agent, when jobs.agent exists and the sandbox works; else None (tasks: 503)."""
     try:
         from jobs import Sandbox, SandboxConfig
+        from jobs.admission import default_slots
         from jobs.agent import TaskAgent
     except ImportError:
         log.warning("no task agent in this build: the node serves blobs only")
@@ -460,7 +461,7 @@ def make_agent(node: LocalNode, secret: str, slots: int | None) -> Any:
     if problem:
         log.warning("tasks are disabled on this node: %s", problem)
         return None
-    return TaskAgent(node, sandbox, secret, slots or os.cpu_count() or 1)
+    return TaskAgent(node, sandbox, secret, slots or default_slots())
 
 
 def open_node(storage_spec: str, health_ttl_s: float = 1.0) -> LocalNode:
