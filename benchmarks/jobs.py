@@ -50,6 +50,7 @@ from botocore.config import Config
 
 sys.path.insert(0, str(HERE.parent))  # so that `jobs` is the package, not this script
 
+from jobs.admission import default_slots  # noqa: E402
 from jobs.sandbox import Sandbox, TaskSpec  # noqa: E402
 from jobs.warm import WarmPool  # noqa: E402
 from manta.client import Client as MantaClient  # noqa: E402
@@ -59,6 +60,7 @@ from storage.catalog import Catalog  # noqa: E402
 PIPELINE = "tr -s ' ' '\\n' | sort | uniq -c | sort -rn | head -20"
 LIGHT_PIPELINE = "wc -l"
 CORES = len(os.sched_getaffinity(0))
+SLOTS = int(os.environ.get("MANTA_TASK_SLOTS") or 0) or default_slots()  # the server's containers per node
 HOST_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}  # as inside the sandbox
 FULL_DEFAULTS = {"objects": 1000, "repeat": 3, "runs": 50}
 QUICK_DEFAULTS = {"objects": 200, "repeat": 1, "runs": 20}
@@ -354,7 +356,7 @@ def comparison(args: argparse.Namespace, raw: dict, prefix: str, pipeline: str) 
     med["download"] = statistics.median(r["download_s"] for r in raw[prefix + "boto3"])
     where = {k: None if v is None else statistics.median(r[k] for r in raw[prefix + "job"])
              for k, v in raw[prefix + "job"][0].items() if k != "id"}
-    slots, per_task = CORES * args.nodes, 1000 / args.objects
+    slots, per_task = SLOTS * args.nodes, 1000 / args.objects
     host_cpu_ms = statistics.median(r["cpu_s"] for r in raw[prefix + "limit"]) * per_task
     rows = [(f"pipeline: {pipeline}", None, ""),
             (f"map job over {args.objects} x {args.object_mib:g} MiB, create -> done", med["job"], "s"),
@@ -437,7 +439,7 @@ def plot(doc: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    cfg, slots = doc["config"], CORES * doc["config"]["nodes"]
+    cfg, slots = doc["config"], SLOTS * doc["config"]["nodes"]
     runs = [(f"word count\n{cfg['pipeline'][:28]}...", doc["medians"], doc["job_breakdown"])]
     if doc.get("light"):
         runs.append((cfg["light_pipeline"], doc["light"]["medians"], doc["light"]["job_breakdown"]))
@@ -531,10 +533,10 @@ def main(argv: list[str] | None = None) -> int:
                 for prefix, pipeline in pipelines:
                     for what in ORDER[rnd % len(ORDER):] + ORDER[:rnd % len(ORDER)]:  # rotated: drift hits each alike
                         if what == "job":
-                            sample, tasks = run_job(server, keys, pipeline, CORES * args.nodes)
+                            sample, tasks = run_job(server, keys, pipeline, SLOTS * args.nodes)
                             raw["checks"] += [] if rnd else check_outputs(s3, tasks, corpus, size, pipeline)
                             if prefix == "light_":  # at once, while the job before's containers idle
-                                raw["light_job_again"].append(run_job(server, keys, pipeline, CORES * args.nodes)[0])
+                                raw["light_job_again"].append(run_job(server, keys, pipeline, SLOTS * args.nodes)[0])
                         elif what == "limit":
                             sample = xargs(work / "blob-paths", pipeline)
                         elif what == "containers":
