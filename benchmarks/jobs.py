@@ -532,6 +532,7 @@ def main(argv: list[str] | None = None) -> int:
             for rnd in range(args.repeat):
                 for prefix, pipeline in pipelines:
                     for what in ORDER[rnd % len(ORDER):] + ORDER[:rnd % len(ORDER)]:  # rotated: drift hits each alike
+                        os.sync()  # untimed: no measurement pays for the writeback of the one before's files
                         if what == "job":
                             sample, tasks = run_job(server, keys, pipeline, SLOTS * args.nodes)
                             raw["checks"] += [] if rnd else check_outputs(s3, tasks, corpus, size, pipeline)
