@@ -69,22 +69,19 @@ class Nudge:
     def __init__(self, data_dir: str) -> None:
         digest = hashlib.sha256(os.path.realpath(data_dir).encode()).hexdigest()[:32]
         self.address = b"\0manta-jobs-" + digest.encode()
-        self._sender: socket.socket | None = None
-        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.bound = threading.Event()  # the listener holds the name (for tests and logs)
 
     def send(self) -> None:
-        """Nudge the listener, if any; never blocks, never fails."""
-        with self._lock:
-            try:
-                if self._sender is None:
-                    self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-                    self._sender.setblocking(False)
-                self._sender.sendto(b"!", self.address)
-            except OSError:  # nobody listens (no leader yet), or its queue is full: it polls anyway
-                pass
+        """Nudge the listener, if any; never blocks, never fails. A socket per nudge: one
+        per job API write, and nothing left open for whoever never stops this object."""
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                sock.setblocking(False)
+                sock.sendto(b"!", self.address)
+        except OSError:  # nobody listens (no leader yet), or its queue is full: it polls anyway
+            pass
 
     def listen(self, on_nudge: Callable[[], None]) -> None:
         """Call `on_nudge` for each datagram, from a thread of its own, until `close`."""
@@ -99,10 +96,6 @@ class Nudge:
                 self.send()  # ends its wait in recv now, not after NUDGE_RETRY_S
             self._thread.join()
             self._thread = None
-        with self._lock:
-            if self._sender is not None:
-                self._sender.close()
-                self._sender = None
 
     def _listen(self, on_nudge: Callable[[], None]) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
