@@ -121,6 +121,8 @@ class Nudge:
                     continue
                 except OSError:
                     return
+                # non-blocking for the drain: on a socket with a timeout, Python waits out
+                # the timeout even for recv(MSG_DONTWAIT), then raises TimeoutError
                 sock.setblocking(False)
                 try:
                     while True:  # those queued meanwhile count as one

@@ -23,9 +23,10 @@ The contract, which tests/storage/test_engine.py checks against both:
   it, with whatever commits after it, until the next durable commit (LMDB: the commit
   without its meta page's sync, at most the last commit; PostgreSQL: synchronous_commit
   off, a batch of relaxed writes only). A write that must survive a power cut once it
-  answers is durable (the default): every S3 write. Inside a write, a read of a key sees the newest committed value and
-  no other writer (in this or another process or front door) changes that key until this
-  write commits: read-modify-write of one key never loses an update.
+  answers is durable (the default): every S3 write. Inside a write, a read of a key sees
+  the newest committed value and no other writer (in this or another process or front
+  door) changes that key until this write commits: read-modify-write of one key never
+  loses an update.
 - **Retries**: an engine may run `fn` again when its transaction had to be rolled back for
   a reason not its own (a deadlock between front doors, a lost connection before commit).
   So a write function's only effects are on `txn` and on values it returns; it must not
