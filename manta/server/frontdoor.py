@@ -28,7 +28,12 @@ from manta.server.keys import (
     read_root_credentials,
     write_root_credentials,
 )
-from manta.server.protocol import ConnectionLimits, default_max_connections, protocol_for
+from manta.server.protocol import (
+    ConnectionLimits,
+    WorkerShares,
+    default_max_connections,
+    protocol_for,
+)
 from manta.server.s3.app import S3App
 from manta.server.s3.context import S3Request
 from manta.server.serving import serve_until_stopped
@@ -172,9 +177,10 @@ def stop_daemons(store: Store, daemons: list[Daemon]) -> None:
     JournalFlusher(store).run_once()
 
 
-def uvicorn_config(app: ASGIApp, config: ServerConfig, limits: ConnectionLimits) -> uvicorn.Config:
+def uvicorn_config(app: ASGIApp, config: ServerConfig, limits: ConnectionLimits,
+                   shares: WorkerShares | None = None) -> uvicorn.Config:
     return uvicorn.Config(
-        app, host=config.host, port=config.port, http=protocol_for(limits), loop="uvloop",
+        app, host=config.host, port=config.port, http=protocol_for(limits, shares), loop="uvloop",
         log_level="warning", access_log=False, server_header=False,
         ssl_certfile=config.tls_cert_file, ssl_keyfile=config.tls_key_file,
         timeout_keep_alive=config.idle_timeout_s)  # type: ignore[arg-type]  # a float works (call_later)

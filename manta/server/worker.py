@@ -45,6 +45,7 @@ from manta.server.frontdoor import (
     stop_daemons,
     uvicorn_config,
 )
+from manta.server.protocol import WorkerShares
 from manta.server.serving import serve_until_stopped
 from storage import Store
 from storage.daemons import Daemon
@@ -146,7 +147,8 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def run(config: ServerConfig, index: int, sock: socket.socket, ready_fd: int) -> None:
+def run(config: ServerConfig, index: int, sock: socket.socket, ready_fd: int,
+        shares: WorkerShares | None = None) -> None:
     app, store, scheduler = build_app(config, recover=False)
     limits = connection_limits(config, raise_fd_limit(), quiet=index != 0)
     daemons: list[Daemon] = []
@@ -183,7 +185,7 @@ def run(config: ServerConfig, index: int, sock: socket.socket, ready_fd: int) ->
 
     leadership = Leadership(store.catalog.engine, lead, lost)
     leadership.start()
-    server = uvicorn.Server(uvicorn_config(tagged(app, str(os.getpid()).encode()), config, limits))
+    server = uvicorn.Server(uvicorn_config(tagged(app, str(os.getpid()).encode()), config, limits, shares))
 
     def ready() -> str:
         os.write(ready_fd, b"ready\n")
@@ -209,13 +211,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--listen-fd", type=int, required=True)
     parser.add_argument("--ready-fd", type=int, required=True)
     parser.add_argument("--parent", type=int, required=True)
+    parser.add_argument("--shares-fd", type=int, help="the supervisor's shared array of connection counts")
     args = parser.parse_args(argv)
     die_with_parent(args.parent)
     logging.basicConfig(level=logging.INFO,
                         format=f"%(asctime)s %(levelname)s %(name)s[w{args.index}]: %(message)s")
     config = config_from_json(sys.stdin.read())
     sock = socket.socket(fileno=args.listen_fd)
-    run(config, args.index, sock, args.ready_fd)
+    shares = None if args.shares_fd is None else WorkerShares(args.shares_fd, args.index, config.workers)
+    run(config, args.index, sock, args.ready_fd, shares)
     return 0
 
 

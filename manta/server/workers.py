@@ -6,7 +6,9 @@ count, node markers) and the root account, then closes it. It binds the listenin
 once and starts N `python -m manta.server.worker` processes that inherit it (pass_fds): one
 accept queue, so a worker that dies loses only its own connections, and the port stays
 bound while it is replaced (SO_REUSEPORT would give each worker its own queue, whose
-pending connections die with it). When every worker has said "ready" on its pipe, the
+pending connections die with it). The workers also share a small memory array where each
+says how many connections it holds (manta.server.protocol.WorkerShares): one that holds
+more than its share asks clients to reconnect. When every worker has said "ready" on its pipe, the
 supervisor prints the banner. A worker that exits is started again (after a pause if it
 died young); SIGTERM/SIGINT stop all workers (each runs the single server's clean-up) and
 then the supervisor. Workers get SIGKILL if the supervisor dies (PR_SET_PDEATHSIG).
@@ -81,6 +83,7 @@ def supervise(config: ServerConfig) -> None:
     finally:
         supervisor.stop_all()
         sock.close()
+        os.close(supervisor.shares_fd)
     if supervisor.failed:
         raise SystemExit(1)
 
@@ -108,6 +111,9 @@ class Supervisor:
     def __init__(self, config: ServerConfig, sock: socket.socket) -> None:
         self.config = config
         self.sock = sock
+        # each worker's count of open connections (8 bytes each), kept for its successors
+        self.shares_fd = os.memfd_create("manta-connections", os.MFD_CLOEXEC)
+        os.ftruncate(self.shares_fd, 8 * config.workers)
         self.workers: list[Worker] = []
         self.stopping = False
         self.failed = False
@@ -121,8 +127,9 @@ class Supervisor:
         read_fd, write_fd = os.pipe()
         proc = subprocess.Popen(
             [sys.executable, "-m", "manta.server.worker", "--index", str(index),
-             "--listen-fd", str(self.sock.fileno()), "--ready-fd", str(write_fd), "--parent", str(os.getpid())],
-            stdin=subprocess.PIPE, pass_fds=(self.sock.fileno(), write_fd), start_new_session=True)
+             "--listen-fd", str(self.sock.fileno()), "--ready-fd", str(write_fd), "--parent", str(os.getpid()),
+             "--shares-fd", str(self.shares_fd)],
+            stdin=subprocess.PIPE, pass_fds=(self.sock.fileno(), write_fd, self.shares_fd), start_new_session=True)
         os.close(write_fd)
         assert proc.stdin is not None
         try:

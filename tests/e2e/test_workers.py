@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import random
 import re
@@ -304,6 +305,48 @@ def test_sigkill_of_the_supervisor_takes_the_workers_along(two_workers: Server) 
     s3.create_bucket(Bucket="after")
     assert len(two_workers.worker_pids()) == 2
     s3.close()
+
+
+def test_a_burst_of_connections_on_one_worker_spreads_over_both(two_workers: Server) -> None:
+    """With one worker stopped (SIGSTOP), the other accepts all 12 connections of a burst.
+    Once both run, the busy one answers some requests with `Connection: close` (it holds
+    more than its share plus one), the clients reconnect, and the split settles: each
+    worker ends with at least 4 of the 12, and no more were moved than needed."""
+    two_workers.start()
+    first, second = two_workers.worker_pids()
+    conns = [http.client.HTTPConnection("127.0.0.1", two_workers.port, timeout=10) for _ in range(12)]
+
+    def ask(conn: http.client.HTTPConnection) -> tuple[int, bool]:
+        conn.request("GET", "/")  # unsigned: 403, answered like any request
+        response = conn.getresponse()
+        response.read()
+        assert response.status == 403
+        return int(response.getheader("x-manta-worker") or 0), response.getheader("connection") == "close"
+
+    os.kill(second, signal.SIGSTOP)
+    try:
+        assert {ask(conn)[0] for conn in conns} == {first}
+    finally:
+        os.kill(second, signal.SIGCONT)
+    holder: dict[int, int] = {}
+    closed = 0
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        for i, conn in enumerate(conns):  # a closed one reconnects on its next request
+            holder[i], close = ask(conn)
+            closed += close
+            if close:
+                holder.pop(i)
+            time.sleep(0.005)
+        split = [list(holder.values()).count(pid) for pid in (first, second)]
+        if len(holder) == len(conns) and min(split) >= 4:
+            break
+    else:
+        raise AssertionError(f"no even split in 20 s: {split}, {closed} clients asked to reconnect")
+    print(f"\nsplit {split} after {closed} reconnects")
+    assert closed < 40, "the busy worker kept asking clients to move"
+    for conn in conns:
+        conn.close()
 
 
 def test_workers_must_be_at_least_one(two_workers: Server) -> None:
