@@ -23,8 +23,10 @@ import random
 import secrets
 import signal
 import socket
+import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -387,6 +389,22 @@ class Server:
                     os.killpg(proc.pid, sig)  # the whole group: servers may fork workers
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=10)
+
+
+def file_create_us(parent: Path, count: int = 100) -> float:
+    """CPU microseconds to create one small file in a fresh directory under `parent` (the
+    server's data directory), median of `count`. The files stay (deleting them would cost
+    the next files made nearby): a machine fact for reading a job's time or a small PUT's,
+    not manta's (benchmarks/README.md: "what a deleted file costs the next one")."""
+    probe = Path(tempfile.mkdtemp(prefix=".probe-", dir=parent))
+    costs = []
+    for i in range(count):
+        before = time.thread_time()
+        fd = os.open(probe / f"{i:04d}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, b"12345\n")
+        os.close(fd)
+        costs.append((time.thread_time() - before) * 1e6)
+    return statistics.median(costs)
 
 
 def fmt(value: float | None) -> str:

@@ -42,6 +42,7 @@ from _common import (
     MiB,
     Server,
     begin_run,
+    file_create_us,
     fill_defaults,
     machine_info,
     write_json,
@@ -294,21 +295,6 @@ def containers_alone(list_file: Path, pipeline: str) -> dict:
     if failures:
         raise BenchError(f"a task in a reused container failed: {failures[0]}")
     return {"seconds": seconds, "host_cpu_ms_per_task": cpu_s * 1000 / len(paths)}
-
-
-def file_create_us(parent: Path, count: int = 100) -> float:
-    """CPU microseconds to create one small file in a fresh directory under `parent` (the
-    server's data directory), median of `count`. The files stay (deleting them would cost
-    the next files made nearby): a machine fact for reading the job's time, not manta's."""
-    probe = Path(tempfile.mkdtemp(prefix=".probe-", dir=parent))
-    costs = []
-    for i in range(count):
-        before = time.thread_time()
-        fd = os.open(probe / f"{i:04d}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        os.write(fd, b"12345\n")
-        os.close(fd)
-        costs.append((time.thread_time() - before) * 1e6)
-    return statistics.median(costs)
 
 
 def download_then_compute(s3, keys: list[str], work: Path, pipeline: str) -> dict:

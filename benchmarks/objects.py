@@ -35,6 +35,7 @@ from _common import (
     Server,
     Target,
     begin_run,
+    file_create_us,
     fill_defaults,
     fmt,
     free_port,
@@ -225,6 +226,9 @@ def report(args: argparse.Namespace, labels: dict, raw: dict, skipped: dict,
         print("! some operations failed; only successful ones count (JSON: failed_ops)")
     for name, why in skipped.items():
         print(f"{name}: not measured: {why.splitlines()[0]}")
+    before, after = raw["file_create_us"]
+    print(f"a new small file in the work dir, CPU: {before:.0f} us before the rounds, {after:.0f} us after "
+          "(what every small PUT pays: see \"what a deleted file costs the next one\" in benchmarks/README.md)")
     print("\ntargets:")
     for metric in labels:
         for prefix, base, minimum in TARGETS:
@@ -313,7 +317,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"measuring {', '.join(servers)}: {args.large_mib} MiB object; 4 KiB for "
               f"{args.seconds:g} s at c={args.concurrency}; {args.repeat} round(s)",
               file=sys.stderr)
+        created = file_create_us(work)  # the manta servers' data dirs are under `work`
         raw = measure_all(args, servers, labels)
+        raw["file_create_us"] = [created, file_create_us(work)]
     doc = report(args, labels, raw, skipped, load_start)
     write_json(args.json, doc)
     return 0
