@@ -5,7 +5,8 @@ A reused container is the sandbox of jobs/sandbox.py (same wrapper, cgroups, use
 namespaces, mounts, seccomp filter) whose main process is the runner, as pid 1: the
 compiled jobs/taskrunner.c (jobs/runnerbin.py; a read-only copy in the container's own
 root, from a memfd), or jobs/taskrunner.py run by the host's python3 from the read-only
-/usr where no compiler built it or it did not start (`--as-pid-1`: bwrap's own init would be
+/usr where no compiler built it or it did not start C_START_TRIES times in a row
+(`--as-pid-1`: bwrap's own init would be
 a dumpable process of the task user that a task could write into through /proc/1/mem and
 that no cleanup may kill; as pid 1 the runner also ignores every signal a task sends it). It gets one end of a SOCK_SEQPACKET socketpair as
 fd 3 and answers b"ready". Each task is one message: the shell, the same bash runner argv
@@ -92,6 +93,7 @@ PYTHON = "/usr/bin/python3"
 RUNNER_PATH = "/.manta-runner"  # the compiled runner's copy in a container
 INPUT_LINK = "/proc/self/fd/63"  # taskrunner.INPUT_FD
 START_TIMEOUT_S = 10.0
+C_START_TRIES = 3  # consecutive containers whose C runner did not start before the Python one takes over
 REPLY_GRACE_S = 2.0
 FEEDERS = 256  # threads made only as concurrent tasks need them (an agent's slots)
 Key = tuple[Hashable, TaskLimits, tuple[tuple[str, str], ...], bool, str | None, bool]
@@ -145,6 +147,7 @@ class WarmPool:
         self._reaper: threading.Thread | None = None
         self._source: str | None = None
         self._compiled = runner == "c"  # False: the Python runner (no compiler, or it failed)
+        self._c_failures = 0  # containers in a row whose C runner did not start
 
     def usable(self) -> bool:
         try:
@@ -322,15 +325,26 @@ class WarmPool:
             ready = b""
         ours.settimeout(None)
         if ready != b"ready":
-            if binary is not None:  # the Python runner from now on
-                log.warning("the C task runner did not start; reused containers run the Python one")
-                self._compiled = False
-            else:
+            if binary is None:
                 log.warning("a reusable container did not start; tasks run in fresh ones")
+            else:  # once may be the machine (out of memory, a start past the timeout)
+                with self._lock:
+                    self._c_failures += 1
+                    failures = self._c_failures
+                    if failures >= C_START_TRIES:
+                        self._compiled = False
+                if failures >= C_START_TRIES:
+                    log.warning("the C task runner did not start in %d containers in a row; reused "
+                                "containers run the Python one", failures)
+                else:
+                    log.warning("the C task runner did not start (%d of %d tries); its task runs in "
+                                "a fresh container", failures, C_START_TRIES)
             container.close()
             return None
         with self._lock:
             self.started += 1
+            if binary is not None:
+                self._c_failures = 0
         return container
 
     def _run_in(self, container: _Container, spec: TaskSpec, stdout: Callable[[bytes], None],

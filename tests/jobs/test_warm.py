@@ -299,12 +299,15 @@ def test_without_a_compiler_reused_containers_run_the_python_runner(sandbox: San
         warm.close()
 
 
-def test_a_c_runner_that_does_not_start_hands_over_to_the_python_one(sandbox: Sandbox, runner_cache: Path) -> None:
+def test_a_c_runner_that_never_starts_hands_over_to_the_python_one(sandbox: Sandbox, runner_cache: Path) -> None:
+    from jobs.warm import C_START_TRIES
+
     (runner_cache / f"taskrunner-{runnerbin.cache_key()}").write_bytes(b"not a program")
     warm = WarmPool(sandbox, idle_s=60, runner="c")
     try:
-        result, out = run(warm, "echo first")  # in a fresh container, as when any runner fails
-        assert result.ok and out == "first\n" and warm.idle() == 0, result
+        for _ in range(C_START_TRIES):  # each in a fresh container, as when any runner fails
+            result, out = run(warm, "echo first")
+            assert result.ok and out == "first\n" and warm.idle() == 0, result
         for _ in range(2):
             result, out = run(warm, "echo next")
             assert result.ok and out == "next\n", result
@@ -426,3 +429,32 @@ def test_each_task_reads_only_its_own_tool_outputs(pool: WarmPool, sandbox: Sand
     assert os.listdir(os.path.join(tasks, mine)) == []
     pool.close()
     assert sorted(os.listdir(tasks)) == ["t0", "t1"]  # removed with its container
+
+
+def test_the_c_runner_is_given_up_only_after_it_fails_to_start_several_times_in_a_row(
+        sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A C runner that does not start once (here: bytes that are no program) costs that
+    task a fresh container and nothing more; a start counts the failures again from 0."""
+    from jobs import warm
+
+    require(runner_binary() is not None, "the C task runner cannot be built here (no cc)")
+    good = runner_binary()
+    answers = iter([b"not a program", good, b"not a program", b"not a program", b"not a program"])
+    monkeypatch.setattr(warm, "runner_binary", lambda: next(answers, good))
+    pool = WarmPool(sandbox, idle_s=60, runner="c")
+    require(pool.usable(), "reused containers are not usable here (python3 in /usr, bash, root)")
+    try:
+        result, out = run(pool, "echo one", phase="p1")  # its container's runner fails: a fresh one
+        assert result.ok and out == "one\n" and pool.started == 0 and pool._compiled
+        result, out = run(pool, "echo two", phase="p2")  # the next one starts with C
+        assert result.ok and out == "two\n" and pool.started == 1 and pool._c_failures == 0
+        for i in range(warm.C_START_TRIES):
+            assert pool._compiled
+            result, out = run(pool, f"echo {i}", phase=f"q{i}")
+            assert result.ok and out == f"{i}\n" and pool.started == 1
+        assert not pool._compiled, "given up after the tries in a row"
+        result, out = run(pool, "echo python", phase="p3")
+        assert result.ok and out == "python\n" and pool.started == 2  # the Python runner's container
+    finally:
+        pool.close()
+    assert_machine_fine(sandbox)
