@@ -39,8 +39,9 @@
   listening socket, and a worker that wakes first may accept a whole burst of new
   connections while another accepts none: with 16 keep-alive clients, 1 run in 5 put all
   16 on one worker and served 20-30 % fewer 4 KiB GETs, one core busy and one idle. Each
-  worker publishes how many connections it holds (`WorkerShares`, a shared memory array
-  the supervisor makes). A worker holding more than its share plus one asks the client of
+  worker publishes how many of its connections have sent a request (`WorkerShares`, a
+  shared memory array the supervisor makes; a silent connection is no client's load, and
+  the head deadline deals with it). A worker holding more than its share plus one asks the client of
   a new request to reconnect (`Connection: close` on the answer, then the close), at most
   one every SHED_GAP_S and never below SHED_MIN_CONNECTIONS; the reconnect is most
   likely taken by a worker waiting in epoll rather than the busy one, and the split
@@ -105,10 +106,10 @@ class ConnectionLimits:
 
 
 class WorkerShares:
-    """How many connections each worker of one `manta serve --workers N` holds: one 8-byte
-    slot per worker in shared memory (`fd`, made by the supervisor), written only by its
-    worker. A worker that dies leaves its last count until its successor writes 0, so the
-    others ask no client to move to it meanwhile."""
+    """How many clients (connections that sent a request) each worker of one `manta serve
+    --workers N` holds: one 8-byte slot per worker in shared memory (`fd`, made by the
+    supervisor), written only by its worker. A worker that dies leaves its last count
+    until its successor writes 0, so the others ask no client to move to it meanwhile."""
 
     def __init__(self, fd: int, index: int, workers: int) -> None:
         self._map = mmap.mmap(fd, 8 * workers)
@@ -163,17 +164,15 @@ class ConnectionTable:
             victim.close_idle()
         self.open.add(conn)
         self.fresh[conn] = None
-        self._publish()
         return True
 
     def move_one(self, conn: HttpProtocol) -> bool:
         """Whether to ask `conn`'s client to reconnect: this worker holds more than its share
-        of all the workers' connections (at most one ask every SHED_GAP_S)."""
+        of all the workers' clients (at most one ask every SHED_GAP_S)."""
         if self.shares is None or conn in self.leaving:
             return False
         now = time.monotonic()
-        moving = len(self.leaving)
-        if now - self._shed_at < SHED_GAP_S or not self.shares.over(len(self.open) - moving, moving):
+        if now - self._shed_at < SHED_GAP_S or not self.shares.over(self.clients(), len(self.leaving)):
             return False
         self._shed_at = now
         self.leaving.add(conn)
@@ -181,12 +180,18 @@ class ConnectionTable:
         self._publish()
         return True
 
+    def clients(self) -> int:
+        """Open connections that have sent a request and were not asked to reconnect."""
+        return len(self.open) - len(self.fresh) - len(self.leaving)
+
     def _publish(self) -> None:
         if self.shares is not None:
-            self.shares.publish(len(self.open) - len(self.leaving))
+            self.shares.publish(self.clients())
 
     def busy(self, conn: HttpProtocol) -> None:
-        self.fresh.pop(conn, None)
+        if conn in self.fresh:
+            del self.fresh[conn]
+            self._publish()  # its first request: one more client
         self.resting.pop(conn, None)
 
     def rest(self, conn: HttpProtocol) -> None:

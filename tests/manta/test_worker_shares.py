@@ -65,6 +65,10 @@ def test_the_table_asks_one_client_per_gap_until_it_holds_its_share_plus_one(sha
     conns = [Conn() for _ in range(12)]
     for conn in conns:
         assert table.admit(conn)  # type: ignore[arg-type]
+    assert other.counts() == (0, 0), "a connection that sent nothing is no client"
+    assert not table.move_one(conns[0])  # type: ignore[arg-type]
+    for conn in conns:
+        table.busy(conn)  # type: ignore[arg-type]  # its first request
     assert other.counts() == (12, 0)
     assert table.move_one(conns[0])  # type: ignore[arg-type]
     assert not table.move_one(conns[1]), "a second ask within the gap"  # type: ignore[arg-type]
@@ -86,4 +90,5 @@ def test_a_single_server_never_asks() -> None:
     conns = [Conn() for _ in range(50)]
     for conn in conns:
         table.admit(conn)  # type: ignore[arg-type]
+        table.busy(conn)  # type: ignore[arg-type]
     assert not any(table.move_one(conn) for conn in conns)  # type: ignore[arg-type]
