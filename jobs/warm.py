@@ -331,9 +331,10 @@ class WarmPool:
                 with self._lock:
                     self._c_failures += 1
                     failures = self._c_failures
-                    if failures >= C_START_TRIES:
+                    gave_up = failures >= C_START_TRIES
+                    if gave_up:
                         self._compiled = False
-                if failures >= C_START_TRIES:
+                if gave_up:
                     log.warning("the C task runner did not start in %d containers in a row; reused "
                                 "containers run the Python one", failures)
                 else:

@@ -142,7 +142,7 @@ class ConnectionTable:
         self.limits = limits
         self.shares = shares
         self.leaving: set[HttpProtocol] = set()  # asked to reconnect, not yet closed
-        self.shed = 0  # clients asked to reconnect, for tests and logs
+        self.shed = 0  # clients asked to reconnect (for tests)
         self._shed_at = 0.0
         self.open: set[HttpProtocol] = set()
         self.fresh: dict[HttpProtocol, None] = {}  # idle, no request finished yet; oldest first
@@ -200,7 +200,8 @@ class ConnectionTable:
             self.resting[conn] = None
 
     def drop(self, conn: HttpProtocol) -> None:
-        self.busy(conn)
+        self.fresh.pop(conn, None)  # not through busy(): a closed connection is no new client
+        self.resting.pop(conn, None)
         self.open.discard(conn)
         self.leaving.discard(conn)
         self._publish()
@@ -297,7 +298,9 @@ class HttpProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if cycle is not None and not isinstance(cycle.transport, HeadHoldingTransport):
             cycle.transport = HeadHoldingTransport(self.transport, cycle)  # type: ignore[assignment]
-        if cycle is not None and cycle.keep_alive and not self.pipeline and self.table.move_one(self):
+        # (no new cycle for a websocket upgrade: self.cycle is then the last, finished one)
+        if cycle is not None and not cycle.response_complete and cycle.keep_alive and not self.pipeline \
+                and self.table.move_one(self):
             cycle.keep_alive = False  # answered with Connection: close, then closed
 
     def on_message_complete(self) -> None:

@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--listen-fd", type=int, required=True)
     parser.add_argument("--ready-fd", type=int, required=True)
     parser.add_argument("--parent", type=int, required=True)
-    parser.add_argument("--shares-fd", type=int, help="the supervisor's shared array of connection counts")
+    parser.add_argument("--shares-fd", type=int, help="the supervisor's shared array of client counts (WorkerShares)")
     args = parser.parse_args(argv)
     die_with_parent(args.parent)
     logging.basicConfig(level=logging.INFO,

@@ -7,8 +7,9 @@ once and starts N `python -m manta.server.worker` processes that inherit it (pas
 accept queue, so a worker that dies loses only its own connections, and the port stays
 bound while it is replaced (SO_REUSEPORT would give each worker its own queue, whose
 pending connections die with it). The workers also share a small memory array where each
-says how many connections it holds (manta.server.protocol.WorkerShares): one that holds
-more than its share asks clients to reconnect. When every worker has said "ready" on its pipe, the
+says how many clients it holds (connections that have sent a request;
+manta.server.protocol.WorkerShares): one that holds more than its share asks clients to
+reconnect. When every worker has said "ready" on its pipe, the
 supervisor prints the banner. A worker that exits is started again (after a pause if it
 died young); SIGTERM/SIGINT stop all workers (each runs the single server's clean-up) and
 then the supervisor. Workers get SIGKILL if the supervisor dies (PR_SET_PDEATHSIG).
@@ -111,7 +112,7 @@ class Supervisor:
     def __init__(self, config: ServerConfig, sock: socket.socket) -> None:
         self.config = config
         self.sock = sock
-        # each worker's count of open connections (8 bytes each), kept for its successors
+        # each worker's count of clients (8 bytes each), kept for its successors
         self.shares_fd = os.memfd_create("manta-connections", os.MFD_CLOEXEC)
         os.ftruncate(self.shares_fd, 8 * config.workers)
         self.workers: list[Worker] = []
