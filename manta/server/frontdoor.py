@@ -182,6 +182,9 @@ def uvicorn_config(app: ASGIApp, config: ServerConfig, limits: ConnectionLimits,
     return uvicorn.Config(
         app, host=config.host, port=config.port, http=protocol_for(limits, shares), loop="uvloop",
         log_level="warning", access_log=False, server_header=False,
+        # aws:SourceIp is the peer and aws:SecureTransport its connection: uvicorn would
+        # otherwise take both from X-Forwarded-For/-Proto sent by any client on 127.0.0.1
+        proxy_headers=False,
         ssl_certfile=config.tls_cert_file, ssl_keyfile=config.tls_key_file,
         timeout_keep_alive=config.idle_timeout_s)  # type: ignore[arg-type]  # a float works (call_later)
 

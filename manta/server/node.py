@@ -495,7 +495,8 @@ def run_node(storage_spec: str, listen: str, data_dir: str | None, secret: str,
     app = build_node_app(node, secret, agent)
     url = advertise or f"http://{listen}"
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, loop="uvloop", log_level="warning",
-                                           access_log=False, server_header=False, timeout_keep_alive=75))
+                                           access_log=False, server_header=False, timeout_keep_alive=75,
+                                           proxy_headers=False))  # logs name the real peer
 
     def banner() -> str:
         return f"manta node: {node.id} serving {node.spec} at {url}"

@@ -16,7 +16,7 @@ from manta import Client
 from manta.client import AccessDenied
 from tests.conftest import ROOT_AK, ROOT_SK, Server, require
 from tests.e2e.test_client import sandbox_reason
-from tests.e2e.test_s3_edge_keys import assert_s3_error
+from tests.e2e.test_s3_edge_keys import assert_s3_error, request
 from tests.e2e.test_s3_listing_acl import ALL_USERS, anonymous_client, send_with, unsigned
 
 _accounts = itertools.count(1)
@@ -174,6 +174,29 @@ def test_a_source_ip_condition(s3: Any, server: Server, bucket: str, cidr: str, 
         assert_s3_error(listing, 403, "AccessDenied")
     assert_s3_error(unsigned(server, "PUT", f"/{bucket}/k", b"x"), 403, "AccessDenied")
     assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == b"from loopback"
+
+
+def test_forwarding_headers_from_a_client_change_neither_its_address_nor_its_transport(
+        s3: Any, server: Server, bucket: str) -> None:
+    """aws:SourceIp is the peer's address and aws:SecureTransport the peer's connection: a
+    client on loopback that sends X-Forwarded-For or X-Forwarded-Proto (headers a proxy in
+    front would set) gains nothing by them. uvicorn trusts them from 127.0.0.1 by default."""
+    s3.put_object(Bucket=bucket, Key="k", Body=b"only from 192.0.2.0/24, only over TLS")
+    s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps({"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Principal": "*", "Action": "s3:GetObject", "Resource": f"arn:aws:s3:::{bucket}/*",
+        "Condition": {"IpAddress": {"aws:SourceIp": "192.0.2.0/24"}}}]}))
+    host = {"Host": f"127.0.0.1:{server.port}"}
+    for spoof in ({"X-Forwarded-For": "192.0.2.7"}, {"X-Forwarded-For": "192.0.2.7", "X-Forwarded-Proto": "https"},
+                  {"Forwarded": "for=192.0.2.7;proto=https"}, {"X-Real-IP": "192.0.2.7"}):
+        assert_s3_error(request(server, "GET", f"/{bucket}/k", {**host, **spoof}), 403, "AccessDenied")
+    # a Deny without TLS: the root account's own GET over plain HTTP is refused, however it is labelled
+    s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps({"Version": "2012-10-17", "Statement": [{
+        "Effect": "Deny", "Principal": "*", "Action": "s3:GetObject", "Resource": f"arn:aws:s3:::{bucket}/*",
+        "Condition": {"Bool": {"aws:SecureTransport": "false"}}}]}))
+    for proto in ({}, {"X-Forwarded-Proto": "https"}, {"X-Forwarded-Proto": "https", "X-Forwarded-For": "127.0.0.1"}):
+        assert_s3_error(send_with(server, "GET", f"/{bucket}/k", proto), 403, "AccessDenied")
+    s3.delete_bucket_policy(Bucket=bucket)
+    assert s3.get_object(Bucket=bucket, Key="k")["Body"].read().startswith(b"only from")
 
 
 def test_a_listing_limited_by_prefix(s3: Any, server: Server, bucket: str) -> None:
