@@ -186,16 +186,26 @@ class GroupWriter:
         item = self._queue.get()
         if item is None:
             return None
-        batch = [item]
-        while len(batch) < self._limit:
+        return self._take([item], self._limit - 1)
+
+    def more(self, have: int) -> list[Write]:
+        """The writes queued since the batch of `have` was taken (up to the limit), to join
+        it: for an `apply` that has just got what it waited for (LMDB's write lock, which
+        another process's commit may have held for milliseconds), so that those writes go
+        in this commit instead of waiting for the next. Only from `apply`."""
+        return self._take([], self._limit - have)
+
+    def _take(self, batch: list[Write], room: int) -> list[Write]:
+        while room > 0:
             try:
                 nxt = self._queue.get_nowait()
             except queue.Empty:
                 break
             if nxt is None:
-                self._queue.put(None)  # the next call stops
+                self._queue.put(None)  # the next batch stops
                 break
             batch.append(nxt)
+            room -= 1
         return [(fn, fut) for fn, fut in batch if fut.set_running_or_notify_cancel()]
 
 

@@ -172,6 +172,10 @@ class LmdbEngine:
         outcomes: list[tuple[bool, Any]] = []
         try:
             with self.env.begin(write=True) as parent:
+                # the lock may have been another process's for a whole commit: what was
+                # queued meanwhile joins this one (a worker process of `manta serve`)
+                assert self._writer is not None
+                batch.extend(self._writer.more(len(batch)))
                 for fn, _ in batch:
                     child = self.env.begin(write=True, parent=parent)
                     try:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import random
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -15,7 +17,7 @@ import psycopg
 import pytest
 
 from storage import engine_lmdb, engine_pg
-from storage.engine import Engine, EngineUnavailable, Relaxed
+from storage.engine import Engine, EngineUnavailable, GroupWriter, Relaxed
 from storage.engine_pg import PgEngine
 from storage.engine_pg_schema import lock_id
 from storage.engines import open_engine
@@ -236,6 +238,92 @@ def test_lmdb_syncs_a_commit_unless_every_write_of_it_is_relaxed(tmp_path: Any) 
         assert counting.syncs == 1
     finally:
         engine.env = counting.env
+        engine.close()
+
+
+def test_writes_queued_while_a_batch_waits_join_it_up_to_the_limit() -> None:
+    """GroupWriter.more: an apply that has waited (for LMDB's write lock) takes what was
+    queued meanwhile into its batch, never past the limit and never a cancelled write."""
+    started, go = threading.Event(), threading.Event()
+    sizes: list[int] = []
+
+    def apply(batch: list[Any]) -> None:
+        started.set()
+        go.wait(10)
+        batch.extend(writer.more(len(batch)))
+        sizes.append(len(batch))
+        for fn, fut in batch:
+            fut.set_result(fn(None))
+
+    writer = GroupWriter(apply, limit=3)
+    try:
+        first = writer.submit(lambda _: "first")
+        assert started.wait(10)  # the writer has taken [first] and waits
+        late = [writer.submit(lambda _, i=i: i) for i in range(4)]
+        assert late[1].cancel()
+        go.set()
+        assert first.result(10) == "first"
+        assert [late[i].result(10) for i in (0, 2, 3)] == [0, 2, 3]
+        # [first] took late 0 and 1 (cancelled: dropped); late 2 and 3 made the next batch
+        assert sizes == [2, 2]
+    finally:
+        writer.close()
+
+
+LOCK_HOLDER = """
+import sys, lmdb
+env = lmdb.open(sys.argv[1], max_dbs=8, subdir=True, lock=True)
+with env.begin(write=True):
+    print("held", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_lmdb_writes_queued_while_another_process_commits_join_the_next_commit(tmp_path: Any) -> None:
+    """Two processes on one catalog (`manta serve --workers 2`) take turns on LMDB's write
+    lock. A write queued while this process's writer waits for it goes into the commit
+    that follows, not into one after it."""
+    path = str(tmp_path / "catalog")
+    engine = engine_lmdb.LmdbEngine(path, TABLES)
+    syncs = 0
+    real_sync = engine.env.sync
+
+    class CountingEnv:
+        def sync(self, force: bool = False) -> None:
+            nonlocal syncs
+            syncs += 1
+            real_sync(force)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real_env, name)
+
+    real_env = engine.env
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, path], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        assert holder.stdout.readline().strip() == "held"
+        engine.env = CountingEnv()  # type: ignore[assignment]
+        first = engine.submit(lambda txn: txn.put("objects", b"first", b"1"))
+        queue = engine._writer._queue  # type: ignore[union-attr]
+        deadline = time.monotonic() + 10
+        while not queue.empty() and time.monotonic() < deadline:
+            time.sleep(0.005)  # until the writer has taken [first]: it now waits for the lock
+        assert queue.empty()
+        late = [engine.submit(lambda txn, i=i: txn.put("objects", b"late%d" % i, b"1")) for i in range(3)]
+        assert not first.done()
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        for fut in (first, *late):
+            fut.result(10)
+        assert syncs == 1  # one durable commit for all four
+        with engine.read() as txn:
+            assert [k for k, _ in txn.scan("objects")] == [b"first", b"late0", b"late1", b"late2"]
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        holder.communicate()  # waits, and closes the pipes
+        engine.env = real_env
         engine.close()
 
 
