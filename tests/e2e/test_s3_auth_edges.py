@@ -84,6 +84,36 @@ def test_expired_presigned_url_says_when(server: Server, s3: Any, bucket: str) -
     assert root.findtext("Expires") == (signed_at + timedelta(seconds=60)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+@pytest.mark.parametrize("extra", [
+    {"x-amz-copy-source": "/{private}/secret"},  # the upload URL made a copy of what the signer may read
+    {"x-amz-acl": "public-read"},
+    {"x-amz-copy-source": "/{private}/secret", "x-amz-acl": "public-read"},
+    {"x-amz-grant-read": 'uri="http://acs.amazonaws.com/groups/global/AllUsers"'},
+    {"x-amz-meta-note": "not signed"},
+])
+def test_a_presigned_url_refuses_x_amz_headers_it_did_not_sign(server: Server, s3: Any, bucket: str,
+                                                                extra: dict[str, str]) -> None:
+    """Whoever holds a presigned upload URL may do what was signed and no more: an x-amz-*
+    header the URL does not sign is AccessDenied, as in S3 (x-amz-content-sha256 aside)."""
+    private = f"{bucket}-private"
+    s3.create_bucket(Bucket=private)
+    s3.put_object(Bucket=private, Key="secret", Body=b"TOP-SECRET")
+    url = server.client(signature_version="s3v4").generate_presigned_url(  # type: ignore[attr-defined]
+        "put_object", Params={"Bucket": bucket, "Key": "upload.txt"}, ExpiresIn=600)
+    headers = {name: value.format(private=private) for name, value in extra.items()}
+    reply = requests.put(url, data=b"mine", headers=headers, timeout=10)
+    assert reply.status_code == 403, reply.content[:300]
+    code, message = error_of(reply.content)
+    assert (code, message) == ("AccessDenied", "There were headers present in the request which were not signed")
+    assert ET.fromstring(reply.content).findtext("HeadersNotSigned") == ", ".join(sorted(headers))
+    with pytest.raises(ClientError):
+        s3.head_object(Bucket=bucket, Key="upload.txt")  # nothing was written
+    # the URL as signed still works, also beside an unsigned x-amz-content-sha256
+    reply = requests.put(url, data=b"mine", headers={"x-amz-content-sha256": "UNSIGNED-PAYLOAD"}, timeout=10)
+    assert reply.status_code == 200, reply.content[:300]
+    assert s3.get_object(Bucket=bucket, Key="upload.txt")["Body"].read() == b"mine"
+
+
 # -- OPTIONS without Origin ---------------------------------------------------------------
 
 def test_options_without_origin_is_400(server: Server, s3: Any, bucket: str) -> None:

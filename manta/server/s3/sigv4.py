@@ -415,17 +415,20 @@ def verify(auth: SigV4Auth, req: AuthRequest, secret_key: str) -> bytes:
     """Check the request signature; return the signing key (for chunk signatures)."""
     if "host" not in auth.signed_headers:
         raise s3e.AccessDenied("The host header must be signed.")
-    if not auth.presigned:
-        unsigned = sorted(
-            name
-            for name in req.headers
-            if name.startswith("x-amz-") and name not in auth.signed_headers
+    # S3's rule for both kinds: a presigned URL's holder may not add x-amz-* headers (a copy
+    # source, an ACL, grants, metadata) to what was signed. x-amz-content-sha256 alone may
+    # come unsigned with a presigned URL: _parse_query then ignores it.
+    unsigned = sorted(
+        name
+        for name in req.headers
+        if name.startswith("x-amz-") and name not in auth.signed_headers
+        and not (auth.presigned and name == "x-amz-content-sha256")
+    )
+    if unsigned:
+        raise s3e.AccessDenied(
+            "There were headers present in the request which were not signed",
+            HeadersNotSigned=", ".join(unsigned),
         )
-        if unsigned:
-            raise s3e.AccessDenied(
-                "There were headers present in the request which were not signed",
-                HeadersNotSigned=", ".join(unsigned),
-            )
     canonical = canonical_request(auth, req)
     to_sign = string_to_sign(auth, canonical)
     key = signing_key(secret_key, auth.date, auth.region, auth.service)
