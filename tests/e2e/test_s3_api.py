@@ -159,6 +159,23 @@ def test_response_overrides(s3, bucket: str) -> None:
                         ResponseContentDisposition="inline", ResponseCacheControl="no-cache")
     assert got["ContentType"] == "application/json"
     assert got["ContentDisposition"] == "inline" and got["CacheControl"] == "no-cache"
+    assert s3.head_object(Bucket=bucket, Key="o", ResponseContentType="image/png")["ContentType"] == "image/png"
+
+
+@pytest.mark.parametrize("value", ["a\r\nX-Injected: 1", "a\nb", "nul\x00", "bell\x07"])
+def test_a_response_override_that_no_header_may_hold_is_invalid_argument(server: Server, s3, bucket: str,
+                                                                         value: str) -> None:
+    """Such a value got past the handler, and uvicorn then refused to send the head: a
+    traceback in the log and a dropped connection, for any client that asked."""
+    s3.put_object(Bucket=bucket, Key="o", Body=b"x")
+    url = server.client(signature_version="s3v4").generate_presigned_url("get_object", Params={  # signed
+        "Bucket": bucket, "Key": "o", "ResponseContentDisposition": value})
+    reply = requests.get(url, timeout=10)
+    assert reply.status_code == 400, reply.content[:300]
+    assert b"<Code>InvalidArgument</Code>" in reply.content
+    assert b"X-Injected" not in b"".join(f"{k}: {v}".encode() for k, v in reply.headers.items())
+    assert s3.get_object(Bucket=bucket, Key="o", ResponseContentDisposition="attachment; filename=\"o.txt\"")[
+        "ContentDisposition"] == 'attachment; filename="o.txt"'  # the connection pool still works
 
 
 def test_copy_object_directives_and_conditions(s3, bucket: str) -> None:

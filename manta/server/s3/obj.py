@@ -26,6 +26,7 @@ and a DELETE of a version it keeps is AccessDenied (storage refuses it).
 from __future__ import annotations
 
 import email.utils
+import re
 import time
 import urllib.parse
 from concurrent.futures import Future
@@ -380,7 +381,25 @@ def _find(req: S3Request, head: bool, open_blobs: bool) -> Response | _Found:
         return _find_in(req, head, open_blobs, txn)
 
 
+def _overrides(req: S3Request) -> dict[str, str]:
+    """The response headers a signed GET or HEAD asks for (`response-content-type` ...).
+    S3 refuses them on anonymous requests; a value no header may hold is refused here,
+    before uvicorn would refuse to send it and drop the connection."""
+    asked = {name: req.query[param] for param, name in RESPONSE_OVERRIDES.items() if param in req.query}
+    if asked and req.auth is None:
+        raise s3e.InvalidRequest("Request specific response headers cannot be used for anonymous GET requests.")
+    for param, name in RESPONSE_OVERRIDES.items():
+        if name in asked and not _HEADER_VALUE.fullmatch(asked[name]):
+            raise s3e.InvalidArgument(f"{param} must be a valid HTTP header value.", ArgumentName=param)
+    return asked
+
+
+# what a header value may hold and still go out as latin-1: no control characters but tab
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+
+
 def _find_in(req: S3Request, head: bool, open_blobs: bool, txn: Any) -> Response | _Found:
+    overrides = _overrides(req) if not req.query.keys().isdisjoint(RESPONSE_OVERRIDES) else {}
     vid = requested_version(req)
     record = _current_record(req, txn) if vid is None else _version_record(req, vid, txn)
     headers = object_headers(record)
@@ -412,9 +431,7 @@ def _find_in(req: S3Request, head: bool, open_blobs: bool, txn: Any) -> Response
         headers["content-range"] = f"bytes {start}-{start + length - 1}/{size}"
     elif req.header("x-amz-checksum-mode", "").upper() == "ENABLED":
         headers.update(checksum_headers(record))
-    for param, name in RESPONSE_OVERRIDES.items():
-        if param in req.query:
-            headers[name] = req.query[param]
+    headers.update(overrides)
     headers["content-length"] = str(length)
     if head:
         return Response(b"", status_code=code, headers=headers)
