@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import urllib.parse
 from typing import Any
 
 import pytest
@@ -359,3 +360,112 @@ def test_a_bucket_without_settings_answers_as_before(s3: Any, server: Server, bu
     assert_s3_error(unsigned(server, "PUT", f"/{bucket}-anon"), 403, "AccessDenied")  # no anonymous buckets
     assert_s3_error(unsigned(server, "GET", "/"), 403, "AccessDenied")
     assert_s3_error(unsigned(server, "GET", "/no-such-bucket-here/k"), 404, "NoSuchBucket")
+
+
+def with_query(client: Any, operation: str, extra: str) -> None:
+    """Put `extra` first in the query of the client's `operation` requests, before they are
+    signed (a request no SDK sends)."""
+    def add(request: Any, **_: Any) -> None:
+        url = urllib.parse.urlsplit(request.url)
+        request.url = url._replace(query=f"{extra}&{url.query}").geturl()
+
+    client.meta.events.register(f"before-sign.s3.{operation}", add)
+
+
+def versioned(s3: Any, bucket: str, key: str, *acls: str) -> list[str]:
+    """Versions of `key` with these ACLs, oldest first; their version ids."""
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    return [s3.put_object(Bucket=bucket, Key=key, Body=f"v{n} {acl}".encode(), ACL=acl)["VersionId"]
+            for n, acl in enumerate(acls, 1)]
+
+
+@pytest.mark.parametrize("decoy", ["policyStatus", "policy", "publicAccessBlock", "ownershipControls", "location",
+                                   "versions", "versioning", "tagging", "uploads"])
+def test_a_request_names_one_sub_resource(s3: Any, server: Server, bucket: str, decoy: str) -> None:
+    """The operation authorized is the operation run: a second sub-resource beside ?acl does
+    not get a PutObjectAcl checked as the PutObject a policy allows (nor PutBucketAcl as
+    PutBucketVersioning); it is refused, whichever comes first."""
+    s3.put_object(Bucket=bucket, Key="secret", Body=b"the owner's")
+    bob, bob_s3, _ = new_account(server)
+    s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": bob}, "Action": "s3:PutObject", "Resource": f"arn:aws:s3:::{bucket}/*"},
+        {"Effect": "Allow", "Principal": {"AWS": bob}, "Action": "s3:PutBucketVersioning",
+         "Resource": f"arn:aws:s3:::{bucket}"}]}))
+    assert code(bob_s3.put_object_acl, Bucket=bucket, Key="secret", GrantRead=f'id="{bob}"') == "AccessDenied"
+    with_query(bob_s3, "PutObjectAcl", decoy)
+    with_query(bob_s3, "PutBucketAcl", decoy)
+    assert code(bob_s3.put_object_acl, Bucket=bucket, Key="secret", GrantRead=f'id="{bob}"') == "InvalidRequest"
+    assert status(bob_s3.put_object_acl, Bucket=bucket, Key="secret", GrantRead=f'id="{bob}"') == 400
+    assert code(bob_s3.put_bucket_acl, Bucket=bucket, ACL="public-read-write") == "InvalidRequest"
+    target = f"/{bucket}/secret?acl&{decoy}"  # the other order, as the owner
+    assert_s3_error(send_with(server, "PUT", target, {"x-amz-acl": "public-read"}), 400, "InvalidRequest")
+    assert code(bob_s3.get_object, Bucket=bucket, Key="secret") == "AccessDenied"
+    assert_s3_error(unsigned(server, "GET", f"/{bucket}/secret"), 403, "AccessDenied")
+    assert {g["Permission"] for g in s3.get_bucket_acl(Bucket=bucket)["Grants"]} == {"FULL_CONTROL"}
+
+
+def test_parameters_that_qualify_a_sub_resource_still_combine(s3: Any, bucket: str) -> None:
+    v1, _ = versioned(s3, bucket, "doc", "private", "private")
+    s3.put_object_tagging(Bucket=bucket, Key="doc", VersionId=v1, Tagging={"TagSet": [{"Key": "k", "Value": "1"}]})
+    assert s3.get_object_tagging(Bucket=bucket, Key="doc", VersionId=v1)["TagSet"] == [{"Key": "k", "Value": "1"}]
+    assert s3.get_object(Bucket=bucket, Key="doc", VersionId=v1)["Body"].read() == b"v1 private"
+    assert [v["VersionId"] for v in s3.list_object_versions(Bucket=bucket, Prefix="d")["Versions"]][-1] == v1
+    upload = s3.create_multipart_upload(Bucket=bucket, Key="mp")["UploadId"]
+    etag = s3.upload_part(Bucket=bucket, Key="mp", UploadId=upload, PartNumber=1, Body=b"part")["ETag"]
+    assert [p["PartNumber"] for p in s3.list_parts(Bucket=bucket, Key="mp", UploadId=upload)["Parts"]] == [1]
+    assert [u["UploadId"] for u in s3.list_multipart_uploads(Bucket=bucket, Prefix="m")["Uploads"]] == [upload]
+    s3.complete_multipart_upload(Bucket=bucket, Key="mp", UploadId=upload,
+                                 MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]})
+    assert s3.get_object(Bucket=bucket, Key="mp")["Body"].read() == b"part"
+
+
+def test_a_version_is_read_under_its_own_acl(s3: Any, server: Server, bucket: str) -> None:
+    v1, v2 = versioned(s3, bucket, "doc", "private", "public-read")
+    assert unsigned(server, "GET", f"/{bucket}/doc").body == b"v2 public-read"
+    assert unsigned(server, "GET", f"/{bucket}/doc?versionId={v2}").body == b"v2 public-read"
+    assert_s3_error(unsigned(server, "GET", f"/{bucket}/doc?versionId={v1}"), 403, "AccessDenied")
+    assert unsigned(server, "HEAD", f"/{bucket}/doc?versionId={v1}").status == 403
+    bob, bob_s3, _ = new_account(server)
+    s3.put_bucket_policy(Bucket=bucket, Policy=read_only_for(bob, bucket, Action=[  # the ACLs still count for others
+        "s3:GetObject", "s3:GetObjectVersion", "s3:ListBucket"]))
+    assert code(anonymous_client(server).get_object, Bucket=bucket, Key="doc", VersionId=v1) == "AccessDenied"
+    assert bob_s3.get_object(Bucket=bucket, Key="doc", VersionId=v1)["Body"].read() == b"v1 private"
+    # the current version private, an old one public
+    s3.put_object(Bucket=bucket, Key="doc", Body=b"v3 private")
+    assert_s3_error(unsigned(server, "GET", f"/{bucket}/doc"), 403, "AccessDenied")
+    assert unsigned(server, "GET", f"/{bucket}/doc?versionId={v2}").body == b"v2 public-read"
+    # a version that is gone: NoSuchVersion to whoever may list, AccessDenied to others
+    s3.delete_object(Bucket=bucket, Key="doc", VersionId=v1)
+    assert_s3_error(unsigned(server, "GET", f"/{bucket}/doc?versionId={v1}"), 403, "AccessDenied")
+    assert code(bob_s3.get_object, Bucket=bucket, Key="doc", VersionId=v1) == "NoSuchVersion"
+    s3.put_bucket_acl(Bucket=bucket, ACL="public-read")
+    assert_s3_error(unsigned(server, "GET", f"/{bucket}/doc?versionId={v1}"), 404, "NoSuchVersion")
+
+
+def test_copying_a_version_needs_get_object_version(s3: Any, server: Server, bucket: str) -> None:
+    """A copy source naming a version is s3:GetObjectVersion on it, decided with that
+    version's ACL; without one, s3:GetObject (CopyObject and UploadPartCopy alike)."""
+    v1, v2 = versioned(s3, bucket, "doc", "private", "public-read")
+    carol, carol_s3, _ = new_account(server)
+    s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": carol}, "Action": "s3:GetObject", "Resource": f"arn:aws:s3:::{bucket}/*"},
+        {"Effect": "Deny", "Principal": {"AWS": carol}, "Action": "s3:GetObjectVersion",
+         "Resource": f"arn:aws:s3:::{bucket}/*"}]}))
+    _, dave_s3, _ = new_account(server)  # not in the policy: the versions' ACLs decide
+    for name, client in (("carol", carol_s3), ("dave", dave_s3)):
+        mine = f"{bucket}-{name}"
+        client.create_bucket(Bucket=mine)
+        client.copy_object(Bucket=mine, Key="current", CopySource={"Bucket": bucket, "Key": "doc"})
+        assert client.get_object(Bucket=mine, Key="current")["Body"].read() == b"v2 public-read"
+        old = {"Bucket": bucket, "Key": "doc", "VersionId": v1}
+        assert code(client.copy_object, Bucket=mine, Key="old", CopySource=old) == "AccessDenied", name
+        upload = client.create_multipart_upload(Bucket=mine, Key="mp")["UploadId"]
+        assert code(client.upload_part_copy, Bucket=mine, Key="mp", UploadId=upload, PartNumber=1,
+                    CopySource=old) == "AccessDenied", name
+        client.upload_part_copy(Bucket=mine, Key="mp", UploadId=upload, PartNumber=1,
+                                CopySource={"Bucket": bucket, "Key": "doc"})
+        client.abort_multipart_upload(Bucket=mine, Key="mp", UploadId=upload)
+        assert code(client.get_object, Bucket=mine, Key="old") == "NoSuchKey"
+    public = {"Bucket": bucket, "Key": "doc", "VersionId": v2}
+    dave_s3.copy_object(Bucket=f"{bucket}-dave", Key="v2", CopySource=public)  # a public version: READ
+    assert code(carol_s3.copy_object, Bucket=f"{bucket}-carol", Key="v2", CopySource=public) == "AccessDenied"

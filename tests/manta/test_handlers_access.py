@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from manta.server.s3.access import action_of, context_of
+from manta.server.s3 import errors as s3e
+from manta.server.s3.access import action_of, context_of, subresource_of
 from manta.server.s3.context import S3Request
 from tests.inprocess import InProcessS3, error_code
 
@@ -80,9 +81,24 @@ def _request(method: str, key: str = "", query: dict[str, str] | None = None, **
     ("PUT", "k", {"uploadId": "u", "partNumber": "1"}, "s3:PutObject"),
     ("DELETE", "k", {"uploadId": "u"}, "s3:AbortMultipartUpload"), ("GET", "k", {"acl": ""}, "s3:GetObjectAcl"),
     ("DELETE", "k", {"tagging": ""}, "s3:DeleteObjectTagging"),
+    ("GET", "k", {"tagging": "", "versionId": "v"}, "s3:GetObjectVersionTagging"),
+    ("PUT", "k", {"retention": "", "versionId": "v"}, "s3:PutObjectRetention"),
+    ("GET", "k", {"versionId": "v", "response-content-type": "a/b", "partNumber": "1"}, "s3:GetObjectVersion"),
+    ("GET", "", {"versions": "", "prefix": "a", "key-marker": "k", "version-id-marker": "v"}, "s3:ListBucketVersions"),
 ])
 def test_actions(method: str, key: str, query: dict[str, str], action: str) -> None:
     assert action_of(_request(method, key, query)) == action
+
+
+@pytest.mark.parametrize(("key", "query"), [
+    ("k", {"policy": "", "acl": ""}), ("k", {"acl": "", "policy": ""}), ("", {"versioning": "", "acl": ""}),
+    ("k", {"uploadId": "u", "tagging": ""}), ("", {"delete": "", "uploads": ""}),
+])
+def test_two_sub_resources_are_refused_not_chosen_between(key: str, query: dict[str, str]) -> None:
+    with pytest.raises(s3e.InvalidRequest):
+        subresource_of(_request("PUT", key, query))
+    with pytest.raises(s3e.InvalidRequest):
+        action_of(_request("PUT", key, query))
 
 
 def test_the_request_context() -> None:

@@ -6,13 +6,17 @@ to the one decision (`storage.access.decide`), and its answer as AccessDenied.
         otherwise: BucketAccess (policy, public access block, ownership: read only when the
         record's `conf` lists them), Ask(principal, action_of(req), bucket, key, context_of(req))
         -> decide -> ALLOW | DENY (AccessDenied) | NOT_ALLOWED: for an action an object ACL
-           can allow (GetObject...), decided again with the object's ACL; a missing object
-           is NoSuchKey to whoever may list the bucket, AccessDenied to others (as S3 does)
+           can allow (GetObject...), decided again with the ACL of the version asked for
+           (`versionId`; else the current one); a missing object or version is NoSuchKey /
+           NoSuchVersion to whoever may list the bucket, AccessDenied to others (as S3 does)
 
-A copy source is authorised as `s3:GetObject` on it (`authorize_source`); DeleteObjects
-checks `s3:DeleteObject` per key (`may`). Unsigned requests reach the operations with no
-account (`S3Request.account` None) and are decided the same way: only `*` in a policy or
-an AllUsers grant lets them in.
+The operation is chosen once, by `subresource_of`: the dispatch (app.py) and `action_of`
+both take its answer, and a request naming two operation sub-resources (`?policy&acl`) is
+InvalidRequest rather than one operation checked and another run. A copy source is
+authorised as `s3:GetObject` on it, `s3:GetObjectVersion` when it names a version, whose
+ACL is the one consulted (`authorize_source`); DeleteObjects checks `s3:DeleteObject` per
+key (`may`). Unsigned requests reach the operations with no account (`S3Request.account`
+None) and are decided the same way: only `*` in a policy or an AllUsers grant lets them in.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ from storage.access import (
     object_acl_permission,
 )
 
-__all__ = ["action_of", "authorize", "authorize_source", "context_of", "may", "plain"]
+__all__ = ["SUBRESOURCES", "action_of", "authorize", "authorize_source", "context_of", "may", "plain",
+           "subresource_of"]
 
 BUCKET_ACTIONS: dict[tuple[str, str], str] = {
     ("HEAD", ""): "s3:ListBucket", ("GET", ""): "s3:ListBucket", ("DELETE", ""): "s3:DeleteBucket",
@@ -76,9 +81,12 @@ VERSIONED = {"s3:GetObject": "s3:GetObjectVersion", "s3:DeleteObject": "s3:Delet
              "s3:GetObjectTagging": "s3:GetObjectVersionTagging",
              "s3:PutObjectTagging": "s3:PutObjectVersionTagging",
              "s3:DeleteObjectTagging": "s3:DeleteObjectVersionTagging"}
-SUBRESOURCES = ("policyStatus", "policy", "publicAccessBlock", "ownershipControls", "location", "versions",
-                "versioning", "acl", "uploads", "delete", "uploadId", "attributes", "tagging", "cors",
-                "object-lock", "retention", "legal-hold", "lifecycle")
+# the query parameters that select an operation (versionId, partNumber, list and response-*
+# parameters only qualify one)
+SUBRESOURCES = frozenset((
+    "policyStatus", "policy", "publicAccessBlock", "ownershipControls", "location", "versions", "versioning",
+    "acl", "uploads", "delete", "uploadId", "attributes", "tagging", "cors", "object-lock", "retention",
+    "legal-hold", "lifecycle"))
 # request headers S3 offers as s3: condition keys
 HEADER_KEYS = ("x-amz-acl", "x-amz-content-sha256", "x-amz-copy-source", "x-amz-metadata-directive",
                "x-amz-server-side-encryption", "x-amz-storage-class", "x-amz-grant-read", "x-amz-grant-write",
@@ -86,9 +94,19 @@ HEADER_KEYS = ("x-amz-acl", "x-amz-content-sha256", "x-amz-copy-source", "x-amz-
 LIST_KEYS = ("prefix", "delimiter", "max-keys")
 
 
+def subresource_of(req: S3Request) -> str:
+    """The sub-resource that selects the request's operation ("" for none): what the
+    dispatch runs and what `action_of` authorizes. Two or more are InvalidRequest: no
+    client sends them, and picking one would let a check of one operation admit another."""
+    named = SUBRESOURCES.intersection(req.query)
+    if len(named) > 1:
+        raise s3e.InvalidRequest(f"A request may name one sub-resource, not several: {', '.join(sorted(named))}.")
+    return next(iter(named), "")
+
+
 def action_of(req: S3Request) -> str:
     """The IAM action the request asks for (`s3:GetObject`...)."""
-    sub = next((s for s in SUBRESOURCES if s in req.query), "")
+    sub = subresource_of(req)
     if req.key:
         action = OBJECT_ACTIONS.get((req.method, sub), "s3:GetObject" if req.method in ("GET", "HEAD") else "s3:PutObject")
         if "versionId" in req.query:
@@ -144,12 +162,18 @@ def _settings(req: S3Request, record: BucketRecord, txn: Any) -> BucketAccess:
     return bucket_access(req.store.catalog, record, txn)
 
 
-def _decide_object(req: S3Request, record: BucketRecord, settings: BucketAccess, ask: Ask, txn: Any) -> Decision:
-    """A decision that needs the object's ACL: read it (NoSuchKey to whoever may list
-    the bucket, AccessDenied to others)."""
+def _decide_object(req: S3Request, record: BucketRecord, settings: BucketAccess, ask: Ask, vid: str | None,
+                   txn: Any) -> Decision:
+    """A decision that needs the ACL of the object's version `vid` (None: its current one):
+    read it (NoSuchKey, NoSuchVersion or a delete marker to whoever may list the bucket,
+    AccessDenied to others)."""
+    objects = req.store.objects
     try:
-        found = req.store.objects.get(record.ref(), ask.key or "", txn)
-    except se.NoSuchKey:
+        if vid is None:
+            found = objects.get(record.ref(), ask.key or "", txn)
+        else:
+            found = objects.get_version(record.ref(), ask.key or "", vid, txn)
+    except (se.NoSuchKey, se.NoSuchVersion, se.DeleteMarker):
         listing = Ask(ask.principal, "s3:ListBucket", ask.bucket, None, ask.context)
         if decide(listing, settings) is Decision.ALLOW:
             raise
@@ -157,7 +181,8 @@ def _decide_object(req: S3Request, record: BucketRecord, settings: BucketAccess,
     return decide(ask, settings, found.get("acl"))
 
 
-def _check(req: S3Request, record: BucketRecord, txn: Any, action: str, key: str | None) -> None:
+def _check(req: S3Request, record: BucketRecord, txn: Any, action: str, key: str | None,
+           vid: str | None = None) -> None:
     principal = _principal(req)
     if principal == record.owner and POLICY_KIND not in record.conf:
         return  # the owner, and no policy that could deny: nothing to read
@@ -168,7 +193,7 @@ def _check(req: S3Request, record: BucketRecord, txn: Any, action: str, key: str
     decision = decide(ask, settings)
     if decision is Decision.NOT_ALLOWED and key is not None and object_acl_permission(action) \
             and settings.acls_enabled:
-        decision = _decide_object(req, record, settings, ask, txn)
+        decision = _decide_object(req, record, settings, ask, vid, txn)
     if decision is not Decision.ALLOW:
         raise s3e.AccessDenied()
 
@@ -179,15 +204,19 @@ def authorize(req: S3Request, record: BucketRecord, txn: Any = None) -> None:
     policy (in `txn` if given)."""
     if _principal(req) == record.owner and POLICY_KIND not in record.conf:
         return  # the owner, and no policy that could deny: nothing to read
-    if req.method == "POST" and "delete" in req.query and not req.key:
+    if req.method == "POST" and not req.key and subresource_of(req) == "delete":
         req.access = _settings(req, record, txn)  # DeleteObjects: each key is checked (`may`)
         return
-    _check(req, record, txn, action_of(req), req.key or None)
+    _check(req, record, txn, action_of(req), req.key or None, req.query.get("versionId") if req.key else None)
 
 
 def authorize_source(req: S3Request, record: BucketRecord, key: str, txn: Any = None) -> None:
-    """A copy source: `s3:GetObject` on bucket/key."""
-    _check(req, record, txn, "s3:GetObject", key)
+    """A copy source: `s3:GetObject` on bucket/key, `s3:GetObjectVersion` (and that
+    version's ACL) when x-amz-copy-source names a version."""
+    from manta.server.s3.obj import copy_source_version  # obj -> common -> this module
+
+    vid = copy_source_version(req)
+    _check(req, record, txn, "s3:GetObject" if vid is None else "s3:GetObjectVersion", key, vid)
 
 
 def may(req: S3Request, action: str, key: str | None) -> bool:

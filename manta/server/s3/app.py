@@ -4,6 +4,8 @@
             -> SigV4 (header or presigned; an unsigned request goes on without an account to
                bucket and object operations, where s3/access.py decides it like any other)
             -> dispatch on (method, level, sub-resource) -> operation module
+               (the sub-resource is `access.subresource_of`'s, the one its authorization
+               takes: two that select different operations are InvalidRequest)
             -> response + x-amz-request-id
 
 The app is plain ASGI: `S3App.asgi` parses the scope itself and sends a plain Response
@@ -37,6 +39,7 @@ from starlette.websockets import WebSocket, WebSocketState
 
 from manta.server.config import ServerConfig
 from manta.server.s3 import (
+    access,
     acl,
     attributes,
     bucket,
@@ -130,13 +133,10 @@ OBJECT_OPS: dict[tuple[str, str], Handler] = {
 }
 # object sub-resources that act on the current version only: a versionId is NotImplemented
 ONE_VERSION_ONLY = {"acl", "attributes"}
-SUBRESOURCES = {"location", "versions", "versioning", "acl", "uploads", "delete", "uploadId", "attributes",
-                "tagging", "cors", "lifecycle", "policy", "policyStatus", "publicAccessBlock", "ownershipControls",
-                "object-lock", "retention", "legal-hold"}
 
 
 def _creates_bucket(req: S3Request) -> bool:
-    return req.method == "PUT" and not req.key and not SUBRESOURCES.intersection(req.query)
+    return req.method == "PUT" and not req.key and not access.SUBRESOURCES.intersection(req.query)
 
 
 def request_id() -> str:
@@ -372,7 +372,7 @@ class S3App:
         if unsupported:
             name = sorted(unsupported)[0]
             raise s3e.NotImplemented_(f"The {name} sub-resource is not implemented.")
-        sub = next((s for s in SUBRESOURCES if s in req.query), "")
+        sub = access.subresource_of(req)  # the one choice, which authorization takes too
         table = OBJECT_OPS if req.key else BUCKET_OPS
         handler = table.get((req.method, sub))
         if handler is None:
