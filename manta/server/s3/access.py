@@ -25,7 +25,7 @@ import datetime as dt
 from typing import Any
 
 from manta.server.s3 import errors as s3e
-from manta.server.s3.context import S3Request
+from manta.server.s3.context import S3Request, copy_source_version
 from storage import BucketRecord
 from storage import errors as se
 from storage.access import (
@@ -213,8 +213,6 @@ def authorize(req: S3Request, record: BucketRecord, txn: Any = None) -> None:
 def authorize_source(req: S3Request, record: BucketRecord, key: str, txn: Any = None) -> None:
     """A copy source: `s3:GetObject` on bucket/key, `s3:GetObjectVersion` (and that
     version's ACL) when x-amz-copy-source names a version."""
-    from manta.server.s3.obj import copy_source_version  # obj -> common -> this module
-
     vid = copy_source_version(req)
     _check(req, record, txn, "s3:GetObject" if vid is None else "s3:GetObjectVersion", key, vid)
 

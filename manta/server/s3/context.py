@@ -73,3 +73,9 @@ def copy_source_path(quoted: str) -> str:
     except UnicodeDecodeError:
         raise s3e.InvalidArgument("Invalid copy source encoding.",
                                   ArgumentName="x-amz-copy-source") from None
+
+
+def copy_source_version(req: S3Request) -> str | None:
+    """The version `x-amz-copy-source` names (`?versionId=`), None for the current one."""
+    query = req.headers["x-amz-copy-source"].partition("?")[2]
+    return urllib.parse.parse_qs(query, keep_blank_values=True).get("versionId", [None])[0]

@@ -28,7 +28,6 @@ from __future__ import annotations
 import email.utils
 import re
 import time
-import urllib.parse
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -62,7 +61,7 @@ from manta.server.s3.common import (
     stream_opened,
     xml_response,
 )
-from manta.server.s3.context import S3Request, copy_source_path, validate_key
+from manta.server.s3.context import S3Request, copy_source_path, copy_source_version, validate_key
 from manta.server.s3.readcache import CACHED_BLOB_BYTES
 from manta.server.s3.xmlio import document, el, iso8601
 from storage import BlobMeta, BucketRef, MemoryBlobWriter, WriteCondition
@@ -475,12 +474,6 @@ def parse_copy_source(req: S3Request) -> tuple[str, str]:
                                   ArgumentName="x-amz-copy-source")
     validate_key(key)
     return bucket, key
-
-
-def copy_source_version(req: S3Request) -> str | None:
-    """The version `x-amz-copy-source` names (`?versionId=`), None for the current one."""
-    query = req.headers["x-amz-copy-source"].partition("?")[2]
-    return urllib.parse.parse_qs(query, keep_blank_values=True).get("versionId", [None])[0]
 
 
 def read_copy_source(req: S3Request, bucket: BucketRef, key: str) -> dict[str, Any]:
