@@ -14,9 +14,14 @@
                                                    its record; created: u64 big-endian microseconds
 
 Job record: {v, id, owner, name, phases: [phase dicts], state: running|done|cancelled,
-inputs_ended, input_count, created, finished}. Task record: {v, id, job, phase, type,
-state, input | inputs, reducer, partition, node, attempts, excluded, created, started,
-finished, outputs, error, bytes_local, bytes_remote, chained, attempts_log: [{node, started,
+inputs_ended, input_count, created, finished, access}. `access`: the condition keys
+(storage.access.lasting) of the requests that gave the job its inputs, each distinct one
+once: the create's, then each add-inputs' with inputs; the reads its tasks make are
+decided under every one of them (jobs/runner.py). None, or absent (a record from before
+it, a job given inputs without a context, or more than MAX_CONTEXTS distinct ones): not
+known, and those reads are decided for the worst case (storage.access.worst_case).
+Task record: {v, id, job, phase, type, state, input | inputs, reducer, partition, node,
+attempts, excluded, created, started, finished, outputs, error, bytes_local, bytes_remote, chained, attempts_log: [{node, started,
 finished, outcome: done|failed|cancelled|"node failure: why"|"interrupted: ..."}]}.
 
 These tables are the jobs package's (`TABLES`): storage does not know them, so whatever
@@ -57,7 +62,7 @@ from __future__ import annotations
 import secrets
 import struct
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -65,6 +70,7 @@ from jobs import errors as je
 from jobs.errors import JobInputsClosed, NoSuchJob
 from jobs.spec import JobSpec
 from storage import Catalog
+from storage.access import lasting
 from storage.catalog import Txn
 
 __all__ = ["TABLES", "JobRecords", "cancelled", "jobs_bucket"]
@@ -79,6 +85,7 @@ OWNED = b"\0own\0"
 JOB_STATES = ("running", "done", "cancelled")
 LISTED = ("id", "name", "state", "created", "finished", "input_count")  # a job's fields in listings
 PAGE_MAX = 1000
+MAX_CONTEXTS = 16  # distinct request contexts a job keeps (`access`); past that, not known
 FIRST_JOB = b"\x01"  # job ids sort after the keys above
 
 
@@ -105,14 +112,16 @@ class JobRecords:
 
     # -- jobs -----------------------------------------------------------------------
 
-    def create(self, owner: str, spec: JobSpec) -> Record:
+    def create(self, owner: str, spec: JobSpec, context: Mapping[str, str] | None = None) -> Record:
         """A new running job; QuotaExceeded if `owner` runs as many jobs as allowed (counted
-        in this transaction, so two processes cannot both pass)."""
+        in this transaction, so two processes cannot both pass). `context`: the condition
+        keys of the request that creates it (None: not known)."""
         job_id = secrets.token_hex(8)
         record: Record = {
             "v": 1, "id": job_id, "owner": owner, "name": spec.name,
             "phases": [p.to_dict() for p in spec.phases], "state": "running",
             "inputs_ended": False, "input_count": 0, "created": time.time(), "finished": None,
+            "access": [lasting(context)] if context is not None else None,
         }
         bucket = jobs_bucket(owner)
 
@@ -268,13 +277,18 @@ class JobRecords:
             job["input_count"] += 1
         self._put_job(txn, job)
 
-    def add_inputs(self, job_id: str, inputs: list[str], end: bool = False) -> Record:
+    def add_inputs(self, job_id: str, inputs: list[str], end: bool = False,
+                   context: Mapping[str, str] | None = None) -> Record:
+        """Add inputs (and end them with `end`); `context`: the condition keys of the
+        request that gives them (None: not known), kept in the job's `access`."""
         def op(txn: Txn) -> Record:
             job = self.get(job_id, txn)
             if job["inputs_ended"] or job["state"] != "running":
                 if inputs or not end:
                     raise JobInputsClosed(job_id)
                 return job
+            if inputs:
+                job["access"] = _with_context(job.get("access"), context)
             self._add_inputs_in(txn, job, inputs)
             if end:
                 job["inputs_ended"] = True
@@ -422,6 +436,17 @@ def _tally(counts: Record, task: Record | None, sign: int) -> None:
             del counts["phases"][phase]
     counts["bytes_local"] += sign * (task.get("bytes_local") or 0)
     counts["bytes_remote"] += sign * (task.get("bytes_remote") or 0)
+
+
+def _with_context(access: list[Record] | None, context: Mapping[str, str] | None) -> list[Record] | None:
+    """A job's `access` once a request with `context` gave it inputs: None (not known) stays
+    so, and becomes so for a request without a context or past MAX_CONTEXTS."""
+    if access is None or context is None:
+        return None
+    kept = lasting(context)
+    if kept in access:
+        return access
+    return [*access, kept] if len(access) < MAX_CONTEXTS else None
 
 
 def _running_key(job: Record) -> bytes:

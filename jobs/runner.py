@@ -6,8 +6,11 @@ phase's command, limits and env; each input and asset resolved to its segments, 
 its block CRCs and the nodes holding a replica (id and address, healthy ones first); the
 next phase's reducer count (`partitions`); the phase's image (`image`: its id and its tar
 object, resolved like an asset; the default image is built on first use); `copies` and the writable `peers` for output
-copies. An input that is missing or not the job owner's ends the task ResourceNotFoundError
-(an asset: TaskInitError) without running anything.
+copies. An input that is missing or that the job owner may not read ends the task
+ResourceNotFoundError (an asset: TaskInitError) without running anything. May read: under
+each request context the job keeps (its record's `access`, read afresh: jobs/records.py),
+at the time of the check (storage.access.readable); a job that keeps none (a record from
+before them) is decided for the worst case.
 
 Outcome -> catalog: the output objects (blob records on the nodes the outcome names) and
 the task's final record are written in one catalog transaction, committed relaxed
@@ -33,7 +36,7 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,17 +71,22 @@ class _Failure(Exception):
         self.message = message
 
 
-def _entry(ctx: RunContext, owner: str | None, name: str, missing_code: str) -> Record:
+NO_CONTEXT: tuple[Mapping[str, str], ...] = ({},)  # a check with no request context (manta login's)
+
+
+def _entry(ctx: RunContext, owner: str | None, name: str, missing_code: str,
+           contexts: Sequence[Mapping[str, str]] | None = NO_CONTEXT) -> Record:
     """An input or asset as the agent sees it: its segments and where their replicas are.
     `owner` None: a system object (an image's tar), whoever owns it; else an object the
-    owner may read (theirs, or shared with them: storage.access)."""
+    owner may read (theirs, or shared with them: storage.access) under each of `contexts`
+    (None: not known, the worst case)."""
     bucket, key = parse_input(name)
     store = ctx.store
     try:
         if owner is None:
             ref = store.catalog.buckets.get(bucket).ref()
         else:
-            found = readable(store, owner, bucket, key)
+            found = readable(store, owner, bucket, key, contexts)
             if found is None:
                 raise _Failure(missing_code, f"{name}: access denied")
             ref = found.ref()
@@ -102,6 +110,7 @@ def build_request(ctx: RunContext, job: Record, task: Record, node: Node) -> Rec
     phase = job["phases"][phase_no]
     nxt = job["phases"][phase_no + 1] if phase_no + 1 < len(job["phases"]) else None
     owner = job["owner"]
+    contexts = _contexts(ctx, job)
     env = {"MANTA_JOB_ID": job["id"], "MANTA_PHASE": str(phase_no),
            "MANTA_OUTPUT_BASE": f"{jobs_bucket(owner)}/{job['id']}/p{phase_no}/{task['id']}"}
     partition = None
@@ -109,14 +118,14 @@ def build_request(ctx: RunContext, job: Record, task: Record, node: Node) -> Rec
     if reducers:
         env["MANTA_NREDUCERS"] = str(reducers)
     if task["type"] == "map":
-        inputs = [_entry(ctx, owner, task["input"], je.RESOURCE_NOT_FOUND)]
+        inputs = [_entry(ctx, owner, task["input"], je.RESOURCE_NOT_FOUND, contexts)]
         env["MANTA_INPUT_OBJECT"] = task["input"]
     else:
-        inputs = [_entry(ctx, owner, name, je.RESOURCE_NOT_FOUND) for name in task["inputs"]]
+        inputs = [_entry(ctx, owner, name, je.RESOURCE_NOT_FOUND, contexts) for name in task["inputs"]]
         env["MANTA_REDUCER"] = str(task.get("reducer", 0))
         if task.get("partition") is not None:
             partition = [task["partition"], phase["count"]]
-    assets = [_entry(ctx, owner, name, je.TASK_INIT_ERROR) for name in phase.get("assets", [])]
+    assets = [_entry(ctx, owner, name, je.TASK_INIT_ERROR, contexts) for name in phase.get("assets", [])]
     image = _image(ctx, phase["image"]) if phase.get("image") else None
     if image is not None:
         env["MANTA_IMAGE"] = phase["image"]
@@ -129,6 +138,16 @@ def build_request(ctx: RunContext, job: Record, task: Record, node: Node) -> Rec
             "inputs": inputs, "partition": partition, "assets": assets, "image": image,
             "partitions": reducers if reducers > 1 else 0, "reducers": reducers,
             "copies": store.copies, "peers": [{"id": n.id, "url": n.address} for n in peers]}
+
+
+def _contexts(ctx: RunContext, job: Record) -> list[Mapping[str, str]] | None:
+    """The request contexts the job keeps (None: not known), from its record as the catalog
+    has it now: a scheduler's copy may not have the context of inputs just added."""
+    try:
+        access = ctx.records.get(job["id"]).get("access")
+    except je.NoSuchJob:
+        return None
+    return list(access) if access else None
 
 
 def _image(ctx: RunContext, name: str) -> Record:

@@ -64,7 +64,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
@@ -268,10 +268,12 @@ class JobScheduler:
 
     # -- the API the HTTP layer uses ---------------------------------------------------
 
-    def create(self, owner: str, spec: JobSpec) -> Record:
+    def create(self, owner: str, spec: JobSpec, context: Mapping[str, str] | None = None) -> Record:
+        """A new job; `context`: the condition keys of the request that creates it (its
+        inputs are checked under them, and kept for its tasks' reads; None: not known)."""
         self._check_limits(spec)
-        self._check_readable(owner, spec.inputs)
-        record = self.records.create(owner, spec)  # the quota is counted in its transaction
+        self._check_readable(owner, spec.inputs, context)
+        record = self.records.create(owner, spec, context)  # the quota is counted in its transaction
         if self.started:
             with self.lock:
                 self.jobs.setdefault(record["id"], JobState(record))
@@ -305,13 +307,15 @@ class JobScheduler:
                 raise je.InvalidJobSpec(f"phase {number}: {je.NoSuchImage(phase.image)}")
 
 
-    def _check_readable(self, owner: str, inputs: Iterable[str]) -> None:
-        """AccessDenied for an input in another account's bucket that the owner may not read
-        (storage.access); a missing bucket or object fails its task later, as before."""
+    def _check_readable(self, owner: str, inputs: Iterable[str], context: Mapping[str, str] | None) -> None:
+        """AccessDenied for an input the owner may not read (storage.access) under the
+        condition keys of the request that names it (`context`; None: not known, the worst
+        case); a missing bucket or object fails its task later, as before."""
+        contexts = [context] if context is not None else None
         for name in inputs:
             bucket, key = parse_input(name)
             try:
-                if readable(self.store, owner, bucket, key) is None:
+                if readable(self.store, owner, bucket, key, contexts) is None:
                     raise je.AccessDenied(name)
             except se.NoSuchBucket:
                 continue
@@ -322,12 +326,14 @@ class JobScheduler:
             raise je.NoSuchJob(job_id)
         return record
 
-    def add_inputs(self, job_id: str, owner: str, inputs: list[str], end: bool = False) -> Record:
+    def add_inputs(self, job_id: str, owner: str, inputs: list[str], end: bool = False,
+                   context: Mapping[str, str] | None = None) -> Record:
+        """Add inputs to a job; `context` as for `create`, of the request that gives them."""
         self.job(job_id, owner)
         for item in inputs:
             parse_input(item)
-        self._check_readable(owner, inputs)
-        record = self.records.add_inputs(job_id, inputs, end)
+        self._check_readable(owner, inputs, context)
+        record = self.records.add_inputs(job_id, inputs, end, context)
         self._changed()  # the loop reloads the job's record, as for another process's write
         return record
 

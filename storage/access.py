@@ -24,13 +24,22 @@ authenticated-read) or, for grants that no canned ACL states, the JSON list of
 bucket configurations (`bucketconf` kinds "publicaccessblock", "ownership"), the policy
 the JSON document as given (kind "policy"); the bucket record's `conf` says which exist,
 so `bucket_access` reads nothing more for a bucket that has none.
+
+Reads made later on behalf of a request (`readable`: a job's inputs and assets, read when
+its tasks run) are decided with the condition keys of the requests that named them: the
+keys that describe the connection and the principal (`LASTING_KEYS`, kept by `lasting`),
+with aws:CurrentTime/EpochTime those of the check, and allowed only if every one of those
+contexts allows. With no context known, the worst case (`worst_case`): a Deny with
+conditions binds as if they held and an Allow with conditions allows nothing, so a missing
+key never turns a Deny into an Allow.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
@@ -41,9 +50,10 @@ if TYPE_CHECKING:
     from storage.store import Store
 
 __all__ = ["ACL_KINDS", "ALL_USERS", "AUTHENTICATED_USERS", "CANNED", "OWNER_ENFORCED", "Ask", "BucketAccess",
-           "Decision", "Grant", "OWNERSHIPS", "OWNERSHIP_KIND", "POLICY_KIND", "PUBLIC_BLOCK_KIND", "PublicAccessBlock",
-           "acl_text", "bucket_access", "decide", "grants_of", "is_public_acl", "object_acl_permission",
-           "readable"]
+           "Decision", "Grant", "LASTING_KEYS", "OWNERSHIPS", "OWNERSHIP_KIND", "POLICY_KIND", "PUBLIC_BLOCK_KIND",
+           "PublicAccessBlock",
+           "acl_text", "bucket_access", "decide", "grants_of", "is_public_acl", "lasting", "object_acl_permission",
+           "readable", "time_keys", "worst_case"]
 
 POLICY_KIND = "policy"
 PUBLIC_BLOCK_KIND = "publicaccessblock"
@@ -77,6 +87,10 @@ OBJECT_ACL_PERMISSION = {
     "s3:GetObject": "READ", "s3:GetObjectVersion": "READ", "s3:GetObjectAttributes": "READ",
     "s3:GetObjectAcl": "READ_ACP", "s3:PutObjectAcl": "WRITE_ACP",
 }
+# the condition keys a request's context keeps for the reads made later on its behalf: those
+# of its connection and its principal (a request's own headers and query are not a read's)
+LASTING_KEYS = ("aws:sourceip", "aws:securetransport", "aws:useragent", "aws:referer", "aws:principalaccount",
+                "aws:principalarn", "aws:principaltype", "s3:authtype", "s3:signatureversion")
 # the owner may always manage the policy, even when it denies the owner (no lock-out)
 POLICY_ACTIONS = frozenset(("s3:GetBucketPolicy", "s3:PutBucketPolicy", "s3:DeleteBucketPolicy"))
 
@@ -219,18 +233,53 @@ def decide(ask: Ask, bucket: BucketAccess, object_acl: Any = None) -> Decision:
     return Decision.NOT_ALLOWED
 
 
-def readable(store: Store, principal: str, bucket: str, key: str) -> BucketRecord | None:
-    """The bucket's record if `principal` may read bucket/key (`s3:GetObject` with no
-    request context: a condition on aws:SourceIp, say, does not hold), else None; raises
-    NoSuchBucket. For the jobs, whose inputs may be objects others share."""
+def lasting(context: Mapping[str, str]) -> dict[str, str]:
+    """The keys of a request's context (lower-cased names) that bind reads made later on
+    its behalf (`LASTING_KEYS`)."""
+    return {k: v for k, v in context.items() if k in LASTING_KEYS}
+
+
+def time_keys(now: dt.datetime | None = None) -> dict[str, str]:
+    """aws:CurrentTime and aws:EpochTime, of `now` (default: this moment)."""
+    now = now or dt.datetime.now(dt.UTC)
+    return {"aws:currenttime": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "aws:epochtime": str(int(now.timestamp()))}
+
+
+def worst_case(settings: BucketAccess) -> BucketAccess:
+    """The settings as they bind a reader whose request context is unknown: each Deny
+    statement binds as if its conditions held, an Allow with conditions allows nothing
+    (and none does when RestrictPublicBuckets refuses a public policy's Allow). No context
+    gives less than this."""
+    policy = settings.policy
+    if policy is None or not any(s.conditions for s in policy.statements):
+        return settings
+    allows = not (settings.block.restrict_public_buckets and policy.public)
+    kept = tuple(replace(s, conditions=()) if s.effect == DENY else s for s in policy.statements
+                 if s.effect == DENY or (allows and not s.conditions))
+    return replace(settings, policy=Policy(kept))
+
+
+def readable(store: Store, principal: str, bucket: str, key: str,
+             contexts: Sequence[Mapping[str, str]] | None = None) -> BucketRecord | None:
+    """The bucket's record if `principal` may read bucket/key (`s3:GetObject`) under each
+    of `contexts`, the condition keys of the requests the read is made for (their time
+    keys are replaced by the time of this check), else None; raises NoSuchBucket.
+    `contexts` None or empty: not known, decided for the worst case (`worst_case`). For the
+    jobs, whose inputs may be objects others share."""
+    now = time_keys()
+    known = [{**context, **now} for context in contexts or ()]
     with store.catalog.read() as txn:
         record = store.catalog.buckets.get(bucket, txn)
         if record.owner == principal and POLICY_KIND not in record.conf:
             return record
         settings = bucket_access(store.catalog, record, txn)
-        ask = Ask(principal, "s3:GetObject", bucket, key)
-        decision = decide(ask, settings)
-        if decision is Decision.NOT_ALLOWED and settings.acls_enabled:
+        if not known:
+            settings = worst_case(settings)
+        asks = [Ask(principal, "s3:GetObject", bucket, key, context) for context in known or [now]]
+        decisions = [decide(ask, settings) for ask in asks]
+        if Decision.NOT_ALLOWED in decisions and settings.acls_enabled:
             found = store.objects.read_in(txn, bucket, key)
-            decision = decide(ask, settings, found.get("acl") if found else None)
-    return record if decision is Decision.ALLOW else None
+            acl = found.get("acl") if found else None
+            decisions = [decide(ask, settings, acl) if decision is Decision.NOT_ALLOWED else decision
+                         for ask, decision in zip(asks, decisions, strict=True)]
+    return record if all(decision is Decision.ALLOW for decision in decisions) else None

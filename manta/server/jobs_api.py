@@ -16,10 +16,14 @@ A status reads the job's task counts (jobs.records: one catalog read, however ma
 the job has); `?tasks=1` lists every task, and its counts are those of that list.
 Any worker process serves it: its scheduler answers from the catalog when it is not the
 started one (jobs/scheduler.py), and the started one picks up the change within 0.1 s.
-An account sees only its own jobs. Inputs are checked when they are given: one in another
-account's bucket that the account may not read (storage.access: a bucket policy or an ACL
-may share it) is AccessDenied; each task checks again when it runs (ResourceNotFoundError
-then, like a missing object). Outputs go only to the job owner's buckets.
+An account sees only its own jobs. Inputs are checked when they are given, with the
+condition keys of the request that gives them (`request_context`: the S3 requests' own,
+s3/access.py), so a job reads nothing its owner's GET over the same connection could not:
+one the account may not read (storage.access: a bucket policy or an ACL may share another
+account's; a policy may refuse, say, plain HTTP) is AccessDenied. The job keeps those keys
+(jobs/records.py `access`) and each task checks again when it runs, under them, at that
+time (ResourceNotFoundError then, like a missing object). Outputs go only to the job
+owner's buckets.
 Errors use the S3 error XML (InvalidArgument for a bad spec, NoSuchJob, ...).
 """
 
@@ -36,6 +40,7 @@ from jobs import errors as je
 from jobs.records import JOB_STATES, PAGE_MAX, task_counts
 from jobs.spec import parse_spec
 from manta.server.s3 import errors as s3e
+from manta.server.s3.access import context_of
 from manta.server.s3.body import read_small
 from manta.server.s3.common import in_thread, read_catalog
 from manta.server.s3.context import S3Request
@@ -54,6 +59,15 @@ async def _json(req: S3Request) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise s3e.InvalidRequest("The body must be a JSON object.")
     return value
+
+
+def request_context(req: S3Request) -> dict[str, str]:
+    """The condition keys a job's inputs are checked under: those an S3 request over the
+    same connection would have (s3/access.py), but s3:versionid (a job reads the current
+    version; `?versionId` on this request names none)."""
+    context = context_of(req)
+    context.pop("s3:versionid", None)
+    return context
 
 
 def summary(job: dict[str, Any], counts: dict[str, Any], tasks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -149,7 +163,7 @@ async def _handle(scheduler: JobScheduler, req: S3Request) -> Response:
         if req.method == "POST":
             payload = await _json(req)
             spec = parse_spec(payload, scheduler.phase_defaults())
-            job = await in_thread(scheduler.create, owner, spec)
+            job = await in_thread(scheduler.create, owner, spec, request_context(req))
             if payload.get("end"):
                 job = await in_thread(scheduler.add_inputs, job["id"], owner, [], True)
             return JSONResponse(summary(job, task_counts([])), status_code=201)
@@ -170,7 +184,7 @@ async def _handle(scheduler: JobScheduler, req: S3Request) -> Response:
         if not isinstance(inputs, list) or not all(isinstance(i, str) for i in inputs):
             raise s3e.InvalidArgument("inputs must be a list of bucket/key strings")
         job = await in_thread(scheduler.add_inputs, job_id, owner, inputs,
-                              action == "end" or bool(payload.get("end")))
+                              action == "end" or bool(payload.get("end")), request_context(req))
         return await status(scheduler, job)
     if req.method == "POST" and action == "cancel":
         job = await in_thread(scheduler.cancel, job_id, owner)
