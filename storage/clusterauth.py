@@ -1,19 +1,26 @@
 """Request signing between the parts of a cluster (front door -> node, node -> node).
 
-Every request carries four headers::
+Every request carries five headers::
 
+    x-manta-node            the id of the node the request is meant for (`node-<8 hex>`), or
+                            empty (unbound: only GET /v1/health, before the client knows the id)
     x-manta-date            unix time, decimal seconds
     x-manta-nonce           32 random hex chars
     x-manta-content-sha256  hex SHA-256 of the body, or "STREAMING" (staged blob PUTs only)
     authorization           MANTA-HMAC-SHA256 <hex HMAC-SHA256(secret, string to sign)>
 
-with the string to sign "METHOD\\nPATH?QUERY\\nDATE\\nNONCE\\nCONTENT_SHA256". A node refuses a
-request (`Refused.why`) that is "unsigned" (a header missing or malformed), "forged" (the
-HMAC does not match), "expired" (the date is more than `max_skew_s` away), "replayed" (its
-nonce was seen within `nonce_ttl_s`) or whose body does not match the signed digest ("body
-digest mismatch", also a STREAMING claim where a digest is required). Nonces are remembered
-for `nonce_ttl_s` only (longer than twice the skew, so a replay can never be both fresh and
-forgotten).
+with the string to sign "METHOD\\nPATH?QUERY\\nNODE\\nDATE\\nNONCE\\nCONTENT_SHA256". A node refuses
+a request (`Refused.why`) that is "unsigned" (a header missing or malformed), "forged" (the
+HMAC does not match), "wrong node" (bound to another node's id, or unbound where a binding is
+required), "expired" (the date is more than `max_skew_s` away), "replayed" (its nonce was
+seen within `nonce_ttl_s`) or whose body does not match the signed digest ("body digest
+mismatch", also a STREAMING claim where a digest is required), in that order.
+
+Each node remembers only the nonces it was sent, so the binding is what stops a request
+captured on its way to one node from being replayed to another within the skew (a DELETE
+meant for one copy removing another, a staged PUT whose body is not hashed). Nonces are
+remembered for `nonce_ttl_s` only (longer than twice the skew, so a replay can never be both
+fresh and forgotten).
 """
 
 from __future__ import annotations
@@ -27,12 +34,14 @@ import threading
 import time
 from collections.abc import Mapping
 
-__all__ = ["DATE", "DIGEST", "EMPTY_SHA256", "NONCE", "STREAMING", "Refused", "SecretError",
-           "Verifier", "load_secret", "sign"]
+__all__ = ["DATE", "DIGEST", "EMPTY_SHA256", "NODE", "NONCE", "STREAMING", "UNBOUND", "UNBOUND_OK",
+           "Refused", "SecretError", "Verifier", "load_secret", "sign"]
 
 SCHEME = "MANTA-HMAC-SHA256"
-DATE, NONCE, DIGEST, AUTHORIZATION = ("x-manta-date", "x-manta-nonce", "x-manta-content-sha256",
-                                      "authorization")
+NODE, DATE, NONCE, DIGEST, AUTHORIZATION = ("x-manta-node", "x-manta-date", "x-manta-nonce",
+                                            "x-manta-content-sha256", "authorization")
+UNBOUND = ""  # the binding of a request sent before the client knows the node's id
+UNBOUND_OK = frozenset({("GET", "/v1/health")})  # read-only: harmless to replay anywhere
 STREAMING = "STREAMING"
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 MIN_SECRET_BYTES = 16
@@ -68,25 +77,32 @@ def load_secret(file: str | None = None) -> str:
     return secret
 
 
-def _mac(secret: str, method: str, path_with_query: str, date: str, nonce: str, digest: str) -> str:
-    text = f"{method}\n{path_with_query}\n{date}\n{nonce}\n{digest}"
+def _mac(secret: str, method: str, path_with_query: str, node: str, date: str, nonce: str,
+         digest: str) -> str:
+    text = f"{method}\n{path_with_query}\n{node}\n{date}\n{nonce}\n{digest}"
     return hmac.new(secret.encode(), text.encode(), hashlib.sha256).hexdigest()
 
 
-def sign(secret: str, method: str, path_with_query: str, content_sha256: str,
+def sign(secret: str, method: str, path_with_query: str, content_sha256: str, *, node: str,
          now: float | None = None) -> dict[str, str]:
-    """The signing headers of one request (`content_sha256`: hex digest of the body, or STREAMING)."""
+    """The signing headers of one request to the node whose id is `node` (UNBOUND: only for
+    UNBOUND_OK requests); `content_sha256`: hex digest of the body, or STREAMING."""
     date = f"{time.time() if now is None else now:.3f}"
     nonce = secrets.token_hex(16)
-    mac = _mac(secret, method, path_with_query, date, nonce, content_sha256)
-    return {DATE: date, NONCE: nonce, DIGEST: content_sha256, AUTHORIZATION: f"{SCHEME} {mac}"}
+    mac = _mac(secret, method, path_with_query, node, date, nonce, content_sha256)
+    return {NODE: node, DATE: date, NONCE: nonce, DIGEST: content_sha256, AUTHORIZATION: f"{SCHEME} {mac}"}
 
 
 class Verifier:
-    """Checks signed requests; thread-safe. One per node process (it remembers nonces)."""
+    """Checks signed requests to the node `node_id`; thread-safe. One per node process (it
+    remembers nonces)."""
 
-    def __init__(self, secret: str, max_skew_s: float = 300.0, nonce_ttl_s: float = 600.0) -> None:
+    def __init__(self, secret: str, node_id: str, max_skew_s: float = 300.0,
+                 nonce_ttl_s: float = 600.0) -> None:
+        if not node_id:
+            raise ValueError("a verifier needs the id of its node")
         self._secret = secret
+        self.node_id = node_id
         self.max_skew_s = max_skew_s
         self.nonce_ttl_s = max(nonce_ttl_s, 2 * max_skew_s)
         self._lock = threading.Lock()
@@ -95,17 +111,20 @@ class Verifier:
 
     def check(self, method: str, path_with_query: str, headers: Mapping[str, str],
               body_sha256: str | None, streaming_ok: bool = False) -> None:
-        """Raise Refused unless the request is signed, fresh and new. `body_sha256` None: the
-        body is not hashed yet (call `check_digest` once it is); `streaming_ok`: a STREAMING
-        claim is allowed (staged blob PUTs)."""
+        """Raise Refused unless the request is signed, meant for this node, fresh and new.
+        `body_sha256` None: the body is not hashed yet (call `check_digest` once it is);
+        `streaming_ok`: a STREAMING claim is allowed (staged blob PUTs)."""
         date, nonce, digest = headers.get(DATE), headers.get(NONCE), headers.get(DIGEST)
+        node = headers.get(NODE)
         auth = headers.get(AUTHORIZATION, "")
         scheme, _, mac = auth.partition(" ")
-        if not (date and nonce and digest and scheme == SCHEME and mac):
+        if not (date and nonce and digest and node is not None and scheme == SCHEME and mac):
             raise Refused("unsigned")
-        expected = _mac(self._secret, method, path_with_query, date, nonce, digest)
+        expected = _mac(self._secret, method, path_with_query, node, date, nonce, digest)
         if not hmac.compare_digest(expected.encode(), mac.strip().encode()):
             raise Refused("forged")
+        if node != self.node_id and not (node == UNBOUND and (method, path_with_query) in UNBOUND_OK):
+            raise Refused("wrong node")
         try:
             skew = abs(time.time() - float(date))
         except ValueError:

@@ -1,7 +1,9 @@
 """RemoteNode: storage.Node over HTTP to a `manta node` process (MinIO's storage REST client).
 
-Every request is signed (storage.clusterauth) and goes over a small per-node pool of
-keep-alive http.client connections. Health comes from a `Heartbeat` thread polling
+Every request is signed (storage.clusterauth) for the node's id, so that it cannot be replayed
+to another node; until the id is known (before `connect`), only GET /v1/health goes unbound,
+and any other request first asks for the id (`bound_id`). Requests go over a small per-node
+pool of keep-alive http.client connections. Health comes from a `Heartbeat` thread polling
 GET /v1/health; `healthy()` is False once no answer came for `down_after_s`, when the node
 says it is unhealthy, or after `mark_failed` until the next good answer.
 
@@ -31,7 +33,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from storage.blobs import BlobInfo
-from storage.clusterauth import EMPTY_SHA256, STREAMING, sign
+from storage.clusterauth import EMPTY_SHA256, STREAMING, UNBOUND, UNBOUND_OK, sign
 from storage.errors import BlobDamaged, BlobMissing
 from storage.nodeapi import BLOCK, Node
 
@@ -71,7 +73,7 @@ class RemoteNode(Node):
         self.url = url.rstrip("/")
         self.host, self.port = parsed.hostname, parsed.port or 80
         self.secret = secret
-        self.id = node_id or self.url
+        self.id = node_id or self.url  # the URL until the node says its id (connect)
         self.timeout_s = timeout_s
         self.down_after_s: float | None = None  # set by a Heartbeat
         self._pool: list[tuple[float, http.client.HTTPConnection]] = []
@@ -84,6 +86,21 @@ class RemoteNode(Node):
     @property
     def address(self) -> str:
         return self.url
+
+    # -- signing -------------------------------------------------------------------------
+
+    def bound_id(self) -> str:
+        """The node id requests are signed for; asked of the node (`connect`) when not known."""
+        if self.id == self.url:
+            self.connect()
+        return self.id
+
+    def signed_headers(self, method: str, path: str, content_sha256: str) -> dict[str, str]:
+        """The signing headers of one request to this node (storage.clusterauth.sign), bound
+        to its id; unbound only for a health request before the id is known."""
+        unbound_ok = self.id == self.url and (method, path) in UNBOUND_OK
+        node = UNBOUND if unbound_ok else self.bound_id()
+        return sign(self.secret, method, path, content_sha256, node=node)
 
     # -- transport -----------------------------------------------------------------------
 
@@ -110,13 +127,13 @@ class RemoteNode(Node):
         A failure on a reused keep-alive connection is retried once on a fresh one, except
         for commits and tasks (not idempotent)."""
         retriable = not (path.endswith("/commit") or path.startswith("/v1/tasks"))
+        digest = hashlib.sha256(body).hexdigest() if body else EMPTY_SHA256
         for attempt in range(2):
+            all_headers = {**(headers or {}), **self.signed_headers(method, path, digest)}
             conn, reused = self._connection()
             conn.timeout = timeout_s or self.timeout_s
             if conn.sock is not None:
                 conn.sock.settimeout(conn.timeout)
-            all_headers = {**(headers or {}), **sign(self.secret, method, path,
-                                                     hashlib.sha256(body).hexdigest() if body else EMPTY_SHA256)}
             try:
                 conn.request(method, path, body=body or None, headers=all_headers)
                 resp = conn.getresponse()
@@ -153,6 +170,8 @@ class RemoteNode(Node):
         """A long call (a task) on a connection of its own: ConnectionError when the heartbeat
         says the node went down while waiting (the socket is closed to abandon the call)."""
         body = json.dumps(obj).encode()
+        headers = {"content-type": "application/json",
+                   **self.signed_headers("POST", path, hashlib.sha256(body).hexdigest())}
         conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout_s)
         done = threading.Event()
         abandoned: list[str] = []
@@ -170,8 +189,6 @@ class RemoteNode(Node):
 
         watcher = threading.Thread(target=watch, name=f"watch-{self.id}", daemon=True)
         try:
-            headers = {"content-type": "application/json",
-                       **sign(self.secret, "POST", path, hashlib.sha256(body).hexdigest())}
             conn.request("POST", path, body=body, headers=headers)
             watcher.start()
             resp = conn.getresponse()
@@ -334,7 +351,7 @@ class RemoteNode(Node):
         fetches the blob itself; from the caller's own node (a task agent copying its
         outputs), the bytes are pushed from there."""
         if isinstance(peer, RemoteNode):
-            self._call("POST", self._blob(blob_id, "/fetch"), {"from": peer.url},
+            self._call("POST", self._blob(blob_id, "/fetch"), {"from": peer.url, "id": peer.bound_id()},
                        timeout_s=max(self.timeout_s, 600.0))
         else:
             self.copy_by_reading(peer, blob_id)
@@ -361,10 +378,11 @@ class RemoteWriter:
         self._answer: Answer | None = None
         self._closed = False
         path = node._blob(blob_id, "?mode=staged")
+        signed = node.signed_headers("PUT", path, STREAMING)
         self._conn = http.client.HTTPConnection(node.host, node.port, timeout=node.timeout_s)
         try:
             self._conn.putrequest("PUT", path, skip_accept_encoding=True)
-            for name, value in sign(node.secret, "PUT", path, STREAMING).items():
+            for name, value in signed.items():
                 self._conn.putheader(name, value)
             self._conn.putheader("transfer-encoding", "chunked")
             self._conn.endheaders()

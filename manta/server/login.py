@@ -5,9 +5,10 @@ and the pump between a websocket and a session (jobs/login.py), used by both end
     front door: the object must be in a bucket of the signing account (as a job input);
     the node holding most of its bytes (healthy) runs the session:
         a node in this process  -> its TaskAgent, here (`serve_session`)
-        a `manta node` host     -> ws GET /v1/login, signed with the cluster secret; the
-                                   first message is the LoginRequest, its SHA-256 signed as
-                                   the body; then frames pass both ways unchanged (`relay`)
+        a `manta node` host     -> ws GET /v1/login, signed with the cluster secret for
+                                   that node's id; the first message is the LoginRequest, its
+                                   SHA-256 signed as the body; then frames pass both ways
+                                   unchanged (`relay`)
 
 Frames, on both hops: binary client->node is keystrokes, node->client terminal output;
 text client->node is JSON {"resize": [rows, cols]}; the last node->client frame is text,
@@ -38,9 +39,8 @@ from jobs.spec import parse_input
 from manta.server.s3 import errors as s3e
 from manta.server.s3.common import in_thread
 from manta.server.s3.context import S3Request
-from storage import LocalNode, Node, Store
+from storage import Node, RemoteNode, Store
 from storage import errors as se
-from storage.clusterauth import sign
 
 __all__ = ["MAX_SESSIONS", "NODE_PATH", "login_handler", "send_error", "serve_session", "session_slots"]
 
@@ -70,13 +70,13 @@ def login_handler(scheduler: JobScheduler, idle_s: float) -> Any:
         if not req.key.startswith(PREFIX):
             raise s3e.NoSuchKey(Key=req.key)
         request, node = await in_thread(_resolve, scheduler, req, req.key[len(PREFIX):], idle_s)
-        if isinstance(node, LocalNode):
-            agent = scheduler.agents.get(node.id)
-            if agent is None or agent.sandbox is None:
-                raise s3e.ServiceUnavailable("Sessions cannot run here: no task sandbox on this server.")
-            await serve_session(ws, lambda output: LoginSession(agent, request, output), slots)
-        else:
-            await relay(ws, node, scheduler.store, request)
+        if isinstance(node, RemoteNode):
+            await relay(ws, node, request)
+            return
+        agent = scheduler.agents.get(node.id)
+        if agent is None or agent.sandbox is None:
+            raise s3e.ServiceUnavailable("Sessions cannot run here: no task sandbox on this server.")
+        await serve_session(ws, lambda output: LoginSession(agent, request, output), slots)
 
     return handle
 
@@ -180,18 +180,16 @@ async def _take_input(ws: WebSocket, session: LoginSession) -> None:
         session.hangup()
 
 
-async def relay(ws: WebSocket, node: Node, store: Store, request: LoginRequest) -> None:
+async def relay(ws: WebSocket, node: RemoteNode, request: LoginRequest) -> None:
     """Run the session on a `manta node` host: frames pass unchanged both ways."""
     import websockets.asyncio.client as wsclient
     from websockets.exceptions import WebSocketException
 
-    secret = store.config.cluster_secret
-    if not secret:
-        raise s3e.ServiceUnavailable("No cluster secret to reach the node with.")
     body = json.dumps(request.to_json())
     url = node.address.replace("http://", "ws://", 1).rstrip("/") + NODE_PATH
-    headers = sign(secret, "GET", NODE_PATH, hashlib.sha256(body.encode()).hexdigest())
     try:
+        headers = await in_thread(node.signed_headers, "GET", NODE_PATH,
+                                  hashlib.sha256(body.encode()).hexdigest())  # may ask the node its id
         upstream = await wsclient.connect(url, additional_headers=headers, proxy=None, compression=None,
                                           open_timeout=CONNECT_TIMEOUT_S, max_size=None)
     except (OSError, WebSocketException, TimeoutError) as exc:

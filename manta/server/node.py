@@ -2,7 +2,8 @@
 task agent (docs/cluster-protocol.md; client side: storage.remote.RemoteNode).
 
 Every request is checked (storage.clusterauth.Verifier) before anything else happens: the
-signing headers first, then, once the body is read, its digest. Refusals answer 403
+signing headers first (bound to this node's id: a request signed for another node is
+refused as "wrong node"), then, once the body is read, its digest. Refusals answer 403
 {"error": why} and log one WARNING line "refused METHOD PATH from ADDR: why".
 
 Staged writes: PUT ?mode=staged streams the body into the node's BlobWriter (tmp/ID.tmp),
@@ -82,9 +83,9 @@ class NodeApp:
         self.node = node
         self.secret = secret
         self.agent = agent
-        self.verifier = Verifier(secret)
+        self.verifier = Verifier(secret, node.id)
         self.staged: dict[str, Staged] = {}
-        self.peers: dict[str, RemoteNode] = {}
+        self.peers: dict[tuple[str, str], RemoteNode] = {}  # by (url, id)
         self.task_limiter = anyio.CapacityLimiter(max(1, int(getattr(agent, "slots", 0) or 0)) + 4)
         self.login_slots: anyio.CapacityLimiter | None = None  # made with the first session
 
@@ -302,9 +303,13 @@ class NodeApp:
         return JSONResponse({"removed": await anyio.to_thread.run_sync(self.node.sweep_temp)})
 
     async def fetch(self, request: Request) -> Response:
-        url = str(self.json_body(request).get("from") or "")
+        want = self.json_body(request)
+        url, peer_id = want.get("from"), want.get("id")
+        if not (isinstance(url, str) and isinstance(peer_id, str) and peer_id):
+            return error(400, "fetch needs the peer's url (from) and id")
         try:
-            peer = self.peers.get(url) or self.peers.setdefault(url, RemoteNode(url, self.secret))
+            peer = self.peers.get((url, peer_id)) or self.peers.setdefault(
+                (url, peer_id), RemoteNode(url, self.secret, peer_id))
             await anyio.to_thread.run_sync(self.node.copy_from, peer, request.path_params["blob_id"])
         except (OSError, ValueError) as exc:
             return error(502, f"fetch from {url} failed: {exc}")
