@@ -71,7 +71,7 @@ class _Failure(Exception):
         self.message = message
 
 
-NO_CONTEXT: tuple[Mapping[str, str], ...] = ({},)  # a check with no request context (manta login's)
+NO_CONTEXT: tuple[Mapping[str, str], ...] = ({},)  # a check with no request context
 
 
 def _entry(ctx: RunContext, owner: str | None, name: str, missing_code: str,

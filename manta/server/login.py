@@ -36,6 +36,7 @@ from jobs import errors as je
 from jobs.login import LoginRequest, LoginSession
 from jobs.runner import _entry, _Failure
 from jobs.spec import parse_input
+from manta.server.jobs_api import request_context
 from manta.server.s3 import errors as s3e
 from manta.server.s3.common import in_thread
 from manta.server.s3.context import S3Request
@@ -93,9 +94,11 @@ def _resolve(scheduler: JobScheduler, req: S3Request, name: str, idle_s: float) 
         raise s3e.NoSuchBucket(f"No bucket {name.partition('/')[0]!r}.", BucketName=name.partition("/")[0]) from None
     if owner != req.owner:
         raise s3e.AccessDenied(f"{name} is not yours: its bucket belongs to another account.")
-    try:
-        entry = _entry(scheduler.ctx, req.owner, name, "NoSuchKey")
-    except _Failure:
+    try:  # under the upgrade's condition keys, as a GET over this connection (jobs_api)
+        entry = _entry(scheduler.ctx, req.owner, name, "NoSuchKey", [request_context(req)])
+    except _Failure as failure:
+        if failure.message.endswith("access denied"):  # a policy refuses it over this connection
+            raise s3e.AccessDenied(f"{name}: access denied.") from None
         raise s3e.NoSuchKey(f"No object {name}.", Key=key) from None
     query = req.query
     try:

@@ -230,6 +230,30 @@ def test_another_accounts_object_and_a_missing_one_are_refused(server: Server, o
     assert not sandboxes_of(server)
 
 
+def test_a_policy_condition_binds_a_session_as_it_binds_a_get(server: Server) -> None:
+    """The owner's own object, under a policy that refuses plain HTTP: no session over it,
+    as a GET over the same connection is refused (the check once had no request context)."""
+    s3: Any = server.client()
+    bucket = f"tls-only-{os.getpid()}"
+    s3.create_bucket(Bucket=bucket)
+    s3.put_object(Bucket=bucket, Key="doc", Body=b"only over TLS\n")
+    s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps({"Version": "2012-10-17", "Statement": [{
+        "Effect": "Deny", "Principal": "*", "Action": "s3:GetObject", "Resource": f"arn:aws:s3:::{bucket}/*",
+        "Condition": {"Bool": {"aws:SecureTransport": "false"}}}]}))
+    try:
+        done = subprocess.run([sys.executable, "-m", "manta", "login", f"{bucket}/doc", "--", "cat /manta/input"],
+                              env=env_for(server), cwd=REPO, capture_output=True, stdin=subprocess.DEVNULL, timeout=60)
+        assert done.returncode == 1
+        assert b"access denied" in done.stderr.lower(), done.stderr
+        assert b"only over TLS" not in done.stdout
+        assert not sandboxes_of(server)
+    finally:
+        s3.delete_bucket_policy(Bucket=bucket)
+    done = subprocess.run([sys.executable, "-m", "manta", "login", f"{bucket}/doc", "--", "cat /manta/input"],
+                          env=env_for(server), cwd=REPO, capture_output=True, stdin=subprocess.DEVNULL, timeout=60)
+    assert done.returncode == 0 and b"only over TLS" in done.stdout, done.stderr
+
+
 def test_an_unsigned_upgrade_gets_no_session_even_on_a_public_object(server: Server, obj: str) -> None:
     """Anonymous reads of a public-read bucket act as its owner for GET and HEAD; a login
     session is never granted that way, nor to a request signed with a wrong secret."""
