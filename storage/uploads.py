@@ -7,8 +7,15 @@ part. A part uploaded twice replaces the earlier one (whose blob is freed).
 
 An upload remembers its bucket's generation (`bucket_gen`); parts and completion re-check
 the `BucketRef` they were authorised against inside their transaction, and deleting a
-bucket aborts its uploads, so nothing lands in a bucket re-created meanwhile. Pending
-parts' sizes count in the upload owner's stored bytes (catalog.usage.charge).
+bucket aborts its uploads, so nothing lands in a bucket re-created meanwhile.
+
+The bucket owner pays for what is stored in its bucket, whoever sends it (as with S3, and
+as with PutObject): an upload records its bucket's owner (`bucket_owner`), pending parts'
+sizes count in that account's stored bytes (catalog.usage.charge, refused past its quota
+when a part is recorded), and completion refunds the parts and charges the object to the
+bucket owner like any put, so its objects and bytes quotas are checked at commit (refused:
+nothing changes, the upload stays pending). Uploads recorded before `bucket_owner` charged
+their parts to the account that started them (`owner`), and are refunded to it.
 
 Completion is idempotent for a client retrying after a lost answer: the upload record is
 replaced by a small completion record {bucket, key, owner, bucket_gen, completed: {digest,
@@ -40,7 +47,7 @@ from storage.catalog import (
     object_key,
     part_key,
 )
-from storage.objects import ObjectStore, WriteCondition, growth
+from storage.objects import ObjectStore, WriteCondition
 from storage.records.blobrefs import BlobRecord
 from storage.records.usage import Usage
 
@@ -71,6 +78,11 @@ def upload_index_key(bucket: str, key: str, upload_id: str) -> bytes:
     return object_key(bucket, key)[:INDEX_KEY_BYTES] + b"\0" + upload_id.encode()
 
 
+def charged_to(upload: Record) -> str:
+    """The account an upload's pending parts are charged to (see the module docstring)."""
+    return str(upload.get("bucket_owner") or upload["owner"])
+
+
 class UploadStore:
     def __init__(self, catalog: Catalog, objects: ObjectStore) -> None:
         self.catalog = catalog
@@ -83,7 +95,9 @@ class UploadStore:
                   "owner": owner, "initiated": time.time()}
 
         def op(txn: Txn) -> Record:
-            record["bucket_gen"] = self.catalog.buckets.check(txn, bucket).generation
+            bucket_record = self.catalog.buckets.check(txn, bucket)
+            record["bucket_gen"] = bucket_record.generation
+            record["bucket_owner"] = bucket_record.owner
             self.catalog.put(txn, "uploads", upload_id.encode(), record)
             self.catalog.put(txn, "upkeys", upload_index_key(name, key, upload_id), 1)
             return record
@@ -112,7 +126,7 @@ class UploadStore:
         with self.catalog.read() as txn:
             upload = self.get(bucket, key, upload_id, txn)
             old = self.catalog.get(txn, "parts", part_key(upload_id, number))
-            self.catalog.usage.check_room(upload["owner"], 0, size - (old["size"] if old else 0), txn)
+            self.catalog.usage.check_room(charged_to(upload), 0, size - (old["size"] if old else 0), txn)
 
     def put_part(self, bucket: Bucket, key: str, upload_id: str, part: Record,
                  blobs: dict[str, BlobRecord] | None = None) -> list[str]:
@@ -125,7 +139,7 @@ class UploadStore:
             upload = self.get(bucket, key, upload_id, txn)
             pkey = part_key(upload_id, part["number"])
             old = self.catalog.get(txn, "parts", pkey)
-            self.catalog.usage.charge(txn, upload["owner"], 0, part["size"] - (old["size"] if old else 0))
+            self.catalog.usage.charge(txn, charged_to(upload), 0, part["size"] - (old["size"] if old else 0))
             self.catalog.blobrefs.ref(txn, [part["blob"]], blobs)
             self.catalog.put(txn, "parts", pkey, part)
             return self.catalog.blobrefs.unref(txn, [old["blob"]] if old else [])
@@ -186,12 +200,16 @@ class UploadStore:
     def _parts_in(self, txn: Txn, upload_id: str) -> list[Record]:
         return [p for _, p in self.catalog.scan(txn, "parts", prefix=upload_id.encode() + b"\0")]
 
-    def _drop(self, txn: Txn, upload: Record) -> list[str]:
+    def _refund(self, txn: Txn, upload: Record, parts: list[Record]) -> None:
+        self.catalog.usage.charge(txn, charged_to(upload), 0, -sum(p["size"] for p in parts), check=False)
+
+    def _drop(self, txn: Txn, upload: Record, refund: bool = True) -> list[str]:
         upload_id = upload["upload_id"]
         parts = self._parts_in(txn, upload_id)
         for part in parts:
             self.catalog.delete(txn, "parts", part_key(upload_id, part["number"]))
-        self.catalog.usage.charge(txn, upload["owner"], 0, -sum(p["size"] for p in parts))
+        if refund:
+            self._refund(txn, upload, parts)
         self.catalog.delete(txn, "uploads", upload_id.encode())
         self.catalog.delete(txn, "upkeys", upload_index_key(upload["bucket"], upload["key"], upload_id))
         return self.catalog.blobrefs.unref(txn, [p["blob"] for p in parts])
@@ -244,13 +262,11 @@ class UploadStore:
             record = {**record, "v": 1, "key": key,
                       "segments": [[p["blob"], p["size"]] for p in parts],
                       "part_checksums": [[p["number"], p.get("checksums") or {}] for p in parts]}
-            # the object's bytes are already counted as parts: check the net change once
-            objects, nbytes = growth(self.objects.replaced_in(txn, bucket, key), record["size"])
-            pending = sum(p["size"] for p in self._parts_in(txn, upload_id))
-            self.catalog.usage.check_room(upload["owner"], objects, nbytes - pending, txn)
-            freed = self.objects._put_in(txn, bucket, key, record, enforce_quota=False,
-                                         condition=condition)
-            freed += self._drop(txn, upload)
+            # the parts' bytes become the object's: refunded first, so that the put charges
+            # and checks the bucket owner for the net change (a refusal rolls back both)
+            self._refund(txn, upload, self._parts_in(txn, upload_id))
+            freed = self.objects._put_in(txn, bucket, key, record, condition=condition)
+            freed += self._drop(txn, upload, refund=False)
             self._remember(txn, upload, record, digest)
             self._prune_completions(txn, time.time())
             return record, freed
@@ -312,12 +328,12 @@ class UploadStore:
             self.catalog.delete(txn, "uploads", raw[8:])
 
     def usage_totals(self, txn: Txn) -> dict[str, dict[str, int]]:
-        """{owner: {objects: 0, bytes}} of pending parts (a usage rebuild)."""
+        """{account charged: {objects: 0, bytes}} of pending parts (a usage rebuild)."""
         totals: dict[str, dict[str, int]] = {}
         for _, upload in self.catalog.scan(txn, "uploads"):
             if "completed" in upload:
                 continue
-            used = totals.setdefault(upload["owner"], {"objects": 0, "bytes": 0})
+            used = totals.setdefault(charged_to(upload), {"objects": 0, "bytes": 0})
             used["bytes"] += sum(p["size"] for p in self._parts_in(txn, upload["upload_id"]))
         return totals
 

@@ -146,3 +146,62 @@ def test_bad_quota_text_and_unknown_users_are_clear_errors(server: Server) -> No
     out = manta(server, "admin", "user", "get", "nobody-at-all")
     assert out.returncode == 1
     assert "NoSuchUser" in out.stderr.decode()
+
+
+def test_a_multipart_upload_by_another_account_is_charged_to_and_checked_for_the_bucket_owner(
+        server: Server) -> None:
+    owner_name, writer_name = f"annaq-{os.getpid()}", f"benq-{os.getpid()}"
+    owner = add_user(server, owner_name, "--quota", "bytes=1000,objects=3")
+    writer = add_user(server, writer_name)
+    s3a, s3b = user_client(server, owner), user_client(server, writer)
+    bucket = f"quota-shared-{os.getpid()}"
+    s3a.create_bucket(Bucket=bucket)
+    s3a.put_bucket_policy(Bucket=bucket, Policy=json.dumps({"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{writer_name}:root"},
+        "Action": ["s3:PutObject"], "Resource": f"arn:aws:s3:::{bucket}/*"}]}))
+    s3b.create_bucket(Bucket=f"{bucket}-ben")
+    s3b.put_object(Bucket=f"{bucket}-ben", Key="src", Body=b"s" * 2000)
+
+    def usage() -> tuple[dict[str, int], dict[str, int]]:
+        return get_user(server, owner_name)["usage"], get_user(server, writer_name)["usage"]
+
+    def complete(key: str, upload: str, etag: str) -> Any:
+        return s3b.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload, MultipartUpload={
+            "Parts": [{"PartNumber": 1, "ETag": etag}]})
+
+    assert refused(s3b.put_object, Bucket=bucket, Key="x", Body=b"a" * 2000)["Error"]["Code"] == "QuotaExceeded"
+    upload = s3b.create_multipart_upload(Bucket=bucket, Key="big")["UploadId"]
+    response = refused(s3b.upload_part, Bucket=bucket, Key="big", UploadId=upload, PartNumber=1,
+                       Body=b"b" * 50_000)  # the bucket owner's bytes, refused as a PutObject is
+    assert response["Error"]["Code"] == "QuotaExceeded" and "bytes quota of 1000" in response["Error"]["Message"]
+    assert refused(s3b.upload_part_copy, Bucket=bucket, Key="big", UploadId=upload, PartNumber=1,
+                   CopySource={"Bucket": f"{bucket}-ben", "Key": "src"})["Error"]["Code"] == "QuotaExceeded"
+    assert usage() == ({"objects": 0, "bytes": 0}, {"objects": 1, "bytes": 2000})
+
+    for i in range(3):
+        s3a.put_object(Bucket=bucket, Key=f"k{i}", Body=b"o" * 100)
+    etag = s3b.upload_part(Bucket=bucket, Key="big", UploadId=upload, PartNumber=1, Body=b"b" * 600)["ETag"]
+    assert usage() == ({"objects": 3, "bytes": 900}, {"objects": 1, "bytes": 2000})  # pending: the owner's
+    response = refused(complete, key="big", upload=upload, etag=etag)  # a 4th object
+    assert response["Error"]["Code"] == "QuotaExceeded" and "objects quota of 3" in response["Error"]["Message"]
+    assert usage() == ({"objects": 3, "bytes": 900}, {"objects": 1, "bytes": 2000})
+    assert [u["UploadId"] for u in s3a.list_multipart_uploads(Bucket=bucket)["Uploads"]] == [upload]
+    assert refused(s3a.head_object, Bucket=bucket, Key="big")["ResponseMetadata"]["HTTPStatusCode"] == 404
+
+    s3a.delete_object(Bucket=bucket, Key="k0")  # room for one object
+    complete("big", upload, etag)
+    assert s3a.head_object(Bucket=bucket, Key="big")["ContentLength"] == 600
+    assert usage() == ({"objects": 3, "bytes": 800}, {"objects": 1, "bytes": 2000})
+    assert "Uploads" not in s3a.list_multipart_uploads(Bucket=bucket)
+
+    small = s3b.create_multipart_upload(Bucket=bucket, Key="k1")["UploadId"]  # an overwrite
+    assert refused(s3b.upload_part, Bucket=bucket, Key="k1", UploadId=small, PartNumber=1,
+                   Body=b"c" * 300)["Error"]["Code"] == "QuotaExceeded"
+    etag = s3b.upload_part(Bucket=bucket, Key="k1", UploadId=small, PartNumber=1, Body=b"c" * 150)["ETag"]
+    assert usage() == ({"objects": 3, "bytes": 950}, {"objects": 1, "bytes": 2000})
+    s3a.abort_multipart_upload(Bucket=bucket, Key="k1", UploadId=small)
+    assert usage() == ({"objects": 3, "bytes": 800}, {"objects": 1, "bytes": 2000})
+    small = s3b.create_multipart_upload(Bucket=bucket, Key="k1")["UploadId"]
+    etag = s3b.upload_part(Bucket=bucket, Key="k1", UploadId=small, PartNumber=1, Body=b"c" * 150)["ETag"]
+    complete("k1", small, etag)
+    assert usage() == ({"objects": 3, "bytes": 850}, {"objects": 1, "bytes": 2000})

@@ -145,6 +145,55 @@ def test_completing_refuses_an_object_past_the_object_quota(st: Stores) -> None:
     assert st.usage() == (1, 10)
 
 
+def test_another_accounts_upload_is_charged_to_and_checked_for_the_bucket_owner(st: Stores) -> None:
+    st.catalog.accounts.set_quota("bob", {"objects": 1, "bytes": 100})
+    up = st.uploads.create("bobs", "mp", "alice", {"headers": {}, "meta": {}})["upload_id"]
+    st.uploads.put_part("bobs", "mp", up, part(1, 70))
+    assert (st.usage(), st.usage("alice")) == ((0, 70), (0, 0))
+    with pytest.raises(errors.QuotaExceeded):
+        st.uploads.check_room("bobs", "mp", up, 2, 31)
+    with pytest.raises(errors.QuotaExceeded):
+        st.uploads.put_part("bobs", "mp", up, part(2, 31))
+    st.uploads.put_part("bobs", "mp", up, part(1, 60))  # a re-sent part counts the difference
+    st.objects.put("bobs", "a", record(10))
+    with pytest.raises(errors.QuotaExceeded) as err:  # a second object
+        st.uploads.complete("bobs", "mp", up, [(1, "p1")], build)
+    assert (err.value.account, err.value.resource) == ("bob", "objects")
+    assert (st.usage(), st.usage("alice")) == ((1, 70), (0, 0))  # as it was: still pending
+    assert [p["size"] for p in st.uploads.parts(up)] == [60]
+    st.uploads.rebuild_usage()
+    assert (st.usage(), st.usage("alice")) == ((1, 70), (0, 0))
+    st.objects.delete("bobs", "a")
+    st.uploads.complete("bobs", "mp", up, [(1, "p1")], build)
+    assert (st.usage(), st.usage("alice")) == ((1, 60), (0, 0))
+    up2 = st.uploads.create("bobs", "mp2", "alice", {"headers": {}, "meta": {}})["upload_id"]
+    st.uploads.put_part("bobs", "mp2", up2, part(1, 40))
+    st.uploads.abort("bobs", "mp2", up2)
+    assert (st.usage(), st.usage("alice")) == ((1, 60), (0, 0))
+
+
+def test_an_upload_recorded_before_bucket_owner_is_refunded_to_its_starter(st: Stores) -> None:
+    up = st.uploads.create("bobs", "mp", "alice", {"headers": {}, "meta": {}})["upload_id"]
+
+    def as_before(txn: Any) -> None:
+        record = st.catalog.get(txn, "uploads", up.encode())
+        del record["bucket_owner"]
+        st.catalog.put(txn, "uploads", up.encode(), record)
+
+    st.catalog.write(as_before)
+    st.uploads.put_part("bobs", "mp", up, part(1, 70))
+    assert (st.usage(), st.usage("alice")) == ((0, 0), (0, 70))
+    st.uploads.rebuild_usage()
+    assert (st.usage(), st.usage("alice")) == ((0, 0), (0, 70))
+    st.catalog.accounts.set_quota("bob", {"bytes": 50})
+    with pytest.raises(errors.QuotaExceeded):  # the object is the bucket owner's
+        st.uploads.complete("bobs", "mp", up, [(1, "p1")], build)
+    assert (st.usage(), st.usage("alice")) == ((0, 0), (0, 70))
+    st.catalog.accounts.set_quota("bob", {"bytes": None})
+    st.uploads.complete("bobs", "mp", up, [(1, "p1")], build)
+    assert (st.usage(), st.usage("alice")) == ((1, 70), (0, 0))
+
+
 def test_job_outputs_count_for_the_owner_without_being_refused(st: Stores) -> None:
     st.catalog.accounts.set_quota("bob", {"objects": 0})
     st.catalog.write(lambda txn: st.catalog.buckets.ensure_in(txn, "_jobs_bob", "bob"))
