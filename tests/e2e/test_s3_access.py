@@ -4,6 +4,8 @@ and ownership controls, malformed policies; boto3 and raw HTTP against a real se
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import itertools
 import json
 import os
@@ -17,7 +19,7 @@ from manta import Client
 from manta.client import AccessDenied
 from tests.conftest import ROOT_AK, ROOT_SK, Server, require
 from tests.e2e.test_client import sandbox_reason
-from tests.e2e.test_s3_edge_keys import assert_s3_error, request
+from tests.e2e.test_s3_edge_keys import NS, assert_s3_error, request
 from tests.e2e.test_s3_listing_acl import ALL_USERS, anonymous_client, send_with, unsigned
 
 _accounts = itertools.count(1)
@@ -469,3 +471,141 @@ def test_copying_a_version_needs_get_object_version(s3: Any, server: Server, buc
     public = {"Bucket": bucket, "Key": "doc", "VersionId": v2}
     dave_s3.copy_object(Bucket=f"{bucket}-dave", Key="v2", CopySource=public)  # a public version: READ
     assert code(carol_s3.copy_object, Bucket=f"{bucket}-carol", Key="v2", CopySource=public) == "AccessDenied"
+
+
+def blob_files(server: Server) -> set[str]:
+    return {name for root, _, files in os.walk(os.path.join(server.data_dir, "nodes"))
+            if os.sep + "blobs" in root for name in files}
+
+
+def writer_policy(bucket: str, account: str, *actions: str) -> str:
+    return json.dumps({"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Principal": {"AWS": account}, "Action": ["s3:PutObject", "s3:GetObject", *actions],
+        "Resource": f"arn:aws:s3:::{bucket}/*"}]})
+
+
+BIG_BODY = b"b" * (256 * 1024)  # past SMALL_OBJECT_BYTES: written through a blob file
+
+
+def test_acl_and_tag_headers_on_a_write_need_their_own_permissions(s3: Any, server: Server, bucket: str) -> None:
+    """A write carrying x-amz-acl or x-amz-grant-* takes s3:PutObjectAcl, one carrying
+    x-amz-tagging s3:PutObjectTagging, besides s3:PutObject (PutObject, CopyObject,
+    CreateMultipartUpload); refused before anything is written."""
+    s3.put_object(Bucket=bucket, Key="src", Body=b"source")
+    bob, bob_s3, _ = new_account(server)
+    s3.put_bucket_policy(Bucket=bucket, Policy=writer_policy(bucket, bob))
+    source = {"Bucket": bucket, "Key": "src"}
+    refused: list[tuple[Any, dict[str, Any]]] = []
+    for extra in ({"ACL": "public-read"}, {"ACL": "bucket-owner-full-control"}, {"GrantFullControl": f'id="{bob}"'},
+                  {"GrantRead": f'uri="{ALL_USERS}"'}, {"Tagging": "a=b"}):
+        refused += [(bob_s3.put_object, {"Key": "drop", "Body": b"secret", **extra}),
+                    (bob_s3.put_object, {"Key": "drop", "Body": BIG_BODY, **extra}),
+                    (bob_s3.copy_object, {"Key": "drop", "CopySource": source, **extra}),
+                    (bob_s3.create_multipart_upload, {"Key": "drop", **extra})]
+    refused[-2] = (bob_s3.copy_object, {"Key": "drop", "CopySource": source, "TaggingDirective": "REPLACE",
+                                        "Tagging": "a=b"})  # a copy takes x-amz-tagging with REPLACE only
+    blobs = blob_files(server)
+    for call, args in refused:
+        assert code(call, Bucket=bucket, **args) == "AccessDenied", args
+    assert blob_files(server) - blobs == set()
+    assert code(s3.head_object, Bucket=bucket, Key="drop") == "404"
+    assert "Uploads" not in s3.list_multipart_uploads(Bucket=bucket)
+    assert_s3_error(unsigned(server, "GET", f"/{bucket}/drop"), 403, "AccessDenied")
+    # s3:PutObject alone still writes, copies (tags and all: COPY) and starts uploads
+    bob_s3.put_object(Bucket=bucket, Key="plain", Body=b"x")
+    bob_s3.copy_object(Bucket=bucket, Key="copy", CopySource=source)
+    bob_s3.copy_object(Bucket=bucket, Key="copy", CopySource=source, TaggingDirective="REPLACE")
+    s3.abort_multipart_upload(Bucket=bucket, Key="mp",
+                              UploadId=bob_s3.create_multipart_upload(Bucket=bucket, Key="mp")["UploadId"])
+    # with the permissions, each is taken
+    s3.put_bucket_policy(Bucket=bucket, Policy=writer_policy(bucket, bob, "s3:PutObjectAcl", "s3:PutObjectTagging"))
+    bob_s3.put_object(Bucket=bucket, Key="pub", Body=b"public", ACL="public-read", Tagging="a=b")
+    assert unsigned(server, "GET", f"/{bucket}/pub").body == b"public"
+    assert s3.get_object_tagging(Bucket=bucket, Key="pub")["TagSet"] == [{"Key": "a", "Value": "b"}]
+    bob_s3.copy_object(Bucket=bucket, Key="pub-copy", CopySource=source, ACL="public-read",
+                       TaggingDirective="REPLACE", Tagging="c=d")
+    assert unsigned(server, "GET", f"/{bucket}/pub-copy").body == b"source"
+    assert s3.get_object_tagging(Bucket=bucket, Key="pub-copy")["TagSet"] == [{"Key": "c", "Value": "d"}]
+    upload = bob_s3.create_multipart_upload(Bucket=bucket, Key="pub-mp", ACL="public-read", Tagging="e=f")["UploadId"]
+    etag = bob_s3.upload_part(Bucket=bucket, Key="pub-mp", UploadId=upload, PartNumber=1, Body=b"parts")["ETag"]
+    bob_s3.complete_multipart_upload(Bucket=bucket, Key="pub-mp", UploadId=upload,
+                                     MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]})
+    assert unsigned(server, "GET", f"/{bucket}/pub-mp").body == b"parts"
+    assert s3.get_object_tagging(Bucket=bucket, Key="pub-mp")["TagSet"] == [{"Key": "e", "Value": "f"}]
+
+
+def test_a_deny_binds_the_owner_writing_acl_or_tag_headers(s3: Any, server: Server, bucket: str) -> None:
+    """The bucket's owner needs no permission granted, but a Deny in its policy binds it."""
+    s3.put_object(Bucket=bucket, Key="mine", Body=b"x", ACL="public-read", Tagging="a=b")
+    s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps({"Version": "2012-10-17", "Statement": [{
+        "Effect": "Deny", "Principal": "*", "Action": ["s3:PutObjectAcl", "s3:PutObjectTagging"],
+        "Resource": f"arn:aws:s3:::{bucket}/*"}]}))
+    assert code(s3.put_object, Bucket=bucket, Key="n", Body=b"x", ACL="public-read") == "AccessDenied"
+    assert code(s3.put_object, Bucket=bucket, Key="n", Body=b"x", Tagging="a=b") == "AccessDenied"
+    assert code(s3.create_multipart_upload, Bucket=bucket, Key="n", Tagging="a=b") == "AccessDenied"
+    s3.put_object(Bucket=bucket, Key="n", Body=b"x")
+
+
+def anonymous(server: Server, method: str, target: str, body: bytes = b"", **headers: str) -> Any:
+    """An unsigned request with these headers (names with _ for -)."""
+    named = {name.replace("_", "-"): value for name, value in headers.items()}
+    return request(server, method, target, {"Host": f"127.0.0.1:{server.port}", **named}, body)
+
+
+def anonymous_upload(server: Server, bucket: str, key: str, body: bytes) -> Any:
+    """CreateMultipartUpload, UploadPart and CompleteMultipartUpload, unsigned; the last reply."""
+    reply = anonymous(server, "POST", f"/{bucket}/{key}?uploads")
+    assert reply.status == 200, reply.body
+    upload = reply.xml().findtext(f"{NS}UploadId")
+    reply = anonymous(server, "PUT", f"/{bucket}/{key}?partNumber=1&uploadId={upload}", body)
+    assert reply.status == 200, reply.body
+    done = (f'<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>{reply.headers["etag"]}</ETag>'
+            "</Part></CompleteMultipartUpload>").encode()
+    return anonymous(server, "POST", f"/{bucket}/{key}?uploadId={upload}", done)
+
+
+
+@pytest.mark.parametrize("grant", ["acl", "policy"])
+def test_anonymous_writes_with_a_body(s3: Any, server: Server, bucket: str, grant: str) -> None:
+    """An unsigned write's payload is unsigned: allowed (a public-read-write ACL, a policy
+    for "*"), it is stored as S3 stores it; not allowed, it is AccessDenied, never a 500."""
+    blobs = blob_files(server)
+    for size in (5, 256 * 1024):  # a small body and one written through a blob file
+        assert_s3_error(anonymous(server, "PUT", f"/{bucket}/anon", b"a" * size), 403, "AccessDenied")
+    upload = s3.create_multipart_upload(Bucket=bucket, Key="mp")["UploadId"]
+    assert_s3_error(anonymous(server, "PUT", f"/{bucket}/mp?partNumber=1&uploadId={upload}", b"part"),
+                    403, "AccessDenied")
+    s3.abort_multipart_upload(Bucket=bucket, Key="mp", UploadId=upload)
+    assert blob_files(server) - blobs == set()
+    if grant == "acl":
+        s3.put_bucket_acl(Bucket=bucket, ACL="public-read-write")
+    else:
+        s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps({"Version": "2012-10-17", "Statement": [{
+            "Effect": "Allow", "Principal": "*", "Action": ["s3:PutObject", "s3:DeleteObject"],
+            "Resource": f"arn:aws:s3:::{bucket}/*"}]}))
+    for size in (5, 256 * 1024):
+        body = bytes(range(256)) * (size // 256) or b"small"
+        reply = anonymous(server, "PUT", f"/{bucket}/anon-{size}", body)
+        assert reply.status == 200, reply.body
+        assert s3.get_object(Bucket=bucket, Key=f"anon-{size}")["Body"].read() == body
+    # x-amz-content-sha256 without a signature says nothing: the payload is unsigned
+    sha = hashlib.sha256(b"hashed").hexdigest()
+    assert anonymous(server, "PUT", f"/{bucket}/hashed", b"hashed", x_amz_content_sha256=sha).status == 200
+    # a signed aws-chunked stream cannot come unsigned
+    for mode in ("STREAMING-AWS4-HMAC-SHA256-PAYLOAD", "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER"):
+        reply = anonymous(server, "PUT", f"/{bucket}/chunked", b"5\r\nhello\r\n0\r\n\r\n", x_amz_content_sha256=mode,
+                          content_encoding="aws-chunked", x_amz_decoded_content_length="5")
+        assert_s3_error(reply, 400, "InvalidRequest")
+    assert code(s3.head_object, Bucket=bucket, Key="chunked") == "404"
+    reply = anonymous_upload(server, bucket, "anon-mp", b"uploaded unsigned")
+    assert reply.status == 200, reply.body
+    assert s3.get_object(Bucket=bucket, Key="anon-mp")["Body"].read() == b"uploaded unsigned"
+    # DeleteObjects reads its (XML) body too
+    doc = b"<Delete><Object><Key>anon-5</Key></Object></Delete>"
+    reply = anonymous(server, "POST", f"/{bucket}?delete", doc,
+                      content_md5=base64.b64encode(hashlib.md5(doc).digest()).decode())
+    assert reply.status == 200, reply.body
+    assert code(s3.head_object, Bucket=bucket, Key="anon-5") == "404"
+    # an ACL or tags on an anonymous write take s3:PutObjectAcl / s3:PutObjectTagging
+    assert_s3_error(anonymous(server, "PUT", f"/{bucket}/n", b"x", x_amz_acl="public-read"), 403, "AccessDenied")
+    assert_s3_error(anonymous(server, "PUT", f"/{bucket}/n", b"x", x_amz_tagging="a=b"), 403, "AccessDenied")

@@ -14,6 +14,10 @@ A request names an ACL in one of the forms S3 takes:
 - an AccessControlPolicy body (PUT ?acl), whose Owner must be the bucket's owner.
 
 The grants are kept as storage.access stores them (a canned name when they amount to one).
+A write that names an ACL in its headers (PutObject, CopyObject, CreateMultipartUpload)
+takes s3:PutObjectAcl besides s3:PutObject, as in S3 (`from_request`: AccessDenied before
+anything is written).
+
 Two bucket settings refuse ACLs: ownership BucketOwnerEnforced (ACLs disabled: only
 bucket-owner-full-control or the owner's FULL_CONTROL alone may be sent, anything else is
 AccessControlListNotSupported; GET ?acl shows the owner's FULL_CONTROL) and a public access
@@ -28,6 +32,7 @@ from xml.etree import ElementTree as ET
 
 from starlette.responses import Response
 
+from manta.server.s3 import access
 from manta.server.s3 import errors as s3e
 from manta.server.s3.body import read_small
 from manta.server.s3.common import (
@@ -55,7 +60,7 @@ from storage.access import (
     is_public_acl,
 )
 
-__all__ = ["PRIVATE", "PUBLIC_READ", "from_request", "get_bucket_acl", "get_object_acl", "policy_xml",
+__all__ = ["PRIVATE", "PUBLIC_READ", "from_request", "get_bucket_acl", "get_object_acl", "names_acl", "policy_xml",
            "put_bucket_acl", "put_object_acl", "requested"]
 
 PRIVATE = "private"
@@ -160,8 +165,17 @@ def requested(req: S3Request, on_object: bool) -> str | None:
     return canned
 
 
+def names_acl(req: S3Request) -> bool:
+    """Whether the request's headers name an ACL (x-amz-acl or an x-amz-grant-* header)."""
+    return req.header("x-amz-acl") is not None or not GRANT_HEADERS.keys().isdisjoint(req.headers)
+
+
 def from_request(req: S3Request, on_object: bool) -> str:
-    """The ACL a created bucket or object gets: the one the headers name, else private."""
+    """The ACL a created bucket or object gets: the one the headers name, else private.
+    On an object, naming one takes s3:PutObjectAcl (AccessDenied); the caller read the
+    bucket's record first (`owned_ref`), so this is decided before anything is written."""
+    if on_object and names_acl(req) and not access.may(req, "s3:PutObjectAcl", req.key):
+        raise s3e.AccessDenied()
     return requested(req, on_object) or PRIVATE
 
 

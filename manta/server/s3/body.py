@@ -7,6 +7,9 @@ the x-amz-content-sha256 payload hash, x-amz-decoded-content-length, Content-MD5
 the flexible checksum are compared; any mismatch raises and the caller aborts the blob,
 so nothing half-written is ever visible.
 
+An unsigned request's payload is unsigned (`payload_mode`): UNSIGNED-PAYLOAD, or an
+unsigned aws-chunked stream; a signed stream without a signature is InvalidRequest.
+
 A client that stops sending for `body_timeout_s` gets RequestTimeout; one that
 disconnects mid-body raises ClientGone.
 """
@@ -26,6 +29,7 @@ from manta.server.s3 import errors as s3e
 from manta.server.s3.chunked import AwsChunkedDecoder, decoder_for
 from manta.server.s3.common import in_thread
 from manta.server.s3.context import S3Request
+from manta.server.s3.sigv4 import STREAMING_UNSIGNED_TRAILER, UNSIGNED_PAYLOAD
 from storage import MemoryBlobWriter, ReplicatedWriter
 
 MAX_SINGLE_PUT = 5 * 1024**3
@@ -73,6 +77,21 @@ def _checksum_request(req: S3Request, default: str | None = None) -> tuple[str |
     return default, None, False
 
 
+def payload_mode(req: S3Request) -> str:
+    """The request's x-amz-content-sha256 as its signature covers it (a hash, UNSIGNED-PAYLOAD
+    or a STREAMING- mode). An unsigned request's payload is unsigned: UNSIGNED-PAYLOAD, or
+    STREAMING-UNSIGNED-PAYLOAD-TRAILER when it says so; a signed stream cannot come without
+    a signature (InvalidRequest, before any byte is read)."""
+    if req.auth is not None:
+        return req.auth.payload_hash
+    mode = req.header("x-amz-content-sha256", "")
+    if mode == STREAMING_UNSIGNED_TRAILER:
+        return mode
+    if mode.startswith("STREAMING-"):
+        raise s3e.InvalidRequest(f"{mode} needs a request signed with the Authorization header.")
+    return UNSIGNED_PAYLOAD
+
+
 def chunked_decoder(req: S3Request) -> AwsChunkedDecoder | None:
     """The aws-chunked decoder of this request's body, or None if it is not aws-chunked:
     the one place a request's decoder is built (chunked.decoder_for reads the mode,
@@ -95,8 +114,7 @@ def _content_md5(req: S3Request) -> bytes | None:
 
 def expected_size(req: S3Request) -> int | None:
     """The payload size the client announced (decoded size for aws-chunked), if any."""
-    assert req.auth is not None
-    name = "x-amz-decoded-content-length" if req.auth.payload_hash in STREAMING else "content-length"
+    name = "x-amz-decoded-content-length" if payload_mode(req) in STREAMING else "content-length"
     value = req.header(name)
     return int(value) if value is not None and value.isdigit() else None
 
@@ -105,8 +123,7 @@ async def receive_into(req: S3Request, writer: ReplicatedWriter | MemoryBlobWrit
                        default_algorithm: str | None = None) -> BodyResult:
     """Stream the body into `writer`; `default_algorithm` is computed when the client
     names no checksum (a part of an upload created with a checksum algorithm)."""
-    assert req.auth is not None
-    payload_hash = req.auth.payload_hash
+    payload_hash = payload_mode(req)
     length_header = req.header("content-length")
     transfer = req.header("transfer-encoding", "")
     if length_header is None and "chunked" not in transfer.lower():
@@ -219,7 +236,7 @@ async def receive_into(req: S3Request, writer: ReplicatedWriter | MemoryBlobWrit
 
 async def read_small(req: S3Request, limit: int) -> bytes:
     """Read a whole (XML) body of at most `limit` bytes, decoding aws-chunked if used."""
-    assert req.auth is not None
+    payload_hash = payload_mode(req)
     parts: list[bytes] = []
     total = 0
     decoder = chunked_decoder(req)
@@ -243,7 +260,6 @@ async def read_small(req: S3Request, limit: int) -> bytes:
     if decoder is not None:
         decoder.finish()
     body = b"".join(parts)
-    payload_hash = req.auth.payload_hash
     if payload_hash not in STREAMING and payload_hash != "UNSIGNED-PAYLOAD":
         if hashlib.sha256(body).hexdigest() != payload_hash.lower():
             raise s3e.XAmzContentSHA256Mismatch()

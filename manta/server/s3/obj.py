@@ -104,12 +104,10 @@ def write_condition(req: S3Request) -> WriteCondition | None:
 async def put_object(req: S3Request) -> Response:
     if "x-amz-copy-source" in req.headers:
         return await copy_object(req)
-    tags = tagging.from_header(req)
     checks = _cached_put_checks(req)
     if checks is None:
         checks = await read_catalog(req.store, _put_checks, req)
-    bucket, headers, meta, canned, condition, size, lock = checks
-    extra = {**lock, "tags": tags} if tags else lock  # fields the record gets beside the body's
+    bucket, headers, meta, canned, condition, size, extra = checks
     small = MemoryBlobWriter() if size is not None and size <= SMALL_OBJECT_BYTES else None
     if small is not None:
         body = await receive_into(req, small)
@@ -177,23 +175,29 @@ PutChecks = tuple[BucketRef, dict[str, str], dict[str, str], str, WriteCondition
 
 def _put_checks(req: S3Request) -> PutChecks:
     """What a PUT checks before it reads the body, in order: the bucket, the stored headers,
-    the ACL, the Object Lock headers, the write condition against the key's object, the
-    owner's room for the announced size. Returns (bucket, headers, metadata, ACL, condition,
-    size, Object Lock fields)."""
+    the ACL, the tags, the Object Lock headers, the write condition against the key's
+    object, the owner's room for the announced size. Returns (bucket, headers, metadata,
+    ACL, condition, size, the fields the record gets beside the body's: tags, Object Lock's)."""
     with req.store.catalog.read() as txn:  # one snapshot: with PostgreSQL, round trips count
         bucket = owned_ref(req, txn=txn)
         if req.buckets is not None and access.plain(req):  # no settings a cached PUT would skip
             req.buckets.put(req.bucket, BucketRef(bucket.name, bucket.owner))
         headers, meta = request_headers(req)
         canned = acl.from_request(req, on_object=True)
-        lock = objectlock.from_headers(req)
+        extra = _tags_field(req)
+        extra.update(objectlock.from_headers(req))
         condition = write_condition(req)
         if condition is not None:
             req.store.objects.check_condition(bucket, req.key, condition, txn)
         size = expected_size(req)
         if size is not None and not _unlimited(req, bucket):
             req.store.objects.check_room(bucket, req.key, size, txn)
-    return bucket, headers, meta, canned, condition, size, lock
+    return bucket, headers, meta, canned, condition, size, extra
+
+
+def _tags_field(req: S3Request) -> dict[str, Any]:
+    tags = tagging.from_header(req)
+    return {"tags": tags} if tags else {}
 
 
 def _cached_put_checks(req: S3Request) -> PutChecks | None:
@@ -205,7 +209,7 @@ def _cached_put_checks(req: S3Request) -> PutChecks | None:
     bucket = req.buckets.get(req.bucket) if req.buckets is not None else None
     if bucket is None or bucket.owner != req.owner or write_condition(req) is not None:
         return None
-    if req.header("x-amz-acl") is not None or not acl.GRANT_HEADERS.keys().isdisjoint(req.headers):
+    if acl.names_acl(req):
         return None  # the bucket's settings may refuse any ACL header (and a grant reads its account)
     if not objectlock.HEADERS.isdisjoint(req.headers):
         return None  # the bucket's record says whether it has Object Lock
@@ -213,7 +217,7 @@ def _cached_put_checks(req: S3Request) -> PutChecks | None:
     if size is not None and not _unlimited(req, bucket):
         return None
     headers, meta = request_headers(req)
-    return bucket, headers, meta, acl.from_request(req, on_object=True), None, size, {}
+    return bucket, headers, meta, acl.from_request(req, on_object=True), None, size, _tags_field(req)
 
 
 def _unlimited(req: S3Request, bucket: BucketRef) -> bool:

@@ -11,6 +11,9 @@ tags makes an object without any. They are set by
 - CopyObject: the source's tags (``x-amz-tagging-directive: COPY``, the default) or the
   ones ``x-amz-tagging`` names (``REPLACE``).
 
+Tags set by ``x-amz-tagging`` on a write take s3:PutObjectTagging besides s3:PutObject, as
+in S3 (`from_header`: AccessDenied before anything is written).
+
 GET and HEAD answer ``x-amz-tagging-count`` to a signed request when the object has tags.
 
 Bucket tags (PUT/GET/DELETE ``?tagging`` on the bucket, its owner only) are kept as the
@@ -30,6 +33,7 @@ from typing import Any
 
 from starlette.responses import Response
 
+from manta.server.s3 import access
 from manta.server.s3 import errors as s3e
 from manta.server.s3.body import read_small
 from manta.server.s3.common import (
@@ -93,10 +97,14 @@ def validate(pairs: list[tuple[str, str]], limit: int, what: str) -> Tags:
 
 def from_header(req: S3Request) -> Tags:
     """The tags `x-amz-tagging` names ({} without one): URL query form (percent escapes of
-    UTF-8; raw UTF-8 is taken too, as metadata is), checked."""
+    UTF-8; raw UTF-8 is taken too, as metadata is), checked. Setting them takes
+    s3:PutObjectTagging (AccessDenied); the caller read the bucket's record first
+    (`owned_ref`), so this is decided before anything is written."""
     raw = req.header("x-amz-tagging")
     if not raw:
         return {}
+    if not access.may(req, "s3:PutObjectTagging", req.key):
+        raise s3e.AccessDenied()
     bad = s3e.InvalidArgument("The header 'x-amz-tagging' shall be encoded as UTF-8 then URLEncoded URL query "
                               "parameters without tag name duplicates.", ArgumentName="x-amz-tagging",
                               ArgumentValue=raw)
