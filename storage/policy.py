@@ -32,11 +32,11 @@ import ipaddress
 import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 __all__ = ["ALLOW", "DENY", "MAX_POLICY_BYTES", "Condition", "Policy", "PolicyError", "Statement",
-           "matches", "parse_policy", "principal_name"]
+           "check_keys", "matches", "parse_policy", "principal_name"]
 
 ALLOW = "Allow"
 DENY = "Deny"
@@ -56,10 +56,24 @@ ARN_OPS = {"ArnEquals", "ArnNotEquals", "ArnLike", "ArnNotLike"}
 OPERATORS = STRING_OPS | NUMERIC_OPS | DATE_OPS | IP_OPS | ARN_OPS | {"Bool", "Null"}
 NEGATED = {"StringNotEquals", "StringNotEqualsIgnoreCase", "StringNotLike", "NumericNotEquals",
            "DateNotEquals", "NotIpAddress", "ArnNotEquals", "ArnNotLike"}
-# condition keys that, fixed to values without wildcards, make an Allow to `*` non-public
-FIXING_KEYS = {"aws:sourceip", "aws:sourcearn", "aws:sourcevpc", "aws:sourcevpce", "aws:sourceowner",
-               "aws:sourceaccount", "aws:principalaccount", "aws:userid", "aws:principalarn",
-               "s3:x-amz-server-side-encryption-aws-kms-key-id"}
+# request headers S3 offers as s3: condition keys, and the list parameters it offers
+HEADER_KEYS = ("x-amz-acl", "x-amz-content-sha256", "x-amz-copy-source", "x-amz-metadata-directive",
+               "x-amz-server-side-encryption", "x-amz-storage-class", "x-amz-grant-read", "x-amz-grant-write",
+               "x-amz-grant-read-acp", "x-amz-grant-write-acp", "x-amz-grant-full-control")
+LIST_KEYS = ("prefix", "delimiter", "max-keys")
+# every condition key a request's context can hold (manta/server/s3/access.py context_of).
+# A condition on any other would never hold: an Allow would grant nothing and, worse, a
+# Deny would bind nothing. A policy naming one is MalformedPolicy (`check_keys`, at
+# PutBucketPolicy); one stored before that check is read for the worst case (`_worst`).
+CONDITION_KEYS = frozenset({
+    "aws:securetransport", "aws:currenttime", "aws:epochtime", "aws:sourceip", "aws:useragent", "aws:referer",
+    "aws:principalaccount", "aws:principalarn", "aws:principaltype", "s3:signatureversion", "s3:authtype",
+    "s3:versionid", *("s3:" + h for h in HEADER_KEYS), *("s3:" + n for n in LIST_KEYS)})
+# condition keys that, fixed by a positive comparison (`FIXING_OPS`) to values without
+# wildcards, make an Allow to `*` non-public: they say who may come (a request header does
+# not: any client sends what it likes)
+FIXING_KEYS = {"aws:sourceip", "aws:principalaccount", "aws:principalarn"}
+FIXING_OPS = {"StringEquals", "StringEqualsIgnoreCase", "StringLike", "IpAddress", "ArnEquals", "ArnLike"}
 
 # the S3 actions a policy may name (wildcards aside): those of the S3 API reference
 S3_ACTIONS = frozenset(a.lower() for a in (
@@ -198,7 +212,7 @@ class Statement:
         if self.effect != ALLOW:
             return False
         if self.not_principal or ANYONE in self.principals:
-            return not any(c.key in FIXING_KEYS and c.operator not in NEGATED and not c.if_exists
+            return not any(c.key in FIXING_KEYS and c.operator in FIXING_OPS and not c.if_exists
                            and not any(("*" in v or "?" in v) or _open_range(c, v) for v in c.values)
                            for c in self.conditions)
         return False
@@ -379,4 +393,30 @@ def parse_policy(text: bytes, bucket: str) -> Policy:
     statements = raw if isinstance(raw, list) else [raw] if isinstance(raw, dict) else None
     if not statements:
         raise PolicyError("Missing required field Statement")
-    return Policy(tuple(_statement(s, bucket) for s in statements))
+    parsed = (_statement(s, bucket) for s in statements)
+    return Policy(tuple(w for w in map(_worst, parsed) if w is not None))
+
+
+def check_keys(policy: Policy, text: bytes) -> None:
+    """PolicyError for a condition on a key no request's context holds (CONDITION_KEYS), as
+    S3 refuses a key it does not know: `parse_policy` has read such a statement for the
+    worst case, which is not what its author meant."""
+    doc = json.loads(text)
+    raw = doc["Statement"] if isinstance(doc["Statement"], list) else [doc["Statement"]]
+    for statement in raw:
+        for block in (statement.get("Condition") or {}).values():
+            for key in block:
+                if key.lower() not in CONDITION_KEYS:
+                    raise PolicyError(f"Policy has an invalid condition key: {key}")
+
+
+def _worst(statement: Statement) -> Statement | None:
+    """A statement as it binds when its conditions name keys no context holds (a policy
+    stored before `check_keys`): a Deny binds as if those conditions held, an Allow allows
+    nothing (None)."""
+    unknown = [c for c in statement.conditions if c.key not in CONDITION_KEYS]
+    if not unknown:
+        return statement
+    if statement.effect == DENY:
+        return replace(statement, conditions=tuple(c for c in statement.conditions if c.key in CONDITION_KEYS))
+    return None

@@ -609,3 +609,36 @@ def test_anonymous_writes_with_a_body(s3: Any, server: Server, bucket: str, gran
     # an ACL or tags on an anonymous write take s3:PutObjectAcl / s3:PutObjectTagging
     assert_s3_error(anonymous(server, "PUT", f"/{bucket}/n", b"x", x_amz_acl="public-read"), 403, "AccessDenied")
     assert_s3_error(anonymous(server, "PUT", f"/{bucket}/n", b"x", x_amz_tagging="a=b"), 403, "AccessDenied")
+
+
+@pytest.mark.parametrize("condition", [{"Null": {"aws:PrincipalAccount": "true"}},
+                                       {"Null": {"aws:SourceIp": "false"}},
+                                       {"StringEquals": {"s3:x-amz-acl": "private"}}])
+def test_a_condition_anyone_meets_does_not_get_a_public_policy_past_the_block(
+        s3: Any, server: Server, bucket: str, condition: dict[str, Any]) -> None:
+    """BlockPublicPolicy refuses an Allow to * whose condition limits nobody: a Null, or a
+    header the client chooses, is no limit on who comes."""
+    s3.put_object(Bucket=bucket, Key="k", Body=b"private")
+    s3.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration={
+        "BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": True, "RestrictPublicBuckets": True})
+    public = json.dumps({"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Principal": "*", "Action": ["s3:GetObject", "s3:ListBucket"],
+        "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"], "Condition": condition}]})
+    assert code(s3.put_bucket_policy, Bucket=bucket, Policy=public) == "AccessDenied"
+    assert_s3_error(unsigned(server, "GET", f"/{bucket}/k"), 403, "AccessDenied")
+    s3.delete_public_access_block(Bucket=bucket)
+    s3.put_bucket_policy(Bucket=bucket, Policy=public)
+    assert s3.get_bucket_policy_status(Bucket=bucket)["PolicyStatus"]["IsPublic"] is True
+
+
+def test_a_policy_with_a_condition_key_no_request_holds_is_malformed(s3: Any, server: Server, bucket: str) -> None:
+    """A Deny on s3:ExistingObjectTag/... (which manta does not evaluate) would bind nothing:
+    refused as S3 refuses a key it does not know, rather than kept and silently void."""
+    s3.put_object(Bucket=bucket, Key="conf.txt", Body=b"secret", Tagging="classification=secret")
+    bob, bob_s3, _ = new_account(server)
+    document = json.dumps({"Version": "2012-10-17", "Statement": [
+        json.loads(read_only_for(bob, bucket))["Statement"][0],
+        {"Effect": "Deny", "Principal": "*", "Action": "s3:GetObject", "Resource": f"arn:aws:s3:::{bucket}/*",
+         "Condition": {"StringEquals": {"s3:ExistingObjectTag/classification": "secret"}}}]})
+    assert code(s3.put_bucket_policy, Bucket=bucket, Policy=document) == "MalformedPolicy"
+    assert code(bob_s3.get_object, Bucket=bucket, Key="conf.txt") == "AccessDenied"  # no policy was set

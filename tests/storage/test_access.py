@@ -24,7 +24,7 @@ from storage.access import (
     grants_of,
     readable,
 )
-from storage.policy import PolicyError, parse_policy
+from storage.policy import PolicyError, check_keys, parse_policy
 
 BUCKET = "shared"
 
@@ -153,6 +153,32 @@ def test_which_policies_are_public() -> None:
     assert not public({**anyone, "Condition": {"IpAddress": {"aws:SourceIp": "192.0.2.0/24"}}})
     assert public({**anyone, "Condition": {"IpAddress": {"aws:SourceIp": "0.0.0.0/0"}}})
     assert public({**anyone, "Condition": {"StringLike": {"s3:prefix": "x"}}})
+    # only a positive comparison of who comes makes it non-public: Null holds for anyone
+    # without the key (anonymous), and a request header is whatever the client sends
+    assert public({**anyone, "Condition": {"Null": {"aws:PrincipalAccount": "true"}}})
+    assert public({**anyone, "Condition": {"Null": {"aws:PrincipalAccount": "false"}}})
+    assert public({**anyone, "Condition": {"StringNotEquals": {"aws:PrincipalAccount": "bob"}}})
+    assert public({**anyone, "Condition": {"StringEquals": {"s3:x-amz-acl": "private"}}})
+    assert not public({**anyone, "Condition": {"StringEquals": {"aws:PrincipalAccount": "bob"}}})
+
+
+@pytest.mark.parametrize("key", ["s3:ExistingObjectTag/classification", "aws:SourceAccount", "aws:userid",
+                                 "s3:TlsVersion", "s3:x-amz-server-side-encryption-aws-kms-key-id"])
+def test_a_condition_on_a_key_no_request_holds(key: str) -> None:
+    """S3 refuses a policy with a condition key it does not know (check_keys, at PUT). One
+    stored before that check is read for the worst case: such a Deny binds as if its
+    condition held, such an Allow grants nothing."""
+    deny = {"Effect": "Deny", "Principal": "*", "Action": "s3:GetObject", "Resource": f"arn:aws:s3:::{BUCKET}/*",
+            "Condition": {"StringEquals": {key: "secret"}}}
+    document = policy(READ_FOR_BOB, deny)
+    with pytest.raises(PolicyError, match=f"invalid condition key: {key}"):
+        check_keys(parse_policy(document, BUCKET), document)
+    assert decide(ask("bob", "s3:GetObject"), access(READ_FOR_BOB, deny)) is Decision.DENY
+    assert decide(ask("bob", "s3:ListBucket", None), access(READ_FOR_BOB, deny)) is Decision.ALLOW
+    allow = {**deny, "Effect": "Allow", "Condition": {"StringNotEquals": {key: "x"}}}
+    assert decide(ask("bob", "s3:GetObject"), access(allow)) is Decision.NOT_ALLOWED
+    known = policy({**deny, "Condition": {"StringEquals": {"aws:UserAgent": "secret"}}})
+    check_keys(parse_policy(known, BUCKET), known)  # a key requests hold: accepted
 
 
 def test_acls_grants_and_what_they_allow() -> None:

@@ -38,6 +38,7 @@ from storage.access import (
     decide,
     object_acl_permission,
 )
+from storage.policy import HEADER_KEYS, LIST_KEYS
 
 __all__ = ["SUBRESOURCES", "action_of", "authorize", "authorize_source", "context_of", "may", "plain",
            "subresource_of"]
@@ -87,11 +88,6 @@ SUBRESOURCES = frozenset((
     "policyStatus", "policy", "publicAccessBlock", "ownershipControls", "location", "versions", "versioning",
     "acl", "uploads", "delete", "uploadId", "attributes", "tagging", "cors", "object-lock", "retention",
     "legal-hold", "lifecycle"))
-# request headers S3 offers as s3: condition keys
-HEADER_KEYS = ("x-amz-acl", "x-amz-content-sha256", "x-amz-copy-source", "x-amz-metadata-directive",
-               "x-amz-server-side-encryption", "x-amz-storage-class", "x-amz-grant-read", "x-amz-grant-write",
-               "x-amz-grant-read-acp", "x-amz-grant-write-acp", "x-amz-grant-full-control")
-LIST_KEYS = ("prefix", "delimiter", "max-keys")
 
 
 def subresource_of(req: S3Request) -> str:

@@ -33,7 +33,7 @@ from storage.access import (
     PublicAccessBlock,
     grants_of,
 )
-from storage.policy import MAX_POLICY_BYTES, PolicyError, parse_policy
+from storage.policy import MAX_POLICY_BYTES, PolicyError, check_keys, parse_policy
 
 __all__ = ["delete_bucket_policy", "delete_ownership_controls", "delete_public_access_block",
            "get_bucket_policy", "get_ownership_controls", "get_policy_status", "get_public_access_block",
@@ -72,6 +72,7 @@ async def put_bucket_policy(req: S3Request) -> Response:
     body = await read_small(req, MAX_POLICY_BYTES + 1)
     try:
         policy = parse_policy(body, ref.name)
+        check_keys(policy, body)
     except PolicyError as exc:
         raise s3e.MalformedPolicy(str(exc)) from None
     await in_thread(_check_principals, req, policy.principals())
