@@ -128,13 +128,14 @@ class Condition:
     key: str            # lower-cased
     values: tuple[str, ...]
     if_exists: bool = False
+    for_all: bool = False  # ForAllValues: every value of the key matches (none: vacuously true)
 
     def holds(self, context: Mapping[str, str]) -> bool:
         value = context.get(self.key)
         if self.operator == "Null":
             return (value is None) == (self.values[0].lower() == "true")
         if value is None:
-            return self.if_exists or self.operator in NEGATED
+            return self.if_exists or self.operator in NEGATED or self.for_all
         if self.operator in NEGATED:
             return not any(_compare(self.operator, value, v) for v in self.values)
         return any(_compare(self.operator, value, v) for v in self.values)
@@ -212,7 +213,7 @@ class Statement:
         if self.effect != ALLOW:
             return False
         if self.not_principal or ANYONE in self.principals:
-            return not any(c.key in FIXING_KEYS and c.operator in FIXING_OPS and not c.if_exists
+            return not any(c.key in FIXING_KEYS and c.operator in FIXING_OPS and not (c.if_exists or c.for_all)
                            and not any(("*" in v or "?" in v) or _open_range(c, v) for v in c.values)
                            for c in self.conditions)
         return False
@@ -310,6 +311,7 @@ def _conditions(value: Any) -> tuple[Condition, ...]:
     for operator, block in value.items():
         if not isinstance(operator, str):
             raise PolicyError("Invalid Condition type")
+        for_all = operator.startswith("ForAllValues:")  # keys here have one value (or none)
         base = operator.removeprefix("ForAnyValue:").removeprefix("ForAllValues:")
         if_exists = base.endswith("IfExists")
         base = base.removesuffix("IfExists")
@@ -323,7 +325,7 @@ def _conditions(value: Any) -> tuple[Condition, ...]:
                 raise PolicyError(f"Invalid Condition value for {key}")
             values = tuple(str(i).lower() if isinstance(i, bool) else str(i) for i in items)
             _check_values(base, key, values)
-            out.append(Condition(base, key.lower(), values, if_exists))
+            out.append(Condition(base, key.lower(), values, if_exists, for_all))
     return tuple(out)
 
 

@@ -160,6 +160,7 @@ def test_which_policies_are_public() -> None:
     assert public({**anyone, "Condition": {"StringNotEquals": {"aws:PrincipalAccount": "bob"}}})
     assert public({**anyone, "Condition": {"StringEquals": {"s3:x-amz-acl": "private"}}})
     assert not public({**anyone, "Condition": {"StringEquals": {"aws:PrincipalAccount": "bob"}}})
+    assert public({**anyone, "Condition": {"ForAllValues:StringEquals": {"aws:PrincipalAccount": "bob"}}})
 
 
 @pytest.mark.parametrize("key", ["s3:ExistingObjectTag/classification", "aws:SourceAccount", "aws:userid",
@@ -238,3 +239,15 @@ def test_readable_reads_only_what_the_bucket_record_lists(tmp_path: Any) -> None
         assert store.catalog.buckets.get("plain").conf == frozenset()
     finally:
         store.close()
+
+
+def test_for_all_values_holds_for_a_missing_key_as_in_iam() -> None:
+    """ForAllValues over no values is true (IAM), so a Deny written with it binds a request
+    without the key; ForAnyValue over none is false."""
+    deny = {"Effect": "Deny", "Principal": "*", "Action": "s3:GetObject", "Resource": f"arn:aws:s3:::{BUCKET}/*"}
+    for_all = access(READ_FOR_BOB, {**deny, "Condition": {"ForAllValues:StringEquals": {"aws:Referer": "x"}}})
+    assert decide(ask("bob", "s3:GetObject"), for_all) is Decision.DENY
+    assert decide(ask("bob", "s3:GetObject", **{"aws:referer": "y"}), for_all) is Decision.ALLOW
+    assert decide(ask("bob", "s3:GetObject", **{"aws:referer": "x"}), for_all) is Decision.DENY
+    for_any = access(READ_FOR_BOB, {**deny, "Condition": {"ForAnyValue:StringEquals": {"aws:Referer": "x"}}})
+    assert decide(ask("bob", "s3:GetObject"), for_any) is Decision.ALLOW
