@@ -107,5 +107,6 @@ def test_the_request_context() -> None:
     assert context["aws:sourceip"] == "127.0.0.1"
     assert context["aws:securetransport"] == "false"
     assert context["aws:principaltype"] == "Anonymous"
+    assert "s3:signatureversion" not in context  # unsigned
     assert (context["s3:prefix"], context["s3:delimiter"], context["s3:max-keys"]) == ("a/", "/", "5")
     assert context["aws:useragent"] == "boto3" and context["s3:x-amz-acl"] == "private"

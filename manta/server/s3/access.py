@@ -115,8 +115,9 @@ def context_of(req: S3Request) -> dict[str, str]:
     """The request's condition keys (lower-cased names)."""
     now = dt.datetime.now(dt.UTC)
     context = {"aws:securetransport": "true" if req.secure else "false",
-               "aws:currenttime": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "aws:epochtime": str(int(now.timestamp())),
-               "s3:signatureversion": "AWS4-HMAC-SHA256"}
+               "aws:currenttime": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "aws:epochtime": str(int(now.timestamp()))}
+    if req.auth is not None:  # an anonymous request has no signature, so no version of one
+        context["s3:signatureversion"] = "AWS4-HMAC-SHA256"
     if req.client_ip:
         context["aws:sourceip"] = req.client_ip
     if req.account is not None:
