@@ -71,6 +71,39 @@ def test_malformed_delete_objects(s3: InProcessS3, bucket: str, body: bytes) -> 
     assert s3.request("GET", f"/{bucket}/a").content == b"keep me"
 
 
+def entities(root: str, inner: str) -> bytes:
+    """A body whose one entity, used 2,000 times, would make it 600 KB: 290 bytes each."""
+    return (f'<?xml version="1.0"?><!DOCTYPE {root} [<!ENTITY a "{"A" * 290}">]>'
+            f"<{root}>{inner.replace('X', '&a;' * 2000)}</{root}>").encode()
+
+
+@pytest.mark.parametrize(("method", "target", "query", "root", "inner"), [
+    ("POST", "", {"delete": ""}, "Delete", "<Object><Key>X</Key></Object>"),
+    ("PUT", "", {"lifecycle": ""}, "LifecycleConfiguration",
+     "<Rule><ID>X</ID><Status>Enabled</Status><Filter/><Expiration><Days>1</Days></Expiration></Rule>"),
+    ("PUT", "", {"cors": ""}, "CORSConfiguration",
+     "<CORSRule><AllowedOrigin>X</AllowedOrigin><AllowedMethod>GET</AllowedMethod></CORSRule>"),
+    ("PUT", "", {"tagging": ""}, "Tagging", "<TagSet><Tag><Key>k</Key><Value>X</Value></Tag></TagSet>"),
+    ("PUT", "k", {"tagging": ""}, "Tagging", "<TagSet><Tag><Key>k</Key><Value>X</Value></Tag></TagSet>"),
+])
+def test_a_document_type_declaration_is_malformed_xml(s3: InProcessS3, bucket: str, method: str, target: str,
+                                                      query: dict[str, str], root: str, inner: str) -> None:
+    """Entities would expand past every limit on a body's size (a 2 MiB DeleteObjects
+    answered 200 MB): S3 refuses a DOCTYPE, and so does manta, before any entity."""
+    s3.put(bucket, "k", b"keep me")
+    body = entities(root, inner)
+    md5 = base64.b64encode(hashlib.md5(body).digest()).decode()
+    reply = s3.request(method, f"/{bucket}/{target}" if target else f"/{bucket}", query=query, body=body,
+                       headers={"content-md5": md5})
+    assert (reply.status_code, error_code(reply)) == (400, "MalformedXML")
+    assert len(reply.content) < 2000
+    assert s3.request("GET", f"/{bucket}/k").content == b"keep me"
+    plain = body.replace(b"&a;" * 2000, b"x").replace(body[body.index(b"<!DOCTYPE"):body.index(b"]>") + 2], b"")
+    md5 = base64.b64encode(hashlib.md5(plain).digest()).decode()
+    assert s3.request(method, f"/{bucket}/{target}" if target else f"/{bucket}", query=query, body=plain,
+                      headers={"content-md5": md5}).status_code in (200, 204)  # the same without a DOCTYPE
+
+
 @pytest.mark.parametrize("body", [b"<CreateBucketConfiguration><LocationConstraint>", b"{json}",
                                   b"<Wrong><LocationConstraint>us-east-1</LocationConstraint></Wrong>"])
 def test_malformed_create_bucket_configuration(s3: InProcessS3, body: bytes) -> None:
