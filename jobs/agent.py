@@ -55,6 +55,7 @@ import contextlib
 import logging
 import os
 import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -103,11 +104,22 @@ def remote_peers(secret: str | None) -> PeerFactory:
     return make
 
 
+def remove_tree(path: str) -> None:
+    """Remove a directory a task wrote, however deep: shutil.rmtree recurses once per level
+    and a task can nest thousands (RecursionError, which ignore_errors does not cover);
+    then rm(1), which does not recurse on the stack."""
+    try:
+        shutil.rmtree(path, ignore_errors=True)
+    except RecursionError:
+        subprocess.run(["rm", "-rf", "--one-file-system", "--", path], check=False,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def sweep_scratch(node: LocalNode) -> None:
     """Remove the scratch dirs that tasks left when their process stopped mid-task."""
     with contextlib.suppress(FileNotFoundError):
         for name in os.listdir(root := node.scratch_root()):
-            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+            remove_tree(os.path.join(root, name))
 
 
 class TaskAgent:
@@ -392,7 +404,7 @@ class _Scratch:
             base = os.path.dirname(self.path)
             os.makedirs(base, exist_ok=True)
             os.chmod(base, 0o711)
-            shutil.rmtree(self.path, ignore_errors=True)
+            remove_tree(self.path)
             os.mkdir(self.path)
             os.chmod(self.path, 0o711)
             self._made = True
@@ -429,7 +441,7 @@ class _Scratch:
 
     def remove(self) -> None:
         if self._made:
-            shutil.rmtree(self.path, ignore_errors=True)
+            remove_tree(self.path)
 
 
 class _Task:
