@@ -382,7 +382,7 @@ def parse_policy(text: bytes, bucket: str) -> Policy:
         raise PolicyError("Policies must be no more than 20 KB")
     try:
         doc = json.loads(text)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # nested deeper than Python recurses
         raise PolicyError("Policies must be valid JSON and the first byte must be '{'") from None
     if not isinstance(doc, dict):
         raise PolicyError("Policies must be valid JSON and the first byte must be '{'")

@@ -76,7 +76,7 @@ async def handle(req: S3Request) -> Response:
 async def _json_body(req: S3Request, shape: str) -> dict[str, Any]:
     try:
         payload = json.loads(await read_small(req, 64 * 1024) or b"{}")
-    except ValueError:
+    except (ValueError, RecursionError):
         payload = None
     if not isinstance(payload, dict):
         raise s3e.InvalidRequest(f"The body must be a JSON object {shape}.")

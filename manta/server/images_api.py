@@ -76,7 +76,7 @@ async def _handle(images: Images, req: S3Request) -> Response:
 async def _json(req: S3Request) -> dict[str, Any]:
     try:
         payload = json.loads(await read_small(req, MAX_REQUIREMENTS) or b"{}")
-    except ValueError:
+    except (ValueError, RecursionError):
         payload = None
     if not isinstance(payload, dict):
         raise s3e.InvalidRequest('The body must be a JSON object {"requirements": TEXT}.')

@@ -54,7 +54,7 @@ async def _json(req: S3Request) -> dict[str, Any]:
     body = await read_small(req, MAX_BODY)
     try:
         value = json.loads(body or b"{}")
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python recurses
         raise s3e.InvalidRequest("The body must be JSON.") from None
     if not isinstance(value, dict):
         raise s3e.InvalidRequest("The body must be a JSON object.")

@@ -197,3 +197,12 @@ def test_unsigned_streaming_body_with_trailer_is_stored(s3: InProcessS3, bucket:
     assert reply.status_code == 200, reply.text
     assert reply.headers["x-amz-checksum-crc32"] == crc
     assert s3.request("GET", f"/{bucket}/chunked").content == payload
+
+
+def test_json_nested_deeper_than_python_recurses_is_a_400(s3: InProcessS3, bucket: str) -> None:
+    """A job spec or a bucket policy of 100,000 nested arrays was a 500 (RecursionError)."""
+    deep = b"[" * 100_000 + b"]" * 100_000
+    reply = s3.request("POST", "/_manta/jobs", body=deep)
+    assert (reply.status_code, error_code(reply)) == (400, "InvalidRequest")
+    reply = s3.request("PUT", f"/{bucket}", query={"policy": ""}, body=b'{"Statement": ' + deep[:19_000] + b"}")
+    assert (reply.status_code, error_code(reply)) == (400, "MalformedPolicy")
