@@ -54,10 +54,13 @@ makes the protocol class a server hands to uvicorn.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import http
 import logging
 import mmap
 import struct
+import termios
 import time
 from dataclasses import dataclass
 from typing import ClassVar
@@ -103,6 +106,7 @@ def default_max_connections(fd_limit: int) -> int:
 class ConnectionLimits:
     head_timeout_s: float = 30.0
     max_connections: int = 1024
+    send_timeout_s: float = 30.0  # a client that takes no byte of its answer for this long is cut off
 
 
 class WorkerShares:
@@ -265,6 +269,8 @@ class HttpProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._refused = False
         self._head_timer: asyncio.TimerHandle | None = None
+        self._send_timer: asyncio.TimerHandle | None = None
+        self._unsent = 0
         super().connection_made(transport)
         if self.table.admit(self):
             self._arm_head_timer()
@@ -273,8 +279,49 @@ class HttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        self._cancel_send_timer()
         self.table.drop(self)
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        """The answer's bytes fill the write buffer: from now on the client must take some
+        every `send_timeout_s`, or the connection is cut (a client that never reads would
+        hold its connection, a slot of the cap and the buffered bytes for ever)."""
+        super().pause_writing()
+        if self._send_timer is None:
+            self._unsent = self._unsent_bytes()
+            self._send_timer = self.loop.call_later(self.table.limits.send_timeout_s, self._send_stalled)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._cancel_send_timer()
+
+    def _unsent_bytes(self) -> int:
+        """Bytes of the answer the client has not taken yet: the transport's buffer and the
+        socket's send queue (which drains first: the transport writes again only once the
+        kernel has room for a third of its buffer, megabytes on loopback)."""
+        unsent = self.transport.get_write_buffer_size()
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError, ValueError):
+                unsent += struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+        return unsent
+
+    def _send_stalled(self) -> None:
+        self._send_timer = None
+        unsent = self._unsent_bytes()
+        if unsent < self._unsent:  # the client takes bytes, slowly: look again later
+            self._unsent = unsent
+            self._send_timer = self.loop.call_later(self.table.limits.send_timeout_s, self._send_stalled)
+            return
+        self.logger.warning("closing a connection whose client took no byte of its answer in %g s",
+                            self.table.limits.send_timeout_s)
+        self.transport.abort()  # connection_lost ends the answer (uvicorn resumes its send)
+
+    def _cancel_send_timer(self) -> None:
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -332,6 +379,7 @@ class HttpProtocol(HttpToolsProtocol):
         transport to its websocket protocol, so this one's connection_lost never comes; it
         leaves the table now (websockets are not counted against the cap)."""
         self._cancel_head_timer()
+        self._cancel_send_timer()
         self.table.drop(self)
         super().handle_websocket_upgrade()
 

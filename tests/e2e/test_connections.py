@@ -199,6 +199,63 @@ def test_cap_of_busy_connections_refuses_new_ones_with_slowdown(fresh_server: Se
     assert_nothing_queued_for_repair(fresh_server)
 
 
+def test_a_client_that_stops_reading_its_answer_is_cut_off_and_a_slow_one_is_not(fresh_server: Server) -> None:
+    """A client that takes no byte of its answer for the send timeout (MANTA_BODY_TIMEOUT_S)
+    loses its connection, so it holds neither a slot of the cap nor the buffered bytes for
+    ever; one that reads slowly but steadily gets its whole answer. One process, as the cap
+    is per worker."""
+    fresh_server.workers = 1
+    cap, timeout_s, size = 4, 1.5, 12 * 1024 * 1024
+    s3 = start(fresh_server, MANTA_MAX_CONNECTIONS=str(cap), MANTA_BODY_TIMEOUT_S=str(timeout_s))
+    s3.put_object(Bucket="conn", Key="big", Body=os.urandom(size))  # type: ignore[attr-defined]
+    target = presigned(fresh_server, s3, "get_object", "big")
+    stalled = []
+    try:
+        for _ in range(cap):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            sock.connect(("127.0.0.1", fresh_server.port))
+            sock.sendall(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{fresh_server.port}\r\n\r\n".encode())
+            stalled.append(sock)  # and never read
+        time.sleep(0.5)
+        refused = http.client.HTTPConnection("127.0.0.1", fresh_server.port, timeout=10)
+        assert call(refused, "GET", presigned(fresh_server, s3, "get_object")).code == "SlowDown"
+        refused.close()
+        deadline = time.monotonic() + 4 * timeout_s + 5
+        while time.monotonic() < deadline:
+            newcomer = http.client.HTTPConnection("127.0.0.1", fresh_server.port, timeout=10)
+            reply = call(newcomer, "GET", presigned(fresh_server, s3, "get_object"))
+            newcomer.close()
+            if reply.status == 200:
+                break
+            time.sleep(0.5)
+        assert reply.status == 200 and reply.body == DATA, "the stalled clients still hold the cap"
+        for sock in stalled:  # each got part of its answer, then the connection was cut
+            got = 0
+            sock.settimeout(5)
+            try:
+                while chunk := sock.recv(1 << 20):
+                    got += len(chunk)
+            except ConnectionResetError:
+                pass
+            assert got < size
+    finally:
+        for sock in stalled:
+            sock.close()
+    # a slow reader (a few MB/s) is not cut: the server's buffers stay full for longer than
+    # the timeout at a time, but the client takes bytes
+    slow = socket.create_connection(("127.0.0.1", fresh_server.port))
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    slow.sendall(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{fresh_server.port}\r\nConnection: close\r\n\r\n".encode())
+    got = b""
+    slow.settimeout(10)
+    while chunk := slow.recv(256 * 1024):
+        got += chunk
+        time.sleep(0.02)
+    slow.close()
+    assert got.startswith(b"HTTP/1.1 200") and len(got) > size
+
+
 def test_out_of_file_descriptors_is_slowdown_not_damage(fresh_server: Server) -> None:
     """The server's descriptor limit is lowered under it (prlimit) to a few dozen above what
     it uses, with the connection cap far above that: connections are opened one by one, each
