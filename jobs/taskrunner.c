@@ -12,8 +12,13 @@
  *         and an empty signal mask (we install no handler and block nothing);
  *   wait for it, then clean up: SIGKILL everything else in the pid namespace (kill(-1)
  *         spares only us) and reap it, until /proc shows no process but us; empty /tmp
- *         (what was made unreadable too, at most MAX_DEPTH deep) and restore its mode;
- *         remove SysV IPC objects left behind;
+ *         (what was made unreadable too, at most MAX_DEPTH deep); reset /tmp, /manta/out,
+ *         /dev/pts and /dev/pts/ptmx (fresh_dirs: the task user's, they outlive a task;
+ *         /manta/out only with in-task tools, its entries are moved out by the host) to what
+ *         they were when we started:
+ *         the same xattrs (any other removed), mode and owner, and atime and mtime the
+ *         time of the reset (their ctime says that anyway); what cannot be reset makes the
+ *         reply not clean; remove SysV IPC objects left behind;
  *   reply {"status": <wait status>, "clean": true|false} (JSON, as the Python runner).
  *
  * We are not dumpable, so tasks (same uid) cannot read or write our memory or fds. As the
@@ -38,6 +43,7 @@
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #define CONTROL_FD 3
@@ -47,10 +53,31 @@
 #define MAX_FIELDS 65536
 #define KILL_ROUNDS 100
 #define MAX_DEPTH 256
+#define XATTR_BYTES 65536 /* a directory's list of xattr names, or one value; more is not clean */
+#define MAX_KEPT 16       /* xattrs a fresh directory has (a security label, say) */
+
+/* A directory a task can write that outlives it, as the container started with it. */
+struct fresh {
+    const char *path;
+    int present;
+    mode_t mode;
+    uid_t uid;
+    gid_t gid;
+    int kept;
+    char *names[MAX_KEPT];
+    char *values[MAX_KEPT];
+    ssize_t sizes[MAX_KEPT];
+};
 
 static const int TARGETS[] = {0, 1, 2, 3, INPUT_FD};
 static char message[MAX_MESSAGE + 1];
 static char *fields[MAX_FIELDS + 1];
+static char xattr_names[XATTR_BYTES];
+static char xattr_value[XATTR_BYTES];
+/* what a task can change that outlives it */
+static struct fresh fresh_dirs[] = {{.path = "/tmp"}, {.path = "/manta/out"}, {.path = "/dev/pts"},
+                                    {.path = "/dev/pts/ptmx"}};
+#define FRESH_DIRS ((int)(sizeof(fresh_dirs) / sizeof(fresh_dirs[0])))
 
 static int receive(int *fds, int *nfds)
 {
@@ -245,6 +272,84 @@ static int empty_tmp(mode_t mode)
     return 0;
 }
 
+/* Remember `dir` as it is now (a missing one stays missing); 0 if it cannot be read. */
+static int remember(struct fresh *dir)
+{
+    struct stat info;
+    if (lstat(dir->path, &info) != 0)
+        return errno == ENOENT;
+    dir->present = 1;
+    dir->mode = info.st_mode & 07777;
+    dir->uid = info.st_uid;
+    dir->gid = info.st_gid;
+    ssize_t size = llistxattr(dir->path, xattr_names, sizeof(xattr_names));
+    if (size < 0)
+        return 0;
+    for (char *name = xattr_names; name < xattr_names + size; name += strlen(name) + 1) {
+        ssize_t length = lgetxattr(dir->path, name, xattr_value, sizeof(xattr_value));
+        if (length < 0 || dir->kept == MAX_KEPT)
+            return 0;
+        dir->names[dir->kept] = strdup(name);
+        dir->values[dir->kept] = malloc((size_t)length + 1);
+        if (dir->names[dir->kept] == NULL || dir->values[dir->kept] == NULL)
+            return 0;
+        memcpy(dir->values[dir->kept], xattr_value, (size_t)length);
+        dir->sizes[dir->kept++] = length;
+    }
+    return 1;
+}
+
+/* Whether the xattr `name` of `dir` is one it started with, with its value then. */
+static int kept(const struct fresh *dir, const char *name)
+{
+    ssize_t length = lgetxattr(dir->path, name, xattr_value, sizeof(xattr_value));
+    for (int i = 0; i < dir->kept; i++)
+        if (strcmp(dir->names[i], name) == 0)
+            return length == dir->sizes[i] && memcmp(xattr_value, dir->values[i], (size_t)length) == 0;
+    return 0;
+}
+
+/* Remove every xattr of `dir` it did not start with (with remove set); 1 if none is left
+ * and all it started with are there. */
+static int fresh_xattrs(const struct fresh *dir, int remove)
+{
+    ssize_t size = llistxattr(dir->path, xattr_names, sizeof(xattr_names));
+    if (size < 0)
+        return 0;
+    int same = 0, other = 0;
+    for (char *name = xattr_names; name < xattr_names + size; name += strlen(name) + 1) {
+        if (kept(dir, name))
+            same++;
+        else if (!remove || lremovexattr(dir->path, name) != 0)
+            other++;
+    }
+    return other == 0 && same == dir->kept;
+}
+
+/* `dir` as it started: its xattrs (any other removed), mode, owner; atime and mtime now. */
+static int reset(const struct fresh *dir)
+{
+    struct stat info;
+    if (!dir->present)
+        return 1;
+    if (!fresh_xattrs(dir, 1) || lstat(dir->path, &info) != 0)
+        return 0;
+    if ((info.st_uid != dir->uid || info.st_gid != dir->gid) && lchown(dir->path, dir->uid, dir->gid) != 0)
+        return 0;
+    if (chmod(dir->path, dir->mode) != 0 || utimensat(AT_FDCWD, dir->path, NULL, AT_SYMLINK_NOFOLLOW) != 0)
+        return 0;
+    return lstat(dir->path, &info) == 0 && (info.st_mode & 07777) == dir->mode && info.st_uid == dir->uid &&
+           info.st_gid == dir->gid && fresh_xattrs(dir, 0);
+}
+
+static int reset_all(void)
+{
+    for (int i = 0; i < FRESH_DIRS; i++)
+        if (!reset(&fresh_dirs[i]))
+            return 0;
+    return 1;
+}
+
 /* The ids of /proc/sysvipc/<kind> (its second column); how many, at most `max`. */
 static int sysv_ids(const char *kind, int *ids, int max)
 {
@@ -291,10 +396,12 @@ int main(void)
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); /* (pid 1 is anyway) */
     fcntl(CONTROL_FD, F_SETFD, FD_CLOEXEC);
-    struct stat tmp;
-    if (stat("/tmp", &tmp) != 0)
+    for (int i = 0; i < FRESH_DIRS; i++)
+        if (!remember(&fresh_dirs[i]))
+            return 1;
+    if (!fresh_dirs[0].present)
         return 1;
-    mode_t tmp_mode = tmp.st_mode & 07777;
+    mode_t tmp_mode = fresh_dirs[0].mode;
     if (send(CONTROL_FD, "ready", 5, MSG_NOSIGNAL) != 5)
         return 1;
     for (;;) {
@@ -309,7 +416,7 @@ int main(void)
         if (pid < 0)
             return 1; /* a message we do not understand */
         int status = pid ? wait_for(pid) : 127 << 8;
-        int clean = kill_others() && empty_tmp(tmp_mode) && clear_sysv();
+        int clean = kill_others() && empty_tmp(tmp_mode) && reset_all() && clear_sysv();
         char reply[64];
         int size = snprintf(reply, sizeof(reply), "{\"status\": %d, \"clean\": %s}", status,
                             clean ? "true" : "false");

@@ -12,8 +12,12 @@ NUL-terminated fields) with fds [stdin, stdout, stderr, status(, input)]:
     wait for that child, then clean up: SIGKILL everything else in the pid namespace
             (kill(-1) spares only us) and reap it (as pid 1, orphans, double forks and
             setsid'd daemons come back to us), until /proc shows no process but us;
-            empty /tmp (also what was made unreadable) and
-            restore its mode; remove SysV IPC objects left behind
+            empty /tmp (also what was made unreadable); reset /tmp, /manta/out, /dev/pts
+            and /dev/pts/ptmx (RESET_DIRS: the task user's, they outlive a task; /manta/out
+            only with in-task tools, its entries are moved out by the host) to what they
+            were when we started: the same xattrs (any other removed), mode and owner, and atime and
+            mtime the time of the reset (their ctime says that anyway); what cannot be
+            reset makes the reply not clean; remove SysV IPC objects left behind
     reply {status (the child's wait status), clean}
 
 We are not dumpable, so tasks (same uid) cannot read or write our memory or fds through
@@ -39,6 +43,7 @@ PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER = 4, 36
 IPC_RMID = 0
 SYSV = (("shm", "shmctl"), ("msg", "msgctl"), ("sem", "semctl"))
 KILL_ROUNDS = 100
+RESET_DIRS = ("/tmp", "/manta/out", "/dev/pts", "/dev/pts/ptmx")  # what a task can change that outlives it
 
 
 def main() -> None:
@@ -50,6 +55,7 @@ def main() -> None:
     sock = socket.socket(fileno=CONTROL_FD)
     os.set_inheritable(CONTROL_FD, False)
     tmp_mode = stat.S_IMODE(os.stat("/tmp").st_mode)
+    fresh = [state for path in RESET_DIRS if (state := _remember(path)) is not None]
     sock.send(b"ready")
     while True:
         data, fds = _receive(sock)
@@ -63,7 +69,8 @@ def main() -> None:
         for fd in fds:
             os.close(fd)
         status = _wait(pid) if pid else 127 << 8
-        clean = _kill_others() and _empty_tmp(tmp_mode) and _clear_sysv(libc)
+        clean = _kill_others() and _empty_tmp(tmp_mode) and all(_reset(state) for state in fresh) \
+            and _clear_sysv(libc)
         sock.send(json.dumps({"status": status, "clean": clean}).encode())
 
 
@@ -138,6 +145,52 @@ def _empty_tmp(mode: int) -> bool:
             os.chmod("/tmp", mode)
             return True
     return False
+
+
+class _Fresh:
+    """A directory as the container started with it."""
+
+    def __init__(self, path: str, mode: int, uid: int, gid: int, xattrs: dict[str, bytes]) -> None:
+        self.path, self.mode, self.owner, self.xattrs = path, mode, (uid, gid), xattrs
+
+
+def _remember(path: str) -> _Fresh | None:
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return _Fresh(path, stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid, _xattrs(path))
+
+
+def _xattrs(path: str) -> dict[str, bytes]:
+    return {name: os.getxattr(path, name, follow_symlinks=False) for name in os.listxattr(path, follow_symlinks=False)}
+
+
+def _reset(fresh: _Fresh) -> bool:
+    """`fresh.path` as it was: its xattrs (any other removed), mode, owner; atime and mtime
+    now. False if it could not be made so."""
+    path = fresh.path
+    try:
+        for name in os.listxattr(path, follow_symlinks=False):
+            if fresh.xattrs.get(name) != _xattr(path, name):
+                os.removexattr(path, name, follow_symlinks=False)
+        info = os.lstat(path)
+        if (info.st_uid, info.st_gid) != fresh.owner:
+            os.chown(path, *fresh.owner, follow_symlinks=False)
+        os.chmod(path, fresh.mode)  # a directory: no symlink to follow
+        os.utime(path, follow_symlinks=False)  # atime and mtime: now
+        info = os.lstat(path)
+        return (stat.S_IMODE(info.st_mode), (info.st_uid, info.st_gid), _xattrs(path)) == \
+            (fresh.mode, fresh.owner, fresh.xattrs)
+    except OSError:
+        return False
+
+
+def _xattr(path: str, name: str) -> bytes | None:
+    try:
+        return os.getxattr(path, name, follow_symlinks=False)
+    except OSError:
+        return None
 
 
 def _remove(path: str) -> None:

@@ -20,7 +20,8 @@ else: no earlier input is bound or open anywhere in the container.
 
     _take(key) or _start(key) --task msg + fds--> runner forks the task --> we watch its
     pipes, the clock, cancel and the cgroup counters --> runner: task exited, killed
-    everything else, emptied /tmp, removed SysV IPC --> reply {status, clean}
+    everything else, emptied /tmp, reset the task user's dirs (xattrs, mode, times), removed
+    SysV IPC --> reply {status, clean}
         --> all normal: _put(key) (idle, closed after idle_s)    else: close (SIGKILL)
 
 Anything abnormal throws the container away, exactly as a fresh one ends: a timeout,

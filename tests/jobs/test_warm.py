@@ -9,6 +9,7 @@ in the first's container.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -105,6 +106,60 @@ def test_files_left_in_tmp_and_home_are_gone(pool: WarmPool) -> None:
     result, out = run(pool, 'ls -A /tmp; ls -A "$HOME"; stat -c %a /tmp; pwd')
     assert result.ok and pool.started == 1, result
     assert out == mode + "/tmp\n", out  # nothing listed, /tmp's mode as before
+
+
+MARK_DIRS = """python3 - <<'EOF'
+import os
+for d in ("/tmp", "/manta/out"):
+    os.setxattr(d, "user.prev", open("/manta/input", "rb").read()[:40])
+    os.chmod(d, 0o705)
+    os.utime(d, (1e9, 1e9))
+    print(d, sorted(os.listxattr(d)))
+for d in ("/dev/pts", "/dev/pts/ptmx"):  # the task user's too (no user xattrs there)
+    os.chmod(d, 0o700)
+    os.utime(d, (1e9, 1e9))
+EOF"""
+SHOW_DIRS = """python3 - <<'EOF'
+import json, os
+print(json.dumps({d: [os.listxattr(d), oct(os.stat(d).st_mode & 0o7777), os.stat(d).st_mtime, os.stat(d).st_atime]
+                  for d in ("/tmp", "/manta/out", "/dev/pts", "/dev/pts/ptmx")}))
+EOF"""
+
+
+def task_out_dirs(sandbox: Sandbox, data_dir: str, count: int) -> list[str]:
+    """`count` tasks' own /manta/out directories, made as the agent makes them."""
+    ids = sandbox.task_ids()
+    dirs = []
+    for i in range(count):
+        path = os.path.join(data_dir, "tasks", f"t{i}", "out")
+        os.makedirs(path, mode=0o700)
+        os.chmod(os.path.dirname(path), 0o711)
+        os.chmod(os.path.dirname(os.path.dirname(path)), 0o711)
+        if ids is not None:
+            os.chown(path, *ids)
+        dirs.append(path)
+    return dirs
+
+
+def test_tmp_output_dir_and_pts_carry_no_xattr_mode_or_time_to_the_next_task(pool: WarmPool, sandbox: Sandbox,
+                                                                             data_dir: str) -> None:
+    """A task can set user xattrs, the mode and the times of /tmp and /manta/out, and the
+    mode and times of /dev/pts and its ptmx (all the task user's, and they outlive it); the
+    runner resets them: no xattr, the fresh mode, and atime and mtime the time of the reset
+    (after the task ended)."""
+    dirs = task_out_dirs(sandbox, data_dir, 3)
+    result, fresh = run(pool, SHOW_DIRS, input=put(data_dir, "zero", b"0\n"), output_dir=dirs[0])
+    assert result.ok, result
+    before = time.time()
+    result, out = run(pool, MARK_DIRS, input=put(data_dir, "first", b"SECRET-ONE\n"), output_dir=dirs[1])
+    assert result.ok and out == "/tmp ['user.prev']\n/manta/out ['user.prev']\n", (result, out)
+    result, out = run(pool, SHOW_DIRS, input=put(data_dir, "second", b"two\n"), output_dir=dirs[2])
+    assert result.ok and pool.started == 1, result
+    assert "SECRET" not in out, out
+    seen, first = json.loads(out), json.loads(fresh)
+    for d, (xattrs, mode, mtime, atime) in seen.items():
+        assert xattrs == [] and mode == first[d][1], (d, seen, first)
+        assert mtime >= before - 1 and atime >= before - 1, (d, seen, before)
 
 
 @pytest.mark.parametrize("leave", [
