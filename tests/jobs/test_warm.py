@@ -460,16 +460,7 @@ def test_each_task_reads_only_its_own_tool_outputs(pool: WarmPool, sandbox: Sand
     task's directory after the task: the next task starts with it empty."""
     from jobs.tooloutputs import read_calls
 
-    ids = sandbox.task_ids()
-    dirs = []
-    for i in range(2):
-        path = os.path.join(data_dir, "tasks", f"t{i}", "out")
-        os.makedirs(path, mode=0o700)
-        os.chmod(os.path.dirname(path), 0o711)
-        os.chmod(os.path.dirname(os.path.dirname(path)), 0o711)
-        if ids is not None:
-            os.chown(path, *ids)
-        dirs.append(path)
+    dirs = task_out_dirs(sandbox, data_dir, 2)
     result, out = run(pool, "ls -A /manta/out; echo one | mpipe; echo stray > /manta/out/stray.d",
                       output_dir=dirs[0])
     assert result.ok and out == "", (result, out)
