@@ -54,8 +54,6 @@ import base64
 import contextlib
 import logging
 import os
-import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -75,6 +73,7 @@ from jobs.tooloutputs import (
     references,
     store_calls,
 )
+from jobs.trees import remove_tree
 from jobs.warm import WarmPool
 from storage import LocalNode, Node
 from storage import errors as se
@@ -102,17 +101,6 @@ def remote_peers(secret: str | None) -> PeerFactory:
         return RemoteNode(url, secret, node_id)
 
     return make
-
-
-def remove_tree(path: str) -> None:
-    """Remove a directory a task wrote, however deep: shutil.rmtree recurses once per level
-    and a task can nest thousands (RecursionError, which ignore_errors does not cover);
-    then rm(1), which does not recurse on the stack."""
-    try:
-        shutil.rmtree(path, ignore_errors=True)
-    except RecursionError:
-        subprocess.run(["rm", "-rf", "--one-file-system", "--", path], check=False,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def sweep_scratch(node: LocalNode) -> None:

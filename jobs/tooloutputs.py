@@ -26,12 +26,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from jobs.trees import remove_tree
 from storage.replicas import BlobMeta, ReplicatedWriter
 
 __all__ = ["MANIFEST_BYTES", "OUTPUT_MOUNT", "TOOLS_DIR", "TOOLS_MOUNT", "ToolCall", "ToolError",
@@ -182,7 +182,7 @@ def hand_over(container_dir: str, task_dir: str | None, make: Callable[[], objec
             if task_dir is not None:
                 os.rename(source, os.path.join(task_dir, name))
             elif os.path.isdir(source) and not os.path.islink(source):
-                shutil.rmtree(source)
+                remove_tree(source)  # what it cannot remove stays: not empty, so False
             else:
                 os.unlink(source)
         return not os.listdir(container_dir)

@@ -49,7 +49,6 @@ import json
 import logging
 import os
 import selectors
-import shutil
 import socket
 import subprocess
 import tempfile
@@ -85,6 +84,7 @@ from jobs.sandbox import (
     runner_script,
 )
 from jobs.tooloutputs import hand_over
+from jobs.trees import remove_tree
 
 __all__ = ["WarmPool"]
 
@@ -123,7 +123,7 @@ class _Container:
         if self.cgroups is not None:
             self.cgroups.remove()
         if self.out_dir is not None:
-            shutil.rmtree(self.out_dir, ignore_errors=True)
+            remove_tree(self.out_dir)
 
 
 class WarmPool:
@@ -312,7 +312,7 @@ class WarmPool:
             if cgroups is not None:
                 cgroups.remove()
             if out_dir is not None:
-                shutil.rmtree(out_dir, ignore_errors=True)
+                remove_tree(out_dir)
             return None
         finally:
             theirs.close()

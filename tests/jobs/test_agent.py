@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from jobs.agent import TaskAgent, remove_tree
+from jobs.agent import TaskAgent
 from jobs.records import TABLES as JOB_TABLES
 from jobs.sandbox import Sandbox
 from storage import LocalNode, Node
@@ -298,25 +298,3 @@ def test_the_scheduler_retries_a_node_failure_on_another_holder(sandbox: Sandbox
             agent.close()
         store.close()
         shutil.rmtree(base, ignore_errors=True)
-
-
-def test_a_task_dir_nested_deeper_than_python_recurses_is_removed(tmp_path: Any) -> None:
-    """A task may nest thousands of directories in its output dir: shutil.rmtree then
-    raises RecursionError (the task failed with InternalError and its bytes stayed)."""
-    top = tmp_path / "task"
-    top.mkdir()
-    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for _ in range(1500):
-            os.mkdir("d", dir_fd=fd)
-            inner = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
-            os.close(fd)
-            fd = inner
-        with open(os.open("f", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=fd), "wb") as fh:
-            fh.write(b"x" * 4096)
-    finally:
-        os.close(fd)
-    with pytest.raises(RecursionError):
-        shutil.rmtree(top, ignore_errors=True)
-    remove_tree(str(top))
-    assert not top.exists()
