@@ -152,15 +152,15 @@ def raise_fd_limit() -> int:
 
 def connection_limits(config: ServerConfig, fd_limit: int, quiet: bool = False) -> ConnectionLimits:
     cap = config.max_connections or default_max_connections(fd_limit)
+    limits = ConnectionLimits(head_timeout_s=config.head_timeout_s, max_connections=cap,
+                              send_timeout_s=config.body_timeout_s)
     if quiet:
-        return ConnectionLimits(head_timeout_s=config.head_timeout_s, max_connections=cap,
-                                send_timeout_s=config.body_timeout_s)
+        return limits
     log.info("file descriptors: %d; at most %d connections", fd_limit, cap)
     if cap > default_max_connections(fd_limit):
         log.warning("MANTA_MAX_CONNECTIONS %d leaves too few of the %d file descriptors for blob files: "
                     "requests may get 503 SlowDown", cap, fd_limit)
-    return ConnectionLimits(head_timeout_s=config.head_timeout_s, max_connections=cap,
-                                send_timeout_s=config.body_timeout_s)
+    return limits
 
 
 def start_daemons(store: Store) -> list[Daemon]:
