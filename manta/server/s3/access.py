@@ -21,7 +21,6 @@ None) and are decided the same way: only `*` in a policy or an AllUsers grant le
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 from manta.server.s3 import errors as s3e
@@ -37,6 +36,7 @@ from storage.access import (
     bucket_access,
     decide,
     object_acl_permission,
+    time_keys,
 )
 from storage.policy import HEADER_KEYS, LIST_KEYS
 
@@ -113,9 +113,7 @@ def action_of(req: S3Request) -> str:
 
 def context_of(req: S3Request) -> dict[str, str]:
     """The request's condition keys (lower-cased names)."""
-    now = dt.datetime.now(dt.UTC)
-    context = {"aws:securetransport": "true" if req.secure else "false",
-               "aws:currenttime": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "aws:epochtime": str(int(now.timestamp()))}
+    context = {"aws:securetransport": "true" if req.secure else "false", **time_keys()}
     if req.auth is not None:  # an anonymous request has no signature, so no version of one
         context["s3:signatureversion"] = "AWS4-HMAC-SHA256"
     if req.client_ip:
