@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from storage.policy import ALLOW, DENY, Policy, parse_policy
+from storage.policy import ALLOW, DENY, Policy, parse_policy, worst
 from storage.records.buckets import BucketRecord
 
 if TYPE_CHECKING:
@@ -254,9 +254,8 @@ def worst_case(settings: BucketAccess) -> BucketAccess:
     if policy is None or not any(s.conditions for s in policy.statements):
         return settings
     allows = not (settings.block.restrict_public_buckets and policy.public)
-    kept = tuple(replace(s, conditions=()) if s.effect == DENY else s for s in policy.statements
-                 if s.effect == DENY or (allows and not s.conditions))
-    return replace(settings, policy=Policy(kept))
+    kept = (worst(s, lambda _: True) for s in policy.statements if s.effect == DENY or allows)
+    return replace(settings, policy=Policy(tuple(s for s in kept if s is not None)))
 
 
 def readable(store: Store, principal: str, bucket: str, key: str,

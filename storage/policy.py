@@ -31,12 +31,12 @@ import functools
 import ipaddress
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 __all__ = ["ALLOW", "DENY", "MAX_POLICY_BYTES", "Condition", "Policy", "PolicyError", "Statement",
-           "check_keys", "matches", "parse_policy", "principal_name"]
+           "check_keys", "matches", "parse_policy", "principal_name", "worst"]
 
 ALLOW = "Allow"
 DENY = "Deny"
@@ -395,14 +395,14 @@ def parse_policy(text: bytes, bucket: str) -> Policy:
     statements = raw if isinstance(raw, list) else [raw] if isinstance(raw, dict) else None
     if not statements:
         raise PolicyError("Missing required field Statement")
-    parsed = (_statement(s, bucket) for s in statements)
-    return Policy(tuple(w for w in map(_worst, parsed) if w is not None))
+    parsed = (worst(_statement(s, bucket), _unknown) for s in statements)
+    return Policy(tuple(s for s in parsed if s is not None))
 
 
-def check_keys(policy: Policy, text: bytes) -> None:
+def check_keys(text: bytes) -> None:
     """PolicyError for a condition on a key no request's context holds (CONDITION_KEYS), as
     S3 refuses a key it does not know: `parse_policy` has read such a statement for the
-    worst case, which is not what its author meant."""
+    worst case, which is not what its author meant. For a document `parse_policy` took."""
     doc = json.loads(text)
     raw = doc["Statement"] if isinstance(doc["Statement"], list) else [doc["Statement"]]
     for statement in raw:
@@ -412,13 +412,17 @@ def check_keys(policy: Policy, text: bytes) -> None:
                     raise PolicyError(f"Policy has an invalid condition key: {key}")
 
 
-def _worst(statement: Statement) -> Statement | None:
-    """A statement as it binds when its conditions name keys no context holds (a policy
-    stored before `check_keys`): a Deny binds as if those conditions held, an Allow allows
-    nothing (None)."""
-    unknown = [c for c in statement.conditions if c.key not in CONDITION_KEYS]
-    if not unknown:
+def worst(statement: Statement, doubtful: Callable[[Condition], bool]) -> Statement | None:
+    """The statement as it binds when its `doubtful` conditions may or may not hold: a Deny
+    binds as if they held (they are dropped), an Allow with any of them allows nothing
+    (None). For a stored policy's conditions on keys no context holds (`_unknown`), and for
+    a reader whose context is not known (storage.access.worst_case: every condition)."""
+    if not any(doubtful(c) for c in statement.conditions):
         return statement
     if statement.effect == DENY:
-        return replace(statement, conditions=tuple(c for c in statement.conditions if c.key in CONDITION_KEYS))
+        return replace(statement, conditions=tuple(c for c in statement.conditions if not doubtful(c)))
     return None
+
+
+def _unknown(condition: Condition) -> bool:
+    return condition.key not in CONDITION_KEYS

@@ -72,7 +72,7 @@ async def put_bucket_policy(req: S3Request) -> Response:
     body = await read_small(req, MAX_POLICY_BYTES + 1)
     try:
         policy = parse_policy(body, ref.name)
-        check_keys(policy, body)
+        check_keys(body)
     except PolicyError as exc:
         raise s3e.MalformedPolicy(str(exc)) from None
     await in_thread(_check_principals, req, policy.principals())
