@@ -65,10 +65,11 @@ class RunContext:
 
 
 class _Failure(Exception):
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, denied: bool = False) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.denied = denied  # refused by access control (not missing)
 
 
 NO_CONTEXT: tuple[Mapping[str, str], ...] = ({},)  # a check with no request context
@@ -88,7 +89,7 @@ def _entry(ctx: RunContext, owner: str | None, name: str, missing_code: str,
         else:
             found = readable(store, owner, bucket, key, contexts)
             if found is None:
-                raise _Failure(missing_code, f"{name}: access denied")
+                raise _Failure(missing_code, f"{name}: access denied", denied=True)
             ref = found.ref()
         record = store.objects.get(ref, key)  # the bucket re-checked there
     except (se.NoSuchBucket, se.NoSuchKey):

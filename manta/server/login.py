@@ -97,7 +97,7 @@ def _resolve(scheduler: JobScheduler, req: S3Request, name: str, idle_s: float) 
     try:  # under the upgrade's condition keys, as a GET over this connection (jobs_api)
         entry = _entry(scheduler.ctx, req.owner, name, "NoSuchKey", [request_context(req)])
     except _Failure as failure:
-        if failure.message.endswith("access denied"):  # a policy refuses it over this connection
+        if failure.denied:  # a policy refuses it over this connection
             raise s3e.AccessDenied(f"{name}: access denied.") from None
         raise s3e.NoSuchKey(f"No object {name}.", Key=key) from None
     query = req.query
