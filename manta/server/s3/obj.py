@@ -388,12 +388,16 @@ def _overrides(req: S3Request) -> dict[str, str]:
     """The response headers a signed GET or HEAD asks for (`response-content-type` ...).
     S3 refuses them on anonymous requests; a value no header may hold is refused here,
     before uvicorn would refuse to send it and drop the connection."""
-    asked = {name: req.query[param] for param, name in RESPONSE_OVERRIDES.items() if param in req.query}
-    if asked and req.auth is None:
+    if req.query.keys().isdisjoint(RESPONSE_OVERRIDES):
+        return {}  # the usual case
+    if req.auth is None:
         raise s3e.InvalidRequest("Request specific response headers cannot be used for anonymous GET requests.")
+    asked = {}
     for param, name in RESPONSE_OVERRIDES.items():
-        if name in asked and not _HEADER_VALUE.fullmatch(asked[name]):
-            raise s3e.InvalidArgument(f"{param} must be a valid HTTP header value.", ArgumentName=param)
+        if (value := req.query.get(param)) is not None:
+            if not _HEADER_VALUE.fullmatch(value):
+                raise s3e.InvalidArgument(f"{param} must be a valid HTTP header value.", ArgumentName=param)
+            asked[name] = value
     return asked
 
 
@@ -402,7 +406,7 @@ _HEADER_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 
 
 def _find_in(req: S3Request, head: bool, open_blobs: bool, txn: Any) -> Response | _Found:
-    overrides = _overrides(req) if not req.query.keys().isdisjoint(RESPONSE_OVERRIDES) else {}
+    overrides = _overrides(req)
     vid = requested_version(req)
     record = _current_record(req, txn) if vid is None else _version_record(req, vid, txn)
     headers = object_headers(record)
