@@ -203,9 +203,10 @@ class UploadStore:
     def _refund(self, txn: Txn, upload: Record, parts: list[Record]) -> None:
         self.catalog.usage.charge(txn, charged_to(upload), 0, -sum(p["size"] for p in parts), check=False)
 
-    def _drop(self, txn: Txn, upload: Record, refund: bool = True) -> list[str]:
+    def _drop(self, txn: Txn, upload: Record, refund: bool = True, parts: list[Record] | None = None) -> list[str]:
+        """Remove the upload and its parts (`parts`: all of them, when the caller has them)."""
         upload_id = upload["upload_id"]
-        parts = self._parts_in(txn, upload_id)
+        parts = self._parts_in(txn, upload_id) if parts is None else parts
         for part in parts:
             self.catalog.delete(txn, "parts", part_key(upload_id, part["number"]))
         if refund:
@@ -264,9 +265,10 @@ class UploadStore:
                       "part_checksums": [[p["number"], p.get("checksums") or {}] for p in parts]}
             # the parts' bytes become the object's: refunded first, so that the put charges
             # and checks the bucket owner for the net change (a refusal rolls back both)
-            self._refund(txn, upload, self._parts_in(txn, upload_id))
+            pending = self._parts_in(txn, upload_id)
+            self._refund(txn, upload, pending)
             freed = self.objects._put_in(txn, bucket, key, record, condition=condition)
-            freed += self._drop(txn, upload, refund=False)
+            freed += self._drop(txn, upload, refund=False, parts=pending)
             self._remember(txn, upload, record, digest)
             self._prune_completions(txn, time.time())
             return record, freed
