@@ -27,7 +27,7 @@ import logging
 import random
 import secrets
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -88,6 +88,11 @@ def choose_nodes(nodes: list[Node], k: int, exclude: set[str] | frozenset[str] =
 
 PARALLEL_HASH_BYTES = 256 * 1024  # a write at least this big hashes its MD5 on a helper thread
 _MD5_POOL = ProcessPool(4, "manta-md5")  # helper threads for the MD5s of large writes
+
+
+def _update_all(summer: Any, parts: Sequence[bytes | memoryview]) -> None:
+    for part in parts:
+        summer.update(part)
 
 
 class _BlockSummer:
@@ -173,16 +178,24 @@ class ReplicatedWriter:
             entry[1].abort()
 
     def write(self, data: bytes | memoryview) -> None:
-        md5 = _MD5_POOL.get().submit(self._md5.update, data) if len(data) >= PARALLEL_HASH_BYTES else None
+        self.write_parts((data,))
+
+    def write_parts(self, parts: Sequence[bytes | memoryview]) -> None:
+        """Write `parts` one after another (a large body as the socket delivered it, never
+        joined into one buffer)."""
+        size = sum(len(part) for part in parts)
+        md5 = _MD5_POOL.get().submit(_update_all, self._md5, parts) if size >= PARALLEL_HASH_BYTES else None
         try:
             if md5 is None:
-                self._md5.update(data)
-            self._sha.update(data)
-            self._blocks.update(data)
-            self.size += len(data)
+                _update_all(self._md5, parts)
+            for part in parts:
+                self._sha.update(part)
+                self._blocks.update(part)
+            self.size += size
             for node, writer in list(self._writers.values()):
                 try:
-                    writer.write(data)
+                    for part in parts:
+                        writer.write(part)
                 except OSError as exc:
                     self._fail(node, exc)
         finally:

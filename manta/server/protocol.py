@@ -35,6 +35,12 @@
   response leaves in one send(2), not two: on loopback each send runs the receiver's TCP
   path too, and for a 4 KiB GET the second one was a third of the event loop's time.
 
+- A request body reaches the app as the parser's pieces, joined only when the app takes
+  more than one at a time (`BodyReceiver`). uvicorn copies each piece into a bytearray and
+  out again into bytes; for a large PUT that was two of the five copies the event loop made
+  of every byte. Reading pauses when BODY_HIGH_WATER bytes wait untaken (uvicorn: 64 KiB),
+  so the next megabyte is already in while a worker thread writes the last one.
+
 - Connections spread over the workers of `manta serve --workers N`. They share one
   listening socket, and a worker that wakes first may accept a whole burst of new
   connections while another accepts none: with 16 keep-alive clients, 1 run in 5 put all
@@ -73,6 +79,7 @@ from manta.server.s3.app import request_id
 __all__ = [
     "HEAD_LIMIT_BYTES",
     "WRITE_BUFFER_BYTES",
+    "BodyReceiver",
     "ConnectionLimits",
     "ConnectionTable",
     "HttpProtocol",
@@ -82,6 +89,7 @@ __all__ = [
 ]
 
 WRITE_BUFFER_BYTES = 4 * 1024 * 1024
+BODY_HIGH_WATER = 1024 * 1024  # body bytes received and not yet taken by the app: reading pauses above
 JOIN_BODY_BYTES = 64 * 1024  # a first body write up to this size is joined to the held head
 HEAD_LIMIT_BYTES = 256 * 1024
 REFUSED_CLOSE_S = 1.0
@@ -260,6 +268,43 @@ class HeadHoldingTransport:
         return getattr(self.transport, name)
 
 
+class BodyReceiver:
+    """The app's `receive` for one request (uvicorn's, without its copies): the body pieces
+    the parser hands over are kept as they are, and a receive takes them all, joined (one
+    piece is passed on as is)."""
+
+    __slots__ = ("cycle", "flow", "parts", "size")
+
+    def __init__(self, cycle: RequestResponseCycle) -> None:
+        self.cycle = cycle
+        self.flow = cycle.flow
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def add(self, body: bytes) -> None:
+        self.parts.append(body)
+        self.size += len(body)
+        if self.size > BODY_HIGH_WATER:
+            self.flow.pause_reading()
+        self.cycle.message_event.set()
+
+    async def receive(self) -> dict:
+        cycle = self.cycle
+        if cycle.waiting_for_100_continue and not cycle.transport.is_closing():
+            cycle.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            cycle.waiting_for_100_continue = False
+        if not cycle.disconnected and not cycle.response_complete:
+            self.flow.resume_reading()
+            await cycle.message_event.wait()
+            cycle.message_event.clear()
+        if cycle.disconnected or cycle.response_complete:
+            return {"type": "http.disconnect"}
+        parts = self.parts
+        body = parts[0] if len(parts) == 1 else b"".join(parts)
+        self.parts, self.size = [], 0
+        return {"type": "http.request", "body": body, "more_body": cycle.more_body}
+
+
 class HttpProtocol(HttpToolsProtocol):
     table: ClassVar[ConnectionTable]  # one per server: see protocol_for()
 
@@ -271,6 +316,7 @@ class HttpProtocol(HttpToolsProtocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._send_timer: asyncio.TimerHandle | None = None
         self._unsent = 0
+        self._body: BodyReceiver | None = None
         super().connection_made(transport)
         if self.table.admit(self):
             self._arm_head_timer()
@@ -345,10 +391,23 @@ class HttpProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if cycle is not None and not isinstance(cycle.transport, HeadHoldingTransport):
             cycle.transport = HeadHoldingTransport(self.transport, cycle)  # type: ignore[assignment]
+            # the app's task has not run yet (pipelined: it waits in self.pipeline), so it
+            # reads `receive` from the cycle after this
+            self._body = BodyReceiver(cycle)
+            cycle.receive = self._body.receive  # type: ignore[method-assign, assignment]
         # (no new cycle for a websocket upgrade: self.cycle is then the last, finished one)
         if cycle is not None and not cycle.response_complete and cycle.keep_alive and not self.pipeline \
                 and self.table.move_one(self):
             cycle.keep_alive = False  # answered with Connection: close, then closed
+
+    def on_body(self, body: bytes) -> None:
+        cycle, receiver = self.cycle, self._body
+        if receiver is None or cycle is None or receiver.cycle is not cycle:
+            super().on_body(body)  # not a cycle of ours (none is made for an upgrade)
+            return
+        if (self.parser.should_upgrade() and self._should_upgrade()) or cycle.response_complete:
+            return
+        receiver.add(body)
 
     def on_message_complete(self) -> None:
         self._in_body = False

@@ -1,4 +1,4 @@
-"""The request fast path's parts: the held response head, blocking calls on the pool, request ids."""
+"""The request fast path's parts: the held response head, request bodies as the parser gives them, blocking calls on the pool, request ids."""
 
 from __future__ import annotations
 
@@ -7,7 +7,12 @@ import re
 import threading
 from typing import Any
 
-from manta.server.protocol import JOIN_BODY_BYTES, HeadHoldingTransport
+from manta.server.protocol import (
+    BODY_HIGH_WATER,
+    JOIN_BODY_BYTES,
+    BodyReceiver,
+    HeadHoldingTransport,
+)
 from manta.server.s3.app import request_id
 from manta.server.s3.common import in_thread
 
@@ -119,3 +124,53 @@ def test_a_cancelled_in_thread_call_waits_for_the_thread() -> None:
         return False
 
     assert asyncio.run(main())
+
+
+class FakeFlow:
+    def __init__(self) -> None:
+        self.paused = False
+        self.resumes = 0
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+        self.resumes += 1
+
+
+class BodyCycle:
+    def __init__(self) -> None:
+        self.flow = FakeFlow()
+        self.transport = FakeTransport()
+        self.message_event = asyncio.Event()
+        self.waiting_for_100_continue = True
+        self.disconnected = False
+        self.response_complete = False
+        self.more_body = True
+
+
+def test_body_pieces_are_passed_on_as_they_came_and_joined_only_when_several() -> None:
+    async def main() -> None:
+        cycle = BodyCycle()
+        receiver = BodyReceiver(cycle)  # type: ignore[arg-type]
+        one = b"a" * 1000
+        receiver.add(one)
+        message = await receiver.receive()
+        assert message["body"] is one and message["more_body"] is True  # not copied
+        assert cycle.transport.writes == [b"HTTP/1.1 100 Continue\r\n\r\n"]  # once, on the first receive
+        big = [bytes([i]) * (BODY_HIGH_WATER // 3) for i in range(4)]
+        for piece in big[:3]:
+            receiver.add(piece)
+        assert not cycle.flow.paused  # at the mark, not above it
+        receiver.add(big[3])
+        assert cycle.flow.paused  # above: the socket waits for the app
+        cycle.more_body = False
+        message = await receiver.receive()
+        assert message == {"type": "http.request", "body": b"".join(big), "more_body": False}
+        assert not cycle.flow.paused and cycle.transport.writes == [b"HTTP/1.1 100 Continue\r\n\r\n"]
+        cycle.disconnected = True
+        cycle.message_event.set()
+        assert await receiver.receive() == {"type": "http.disconnect"}
+
+    asyncio.run(main())

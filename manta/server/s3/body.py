@@ -156,9 +156,10 @@ async def receive_into(req: S3Request, writer: ReplicatedWriter | MemoryBlobWrit
     # big bodies go to the writer (hashing and file writes) on a worker thread, HANDOFF
     # bytes at a time, one batch in flight while the next is received; small ones and
     # memory writers are written right here
-    batched = isinstance(writer, ReplicatedWriter) and (
-        writer.blocking or expected_size is None or expected_size > HANDOFF)
-    handoff = bytearray() if batched else None
+    write_parts = writer.write_parts if isinstance(writer, ReplicatedWriter) and (
+        writer.blocking or expected_size is None or expected_size > HANDOFF) else None
+    handoff: list[bytes] = []  # received, not yet handed off (each piece as it came)
+    pending = 0  # their bytes
     in_flight: asyncio.Future[Any] | None = None
     size = 0
     try:
@@ -189,20 +190,21 @@ async def receive_into(req: S3Request, writer: ReplicatedWriter | MemoryBlobWrit
                         raise s3e.EntityTooLarge(MaxSizeAllowed=str(max_size))
                     if summer is not None:
                         summer.update(chunk)
-                    if handoff is None:
+                    if write_parts is None:
                         writer.write(chunk)
                         continue
-                    handoff += chunk
-                    if len(handoff) >= HANDOFF:
+                    handoff.append(chunk)
+                    pending += len(chunk)
+                    if pending >= HANDOFF:
                         if in_flight is not None:
                             await in_flight
-                        in_flight = asyncio.ensure_future(in_thread(writer.write, bytes(handoff)))
-                        handoff.clear()
+                        in_flight = asyncio.ensure_future(in_thread(write_parts, handoff))
+                        handoff, pending = [], 0
             deadline.reschedule(None)
         if in_flight is not None:
             await in_flight
-        if handoff:
-            await in_thread(writer.write, bytes(handoff))
+        if write_parts is not None and handoff:
+            await in_thread(write_parts, handoff)
     finally:
         while in_flight is not None and not in_flight.done():
             # the caller aborts the writer on an error: never while a write is running
