@@ -642,3 +642,41 @@ def test_a_policy_with_a_condition_key_no_request_holds_is_malformed(s3: Any, se
          "Condition": {"StringEquals": {"s3:ExistingObjectTag/classification": "secret"}}}]})
     assert code(s3.put_bucket_policy, Bucket=bucket, Policy=document) == "MalformedPolicy"
     assert code(bob_s3.get_object, Bucket=bucket, Key="conf.txt") == "AccessDenied"  # no policy was set
+
+
+def test_a_request_expecting_another_bucket_owner_is_refused_and_changes_nothing(
+        s3: Any, server: Server, bucket: str) -> None:
+    """x-amz-expected-bucket-owner (boto3's ExpectedBucketOwner) names the account the
+    client expects to own the bucket, as ListBuckets' Owner/ID names it: S3 answers
+    AccessDenied when another owns it, whatever the caller may do there, so that a client
+    never writes to (or reads from) a bucket of the same name someone else holds. The same
+    for a copy source (ExpectedSourceBucketOwner)."""
+    owner = s3.list_buckets()["Owner"]["ID"]
+    other_name, other, _ = new_account(server)
+    s3.put_object(Bucket=bucket, Key="k", Body=b"kept")
+    wrong = {"ExpectedBucketOwner": other_name}
+    assert code(s3.put_object, Bucket=bucket, Key="k", Body=b"replaced", **wrong) == "AccessDenied"
+    assert code(s3.put_object, Bucket=bucket, Key="new", Body=b"x", **wrong) == "AccessDenied"
+    assert code(s3.get_object, Bucket=bucket, Key="k", **wrong) == "AccessDenied"
+    assert code(s3.head_object, Bucket=bucket, Key="k", **wrong) == "403"
+    assert code(s3.list_objects_v2, Bucket=bucket, **wrong) == "AccessDenied"
+    assert code(s3.get_bucket_acl, Bucket=bucket, **wrong) == "AccessDenied"
+    assert code(s3.create_multipart_upload, Bucket=bucket, Key="mp", **wrong) == "AccessDenied"
+    assert code(s3.delete_object, Bucket=bucket, Key="k", **wrong) == "AccessDenied"
+    assert code(s3.delete_objects, Bucket=bucket, Delete={"Objects": [{"Key": "k"}]}, **wrong) == "AccessDenied"
+    assert code(s3.copy_object, Bucket=bucket, Key="copy", CopySource={"Bucket": bucket, "Key": "k"},
+                ExpectedSourceBucketOwner=other_name) == "AccessDenied"
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])] == ["k"]
+    assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == b"kept"
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+    right = {"ExpectedBucketOwner": owner}
+    s3.put_object(Bucket=bucket, Key="k", Body=b"replaced", **right)
+    assert s3.get_object(Bucket=bucket, Key="k", **right)["Body"].read() == b"replaced"
+    s3.copy_object(Bucket=bucket, Key="copy", CopySource={"Bucket": bucket, "Key": "k"},
+                   ExpectedSourceBucketOwner=owner, **right)
+    assert s3.get_object(Bucket=bucket, Key="copy")["Body"].read() == b"replaced"
+    # another account's own bucket, expected to be ours: refused before its owner is asked
+    other.create_bucket(Bucket=f"{bucket}-theirs")
+    assert code(other.put_object, Bucket=f"{bucket}-theirs", Key="k", Body=b"x", **right) == "AccessDenied"
+    other.put_object(Bucket=f"{bucket}-theirs", Key="k", Body=b"x", ExpectedBucketOwner=other_name)

@@ -2,6 +2,7 @@
 to the one decision (`storage.access.decide`), and its answer as AccessDenied.
 
     common.owned_ref (every operation's bucket read) -> authorize(req, bucket record, txn)
+        x-amz-expected-bucket-owner names another owner      -> AccessDenied, first of all
         owner of a bucket without a policy                 -> allowed, nothing read or built
         otherwise: BucketAccess (policy, public access block, ownership: read only when the
         record's `conf` lists them), Ask(principal, action_of(req), bucket, key, context_of(req))
@@ -40,8 +41,11 @@ from storage.access import (
 )
 from storage.policy import HEADER_KEYS, LIST_KEYS
 
-__all__ = ["SUBRESOURCES", "action_of", "authorize", "authorize_source", "context_of", "may", "plain",
-           "subresource_of"]
+__all__ = ["EXPECTED_OWNER", "SUBRESOURCES", "action_of", "authorize", "authorize_source", "context_of",
+           "expect_owner", "may", "plain", "subresource_of"]
+
+EXPECTED_OWNER = "x-amz-expected-bucket-owner"
+EXPECTED_SOURCE_OWNER = "x-amz-source-expected-bucket-owner"
 
 BUCKET_ACTIONS: dict[tuple[str, str], str] = {
     ("HEAD", ""): "s3:ListBucket", ("GET", ""): "s3:ListBucket", ("DELETE", ""): "s3:DeleteBucket",
@@ -193,10 +197,23 @@ def _check(req: S3Request, record: BucketRecord, txn: Any, action: str, key: str
         raise s3e.AccessDenied()
 
 
+def expect_owner(req: S3Request, record: BucketRecord, header: str = EXPECTED_OWNER) -> None:
+    """AccessDenied when the request names the account it expects to own the bucket
+    (x-amz-expected-bucket-owner; x-amz-source-expected-bucket-owner for a copy source)
+    and another owns it, as S3 answers: a client's guard against writing to, or reading
+    from, a bucket of the same name that someone else holds. Owners are named as in
+    ListBuckets' Owner/ID: the account name."""
+    expected = req.headers.get(header)
+    if expected is not None and expected != record.owner:
+        raise s3e.AccessDenied()
+
+
 def authorize(req: S3Request, record: BucketRecord, txn: Any = None) -> None:
     """Raise AccessDenied unless the request's principal may do the request's action on
-    its bucket (or key). A catalog read for anyone but the owner of a bucket without a
-    policy (in `txn` if given)."""
+    its bucket (or key), and the bucket has the owner the request expects, if it names
+    one. A catalog read for anyone but the owner of a bucket without a policy (in `txn`
+    if given)."""
+    expect_owner(req, record)
     if _principal(req) == record.owner and POLICY_KIND not in record.conf:
         return  # the owner, and no policy that could deny: nothing to read
     if req.method == "POST" and not req.key and subresource_of(req) == "delete":
@@ -208,6 +225,7 @@ def authorize(req: S3Request, record: BucketRecord, txn: Any = None) -> None:
 def authorize_source(req: S3Request, record: BucketRecord, key: str, txn: Any = None) -> None:
     """A copy source: `s3:GetObject` on bucket/key, `s3:GetObjectVersion` (and that
     version's ACL) when x-amz-copy-source names a version."""
+    expect_owner(req, record, EXPECTED_SOURCE_OWNER)
     vid = copy_source_version(req)
     _check(req, record, txn, "s3:GetObject" if vid is None else "s3:GetObjectVersion", key, vid)
 

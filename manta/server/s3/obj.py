@@ -207,7 +207,8 @@ def _cached_put_checks(req: S3Request) -> PutChecks | None:
     would refuse it), no write condition, no Object Lock header, and no room to check (no
     announced size, or an owner without limits). None: read them."""
     bucket = req.buckets.get(req.bucket) if req.buckets is not None else None
-    if bucket is None or bucket.owner != req.owner or write_condition(req) is not None:
+    if bucket is None or bucket.owner != req.owner or write_condition(req) is not None \
+            or access.EXPECTED_OWNER in req.headers:
         return None
     if acl.names_acl(req):
         return None  # the bucket's settings may refuse any ACL header (and a grant reads its account)
