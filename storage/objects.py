@@ -397,7 +397,8 @@ class ObjectStore:
              update: dict[str, Any], expect_etag: str | None = None,
              src_version: str | None = None) -> tuple[Record, list[str]]:
         """Link the source's blobs (its version `src_version`, if given) under a new key (no
-        bytes copied). Both buckets are checked in the copy's transaction."""
+        bytes copied). Both buckets are checked in the copy's transaction. `update`'s
+        fields replace the source's; a `tags` of None leaves the copy without tags."""
         src_name = bucket_name(src_bucket)
 
         def op(txn: Txn) -> tuple[Record, list[str]]:
@@ -414,6 +415,8 @@ class ObjectStore:
                 raise errors.SourceChanged(src_name, src_key)
             kept = {k: v for k, v in src.items() if k not in objectlock.LOCK_FIELDS}
             record = {**kept, **update, "key": dst_key}
+            if record.get("tags", ()) is None:
+                del record["tags"]
             return record, self._put_in(txn, dst_bucket, dst_key, record)
 
         return self.catalog.write(op)

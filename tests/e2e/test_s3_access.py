@@ -680,3 +680,35 @@ def test_a_request_expecting_another_bucket_owner_is_refused_and_changes_nothing
     other.create_bucket(Bucket=f"{bucket}-theirs")
     assert code(other.put_object, Bucket=f"{bucket}-theirs", Key="k", Body=b"x", **right) == "AccessDenied"
     other.put_object(Bucket=f"{bucket}-theirs", Key="k", Body=b"x", ExpectedBucketOwner=other_name)
+
+
+def test_copying_an_objects_tags_takes_get_object_tagging_on_the_source(s3: Any, server: Server, bucket: str) -> None:
+    """CopyObject copies the source's tags by default (x-amz-tagging-directive COPY), and
+    as in S3 that takes s3:GetObjectTagging on the source: an account that may only read
+    the object cannot read its tags through a copy of its own. REPLACE, or a source without
+    tags, needs no more than s3:GetObject; a version asks for s3:GetObjectVersionTagging."""
+    s3.put_object(Bucket=bucket, Key="tagged", Body=b"t", Tagging="class=secret")
+    s3.put_object(Bucket=bucket, Key="plain", Body=b"p")
+    bob, bob_s3, _ = new_account(server)
+    mine = f"{bob}-own"
+    bob_s3.create_bucket(Bucket=mine)
+    s3.put_bucket_policy(Bucket=bucket, Policy=read_only_for(bob, bucket))
+    assert code(bob_s3.copy_object, Bucket=mine, Key="c", CopySource={"Bucket": bucket, "Key": "tagged"}) \
+        == "AccessDenied"
+    assert code(bob_s3.copy_object, Bucket=mine, Key="c", CopySource={"Bucket": bucket, "Key": "tagged"},
+                TaggingDirective="COPY") == "AccessDenied"
+    assert code(bob_s3.head_object, Bucket=mine, Key="c") == "404"  # nothing was written
+    bob_s3.copy_object(Bucket=mine, Key="c", CopySource={"Bucket": bucket, "Key": "tagged"},
+                       TaggingDirective="REPLACE", Tagging="mine=yes")
+    assert bob_s3.get_object_tagging(Bucket=mine, Key="c")["TagSet"] == [{"Key": "mine", "Value": "yes"}]
+    bob_s3.copy_object(Bucket=mine, Key="p", CopySource={"Bucket": bucket, "Key": "plain"})
+    assert bob_s3.get_object_tagging(Bucket=mine, Key="p")["TagSet"] == []
+
+    s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps({"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{bob}:root"},
+        "Action": ["s3:GetObject", "s3:GetObjectTagging"], "Resource": f"arn:aws:s3:::{bucket}/*"}]}))
+    bob_s3.copy_object(Bucket=mine, Key="c", CopySource={"Bucket": bucket, "Key": "tagged"})
+    assert bob_s3.get_object_tagging(Bucket=mine, Key="c")["TagSet"] == [{"Key": "class", "Value": "secret"}]
+    # the owner of both needs nothing more
+    s3.copy_object(Bucket=bucket, Key="tagged-copy", CopySource={"Bucket": bucket, "Key": "tagged"})
+    assert s3.get_object_tagging(Bucket=bucket, Key="tagged-copy")["TagSet"] == [{"Key": "class", "Value": "secret"}]

@@ -222,12 +222,14 @@ def authorize(req: S3Request, record: BucketRecord, txn: Any = None) -> None:
     _check(req, record, txn, action_of(req), req.key or None, req.query.get("versionId") if req.key else None)
 
 
-def authorize_source(req: S3Request, record: BucketRecord, key: str, txn: Any = None) -> None:
-    """A copy source: `s3:GetObject` on bucket/key, `s3:GetObjectVersion` (and that
-    version's ACL) when x-amz-copy-source names a version."""
+def authorize_source(req: S3Request, record: BucketRecord, key: str, action: str = "s3:GetObject",
+                     txn: Any = None) -> None:
+    """A copy source: `action` (s3:GetObject; s3:GetObjectTagging to copy its tags) on
+    bucket/key, its version form (s3:GetObjectVersion..., and that version's ACL) when
+    x-amz-copy-source names a version."""
     expect_owner(req, record, EXPECTED_SOURCE_OWNER)
     vid = copy_source_version(req)
-    _check(req, record, txn, "s3:GetObject" if vid is None else "s3:GetObjectVersion", key, vid)
+    _check(req, record, txn, action if vid is None else VERSIONED[action], key, vid)
 
 
 def may(req: S3Request, action: str, key: str | None) -> bool:

@@ -56,7 +56,7 @@ def owned_ref(req: S3Request, name: str | None = None, txn: Any = None) -> Bucke
 def source_ref(req: S3Request, name: str, key: str, txn: Any = None) -> BucketRef:
     """A copy source's bucket, if the caller may read `key` in it (s3:GetObject)."""
     record = req.store.catalog.buckets.get(name, txn)
-    access.authorize_source(req, record, key, txn)
+    access.authorize_source(req, record, key, txn=txn)
     return record.ref()
 
 

@@ -525,8 +525,7 @@ def _copy(req: S3Request) -> tuple[dict[str, Any], list[str], dict[str, Any]]:
     update: dict[str, Any] = {"mtime": time.time(), "acl": acl.from_request(req, on_object=True),
                               **objectlock.from_headers(req)}
     tags = tagging.replaced_tags(req)
-    if tags is not None:
-        update["tags"] = tags
+    update["tags"] = tagging.copied_tags(req, src_bucket, src_key, source) if tags is None else tags
     if directive == "REPLACE":
         update["headers"], update["meta"] = request_headers(req)
     elif src_bucket == req.bucket and src_key == req.key and copy_source_version(req) is None:

@@ -8,8 +8,9 @@ tags makes an object without any. They are set by
   or of the one ``versionId`` names;
 - ``x-amz-tagging`` (URL query form, ``k=v&k2=v2``) on PutObject and
   CreateMultipartUpload (kept in the upload record, applied at completion);
-- CopyObject: the source's tags (``x-amz-tagging-directive: COPY``, the default) or the
-  ones ``x-amz-tagging`` names (``REPLACE``).
+- CopyObject: the source's tags (``x-amz-tagging-directive: COPY``, the default), which
+  take s3:GetObjectTagging on the source and s3:PutObjectTagging on the copy
+  (`copied_tags`), or the ones ``x-amz-tagging`` names (``REPLACE``).
 
 Tags set by ``x-amz-tagging`` on a write take s3:PutObjectTagging besides s3:PutObject, as
 in S3 (`from_header`: AccessDenied before anything is written).
@@ -125,6 +126,22 @@ def replaced_tags(req: S3Request) -> Tags | None:
         raise s3e.InvalidArgument("Unknown tagging directive.", ArgumentName="x-amz-tagging-directive",
                                   ArgumentValue=directive)
     return from_header(req) if directive == "REPLACE" else None
+
+
+def copied_tags(req: S3Request, bucket: str, key: str, source: dict[str, Any]) -> Tags | None:
+    """The tags CopyObject copies from its source (x-amz-tagging-directive COPY): the
+    source's, as read for the copy (None: none), which takes s3:GetObjectTagging on the
+    source (s3:GetObjectVersionTagging for a version) and s3:PutObjectTagging on the
+    copy, as in S3 (AccessDenied); a caller who may read the object but not its tags would
+    otherwise read them from the copy. The caller read the destination bucket's record."""
+    tags = source.get("tags")
+    if not tags:
+        return None
+    if not access.may(req, "s3:PutObjectTagging", req.key):
+        raise s3e.AccessDenied()
+    record = req.store.catalog.buckets.get(bucket)
+    access.authorize_source(req, record, key, "s3:GetObjectTagging")
+    return dict(tags)
 
 
 def count_header(req: S3Request, record: dict[str, Any]) -> dict[str, str]:
