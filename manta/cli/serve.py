@@ -40,6 +40,7 @@ def _serve(args: argparse.Namespace) -> int:
                               region=os.environ.get("MANTA_REGION") or "us-east-1",
                               node_urls=tuple(parse_node_url(u) for u in urls), cluster_secret=secret,
                               body_timeout_s=env_float("MANTA_BODY_TIMEOUT_S", 30.0),
+                              min_body_rate=env_float("MANTA_MIN_BODY_RATE", 500.0),
                               gc_grace_s=env_float("MANTA_GC_GRACE_S", 3600.0),
                               nodes=args.nodes if args.nodes is not None else max(1, len(storage)),
                               copies=args.copies, storage=storage,

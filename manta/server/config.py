@@ -24,6 +24,7 @@ class ServerConfig:
     region: str = "us-east-1"
     max_skew_s: int = 900
     body_timeout_s: float = 30.0
+    min_body_rate: float = 500.0  # bytes/s a body must average past its first body_timeout_s (0: any rate)
     max_header_bytes: int = 8192
     max_meta_bytes: int = 2048
     gc_grace_s: float = 3600.0
@@ -71,6 +72,8 @@ class ServerConfig:
 
         for spec in self.storage:
             parse_spec(spec)
+        if not self.min_body_rate >= 0:  # NaN too
+            raise ValueError("MANTA_MIN_BODY_RATE must be 0 (off) or more")
         if not self.read_cache_mb >= 0:  # NaN too
             raise ValueError("MANTA_READ_CACHE_MB must be 0 (off) or more")
         if self.task_slots is not None and self.task_slots < 1:

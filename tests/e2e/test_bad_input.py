@@ -220,6 +220,52 @@ def test_body_shorter_than_content_length_times_out(server: Server, s3: Any, buc
     assert not exists(s3, bucket, "stalled")
 
 
+def trickle(server: Server, head: bytes, body: bytes, piece: int, every_s: float, timeout_s: float = 20) -> Reply | None:
+    """Send `head`, then `body` `piece` bytes every `every_s` seconds until the server
+    answers (or the body is sent); the reply, or None when the server closed without one."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=timeout_s) as sock:
+        sock.sendall(head)
+        for i in range(0, len(body), piece):
+            if select.select([sock], [], [], every_s)[0]:
+                break  # answered before the body was complete
+            try:
+                sock.sendall(body[i:i + piece])
+            except (BrokenPipeError, ConnectionResetError):
+                break
+        resp = http.client.HTTPResponse(sock)
+        try:
+            resp.begin()
+            return Reply(resp.status, resp.read())
+        except (http.client.RemoteDisconnected, ConnectionResetError):
+            return None
+        finally:
+            resp.close()
+
+
+@pytest.mark.parametrize("method,target", [("PUT", "/{bucket}/trickled"), ("POST", "/{bucket}?delete")],
+                         ids=["PutObject", "DeleteObjects"])
+def test_a_body_that_trickles_below_the_minimum_rate_times_out(server: Server, s3: Any, bucket: str,
+                                                               method: str, target: str) -> None:
+    """A byte often enough never passes MANTA_BODY_TIMEOUT_S (2 s here), but past it a body
+    must average MANTA_MIN_BODY_RATE (500 bytes/s): 40 bytes every 0.2 s (200/s) is
+    RequestTimeout when the body's first 2 s and one more per 500 bytes are up (about
+    3.3 s), and nothing is stored; a slow but steady client (4,000 bytes/s) is served."""
+    body = b"<" * 20_000
+    head = raw_head(server, method, target.format(bucket=bucket), {"Content-Length": str(len(body))})
+    started = time.monotonic()
+    reply = trickle(server, head, body, 40, 0.2)
+    elapsed = time.monotonic() - started
+    assert reply is not None and (reply.status, reply.code) == (400, "RequestTimeout"), reply
+    assert 2.5 < elapsed < 8, f"RequestTimeout after {elapsed:.1f}s"
+    assert not exists(s3, bucket, "trickled")
+
+    steady = os.urandom(12_000)
+    head = raw_put(server, f"/{bucket}/steady", {"Content-Length": str(len(steady))})
+    reply = trickle(server, head, steady, 800, 0.2)
+    assert reply is not None and reply.status == 200, reply
+    assert s3.get_object(Bucket=bucket, Key="steady")["Body"].read() == steady
+
+
 @pytest.mark.parametrize("then", ["shutdown", "close"])
 def test_body_shorter_than_content_length_then_client_leaves(server: Server, s3: Any, bucket: str,
                                                              then: str) -> None:

@@ -14,6 +14,7 @@ from manta.server.protocol import (
     HeadHoldingTransport,
 )
 from manta.server.s3.app import request_id
+from manta.server.s3.body import BodyClock
 from manta.server.s3.common import in_thread
 
 
@@ -174,3 +175,12 @@ def test_body_pieces_are_passed_on_as_they_came_and_joined_only_when_several() -
         assert await receiver.receive() == {"type": "http.disconnect"}
 
     asyncio.run(main())
+
+
+def test_a_body_is_due_within_its_timeout_and_no_slower_than_the_minimum_rate() -> None:
+    clock = BodyClock(100.0, 30.0, 500.0)
+    assert clock.due(100.0, 0) == 130.0  # the first bytes: the timeout alone
+    assert clock.due(125.0, 100) == 130.2  # 100 bytes in 25 s: one second more per 500 bytes
+    assert clock.due(125.0, 1_000_000) == 155.0  # a fast body: the timeout from now
+    assert clock.due(200.0, 10_000) == 150.0  # behind: already due (RequestTimeout at once)
+    assert BodyClock(100.0, 30.0, 0).due(1000.0, 1) == 1030.0  # 0: any rate

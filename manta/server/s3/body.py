@@ -10,8 +10,11 @@ so nothing half-written is ever visible.
 An unsigned request's payload is unsigned (`payload_mode`): UNSIGNED-PAYLOAD, or an
 unsigned aws-chunked stream; a signed stream without a signature is InvalidRequest.
 
-A client that stops sending for `body_timeout_s` gets RequestTimeout; one that
-disconnects mid-body raises ClientGone.
+A client that stops sending for `body_timeout_s` gets RequestTimeout, and so does one that
+trickles: past its first `body_timeout_s`, a body must average `min_body_rate` bytes a
+second (`BodyClock`; 500, MANTA_MIN_BODY_RATE), or a byte every 29 s would hold a busy
+connection, which the connection cap never displaces, for as long as the client likes.
+One that disconnects mid-body raises ClientGone.
 """
 
 from __future__ import annotations
@@ -39,6 +42,25 @@ STREAMING = {
     "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER",
     "STREAMING-UNSIGNED-PAYLOAD-TRAILER",
 }
+
+
+class BodyClock:
+    """When a body's next bytes are due (loop time): within `timeout_s` of the last ones,
+    and no later than the body's start + `timeout_s` + received / `min_rate` (one second
+    more for every `min_rate` bytes: a slow link keeps up, a trickle falls behind)."""
+
+    __slots__ = ("start", "timeout_s", "per_byte_s")
+
+    def __init__(self, now: float, timeout_s: float, min_rate: float) -> None:
+        self.start = now
+        self.timeout_s = timeout_s
+        self.per_byte_s = 1.0 / min_rate if min_rate > 0 else 0.0
+
+    def due(self, now: float, received: int) -> float:
+        due = now + self.timeout_s
+        if self.per_byte_s:
+            due = min(due, self.start + self.timeout_s + received * self.per_byte_s)
+        return due
 
 
 class ClientGone(Exception):
@@ -150,8 +172,8 @@ async def receive_into(req: S3Request, writer: ReplicatedWriter | MemoryBlobWrit
     if payload_hash not in STREAMING and payload_hash != "UNSIGNED-PAYLOAD":
         content_sha = hashlib.sha256()
 
-    timeout_s = req.settings.body_timeout_s
     loop = asyncio.get_running_loop()
+    clock = BodyClock(loop.time(), req.settings.body_timeout_s, req.settings.min_body_rate)
     received = 0
     # big bodies go to the writer (hashing and file writes) on a worker thread, HANDOFF
     # bytes at a time, one batch in flight while the next is received; small ones and
@@ -166,7 +188,7 @@ async def receive_into(req: S3Request, writer: ReplicatedWriter | MemoryBlobWrit
         async with asyncio.timeout(None) as deadline:
             more = True
             while more:
-                deadline.reschedule(loop.time() + timeout_s)
+                deadline.reschedule(clock.due(loop.time(), received))
                 try:
                     message = await req.receive()
                 except asyncio.CancelledError:
@@ -242,10 +264,13 @@ async def read_small(req: S3Request, limit: int) -> bytes:
     parts: list[bytes] = []
     total = 0
     decoder = chunked_decoder(req)
+    loop = asyncio.get_running_loop()
+    clock = BodyClock(loop.time(), req.settings.body_timeout_s, req.settings.min_body_rate)
+    received = 0
     more = True
     while more:
         try:
-            async with asyncio.timeout(req.settings.body_timeout_s):
+            async with asyncio.timeout_at(clock.due(loop.time(), received)):
                 message = await req.receive()
         except TimeoutError:
             raise s3e.RequestTimeout() from None
@@ -253,6 +278,7 @@ async def read_small(req: S3Request, limit: int) -> bytes:
             raise ClientGone()
         chunk = message.get("body", b"")
         more = message.get("more_body", False)
+        received += len(chunk)
         if decoder is not None:
             chunk = decoder.feed(chunk)
         total += len(chunk)
