@@ -13,8 +13,12 @@ with the string to sign "METHOD\\nPATH?QUERY\\nNODE\\nDATE\\nNONCE\\nCONTENT_SHA
 a request (`Refused.why`) that is "unsigned" (a header missing or malformed), "forged" (the
 HMAC does not match), "wrong node" (bound to another node's id, or unbound where a binding is
 required), "expired" (the date is more than `max_skew_s` away), "replayed" (its nonce was
-seen within `nonce_ttl_s`) or whose body does not match the signed digest ("body digest
+seen within `nonce_ttl_s`, or it is dated before this process started) or whose body does not match the signed digest ("body digest
 mismatch", also a STREAMING claim where a digest is required), in that order.
+
+A node process remembers the nonces it was sent in memory, so it also refuses as "replayed"
+any request dated before it started: one its predecessor may have taken, captured and
+replayed after a restart, within the skew, when no process remembers its nonce.
 
 Each node remembers only the nonces it was sent, so the binding is what stops a request
 captured on its way to one node from being replayed to another within the skew (a DELETE
@@ -38,6 +42,7 @@ __all__ = ["DATE", "DIGEST", "EMPTY_SHA256", "NODE", "NONCE", "STREAMING", "UNBO
            "Refused", "SecretError", "Verifier", "load_secret", "sign"]
 
 SCHEME = "MANTA-HMAC-SHA256"
+DATE_ROUNDING_S = 0.001  # x-manta-date has milliseconds, rounded
 NODE, DATE, NONCE, DIGEST, AUTHORIZATION = ("x-manta-node", "x-manta-date", "x-manta-nonce",
                                             "x-manta-content-sha256", "authorization")
 UNBOUND = ""  # the binding of a request sent before the client knows the node's id
@@ -105,6 +110,7 @@ class Verifier:
         self.node_id = node_id
         self.max_skew_s = max_skew_s
         self.nonce_ttl_s = max(nonce_ttl_s, 2 * max_skew_s)
+        self.started = time.time()  # a request dated earlier may have been taken before a restart
         self._lock = threading.Lock()
         self._seen: dict[str, float] = {}
         self._order: collections.deque[tuple[float, str]] = collections.deque()
@@ -126,11 +132,13 @@ class Verifier:
         if node != self.node_id and not (node == UNBOUND and (method, path_with_query) in UNBOUND_OK):
             raise Refused("wrong node")
         try:
-            skew = abs(time.time() - float(date))
+            signed_at = float(date)
         except ValueError:
             raise Refused("unsigned") from None
-        if not skew <= self.max_skew_s:  # also NaN
+        if not abs(time.time() - signed_at) <= self.max_skew_s:  # also NaN
             raise Refused("expired")
+        if signed_at < self.started - DATE_ROUNDING_S:
+            raise Refused("replayed")
         self._remember(nonce)
         if digest == STREAMING and not streaming_ok:
             raise Refused("body digest mismatch")

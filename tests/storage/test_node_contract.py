@@ -43,6 +43,7 @@ class NodeProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout_s: float = 15.0) -> None:
+        started_before = self.log().count("manta node: ")  # a restart appends to the same log
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "manta", "node", "--storage", f"dir:{self.root}",
@@ -53,7 +54,7 @@ class NodeProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"node exited: {self.log()}")
-            if "manta node: " in self.log():
+            if self.log().count("manta node: ") > started_before:
                 return
             time.sleep(0.05)
         raise RuntimeError(f"node did not start: {self.log()}")
