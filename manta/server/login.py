@@ -43,13 +43,15 @@ from manta.server.s3.context import S3Request
 from storage import Node, RemoteNode, Store
 from storage import errors as se
 
-__all__ = ["MAX_SESSIONS", "NODE_PATH", "login_handler", "send_error", "serve_session", "session_slots"]
+__all__ = ["MAX_SESSIONS", "MAX_SESSIONS_PER_ACCOUNT", "NODE_PATH", "SessionSlots", "login_handler", "send_error",
+           "serve_session", "session_slots"]
 
 log = logging.getLogger("manta.login")
 
 PREFIX = "login/"
 NODE_PATH = "/v1/login"
 MAX_SESSIONS = 64  # at once, per process (each holds a thread while its container lives)
+MAX_SESSIONS_PER_ACCOUNT = 8  # of those, at once for one account: one cannot take every slot
 CONNECT_TIMEOUT_S = 10.0
 SEND_TIMEOUT_S = 120.0
 
@@ -77,7 +79,7 @@ def login_handler(scheduler: JobScheduler, idle_s: float) -> Any:
         agent = scheduler.agents.get(node.id)
         if agent is None or agent.sandbox is None:
             raise s3e.ServiceUnavailable("Sessions cannot run here: no task sandbox on this server.")
-        await serve_session(ws, lambda output: LoginSession(agent, request, output), slots)
+        await serve_session(ws, request.owner, lambda output: LoginSession(agent, request, output), slots)
 
     return handle
 
@@ -128,18 +130,52 @@ def _place(store: Store, entry: dict[str, Any]) -> Node | None:
     return up[0] if up else None
 
 
-def session_slots() -> anyio.CapacityLimiter:
-    """The threads sessions run on, one per session: one limiter per server process."""
-    return anyio.CapacityLimiter(MAX_SESSIONS)
+class SessionSlots:
+    """The threads sessions run on, one per session (one set per server process), and how
+    many each account holds: at most MAX_SESSIONS_PER_ACCOUNT, so that one account's
+    sessions cannot keep every other account out."""
+
+    def __init__(self, total: int = MAX_SESSIONS, per_account: int = MAX_SESSIONS_PER_ACCOUNT) -> None:
+        self.threads = anyio.CapacityLimiter(total)
+        self.per_account = per_account
+        self.held: dict[str, int] = {}
+
+    def refusal(self, owner: str) -> str | None:
+        """Why a new session of `owner` cannot start now, or None."""
+        if self.threads.available_tokens < 1:
+            return f"Too many sessions ({int(self.threads.total_tokens)}) on this server; try later."
+        if self.held.get(owner, 0) >= self.per_account:
+            return f"Too many sessions ({self.per_account}) of this account on this server; try later."
+        return None
+
+    @contextlib.contextmanager
+    def held_by(self, owner: str) -> Any:
+        self.held[owner] = self.held.get(owner, 0) + 1
+        try:
+            yield
+        finally:
+            self.held[owner] -= 1
+            if not self.held[owner]:
+                del self.held[owner]
 
 
-async def serve_session(ws: WebSocket, start: Any, slots: anyio.CapacityLimiter) -> None:
-    """Run the session `start(output)` makes on a thread of its own (one of `slots`) and
-    pump `ws` into it; the last frame says how it ended. A client that goes away hangs the
-    session up."""
-    if slots.available_tokens < 1:
-        await send_error(ws, "SlowDown", f"Too many sessions ({MAX_SESSIONS}) on this server; try later.")
+def session_slots() -> SessionSlots:
+    """The slots of one server process's sessions."""
+    return SessionSlots()
+
+
+async def serve_session(ws: WebSocket, owner: str, start: Any, slots: SessionSlots) -> None:
+    """Run the session `start(output)` makes for `owner` on a thread of its own (one of
+    `slots`) and pump `ws` into it; the last frame says how it ended. A client that goes
+    away hangs the session up."""
+    if (why := slots.refusal(owner)) is not None:
+        await send_error(ws, "SlowDown", why)
         return
+    with slots.held_by(owner):
+        await _serve(ws, start, slots)
+
+
+async def _serve(ws: WebSocket, start: Any, slots: SessionSlots) -> None:
     if ws.application_state == WebSocketState.CONNECTING:
         await ws.accept()
 
@@ -153,7 +189,7 @@ async def serve_session(ws: WebSocket, start: Any, slots: anyio.CapacityLimiter)
     session: LoginSession = start(output)
     pump = asyncio.create_task(_take_input(ws, session))
     try:
-        end = await anyio.to_thread.run_sync(session.run, limiter=slots)
+        end = await anyio.to_thread.run_sync(session.run, limiter=slots.threads)
     finally:
         session.hangup()  # no-op when it is over; else (a cancel) the container goes
         pump.cancel()

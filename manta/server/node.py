@@ -26,7 +26,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import uvicorn
@@ -43,6 +43,9 @@ from storage.clusterauth import Refused, Verifier
 from storage.errors import BlobDamaged
 from storage.nodeapi import check_blocks
 from storage.remote import RemoteNode
+
+if TYPE_CHECKING:
+    from manta.server.login import SessionSlots
 
 log = logging.getLogger("manta.node")
 
@@ -87,7 +90,7 @@ class NodeApp:
         self.staged: dict[str, Staged] = {}
         self.peers: dict[tuple[str, str], RemoteNode] = {}  # by (url, id)
         self.task_limiter = anyio.CapacityLimiter(max(1, int(getattr(agent, "slots", 0) or 0)) + 4)
-        self.login_slots: anyio.CapacityLimiter | None = None  # made with the first session
+        self.login_slots: SessionSlots | None = None  # made with the first session
 
     # -- signing -------------------------------------------------------------------------
 
@@ -371,7 +374,7 @@ class NodeApp:
         agent = self.agent
         if self.login_slots is None:
             self.login_slots = session_slots()
-        await serve_session(ws, lambda output: LoginSession(agent, request, output), self.login_slots)
+        await serve_session(ws, request.owner, lambda output: LoginSession(agent, request, output), self.login_slots)
 
     # -- housekeeping ----------------------------------------------------------------------
 
