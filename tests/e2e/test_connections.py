@@ -330,7 +330,7 @@ def _reply(sock: socket.socket, buf: bytearray) -> tuple[int, bytes, bytearray]:
 
 def test_bodies_sent_in_pieces_pipelined_or_after_100_continue_are_stored_whole(server: Server) -> None:
     """Request bodies reach the app as the parser's pieces (protocol.BodyReceiver): a body
-    sent in thousands of small writes, above the read-pause mark (1 MiB), two PUTs
+    sent in thousands of small writes, above the read-pause mark (256 KiB), two PUTs
     pipelined in one send, and a body sent only after 100 Continue are all stored byte for
     byte, each under its own key."""
     s3 = server.client(signature_version="s3v4")  # boto3 would presign with SigV2
