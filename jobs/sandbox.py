@@ -35,7 +35,8 @@ Limits, and what enforces them (`TaskResult.killed` names the one that ended a t
                Fallback: `ulimit -u`, counted per host user, i.e. across running tasks.
     cpu        RLIMIT_CPU, per process: SIGXCPU at cpu_s, SIGKILL one second later.
     disk       /tmp's tmpfs size and RLIMIT_FSIZE: SIGXFSZ, or a failure whose stderr says
-               ENOSPC (best effort). tmpfs pages count as memory too.
+               ENOSPC (best effort). tmpfs pages count as memory too. /manta/out, on the
+               node's disk, is walked every 0.5 s (jobs/outwatch.py) -> kill.
 In the fallback, "memory" and "processes" are guessed from stderr. A task's cgroups are
 <cgroup_root>/[<controller>/]manta/<server pid>-<random>, removed when its processes are
 gone; those of dead servers are removed when a Sandbox starts (`jobs/cgroups.py`).
@@ -76,6 +77,7 @@ from dataclasses import dataclass, field
 from typing import IO, BinaryIO
 
 from jobs.cgroups import TaskCgroups, read_text, setup_cgroups
+from jobs.outwatch import OutputWatch
 from jobs.pipes import TRUNCATED, TaskPipes, TaskResult
 from jobs.seccomp import SeccompError, compile_filter
 from jobs.tooloutputs import OUTPUT_MOUNT, TOOLS_DIR, TOOLS_MOUNT
@@ -273,10 +275,12 @@ class Sandbox:
         killed: str | None = None
         killed_at = exited_at = 0.0
         read_at = 0.0  # the cgroup counters: read once a tick, and at the end (pipes.result)
+        out = OutputWatch(spec.output_dir, limits.disk_mb << 20)
         while sel.get_map():
             now = time.monotonic()
             if killed is None:
                 killed, read_at = _limit_reached(cancel, now - start, limits, cgroups, read_at)
+                killed = killed or out.breach(now - start)
             if (killed or feed_error) and not killed_at:
                 killed_at = now
                 _kill(proc, cgroups)

@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from jobs.cgroups import TaskCgroups
+from jobs.outwatch import OutputWatch
 from jobs.pipes import TaskPipes, TaskResult
 from jobs.reach import unreachable
 from jobs.runnerbin import runner_binary
@@ -427,10 +428,12 @@ class WarmPool:
         killed_at = replied_at = 0.0
         reply: dict | None = None
         read_at = 0.0  # the cgroup counters: read once a tick, and at the end (pipes.result)
+        out = OutputWatch(container.out_dir, limits.disk_mb << 20)
         while sel.get_map():
             now = time.monotonic()
             if killed is None and reply is None:
                 killed, read_at = _limit_reached(cancel, now - start, limits, cgroups, read_at)
+                killed = killed or out.breach(now - start)
             if (killed or feed_error) and not killed_at:
                 killed_at = now
                 _kill(container.proc, cgroups)

@@ -504,3 +504,24 @@ def test_the_c_runner_is_given_up_only_after_it_fails_to_start_several_times_in_
     finally:
         pool.close()
     assert_machine_fine(sandbox)
+
+
+FILL_OUT = "for i in 1 2 3 4 5 6; do head -c 4M /dev/zero > /manta/out/f$i; done; sleep 30"
+
+
+def test_a_task_filling_its_output_dir_past_its_disk_limit_is_stopped(pool: WarmPool, sandbox: Sandbox,
+                                                                      data_dir: str) -> None:
+    """/manta/out is on the node's disk, outside /tmp's tmpfs, and RLIMIT_FSIZE bounds each
+    file only: a task writing six 4 MiB files with an 8 MiB disk limit is killed for "disk"
+    while it runs (jobs/outwatch.py), in a reused container and in a fresh one alike, not
+    30 s later when it ends."""
+    dirs = task_out_dirs(sandbox, data_dir, 3)
+    limits = TaskLimits(disk_mb=8, timeout_s=60)
+    result, _ = run(pool, FILL_OUT, output_dir=dirs[0], limits=limits)
+    assert result.killed == "disk" and result.duration_s < 10, result
+    out: list[bytes] = []
+    result = sandbox.run(TaskSpec(exec=FILL_OUT, env={"PATH": "/usr/bin:/bin"}, output_dir=dirs[1], limits=limits),
+                         out.append)
+    assert result.killed == "disk" and result.duration_s < 10, result
+    result, _ = run(pool, "head -c 4M /dev/zero > /manta/out/f; sleep 1.2", output_dir=dirs[2], limits=limits)
+    assert result.ok, result  # within the limit: measured, and let be
