@@ -56,6 +56,7 @@ def _serve(args: argparse.Namespace) -> int:
                               idle_timeout_s=env_float("MANTA_IDLE_TIMEOUT_S", 30.0),
                               login_idle_s=env_float("MANTA_LOGIN_IDLE_S", 600.0),
                               max_connections=env_int("MANTA_MAX_CONNECTIONS"),
+                              max_websockets=_given(env_int("MANTA_MAX_WEBSOCKETS"), 128),
                               workers=args.workers if args.workers is not None else _workers_from_env(),
                               catalog=args.catalog or None,
                               **timings)
@@ -69,6 +70,10 @@ def _serve(args: argparse.Namespace) -> int:
     except ZfsError as exc:
         raise CliError(f"cannot prepare a ZFS node: {exc}") from None
     return 0
+
+
+def _given(value: int | None, default: int) -> int:
+    return default if value is None else value
 
 
 def _workers_from_env() -> int:

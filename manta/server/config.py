@@ -50,6 +50,7 @@ class ServerConfig:
     idle_timeout_s: float = 30.0  # a keep-alive connection idle this long is closed
     login_idle_s: float = 600.0  # a `manta login` session idle this long is closed (MANTA_LOGIN_IDLE_S)
     max_connections: int | None = None  # default: manta.server.protocol.default_max_connections(fd limit)
+    max_websockets: int = 128  # open websocket connections per process (MANTA_MAX_WEBSOCKETS): manta login
     node_urls: tuple[str, ...] = ()  # storage nodes on other hosts (`manta node`); none: nodes in this process
     cluster_secret: str | None = field(default=None, repr=False)  # signs requests to remote nodes
     workers: int = 1  # server processes sharing the listening socket (manta.server.workers)
@@ -72,6 +73,8 @@ class ServerConfig:
 
         for spec in self.storage:
             parse_spec(spec)
+        if self.max_websockets < 1:
+            raise ValueError("MANTA_MAX_WEBSOCKETS must be at least 1")
         if not self.min_body_rate >= 0:  # NaN too
             raise ValueError("MANTA_MIN_BODY_RATE must be 0 (off) or more")
         if not self.read_cache_mb >= 0:  # NaN too

@@ -153,7 +153,7 @@ def raise_fd_limit() -> int:
 def connection_limits(config: ServerConfig, fd_limit: int, quiet: bool = False) -> ConnectionLimits:
     cap = config.max_connections or default_max_connections(fd_limit)
     limits = ConnectionLimits(head_timeout_s=config.head_timeout_s, max_connections=cap,
-                              send_timeout_s=config.body_timeout_s)
+                              send_timeout_s=config.body_timeout_s, max_websockets=config.max_websockets)
     if quiet:
         return limits
     log.info("file descriptors: %d; at most %d connections", fd_limit, cap)

@@ -53,6 +53,11 @@
   likely taken by a worker waiting in epoll rather than the busy one, and the split
   settles within tens of milliseconds. A pipelined request is never the one asked.
 
+- Websockets (`manta login`) leave the connection cap when they upgrade and have a cap of
+  their own, `max_websockets` (MANTA_MAX_WEBSOCKETS, 128): an upgrade past it is 503
+  SlowDown. The app accepts a refused one to say why in a frame, then closes it; uvicorn
+  waits 10 s for the client's answer to a close, manta WEBSOCKET_CLOSE_S.
+
 The connections of one server share one ConnectionTable: `protocol_for(limits, shares)`
 makes the protocol class a server hands to uvicorn.
 """
@@ -92,6 +97,7 @@ WRITE_BUFFER_BYTES = 4 * 1024 * 1024
 BODY_HIGH_WATER = 256 * 1024  # body bytes received and not yet taken by the app: reading pauses above
 JOIN_BODY_BYTES = 64 * 1024  # a first body write up to this size is joined to the held head
 HEAD_LIMIT_BYTES = 256 * 1024
+WEBSOCKET_CLOSE_S = 2.0  # how long a websocket's close waits for the client's answer
 REFUSED_CLOSE_S = 1.0
 FD_RESERVE = 256
 MAX_CONNECTIONS_CEILING = 16384
@@ -115,6 +121,7 @@ class ConnectionLimits:
     head_timeout_s: float = 30.0
     max_connections: int = 1024
     send_timeout_s: float = 30.0  # a client that takes no byte of its answer for this long is cut off
+    max_websockets: int = 128  # open websocket connections (outside max_connections); more: 503
 
 
 class WorkerShares:
@@ -162,6 +169,7 @@ class ConnectionTable:
         self.closed_idle = 0
         self.refused = 0
         self._logged_at = 0.0
+        self.websockets = 0  # upgraded connections still open (they left `open`)
 
     def admit(self, conn: HttpProtocol) -> bool:
         """Make room for a new connection; False when every open one is busy."""
@@ -436,11 +444,31 @@ class HttpProtocol(HttpToolsProtocol):
     def handle_websocket_upgrade(self) -> None:
         """The connection leaves HTTP for a websocket (`manta login`): uvicorn hands the
         transport to its websocket protocol, so this one's connection_lost never comes; it
-        leaves the table now (websockets are not counted against the cap)."""
+        leaves the table now, and counts among the websockets until that protocol's
+        connection_lost. At `max_websockets` open ones the upgrade is answered 503 SlowDown
+        instead. A websocket's close waits WEBSOCKET_CLOSE_S for the client's answer
+        (uvicorn: 10 s), so a refused one, which the app accepts to say why, is not held long."""
         self._cancel_head_timer()
         self._cancel_send_timer()
-        self.table.drop(self)
+        table = self.table
+        if table.websockets >= table.limits.max_websockets:
+            self._close_with(s3e.SlowDown())
+            return
+        table.drop(self)
         super().handle_websocket_upgrade()
+        ws = self.transport.get_protocol()
+        if ws is self:
+            return
+        table.websockets += 1
+        lost = ws.connection_lost
+
+        def connection_lost(exc: Exception | None) -> None:
+            table.websockets -= 1
+            lost(exc)
+
+        ws.connection_lost = connection_lost  # type: ignore[method-assign]
+        if getattr(ws, "close_timeout", 0) > WEBSOCKET_CLOSE_S:
+            ws.close_timeout = WEBSOCKET_CLOSE_S  # type: ignore[attr-defined]
 
     def close_idle(self) -> None:
         """Closed to make room for a new connection (the table has chosen this one)."""

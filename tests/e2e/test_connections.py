@@ -374,3 +374,38 @@ def test_bodies_sent_in_pieces_pipelined_or_after_100_continue_are_stored_whole(
         got = s3.get_object(Bucket="pieces", Key=key)  # type: ignore[attr-defined]
         assert got["ETag"].strip('"') == hashlib.md5(body).hexdigest(), key
         assert got["Body"].read() == body, key
+
+
+def _upgrade(server: Server, path: str = "/_manta/login/conn/k") -> socket.socket:
+    """An unsigned websocket upgrade, sent and not answered by the client."""
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nUpgrade: websocket\r\n"
+                 "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                 "Sec-WebSocket-Version: 13\r\n\r\n".encode())
+    return sock
+
+
+def test_websockets_have_a_cap_of_their_own_and_a_refused_one_is_not_held(fresh_server: Server) -> None:
+    """Websocket upgrades leave the connection cap, so they have one of their own
+    (MANTA_MAX_WEBSOCKETS, 4 here): the fifth open one is 503 SlowDown. A refused upgrade
+    (unsigned: the app accepts it to say AccessDenied in a frame) is closed 2 s after, when
+    its client does not answer the close, not 10 s; then the next upgrade is taken again."""
+    fresh_server.workers = 1  # the cap holds per process
+    start(fresh_server, MANTA_MAX_WEBSOCKETS="4")
+    held = [_upgrade(fresh_server) for _ in range(4)]
+    try:
+        for sock in held:  # each answered 101 and its refusal, and counted
+            assert sock.recv(65536).startswith(b"HTTP/1.1 101 ")
+        extra = _upgrade(fresh_server)
+        answer = extra.recv(65536)
+        extra.close()
+        assert answer.startswith(b"HTTP/1.1 503 ") and b"<Code>SlowDown</Code>" in answer, answer
+        started = time.monotonic()
+        closed = wait_closed(held, within_s=8.0)
+        assert len(closed) == 4 and max(t for _, t in closed.values()) - started < 4.0, closed
+        again = _upgrade(fresh_server)
+        assert again.recv(65536).startswith(b"HTTP/1.1 101 ")
+        again.close()
+    finally:
+        for sock in held:
+            sock.close()
