@@ -6,7 +6,8 @@
     GET  /_manta/jobs/ID[?tasks=1][&wait=S]                        -> job + per-phase counts (+ tasks);
                                                                       with wait, once the job is over and
                                                                       no task runs, or after S s (<= 30)
-    POST /_manta/jobs/ID/inputs       {"inputs": [...], "end": false} -> job
+    POST /_manta/jobs/ID/inputs       {"inputs": [...], "end": false} -> job   (<= 10,000 inputs
+                                                                      a request, on create too)
     POST /_manta/jobs/ID/end                                       -> job
     POST /_manta/jobs/ID/cancel                                    -> job
     GET  /_manta/jobs/ID/outputs                                   -> {"outputs": ["bucket/key", ...]}
@@ -47,6 +48,9 @@ from manta.server.s3.context import S3Request
 from storage import Store
 
 MAX_BODY = 8 * 1024 * 1024
+# inputs one request may add (`manta.Client` sends batches of 1,000): each takes catalog
+# work in one transaction, and 1,000,000 in one request held other writes for seconds
+MAX_INPUTS_PER_REQUEST = 10_000
 COUNT_STATES = ("queued", "running", "done", "failed", "cancelled")
 
 
@@ -156,12 +160,19 @@ def routes(scheduler: JobScheduler) -> Any:
     return handle
 
 
+def _check_count(inputs: object) -> None:
+    if isinstance(inputs, list) and len(inputs) > MAX_INPUTS_PER_REQUEST:
+        raise s3e.InvalidArgument(f"At most {MAX_INPUTS_PER_REQUEST} inputs may be given in one request; "
+                                  f"this one gives {len(inputs)}: add the others in further requests.")
+
+
 async def _handle(scheduler: JobScheduler, req: S3Request) -> Response:
     parts = req.key.split("/")  # ["jobs", ID?, ACTION?]
     owner = req.owner
     if len(parts) == 1:
         if req.method == "POST":
             payload = await _json(req)
+            _check_count(payload.get("inputs"))
             spec = parse_spec(payload, scheduler.phase_defaults())
             job = await in_thread(scheduler.create, owner, spec, request_context(req))
             if payload.get("end"):
@@ -183,6 +194,7 @@ async def _handle(scheduler: JobScheduler, req: S3Request) -> Response:
         inputs = payload.get("inputs") or []
         if not isinstance(inputs, list) or not all(isinstance(i, str) for i in inputs):
             raise s3e.InvalidArgument("inputs must be a list of bucket/key strings")
+        _check_count(inputs)
         job = await in_thread(scheduler.add_inputs, job_id, owner, inputs,
                               action == "end" or bool(payload.get("end")), request_context(req))
         return await status(scheduler, job)

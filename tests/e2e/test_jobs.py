@@ -724,3 +724,25 @@ def test_the_job_listing_pages_filters_and_holds_only_the_accounts_jobs(server: 
     finally:
         for job_id in ids[1::2]:
             ann.api("POST", f"/_manta/jobs/{job_id}/cancel")
+
+
+def test_one_request_adds_at_most_ten_thousand_inputs(server: Server, s3: Any, bucket: str) -> None:
+    """A job's inputs are catalog work in one transaction per request, so one request may
+    give at most 10,000 (manta.Client sends batches of 1,000); more is InvalidArgument,
+    on create and on add-inputs alike, and nothing of it is added."""
+    from manta import Client
+    from manta.client.errors import MantaError
+
+    name = upload(s3, bucket, "many/", [b"x\n"])[0]
+    client = Client(server.url, ROOT_AK, ROOT_SK)
+    too_many = [name] * 10_001
+    with pytest.raises(MantaError) as refused:
+        client.api("POST", "/_manta/jobs", {"phases": [{"type": "map", "exec": "cat"}], "inputs": too_many})
+    assert refused.value.code == "InvalidArgument" and "At most 10000 inputs" in str(refused.value)
+    job = client.api("POST", "/_manta/jobs", {"phases": [{"type": "map", "exec": "cat"}]})
+    with pytest.raises(MantaError) as refused:
+        client.api("POST", f"/_manta/jobs/{job['id']}/inputs", {"inputs": too_many})
+    assert "At most 10000 inputs" in str(refused.value)
+    assert client.api("GET", f"/_manta/jobs/{job['id']}")["input_count"] == 0
+    client.api("POST", f"/_manta/jobs/{job['id']}/inputs", {"inputs": [name], "end": True})
+    assert client.api("GET", f"/_manta/jobs/{job['id']}")["input_count"] == 1
