@@ -35,6 +35,7 @@ from manta.client import MantaError  # noqa: E402
 
 MAX_PER_TASK_GROWTH = 1.5  # ms per task at the largest size / at the smallest
 STATUS_RUNS, LISTING_RUNS, WAIT_S = 20, 5, 5.0
+INPUTS_PER_REQUEST = 10_000  # manta.server.jobs_api.MAX_INPUTS_PER_REQUEST
 
 
 def client(server: Server) -> MantaClient:
@@ -53,11 +54,14 @@ def median_ms(fn: Any, runs: int) -> float:
 
 def one_job(api: MantaClient, n: int, tag: str) -> dict[str, float]:
     start = time.monotonic()
-    job = api.api("POST", "/_manta/jobs", {"name": f"scale-{n}", "end": True,
+    job = api.api("POST", "/_manta/jobs", {"name": f"scale-{n}",
                                             "phases": [{"type": "map", "exec": "true"},
-                                                       {"type": "reduce", "exec": "wc -l"}],
-                                            "inputs": [f"missing/{tag}-{i}" for i in range(n)]})
+                                                       {"type": "reduce", "exec": "wc -l"}]})
     path = f"/_manta/jobs/{job['id']}"
+    inputs = [f"missing/{tag}-{i}" for i in range(n)]
+    for at in range(0, n, INPUTS_PER_REQUEST):  # the API takes at most 10,000 a request
+        api.api("POST", f"{path}/inputs", {"inputs": inputs[at:at + INPUTS_PER_REQUEST],
+                                           "end": at + INPUTS_PER_REQUEST >= n})
     while (status := api.api("GET", f"{path}?wait={WAIT_S:g}"))["state"] == "running":
         pass
     seconds = time.monotonic() - start
