@@ -70,16 +70,21 @@ def raw_exchange(server: Server, data: bytes, then: str = "wait", timeout_s: flo
             return None
         if then == "shutdown":
             sock.shutdown(socket.SHUT_WR)
-        resp = http.client.HTTPResponse(sock)
-        try:
-            resp.begin()
-            return Reply(resp.status, resp.read())
-        except (http.client.RemoteDisconnected, ConnectionResetError):
-            return None
-        finally:
-            resp.close()
+        return read_reply(sock)
     finally:
         sock.close()
+
+
+def read_reply(sock: socket.socket) -> Reply | None:
+    """The answer on `sock`, or None when the server closed without one."""
+    resp = http.client.HTTPResponse(sock)
+    try:
+        resp.begin()
+        return Reply(resp.status, resp.read())
+    except (http.client.RemoteDisconnected, ConnectionResetError):
+        return None
+    finally:
+        resp.close()
 
 
 def raw_head(server: Server, method: str, target: str, headers: dict[str, str],
@@ -232,14 +237,7 @@ def trickle(server: Server, head: bytes, body: bytes, piece: int, every_s: float
                 sock.sendall(body[i:i + piece])
             except (BrokenPipeError, ConnectionResetError):
                 break
-        resp = http.client.HTTPResponse(sock)
-        try:
-            resp.begin()
-            return Reply(resp.status, resp.read())
-        except (http.client.RemoteDisconnected, ConnectionResetError):
-            return None
-        finally:
-            resp.close()
+        return read_reply(sock)
 
 
 @pytest.mark.parametrize("method,target", [("PUT", "/{bucket}/trickled"), ("POST", "/{bucket}?delete")],
