@@ -254,7 +254,7 @@ def test_a_body_that_trickles_below_the_minimum_rate_times_out(server: Server, s
     reply = trickle(server, head, body, 40, 0.2)
     elapsed = time.monotonic() - started
     assert reply is not None and (reply.status, reply.code) == (400, "RequestTimeout"), reply
-    assert 2.5 < elapsed < 8, f"RequestTimeout after {elapsed:.1f}s"
+    assert 2.0 <= elapsed < 8, f"RequestTimeout after {elapsed:.1f}s"  # never before the timeout itself
     assert not exists(s3, bucket, "trickled")
 
     steady = os.urandom(12_000)
