@@ -465,3 +465,31 @@ def test_other_content_encodings_are_kept(server: Server, s3: object, bucket: st
     meta, body = get(s3, bucket, "plain-gzip.bin")
     assert meta.get("ContentEncoding") == "gzip"
     assert body == data
+
+
+BIG = os.urandom(3 * 1024 * 1024 + 7)  # above body.HANDOFF: hashed on the worker thread with its writes
+BIG_CASES = {"right": (200, None), "payload-hash": (400, "XAmzContentSHA256Mismatch"),
+             "crc32": (400, "BadDigest"), "content-md5": (400, "BadDigest")}
+
+
+@pytest.mark.parametrize("case", list(BIG_CASES))
+def test_a_big_bodys_payload_hash_and_checksums_are_checked(server: Server, s3: object, bucket: str,
+                                                            case: str) -> None:
+    """A body handed to the worker thread 1 MiB at a time has its payload SHA-256 and its
+    flexible checksum computed there, beside its MD5: the right ones store it (and its
+    CRC32 is answered), and a payload hash, CRC32 or Content-MD5 of other bytes refuses it
+    with nothing stored."""
+    other = b"other bytes"
+    crc = checksum("CRC32", other if case == "crc32" else BIG)
+    md5 = b64(hashlib.md5(other if case == "content-md5" else BIG).digest())
+    path = f"/{bucket}/big-{case}"
+    headers = {"host": f"127.0.0.1:{server.port}", "content-length": str(len(BIG)),
+               "x-amz-checksum-crc32": crc, "content-md5": md5}
+    Signer.now().sign_request("PUT", path, headers, hashlib.sha256(other if case == "payload-hash" else BIG).hexdigest())
+    reply = send(server, "PUT", path, headers, BIG)
+    assert (reply.status, reply.code) == BIG_CASES[case], reply.body
+    assert exists(s3, bucket, f"big-{case}") == (case == "right")
+    if case == "right":
+        meta, data = get(s3, bucket, "big-right", ChecksumMode="ENABLED")
+        assert data == BIG and meta["ChecksumCRC32"] == crc
+        assert reply.headers["etag"] == f'"{hashlib.md5(BIG).hexdigest()}"'
