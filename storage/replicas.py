@@ -87,7 +87,7 @@ def choose_nodes(nodes: list[Node], k: int, exclude: set[str] | frozenset[str] =
 
 
 PARALLEL_HASH_BYTES = 256 * 1024  # a write at least this big hashes its MD5 on a helper thread
-_MD5_POOL = ProcessPool(4, "manta-md5")  # helper threads for the MD5s of large writes
+_MD5_POOL = ProcessPool(4, "manta-md5")  # helper threads for the MD5s (and callers' hashes) of large writes
 
 
 def _update_all(summer: Any, parts: Sequence[bytes | memoryview]) -> None:
@@ -180,14 +180,20 @@ class ReplicatedWriter:
     def write(self, data: bytes | memoryview) -> None:
         self.write_parts((data,))
 
-    def write_parts(self, parts: Sequence[bytes | memoryview]) -> None:
+    def write_parts(self, parts: Sequence[bytes | memoryview], also: Sequence[Any] = ()) -> None:
         """Write `parts` one after another (a large body as the socket delivered it, never
-        joined into one buffer)."""
+        joined into one buffer). `also`: the caller's own hashes (a request's payload
+        SHA-256, its flexible checksum) to put the parts into, beside the MD5."""
         size = sum(len(part) for part in parts)
-        md5 = _MD5_POOL.get().submit(_update_all, self._md5, parts) if size >= PARALLEL_HASH_BYTES else None
+        summers = (self._md5, *also)
+        if size >= PARALLEL_HASH_BYTES:
+            pool = _MD5_POOL.get()
+            hashing = [pool.submit(_update_all, summer, parts) for summer in summers]
+        else:
+            hashing = []
+            for summer in summers:
+                _update_all(summer, parts)
         try:
-            if md5 is None:
-                _update_all(self._md5, parts)
             for part in parts:
                 self._sha.update(part)
                 self._blocks.update(part)
@@ -199,8 +205,8 @@ class ReplicatedWriter:
                 except OSError as exc:
                     self._fail(node, exc)
         finally:
-            if md5 is not None:
-                md5.result()  # the next update, the digest or an abort waits for this one
+            for future in hashing:
+                future.result()  # the next update, the digest or an abort waits for these
         if not self._writers:
             raise InsufficientNodes(self.copies, 0)
 

@@ -7,7 +7,8 @@ the x-amz-content-sha256 payload hash, x-amz-decoded-content-length, Content-MD5
 the flexible checksum are compared; any mismatch raises and the caller aborts the blob,
 so nothing half-written is ever visible. A body bigger than HANDOFF goes to a worker thread
 1 MiB at a time, and its payload SHA-256 and flexible checksum are computed there too, on
-helper threads beside the writes (`_hash_and_write`): the event loop only receives.
+the writer's helper threads beside its MD5 (`ReplicatedWriter.write_parts(also=)`): the
+event loop only receives.
 
 An unsigned request's payload is unsigned (`payload_mode`): UNSIGNED-PAYLOAD, or an
 unsigned aws-chunked stream; a signed stream without a signature is InvalidRequest.
@@ -36,11 +37,9 @@ from manta.server.s3.common import in_thread
 from manta.server.s3.context import S3Request
 from manta.server.s3.sigv4 import STREAMING_UNSIGNED_TRAILER, UNSIGNED_PAYLOAD
 from storage import MemoryBlobWriter, ReplicatedWriter
-from storage.threads import ProcessPool
 
 MAX_SINGLE_PUT = 5 * 1024**3
 HANDOFF = 1 << 20  # bytes of a big body gathered per hand-off to a worker thread
-_HASH_POOL = ProcessPool(4, "manta-reqhash")  # a handed-off body's payload SHA-256 and checksum
 STREAMING = {
     "STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
     "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER",
@@ -186,11 +185,9 @@ async def receive_into(req: S3Request, writer: ReplicatedWriter | MemoryBlobWrit
         writer.blocking or expected_size is None or expected_size > HANDOFF) else None
     handoff: list[bytes] = []  # received, not yet handed off (each piece as it came)
     pending = 0  # their bytes
-    # a handed-off body's payload SHA-256 and flexible checksum are computed on the worker
-    # thread too (a payload hash comes only without aws-chunked, so both see the same bytes)
+    # a handed-off body's payload SHA-256 and flexible checksum are computed beside its
+    # writes (a payload hash comes only without aws-chunked, so both see the same bytes)
     hashers = [h for h in (content_sha, summer) if h is not None] if write_parts is not None else []
-    loop_sha = None if hashers else content_sha
-    loop_summer = None if hashers else summer
     in_flight: asyncio.Future[Any] | None = None
     size = 0
     try:
@@ -211,16 +208,16 @@ async def receive_into(req: S3Request, writer: ReplicatedWriter | MemoryBlobWrit
                 chunk = message.get("body", b"")
                 more = message.get("more_body", False)
                 received += len(chunk)
-                if loop_sha is not None:
-                    loop_sha.update(chunk)
+                if content_sha is not None and write_parts is None:
+                    content_sha.update(chunk)
                 if decoder is not None:
                     chunk = decoder.feed(chunk)
                 if chunk:
                     size += len(chunk)
                     if size > max_size:
                         raise s3e.EntityTooLarge(MaxSizeAllowed=str(max_size))
-                    if loop_summer is not None:
-                        loop_summer.update(chunk)
+                    if summer is not None and write_parts is None:
+                        summer.update(chunk)
                     if write_parts is None:
                         writer.write(chunk)
                         continue
@@ -229,13 +226,13 @@ async def receive_into(req: S3Request, writer: ReplicatedWriter | MemoryBlobWrit
                     if pending >= HANDOFF:
                         if in_flight is not None:
                             await in_flight
-                        in_flight = asyncio.ensure_future(in_thread(_hash_and_write, hashers, write_parts, handoff))
+                        in_flight = asyncio.ensure_future(in_thread(write_parts, handoff, hashers))
                         handoff, pending = [], 0
             deadline.reschedule(None)
         if in_flight is not None:
             await in_flight
         if write_parts is not None and handoff:
-            await in_thread(_hash_and_write, hashers, write_parts, handoff)
+            await in_thread(write_parts, handoff, hashers)
     finally:
         while in_flight is not None and not in_flight.done():
             # the caller aborts the writer on an error: never while a write is running
@@ -265,24 +262,6 @@ async def receive_into(req: S3Request, writer: ReplicatedWriter | MemoryBlobWrit
             raise s3e.BadDigest(f"The {algorithm} you specified did not match the calculated checksum.")
         result.checksums[algorithm] = actual
     return result
-
-
-def _hash_and_write(hashers: list[Any], write_parts: Any, parts: list[bytes]) -> None:
-    """On a worker thread: the pieces to the writer while helper threads put them into the
-    request's own hashes (hashlib and zlib let go of the GIL for big buffers); returns
-    when all are done, so the next pieces are hashed after these."""
-    pool = _HASH_POOL.get()
-    hashing = [pool.submit(_update_all, hasher, parts) for hasher in hashers]
-    try:
-        write_parts(parts)
-    finally:
-        for future in hashing:
-            future.result()
-
-
-def _update_all(hasher: Any, parts: list[bytes]) -> None:
-    for part in parts:
-        hasher.update(part)
 
 
 async def read_small(req: S3Request, limit: int) -> bytes:
