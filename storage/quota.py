@@ -1,6 +1,7 @@
 """Per-account limits: what one account may store and run, so it cannot starve the others.
 
-    objects   stored objects (job outputs and stderr objects included)
+    objects   stored objects (job outputs and stderr objects included), and pending multipart
+              uploads, one each (storage.uploads)
     bytes     stored bytes: objects' sizes plus the parts of pending multipart uploads
     jobs      jobs running at once
     tasks     tasks in flight at once (running or preparing to, over all nodes)

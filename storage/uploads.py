@@ -17,6 +17,14 @@ bucket owner like any put, so its objects and bytes quotas are checked at commit
 nothing changes, the upload stays pending). Uploads recorded before `bucket_owner` charged
 their parts to the account that started them (`owner`), and are refunded to it.
 
+A pending upload also counts as one of the bucket owner's objects (refused past its objects
+quota when it is created; `counted` in its record), refunded when it completes or is
+aborted: its parts are catalog records too, at most 10,000 of them (S3's part numbers), so
+an account's objects limit bounds what its pending uploads hold. Completion refunds the
+upload before the put charges the object, so an upload started within the limit completes
+within it. Uploads recorded before `counted` were never charged an object and are not
+refunded one.
+
 Completion is idempotent for a client retrying after a lost answer: the upload record is
 replaced by a small completion record {bucket, key, owner, bucket_gen, completed: {digest,
 etag, mtime}} (`digest`: the part list as sent), indexed in `completions` by time. The same
@@ -98,6 +106,8 @@ class UploadStore:
             bucket_record = self.catalog.buckets.check(txn, bucket)
             record["bucket_gen"] = bucket_record.generation
             record["bucket_owner"] = bucket_record.owner
+            record["counted"] = True
+            self.catalog.usage.charge(txn, bucket_record.owner, 1, 0)
             self.catalog.put(txn, "uploads", upload_id.encode(), record)
             self.catalog.put(txn, "upkeys", upload_index_key(name, key, upload_id), 1)
             return record
@@ -201,7 +211,9 @@ class UploadStore:
         return [p for _, p in self.catalog.scan(txn, "parts", prefix=upload_id.encode() + b"\0")]
 
     def _refund(self, txn: Txn, upload: Record, parts: list[Record]) -> None:
-        self.catalog.usage.charge(txn, charged_to(upload), 0, -sum(p["size"] for p in parts), check=False)
+        """Give back what the pending upload was charged: its parts' bytes, and its object."""
+        self.catalog.usage.charge(txn, charged_to(upload), -_objects_of(upload),
+                                  -sum(p["size"] for p in parts), check=False)
 
     def _drop(self, txn: Txn, upload: Record, refund: bool = True, parts: list[Record] | None = None) -> list[str]:
         """Remove the upload and its parts (`parts`: all of them, when the caller has them)."""
@@ -330,12 +342,14 @@ class UploadStore:
             self.catalog.delete(txn, "uploads", raw[8:])
 
     def usage_totals(self, txn: Txn) -> dict[str, dict[str, int]]:
-        """{account charged: {objects: 0, bytes}} of pending parts (a usage rebuild)."""
+        """{account charged: {objects, bytes}} of pending uploads and their parts (a usage
+        rebuild)."""
         totals: dict[str, dict[str, int]] = {}
         for _, upload in self.catalog.scan(txn, "uploads"):
             if "completed" in upload:
                 continue
             used = totals.setdefault(charged_to(upload), {"objects": 0, "bytes": 0})
+            used["objects"] += _objects_of(upload)
             used["bytes"] += sum(p["size"] for p in self._parts_in(txn, upload["upload_id"]))
         return totals
 
@@ -346,10 +360,16 @@ class UploadStore:
             totals = self.objects.usage_totals(txn)
             for owner, used in self.usage_totals(txn).items():
                 mine = totals.setdefault(owner, {"objects": 0, "bytes": 0})
+                mine["objects"] += used["objects"]
                 mine["bytes"] += used["bytes"]
             self.catalog.usage.replace(txn, {o: Usage(t["objects"], t["bytes"]) for o, t in totals.items()})
 
         self.catalog.write(op)
+
+
+def _objects_of(upload: Record) -> int:
+    """The objects a pending upload is charged (none for one recorded before `counted`)."""
+    return 1 if upload.get("counted") else 0
 
 
 def _place(upload: Record) -> tuple[bytes, float, str]:

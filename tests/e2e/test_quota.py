@@ -121,7 +121,7 @@ def test_a_byte_quota_refuses_a_put_from_its_content_length_and_counts_multipart
     upload = s3.create_multipart_upload(Bucket=bucket, Key="mp")["UploadId"]
     etag = s3.upload_part(Bucket=bucket, Key="mp", UploadId=upload, PartNumber=1,
                           Body=b"p" * (5 * 1024 * 1024))["ETag"]
-    assert get_user(server, name)["usage"] == {"objects": 0, "bytes": 5 * 1024 * 1024}
+    assert get_user(server, name)["usage"] == {"objects": 1, "bytes": 5 * 1024 * 1024}  # one pending
     response = refused(s3.upload_part, Bucket=bucket, Key="mp", UploadId=upload, PartNumber=2,
                        Body=b"q" * (2 * 1024 * 1024))
     assert response["Error"]["Code"] == "QuotaExceeded"
@@ -176,32 +176,36 @@ def test_a_multipart_upload_by_another_account_is_charged_to_and_checked_for_the
     assert response["Error"]["Code"] == "QuotaExceeded" and "bytes quota of 1000" in response["Error"]["Message"]
     assert refused(s3b.upload_part_copy, Bucket=bucket, Key="big", UploadId=upload, PartNumber=1,
                    CopySource={"Bucket": f"{bucket}-ben", "Key": "src"})["Error"]["Code"] == "QuotaExceeded"
-    assert usage() == ({"objects": 0, "bytes": 0}, {"objects": 1, "bytes": 2000})
+    # the pending upload holds one of the owner's objects
+    assert usage() == ({"objects": 1, "bytes": 0}, {"objects": 1, "bytes": 2000})
 
-    for i in range(3):
+    for i in range(2):
         s3a.put_object(Bucket=bucket, Key=f"k{i}", Body=b"o" * 100)
-    etag = s3b.upload_part(Bucket=bucket, Key="big", UploadId=upload, PartNumber=1, Body=b"b" * 600)["ETag"]
-    assert usage() == ({"objects": 3, "bytes": 900}, {"objects": 1, "bytes": 2000})  # pending: the owner's
-    response = refused(complete, key="big", upload=upload, etag=etag)  # a 4th object
+    response = refused(s3a.put_object, Bucket=bucket, Key="k2", Body=b"o" * 100)  # a 4th object
     assert response["Error"]["Code"] == "QuotaExceeded" and "objects quota of 3" in response["Error"]["Message"]
-    assert usage() == ({"objects": 3, "bytes": 900}, {"objects": 1, "bytes": 2000})
+    response = refused(s3b.create_multipart_upload, Bucket=bucket, Key="other")  # a 4th, pending
+    assert response["Error"]["Code"] == "QuotaExceeded" and "objects quota of 3" in response["Error"]["Message"]
+    etag = s3b.upload_part(Bucket=bucket, Key="big", UploadId=upload, PartNumber=1, Body=b"b" * 600)["ETag"]
+    assert usage() == ({"objects": 3, "bytes": 800}, {"objects": 1, "bytes": 2000})  # pending: the owner's
     assert [u["UploadId"] for u in s3a.list_multipart_uploads(Bucket=bucket)["Uploads"]] == [upload]
     assert refused(s3a.head_object, Bucket=bucket, Key="big")["ResponseMetadata"]["HTTPStatusCode"] == 404
 
-    s3a.delete_object(Bucket=bucket, Key="k0")  # room for one object
-    complete("big", upload, etag)
+    complete("big", upload, etag)  # started within the limit, it completes within it
     assert s3a.head_object(Bucket=bucket, Key="big")["ContentLength"] == 600
     assert usage() == ({"objects": 3, "bytes": 800}, {"objects": 1, "bytes": 2000})
     assert "Uploads" not in s3a.list_multipart_uploads(Bucket=bucket)
 
+    # at the limit even an overwrite's upload needs room while it is pending
+    assert refused(s3b.create_multipart_upload, Bucket=bucket, Key="k1")["Error"]["Code"] == "QuotaExceeded"
+    s3a.delete_object(Bucket=bucket, Key="k0")  # room for one object
     small = s3b.create_multipart_upload(Bucket=bucket, Key="k1")["UploadId"]  # an overwrite
     assert refused(s3b.upload_part, Bucket=bucket, Key="k1", UploadId=small, PartNumber=1,
-                   Body=b"c" * 300)["Error"]["Code"] == "QuotaExceeded"
+                   Body=b"c" * 400)["Error"]["Code"] == "QuotaExceeded"
     etag = s3b.upload_part(Bucket=bucket, Key="k1", UploadId=small, PartNumber=1, Body=b"c" * 150)["ETag"]
-    assert usage() == ({"objects": 3, "bytes": 950}, {"objects": 1, "bytes": 2000})
+    assert usage() == ({"objects": 3, "bytes": 850}, {"objects": 1, "bytes": 2000})
     s3a.abort_multipart_upload(Bucket=bucket, Key="k1", UploadId=small)
-    assert usage() == ({"objects": 3, "bytes": 800}, {"objects": 1, "bytes": 2000})
+    assert usage() == ({"objects": 2, "bytes": 700}, {"objects": 1, "bytes": 2000})
     small = s3b.create_multipart_upload(Bucket=bucket, Key="k1")["UploadId"]
     etag = s3b.upload_part(Bucket=bucket, Key="k1", UploadId=small, PartNumber=1, Body=b"c" * 150)["ETag"]
     complete("k1", small, etag)
-    assert usage() == ({"objects": 3, "bytes": 850}, {"objects": 1, "bytes": 2000})
+    assert usage() == ({"objects": 2, "bytes": 750}, {"objects": 1, "bytes": 2000})

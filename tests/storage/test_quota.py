@@ -76,13 +76,15 @@ def test_usage_follows_parts_completion_and_abort(st: Stores) -> None:
     st.uploads.put_part("bobs", "mp", up, part(2, 7))
     st.uploads.put_part("bobs", "mp", up, part(2, 4))  # a re-sent part replaces the first
     st.uploads.put_part("bobs", "mp", up, part(3, 9))
-    assert st.usage() == (0, MIN_PART_SIZE + 13)
+    assert st.usage() == (1, MIN_PART_SIZE + 13)  # the pending upload counts as an object
     st.uploads.complete("bobs", "mp", up, [(1, "p1"), (2, "p2")], build)  # part 3 is dropped
     assert st.usage() == (1, MIN_PART_SIZE + 4)
 
     up2 = st.uploads.create("bobs", "other", "bob", {"headers": {}, "meta": {}})["upload_id"]
     st.uploads.put_part("bobs", "other", up2, part(1, 100))
+    assert st.usage() == (2, MIN_PART_SIZE + 104)
     st.uploads.abort("bobs", "other", up2)
+    assert st.usage() == (1, MIN_PART_SIZE + 4)
     up3 = st.uploads.create("bobs", "third", "bob", {"headers": {}, "meta": {}})["upload_id"]
     st.uploads.put_part("bobs", "third", up3, part(1, 50))
     st.uploads.abort_all("bobs")
@@ -126,48 +128,76 @@ def test_the_byte_quota_counts_objects_and_pending_parts(st: Stores) -> None:
     with pytest.raises(errors.QuotaExceeded):
         st.uploads.check_room("bobs", "mp", up, 2, 11)
     st.uploads.check_room("bobs", "mp", up, 1, 80)  # re-sending part 1 counts the difference
-    assert st.usage() == (1, 90)
+    assert st.usage() == (2, 90)
     st.uploads.complete("bobs", "mp", up, [(1, "p1")], build)  # completing adds no bytes
     assert st.usage() == (2, 90)
 
 
-def test_completing_refuses_an_object_past_the_object_quota(st: Stores) -> None:
-    st.catalog.accounts.set_quota("bob", {"objects": 1})
+def test_a_pending_upload_holds_an_object_of_the_quota_until_it_ends(st: Stores) -> None:
+    """Zero-byte parts cost no bytes, so without this an account at its objects limit could
+    keep making catalog records: uploads without end, each with up to 10,000 parts."""
+    st.catalog.accounts.set_quota("bob", {"objects": 2})
+    st.objects.put("bobs", "a", record(1))
+    up = st.uploads.create("bobs", "mp", "bob", {"headers": {}, "meta": {}})["upload_id"]
+    st.uploads.put_part("bobs", "mp", up, part(1, 0))
+    assert st.usage() == (2, 1)
+    with pytest.raises(errors.QuotaExceeded) as err:  # a second upload
+        st.uploads.create("bobs", "mp2", "bob", {"headers": {}, "meta": {}})
+    assert (err.value.account, err.value.resource, err.value.limit) == ("bob", "objects", 2)
+    with pytest.raises(errors.QuotaExceeded):  # a new key: the upload holds the last one
+        st.objects.put("bobs", "b", record(1))
+    assert [u["upload_id"] for u in st.uploads.list_uploads("bobs")] == [up]
+    st.uploads.complete("bobs", "mp", up, [(1, "p1")], build)  # started within the limit: completes
+    assert st.usage() == (2, 1)
+    st.uploads.rebuild_usage()
+    assert st.usage() == (2, 1)
+    with pytest.raises(errors.QuotaExceeded):  # at the limit even an overwrite's upload needs room
+        st.uploads.create("bobs", "a", "bob", {"headers": {}, "meta": {}})
+    st.objects.delete("bobs", "mp")
+    up_a = st.uploads.create("bobs", "a", "bob", {"headers": {}, "meta": {}})["upload_id"]
+    st.uploads.put_part("bobs", "a", up_a, part(1, 5))
+    st.uploads.complete("bobs", "a", up_a, [(1, "p1")], build)  # an overwrite: one object
+    assert st.usage() == (1, 5)
+
+
+def test_completing_refuses_an_object_past_a_quota_lowered_meanwhile(st: Stores) -> None:
     st.objects.put("bobs", "a", record(1))
     up = st.uploads.create("bobs", "mp", "bob", {"headers": {}, "meta": {}})["upload_id"]
     st.uploads.put_part("bobs", "mp", up, part(1, 5))
+    st.catalog.accounts.set_quota("bob", {"objects": 1})
     with pytest.raises(errors.QuotaExceeded):
         st.uploads.complete("bobs", "mp", up, [(1, "p1")], build)
-    assert st.usage() == (1, 6)
-    up_a = st.uploads.create("bobs", "a", "bob", {"headers": {}, "meta": {}})["upload_id"]
-    st.uploads.put_part("bobs", "a", up_a, part(1, 5))
-    st.uploads.complete("bobs", "a", up_a, [(1, "p1")], build)  # an overwrite completes
-    assert st.usage() == (1, 10)
+    assert st.usage() == (2, 6)  # as it was: still pending
+    st.uploads.abort("bobs", "mp", up)
+    assert st.usage() == (1, 1)
+
 
 
 def test_another_accounts_upload_is_charged_to_and_checked_for_the_bucket_owner(st: Stores) -> None:
     st.catalog.accounts.set_quota("bob", {"objects": 1, "bytes": 100})
     up = st.uploads.create("bobs", "mp", "alice", {"headers": {}, "meta": {}})["upload_id"]
     st.uploads.put_part("bobs", "mp", up, part(1, 70))
-    assert (st.usage(), st.usage("alice")) == ((0, 70), (0, 0))
+    assert (st.usage(), st.usage("alice")) == ((1, 70), (0, 0))
     with pytest.raises(errors.QuotaExceeded):
         st.uploads.check_room("bobs", "mp", up, 2, 31)
     with pytest.raises(errors.QuotaExceeded):
         st.uploads.put_part("bobs", "mp", up, part(2, 31))
     st.uploads.put_part("bobs", "mp", up, part(1, 60))  # a re-sent part counts the difference
-    st.objects.put("bobs", "a", record(10))
-    with pytest.raises(errors.QuotaExceeded) as err:  # a second object
-        st.uploads.complete("bobs", "mp", up, [(1, "p1")], build)
+    with pytest.raises(errors.QuotaExceeded) as err:  # alice's upload holds bob's one object
+        st.uploads.create("bobs", "mp2", "alice", {"headers": {}, "meta": {}})
     assert (err.value.account, err.value.resource) == ("bob", "objects")
-    assert (st.usage(), st.usage("alice")) == ((1, 70), (0, 0))  # as it was: still pending
+    with pytest.raises(errors.QuotaExceeded):
+        st.objects.put("bobs", "a", record(10))
+    assert (st.usage(), st.usage("alice")) == ((1, 60), (0, 0))
     assert [p["size"] for p in st.uploads.parts(up)] == [60]
     st.uploads.rebuild_usage()
-    assert (st.usage(), st.usage("alice")) == ((1, 70), (0, 0))
-    st.objects.delete("bobs", "a")
+    assert (st.usage(), st.usage("alice")) == ((1, 60), (0, 0))
     st.uploads.complete("bobs", "mp", up, [(1, "p1")], build)
     assert (st.usage(), st.usage("alice")) == ((1, 60), (0, 0))
+    st.catalog.accounts.set_quota("bob", {"objects": 2, "bytes": 100})
     up2 = st.uploads.create("bobs", "mp2", "alice", {"headers": {}, "meta": {}})["upload_id"]
     st.uploads.put_part("bobs", "mp2", up2, part(1, 40))
+    assert (st.usage(), st.usage("alice")) == ((2, 100), (0, 0))
     st.uploads.abort("bobs", "mp2", up2)
     assert (st.usage(), st.usage("alice")) == ((1, 60), (0, 0))
 
@@ -175,10 +205,11 @@ def test_another_accounts_upload_is_charged_to_and_checked_for_the_bucket_owner(
 def test_an_upload_recorded_before_bucket_owner_is_refunded_to_its_starter(st: Stores) -> None:
     up = st.uploads.create("bobs", "mp", "alice", {"headers": {}, "meta": {}})["upload_id"]
 
-    def as_before(txn: Any) -> None:
+    def as_before(txn: Any) -> None:  # before `bucket_owner`, and so before `counted`
         record = st.catalog.get(txn, "uploads", up.encode())
-        del record["bucket_owner"]
+        del record["bucket_owner"], record["counted"]
         st.catalog.put(txn, "uploads", up.encode(), record)
+        st.catalog.usage.charge(txn, "bob", -1, 0)
 
     st.catalog.write(as_before)
     st.uploads.put_part("bobs", "mp", up, part(1, 70))
@@ -217,7 +248,7 @@ def test_usage_is_rebuilt_when_a_catalog_predates_it(tmp_path: object) -> None:
     up = store.uploads.create(ref, "mp", "bob", {"headers": {}, "meta": {}})["upload_id"]
     store.uploads.put_part(ref, "mp", up, part(1, 5))
     expected = store.catalog.usage.get("bob")
-    assert expected.to_dict() == {"objects": 2, "bytes": 22}
+    assert expected.to_dict() == {"objects": 3, "bytes": 22}  # two objects, one pending upload
     # as a catalog made before usage existed
     store.catalog.write(lambda txn: [txn.delete("usage", k) for k, _ in list(txn.scan("usage"))])
     assert not store.catalog.usage.built()
