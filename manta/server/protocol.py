@@ -35,6 +35,16 @@
   response leaves in one send(2), not two: on loopback each send runs the receiver's TCP
   path too, and for a 4 KiB GET the second one was a third of the event loop's time.
 
+- A connection's small writes (at most BATCH_WRITE_BYTES: every answer of a 4 KiB GET or a
+  PUT) wait for the end of the event loop's pass (`BatchingTransport`), so the loop answers
+  every request it has ready before its sends wake any client. On loopback a send runs the
+  receiver's TCP path and wakes its process, which on a busy machine then takes the CPU
+  from the worker in the middle of its pass: 16 clients, two workers on two cores served
+  4 KiB GETs at a median 6,474/s with a send per answer and 8,167/s batched (five runs each,
+  alternating), with less CPU per GET. A larger write first sends what waits, then goes
+  out at once, so flow control for big answers is unchanged; close and write_eof send what
+  waits first, abort drops it.
+
 - A request body reaches the app as the parser's pieces, joined only when the app takes
   more than one at a time (`BodyReceiver`). uvicorn copies each piece into a bytearray and
   out again into bytes; for a large PUT that was two of the five copies the event loop made
@@ -73,6 +83,7 @@ import mmap
 import struct
 import termios
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -96,6 +107,7 @@ __all__ = [
 WRITE_BUFFER_BYTES = 4 * 1024 * 1024
 BODY_HIGH_WATER = 256 * 1024  # body bytes received and not yet taken by the app: reading pauses above
 JOIN_BODY_BYTES = 64 * 1024  # a first body write up to this size is joined to the held head
+BATCH_WRITE_BYTES = 64 * 1024  # writes up to this size wait for the end of the loop's pass
 HEAD_LIMIT_BYTES = 256 * 1024
 WEBSOCKET_CLOSE_S = 2.0  # how long a websocket's close waits for the client's answer
 REFUSED_CLOSE_S = 1.0
@@ -236,6 +248,59 @@ class ConnectionTable:
             self.closed_idle = self.refused = 0
 
 
+class BatchingTransport:
+    """A connection's transport as its protocol writes to it: writes of at most
+    BATCH_WRITE_BYTES wait for the end of the event loop's pass and leave together, in
+    order; a larger one sends them first. Everything else is the transport's."""
+
+    __slots__ = ("loop", "pending", "transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self.transport = transport
+        self.loop = loop
+        self.pending: list[bytes] | None = None
+
+    def write(self, data: bytes) -> None:
+        pending = self.pending
+        if len(data) <= BATCH_WRITE_BYTES:
+            if pending is None:
+                self.pending = [data]
+                self.loop.call_soon(self.send_pending)
+            else:
+                pending.append(data)
+            return
+        if pending is not None:
+            self.send_pending()
+        self.transport.write(data)
+
+    def writelines(self, lines: Iterable[bytes]) -> None:
+        for data in lines:
+            self.write(data)
+
+    def send_pending(self) -> None:
+        pending, self.pending = self.pending, None
+        if pending and not self.transport.is_closing():
+            self.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+
+    def get_write_buffer_size(self) -> int:
+        return self.transport.get_write_buffer_size() + sum(map(len, self.pending or ()))
+
+    def write_eof(self) -> None:
+        self.send_pending()
+        self.transport.write_eof()
+
+    def close(self) -> None:
+        self.send_pending()
+        self.transport.close()
+
+    def abort(self) -> None:
+        self.pending = None
+        self.transport.abort()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.transport, name)
+
+
 class HeadHoldingTransport:
     """The transport as one response cycle sees it: the response head (its first write
     once the response has started) is held and goes out with the first body write, or
@@ -326,6 +391,7 @@ class HttpProtocol(HttpToolsProtocol):
         self._unsent = 0
         self._body: BodyReceiver | None = None
         super().connection_made(transport)
+        self.transport = BatchingTransport(transport, self.loop)  # type: ignore[assignment]
         if self.table.admit(self):
             self._arm_head_timer()
         else:
@@ -455,6 +521,9 @@ class HttpProtocol(HttpToolsProtocol):
             self._close_with(s3e.SlowDown())
             return
         table.drop(self)
+        if isinstance(self.transport, BatchingTransport):  # the websocket writes at once
+            self.transport.send_pending()
+            self.transport = self.transport.transport
         super().handle_websocket_upgrade()
         ws = self.transport.get_protocol()
         if ws is self:

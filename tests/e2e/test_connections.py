@@ -376,6 +376,49 @@ def test_bodies_sent_in_pieces_pipelined_or_after_100_continue_are_stored_whole(
         assert got["Body"].read() == body, key
 
 
+def test_pipelined_answers_small_and_large_leave_whole_and_in_order(server: Server) -> None:
+    """Small answers wait for the end of the event loop's pass (protocol.BatchingTransport)
+    and a large one goes at once: requests pipelined in one send (GETs small and large, a
+    HEAD, an error, a PUT and a GET of what it wrote) are answered in order, each whole."""
+    s3 = server.client(signature_version="s3v4")
+    s3.create_bucket(Bucket="pipelined")  # type: ignore[attr-defined]
+    objects = {"a": os.urandom(4096), "big": os.urandom(300_000), "b": os.urandom(10)}
+    for key, body in objects.items():
+        s3.put_object(Bucket="pipelined", Key=key, Body=body)  # type: ignore[attr-defined]
+    new = os.urandom(5000)
+
+    def request(method: str, key: str, body: bytes = b"") -> bytes:
+        op = {"GET": "get_object", "HEAD": "head_object", "PUT": "put_object"}[method]
+        url: str = s3.generate_presigned_url(op, Params={"Bucket": "pipelined", "Key": key},  # type: ignore[attr-defined]
+                                             ExpiresIn=600)
+        length = f"Content-Length: {len(body)}\r\n" if method == "PUT" else ""
+        return (f"{method} {url[len(server.url):]} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+                f"{length}\r\n").encode() + body
+
+    sent = [("GET", "a", b""), ("HEAD", "a", b""), ("GET", "missing", b""), ("GET", "big", b""),
+            ("GET", "b", b""), ("PUT", "c", new), ("GET", "c", b""), ("GET", "a", b"")]
+    want = [(200, objects["a"]), (200, b""), (404, None), (200, objects["big"]), (200, objects["b"]),
+            (200, b""), (200, new), (200, objects["a"])]
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(b"".join(request(*r) for r in sent))
+        buf = bytearray()
+        for (method, key, _), (status, body) in zip(sent, want, strict=True):
+            if method == "HEAD":  # Content-Length without a body
+                while b"\r\n\r\n" not in buf:
+                    buf += sock.recv(65536)
+                head, _, rest = bytes(buf).partition(b"\r\n\r\n")
+                got_status, got, buf = int(head.split()[1]), b"", bytearray(rest)
+                assert f"content-length: {len(objects[key])}".encode() in head.lower()
+            else:
+                got_status, got, buf = _reply(sock, buf)
+            assert got_status == status, (method, key, got[:200])
+            if body is None:
+                assert b"<Code>NoSuchKey</Code>" in got
+            else:
+                assert got == body, (method, key, len(got))
+        assert not buf
+
+
 def _upgrade(server: Server, path: str = "/_manta/login/conn/k") -> socket.socket:
     """An unsigned websocket upgrade, sent and not answered by the client."""
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)

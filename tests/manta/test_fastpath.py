@@ -8,8 +8,10 @@ import threading
 from typing import Any
 
 from manta.server.protocol import (
+    BATCH_WRITE_BYTES,
     BODY_HIGH_WATER,
     JOIN_BODY_BYTES,
+    BatchingTransport,
     BodyReceiver,
     HeadHoldingTransport,
 )
@@ -22,15 +24,26 @@ class FakeTransport:
     def __init__(self) -> None:
         self.writes: list[bytes] = []
         self.closed = False
+        self.eof = False
 
     def write(self, data: bytes) -> None:
+        assert not self.closed, "a write after close"
         self.writes.append(bytes(data))
+
+    def write_eof(self) -> None:
+        self.eof = True
 
     def close(self) -> None:
         self.closed = True
 
+    def abort(self) -> None:
+        self.closed = True
+
     def is_closing(self) -> bool:
         return self.closed
+
+    def get_write_buffer_size(self) -> int:
+        return 7
 
 
 class FakeCycle:
@@ -83,6 +96,48 @@ def test_close_and_flush_send_a_held_head() -> None:
     assert wrapper.is_closing()  # everything else is the real transport's
     wrapper.flush()
     assert transport.writes == [b"head"]
+
+
+def test_small_writes_leave_together_at_the_end_of_the_loops_pass_in_order() -> None:
+    async def main() -> None:
+        transport = FakeTransport()
+        batching = BatchingTransport(transport, asyncio.get_running_loop())  # type: ignore[arg-type]
+        batching.write(b"one ")
+        batching.writelines([b"two ", b"three"])
+        assert transport.writes == [] and batching.get_write_buffer_size() == 7 + 13
+        await asyncio.sleep(0)  # the next pass
+        assert transport.writes == [b"one two three"]
+        big = b"x" * (BATCH_WRITE_BYTES + 1)
+        batching.write(b"small")
+        batching.write(big)  # what waits goes first, then the big write at once
+        assert transport.writes[1:] == [b"small", big]
+        await asyncio.sleep(0)
+        assert len(transport.writes) == 3
+        batching.write(b"last")
+        batching.write_eof()
+        assert transport.writes[-1] == b"last" and transport.eof
+        batching.write(b"answer")
+        batching.close()  # close sends what waits first
+        assert transport.writes[-1] == b"answer" and transport.closed
+        await asyncio.sleep(0)  # the pass's own send finds nothing (and no write after close)
+        assert transport.writes[-1] == b"answer"
+
+        aborted = FakeTransport()
+        batching = BatchingTransport(aborted, asyncio.get_running_loop())  # type: ignore[arg-type]
+        batching.write(b"dropped")
+        batching.abort()
+        await asyncio.sleep(0)
+        assert aborted.writes == [] and aborted.closed
+
+        gone = FakeTransport()
+        batching = BatchingTransport(gone, asyncio.get_running_loop())  # type: ignore[arg-type]
+        batching.write(b"to nobody")
+        gone.closed = True  # the connection was lost meanwhile
+        await asyncio.sleep(0)
+        assert gone.writes == []
+        assert batching.is_closing()  # everything else is the real transport's
+
+    asyncio.run(main())
 
 
 def test_request_ids_are_16_hex_digits_and_differ() -> None:
