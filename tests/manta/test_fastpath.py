@@ -98,10 +98,13 @@ def test_close_and_flush_send_a_held_head() -> None:
     assert transport.writes == [b"head"]
 
 
-def test_small_writes_leave_together_at_the_end_of_the_loops_pass_in_order() -> None:
+def test_small_writes_of_a_crowded_loop_leave_together_at_the_end_of_its_pass_in_order() -> None:
+    crowded = True
+
     async def main() -> None:
+        nonlocal crowded
         transport = FakeTransport()
-        batching = BatchingTransport(transport, asyncio.get_running_loop())  # type: ignore[arg-type]
+        batching = BatchingTransport(transport, asyncio.get_running_loop(), lambda: crowded)  # type: ignore[arg-type]
         batching.write(b"one ")
         batching.writelines([b"two ", b"three"])
         assert transport.writes == [] and batching.get_write_buffer_size() == 7 + 13
@@ -116,6 +119,17 @@ def test_small_writes_leave_together_at_the_end_of_the_loops_pass_in_order() -> 
         batching.write(b"last")
         batching.write_eof()
         assert transport.writes[-1] == b"last" and transport.eof
+        crowded = False  # alone: written at once, unless something waits (order)
+        batching.write(b"alone")
+        assert transport.writes[-1] == b"alone"
+        crowded = True
+        batching.write(b"waits")
+        crowded = False
+        batching.write(b" behind")
+        assert transport.writes[-1] == b"alone"
+        await asyncio.sleep(0)
+        assert transport.writes[-1] == b"waits behind"
+        crowded = True
         batching.write(b"answer")
         batching.close()  # close sends what waits first
         assert transport.writes[-1] == b"answer" and transport.closed
@@ -123,14 +137,14 @@ def test_small_writes_leave_together_at_the_end_of_the_loops_pass_in_order() -> 
         assert transport.writes[-1] == b"answer"
 
         aborted = FakeTransport()
-        batching = BatchingTransport(aborted, asyncio.get_running_loop())  # type: ignore[arg-type]
+        batching = BatchingTransport(aborted, asyncio.get_running_loop(), lambda: True)  # type: ignore[arg-type]
         batching.write(b"dropped")
         batching.abort()
         await asyncio.sleep(0)
         assert aborted.writes == [] and aborted.closed
 
         gone = FakeTransport()
-        batching = BatchingTransport(gone, asyncio.get_running_loop())  # type: ignore[arg-type]
+        batching = BatchingTransport(gone, asyncio.get_running_loop(), lambda: True)  # type: ignore[arg-type]
         batching.write(b"to nobody")
         gone.closed = True  # the connection was lost meanwhile
         await asyncio.sleep(0)
