@@ -33,7 +33,6 @@ from collections.abc import Callable
 from typing import Any
 
 import uvicorn
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from jobs import JobScheduler
 from manta.server.config import ServerConfig
@@ -46,6 +45,7 @@ from manta.server.frontdoor import (
     uvicorn_config,
 )
 from manta.server.protocol import WorkerShares
+from manta.server.s3.app import S3App
 from manta.server.serving import serve_until_stopped
 from storage import Store
 from storage.daemons import Daemon
@@ -120,24 +120,6 @@ class Leadership:
             self._held = None
 
 
-def tagged(app: ASGIApp, value: bytes) -> ASGIApp:
-    """`app` with a response header naming this worker."""
-
-    async def tagged_app(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await app(scope, receive, send)
-            return
-
-        async def send_tagged(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), (WORKER_HEADER, value)]
-            await send(message)
-
-        await app(scope, receive, send_tagged)
-
-    return tagged_app
-
-
 def die_with_parent(parent_pid: int) -> None:
     """SIGKILL this process when the supervisor dies (even of SIGKILL), as a crash would."""
     libc = ctypes.CDLL(None, use_errno=True)
@@ -185,7 +167,9 @@ def run(config: ServerConfig, index: int, sock: socket.socket, ready_fd: int,
 
     leadership = Leadership(store.catalog.engine, lead, lost)
     leadership.start()
-    server = uvicorn.Server(uvicorn_config(tagged(app, str(os.getpid()).encode()), config, limits, shares))
+    s3: S3App = app.s3  # type: ignore[attr-defined]  # build_app's S3Starlette
+    s3.answer_headers += ((WORKER_HEADER, str(os.getpid()).encode()),)  # who answered
+    server = uvicorn.Server(uvicorn_config(app, config, limits, shares))
 
     def ready() -> str:
         os.write(ready_fd, b"ready\n")

@@ -211,6 +211,8 @@ class S3App:
         remote = store.catalog.engine.remote
         self.accounts: TtlCache[Account] | None = TtlCache() if remote else None
         self.buckets: TtlCache[BucketRef] | None = TtlCache() if remote else None
+        # on every answer (a worker of `manta serve --workers N` adds its pid: worker.run)
+        self.answer_headers: tuple[tuple[bytes, bytes], ...] = ((b"server", b"manta"),)
         cache_bytes = int(config.read_cache_mb * 1024 * 1024)
         self.blob_cache: BlobCache | None = BlobCache(cache_bytes) if cache_bytes > 0 else None
 
@@ -304,7 +306,8 @@ class S3App:
             raw[:] = [h for h in raw if h[0] != b"connection"]
             raw.append((b"connection", b"close"))
         rid_bytes = rid.encode()
-        raw += ((b"x-amz-request-id", rid_bytes), (b"x-amz-id-2", rid_bytes), (b"server", b"manta"))
+        raw += ((b"x-amz-request-id", rid_bytes), (b"x-amz-id-2", rid_bytes))
+        raw += self.answer_headers
         return response
 
     def _context(self, scope: Scope, headers: dict[str, str], head_bytes: int,
