@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import hmac
 import io
+import os
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qsl, urlsplit
@@ -459,3 +461,11 @@ def test_signing_key_is_cached():
     first = sigv4.signing_key(SECRET_KEY, "20130524", "us-east-1", "s3")
     assert sigv4.signing_key(SECRET_KEY, "20130524", "us-east-1", "s3") is first
     assert sigv4.signing_key.cache_info().hits == 1
+
+
+def test_hmac_sha256_from_kept_key_states_is_hmac() -> None:
+    for key_size in (0, 1, 32, 63, 64, 65, 200):  # a key longer than the block is hashed first
+        key = os.urandom(key_size)
+        for msg in (b"", b"x", os.urandom(100), os.urandom(5000)):
+            assert sigv4.hmac_sha256(key, msg) == hmac.digest(key, msg, "sha256")
+            assert sigv4.hmac_sha256(key, msg) == hmac.digest(key, msg, "sha256")  # the states are kept

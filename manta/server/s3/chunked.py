@@ -201,7 +201,7 @@ class AwsChunkedDecoder:
                 self._hasher.hexdigest().encode(),
             )
         )
-        expected = hmac.digest(self._key, to_sign, "sha256").hex().encode()
+        expected = sigv4.hmac_sha256(self._key, to_sign).hex().encode()
         if not hmac.compare_digest(expected, self._chunk_signature):
             raise s3e.SignatureDoesNotMatch(
                 "The chunk signature we calculated does not match the signature you provided."
@@ -262,7 +262,7 @@ class AwsChunkedDecoder:
                 hashlib.sha256(canonical.encode()).hexdigest().encode(),
             )
         )
-        expected = hmac.digest(self._key, to_sign, "sha256").hex()
+        expected = sigv4.hmac_sha256(self._key, to_sign).hex()
         if not hmac.compare_digest(expected.encode(), self._trailer_signature.encode()):
             raise s3e.SignatureDoesNotMatch(
                 "The trailer signature we calculated does not match the signature you provided."

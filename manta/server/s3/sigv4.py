@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from functools import lru_cache
+from typing import Any
 from urllib.parse import quote
 
 from manta.server.s3 import errors as s3e
@@ -59,6 +60,7 @@ __all__ = [
     "canonical_request",
     "canonical_uri",
     "check_time",
+    "hmac_sha256",
     "parse",
     "signing_key",
     "string_to_sign",
@@ -346,6 +348,29 @@ def check_time(auth: SigV4Auth, now: datetime, max_skew_s: int = 900) -> None:
         )
 
 
+_IPAD = bytes(b ^ 0x36 for b in range(256))
+_OPAD = bytes(b ^ 0x5C for b in range(256))
+
+
+@lru_cache(maxsize=1024)
+def _hmac_states(key: bytes) -> tuple[Any, Any]:
+    """SHA-256 states after HMAC's inner and outer padded keys (RFC 2104), for one key."""
+    block = (hashlib.sha256(key).digest() if len(key) > 64 else key).ljust(64, b"\0")
+    return hashlib.sha256(block.translate(_IPAD)), hashlib.sha256(block.translate(_OPAD))
+
+
+def hmac_sha256(key: bytes, msg: bytes) -> bytes:
+    """HMAC-SHA256, from the key's padded states kept (signing keys are few and reused):
+    about a third of hmac.digest's time, which with OpenSSL 3 looks the algorithm up and
+    sets up its context on every call (0.9 against 2.9 us here)."""
+    inner, outer = _hmac_states(key)
+    h = inner.copy()
+    h.update(msg)
+    out = outer.copy()
+    out.update(h.digest())
+    return out.digest()
+
+
 @lru_cache(maxsize=1024)
 def signing_key(secret_key: str, date: str, region: str, service: str) -> bytes:
     """kSigning = HMAC chain over date, region, service, "aws4_request" (cached)."""
@@ -432,7 +457,7 @@ def verify(auth: SigV4Auth, req: AuthRequest, secret_key: str) -> bytes:
     canonical = canonical_request(auth, req)
     to_sign = string_to_sign(auth, canonical)
     key = signing_key(secret_key, auth.date, auth.region, auth.service)
-    expected = hmac.digest(key, to_sign.encode(), "sha256").hex()
+    expected = hmac_sha256(key, to_sign.encode()).hex()
     if not hmac.compare_digest(expected.encode(), auth.signature.encode()):
         raise s3e.SignatureDoesNotMatch(
             AWSAccessKeyId=auth.access_key,
