@@ -18,7 +18,7 @@ from typing import Any
 from storage import errors
 from storage.engine import Engine, ReadTxn, WriteTxn
 from storage.quota import DEFAULT_QUOTA, Quota
-from storage.records.codec import NO_EXTRA, extra_of, pack, unpack
+from storage.records.codec import NO_EXTRA, decoded_once, extra_of, pack, unpack
 
 __all__ = ["Account", "Accounts"]
 
@@ -51,6 +51,7 @@ def encode(account: Account) -> bytes:
     return pack(record)
 
 
+@decoded_once()
 def decode(raw: bytes | memoryview, access_key: bytes) -> Account:
     d = unpack(raw)
     return Account(d["name"], d.get("access_key") or access_key.decode(), d["secret"], d["created"],

@@ -31,7 +31,7 @@ from typing import Any
 from storage import errors
 from storage.engine import Engine, ReadTxn, WriteTxn
 from storage.objectlock import LockConfig
-from storage.records.codec import NO_EXTRA, extra_of, pack, unpack
+from storage.records.codec import NO_EXTRA, decoded_once, extra_of, pack, unpack
 
 __all__ = ["Bucket", "BucketRecord", "BucketRef", "Buckets", "bucket_name", "generation_of"]
 
@@ -101,6 +101,7 @@ def encode(record: BucketRecord) -> bytes:
     return pack(d)
 
 
+@decoded_once()
 def decode(raw: bytes | memoryview) -> BucketRecord:
     d = unpack(raw)
     return BucketRecord(d["name"], d["owner"], d["created"], d.get("gen"), d.get("acl"), extra_of(d, _KNOWN),

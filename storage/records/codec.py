@@ -9,12 +9,15 @@ by a read-modify-write, after the known fields. A record this version writes car
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from typing import Any
+import functools
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
 
 import msgpack
 
-__all__ = ["NO_EXTRA", "extra_of", "pack", "unpack"]
+__all__ = ["NO_EXTRA", "decoded_once", "extra_of", "pack", "unpack"]
+
+T = TypeVar("T")
 
 
 
@@ -48,6 +51,31 @@ def pack(record: Any) -> bytes:
 
 def unpack(data: bytes | memoryview) -> Any:
     return msgpack.unpackb(data, raw=False)
+
+
+def decoded_once(size: int = 1024) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """A record decoder (stored value, *args) -> record that decodes each distinct stored
+    value once: a record read on every request (the signer's account, the bucket) is not
+    unpacked every time. Its callers share the records, so they must not change them
+    (`dataclasses.replace` makes a new one). At most `size` values; full, it starts over."""
+
+    def wrap(decode: Callable[..., T]) -> Callable[..., T]:
+        memo: dict[tuple[Any, ...], T] = {}
+
+        @functools.wraps(decode)
+        def decode_once(raw: bytes | memoryview, *args: Any) -> T:
+            key = (bytes(raw), *args)  # bytes of bytes is the same object: no copy
+            record = memo.get(key)
+            if record is None:
+                record = decode(raw, *args)
+                if len(memo) >= size:
+                    memo.clear()
+                memo[key] = record
+            return record
+
+        return decode_once
+
+    return wrap
 
 
 def extra_of(stored: dict[str, Any], known: frozenset[str]) -> Mapping[str, Any]:

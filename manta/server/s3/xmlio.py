@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import math
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 
@@ -17,7 +19,13 @@ def iso8601(ts: float) -> str:
 
 
 def http_date(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%a, %d %b %Y %H:%M:%S GMT")
+    """An HTTP date (RFC 9110 IMF-fixdate), of the second `ts` falls in."""
+    return _http_date(math.floor(ts))
+
+
+@functools.lru_cache(maxsize=4096)  # an object's Last-Modified, on every GET and HEAD of it
+def _http_date(second: int) -> str:
+    return dt.datetime.fromtimestamp(second, dt.UTC).strftime("%a, %d %b %Y %H:%M:%S GMT")
 
 
 def el(name: str, value: object) -> str:
