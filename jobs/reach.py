@@ -3,7 +3,8 @@
 bwrap runs as the unprivileged task user, so every bind source (a task's input file, its
 assets) must be reachable by that user: each directory above it searchable (x) for it. A
 data dir under /root (0700 on Debian) is not. For such a `dir:` node the server, as root,
-bind-mounts the node's root once at `/run/manta/<server pid>-<node id>` (0711 parents) and
+bind-mounts the node's root once at `/run/manta/<server pid>-<node id>` (0711 parents;
+MANTA_ALIAS_DIR names another directory than /run/manta) and
 tasks bind their files through that alias; the aliases are unmounted when the scheduler
 stops, and those of servers that are gone are swept at start. A `zfs:` node's root is its
 dataset's mountpoint, which is mounted and unmounted as the node comes and goes, so it gets
@@ -29,7 +30,8 @@ __all__ = ["ALIAS_BASE", "TaskRoots", "unreachable"]
 
 log = logging.getLogger("manta.jobs")
 
-ALIAS_BASE = "/run/manta"
+# where the aliases go (MANTA_ALIAS_DIR): its parents must be searchable by the task user
+ALIAS_BASE = os.environ.get("MANTA_ALIAS_DIR") or "/run/manta"
 _MS_BIND, _MNT_DETACH = 4096, 2
 
 

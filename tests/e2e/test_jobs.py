@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -248,10 +249,10 @@ def test_a_node_runs_at_most_its_slots_of_containers_at_once(fresh_server: Serve
     assert max(seen) == 2, seen
 
 
-def alias_mounts(server_pids: list[int]) -> list[str]:
+def alias_mounts(server_pids: list[int], base: str = "/run/manta") -> list[str]:
     """The node-root aliases that these processes (a server and its workers) mounted."""
     with open("/proc/mounts") as fh:
-        return [line.split()[1] for line in fh if any(f" /run/manta/{pid}-" in line for pid in server_pids)]
+        return [line.split()[1] for line in fh if any(f" {base}/{pid}-" in line for pid in server_pids)]
 
 
 def server_pids(srv: Server) -> list[int]:
@@ -260,12 +261,17 @@ def server_pids(srv: Server) -> list[int]:
 
 def test_jobs_work_with_a_data_dir_the_task_user_cannot_reach() -> None:
     """Root's home is 0700 on Debian, so a data dir under it cannot be bound by the task
-    user: the server binds the node's root at /run/manta/<pid>-<node> and tasks read their
-    input (stdin and $MANTA_INPUT_FILE) and assets in place through it; the alias goes
-    away with the server, or at the next start after a kill."""
+    user: the server binds the node's root at /run/manta/<pid>-<node> (here in a
+    MANTA_ALIAS_DIR of its own) and tasks read their input (stdin and $MANTA_INPUT_FILE)
+    and assets in place through it; the alias goes away with the server, or at the next
+    start after a kill."""
     require(os.geteuid() == 0, "binding a node root needs root")
     base = tempfile.mkdtemp(prefix="manta-0700-")  # mode 0700: like /root
     srv = Server(os.path.join(base, "data"), free_port())
+    # an alias directory of its own: a server starting meanwhile in another test process
+    # sweeps the aliases of dead servers in /run/manta, this one's too once it is killed
+    alias_base = f"/run/manta-test-{os.getpid()}-{random.randrange(10**6)}"
+    srv.env = {"MANTA_ALIAS_DIR": alias_base}
     try:
         srv.start()
         client = srv.client()
@@ -283,25 +289,27 @@ def test_jobs_work_with_a_data_dir_the_task_user_cannot_reach() -> None:
         # the input bytes only: an asset is fetched like an input but is not one
         assert job["bytes_local"] == sum(map(len, datas)) and job["bytes_remote"] == 0
         pids = server_pids(srv)
-        aliases = alias_mounts(pids)
+        aliases = alias_mounts(pids, alias_base)
         assert aliases, "no alias was mounted"
         srv.kill()  # a killed server leaves its alias mounted...
-        assert alias_mounts(pids) == aliases
+        assert alias_mounts(pids, alias_base) == aliases
         srv.start()  # ...until the next start sweeps it (with workers: once the leader is chosen)
         # the sweep unmounts, then removes the directory: wait for both (a look between the
         # two once saw the directory still there)
-        wait_for(lambda: alias_mounts(pids) == [] and not any(os.path.exists(a) for a in aliases), 10,
+        wait_for(lambda: alias_mounts(pids, alias_base) == [] and not any(os.path.exists(a) for a in aliases), 10,
                  "the dead server's alias to be unmounted and removed")
         pids = server_pids(srv)
         result = manta(srv.url, "job", "create", "-o", "-m", "wc -c", names[0])
         assert result.returncode == 0 and result.stdout.strip() == str(len(datas[0])), result.stderr
-        aliases = alias_mounts(pids)
+        aliases = alias_mounts(pids, alias_base)
         srv.stop()  # a stopped one unmounts its own
-        assert aliases and alias_mounts(pids) == []
+        assert aliases and alias_mounts(pids, alias_base) == []
         assert not any(os.path.exists(a) for a in aliases)
     finally:
         srv.stop()
         shutil.rmtree(base, ignore_errors=True)
+        with contextlib.suppress(OSError):  # never rmtree: an alias left mounted is a node's data
+            os.rmdir(alias_base)
 
 
 def test_cancel_reaches_tasks_waiting_for_a_slot(fresh_server: Server) -> None:
