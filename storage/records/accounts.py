@@ -27,7 +27,7 @@ NAMES = "names"
 _KNOWN = frozenset(("v", "name", "access_key", "secret", "created", "root", "quota"))
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Account:
     name: str
     access_key: str

@@ -59,7 +59,7 @@ def bucket_name(bucket: Bucket) -> str:
     return bucket.name if isinstance(bucket, BucketRef) else bucket
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class BucketRecord:
     name: str
     owner: str

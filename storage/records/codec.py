@@ -56,8 +56,8 @@ def unpack(data: bytes | memoryview) -> Any:
 def decoded_once(size: int = 1024) -> Callable[[Callable[..., T]], Callable[..., T]]:
     """A record decoder (stored value, *args) -> record that decodes each distinct stored
     value once: a record read on every request (the signer's account, the bucket) is not
-    unpacked every time. Its callers share the records, so they must not change them
-    (`dataclasses.replace` makes a new one). At most `size` values; full, it starts over."""
+    unpacked every time. Its callers share the records: make them frozen dataclasses
+    (`dataclasses.replace` makes a changed copy). At most `size` values; full, it starts over."""
 
     def wrap(decode: Callable[..., T]) -> Callable[..., T]:
         memo: dict[tuple[Any, ...], T] = {}
