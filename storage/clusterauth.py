@@ -13,8 +13,9 @@ with the string to sign "METHOD\\nPATH?QUERY\\nNODE\\nDATE\\nNONCE\\nCONTENT_SHA
 a request (`Refused.why`) that is "unsigned" (a header missing or malformed), "forged" (the
 HMAC does not match), "wrong node" (bound to another node's id, or unbound where a binding is
 required), "expired" (the date is more than `max_skew_s` away), "replayed" (its nonce was
-seen within `nonce_ttl_s`, or it is dated before this process started) or whose body does not match the signed digest ("body digest
-mismatch", also a STREAMING claim where a digest is required), in that order.
+seen within `nonce_ttl_s`, or it is dated before this process started) or whose body does
+not match the signed digest ("body digest mismatch", also a STREAMING claim where a digest
+is required), in that order.
 
 A node process remembers the nonces it was sent in memory, so it also refuses as "replayed"
 any request dated before it started: one its predecessor may have taken, captured and

@@ -12,7 +12,6 @@ import time
 from collections.abc import Awaitable, Callable
 
 import uvicorn
-from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.types import ASGIApp
 
@@ -34,7 +33,7 @@ from manta.server.protocol import (
     default_max_connections,
     protocol_for,
 )
-from manta.server.s3.app import S3App
+from manta.server.s3.app import S3App, S3Starlette
 from manta.server.s3.context import S3Request
 from manta.server.serving import serve_until_stopped
 from storage import JournalFlusher, OrphanCollector, Repairer, Store, StoreConfig
@@ -86,7 +85,7 @@ def store_config(config: ServerConfig) -> StoreConfig:
 
 
 def build_app(config: ServerConfig, jobs: bool = True,
-              recover: bool = True) -> tuple[Starlette, Store, JobScheduler]:
+              recover: bool = True) -> tuple[S3Starlette, Store, JobScheduler]:
     """The whole server but its listener and daemons: the store, the job scheduler (not
     started) and the ASGI app. `jobs=False` leaves the sandbox out, as on a host without
     bubblewrap (tasks cannot run): what the in-process tests of the S3 handlers use.

@@ -45,7 +45,6 @@ from manta.server.frontdoor import (
     uvicorn_config,
 )
 from manta.server.protocol import WorkerShares
-from manta.server.s3.app import S3App
 from manta.server.serving import serve_until_stopped
 from storage import Store
 from storage.daemons import Daemon
@@ -167,8 +166,7 @@ def run(config: ServerConfig, index: int, sock: socket.socket, ready_fd: int,
 
     leadership = Leadership(store.catalog.engine, lead, lost)
     leadership.start()
-    s3: S3App = app.s3  # type: ignore[attr-defined]  # build_app's S3Starlette
-    s3.answer_headers += ((WORKER_HEADER, str(os.getpid()).encode()),)  # who answered
+    app.s3.answer_headers += ((WORKER_HEADER, str(os.getpid()).encode()),)  # who answered
     server = uvicorn.Server(uvicorn_config(app, config, limits, shares))
 
     def ready() -> str:

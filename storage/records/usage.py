@@ -4,8 +4,8 @@
 
 An account's usage is its objects' count and sizes plus its pending uploads (one object
 each) and their parts' sizes, changed by `charge()` in the same transaction as the write
-that changes them; a write that grows
-a resource past the account's limit (storage.quota) raises QuotaExceeded and rolls back.
+that changes them; a write that grows a resource past the account's limit (storage.quota)
+raises QuotaExceeded and rolls back.
 A catalog without the USAGE_BUILT marker (made before usage existed) has it rebuilt from
 the records at open (`Store`, `UploadStore.rebuild_usage`).
 """

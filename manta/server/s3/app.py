@@ -216,7 +216,7 @@ class S3App:
         cache_bytes = int(config.read_cache_mb * 1024 * 1024)
         self.blob_cache: BlobCache | None = BlobCache(cache_bytes) if cache_bytes > 0 else None
 
-    def starlette(self) -> Starlette:
+    def starlette(self) -> S3Starlette:
         return S3Starlette(self)
 
     async def asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
