@@ -243,6 +243,19 @@ def large_put(target: Target, size_mib: int) -> float:
     return size_mib * MiB / seconds / 1e6
 
 
+def md5_mbs(size_mib: int) -> float:
+    """MB/s of one core hashing large_put's body with MD5: the ETag of a single PUT is the
+    MD5 of its whole body, a sequential hash, so no server can store the object faster
+    than this (less what the client takes from the same cores)."""
+    block, summer = bytearray(8) + LARGE_TAIL, hashlib.md5()
+    start = time.monotonic()
+    for i in range(size_mib):
+        block[:8] = i.to_bytes(8, "big")
+        summer.update(block)
+    summer.digest()
+    return size_mib * MiB / (time.monotonic() - start) / 1e6
+
+
 def large_get(target: Target, size_mib: int) -> float:
     buf = bytearray(MiB)
     view = memoryview(buf)
