@@ -309,7 +309,12 @@ class Versions:
         order and newest first within a key (the caller filters keys before its marker)."""
         base = bucket.encode() + b"\0"
         pfx = base + prefix.encode()
-        start = max(seek, pfx)[:DIRECT_MAX]
+        start = max(seek, pfx)
+        if len(start) > DIRECT_MAX:
+            # the overflow entry of its first DIRECT_MAX bytes: the key of exactly those
+            # bytes sorts before `start`, and its own slots (before that entry) would end
+            # the scan below as not under the prefix
+            start = start[:DIRECT_MAX] + b"\xff"
         for slot, raw in txn.scan(TABLE, start):
             value = unpack(raw)
             if slot.endswith(b"\xff") and "overflow" in value:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from storage import errors
-from storage.versions import NULL, version_id
+from storage.versions import DIRECT_MAX, NULL, version_id
 from tests.storage.test_quota import Stores as QuotaStores
 
 
@@ -155,6 +155,31 @@ def test_listing_pages_with_markers_and_delimiter(st: Stores, long: bool) -> Non
     for r, _ in st.objects.list_versions("vb").entries:
         st.objects.delete_version("vb", r["key"], version_id(r))
     assert st.listed() == [] and st.usage() == (0, 0)
+
+
+def test_listing_past_a_key_as_long_as_the_overflow_stem(st: Stores) -> None:
+    """A key whose catalog key is exactly DIRECT_MAX bytes keeps its versions in slots of
+    its own, which sort before the overflow entry of the longer keys it starts; a listing
+    whose prefix or key marker goes past it must start at that entry, not stop at them."""
+    st.catalog.buckets.set_versioning("vb", "Enabled")
+    stem = "k" * (DIRECT_MAX - len(b"vb\0"))
+    for key in (stem, f"{stem}zz", f"{stem}zz"):
+        st.put(key, 1)
+    st.objects.delete("vb", stem)
+    st.objects.delete("vb", f"{stem}y")
+    assert [k for k, *_ in st.listed(prefix=f"{stem}z")] == [f"{stem}zz"] * 2
+    assert [k for k, *_ in st.listed(prefix=f"{stem}y")] == [f"{stem}y"]
+    everything = st.listed()
+    assert [k for k, *_ in everything] == [stem] * 2 + [f"{stem}y"] + [f"{stem}zz"] * 2
+    seen: list[tuple[str, str, bool, bool]] = []
+    key_marker, version_marker = "", ""
+    while True:  # pages of one: each marker past the first is longer than the stem
+        page = st.objects.list_versions("vb", key_marker=key_marker, version_marker=version_marker, max_keys=1)
+        seen += [(r["key"], version_id(r), latest, bool(r.get("marker"))) for r, latest in page.entries]
+        if not page.truncated:
+            break
+        key_marker, version_marker = page.next_key_marker or "", page.next_version_marker or ""
+    assert seen == everything
 
 
 def test_usage_rebuild_counts_every_version(st: Stores) -> None:
