@@ -80,9 +80,10 @@ class ReadTxn(Protocol):
 
 
 def skip_past(key: bytes, delimiter: bytes, cut: int) -> bytes:
-    """Where `scan_skip` goes on after `key`."""
+    """Where `scan_skip` goes on after `key`: past its group, and past the key itself
+    (an overflow entry's slot, a group's first bytes and 0xFF, is its own group's end)."""
     at = key.find(delimiter, cut)
-    return key + b"\0" if at < 0 else key[:at + len(delimiter)] + b"\xff"
+    return key + b"\0" if at < 0 else max(key[:at + len(delimiter)] + b"\xff", key + b"\0")
 
 
 class WriteTxn(ReadTxn, Protocol):

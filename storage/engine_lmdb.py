@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import lmdb
 
-from storage.engine import GroupWriter, durable
+from storage.engine import GroupWriter, durable, skip_past
 
 __all__ = ["LmdbEngine"]
 
@@ -86,7 +86,7 @@ class _Txn:
                 return
             yield key, bytes(cursor.value())
             at = key.find(delimiter, cut)
-            found = cursor.next() if at < 0 else cursor.set_range(key[:at + len(delimiter)] + b"\xff")
+            found = cursor.next() if at < 0 else cursor.set_range(skip_past(key, delimiter, cut))
 
 
 class _FileHold:

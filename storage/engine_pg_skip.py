@@ -16,11 +16,12 @@ __all__ = ["scan_skip"]
 
 FIRST_ROWS, MAX_ROWS = 64, 1024  # rows per statement: a page that stops early costs little
 
-# s.k's group: its bytes up to the end of the first delimiter at or after `cut` (0-based)
-_NEXT = """CASE WHEN position(%b IN substring(s.k FROM %b::int)) > 0
+# where the scan goes on after s.k (storage.engine.skip_past): past its group, its bytes up
+# to the end of the first delimiter at or after `cut` (0-based) and 0xFF, and past s.k
+_NEXT = """GREATEST(CASE WHEN position(%b IN substring(s.k FROM %b::int)) > 0
              THEN substring(s.k FROM 1 FOR %b::int + position(%b IN substring(s.k FROM %b::int)) - 1
                             + %b::int) || '\\xff'::bytea
-             ELSE s.k || '\\x00'::bytea END"""
+             ELSE s.k END, s.k || '\\x00'::bytea)"""
 
 
 def _statement(table: str, bounded: bool) -> bytes:

@@ -3,6 +3,7 @@ up to a delimiter, the same on both engines and the same as filtering a plain sc
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Iterator
 from typing import Any
@@ -54,3 +55,20 @@ def test_scan_skip_jumps_groups_like_the_rule(engine: Engine) -> None:
             assert all(v == k[::-1] for k, v in got)
         stopped = txn.scan_skip("objects", b"", b"b\0", b"/", 2)
         assert next(stopped)[0] == b"b\0dir/"  # a scan that stops early
+
+
+def test_a_key_that_ends_its_own_group_is_passed(engine: Engine) -> None:
+    """An overflow entry's slot (storage.objects) is its keys' first bytes and 0xFF: when
+    those bytes end with the delimiter, the slot is where its group ends. The scan must
+    go on past it, not seek to it again (a listing then never answered)."""
+    group = b"b\0" + b"d" * 10 + b"/"
+    keys = sorted([b"b\0a", group + b"1", group + b"\xff", b"b\0e", b"b\0f/1", b"b\0f/\xff"])
+    engine.write(lambda txn: [txn.put("objects", key, key) for key in keys])
+    with engine.read() as txn:
+        for start, prefix in ((b"", b"b\0"), (group + b"\xff", b"b\0"), (b"", b"b\0d")):
+            # bounded: a scan that seeks to the same slot again yields it without end
+            got = [k for k, _ in itertools.islice(txn.scan_skip("objects", start, prefix, b"/", 2), 20)]
+            assert got == expected(keys, start, prefix, b"/", 2), (start, prefix)
+        # seeking past group + b"1" lands on the slot, which the caller expands: each key
+        # comes once, and the scan ends
+        assert [k for k, _ in txn.scan_skip("objects", b"", b"b\0", b"/", 2)] == keys
