@@ -45,7 +45,7 @@ from storage import errors, objectlock
 from storage.catalog import Bucket, BucketRef, Catalog, Record, Txn, bucket_name, object_key, unpack
 from storage.engine import ReadTxn
 from storage.records.blobrefs import BlobRecord
-from storage.versions import VERSION_FIELDS, VersionListing, Versions, is_marker
+from storage.versions import VERSION_FIELDS, VersionListing, Versions, is_marker, marker_group
 
 __all__ = ["Listing", "ObjectStore", "WriteCondition"]
 
@@ -515,11 +515,9 @@ class ObjectStore:
             self.catalog.buckets.check(txn, bucket_or_ref)
             base = bucket.encode() + b"\0"
             start = base + start_after.encode() + b"\0" if start_after else b""
-            # a start_after that is itself a common prefix must skip the whole group
-            # (but a key equal to the prefix, like "folder/", is a key, not a group)
-            if (start_after and delimiter and start_after.endswith(delimiter) and start_after.startswith(prefix)
-                    and start_after.find(delimiter, len(prefix)) == len(start_after) - len(delimiter)):
-                start = base + start_after.encode() + b"\xff"
+            group_after = marker_group(start_after, prefix, delimiter)
+            if group_after is not None:
+                start = base + group_after.encode() + b"\xff"
             entries = (self._scan_groups(txn, bucket, prefix, start, delimiter) if delimiter
                        else self.scan(txn, bucket, prefix, start))
             group: str | None = None

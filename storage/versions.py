@@ -360,8 +360,7 @@ class Versions:
             return out
         base = bucket.encode() + b"\0"
         marker = key_marker.encode()
-        skip_group = (key_marker if key_marker and delimiter and key_marker.startswith(prefix)
-                      and key_marker.find(delimiter, len(prefix)) == len(key_marker) - len(delimiter) else None)
+        skip_group = marker_group(key_marker, prefix, delimiter)
         group: str | None = None
         count = 0
         for key, records in self._keys(txn, bucket, prefix, base + marker if key_marker else b"", delimiter):
@@ -405,6 +404,17 @@ class Versions:
                         yield bucket, record
             else:
                 yield bucket, value
+
+
+def marker_group(marker: str, prefix: str, delimiter: str) -> str | None:
+    """The common prefix a listing's marker (start-after, key-marker) falls in, if any: the
+    whole group sorts at or before the marker, so the listing goes on past all of it, as
+    S3's does (a marker "a/b" with delimiter "/" lists neither "a/" nor "a/c"). A key equal
+    to the prefix, like "folder/" under prefix "folder/", is a key, not a group."""
+    if not (marker and delimiter and marker.startswith(prefix)):
+        return None
+    cut = marker.find(delimiter, len(prefix))
+    return None if cut < 0 else marker[:cut + len(delimiter)]
 
 
 def _after(records: list[Record], version_marker: str) -> list[Record]:

@@ -150,6 +150,8 @@ def test_listing_pages_with_markers_and_delimiter(st: Stores, long: bool) -> Non
     assert page.truncated and page.next_key_marker == f"{stem}b/"
     rest = st.objects.list_versions("vb", delimiter="/", key_marker=f"{stem}b/")
     assert [r["key"] for r, _ in rest.entries] == [keys[3]] * 3
+    inside = st.objects.list_versions("vb", delimiter="/", key_marker=f"{stem}b/1")  # the group sorts before it
+    assert inside.common_prefixes == [] and [r["key"] for r, _ in inside.entries] == [keys[3]] * 3
     assert [k for k, *_ in st.listed(prefix=f"{stem}b/")] == [keys[1]] * 2 + [keys[2]] * 2
     # removing versions of long keys works as of short ones
     for r, _ in st.objects.list_versions("vb").entries:
