@@ -65,6 +65,7 @@ MIN_PART_SIZE = 5 * 1024 * 1024
 # the upload index key is bucket \0 key, cut to fit LMDB's key limit, \0 upload id;
 # listings re-sort by the full key, so the cut only widens the scan
 INDEX_KEY_BYTES = 440
+ID_TIME_DIGITS = 14  # hex digits of an upload id's initiation (microseconds): to the year 4253
 # part numbers a part key can hold (four bytes, big-endian); no part exists outside them
 PART_KEY_NUMBERS = range(2**32)
 # how long a completed upload answers a repeated CompleteMultipartUpload
@@ -82,6 +83,25 @@ def parts_digest(chosen: list[tuple[int, str]]) -> str:
     return hashlib.sha256(repr([(n, e.strip('"')) for n, e in chosen]).encode()).hexdigest()
 
 
+def new_upload_id(now: float) -> tuple[str, float]:
+    """(an upload id, the initiation time it names): the microseconds since the epoch in
+    ID_TIME_DIGITS hex digits, a dot, then 18 random bytes. So a key's uploads sort by id
+    as they sort by initiation, S3's two orders for ListMultipartUploads, and an
+    upload-id-marker still names a place once its upload is gone (a client that aborts
+    each page of uploads before it asks for the next one)."""
+    micros = int(now * 1_000_000)
+    return f"{micros:0{ID_TIME_DIGITS}x}.{secrets.token_urlsafe(18)}", micros / 1_000_000
+
+
+def id_place(key: str, upload_id: str) -> tuple[bytes, float, str] | None:
+    """The place (key, initiated, upload id) an upload id of new_upload_id's form names in
+    the listing order of `key`'s uploads; None for any other string (ids made before it)."""
+    stamp, dot, _ = upload_id.partition(".")
+    if not dot or len(stamp) != ID_TIME_DIGITS or stamp.strip("0123456789abcdef"):
+        return None
+    return key.encode(), int(stamp, 16) / 1_000_000, upload_id
+
+
 def upload_index_key(bucket: str, key: str, upload_id: str) -> bytes:
     return object_key(bucket, key)[:INDEX_KEY_BYTES] + b"\0" + upload_id.encode()
 
@@ -97,10 +117,10 @@ class UploadStore:
         self.objects = objects
 
     def create(self, bucket: Bucket, key: str, owner: str, fields: dict[str, Any]) -> Record:
-        upload_id = secrets.token_urlsafe(24)
+        upload_id, initiated = new_upload_id(time.time())
         name = bucket_name(bucket)
         record = {**fields, "v": 1, "upload_id": upload_id, "bucket": name, "key": key,
-                  "owner": owner, "initiated": time.time()}
+                  "owner": owner, "initiated": initiated}
 
         def op(txn: Txn) -> Record:
             bucket_record = self.catalog.buckets.check(txn, bucket)
@@ -385,13 +405,15 @@ def _after_marker(group: list[Record], key_marker: str, upload_id_marker: str,
         return [r for r in group if _place(r) > after]
     if not key_marker:
         return group
-    out = []
-    passed_marker = not upload_id_marker
-    for record in group:
-        if record["key"].encode() > key_marker.encode():
-            out.append(record)
-        elif record["key"] == key_marker and upload_id_marker:
-            if passed_marker:
-                out.append(record)
-            passed_marker = passed_marker or record["upload_id"] == upload_id_marker
-    return out
+    marker = key_marker.encode()
+    later = [r for r in group if r["key"].encode() > marker]
+    if not upload_id_marker:
+        return later
+    # the marker upload's place: its own while it is pending, else the one its id names
+    # (it may have been aborted or completed since the page that named it); an id of no
+    # known form keeps S3's rule, the uploads whose ids sort after it
+    place = next((_place(r) for r in group if r["key"] == key_marker and r["upload_id"] == upload_id_marker),
+                 None) or id_place(key_marker, upload_id_marker)
+    same = [r for r in group if r["key"] == key_marker
+            and (_place(r) > place if place is not None else r["upload_id"] > upload_id_marker)]
+    return same + later  # the group is in order, and `same` sorts before `later`

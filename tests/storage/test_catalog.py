@@ -546,3 +546,21 @@ def test_upload_listings_come_in_pages_in_s3_order(st: Stores) -> None:
         st.uploads.abort(BUCKET, upload["key"], upload["upload_id"])
     assert seen == [u["upload_id"] for u in whole]
     assert st.uploads.list_uploads(BUCKET) == []
+
+
+def test_an_upload_id_marker_keeps_its_place_once_its_upload_is_gone(st: Stores) -> None:
+    """A client that aborts each page of uploads before asking for the next names an
+    aborted upload as its marker: the next page starts where that upload was. Upload ids
+    sort as their uploads were initiated (storage.uploads.new_upload_id)."""
+    made = [st.uploads.create(BUCKET, "k", OWNER, {"headers": {}, "meta": {}}) for _ in range(4)]
+    made.append(st.uploads.create(BUCKET, "l", OWNER, {"headers": {}, "meta": {}}))
+    assert st.uploads.list_uploads(BUCKET) == made
+    assert [u["upload_id"] for u in made[:4]] == sorted(u["upload_id"] for u in made[:4])
+    page = st.uploads.list_uploads(BUCKET, limit=2)
+    for upload in page:
+        st.uploads.abort(BUCKET, upload["key"], upload["upload_id"])
+    rest = st.uploads.list_uploads(BUCKET, key_marker="k", upload_id_marker=page[-1]["upload_id"])
+    assert rest == made[2:]
+    # an id of no upload this store made: S3's rule, the key's uploads whose ids sort after it
+    assert st.uploads.list_uploads(BUCKET, key_marker="k", upload_id_marker="~") == made[4:]
+    assert st.uploads.list_uploads(BUCKET, key_marker="k", upload_id_marker="0") == made[2:]
