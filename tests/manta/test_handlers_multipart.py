@@ -180,3 +180,39 @@ def test_list_uploads_pages_with_and_without_a_delimiter(s3: InProcessS3, bucket
     assert list_uploads_pages(s3, bucket, delimiter="/", **{"max-uploads": "3"}) == [
         (["a"], ["d/", "e/"]), (["f", "f"], [])]
     assert list_uploads_pages(s3, bucket, prefix="d/", **{"max-uploads": "2"}) == [(["d/1", "d/2"], []), (["d/3"], [])]
+
+
+def test_aborting_each_page_of_uploads_before_the_next_lists_them_all(s3: InProcessS3, bucket: str) -> None:
+    """The cleanup loop of S3 tools: list a page, abort its uploads, ask for the next page
+    with the markers of the page just aborted."""
+    made = [create(s3, bucket, "k") for _ in range(5)]
+    seen: list[str] = []
+    markers: dict[str, str] = {}
+    while True:
+        assert len(seen) <= len(made), "the pages do not end"
+        page = xml(s3.request("GET", f"/{bucket}", query={"uploads": "", "max-uploads": "2", **markers}))
+        for upload_id in texts(page, "Upload/UploadId"):
+            seen.append(upload_id)
+            assert s3.request("DELETE", f"/{bucket}/k", query={"uploadId": upload_id}).status_code == 204
+        if texts(page, "IsTruncated") != ["true"]:
+            break
+        (key,), (upload_id,) = texts(page, "NextKeyMarker"), texts(page, "NextUploadIdMarker")
+        markers = {"key-marker": key, "upload-id-marker": upload_id}
+    assert seen == made  # in the order they were created
+
+
+def test_list_counts_of_zero_and_below(s3: InProcessS3, bucket: str) -> None:
+    """max-uploads and max-parts 0 answer an empty page that is not truncated (as max-keys
+    0: a truncated one would have a client ask for the same page for ever); below 0 is
+    InvalidArgument."""
+    upload_id = create(s3, bucket, "k")
+    upload(s3, bucket, "k", upload_id, 1, b"x")
+    empty = xml(s3.request("GET", f"/{bucket}", query={"uploads": "", "max-uploads": "0"}))
+    assert texts(empty, "Upload/Key") == [] and texts(empty, "IsTruncated") == ["false"]
+    empty = xml(s3.request("GET", f"/{bucket}/k", query={"uploadId": upload_id, "max-parts": "0"}))
+    assert texts(empty, "Part/PartNumber") == [] and texts(empty, "IsTruncated") == ["false"]
+    for path, query in ((f"/{bucket}", {"uploads": "", "max-uploads": "-1"}),
+                        (f"/{bucket}/k", {"uploadId": upload_id, "max-parts": "-1"}),
+                        (f"/{bucket}/k", {"uploadId": upload_id, "part-number-marker": "-5"})):
+        refused = s3.request("GET", path, query=query)
+        assert refused.status_code == 400 and error_code(refused) == "InvalidArgument", query

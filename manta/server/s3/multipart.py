@@ -296,10 +296,14 @@ async def abort_upload(req: S3Request) -> Response:
 
 
 def _int_param(req: S3Request, name: str, default: int) -> int:
+    """A count or marker parameter: an integer >= 0 (else InvalidArgument, as for max-keys)."""
     try:
-        return int(req.query.get(name, default))
+        value = int(req.query.get(name, default))
     except ValueError:
         raise s3e.InvalidArgument(f"{name} must be an integer.", ArgumentName=name) from None
+    if value < 0:
+        raise s3e.InvalidArgument(f"{name} must be >= 0.", ArgumentName=name)
+    return value
 
 
 async def list_parts(req: S3Request) -> Response:
@@ -311,7 +315,9 @@ def _list_parts(req: S3Request) -> Response:
     marker = _int_param(req, "part-number-marker", 0)
     max_parts = max(0, min(_int_param(req, "max-parts", 1000), 1000))
     parts = req.store.uploads.parts(upload["upload_id"], after=marker)
-    page, truncated = parts[:max_parts], len(parts) > max_parts
+    # max-parts 0 is an empty page that is not truncated (as max-keys 0): a truncated one
+    # would send a client after its next page for ever, from the same marker
+    page, truncated = parts[:max_parts], len(parts) > max_parts > 0
     body = [el("Bucket", req.bucket), el("Key", req.key), el("UploadId", upload["upload_id"]),
             _owner_xml("Initiator", upload["owner"]), _owner_xml("Owner", upload["owner"]),
             el("StorageClass", "STANDARD"), el("PartNumberMarker", marker),
@@ -348,7 +354,7 @@ def _list_uploads(req: S3Request) -> Response:
         if common is not None and (common in commons or common <= key_marker):
             continue  # rolled up into a prefix listed on this page or an earlier one
         if len(items) + len(commons) >= max_uploads:
-            truncated = True
+            truncated = max_uploads > 0  # max-uploads 0: an empty page, not truncated (as max-keys 0)
             break
         if common is not None:
             commons.append(common)
