@@ -40,6 +40,7 @@ from manta.server.s3.common import (
 )
 from manta.server.s3.context import S3Request
 from manta.server.s3.obj import (
+    byte_pos,
     check_conditions,
     parse_copy_source,
     read_copy_source,
@@ -150,11 +151,13 @@ def _copy_range(value: str | None, size: int) -> tuple[int, int]:
     unit, _, spec = value.partition("=")
     first, _, last = spec.partition("-")
     try:
-        start, end = int(first), int(last)
+        if unit != "bytes":
+            raise ValueError(unit)
+        start, end = byte_pos(first), byte_pos(last)
     except ValueError:
         raise s3e.InvalidArgument("The x-amz-copy-source-range value must be of the form bytes=first-last.",
                                   ArgumentName="x-amz-copy-source-range") from None
-    if unit != "bytes" or start < 0 or end < start or end >= size:
+    if end < start or end >= size:
         raise s3e.InvalidRange(RangeRequested=value, ActualObjectSize=str(size))
     return start, end - start + 1
 

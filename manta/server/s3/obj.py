@@ -294,6 +294,14 @@ def check_conditions(req: S3Request, record: dict[str, Any], prefix: str = "if-"
     return None
 
 
+def byte_pos(text: str) -> int:
+    """A range's byte position: ASCII digits only, as RFC 9110 has it (int() would also
+    take "+1", " 1", "1_0" and other scripts' digits); ValueError otherwise."""
+    if not (text.isascii() and text.isdigit()):
+        raise ValueError(f"not a byte position: {text!r}")
+    return int(text)
+
+
 def _parse_range(value: str, size: int) -> tuple[int, int] | None:
     """(start, length) for a satisfiable single range; None to ignore (a malformed or
     multi-range header, or a suffix range of an empty object: the whole empty body, as
@@ -307,15 +315,15 @@ def _parse_range(value: str, size: int) -> tuple[int, int] | None:
         return None
     try:
         if first == "":
-            n = int(last)
+            n = byte_pos(last)
             if n <= 0:
                 raise s3e.InvalidRange(RangeRequested=value, ActualObjectSize=str(size))
             return (max(0, size - n), min(n, size)) if size else None
-        start = int(first)
-        end = int(last) if last else None
+        start = byte_pos(first)
+        end = byte_pos(last) if last else None
     except ValueError:
         return None
-    if start < 0 or (end is not None and end < start):
+    if end is not None and end < start:
         return None
     if start >= size:
         raise s3e.InvalidRange(RangeRequested=value, ActualObjectSize=str(size))
