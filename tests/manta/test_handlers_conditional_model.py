@@ -51,6 +51,7 @@ import pytest
 from manta.server.s3 import multipart as multipart_module
 from manta.server.s3 import obj as obj_module
 from tests.inprocess import NS, InProcessS3, error_code, xml
+from tests.manta.walk import Checks
 
 KEYS = ("a", "b", "dir/c", "d e", "mp")
 SIZES = (0, 1, 2, 10, 1000, 100_000)  # 100 000: past the server's in-memory paths (64 KiB)
@@ -61,7 +62,6 @@ ZERO_ETAG = '"' + "0" * 32 + '"'
 FAR_PAST = 631152000  # Mon, 01 Jan 1990 00:00:00 GMT
 FAR_FUTURE = 4102444800  # Fri, 01 Jan 2100 00:00:00 GMT
 INVALID_DATES = ("not a date", "Sun, 32 Nov 2020 00:00:00 GMT", "Tue, 01 Foo 2020 00:00:00 GMT", "yesterday")
-HISTORY_TAIL = 20
 
 DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 LONG_DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
@@ -303,7 +303,7 @@ class SteppedClock:
 
 
 @dataclass
-class Run:
+class Run(Checks):
     """One seeded run against one bucket: random operations, each checked against the model."""
 
     s3: InProcessS3
@@ -323,19 +323,9 @@ class Run:
 
     # -- plumbing --
 
-    def fail(self, what: str) -> None:
-        tail = "\n".join(self.history[-HISTORY_TAIL:])
+    def state(self) -> str:
         model = {k: (len(o.body), o.etag, o.modified) for k, o in sorted(self.objects.items())}
-        raise AssertionError(f"seed={self.seed} step={self.step}: {what}\nmodel: {model}\n"
-                             f"last {min(HISTORY_TAIL, len(self.history))} requests:\n{tail}")
-
-    def expect(self, ok: bool, what: str) -> None:
-        if not ok:
-            self.fail(what)
-
-    def equal(self, got: object, want: object, what: str) -> None:
-        if got != want:
-            self.fail(f"{what}: got {got!r}, S3 would answer {want!r}")
+        return f"model: {model}"
 
     def send(self, method: str, key: str, *, body: bytes = b"", query: Mapping[str, str] | None = None,
              headers: Mapping[str, str] | None = None) -> httpx.Response:

@@ -56,7 +56,6 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import NoReturn
 
 import httpx
 import pytest
@@ -64,7 +63,8 @@ import pytest
 from storage.objects import MAX_DIRECT, ObjectStore
 from storage.versions import DIRECT_MAX
 from tests.inprocess import NS, InProcessS3, xml
-from tests.manta.test_handlers_model import long_keys, shown
+from tests.manta.test_handlers_model import long_keys
+from tests.manta.walk import Checks, shown
 
 KEYS = ("a", "a/", "a/b", "a/b/c", "a-b", "a-b-c", "ab", "abab", "ab/c", "b", "b é/x", "é",
         "éa/1", "z", "a+b", "a%2Fb", "\ufb01x", "\U0001f600/1")
@@ -73,7 +73,6 @@ DELIMITERS = ("", "/", "/", "-", "é", "ab", "-b-")
 MAX_KEYS = (0, 1, 1, 2, 2, 3, 5, 1000)
 SUFFIXES = ("", "!", "0", "~", "/", "é", "\U0001f600")
 FULL_CHECK_EVERY = 25
-HISTORY_TAIL = 25
 LISTING_TIMEOUT_S = 3.0  # a listing here takes milliseconds
 
 # An entry of a listing: ("key", key) or ("prefix", common prefix).
@@ -198,7 +197,7 @@ class Page:
         return sorted(both, key=lambda item: utf8(item[1]))
 
 
-class Run:
+class Run(Checks):
     """One seeded run against one unversioned bucket: random writes and listings, each
     listing checked page by page against the model."""
 
@@ -223,19 +222,8 @@ class Run:
 
     # -- plumbing --
 
-    def fail(self, what: str) -> NoReturn:
-        tail = "\n".join(self.history[-HISTORY_TAIL:])
-        raise AssertionError(f"seed={self.seed} step={self.step}: {shown(what)}\n"
-                             f"keys held: {shown(repr(sorted(self.model.objects, key=utf8)))}\n"
-                             f"last {min(HISTORY_TAIL, len(self.history))} requests:\n{tail}")
-
-    def expect(self, ok: bool, what: str) -> None:
-        if not ok:
-            self.fail(what)
-
-    def equal(self, got: object, want: object, what: str) -> None:
-        if got != want:
-            self.fail(f"{what}: got {got!r}, S3 would answer {want!r}")
+    def state(self) -> str:
+        return f"keys held: {shown(repr(sorted(self.model.objects, key=utf8)))}"
 
     def send(self, method: str, key: str | None, *, body: bytes = b"",
              query: Mapping[str, str] | None = None) -> httpx.Response:

@@ -28,7 +28,6 @@ the operation history, so it can be replayed.
 from __future__ import annotations
 
 import random
-import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ import pytest
 from storage.objects import MAX_DIRECT
 from storage.versions import DIRECT_MAX
 from tests.inprocess import NS, InProcessS3, error_code, texts, xml
+from tests.manta.walk import Checks, shown
 
 ENABLED = b"<VersioningConfiguration><Status>Enabled</Status></VersioningConfiguration>"
 SUSPENDED = b"<VersioningConfiguration><Status>Suspended</Status></VersioningConfiguration>"
@@ -51,7 +51,6 @@ PREFIXES = ("", "a", "a/", "b", "é")
 DELIMITERS = ("", "/")
 MAX_KEYS = (1, 2, 3, 1000)
 FULL_CHECK_EVERY = 10
-HISTORY_TAIL = 25
 
 
 def long_keys(bucket: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -66,11 +65,6 @@ def long_keys(bucket: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
             ostem, ostem + "/z", ostem + "y", ostem + "yy/w", "é/1")
     prefixes = ("", "L/", stem[:-1], stem, stem + "1", ostem, ostem + "y")
     return keys, prefixes
-
-
-def shown(text: str) -> str:
-    """`text` with long runs of one character abbreviated ("x{458}"): long keys stay readable."""
-    return re.sub(r"(.)\1{15,}", lambda m: f"{m[1]}{{{len(m[0])}}}", text)
 
 
 # An item of a listing, as the model and the parsed pages both spell it:
@@ -213,19 +207,10 @@ def version_entries(root: ET.Element) -> list[tuple[str, Item]]:
     return out
 
 
-def _difference(got: list[Item], want: list[Item]) -> str:
-    """Where two listings part, with a few entries of context (whole lists are long)."""
-    at = next((i for i, (g, w) in enumerate(zip(got, want, strict=False)) if g != w), min(len(got), len(want)))
-    lo = max(0, at - 2)
-    return (f"  {len(got)} entries, S3 would answer {len(want)}; first difference at entry {at}\n"
-            f"  got   [{lo}:]: {got[lo:at + 3]}\n"
-            f"  model [{lo}:]: {want[lo:at + 3]}")
-
-
 # -- the run -----------------------------------------------------------------------------
 
 
-class Run:
+class Run(Checks):
     """One seeded run against one bucket: random operations, each checked against the model."""
 
     def __init__(self, s3: InProcessS3, bucket: str, seed: int, steps: int, versioned: bool,
@@ -246,22 +231,8 @@ class Run:
 
     # -- plumbing --
 
-    def fail(self, what: str) -> None:
-        tail = "\n".join(self.history[-HISTORY_TAIL:])
-        raise AssertionError(f"seed={self.seed} step={self.step}: {shown(what)}\n"
-                             f"model status={self.model.status}\n"
-                             f"last {min(HISTORY_TAIL, len(self.history))} requests:\n{tail}")
-
-    def expect(self, ok: bool, what: str) -> None:
-        if not ok:
-            self.fail(what)
-
-    def equal(self, got: object, want: object, what: str) -> None:
-        if got == want:
-            return
-        if isinstance(got, list) and isinstance(want, list):
-            self.fail(f"{what}:\n{_difference(got, want)}")
-        self.fail(f"{what}: got {got!r}, S3 would answer {want!r}")
+    def state(self) -> str:
+        return f"model status={self.model.status}"
 
     def send(self, method: str, key: str | None, *, body: bytes = b"",
              query: Mapping[str, str] | None = None) -> httpx.Response:

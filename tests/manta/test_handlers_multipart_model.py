@@ -63,7 +63,8 @@ import pytest
 from storage import MIN_PART_SIZE
 from storage.uploads import INDEX_KEY_BYTES
 from tests.inprocess import NS, InProcessS3, error_code, texts, xml
-from tests.manta.test_handlers_model import Item, _difference, _merged, shown, utf8
+from tests.manta.test_handlers_model import Item, _merged, utf8
+from tests.manta.walk import Checks, shown
 
 KEYS = ("a", "a/", "a/b", "a/c", "ab", "b", "é/1")
 PREFIXES = ("", "a", "a/", "b", "é", "é/")
@@ -73,7 +74,6 @@ MAX_PARTS = (1, 2, 1000)
 PART_NUMBERS = (1, 2, 3, 7, 10000)
 PART_MARKERS = (1, 2, 5, 9999)  # a ListParts started after one of these
 FULL_CHECK_EVERY = 10
-HISTORY_TAIL = 25
 
 
 def long_keys(bucket: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -216,7 +216,7 @@ def _code_of(response: httpx.Response) -> str:
     return f" {found[1].decode()}" if found else ""
 
 
-class Run:
+class Run(Checks):
     """One seeded run against one bucket: random operations, each checked against the model."""
 
     def __init__(self, s3: InProcessS3, bucket: str, seed: int, steps: int,
@@ -238,23 +238,9 @@ class Run:
 
     # -- plumbing --
 
-    def fail(self, what: str) -> None:
-        tail = "\n".join(self.history[-HISTORY_TAIL:])
+    def state(self) -> str:
         pending = ", ".join(f"{u.label}:{u.key}{sorted(u.parts)}" for u in self.model.uploads)
-        raise AssertionError(f"seed={self.seed} step={self.step}: {shown(what)}\n"
-                             f"model: pending uploads [{shown(pending)}]; objects {shown(str(sorted(self.model.objects)))}\n"
-                             f"last {min(HISTORY_TAIL, len(self.history))} requests:\n{tail}")
-
-    def expect(self, ok: bool, what: str) -> None:
-        if not ok:
-            self.fail(what)
-
-    def equal(self, got: object, want: object, what: str) -> None:
-        if got == want:
-            return
-        if isinstance(got, list) and isinstance(want, list):
-            self.fail(f"{what}:\n{_difference(got, want)}")
-        self.fail(f"{what}: got {got!r}, S3 would answer {want!r}")
+        return f"model: pending uploads [{shown(pending)}]; objects {shown(str(sorted(self.model.objects)))}"
 
     def named(self, text: str) -> str:
         """`text` with upload ids replaced by their labels."""
