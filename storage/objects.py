@@ -437,20 +437,20 @@ class ObjectStore:
         """Replace the object's ACL (the S3 layer checked it)."""
         self._set_field(bucket, key, "acl", acl)
 
-    def set_tags(self, bucket: Bucket, key: str, tags: dict[str, str], vid: str | None = None) -> None:
+    def set_tags(self, bucket: Bucket, key: str, tags: dict[str, str], vid: str | None = None) -> Record:
         """Replace the tags of the object (or of its version `vid`; {}: none; the S3 layer
-        checked them)."""
-        self._set_field(bucket, key, "tags", tags or None, vid)
+        checked them); returns the record as written."""
+        return self._set_field(bucket, key, "tags", tags or None, vid)
 
-    def _set_field(self, bucket: Bucket, key: str, attr: str, value: Any, vid: str | None = None) -> None:
+    def _set_field(self, bucket: Bucket, key: str, attr: str, value: Any, vid: str | None = None) -> Record:
         """Set (None: drop) one field of the key's current record (or of its version
-        `vid`), against the bucket ref."""
+        `vid`), against the bucket ref; returns the record as written."""
 
         def change(record: Record) -> Record:
             kept = {k: v for k, v in record.items() if k != attr}
             return kept if value is None else {**kept, attr: value}
 
-        self.update_version(bucket, key, vid, change)
+        return self.update_version(bucket, key, vid, change)
 
     def update_version(self, bucket: Bucket, key: str, vid: str | None,
                        change: Any, needs_lock: bool = False) -> Record:

@@ -345,7 +345,7 @@ class Run(Checks):
             if method == "GET":
                 self.equal(response.content, held.body, f"{what}: body")
             self.equal(response.headers.get("content-length"), str(len(held.body)), f"{what}: content-length")
-            self.equal(response.headers.get("x-amz-version-id"), vid, f"{what}: x-amz-version-id")
+            self.expect_version_header(response, vid, what)
 
     def set_versioning(self, status: str) -> None:
         response = self.send("PUT", None, body=STATUS_BODIES[status], query={"versioning": ""})

@@ -20,6 +20,7 @@ from storage import BlobMeta, BlobReader, BucketRef, ReplicatedWriter, Store
 from storage.engine import EngineUnavailable
 from storage.errors import NoSuchBlob
 from storage.threads import ProcessPool
+from storage.versions import NULL
 
 STORED_HEADERS = ("content-type", "content-encoding", "content-disposition",
                   "content-language", "cache-control", "expires")
@@ -74,8 +75,22 @@ def object_record(req: S3Request, txn: Any = None) -> dict[str, Any]:
     return req.store.objects.get(owned_ref(req, txn=txn), req.key, txn)
 
 
+# S3's storage classes: a write may name any (every object is stored alike, and answers
+# STANDARD); another name is InvalidStorageClass, as in S3
+STORAGE_CLASSES = frozenset(("STANDARD", "REDUCED_REDUNDANCY", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING",
+                             "GLACIER", "DEEP_ARCHIVE", "OUTPOSTS", "GLACIER_IR", "SNOW", "EXPRESS_ONEZONE"))
+
+
+def check_storage_class(req: S3Request) -> None:
+    storage_class = req.header("x-amz-storage-class")
+    if storage_class is not None and storage_class not in STORAGE_CLASSES:
+        raise s3e.InvalidStorageClass(StorageClassRequested=storage_class)
+
+
 def request_headers(req: S3Request) -> tuple[dict[str, str], dict[str, str]]:
-    """(stored standard headers, user metadata) from a PUT/POST/COPY request."""
+    """(stored standard headers, user metadata) from a PUT/POST/COPY request (whose
+    storage class, if named, must be one of S3's)."""
+    check_storage_class(req)
     headers = {}
     for name in STORED_HEADERS:
         value = req.header(name)
@@ -212,6 +227,13 @@ async def _until_done(future: asyncio.Future[Any]) -> None:
 
 
 MAX_PART_NUMBER = 10000
+
+
+def version_header(record: dict[str, Any]) -> dict[str, str]:
+    """`x-amz-version-id` of a record written in a versioned bucket (null: suspended)."""
+    if "vid" in record:
+        return {"x-amz-version-id": record["vid"]}
+    return {"x-amz-version-id": NULL} if "vsk" in record else {}
 
 
 def requested_version(req: S3Request) -> str | None:

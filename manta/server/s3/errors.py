@@ -104,6 +104,7 @@ ImageBuildFailed = _error("ImageBuildFailed", 400, "The task image could not be 
 BadRequest = _error("BadRequest", 400, "Bad Request")
 InvalidRange = _error("InvalidRange", 416, "The requested range is not satisfiable")
 InvalidRequest = _error("InvalidRequest", 400, "Invalid Request")
+InvalidStorageClass = _error("InvalidStorageClass", 400, "The storage class you specified is not valid")
 KeyTooLongError = _error("KeyTooLongError", 400, "Your key is too long")
 MalformedACLError = _error(
     "MalformedACLError", 400, "The XML you provided was not well-formed or did not validate against our published schema."

@@ -41,6 +41,7 @@ from manta.server.s3.common import (
     Opened,
     abandon_blobs,
     catalog_write,
+    check_storage_class,
     checksum_headers,
     commit_blob,
     free_blobs,
@@ -59,6 +60,7 @@ from manta.server.s3.common import (
     requested_version,
     source_ref,
     stream_opened,
+    version_header,
     xml_response,
 )
 from manta.server.s3.context import S3Request, copy_source_path, copy_source_version, validate_key
@@ -142,13 +144,6 @@ async def put_object(req: S3Request) -> Response:
     await free_blobs(req, freed)
     out = {"etag": f'"{record["etag"]}"', **checksum_headers(record), **version_header(record)}
     return Response(b"", headers=out)
-
-
-def version_header(record: dict[str, Any]) -> dict[str, str]:
-    """`x-amz-version-id` of a record written in a versioned bucket (null: suspended)."""
-    if "vid" in record:
-        return {"x-amz-version-id": record["vid"]}
-    return {"x-amz-version-id": NULL} if "vsk" in record else {}
 
 
 def _version_record(req: S3Request, vid: str, txn: Any) -> dict[str, Any]:
@@ -419,7 +414,10 @@ def _find_in(req: S3Request, head: bool, open_blobs: bool, txn: Any) -> Response
     vid = requested_version(req)
     record = _current_record(req, txn) if vid is None else _version_record(req, vid, txn)
     headers = object_headers(record)
-    headers.update(version_header(record) if vid is None else {"x-amz-version-id": vid})
+    if vid is None:
+        headers.update(version_header(record))
+    elif vid != NULL or req.store.catalog.buckets.get(req.bucket, txn).versioning is not None:
+        headers["x-amz-version-id"] = vid  # the null version names itself where versioning ever was
     headers.update(tagging.count_header(req, record))
     if "lock_mode" in record or "legal_hold" in record:
         headers.update(objectlock.response_headers(req, record))
@@ -530,13 +528,15 @@ def _copy(req: S3Request) -> tuple[dict[str, Any], list[str], dict[str, Any]]:
     directive = req.header("x-amz-metadata-directive", "COPY").upper()
     if directive not in ("COPY", "REPLACE"):
         raise s3e.InvalidArgument("Unknown metadata directive.", ArgumentName="x-amz-metadata-directive")
+    check_storage_class(req)
     update: dict[str, Any] = {"mtime": time.time(), "acl": acl.from_request(req, on_object=True),
                               **objectlock.from_headers(req)}
     tags = tagging.replaced_tags(req)
     update["tags"] = tagging.copied_tags(req, src_bucket, src_key, source) if tags is None else tags
     if directive == "REPLACE":
         update["headers"], update["meta"] = request_headers(req)
-    elif src_bucket == req.bucket and src_key == req.key and copy_source_version(req) is None:
+    elif (src_bucket == req.bucket and src_key == req.key and copy_source_version(req) is None
+          and req.header("x-amz-storage-class") is None):  # naming a storage class is a change to S3
         raise s3e.InvalidRequest(
             "This copy request is illegal because it is trying to copy an object to itself "
             "without changing the object's metadata, storage class, website redirect location "

@@ -45,10 +45,13 @@ from manta.server.s3.common import (
     owned_ref,
     read_catalog,
     requested_version,
+    version_header,
     xml_response,
 )
 from manta.server.s3.context import S3Request
 from manta.server.s3.xmlio import child_text, children, document, el, parse
+from storage import errors as se
+from storage.versions import version_id
 
 __all__ = ["count_header", "delete_bucket_tagging", "delete_object_tagging", "from_header",
            "get_bucket_tagging", "get_object_tagging", "put_bucket_tagging", "put_object_tagging",
@@ -173,35 +176,54 @@ async def _body_tags(req: S3Request, limit: int, what: str) -> Tags:
 
 # -- objects ---------------------------------------------------------------------------
 
+def _no_current(req: S3Request, txn: Any = None) -> se.StorageError:
+    """What a tagging request on a key without a current object is: a key whose latest
+    version is a delete marker answers 405 MethodNotAllowed with the marker's headers, as
+    S3 does (tags belong to object versions, and a marker is none); else NoSuchKey."""
+    marker = req.store.objects.latest_marker(req.bucket, req.key, txn)
+    if marker is None:
+        return se.NoSuchKey(req.bucket, req.key)
+    return se.DeleteMarker(req.bucket, req.key, version_id(marker), marker["mtime"], latest=False)
+
+
 def _tagged_record(req: S3Request) -> dict[str, Any]:
     vid = requested_version(req)
-    if vid is None:
-        return object_record(req)
     with req.store.catalog.read() as txn:
-        return req.store.objects.get_version(owned_ref(req, txn=txn), req.key, vid, txn)
+        if vid is not None:
+            return req.store.objects.get_version(owned_ref(req, txn=txn), req.key, vid, txn)
+        try:
+            return object_record(req, txn)
+        except se.NoSuchKey:
+            raise _no_current(req, txn) from None
 
 
-def _version_headers(req: S3Request) -> dict[str, str]:
+async def _set_tags(req: S3Request, tags: Tags) -> dict[str, str]:
+    """Replace the tags of the request's object (version); the version header it names."""
+    bucket = await owned_bucket(req)
     vid = requested_version(req)
-    return {} if vid is None else {"x-amz-version-id": vid}
+    try:
+        record = await in_thread(req.store.objects.set_tags, bucket, req.key, tags, vid)
+    except se.NoSuchKey:
+        if vid is not None:
+            raise
+        raise await in_thread(_no_current, req) from None
+    return {"x-amz-version-id": vid} if vid is not None else version_header(record)
 
 
 async def put_object_tagging(req: S3Request) -> Response:
-    bucket = await owned_bucket(req)
     tags = await _body_tags(req, MAX_OBJECT_TAGS, "Object")
-    await in_thread(req.store.objects.set_tags, bucket, req.key, tags, requested_version(req))
-    return Response(b"", headers=_version_headers(req))
+    return Response(b"", headers=await _set_tags(req, tags))
 
 
 async def get_object_tagging(req: S3Request) -> Response:
     record = await read_catalog(req.store, _tagged_record, req)
-    return xml_response(tagging_xml(record.get("tags") or {}), headers=_version_headers(req))
+    vid = requested_version(req)
+    return xml_response(tagging_xml(record.get("tags") or {}),
+                        headers={"x-amz-version-id": vid} if vid is not None else version_header(record))
 
 
 async def delete_object_tagging(req: S3Request) -> Response:
-    bucket = await owned_bucket(req)
-    await in_thread(req.store.objects.set_tags, bucket, req.key, {}, requested_version(req))
-    return Response(b"", status_code=204, headers=_version_headers(req))
+    return Response(b"", status_code=204, headers=await _set_tags(req, {}))
 
 
 # -- buckets ---------------------------------------------------------------------------
