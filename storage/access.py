@@ -79,12 +79,16 @@ CANNED: dict[str, frozenset[Grant]] = {
 # the ACL permission that allows an action: on the bucket's ACL, or on the object's
 BUCKET_ACL_PERMISSION = {
     "s3:ListBucket": "READ", "s3:ListBucketVersions": "READ", "s3:ListBucketMultipartUploads": "READ",
-    "s3:PutObject": "WRITE", "s3:DeleteObject": "WRITE", "s3:DeleteObjectVersion": "WRITE",
+    # WRITE lets a grantee delete objects but not versions: S3 allows s3:DeleteObjectVersion
+    # by a bucket WRITE grant only to the bucket's owner (who may anyway), so no grant
+    # lets another destroy a versioned bucket's history
+    "s3:PutObject": "WRITE", "s3:DeleteObject": "WRITE",
     "s3:AbortMultipartUpload": "WRITE", "s3:ListMultipartUploadParts": "WRITE",
     "s3:GetBucketAcl": "READ_ACP", "s3:PutBucketAcl": "WRITE_ACP",
 }
 OBJECT_ACL_PERMISSION = {
     "s3:GetObject": "READ", "s3:GetObjectVersion": "READ", "s3:GetObjectAttributes": "READ",
+    "s3:GetObjectVersionAttributes": "READ",
     "s3:GetObjectAcl": "READ_ACP", "s3:PutObjectAcl": "WRITE_ACP",
 }
 # the condition keys a request's context keeps for the reads made later on its behalf: those

@@ -262,6 +262,12 @@ def _strings(value: Any, what: str) -> tuple[str, ...]:
     return tuple(items)
 
 
+# what a principal with a wildcard in it (other than `*` alone: "arn:aws:iam::*:root")
+# stands for in a stored policy: S3 refuses such a principal (MalformedPolicy, `check_keys`
+# at PutBucketPolicy); one stored before that check binds as the worst case (`_statement`)
+WILD_PRINCIPAL = "\0wildcard"
+
+
 def _principals(value: Any) -> tuple[str, ...]:
     if value == ANYONE:
         return (ANYONE,)
@@ -274,8 +280,22 @@ def _principals(value: Any) -> tuple[str, ...]:
         for text in _strings(given, "Principal"):
             if kind in ("Service", "Federated"):
                 continue  # no such principals sign requests here: they never match
-            names.append(ANYONE if text == ANYONE else principal_name(text))
+            if text == ANYONE:
+                names.append(ANYONE)
+            else:  # a wildcard inside a name is no principal (it was read as `*`: anyone)
+                names.append(WILD_PRINCIPAL if "*" in text or "?" in text else principal_name(text))
     return tuple(names)
+
+
+def _bound_principals(principals: tuple[str, ...], effect: str, not_principal: bool) -> tuple[str, ...]:
+    """A stored statement's WILD_PRINCIPALs as they bind at worst: anyone where that makes
+    the statement deny more or allow less (a Deny's Principal, an Allow's NotPrincipal),
+    else no one."""
+    if WILD_PRINCIPAL not in principals:
+        return principals
+    if (effect == DENY) != not_principal:
+        return tuple(ANYONE if p == WILD_PRINCIPAL else p for p in principals)
+    return tuple(p for p in principals if p != WILD_PRINCIPAL)
 
 
 def _actions(value: Any) -> tuple[str, ...]:
@@ -366,7 +386,8 @@ def _statement(raw: Any, bucket: str) -> Statement:
         raise PolicyError("Sid must be a string")
     return Statement(
         effect=effect,
-        principals=_principals(raw.get("Principal", raw.get("NotPrincipal"))),
+        principals=_bound_principals(_principals(raw.get("Principal", raw.get("NotPrincipal"))), effect,
+                                     "NotPrincipal" in raw),
         actions=_actions(raw.get("Action", raw.get("NotAction"))),
         resources=_resources(raw.get("Resource", raw.get("NotResource")), bucket),
         conditions=_conditions(raw["Condition"]) if "Condition" in raw else (),
@@ -401,11 +422,14 @@ def parse_policy(text: bytes, bucket: str) -> Policy:
 
 def check_keys(text: bytes) -> None:
     """PolicyError for a condition on a key no request's context holds (CONDITION_KEYS), as
-    S3 refuses a key it does not know: `parse_policy` has read such a statement for the
+    S3 refuses a key it does not know, and for a principal with a wildcard in it (other
+    than `*` alone), as S3 refuses one: `parse_policy` has read such a statement for the
     worst case, which is not what its author meant. For a document `parse_policy` took."""
     doc = json.loads(text)
     raw = doc["Statement"] if isinstance(doc["Statement"], list) else [doc["Statement"]]
     for statement in raw:
+        if WILD_PRINCIPAL in _principals(statement.get("Principal", statement.get("NotPrincipal"))):
+            raise PolicyError("Invalid principal in policy")
         for block in (statement.get("Condition") or {}).values():
             for key in block:
                 if key.lower() not in CONDITION_KEYS:

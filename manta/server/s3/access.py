@@ -115,6 +115,15 @@ def action_of(req: S3Request) -> str:
     return BUCKET_ACTIONS.get((req.method, sub), "s3:ListBucket" if req.method in ("GET", "HEAD") else "s3:PutBucketAcl")
 
 
+def attribute_actions(record: BucketRecord) -> tuple[str, str]:
+    """What GetObjectAttributes needs, as S3 has it: it answers what a GET would (ETag,
+    size, checksums), so a Deny of the GET binds it too; in a versioned bucket the
+    version forms of both."""
+    if record.versioning is not None:
+        return "s3:GetObjectVersionAttributes", "s3:GetObjectVersion"
+    return "s3:GetObjectAttributes", "s3:GetObject"
+
+
 def context_of(req: S3Request) -> dict[str, str]:
     """The request's condition keys (lower-cased names)."""
     context = {"aws:securetransport": "true" if req.secure else "false", **time_keys()}
@@ -135,7 +144,9 @@ def context_of(req: S3Request) -> dict[str, str]:
     for header in HEADER_KEYS:
         if header in req.headers:
             context["s3:" + header] = req.headers[header]
-    if not req.key:
+    if not req.key and req.method == "GET" and subresource_of(req) in ("", "versions"):
+        # listings only (ListObjects, ListObjectVersions), as in S3: any other request could
+        # add ?prefix= to meet a condition on s3:prefix (or to escape a Deny that names one)
         for name in LIST_KEYS:
             if name in req.query:
                 context["s3:" + name] = req.query[name]
@@ -219,7 +230,10 @@ def authorize(req: S3Request, record: BucketRecord, txn: Any = None) -> None:
     if req.method == "POST" and not req.key and subresource_of(req) == "delete":
         req.access = _settings(req, record, txn)  # DeleteObjects: each key is checked (`may`)
         return
-    _check(req, record, txn, action_of(req), req.key or None, req.query.get("versionId") if req.key else None)
+    action = action_of(req)
+    vid = req.query.get("versionId") if req.key else None
+    for needed in attribute_actions(record) if action == "s3:GetObjectAttributes" else (action,):
+        _check(req, record, txn, needed, req.key or None, vid)
 
 
 def authorize_source(req: S3Request, record: BucketRecord, key: str, action: str = "s3:GetObject",

@@ -160,6 +160,9 @@ def _current_record(req: S3Request, txn: Any) -> dict[str, Any]:
     except se.NoSuchKey:
         marker = req.store.objects.latest_marker(req.bucket, req.key, txn)
         if marker is None:
+            if not access.may(req, "s3:ListBucket", None):
+                # as S3: a caller who may not list the bucket is not told a key is absent
+                raise s3e.AccessDenied() from None
             raise
         raise se.DeleteMarker(req.bucket, req.key, version_id(marker), marker["mtime"], latest=True) from None
 
