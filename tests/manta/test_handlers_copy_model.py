@@ -709,18 +709,7 @@ class Run(Checks):
 
     def run(self) -> int:
         """Run the walk; returns the number of requests checked."""
-        ops = self.operations()
-        weights = [w for w, _ in ops]
-        for step in range(1, self.steps + 1):
-            self.step = step
-            while True:
-                _, op = self.rng.choices(ops, weights)[0]
-                if op():
-                    break
-            if step % FULL_CHECK_EVERY == 0:
-                self.full_check()
-        self.step = self.steps + 1
-        self.full_check()
+        self.take_steps(self.operations(), self.steps, FULL_CHECK_EVERY, self.full_check)
         return self.requests
 
 

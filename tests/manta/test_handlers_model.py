@@ -481,18 +481,7 @@ class Run(Checks):
 
     def run(self) -> int:
         """Run the walk; returns the number of requests checked."""
-        ops = self.operations()
-        weights = [w for w, _ in ops]
-        for step in range(1, self.steps + 1):
-            self.step = step
-            while True:
-                _, op = self.rng.choices(ops, weights)[0]
-                if op():
-                    break
-            if self.step % FULL_CHECK_EVERY == 0:
-                self.full_check()
-        self.step = self.steps + 1
-        self.full_check()
+        self.take_steps(self.operations(), self.steps, FULL_CHECK_EVERY, self.full_check)
         if not self.versioned:
             self.equal(self.model.status, None, "the bucket stayed unversioned")
             self.equal(texts(xml(self.send("GET", None, query={"versioning": ""})), "Status"), [],

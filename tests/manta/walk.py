@@ -4,8 +4,9 @@ failure can be replayed; and the helpers that keep those messages readable."""
 
 from __future__ import annotations
 
+import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 HISTORY_TAIL = 25  # requests a failure message shows
@@ -25,13 +26,33 @@ def difference(got: Sequence[object], want: Sequence[object]) -> str:
             f"  model [{lo}:]: {want[lo:at + 3]}")
 
 
+# (weight, operation); an operation answers False when it had nothing to act on
+Operations = list[tuple[int, Callable[[], bool]]]
+
+
 class Checks:
-    """A walk's checks (a mixin: the walk sets `seed`, `step` and `history`, one line per
-    request sent, and may say more of its model in `state`)."""
+    """A walk's checks and steps (a mixin: the walk sets `seed`, `rng`, `step` and
+    `history`, one line per request sent, and may say more of its model in `state`)."""
 
     seed: int
+    rng: random.Random
     step: int
     history: list[str]
+
+    def take_steps(self, ops: Operations, steps: int, full_every: int, full_check: Callable[[], None]) -> None:
+        """`steps` random operations (drawn by weight until one acts), a `full_check`
+        every `full_every` of them and one at the end (step steps + 1)."""
+        weights = [w for w, _ in ops]
+        for step in range(1, steps + 1):
+            self.step = step
+            while True:
+                _, op = self.rng.choices(ops, weights)[0]
+                if op():
+                    break
+            if step % full_every == 0:
+                full_check()
+        self.step = steps + 1
+        full_check()
 
     def state(self) -> str:
         """The model's state worth seeing in a failure ("" for none)."""
