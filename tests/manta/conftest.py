@@ -19,3 +19,13 @@ def s3(tmp_path: Path) -> Iterator[InProcessS3]:
 def bucket(s3: InProcessS3) -> str:
     s3.create_bucket("bkt")
     return "bkt"
+
+
+@pytest.fixture
+def pg_s3(tmp_path: Path, pg_url: str) -> Iterator[InProcessS3]:
+    """The app over a catalog in PostgreSQL, with the bucket "bkt": for the model walks
+    (test_handlers_*model.py), since that engine's scans, listings and upload index are
+    other code than LMDB's."""
+    with InProcessS3(tmp_path, catalog=pg_url) as s3:
+        s3.create_bucket("bkt")
+        yield s3

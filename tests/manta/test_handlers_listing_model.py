@@ -54,7 +54,6 @@ import urllib.parse
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import FrameType
 
 import httpx
@@ -514,14 +513,6 @@ def test_long_keys_listing_walk_matches_model(s3: InProcessS3, bucket: str, seed
               markers=markers)
     assert run.run() > 50
 
-
-@pytest.fixture
-def pg_s3(tmp_path: Path, pg_url: str) -> Iterator[InProcessS3]:
-    """The app over a catalog in PostgreSQL, whose scans with a delimiter are other code
-    (storage/engine_pg_skip.py)."""
-    with InProcessS3(tmp_path, catalog=pg_url) as s3:
-        s3.create_bucket("bkt")
-        yield s3
 
 
 @pytest.mark.parametrize("seed", [21])

@@ -29,9 +29,8 @@ from __future__ import annotations
 
 import random
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
 import pytest
@@ -504,14 +503,6 @@ def test_long_keys_walk_matches_model(s3: InProcessS3, bucket: str, seed: int) -
     keys, prefixes = long_keys(bucket)
     assert Run(s3, bucket, seed, steps=250, versioned=True, keys=keys, prefixes=prefixes).run() > 250
 
-
-@pytest.fixture
-def pg_s3(tmp_path: Path, pg_url: str) -> Iterator[InProcessS3]:
-    """The app over a catalog in PostgreSQL: its listings are other code (one recursive
-    statement per page of groups, storage/engine_pg.py), so they get walks of their own."""
-    with InProcessS3(tmp_path, catalog=pg_url) as s3:
-        s3.create_bucket("bkt")
-        yield s3
 
 
 @pytest.mark.parametrize("seed", [21, 22])

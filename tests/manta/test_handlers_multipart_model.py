@@ -53,9 +53,8 @@ import random
 import re
 import xml.etree.ElementTree as ET
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
 import pytest
@@ -679,13 +678,6 @@ def test_long_keys_multipart_walk_matches_model(s3: InProcessS3, bucket: str, se
     keys, prefixes = long_keys(bucket)
     assert Run(s3, bucket, seed, steps=200, keys=keys, prefixes=prefixes).run() > 200
 
-
-@pytest.fixture
-def pg_s3(tmp_path: Path, pg_url: str) -> Iterator[InProcessS3]:
-    """The app over a catalog in PostgreSQL: its upload index and listings are other code."""
-    with InProcessS3(tmp_path, catalog=pg_url) as s3:
-        s3.create_bucket("bkt")
-        yield s3
 
 
 @pytest.mark.parametrize("seed", [21])
