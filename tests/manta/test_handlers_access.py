@@ -110,3 +110,16 @@ def test_the_request_context() -> None:
     assert "s3:signatureversion" not in context  # unsigned
     assert (context["s3:prefix"], context["s3:delimiter"], context["s3:max-keys"]) == ("a/", "/", "5")
     assert context["aws:useragent"] == "boto3" and context["s3:x-amz-acl"] == "private"
+
+
+def test_object_tagging_is_authorized_before_its_body_is_read(s3: InProcessS3, bucket: str) -> None:
+    """A caller who may not tag the object is AccessDenied whatever its body holds: the
+    body is neither read nor judged (MalformedXML would say the check came second)."""
+    s3.add_account("bob", BOB_AK, BOB_SK)
+    s3.put(bucket, "k", b"x")
+    for body in (b"not xml", b"<Tagging><TagSet/></Tagging>"):
+        refused = s3.request("PUT", f"/{bucket}/k", query={"tagging": ""}, body=body,
+                             access_key=BOB_AK, secret_key=BOB_SK)
+        assert (refused.status_code, error_code(refused)) == (403, "AccessDenied"), body
+    refused = s3.request("DELETE", f"/{bucket}/k", query={"tagging": ""}, access_key=BOB_AK, secret_key=BOB_SK)
+    assert (refused.status_code, error_code(refused)) == (403, "AccessDenied")

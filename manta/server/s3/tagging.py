@@ -50,6 +50,7 @@ from manta.server.s3.common import (
 )
 from manta.server.s3.context import S3Request
 from manta.server.s3.xmlio import child_text, children, document, el, parse
+from storage import BucketRef
 from storage import errors as se
 from storage.versions import version_id
 
@@ -197,9 +198,9 @@ def _tagged_record(req: S3Request) -> dict[str, Any]:
             raise _no_current(req, txn) from None
 
 
-async def _set_tags(req: S3Request, tags: Tags) -> dict[str, str]:
-    """Replace the tags of the request's object (version); the version header it names."""
-    bucket = await owned_bucket(req)
+async def _set_tags(req: S3Request, bucket: BucketRef, tags: Tags) -> dict[str, str]:
+    """Replace the tags of the request's object (version) in `bucket` (the caller's, as
+    `owned_bucket` checked it); the version header it names."""
     vid = requested_version(req)
     try:
         record = await in_thread(req.store.objects.set_tags, bucket, req.key, tags, vid)
@@ -211,8 +212,9 @@ async def _set_tags(req: S3Request, tags: Tags) -> dict[str, str]:
 
 
 async def put_object_tagging(req: S3Request) -> Response:
+    bucket = await owned_bucket(req)  # authorized before the body is read
     tags = await _body_tags(req, MAX_OBJECT_TAGS, "Object")
-    return Response(b"", headers=await _set_tags(req, tags))
+    return Response(b"", headers=await _set_tags(req, bucket, tags))
 
 
 async def get_object_tagging(req: S3Request) -> Response:
@@ -223,7 +225,7 @@ async def get_object_tagging(req: S3Request) -> Response:
 
 
 async def delete_object_tagging(req: S3Request) -> Response:
-    return Response(b"", status_code=204, headers=await _set_tags(req, {}))
+    return Response(b"", status_code=204, headers=await _set_tags(req, await owned_bucket(req), {}))
 
 
 # -- buckets ---------------------------------------------------------------------------
